@@ -1,0 +1,42 @@
+//! proxy_server: load the configuration, set up logs and signals, run the proxy.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lbproxy::cli::ProxyArgs;
+use lbproxy::server::Server;
+use lbproxy::{logging, signals};
+
+fn main() -> ExitCode {
+    let args = ProxyArgs::parse();
+    let config = match args.load() {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("proxy_server: configuration has {} error(s):", errors.len());
+            for e in &errors {
+                eprintln!("  {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        print!("{config}");
+        println!("configuration {} is valid", config.file);
+        return ExitCode::SUCCESS;
+    }
+    let started = logging::init(config.log_level, config.log_file.as_deref())
+        .and_then(|()| signals::shutdown_channel())
+        .and_then(|stop| Server::bind(config).map(|server| (server, stop)))
+        .and_then(|(server, stop)| server.run(stop));
+    match started {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            if log::max_level() == log::LevelFilter::Off {
+                eprintln!("proxy_server: {e}");
+            } else {
+                log::error!("{e}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,554 @@
+//! Configuration: INI text -> raw settings -> validated [`Config`], with every error named.
+//!
+//! The pipeline has two stages, as sozu documents its own:
+//! 1. [`RawConfig::parse`] reads INI text from any reader and keeps each `key = value` with the
+//!    line it came from. Syntax errors, unknown sections, unknown or repeated keys are collected.
+//! 2. [`RawConfig::validate`] turns strings into typed values and reports every bad value.
+//!
+//! Precedence: built-in defaults < the file < command-line flags ([`RawConfig::set_flag`]).
+//! Every error names where the value came from: `config.ini:12: [proxy] workers: ...` for the
+//! file, `--workers: ...` for a flag.
+//!
+//! Keys and defaults:
+//!
+//! | section | key | default |
+//! |---|---|---|
+//! | `[proxy]` | `listen` | `0.0.0.0:8080` |
+//! | | `mode` | `tcp` (`tcp` or `http`) |
+//! | | `algorithm` | `least-connections` (or `round-robin`) |
+//! | | `workers` | `1024` |
+//! | | `queue` | `1024` (accepted connections waiting for a worker) |
+//! | | `log_file` | `logs/proxy.log` (empty: terminal only) |
+//! | | `log_level` | `info` |
+//! | | `drain_timeout_ms` | `5000` |
+//! | `[timeouts]` | `connect_ms` | `2000` |
+//! | | `idle_ms` | `60000` |
+//! | `[backends]` | `name = host:port [weight=N]` | none: at least one is required |
+//!
+//! Comments are whole lines starting with `#` or `;`.
+
+use std::fmt;
+use std::io::Read;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use log::LevelFilter;
+
+/// The default configuration file, looked up in the current directory.
+pub const DEFAULT_PATH: &str = "config.ini";
+
+/// Where a setting came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A line of the configuration file (1-based).
+    Line(u32),
+    /// A command-line flag such as `--workers`.
+    Flag(&'static str),
+    /// The file as a whole (for example: no backends at all).
+    File,
+}
+
+/// One problem found in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the configuration was read from.
+    pub file: String,
+    /// Where in it (or which flag).
+    pub origin: Origin,
+    /// `[section] key`, or empty when the problem is not about one key.
+    pub key: String,
+    /// What is wrong, in a few words.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.origin {
+            Origin::Line(line) => write!(f, "{}:{line}: ", self.file)?,
+            Origin::Flag(flag) => write!(f, "{flag}: ")?,
+            Origin::File => write!(f, "{}: ", self.file)?,
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Which protocol the proxy speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Relay bytes; balance per connection.
+    Tcp,
+    /// HTTP/1.1 reverse proxy; balance per request.
+    Http,
+}
+
+/// How the next backend is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Fewest active connections relative to weight; ties go round-robin.
+    LeastConnections,
+    /// Smooth weighted round-robin, as nginx.
+    RoundRobin,
+}
+
+impl Algorithm {
+    /// The name used in the config file, flags and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::LeastConnections => "least-connections",
+            Algorithm::RoundRobin => "round-robin",
+        }
+    }
+}
+
+/// One backend as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// The name used in logs and stats.
+    pub name: String,
+    /// `host:port` as written.
+    pub target: String,
+    /// The resolved address.
+    pub addr: SocketAddr,
+    /// Relative share of traffic, 1..=1000.
+    pub weight: u32,
+}
+
+/// Timeouts, named by phase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting to a backend (`connect_ms`, default 2000).
+    pub connect: Duration,
+    /// No bytes in either direction for this long closes the connection (`idle_ms`, 60000).
+    pub idle: Duration,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: String,
+    pub listen: SocketAddr,
+    pub mode: Mode,
+    pub algorithm: Algorithm,
+    pub workers: usize,
+    pub queue: usize,
+    /// `None`: log to the terminal only.
+    pub log_file: Option<PathBuf>,
+    pub log_level: LevelFilter,
+    pub drain_timeout: Duration,
+    pub timeouts: Timeouts,
+    pub backends: Vec<BackendSpec>,
+}
+
+impl fmt::Display for Config {
+    /// The effective settings, one `key = value` per line, as `--check` prints them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let log_file = self.log_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+        writeln!(f, "[proxy]")?;
+        writeln!(f, "listen = {}", self.listen)?;
+        writeln!(f, "mode = {}", if self.mode == Mode::Tcp { "tcp" } else { "http" })?;
+        writeln!(f, "algorithm = {}", self.algorithm.name())?;
+        writeln!(f, "workers = {}", self.workers)?;
+        writeln!(f, "queue = {}", self.queue)?;
+        writeln!(f, "log_file = {log_file}")?;
+        writeln!(f, "log_level = {}", self.log_level.as_str().to_lowercase())?;
+        writeln!(f, "drain_timeout_ms = {}", self.drain_timeout.as_millis())?;
+        writeln!(f, "[timeouts]")?;
+        writeln!(f, "connect_ms = {}", self.timeouts.connect.as_millis())?;
+        writeln!(f, "idle_ms = {}", self.timeouts.idle.as_millis())?;
+        writeln!(f, "[backends]")?;
+        for b in &self.backends {
+            writeln!(f, "{} = {} weight={} ({})", b.name, b.target, b.weight, b.addr)?;
+        }
+        Ok(())
+    }
+}
+
+const SECTIONS: &[(&str, &[&str])] = &[
+    (
+        "proxy",
+        &["listen", "mode", "algorithm", "workers", "queue", "log_file", "log_level", "drain_timeout_ms"],
+    ),
+    ("timeouts", &["connect_ms", "idle_ms"]),
+    ("backends", &[]),
+];
+
+#[derive(Debug, Clone)]
+struct Setting {
+    section: &'static str,
+    key: String,
+    value: String,
+    origin: Origin,
+}
+
+/// Settings as written, before their values are checked.
+#[derive(Debug, Clone)]
+pub struct RawConfig {
+    file: String,
+    settings: Vec<Setting>,
+    errors: Vec<ConfigError>,
+}
+
+impl RawConfig {
+    /// Reads the file at `path`. A missing or unreadable file is an error naming it.
+    pub fn load(path: &Path) -> Result<RawConfig, Vec<ConfigError>> {
+        let file = path.display().to_string();
+        let opened = std::fs::File::open(path).map_err(|e| {
+            vec![ConfigError {
+                file: file.clone(),
+                origin: Origin::File,
+                key: String::new(),
+                message: format!("cannot read configuration: {e}"),
+            }]
+        })?;
+        RawConfig::parse(opened, &file)
+    }
+
+    /// Parses INI text. Syntax problems are kept and reported by [`RawConfig::validate`]
+    /// together with value problems; only unreadable input fails here.
+    pub fn parse(mut reader: impl Read, file: &str) -> Result<RawConfig, Vec<ConfigError>> {
+        let mut text = String::new();
+        if let Err(e) = reader.read_to_string(&mut text) {
+            return Err(vec![ConfigError {
+                file: file.to_string(),
+                origin: Origin::File,
+                key: String::new(),
+                message: format!("cannot read configuration: {e}"),
+            }]);
+        }
+        // ini_core counts a line when it reads its newline; give the last line one.
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let mut raw = RawConfig { file: file.to_string(), settings: Vec::new(), errors: Vec::new() };
+        let mut section: Option<&'static str> = None;
+        let mut in_unknown_section = false;
+        let mut parser = ini_core::Parser::new(&text).comment_char(b'#').auto_trim(true);
+        while let Some(item) = parser.next() {
+            let line = parser.line();
+            match item {
+                ini_core::Item::Section(name) => {
+                    let name = name.trim();
+                    section = SECTIONS.iter().find(|(s, _)| *s == name).map(|(s, _)| *s);
+                    in_unknown_section = section.is_none();
+                    if in_unknown_section {
+                        raw.error_at(line, "", format!("unknown section [{name}]"));
+                    }
+                }
+                ini_core::Item::Error(text) => {
+                    raw.error_at(line, "", format!("malformed section header '{text}'"));
+                }
+                ini_core::Item::Property(key, _) if key.starts_with(';') => {}
+                ini_core::Item::Property(key, value) => {
+                    if in_unknown_section {
+                        continue;
+                    }
+                    let Some(sec) = section else {
+                        raw.error_at(line, key, "setting outside of any [section]".to_string());
+                        continue;
+                    };
+                    let Some(value) = value else {
+                        raw.error_at(line, key, "expected 'key = value'".to_string());
+                        continue;
+                    };
+                    raw.add(sec, key.trim(), value.trim(), Origin::Line(line));
+                }
+                _ => {}
+            }
+        }
+        Ok(raw)
+    }
+
+    fn error_at(&mut self, line: u32, key: &str, message: String) {
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            origin: Origin::Line(line),
+            key: key.to_string(),
+            message,
+        });
+    }
+
+    fn add(&mut self, section: &'static str, key: &str, value: &str, origin: Origin) {
+        let label = format!("[{section}] {key}");
+        let known = SECTIONS.iter().find(|(s, _)| *s == section).map(|(_, keys)| *keys);
+        if section != "backends" && !known.is_some_and(|keys| keys.contains(&key)) {
+            let message = format!("unknown key '{key}' in [{section}]");
+            self.errors.push(ConfigError { file: self.file.clone(), origin, key: label, message });
+            return;
+        }
+        if let Some(first) = self.settings.iter().find(|s| s.section == section && s.key == key) {
+            let message = match first.origin {
+                Origin::Line(l) => format!("repeated (first set at line {l})"),
+                _ => "repeated".to_string(),
+            };
+            self.errors.push(ConfigError { file: self.file.clone(), origin, key: label, message });
+            return;
+        }
+        self.settings.push(Setting { section, key: key.to_string(), value: value.to_string(), origin });
+    }
+
+    /// Overrides `[section] key` with a command-line flag's value.
+    pub fn set_flag(&mut self, section: &'static str, key: &str, value: &str, flag: &'static str) {
+        self.settings.retain(|s| !(s.section == section && s.key == key));
+        self.add(section, key, value, Origin::Flag(flag));
+    }
+
+    /// Replaces the file's backends with `--backend` values, named `app1`, `app2`, ...
+    pub fn set_backends(&mut self, targets: &[String]) {
+        self.settings.retain(|s| s.section != "backends");
+        for (i, target) in targets.iter().enumerate() {
+            self.add("backends", &format!("app{}", i + 1), target, Origin::Flag("--backend"));
+        }
+    }
+
+    /// Checks every value and returns the typed configuration, or every problem found.
+    pub fn validate(&self) -> Result<Config, Vec<ConfigError>> {
+        let mut v = Validator { raw: self, errors: self.errors.clone() };
+        let listen = v.get("proxy", "listen", "0.0.0.0:8080", |s| parse_socket_addr(s, true));
+        let mode = v.get("proxy", "mode", "tcp", |s| match s {
+            "tcp" => Ok(Mode::Tcp),
+            "http" => Err("http mode is not available in this version (use tcp)".to_string()),
+            other => Err(format!("unknown mode '{other}' (expected tcp or http)")),
+        });
+        let algorithm = v.get("proxy", "algorithm", "least-connections", parse_algorithm);
+        let workers = v.get("proxy", "workers", "1024", |s| parse_number(s, 1, 20_000));
+        let queue = v.get("proxy", "queue", "1024", |s| parse_number(s, 1, 1_000_000));
+        let log_file =
+            v.get("proxy", "log_file", "logs/proxy.log", |s| Ok((!s.is_empty()).then(|| PathBuf::from(s))));
+        let log_level = v.get("proxy", "log_level", "info", parse_level);
+        let drain = v.get("proxy", "drain_timeout_ms", "5000", parse_millis);
+        let connect = v.get("timeouts", "connect_ms", "2000", parse_millis);
+        let idle = v.get("timeouts", "idle_ms", "60000", parse_millis);
+        let mut backends = Vec::new();
+        for s in self.settings.iter().filter(|s| s.section == "backends") {
+            match parse_backend(&s.key, &s.value) {
+                Ok(b) => backends.push(b),
+                Err(message) => v.error(s, message),
+            }
+        }
+        if backends.is_empty() && !v.errors.iter().any(|e| e.key.starts_with("[backends]")) {
+            v.errors.push(ConfigError {
+                file: self.file.clone(),
+                origin: Origin::File,
+                key: "[backends]".to_string(),
+                message: "no backends configured (add 'name = host:port' lines or --backend)".to_string(),
+            });
+        }
+        let mut errors = v.errors;
+        errors.sort_by_key(|e| match e.origin {
+            Origin::Line(l) => (0, l),
+            Origin::Flag(_) => (1, 0),
+            Origin::File => (2, 0),
+        });
+        match (listen, mode, algorithm, workers, queue, log_file, log_level, drain, connect, idle) {
+            (
+                Some(listen),
+                Some(mode),
+                Some(algorithm),
+                Some(workers),
+                Some(queue),
+                Some(log_file),
+                Some(log_level),
+                Some(drain),
+                Some(connect),
+                Some(idle),
+            ) if errors.is_empty() => Ok(Config {
+                file: self.file.clone(),
+                listen,
+                mode,
+                algorithm,
+                workers: workers as usize,
+                queue: queue as usize,
+                log_file,
+                log_level,
+                drain_timeout: drain,
+                timeouts: Timeouts { connect, idle },
+                backends,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+struct Validator<'a> {
+    raw: &'a RawConfig,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn get<T>(
+        &mut self,
+        section: &'static str,
+        key: &str,
+        default: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let setting = self.raw.settings.iter().find(|s| s.section == section && s.key == key);
+        match setting {
+            None => parse(default).ok(),
+            Some(s) => match parse(&s.value) {
+                Ok(v) => Some(v),
+                Err(message) => {
+                    self.error(s, message);
+                    None
+                }
+            },
+        }
+    }
+
+    fn error(&mut self, s: &Setting, message: String) {
+        self.errors.push(ConfigError {
+            file: self.raw.file.clone(),
+            origin: s.origin.clone(),
+            key: format!("[{}] {}", s.section, s.key),
+            message,
+        });
+    }
+}
+
+fn parse_number(s: &str, min: u64, max: u64) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("{n} is out of range ({min}..={max})")),
+        Err(_) => Err(format!("expected a whole number, got '{s}'")),
+    }
+}
+
+fn parse_millis(s: &str) -> Result<Duration, String> {
+    parse_number(s, 0, 86_400_000).map(Duration::from_millis)
+}
+
+fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    match s {
+        "least-connections" | "leastconn" => Ok(Algorithm::LeastConnections),
+        "round-robin" | "roundrobin" => Ok(Algorithm::RoundRobin),
+        other => Err(format!("unknown algorithm '{other}' (expected least-connections or round-robin)")),
+    }
+}
+
+fn parse_level(s: &str) -> Result<LevelFilter, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "error" => Ok(LevelFilter::Error),
+        "warn" => Ok(LevelFilter::Warn),
+        "info" => Ok(LevelFilter::Info),
+        "debug" => Ok(LevelFilter::Debug),
+        "trace" => Ok(LevelFilter::Trace),
+        "off" => Ok(LevelFilter::Off),
+        _ => Err(format!("unknown log level '{s}' (expected error, warn, info, debug or trace)")),
+    }
+}
+
+/// Splits `host:port` (or `[v6]:port`), checking the port.
+pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.starts_with('[')) => (h, p),
+        _ => return Err(format!("'{s}' has no port (expected host:port)")),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match port.parse::<u16>() {
+        Ok(p) => Ok((host, p)),
+        Err(_) => Err(format!("invalid port '{port}' in '{s}' (expected 0..=65535)")),
+    }
+}
+
+/// Resolves `host:port` to its first address; `allow_zero` permits port 0 (any free port).
+pub fn parse_socket_addr(s: &str, allow_zero: bool) -> Result<SocketAddr, String> {
+    let (host, port) = split_host_port(s)?;
+    if port == 0 && !allow_zero {
+        return Err(format!("port 0 is not a valid port in '{s}'"));
+    }
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("'{host}' has no address")),
+        Err(e) => Err(format!("cannot resolve '{host}': {e}")),
+    }
+}
+
+fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(format!("invalid backend name '{name}' (letters, digits, '-', '_', '.')"));
+    }
+    let mut words = value.split_whitespace();
+    let target = words.next().ok_or("missing address (expected host:port)")?;
+    let addr = parse_socket_addr(target, false)?;
+    let mut weight = 1;
+    for word in words {
+        match word.split_once('=') {
+            Some(("weight", w)) => weight = parse_number(w, 1, 1000)? as u32,
+            _ => return Err(format!("unknown backend option '{word}' (expected weight=N)")),
+        }
+    }
+    Ok(BackendSpec { name: name.to_string(), target: target.to_string(), addr, weight })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+        RawConfig::parse(text.as_bytes(), "test.ini").and_then(|raw| raw.validate())
+    }
+
+    fn messages(text: &str) -> Vec<String> {
+        parse(text).expect_err("config should be rejected").iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_apply_when_keys_are_absent() {
+        let c = parse("[backends]\napp1 = 127.0.0.1:9090\n").expect("valid");
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().expect("addr"));
+        assert_eq!(c.algorithm, Algorithm::LeastConnections);
+        assert_eq!(c.workers, 1024);
+        assert_eq!(c.timeouts.connect, Duration::from_millis(2000));
+        assert_eq!(c.backends[0].weight, 1);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_line_and_key() {
+        let text = "# comment\n[proxy]\nlisten = 127.0.0.1:99999\nalgorithm = fastest\n\
+                    colour = blue\n[backends]\napp1 = 127.0.0.1\napp2 = 127.0.0.1:9091 weight=0\n";
+        let errs = messages(text);
+        assert_eq!(errs.len(), 5, "{errs:?}");
+        assert!(errs[0].starts_with("test.ini:3: [proxy] listen: invalid port"), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("test.ini:5: [proxy] colour: unknown key")));
+        assert!(errs.iter().any(|e| e.starts_with("test.ini:4: [proxy] algorithm: unknown")));
+        assert!(errs.iter().any(|e| e.contains("test.ini:7: [backends] app1: '127.0.0.1' has no port")));
+        assert!(errs.iter().any(|e| e.contains("test.ini:8: [backends] app2: 0 is out of range")));
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_sections_are_named() {
+        let errs = messages("[proxy\nworkers\n[cache]\nsize = 1\n[timeouts]\nidle_ms = 5\nidle_ms = 6\n");
+        assert!(errs.iter().any(|e| e.starts_with("test.ini:1: malformed section")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("test.ini:2: workers: setting outside")));
+        assert!(errs.iter().any(|e| e.starts_with("test.ini:3: unknown section [cache]")));
+        assert!(errs.iter().any(|e| e.contains("test.ini:7: [timeouts] idle_ms: repeated")));
+        assert!(errs.iter().any(|e| e.contains("no backends configured")));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_are_named_in_errors() {
+        let mut raw = RawConfig::parse(&b"[proxy]\nworkers = 8\n[backends]\na = 127.0.0.1:1\n"[..], "f")
+            .expect("parse");
+        raw.set_flag("proxy", "workers", "16", "--workers");
+        raw.set_backends(&["127.0.0.1:2".to_string(), "127.0.0.1:3".to_string()]);
+        let c = raw.validate().expect("valid");
+        assert_eq!(c.workers, 16);
+        let names: Vec<_> = c.backends.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["app1", "app2"]);
+        raw.set_flag("proxy", "workers", "lots", "--workers");
+        let errs = raw.validate().expect_err("bad flag");
+        assert_eq!(errs[0].to_string(), "--workers: [proxy] workers: expected a whole number, got 'lots'");
+    }
+
+    #[test]
+    fn ipv6_and_host_names_resolve() {
+        assert_eq!(split_host_port("[::1]:80"), Ok(("::1", 80)));
+        assert!(split_host_port("::1").is_err());
+        assert!(parse_socket_addr("localhost:9090", false).is_ok());
+        assert!(parse_socket_addr("127.0.0.1:0", false).is_err());
+    }
+}

@@ -1,0 +1,308 @@
+//! HTTP/1.1 plumbing shared by every HTTP speaker here: a buffered socket reader that keeps
+//! pipelined bytes, head reading with a size limit, and body framing (Content-Length, chunked,
+//! until close) streamed through a fixed buffer. Heads are parsed by httparse, never by hand.
+
+use std::io::{self, Read, Write};
+
+/// Largest request or response head accepted by default.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Most headers parsed in one head.
+pub const MAX_HEADERS: usize = 100;
+
+/// A socket with a read buffer. Bytes read past the current message stay buffered for the
+/// next one (pipelining).
+#[derive(Debug)]
+pub struct Wire<S> {
+    /// The underlying stream; writes go to it directly.
+    pub stream: S,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the connection closes (responses only).
+    UntilClose,
+}
+
+impl<S: Read> Wire<S> {
+    /// Wraps `stream` with a 16 KiB buffer.
+    pub fn new(stream: S) -> Wire<S> {
+        Wire { stream, buf: vec![0; 16 * 1024], start: 0, end: 0 }
+    }
+
+    /// The bytes read but not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Drops `n` bytes from the front of the buffer.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads more bytes after those buffered, growing the buffer up to `limit` bytes.
+    /// Returns 0 at end of stream; an error when the buffer is already `limit` bytes.
+    pub fn fill(&mut self, limit: usize) -> io::Result<usize> {
+        if self.start > 0 && self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            if self.buf.len() >= limit {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
+            }
+            let grown = (self.buf.len() * 2).min(limit);
+            self.buf.resize(grown, 0);
+        }
+        loop {
+            match self.stream.read(&mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Buffers until a complete line (ending in `\n`) is available and returns its length
+    /// including the newline; `None` at end of stream with nothing buffered. At end of stream
+    /// after a partial line, returns that partial line's length.
+    pub fn line_len(&mut self, limit: usize) -> io::Result<Option<usize>> {
+        let mut scanned = 0;
+        loop {
+            if let Some(i) = self.buffered()[scanned..].iter().position(|&b| b == b'\n') {
+                return Ok(Some(scanned + i + 1));
+            }
+            scanned = self.buffered().len();
+            if self.fill(limit)? == 0 {
+                return Ok((scanned > 0).then_some(scanned));
+            }
+        }
+    }
+
+    /// Copies a body of kind `kind` to `sink` (decoded, for chunked), through the buffer.
+    /// Returns the number of body bytes.
+    pub fn copy_body(&mut self, kind: BodyKind, sink: &mut impl Write) -> io::Result<u64> {
+        match kind {
+            BodyKind::Empty => Ok(0),
+            BodyKind::Length(n) => self.copy_exact(n, sink),
+            BodyKind::UntilClose => {
+                let mut total = 0u64;
+                loop {
+                    if self.buffered().is_empty() && self.fill(MAX_HEAD)? == 0 {
+                        return Ok(total);
+                    }
+                    let n = self.buffered().len();
+                    sink.write_all(self.buffered())?;
+                    self.consume(n);
+                    total += n as u64;
+                }
+            }
+            BodyKind::Chunked => {
+                let mut total = 0u64;
+                loop {
+                    let size = self.chunk_size()?;
+                    if size == 0 {
+                        self.skip_trailers()?;
+                        return Ok(total);
+                    }
+                    total += self.copy_exact(size, sink)?;
+                    self.expect_crlf()?;
+                }
+            }
+        }
+    }
+
+    fn copy_exact(&mut self, mut n: u64, sink: &mut impl Write) -> io::Result<u64> {
+        let want = n;
+        while n > 0 {
+            if self.buffered().is_empty() && self.fill(MAX_HEAD)? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body ended early"));
+            }
+            let take = (self.buffered().len() as u64).min(n) as usize;
+            sink.write_all(&self.buffered()[..take])?;
+            self.consume(take);
+            n -= take as u64;
+        }
+        Ok(want)
+    }
+
+    fn chunk_size(&mut self) -> io::Result<u64> {
+        loop {
+            match httparse::parse_chunk_size(self.buffered()) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    self.consume(used);
+                    return Ok(size);
+                }
+                Ok(httparse::Status::Partial) => {
+                    if self.fill(4096)? == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "chunk size"));
+                    }
+                }
+                Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunk size")),
+            }
+        }
+    }
+
+    fn expect_crlf(&mut self) -> io::Result<()> {
+        while self.buffered().len() < 2 {
+            if self.fill(MAX_HEAD)? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "chunk end"));
+            }
+        }
+        if &self.buffered()[..2] != b"\r\n" {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk not followed by CRLF"));
+        }
+        self.consume(2);
+        Ok(())
+    }
+
+    fn skip_trailers(&mut self) -> io::Result<()> {
+        loop {
+            let Some(n) = self.line_len(MAX_HEAD)? else {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "trailers"));
+            };
+            let blank = n <= 2 && self.buffered()[..n].iter().all(|b| *b == b'\r' || *b == b'\n');
+            self.consume(n);
+            if blank {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The value of the first header named `name` (case-insensitive).
+pub fn header<'h>(headers: &'h [httparse::Header<'_>], name: &str) -> Option<&'h [u8]> {
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+}
+
+/// Whether a comma-separated header (e.g. `Connection`) lists `token`.
+pub fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// How a request's body is framed (for well-formed requests: chunked wins, then
+/// Content-Length, else none). Returns an error text for an unusable Content-Length.
+pub fn request_body(headers: &[httparse::Header<'_>]) -> Result<BodyKind, &'static str> {
+    if has_token(headers, "transfer-encoding", "chunked") {
+        return Ok(BodyKind::Chunked);
+    }
+    match header(headers, "content-length") {
+        None => Ok(BodyKind::Empty),
+        Some(v) => parse_length(v).map(BodyKind::Length).ok_or("invalid Content-Length"),
+    }
+}
+
+/// How a response's body is framed, given the request method and the status.
+pub fn response_body(method: &str, status: u16, headers: &[httparse::Header<'_>]) -> BodyKind {
+    if method.eq_ignore_ascii_case("HEAD") || (100..200).contains(&status) || status == 204 || status == 304 {
+        return BodyKind::Empty;
+    }
+    if has_token(headers, "transfer-encoding", "chunked") {
+        return BodyKind::Chunked;
+    }
+    match header(headers, "content-length").and_then(parse_length) {
+        Some(n) => BodyKind::Length(n),
+        None => BodyKind::UntilClose,
+    }
+}
+
+/// Parses a Content-Length value: ASCII digits only.
+pub fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The standard reason phrase for common status codes.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Status",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_decode_and_pipelined_bytes_stay() {
+        let raw = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let mut wire = Wire::new(&raw[..]);
+        let mut out = Vec::new();
+        assert_eq!(wire.copy_body(BodyKind::Chunked, &mut out).expect("body"), 11);
+        assert_eq!(out, b"hello world");
+        assert_eq!(wire.buffered(), b"NEXT");
+    }
+
+    #[test]
+    fn bad_chunks_and_short_bodies_are_errors() {
+        let mut sink = Vec::new();
+        let mut wire = Wire::new(&b"zz\r\n"[..]);
+        assert!(wire.copy_body(BodyKind::Chunked, &mut sink).is_err());
+        let mut wire = Wire::new(&b"abc"[..]);
+        assert!(wire.copy_body(BodyKind::Length(5), &mut sink).is_err());
+    }
+
+    #[test]
+    fn content_length_must_be_digits() {
+        assert_eq!(parse_length(b" 12 "), Some(12));
+        assert_eq!(parse_length(b"+12"), None);
+        assert_eq!(parse_length(b"1,2"), None);
+        assert_eq!(parse_length(b""), None);
+    }
+
+    #[test]
+    fn lines_and_limits() {
+        let mut wire = Wire::new(&b"ab\ncd"[..]);
+        assert_eq!(wire.line_len(1024).expect("line"), Some(3));
+        wire.consume(3);
+        assert_eq!(wire.line_len(1024).expect("partial"), Some(2));
+        wire.consume(2);
+        assert_eq!(wire.line_len(1024).expect("eof"), None);
+        let long = vec![b'x'; 100_000];
+        let mut wire = Wire::new(&long[..]);
+        assert!(wire.line_len(32 * 1024).is_err());
+    }
+}

@@ -1,0 +1,36 @@
+//! lbproxy: the classic load-balancing proxy, as a thread pool of blocking workers.
+//!
+//! One acceptor thread accepts connections and sends them on a bounded channel; a fixed pool
+//! of workers receives them, asks the [`balancer`] for a backend (choose-and-count in one
+//! locked step), connects through [`upstream`] (trying the next backend on failure) and relays
+//! bytes with blocking reads and writes ([`relay`]). See [`server`] for the picture.
+//!
+//! Modules, one question each:
+//! - [`config`]: INI file and flags -> validated settings.
+//! - [`backend`]: the backend table and its counters.
+//! - [`balancer`]: which backend goes next.
+//! - [`upstream`]: reaching a backend, with retries.
+//! - [`relay`], [`tcp`]: how bytes move in TCP mode.
+//! - [`pool`], [`server`], [`registry`]: threads, accepting, draining.
+//! - [`http`]: HTTP/1.1 message heads and bodies, shared by the companions.
+//! - [`dummy`], [`simulate`]: the dummy backend and the load-generating client.
+
+pub mod backend;
+pub mod balancer;
+pub mod cli;
+pub mod config;
+pub mod dummy;
+pub mod error;
+pub mod http;
+pub mod latency;
+pub mod logging;
+pub mod pool;
+pub mod registry;
+pub mod relay;
+pub mod server;
+pub mod signals;
+pub mod simulate;
+pub mod tcp;
+pub mod upstream;
+
+pub use error::{Error, Fault};

@@ -1,0 +1,133 @@
+//! In-flight connections: counted so shutdown can drain them, and closable when the drain
+//! deadline passes.
+//!
+//! The registry keeps raw descriptor numbers rather than cloned sockets, so a connection costs
+//! no extra descriptor. An entry is always removed (under the lock) before its socket is closed,
+//! and forced shutdowns happen under the same lock, so a number is never shut down after it was
+//! reused by another socket.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+#[derive(Debug, Default)]
+struct Entry {
+    client: RawFd,
+    backend: Option<RawFd>,
+}
+
+/// The set of connections accepted and not yet closed.
+#[derive(Debug, Default)]
+pub struct Registry {
+    entries: Mutex<HashMap<u64, Entry>>,
+    emptied: Condvar,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry::default())
+    }
+
+    /// Number of connections in flight, queued ones included.
+    pub fn len(&self) -> usize {
+        self.entries.lock().len()
+    }
+
+    /// Whether no connection is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits until the registry is empty or `deadline` passes; true if it emptied.
+    pub fn wait_empty(&self, deadline: Instant) -> bool {
+        let mut entries = self.entries.lock();
+        while !entries.is_empty() {
+            if self.emptied.wait_until(&mut entries, deadline).timed_out() {
+                return entries.is_empty();
+            }
+        }
+        true
+    }
+
+    /// Shuts down every registered socket (both directions), waking their threads.
+    /// Returns how many connections were closed.
+    pub fn close_all(&self) -> usize {
+        let entries = self.entries.lock();
+        for entry in entries.values() {
+            for fd in std::iter::once(entry.client).chain(entry.backend) {
+                // SAFETY: entries are removed under this lock before their sockets close
+                // (see `Conn::drop` and `Attached::drop`), so `fd` is still the registered
+                // socket while we hold the lock.
+                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+                let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
+            }
+        }
+        entries.len()
+    }
+
+    fn remove(&self, id: u64) {
+        let mut entries = self.entries.lock();
+        entries.remove(&id);
+        if entries.is_empty() {
+            self.emptied.notify_all();
+        }
+    }
+}
+
+/// An accepted client connection, registered until dropped.
+#[derive(Debug)]
+pub struct Conn {
+    /// Sequence number, as in the logs (`conn 17`).
+    pub id: u64,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// When it was accepted.
+    pub accepted: Instant,
+    /// The client socket.
+    pub stream: TcpStream,
+    registry: Arc<Registry>,
+}
+
+impl Conn {
+    /// Registers `stream` under `id`.
+    pub fn register(registry: &Arc<Registry>, id: u64, stream: TcpStream, peer: SocketAddr) -> Conn {
+        let entry = Entry { client: stream.as_raw_fd(), backend: None };
+        registry.entries.lock().insert(id, entry);
+        Conn { id, peer, accepted: Instant::now(), stream, registry: registry.clone() }
+    }
+
+    /// Registers the backend socket too, until the returned guard drops; the guard must drop
+    /// before `backend` does (declare it after).
+    pub fn attach<'a>(&'a self, backend: &TcpStream) -> Attached<'a> {
+        if let Some(e) = self.registry.entries.lock().get_mut(&self.id) {
+            e.backend = Some(backend.as_raw_fd());
+        }
+        Attached { conn: self }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Runs before the fields drop, so the entry goes before the socket closes.
+        self.registry.remove(self.id);
+    }
+}
+
+/// Keeps a backend socket registered with its connection.
+#[derive(Debug)]
+pub struct Attached<'a> {
+    conn: &'a Conn,
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.conn.registry.entries.lock().get_mut(&self.conn.id) {
+            e.backend = None;
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The TCP relay: bytes both ways at once with blocking reads and writes, half-close passed on,
+//! an idle timeout shared by both directions, and byte counts.
+//!
+//! Blocking I/O cannot wait on two sockets in one thread, so each connection uses two threads:
+//! the worker that owns it pumps client -> backend, and a thread from the paired helper pool
+//! pumps backend -> client. When one side sends EOF, `shutdown(Write)` passes it to the other
+//! side and the other direction carries on; the relay ends when both directions are done.
+//! When a direction fails (reset, timeout) both sockets are shut down so the other wakes at once.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+/// Relay buffer size per direction.
+pub const BUFFER_SIZE: usize = 16 * 1024;
+
+/// A job for the helper pool: runs one backend -> client pump.
+pub type HelperJob = Box<dyn FnOnce(&mut Vec<u8>) + Send>;
+
+/// How one relay ended.
+#[derive(Debug)]
+pub struct RelayOutcome {
+    /// Bytes from the client to the backend.
+    pub up: u64,
+    /// Bytes from the backend to the client.
+    pub down: u64,
+    /// The first error in either direction, with which side it was on.
+    pub error: Option<(Side, io::Error)>,
+}
+
+/// Which socket an error happened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+/// The time of the last byte moved in either direction, shared by both pumps.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// Relays between `client` and `backend` until both directions end. The backend -> client
+/// direction runs on a helper thread received through `helpers`; `buf` is the calling worker's
+/// reusable buffer.
+pub fn relay(
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle: Duration,
+    helpers: &Sender<HelperJob>,
+    buf: &mut Vec<u8>,
+) -> RelayOutcome {
+    let activity = Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0) });
+    let clones = client.try_clone().and_then(|c| Ok((c, backend.try_clone()?)));
+    let (client2, backend2) = match clones {
+        Ok(pair) => pair,
+        Err(e) => return RelayOutcome { up: 0, down: 0, error: Some((Side::Client, e)) },
+    };
+    for s in [client, backend] {
+        let _ = s.set_read_timeout(non_zero(idle));
+        let _ = s.set_write_timeout(non_zero(idle));
+    }
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let down_activity = activity.clone();
+    let job: HelperJob = Box::new(move |buf: &mut Vec<u8>| {
+        let result = pump(&backend2, &client2, Side::Backend, &down_activity, idle, buf);
+        let _ = done_tx.send(result);
+    });
+    if let Err(e) = helpers.send(job) {
+        drop(e);
+        let err = io::Error::other("relay helper pool is shut down");
+        return RelayOutcome { up: 0, down: 0, error: Some((Side::Client, err)) };
+    }
+    let up = pump(client, backend, Side::Client, &activity, idle, buf);
+    let down = done_rx
+        .recv()
+        .unwrap_or_else(|_| Err((0, Side::Backend, io::Error::other("relay helper ended without a result"))));
+    let mut error = None;
+    let mut count = |r: Result<u64, (u64, Side, io::Error)>| match r {
+        Ok(n) => n,
+        Err((n, side, e)) => {
+            error.get_or_insert((side, e));
+            n
+        }
+    };
+    let up = count(up);
+    let down = count(down);
+    RelayOutcome { up, down, error }
+}
+
+fn non_zero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+/// Copies `from` -> `to` until EOF (then half-closes `to`) or an error (then shuts both down).
+/// Returns the bytes copied, and on error also which side failed.
+fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    from_side: Side,
+    activity: &Activity,
+    idle: Duration,
+    buf: &mut Vec<u8>,
+) -> Result<u64, (u64, Side, io::Error)> {
+    let to_side = if from_side == Side::Client { Side::Backend } else { Side::Client };
+    if buf.len() < BUFFER_SIZE {
+        buf.resize(BUFFER_SIZE, 0);
+    }
+    let mut total = 0u64;
+    let mut shortened = false;
+    let fail = |total, side, e: io::Error| {
+        let _ = from.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Both);
+        Err((total, side, e))
+    };
+    loop {
+        let n = match (&mut &*from).read(buf) {
+            Ok(0) => {
+                let _ = to.shutdown(Shutdown::Write);
+                return Ok(total);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                // The timeout is per socket; the connection is idle only if the other
+                // direction was quiet too.
+                let quiet = activity.idle_for();
+                if quiet >= idle {
+                    let e = io::Error::new(io::ErrorKind::TimedOut, "idle timeout");
+                    return fail(total, from_side, e);
+                }
+                let _ = from.set_read_timeout(Some(idle - quiet));
+                shortened = true;
+                continue;
+            }
+            Err(e) => return fail(total, from_side, e),
+        };
+        if shortened {
+            let _ = from.set_read_timeout(non_zero(idle));
+            shortened = false;
+        }
+        activity.touch();
+        if let Err(e) = (&mut &*to).write_all(&buf[..n]) {
+            return fail(total, to_side, e);
+        }
+        total += n as u64;
+        log::trace!("relayed {n} bytes from {from_side:?}");
+    }
+}

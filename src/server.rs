@@ -1,0 +1,226 @@
+//! The proxy process: listener, acceptor thread, worker pools, and graceful shutdown.
+//!
+//! ```text
+//! acceptor --(bounded channel: `queue`)--> workers (fixed pool) --balancer--> backends
+//!                                            \--> helpers (paired pool: backend -> client)
+//! ```
+//!
+//! When every worker is busy, accepted connections wait in the channel; when the channel is
+//! full the acceptor blocks, so the kernel's listen backlog holds the rest (backpressure,
+//! nothing dropped). Shutdown stops accepting at once, lets in-flight connections finish until
+//! `drain_timeout_ms`, then closes what remains.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use socket2::{Domain, Socket, Type};
+
+use crate::backend::{self, summary_line, Backends};
+use crate::balancer::Balancer;
+use crate::config::Config;
+use crate::error::{is_fd_exhaustion, Error};
+use crate::pool::WorkerPool;
+use crate::registry::{Conn, Registry};
+use crate::relay::HelperJob;
+use crate::tcp::{self, TcpContext};
+
+/// Listen backlog; `std`'s 128 overflows under a burst of connects (the kernel caps it at
+/// `net.core.somaxconn`).
+pub const BACKLOG: i32 = 4096;
+
+/// How long the acceptor backs off when the descriptor table is full.
+const FD_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What the proxy did, reported at exit.
+#[derive(Debug)]
+pub struct Summary {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections still open at the drain deadline and closed by force.
+    pub forced: usize,
+    /// One line per backend (see [`backend::summary_line`]).
+    pub backends: Vec<String>,
+}
+
+/// A bound proxy, ready to run.
+pub struct Server {
+    config: Config,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+/// Binds a listener with a deep backlog and `SO_REUSEADDR`.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+impl Server {
+    /// Binds the configured address. Nothing else starts until [`Server::run`].
+    pub fn bind(config: Config) -> Result<Server, Error> {
+        let addr = config.listen;
+        let listener = bind(addr).map_err(|source| Error::Listen { addr, source })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
+        Ok(Server { config, listener, local_addr })
+    }
+
+    /// The address actually bound (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `stop` yields (or disconnects), then drains and returns the summary.
+    pub fn run(self, stop: Receiver<&'static str>) -> Result<Summary, Error> {
+        let Server { config, listener, local_addr } = self;
+        log::info!("listening on {local_addr} (mode tcp, {} workers)", config.workers);
+        for line in config.to_string().lines() {
+            log::info!("config: {line}");
+        }
+        let backends: Backends = backend::table(&config.backends);
+        let balancer = Arc::new(Balancer::new(backends.clone(), config.algorithm));
+        let registry = Registry::new();
+        let (job_tx, job_rx) = crossbeam_channel::bounded::<Conn>(config.queue);
+        let (helper_tx, helper_rx) = crossbeam_channel::bounded::<HelperJob>(config.workers);
+
+        // Helpers pump backend -> client. Each busy worker uses at most one, so a pool of the
+        // same size never makes a worker wait for a helper.
+        let helpers = WorkerPool::start(
+            "relay-helper",
+            config.workers,
+            helper_rx,
+            |job: HelperJob, buf: &mut Vec<u8>| job(buf),
+        );
+        let ctx = Arc::new(TcpContext { config: config.clone(), balancer, helpers: helper_tx });
+        let worker_ctx = ctx.clone();
+        let workers =
+            WorkerPool::start("worker", config.workers, job_rx, move |conn: Conn, buf: &mut Vec<u8>| {
+                tcp::serve(conn, &worker_ctx, buf)
+            });
+
+        let stopping = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (halt_tx, halt_rx) = crossbeam_channel::bounded::<()>(0);
+        let listener = Arc::new(listener);
+        let acceptor = {
+            let acceptor = Acceptor {
+                listener: listener.clone(),
+                jobs: job_tx,
+                halt: halt_rx,
+                stopping: stopping.clone(),
+                registry: registry.clone(),
+                accepted: accepted.clone(),
+                workers: config.workers,
+            };
+            thread::Builder::new()
+                .name("acceptor".into())
+                .spawn(move || acceptor.run())
+                .map_err(Error::Resource)?
+        };
+
+        let why = stop.recv().unwrap_or("shutdown");
+        // Stop accepting at once: a shut-down listening socket refuses new connects and wakes
+        // the blocked accept().
+        stopping.store(true, Ordering::SeqCst);
+        drop(halt_tx);
+        let _ = socket2::SockRef::from(&*listener).shutdown(std::net::Shutdown::Both);
+        let _ = acceptor.join();
+        drop(listener);
+        let in_flight = registry.len();
+        log::warn!(
+            "{why}: stopped accepting; draining {in_flight} connection(s) for up to {} ms",
+            config.drain_timeout.as_millis()
+        );
+        let mut forced = 0;
+        if !registry.wait_empty(Instant::now() + config.drain_timeout) {
+            forced = registry.close_all();
+            log::warn!("drain timeout: closed {forced} remaining connection(s)");
+            registry.wait_empty(Instant::now() + Duration::from_secs(5));
+        }
+        workers.join();
+        drop(ctx);
+        helpers.join();
+
+        let summary = Summary {
+            connections: accepted.load(Ordering::Relaxed),
+            forced,
+            backends: backends.iter().map(summary_line).collect(),
+        };
+        log::info!("served {} connection(s) ({} closed at the drain deadline)", summary.connections, forced);
+        for line in &summary.backends {
+            log::info!("backend {line}");
+        }
+        Ok(summary)
+    }
+}
+
+struct Acceptor {
+    listener: Arc<TcpListener>,
+    jobs: Sender<Conn>,
+    halt: Receiver<()>,
+    stopping: Arc<AtomicBool>,
+    registry: Arc<Registry>,
+    accepted: Arc<AtomicU64>,
+    workers: usize,
+}
+
+impl Acceptor {
+    fn run(self) {
+        let mut next_id = 0u64;
+        let mut fd_burst = false;
+        let mut full_logged = Instant::now() - Duration::from_secs(60);
+        loop {
+            let (stream, peer) = match self.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(_) if self.stopping.load(Ordering::SeqCst) => return,
+                Err(e) if is_fd_exhaustion(&e) => {
+                    if !fd_burst {
+                        log::warn!("accept: {e}; backing off until descriptors free up");
+                        fd_burst = true;
+                    }
+                    if self.halt.recv_timeout(FD_BACKOFF).is_ok() || self.stopping.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    log::debug!("accept: {e}");
+                    continue;
+                }
+            };
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            if fd_burst {
+                log::info!("accept: descriptors available again");
+                fd_burst = false;
+            }
+            next_id += 1;
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+            let _ = stream.set_nodelay(true);
+            let conn = Conn::register(&self.registry, next_id, stream, peer);
+            let conn = match self.jobs.try_send(conn) {
+                Ok(()) => continue,
+                Err(crossbeam_channel::TrySendError::Full(conn)) => conn,
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
+            };
+            if full_logged.elapsed() >= Duration::from_secs(1) {
+                log::warn!(
+                    "all {} workers busy and the queue is full: accepting paused (backpressure)",
+                    self.workers
+                );
+                full_logged = Instant::now();
+            }
+            select! {
+                send(self.jobs, conn) -> sent => if sent.is_err() { return },
+                recv(self.halt) -> _ => return,
+            }
+        }
+    }
+}

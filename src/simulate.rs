@@ -1,0 +1,288 @@
+//! simulate_client: concurrent clients that send lines (TCP mode) or HTTP requests through the
+//! proxy, then report replies per backend, failures, and latency percentiles.
+//!
+//! In TCP mode each request is a new connection (so the proxy balances each one): send the
+//! message, read the `[name] message` reply, optionally hold the connection open, close. In
+//! HTTP mode each client keeps one keep-alive connection and reads `X-Served-By`.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+
+use crate::http::{self as h, Wire, MAX_HEAD};
+use crate::latency::Latencies;
+
+/// Sends concurrent requests through the proxy and shows how they were balanced.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "simulate_client", version, about)]
+pub struct ClientArgs {
+    /// The proxy's address.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub target: String,
+    /// Concurrent clients (threads).
+    #[arg(long, default_value_t = 10)]
+    pub clients: usize,
+    /// Requests per client.
+    #[arg(long, default_value_t = 10)]
+    pub requests: usize,
+    /// tcp (a line per connection) or http (keep-alive GET /).
+    #[arg(long, value_enum, default_value_t = ClientMode::Tcp)]
+    pub mode: ClientMode,
+    /// The line sent in TCP mode.
+    #[arg(long, default_value = "hello")]
+    pub message: String,
+    /// Keep each connection open this long after its reply (shows least-connections at work).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub hold_ms: u64,
+    /// Give up on a reply after this long.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Print a line per reply.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+/// The protocol spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClientMode {
+    Tcp,
+    Http,
+}
+
+/// What the run saw.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Replies per backend name.
+    pub per_backend: BTreeMap<String, u64>,
+    /// HTTP status counts (HTTP mode).
+    pub statuses: BTreeMap<u16, u64>,
+    /// Requests without a valid reply.
+    pub failures: u64,
+    /// The first failure's description.
+    pub first_error: Option<String>,
+    /// Latency of successful requests.
+    pub latencies: Latencies,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    fn merge(&mut self, other: Report) {
+        for (k, v) in other.per_backend {
+            *self.per_backend.entry(k).or_default() += v;
+        }
+        for (k, v) in other.statuses {
+            *self.statuses.entry(k).or_default() += v;
+        }
+        self.failures += other.failures;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.latencies.extend(&other.latencies);
+    }
+
+    fn fail(&mut self, e: String) {
+        self.failures += 1;
+        self.first_error.get_or_insert(e);
+    }
+
+    /// The table printed at the end.
+    pub fn table(&mut self, args: &ClientArgs) -> String {
+        let total = (args.clients * args.requests) as f64;
+        let mut out = format!(
+            "target {}  mode {:?}  {} clients x {} requests in {:.2} s\n\n{:<24} {:>8} {:>7}\n",
+            args.target,
+            args.mode,
+            args.clients,
+            args.requests,
+            self.elapsed.as_secs_f64(),
+            "backend",
+            "replies",
+            "share"
+        );
+        for (name, n) in &self.per_backend {
+            out.push_str(&format!("{name:<24} {n:>8} {:>6.1}%\n", *n as f64 * 100.0 / total.max(1.0)));
+        }
+        for (status, n) in &self.statuses {
+            out.push_str(&format!("status {status:<17} {n:>8}\n"));
+        }
+        out.push_str(&format!("{:<24} {:>8}\n", "failures", self.failures));
+        out.push_str(&format!("latency ms: {}\n", self.latencies.summary_ms()));
+        if let Some(e) = &self.first_error {
+            out.push_str(&format!("first error: {e}\n"));
+        }
+        out
+    }
+}
+
+/// Runs the clients; the report says what happened (the caller decides the exit status).
+pub fn run(args: &ClientArgs) -> io::Result<Report> {
+    let target: SocketAddr = crate::config::parse_socket_addr(&args.target, false)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let done = Arc::new(AtomicU64::new(0));
+    let total = (args.clients * args.requests) as u64;
+    let started = Instant::now();
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    let progress = {
+        let done = done.clone();
+        thread::spawn(move || {
+            let tick = Duration::from_secs(1);
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(tick) {
+                eprintln!("progress: {}/{total} requests", done.load(Ordering::Relaxed));
+            }
+        })
+    };
+    let mut handles = Vec::with_capacity(args.clients);
+    for client in 0..args.clients {
+        let args = args.clone();
+        let done = done.clone();
+        let spawned = thread::Builder::new().stack_size(256 * 1024).spawn(move || match args.mode {
+            ClientMode::Tcp => tcp_client(&args, target, &done),
+            ClientMode::Http => http_client(&args, target, client, &done),
+        });
+        match spawned {
+            Ok(handle) => handles.push(handle),
+            Err(e) => {
+                drop(stop_tx);
+                let _ = progress.join();
+                return Err(e);
+            }
+        }
+    }
+    let mut report = Report::default();
+    for handle in handles {
+        match handle.join() {
+            Ok(r) => report.merge(r),
+            Err(_) => report.fail("a client thread panicked".to_string()),
+        }
+    }
+    drop(stop_tx);
+    let _ = progress.join();
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+fn tcp_client(args: &ClientArgs, target: SocketAddr, done: &AtomicU64) -> Report {
+    let mut report = Report::default();
+    let timeout = Duration::from_millis(args.timeout_ms);
+    for _ in 0..args.requests {
+        let started = Instant::now();
+        match tcp_exchange(target, &args.message, timeout) {
+            Ok((name, stream)) => {
+                report.latencies.push(started.elapsed());
+                if args.verbose {
+                    println!("[{name}] {}", args.message);
+                }
+                *report.per_backend.entry(name).or_default() += 1;
+                if args.hold_ms > 0 {
+                    thread::sleep(Duration::from_millis(args.hold_ms));
+                }
+                drop(stream);
+            }
+            Err(e) => report.fail(e),
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    report
+}
+
+/// One connection: send the line, read `[name] line`, return the name.
+fn tcp_exchange(target: SocketAddr, message: &str, timeout: Duration) -> Result<(String, TcpStream), String> {
+    let stream = TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_nodelay(true);
+    let mut wire = Wire::new(stream);
+    writeln!(wire.stream, "{message}").map_err(|e| format!("send: {e}"))?;
+    let n = match wire.line_len(MAX_HEAD) {
+        Ok(Some(n)) => n,
+        Ok(None) => return Err("connection closed without a reply".to_string()),
+        Err(e) => return Err(format!("read: {e}")),
+    };
+    let line = String::from_utf8_lossy(&wire.buffered()[..n]).trim_end().to_string();
+    let parsed = line.strip_prefix('[').and_then(|rest| rest.split_once("] "));
+    match parsed {
+        Some((name, echoed)) if echoed == message => Ok((name.to_string(), wire.stream)),
+        _ => Err(format!("unexpected reply {line:?}")),
+    }
+}
+
+fn http_client(args: &ClientArgs, target: SocketAddr, client: usize, done: &AtomicU64) -> Report {
+    let mut report = Report::default();
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let mut conn: Option<Wire<TcpStream>> = None;
+    for i in 0..args.requests {
+        let started = Instant::now();
+        let wire = match conn.take() {
+            Some(w) => Ok(w),
+            None => TcpStream::connect_timeout(&target, timeout).map(|s| {
+                let _ = s.set_read_timeout(Some(timeout));
+                let _ = s.set_nodelay(true);
+                Wire::new(s)
+            }),
+        };
+        let result = wire.map_err(|e| format!("connect: {e}")).and_then(|mut wire| {
+            let outcome = http_exchange(&mut wire, &args.target, client, i)?;
+            Ok((outcome, wire))
+        });
+        match result {
+            Ok(((status, name, keep), wire)) => {
+                report.latencies.push(started.elapsed());
+                *report.statuses.entry(status).or_default() += 1;
+                if args.verbose {
+                    println!("{status} from {name}");
+                }
+                if (200..400).contains(&status) {
+                    *report.per_backend.entry(name).or_default() += 1;
+                } else {
+                    report.fail(format!("status {status} from {name}"));
+                }
+                if keep {
+                    conn = Some(wire);
+                }
+            }
+            Err(e) => report.fail(e),
+        }
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+    report
+}
+
+/// One GET: returns (status, X-Served-By, whether the connection stays open).
+fn http_exchange(
+    wire: &mut Wire<TcpStream>,
+    host: &str,
+    client: usize,
+    i: usize,
+) -> Result<(u16, String, bool), String> {
+    write!(wire.stream, "GET /?client={client}&n={i} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+        .map_err(|e| format!("send: {e}"))?;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; h::MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(wire.buffered()) {
+            Ok(httparse::Status::Complete(len)) => {
+                let status = resp.code.unwrap_or(0);
+                let name = h::header(resp.headers, "x-served-by")
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_else(|| "(no X-Served-By)".to_string());
+                let kind = h::response_body("GET", status, resp.headers);
+                let keep = resp.version == Some(1) && !h::has_token(resp.headers, "connection", "close");
+                wire.consume(len);
+                wire.copy_body(kind, &mut io::sink()).map_err(|e| format!("body: {e}"))?;
+                return Ok((status, name, keep && kind != h::BodyKind::UntilClose));
+            }
+            Ok(httparse::Status::Partial) => match wire.fill(MAX_HEAD) {
+                Ok(0) => return Err("connection closed before a response".to_string()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read: {e}")),
+            },
+            Err(e) => return Err(format!("invalid response: {e}")),
+        }
+    }
+}
