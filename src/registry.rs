@@ -88,8 +88,8 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// When it was accepted.
     pub accepted: Instant,
-    /// The client socket.
-    pub stream: TcpStream,
+    /// The client socket, shared with the relay's helper thread.
+    pub stream: Arc<TcpStream>,
     registry: Arc<Registry>,
 }
 
@@ -98,7 +98,7 @@ impl Conn {
     pub fn register(registry: &Arc<Registry>, id: u64, stream: TcpStream, peer: SocketAddr) -> Conn {
         let entry = Entry { client: stream.as_raw_fd(), backend: None };
         registry.entries.lock().insert(id, entry);
-        Conn { id, peer, accepted: Instant::now(), stream, registry: registry.clone() }
+        Conn { id, peer, accepted: Instant::now(), stream: Arc::new(stream), registry: registry.clone() }
     }
 
     /// Registers the backend socket too, until the returned guard drops; the guard must drop

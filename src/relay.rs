@@ -60,18 +60,15 @@ impl Activity {
 /// direction runs on a helper thread received through `helpers`; `buf` is the calling worker's
 /// reusable buffer.
 pub fn relay(
-    client: &TcpStream,
-    backend: &TcpStream,
+    client: &Arc<TcpStream>,
+    backend: &Arc<TcpStream>,
     idle: Duration,
     helpers: &Sender<HelperJob>,
     buf: &mut Vec<u8>,
 ) -> RelayOutcome {
     let activity = Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0) });
-    let clones = client.try_clone().and_then(|c| Ok((c, backend.try_clone()?)));
-    let (client2, backend2) = match clones {
-        Ok(pair) => pair,
-        Err(e) => return RelayOutcome { up: 0, down: 0, error: Some((Side::Client, e)) },
-    };
+    // Shared, not `try_clone`d: a relayed connection costs two descriptors, not four.
+    let (client2, backend2) = (client.clone(), backend.clone());
     for s in [client, backend] {
         let _ = s.set_read_timeout(non_zero(idle));
         let _ = s.set_write_timeout(non_zero(idle));
@@ -80,6 +77,7 @@ pub fn relay(
     let down_activity = activity.clone();
     let job: HelperJob = Box::new(move |buf: &mut Vec<u8>| {
         let result = pump(&backend2, &client2, Side::Backend, &down_activity, idle, buf);
+        drop((backend2, client2));
         let _ = done_tx.send(result);
     });
     if let Err(e) = helpers.send(job) {

@@ -198,7 +198,7 @@ fn tcp_exchange(target: SocketAddr, message: &str, timeout: Duration) -> Result<
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_nodelay(true);
     let mut wire = Wire::new(stream);
-    writeln!(wire.stream, "{message}").map_err(|e| format!("send: {e}"))?;
+    wire.stream.write_all(format!("{message}\n").as_bytes()).map_err(|e| format!("send: {e}"))?;
     let n = match wire.line_len(MAX_HEAD) {
         Ok(Some(n)) => n,
         Ok(None) => return Err("connection closed without a reply".to_string()),
@@ -260,7 +260,8 @@ fn http_exchange(
     client: usize,
     i: usize,
 ) -> Result<(u16, String, bool), String> {
-    write!(wire.stream, "GET /?client={client}&n={i} HTTP/1.1\r\nHost: {host}\r\n\r\n")
+    wire.stream
+        .write_all(format!("GET /?client={client}&n={i} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
         .map_err(|e| format!("send: {e}"))?;
     loop {
         let mut headers = [httparse::EMPTY_HEADER; h::MAX_HEADERS];

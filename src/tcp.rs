@@ -38,6 +38,7 @@ pub fn serve(conn: Conn, ctx: &TcpContext, buf: &mut Vec<u8>) {
             return;
         }
     };
+    let backend = Arc::new(backend);
     let attached = conn.attach(&backend);
     let outcome = relay::relay(&conn.stream, &backend, ctx.config.timeouts.idle, &ctx.helpers, buf);
     drop(attached);

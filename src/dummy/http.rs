@@ -220,13 +220,13 @@ fn write_body_part(out: &mut TcpStream, part: &[u8], chunked: bool) -> io::Resul
 
 fn respond_error(out: &mut TcpStream, dummy: &Dummy, status: u16, why: &str) -> io::Result<()> {
     let body = format!("{why}\n");
-    write!(
-        out,
+    let response = format!(
         "HTTP/1.1 {status} {}\r\nX-Served-By: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         h::reason(status),
         dummy.name,
         body.len()
-    )
+    );
+    out.write_all(response.as_bytes())
 }
 
 #[cfg(test)]

@@ -139,7 +139,7 @@ fn serve_lines(wire: &mut Wire<TcpStream>, peer: SocketAddr, dummy: &Dummy) {
         if !dummy.delay.is_zero() {
             thread::sleep(dummy.delay);
         }
-        if let Err(e) = writeln!(wire.stream, "[{}] {line}", dummy.name) {
+        if let Err(e) = wire.stream.write_all(format!("[{}] {line}\n", dummy.name).as_bytes()) {
             log::warn!("{peer}: reply failed: {e}");
             break;
         }

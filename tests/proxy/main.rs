@@ -1,0 +1,5 @@
+//! Integration tests: the real proxy_server, dummy_server and simulate_client binaries, on
+//! loopback ports chosen by the kernel.
+
+mod tcp;
+mod util;

@@ -1,0 +1,351 @@
+//! TCP mode, end to end.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+#[test]
+fn every_reply_names_its_backend_and_echoes_the_line() {
+    let ds = dummies(3);
+    let addrs: Vec<_> = ds.iter().map(|d| d.1).collect();
+    let (_p, addr) = proxy(&addrs, "round-robin");
+    let mut seen = HashSet::new();
+    for i in 0..9 {
+        let mut s = connect(addr);
+        seen.insert(exchange(&mut s, &format!("hello {i}")));
+        // Several lines on one connection stay with one backend.
+        let first = exchange(&mut s, "again");
+        assert_eq!(first, exchange(&mut s, "and again"));
+    }
+    let expected: HashSet<String> = ["app1", "app2", "app3"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(seen, expected);
+}
+
+#[test]
+fn least_connections_spreads_held_connections_and_refills_the_freed_backend() {
+    let ds = dummies(3);
+    let addrs: Vec<_> = ds.iter().map(|d| d.1).collect();
+    let (p, addr) = proxy(&addrs, "least-connections");
+    let mut held: Vec<(String, TcpStream)> = (0..3)
+        .map(|i| {
+            let mut s = connect(addr);
+            (exchange(&mut s, &format!("hold {i}")), s)
+        })
+        .collect();
+    let names: HashSet<_> = held.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(names.len(), 3, "3 held connections on 3 backends, got {names:?}");
+
+    // Close the one on the second backend, wait until the proxy has counted it closed.
+    let idx = held.iter().position(|(n, _)| n == "app2").expect("one on app2");
+    let (freed, s) = held.remove(idx);
+    drop(s);
+    p.wait_for("closed: ");
+    let mut s = connect(addr);
+    assert_eq!(exchange(&mut s, "next"), freed);
+    let line = p.wait_for(&format!("-> {freed} "));
+    assert!(line.contains("least-connections: app2=0"), "reason shows the counts compared: {line}");
+}
+
+#[test]
+fn round_robin_cycles_in_order() {
+    let ds = dummies(3);
+    let addrs: Vec<_> = ds.iter().map(|d| d.1).collect();
+    let (_p, addr) = proxy(&addrs, "round-robin");
+    let order: Vec<String> = (0..7).map(|i| exchange(&mut connect(addr), &format!("n{i}"))).collect();
+    assert_eq!(order, ["app1", "app2", "app3", "app1", "app2", "app3", "app1"]);
+}
+
+#[test]
+fn a_dead_backend_is_skipped_without_client_errors() {
+    let ds = dummies(2);
+    let (_dead_socket, dead) = dead_addr();
+    let addrs = [ds[0].1, dead, ds[1].1];
+    let (p, addr) = proxy(&addrs, "round-robin");
+    for i in 0..12 {
+        let name = exchange(&mut connect(addr), &format!("try {i}"));
+        assert!(name == "app1" || name == "app2", "served by {name}");
+    }
+    let line = p.wait_for("connect to app2");
+    assert!(line.contains("trying the next backend"), "{line}");
+}
+
+/// A backend that speaks first, then counts what it receives until EOF and reports the count.
+fn banner_backend() -> (std::net::SocketAddr, thread::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let h = thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        s.write_all(b"220 banner ready\r\n").expect("banner");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read to EOF");
+        // The client half-closed; this direction still works.
+        s.write_all(format!("got {} bytes\n", got.len()).as_bytes()).expect("reply after EOF");
+    });
+    (addr, h)
+}
+
+#[test]
+fn server_speaks_first_and_client_half_close_passes_through() {
+    let (backend, handle) = banner_backend();
+    let (_p, addr) = proxy(&[backend], "round-robin");
+    let mut s = connect(addr);
+    assert_eq!(read_line(&mut s), "220 banner ready", "backend spoke first");
+    s.write_all(b"one\ntwo\nthree\n").expect("send");
+    s.shutdown(Shutdown::Write).expect("half-close");
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).expect("read to EOF");
+    assert_eq!(rest, "got 14 bytes\n");
+    handle.join().expect("backend");
+}
+
+#[test]
+fn backend_half_close_passes_through() {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = l.local_addr().expect("addr");
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let h = thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("accept");
+        s.write_all(b"early\n").expect("write");
+        s.shutdown(Shutdown::Write).expect("half-close");
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("read");
+        tx.send(got).expect("report");
+    });
+    let (_p, addr) = proxy(&[backend], "round-robin");
+    let mut s = connect(addr);
+    let mut got = String::new();
+    s.read_to_string(&mut got).expect("EOF from the backend's half-close");
+    assert_eq!(got, "early\n");
+    s.write_all(b"still flowing upstream").expect("send after EOF");
+    s.shutdown(Shutdown::Write).expect("half-close");
+    assert_eq!(rx.recv_timeout(WAIT).expect("backend report"), b"still flowing upstream");
+    h.join().expect("backend");
+}
+
+#[test]
+fn eight_mib_echoed_intact_while_flowing_both_ways() {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = l.local_addr().expect("addr");
+    let h = thread::spawn(move || {
+        let (s, _) = l.accept().expect("accept");
+        let mut r = s.try_clone().expect("clone");
+        let mut w = s;
+        std::io::copy(&mut r, &mut w).expect("echo");
+        w.shutdown(Shutdown::Write).expect("half-close");
+    });
+    let (p, addr) = proxy(&[backend], "round-robin");
+    let s = connect(addr);
+    const LEN: usize = 8 << 20;
+    let data: Vec<u8> = (0..LEN).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[3]).collect();
+    let mut w = s.try_clone().expect("clone");
+    let sent = data.clone();
+    // Writing and reading at once: with a half-duplex relay this would deadlock.
+    let writer = thread::spawn(move || {
+        for chunk in sent.chunks(100_000) {
+            w.write_all(chunk).expect("write");
+        }
+        w.shutdown(Shutdown::Write).expect("half-close");
+    });
+    let mut got = Vec::with_capacity(LEN);
+    (&s).read_to_end(&mut got).expect("read echo");
+    writer.join().expect("writer");
+    assert_eq!(got.len(), LEN);
+    assert!(got == data, "echo differs from what was sent");
+    let line = p.wait_for("closed: ");
+    assert!(line.contains(&format!("{LEN} bytes up, {LEN} bytes down")), "{line}");
+    h.join().expect("backend");
+}
+
+#[test]
+fn a_thousand_concurrent_held_connections_are_all_served_with_the_shipped_workers() {
+    let shipped =
+        lbproxy::config::RawConfig::load(&shipped_config()).expect("read").validate().expect("valid");
+    assert!(shipped.workers >= 1024, "shipped config.ini has workers = {}", shipped.workers);
+    let ds = dummies(3);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(PROXY);
+    cmd.current_dir(dir.path()).arg("--config").arg(shipped_config()).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--log-file",
+        "",
+    ]);
+    for d in &ds {
+        cmd.arg("--backend").arg(d.1.to_string());
+    }
+    let p = Proc::spawn(&mut cmd, Some(dir));
+    let addr = p.listening_addr();
+    // Each connection is answered while all the earlier ones are still held open.
+    let mut held = Vec::with_capacity(1000);
+    let mut per_backend = std::collections::HashMap::<String, usize>::new();
+    for i in 0..1000 {
+        let mut s = connect(addr);
+        *per_backend.entry(exchange(&mut s, &format!("held {i}"))).or_default() += 1;
+        held.push(s);
+    }
+    // And every one of them still works with all 1000 open.
+    for (i, s) in held.iter_mut().enumerate() {
+        exchange(s, &format!("still {i}"));
+    }
+    assert_eq!(per_backend.values().sum::<usize>(), 1000);
+    for d in ["app1", "app2", "app3"] {
+        let n = per_backend.get(d).copied().unwrap_or(0);
+        assert!((330..=337).contains(&n), "least-connections spreads evenly: {per_backend:?}");
+    }
+}
+
+#[test]
+fn ctrl_c_drains_open_connections_refuses_new_ones_and_exits_zero() {
+    let ds = dummies(1);
+    let (mut p, addr) = proxy(&[ds[0].1], "round-robin");
+    let mut open = connect(addr);
+    assert_eq!(exchange(&mut open, "before"), "app1");
+    p.signal("INT");
+    p.wait_for("stopped accepting");
+    let refused = TcpStream::connect_timeout(&addr, Duration::from_secs(2));
+    assert!(refused.is_err(), "new connections are refused while draining");
+    assert_eq!(exchange(&mut open, "during drain"), "app1", "the open connection keeps working");
+    drop(open);
+    let status = p.wait_exit();
+    assert_eq!(status.code(), Some(0), "log:\n{}", p.log_text());
+    let log = p.log_text();
+    assert!(log.contains("served 1 connection(s)"), "summary printed:\n{log}");
+    assert!(log.contains("backend app1 ") && log.contains("total=1 failures=0"), "{log}");
+}
+
+#[test]
+fn drain_timeout_closes_what_remains() {
+    let ds = dummies(1);
+    let config = format!("[proxy]\ndrain_timeout_ms = 300\n{}", backends_section(&[ds[0].1]));
+    let (mut p, addr) = proxy_with(&config, &[]);
+    let mut open = connect(addr);
+    exchange(&mut open, "hi");
+    let started = Instant::now();
+    p.signal("TERM");
+    p.wait_for("drain timeout: closed 1");
+    assert_eq!(p.wait_exit().code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let mut rest = Vec::new();
+    let _ = open.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "the held connection was closed");
+}
+
+#[test]
+fn invalid_configs_exit_2_naming_each_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.ini");
+    std::fs::write(
+        &path,
+        "[proxy]\nlisten = 127.0.0.1:70000\nalgorithm = fastest-first\ncolour = blue\n\
+         [backends]\napp1 = 127.0.0.1\n",
+    )
+    .expect("write");
+    for check in [false, true] {
+        let mut cmd = Command::new(PROXY);
+        cmd.arg("--config").arg(&path);
+        if check {
+            cmd.arg("--check");
+        }
+        let out = cmd.output().expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let file = path.display().to_string();
+        for needle in [
+            format!("{file}:2: [proxy] listen: invalid port '70000'"),
+            format!("{file}:3: [proxy] algorithm: unknown algorithm 'fastest-first'"),
+            format!("{file}:4: [proxy] colour: unknown key 'colour'"),
+            format!("{file}:6: [backends] app1: '127.0.0.1' has no port"),
+        ] {
+            assert!(err.contains(&needle), "missing {needle:?} in:\n{err}");
+        }
+    }
+    let missing = Command::new(PROXY).args(["--config", "/nonexistent/lb.ini"]).output().expect("run");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/lb.ini: cannot read"));
+    let bad_flag = Command::new(PROXY)
+        .arg("--config")
+        .arg(shipped_config())
+        .args(["--check", "--workers", "0"])
+        .output()
+        .expect("run");
+    assert_eq!(bad_flag.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad_flag.stderr).contains("--workers: [proxy] workers: 0 is out of range")
+    );
+}
+
+#[test]
+fn check_passes_on_the_shipped_config() {
+    let out = Command::new(PROXY).arg("--config").arg(shipped_config()).arg("--check").output().expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listen = 0.0.0.0:8080"), "{text}");
+    assert!(text.contains("app10 = 127.0.0.1:9099"), "{text}");
+    assert!(text.contains("is valid"), "{text}");
+}
+
+#[test]
+fn the_proxy_survives_running_out_of_descriptors_and_serves_again() {
+    let ds = dummies(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!("[proxy]\nworkers = 8\nqueue = 64\n{}", backends_section(&[ds[0].1]));
+    std::fs::write(dir.path().join("config.ini"), config).expect("write");
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(dir.path())
+        .args(["-c", &format!("ulimit -n 32 && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
+    let p = Proc::spawn(&mut cmd, Some(dir));
+    let addr = p.listening_addr();
+    // Far more connections than 32 descriptors allow.
+    let flood: Vec<TcpStream> = (0..60).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+    for mut s in flood.iter().take(40) {
+        let _ = s.write_all(b"flood\n");
+    }
+    p.wait_for("Too many open files");
+    drop(flood);
+    // Serving again: retry briefly while the proxy works through the closed flood.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut s = connect(addr);
+        s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+        if s.write_all(b"after\n").is_ok() {
+            let reply = read_line(&mut s);
+            if reply == "[app1] after" {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "not serving again; log:\n{}", p.log_text());
+    }
+    assert!(p.log_text().contains("Too many open files"));
+}
+
+#[test]
+fn simulate_client_reports_the_distribution_and_exit_status() {
+    let ds = dummies(3);
+    let addrs: Vec<_> = ds.iter().map(|d| d.1).collect();
+    let (_p, addr) = proxy(&addrs, "round-robin");
+    let out = Command::new(CLIENT)
+        .args(["--target", &addr.to_string(), "--clients", "3", "--requests", "10"])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for needle in ["app1", "app2", "app3", "p50", "p99", "failures"] {
+        assert!(text.contains(needle), "{needle} in:\n{text}");
+    }
+    for line in text.lines().filter(|l| l.starts_with("app")) {
+        assert!(line.split_whitespace().nth(1) == Some("10"), "round-robin gives 10 each: {line}");
+    }
+    let (_dead_socket, dead) = dead_addr();
+    let out = Command::new(CLIENT)
+        .args(["--target", &dead.to_string(), "--clients", "2", "--requests", "2"])
+        .output()
+        .expect("run");
+    assert_ne!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("first error: connect"), "{text}");
+}

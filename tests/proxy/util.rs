@@ -1,0 +1,182 @@
+//! Test harness: real binaries on 127.0.0.1:0 ports, readiness read from their logs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+pub const PROXY: &str = env!("CARGO_BIN_EXE_proxy_server");
+pub const DUMMY: &str = env!("CARGO_BIN_EXE_dummy_server");
+pub const CLIENT: &str = env!("CARGO_BIN_EXE_simulate_client");
+
+/// Generous upper bound for anything a test waits on; tests normally finish far sooner.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A child process whose stderr lines are collected; killed (by pid) when dropped.
+pub struct Proc {
+    pub child: Child,
+    lines: Receiver<String>,
+    pub log: Arc<Mutex<Vec<String>>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command, dir: Option<tempfile::TempDir>) -> Proc {
+        let mut child =
+            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log lock").push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Proc { child, lines: rx, log, _dir: dir }
+    }
+
+    /// Waits for a stderr line containing `needle`; panics with the log so far on timeout.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no line with {needle:?} within {WAIT:?}; log:\n{}", self.log_text()),
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().expect("log lock").join("\n")
+    }
+
+    /// The address after "listening on " in the line announcing it.
+    pub fn listening_addr(&self) -> SocketAddr {
+        let line = self.wait_for("listening on ");
+        let rest = line.split("listening on ").nth(1).expect("address");
+        rest.split_whitespace().next().expect("address").parse().expect("socket address")
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
+        assert!(status.expect("kill").success());
+    }
+
+    /// Waits for the process to exit, at most `WAIT`.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "process did not exit; log:\n{}", self.log_text());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a dummy server named `name` on a free port.
+pub fn dummy(name: &str) -> (Proc, SocketAddr) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(DUMMY);
+    cmd.args(["0", "--name", name, "--log-dir"]).arg(dir.path());
+    let p = Proc::spawn(&mut cmd, Some(dir));
+    let addr = p.listening_addr();
+    (p, addr)
+}
+
+/// Starts `n` dummies named app1..appN.
+pub fn dummies(n: usize) -> Vec<(Proc, SocketAddr)> {
+    (1..=n).map(|i| dummy(&format!("app{i}"))).collect()
+}
+
+/// A `[backends]` section for `addrs`, named app1..appN.
+pub fn backends_section(addrs: &[SocketAddr]) -> String {
+    let mut s = String::from("[backends]\n");
+    for (i, a) in addrs.iter().enumerate() {
+        s.push_str(&format!("app{} = {a}\n", i + 1));
+    }
+    s
+}
+
+/// Writes `config` into a fresh directory and starts the proxy on 127.0.0.1:0 with `extra` flags.
+pub fn proxy_with(config: &str, extra: &[&str]) -> (Proc, SocketAddr) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.ini");
+    std::fs::write(&path, config).expect("write config");
+    let mut cmd = Command::new(PROXY);
+    cmd.current_dir(dir.path()).arg("--config").arg(&path).args(["--listen", "127.0.0.1:0"]).args(extra);
+    let p = Proc::spawn(&mut cmd, Some(dir));
+    let addr = p.listening_addr();
+    (p, addr)
+}
+
+/// Starts the proxy over `addrs` with `algorithm` and otherwise default settings.
+pub fn proxy(addrs: &[SocketAddr], algorithm: &str) -> (Proc, SocketAddr) {
+    let config = format!("[proxy]\nalgorithm = {algorithm}\nworkers = 64\n{}", backends_section(addrs));
+    proxy_with(&config, &[])
+}
+
+/// Connects with read/write timeouts set.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s.set_write_timeout(Some(WAIT)).expect("timeout");
+    s
+}
+
+/// Reads one line (without the newline), byte by byte so nothing past it is consumed.
+pub fn read_line(s: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match s.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) => panic!("read_line: {e} after {:?}", String::from_utf8_lossy(&line)),
+        }
+    }
+    String::from_utf8_lossy(&line).trim_end_matches('\r').to_string()
+}
+
+/// Sends `msg` and returns the backend name from the `[name] msg` reply, checking the echo.
+pub fn exchange(s: &mut TcpStream, msg: &str) -> String {
+    s.write_all(format!("{msg}\n").as_bytes()).expect("send");
+    let reply = read_line(s);
+    let (name, echoed) =
+        reply.strip_prefix('[').and_then(|r| r.split_once("] ")).unwrap_or_else(|| panic!("reply {reply:?}"));
+    assert_eq!(echoed, msg, "reply {reply:?} does not echo {msg:?}");
+    name.to_string()
+}
+
+/// A port that refuses connections: bound (so no one else takes it) but not listening.
+/// Keep the socket alive as long as the port must stay dead.
+pub fn dead_addr() -> (socket2::Socket, SocketAddr) {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).expect("bind");
+    let addr = s.local_addr().expect("addr").as_socket().expect("inet");
+    (s, addr)
+}
+
+/// The repository's shipped config.ini.
+pub fn shipped_config() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config.ini")
+}
