@@ -6,7 +6,7 @@ use clap::Parser;
 
 use crate::config::{Config, ConfigError, RawConfig, DEFAULT_PATH};
 
-/// A load-balancing TCP proxy: a thread pool of blocking workers, least-connections or
+/// A load-balancing TCP and HTTP/1.1 proxy: a thread pool of blocking workers, least-connections or
 /// round-robin.
 #[derive(Debug, Parser)]
 #[command(name = "proxy_server", version, about)]
@@ -26,7 +26,7 @@ pub struct ProxyArgs {
     /// Number of worker threads (overrides [proxy] workers).
     #[arg(long, value_name = "N")]
     pub workers: Option<String>,
-    /// tcp (overrides [proxy] mode).
+    /// tcp or http (overrides [proxy] mode).
     #[arg(long)]
     pub mode: Option<String>,
     /// error, warn, info, debug or trace (overrides [proxy] log_level).

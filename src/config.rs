@@ -22,7 +22,12 @@
 //! | | `log_level` | `info` |
 //! | | `drain_timeout_ms` | `5000` |
 //! | `[timeouts]` | `connect_ms` | `2000` |
-//! | | `idle_ms` | `60000` |
+//! | | `idle_ms` | `60000` (also idle keep-alive client connections) |
+//! | | `header_ms` | `10000` (http: a request head must arrive within it) |
+//! | | `response_ms` | `60000` (http: the backend's response head must arrive within it) |
+//! | `[http]` | `backend_keepalive` | `32` (idle pooled connections per backend) |
+//! | | `max_head_bytes` | `65536` |
+//! | | `max_body_bytes` | `0` (no limit) |
 //! | `[backends]` | `name = host:port [weight=N]` | none: at least one is required |
 //!
 //! Comments are whole lines starting with `#` or `;`.
@@ -124,6 +129,21 @@ pub struct Timeouts {
     pub connect: Duration,
     /// No bytes in either direction for this long closes the connection (`idle_ms`, 60000).
     pub idle: Duration,
+    /// HTTP: the request head must be complete within this (`header_ms`, 10000).
+    pub header: Duration,
+    /// HTTP: the backend's response head must arrive within this (`response_ms`, 60000).
+    pub response: Duration,
+}
+
+/// HTTP-mode settings (`[http]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Idle persistent connections kept per backend (`backend_keepalive`, 32).
+    pub backend_keepalive: usize,
+    /// Largest request head (`max_head_bytes`, 65536); larger gets 431.
+    pub max_head_bytes: usize,
+    /// Largest request body (`max_body_bytes`, 0 = no limit); larger gets 413.
+    pub max_body_bytes: Option<u64>,
 }
 
 /// The validated configuration.
@@ -141,6 +161,7 @@ pub struct Config {
     pub log_level: LevelFilter,
     pub drain_timeout: Duration,
     pub timeouts: Timeouts,
+    pub http: HttpSettings,
     pub backends: Vec<BackendSpec>,
 }
 
@@ -160,6 +181,12 @@ impl fmt::Display for Config {
         writeln!(f, "[timeouts]")?;
         writeln!(f, "connect_ms = {}", self.timeouts.connect.as_millis())?;
         writeln!(f, "idle_ms = {}", self.timeouts.idle.as_millis())?;
+        writeln!(f, "header_ms = {}", self.timeouts.header.as_millis())?;
+        writeln!(f, "response_ms = {}", self.timeouts.response.as_millis())?;
+        writeln!(f, "[http]")?;
+        writeln!(f, "backend_keepalive = {}", self.http.backend_keepalive)?;
+        writeln!(f, "max_head_bytes = {}", self.http.max_head_bytes)?;
+        writeln!(f, "max_body_bytes = {}", self.http.max_body_bytes.unwrap_or(0))?;
         writeln!(f, "[backends]")?;
         for b in &self.backends {
             writeln!(f, "{} = {} weight={} ({})", b.name, b.target, b.weight, b.addr)?;
@@ -173,7 +200,8 @@ const SECTIONS: &[(&str, &[&str])] = &[
         "proxy",
         &["listen", "mode", "algorithm", "workers", "queue", "log_file", "log_level", "drain_timeout_ms"],
     ),
-    ("timeouts", &["connect_ms", "idle_ms"]),
+    ("timeouts", &["connect_ms", "idle_ms", "header_ms", "response_ms"]),
+    ("http", &["backend_keepalive", "max_head_bytes", "max_body_bytes"]),
     ("backends", &[]),
 ];
 
@@ -311,7 +339,7 @@ impl RawConfig {
         let listen = v.get("proxy", "listen", "0.0.0.0:8080", |s| parse_socket_addr(s, true));
         let mode = v.get("proxy", "mode", "tcp", |s| match s {
             "tcp" => Ok(Mode::Tcp),
-            "http" => Err("http mode is not available in this version (use tcp)".to_string()),
+            "http" => Ok(Mode::Http),
             other => Err(format!("unknown mode '{other}' (expected tcp or http)")),
         });
         let algorithm = v.get("proxy", "algorithm", "least-connections", parse_algorithm);
@@ -323,6 +351,11 @@ impl RawConfig {
         let drain = v.get("proxy", "drain_timeout_ms", "5000", parse_millis);
         let connect = v.get("timeouts", "connect_ms", "2000", parse_millis);
         let idle = v.get("timeouts", "idle_ms", "60000", parse_millis);
+        let header = v.get("timeouts", "header_ms", "10000", parse_millis);
+        let response = v.get("timeouts", "response_ms", "60000", parse_millis);
+        let keepalive = v.get("http", "backend_keepalive", "32", |s| parse_number(s, 0, 10_000));
+        let max_head = v.get("http", "max_head_bytes", "65536", |s| parse_number(s, 1024, 1 << 20));
+        let max_body = v.get("http", "max_body_bytes", "0", |s| parse_number(s, 0, u64::MAX >> 1));
         let mut backends = Vec::new();
         for s in self.settings.iter().filter(|s| s.section == "backends") {
             match parse_backend(&s.key, &s.value) {
@@ -344,7 +377,21 @@ impl RawConfig {
             Origin::Flag(_) => (1, 0),
             Origin::File => (2, 0),
         });
-        match (listen, mode, algorithm, workers, queue, log_file, log_level, drain, connect, idle) {
+        let timeouts = match (connect, idle, header, response) {
+            (Some(connect), Some(idle), Some(header), Some(response)) => {
+                Some(Timeouts { connect, idle, header, response })
+            }
+            _ => None,
+        };
+        let http = match (keepalive, max_head, max_body) {
+            (Some(k), Some(h), Some(b)) => Some(HttpSettings {
+                backend_keepalive: k as usize,
+                max_head_bytes: h as usize,
+                max_body_bytes: (b > 0).then_some(b),
+            }),
+            _ => None,
+        };
+        match (listen, mode, algorithm, workers, queue, log_file, log_level, drain, timeouts, http) {
             (
                 Some(listen),
                 Some(mode),
@@ -354,8 +401,8 @@ impl RawConfig {
                 Some(log_file),
                 Some(log_level),
                 Some(drain),
-                Some(connect),
-                Some(idle),
+                Some(timeouts),
+                Some(http),
             ) if errors.is_empty() => Ok(Config {
                 file: self.file.clone(),
                 listen,
@@ -366,7 +413,8 @@ impl RawConfig {
                 log_file,
                 log_level,
                 drain_timeout: drain,
-                timeouts: Timeouts { connect, idle },
+                timeouts,
+                http,
                 backends,
             }),
             _ => Err(errors),

@@ -21,8 +21,10 @@ use socket2::{Domain, Socket, Type};
 
 use crate::backend::{self, summary_line, Backends};
 use crate::balancer::Balancer;
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::error::{is_fd_exhaustion, Error};
+use crate::http::keepalive::KeepAlive;
+use crate::http::proxy::{self as http_proxy, HttpContext, Scratch};
 use crate::pool::WorkerPool;
 use crate::registry::{Conn, Registry};
 use crate::relay::HelperJob;
@@ -79,7 +81,8 @@ impl Server {
     /// Serves until `stop` yields (or disconnects), then drains and returns the summary.
     pub fn run(self, stop: Receiver<&'static str>) -> Result<Summary, Error> {
         let Server { config, listener, local_addr } = self;
-        log::info!("listening on {local_addr} (mode tcp, {} workers)", config.workers);
+        let mode = if config.mode == Mode::Http { "http" } else { "tcp" };
+        log::info!("listening on {local_addr} (mode {mode}, {} workers)", config.workers);
         for line in config.to_string().lines() {
             log::info!("config: {line}");
         }
@@ -89,22 +92,38 @@ impl Server {
         let (job_tx, job_rx) = crossbeam_channel::bounded::<Conn>(config.queue);
         let (helper_tx, helper_rx) = crossbeam_channel::bounded::<HelperJob>(config.workers);
 
-        // Helpers pump backend -> client. Each busy worker uses at most one, so a pool of the
-        // same size never makes a worker wait for a helper.
-        let helpers = WorkerPool::start(
-            "relay-helper",
-            config.workers,
-            helper_rx,
-            |job: HelperJob, buf: &mut Vec<u8>| job(buf),
-        );
-        let ctx = Arc::new(TcpContext { config: config.clone(), balancer, helpers: helper_tx });
-        let worker_ctx = ctx.clone();
-        let workers =
-            WorkerPool::start("worker", config.workers, job_rx, move |conn: Conn, buf: &mut Vec<u8>| {
-                tcp::serve(conn, &worker_ctx, buf)
-            });
-
         let stopping = Arc::new(AtomicBool::new(false));
+        // TCP mode: helpers pump backend -> client. Each busy worker uses at most one, so a
+        // pool of the same size never makes a worker wait for a helper. HTTP mode needs none.
+        let helpers = (config.mode == Mode::Tcp).then(|| {
+            WorkerPool::start(
+                "relay-helper",
+                config.workers,
+                helper_rx,
+                |job: HelperJob, buf: &mut Vec<u8>| job(buf),
+            )
+        });
+        let workers = match config.mode {
+            Mode::Tcp => {
+                let ctx = Arc::new(TcpContext { config: config.clone(), balancer, helpers: helper_tx });
+                WorkerPool::start("worker", config.workers, job_rx, move |conn: Conn, buf: &mut Vec<u8>| {
+                    tcp::serve(conn, &ctx, buf)
+                })
+            }
+            Mode::Http => {
+                drop(helper_tx);
+                let ctx = Arc::new(HttpContext {
+                    pools: KeepAlive::new(backends.len(), config.http.backend_keepalive),
+                    config: config.clone(),
+                    balancer,
+                    stopping: stopping.clone(),
+                });
+                WorkerPool::start("worker", config.workers, job_rx, move |conn: Conn, s: &mut Scratch| {
+                    http_proxy::serve(conn, &ctx, s)
+                })
+            }
+        };
+
         let accepted = Arc::new(AtomicU64::new(0));
         let (halt_tx, halt_rx) = crossbeam_channel::bounded::<()>(0);
         let listener = Arc::new(listener);
@@ -132,7 +151,8 @@ impl Server {
         let _ = socket2::SockRef::from(&*listener).shutdown(std::net::Shutdown::Both);
         let _ = acceptor.join();
         drop(listener);
-        let in_flight = registry.len();
+        let idle_closed = registry.close_idle();
+        let in_flight = registry.len().saturating_sub(idle_closed);
         log::warn!(
             "{why}: stopped accepting; draining {in_flight} connection(s) for up to {} ms",
             config.drain_timeout.as_millis()
@@ -144,8 +164,9 @@ impl Server {
             registry.wait_empty(Instant::now() + Duration::from_secs(5));
         }
         workers.join();
-        drop(ctx);
-        helpers.join();
+        if let Some(helpers) = helpers {
+            helpers.join();
+        }
 
         let summary = Summary {
             connections: accepted.load(Ordering::Relaxed),

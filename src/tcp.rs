@@ -42,7 +42,10 @@ pub fn serve(conn: Conn, ctx: &TcpContext, buf: &mut Vec<u8>) {
     let attached = conn.attach(&backend);
     let outcome = relay::relay(&conn.stream, &backend, ctx.config.timeouts.idle, &ctx.helpers, buf);
     drop(attached);
-    let b = pick.guard.backend();
+    let b = &ctx.balancer.backends()[pick.guard.index()];
+    // The connection is over: give its slot back before saying so, so that whoever reads the
+    // log line sees the count already lowered.
+    drop(pick);
     b.record_bytes(outcome.up, outcome.down);
     let ms = conn.accepted.elapsed().as_millis();
     match outcome.error {

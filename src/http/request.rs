@@ -1,0 +1,379 @@
+//! Request heads: parsed by httparse, checked against request smuggling, and rewritten for the
+//! backend (hop-by-hop headers removed, framing re-established, forwarding headers added).
+//!
+//! Anything ambiguous is rejected before a byte reaches a backend: both Content-Length and
+//! Transfer-Encoding, a repeated or invalid Content-Length, a Transfer-Encoding whose final
+//! coding is not `chunked`, whitespace before a colon, obs-fold, invalid bytes in names, values
+//! or target, a missing or repeated Host in HTTP/1.1, and unsupported versions (505).
+
+use std::net::IpAddr;
+
+use super::{has_token, parse_length, BodyKind, MAX_HEADERS};
+
+/// Why a request is refused, and with which status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    /// The status to answer with (400, 405, 413, 417, 431, 505).
+    pub status: u16,
+    /// A short reason, sent as the body and logged.
+    pub why: &'static str,
+}
+
+const fn reject(status: u16, why: &'static str) -> Rejection {
+    Rejection { status, why }
+}
+
+/// What the proxy needs to know about a request after its head was parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Length of the head in the buffer.
+    pub len: usize,
+    pub method: String,
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    pub body: BodyKind,
+    /// Whether the client wants the connection kept open after this exchange.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` was sent (the proxy answers it itself).
+    pub expect_continue: bool,
+    /// The client's `X-Request-ID`, or a new UUID v4.
+    pub request_id: String,
+    /// Safe to send twice: an idempotent method or an `Idempotency-Key` header.
+    pub retryable: bool,
+}
+
+/// Where a request came from and how the proxy names itself, for the forwarding headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding<'a> {
+    /// The client's address, appended to `X-Forwarded-For`.
+    pub client: IpAddr,
+    /// Used as `Host` when an HTTP/1.0 request has none.
+    pub local_host: &'a str,
+    /// The `Via` pseudonym.
+    pub via: &'a str,
+}
+
+/// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
+const HOP_BY_HOP: &[&str] =
+    &["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "transfer-encoding"];
+
+/// Whether `name` is hop-by-hop, either always or because `Connection` names it.
+pub fn is_hop_by_hop(name: &str, headers: &[httparse::Header<'_>]) -> bool {
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || has_token(headers, "connection", name)
+}
+
+/// Parses the head at the start of `buf`. `Ok(None)`: incomplete, read more (unless `buf`
+/// already holds `max_head` bytes: then 431). On success the head rewritten for the backend is
+/// appended to `out`.
+pub fn parse(
+    buf: &[u8],
+    max_head: usize,
+    fwd: &Forwarding<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Option<RequestHead>, Rejection> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len > max_head => {
+            return Err(reject(431, "request head too large"))
+        }
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => {
+            return Err(reject(431, "request head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(reject(431, "too many headers")),
+        Err(httparse::Error::Version) if looks_like_version(buf) => {
+            return Err(reject(505, "HTTP version not supported"))
+        }
+        Err(_) => return Err(reject(400, "malformed request")),
+    };
+    let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(reject(400, "malformed request line"));
+    };
+    let headers = &*req.headers;
+    check_target(method, target)?;
+    let body = framing(version, headers)?;
+    let hosts = headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count();
+    if hosts > 1 {
+        return Err(reject(400, "repeated Host"));
+    }
+    if hosts == 0 && version == 1 {
+        return Err(reject(400, "missing Host"));
+    }
+    if let Some(host) = super::header(headers, "host") {
+        if host.is_empty() || host.iter().any(|b| b.is_ascii_whitespace() || b"/@\\".contains(b)) {
+            return Err(reject(400, "invalid Host"));
+        }
+    }
+    let expect = super::header(headers, "expect");
+    let expect_continue = expect.is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+    if expect.is_some() && !expect_continue {
+        return Err(reject(417, "unsupported expectation"));
+    }
+    let keep_alive = if version == 1 {
+        !has_token(headers, "connection", "close")
+    } else {
+        has_token(headers, "connection", "keep-alive")
+    };
+    let request_id = match super::header(headers, "x-request-id") {
+        Some(id) if valid_request_id(id) => String::from_utf8_lossy(id).into_owned(),
+        Some(_) => return Err(reject(400, "invalid X-Request-ID")),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let retryable = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE")
+        || super::header(headers, "idempotency-key").is_some();
+
+    write_backend_head(out, method, target, headers, body, hosts == 0, &request_id, fwd);
+    Ok(Some(RequestHead {
+        len,
+        method: method.to_string(),
+        target: target.to_string(),
+        version,
+        body,
+        keep_alive,
+        expect_continue: expect_continue && body != BodyKind::Empty,
+        request_id,
+        retryable,
+    }))
+}
+
+/// `HTTP/<digit>.<digit>` in the request line: a real but unsupported version (505), as
+/// opposed to garbage (400).
+fn looks_like_version(buf: &[u8]) -> bool {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let Some(v) = line.rsplit(|&b| b == b' ').next() else { return false };
+    v.len() == 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[6] == b'.' && v[7].is_ascii_digit()
+}
+
+fn check_target(method: &str, target: &str) -> Result<(), Rejection> {
+    if method == "CONNECT" {
+        return Err(reject(405, "CONNECT is not supported"));
+    }
+    if !target.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err(reject(400, "invalid request target"));
+    }
+    let origin = target.starts_with('/');
+    let absolute = target.starts_with("http://") || target.starts_with("https://");
+    if origin || absolute || (target == "*" && method == "OPTIONS") {
+        Ok(())
+    } else {
+        Err(reject(400, "invalid request target"))
+    }
+}
+
+/// The body framing, refusing every ambiguous combination.
+fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Result<BodyKind, Rejection> {
+    let mut length = None;
+    let mut codings: Vec<&[u8]> = Vec::new();
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            if length.is_some() {
+                return Err(reject(400, "repeated Content-Length"));
+            }
+            length = Some(parse_length(h.value).ok_or(reject(400, "invalid Content-Length"))?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            codings.extend(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii));
+        }
+    }
+    if codings.is_empty() {
+        return Ok(length.map_or(BodyKind::Empty, BodyKind::Length));
+    }
+    if length.is_some() {
+        return Err(reject(400, "both Content-Length and Transfer-Encoding"));
+    }
+    if version == 0 {
+        return Err(reject(400, "Transfer-Encoding in HTTP/1.0"));
+    }
+    let chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
+    let valid =
+        |c: &[u8]| !c.is_empty() && c.iter().all(|&b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let chunked_count = codings.iter().filter(|c| chunked(c)).count();
+    if codings.last().is_some_and(|c| chunked(c)) && chunked_count == 1 && codings.iter().all(|c| valid(c)) {
+        Ok(BodyKind::Chunked)
+    } else {
+        Err(reject(400, "Transfer-Encoding must end in chunked"))
+    }
+}
+
+fn valid_request_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= 200 && id.iter().all(|b| (0x21..0x7f).contains(b))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_backend_head(
+    out: &mut Vec<u8>,
+    method: &str,
+    target: &str,
+    headers: &[httparse::Header<'_>],
+    body: BodyKind,
+    add_host: bool,
+    request_id: &str,
+    fwd: &Forwarding<'_>,
+) {
+    let line = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut forwarded_for: Vec<u8> = Vec::new();
+    for h in headers {
+        let name = h.name;
+        if is_hop_by_hop(name, headers)
+            || ["content-length", "expect", "x-request-id", "x-forwarded-proto"]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            if !forwarded_for.is_empty() {
+                forwarded_for.extend_from_slice(b", ");
+            }
+            forwarded_for.extend_from_slice(h.value.trim_ascii());
+            continue;
+        }
+        line(out, name, h.value);
+    }
+    if add_host {
+        line(out, "Host", fwd.local_host.as_bytes());
+    }
+    line(out, "X-Request-ID", request_id.as_bytes());
+    if !forwarded_for.is_empty() {
+        forwarded_for.extend_from_slice(b", ");
+    }
+    forwarded_for.extend_from_slice(fwd.client.to_string().as_bytes());
+    line(out, "X-Forwarded-For", &forwarded_for);
+    line(out, "X-Forwarded-Proto", b"http");
+    line(out, "Via", format!("1.1 {}", fwd.via).as_bytes());
+    match body {
+        BodyKind::Length(n) => line(out, "Content-Length", n.to_string().as_bytes()),
+        BodyKind::Chunked => {
+            let te = super::header(headers, "transfer-encoding").unwrap_or(b"chunked");
+            let all: Vec<&[u8]> = headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+                .map(|h| h.value.trim_ascii())
+                .collect();
+            if all.len() == 1 {
+                line(out, "Transfer-Encoding", te);
+            } else {
+                line(out, "Transfer-Encoding", &all.join(&b", "[..]));
+            }
+        }
+        BodyKind::Empty | BodyKind::UntilClose => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd() -> Forwarding<'static> {
+        Forwarding { client: [10, 0, 0, 7].into(), local_host: "proxy:8080", via: "lbproxy" }
+    }
+
+    fn run(raw: &str) -> Result<Option<(RequestHead, String)>, Rejection> {
+        let mut out = Vec::new();
+        parse(raw.as_bytes(), 65536, &fwd(), &mut out)
+            .map(|r| r.map(|h| (h, String::from_utf8_lossy(&out).into_owned())))
+    }
+
+    fn status(raw: &str) -> u16 {
+        match run(raw) {
+            Err(r) => r.status,
+            Ok(Some(_)) => 200,
+            Ok(None) => 0,
+        }
+    }
+
+    #[test]
+    fn rewrites_headers_for_the_backend() {
+        let (head, out) = run("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Secret\r\n\
+             X-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\nX-Forwarded-For: 1.2.3.4\r\n\
+             Accept: */*\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(head.method, "GET");
+        assert!(head.keep_alive && head.retryable);
+        assert_eq!(head.request_id.len(), 36);
+        assert!(out.starts_with("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n"), "{out}");
+        for gone in ["X-Secret", "Keep-Alive", "TE:", "Upgrade", "Connection"] {
+            assert!(!out.contains(gone), "{gone} forwarded: {out}");
+        }
+        assert!(out.contains("X-Forwarded-For: 1.2.3.4, 10.0.0.7\r\n"), "{out}");
+        assert!(out.contains(&format!("X-Request-ID: {}\r\n", head.request_id)));
+        assert!(out.contains("Via: 1.1 lbproxy\r\n") && out.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn keeps_the_clients_request_id_and_reframes_bodies() {
+        let (head, out) =
+            run("POST /u HTTP/1.1\r\nHost: x\r\nX-Request-ID: abc-1\r\nContent-Length: 5\r\n\r\n")
+                .expect("valid")
+                .expect("complete");
+        assert_eq!(head.request_id, "abc-1");
+        assert_eq!(head.body, BodyKind::Length(5));
+        assert!(!head.retryable);
+        assert!(out.contains("Content-Length: 5\r\n") && out.contains("X-Request-ID: abc-1\r\n"));
+        let (head, out) = run("PUT /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+            .expect("ok")
+            .expect("c");
+        assert_eq!(head.body, BodyKind::Chunked);
+        assert!(out.contains("Transfer-Encoding: gzip, chunked\r\n"), "{out}");
+    }
+
+    #[test]
+    fn http10_defaults_to_close_and_gets_a_host() {
+        let (head, out) = run("GET / HTTP/1.0\r\n\r\n").expect("valid").expect("complete");
+        assert!(!head.keep_alive);
+        assert!(out.contains("Host: proxy:8080\r\n"));
+        let (head, _) = run("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").expect("ok").expect("c");
+        assert!(head.keep_alive);
+    }
+
+    #[test]
+    fn incomplete_heads_ask_for_more_and_huge_ones_are_431() {
+        assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n"), 0);
+        let mut out = Vec::new();
+        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n", "a".repeat(2000));
+        assert_eq!(parse(big.as_bytes(), 1024, &fwd(), &mut out).expect_err("too big").status, 431);
+    }
+
+    #[test]
+    fn smuggling_shapes_are_rejected() {
+        let cases = [
+            ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
+            ("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
+            ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+            ("GET / HTTP/1.2\r\nHost: x\r\n\r\n", 505),
+            ("GET /a\x01b HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            ("GET noslash HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX-\x7f: 1\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", 400),
+            ("CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+            ("GET / HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n", 417),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(status(raw), want, "{raw:?}");
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Response heads from backends: parsed by httparse, checked, and rewritten for the client
+//! (hop-by-hop headers removed, framing re-established for the client's side, request id and
+//! `Via` added, `Connection` set to what the proxy will actually do).
+
+use super::request::is_hop_by_hop;
+use super::{has_token, parse_length, response_body, BodyKind, MAX_HEADERS};
+
+/// A backend's response head, as far as the proxy cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// Length of the head in the buffer.
+    pub len: usize,
+    pub status: u16,
+    /// How the backend frames the body.
+    pub body: BodyKind,
+    /// How the body is framed towards the client.
+    pub client_body: BodyKind,
+    /// Whether the backend connection may be pooled after the body.
+    pub backend_reusable: bool,
+    /// Whether the client connection stays open after this response.
+    pub client_keep_alive: bool,
+}
+
+/// What the client side of an exchange wants, for rewriting the response.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSide<'a> {
+    pub method: &'a str,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    pub keep_alive: bool,
+    pub request_id: &'a str,
+    pub via: &'a str,
+}
+
+/// Parses a response head at the start of `buf`: `Ok(None)` when incomplete, `Err` when the
+/// backend's answer is unusable (the caller answers 502). 1xx responses other than 101 come back
+/// with `status < 200` and nothing written, to be skipped. Otherwise the client's head is
+/// appended to `out`.
+pub fn parse(
+    buf: &[u8],
+    max_head: usize,
+    client: &ClientSide<'_>,
+    out: &mut Vec<u8>,
+) -> Result<Option<ResponseHead>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err("response head too large"),
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err("malformed response head"),
+    };
+    let (Some(status), Some(version)) = (resp.code, resp.version) else {
+        return Err("malformed status line");
+    };
+    let headers = &*resp.headers;
+    if status == 101 {
+        return Err("101 Switching Protocols without an upgrade");
+    }
+    if !(100..=599).contains(&status) {
+        return Err("invalid status code");
+    }
+    if status < 200 {
+        let informational = ResponseHead {
+            len,
+            status,
+            body: BodyKind::Empty,
+            client_body: BodyKind::Empty,
+            backend_reusable: true,
+            client_keep_alive: client.keep_alive,
+        };
+        return Ok(Some(informational));
+    }
+    let lengths: Vec<&[u8]> =
+        headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")).map(|h| h.value).collect();
+    let length = match lengths.as_slice() {
+        [] => None,
+        [first, rest @ ..] => {
+            let n = parse_length(first).ok_or("invalid Content-Length")?;
+            if rest.iter().any(|v| parse_length(v) != Some(n)) {
+                return Err("conflicting Content-Length");
+            }
+            Some(n)
+        }
+    };
+    let te = headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    let body = response_body(client.method, status, headers);
+    let chunked_final = body == BodyKind::Chunked && final_coding_is_chunked(headers);
+    let body = if te && body == BodyKind::Chunked && !chunked_final { BodyKind::UntilClose } else { body };
+    let body = if te && body != BodyKind::Empty && !chunked_final { BodyKind::UntilClose } else { body };
+    let backend_keep = if version == 1 {
+        !has_token(headers, "connection", "close")
+    } else {
+        has_token(headers, "connection", "keep-alive")
+    };
+    // A message with both framings is suspicious: use chunked (RFC 9112 6.3) but don't reuse.
+    let backend_reusable = backend_keep && body != BodyKind::UntilClose && !(te && length.is_some());
+    let client_body = match body {
+        BodyKind::UntilClose if client.version == 1 => BodyKind::Chunked,
+        other => other,
+    };
+    let client_keep_alive = client.keep_alive && client_body != BodyKind::UntilClose;
+
+    let line = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or("")).as_bytes());
+    for h in headers {
+        let skip = is_hop_by_hop(h.name, headers)
+            || h.name.eq_ignore_ascii_case("x-request-id")
+            || (h.name.eq_ignore_ascii_case("content-length") && body != BodyKind::Empty);
+        if !skip {
+            line(out, h.name, h.value);
+        }
+    }
+    line(out, "X-Request-ID", client.request_id.as_bytes());
+    line(out, "Via", format!("1.1 {}", client.via).as_bytes());
+    match client_body {
+        BodyKind::Length(n) => line(out, "Content-Length", n.to_string().as_bytes()),
+        BodyKind::Chunked => line(out, "Transfer-Encoding", b"chunked"),
+        BodyKind::Empty | BodyKind::UntilClose => {}
+    }
+    if !client_keep_alive {
+        line(out, "Connection", b"close");
+    } else if client.version == 0 {
+        line(out, "Connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Some(ResponseHead { len, status, body, client_body, backend_reusable, client_keep_alive }))
+}
+
+fn final_coding_is_chunked(headers: &[httparse::Header<'_>]) -> bool {
+    let last = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .next_back();
+    last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(version: u8, keep_alive: bool) -> ClientSide<'static> {
+        ClientSide { method: "GET", version, keep_alive, request_id: "id-1", via: "lbproxy" }
+    }
+
+    fn run(raw: &str, c: &ClientSide<'_>) -> Result<Option<(ResponseHead, String)>, &'static str> {
+        let mut out = Vec::new();
+        parse(raw.as_bytes(), 65536, c, &mut out)
+            .map(|r| r.map(|h| (h, String::from_utf8_lossy(&out).into())))
+    }
+
+    #[test]
+    fn rewrites_for_a_keep_alive_client() {
+        let (h, out) = run(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\n\
+             Keep-Alive: timeout=5\r\nX-Request-ID: other\r\nServer: t\r\n\r\nabc",
+            &client(1, true),
+        )
+        .expect("valid")
+        .expect("complete");
+        assert_eq!(
+            (h.status, h.body, h.backend_reusable, h.client_keep_alive),
+            (200, BodyKind::Length(3), true, true)
+        );
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nServer: t\r\nX-Request-ID: id-1\r\nVia: 1.1 lbproxy\r\nContent-Length: 3\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn until_close_becomes_chunked_for_11_and_close_for_10() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n";
+        let (h, out) = run(raw, &client(1, true)).expect("ok").expect("c");
+        assert_eq!(
+            (h.body, h.client_body, h.backend_reusable),
+            (BodyKind::UntilClose, BodyKind::Chunked, false)
+        );
+        assert!(out.contains("Transfer-Encoding: chunked\r\n") && !out.contains("Connection"));
+        let (h, out) = run(raw, &client(0, true)).expect("ok").expect("c");
+        assert!(!h.client_keep_alive && out.contains("Connection: close\r\n"), "{out}");
+    }
+
+    #[test]
+    fn head_responses_keep_their_length_and_1xx_are_skipped() {
+        let c = ClientSide { method: "HEAD", ..client(1, true) };
+        let (h, out) = run("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", &c).expect("ok").expect("c");
+        assert_eq!(h.body, BodyKind::Empty);
+        assert!(out.contains("Content-Length: 99\r\n"));
+        let (h, out) = run("HTTP/1.1 100 Continue\r\n\r\n", &client(1, true)).expect("ok").expect("c");
+        assert_eq!((h.status, out.as_str()), (100, ""));
+    }
+
+    #[test]
+    fn unusable_responses_are_errors() {
+        for raw in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "SMTP 220 hello\r\n\r\n",
+        ] {
+            assert!(run(raw, &client(1, true)).is_err(), "{raw:?}");
+        }
+    }
+}
