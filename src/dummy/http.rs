@@ -2,7 +2,8 @@
 //! parameters that shape the reply for tests and benchmarks.
 //!
 //! - `GET /health` -> `200 ok`; `GET /echo` -> the request head as received.
-//! - any other path -> `Hello from <name>`, plus `received N bytes` when a body came.
+//! - any other path -> `Hello from <name>`, plus `received N bytes fnv <hex>` (FNV-1a of the
+//!   body, see [`Checksum`]) when a body came.
 //! - `?delay_ms=N` waits before answering; `?bytes=N` answers with exactly N bytes (streamed);
 //!   `?chunked=1` sends the body chunked; `?status=N` answers with that status.
 //! - `X-Served-By: <name>` on every response; `X-Request-ID` echoed when sent.
@@ -57,7 +58,8 @@ pub fn serve(wire: &mut Wire<TcpStream>, peer: SocketAddr, dummy: &Dummy) {
         if req.expect_continue {
             let _ = wire.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
         }
-        let received = match wire.copy_body(req.body, &mut io::sink()) {
+        let mut sum = Checksum::default();
+        let received = match wire.copy_body(req.body, &mut sum) {
             Ok(n) => n,
             Err(e) => {
                 log::warn!("{peer}: request body: {e}");
@@ -66,7 +68,7 @@ pub fn serve(wire: &mut Wire<TcpStream>, peer: SocketAddr, dummy: &Dummy) {
             }
         };
         log::info!("{peer} {} {} ({received} body bytes)", req.method, req.path);
-        if let Err(e) = respond(&mut wire.stream, dummy, &req, received) {
+        if let Err(e) = respond(&mut wire.stream, dummy, &req, received, sum.0) {
             log::warn!("{peer}: response failed: {e}");
             break;
         }
@@ -133,7 +135,7 @@ fn param(req: &Request, key: &str) -> Option<u64> {
     req.query.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.parse().ok())
 }
 
-fn respond(out: &mut TcpStream, dummy: &Dummy, req: &Request, received: u64) -> io::Result<()> {
+fn respond(out: &mut TcpStream, dummy: &Dummy, req: &Request, received: u64, sum: u64) -> io::Result<()> {
     let delay = param(req, "delay_ms").map(Duration::from_millis).unwrap_or(dummy.delay);
     if !delay.is_zero() {
         thread::sleep(delay);
@@ -145,11 +147,11 @@ fn respond(out: &mut TcpStream, dummy: &Dummy, req: &Request, received: u64) -> 
         ("/health", None) => b"ok\n".to_vec(),
         ("/echo", None) => {
             let mut b = req.head.clone();
-            b.extend_from_slice(format!("received {received} bytes\n").as_bytes());
+            b.extend_from_slice(format!("received {received} bytes fnv {sum:016x}\n").as_bytes());
             b
         }
         _ if req.body != BodyKind::Empty => {
-            format!("Hello from {}\nreceived {received} bytes\n", dummy.name).into_bytes()
+            format!("Hello from {}\nreceived {received} bytes fnv {sum:016x}\n", dummy.name).into_bytes()
         }
         _ => format!("Hello from {}\n", dummy.name).into_bytes(),
     };
@@ -175,6 +177,29 @@ fn respond(out: &mut TcpStream, dummy: &Dummy, req: &Request, received: u64) -> 
     match param(req, "bytes") {
         Some(n) => stream_pattern(out, n, chunked),
         None => write_body(out, &body, chunked),
+    }
+}
+
+/// FNV-1a (64-bit) of everything written: lets tests check that a body arrived intact.
+#[derive(Debug, Clone, Copy)]
+pub struct Checksum(pub u64);
+
+impl Default for Checksum {
+    fn default() -> Checksum {
+        Checksum(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Write for Checksum {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for &b in buf {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -273,6 +273,9 @@ fn exchange(
             });
         }
     }
+    if head.body == BodyKind::Chunked && !head.expect_continue {
+        first_chunk_is_valid(cw)?;
+    }
     let client: &TcpStream = &conn.stream;
     let mut tried = Tried::default();
     let mut fresh_only = false;
@@ -325,7 +328,8 @@ fn exchange(
                 }
             }
             body_touched = true;
-            match cw.forward_body(head.body, &mut bout, false, cfg.http.max_body_bytes) {
+            let rechunk = head.body == BodyKind::Chunked;
+            match cw.forward_body(head.body, &mut bout, rechunk, cfg.http.max_body_bytes) {
                 Ok(n) => record.bytes_in += n,
                 Err(BodyError::Sink(e)) => sent = Err(e),
                 Err(BodyError::TooLarge) => {
@@ -432,6 +436,26 @@ fn exchange(
             ctx.pools.put(idx, stream);
         }
         return Ok(resp.client_keep_alive);
+    }
+}
+
+/// Reads until the first chunk-size line of a chunked body is complete and checks it, so a
+/// malformed or overflowing size is refused before anything reaches a backend.
+fn first_chunk_is_valid(cw: &mut Wire<&TcpStream>) -> Result<(), Failure> {
+    let bad = |why: &str| Failure::Status { status: 400, why: why.to_string(), close: true };
+    loop {
+        match httparse::parse_chunk_size(cw.buffered()) {
+            Ok(httparse::Status::Complete(_)) => return Ok(()),
+            Err(_) => return Err(bad("invalid chunk size line")),
+            Ok(httparse::Status::Partial) if cw.buffered().len() > 1024 => {
+                return Err(bad("chunk size line too long"))
+            }
+            Ok(httparse::Status::Partial) => match cw.fill(super::MAX_HEAD) {
+                Ok(0) => return Err(Failure::Abort("client closed inside the body".to_string())),
+                Ok(_) => {}
+                Err(e) => return Err(Failure::Abort(format!("client body: {e}"))),
+            },
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Integration tests: the real proxy_server, dummy_server and simulate_client binaries, on
 //! loopback ports chosen by the kernel.
 
+mod http;
 mod tcp;
 mod util;
