@@ -463,3 +463,67 @@ fn simulate_client_http_mode_reports_backends_and_statuses() {
     }
     let _ = TcpStream::connect(addr);
 }
+
+/// Resident memory of `pid` in KiB: (current, peak).
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Streams 1 GiB up and 1 GiB down through the proxy and checks its memory stays flat.
+/// Slow in debug builds: `cargo test --release --test proxy -- --ignored gib --nocapture`.
+#[test]
+#[ignore]
+fn a_gib_upload_and_download_pass_with_flat_memory() {
+    let ds = dummies(1);
+    let (p, addr) = http_proxy(&[ds[0].1], "round-robin", "", "");
+    let pid = p.child.id();
+    let (before, _) = rss_kib(pid);
+    const GIB: u64 = 1 << 30;
+    let mut wire = Wire::new(connect(addr));
+    let head = format!("POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: {GIB}\r\n\r\n");
+    wire.stream.write_all(head.as_bytes()).expect("head");
+    let block: Vec<u8> = (0..1u64 << 20).map(pattern_byte).collect();
+    let mut sum = Checksum::default();
+    for _ in 0..1024 {
+        wire.stream.write_all(&block).expect("body");
+        sum.write_all(&block).expect("hash");
+    }
+    let r = read_response(&mut wire, "POST");
+    assert!(r.text().contains(&format!("received {GIB} bytes fnv {:016x}", sum.0)), "{}", r.text());
+    let (_, peak_up) = rss_kib(pid);
+
+    wire.stream.write_all(format!("GET /?bytes={GIB} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).expect("get");
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let parsed = httparse::Response::new(&mut headers).parse(wire.buffered()).expect("head");
+        if let httparse::Status::Complete(len) = parsed {
+            wire.consume(len);
+            break;
+        }
+        wire.fill(1 << 16).expect("read");
+    }
+    let mut down = Checksum::default();
+    let n = wire.copy_body(lbproxy::http::BodyKind::Length(GIB), &mut down).expect("download");
+    // The dummy's pattern runs on across the whole body (a..z repeating).
+    let mut want = Checksum::default();
+    let period: Vec<u8> = (0..26 * 4096).map(pattern_byte).collect();
+    let mut left = GIB;
+    while left > 0 {
+        let take = left.min(period.len() as u64) as usize;
+        want.write_all(&period[..take]).expect("hash");
+        left -= take as u64;
+    }
+    assert_eq!((n, down.0), (GIB, want.0));
+    let (after, peak) = rss_kib(pid);
+    eprintln!("proxy RSS: before {before} KiB, peak after upload {peak_up} KiB, peak {peak} KiB, now {after} KiB");
+    assert!(peak < before + 32 * 1024, "memory grew with the body: {before} -> {peak} KiB");
+}
