@@ -24,10 +24,11 @@ fn main() -> ExitCode {
         println!("configuration {} is valid", config.file);
         return ExitCode::SUCCESS;
     }
+    let loader = Box::new(move || args.load());
     let started = logging::init(config.log_level, config.log_file.as_deref())
-        .and_then(|()| signals::shutdown_channel())
-        .and_then(|stop| Server::bind(config).map(|server| (server, stop)))
-        .and_then(|(server, stop)| server.run(stop));
+        .and_then(|()| signals::install())
+        .and_then(|signals| Server::bind(config).map(|server| (server, signals)))
+        .and_then(|(server, signals)| server.run(signals, loader));
     match started {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

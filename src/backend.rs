@@ -1,21 +1,44 @@
-//! The backends: their identity, their live counters, and the guard that keeps `active` honest.
+//! The backends: identity, configured and effective weight, connection limit, health, counters,
+//! latency, and their idle keep-alive connections.
+//!
+//! A backend is shared as `Arc<Backend>`: the balancer's member list can be replaced (reload,
+//! DNS) while connections to a removed backend still hold it and drain.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use parking_lot::Mutex;
 
 use crate::config::BackendSpec;
+use crate::health::Health;
+use crate::stats::Latency;
 
-/// One backend and its counters. Counters are atomics so stats and logs read them without a
+/// Milliseconds since the process started: a cheap clock for atomics.
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// Weights are kept in thousandths, so slow start can ramp a weight of 1 smoothly.
+pub const WEIGHT_SCALE: u64 = 1000;
+
+/// One backend and its live state. Counters are atomics so stats and logs read them without a
 /// lock; only the balancer's choose-and-increment step takes its mutex.
 #[derive(Debug)]
 pub struct Backend {
-    /// Name used in logs and stats.
+    /// Unique in this process; identifies the backend across member-list changes.
+    pub id: u64,
+    /// Name used in logs and stats (`app1`, or `web@10.0.0.5:80` for a DNS member).
     pub name: String,
+    /// The `[backends]` key it came from.
+    pub spec: String,
     /// Where to connect.
     pub addr: SocketAddr,
-    /// Relative share of traffic (1..=1000).
-    pub weight: u32,
+    weight: AtomicU32,
+    max_conns: AtomicUsize,
+    removed: AtomicBool,
     /// Connections (TCP mode) or requests (HTTP mode) in flight.
     pub active: AtomicUsize,
     /// Connections or requests ever sent here.
@@ -26,26 +49,82 @@ pub struct Backend {
     pub bytes_up: AtomicU64,
     /// Bytes relayed from this backend to clients.
     pub bytes_down: AtomicU64,
+    /// Up or down, and why.
+    pub health: Health,
+    /// Request (HTTP) or connection (TCP) durations.
+    pub latency: Latency,
+    /// Idle persistent connections (HTTP mode), most recently used last.
+    pub idle: Mutex<Vec<(TcpStream, Instant)>>,
 }
 
 impl Backend {
-    /// A backend with all counters at zero.
-    pub fn new(spec: &BackendSpec) -> Backend {
+    /// A backend with all counters at zero, considered up.
+    pub fn new(name: String, spec: String, addr: SocketAddr, weight: u32, max_conns: usize) -> Backend {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Backend {
-            name: spec.name.clone(),
-            addr: spec.addr,
-            weight: spec.weight,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name,
+            spec,
+            addr,
+            weight: AtomicU32::new(weight),
+            max_conns: AtomicUsize::new(max_conns),
+            removed: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             total: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
+            health: Health::default(),
+            latency: Latency::default(),
+            idle: Mutex::new(Vec::new()),
         }
     }
 
-    /// Counts one failure against this backend.
-    pub fn record_failure(&self) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
+    /// The configured weight (1..=1000).
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// The connection limit; 0 means none.
+    pub fn max_conns(&self) -> usize {
+        self.max_conns.load(Ordering::Relaxed)
+    }
+
+    /// Applies a reloaded weight and limit.
+    pub fn set_limits(&self, weight: u32, max_conns: usize) {
+        self.weight.store(weight, Ordering::Relaxed);
+        self.max_conns.store(max_conns, Ordering::Relaxed);
+    }
+
+    /// The weight in use now, in thousandths: the configured weight, ramped while in slow start.
+    pub fn effective_weight(&self, now: u64) -> u64 {
+        let full = u64::from(self.weight()) * WEIGHT_SCALE;
+        match self.health.slowstart_fraction(now) {
+            Some((done, len)) => (full * done / len.max(1)).max(1),
+            None => full,
+        }
+    }
+
+    /// Whether new connections may go here: up, and not removed by a reload.
+    pub fn is_available(&self) -> bool {
+        !self.removed.load(Ordering::Relaxed) && self.health.is_up()
+    }
+
+    /// Whether it is at its connection limit.
+    pub fn is_full(&self) -> bool {
+        let max = self.max_conns();
+        max > 0 && self.active.load(Ordering::Acquire) >= max
+    }
+
+    /// Marks it removed from the member list: no new connections, idle ones closed.
+    pub fn retire(&self) {
+        self.removed.store(true, Ordering::Relaxed);
+        self.idle.lock().clear();
+    }
+
+    /// Whether a reload or DNS change removed it.
+    pub fn is_retired(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
     }
 
     /// Adds relayed byte counts.
@@ -55,51 +134,34 @@ impl Backend {
     }
 }
 
-/// The shared, fixed set of backends.
-pub type Backends = Arc<[Backend]>;
-
-/// Builds the table from the configuration.
-pub fn table(specs: &[BackendSpec]) -> Backends {
-    specs.iter().map(Backend::new).collect()
+/// The members `spec` stands for: one per resolved address. A DNS name's members are named
+/// `name@addr` so each keeps its identity as records come and go.
+pub fn members_of(spec: &BackendSpec, addrs: &[SocketAddr]) -> Vec<(String, SocketAddr)> {
+    addrs
+        .iter()
+        .map(|&a| (if spec.dns { format!("{}@{a}", spec.name) } else { spec.name.clone() }, a))
+        .collect()
 }
 
-/// Holds one unit of a backend's `active` count; dropping it gives the unit back, on every
-/// path out of a relay (return, error, or panic).
-#[derive(Debug)]
-pub struct ActiveGuard {
-    backends: Backends,
-    index: usize,
+/// Builds fresh members for every spec at its resolved addresses.
+pub fn build(specs: &[BackendSpec]) -> Vec<Arc<Backend>> {
+    specs
+        .iter()
+        .flat_map(|s| {
+            members_of(s, &s.addrs).into_iter().map(move |(name, addr)| {
+                Arc::new(Backend::new(name, s.name.clone(), addr, s.weight, s.max_conns))
+            })
+        })
+        .collect()
 }
 
-impl ActiveGuard {
-    /// Takes over a unit the caller already added to `backends[index].active`.
-    pub(crate) fn adopt(backends: Backends, index: usize) -> ActiveGuard {
-        ActiveGuard { backends, index }
-    }
-
-    /// The backend this guard counts against.
-    pub fn backend(&self) -> &Backend {
-        &self.backends[self.index]
-    }
-
-    /// Its position in the table.
-    pub fn index(&self) -> usize {
-        self.index
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.backends[self.index].active.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A per-backend summary line: `app1 127.0.0.1:9090 total=12 failures=0 up=120B down=160B`.
+/// A per-backend summary line: `app1 127.0.0.1:9090 up total=12 failures=0 active=0 up=120B down=160B`.
 pub fn summary_line(b: &Backend) -> String {
     format!(
-        "{} {} total={} failures={} active={} up={}B down={}B",
+        "{} {} {} total={} failures={} active={} up={}B down={}B",
         b.name,
         b.addr,
+        if b.health.is_up() { "up" } else { "DOWN" },
         b.total.load(Ordering::Relaxed),
         b.failures.load(Ordering::Relaxed),
         b.active.load(Ordering::Relaxed),

@@ -8,7 +8,7 @@ use crate::config::{Config, ConfigError, RawConfig, DEFAULT_PATH};
 
 /// A load-balancing TCP and HTTP/1.1 proxy: a thread pool of blocking workers, least-connections or
 /// round-robin.
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(name = "proxy_server", version, about)]
 pub struct ProxyArgs {
     /// Configuration file.
@@ -20,7 +20,7 @@ pub struct ProxyArgs {
     /// A backend address; repeat for several. Replaces the file's [backends].
     #[arg(long = "backend", value_name = "ADDR:PORT")]
     pub backends: Vec<String>,
-    /// least-connections or round-robin (overrides [proxy] algorithm).
+    /// least-connections, round-robin, random-two or source-hash (overrides [proxy] algorithm).
     #[arg(long)]
     pub algorithm: Option<String>,
     /// Number of worker threads (overrides [proxy] workers).

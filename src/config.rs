@@ -28,7 +28,19 @@
 //! | `[http]` | `backend_keepalive` | `32` (idle pooled connections per backend) |
 //! | | `max_head_bytes` | `65536` |
 //! | | `max_body_bytes` | `0` (no limit) |
-//! | `[backends]` | `name = host:port [weight=N]` | none: at least one is required |
+//! | | `queue_ms` | `3000` (wait for a free slot when every backend is at `max_conns`) |
+//! | `[proxy]` | `stats_interval_ms` | `0` (off; else a per-backend summary line this often) |
+//! | `[health]` | `enabled` | `true` (active checks) |
+//! | | `mode` | the proxy's mode (`tcp`: connect; `http`: `GET path` expecting 2xx/3xx) |
+//! | | `path` | `/health` |
+//! | | `interval_ms`, `timeout_ms` | `2000`, `1000` |
+//! | | `rise`, `fall` | `2`, `3` consecutive results to change state |
+//! | | `max_fails`, `fail_window_ms` | `3`, `10000` (live-traffic failures that mark a backend down; 0: off) |
+//! | | `observe_5xx` | `false` (count 5xx responses as failures) |
+//! | | `slowstart_ms` | `0` (ramp a recovered backend's weight over this long) |
+//! | `[admin]` | `listen` | empty: off (e.g. `127.0.0.1:8081` for /stats, /metrics, /health) |
+//! | `[backends]` | `name = host:port [weight=N] [max_conns=N]` | none: at least one is required |
+//! | | `resolve_ms` | `30000` (how often host names are resolved again) |
 //!
 //! Comments are whole lines starting with `#` or `;`.
 
@@ -97,6 +109,10 @@ pub enum Algorithm {
     LeastConnections,
     /// Smooth weighted round-robin, as nginx.
     RoundRobin,
+    /// Power of two random choices on weighted least connections.
+    RandomTwo,
+    /// Consistent hashing of the client IP.
+    SourceHash,
 }
 
 impl Algorithm {
@@ -105,6 +121,8 @@ impl Algorithm {
         match self {
             Algorithm::LeastConnections => "least-connections",
             Algorithm::RoundRobin => "round-robin",
+            Algorithm::RandomTwo => "random-two",
+            Algorithm::SourceHash => "source-hash",
         }
     }
 }
@@ -116,10 +134,18 @@ pub struct BackendSpec {
     pub name: String,
     /// `host:port` as written.
     pub target: String,
-    /// The resolved address.
-    pub addr: SocketAddr,
+    /// The host part as written.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// Every address the host resolved to (one for an IP literal).
+    pub addrs: Vec<SocketAddr>,
+    /// Whether the host is a DNS name (resolved again every `resolve_ms`).
+    pub dns: bool,
     /// Relative share of traffic, 1..=1000.
     pub weight: u32,
+    /// Most connections (TCP) or requests (HTTP) at once; 0: no limit.
+    pub max_conns: usize,
 }
 
 /// Timeouts, named by phase.
@@ -133,6 +159,26 @@ pub struct Timeouts {
     pub header: Duration,
     /// HTTP: the backend's response head must arrive within this (`response_ms`, 60000).
     pub response: Duration,
+    /// How long a connection or request waits for a slot when every backend is full
+    /// (`queue_ms`, 3000).
+    pub queue: Duration,
+}
+
+/// Health checking (`[health]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSettings {
+    pub enabled: bool,
+    pub mode: Mode,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Live-traffic failures within `fail_window` that mark a backend down (0: off).
+    pub max_fails: u32,
+    pub fail_window: Duration,
+    pub observe_5xx: bool,
+    pub slowstart: Duration,
 }
 
 /// HTTP-mode settings (`[http]`).
@@ -162,6 +208,13 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub timeouts: Timeouts,
     pub http: HttpSettings,
+    pub health: HealthSettings,
+    /// Admin listener for /stats, /metrics, /health; `None`: off.
+    pub admin: Option<SocketAddr>,
+    /// A per-backend summary line this often; `None`: off.
+    pub stats_interval: Option<Duration>,
+    /// How often DNS names in `[backends]` are resolved again.
+    pub resolve_interval: Duration,
     pub backends: Vec<BackendSpec>,
 }
 
@@ -183,13 +236,35 @@ impl fmt::Display for Config {
         writeln!(f, "idle_ms = {}", self.timeouts.idle.as_millis())?;
         writeln!(f, "header_ms = {}", self.timeouts.header.as_millis())?;
         writeln!(f, "response_ms = {}", self.timeouts.response.as_millis())?;
+        writeln!(f, "queue_ms = {}", self.timeouts.queue.as_millis())?;
         writeln!(f, "[http]")?;
         writeln!(f, "backend_keepalive = {}", self.http.backend_keepalive)?;
         writeln!(f, "max_head_bytes = {}", self.http.max_head_bytes)?;
         writeln!(f, "max_body_bytes = {}", self.http.max_body_bytes.unwrap_or(0))?;
+        let h = &self.health;
+        writeln!(f, "[health]")?;
+        writeln!(f, "enabled = {}", h.enabled)?;
+        writeln!(f, "mode = {}", if h.mode == Mode::Tcp { "tcp" } else { "http" })?;
+        writeln!(f, "path = {}", h.path)?;
+        writeln!(f, "interval_ms = {}", h.interval.as_millis())?;
+        writeln!(f, "timeout_ms = {}", h.timeout.as_millis())?;
+        writeln!(f, "rise = {}", h.rise)?;
+        writeln!(f, "fall = {}", h.fall)?;
+        writeln!(f, "max_fails = {}", h.max_fails)?;
+        writeln!(f, "fail_window_ms = {}", h.fail_window.as_millis())?;
+        writeln!(f, "observe_5xx = {}", h.observe_5xx)?;
+        writeln!(f, "slowstart_ms = {}", h.slowstart.as_millis())?;
+        writeln!(f, "[admin]")?;
+        writeln!(f, "listen = {}", self.admin.map(|a| a.to_string()).unwrap_or_default())?;
         writeln!(f, "[backends]")?;
+        writeln!(f, "resolve_ms = {}", self.resolve_interval.as_millis())?;
         for b in &self.backends {
-            writeln!(f, "{} = {} weight={} ({})", b.name, b.target, b.weight, b.addr)?;
+            let addrs: Vec<String> = b.addrs.iter().map(|a| a.to_string()).collect();
+            write!(f, "{} = {} weight={}", b.name, b.target, b.weight)?;
+            if b.max_conns > 0 {
+                write!(f, " max_conns={}", b.max_conns)?;
+            }
+            writeln!(f, " ({})", addrs.join(", "))?;
         }
         Ok(())
     }
@@ -198,9 +273,36 @@ impl fmt::Display for Config {
 const SECTIONS: &[(&str, &[&str])] = &[
     (
         "proxy",
-        &["listen", "mode", "algorithm", "workers", "queue", "log_file", "log_level", "drain_timeout_ms"],
+        &[
+            "listen",
+            "mode",
+            "algorithm",
+            "workers",
+            "queue",
+            "log_file",
+            "log_level",
+            "drain_timeout_ms",
+            "stats_interval_ms",
+        ],
     ),
-    ("timeouts", &["connect_ms", "idle_ms", "header_ms", "response_ms"]),
+    ("timeouts", &["connect_ms", "idle_ms", "header_ms", "response_ms", "queue_ms"]),
+    (
+        "health",
+        &[
+            "enabled",
+            "mode",
+            "path",
+            "interval_ms",
+            "timeout_ms",
+            "rise",
+            "fall",
+            "max_fails",
+            "fail_window_ms",
+            "observe_5xx",
+            "slowstart_ms",
+        ],
+    ),
+    ("admin", &["listen"]),
     ("http", &["backend_keepalive", "max_head_bytes", "max_body_bytes"]),
     ("backends", &[]),
 ];
@@ -283,7 +385,7 @@ impl RawConfig {
                         raw.error_at(line, key, "expected 'key = value'".to_string());
                         continue;
                     };
-                    raw.add(sec, key.trim(), value.trim(), Origin::Line(line));
+                    raw.add(sec, key.trim(), strip_inline_comment(value).trim(), Origin::Line(line));
                 }
                 _ => {}
             }
@@ -336,28 +438,63 @@ impl RawConfig {
     /// Checks every value and returns the typed configuration, or every problem found.
     pub fn validate(&self) -> Result<Config, Vec<ConfigError>> {
         let mut v = Validator { raw: self, errors: self.errors.clone() };
-        let listen = v.get("proxy", "listen", "0.0.0.0:8080", |s| parse_socket_addr(s, true));
-        let mode = v.get("proxy", "mode", "tcp", |s| match s {
-            "tcp" => Ok(Mode::Tcp),
-            "http" => Ok(Mode::Http),
-            other => Err(format!("unknown mode '{other}' (expected tcp or http)")),
+        let listen =
+            v.get("proxy", "listen", SocketAddr::from(([0, 0, 0, 0], 8080)), |s| parse_socket_addr(s, true));
+        let mode = v.get("proxy", "mode", Mode::Tcp, parse_mode);
+        let algorithm = v.get("proxy", "algorithm", Algorithm::LeastConnections, parse_algorithm);
+        let workers = v.get("proxy", "workers", 1024, |s| parse_number(s, 1, 20_000));
+        let queue = v.get("proxy", "queue", 1024, |s| parse_number(s, 1, 1_000_000));
+        let log_file = v.get("proxy", "log_file", Some(PathBuf::from("logs/proxy.log")), |s| {
+            Ok((!s.is_empty()).then(|| PathBuf::from(s)))
         });
-        let algorithm = v.get("proxy", "algorithm", "least-connections", parse_algorithm);
-        let workers = v.get("proxy", "workers", "1024", |s| parse_number(s, 1, 20_000));
-        let queue = v.get("proxy", "queue", "1024", |s| parse_number(s, 1, 1_000_000));
-        let log_file =
-            v.get("proxy", "log_file", "logs/proxy.log", |s| Ok((!s.is_empty()).then(|| PathBuf::from(s))));
-        let log_level = v.get("proxy", "log_level", "info", parse_level);
-        let drain = v.get("proxy", "drain_timeout_ms", "5000", parse_millis);
-        let connect = v.get("timeouts", "connect_ms", "2000", parse_millis);
-        let idle = v.get("timeouts", "idle_ms", "60000", parse_millis);
-        let header = v.get("timeouts", "header_ms", "10000", parse_millis);
-        let response = v.get("timeouts", "response_ms", "60000", parse_millis);
-        let keepalive = v.get("http", "backend_keepalive", "32", |s| parse_number(s, 0, 10_000));
-        let max_head = v.get("http", "max_head_bytes", "65536", |s| parse_number(s, 1024, 1 << 20));
-        let max_body = v.get("http", "max_body_bytes", "0", |s| parse_number(s, 0, u64::MAX >> 1));
+        let log_level = v.get("proxy", "log_level", LevelFilter::Info, parse_level);
+        let drain_timeout = v.get("proxy", "drain_timeout_ms", ms(5000), parse_millis);
+        let stats_interval = v.get("proxy", "stats_interval_ms", ms(0), parse_millis);
+        let timeouts = Timeouts {
+            connect: v.get("timeouts", "connect_ms", ms(2000), parse_millis),
+            idle: v.get("timeouts", "idle_ms", ms(60_000), parse_millis),
+            header: v.get("timeouts", "header_ms", ms(10_000), parse_millis),
+            response: v.get("timeouts", "response_ms", ms(60_000), parse_millis),
+            queue: v.get("timeouts", "queue_ms", ms(3000), parse_millis),
+        };
+        let max_body = v.get("http", "max_body_bytes", 0, |s| parse_number(s, 0, u64::MAX >> 1));
+        let http = HttpSettings {
+            backend_keepalive: v.get("http", "backend_keepalive", 32, |s| parse_number(s, 0, 10_000))
+                as usize,
+            max_head_bytes: v.get("http", "max_head_bytes", 65536, |s| parse_number(s, 1024, 1 << 20))
+                as usize,
+            max_body_bytes: (max_body > 0).then_some(max_body),
+        };
+        let health = HealthSettings {
+            enabled: v.get("health", "enabled", true, parse_bool),
+            mode: v.get("health", "mode", mode, parse_mode),
+            path: v.get("health", "path", "/health".to_string(), |s| {
+                if s.starts_with('/') && s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+                    Ok(s.to_string())
+                } else {
+                    Err(format!("'{s}' is not a request path (expected e.g. /health)"))
+                }
+            }),
+            interval: v.get("health", "interval_ms", ms(2000), |s| parse_number(s, 10, 3_600_000).map(ms)),
+            timeout: v.get("health", "timeout_ms", ms(1000), |s| parse_number(s, 1, 600_000).map(ms)),
+            rise: v.get("health", "rise", 2, |s| parse_number(s, 1, 100)) as u32,
+            fall: v.get("health", "fall", 3, |s| parse_number(s, 1, 100)) as u32,
+            max_fails: v.get("health", "max_fails", 3, |s| parse_number(s, 0, 1000)) as u32,
+            fail_window: v.get("health", "fail_window_ms", ms(10_000), parse_millis),
+            observe_5xx: v.get("health", "observe_5xx", false, parse_bool),
+            slowstart: v.get("health", "slowstart_ms", ms(0), parse_millis),
+        };
+        let admin = v.get("admin", "listen", None, |s| {
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                parse_socket_addr(s, true).map(Some)
+            }
+        });
+        let resolve_interval =
+            v.get("backends", "resolve_ms", ms(30_000), |s| parse_number(s, 100, 86_400_000).map(ms));
         let mut backends = Vec::new();
-        for s in self.settings.iter().filter(|s| s.section == "backends") {
+        for s in self.settings.iter().filter(|s| s.section == "backends" && s.key != "resolve_ms") {
             match parse_backend(&s.key, &s.value) {
                 Ok(b) => backends.push(b),
                 Err(message) => v.error(s, message),
@@ -372,53 +509,32 @@ impl RawConfig {
             });
         }
         let mut errors = v.errors;
-        errors.sort_by_key(|e| match e.origin {
-            Origin::Line(l) => (0, l),
-            Origin::Flag(_) => (1, 0),
-            Origin::File => (2, 0),
-        });
-        let timeouts = match (connect, idle, header, response) {
-            (Some(connect), Some(idle), Some(header), Some(response)) => {
-                Some(Timeouts { connect, idle, header, response })
-            }
-            _ => None,
-        };
-        let http = match (keepalive, max_head, max_body) {
-            (Some(k), Some(h), Some(b)) => Some(HttpSettings {
-                backend_keepalive: k as usize,
-                max_head_bytes: h as usize,
-                max_body_bytes: (b > 0).then_some(b),
-            }),
-            _ => None,
-        };
-        match (listen, mode, algorithm, workers, queue, log_file, log_level, drain, timeouts, http) {
-            (
-                Some(listen),
-                Some(mode),
-                Some(algorithm),
-                Some(workers),
-                Some(queue),
-                Some(log_file),
-                Some(log_level),
-                Some(drain),
-                Some(timeouts),
-                Some(http),
-            ) if errors.is_empty() => Ok(Config {
-                file: self.file.clone(),
-                listen,
-                mode,
-                algorithm,
-                workers: workers as usize,
-                queue: queue as usize,
-                log_file,
-                log_level,
-                drain_timeout: drain,
-                timeouts,
-                http,
-                backends,
-            }),
-            _ => Err(errors),
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| match e.origin {
+                Origin::Line(l) => (0, l),
+                Origin::Flag(_) => (1, 0),
+                Origin::File => (2, 0),
+            });
+            return Err(errors);
         }
+        Ok(Config {
+            file: self.file.clone(),
+            listen,
+            mode,
+            algorithm,
+            workers: workers as usize,
+            queue: queue as usize,
+            log_file,
+            log_level,
+            drain_timeout,
+            timeouts,
+            http,
+            health,
+            admin,
+            stats_interval: (!stats_interval.is_zero()).then_some(stats_interval),
+            resolve_interval,
+            backends,
+        })
     }
 }
 
@@ -428,21 +544,23 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// The value of `[section] key` parsed by `parse`; `default` when absent. A bad value is
+    /// recorded as an error (and `default` stands in so validation can go on).
     fn get<T>(
         &mut self,
         section: &'static str,
         key: &str,
-        default: &str,
+        default: T,
         parse: impl Fn(&str) -> Result<T, String>,
-    ) -> Option<T> {
+    ) -> T {
         let setting = self.raw.settings.iter().find(|s| s.section == section && s.key == key);
         match setting {
-            None => parse(default).ok(),
+            None => default,
             Some(s) => match parse(&s.value) {
-                Ok(v) => Some(v),
+                Ok(v) => v,
                 Err(message) => {
                     self.error(s, message);
-                    None
+                    default
                 }
             },
         }
@@ -456,6 +574,34 @@ impl Validator<'_> {
             message,
         });
     }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "tcp" => Ok(Mode::Tcp),
+        "http" => Ok(Mode::Http),
+        other => Err(format!("unknown mode '{other}' (expected tcp or http)")),
+    }
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(format!("expected true or false, got '{s}'")),
+    }
+}
+
+/// Drops a trailing comment: `#` or `;` after whitespace (`workers = 64  # for tests`).
+fn strip_inline_comment(value: &str) -> &str {
+    let bytes = value.as_bytes();
+    (1..bytes.len())
+        .find(|&i| (bytes[i] == b'#' || bytes[i] == b';') && bytes[i - 1].is_ascii_whitespace())
+        .map_or(value, |i| &value[..i])
 }
 
 fn parse_number(s: &str, min: u64, max: u64) -> Result<u64, String> {
@@ -474,7 +620,11 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
     match s {
         "least-connections" | "leastconn" => Ok(Algorithm::LeastConnections),
         "round-robin" | "roundrobin" => Ok(Algorithm::RoundRobin),
-        other => Err(format!("unknown algorithm '{other}' (expected least-connections or round-robin)")),
+        "random-two" => Ok(Algorithm::RandomTwo),
+        "source-hash" => Ok(Algorithm::SourceHash),
+        other => Err(format!(
+            "unknown algorithm '{other}' (expected least-connections, round-robin, random-two or source-hash)"
+        )),
     }
 }
 
@@ -486,7 +636,7 @@ fn parse_level(s: &str) -> Result<LevelFilter, String> {
         "debug" => Ok(LevelFilter::Debug),
         "trace" => Ok(LevelFilter::Trace),
         "off" => Ok(LevelFilter::Off),
-        _ => Err(format!("unknown log level '{s}' (expected error, warn, info, debug or trace)")),
+        _ => Err(format!("unknown log level '{s}' (expected error, warn, info, debug, trace or off)")),
     }
 }
 
@@ -521,15 +671,50 @@ fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
     }
     let mut words = value.split_whitespace();
     let target = words.next().ok_or("missing address (expected host:port)")?;
-    let addr = parse_socket_addr(target, false)?;
+    let (host, port) = split_host_port(target)?;
+    if port == 0 {
+        return Err(format!("port 0 is not a valid port in '{target}'"));
+    }
+    let addrs = resolve(host, port)?;
     let mut weight = 1;
+    let mut max_conns = 0;
+    let mut seen: Vec<&str> = Vec::new();
     for word in words {
+        let option = word.split_once('=').map_or(word, |(k, _)| k);
+        if seen.contains(&option) {
+            return Err(format!("option '{option}' given twice"));
+        }
+        seen.push(option);
         match word.split_once('=') {
             Some(("weight", w)) => weight = parse_number(w, 1, 1000)? as u32,
-            _ => return Err(format!("unknown backend option '{word}' (expected weight=N)")),
+            Some(("max_conns", m)) => max_conns = parse_number(m, 0, 1_000_000)? as usize,
+            _ => return Err(format!("unknown backend option '{word}' (expected weight=N or max_conns=N)")),
         }
     }
-    Ok(BackendSpec { name: name.to_string(), target: target.to_string(), addr, weight })
+    Ok(BackendSpec {
+        name: name.to_string(),
+        target: target.to_string(),
+        host: host.to_string(),
+        port,
+        dns: host.parse::<std::net::IpAddr>().is_err(),
+        addrs,
+        weight,
+        max_conns,
+    })
+}
+
+/// Every address `host` resolves to, in the resolver's order, without duplicates.
+pub fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for a in (host, port).to_socket_addrs().map_err(|e| format!("cannot resolve '{host}': {e}"))? {
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(format!("'{host}' has no address"));
+    }
+    Ok(addrs)
 }
 
 #[cfg(test)]
@@ -590,6 +775,26 @@ mod tests {
         raw.set_flag("proxy", "workers", "lots", "--workers");
         let errs = raw.validate().expect_err("bad flag");
         assert_eq!(errs[0].to_string(), "--workers: [proxy] workers: expected a whole number, got 'lots'");
+    }
+
+    #[test]
+    fn inline_comments_repeated_options_and_new_sections() {
+        let c = parse(
+            "[proxy]\nworkers = 64  # small\nalgorithm = source-hash ; sticky\n[health]\nrise = 5\n\
+             [admin]\nlisten = 127.0.0.1:0\n[backends]\nresolve_ms = 500\nweb = localhost:80 weight=2 max_conns=9\n",
+        )
+        .expect("valid");
+        assert_eq!((c.workers, c.algorithm, c.health.rise), (64, Algorithm::SourceHash, 5));
+        assert_eq!(c.resolve_interval, Duration::from_millis(500));
+        assert!(c.admin.is_some());
+        let web = &c.backends[0];
+        assert!(web.dns && !web.addrs.is_empty());
+        assert_eq!((web.weight, web.max_conns), (2, 9));
+        let errs = messages("[backends]\na = 127.0.0.1:1 weight=2 weight=3\n");
+        assert!(errs[0].contains("option 'weight' given twice"), "{errs:?}");
+        let errs = messages("[health]\nfall = 0\nmode = udp\n[backends]\na = 127.0.0.1:1\n");
+        assert!(errs[0].contains("[health] fall: 0 is out of range"), "{errs:?}");
+        assert!(errs[1].contains("[health] mode: unknown mode 'udp'"), "{errs:?}");
     }
 
     #[test]

@@ -4,6 +4,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
+use crate::balancer::Unavailable;
 use crate::config::ConfigError;
 
 /// Who caused a failure. It decides how the proxy answers (in HTTP mode 400 vs 502 vs 504)
@@ -30,8 +31,8 @@ pub enum Error {
     LogFile { path: String, source: io::Error },
     /// Connecting to a backend failed or timed out.
     Connect { backend: String, source: io::Error },
-    /// Every backend was tried and none could be reached.
-    NoBackend { tried: usize },
+    /// No backend could take the connection: all down, all tried, or all full.
+    Unavailable(Unavailable),
     /// Reading from or writing to the client failed.
     Client(io::Error),
     /// Reading from or writing to a backend failed.
@@ -45,7 +46,7 @@ impl Error {
     pub fn fault(&self) -> Fault {
         match self {
             Error::Client(_) => Fault::Client,
-            Error::Connect { .. } | Error::NoBackend { .. } | Error::Backend(_) => Fault::Backend,
+            Error::Connect { .. } | Error::Unavailable(_) | Error::Backend(_) => Fault::Backend,
             Error::Config(_) | Error::Listen { .. } | Error::LogFile { .. } | Error::Resource(_) => {
                 Fault::Proxy
             }
@@ -66,7 +67,7 @@ impl fmt::Display for Error {
             Error::Listen { addr, source } => write!(f, "listen on {addr}: {source}"),
             Error::LogFile { path, source } => write!(f, "log file {path}: {source}"),
             Error::Connect { backend, source } => write!(f, "connect to {backend}: {source}"),
-            Error::NoBackend { tried } => write!(f, "no backend reachable ({tried} tried)"),
+            Error::Unavailable(why) => write!(f, "{why}"),
             Error::Client(e) => write!(f, "client: {e}"),
             Error::Backend(e) => write!(f, "backend: {e}"),
             Error::Resource(e) => write!(f, "resource: {e}"),
@@ -81,7 +82,7 @@ impl std::error::Error for Error {
                 Some(source)
             }
             Error::Client(e) | Error::Backend(e) | Error::Resource(e) => Some(e),
-            Error::Config(_) | Error::NoBackend { .. } => None,
+            Error::Config(_) | Error::Unavailable(_) => None,
         }
     }
 }

@@ -7,20 +7,26 @@
 //!
 //! Modules, one question each:
 //! - [`config`]: INI file and flags -> validated settings.
-//! - [`backend`]: the backend table and its counters.
-//! - [`balancer`]: which backend goes next.
+//! - [`backend`]: backends, their counters, limits and idle connections.
+//! - [`health`]: whether they are alive (active checks, passive failures, slow start).
+//! - [`discovery`]: how the set changes while running (SIGHUP reload, DNS).
+//! - [`balancer`]: which backend goes next (four algorithms), with queueing when all are full.
+//! - [`stats`], [`admin`]: latency histograms, /stats JSON, /metrics Prometheus text.
 //! - [`upstream`]: reaching a backend, with retries.
 //! - [`relay`], [`tcp`]: how bytes move in TCP mode.
 //! - [`pool`], [`server`], [`registry`]: threads, accepting, draining.
 //! - [`http`]: HTTP/1.1 message heads and bodies, shared by the companions.
 //! - [`dummy`], [`simulate`]: the dummy backend and the load-generating client.
 
+pub mod admin;
 pub mod backend;
 pub mod balancer;
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod dummy;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod latency;
 pub mod logging;
@@ -30,6 +36,7 @@ pub mod relay;
 pub mod server;
 pub mod signals;
 pub mod simulate;
+pub mod stats;
 pub mod tcp;
 pub mod upstream;
 

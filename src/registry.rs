@@ -19,6 +19,8 @@ use parking_lot::{Condvar, Mutex};
 struct Entry {
     client: RawFd,
     backend: Option<RawFd>,
+    /// The backend the attached socket goes to.
+    backend_id: u64,
     idle: Arc<AtomicBool>,
 }
 
@@ -27,6 +29,16 @@ struct Entry {
 pub struct Registry {
     entries: Mutex<HashMap<u64, Entry>>,
     emptied: Condvar,
+    /// Set by `close_all`: sockets registered or attached afterwards are shut at once.
+    closing: AtomicBool,
+}
+
+fn shut(fd: RawFd, how: std::net::Shutdown) {
+    // SAFETY: callers hold the registry lock and `fd` is registered: entries are removed under
+    // that lock before their sockets close (see `Conn::drop` and `Attached::drop`), so `fd` is
+    // still the registered socket.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = socket2::SockRef::from(&fd).shutdown(how);
 }
 
 impl Registry {
@@ -58,18 +70,31 @@ impl Registry {
 
     /// Shuts down every registered socket (both directions), waking their threads.
     /// Returns how many connections were closed.
+    /// From now on, sockets registered or attached are shut down at once too, so work that
+    /// starts after the deadline (a queued connection, a connect under way) ends promptly.
     pub fn close_all(&self) -> usize {
         let entries = self.entries.lock();
+        self.closing.store(true, Ordering::SeqCst);
         for entry in entries.values() {
             for fd in std::iter::once(entry.client).chain(entry.backend) {
-                // SAFETY: entries are removed under this lock before their sockets close
-                // (see `Conn::drop` and `Attached::drop`), so `fd` is still the registered
-                // socket while we hold the lock.
-                let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-                let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Both);
+                shut(fd, std::net::Shutdown::Both);
             }
         }
         entries.len()
+    }
+
+    /// Shuts down connections attached to any backend in `ids` (removed backends past their
+    /// drain time). Returns how many.
+    pub fn close_backends(&self, ids: &[u64]) -> usize {
+        let entries = self.entries.lock();
+        let mut closed = 0;
+        for entry in entries.values().filter(|e| e.backend.is_some() && ids.contains(&e.backend_id)) {
+            for fd in std::iter::once(entry.client).chain(entry.backend) {
+                shut(fd, std::net::Shutdown::Both);
+            }
+            closed += 1;
+        }
+        closed
     }
 
     /// Closes the read side of connections waiting idle for their next request (HTTP
@@ -78,9 +103,7 @@ impl Registry {
         let entries = self.entries.lock();
         let mut closed = 0;
         for entry in entries.values().filter(|e| e.idle.load(Ordering::SeqCst)) {
-            // SAFETY: as in `close_all`.
-            let fd = unsafe { BorrowedFd::borrow_raw(entry.client) };
-            let _ = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Read);
+            shut(entry.client, std::net::Shutdown::Read);
             closed += 1;
         }
         closed
@@ -116,18 +139,29 @@ impl Conn {
     /// Registers `stream` under `id`.
     pub fn register(registry: &Arc<Registry>, id: u64, stream: TcpStream, peer: SocketAddr) -> Conn {
         let idle = Arc::new(AtomicBool::new(false));
-        let entry = Entry { client: stream.as_raw_fd(), backend: None, idle: idle.clone() };
-        registry.entries.lock().insert(id, entry);
+        let entry = Entry { client: stream.as_raw_fd(), backend: None, backend_id: 0, idle: idle.clone() };
+        let mut entries = registry.entries.lock();
+        if registry.closing.load(Ordering::SeqCst) {
+            shut(entry.client, std::net::Shutdown::Both);
+        }
+        entries.insert(id, entry);
+        drop(entries);
         let stream = Arc::new(stream);
         Conn { id, peer, accepted: Instant::now(), stream, idle, registry: registry.clone() }
     }
 
     /// Registers the backend socket too, until the returned guard drops; the guard must drop
     /// before `backend` does (declare it after).
-    pub fn attach<'a>(&'a self, backend: &TcpStream) -> Attached<'a> {
-        if let Some(e) = self.registry.entries.lock().get_mut(&self.id) {
+    pub fn attach<'a>(&'a self, backend: &TcpStream, backend_id: u64) -> Attached<'a> {
+        let mut entries = self.registry.entries.lock();
+        if let Some(e) = entries.get_mut(&self.id) {
             e.backend = Some(backend.as_raw_fd());
+            e.backend_id = backend_id;
+            if self.registry.closing.load(Ordering::SeqCst) {
+                shut(backend.as_raw_fd(), std::net::Shutdown::Both);
+            }
         }
+        drop(entries);
         Attached { conn: self }
     }
 }

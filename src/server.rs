@@ -11,7 +11,7 @@
 //! `drain_timeout_ms`, then closes what remains.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,15 +19,19 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver, Sender};
 use socket2::{Domain, Socket, Type};
 
-use crate::backend::{self, summary_line, Backends};
+use crate::admin;
+use crate::backend::{self, summary_line};
 use crate::balancer::Balancer;
-use crate::config::{Config, Mode};
+use crate::config::{Config, ConfigError, Mode};
+use crate::discovery::Discovery;
 use crate::error::{is_fd_exhaustion, Error};
-use crate::http::keepalive::KeepAlive;
+use crate::health;
 use crate::http::proxy::{self as http_proxy, HttpContext, Scratch};
 use crate::pool::WorkerPool;
 use crate::registry::{Conn, Registry};
 use crate::relay::HelperJob;
+use crate::signals::Signals;
+use crate::stats::ProxyCounters;
 use crate::tcp::{self, TcpContext};
 
 /// Listen backlog; `std`'s 128 overflows under a burst of connects (the kernel caps it at
@@ -48,10 +52,14 @@ pub struct Summary {
     pub backends: Vec<String>,
 }
 
+/// Re-reads the configuration for a reload (file and the same command-line flags).
+pub type Loader = Box<dyn Fn() -> Result<Config, Vec<ConfigError>> + Send>;
+
 /// A bound proxy, ready to run.
 pub struct Server {
     config: Config,
     listener: TcpListener,
+    admin: Option<TcpListener>,
     local_addr: SocketAddr,
 }
 
@@ -65,12 +73,16 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl Server {
-    /// Binds the configured address. Nothing else starts until [`Server::run`].
+    /// Binds the configured addresses (proxy and admin). Nothing else starts until [`Server::run`].
     pub fn bind(config: Config) -> Result<Server, Error> {
         let addr = config.listen;
         let listener = bind(addr).map_err(|source| Error::Listen { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
-        Ok(Server { config, listener, local_addr })
+        let admin = match config.admin {
+            Some(addr) => Some(bind(addr).map_err(|source| Error::Listen { addr, source })?),
+            None => None,
+        };
+        Ok(Server { config, listener, admin, local_addr })
     }
 
     /// The address actually bound (port 0 resolved).
@@ -78,21 +90,28 @@ impl Server {
         self.local_addr
     }
 
-    /// Serves until `stop` yields (or disconnects), then drains and returns the summary.
-    pub fn run(self, stop: Receiver<&'static str>) -> Result<Summary, Error> {
-        let Server { config, listener, local_addr } = self;
+    /// Serves until `signals.stop` yields (or disconnects), reloading on `signals.reload` with
+    /// `loader`; then drains and returns the summary.
+    pub fn run(self, signals: Signals, loader: Loader) -> Result<Summary, Error> {
+        let Server { config, listener, admin, local_addr } = self;
         let mode = if config.mode == Mode::Http { "http" } else { "tcp" };
         log::info!("listening on {local_addr} (mode {mode}, {} workers)", config.workers);
         for line in config.to_string().lines() {
             log::info!("config: {line}");
         }
-        let backends: Backends = backend::table(&config.backends);
-        let balancer = Arc::new(Balancer::new(backends.clone(), config.algorithm));
+        let balancer = Arc::new(Balancer::new(
+            backend::build(&config.backends),
+            config.algorithm,
+            config.health.clone(),
+        ));
+        let counters = Arc::new(ProxyCounters::default());
         let registry = Registry::new();
+        let stopping = Arc::new(AtomicBool::new(false));
+        // Background threads (health, resolver, stats, drain timers) stop when this drops.
+        let (background_tx, background_rx) = crossbeam_channel::bounded::<()>(0);
         let (job_tx, job_rx) = crossbeam_channel::bounded::<Conn>(config.queue);
         let (helper_tx, helper_rx) = crossbeam_channel::bounded::<HelperJob>(config.workers);
 
-        let stopping = Arc::new(AtomicBool::new(false));
         // TCP mode: helpers pump backend -> client. Each busy worker uses at most one, so a
         // pool of the same size never makes a worker wait for a helper. HTTP mode needs none.
         let helpers = (config.mode == Mode::Tcp).then(|| {
@@ -105,7 +124,11 @@ impl Server {
         });
         let workers = match config.mode {
             Mode::Tcp => {
-                let ctx = Arc::new(TcpContext { config: config.clone(), balancer, helpers: helper_tx });
+                let ctx = Arc::new(TcpContext {
+                    config: config.clone(),
+                    balancer: balancer.clone(),
+                    helpers: helper_tx,
+                });
                 WorkerPool::start("worker", config.workers, job_rx, move |conn: Conn, buf: &mut Vec<u8>| {
                     tcp::serve(conn, &ctx, buf)
                 })
@@ -113,9 +136,9 @@ impl Server {
             Mode::Http => {
                 drop(helper_tx);
                 let ctx = Arc::new(HttpContext {
-                    pools: KeepAlive::new(backends.len(), config.http.backend_keepalive),
                     config: config.clone(),
-                    balancer,
+                    balancer: balancer.clone(),
+                    counters: counters.clone(),
                     stopping: stopping.clone(),
                 });
                 WorkerPool::start("worker", config.workers, job_rx, move |conn: Conn, s: &mut Scratch| {
@@ -124,7 +147,30 @@ impl Server {
             }
         };
 
-        let accepted = Arc::new(AtomicU64::new(0));
+        health::spawn_checker(balancer.clone(), background_rx.clone()).map_err(Error::Resource)?;
+        let discovery = Arc::new(Discovery::new(
+            config.clone(),
+            balancer.clone(),
+            registry.clone(),
+            background_rx.clone(),
+        ));
+        discovery.spawn_resolver(config.resolve_interval).map_err(Error::Resource)?;
+        if let Some(every) = config.stats_interval {
+            spawn_stats_logger(balancer.clone(), every, background_rx.clone()).map_err(Error::Resource)?;
+        }
+        let admin = match admin {
+            Some(l) => {
+                let addr = l.local_addr().map_err(Error::Resource)?;
+                log::info!("admin listening on {addr} (/stats, /metrics, /health)");
+                let l = Arc::new(l);
+                let served = crate::admin::Admin { balancer: balancer.clone(), counters: counters.clone() };
+                let clone = l.try_clone().map_err(Error::Resource)?;
+                admin::spawn(clone, served, stopping.clone()).map_err(Error::Resource)?;
+                Some(l)
+            }
+            None => None,
+        };
+
         let (halt_tx, halt_rx) = crossbeam_channel::bounded::<()>(0);
         let listener = Arc::new(listener);
         let acceptor = {
@@ -134,7 +180,7 @@ impl Server {
                 halt: halt_rx,
                 stopping: stopping.clone(),
                 registry: registry.clone(),
-                accepted: accepted.clone(),
+                counters: counters.clone(),
                 workers: config.workers,
             };
             thread::Builder::new()
@@ -143,12 +189,26 @@ impl Server {
                 .map_err(Error::Resource)?
         };
 
-        let why = stop.recv().unwrap_or("shutdown");
+        let why = loop {
+            select! {
+                recv(signals.stop) -> why => break why.unwrap_or("shutdown"),
+                recv(signals.reload) -> r => match r {
+                    Ok(()) => {
+                        log::info!("SIGHUP: reloading {}", config.file);
+                        discovery.reload(loader());
+                    }
+                    Err(_) => break "shutdown",
+                },
+            }
+        };
         // Stop accepting at once: a shut-down listening socket refuses new connects and wakes
         // the blocked accept().
         stopping.store(true, Ordering::SeqCst);
         drop(halt_tx);
         let _ = socket2::SockRef::from(&*listener).shutdown(std::net::Shutdown::Both);
+        if let Some(l) = &admin {
+            let _ = socket2::SockRef::from(&**l).shutdown(std::net::Shutdown::Both);
+        }
         let _ = acceptor.join();
         drop(listener);
         let idle_closed = registry.close_idle();
@@ -163,15 +223,17 @@ impl Server {
             log::warn!("drain timeout: closed {forced} remaining connection(s)");
             registry.wait_empty(Instant::now() + Duration::from_secs(5));
         }
+        drop(background_tx);
         workers.join();
         if let Some(helpers) = helpers {
             helpers.join();
         }
 
+        let members = balancer.members();
         let summary = Summary {
-            connections: accepted.load(Ordering::Relaxed),
+            connections: counters.accepted.load(Ordering::Relaxed),
             forced,
-            backends: backends.iter().map(summary_line).collect(),
+            backends: members.iter().map(|b| summary_line(b)).collect(),
         };
         log::info!("served {} connection(s) ({} closed at the drain deadline)", summary.connections, forced);
         for line in &summary.backends {
@@ -181,13 +243,25 @@ impl Server {
     }
 }
 
+/// Logs a one-line summary per backend every `every`.
+fn spawn_stats_logger(balancer: Arc<Balancer>, every: Duration, stop: Receiver<()>) -> std::io::Result<()> {
+    thread::Builder::new().name("stats".into()).spawn(move || {
+        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+            for b in balancer.members().iter() {
+                log::info!("stats: {}", summary_line(b));
+            }
+        }
+    })?;
+    Ok(())
+}
+
 struct Acceptor {
     listener: Arc<TcpListener>,
     jobs: Sender<Conn>,
     halt: Receiver<()>,
     stopping: Arc<AtomicBool>,
     registry: Arc<Registry>,
-    accepted: Arc<AtomicU64>,
+    counters: Arc<ProxyCounters>,
     workers: usize,
 }
 
@@ -223,7 +297,7 @@ impl Acceptor {
                 fd_burst = false;
             }
             next_id += 1;
-            self.accepted.fetch_add(1, Ordering::Relaxed);
+            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             let _ = stream.set_nodelay(true);
             let conn = Conn::register(&self.registry, next_id, stream, peer);
             let conn = match self.jobs.try_send(conn) {

@@ -1,28 +1,48 @@
-//! Shutdown signals: Ctrl-C (SIGINT, via ctrlc) and SIGTERM (via signal-hook) both arrive as
-//! one message on a channel naming the signal.
+//! Process signals: Ctrl-C (SIGINT, via ctrlc) and SIGTERM stop the proxy; SIGHUP reloads its
+//! configuration. SIGTERM and SIGHUP come through signal-hook, since ctrlc's `termination`
+//! feature would also take SIGHUP.
 
 use crossbeam_channel::Receiver;
-use signal_hook::consts::SIGTERM;
-use signal_hook::iterator::Signals;
+use signal_hook::consts::{SIGHUP, SIGTERM};
+use signal_hook::iterator::Signals as SignalIter;
 
 use crate::error::Error;
 
-/// Installs the handlers; the receiver yields `"SIGINT"` or `"SIGTERM"`.
-pub fn shutdown_channel() -> Result<Receiver<&'static str>, Error> {
-    let (tx, rx) = crossbeam_channel::bounded(4);
-    let int_tx = tx.clone();
+/// What the proxy listens to: `stop` yields the signal's name, `reload` a unit per SIGHUP.
+pub struct Signals {
+    pub stop: Receiver<&'static str>,
+    pub reload: Receiver<()>,
+}
+
+impl Signals {
+    /// Channels that never fire (tests, embedding); keep the senders to fire them.
+    pub fn manual() -> (crossbeam_channel::Sender<&'static str>, crossbeam_channel::Sender<()>, Signals) {
+        let (stop_tx, stop) = crossbeam_channel::bounded(4);
+        let (reload_tx, reload) = crossbeam_channel::bounded(4);
+        (stop_tx, reload_tx, Signals { stop, reload })
+    }
+}
+
+/// Installs the handlers.
+pub fn install() -> Result<Signals, Error> {
+    let (stop_tx, reload_tx, signals) = Signals::manual();
+    let int_tx = stop_tx.clone();
     ctrlc::set_handler(move || {
         let _ = int_tx.try_send("SIGINT");
     })
     .map_err(|e| Error::Resource(std::io::Error::other(e)))?;
-    let mut signals = Signals::new([SIGTERM]).map_err(Error::Resource)?;
+    let mut iter = SignalIter::new([SIGTERM, SIGHUP]).map_err(Error::Resource)?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            for _ in signals.forever() {
-                let _ = tx.try_send("SIGTERM");
+            for sig in iter.forever() {
+                if sig == SIGHUP {
+                    let _ = reload_tx.try_send(());
+                } else {
+                    let _ = stop_tx.try_send("SIGTERM");
+                }
             }
         })
         .map_err(Error::Resource)?;
-    Ok(rx)
+    Ok(signals)
 }

@@ -6,11 +6,13 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 
-use crate::balancer::Balancer;
+use crate::balancer::{source_key, Balancer};
 use crate::config::Config;
+use crate::error::Error;
+use crate::logging::{held_back, RateLimit};
 use crate::registry::Conn;
 use crate::relay::{self, HelperJob, Side};
-use crate::upstream;
+use crate::upstream::{self, Limits};
 
 /// What a TCP-mode worker needs, shared by all workers.
 pub struct TcpContext {
@@ -27,27 +29,38 @@ impl fmt::Display for Label<'_> {
     }
 }
 
+static UNAVAILABLE: RateLimit = RateLimit::new();
+
 /// Serves one client connection to its end. Never panics on network errors; every outcome is
 /// logged.
 pub fn serve(conn: Conn, ctx: &TcpContext, buf: &mut Vec<u8>) {
     let label = Label(&conn);
-    let (backend, pick) = match upstream::connect(&ctx.balancer, &label, ctx.config.timeouts.connect) {
+    let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
+    let (backend, pick) = match upstream::connect(&ctx.balancer, source_key(conn.peer.ip()), &label, limits) {
         Ok(found) => found,
+        Err(Error::Unavailable(why)) => {
+            if let Some(n) = UNAVAILABLE.check() {
+                log::warn!("{label}: {why}; closing the client{}", held_back(n));
+            }
+            return;
+        }
         Err(e) => {
             log::error!("{label}: {e}; closing the client");
             return;
         }
     };
     let backend = Arc::new(backend);
-    let attached = conn.attach(&backend);
+    let attached = conn.attach(&backend, pick.guard.backend().id);
     let outcome = relay::relay(&conn.stream, &backend, ctx.config.timeouts.idle, &ctx.helpers, buf);
     drop(attached);
-    let b = &ctx.balancer.backends()[pick.guard.index()];
+    let b = pick.guard.backend().clone();
     // The connection is over: give its slot back before saying so, so that whoever reads the
     // log line sees the count already lowered.
     drop(pick);
+    let elapsed = conn.accepted.elapsed();
     b.record_bytes(outcome.up, outcome.down);
-    let ms = conn.accepted.elapsed().as_millis();
+    b.latency.record(elapsed);
+    let ms = elapsed.as_millis();
     match outcome.error {
         None => log::info!(
             "conn {} closed: {} -> {} {} bytes up, {} bytes down, {ms} ms",
@@ -58,8 +71,9 @@ pub fn serve(conn: Conn, ctx: &TcpContext, buf: &mut Vec<u8>) {
             outcome.down
         ),
         Some((side, e)) => {
+            // Counted, but not as a passive health failure: only connect failures are.
             if side == Side::Backend && e.kind() != std::io::ErrorKind::TimedOut {
-                b.record_failure();
+                b.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             log::warn!(
                 "conn {} ended by {} error ({e}): {} -> {} {} bytes up, {} bytes down, {ms} ms",

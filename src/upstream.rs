@@ -1,51 +1,72 @@
 //! Reaching a backend: choose one, connect with the connect timeout, and on failure try the
-//! next best (each backend at most once), logging every choice and every failure.
+//! next best (each backend at most once), logging every choice and every failure. Failed
+//! connects count against the backend (passive health).
 
+use std::io;
 use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::balancer::{Balancer, Pick, Tried};
 use crate::error::{is_fd_exhaustion, Error};
 
-/// Connects to the best backend that accepts, for the connection or request named by `label`
-/// (e.g. `conn 17 from 127.0.0.1:51234`). Returns the connected socket and its counted pick, or
-/// [`Error::NoBackend`] after every backend failed.
+/// Connect timeout, and how long to wait for a slot when every backend is full.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub connect: Duration,
+    pub queue: Duration,
+}
+
+/// Connects to the best backend that accepts, for the connection named by `label` (e.g.
+/// `conn 17 from 127.0.0.1:51234`), `key` being the client's source-hash key. Returns the
+/// connected socket and its counted pick.
 pub fn connect(
     balancer: &Balancer,
+    key: u64,
     label: &dyn std::fmt::Display,
-    timeout: Duration,
+    limits: Limits,
 ) -> Result<(TcpStream, Pick), Error> {
     let mut tried = Tried::default();
     loop {
-        let Some(pick) = balancer.pick(&tried) else {
-            return Err(Error::NoBackend { tried: tried.count() });
-        };
-        let backend = pick.guard.backend();
+        let pick = balancer.pick(key, &tried, limits.queue).map_err(Error::Unavailable)?;
+        let backend = pick.guard.backend().clone();
         log::info!("{label} -> {} {} ({})", backend.name, backend.addr, pick.reason);
-        let attempt = if timeout.is_zero() {
-            TcpStream::connect(backend.addr)
-        } else {
-            TcpStream::connect_timeout(&backend.addr, timeout)
-        };
-        match attempt {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                return Ok((stream, pick));
-            }
+        match open(backend.addr, limits.connect) {
+            Ok(stream) => return Ok((stream, pick)),
             Err(e) if is_fd_exhaustion(&e) => {
                 // Our shortage, not the backend's: don't count it against the backend.
                 log::warn!("{label}: connect to {} {}: {e}", backend.name, backend.addr);
                 return Err(Error::Resource(e));
             }
             Err(e) => {
-                backend.record_failure();
+                let why = describe(&e);
                 log::warn!(
-                    "{label}: connect to {} {} failed: {e}; trying the next backend",
+                    "{label}: connect to {} {} failed: {why}; trying the next backend",
                     backend.name,
                     backend.addr
                 );
-                tried.insert(pick.guard.index());
+                balancer.observe_failure(&backend, &why);
+                tried.insert(&backend);
             }
         }
+    }
+}
+
+/// Opens a connection with `timeout` (0: the system's), `TCP_NODELAY` set.
+pub fn open(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = if timeout.is_zero() {
+        TcpStream::connect(addr)?
+    } else {
+        TcpStream::connect_timeout(&addr, timeout)?
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Short lowercase text for a connect error (`connection refused`, `timed out`).
+pub fn describe(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out".to_string(),
+        _ => e.to_string(),
     }
 }

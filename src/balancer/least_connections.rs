@@ -1,10 +1,7 @@
 //! Weighted least-connections: the backend with the fewest active connections per unit of
-//! weight; ties go round-robin so equal loads spread.
+//! (effective) weight; ties go round-robin so equal loads spread.
 
-use std::sync::atomic::Ordering;
-
-use super::Select;
-use crate::backend::Backend;
+use super::{Select, View};
 
 /// Least-connections state: where the next tie-breaking scan starts.
 #[derive(Debug, Default)]
@@ -20,26 +17,16 @@ impl LeastConnections {
 }
 
 impl Select for LeastConnections {
-    fn select(&mut self, backends: &[Backend], allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
-        let n = backends.len();
-        let mut best: Option<(usize, u64, u64)> = None;
+    fn select(&mut self, view: &View<'_>) -> Option<usize> {
+        let n = view.len();
+        let mut best: Option<usize> = None;
         for k in 0..n {
             let i = (self.next + k) % n;
-            if !allowed(i) {
-                continue;
-            }
-            let active = backends[i].active.load(Ordering::Acquire) as u64;
-            let weight = u64::from(backends[i].weight);
-            // active/weight < best_active/best_weight, without division.
-            let better = match best {
-                None => true,
-                Some((_, a, w)) => active * w < a * weight,
-            };
-            if better {
-                best = Some((i, active, weight));
+            if view.allowed(i) && best.is_none_or(|b| view.less_loaded(i, b)) {
+                best = Some(i);
             }
         }
-        let (chosen, _, _) = best?;
+        let chosen = best?;
         self.next = (chosen + 1) % n;
         Some(chosen)
     }
@@ -47,36 +34,32 @@ impl Select for LeastConnections {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::balancer::testing::backends;
+    use std::sync::atomic::Ordering;
 
-    fn set_active(b: &[Backend], counts: &[usize]) {
-        for (x, &c) in b.iter().zip(counts) {
-            x.active.store(c, Ordering::Relaxed);
-        }
-    }
+    use super::*;
+    use crate::balancer::testing::{members, run};
 
     #[test]
     fn chooses_the_least_loaded() {
-        let b = backends(&[1, 1, 1]);
-        set_active(&b, &[2, 0, 1]);
-        assert_eq!(LeastConnections::new().select(&b, &|_| true), Some(1));
+        let b = members(&[1, 1, 1]);
+        for (x, c) in b.iter().zip([2, 0, 1]) {
+            x.active.store(c, Ordering::Relaxed);
+        }
+        assert_eq!(run(&mut LeastConnections::new(), &b, 1, 0), [1]);
     }
 
     #[test]
     fn ties_go_round_robin() {
-        let b = backends(&[1, 1, 1]);
-        let mut lc = LeastConnections::new();
-        let picks: Vec<_> = (0..6).filter_map(|_| lc.select(&b, &|_| true)).collect();
-        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        let b = members(&[1, 1, 1]);
+        assert_eq!(run(&mut LeastConnections::new(), &b, 6, 0), [0, 1, 2, 0, 1, 2]);
     }
 
     #[test]
     fn weights_scale_the_load() {
-        let b = backends(&[1, 3]);
+        let b = members(&[1, 3]);
         let mut lc = LeastConnections::new();
         for _ in 0..400 {
-            let i = lc.select(&b, &|_| true).expect("some");
+            let i = run(&mut lc, &b, 1, 0)[0];
             b[i].active.fetch_add(1, Ordering::Relaxed);
         }
         assert_eq!(b[0].active.load(Ordering::Relaxed), 100);
@@ -85,10 +68,14 @@ mod tests {
 
     #[test]
     fn respects_allowed_and_empty_sets() {
-        let b = backends(&[1, 1]);
-        set_active(&b, &[0, 5]);
-        assert_eq!(LeastConnections::new().select(&b, &|i| i == 1), Some(1));
-        assert_eq!(LeastConnections::new().select(&b, &|_| false), None);
-        assert_eq!(LeastConnections::new().select(&backends(&[]), &|_| true), None);
+        let b = members(&[1, 1]);
+        b[1].active.store(5, Ordering::Relaxed);
+        let only_second = |i: usize| i == 1;
+        let view = View { members: &b, allowed: &only_second, now: 0, key: 0 };
+        assert_eq!(LeastConnections::new().select(&view), Some(1));
+        let none = |_: usize| false;
+        let view = View { members: &b, allowed: &none, now: 0, key: 0 };
+        assert_eq!(LeastConnections::new().select(&view), None);
+        assert!(run(&mut LeastConnections::new(), &[], 1, 0).is_empty());
     }
 }

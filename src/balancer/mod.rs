@@ -1,57 +1,135 @@
-//! Which backend goes next: the selection trait, and the one place where choosing meets counting.
+//! Which backend goes next: the selection trait, and the one place where choosing meets health,
+//! limits and counting.
 //!
-//! Algorithms ([`least_connections`], [`round_robin`]) only choose among the indices they are
-//! allowed; they know nothing of health or retries. [`Balancer::pick`] holds the mutex while the
-//! algorithm chooses and the chosen backend's `active` counter is incremented, so two workers
-//! never both see the same backend as least loaded. The returned [`ActiveGuard`] gives the unit
-//! back when dropped.
+//! Algorithms ([`least_connections`], [`round_robin`], [`random_two`], [`source_hash`]) only
+//! choose among the members a [`View`] allows; they know nothing of health, limits or retries.
+//! [`Balancer::pick`] holds the mutex while the algorithm chooses and the chosen backend's
+//! `active` counter is incremented, so two workers never both see the same backend as least
+//! loaded. When every available backend is at `max_conns`, `pick` waits (up to the queue
+//! timeout) on a condition variable that [`ActiveGuard`]s signal as they give slots back.
 
 pub mod least_connections;
+pub mod random_two;
 pub mod round_robin;
+pub mod source_hash;
 
-use std::fmt::Write as _;
-use std::sync::atomic::Ordering;
+use std::fmt::{self, Write as _};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
-use crate::backend::{ActiveGuard, Backend, Backends};
-use crate::config::Algorithm;
+use crate::backend::{now_ms, Backend, WEIGHT_SCALE};
+use crate::config::{Algorithm, HealthSettings};
+
+/// What an algorithm sees: the members, which of them it may choose, their load and weight.
+pub struct View<'a> {
+    members: &'a [Arc<Backend>],
+    allowed: &'a dyn Fn(usize) -> bool,
+    now: u64,
+    /// The client's hash key (source-hash).
+    pub key: u64,
+}
+
+impl View<'_> {
+    /// Number of members.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Whether member `i` may be chosen.
+    pub fn allowed(&self, i: usize) -> bool {
+        (self.allowed)(i)
+    }
+
+    /// Member `i`'s connections (or requests) in flight.
+    pub fn active(&self, i: usize) -> u64 {
+        self.members[i].active.load(Ordering::Acquire) as u64
+    }
+
+    /// Member `i`'s effective weight, in thousandths (slow start included).
+    pub fn weight(&self, i: usize) -> u64 {
+        self.members[i].effective_weight(self.now)
+    }
+
+    /// Whether member `i` is less loaded than member `j`: (active + 1) / weight, compared
+    /// without division. The +1 keeps a barely-weighted (slow-starting) idle backend from
+    /// winning against busy full-weight ones, as HAProxy does.
+    pub fn less_loaded(&self, i: usize, j: usize) -> bool {
+        (self.active(i) + 1) * self.weight(j) < (self.active(j) + 1) * self.weight(i)
+    }
+}
 
 /// A selection algorithm. Called with the balancer's mutex held.
 pub trait Select: Send {
-    /// Chooses one backend among those for which `allowed(i)` is true; `None` when there is none.
-    fn select(&mut self, backends: &[Backend], allowed: &dyn Fn(usize) -> bool) -> Option<usize>;
+    /// Chooses one allowed member; `None` when none is allowed.
+    fn select(&mut self, view: &View<'_>) -> Option<usize>;
 }
 
-/// Builds the selector for `algorithm` over `backends`.
-pub fn selector(algorithm: Algorithm, backends: &[Backend]) -> Box<dyn Select> {
+/// Builds the selector for `algorithm` over `members`.
+pub fn selector(algorithm: Algorithm, members: &[Arc<Backend>]) -> Box<dyn Select> {
     match algorithm {
         Algorithm::LeastConnections => Box::new(least_connections::LeastConnections::new()),
-        Algorithm::RoundRobin => Box::new(round_robin::RoundRobin::new(backends.len())),
+        Algorithm::RoundRobin => Box::new(round_robin::RoundRobin::new(members.len())),
+        Algorithm::RandomTwo => Box::new(random_two::RandomTwo::new()),
+        Algorithm::SourceHash => Box::new(source_hash::SourceHash::new(members)),
     }
 }
 
-/// The set of backends already tried for one connection, so each is tried at most once.
+/// The hash key of a client address, for source-hash.
+pub fn source_key(ip: IpAddr) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ip.hash(&mut h);
+    h.finish()
+}
+
+/// The backends already tried for one connection or request, so each is tried at most once.
 #[derive(Debug, Default, Clone)]
-pub struct Tried(Vec<bool>);
+pub struct Tried(Vec<u64>);
 
 impl Tried {
-    /// Marks backend `i` as tried.
-    pub fn insert(&mut self, i: usize) {
-        if self.0.len() <= i {
-            self.0.resize(i + 1, false);
+    /// Marks `b` as tried.
+    pub fn insert(&mut self, b: &Backend) {
+        if !self.0.contains(&b.id) {
+            self.0.push(b.id);
         }
-        self.0[i] = true;
     }
 
-    /// Whether backend `i` was tried.
-    pub fn contains(&self, i: usize) -> bool {
-        self.0.get(i).copied().unwrap_or(false)
+    /// Whether `b` was tried.
+    pub fn contains(&self, b: &Backend) -> bool {
+        self.0.contains(&b.id)
     }
 
     /// How many were tried.
     pub fn count(&self) -> usize {
-        self.0.iter().filter(|t| **t).count()
+        self.0.len()
+    }
+}
+
+/// Why no backend was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// No backend is up (or every one that is was already tried).
+    NoneUp { tried: usize },
+    /// Every available backend stayed at `max_conns` for the whole queue timeout.
+    AllFull,
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unavailable::NoneUp { tried: 0 } => f.write_str("no backend is up"),
+            Unavailable::NoneUp { tried } => write!(f, "no backend available ({tried} tried)"),
+            Unavailable::AllFull => f.write_str("every backend is at max_conns (queue timeout)"),
+        }
     }
 }
 
@@ -64,88 +142,207 @@ pub struct Pick {
     pub reason: String,
 }
 
+struct State {
+    members: Arc<[Arc<Backend>]>,
+    algorithm: Algorithm,
+    selector: Box<dyn Select>,
+}
+
+struct Core {
+    state: Mutex<State>,
+    freed: Condvar,
+    waiting: AtomicUsize,
+}
+
 /// Chooses backends and counts what it chose.
 pub struct Balancer {
-    backends: Backends,
-    algorithm: Algorithm,
-    selector: Mutex<Box<dyn Select>>,
+    core: Arc<Core>,
+    health: Mutex<HealthSettings>,
 }
 
 impl Balancer {
-    /// A balancer over `backends` using `algorithm`.
-    pub fn new(backends: Backends, algorithm: Algorithm) -> Balancer {
-        let selector = Mutex::new(selector(algorithm, &backends));
-        Balancer { backends, algorithm, selector }
+    /// A balancer over `members` using `algorithm`; `health` drives passive failure detection.
+    pub fn new(members: Vec<Arc<Backend>>, algorithm: Algorithm, health: HealthSettings) -> Balancer {
+        let selector = selector(algorithm, &members);
+        let state = State { members: members.into(), algorithm, selector };
+        let core =
+            Arc::new(Core { state: Mutex::new(state), freed: Condvar::new(), waiting: AtomicUsize::new(0) });
+        Balancer { core, health: Mutex::new(health) }
     }
 
-    /// The backends it balances over.
-    pub fn backends(&self) -> &Backends {
-        &self.backends
+    /// The current members.
+    pub fn members(&self) -> Arc<[Arc<Backend>]> {
+        self.core.state.lock().members.clone()
     }
 
-    /// Chooses a backend not in `tried` and increments its active count, in one step.
-    /// `None` when every backend was tried.
-    pub fn pick(&self, tried: &Tried) -> Option<Pick> {
+    /// The current algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.core.state.lock().algorithm
+    }
+
+    /// Replaces the members and algorithm (reload, DNS change); waiting picks look again.
+    pub fn replace(&self, members: Vec<Arc<Backend>>, algorithm: Algorithm) {
+        let mut state = self.core.state.lock();
+        state.selector = selector(algorithm, &members);
+        state.members = members.into();
+        state.algorithm = algorithm;
+        drop(state);
+        self.core.freed.notify_all();
+    }
+
+    /// The health settings in force.
+    pub fn health_settings(&self) -> HealthSettings {
+        self.health.lock().clone()
+    }
+
+    /// Replaces the health settings (reload).
+    pub fn set_health_settings(&self, settings: HealthSettings) {
+        *self.health.lock() = settings;
+    }
+
+    /// Connections or requests waiting for a slot.
+    pub fn queued(&self) -> usize {
+        self.core.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Counts a live-traffic failure against `b` (passive health): after `max_fails` within
+    /// `fail_window` it is marked down.
+    pub fn observe_failure(&self, b: &Backend, why: &str) {
+        b.failures.fetch_add(1, Ordering::Relaxed);
+        let settings = self.health.lock().clone();
+        if let Some(t) = b.health.observe_failure(why, &settings) {
+            t.log(b);
+        }
+    }
+
+    /// Chooses an available, not-full backend not in `tried`, and increments its active count,
+    /// in one step. When every such backend is full, waits up to `queue` for a slot.
+    pub fn pick(&self, key: u64, tried: &Tried, queue: Duration) -> Result<Pick, Unavailable> {
         let explain = log::log_enabled!(log::Level::Info);
-        let mut counts = Vec::new();
-        let index = {
-            let mut selector = self.selector.lock();
-            let index = selector.select(&self.backends, &|i| !tried.contains(i))?;
-            if explain && self.algorithm == Algorithm::LeastConnections {
-                counts.extend(self.backends.iter().map(|b| b.active.load(Ordering::Relaxed)));
+        let mut deadline: Option<Instant> = None;
+        let mut state = self.core.state.lock();
+        loop {
+            let State { members, algorithm, selector } = &mut *state;
+            let members: &[Arc<Backend>] = members;
+            let allowed = |i: usize| {
+                let b = &members[i];
+                !tried.contains(b) && b.is_available() && !b.is_full()
+            };
+            let view = View { members, allowed: &allowed, now: now_ms(), key };
+            if let Some(i) = selector.select(&view) {
+                let reason =
+                    if explain { explain_choice(*algorithm, &view, i, tried) } else { String::new() };
+                let b = members[i].clone();
+                b.active.fetch_add(1, Ordering::AcqRel);
+                b.total.fetch_add(1, Ordering::Relaxed);
+                return Ok(Pick { guard: ActiveGuard { backend: b, core: self.core.clone() }, reason });
             }
-            self.backends[index].active.fetch_add(1, Ordering::AcqRel);
-            index
-        };
-        self.backends[index].total.fetch_add(1, Ordering::Relaxed);
-        let reason = if explain { self.explain(index, &counts, tried) } else { String::new() };
-        Some(Pick { guard: ActiveGuard::adopt(self.backends.clone(), index), reason })
+            let any_full = members.iter().any(|b| !tried.contains(b) && b.is_available() && b.is_full());
+            if !any_full {
+                return Err(Unavailable::NoneUp { tried: tried.count() });
+            }
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + queue);
+            if Instant::now() >= deadline {
+                return Err(Unavailable::AllFull);
+            }
+            self.core.waiting.fetch_add(1, Ordering::SeqCst);
+            let _ = self.core.freed.wait_until(&mut state, deadline);
+            self.core.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
     }
+}
 
-    fn explain(&self, chosen: usize, counts: &[usize], tried: &Tried) -> String {
-        let mut reason = String::from(self.algorithm.name());
-        match self.algorithm {
-            Algorithm::LeastConnections => {
-                reason.push(':');
-                let order = std::iter::once(chosen).chain((0..counts.len()).filter(|&i| i != chosen));
-                for i in order.filter(|&i| !tried.contains(i)) {
-                    let b = &self.backends[i];
-                    let _ = write!(reason, " {}={}", b.name, counts[i]);
-                    if b.weight != 1 {
-                        let _ = write!(reason, "/w{}", b.weight);
-                    }
+fn explain_choice(algorithm: Algorithm, view: &View<'_>, chosen: usize, tried: &Tried) -> String {
+    let mut reason = String::from(algorithm.name());
+    match algorithm {
+        Algorithm::LeastConnections | Algorithm::RandomTwo => {
+            reason.push(':');
+            let order = std::iter::once(chosen).chain((0..view.len()).filter(|&i| i != chosen));
+            for i in order.filter(|&i| view.allowed(i)) {
+                let b = &view.members[i];
+                let _ = write!(reason, " {}={}", b.name, view.active(i));
+                let w = view.weight(i);
+                if w != WEIGHT_SCALE {
+                    let _ = write!(reason, "/w{}", w as f64 / WEIGHT_SCALE as f64);
                 }
             }
-            Algorithm::RoundRobin => {
-                let _ = write!(reason, ": next in turn of {}", self.backends.len() - tried.count());
-            }
         }
-        let failed = tried.count();
-        if failed > 0 {
-            let _ = write!(reason, "; retry after {failed} failed");
+        Algorithm::RoundRobin => {
+            let n = (0..view.len()).filter(|&i| view.allowed(i)).count();
+            let _ = write!(reason, ": next in turn of {n}");
         }
-        reason
+        Algorithm::SourceHash => {
+            let _ = write!(reason, ": client key {:016x}", view.key);
+        }
+    }
+    let failed = tried.count();
+    if failed > 0 {
+        let _ = write!(reason, "; retry after {failed} failed");
+    }
+    reason
+}
+
+/// Holds one unit of a backend's `active` count; dropping it gives the unit back (on every
+/// path out of a relay or request, panics included) and wakes queued picks.
+pub struct ActiveGuard {
+    backend: Arc<Backend>,
+    core: Arc<Core>,
+}
+
+impl fmt::Debug for ActiveGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ActiveGuard({})", self.backend.name)
+    }
+}
+
+impl ActiveGuard {
+    /// The backend this guard counts against.
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.backend.active.fetch_sub(1, Ordering::AcqRel);
+        if self.core.waiting.load(Ordering::SeqCst) > 0 {
+            // Taking the lock orders this wake-up after a waiter's check, so none is lost.
+            drop(self.core.state.lock());
+            self.core.freed.notify_all();
+        }
     }
 }
 
 #[cfg(test)]
 pub(crate) mod testing {
-    use crate::backend::{self, Backends};
-    use crate::config::BackendSpec;
+    use std::sync::Arc;
 
-    /// Backends named b0, b1, ... with the given weights.
-    pub fn backends(weights: &[u32]) -> Backends {
-        let specs: Vec<BackendSpec> = weights
+    use crate::backend::Backend;
+    use crate::config::RawConfig;
+
+    /// Members named b0, b1, ... with the given weights.
+    pub fn members(weights: &[u32]) -> Vec<Arc<Backend>> {
+        weights
             .iter()
             .enumerate()
-            .map(|(i, &weight)| BackendSpec {
-                name: format!("b{i}"),
-                target: format!("127.0.0.1:{}", 9000 + i),
-                addr: ([127, 0, 0, 1], 9000 + i as u16).into(),
-                weight,
+            .map(|(i, &w)| {
+                let addr = ([127, 0, 0, 1], 9000 + i as u16).into();
+                Arc::new(Backend::new(format!("b{i}"), format!("b{i}"), addr, w, 0))
             })
-            .collect();
-        backend::table(&specs)
+            .collect()
+    }
+
+    /// Default health settings.
+    pub fn health() -> crate::config::HealthSettings {
+        let raw = RawConfig::parse(&b"[backends]\na = 127.0.0.1:1\n"[..], "t").expect("parse");
+        raw.validate().expect("valid").health
+    }
+
+    /// Picks `n` times with `select`, everything allowed, returning the indices.
+    pub fn run(select: &mut dyn super::Select, members: &[Arc<Backend>], n: usize, key: u64) -> Vec<usize> {
+        let allowed = |_: usize| true;
+        let view = super::View { members, allowed: &allowed, now: crate::backend::now_ms(), key };
+        (0..n).filter_map(|_| select.select(&view)).collect()
     }
 }
 
@@ -153,47 +350,88 @@ pub(crate) mod testing {
 mod tests {
     use super::*;
 
-    #[test]
-    fn pick_counts_and_the_guard_gives_back() {
-        let b = Balancer::new(testing::backends(&[1, 1]), Algorithm::LeastConnections);
-        let first = b.pick(&Tried::default()).expect("pick");
-        let second = b.pick(&Tried::default()).expect("pick");
-        assert_ne!(first.guard.index(), second.guard.index());
-        assert_eq!(b.backends()[0].active.load(Ordering::Relaxed), 1);
-        drop(first);
-        drop(second);
-        assert!(b.backends().iter().all(|x| x.active.load(Ordering::Relaxed) == 0));
+    fn balancer(weights: &[u32], algorithm: Algorithm) -> Balancer {
+        Balancer::new(testing::members(weights), algorithm, testing::health())
     }
 
     #[test]
-    fn tried_backends_are_skipped_and_exhaustion_is_none() {
-        let b = Balancer::new(testing::backends(&[1, 1, 1]), Algorithm::RoundRobin);
+    fn pick_counts_and_the_guard_gives_back() {
+        let b = balancer(&[1, 1], Algorithm::LeastConnections);
+        let first = b.pick(0, &Tried::default(), Duration::ZERO).expect("pick");
+        let second = b.pick(0, &Tried::default(), Duration::ZERO).expect("pick");
+        assert_ne!(first.guard.backend().id, second.guard.backend().id);
+        assert_eq!(b.members()[0].active.load(Ordering::Relaxed), 1);
+        drop((first, second));
+        assert!(b.members().iter().all(|x| x.active.load(Ordering::Relaxed) == 0));
+    }
+
+    #[test]
+    fn tried_and_down_backends_are_skipped() {
+        let b = balancer(&[1, 1, 1], Algorithm::RoundRobin);
+        b.members()[1].health.force_down("test");
         let mut tried = Tried::default();
-        for _ in 0..3 {
-            let pick = b.pick(&tried).expect("pick");
-            assert!(!tried.contains(pick.guard.index()));
-            tried.insert(pick.guard.index());
+        let first = b.pick(0, &tried, Duration::ZERO).expect("pick");
+        tried.insert(first.guard.backend());
+        let second = b.pick(0, &tried, Duration::ZERO).expect("pick");
+        tried.insert(second.guard.backend());
+        assert_eq!([first.guard.backend().name.as_str(), second.guard.backend().name.as_str()], ["b0", "b2"]);
+        assert_eq!(b.pick(0, &tried, Duration::ZERO).err(), Some(Unavailable::NoneUp { tried: 2 }));
+    }
+
+    #[test]
+    fn full_backends_queue_until_a_slot_frees_or_the_timeout() {
+        let members = testing::members(&[1]);
+        members[0].set_limits(1, 1);
+        let b = Arc::new(Balancer::new(members, Algorithm::LeastConnections, testing::health()));
+        let held = b.pick(0, &Tried::default(), Duration::ZERO).expect("first slot");
+        let started = Instant::now();
+        assert_eq!(
+            b.pick(0, &Tried::default(), Duration::from_millis(100)).err(),
+            Some(Unavailable::AllFull)
+        );
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        let waiter = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                b.pick(0, &Tried::default(), Duration::from_secs(20)).map(|p| p.reason)
+            })
+        };
+        while b.queued() == 0 {
+            std::thread::yield_now();
         }
-        assert!(b.pick(&tried).is_none());
+        drop(held);
+        assert!(waiter.join().expect("join").is_ok(), "the freed slot went to the waiter");
     }
 
     #[test]
     fn concurrent_picks_never_lose_a_count() {
-        let b =
-            std::sync::Arc::new(Balancer::new(testing::backends(&[1, 2, 3]), Algorithm::LeastConnections));
+        let b = Arc::new(balancer(&[1, 2, 3], Algorithm::LeastConnections));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let b = b.clone();
                 std::thread::spawn(move || {
-                    let held: Vec<_> = (0..600).filter_map(|_| b.pick(&Tried::default())).collect();
+                    let held: Vec<_> =
+                        (0..600).filter_map(|_| b.pick(0, &Tried::default(), Duration::ZERO).ok()).collect();
                     held.len()
                 })
             })
             .collect();
         let picked: usize = threads.into_iter().map(|t| t.join().expect("join")).sum();
         assert_eq!(picked, 2400);
-        assert!(b.backends().iter().all(|x| x.active.load(Ordering::Relaxed) == 0));
-        let totals: Vec<u64> = b.backends().iter().map(|x| x.total.load(Ordering::Relaxed)).collect();
+        assert!(b.members().iter().all(|x| x.active.load(Ordering::Relaxed) == 0));
+        let totals: Vec<u64> = b.members().iter().map(|x| x.total.load(Ordering::Relaxed)).collect();
         assert_eq!(totals.iter().sum::<u64>(), 2400);
+    }
+
+    #[test]
+    fn replacing_members_keeps_counts_on_the_old_ones() {
+        let b = balancer(&[1], Algorithm::RoundRobin);
+        let held = b.pick(0, &Tried::default(), Duration::ZERO).expect("pick");
+        let old = held.guard.backend().clone();
+        b.replace(testing::members(&[1, 1]), Algorithm::LeastConnections);
+        assert_eq!(b.algorithm(), Algorithm::LeastConnections);
+        assert_eq!(old.active.load(Ordering::Relaxed), 1);
+        drop(held);
+        assert_eq!(old.active.load(Ordering::Relaxed), 0);
     }
 }

@@ -1,8 +1,7 @@
 //! Smooth weighted round-robin, as nginx does it: equal weights cycle in order, and weighted
 //! backends are interleaved rather than served in bursts.
 
-use super::Select;
-use crate::backend::Backend;
+use super::{Select, View};
 
 /// Each backend's running score; the highest is chosen and pays back the total weight.
 #[derive(Debug)]
@@ -18,17 +17,14 @@ impl RoundRobin {
 }
 
 impl Select for RoundRobin {
-    fn select(&mut self, backends: &[Backend], allowed: &dyn Fn(usize) -> bool) -> Option<usize> {
-        if self.current.len() != backends.len() {
-            self.current = vec![0; backends.len()];
+    fn select(&mut self, view: &View<'_>) -> Option<usize> {
+        if self.current.len() != view.len() {
+            self.current = vec![0; view.len()];
         }
         let mut total = 0i64;
         let mut best: Option<usize> = None;
-        for (i, b) in backends.iter().enumerate() {
-            if !allowed(i) {
-                continue;
-            }
-            let weight = i64::from(b.weight);
+        for i in (0..view.len()).filter(|&i| view.allowed(i)) {
+            let weight = view.weight(i) as i64;
             self.current[i] += weight;
             total += weight;
             if best.is_none_or(|j| self.current[i] > self.current[j]) {
@@ -44,12 +40,10 @@ impl Select for RoundRobin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::testing::backends;
+    use crate::balancer::testing::{members, run};
 
     fn picks(weights: &[u32], n: usize) -> Vec<usize> {
-        let b = backends(weights);
-        let mut rr = RoundRobin::new(b.len());
-        (0..n).filter_map(|_| rr.select(&b, &|_| true)).collect()
+        run(&mut RoundRobin::new(weights.len()), &members(weights), n, 0)
     }
 
     #[test]
@@ -68,10 +62,11 @@ mod tests {
 
     #[test]
     fn skips_disallowed() {
-        let b = backends(&[1, 1, 1]);
+        let b = members(&[1, 1, 1]);
         let mut rr = RoundRobin::new(3);
-        let p: Vec<_> = (0..4).filter_map(|_| rr.select(&b, &|i| i != 1)).collect();
+        let not_middle = |i: usize| i != 1;
+        let view = View { members: &b, allowed: &not_middle, now: 0, key: 0 };
+        let p: Vec<_> = (0..4).filter_map(|_| rr.select(&view)).collect();
         assert_eq!(p, [0, 2, 0, 2]);
-        assert_eq!(rr.select(&b, &|_| false), None);
     }
 }

@@ -5,48 +5,29 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use crate::backend::Backend;
 
 /// A pooled connection that sat idle longer than this is checked before reuse.
 const CHECK_AFTER: Duration = Duration::from_secs(1);
 
-/// Per-backend stacks of idle connections.
-pub struct KeepAlive {
-    idle: Vec<Mutex<Vec<(TcpStream, Instant)>>>,
-    cap: usize,
+/// Takes the most recently used idle connection to `b`. Connections the backend already closed
+/// are discarded; the check (one non-blocking peek) runs when the connection idled a while, or
+/// always when `must_check` (a request that could not be retried).
+pub fn take(b: &Backend, must_check: bool) -> Option<TcpStream> {
+    loop {
+        let (stream, since) = b.idle.lock().pop()?;
+        if (!must_check && since.elapsed() < CHECK_AFTER) || still_open(&stream) {
+            return Some(stream);
+        }
+    }
 }
 
-impl KeepAlive {
-    /// Pools for `backends` backends, `cap` idle connections each (0 disables pooling).
-    pub fn new(backends: usize, cap: usize) -> KeepAlive {
-        KeepAlive { idle: (0..backends).map(|_| Mutex::new(Vec::new())).collect(), cap }
-    }
-
-    /// Takes the most recently used idle connection to backend `i`. Connections the backend
-    /// already closed are discarded; the check (one non-blocking peek) runs when the connection
-    /// idled a while, or always when `must_check` (a request that cannot be retried).
-    pub fn take(&self, i: usize, must_check: bool) -> Option<TcpStream> {
-        loop {
-            let (stream, since) = self.idle.get(i)?.lock().pop()?;
-            if (!must_check && since.elapsed() < CHECK_AFTER) || still_open(&stream) {
-                return Some(stream);
-            }
-        }
-    }
-
-    /// Returns a connection after a complete exchange; dropped (closed) when the pool is full.
-    pub fn put(&self, i: usize, stream: TcpStream) {
-        if let Some(slot) = self.idle.get(i) {
-            let mut idle = slot.lock();
-            if idle.len() < self.cap {
-                idle.push((stream, Instant::now()));
-            }
-        }
-    }
-
-    /// Idle connections held for backend `i`.
-    pub fn idle_count(&self, i: usize) -> usize {
-        self.idle.get(i).map_or(0, |s| s.lock().len())
+/// Returns a connection after a complete exchange; closed instead when `b` already holds `cap`
+/// idle ones or was removed.
+pub fn put(b: &Backend, stream: TcpStream, cap: usize) {
+    let mut idle = b.idle.lock();
+    if idle.len() < cap && !b.is_retired() {
+        idle.push((stream, Instant::now()));
     }
 }
 
@@ -70,25 +51,27 @@ mod tests {
     fn reuses_live_connections_and_drops_closed_ones() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = l.local_addr().expect("addr");
-        let pool = KeepAlive::new(1, 2);
-        let a = TcpStream::connect(addr).expect("connect");
-        let (peer_a, _) = l.accept().expect("accept");
-        let b = TcpStream::connect(addr).expect("connect");
-        let (mut peer_b, _) = l.accept().expect("accept");
-        let c = TcpStream::connect(addr).expect("connect");
-        pool.put(0, a);
-        pool.put(0, b);
-        pool.put(0, c);
-        assert_eq!(pool.idle_count(0), 2, "capped");
+        let b = Backend::new("a".into(), "a".into(), addr, 1, 0);
+        let connect = || {
+            let s = TcpStream::connect(addr).expect("connect");
+            (s, l.accept().expect("accept").0)
+        };
+        let (a, peer_a) = connect();
+        let (c, mut peer_c) = connect();
+        let (d, _peer_d) = connect();
+        put(&b, a, 2);
+        put(&b, c, 2);
+        put(&b, d, 2);
+        assert_eq!(b.idle.lock().len(), 2, "capped");
         drop(peer_a);
-        peer_b.write_all(b"x").expect("stray byte");
-        // b has a stray byte, a was closed: neither is reusable.
-        let mut waited = 0;
-        while still_open(&pool.idle[0].lock()[0].0) && waited < 100 {
-            std::thread::sleep(Duration::from_millis(5));
-            waited += 1;
+        peer_c.write_all(b"x").expect("stray byte");
+        // Wait until the kernel shows both (a bounded wait for loopback delivery).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.idle.lock().iter().any(|(s, _)| still_open(s)) {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(2));
         }
-        assert!(pool.take(0, true).is_none());
-        assert_eq!(pool.idle_count(0), 0);
+        assert!(take(&b, true).is_none(), "a was closed and c had a stray byte");
+        assert!(b.idle.lock().is_empty());
     }
 }

@@ -4,33 +4,43 @@
 //! Per request: read and check the head (`header_ms`), pick a backend, take a pooled
 //! connection or connect (the next backend on failure), send the rewritten head and stream the
 //! body, read the response head (`response_ms`), stream the body back re-framed for the client,
-//! pool the backend connection if it can be reused, and write one access-log line. A pooled
-//! connection found closed is replaced by a fresh one when nothing of the response arrived and
-//! the request may be sent again.
+//! pool the backend connection if it can be reused, and write one access-log line.
+//!
+//! Retries, as nginx's `proxy_next_upstream error` with `non_idempotent` off: when a backend
+//! connection breaks before any byte of the response arrived and nothing of the request body
+//! was consumed, an idempotent request (or one with an `Idempotency-Key`) is sent again, on a
+//! fresh connection (a stale pooled one) or to the next backend. Others get 502.
 
 use std::fmt::Write as _;
-use std::io::{self, Write};
-use std::net::TcpStream;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::keepalive::KeepAlive;
+use super::keepalive;
 use super::request::{self, Forwarding, RequestHead};
 use super::response::{self, ClientSide};
 use super::{reason, BodyError, BodyKind, Coalesce, Wire};
-use crate::balancer::{Balancer, Tried};
+use crate::backend::Backend;
+use crate::balancer::{source_key, Balancer, Tried};
 use crate::config::Config;
+use crate::logging::{held_back, RateLimit};
 use crate::registry::Conn;
+use crate::stats::ProxyCounters;
+use crate::upstream;
 
 /// The `Via` pseudonym.
 pub const VIA: &str = "lbproxy";
+
+/// "Forever" for a zero (disabled) timeout.
+const NO_LIMIT: Duration = Duration::from_secs(365 * 86_400);
 
 /// What HTTP-mode workers share.
 pub struct HttpContext {
     pub config: Config,
     pub balancer: Arc<Balancer>,
-    pub pools: KeepAlive,
+    pub counters: Arc<ProxyCounters>,
     /// Set at shutdown: finish the current request, then close.
     pub stopping: Arc<AtomicBool>,
 }
@@ -73,13 +83,15 @@ struct ReadTimeout<'a> {
 
 impl ReadTimeout<'_> {
     fn set(&mut self, d: Duration) {
-        let d = Some(d.max(Duration::from_millis(1)));
+        let d = Some(if d.is_zero() { NO_LIMIT } else { d.max(Duration::from_millis(1)) });
         if self.current != d {
             let _ = self.stream.set_read_timeout(d);
             self.current = d;
         }
     }
 }
+
+static UNAVAILABLE: RateLimit = RateLimit::new();
 
 /// Serves one client connection until it closes, asks to close, idles out, or the proxy stops.
 pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
@@ -90,8 +102,11 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     let fwd = Forwarding { client: conn.peer.ip(), local_host: &local, via: VIA };
     let mut cw = Wire::with_buffer(client, std::mem::take(&mut scratch.client_in));
     let mut timeout = ReadTimeout { stream: client, current: None };
-    let mut head_started = conn.accepted;
+    // The header clock starts when a worker takes the connection, not at accept: time spent
+    // queued for a worker is the proxy's, not the client's.
+    let mut head_started = Instant::now();
     let mut served = 0u64;
+    let mut linger = false;
     loop {
         // Wait for (the rest of) a request head.
         let head = loop {
@@ -101,33 +116,36 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                     Ok(Some(head)) => break Some(head),
                     Ok(None) => {}
                     Err(r) => {
-                        let mut out = Coalesce::new(client, &mut scratch.client_out);
                         log::warn!(
-                            "{} from {}: rejected with {}: {}",
-                            label(&conn, served),
+                            "conn {} from {}: request rejected with {}: {}",
+                            conn.id,
                             conn.peer,
                             r.status,
                             r.why
                         );
+                        let mut out = Coalesce::new(client, &mut scratch.client_out);
                         let _ = write_error(&mut out, r.status, r.why, None, true);
+                        linger = true;
                         break None;
                     }
                 }
             }
-            let waiting_idle = cw.buffered().is_empty() && served > 0;
-            if waiting_idle {
+            let between_requests = cw.buffered().is_empty();
+            if between_requests {
+                // Waiting for a request: a shutdown may close this connection at once.
                 conn.idle.store(true, Ordering::SeqCst);
                 if ctx.stopping.load(Ordering::SeqCst) {
                     break None;
                 }
-                timeout.set(if t.idle.is_zero() { Duration::from_secs(86_400) } else { t.idle });
+            }
+            if between_requests && served > 0 {
+                timeout.set(t.idle);
+            } else if t.header.is_zero() {
+                timeout.set(NO_LIMIT);
             } else {
-                if cw.buffered().is_empty() && served > 0 {
-                    head_started = Instant::now();
-                }
                 let left = t.header.saturating_sub(head_started.elapsed());
                 if left.is_zero() {
-                    slow_client(&conn, served, client, &mut scratch.client_out);
+                    slow_client(&conn, client, &mut scratch.client_out);
                     break None;
                 }
                 timeout.set(left);
@@ -136,15 +154,16 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
             conn.idle.store(false, Ordering::SeqCst);
             match filled {
                 Ok(0) => break None,
-                Ok(_) if waiting_idle => head_started = Instant::now(),
+                Ok(_) if between_requests && served > 0 => head_started = Instant::now(),
                 Ok(_) => {}
-                Err(e) if is_timeout(&e) && !waiting_idle => {
-                    slow_client(&conn, served, client, &mut scratch.client_out);
+                Err(e) if is_timeout(&e) && !(between_requests && served > 0) => {
+                    slow_client(&conn, client, &mut scratch.client_out);
                     break None;
                 }
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     let mut out = Coalesce::new(client, &mut scratch.client_out);
                     let _ = write_error(&mut out, 431, "request head too large", None, true);
+                    linger = true;
                     break None;
                 }
                 Err(_) => break None,
@@ -154,20 +173,23 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         cw.consume(head.len);
         served += 1;
         // Body reads from the client wait at most idle_ms between bytes.
-        timeout.set(if t.idle.is_zero() { Duration::from_secs(86_400) } else { t.idle });
+        timeout.set(t.idle);
 
         let started = Instant::now();
         let mut record = Record::default();
-        let outcome = exchange(&conn, ctx, &mut cw, &head, scratch, &mut record);
+        let keep_alive = head.keep_alive && !ctx.stopping.load(Ordering::SeqCst);
+        let outcome = exchange(&conn, ctx, &mut cw, &head, keep_alive, scratch, &mut record);
+        ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
         let keep = match outcome {
             Ok(keep) => keep,
             Err(Failure::Status { status, why, close }) => {
                 record.status = status;
-                record.note = why.clone();
+                record.note.clone_from(&why);
+                let close = close || !keep_alive;
                 let mut out = Coalesce::new(client, &mut scratch.client_out);
-                let close = close || !head.keep_alive;
                 record.bytes_out +=
                     write_error(&mut out, status, &why, Some(&head.request_id), close).unwrap_or(0);
+                linger = close;
                 !close
             }
             Err(Failure::Abort(why)) => {
@@ -176,20 +198,36 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
             }
         };
         access_log(&conn, &head, &record, started);
-        if !keep || ctx.stopping.load(Ordering::SeqCst) {
+        if !keep {
             break;
         }
         head_started = Instant::now();
     }
+    if linger {
+        lingering_close(client);
+    }
     scratch.client_in = cw.into_buffer();
 }
 
-fn label(conn: &Conn, served: u64) -> String {
-    format!("conn {} request {}", conn.id, served + 1)
+/// After an error response on a connection with unread input, closing at once would make the
+/// kernel send a reset that can destroy the response before the client reads it. Half-close,
+/// then drain briefly (bounded in time and bytes), as nginx's `lingering_close`.
+fn lingering_close(client: &TcpStream) {
+    let _ = client.shutdown(Shutdown::Write);
+    let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut sink = [0u8; 4096];
+    let mut drained = 0usize;
+    while Instant::now() < deadline && drained < 1 << 20 {
+        match (&mut &*client).read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
 }
 
-fn slow_client(conn: &Conn, served: u64, client: &TcpStream, buf: &mut Vec<u8>) {
-    log::warn!("{} from {}: request head not complete in time, closing", label(conn, served), conn.peer);
+fn slow_client(conn: &Conn, client: &TcpStream, buf: &mut Vec<u8>) {
+    log::warn!("conn {} from {}: request head not complete within header_ms, closing", conn.id, conn.peer);
     let _ = write_error(&mut Coalesce::new(client, buf), 408, "request head timeout", None, true);
 }
 
@@ -254,16 +292,28 @@ fn write_error(
     Ok((head.len() + body.len()) as u64)
 }
 
+/// How the response head could not be read.
+enum RespError {
+    Timeout,
+    /// Closed or reset before any byte of the response: safe to retry if the request is.
+    Closed(String),
+    Invalid(&'static str),
+    Io(io::Error),
+}
+
 /// Forwards one request and its response. `Ok(keep_alive)` when the response was relayed.
 fn exchange(
     conn: &Conn,
     ctx: &HttpContext,
     cw: &mut Wire<&TcpStream>,
     head: &RequestHead,
+    keep_alive: bool,
     scratch: &mut Scratch,
     record: &mut Record,
 ) -> Result<bool, Failure> {
     let cfg = &ctx.config;
+    let started = Instant::now();
+    let has_body = !matches!(head.body, BodyKind::Empty | BodyKind::Length(0));
     if let (BodyKind::Length(n), Some(max)) = (head.body, cfg.http.max_body_bytes) {
         if n > max {
             return Err(Failure::Status {
@@ -277,49 +327,63 @@ fn exchange(
         first_chunk_is_valid(cw)?;
     }
     let client: &TcpStream = &conn.stream;
+    let key = source_key(conn.peer.ip());
     let mut tried = Tried::default();
     let mut fresh_only = false;
     let mut continued = false;
     let mut body_touched = false;
+    // A backend that broke mid-exchange: if no other can take the request, that is a 502.
+    let mut broke: Option<String> = None;
     loop {
-        let Some(pick) = ctx.balancer.pick(&tried) else {
-            let why = format!("no backend available ({} tried)", tried.count());
-            return Err(Failure::Status {
-                status: 503,
-                why,
-                close: head.body != BodyKind::Empty && !body_touched,
-            });
+        let pick = match ctx.balancer.pick(key, &tried, cfg.timeouts.queue) {
+            Ok(pick) => pick,
+            Err(_) if broke.is_some() => {
+                let why = broke.unwrap_or_default();
+                return Err(Failure::Status { status: 502, why, close: !keep_alive });
+            }
+            Err(why) => {
+                if let Some(n) = UNAVAILABLE.check() {
+                    log::warn!("req {}: {why}; answering 503{}", head.request_id, held_back(n));
+                }
+                let close = has_body && !body_touched;
+                return Err(Failure::Status { status: 503, why: why.to_string(), close });
+            }
         };
-        let (idx, backend) = (pick.guard.index(), pick.guard.backend());
-        record.backend = backend.name.clone();
+        let backend: Arc<Backend> = pick.guard.backend().clone();
+        record.backend.clone_from(&backend.name);
         record.reason = pick.reason;
-        let pooled = if fresh_only { None } else { ctx.pools.take(idx, !head.retryable) };
+        let can_retry = |body_touched: bool| head.retryable && !body_touched;
+        let pooled = if fresh_only { None } else { keepalive::take(&backend, !head.retryable || has_body) };
         let reused = pooled.is_some();
         fresh_only = false;
         let stream = match pooled {
             Some(s) => s,
-            None => match connect(backend.addr, cfg) {
-                Ok(s) => s,
+            None => match upstream::open(backend.addr, cfg.timeouts.connect) {
+                Ok(s) => {
+                    let _ = s.set_read_timeout(non_zero(cfg.timeouts.response));
+                    let _ = s.set_write_timeout(non_zero(cfg.timeouts.idle));
+                    s
+                }
                 Err(e) => {
-                    backend.record_failure();
+                    let why = upstream::describe(&e);
                     log::warn!(
-                        "req {}: connect to {} {} failed: {e}; trying the next backend",
+                        "req {}: connect to {} {} failed: {why}; trying the next backend",
                         head.request_id,
                         backend.name,
                         backend.addr
                     );
-                    tried.insert(idx);
+                    ctx.balancer.observe_failure(&backend, &why);
+                    tried.insert(&backend);
                     continue;
                 }
             },
         };
-        let _attached = conn.attach(&stream);
-        let retry_ok = |body_touched: bool| reused && !body_touched && head.retryable;
+        let attached = conn.attach(&stream, backend.id);
 
         // Request: head, then the body streamed from the client.
         let mut bout = Coalesce::new(&stream, &mut scratch.backend_out);
         let mut sent = bout.write_all(&scratch.head);
-        if sent.is_ok() && head.body != BodyKind::Empty {
+        if sent.is_ok() && has_body {
             if head.expect_continue && !continued {
                 continued = true;
                 let mut cout = Coalesce::new(client, &mut scratch.client_out);
@@ -348,16 +412,18 @@ fn exchange(
         }
         let sent = sent.and_then(|()| bout.flush());
         if let Err(e) = sent {
-            if retry_ok(body_touched) {
-                log::debug!(
-                    "req {}: pooled connection to {} was stale ({e}); retrying",
-                    head.request_id,
-                    backend.name
-                );
-                fresh_only = true;
+            if can_retry(body_touched) {
+                log::debug!("req {}: sending to {} failed ({e}); retrying", head.request_id, backend.name);
+                if reused {
+                    fresh_only = true;
+                } else {
+                    ctx.balancer.observe_failure(&backend, &e.to_string());
+                    tried.insert(&backend);
+                    broke = Some(format!("sending to {}: {e}", backend.name));
+                }
                 continue;
             }
-            backend.record_failure();
+            ctx.balancer.observe_failure(&backend, &e.to_string());
             return Err(Failure::Status {
                 status: 502,
                 why: format!("sending to {}: {e}", backend.name),
@@ -370,42 +436,60 @@ fn exchange(
         let side = ClientSide {
             method: &head.method,
             version: head.version,
-            keep_alive: head.keep_alive,
+            keep_alive,
             request_id: &head.request_id,
             via: VIA,
         };
         let resp = read_response(&mut bw, &side, cfg.http.max_head_bytes, &mut scratch.resp_head);
         let resp = match resp {
             Ok(r) => r,
-            Err(RespError::Closed) if retry_ok(body_touched) => {
+            Err(RespError::Closed(e)) if can_retry(body_touched) => {
                 scratch.backend_in = bw.into_buffer();
-                log::debug!(
-                    "req {}: pooled connection to {} was closed; retrying",
-                    head.request_id,
-                    backend.name
-                );
-                fresh_only = true;
+                if reused {
+                    log::debug!(
+                        "req {}: pooled connection to {} was stale ({e}); retrying",
+                        head.request_id,
+                        backend.name
+                    );
+                    fresh_only = true;
+                } else {
+                    log::warn!(
+                        "req {}: {} closed the connection before responding ({e}); trying the next backend",
+                        head.request_id,
+                        backend.name
+                    );
+                    ctx.balancer.observe_failure(&backend, &e);
+                    tried.insert(&backend);
+                    broke = Some(format!("{} closed the connection before a response: {e}", backend.name));
+                }
                 continue;
             }
             Err(e) => {
                 scratch.backend_in = bw.into_buffer();
-                backend.record_failure();
                 let (status, why) = match e {
                     RespError::Timeout => {
                         (504, format!("{} did not answer within response_ms", backend.name))
                     }
-                    RespError::Closed => {
-                        (502, format!("{} closed the connection before a response", backend.name))
+                    RespError::Closed(e) => {
+                        (502, format!("{} closed the connection before a response: {e}", backend.name))
                     }
                     RespError::Invalid(why) => {
                         (502, format!("invalid response from {}: {why}", backend.name))
                     }
                     RespError::Io(e) => (502, format!("reading from {}: {e}", backend.name)),
                 };
-                return Err(Failure::Status { status, why, close: !head.keep_alive });
+                ctx.balancer.observe_failure(&backend, &why);
+                return Err(Failure::Status {
+                    status,
+                    why,
+                    close: !keep_alive || (has_body && !body_touched),
+                });
             }
         };
         record.status = resp.status;
+        if resp.status >= 500 && ctx.balancer.health_settings().observe_5xx {
+            ctx.balancer.observe_failure(&backend, &format!("status {}", resp.status));
+        }
 
         // Response: head, then the body streamed back, re-framed for the client.
         let mut cout = Coalesce::new(client, &mut scratch.client_out);
@@ -421,7 +505,7 @@ fn exchange(
                 }
                 Err(BodyError::Sink(e)) => Err(Failure::Abort(format!("client: {e}"))),
                 Err(BodyError::Source(e)) => {
-                    backend.record_failure();
+                    backend.failures.fetch_add(1, Ordering::Relaxed);
                     Err(Failure::Abort(format!("response body from {}: {e}", backend.name)))
                 }
                 Err(BodyError::TooLarge) => Err(Failure::Abort("response body too large".to_string())),
@@ -431,9 +515,11 @@ fn exchange(
         scratch.backend_in = bw.into_buffer();
         result?;
         backend.record_bytes(record.bytes_in, record.bytes_out);
+        drop(attached);
+        drop(pick.guard);
+        backend.latency.record(started.elapsed());
         if resp.backend_reusable && !leftover {
-            drop(_attached);
-            ctx.pools.put(idx, stream);
+            keepalive::put(&backend, stream, cfg.http.backend_keepalive);
         }
         return Ok(resp.client_keep_alive);
     }
@@ -457,13 +543,6 @@ fn first_chunk_is_valid(cw: &mut Wire<&TcpStream>) -> Result<(), Failure> {
             },
         }
     }
-}
-
-enum RespError {
-    Timeout,
-    Closed,
-    Invalid(&'static str),
-    Io(io::Error),
 }
 
 fn read_response(
@@ -493,14 +572,14 @@ fn read_response(
             Ok(0) if received => {
                 return Err(RespError::Invalid("connection closed inside the response head"))
             }
-            Ok(0) => return Err(RespError::Closed),
+            Ok(0) => return Err(RespError::Closed("end of stream".to_string())),
             Ok(_) => received = true,
             Err(e) if is_timeout(&e) => return Err(RespError::Timeout),
             Err(e)
                 if !received
                     && matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) =>
             {
-                return Err(RespError::Closed)
+                return Err(RespError::Closed(e.to_string()))
             }
             Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                 return Err(RespError::Invalid("response head too large"))
@@ -508,16 +587,4 @@ fn read_response(
             Err(e) => return Err(RespError::Io(e)),
         }
     }
-}
-
-fn connect(addr: std::net::SocketAddr, cfg: &Config) -> io::Result<TcpStream> {
-    let stream = if cfg.timeouts.connect.is_zero() {
-        TcpStream::connect(addr)?
-    } else {
-        TcpStream::connect_timeout(&addr, cfg.timeouts.connect)?
-    };
-    let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(non_zero(cfg.timeouts.response));
-    let _ = stream.set_write_timeout(non_zero(cfg.timeouts.idle));
-    Ok(stream)
 }

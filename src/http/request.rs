@@ -58,9 +58,22 @@ pub struct Forwarding<'a> {
 const HOP_BY_HOP: &[&str] =
     &["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "transfer-encoding"];
 
-/// Whether `name` is hop-by-hop, either always or because `Connection` names it.
+/// Whether `name` is hop-by-hop, either always or because `Connection` names it. `Host` and
+/// `Content-Length` are end-to-end whatever `Connection` says: naming them there must not
+/// strip routing or framing.
 pub fn is_hop_by_hop(name: &str, headers: &[httparse::Header<'_>]) -> bool {
-    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || has_token(headers, "connection", name)
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || (!name.eq_ignore_ascii_case("host")
+            && !name.eq_ignore_ascii_case("content-length")
+            && has_token(headers, "connection", name))
+}
+
+/// Splits an absolute-form target (`http://host:port/path?q`) into its authority and an
+/// origin-form target; `None` for other forms.
+fn split_absolute(target: &str) -> Option<(&str, &str)> {
+    let rest = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    Some((&rest[..end], &rest[end..]))
 }
 
 /// Parses the head at the start of `buf`. `Ok(None)`: incomplete, read more (unless `buf`
@@ -94,6 +107,13 @@ pub fn parse(
     };
     let headers = &*req.headers;
     check_target(method, target)?;
+    // Absolute form: the authority is the host (RFC 9112 3.2.2); forward origin form.
+    let absolute = split_absolute(target);
+    if let Some((authority, _)) = absolute {
+        if authority.is_empty() || authority.contains('@') {
+            return Err(reject(400, "invalid authority in request target"));
+        }
+    }
     let body = framing(version, headers)?;
     let hosts = headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count();
     if hosts > 1 {
@@ -125,7 +145,13 @@ pub fn parse(
     let retryable = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE")
         || super::header(headers, "idempotency-key").is_some();
 
-    write_backend_head(out, method, target, headers, body, hosts == 0, &request_id, fwd);
+    let (host, path) = match absolute {
+        Some((authority, "")) => (Some(authority), "/"),
+        Some((authority, path)) => (Some(authority), path),
+        None if hosts == 0 => (Some(fwd.local_host), target),
+        None => (None, target),
+    };
+    write_backend_head(out, method, path, headers, body, host, &request_id, fwd);
     Ok(Some(RequestHead {
         len,
         method: method.to_string(),
@@ -209,7 +235,7 @@ fn write_backend_head(
     target: &str,
     headers: &[httparse::Header<'_>],
     body: BodyKind,
-    add_host: bool,
+    host: Option<&str>,
     request_id: &str,
     fwd: &Forwarding<'_>,
 ) {
@@ -226,7 +252,8 @@ fn write_backend_head(
     let mut forwarded_for: Vec<u8> = Vec::new();
     for h in headers {
         let name = h.name;
-        if is_hop_by_hop(name, headers)
+        if (host.is_some() && name.eq_ignore_ascii_case("host"))
+            || is_hop_by_hop(name, headers)
             || ["content-length", "expect", "x-request-id", "x-forwarded-proto"]
                 .iter()
                 .any(|n| name.eq_ignore_ascii_case(n))
@@ -242,8 +269,8 @@ fn write_backend_head(
         }
         line(out, name, h.value);
     }
-    if add_host {
-        line(out, "Host", fwd.local_host.as_bytes());
+    if let Some(host) = host {
+        line(out, "Host", host.as_bytes());
     }
     line(out, "X-Request-ID", request_id.as_bytes());
     if !forwarded_for.is_empty() {
@@ -329,6 +356,28 @@ mod tests {
             .expect("c");
         assert_eq!(head.body, BodyKind::Chunked);
         assert!(out.contains("Transfer-Encoding: gzip, chunked\r\n"), "{out}");
+    }
+
+    #[test]
+    fn absolute_form_becomes_origin_form_with_the_authority_as_host() {
+        let (_, out) =
+            run("GET http://api.example:81/v1?x=1 HTTP/1.1\r\nHost: other\r\n\r\n").expect("ok").expect("c");
+        assert!(out.starts_with("GET /v1?x=1 HTTP/1.1\r\n"), "{out}");
+        assert!(out.contains("Host: api.example:81\r\n") && !out.contains("other"), "{out}");
+        let (_, out) =
+            run("GET http://api.example HTTP/1.1\r\nHost: api.example\r\n\r\n").expect("ok").expect("c");
+        assert!(out.starts_with("GET / HTTP/1.1\r\n"), "{out}");
+        assert_eq!(status("GET http://user@evil/ HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn connection_cannot_strip_host_or_length() {
+        let (_, out) = run(
+            "POST / HTTP/1.1\r\nHost: x\r\nConnection: host, content-length\r\nContent-Length: 2\r\n\r\n",
+        )
+        .expect("ok")
+        .expect("c");
+        assert!(out.contains("Host: x\r\n") && out.contains("Content-Length: 2\r\n"), "{out}");
     }
 
     #[test]

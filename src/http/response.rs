@@ -95,8 +95,10 @@ pub fn parse(
     };
     // A message with both framings is suspicious: use chunked (RFC 9112 6.3) but don't reuse.
     let backend_reusable = backend_keep && body != BodyKind::UntilClose && !(te && length.is_some());
+    // HTTP/1.0 clients know no chunked coding: they get the body delimited by close.
     let client_body = match body {
         BodyKind::UntilClose if client.version == 1 => BodyKind::Chunked,
+        BodyKind::Chunked if client.version == 0 => BodyKind::UntilClose,
         other => other,
     };
     let client_keep_alive = client.keep_alive && client_body != BodyKind::UntilClose;
@@ -186,6 +188,13 @@ mod tests {
         assert!(out.contains("Transfer-Encoding: chunked\r\n") && !out.contains("Connection"));
         let (h, out) = run(raw, &client(0, true)).expect("ok").expect("c");
         assert!(!h.client_keep_alive && out.contains("Connection: close\r\n"), "{out}");
+        let chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let (h, out) = run(chunked, &client(0, true)).expect("ok").expect("c");
+        assert_eq!(
+            (h.body, h.client_body, h.client_keep_alive),
+            (BodyKind::Chunked, BodyKind::UntilClose, false)
+        );
+        assert!(!out.contains("chunked") && out.contains("Connection: close\r\n"), "{out}");
     }
 
     #[test]

@@ -304,8 +304,10 @@ fn a_stale_pooled_connection_is_retried_transparently() {
         let r = get(&mut wire, "/", "");
         assert_eq!((r.status, r.text().as_str()), (200, "fresh"), "request {i}");
     }
-    // Not idempotent: the pooled connection is checked before use, so it still works.
+    // Not idempotent: the pooled connection is checked before use, so once the backend has
+    // closed it, it is never used.
     for i in 0..3 {
+        backend.wait_closed(4 + i);
         wire.stream.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc").expect("send");
         let r = read_response(&mut wire, "POST");
         assert_eq!(r.status, 200, "post {i}: {}", r.text());
@@ -524,6 +526,8 @@ fn a_gib_upload_and_download_pass_with_flat_memory() {
     }
     assert_eq!((n, down.0), (GIB, want.0));
     let (after, peak) = rss_kib(pid);
-    eprintln!("proxy RSS: before {before} KiB, peak after upload {peak_up} KiB, peak {peak} KiB, now {after} KiB");
+    eprintln!(
+        "proxy RSS: before {before} KiB, peak after upload {peak_up} KiB, peak {peak} KiB, now {after} KiB"
+    );
     assert!(peak < before + 32 * 1024, "memory grew with the body: {before} -> {peak} KiB");
 }

@@ -127,9 +127,13 @@ pub fn proxy_with(config: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     (p, addr)
 }
 
-/// Starts the proxy over `addrs` with `algorithm` and otherwise default settings.
+/// Starts the proxy over `addrs` with `algorithm` and otherwise default settings, but no active
+/// health checks (they would use up the single connection some test backends accept).
 pub fn proxy(addrs: &[SocketAddr], algorithm: &str) -> (Proc, SocketAddr) {
-    let config = format!("[proxy]\nalgorithm = {algorithm}\nworkers = 64\n{}", backends_section(addrs));
+    let config = format!(
+        "[proxy]\nalgorithm = {algorithm}\nworkers = 64\n[health]\nenabled = false\n{}",
+        backends_section(addrs)
+    );
     proxy_with(&config, &[])
 }
 
@@ -254,7 +258,8 @@ pub fn closed(wire: &mut lbproxy::http::Wire<TcpStream>) -> bool {
 /// `[timeouts]` and `[http]`.
 pub fn http_proxy(addrs: &[SocketAddr], algorithm: &str, timeouts: &str, http: &str) -> (Proc, SocketAddr) {
     let config = format!(
-        "[proxy]\nmode = http\nalgorithm = {algorithm}\nworkers = 64\n[timeouts]\n{timeouts}\n[http]\n{http}\n{}",
+        "[proxy]\nmode = http\nalgorithm = {algorithm}\nworkers = 64\n[health]\nenabled = false\n\
+         [timeouts]\n{timeouts}\n[http]\n{http}\n{}",
         backends_section(addrs)
     );
     proxy_with(&config, &[])
@@ -267,6 +272,19 @@ pub struct RawBackend {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<String>>>,
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections this backend has closed.
+    pub closed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RawBackend {
+    /// Waits until the backend has closed `n` connections.
+    pub fn wait_closed(&self, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.closed.load(std::sync::atomic::Ordering::SeqCst) < n {
+            assert!(Instant::now() < deadline, "backend closed only {:?}", self.closed);
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
 }
 
 pub fn raw_backend(reply: fn(&str) -> Vec<u8>, close_after: usize) -> RawBackend {
@@ -274,36 +292,43 @@ pub fn raw_backend(reply: fn(&str) -> Vec<u8>, close_after: usize) -> RawBackend
     let addr = l.local_addr().expect("addr");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (seen2, conns2) = (seen.clone(), connections.clone());
+    let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (seen2, conns2, closed2) = (seen.clone(), connections.clone(), closed.clone());
     thread::spawn(move || {
         for stream in l.incoming() {
-            let Ok(mut s) = stream else { return };
+            let Ok(s) = stream else { return };
             conns2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let seen = seen2.clone();
+            let closed = closed2.clone();
             thread::spawn(move || {
-                let mut buf = Vec::new();
-                let mut served = 0;
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
-                        buf.drain(..end + 4);
-                        seen.lock().expect("seen").push(head.clone());
-                        if s.write_all(&reply(&head)).is_err() {
-                            return;
-                        }
-                        served += 1;
-                        if served == close_after {
-                            return;
-                        }
-                    }
-                    match s.read(&mut chunk) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                serve_raw(s, reply, close_after, &seen);
+                closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             });
         }
     });
-    RawBackend { addr, seen, connections }
+    RawBackend { addr, seen, connections, closed }
+}
+
+fn serve_raw(mut s: TcpStream, reply: fn(&str) -> Vec<u8>, close_after: usize, seen: &Mutex<Vec<String>>) {
+    let mut buf = Vec::new();
+    let mut served = 0;
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+            buf.drain(..end + 4);
+            seen.lock().expect("seen").push(head.clone());
+            if s.write_all(&reply(&head)).is_err() {
+                return;
+            }
+            served += 1;
+            if served == close_after {
+                return;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }

@@ -1,0 +1,240 @@
+//! Where backends come from while running: applying a reloaded configuration (SIGHUP) and
+//! re-resolving DNS names, both by the same diff of members.
+//!
+//! A member is identified by its `[backends]` key and address. Unchanged members keep their
+//! state (health, counters, pooled connections); changed weights and limits apply in place; new
+//! members start receiving traffic; removed ones get no new connections while their open ones
+//! drain, and whatever is still open after `drain_timeout_ms` is closed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use parking_lot::Mutex;
+
+use crate::backend::{members_of, Backend};
+use crate::balancer::Balancer;
+use crate::config::{resolve, BackendSpec, Config, ConfigError};
+use crate::logging::{held_back, RateLimit};
+use crate::registry::Registry;
+
+/// Applies configuration and DNS changes to the running balancer.
+pub struct Discovery {
+    balancer: Arc<Balancer>,
+    registry: Arc<Registry>,
+    running: Mutex<Running>,
+    stop: Receiver<()>,
+}
+
+struct Running {
+    config: Config,
+    /// The latest answer for each DNS-named backend.
+    resolved: HashMap<String, Vec<SocketAddr>>,
+}
+
+static DNS_ERRORS: RateLimit = RateLimit::new();
+
+impl Discovery {
+    /// Tracks `config` as the running configuration. `stop` ends drain timers and the resolver.
+    pub fn new(
+        config: Config,
+        balancer: Arc<Balancer>,
+        registry: Arc<Registry>,
+        stop: Receiver<()>,
+    ) -> Discovery {
+        let resolved =
+            config.backends.iter().filter(|s| s.dns).map(|s| (s.name.clone(), s.addrs.clone())).collect();
+        Discovery { balancer, registry, running: Mutex::new(Running { config, resolved }), stop }
+    }
+
+    /// Handles SIGHUP: `loaded` is the re-read configuration or its errors. An invalid one is
+    /// rejected with every error logged, and the running one stays.
+    pub fn reload(&self, loaded: Result<Config, Vec<ConfigError>>) {
+        let new = match loaded {
+            Ok(config) => config,
+            Err(errors) => {
+                for e in &errors {
+                    log::error!("reload: {e}");
+                }
+                log::error!("reload rejected ({} error(s)); the running configuration stays", errors.len());
+                return;
+            }
+        };
+        let mut running = self.running.lock();
+        let old = &running.config;
+        for (what, changed) in [
+            ("listen", old.listen != new.listen),
+            ("mode", old.mode != new.mode),
+            ("workers", old.workers != new.workers),
+            ("queue", old.queue != new.queue),
+            ("log_file", old.log_file != new.log_file),
+            ("[timeouts]", old.timeouts != new.timeouts),
+            ("[http]", old.http != new.http),
+            ("[admin] listen", old.admin != new.admin),
+            ("stats_interval_ms", old.stats_interval != new.stats_interval),
+        ] {
+            if changed {
+                log::warn!("reload: {what} changed; it takes effect after a restart");
+            }
+        }
+        let mut notes = Vec::new();
+        if old.algorithm != new.algorithm {
+            notes.push(format!("algorithm {} -> {}", old.algorithm.name(), new.algorithm.name()));
+        }
+        if old.log_level != new.log_level {
+            log::set_max_level(new.log_level);
+            notes.push(format!("log_level -> {}", new.log_level.as_str().to_lowercase()));
+        }
+        if old.health != new.health {
+            self.balancer.set_health_settings(new.health.clone());
+            notes.push("[health] updated".to_string());
+        }
+        running.resolved =
+            new.backends.iter().filter(|s| s.dns).map(|s| (s.name.clone(), s.addrs.clone())).collect();
+        let summary = self.apply(&new.backends, &running.resolved, new.algorithm, new.drain_timeout);
+        let keep = (running.config.listen, running.config.mode, running.config.workers);
+        running.config = Config { listen: keep.0, mode: keep.1, workers: keep.2, ..new };
+        notes.insert(0, summary);
+        log::info!("reload: {}", notes.join("; "));
+    }
+
+    /// Resolves every DNS-named backend again and applies any change.
+    pub fn refresh_dns(&self) {
+        let specs: Vec<BackendSpec> =
+            self.running.lock().config.backends.iter().filter(|s| s.dns).cloned().collect();
+        let mut answers = HashMap::new();
+        for spec in &specs {
+            match resolve(&spec.host, spec.port) {
+                Ok(addrs) => {
+                    answers.insert(spec.name.clone(), addrs);
+                }
+                Err(e) => {
+                    if let Some(n) = DNS_ERRORS.check() {
+                        log::warn!("dns: {}: {e}; keeping its previous addresses{}", spec.name, held_back(n));
+                    }
+                }
+            }
+        }
+        let mut running = self.running.lock();
+        let changed = answers.iter().any(|(name, addrs)| running.resolved.get(name) != Some(addrs));
+        if !changed {
+            return;
+        }
+        running.resolved.extend(answers);
+        let config = &running.config;
+        let summary = self.apply(&config.backends, &running.resolved, config.algorithm, config.drain_timeout);
+        log::info!("dns: {summary}");
+    }
+
+    /// Starts the thread that calls [`Discovery::refresh_dns`] every `interval` (only when some
+    /// backend has a DNS name).
+    pub fn spawn_resolver(
+        self: &Arc<Self>,
+        interval: Duration,
+    ) -> std::io::Result<Option<thread::JoinHandle<()>>> {
+        if !self.running.lock().config.backends.iter().any(|s| s.dns) {
+            return Ok(None);
+        }
+        let me = self.clone();
+        thread::Builder::new()
+            .name("resolver".into())
+            .spawn(move || {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = me.stop.recv_timeout(interval) {
+                    me.refresh_dns();
+                }
+            })
+            .map(Some)
+    }
+
+    /// Makes the balancer's members match `specs` (DNS names at `resolved`). Returns a summary.
+    fn apply(
+        &self,
+        specs: &[BackendSpec],
+        resolved: &HashMap<String, Vec<SocketAddr>>,
+        algorithm: crate::config::Algorithm,
+        drain: Duration,
+    ) -> String {
+        let current = self.balancer.members();
+        let mut next: Vec<Arc<Backend>> = Vec::new();
+        let (mut added, mut changed, mut kept) = (Vec::new(), Vec::new(), 0);
+        for spec in specs {
+            let addrs = resolved.get(&spec.name).unwrap_or(&spec.addrs);
+            for (name, addr) in members_of(spec, addrs) {
+                match current.iter().find(|b| b.spec == spec.name && b.addr == addr && !b.is_retired()) {
+                    Some(b) => {
+                        if b.weight() != spec.weight || b.max_conns() != spec.max_conns {
+                            changed.push(format!(
+                                "{} weight {}->{} max_conns {}->{}",
+                                b.name,
+                                b.weight(),
+                                spec.weight,
+                                b.max_conns(),
+                                spec.max_conns
+                            ));
+                            b.set_limits(spec.weight, spec.max_conns);
+                        } else {
+                            kept += 1;
+                        }
+                        next.push(b.clone());
+                    }
+                    None => {
+                        added.push(name.clone());
+                        next.push(Arc::new(Backend::new(
+                            name,
+                            spec.name.clone(),
+                            addr,
+                            spec.weight,
+                            spec.max_conns,
+                        )));
+                    }
+                }
+            }
+        }
+        let removed: Vec<Arc<Backend>> =
+            current.iter().filter(|b| !next.iter().any(|n| Arc::ptr_eq(n, b))).cloned().collect();
+        for b in &removed {
+            b.retire();
+        }
+        self.balancer.replace(next, algorithm);
+        let mut parts = Vec::new();
+        if !added.is_empty() {
+            parts.push(format!("added {}", added.join(", ")));
+        }
+        if !removed.is_empty() {
+            let draining: usize =
+                removed.iter().map(|b| b.active.load(std::sync::atomic::Ordering::Relaxed)).sum();
+            let names: Vec<&str> = removed.iter().map(|b| b.name.as_str()).collect();
+            parts.push(format!(
+                "removed {} (draining {draining} connection(s), closed after {} ms)",
+                names.join(", "),
+                drain.as_millis()
+            ));
+            self.close_after(removed.iter().map(|b| b.id).collect(), drain);
+        }
+        if !changed.is_empty() {
+            parts.push(format!("changed {}", changed.join(", ")));
+        }
+        parts.push(format!("{kept} unchanged"));
+        parts.join("; ")
+    }
+
+    /// Closes connections still attached to the removed backends `ids` after `drain`.
+    fn close_after(&self, ids: Vec<u64>, drain: Duration) {
+        let registry = self.registry.clone();
+        let stop = self.stop.clone();
+        let spawned = thread::Builder::new().name("drain".into()).spawn(move || {
+            if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(drain) {
+                let closed = registry.close_backends(&ids);
+                if closed > 0 {
+                    log::warn!("drain timeout: closed {closed} connection(s) to removed backends");
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            log::error!("cannot start the drain timer: {e}");
+        }
+    }
+}
