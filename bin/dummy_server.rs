@@ -4,13 +4,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lbproxy::dummy::{DummyArgs, DummyServer};
-use lbproxy::logging;
+use lbproxy::{logging, signals};
 
 fn main() -> ExitCode {
     let args = DummyArgs::parse();
     let result = DummyServer::bind(&args).and_then(|server| {
         logging::init(log::LevelFilter::Info, server.log_file())?;
-        server.run()
+        let signals = signals::install()?;
+        server.run(signals.stop, std::time::Duration::from_secs(5))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,8 @@
 //! The dummy server's HTTP/1.1 side: keep-alive, request bodies read and counted, and query
 //! parameters that shape the reply for tests and benchmarks.
 //!
-//! - `GET /health` -> `200 ok`; `GET /echo` -> the request head as received.
+//! - `GET /health` -> `200 ok` (`503 draining` while shutting down with `--drain-ms`);
+//!   `GET /echo` -> the request head as received.
 //! - any other path -> `Hello from <name>`, plus `received N bytes fnv <hex>` (FNV-1a of the
 //!   body, see [`Checksum`]) when a body came.
 //! - `?delay_ms=N` waits before answering; `?bytes=N` answers with exactly N bytes (streamed);
@@ -140,10 +141,16 @@ fn respond(out: &mut TcpStream, dummy: &Dummy, req: &Request, received: u64, sum
     if !delay.is_zero() {
         thread::sleep(delay);
     }
-    let status = param(req, "status").filter(|s| (200..=599).contains(s)).unwrap_or(200) as u16;
+    let draining = req.path == "/health" && dummy.draining.load(std::sync::atomic::Ordering::SeqCst);
+    let status = if draining {
+        503
+    } else {
+        param(req, "status").filter(|s| (200..=599).contains(s)).unwrap_or(200) as u16
+    };
     let chunked = param(req, "chunked") == Some(1);
     let body: Vec<u8> = match (req.path.as_str(), param(req, "bytes")) {
         (_, Some(_)) => Vec::new(),
+        ("/health", None) if draining => b"draining\n".to_vec(),
         ("/health", None) => b"ok\n".to_vec(),
         ("/echo", None) => {
             let mut b = req.head.clone();

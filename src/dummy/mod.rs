@@ -6,9 +6,13 @@ pub mod http;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use parking_lot::{Condvar, Mutex};
 
 use clap::Parser;
 
@@ -31,6 +35,10 @@ pub struct DummyArgs {
     /// Simulated processing time per reply, in milliseconds.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub delay_ms: u64,
+    /// On SIGTERM/SIGINT, keep serving this long with `/health` answering 503 (so load
+    /// balancers take it out of rotation) before closing the listener.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub drain_ms: u64,
     /// Directory for backend_<port>.log; empty for terminal only.
     #[arg(long, value_name = "DIR", default_value = "logs")]
     pub log_dir: PathBuf,
@@ -43,6 +51,8 @@ pub struct Dummy {
     pub name: String,
     /// Delay before each reply.
     pub delay: Duration,
+    /// Set while shutting down: `/health` answers 503.
+    pub draining: AtomicBool,
 }
 
 /// A bound dummy server.
@@ -51,6 +61,7 @@ pub struct DummyServer {
     addr: SocketAddr,
     dummy: Arc<Dummy>,
     log_file: Option<PathBuf>,
+    drain: Duration,
 }
 
 impl DummyServer {
@@ -63,8 +74,13 @@ impl DummyServer {
         let name = args.name.clone().unwrap_or_else(|| format!("dummy-{}", addr.port()));
         let log_file = (!args.log_dir.as_os_str().is_empty())
             .then(|| args.log_dir.join(format!("backend_{}.log", addr.port())));
-        let dummy = Arc::new(Dummy { name, delay: Duration::from_millis(args.delay_ms) });
-        Ok(DummyServer { listener, addr, dummy, log_file })
+        let dummy = Arc::new(Dummy {
+            name,
+            delay: Duration::from_millis(args.delay_ms),
+            draining: AtomicBool::new(false),
+        });
+        let drain = Duration::from_millis(args.drain_ms);
+        Ok(DummyServer { listener, addr, dummy, log_file, drain })
     }
 
     /// The log file this server should write, if any.
@@ -72,27 +88,88 @@ impl DummyServer {
         self.log_file.as_deref()
     }
 
-    /// Accepts forever, one thread per connection.
-    pub fn run(self) -> Result<(), Error> {
+    /// Accepts, one thread per connection, until `stop` yields; then stops accepting (taking
+    /// the connections already queued in the backlog first), lets open connections finish for
+    /// up to `grace`, and returns.
+    pub fn run(self, stop: Receiver<&'static str>, grace: Duration) -> Result<(), Error> {
         log::info!("{} listening on {}", self.dummy.name, self.addr);
-        loop {
-            let (stream, peer) = match self.listener.accept() {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    log::warn!("accept: {e}");
-                    if crate::error::is_fd_exhaustion(&e) {
-                        thread::sleep(Duration::from_millis(50));
-                    }
-                    continue;
+        let open = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let listener = Arc::new(self.listener);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let dummy = self.dummy.clone();
+        let acceptor = {
+            let (listener, open, stopping, dummy) =
+                (listener.clone(), open.clone(), stopping.clone(), self.dummy);
+            thread::Builder::new().name("accept".into()).spawn(move || {
+                accept_loop(&listener, &dummy, &open, &stopping);
+            })
+        }
+        .map_err(Error::Resource)?;
+        let why = stop.recv().unwrap_or("shutdown");
+        if !self.drain.is_zero() {
+            log::info!("{why}: draining for {} ms (/health answers 503)", self.drain.as_millis());
+            dummy.draining.store(true, Ordering::SeqCst);
+            let _ = stop.recv_timeout(self.drain);
+        }
+        stopping.store(true, Ordering::SeqCst);
+        // Wake the blocked accept with a connection of our own; the acceptor then takes what
+        // already completed the handshake (closing a listener resets its backlog) and returns.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(if wake.is_ipv4() {
+                [127, 0, 0, 1].into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        let _ = acceptor.join();
+        drop(listener);
+        let (count, idle) = &*open;
+        let mut n = count.lock();
+        log::info!("{why}: stopped accepting; waiting for {} open connection(s)", *n);
+        let deadline = Instant::now() + grace;
+        while *n > 0 && !idle.wait_until(&mut n, deadline).timed_out() {}
+        log::info!("exiting with {} connection(s) still open", *n);
+        Ok(())
+    }
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    dummy: &Arc<Dummy>,
+    open: &Arc<(Mutex<usize>, Condvar)>,
+    stopping: &AtomicBool,
+) {
+    loop {
+        let (stream, peer) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                log::warn!("accept: {e}");
+                if crate::error::is_fd_exhaustion(&e) {
+                    thread::sleep(Duration::from_millis(50));
                 }
-            };
-            let dummy = self.dummy.clone();
-            let spawned = thread::Builder::new()
-                .stack_size(crate::pool::STACK_SIZE)
-                .spawn(move || serve(stream, peer, &dummy));
-            if let Err(e) = spawned {
-                log::error!("cannot start a thread for {peer}: {e}");
+                continue;
             }
+        };
+        let _ = stream.set_nonblocking(false);
+        *open.0.lock() += 1;
+        let (dummy, open) = (dummy.clone(), open.clone());
+        let spawned = thread::Builder::new().stack_size(crate::pool::STACK_SIZE).spawn(move || {
+            serve(stream, peer, &dummy);
+            let mut n = open.0.lock();
+            *n -= 1;
+            if *n == 0 {
+                open.1.notify_all();
+            }
+        });
+        if let Err(e) = spawned {
+            log::error!("cannot start a thread for {peer}: {e}");
+        }
+        if stopping.load(Ordering::SeqCst) {
+            // Drain the backlog without blocking; WouldBlock ends the loop.
+            let _ = listener.set_nonblocking(true);
         }
     }
 }

@@ -2,5 +2,6 @@
 //! loopback ports chosen by the kernel.
 
 mod http;
+mod ops;
 mod tcp;
 mod util;

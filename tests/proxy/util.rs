@@ -55,6 +55,21 @@ impl Proc {
         }
     }
 
+    /// The directory the process runs in (its config.ini lives there).
+    pub fn dir(&self) -> &Path {
+        self._dir.as_ref().map(|d| d.path()).expect("process has a directory")
+    }
+
+    /// Number of stderr lines so far; pair with [`Proc::lines_from`].
+    pub fn mark(&self) -> usize {
+        self.log.lock().expect("log lock").len()
+    }
+
+    /// The stderr lines logged after `mark`.
+    pub fn lines_from(&self, mark: usize) -> Vec<String> {
+        self.log.lock().expect("log lock")[mark..].to_vec()
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().expect("log lock").join("\n")
     }
@@ -96,6 +111,38 @@ pub fn dummy(name: &str) -> (Proc, SocketAddr) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(DUMMY);
     cmd.args(["0", "--name", name, "--log-dir"]).arg(dir.path());
+    let p = Proc::spawn(&mut cmd, Some(dir));
+    let addr = p.listening_addr();
+    (p, addr)
+}
+
+/// Starts a dummy server named `name` on `port` (to restart one where it was).
+pub fn dummy_on(name: &str, port: u16) -> (Proc, SocketAddr) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(DUMMY);
+    cmd.arg(port.to_string()).args(["--name", name, "--log-dir"]).arg(dir.path());
+    let p = Proc::spawn(&mut cmd, Some(dir));
+    let addr = p.listening_addr();
+    (p, addr)
+}
+
+/// The admin address the proxy announced.
+pub fn admin_addr(p: &Proc) -> SocketAddr {
+    let line = p.wait_for("admin listening on ");
+    let rest = line.split("admin listening on ").nth(1).expect("address");
+    rest.split_whitespace().next().expect("address").parse().expect("socket address")
+}
+
+/// GET `path` on a new connection.
+pub fn http_get(addr: SocketAddr, path: &str) -> Resp {
+    send_raw(addr, format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(), "GET").0
+}
+
+/// Starts a dummy named `name` that drains for `drain_ms` (failing /health) when stopped.
+pub fn draining_dummy(name: &str, drain_ms: u64) -> (Proc, SocketAddr) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(DUMMY);
+    cmd.args(["0", "--name", name, "--drain-ms", &drain_ms.to_string(), "--log-dir"]).arg(dir.path());
     let p = Proc::spawn(&mut cmd, Some(dir));
     let addr = p.listening_addr();
     (p, addr)
