@@ -238,3 +238,38 @@ impl Discovery {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+
+    #[test]
+    fn dns_answers_add_and_retire_members_keeping_the_unchanged() {
+        let raw = RawConfig::parse(&b"[backends]\nweb = localhost:9\nfixed = 127.0.0.1:8\n"[..], "t")
+            .expect("parse");
+        let config = raw.validate().expect("valid");
+        let balancer = Arc::new(Balancer::new(
+            crate::backend::build(&config.backends),
+            config.algorithm,
+            config.health.clone(),
+        ));
+        let (_stop_tx, stop) = crossbeam_channel::bounded(0);
+        let d = Discovery::new(config.clone(), balancer.clone(), Registry::new(), stop);
+        let fixed = balancer.members().iter().find(|b| b.name == "fixed").cloned().expect("fixed");
+        let a: SocketAddr = "10.9.0.1:9".parse().expect("addr");
+        let b: SocketAddr = "10.9.0.2:9".parse().expect("addr");
+        let mut answers = HashMap::new();
+        answers.insert("web".to_string(), vec![a, b]);
+        let summary = d.apply(&config.backends, &answers, config.algorithm, Duration::from_secs(1));
+        assert!(summary.contains("added web@10.9.0.1:9, web@10.9.0.2:9"), "{summary}");
+        let first = balancer.members().iter().find(|m| m.addr == a).cloned().expect("member a");
+        answers.insert("web".to_string(), vec![a]);
+        let summary = d.apply(&config.backends, &answers, config.algorithm, Duration::from_secs(1));
+        assert!(summary.contains("removed web@10.9.0.2:9") && summary.contains("2 unchanged"), "{summary}");
+        let members = balancer.members();
+        assert_eq!(members.len(), 2);
+        assert!(members.iter().any(|m| Arc::ptr_eq(m, &first)), "an unchanged member keeps its state");
+        assert!(members.iter().any(|m| Arc::ptr_eq(m, &fixed)));
+    }
+}
