@@ -1,0 +1,261 @@
+#!/usr/bin/env bash
+# Benchmarks proxy_server against nginx and HAProxy on loopback, in the same run, alternating
+# contestants round by round, and writes a Markdown table with the raw data to bench/results/.
+#
+#   scripts/bench.sh            full run (about 15 minutes): 3 rounds, 10 s per measurement
+#   scripts/bench.sh --quick    smoke run (about 2 minutes): 1 round, 3 s per measurement
+#
+# Every load is bounded in time (wrk -d, iperf3 -t) and goes to 127.0.0.1 only. Processes are
+# started here and stopped by their pids.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+if [ $QUICK = 1 ]; then
+    ROUNDS=1; DUR=3; CONCURRENCY="16 256"; IDLE=1000; BULK_T=2
+else
+    ROUNDS=3; DUR=10; CONCURRENCY="1 16 64 256 1000"; IDLE=9000; BULK_T=5
+fi
+
+# --- tools -------------------------------------------------------------------------------
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v iperf3 >/dev/null || need+=(iperf3)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]} (Debian packages) for the benchmark"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --bins -q
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+BACKEND=$(free_port); OURS=$(free_port); NGINX=$(free_port); HAPROXY=$(free_port)
+IPERF=$(free_port); OURS_TCP=$(free_port); HAPROXY_TCP=$(free_port)
+
+# --- contestants -------------------------------------------------------------------------
+cat >"$WORK/backend.conf" <<CONF
+worker_processes 1; daemon off; pid $WORK/backend.pid; error_log $WORK/backend.err;
+worker_rlimit_nofile 20000;
+events { worker_connections 20000; }
+http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+  server { listen 127.0.0.1:$BACKEND backlog=4096; location / { return 200 "ok\n"; } } }
+CONF
+cat >"$WORK/nginx.conf" <<CONF
+worker_processes 2; daemon off; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
+worker_rlimit_nofile 20000;
+events { worker_connections 20000; }
+http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+  upstream app { least_conn; server 127.0.0.1:$BACKEND; keepalive 64; }
+  server { listen 127.0.0.1:$NGINX backlog=4096;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+cat >"$WORK/haproxy.cfg" <<CONF
+global
+    nbthread 2
+    maxconn 9500
+defaults
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+frontend http_in
+    mode http
+    bind 127.0.0.1:$HAPROXY
+    default_backend app
+backend app
+    mode http
+    balance leastconn
+    http-reuse always
+    server s1 127.0.0.1:$BACKEND maxconn 10000
+frontend tcp_in
+    mode tcp
+    bind 127.0.0.1:$HAPROXY_TCP
+    default_backend tcp_app
+backend tcp_app
+    mode tcp
+    balance leastconn
+    server s1 127.0.0.1:$IPERF
+CONF
+ours_config() { # mode port backend workers
+    cat <<CONF
+[proxy]
+listen = 127.0.0.1:$2
+mode = $1
+algorithm = least-connections
+workers = $4
+queue = 4096
+log_file =
+log_level = warn
+[timeouts]
+idle_ms = 300000
+[backends]
+b1 = 127.0.0.1:$3
+CONF
+}
+ours_config http "$OURS" "$BACKEND" 1200 >"$WORK/ours.ini"
+ours_config http "$OURS" "$BACKEND" $((IDLE + 300)) >"$WORK/ours-idle.ini"
+ours_config tcp "$OURS_TCP" "$IPERF" 64 >"$WORK/ours-tcp.ini"
+
+start() { # name port command...
+    local name=$1 port=$2; shift 2
+    "$@" >"$WORK/$name.out" 2>&1 &
+    local pid=$!
+    PIDS+=("$pid")
+    wait_port 127.0.0.1 "$port" 100 || { cat "$WORK/$name.out" >&2; exit 1; }
+    eval "PID_$name=$pid"
+}
+stop() { # name
+    local var="PID_$1"; local pid=${!var:-}
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+}
+
+start backend "$BACKEND" nginx -c "$WORK/backend.conf"
+start ours "$OURS" target/release/proxy_server --config "$WORK/ours.ini"
+start nginx "$NGINX" nginx -c "$WORK/nginx.conf"
+start haproxy "$HAPROXY" haproxy -f "$WORK/haproxy.cfg"
+start iperf "$IPERF" iperf3 -s -p "$IPERF" -B 127.0.0.1
+start ourstcp "$OURS_TCP" target/release/proxy_server --config "$WORK/ours-tcp.ini"
+
+# --- measuring ---------------------------------------------------------------------------
+RAW="$WORK/raw.tsv"
+echo -e "# test\tparam\tcontestant\tround\tmetric\tvalue" >"$RAW"
+record() { echo -e "$1\t$2\t$3\t$4\t$5\t$6" >>"$RAW"; }
+
+pids_of() { # the process and its children (nginx workers)
+    local pid=$1
+    echo "$pid"; pgrep -P "$pid" 2>/dev/null || true
+}
+cpu_ticks() { # total utime+stime of a process tree
+    local total=0
+    for p in $(pids_of "$1"); do
+        [ -r "/proc/$p/stat" ] || continue
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$total"
+}
+to_ms() { # wrk latency like 1.23ms / 456.00us / 1.2s
+    python3 -c "
+v='$1'
+for u, f in (('us', 0.001), ('ms', 1.0), ('s', 1000.0)):
+    if v.endswith(u):
+        print(float(v[:-len(u)]) * f); break
+else:
+    print('nan')"
+}
+TICKS=$(getconf CLK_TCK)
+declare -A PORT=([direct]=$BACKEND [ours]=$OURS [nginx]=$NGINX [haproxy]=$HAPROXY)
+declare -A PROC=([direct]=backend [ours]=ours [nginx]=nginx [haproxy]=haproxy)
+
+wrk_run() { # test param who round extra-header
+    local test=$1 c=$2 who=$3 round=$4 header=${5:-}
+    local var="PID_${PROC[$who]}"; local pid=${!var}
+    local threads=2; [ "$c" -lt 2 ] && threads=1
+    local before after out
+    before=$(cpu_ticks "$pid")
+    if [ -n "$header" ]; then
+        out=$(wrk -t"$threads" -c"$c" -d"${DUR}s" --latency -H "$header" "http://127.0.0.1:${PORT[$who]}/" 2>&1)
+    else
+        out=$(wrk -t"$threads" -c"$c" -d"${DUR}s" --latency "http://127.0.0.1:${PORT[$who]}/" 2>&1)
+    fi
+    after=$(cpu_ticks "$pid")
+    local rps reqs p50 p99 errors
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    p50=$(to_ms "$(awk '$1 == "50%" {print $2}' <<<"$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" {print $2}' <<<"$out")")
+    errors=$(grep -E "Socket errors|Non-2xx" <<<"$out" | tr -s ' ' | paste -sd';' || true)
+    record "$test" "$c" "$who" "$round" rps "${rps:-0}"
+    record "$test" "$c" "$who" "$round" p50_ms "$p50"
+    record "$test" "$c" "$who" "$round" p99_ms "$p99"
+    if [ "$who" != direct ] && [ -n "$reqs" ] && [ "$reqs" -gt 0 ]; then
+        local cpu; cpu=$(python3 -c "print(($after - $before) / $TICKS / $reqs * 100000)")
+        [ "$test" = keepalive ] && [ "$c" = 64 ] && record cpu "$c" "$who" "$round" cpu_s_per_100k "$cpu"
+        [ "$test" = keepalive ] && [ "$c" = 16 ] && [ $QUICK = 1 ] && record cpu "$c" "$who" "$round" cpu_s_per_100k "$cpu"
+    fi
+    printf "  %-10s %-7s c=%-5s round %s: %10s req/s  p50 %8s ms  p99 %8s ms %s\n" "$test" "$who" "$c" "$round" "${rps:-?}" "$p50" "$p99" "${errors:+($errors)}"
+}
+
+echo "== HTTP keep-alive (wrk ${DUR}s per run, $ROUNDS round(s), contestants alternating)"
+for c in $CONCURRENCY; do
+    for round in $(seq "$ROUNDS"); do
+        for who in direct ours haproxy nginx; do wrk_run keepalive "$c" "$who" "$round"; done
+    done
+done
+echo "== New connection per request (Connection: close, c=64)"
+for round in $(seq "$ROUNDS"); do
+    for who in direct ours haproxy nginx; do wrk_run close 64 "$who" "$round" "Connection: close"; done
+done
+
+echo "== TCP bulk throughput (iperf3 ${BULK_T}s)"
+for streams in 1 8; do
+    for round in $(seq "$ROUNDS"); do
+        for who in direct ours haproxy; do
+            case $who in direct) port=$IPERF ;; ours) port=$OURS_TCP ;; haproxy) port=$HAPROXY_TCP ;; esac
+            gbps=$(iperf3 -c 127.0.0.1 -p "$port" -t "$BULK_T" -P "$streams" -J 2>/dev/null |
+                python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["end"]["sum_received"]["bits_per_second"]/1e9)' 2>/dev/null || echo 0)
+            record bulk "$streams" "$who" "$round" gbps "$gbps"
+            printf "  bulk       %-7s streams=%s round %s: %6.2f Gbit/s\n" "$who" "$streams" "$round" "$gbps"
+        done
+    done
+done
+
+echo "== $IDLE idle keep-alive connections held through each proxy"
+stop ours
+start ours "$OURS" target/release/proxy_server --config "$WORK/ours-idle.ini"
+for who in ours haproxy nginx; do
+    var="PID_${PROC[$who]}"; pid=${!var}
+    rm -f "$WORK/ready" "$WORK/go"
+    python3 scripts/bench_idle.py 127.0.0.1 "${PORT[$who]}" "$IDLE" "$WORK/ready" "$WORK/go" >"$WORK/idle.out" 2>&1 &
+    idle_pid=$!
+    for _ in $(seq 1200); do [ -f "$WORK/ready" ] && break; sleep 0.1; done
+    rss=0; threads=0
+    for p in $(pids_of "$pid"); do
+        rss=$((rss + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")))
+        threads=$((threads + $(awk '/^Threads:/ {print $2}' "/proc/$p/status")))
+    done
+    touch "$WORK/go"
+    wait "$idle_pid" || true
+    answered=$(awk '/answered/ {print $6}' "$WORK/idle.out")
+    record idle "$IDLE" "$who" 1 answered "${answered:-0}"
+    record idle "$IDLE" "$who" 1 rss_mib "$(python3 -c "print($rss / 1024)")"
+    record idle "$IDLE" "$who" 1 threads "$threads"
+    printf "  idle       %-7s %s: %s; RSS %d MiB, %d threads\n" "$who" "$IDLE" "$(cat "$WORK/idle.out")" $((rss / 1024)) "$threads"
+done
+
+# --- report ------------------------------------------------------------------------------
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+KIND=full; [ $QUICK = 1 ] && KIND=quick
+OUT="bench/results/$STAMP-$KIND"
+mkdir -p bench/results
+cp "$RAW" "$OUT.tsv"
+{
+    echo "# Benchmark $STAMP ($KIND)"
+    echo
+    echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr);" \
+        "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+    echo "Versions: $(nginx -v 2>&1 | cut -d/ -f2), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), proxy_server $(target/release/proxy_server --version | awk '{print $2}')"
+    echo "Method: one nginx backend (return 200, 1 worker, access log off) for everyone; wrk -t2;" \
+        "$ROUNDS round(s) of ${DUR}s, contestants alternating within each round; medians."
+    echo
+    python3 scripts/bench_report.py "$RAW"
+} >"$OUT.md"
+echo
+cat "$OUT.md"
+echo "written: $OUT.md and $OUT.tsv"
