@@ -52,7 +52,9 @@ fn main() {
     // Picks log their reason only at info level; no logger is installed here, as in production
     // at warn level.
     println!("{:<18} {:>8} {:>14} {:>16}", "algorithm", "threads", "ns per pick", "picks/s total");
-    for algorithm in [Algorithm::LeastConnections, Algorithm::RoundRobin, Algorithm::RandomTwo, Algorithm::SourceHash] {
+    for algorithm in
+        [Algorithm::LeastConnections, Algorithm::RoundRobin, Algorithm::RandomTwo, Algorithm::SourceHash]
+    {
         for threads in [1, 2, 8] {
             let took = run(algorithm, threads);
             let picks = (threads * PICKS_PER_THREAD) as f64;

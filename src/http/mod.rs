@@ -15,6 +15,12 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// Most headers parsed in one head.
 pub const MAX_HEADERS: usize = 100;
 
+/// A connection's read buffer to begin with.
+pub const SMALL_BUFFER: usize = 4 * 1024;
+
+/// The read buffer while a large body streams through.
+pub const BODY_BUFFER: usize = 64 * 1024;
+
 /// A socket with a read buffer. Bytes read past the current message stay buffered for the
 /// next one (pipelining).
 #[derive(Debug)]
@@ -40,17 +46,26 @@ pub enum BodyKind {
 }
 
 impl<S: Read> Wire<S> {
-    /// Wraps `stream` with a 16 KiB buffer.
+    /// Wraps `stream` with a small buffer (grown as heads or bodies need).
     pub fn new(stream: S) -> Wire<S> {
         Wire::with_buffer(stream, Vec::new())
     }
 
-    /// Wraps `stream`, reusing `buf`'s allocation (grown to 16 KiB if smaller).
+    /// Wraps `stream`, reusing `buf`'s allocation (at least [`SMALL_BUFFER`]). Buffers start
+    /// small because a worker holding an idle keep-alive connection keeps them: thousands of
+    /// idle connections must stay cheap.
     pub fn with_buffer(stream: S, mut buf: Vec<u8>) -> Wire<S> {
-        if buf.len() < 16 * 1024 {
-            buf.resize(16 * 1024, 0);
+        if buf.len() < SMALL_BUFFER {
+            buf.resize(SMALL_BUFFER, 0);
         }
         Wire { stream, buf, start: 0, end: 0 }
+    }
+
+    /// Grows the buffer to [`BODY_BUFFER`] for streaming a large body: fewer, larger reads.
+    fn grow_for_body(&mut self) {
+        if self.buf.len() < BODY_BUFFER {
+            self.buf.resize(BODY_BUFFER, 0);
+        }
     }
 
     /// Gives the buffer back for reuse (its contents are dropped).
@@ -274,6 +289,14 @@ impl<S: Read> Wire<S> {
         chunk_out: bool,
         limit: Option<u64>,
     ) -> Result<u64, BodyError> {
+        let large = match kind {
+            BodyKind::Length(n) => n > SMALL_BUFFER as u64,
+            BodyKind::Chunked | BodyKind::UntilClose => true,
+            BodyKind::Empty => false,
+        };
+        if large {
+            self.grow_for_body();
+        }
         let mut framed =
             Framed { inner: dst, chunked: chunk_out, limit, written: 0, sink_error: None, too_large: false };
         let result = self.copy_body(kind, &mut framed);
