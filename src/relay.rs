@@ -6,6 +6,11 @@
 //! pumps backend -> client. When one side sends EOF, `shutdown(Write)` passes it to the other
 //! side and the other direction carries on; the relay ends when both directions are done.
 //! When a direction fails (reset, timeout) both sockets are shut down so the other wakes at once.
+//!
+//! Bytes first go through a small user-space buffer. Once a read fills it (a bulk flow), that
+//! direction switches to `splice(2)` through a pipe of its own: socket -> pipe -> socket in the
+//! kernel, no copy to user space. Pipes are made only then, so idle and chatty connections keep
+//! costing two descriptors; if a pipe cannot be made (descriptor limit), copying goes on.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -15,8 +20,11 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
-/// Relay buffer size per direction.
-pub const BUFFER_SIZE: usize = 16 * 1024;
+/// User-space relay buffer per direction; a read that fills it switches to splicing.
+pub const BUFFER_SIZE: usize = 4 * 1024;
+
+/// Pipe capacity asked for when splicing (the kernel may give less).
+const PIPE_SIZE: usize = 256 * 1024;
 
 /// A job for the helper pool: runs one backend -> client pump.
 pub type HelperJob = Box<dyn FnOnce(&mut Vec<u8>) + Send>;
@@ -122,12 +130,38 @@ fn pump(
     }
     let mut total = 0u64;
     let mut shortened = false;
+    let mut pipe: Option<Pipe> = None;
+    let mut splice_failed = false;
     let fail = |total, side, e: io::Error| {
         let _ = from.shutdown(Shutdown::Both);
         let _ = to.shutdown(Shutdown::Both);
         Err((total, side, e))
     };
     loop {
+        if let Some(p) = &pipe {
+            match p.splice(from, to, activity) {
+                Ok(0) => {
+                    let _ = to.shutdown(Shutdown::Write);
+                    return Ok(total);
+                }
+                Ok(n) => {
+                    total += n as u64;
+                    continue;
+                }
+                Err(SpliceError::Read(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(SpliceError::Read(e))
+                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+                {
+                    if activity.idle_for() >= idle {
+                        let e = io::Error::new(io::ErrorKind::TimedOut, "idle timeout");
+                        return fail(total, from_side, e);
+                    }
+                    continue;
+                }
+                Err(SpliceError::Read(e)) => return fail(total, from_side, e),
+                Err(SpliceError::Write(e)) => return fail(total, to_side, e),
+            }
+        }
         let n = match (&mut &*from).read(buf) {
             Ok(0) => {
                 let _ = to.shutdown(Shutdown::Write);
@@ -159,5 +193,55 @@ fn pump(
         }
         total += n as u64;
         log::trace!("relayed {n} bytes from {from_side:?}");
+        if n == buf.len() && pipe.is_none() && !splice_failed {
+            match Pipe::new() {
+                Ok(p) => pipe = Some(p),
+                Err(e) => {
+                    log::debug!("relay: no pipe for splicing ({e}); copying instead");
+                    splice_failed = true;
+                }
+            }
+        }
+    }
+}
+
+/// A pipe for splicing one direction.
+struct Pipe {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+}
+
+enum SpliceError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        // A larger pipe moves more per call; the default (64 KiB) works too.
+        let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
+        Ok(Pipe { read, write })
+    }
+
+    /// Moves what is available from `from` into the pipe and all of it on to `to`. `Ok(0)` at
+    /// end of stream. Honours the sockets' timeouts (`SO_RCVTIMEO`, `SO_SNDTIMEO`).
+    fn splice(&self, from: &TcpStream, to: &TcpStream, activity: &Activity) -> Result<usize, SpliceError> {
+        use rustix::pipe::{splice, SpliceFlags};
+        let n = splice(from, None, &self.write, None, PIPE_SIZE, SpliceFlags::MOVE)
+            .map_err(|e| SpliceError::Read(e.into()))?;
+        if n > 0 {
+            activity.touch();
+        }
+        let mut left = n;
+        while left > 0 {
+            match splice(&self.read, None, to, None, left, SpliceFlags::MOVE) {
+                Ok(0) => return Err(SpliceError::Write(io::Error::from(io::ErrorKind::WriteZero))),
+                Ok(m) => left -= m,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(SpliceError::Write(e.into())),
+            }
+        }
+        Ok(n)
     }
 }
