@@ -9,11 +9,35 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use parking_lot::Mutex;
-
 use crate::config::BackendSpec;
 use crate::health::Health;
 use crate::stats::Latency;
+
+/// A backend's idle connections, each with the time it was returned.
+#[derive(Debug)]
+pub struct IdlePool {
+    pub tx: crossbeam_channel::Sender<(TcpStream, Instant)>,
+    pub rx: crossbeam_channel::Receiver<(TcpStream, Instant)>,
+}
+
+impl Default for IdlePool {
+    fn default() -> IdlePool {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        IdlePool { tx, rx }
+    }
+}
+
+impl IdlePool {
+    /// How many are idle.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
 
 /// Milliseconds since the process started: a cheap clock for atomics.
 pub fn now_ms() -> u64 {
@@ -53,8 +77,9 @@ pub struct Backend {
     pub health: Health,
     /// Request (HTTP) or connection (TCP) durations.
     pub latency: Latency,
-    /// Idle persistent connections (HTTP mode), most recently used last.
-    pub idle: Mutex<Vec<(TcpStream, Instant)>>,
+    /// Idle persistent connections (HTTP mode), oldest first. A channel rather than a locked
+    /// list: taking and returning one per request must not serialise hundreds of workers.
+    pub idle: IdlePool,
 }
 
 impl Backend {
@@ -76,7 +101,7 @@ impl Backend {
             bytes_down: AtomicU64::new(0),
             health: Health::default(),
             latency: Latency::default(),
-            idle: Mutex::new(Vec::new()),
+            idle: IdlePool::default(),
         }
     }
 
@@ -119,7 +144,7 @@ impl Backend {
     /// Marks it removed from the member list: no new connections, idle ones closed.
     pub fn retire(&self) {
         self.removed.store(true, Ordering::Relaxed);
-        self.idle.lock().clear();
+        while self.idle.rx.try_recv().is_ok() {}
     }
 
     /// Whether a reload or DNS change removed it.

@@ -2,8 +2,10 @@
 //! deadline passes.
 //!
 //! The registry keeps raw descriptor numbers rather than cloned sockets, so a connection costs
-//! no extra descriptor. An entry is always removed (under the lock) before its socket is closed,
-//! and forced shutdowns happen under the same lock, so a number is never shut down after it was
+//! no extra descriptor. A client socket is registered under the registry's lock; the backend
+//! socket a request or relay uses is attached under the connection's own lock, so the per-request
+//! attach never contends on a global lock. Each is unregistered under its lock before the socket
+//! closes, and forced shutdowns take the same locks, so a number is never shut down after it was
 //! reused by another socket.
 
 use std::collections::HashMap;
@@ -18,10 +20,16 @@ use parking_lot::{Condvar, Mutex};
 #[derive(Debug)]
 struct Entry {
     client: RawFd,
-    backend: Option<RawFd>,
-    /// The backend the attached socket goes to.
-    backend_id: u64,
-    idle: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+}
+
+/// What a connection shares with the registry. The attached backend socket has a lock of its
+/// own, so attaching one per request never takes the registry's global lock.
+#[derive(Debug, Default)]
+struct Shared {
+    idle: AtomicBool,
+    /// The attached backend socket and its backend's id.
+    backend: Mutex<Option<(RawFd, u64)>>,
 }
 
 /// The set of connections accepted and not yet closed.
@@ -34,9 +42,9 @@ pub struct Registry {
 }
 
 fn shut(fd: RawFd, how: std::net::Shutdown) {
-    // SAFETY: callers hold the registry lock and `fd` is registered: entries are removed under
-    // that lock before their sockets close (see `Conn::drop` and `Attached::drop`), so `fd` is
-    // still the registered socket.
+    // SAFETY: callers hold the lock that registers `fd`: the registry's for a client socket, the
+    // connection's own for a backend socket. Each is unregistered under that lock before the
+    // socket closes (`Conn::drop`, `Attached::drop`), so `fd` is still the registered socket.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     let _ = socket2::SockRef::from(&fd).shutdown(how);
 }
@@ -76,7 +84,8 @@ impl Registry {
         let entries = self.entries.lock();
         self.closing.store(true, Ordering::SeqCst);
         for entry in entries.values() {
-            for fd in std::iter::once(entry.client).chain(entry.backend) {
+            shut(entry.client, std::net::Shutdown::Both);
+            if let Some((fd, _)) = *entry.shared.backend.lock() {
                 shut(fd, std::net::Shutdown::Both);
             }
         }
@@ -88,11 +97,15 @@ impl Registry {
     pub fn close_backends(&self, ids: &[u64]) -> usize {
         let entries = self.entries.lock();
         let mut closed = 0;
-        for entry in entries.values().filter(|e| e.backend.is_some() && ids.contains(&e.backend_id)) {
-            for fd in std::iter::once(entry.client).chain(entry.backend) {
-                shut(fd, std::net::Shutdown::Both);
+        for entry in entries.values() {
+            let backend = entry.shared.backend.lock();
+            if let Some((fd, id)) = *backend {
+                if ids.contains(&id) {
+                    shut(entry.client, std::net::Shutdown::Both);
+                    shut(fd, std::net::Shutdown::Both);
+                    closed += 1;
+                }
             }
-            closed += 1;
         }
         closed
     }
@@ -102,7 +115,7 @@ impl Registry {
     pub fn close_idle(&self) -> usize {
         let entries = self.entries.lock();
         let mut closed = 0;
-        for entry in entries.values().filter(|e| e.idle.load(Ordering::SeqCst)) {
+        for entry in entries.values().filter(|e| e.shared.idle.load(Ordering::SeqCst)) {
             shut(entry.client, std::net::Shutdown::Read);
             closed += 1;
         }
@@ -129,17 +142,15 @@ pub struct Conn {
     pub accepted: Instant,
     /// The client socket, shared with the relay's helper thread.
     pub stream: Arc<TcpStream>,
-    /// Set while an HTTP connection waits for its next request; such connections are closed at
-    /// once on shutdown.
-    pub idle: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     registry: Arc<Registry>,
 }
 
 impl Conn {
     /// Registers `stream` under `id`.
     pub fn register(registry: &Arc<Registry>, id: u64, stream: TcpStream, peer: SocketAddr) -> Conn {
-        let idle = Arc::new(AtomicBool::new(false));
-        let entry = Entry { client: stream.as_raw_fd(), backend: None, backend_id: 0, idle: idle.clone() };
+        let shared = Arc::new(Shared::default());
+        let entry = Entry { client: stream.as_raw_fd(), shared: shared.clone() };
         let mut entries = registry.entries.lock();
         if registry.closing.load(Ordering::SeqCst) {
             shut(entry.client, std::net::Shutdown::Both);
@@ -147,22 +158,27 @@ impl Conn {
         entries.insert(id, entry);
         drop(entries);
         let stream = Arc::new(stream);
-        Conn { id, peer, accepted: Instant::now(), stream, idle, registry: registry.clone() }
+        Conn { id, peer, accepted: Instant::now(), stream, shared, registry: registry.clone() }
     }
 
     /// Registers the backend socket too, until the returned guard drops; the guard must drop
     /// before `backend` does (declare it after).
     pub fn attach<'a>(&'a self, backend: &TcpStream, backend_id: u64) -> Attached<'a> {
-        let mut entries = self.registry.entries.lock();
-        if let Some(e) = entries.get_mut(&self.id) {
-            e.backend = Some(backend.as_raw_fd());
-            e.backend_id = backend_id;
-            if self.registry.closing.load(Ordering::SeqCst) {
-                shut(backend.as_raw_fd(), std::net::Shutdown::Both);
-            }
+        let mut slot = self.shared.backend.lock();
+        *slot = Some((backend.as_raw_fd(), backend_id));
+        // `close_all` sets the flag before it visits entries, so either it sees this socket or
+        // this sees the flag.
+        if self.registry.closing.load(Ordering::SeqCst) {
+            shut(backend.as_raw_fd(), std::net::Shutdown::Both);
         }
-        drop(entries);
+        drop(slot);
         Attached { conn: self }
+    }
+
+    /// Marks the connection as waiting for its next request (true) or busy (false); waiting
+    /// ones are closed at once on shutdown.
+    pub fn set_idle(&self, idle: bool) {
+        self.shared.idle.store(idle, Ordering::SeqCst);
     }
 }
 
@@ -181,8 +197,6 @@ pub struct Attached<'a> {
 
 impl Drop for Attached<'_> {
     fn drop(&mut self) {
-        if let Some(e) = self.conn.registry.entries.lock().get_mut(&self.conn.id) {
-            e.backend = None;
-        }
+        *self.conn.shared.backend.lock() = None;
     }
 }

@@ -123,7 +123,7 @@ fn backend_json(b: &Backend) -> serde_json::Value {
         "failures": b.failures.load(Ordering::Relaxed),
         "bytes_up": b.bytes_up.load(Ordering::Relaxed),
         "bytes_down": b.bytes_down.load(Ordering::Relaxed),
-        "idle_pooled": b.idle.lock().len(),
+        "idle_pooled": b.idle.len(),
         "last_check": { "result": last, "time": at.map(secs_since_epoch) },
         "latency_ms": { "p50": ms(0.5), "p99": ms(0.99) },
     })

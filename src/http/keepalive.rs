@@ -1,5 +1,5 @@
 //! Idle persistent connections to backends, kept per backend for reuse (nginx `keepalive`,
-//! HAProxy `http-reuse`), at most `backend_keepalive` each, most recently used first.
+//! HAProxy `http-reuse`), at most `backend_keepalive` each.
 
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
@@ -15,7 +15,7 @@ const CHECK_AFTER: Duration = Duration::from_secs(1);
 /// always when `must_check` (a request that could not be retried).
 pub fn take(b: &Backend, must_check: bool) -> Option<TcpStream> {
     loop {
-        let (stream, since) = b.idle.lock().pop()?;
+        let (stream, since) = b.idle.rx.try_recv().ok()?;
         if (!must_check && since.elapsed() < CHECK_AFTER) || still_open(&stream) {
             return Some(stream);
         }
@@ -25,9 +25,9 @@ pub fn take(b: &Backend, must_check: bool) -> Option<TcpStream> {
 /// Returns a connection after a complete exchange; closed instead when `b` already holds `cap`
 /// idle ones or was removed.
 pub fn put(b: &Backend, stream: TcpStream, cap: usize) {
-    let mut idle = b.idle.lock();
-    if idle.len() < cap && !b.is_retired() {
-        idle.push((stream, Instant::now()));
+    // The count is read without a lock, so the cap may be overshot by a few under a race.
+    if b.idle.len() < cap && !b.is_retired() {
+        let _ = b.idle.tx.send((stream, Instant::now()));
     }
 }
 
@@ -62,16 +62,20 @@ mod tests {
         put(&b, a, 2);
         put(&b, c, 2);
         put(&b, d, 2);
-        assert_eq!(b.idle.lock().len(), 2, "capped");
+        assert_eq!(b.idle.len(), 2, "capped");
         drop(peer_a);
         peer_c.write_all(b"x").expect("stray byte");
         // Wait until the kernel shows both (a bounded wait for loopback delivery).
         let deadline = Instant::now() + Duration::from_secs(5);
-        while b.idle.lock().iter().any(|(s, _)| still_open(s)) {
+        let pooled: Vec<_> = b.idle.rx.try_iter().collect();
+        while pooled.iter().any(|(s, _)| still_open(s)) {
             assert!(Instant::now() < deadline);
             std::thread::sleep(Duration::from_millis(2));
         }
+        for p in pooled {
+            b.idle.tx.send(p).expect("back in the pool");
+        }
         assert!(take(&b, true).is_none(), "a was closed and c had a stray byte");
-        assert!(b.idle.lock().is_empty());
+        assert!(b.idle.is_empty());
     }
 }

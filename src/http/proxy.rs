@@ -133,7 +133,7 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
             let between_requests = cw.buffered().is_empty();
             if between_requests {
                 // Waiting for a request: a shutdown may close this connection at once.
-                conn.idle.store(true, Ordering::SeqCst);
+                conn.set_idle(true);
                 if ctx.stopping.load(Ordering::SeqCst) {
                     break None;
                 }
@@ -151,7 +151,7 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                 timeout.set(left);
             }
             let filled = cw.fill(ctx.config.http.max_head_bytes);
-            conn.idle.store(false, Ordering::SeqCst);
+            conn.set_idle(false);
             match filled {
                 Ok(0) => break None,
                 Ok(_) if between_requests && served > 0 => head_started = Instant::now(),
