@@ -98,8 +98,9 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     let client: &TcpStream = &conn.stream;
     let t = &ctx.config.timeouts;
     let _ = client.set_write_timeout(non_zero(t.idle));
-    let local = client.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let fwd = Forwarding { client: conn.peer.ip(), local_host: &local, via: VIA };
+    let client_ip = conn.peer.ip().to_string();
+    let local = || client.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let fwd = Forwarding { client: &client_ip, local_host: &local, via: VIA };
     let mut cw = Wire::with_buffer(client, std::mem::take(&mut scratch.client_in));
     let mut timeout = ReadTimeout { stream: client, current: None };
     // The header clock starts when a worker takes the connection, not at accept: time spent
@@ -172,8 +173,11 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         let Some(head) = head else { break };
         cw.consume(head.len);
         served += 1;
-        // Body reads from the client wait at most idle_ms between bytes.
-        timeout.set(t.idle);
+        // Body reads from the client wait at most idle_ms between bytes. (Without a body the
+        // next read is the next request's, which sets its own timeout.)
+        if !matches!(head.body, BodyKind::Empty | BodyKind::Length(0)) {
+            timeout.set(t.idle);
+        }
 
         let started = Instant::now();
         let mut record = Record::default();

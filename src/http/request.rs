@@ -6,8 +6,6 @@
 //! coding is not `chunked`, whitespace before a colon, obs-fold, invalid bytes in names, values
 //! or target, a missing or repeated Host in HTTP/1.1, and unsupported versions (505).
 
-use std::net::IpAddr;
-
 use super::{has_token, parse_length, BodyKind, MAX_HEADERS};
 
 /// Why a request is refused, and with which status.
@@ -44,12 +42,13 @@ pub struct RequestHead {
 }
 
 /// Where a request came from and how the proxy names itself, for the forwarding headers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Forwarding<'a> {
-    /// The client's address, appended to `X-Forwarded-For`.
-    pub client: IpAddr,
-    /// Used as `Host` when an HTTP/1.0 request has none.
-    pub local_host: &'a str,
+    /// The client's address as text (formatted once per connection), for `X-Forwarded-For`.
+    pub client: &'a str,
+    /// Gives the `Host` for an HTTP/1.0 request that has none (the address the client reached);
+    /// called only then, so the common case costs no `getsockname`.
+    pub local_host: &'a dyn Fn() -> String,
     /// The `Via` pseudonym.
     pub via: &'a str,
 }
@@ -58,14 +57,42 @@ pub struct Forwarding<'a> {
 const HOP_BY_HOP: &[&str] =
     &["connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "transfer-encoding"];
 
-/// Whether `name` is hop-by-hop, either always or because `Connection` names it. `Host` and
+/// Whether `name` is hop-by-hop, either always or because `Connection` names it (`named`: the
+/// message has a `Connection` header at all, checked once per message). `Host` and
 /// `Content-Length` are end-to-end whatever `Connection` says: naming them there must not
 /// strip routing or framing.
-pub fn is_hop_by_hop(name: &str, headers: &[httparse::Header<'_>]) -> bool {
+pub fn is_hop_by_hop(name: &str, headers: &[httparse::Header<'_>], named: bool) -> bool {
     HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-        || (!name.eq_ignore_ascii_case("host")
+        || (named
+            && !name.eq_ignore_ascii_case("host")
             && !name.eq_ignore_ascii_case("content-length")
             && has_token(headers, "connection", name))
+}
+
+/// Whether any header is `Connection`.
+pub fn has_connection_header(headers: &[httparse::Header<'_>]) -> bool {
+    headers.iter().any(|h| h.name.eq_ignore_ascii_case("connection"))
+}
+
+/// Appends `name: value\r\n`.
+pub(crate) fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `Content-Length: n\r\n` without allocating.
+pub(crate) fn length_line(out: &mut Vec<u8>, n: u64) {
+    use std::io::Write as _;
+    let _ = write!(out, "Content-Length: {n}\r\n");
+}
+
+/// Appends `Via: 1.1 <via>\r\n`.
+pub(crate) fn via_line(out: &mut Vec<u8>, via: &str) {
+    out.extend_from_slice(b"Via: 1.1 ");
+    out.extend_from_slice(via.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Splits an absolute-form target (`http://host:port/path?q`) into its authority and an
@@ -145,10 +172,14 @@ pub fn parse(
     let retryable = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE")
         || super::header(headers, "idempotency-key").is_some();
 
+    let local;
     let (host, path) = match absolute {
         Some((authority, "")) => (Some(authority), "/"),
         Some((authority, path)) => (Some(authority), path),
-        None if hosts == 0 => (Some(fwd.local_host), target),
+        None if hosts == 0 => {
+            local = (fwd.local_host)();
+            (Some(local.as_str()), target)
+        }
         None => (None, target),
     };
     write_backend_head(out, method, path, headers, body, host, &request_id, fwd);
@@ -239,12 +270,8 @@ fn write_backend_head(
     request_id: &str,
     fwd: &Forwarding<'_>,
 ) {
-    let line = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
+    let line = header_line;
+    let named = has_connection_header(headers);
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -253,7 +280,7 @@ fn write_backend_head(
     for h in headers {
         let name = h.name;
         if (host.is_some() && name.eq_ignore_ascii_case("host"))
-            || is_hop_by_hop(name, headers)
+            || is_hop_by_hop(name, headers, named)
             || ["content-length", "expect", "x-request-id", "x-forwarded-proto"]
                 .iter()
                 .any(|n| name.eq_ignore_ascii_case(n))
@@ -276,12 +303,12 @@ fn write_backend_head(
     if !forwarded_for.is_empty() {
         forwarded_for.extend_from_slice(b", ");
     }
-    forwarded_for.extend_from_slice(fwd.client.to_string().as_bytes());
+    forwarded_for.extend_from_slice(fwd.client.as_bytes());
     line(out, "X-Forwarded-For", &forwarded_for);
     line(out, "X-Forwarded-Proto", b"http");
-    line(out, "Via", format!("1.1 {}", fwd.via).as_bytes());
+    via_line(out, fwd.via);
     match body {
-        BodyKind::Length(n) => line(out, "Content-Length", n.to_string().as_bytes()),
+        BodyKind::Length(n) => length_line(out, n),
         BodyKind::Chunked => {
             let te = super::header(headers, "transfer-encoding").unwrap_or(b"chunked");
             let all: Vec<&[u8]> = headers
@@ -305,7 +332,7 @@ mod tests {
     use super::*;
 
     fn fwd() -> Forwarding<'static> {
-        Forwarding { client: [10, 0, 0, 7].into(), local_host: "proxy:8080", via: "lbproxy" }
+        Forwarding { client: "10.0.0.7", local_host: &|| "proxy:8080".to_string(), via: "lbproxy" }
     }
 
     fn run(raw: &str) -> Result<Option<(RequestHead, String)>, Rejection> {
@@ -433,7 +460,7 @@ mod properties {
     use proptest::prelude::*;
 
     fn fwd() -> Forwarding<'static> {
-        Forwarding { client: [127, 0, 0, 1].into(), local_host: "p:1", via: "lbproxy" }
+        Forwarding { client: "127.0.0.1", local_host: &|| "p:1".to_string(), via: "lbproxy" }
     }
 
     proptest! {

@@ -2,7 +2,7 @@
 //! (hop-by-hop headers removed, framing re-established for the client's side, request id and
 //! `Via` added, `Connection` set to what the proxy will actually do).
 
-use super::request::is_hop_by_hop;
+use super::request::{has_connection_header, header_line, is_hop_by_hop, length_line, via_line};
 use super::{has_token, parse_length, response_body, BodyKind, MAX_HEADERS};
 
 /// A backend's response head, as far as the proxy cares.
@@ -103,15 +103,14 @@ pub fn parse(
     };
     let client_keep_alive = client.keep_alive && client_body != BodyKind::UntilClose;
 
-    let line = |out: &mut Vec<u8>, name: &str, value: &[u8]| {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
-    out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or("")).as_bytes());
+    let line = header_line;
+    let named = has_connection_header(headers);
+    {
+        use std::io::Write as _;
+        let _ = write!(out, "HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or(""));
+    }
     for h in headers {
-        let skip = is_hop_by_hop(h.name, headers)
+        let skip = is_hop_by_hop(h.name, headers, named)
             || h.name.eq_ignore_ascii_case("x-request-id")
             || (h.name.eq_ignore_ascii_case("content-length") && body != BodyKind::Empty);
         if !skip {
@@ -119,9 +118,9 @@ pub fn parse(
         }
     }
     line(out, "X-Request-ID", client.request_id.as_bytes());
-    line(out, "Via", format!("1.1 {}", client.via).as_bytes());
+    via_line(out, client.via);
     match client_body {
-        BodyKind::Length(n) => line(out, "Content-Length", n.to_string().as_bytes()),
+        BodyKind::Length(n) => length_line(out, n),
         BodyKind::Chunked => line(out, "Transfer-Encoding", b"chunked"),
         BodyKind::Empty | BodyKind::UntilClose => {}
     }
