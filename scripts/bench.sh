@@ -105,6 +105,10 @@ log_file =
 log_level = warn
 [timeouts]
 idle_ms = 300000
+[http]
+# Pool as many backend connections as there can be requests in flight, as HAProxy's
+# http-reuse does; the default (32, like nginx's keepalive cache) churns connections above it.
+backend_keepalive = $4
 [backends]
 b1 = 127.0.0.1:$3
 CONF
@@ -194,6 +198,10 @@ wrk_run() { # test param who round extra-header
 
 echo "== HTTP keep-alive (wrk ${DUR}s per run, $ROUNDS round(s), contestants alternating)"
 for c in $CONCURRENCY; do
+    # Warm-up, not recorded: first connections, worker threads and backend pools start cold.
+    for who in direct ours haproxy nginx; do
+        wrk -t1 -c"$c" -d1s "http://127.0.0.1:${PORT[$who]}/" >/dev/null 2>&1 || true
+    done
     for round in $(seq "$ROUNDS"); do
         for who in direct ours haproxy nginx; do wrk_run keepalive "$c" "$who" "$round"; done
     done

@@ -17,17 +17,31 @@ fn health_config(mode: &str, algorithm: &str, health: &str, addrs: &[SocketAddr]
     )
 }
 
-fn client(addr: SocketAddr, args: &[&str]) -> std::process::Child {
-    Command::new(CLIENT)
+/// A simulate_client run; killed (by pid) if the test ends before it does.
+struct Load(Option<std::process::Child>);
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn client(addr: SocketAddr, args: &[&str]) -> Load {
+    let child = Command::new(CLIENT)
         .args(["--target", &addr.to_string()])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("simulate_client")
+        .expect("simulate_client");
+    Load(Some(child))
 }
 
-fn finish(child: std::process::Child) -> String {
+fn finish(mut load: Load) -> String {
+    let child = load.0.take().expect("running");
     let out = child.wait_with_output().expect("client");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(0), "client failed:\n{text}");
