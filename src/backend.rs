@@ -65,6 +65,8 @@ pub struct Backend {
     removed: AtomicBool,
     /// Connections (TCP mode) or requests (HTTP mode) in flight.
     pub active: AtomicUsize,
+    /// Picks waiting for a slot that this backend (up, but at `max_conns`) could serve.
+    pub queued: AtomicUsize,
     /// Connections or requests ever sent here.
     pub total: AtomicU64,
     /// Failed connects and broken exchanges.
@@ -95,6 +97,7 @@ impl Backend {
             max_conns: AtomicUsize::new(max_conns),
             removed: AtomicBool::new(false),
             active: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
             total: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),

@@ -91,6 +91,11 @@ impl Discovery {
         if old.health != new.health {
             self.balancer.set_health_settings(new.health.clone());
             notes.push("[health] updated".to_string());
+            if old.health.enabled && !new.health.enabled {
+                for b in self.balancer.members().iter() {
+                    b.health.checks_stopped();
+                }
+            }
         }
         running.resolved =
             new.backends.iter().filter(|s| s.dns).map(|s| (s.name.clone(), s.addrs.clone())).collect();
@@ -102,9 +107,13 @@ impl Discovery {
     }
 
     /// Resolves every DNS-named backend again and applies any change.
+    /// (Lookups run without the lock; an answer for a spec a reload changed meanwhile is dropped.)
     pub fn refresh_dns(&self) {
         let specs: Vec<BackendSpec> =
             self.running.lock().config.backends.iter().filter(|s| s.dns).cloned().collect();
+        if specs.is_empty() {
+            return;
+        }
         let mut answers = HashMap::new();
         for spec in &specs {
             match resolve(&spec.host, spec.port) {
@@ -119,6 +128,12 @@ impl Discovery {
             }
         }
         let mut running = self.running.lock();
+        let current = &running.config.backends;
+        answers.retain(|name, _| {
+            let before = specs.iter().find(|s| &s.name == name);
+            let now = current.iter().find(|s| &s.name == name);
+            matches!((before, now), (Some(b), Some(n)) if n.dns && n.host == b.host && n.port == b.port)
+        });
         let changed = answers.iter().any(|(name, addrs)| running.resolved.get(name) != Some(addrs));
         if !changed {
             return;
@@ -129,24 +144,17 @@ impl Discovery {
         log::info!("dns: {summary}");
     }
 
-    /// Starts the thread that calls [`Discovery::refresh_dns`] every `interval` (only when some
-    /// backend has a DNS name).
-    pub fn spawn_resolver(
-        self: &Arc<Self>,
-        interval: Duration,
-    ) -> std::io::Result<Option<thread::JoinHandle<()>>> {
-        if !self.running.lock().config.backends.iter().any(|s| s.dns) {
-            return Ok(None);
-        }
+    /// Starts the thread that calls [`Discovery::refresh_dns`] every `resolve_ms` as currently
+    /// configured (a reload may add DNS names or change the interval).
+    pub fn spawn_resolver(self: &Arc<Self>) -> std::io::Result<thread::JoinHandle<()>> {
         let me = self.clone();
-        thread::Builder::new()
-            .name("resolver".into())
-            .spawn(move || {
-                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = me.stop.recv_timeout(interval) {
-                    me.refresh_dns();
-                }
-            })
-            .map(Some)
+        thread::Builder::new().name("resolver".into()).spawn(move || loop {
+            let interval = me.running.lock().config.resolve_interval;
+            match me.stop.recv_timeout(interval) {
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => me.refresh_dns(),
+                _ => return,
+            }
+        })
     }
 
     /// Makes the balancer's members match `specs` (DNS names at `resolved`). Returns a summary.
@@ -161,7 +169,7 @@ impl Discovery {
         let mut next: Vec<Arc<Backend>> = Vec::new();
         let (mut added, mut changed, mut kept) = (Vec::new(), Vec::new(), 0);
         for spec in specs {
-            let addrs = resolved.get(&spec.name).unwrap_or(&spec.addrs);
+            let addrs = if spec.dns { resolved.get(&spec.name).unwrap_or(&spec.addrs) } else { &spec.addrs };
             for (name, addr) in members_of(spec, addrs) {
                 match current.iter().find(|b| b.spec == spec.name && b.addr == addr && !b.is_retired()) {
                     Some(b) => {

@@ -110,6 +110,13 @@ impl Health {
         (s.last_result.clone(), s.last_check)
     }
 
+    /// Active checks were turned off: a down only they could lift ends now.
+    pub fn checks_stopped(&self) {
+        if self.down.load(Ordering::Relaxed) && self.down_until.load(Ordering::Relaxed) == 0 {
+            self.down_until.store(now_ms().max(1), Ordering::Relaxed);
+        }
+    }
+
     /// Marks it down at once (tests, operators).
     pub fn force_down(&self, why: &str) {
         self.down.store(true, Ordering::Relaxed);
@@ -224,11 +231,14 @@ pub fn spawn_checker(balancer: Arc<Balancer>, stop: Receiver<()>) -> std::io::Re
             let members = balancer.members();
             thread::scope(|scope| {
                 for b in members.iter() {
-                    let s = &s;
+                    let (s, balancer) = (&s, &balancer);
                     let spawned =
                         thread::Builder::new().stack_size(64 * 1024).spawn_scoped(scope, move || {
                             if let Some(t) = b.health.observe_check(check(b.addr, s), s) {
                                 t.log(b);
+                                if matches!(t, Transition::Up(_)) {
+                                    balancer.wake();
+                                }
                             }
                         });
                     if let Err(e) = spawned {
@@ -268,6 +278,16 @@ mod tests {
         assert_eq!(h.observe_check(fail(), &s), None, "logged once");
         assert_eq!(h.observe_check(Ok(()), &s), None);
         assert_eq!(h.observe_check(Ok(()), &s), Some(Transition::Up("after 2 successful checks".into())));
+        assert!(h.is_up());
+    }
+
+    #[test]
+    fn turning_checks_off_lifts_a_down_only_checks_could_lift() {
+        let s = HealthSettings { fall: 1, ..health() };
+        let h = Health::default();
+        assert!(h.observe_check(Err("refused".into()), &s).is_some());
+        assert!(!h.is_up());
+        h.checks_stopped();
         assert!(h.is_up());
     }
 

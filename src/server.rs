@@ -154,7 +154,7 @@ impl Server {
             registry.clone(),
             background_rx.clone(),
         ));
-        discovery.spawn_resolver(config.resolve_interval).map_err(Error::Resource)?;
+        discovery.spawn_resolver().map_err(Error::Resource)?;
         if let Some(every) = config.stats_interval {
             spawn_stats_logger(balancer.clone(), every, background_rx.clone()).map_err(Error::Resource)?;
         }

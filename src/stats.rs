@@ -119,6 +119,7 @@ fn backend_json(b: &Backend) -> serde_json::Value {
         "effective_weight": b.effective_weight(now_ms()) as f64 / WEIGHT_SCALE as f64,
         "max_conns": b.max_conns(),
         "active": b.active.load(Ordering::Relaxed),
+        "queued": b.queued.load(Ordering::Relaxed),
         "total": b.total.load(Ordering::Relaxed),
         "failures": b.failures.load(Ordering::Relaxed),
         "bytes_up": b.bytes_up.load(Ordering::Relaxed),

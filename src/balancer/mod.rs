@@ -16,7 +16,7 @@ pub mod source_hash;
 use std::fmt::{self, Write as _};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -220,6 +220,7 @@ impl Balancer {
     pub fn pick(&self, key: u64, tried: &Tried, queue: Duration) -> Result<Pick, Unavailable> {
         let explain = log::log_enabled!(log::Level::Info);
         let mut deadline: Option<Instant> = None;
+        let mut waiting: Option<Waiting<'_>> = None;
         let mut state = self.core.state.lock();
         loop {
             let State { members, algorithm, selector } = &mut *state;
@@ -237,17 +238,59 @@ impl Balancer {
                 b.total.fetch_add(1, Ordering::Relaxed);
                 return Ok(Pick { guard: ActiveGuard { backend: b, core: self.core.clone() }, reason });
             }
-            let any_full = members.iter().any(|b| !tried.contains(b) && b.is_available() && b.is_full());
-            if !any_full {
+            let full: Vec<Arc<Backend>> = members
+                .iter()
+                .filter(|b| !tried.contains(b) && b.is_available() && b.is_full())
+                .cloned()
+                .collect();
+            if full.is_empty() {
                 return Err(Unavailable::NoneUp { tried: tried.count() });
             }
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + queue);
             if Instant::now() >= deadline {
                 return Err(Unavailable::AllFull);
             }
-            self.core.waiting.fetch_add(1, Ordering::SeqCst);
+            if waiting.is_none() {
+                // Register, then look once more: a slot freed before the registration is seen
+                // by that look, one freed after it wakes the wait (see `ActiveGuard::drop`).
+                waiting = Some(Waiting::new(&self.core, full));
+                continue;
+            }
             let _ = self.core.freed.wait_until(&mut state, deadline);
-            self.core.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Wakes queued picks to look again (a backend came back up).
+    pub fn wake(&self) {
+        drop(self.core.state.lock());
+        self.core.freed.notify_all();
+    }
+}
+
+/// A pick registered as waiting for a slot, counted on the backends it waits for.
+struct Waiting<'a> {
+    core: &'a Core,
+    full: Vec<Arc<Backend>>,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(core: &'a Core, full: Vec<Arc<Backend>>) -> Waiting<'a> {
+        for b in &full {
+            b.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        core.waiting.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `ActiveGuard::drop` (store, fence, load on both sides): either
+        // the guard sees this waiter, or this waiter's next look sees the freed slot.
+        fence(Ordering::SeqCst);
+        Waiting { core, full }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.core.waiting.fetch_sub(1, Ordering::SeqCst);
+        for b in &self.full {
+            b.queued.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -305,8 +348,9 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.backend.active.fetch_sub(1, Ordering::AcqRel);
+        fence(Ordering::SeqCst);
         if self.core.waiting.load(Ordering::SeqCst) > 0 {
-            // Taking the lock orders this wake-up after a waiter's check, so none is lost.
+            // Taking the lock orders this wake-up after the waiter went to sleep.
             drop(self.core.state.lock());
             self.core.freed.notify_all();
         }
@@ -399,6 +443,11 @@ mod tests {
         while b.queued() == 0 {
             std::thread::yield_now();
         }
+        assert_eq!(
+            b.members()[0].queued.load(Ordering::Relaxed),
+            1,
+            "the waiter is counted on the full backend"
+        );
         drop(held);
         assert!(waiter.join().expect("join").is_ok(), "the freed slot went to the waiter");
     }

@@ -10,7 +10,7 @@ use crate::backend::Backend;
 /// A pooled connection that sat idle longer than this is checked before reuse.
 const CHECK_AFTER: Duration = Duration::from_secs(1);
 
-/// Takes the most recently used idle connection to `b`. Connections the backend already closed
+/// Takes the longest-idle connection to `b` (the pool is first in, first out). Connections the backend already closed
 /// are discarded; the check (one non-blocking peek) runs when the connection idled a while, or
 /// always when `must_check` (a request that could not be retried).
 pub fn take(b: &Backend, must_check: bool) -> Option<TcpStream> {

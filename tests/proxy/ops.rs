@@ -325,6 +325,7 @@ fn stats_and_metrics_describe_the_backends() {
         assert_eq!(b["state"], "up");
         assert_eq!(b["total"], 5);
         assert_eq!(b["active"], 0);
+        assert_eq!(b["queued"], 0);
         assert_eq!(b["effective_weight"], 1.0);
         assert!(
             b["latency_ms"]["p50"].as_f64().is_some() && b["latency_ms"]["p99"].as_f64().is_some(),

@@ -106,24 +106,24 @@ impl Drop for Proc {
     }
 }
 
-/// Starts a dummy server named `name` on a free port.
-pub fn dummy(name: &str) -> (Proc, SocketAddr) {
+/// Starts a dummy server named `name` on `port` (0: a free one) with `extra` flags.
+pub fn dummy_with(name: &str, port: u16, extra: &[&str]) -> (Proc, SocketAddr) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(DUMMY);
-    cmd.args(["0", "--name", name, "--log-dir"]).arg(dir.path());
+    cmd.arg(port.to_string()).args(["--name", name]).args(extra).arg("--log-dir").arg(dir.path());
     let p = Proc::spawn(&mut cmd, Some(dir));
     let addr = p.listening_addr();
     (p, addr)
 }
 
+/// Starts a dummy server named `name` on a free port.
+pub fn dummy(name: &str) -> (Proc, SocketAddr) {
+    dummy_with(name, 0, &[])
+}
+
 /// Starts a dummy server named `name` on `port` (to restart one where it was).
 pub fn dummy_on(name: &str, port: u16) -> (Proc, SocketAddr) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(DUMMY);
-    cmd.arg(port.to_string()).args(["--name", name, "--log-dir"]).arg(dir.path());
-    let p = Proc::spawn(&mut cmd, Some(dir));
-    let addr = p.listening_addr();
-    (p, addr)
+    dummy_with(name, port, &[])
 }
 
 /// The admin address the proxy announced.
@@ -140,12 +140,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Resp {
 
 /// Starts a dummy named `name` that drains for `drain_ms` (failing /health) when stopped.
 pub fn draining_dummy(name: &str, drain_ms: u64) -> (Proc, SocketAddr) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(DUMMY);
-    cmd.args(["0", "--name", name, "--drain-ms", &drain_ms.to_string(), "--log-dir"]).arg(dir.path());
-    let p = Proc::spawn(&mut cmd, Some(dir));
-    let addr = p.listening_addr();
-    (p, addr)
+    dummy_with(name, 0, &["--drain-ms", &drain_ms.to_string()])
 }
 
 /// Starts `n` dummies named app1..appN.
