@@ -130,6 +130,7 @@ impl Server {
                     helpers: helper_tx,
                 });
                 WorkerPool::start("worker", config.workers, job_rx, move |conn: Conn, buf: &mut Vec<u8>| {
+                    note_wait(&conn, ctx.config.workers);
                     tcp::serve(conn, &ctx, buf)
                 })
             }
@@ -142,6 +143,7 @@ impl Server {
                     stopping: stopping.clone(),
                 });
                 WorkerPool::start("worker", config.workers, job_rx, move |conn: Conn, s: &mut Scratch| {
+                    note_wait(&conn, ctx.config.workers);
                     http_proxy::serve(conn, &ctx, s)
                 })
             }
@@ -243,6 +245,24 @@ impl Server {
     }
 }
 
+static SLOW_PICKUP: crate::logging::RateLimit = crate::logging::RateLimit::new();
+
+/// Says so when a connection waited long for a free worker: every worker was busy (in HTTP mode
+/// each keep-alive client holds one), so `workers` is too small for the load.
+fn note_wait(conn: &Conn, workers: usize) {
+    let waited = conn.accepted.elapsed();
+    if waited >= Duration::from_secs(1) {
+        if let Some(n) = SLOW_PICKUP.check() {
+            log::warn!(
+                "conn {} waited {} ms for a free worker (all {workers} busy; raise [proxy] workers){}",
+                conn.id,
+                waited.as_millis(),
+                crate::logging::held_back(n)
+            );
+        }
+    }
+}
+
 /// Logs a one-line summary per backend every `every`.
 fn spawn_stats_logger(balancer: Arc<Balancer>, every: Duration, stop: Receiver<()>) -> std::io::Result<()> {
     thread::Builder::new().name("stats".into()).spawn(move || {
@@ -300,6 +320,7 @@ impl Acceptor {
             self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             let _ = stream.set_nodelay(true);
             let conn = Conn::register(&self.registry, next_id, stream, peer);
+            self.counters.accept_queue.store(self.jobs.len(), Ordering::Relaxed);
             let conn = match self.jobs.try_send(conn) {
                 Ok(()) => continue,
                 Err(crossbeam_channel::TrySendError::Full(conn)) => conn,

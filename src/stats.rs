@@ -102,6 +102,8 @@ pub struct ProxyCounters {
     pub accepted: AtomicU64,
     /// HTTP requests answered (any status).
     pub requests: AtomicU64,
+    /// Accepted connections waiting for a free worker (sampled at each accept).
+    pub accept_queue: std::sync::atomic::AtomicUsize,
 }
 
 fn secs_since_epoch(t: SystemTime) -> f64 {
@@ -138,6 +140,7 @@ pub fn stats_json(balancer: &Balancer, counters: &ProxyCounters) -> String {
         "connections_accepted": counters.accepted.load(Ordering::Relaxed),
         "requests": counters.requests.load(Ordering::Relaxed),
         "queued": balancer.queued(),
+        "waiting_for_worker": counters.accept_queue.load(Ordering::Relaxed),
         "backends": members.iter().map(|b| backend_json(b)).collect::<Vec<_>>(),
     });
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
@@ -203,6 +206,12 @@ pub fn metrics_text(balancer: &Balancer, counters: &ProxyCounters) -> String {
         "# HELP lb_connections_accepted_total Client connections accepted.\n\
          # TYPE lb_connections_accepted_total counter\nlb_connections_accepted_total {}",
         counters.accepted.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lb_accept_queue_length Accepted connections waiting for a free worker.\n\
+         # TYPE lb_accept_queue_length gauge\nlb_accept_queue_length {}",
+        counters.accept_queue.load(Ordering::Relaxed)
     );
     let _ = writeln!(
         out,

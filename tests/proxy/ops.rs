@@ -334,6 +334,7 @@ fn stats_and_metrics_describe_the_backends() {
         assert!(b["last_check"]["result"].is_string(), "{b}");
     }
     assert_eq!(stats["queued"], 0);
+    assert_eq!(stats["waiting_for_worker"], 0);
 
     let text = http_get(admin, "/metrics").text();
     let lines = text.lines().map(|l| Ok(l.to_string()));
@@ -380,4 +381,24 @@ fn a_dns_backend_resolves_to_its_members() {
     let names: Vec<&str> =
         stats["backends"].as_array().expect("list").iter().filter_map(|b| b["name"].as_str()).collect();
     assert!(names.iter().all(|n| n.starts_with("web@")) && !names.is_empty(), "{names:?}");
+}
+
+#[test]
+fn waiting_for_a_free_worker_is_logged_not_silent() {
+    let ds = dummies(1);
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 1\n[health]\nenabled = false\n{}",
+        backends_section(&[ds[0].1])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    // The only worker is held by an idle keep-alive client...
+    let mut first = lbproxy::http::Wire::new(connect(addr));
+    assert_eq!(get(&mut first, "/", "").status, 200);
+    // ...so a second client waits in the queue until the first leaves.
+    let second = std::thread::spawn(move || http_get(addr, "/").status);
+    std::thread::sleep(Duration::from_millis(1200));
+    drop(first);
+    assert_eq!(second.join().expect("second"), 200);
+    let line = p.wait_for("for a free worker");
+    assert!(line.contains("all 1 busy; raise [proxy] workers"), "{line}");
 }
