@@ -102,7 +102,8 @@ fn a_restarted_backend_returns_after_rise_checks_with_slow_start() {
     let (mut victim, victim_addr) = ds.remove(1);
     victim.signal("TERM");
     victim.wait_exit();
-    p.wait_for("app2 127.0.0.1");
+    let down = p.wait_for(" DOWN after ");
+    assert!(down.contains("app2 "), "{down}");
     let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
     assert_eq!(stats["backends"][1]["state"], "down");
     let _restarted = dummy_on("app2", victim_addr.port());
@@ -243,8 +244,12 @@ fn when_every_backend_is_down_tcp_closes_at_once_and_http_answers_503() {
     for mode in ["tcp", "http"] {
         let config = health_config(mode, "least-connections", "fall = 1", &[dead1, dead2]);
         let (p, addr) = proxy_with(&config, &[]);
-        p.wait_for("app1 127.0.0.1");
-        p.wait_for("app2 127.0.0.1");
+        // Both go down; checks run in parallel, so in either order.
+        let downs = [p.wait_for(" DOWN after 1 failed checks"), p.wait_for(" DOWN after 1 failed checks")];
+        assert!(
+            downs.iter().any(|l| l.contains("app1 ")) && downs.iter().any(|l| l.contains("app2 ")),
+            "{downs:?}"
+        );
         let started = Instant::now();
         if mode == "tcp" {
             let mut s = connect(addr);
