@@ -1,5 +1,11 @@
 #!/usr/bin/env bash
-# The test command: unit tests and integration tests against the real binaries.
-set -euo pipefail
+# The test command: unit tests next to the code, and integration tests that run the real
+# binaries (tests/proxy/). Ends with one line totalling every test binary's results.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-cargo test --all-targets
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --tests 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+awk '/^test result:/ { p += $4; f += $6 } END { printf "total: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
