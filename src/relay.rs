@@ -146,14 +146,14 @@ fn pump(
                 }
                 Ok(n) => {
                     total += n as u64;
+                    restore(from, idle, &mut shortened);
                     continue;
                 }
                 Err(SpliceError::Read(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(SpliceError::Read(e))
                     if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
                 {
-                    if activity.idle_for() >= idle {
-                        let e = io::Error::new(io::ErrorKind::TimedOut, "idle timeout");
+                    if let Err(e) = timed_out(from, activity, idle, &mut shortened) {
                         return fail(total, from_side, e);
                     }
                     continue;
@@ -170,23 +170,14 @@ fn pump(
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                // The timeout is per socket; the connection is idle only if the other
-                // direction was quiet too.
-                let quiet = activity.idle_for();
-                if quiet >= idle {
-                    let e = io::Error::new(io::ErrorKind::TimedOut, "idle timeout");
+                if let Err(e) = timed_out(from, activity, idle, &mut shortened) {
                     return fail(total, from_side, e);
                 }
-                let _ = from.set_read_timeout(Some(idle - quiet));
-                shortened = true;
                 continue;
             }
             Err(e) => return fail(total, from_side, e),
         };
-        if shortened {
-            let _ = from.set_read_timeout(non_zero(idle));
-            shortened = false;
-        }
+        restore(from, idle, &mut shortened);
         activity.touch();
         if let Err(e) = (&mut &*to).write_all(&buf[..n]) {
             return fail(total, to_side, e);
@@ -202,6 +193,27 @@ fn pump(
                 }
             }
         }
+    }
+}
+
+/// A read on `from` timed out. The timeout is per socket, so the connection is idle only if the
+/// other direction was quiet too: then this is the idle timeout (an error). Otherwise the read
+/// waits again for what is left of `idle`.
+fn timed_out(from: &TcpStream, activity: &Activity, idle: Duration, shortened: &mut bool) -> io::Result<()> {
+    let quiet = activity.idle_for();
+    if quiet >= idle {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+    }
+    let _ = from.set_read_timeout(Some(idle - quiet));
+    *shortened = true;
+    Ok(())
+}
+
+/// Puts the full idle timeout back after [`timed_out`] shortened it.
+fn restore(from: &TcpStream, idle: Duration, shortened: &mut bool) {
+    if *shortened {
+        let _ = from.set_read_timeout(non_zero(idle));
+        *shortened = false;
     }
 }
 

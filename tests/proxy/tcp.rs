@@ -349,3 +349,26 @@ fn simulate_client_reports_the_distribution_and_exit_status() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("first error: connect"), "{text}");
 }
+
+#[test]
+fn a_quiet_connection_is_closed_after_idle_ms_and_a_busy_one_is_not() {
+    let ds = dummies(1);
+    let config =
+        format!("[timeouts]\nidle_ms = 400\n[health]\nenabled = false\n{}", backends_section(&[ds[0].1]));
+    let (p, addr) = proxy_with(&config, &[]);
+    // Busy: a line every 150 ms for over twice idle_ms keeps it open.
+    let mut busy = connect(addr);
+    for i in 0..7 {
+        exchange(&mut busy, &format!("tick {i}"));
+        thread::sleep(Duration::from_millis(150));
+    }
+    // Quiet: closed by the proxy after idle_ms.
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = busy.read_to_end(&mut rest);
+    let waited = started.elapsed();
+    assert!(rest.is_empty());
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(5), "{waited:?}");
+    let line = p.wait_for("ended by");
+    assert!(line.contains("idle timeout"), "{line}");
+}
