@@ -322,7 +322,17 @@ fn stats_and_metrics_describe_the_backends() {
         assert_eq!(http_get(addr, "/").status, 200);
     }
     assert_eq!(http_get(admin, "/health").text(), "ok\n");
-    let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+    // A slot is given back just after its response is flushed: wait (bounded) until the last
+    // request's has been.
+    let deadline = Instant::now() + WAIT;
+    let stats = loop {
+        let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+        let settled = stats["backends"].as_array().is_some_and(|bs| bs.iter().all(|b| b["active"] == 0));
+        if settled || Instant::now() >= deadline {
+            break stats;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(stats["algorithm"], "round-robin");
     let backends = stats["backends"].as_array().expect("backends");
     assert_eq!(backends.len(), 2);
