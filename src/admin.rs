@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::balancer::Balancer;
-use crate::http::{Wire, MAX_HEADERS};
+use crate::http::{HeadError, Wire, MAX_HEADERS};
 use crate::stats::{metrics_text, stats_json, ProxyCounters};
 
 /// What the admin endpoints read.
@@ -41,23 +41,24 @@ fn serve(stream: TcpStream, admin: &Admin) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
     let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a: SocketAddr| a.to_string());
-    let mut wire = Wire::new(&stream);
-    let (method, path) = loop {
+    let head = Wire::new(&stream).read_head(16 * 1024, |buf| {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        match req.parse(wire.buffered()) {
-            Ok(httparse::Status::Complete(_)) => {
-                break (req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string())
+        match req.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                Ok(Some((len, (req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string()))))
             }
-            Ok(httparse::Status::Partial) => match wire.fill(16 * 1024) {
-                Ok(n) if n > 0 => {}
-                _ => return,
-            },
-            Err(_) => {
-                respond(&stream, 400, "text/plain", "bad request\n");
-                return;
-            }
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(e) => Err(e.to_string()),
         }
+    });
+    let (method, path) = match head {
+        Ok(head) => head,
+        Err(HeadError::Invalid(_)) => {
+            respond(&stream, 400, "text/plain", "bad request\n");
+            return;
+        }
+        Err(_) => return,
     };
     let path = path.split('?').next().unwrap_or("");
     log::debug!("admin: {peer} {method} {path}");

@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use crate::backend::{now_ms, Backend};
 use crate::balancer::Balancer;
 use crate::config::{HealthSettings, Mode};
-use crate::http::{Wire, MAX_HEADERS};
+use crate::http::{HeadError, Wire, MAX_HEADERS};
 
 /// A state change, to be logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,22 +203,21 @@ pub fn check(addr: SocketAddr, s: &HealthSettings) -> Result<(), String> {
         s.path
     );
     (&stream).write_all(request.as_bytes()).map_err(|e| crate::upstream::describe(&e))?;
-    let mut wire = Wire::new(&stream);
-    loop {
+    let status = Wire::new(&stream).read_head(16 * 1024, |buf| {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(wire.buffered()) {
-            Ok(httparse::Status::Complete(_)) => {
-                let status = resp.code.unwrap_or(0);
-                return if (200..400).contains(&status) { Ok(()) } else { Err(format!("status {status}")) };
-            }
-            Ok(httparse::Status::Partial) => match wire.fill(16 * 1024) {
-                Ok(0) => return Err("connection closed before a response".to_string()),
-                Ok(_) => {}
-                Err(e) => return Err(crate::upstream::describe(&e)),
-            },
-            Err(e) => return Err(format!("invalid response: {e}")),
+        match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => Ok(Some((len, resp.code.unwrap_or(0)))),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(e) => Err(format!("invalid response: {e}")),
         }
+    });
+    match status {
+        Ok(status) if (200..400).contains(&status) => Ok(()),
+        Ok(status) => Err(format!("status {status}")),
+        Err(HeadError::Closed) => Err("connection closed before a response".to_string()),
+        Err(HeadError::Io(e)) => Err(crate::upstream::describe(&e)),
+        Err(HeadError::Invalid(why)) => Err(why),
     }
 }
 

@@ -263,10 +263,10 @@ fn http_exchange(
     wire.stream
         .write_all(format!("GET /?client={client}&n={i} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
         .map_err(|e| format!("send: {e}"))?;
-    loop {
+    let head = wire.read_head(MAX_HEAD, |buf| {
         let mut headers = [httparse::EMPTY_HEADER; h::MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(wire.buffered()) {
+        match resp.parse(buf) {
             Ok(httparse::Status::Complete(len)) => {
                 let status = resp.code.unwrap_or(0);
                 let name = h::header(resp.headers, "x-served-by")
@@ -274,16 +274,18 @@ fn http_exchange(
                     .unwrap_or_else(|| "(no X-Served-By)".to_string());
                 let kind = h::response_body("GET", status, resp.headers);
                 let keep = resp.version == Some(1) && !h::has_token(resp.headers, "connection", "close");
-                wire.consume(len);
-                wire.copy_body(kind, &mut io::sink()).map_err(|e| format!("body: {e}"))?;
-                return Ok((status, name, keep && kind != h::BodyKind::UntilClose));
+                Ok(Some((len, (status, name, kind, keep))))
             }
-            Ok(httparse::Status::Partial) => match wire.fill(MAX_HEAD) {
-                Ok(0) => return Err("connection closed before a response".to_string()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("read: {e}")),
-            },
-            Err(e) => return Err(format!("invalid response: {e}")),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(e) => Err(format!("invalid response: {e}")),
         }
-    }
+    });
+    let (status, name, kind, keep) = match head {
+        Ok(head) => head,
+        Err(h::HeadError::Closed) => return Err("connection closed before a response".to_string()),
+        Err(h::HeadError::Io(e)) => return Err(format!("read: {e}")),
+        Err(h::HeadError::Invalid(why)) => return Err(why),
+    };
+    wire.copy_body(kind, &mut io::sink()).map_err(|e| format!("body: {e}"))?;
+    Ok((status, name, keep && kind != h::BodyKind::UntilClose))
 }

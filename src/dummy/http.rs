@@ -15,7 +15,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::Dummy;
-use crate::http::{self as h, BodyKind, Wire, MAX_HEAD, MAX_HEADERS};
+use crate::http::{self as h, BodyKind, HeadError, Wire, MAX_HEAD, MAX_HEADERS};
 
 /// Whether `line` looks like `METHOD SP target SP HTTP/1.x`.
 pub fn is_request_line(line: &[u8]) -> bool {
@@ -80,25 +80,22 @@ pub fn serve(wire: &mut Wire<TcpStream>, peer: SocketAddr, dummy: &Dummy) {
 }
 
 fn read_request(wire: &mut Wire<TcpStream>) -> io::Result<Option<Request>> {
-    loop {
+    let head = wire.read_head(MAX_HEAD, |buf| {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(wire.buffered()) {
-            Ok(httparse::Status::Complete(len)) => {
-                let req = to_request(&parsed, wire.buffered()[..len].to_vec())?;
-                wire.consume(len);
-                return Ok(Some(req));
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+        match parsed.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => to_request(&parsed, buf[..len].to_vec())
+                .map(|req| Some((len, req)))
+                .map_err(|e| e.to_string()),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(e) => Err(e.to_string()),
         }
-        if wire.fill(MAX_HEAD)? == 0 {
-            return if wire.buffered().is_empty() {
-                Ok(None)
-            } else {
-                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "incomplete request head"))
-            };
-        }
+    });
+    match head {
+        Ok(req) => Ok(Some(req)),
+        Err(HeadError::Closed) => Ok(None),
+        Err(HeadError::Io(e)) => Err(e),
+        Err(HeadError::Invalid(why)) => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
     }
 }
 

@@ -130,6 +130,33 @@ impl<S: Read> Wire<S> {
         }
     }
 
+    /// Reads until `parse` recognises a complete head at the start of the buffer, consumes it,
+    /// and returns what `parse` made of it. `parse` answers `Ok(None)` for "incomplete" and
+    /// `Ok(Some((head length, value)))` once complete; the buffer grows up to `limit`.
+    pub fn read_head<T>(
+        &mut self,
+        limit: usize,
+        mut parse: impl FnMut(&[u8]) -> Result<Option<(usize, T)>, String>,
+    ) -> Result<T, HeadError> {
+        loop {
+            if !self.buffered().is_empty() {
+                if let Some((len, value)) = parse(self.buffered()).map_err(HeadError::Invalid)? {
+                    self.consume(len);
+                    return Ok(value);
+                }
+            }
+            match self.fill(limit) {
+                Ok(0) if self.buffered().is_empty() => return Err(HeadError::Closed),
+                Ok(0) => {
+                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside the head");
+                    return Err(HeadError::Io(e));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(HeadError::Io(e)),
+            }
+        }
+    }
+
     /// Copies a body of kind `kind` to `sink` (decoded, for chunked), through the buffer.
     /// Returns the number of body bytes.
     pub fn copy_body(&mut self, kind: BodyKind, sink: &mut impl Write) -> io::Result<u64> {
@@ -217,6 +244,27 @@ impl<S: Read> Wire<S> {
             if blank {
                 return Ok(());
             }
+        }
+    }
+}
+
+/// Why [`Wire::read_head`] returned no head.
+#[derive(Debug)]
+pub enum HeadError {
+    /// The peer closed before sending a byte of it.
+    Closed,
+    /// Reading failed, the head outgrew its limit, or the peer closed inside it.
+    Io(io::Error),
+    /// The head is malformed (the parser's words).
+    Invalid(String),
+}
+
+impl std::fmt::Display for HeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeadError::Closed => f.write_str("connection closed before a head"),
+            HeadError::Io(e) => write!(f, "{e}"),
+            HeadError::Invalid(why) => f.write_str(why),
         }
     }
 }
