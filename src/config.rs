@@ -655,14 +655,21 @@ pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
 
 /// Resolves `host:port` to its first address; `allow_zero` permits port 0 (any free port).
 pub fn parse_socket_addr(s: &str, allow_zero: bool) -> Result<SocketAddr, String> {
+    parse_target(s, allow_zero).map(|(_, _, addrs)| addrs[0])
+}
+
+/// Splits and resolves `host:port`: the host, the port, and every address (at least one).
+fn parse_target(s: &str, allow_zero: bool) -> Result<(&str, u16, Vec<SocketAddr>), String> {
     let (host, port) = split_host_port(s)?;
     if port == 0 && !allow_zero {
         return Err(format!("port 0 is not a valid port in '{s}'"));
     }
-    match (host, port).to_socket_addrs() {
-        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("'{host}' has no address")),
-        Err(e) => Err(format!("cannot resolve '{host}': {e}")),
-    }
+    Ok((host, port, resolve(host, port)?))
+}
+
+/// A timeout setting as a socket timeout: 0 means no limit.
+pub fn as_limit(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
 }
 
 fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
@@ -671,11 +678,7 @@ fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
     }
     let mut words = value.split_whitespace();
     let target = words.next().ok_or("missing address (expected host:port)")?;
-    let (host, port) = split_host_port(target)?;
-    if port == 0 {
-        return Err(format!("port 0 is not a valid port in '{target}'"));
-    }
-    let addrs = resolve(host, port)?;
+    let (host, port, addrs) = parse_target(target, false)?;
     let mut weight = 1;
     let mut max_conns = 0;
     let mut seen: Vec<&str> = Vec::new();

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 
+use crate::config::as_limit;
+
 /// User-space relay buffer per direction; a read that fills it switches to splicing.
 pub const BUFFER_SIZE: usize = 4 * 1024;
 
@@ -78,8 +80,8 @@ pub fn relay(
     // Shared, not `try_clone`d: a relayed connection costs two descriptors, not four.
     let (client2, backend2) = (client.clone(), backend.clone());
     for s in [client, backend] {
-        let _ = s.set_read_timeout(non_zero(idle));
-        let _ = s.set_write_timeout(non_zero(idle));
+        let _ = s.set_read_timeout(as_limit(idle));
+        let _ = s.set_write_timeout(as_limit(idle));
     }
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     let down_activity = activity.clone();
@@ -108,10 +110,6 @@ pub fn relay(
     let up = count(up);
     let down = count(down);
     RelayOutcome { up, down, error }
-}
-
-fn non_zero(d: Duration) -> Option<Duration> {
-    (!d.is_zero()).then_some(d)
 }
 
 /// Copies `from` -> `to` until EOF (then half-closes `to`) or an error (then shuts both down).
@@ -212,7 +210,7 @@ fn timed_out(from: &TcpStream, activity: &Activity, idle: Duration, shortened: &
 /// Puts the full idle timeout back after [`timed_out`] shortened it.
 fn restore(from: &TcpStream, idle: Duration, shortened: &mut bool) {
     if *shortened {
-        let _ = from.set_read_timeout(non_zero(idle));
+        let _ = from.set_read_timeout(as_limit(idle));
         *shortened = false;
     }
 }

@@ -24,7 +24,7 @@ use super::response::{self, ClientSide};
 use super::{reason, BodyError, BodyKind, Coalesce, Wire};
 use crate::backend::Backend;
 use crate::balancer::{source_key, Balancer, Tried};
-use crate::config::Config;
+use crate::config::{as_limit, Config};
 use crate::logging::{held_back, RateLimit};
 use crate::registry::Conn;
 use crate::stats::ProxyCounters;
@@ -97,7 +97,7 @@ static UNAVAILABLE: RateLimit = RateLimit::new();
 pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     let client: &TcpStream = &conn.stream;
     let t = &ctx.config.timeouts;
-    let _ = client.set_write_timeout(non_zero(t.idle));
+    let _ = client.set_write_timeout(as_limit(t.idle));
     let client_ip = conn.peer.ip().to_string();
     let local = || client.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let fwd = Forwarding { client: &client_ip, local_host: &local, via: VIA };
@@ -264,10 +264,6 @@ fn access_log(conn: &Conn, head: &RequestHead, r: &Record, started: Instant) {
     log::info!("{line}");
 }
 
-fn non_zero(d: Duration) -> Option<Duration> {
-    (!d.is_zero()).then_some(d)
-}
-
 fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
@@ -364,8 +360,8 @@ fn exchange(
             Some(s) => s,
             None => match upstream::open(backend.addr, cfg.timeouts.connect) {
                 Ok(s) => {
-                    let _ = s.set_read_timeout(non_zero(cfg.timeouts.response));
-                    let _ = s.set_write_timeout(non_zero(cfg.timeouts.idle));
+                    let _ = s.set_read_timeout(as_limit(cfg.timeouts.response));
+                    let _ = s.set_write_timeout(as_limit(cfg.timeouts.idle));
                     s
                 }
                 Err(e) => {
