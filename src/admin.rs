@@ -20,7 +20,7 @@ pub struct Admin {
 
 /// Serves `listener` until `stopping` is set and the listener is shut down.
 pub fn spawn(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     admin: Admin,
     stopping: Arc<AtomicBool>,
 ) -> std::io::Result<thread::JoinHandle<()>> {

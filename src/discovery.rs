@@ -37,6 +37,11 @@ struct Running {
 
 static DNS_ERRORS: RateLimit = RateLimit::new();
 
+/// The addresses each DNS-named backend resolved to when `config` was loaded.
+fn first_answers(config: &Config) -> HashMap<String, Vec<SocketAddr>> {
+    config.backends.iter().filter(|s| s.dns).map(|s| (s.name.clone(), s.addrs.clone())).collect()
+}
+
 impl Discovery {
     /// Tracks `config` as the running configuration. `stop` ends drain timers and the resolver.
     pub fn new(
@@ -45,8 +50,7 @@ impl Discovery {
         registry: Arc<Registry>,
         stop: Receiver<()>,
     ) -> Discovery {
-        let resolved =
-            config.backends.iter().filter(|s| s.dns).map(|s| (s.name.clone(), s.addrs.clone())).collect();
+        let resolved = first_answers(&config);
         Discovery { balancer, registry, running: Mutex::new(Running { config, resolved }), stop }
     }
 
@@ -97,8 +101,7 @@ impl Discovery {
                 }
             }
         }
-        running.resolved =
-            new.backends.iter().filter(|s| s.dns).map(|s| (s.name.clone(), s.addrs.clone())).collect();
+        running.resolved = first_answers(&new);
         let summary = self.apply(&new.backends, &running.resolved, new.algorithm, new.drain_timeout);
         let keep = (running.config.listen, running.config.mode, running.config.workers);
         running.config = Config { listen: keep.0, mode: keep.1, workers: keep.2, ..new };

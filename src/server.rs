@@ -166,8 +166,7 @@ impl Server {
                 log::info!("admin listening on {addr} (/stats, /metrics, /health)");
                 let l = Arc::new(l);
                 let served = crate::admin::Admin { balancer: balancer.clone(), counters: counters.clone() };
-                let clone = l.try_clone().map_err(Error::Resource)?;
-                admin::spawn(clone, served, stopping.clone()).map_err(Error::Resource)?;
+                admin::spawn(l.clone(), served, stopping.clone()).map_err(Error::Resource)?;
                 Some(l)
             }
             None => None,
