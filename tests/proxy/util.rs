@@ -247,10 +247,10 @@ impl Resp {
 
 /// Reads one response to a request made with `method` (bodies de-chunked).
 pub fn read_response(wire: &mut lbproxy::http::Wire<TcpStream>, method: &str) -> Resp {
-    loop {
+    let head = wire.read_head(1 << 20, |buf| {
         let mut headers = [httparse::EMPTY_HEADER; 100];
         let mut r = httparse::Response::new(&mut headers);
-        match r.parse(wire.buffered()).expect("valid response head") {
+        match r.parse(buf).map_err(|e| e.to_string())? {
             httparse::Status::Complete(len) => {
                 let status = r.code.expect("status");
                 let kind = lbproxy::http::response_body(method, status, r.headers);
@@ -259,21 +259,17 @@ pub fn read_response(wire: &mut lbproxy::http::Wire<TcpStream>, method: &str) ->
                     .iter()
                     .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
                     .collect();
-                wire.consume(len);
-                let mut body = Vec::new();
-                wire.copy_body(kind, &mut body).expect("response body");
-                return Resp { status, headers, body };
+                Ok(Some((len, (status, kind, headers))))
             }
-            httparse::Status::Partial => {
-                let n = wire.fill(1 << 20).expect("read response");
-                assert!(
-                    n > 0,
-                    "connection closed before a complete response: {:?}",
-                    String::from_utf8_lossy(wire.buffered())
-                );
-            }
+            httparse::Status::Partial => Ok(None),
         }
-    }
+    });
+    let (status, kind, headers) = head.unwrap_or_else(|e| {
+        panic!("no complete response ({e}); got {:?}", String::from_utf8_lossy(wire.buffered()))
+    });
+    let mut body = Vec::new();
+    wire.copy_body(kind, &mut body).expect("response body");
+    Resp { status, headers, body }
 }
 
 /// Sends raw bytes on a new connection and reads one response.
