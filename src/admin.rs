@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::balancer::Balancer;
-use crate::http::{HeadError, Wire, MAX_HEADERS};
+use crate::h1::{HeadError, Wire, MAX_HEADERS};
 use crate::stats::{metrics_text, stats_json, ProxyCounters};
 
 /// What the admin endpoints read.
@@ -81,7 +81,7 @@ fn serve(stream: TcpStream, admin: &Admin) {
 fn respond(mut stream: &TcpStream, status: u16, content_type: &str, body: &str) {
     let head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        crate::http::reason(status),
+        crate::h1::reason(status),
         body.len()
     );
     let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes()));

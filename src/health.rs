@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use crate::backend::{now_ms, Backend};
 use crate::balancer::Balancer;
 use crate::config::{HealthSettings, Mode};
-use crate::http::{HeadError, Wire, MAX_HEADERS};
+use crate::h1::{HeadError, Wire, MAX_HEADERS};
 
 /// A state change, to be logged.
 #[derive(Debug, Clone, PartialEq, Eq)]

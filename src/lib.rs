@@ -15,7 +15,8 @@
 //! - [`upstream`]: reaching a backend, with retries.
 //! - [`relay`], [`tcp`]: how bytes move in TCP mode.
 //! - [`pool`], [`server`], [`registry`]: threads, accepting, draining.
-//! - [`http`]: HTTP/1.1 message heads and bodies, shared by the companions.
+//! - [`h1`]: the HTTP/1.1 wire format (heads, bodies, framing), shared by every HTTP speaker.
+//! - [`http`]: HTTP mode, per-request balancing over pooled backend connections.
 //! - [`dummy`], [`simulate`]: the dummy backend and the load-generating client.
 
 pub mod admin;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod discovery;
 pub mod dummy;
 pub mod error;
+pub mod h1;
 pub mod health;
 pub mod http;
 pub mod latency;

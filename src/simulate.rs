@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
-use crate::http::{self as h, Wire, MAX_HEAD};
+use crate::h1::{self as h, Wire, MAX_HEAD};
 use crate::latency::Latencies;
 
 /// Sends concurrent requests through the proxy and shows how they were balanced.

@@ -15,7 +15,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::Dummy;
-use crate::http::{self as h, BodyKind, HeadError, Wire, MAX_HEAD, MAX_HEADERS};
+use crate::h1::{self as h, BodyKind, HeadError, Wire, MAX_HEAD, MAX_HEADERS};
 
 /// Whether `line` looks like `METHOD SP target SP HTTP/1.x`.
 pub fn is_request_line(line: &[u8]) -> bool {

@@ -17,7 +17,7 @@ use parking_lot::{Condvar, Mutex};
 use clap::Parser;
 
 use crate::error::Error;
-use crate::http::Wire;
+use crate::h1::Wire;
 
 /// A dummy backend for the proxy: line echo and HTTP/1.1.
 #[derive(Debug, Clone, Parser)]
@@ -178,7 +178,7 @@ fn accept_loop(
 fn serve(stream: TcpStream, peer: SocketAddr, dummy: &Dummy) {
     let _ = stream.set_nodelay(true);
     let mut wire = Wire::new(stream);
-    let first = match wire.line_len(crate::http::MAX_HEAD) {
+    let first = match wire.line_len(crate::h1::MAX_HEAD) {
         Ok(Some(n)) => n,
         Ok(None) => {
             log::info!("connection from {peer} closed without data");
@@ -201,7 +201,7 @@ fn serve(stream: TcpStream, peer: SocketAddr, dummy: &Dummy) {
 fn serve_lines(wire: &mut Wire<TcpStream>, peer: SocketAddr, dummy: &Dummy) {
     let mut count = 0u64;
     loop {
-        let n = match wire.line_len(crate::http::MAX_HEAD) {
+        let n = match wire.line_len(crate::h1::MAX_HEAD) {
             Ok(Some(n)) => n,
             Ok(None) => break,
             Err(e) => {

@@ -19,12 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::keepalive;
-use super::request::{self, Forwarding, RequestHead};
-use super::response::{self, ClientSide};
-use super::{reason, BodyError, BodyKind, Coalesce, Wire};
 use crate::backend::Backend;
 use crate::balancer::{source_key, Balancer, Tried};
 use crate::config::{as_limit, Config};
+use crate::h1::request::{self, Forwarding, RequestHead};
+use crate::h1::response::{self, ClientSide};
+use crate::h1::{reason, BodyError, BodyKind, Coalesce, Wire};
 use crate::logging::{held_back, RateLimit};
 use crate::registry::Conn;
 use crate::stats::ProxyCounters;
@@ -536,7 +536,7 @@ fn first_chunk_is_valid(cw: &mut Wire<&TcpStream>) -> Result<(), Failure> {
             Ok(httparse::Status::Partial) if cw.buffered().len() > 1024 => {
                 return Err(bad("chunk size line too long"))
             }
-            Ok(httparse::Status::Partial) => match cw.fill(super::MAX_HEAD) {
+            Ok(httparse::Status::Partial) => match cw.fill(crate::h1::MAX_HEAD) {
                 Ok(0) => return Err(Failure::Abort("client closed inside the body".to_string())),
                 Ok(_) => {}
                 Err(e) => return Err(Failure::Abort(format!("client body: {e}"))),

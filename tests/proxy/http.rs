@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use lbproxy::dummy::http::{pattern_byte, Checksum};
-use lbproxy::http::Wire;
+use lbproxy::h1::Wire;
 
 use crate::util::*;
 
@@ -514,7 +514,7 @@ fn a_gib_upload_and_download_pass_with_flat_memory() {
         wire.fill(1 << 16).expect("read");
     }
     let mut down = Checksum::default();
-    let n = wire.copy_body(lbproxy::http::BodyKind::Length(GIB), &mut down).expect("download");
+    let n = wire.copy_body(lbproxy::h1::BodyKind::Length(GIB), &mut down).expect("download");
     // The dummy's pattern runs on across the whole body (a..z repeating).
     let mut want = Checksum::default();
     let period: Vec<u8> = (0..26 * 4096).map(pattern_byte).collect();

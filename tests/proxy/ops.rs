@@ -407,7 +407,7 @@ fn waiting_for_a_free_worker_is_logged_not_silent() {
     );
     let (p, addr) = proxy_with(&config, &[]);
     // The only worker is held by an idle keep-alive client...
-    let mut first = lbproxy::http::Wire::new(connect(addr));
+    let mut first = lbproxy::h1::Wire::new(connect(addr));
     assert_eq!(get(&mut first, "/", "").status, 200);
     // ...so a second client waits in the queue until the first leaves.
     let second = std::thread::spawn(move || http_get(addr, "/").status);

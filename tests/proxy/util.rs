@@ -246,14 +246,14 @@ impl Resp {
 }
 
 /// Reads one response to a request made with `method` (bodies de-chunked).
-pub fn read_response(wire: &mut lbproxy::http::Wire<TcpStream>, method: &str) -> Resp {
+pub fn read_response(wire: &mut lbproxy::h1::Wire<TcpStream>, method: &str) -> Resp {
     let head = wire.read_head(1 << 20, |buf| {
         let mut headers = [httparse::EMPTY_HEADER; 100];
         let mut r = httparse::Response::new(&mut headers);
         match r.parse(buf).map_err(|e| e.to_string())? {
             httparse::Status::Complete(len) => {
                 let status = r.code.expect("status");
-                let kind = lbproxy::http::response_body(method, status, r.headers);
+                let kind = lbproxy::h1::response_body(method, status, r.headers);
                 let headers: Vec<(String, String)> = r
                     .headers
                     .iter()
@@ -273,22 +273,22 @@ pub fn read_response(wire: &mut lbproxy::http::Wire<TcpStream>, method: &str) ->
 }
 
 /// Sends raw bytes on a new connection and reads one response.
-pub fn send_raw(addr: SocketAddr, raw: &[u8], method: &str) -> (Resp, lbproxy::http::Wire<TcpStream>) {
+pub fn send_raw(addr: SocketAddr, raw: &[u8], method: &str) -> (Resp, lbproxy::h1::Wire<TcpStream>) {
     let mut s = connect(addr);
     s.write_all(raw).expect("send");
-    let mut wire = lbproxy::http::Wire::new(s);
+    let mut wire = lbproxy::h1::Wire::new(s);
     (read_response(&mut wire, method), wire)
 }
 
 /// A GET on an open keep-alive connection.
-pub fn get(wire: &mut lbproxy::http::Wire<TcpStream>, path: &str, extra: &str) -> Resp {
+pub fn get(wire: &mut lbproxy::h1::Wire<TcpStream>, path: &str, extra: &str) -> Resp {
     let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n");
     wire.stream.write_all(req.as_bytes()).expect("send");
     read_response(wire, "GET")
 }
 
 /// Whether the peer closed the connection (EOF) without sending more.
-pub fn closed(wire: &mut lbproxy::http::Wire<TcpStream>) -> bool {
+pub fn closed(wire: &mut lbproxy::h1::Wire<TcpStream>) -> bool {
     wire.buffered().is_empty() && matches!(wire.fill(1 << 20), Ok(0) | Err(_))
 }
 

@@ -1,0 +1,459 @@
+//! The HTTP/1.1 wire format, shared by every HTTP speaker here (proxy, checker, admin, dummy,
+//! client): a buffered socket reader that keeps
+//! pipelined bytes, head reading with a size limit, and body framing (Content-Length, chunked,
+//! until close) streamed through a fixed buffer. Heads are parsed by httparse, never by hand.
+
+mod body;
+pub mod request;
+pub mod response;
+
+pub use body::{BodyError, Coalesce, COALESCE};
+
+use std::io::{self, Read, Write};
+
+/// Largest request or response head accepted by default.
+pub const MAX_HEAD: usize = 64 * 1024;
+
+/// Most headers parsed in one head.
+pub const MAX_HEADERS: usize = 100;
+
+/// A connection's read buffer to begin with.
+pub const SMALL_BUFFER: usize = 4 * 1024;
+
+/// The read buffer while a large body streams through.
+pub const BODY_BUFFER: usize = 64 * 1024;
+
+/// A socket with a read buffer. Bytes read past the current message stay buffered for the
+/// next one (pipelining).
+#[derive(Debug)]
+pub struct Wire<S> {
+    /// The underlying stream; writes go to it directly.
+    pub stream: S,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the connection closes (responses only).
+    UntilClose,
+}
+
+impl<S: Read> Wire<S> {
+    /// Wraps `stream` with a small buffer (grown as heads or bodies need).
+    pub fn new(stream: S) -> Wire<S> {
+        Wire::with_buffer(stream, Vec::new())
+    }
+
+    /// Wraps `stream`, reusing `buf`'s allocation (at least [`SMALL_BUFFER`]). Buffers start
+    /// small because a worker holding an idle keep-alive connection keeps them: thousands of
+    /// idle connections must stay cheap.
+    pub fn with_buffer(stream: S, mut buf: Vec<u8>) -> Wire<S> {
+        if buf.len() < SMALL_BUFFER {
+            buf.resize(SMALL_BUFFER, 0);
+        }
+        Wire { stream, buf, start: 0, end: 0 }
+    }
+
+    /// Grows the buffer to [`BODY_BUFFER`] for streaming a large body: fewer, larger reads.
+    fn grow_for_body(&mut self) {
+        if self.buf.len() < BODY_BUFFER {
+            self.buf.resize(BODY_BUFFER, 0);
+        }
+    }
+
+    /// Gives the buffer back for reuse (its contents are dropped).
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+
+    /// The bytes read but not yet consumed.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Drops `n` bytes from the front of the buffer.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Reads more bytes after those buffered, growing the buffer up to `limit` bytes.
+    /// Returns 0 at end of stream; an error when the buffer is already `limit` bytes.
+    pub fn fill(&mut self, limit: usize) -> io::Result<usize> {
+        if self.start > 0 && self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            if self.buf.len() >= limit {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
+            }
+            let grown = (self.buf.len() * 2).min(limit);
+            self.buf.resize(grown, 0);
+        }
+        loop {
+            match self.stream.read(&mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Buffers until a complete line (ending in `\n`) is available and returns its length
+    /// including the newline; `None` at end of stream with nothing buffered. At end of stream
+    /// after a partial line, returns that partial line's length.
+    pub fn line_len(&mut self, limit: usize) -> io::Result<Option<usize>> {
+        let mut scanned = 0;
+        loop {
+            if let Some(i) = self.buffered()[scanned..].iter().position(|&b| b == b'\n') {
+                return Ok(Some(scanned + i + 1));
+            }
+            scanned = self.buffered().len();
+            if self.fill(limit)? == 0 {
+                return Ok((scanned > 0).then_some(scanned));
+            }
+        }
+    }
+
+    /// Reads until `parse` recognises a complete head at the start of the buffer, consumes it,
+    /// and returns what `parse` made of it. `parse` answers `Ok(None)` for "incomplete" and
+    /// `Ok(Some((head length, value)))` once complete; the buffer grows up to `limit`.
+    pub fn read_head<T>(
+        &mut self,
+        limit: usize,
+        mut parse: impl FnMut(&[u8]) -> Result<Option<(usize, T)>, String>,
+    ) -> Result<T, HeadError> {
+        loop {
+            if !self.buffered().is_empty() {
+                if let Some((len, value)) = parse(self.buffered()).map_err(HeadError::Invalid)? {
+                    self.consume(len);
+                    return Ok(value);
+                }
+            }
+            match self.fill(limit) {
+                Ok(0) if self.buffered().is_empty() => return Err(HeadError::Closed),
+                Ok(0) => {
+                    let e = io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside the head");
+                    return Err(HeadError::Io(e));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(HeadError::Io(e)),
+            }
+        }
+    }
+
+    /// Copies a body of kind `kind` to `sink` (decoded, for chunked), through the buffer.
+    /// Returns the number of body bytes.
+    pub fn copy_body(&mut self, kind: BodyKind, sink: &mut impl Write) -> io::Result<u64> {
+        match kind {
+            BodyKind::Empty => Ok(0),
+            BodyKind::Length(n) => self.copy_exact(n, sink),
+            BodyKind::UntilClose => {
+                let mut total = 0u64;
+                loop {
+                    if self.buffered().is_empty() && self.fill(MAX_HEAD)? == 0 {
+                        return Ok(total);
+                    }
+                    let n = self.buffered().len();
+                    sink.write_all(self.buffered())?;
+                    self.consume(n);
+                    total += n as u64;
+                }
+            }
+            BodyKind::Chunked => {
+                let mut total = 0u64;
+                loop {
+                    let size = self.chunk_size()?;
+                    if size == 0 {
+                        self.skip_trailers()?;
+                        return Ok(total);
+                    }
+                    total += self.copy_exact(size, sink)?;
+                    self.expect_crlf()?;
+                }
+            }
+        }
+    }
+
+    fn copy_exact(&mut self, mut n: u64, sink: &mut impl Write) -> io::Result<u64> {
+        let want = n;
+        while n > 0 {
+            if self.buffered().is_empty() && self.fill(MAX_HEAD)? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body ended early"));
+            }
+            let take = (self.buffered().len() as u64).min(n) as usize;
+            sink.write_all(&self.buffered()[..take])?;
+            self.consume(take);
+            n -= take as u64;
+        }
+        Ok(want)
+    }
+
+    fn chunk_size(&mut self) -> io::Result<u64> {
+        loop {
+            match httparse::parse_chunk_size(self.buffered()) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    self.consume(used);
+                    return Ok(size);
+                }
+                Ok(httparse::Status::Partial) => {
+                    if self.fill(4096)? == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "chunk size"));
+                    }
+                }
+                Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunk size")),
+            }
+        }
+    }
+
+    fn expect_crlf(&mut self) -> io::Result<()> {
+        while self.buffered().len() < 2 {
+            if self.fill(MAX_HEAD)? == 0 {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "chunk end"));
+            }
+        }
+        if &self.buffered()[..2] != b"\r\n" {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk not followed by CRLF"));
+        }
+        self.consume(2);
+        Ok(())
+    }
+
+    fn skip_trailers(&mut self) -> io::Result<()> {
+        loop {
+            let Some(n) = self.line_len(MAX_HEAD)? else {
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "trailers"));
+            };
+            let blank = n <= 2 && self.buffered()[..n].iter().all(|b| *b == b'\r' || *b == b'\n');
+            self.consume(n);
+            if blank {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Why [`Wire::read_head`] returned no head.
+#[derive(Debug)]
+pub enum HeadError {
+    /// The peer closed before sending a byte of it.
+    Closed,
+    /// Reading failed, the head outgrew its limit, or the peer closed inside it.
+    Io(io::Error),
+    /// The head is malformed (the parser's words).
+    Invalid(String),
+}
+
+impl std::fmt::Display for HeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeadError::Closed => f.write_str("connection closed before a head"),
+            HeadError::Io(e) => write!(f, "{e}"),
+            HeadError::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The value of the first header named `name` (case-insensitive).
+pub fn header<'h>(headers: &'h [httparse::Header<'_>], name: &str) -> Option<&'h [u8]> {
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value)
+}
+
+/// Whether a comma-separated header (e.g. `Connection`) lists `token`.
+pub fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case(name))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// How a request's body is framed (for well-formed requests: chunked wins, then
+/// Content-Length, else none). Returns an error text for an unusable Content-Length.
+pub fn request_body(headers: &[httparse::Header<'_>]) -> Result<BodyKind, &'static str> {
+    if has_token(headers, "transfer-encoding", "chunked") {
+        return Ok(BodyKind::Chunked);
+    }
+    match header(headers, "content-length") {
+        None => Ok(BodyKind::Empty),
+        Some(v) => parse_length(v).map(BodyKind::Length).ok_or("invalid Content-Length"),
+    }
+}
+
+/// How a response's body is framed, given the request method and the status.
+pub fn response_body(method: &str, status: u16, headers: &[httparse::Header<'_>]) -> BodyKind {
+    if method.eq_ignore_ascii_case("HEAD") || (100..200).contains(&status) || status == 204 || status == 304 {
+        return BodyKind::Empty;
+    }
+    if has_token(headers, "transfer-encoding", "chunked") {
+        return BodyKind::Chunked;
+    }
+    match header(headers, "content-length").and_then(parse_length) {
+        Some(n) => BodyKind::Length(n),
+        None => BodyKind::UntilClose,
+    }
+}
+
+/// Parses a Content-Length value: ASCII digits only.
+pub fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The standard reason phrase for common status codes.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Status",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_decode_and_pipelined_bytes_stay() {
+        let raw = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
+        let mut wire = Wire::new(&raw[..]);
+        let mut out = Vec::new();
+        assert_eq!(wire.copy_body(BodyKind::Chunked, &mut out).expect("body"), 11);
+        assert_eq!(out, b"hello world");
+        assert_eq!(wire.buffered(), b"NEXT");
+    }
+
+    #[test]
+    fn bad_chunks_and_short_bodies_are_errors() {
+        let mut sink = Vec::new();
+        let mut wire = Wire::new(&b"zz\r\n"[..]);
+        assert!(wire.copy_body(BodyKind::Chunked, &mut sink).is_err());
+        let mut wire = Wire::new(&b"abc"[..]);
+        assert!(wire.copy_body(BodyKind::Length(5), &mut sink).is_err());
+    }
+
+    #[test]
+    fn content_length_must_be_digits() {
+        assert_eq!(parse_length(b" 12 "), Some(12));
+        assert_eq!(parse_length(b"+12"), None);
+        assert_eq!(parse_length(b"1,2"), None);
+        assert_eq!(parse_length(b""), None);
+    }
+
+    #[test]
+    fn lines_and_limits() {
+        let mut wire = Wire::new(&b"ab\ncd"[..]);
+        assert_eq!(wire.line_len(1024).expect("line"), Some(3));
+        wire.consume(3);
+        assert_eq!(wire.line_len(1024).expect("partial"), Some(2));
+        wire.consume(2);
+        assert_eq!(wire.line_len(1024).expect("eof"), None);
+        let long = vec![b'x'; 100_000];
+        let mut wire = Wire::new(&long[..]);
+        assert!(wire.line_len(32 * 1024).is_err());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Hands out its bytes at most `step` at a time, like a slow socket.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.len().min(buf.len()).min(self.1);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    fn chunked(body: &[u8], sizes: &[usize]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        let mut at = 0;
+        for size in sizes.iter().cycle() {
+            if at == body.len() {
+                break;
+            }
+            let end = (at + size).min(body.len());
+            raw.extend_from_slice(format!("{:x};ext=1\r\n", end - at).as_bytes());
+            raw.extend_from_slice(&body[at..end]);
+            raw.extend_from_slice(b"\r\n");
+            at = end;
+        }
+        raw.extend_from_slice(b"0\r\nX-Trailer: t\r\n\r\nNEXT");
+        raw
+    }
+
+    proptest! {
+        #[test]
+        fn chunked_bodies_decode_across_any_read_boundaries(
+            body in proptest::collection::vec(any::<u8>(), 0..20_000),
+            sizes in proptest::collection::vec(1usize..9000, 1..8),
+            step in 1usize..5000,
+        ) {
+            let raw = chunked(&body, &sizes);
+            let mut wire = Wire::new(Trickle(&raw, step));
+            let mut out = Vec::new();
+            prop_assert_eq!(wire.copy_body(BodyKind::Chunked, &mut out).expect("decodes"), body.len() as u64);
+            prop_assert_eq!(&out, &body);
+            while wire.fill(MAX_HEAD).expect("read") > 0 {}
+            prop_assert_eq!(wire.buffered(), b"NEXT");
+        }
+
+        #[test]
+        fn rechunking_round_trips(body in proptest::collection::vec(any::<u8>(), 0..20_000), step in 1usize..3000) {
+            let mut wire = Wire::new(Trickle(&body, step));
+            let mut encoded = Vec::new();
+            wire.forward_body(BodyKind::Length(body.len() as u64), &mut encoded, true, None).expect("encode");
+            let mut decoded = Vec::new();
+            Wire::new(&encoded[..]).copy_body(BodyKind::Chunked, &mut decoded).expect("decode");
+            prop_assert_eq!(decoded, body);
+        }
+
+        #[test]
+        fn arbitrary_chunked_input_never_panics(raw in proptest::collection::vec(any::<u8>(), 0..4000)) {
+            let mut wire = Wire::new(&raw[..]);
+            let _ = wire.copy_body(BodyKind::Chunked, &mut io::sink());
+        }
+    }
+}
