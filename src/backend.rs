@@ -6,7 +6,7 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::BackendSpec;
@@ -39,11 +39,7 @@ impl IdlePool {
     }
 }
 
-/// Milliseconds since the process started: a cheap clock for atomics.
-pub fn now_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
+pub use crate::clock::now_ms;
 
 /// Weights are kept in thousandths, so slow start can ramp a weight of 1 smoothly.
 pub const WEIGHT_SCALE: u64 = 1000;

@@ -23,6 +23,7 @@ pub mod admin;
 pub mod backend;
 pub mod balancer;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod discovery;
 pub mod dummy;

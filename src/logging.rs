@@ -59,7 +59,7 @@ impl RateLimit {
     /// last one; `None` when this one should be held back.
     pub fn check(&self) -> Option<u64> {
         use std::sync::atomic::Ordering;
-        let now = crate::backend::now_ms() + 1000;
+        let now = crate::clock::now_ms() + 1000;
         let last = self.last_ms.load(Ordering::Relaxed);
         if now - last >= 1000
             && self.last_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()

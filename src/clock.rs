@@ -1,0 +1,10 @@
+//! The process clock: milliseconds since start, cheap enough to store in atomics.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// Milliseconds since the process started (monotonic).
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
