@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::BackendSpec;
-use crate::health::Health;
-use crate::stats::Latency;
+use crate::health::{Health, Transition};
+use crate::latency::Latency;
 
 /// A backend's idle connections, each with the time it was returned.
 #[derive(Debug)]
@@ -151,6 +151,14 @@ impl Backend {
         self.removed.load(Ordering::Relaxed)
     }
 
+    /// Logs a health transition once: warn for down, info for up, with the reason.
+    pub fn log_transition(&self, t: &Transition) {
+        match t {
+            Transition::Down(why) => log::warn!("{} {} DOWN {why}", self.name, self.addr),
+            Transition::Up(why) => log::info!("{} {} UP {why}", self.name, self.addr),
+        }
+    }
+
     /// Adds relayed byte counts.
     pub fn record_bytes(&self, up: u64, down: u64) {
         self.bytes_up.fetch_add(up, Ordering::Relaxed);
@@ -192,4 +200,25 @@ pub fn summary_line(b: &Backend) -> String {
         b.bytes_up.load(Ordering::Relaxed),
         b.bytes_down.load(Ordering::Relaxed),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balancer::testing::health;
+    use crate::config::HealthSettings;
+    use std::time::Duration;
+
+    #[test]
+    fn slow_start_ramps_the_weight_after_recovery_only() {
+        let s = HealthSettings { rise: 1, fall: 1, slowstart: Duration::from_secs(100), ..health() };
+        let b = crate::backend::Backend::new("a".into(), "a".into(), ([127, 0, 0, 1], 1).into(), 2, 0);
+        assert_eq!(b.effective_weight(now_ms()), 2000, "full weight at start");
+        b.health.observe_check(Err("x".into()), &s);
+        b.health.observe_check(Ok(()), &s);
+        let w = b.effective_weight(now_ms());
+        assert!((1..200).contains(&w), "near zero right after recovery: {w}");
+        assert_eq!(b.effective_weight(now_ms().max(1) + 50_000) / 100, 10, "half way at half time");
+        assert_eq!(b.effective_weight(now_ms() + 200_000), 2000);
+    }
 }

@@ -4,7 +4,6 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
-use crate::balancer::Unavailable;
 use crate::config::ConfigError;
 
 /// Who caused a failure. It decides how the proxy answers (in HTTP mode 400 vs 502 vs 504)
@@ -87,7 +86,21 @@ impl std::error::Error for Error {
     }
 }
 
-/// True for errors that mean the descriptor table (per process or system) is full.
-pub fn is_fd_exhaustion(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(code) if code == 24 || code == 23) // EMFILE, ENFILE
+/// Why no backend was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// No backend is up (or every one that is was already tried).
+    NoneUp { tried: usize },
+    /// Every available backend stayed at `max_conns` for the whole queue timeout.
+    AllFull,
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unavailable::NoneUp { tried: 0 } => f.write_str("no backend is up"),
+            Unavailable::NoneUp { tried } => write!(f, "no backend available ({tried} tried)"),
+            Unavailable::AllFull => f.write_str("every backend is at max_conns (queue timeout)"),
+        }
+    }
 }

@@ -1,27 +1,19 @@
-//! Whether backends are alive: per-backend state with rise/fall hysteresis (HAProxy), passive
-//! failure counting from live traffic (nginx `max_fails`/`fail_timeout`), slow start after
-//! recovery, and the checker thread.
+//! Whether a backend is alive, as state only: rise/fall hysteresis (HAProxy), passive failure
+//! counting from live traffic (nginx `max_fails`/`fail_timeout`), and slow start after recovery.
 //!
 //! A state flips only after `fall` consecutive failed checks (down) or `rise` consecutive good
-//! ones (up), and each flip is logged once: warn for down, info for up, with the reason.
-//! Backends start up. The checker waits on its stop channel between rounds, so shutdown is
-//! immediate.
+//! ones (up). Each flip is returned once as a [`Transition`], and the caller logs it (see
+//! [`crate::backend::Backend::log_transition`]). Backends start up. The checks themselves run
+//! in [`crate::checker`].
 
 use std::collections::VecDeque;
-use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::Mutex;
 
-use crate::backend::{now_ms, Backend};
-use crate::balancer::Balancer;
-use crate::config::{HealthSettings, Mode};
-use crate::h1::{HeadError, Wire, MAX_HEADERS};
+use crate::clock::now_ms;
+use crate::config::HealthSettings;
 
 /// A state change, to be logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,16 +22,6 @@ pub enum Transition {
     Down(String),
     /// Came back up.
     Up(String),
-}
-
-impl Transition {
-    /// Logs it once: warn for down, info for up.
-    pub fn log(&self, b: &Backend) {
-        match self {
-            Transition::Down(why) => log::warn!("{} {} DOWN {why}", b.name, b.addr),
-            Transition::Up(why) => log::info!("{} {} UP {why}", b.name, b.addr),
-        }
-    }
 }
 
 #[derive(Debug, Default)]
@@ -190,74 +172,12 @@ impl Health {
     }
 }
 
-/// Checks one backend once.
-pub fn check(addr: SocketAddr, s: &HealthSettings) -> Result<(), String> {
-    let stream = TcpStream::connect_timeout(&addr, s.timeout).map_err(|e| crate::upstream::describe(&e))?;
-    if s.mode == Mode::Tcp {
-        return Ok(());
-    }
-    let _ = stream.set_read_timeout(Some(s.timeout));
-    let _ = stream.set_write_timeout(Some(s.timeout));
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: lbproxy-health\r\nConnection: close\r\n\r\n",
-        s.path
-    );
-    (&stream).write_all(request.as_bytes()).map_err(|e| crate::upstream::describe(&e))?;
-    let status = Wire::new(&stream).read_head(16 * 1024, |buf| {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => Ok(Some((len, resp.code.unwrap_or(0)))),
-            Ok(httparse::Status::Partial) => Ok(None),
-            Err(e) => Err(format!("invalid response: {e}")),
-        }
-    });
-    match status {
-        Ok(status) if (200..400).contains(&status) => Ok(()),
-        Ok(status) => Err(format!("status {status}")),
-        Err(HeadError::Closed) => Err("connection closed before a response".to_string()),
-        Err(HeadError::Io(e)) => Err(crate::upstream::describe(&e)),
-        Err(HeadError::Invalid(why)) => Err(why),
-    }
-}
-
-/// Starts the checker: every `interval` (plus up to 10% jitter) it checks every member in
-/// parallel and logs transitions. Returns when `stop` yields or disconnects.
-pub fn spawn_checker(balancer: Arc<Balancer>, stop: Receiver<()>) -> std::io::Result<thread::JoinHandle<()>> {
-    thread::Builder::new().name("health".into()).spawn(move || loop {
-        let s = balancer.health_settings();
-        if s.enabled {
-            let members = balancer.members();
-            thread::scope(|scope| {
-                for b in members.iter() {
-                    let (s, balancer) = (&s, &balancer);
-                    let spawned =
-                        thread::Builder::new().stack_size(64 * 1024).spawn_scoped(scope, move || {
-                            if let Some(t) = b.health.observe_check(check(b.addr, s), s) {
-                                t.log(b);
-                                if matches!(t, Transition::Up(_)) {
-                                    balancer.wake();
-                                }
-                            }
-                        });
-                    if let Err(e) = spawned {
-                        log::warn!("health check of {}: cannot start a thread: {e}", b.name);
-                    }
-                }
-            });
-        }
-        let jitter = Duration::from_millis(fastrand::u64(..=(s.interval.as_millis() as u64 / 10)));
-        match stop.recv_timeout(s.interval + jitter) {
-            Err(RecvTimeoutError::Timeout) => {}
-            _ => return,
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::balancer::testing::health;
+    use std::thread;
+    use std::time::Duration;
 
     #[test]
     fn fall_and_rise_need_consecutive_results_and_flip_once() {
@@ -319,18 +239,5 @@ mod tests {
             assert!(std::time::Instant::now() < deadline);
             thread::sleep(Duration::from_millis(5));
         }
-    }
-
-    #[test]
-    fn slow_start_ramps_the_weight_after_recovery_only() {
-        let s = HealthSettings { rise: 1, fall: 1, slowstart: Duration::from_secs(100), ..health() };
-        let b = crate::backend::Backend::new("a".into(), "a".into(), ([127, 0, 0, 1], 1).into(), 2, 0);
-        assert_eq!(b.effective_weight(now_ms()), 2000, "full weight at start");
-        b.health.observe_check(Err("x".into()), &s);
-        b.health.observe_check(Ok(()), &s);
-        let w = b.effective_weight(now_ms());
-        assert!((1..200).contains(&w), "near zero right after recovery: {w}");
-        assert_eq!(b.effective_weight(now_ms() + 50_000) / 100, 10, "half way at half time");
-        assert_eq!(b.effective_weight(now_ms() + 200_000), 2000);
     }
 }

@@ -1,6 +1,101 @@
-//! Latency samples and their percentiles (nearest-rank), as simulate_client reports them.
+//! Latency, measured two ways: lock-free histograms per backend (all-time for /metrics, recent
+//! windows for p50/p99 in /stats), and exact samples with nearest-rank percentiles, as
+//! simulate_client reports them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use crate::clock::now_ms;
+
+/// Histogram bucket upper bounds, in seconds (Prometheus' defaults, finer at the low end).
+pub const BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Length of one recent-latency window; p50/p99 cover the current and the previous one.
+const WINDOW_MS: u64 = 30_000;
+
+/// A lock-free latency histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Per-bucket counts (not cumulative); the last is +Inf.
+    counts: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn record(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS.iter().position(|&b| secs <= b).unwrap_or(BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn reset(&self) {
+        for c in &self.counts {
+            c.store(0, Ordering::Relaxed);
+        }
+        self.sum_micros.store(0, Ordering::Relaxed);
+        self.count.store(0, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> [u64; BUCKETS.len() + 1] {
+        std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
+    }
+}
+
+/// A backend's latency: all-time histogram plus two alternating recent windows.
+#[derive(Debug, Default)]
+pub struct Latency {
+    total: Histogram,
+    windows: [Histogram; 2],
+    generation: [AtomicU64; 2],
+}
+
+impl Latency {
+    /// Records one request (HTTP) or connection (TCP) duration.
+    pub fn record(&self, d: Duration) {
+        self.total.record(d);
+        let generation = now_ms() / WINDOW_MS + 1;
+        let slot = (generation % 2) as usize;
+        if self.generation[slot].swap(generation, Ordering::Relaxed) != generation {
+            self.windows[slot].reset();
+        }
+        self.windows[slot].record(d);
+    }
+
+    /// The all-time bucket counts (not cumulative; the last is +Inf) and the sum of durations.
+    pub fn all_time(&self) -> ([u64; BUCKETS.len() + 1], Duration) {
+        (self.total.snapshot(), Duration::from_micros(self.total.sum_micros.load(Ordering::Relaxed)))
+    }
+
+    /// The recent `q`-quantile (upper bound of its bucket), in seconds; `None` without data.
+    pub fn recent_quantile(&self, q: f64) -> Option<f64> {
+        let now = now_ms() / WINDOW_MS + 1;
+        let mut counts = [0u64; BUCKETS.len() + 1];
+        for slot in 0..2 {
+            if now.saturating_sub(self.generation[slot].load(Ordering::Relaxed)) <= 1 {
+                for (c, n) in counts.iter_mut().zip(self.windows[slot].snapshot()) {
+                    *c += n;
+                }
+            }
+        }
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(BUCKETS.get(i).copied().unwrap_or(f64::INFINITY));
+            }
+        }
+        None
+    }
+}
 
 /// A set of latency samples.
 #[derive(Debug, Default, Clone)]
@@ -74,5 +169,19 @@ mod tests {
         assert_eq!(l.quantile(0.99), Some(Duration::from_millis(99)));
         assert_eq!(l.quantile(1.0), Some(Duration::from_millis(100)));
         assert_eq!(Latencies::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn recent_quantiles_come_from_the_buckets() {
+        let l = Latency::default();
+        assert_eq!(l.recent_quantile(0.5), None);
+        for _ in 0..98 {
+            l.record(Duration::from_micros(300));
+        }
+        l.record(Duration::from_millis(40));
+        l.record(Duration::from_secs(20));
+        assert_eq!(l.recent_quantile(0.5), Some(0.0005));
+        assert_eq!(l.recent_quantile(0.99), Some(0.05));
+        assert_eq!(l.recent_quantile(1.0), Some(f64::INFINITY));
     }
 }

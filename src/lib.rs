@@ -22,6 +22,7 @@
 pub mod admin;
 pub mod backend;
 pub mod balancer;
+pub mod checker;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -33,6 +34,7 @@ pub mod health;
 pub mod http;
 pub mod latency;
 pub mod logging;
+pub mod net;
 pub mod pool;
 pub mod registry;
 pub mod relay;

@@ -17,26 +17,22 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
-use socket2::{Domain, Socket, Type};
 
 use crate::admin;
 use crate::backend::{self, summary_line};
 use crate::balancer::Balancer;
+use crate::checker;
 use crate::config::{Config, ConfigError, Mode};
 use crate::discovery::Discovery;
-use crate::error::{is_fd_exhaustion, Error};
-use crate::health;
+use crate::error::Error;
 use crate::http::proxy::{self as http_proxy, HttpContext, Scratch};
+use crate::net::{bind, is_fd_exhaustion};
 use crate::pool::WorkerPool;
 use crate::registry::{Conn, Registry};
 use crate::relay::HelperJob;
 use crate::signals::Signals;
 use crate::stats::ProxyCounters;
 use crate::tcp::{self, TcpContext};
-
-/// Listen backlog; `std`'s 128 overflows under a burst of connects (the kernel caps it at
-/// `net.core.somaxconn`).
-pub const BACKLOG: i32 = 4096;
 
 /// How long the acceptor backs off when the descriptor table is full.
 const FD_BACKOFF: Duration = Duration::from_millis(50);
@@ -61,15 +57,6 @@ pub struct Server {
     listener: TcpListener,
     admin: Option<TcpListener>,
     local_addr: SocketAddr,
-}
-
-/// Binds a listener with a deep backlog and `SO_REUSEADDR`.
-pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
 }
 
 impl Server {
@@ -149,7 +136,7 @@ impl Server {
             }
         };
 
-        health::spawn_checker(balancer.clone(), background_rx.clone()).map_err(Error::Resource)?;
+        checker::spawn_checker(balancer.clone(), background_rx.clone()).map_err(Error::Resource)?;
         let discovery = Arc::new(Discovery::new(
             config.clone(),
             balancer.clone(),

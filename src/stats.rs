@@ -1,99 +1,16 @@
-//! Numbers about the proxy: latency histograms per backend (all-time for /metrics, recent
-//! windows for p50/p99 in /stats), the /stats JSON, and the /metrics Prometheus text.
+//! Rendering the numbers: the /stats JSON, the /metrics Prometheus text, and the counters
+//! that belong to the whole process. The histograms themselves live in [`crate::latency`].
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use crate::backend::{now_ms, Backend, WEIGHT_SCALE};
+use crate::backend::{Backend, WEIGHT_SCALE};
 use crate::balancer::Balancer;
-
-/// Histogram bucket upper bounds, in seconds (Prometheus' defaults, finer at the low end).
-pub const BUCKETS: [f64; 14] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
-/// Length of one recent-latency window; p50/p99 cover the current and the previous one.
-const WINDOW_MS: u64 = 30_000;
-
-/// A lock-free latency histogram.
-#[derive(Debug, Default)]
-pub struct Histogram {
-    /// Per-bucket counts (not cumulative); the last is +Inf.
-    counts: [AtomicU64; BUCKETS.len() + 1],
-    sum_micros: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Histogram {
-    fn record(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = BUCKETS.iter().position(|&b| secs <= b).unwrap_or(BUCKETS.len());
-        self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn reset(&self) {
-        for c in &self.counts {
-            c.store(0, Ordering::Relaxed);
-        }
-        self.sum_micros.store(0, Ordering::Relaxed);
-        self.count.store(0, Ordering::Relaxed);
-    }
-
-    fn snapshot(&self) -> [u64; BUCKETS.len() + 1] {
-        std::array::from_fn(|i| self.counts[i].load(Ordering::Relaxed))
-    }
-}
-
-/// A backend's latency: all-time histogram plus two alternating recent windows.
-#[derive(Debug, Default)]
-pub struct Latency {
-    total: Histogram,
-    windows: [Histogram; 2],
-    generation: [AtomicU64; 2],
-}
-
-impl Latency {
-    /// Records one request (HTTP) or connection (TCP) duration.
-    pub fn record(&self, d: Duration) {
-        self.total.record(d);
-        let generation = now_ms() / WINDOW_MS + 1;
-        let slot = (generation % 2) as usize;
-        if self.generation[slot].swap(generation, Ordering::Relaxed) != generation {
-            self.windows[slot].reset();
-        }
-        self.windows[slot].record(d);
-    }
-
-    /// The recent `q`-quantile (upper bound of its bucket), in seconds; `None` without data.
-    pub fn recent_quantile(&self, q: f64) -> Option<f64> {
-        let now = now_ms() / WINDOW_MS + 1;
-        let mut counts = [0u64; BUCKETS.len() + 1];
-        for slot in 0..2 {
-            if now.saturating_sub(self.generation[slot].load(Ordering::Relaxed)) <= 1 {
-                for (c, n) in counts.iter_mut().zip(self.windows[slot].snapshot()) {
-                    *c += n;
-                }
-            }
-        }
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = (q * total as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                return Some(BUCKETS.get(i).copied().unwrap_or(f64::INFINITY));
-            }
-        }
-        None
-    }
-}
+use crate::clock::now_ms;
+use crate::latency::BUCKETS;
 
 /// Whole-process counters shown beside the backends.
 #[derive(Debug, Default)]
@@ -189,7 +106,7 @@ pub fn metrics_text(balancer: &Balancer, counters: &ProxyCounters) -> String {
     let _ =
         writeln!(out, "# HELP {name} Request (http) or connection (tcp) duration.\n# TYPE {name} histogram");
     for b in members.iter() {
-        let counts = b.latency.total.snapshot();
+        let (counts, sum) = b.latency.all_time();
         let mut cumulative = 0;
         for (i, le) in BUCKETS.iter().enumerate() {
             cumulative += counts[i];
@@ -197,7 +114,7 @@ pub fn metrics_text(balancer: &Balancer, counters: &ProxyCounters) -> String {
         }
         cumulative += counts[BUCKETS.len()];
         let _ = writeln!(out, "{name}_bucket{{backend=\"{}\",le=\"+Inf\"}} {cumulative}", b.name);
-        let sum = b.latency.total.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let sum = sum.as_secs_f64();
         let _ = writeln!(out, "{name}_sum{{backend=\"{}\"}} {sum}", b.name);
         let _ = writeln!(out, "{name}_count{{backend=\"{}\"}} {cumulative}", b.name);
     }
@@ -220,23 +137,4 @@ pub fn metrics_text(balancer: &Balancer, counters: &ProxyCounters) -> String {
         balancer.queued()
     );
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recent_quantiles_come_from_the_buckets() {
-        let l = Latency::default();
-        assert_eq!(l.recent_quantile(0.5), None);
-        for _ in 0..98 {
-            l.record(Duration::from_micros(300));
-        }
-        l.record(Duration::from_millis(40));
-        l.record(Duration::from_secs(20));
-        assert_eq!(l.recent_quantile(0.5), Some(0.0005));
-        assert_eq!(l.recent_quantile(0.99), Some(0.05));
-        assert_eq!(l.recent_quantile(1.0), Some(f64::INFINITY));
-    }
 }

@@ -2,12 +2,12 @@
 //! next best (each backend at most once), logging every choice and every failure. Failed
 //! connects count against the backend (passive health).
 
-use std::io;
 use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::balancer::{Balancer, Pick, Tried};
-use crate::error::{is_fd_exhaustion, Error};
+use crate::error::Error;
+use crate::net::{describe, is_local_resource, open};
 
 /// Connect timeout, and how long to wait for a slot when every backend is full.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +32,7 @@ pub fn connect(
         log::info!("{label} -> {} {} ({})", backend.name, backend.addr, pick.reason);
         match open(backend.addr, limits.connect) {
             Ok(stream) => return Ok((stream, pick)),
-            Err(e) if is_fd_exhaustion(&e) => {
+            Err(e) if is_local_resource(&e) => {
                 // Our shortage, not the backend's: don't count it against the backend.
                 log::warn!("{label}: connect to {} {}: {e}", backend.name, backend.addr);
                 return Err(Error::Resource(e));
@@ -48,25 +48,5 @@ pub fn connect(
                 tried.insert(&backend);
             }
         }
-    }
-}
-
-/// Opens a connection with `timeout` (0: the system's), `TCP_NODELAY` set.
-pub fn open(addr: std::net::SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let stream = if timeout.is_zero() {
-        TcpStream::connect(addr)?
-    } else {
-        TcpStream::connect_timeout(&addr, timeout)?
-    };
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
-}
-
-/// Short lowercase text for a connect error (`connection refused`, `timed out`).
-pub fn describe(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
-        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out".to_string(),
-        _ => e.to_string(),
     }
 }

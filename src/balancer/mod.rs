@@ -24,6 +24,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::backend::{now_ms, Backend, WEIGHT_SCALE};
 use crate::config::{Algorithm, HealthSettings};
+pub use crate::error::Unavailable;
 
 /// What an algorithm sees: the members, which of them it may choose, their load and weight.
 pub struct View<'a> {
@@ -114,25 +115,6 @@ impl Tried {
     }
 }
 
-/// Why no backend was chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unavailable {
-    /// No backend is up (or every one that is was already tried).
-    NoneUp { tried: usize },
-    /// Every available backend stayed at `max_conns` for the whole queue timeout.
-    AllFull,
-}
-
-impl fmt::Display for Unavailable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Unavailable::NoneUp { tried: 0 } => f.write_str("no backend is up"),
-            Unavailable::NoneUp { tried } => write!(f, "no backend available ({tried} tried)"),
-            Unavailable::AllFull => f.write_str("every backend is at max_conns (queue timeout)"),
-        }
-    }
-}
-
 /// A chosen backend, its counted slot, and why it was chosen.
 #[derive(Debug)]
 pub struct Pick {
@@ -211,7 +193,7 @@ impl Balancer {
         b.failures.fetch_add(1, Ordering::Relaxed);
         let settings = self.health.lock().clone();
         if let Some(t) = b.health.observe_failure(why, &settings) {
-            t.log(b);
+            b.log_transition(&t);
         }
     }
 

@@ -69,7 +69,7 @@ impl DummyServer {
     pub fn bind(args: &DummyArgs) -> Result<DummyServer, Error> {
         let addr = crate::config::parse_socket_addr(&format!("{}:{}", args.host, args.port), true)
             .map_err(|e| Error::Resource(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
-        let listener = crate::server::bind(addr).map_err(|source| Error::Listen { addr, source })?;
+        let listener = crate::net::bind(addr).map_err(|source| Error::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
         let name = args.name.clone().unwrap_or_else(|| format!("dummy-{}", addr.port()));
         let log_file = (!args.log_dir.as_os_str().is_empty())
@@ -147,7 +147,7 @@ fn accept_loop(
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(e) => {
                 log::warn!("accept: {e}");
-                if crate::error::is_fd_exhaustion(&e) {
+                if crate::net::is_fd_exhaustion(&e) {
                     thread::sleep(Duration::from_millis(50));
                 }
                 continue;

@@ -28,7 +28,6 @@ use crate::h1::{reason, BodyError, BodyKind, Coalesce, Wire};
 use crate::logging::{held_back, RateLimit};
 use crate::registry::Conn;
 use crate::stats::ProxyCounters;
-use crate::upstream;
 
 /// The `Via` pseudonym.
 pub const VIA: &str = "lbproxy";
@@ -358,14 +357,14 @@ fn exchange(
         fresh_only = false;
         let stream = match pooled {
             Some(s) => s,
-            None => match upstream::open(backend.addr, cfg.timeouts.connect) {
+            None => match crate::net::open(backend.addr, cfg.timeouts.connect) {
                 Ok(s) => {
                     let _ = s.set_read_timeout(as_limit(cfg.timeouts.response));
                     let _ = s.set_write_timeout(as_limit(cfg.timeouts.idle));
                     s
                 }
                 Err(e) => {
-                    let why = upstream::describe(&e);
+                    let why = crate::net::describe(&e);
                     log::warn!(
                         "req {}: connect to {} {} failed: {why}; trying the next backend",
                         head.request_id,

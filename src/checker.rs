@@ -1,0 +1,81 @@
+//! The health checker: a background thread that checks every backend each `interval`, in
+//! parallel, feeds the results to each backend's [`crate::health::Health`], and logs the
+//! transitions. It waits on its stop channel between rounds, so shutdown is immediate.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+
+use crate::balancer::Balancer;
+use crate::config::{HealthSettings, Mode};
+use crate::h1::{HeadError, Wire, MAX_HEADERS};
+use crate::health::Transition;
+use crate::net::describe;
+
+/// Checks one backend once.
+pub fn check(addr: SocketAddr, s: &HealthSettings) -> Result<(), String> {
+    let stream = TcpStream::connect_timeout(&addr, s.timeout).map_err(|e| describe(&e))?;
+    if s.mode == Mode::Tcp {
+        return Ok(());
+    }
+    let _ = stream.set_read_timeout(Some(s.timeout));
+    let _ = stream.set_write_timeout(Some(s.timeout));
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: lbproxy-health\r\nConnection: close\r\n\r\n",
+        s.path
+    );
+    (&stream).write_all(request.as_bytes()).map_err(|e| describe(&e))?;
+    let status = Wire::new(&stream).read_head(16 * 1024, |buf| {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => Ok(Some((len, resp.code.unwrap_or(0)))),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(e) => Err(format!("invalid response: {e}")),
+        }
+    });
+    match status {
+        Ok(status) if (200..400).contains(&status) => Ok(()),
+        Ok(status) => Err(format!("status {status}")),
+        Err(HeadError::Closed) => Err("connection closed before a response".to_string()),
+        Err(HeadError::Io(e)) => Err(describe(&e)),
+        Err(HeadError::Invalid(why)) => Err(why),
+    }
+}
+
+/// Starts the checker: every `interval` (plus up to 10% jitter) it checks every member in
+/// parallel and logs transitions. Returns when `stop` yields or disconnects.
+pub fn spawn_checker(balancer: Arc<Balancer>, stop: Receiver<()>) -> std::io::Result<thread::JoinHandle<()>> {
+    thread::Builder::new().name("health".into()).spawn(move || loop {
+        let s = balancer.health_settings();
+        if s.enabled {
+            let members = balancer.members();
+            thread::scope(|scope| {
+                for b in members.iter() {
+                    let (s, balancer) = (&s, &balancer);
+                    let spawned =
+                        thread::Builder::new().stack_size(64 * 1024).spawn_scoped(scope, move || {
+                            if let Some(t) = b.health.observe_check(check(b.addr, s), s) {
+                                b.log_transition(&t);
+                                if matches!(t, Transition::Up(_)) {
+                                    balancer.wake();
+                                }
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        log::warn!("health check of {}: cannot start a thread: {e}", b.name);
+                    }
+                }
+            });
+        }
+        let jitter = Duration::from_millis(fastrand::u64(..=(s.interval.as_millis() as u64 / 10)));
+        match stop.recv_timeout(s.interval + jitter) {
+            Err(RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+    })
+}

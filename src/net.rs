@@ -1,0 +1,73 @@
+//! Sockets, the way every part of the proxy opens them: listeners with a deep backlog,
+//! connections with a timeout and `TCP_NODELAY`, and what a socket error means.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+
+/// Listen backlog; `std`'s 128 overflows under a burst of connects (the kernel caps it at
+/// `net.core.somaxconn`).
+pub const BACKLOG: i32 = 4096;
+
+/// Binds a listener with a deep backlog and `SO_REUSEADDR`.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Opens a connection with `timeout` (0: the system's), `TCP_NODELAY` set.
+pub fn open(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = if timeout.is_zero() {
+        TcpStream::connect(addr)?
+    } else {
+        TcpStream::connect_timeout(&addr, timeout)?
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Short lowercase text for a socket error (`connection refused`, `timed out`).
+pub fn describe(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => "timed out".to_string(),
+        io::ErrorKind::ConnectionReset => "connection reset".to_string(),
+        _ => e.to_string(),
+    }
+}
+
+/// True for errors that mean the descriptor table (per process or system) is full.
+pub fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// True for errors that are this host's shortage, not the peer's fault: no descriptor, no
+/// local port (`EADDRNOTAVAIL`), no buffer or memory. A connect failing this way says nothing
+/// about the backend, so it never counts against it.
+pub fn is_local_resource(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::EADDRNOTAVAIL | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_shortages_are_told_apart_from_peer_failures() {
+        for code in [libc::EMFILE, libc::ENFILE, libc::EADDRNOTAVAIL, libc::ENOBUFS] {
+            assert!(is_local_resource(&io::Error::from_raw_os_error(code)), "{code}");
+        }
+        for code in [libc::ECONNREFUSED, libc::ETIMEDOUT, libc::ECONNRESET, libc::EHOSTUNREACH] {
+            assert!(!is_local_resource(&io::Error::from_raw_os_error(code)), "{code}");
+        }
+        assert_eq!(describe(&io::Error::from_raw_os_error(libc::ECONNREFUSED)), "connection refused");
+    }
+}
