@@ -1,4 +1,8 @@
-//! The crate's one error type: what went wrong, and whose fault it was.
+//! The two error models: [`Error`] for the process (configuration, listening, logging,
+//! resources at start), and [`Failure`] for one proxied connection or request in either mode:
+//! who failed, in which phase, and why. From a `Failure` alone come the client's answer
+//! ([`Failure::answer`]: 400, 408, 413, 431, 502, 503, 504 or a close), whether it counts
+//! against the backend, and the log wording, each decided in one place.
 
 use std::fmt;
 use std::io;
@@ -6,19 +10,7 @@ use std::net::SocketAddr;
 
 use crate::config::ConfigError;
 
-/// Who caused a failure. It decides how the proxy answers (in HTTP mode 400 vs 502 vs 504)
-/// and whether a backend's failure counters move.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// The client sent something wrong, went away, or was too slow.
-    Client,
-    /// A backend refused, reset, timed out or answered wrongly.
-    Backend,
-    /// This process: configuration, resources (descriptors, threads), bugs.
-    Proxy,
-}
-
-/// Every error the library returns.
+/// What stops the proxy (or a companion) from starting or running.
 #[non_exhaustive]
 #[derive(Debug)]
 pub enum Error {
@@ -28,29 +20,8 @@ pub enum Error {
     Listen { addr: SocketAddr, source: io::Error },
     /// A log file could not be opened.
     LogFile { path: String, source: io::Error },
-    /// Connecting to a backend failed or timed out.
-    Connect { backend: String, source: io::Error },
-    /// No backend could take the connection: all down, all tried, or all full.
-    Unavailable(Unavailable),
-    /// Reading from or writing to the client failed.
-    Client(io::Error),
-    /// Reading from or writing to a backend failed.
-    Backend(io::Error),
     /// A local resource ran out or a thread could not be started.
     Resource(io::Error),
-}
-
-impl Error {
-    /// Whose fault this error is.
-    pub fn fault(&self) -> Fault {
-        match self {
-            Error::Client(_) => Fault::Client,
-            Error::Connect { .. } | Error::Unavailable(_) | Error::Backend(_) => Fault::Backend,
-            Error::Config(_) | Error::Listen { .. } | Error::LogFile { .. } | Error::Resource(_) => {
-                Fault::Proxy
-            }
-        }
-    }
 }
 
 impl fmt::Display for Error {
@@ -65,10 +36,6 @@ impl fmt::Display for Error {
             }
             Error::Listen { addr, source } => write!(f, "listen on {addr}: {source}"),
             Error::LogFile { path, source } => write!(f, "log file {path}: {source}"),
-            Error::Connect { backend, source } => write!(f, "connect to {backend}: {source}"),
-            Error::Unavailable(why) => write!(f, "{why}"),
-            Error::Client(e) => write!(f, "client: {e}"),
-            Error::Backend(e) => write!(f, "backend: {e}"),
             Error::Resource(e) => write!(f, "resource: {e}"),
         }
     }
@@ -77,11 +44,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Listen { source, .. } | Error::LogFile { source, .. } | Error::Connect { source, .. } => {
-                Some(source)
-            }
-            Error::Client(e) | Error::Backend(e) | Error::Resource(e) => Some(e),
-            Error::Config(_) | Error::Unavailable(_) => None,
+            Error::Listen { source, .. } | Error::LogFile { source, .. } => Some(source),
+            Error::Resource(e) => Some(e),
+            Error::Config(_) => None,
         }
     }
 }
@@ -102,5 +67,198 @@ impl fmt::Display for Unavailable {
             Unavailable::NoneUp { tried } => write!(f, "no backend available ({tried} tried)"),
             Unavailable::AllFull => f.write_str("every backend is at max_conns (queue timeout)"),
         }
+    }
+}
+
+/// Who failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    /// The client sent something wrong, went away, or was too slow.
+    Client,
+    /// A backend refused, reset, timed out or answered wrongly (or none could be had).
+    Backend,
+    /// This host: descriptors, ports, memory. Never counted against a backend.
+    Local,
+}
+
+/// The phase of an exchange in which it failed. TCP mode knows `Pick`, `Connect` and `Relay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading the client's request head or body.
+    Request,
+    /// Choosing a backend.
+    Pick,
+    /// Connecting to the chosen backend.
+    Connect,
+    /// Sending the request head or body to the backend.
+    Send,
+    /// Waiting for and reading the response head.
+    Head,
+    /// Streaming the response body: the client already has the head.
+    Body,
+    /// Relaying bytes both ways (TCP mode, tunnels).
+    Relay,
+}
+
+/// What went wrong.
+#[derive(Debug)]
+pub enum Cause {
+    /// A socket error.
+    Io(io::Error),
+    /// A phase's time limit passed.
+    Timeout,
+    /// The peer closed (FIN or reset) before sending anything of what was expected.
+    Closed(String),
+    /// The peer's bytes break the protocol (the parser's words).
+    Invalid(String),
+    /// A head larger than allowed.
+    HeadTooLarge,
+    /// A body larger than allowed.
+    BodyTooLarge(String),
+    /// No backend could be had.
+    Unavailable(Unavailable),
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Io(e) => f.write_str(&crate::net::describe(e)),
+            Cause::Timeout => f.write_str("timed out"),
+            Cause::Closed(how) => write!(f, "closed ({how})"),
+            Cause::Invalid(why) => f.write_str(why),
+            Cause::HeadTooLarge => f.write_str("head too large"),
+            Cause::BodyTooLarge(why) => f.write_str(why),
+            Cause::Unavailable(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// How the proxy answers the client after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// An error response with this status (HTTP mode).
+    Status(u16),
+    /// Close the connection without a word: TCP mode, a client gone, or a response under way
+    /// (the client sees a truncated body, never one that looks complete).
+    Close,
+}
+
+/// One failed connection or request: who, when, why, and which backend (if any).
+#[derive(Debug)]
+pub struct Failure {
+    pub party: Party,
+    pub phase: Phase,
+    pub cause: Cause,
+    /// The backend's name, when one was involved.
+    pub backend: Option<String>,
+}
+
+impl Failure {
+    /// A failure not tied to a backend.
+    pub fn new(party: Party, phase: Phase, cause: Cause) -> Failure {
+        Failure { party, phase, cause, backend: None }
+    }
+
+    /// A failure on the way to or from `backend`.
+    pub fn at(backend: &str, party: Party, phase: Phase, cause: Cause) -> Failure {
+        Failure { party, phase, cause, backend: Some(backend.to_string()) }
+    }
+
+    /// What the client gets, as nginx answers the same cases.
+    pub fn answer(&self) -> Answer {
+        use {Cause as C, Party as P, Phase as Ph};
+        match (self.party, self.phase, &self.cause) {
+            (_, Ph::Body | Ph::Relay, _) => Answer::Close,
+            (P::Client, Ph::Request, C::Invalid(_)) => Answer::Status(400),
+            (P::Client, Ph::Request, C::Timeout) => Answer::Status(408),
+            (P::Client, Ph::Request, C::HeadTooLarge) => Answer::Status(431),
+            (P::Client, _, C::BodyTooLarge(_)) => Answer::Status(413),
+            (P::Client, _, _) => Answer::Close,
+            (P::Local, _, _) => Answer::Status(503),
+            (P::Backend, _, C::Unavailable(_)) => Answer::Status(503),
+            (P::Backend, Ph::Connect | Ph::Head, C::Timeout) => Answer::Status(504),
+            (P::Backend, _, _) => Answer::Status(502),
+        }
+    }
+
+    /// Whether it counts against the backend (passive health): only the backend's own failures,
+    /// never ours, the client's, or finding no backend at all.
+    pub fn counts_against_backend(&self) -> bool {
+        self.party == Party::Backend && self.backend.is_some() && !matches!(self.cause, Cause::Unavailable(_))
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let phase = match self.phase {
+            Phase::Request => "request",
+            Phase::Pick => "choosing a backend",
+            Phase::Connect => "connect",
+            Phase::Send => "sending the request",
+            Phase::Head => "response head",
+            Phase::Body => "response body",
+            Phase::Relay => "relay",
+        };
+        match (self.party, &self.backend) {
+            (_, _) if matches!(self.cause, Cause::Unavailable(_)) => write!(f, "{}", self.cause),
+            (Party::Client, _) => write!(f, "client: {phase}: {}", self.cause),
+            (Party::Local, Some(b)) => write!(f, "{phase} to {b}: local resource: {}", self.cause),
+            (Party::Local, None) => write!(f, "{phase}: local resource: {}", self.cause),
+            (Party::Backend, Some(b)) => write!(f, "{b}: {phase}: {}", self.cause),
+            (Party::Backend, None) => write!(f, "backend: {phase}: {}", self.cause),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io(code: i32) -> Cause {
+        Cause::Io(io::Error::from_raw_os_error(code))
+    }
+
+    #[test]
+    fn answers_follow_nginx() {
+        let table = [
+            (Failure::new(Party::Client, Phase::Request, Cause::Invalid("bad".into())), Answer::Status(400)),
+            (Failure::new(Party::Client, Phase::Request, Cause::Timeout), Answer::Status(408)),
+            (Failure::new(Party::Client, Phase::Request, Cause::HeadTooLarge), Answer::Status(431)),
+            (
+                Failure::new(Party::Client, Phase::Send, Cause::BodyTooLarge("big".into())),
+                Answer::Status(413),
+            ),
+            (Failure::new(Party::Client, Phase::Send, io(libc::ECONNRESET)), Answer::Close),
+            (Failure::at("a", Party::Local, Phase::Connect, io(libc::EMFILE)), Answer::Status(503)),
+            (
+                Failure::new(Party::Backend, Phase::Pick, Cause::Unavailable(Unavailable::AllFull)),
+                Answer::Status(503),
+            ),
+            (Failure::at("a", Party::Backend, Phase::Connect, io(libc::ECONNREFUSED)), Answer::Status(502)),
+            (Failure::at("a", Party::Backend, Phase::Head, Cause::Timeout), Answer::Status(504)),
+            (Failure::at("a", Party::Backend, Phase::Head, Cause::Invalid("x".into())), Answer::Status(502)),
+            (Failure::at("a", Party::Backend, Phase::Body, io(libc::ECONNRESET)), Answer::Close),
+            (Failure::at("a", Party::Backend, Phase::Relay, Cause::Timeout), Answer::Close),
+        ];
+        for (failure, answer) in table {
+            assert_eq!(failure.answer(), answer, "{failure}");
+        }
+    }
+
+    #[test]
+    fn only_a_backends_own_failures_count_against_it() {
+        assert!(
+            Failure::at("a", Party::Backend, Phase::Connect, io(libc::ECONNREFUSED)).counts_against_backend()
+        );
+        assert!(!Failure::at("a", Party::Local, Phase::Connect, io(libc::EMFILE)).counts_against_backend());
+        assert!(!Failure::at("a", Party::Client, Phase::Send, io(libc::EPIPE)).counts_against_backend());
+        let none =
+            Failure::new(Party::Backend, Phase::Pick, Cause::Unavailable(Unavailable::NoneUp { tried: 0 }));
+        assert!(!none.counts_against_backend());
+        assert_eq!(none.to_string(), "no backend is up");
+        assert_eq!(
+            Failure::at("app1", Party::Backend, Phase::Connect, io(libc::ECONNREFUSED)).to_string(),
+            "app1: connect: connection refused"
+        );
     }
 }

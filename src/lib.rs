@@ -45,4 +45,4 @@ pub mod stats;
 pub mod tcp;
 pub mod upstream;
 
-pub use error::{Error, Fault};
+pub use error::{Error, Failure};

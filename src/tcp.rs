@@ -8,7 +8,7 @@ use crossbeam_channel::Sender;
 
 use crate::balancer::{source_key, Balancer};
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::Phase;
 use crate::logging::{held_back, RateLimit};
 use crate::registry::Conn;
 use crate::relay::{self, HelperJob, Side};
@@ -38,14 +38,14 @@ pub fn serve(conn: Conn, ctx: &TcpContext, buf: &mut Vec<u8>) {
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
     let (backend, pick) = match upstream::connect(&ctx.balancer, source_key(conn.peer.ip()), &label, limits) {
         Ok(found) => found,
-        Err(Error::Unavailable(why)) => {
+        Err(f) if f.phase == Phase::Pick => {
             if let Some(n) = UNAVAILABLE.check() {
-                log::warn!("{label}: {why}; closing the client{}", held_back(n));
+                log::warn!("{label}: {f}; closing the client{}", held_back(n));
             }
             return;
         }
-        Err(e) => {
-            log::error!("{label}: {e}; closing the client");
+        Err(f) => {
+            log::error!("{label}: {f}; closing the client");
             return;
         }
     };

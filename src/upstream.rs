@@ -1,12 +1,16 @@
-//! Reaching a backend: choose one, connect with the connect timeout, and on failure try the
-//! next best (each backend at most once), logging every choice and every failure. Failed
-//! connects count against the backend (passive health).
+//! Reaching a backend: the one connect path of both modes. [`dial`] opens a connection to a
+//! picked backend and classifies a failure (the backend's, or a local shortage that never counts
+//! against it); [`connect`] is TCP mode's loop: choose, dial, and on failure the next best
+//! (each backend at most once), logging every choice and every failure.
 
+use std::fmt::Display;
+use std::io;
 use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::backend::Backend;
 use crate::balancer::{Balancer, Pick, Tried};
-use crate::error::Error;
+use crate::error::{Cause, Failure, Party, Phase};
 use crate::net::{describe, is_local_resource, open};
 
 /// Connect timeout, and how long to wait for a slot when every backend is full.
@@ -16,37 +20,64 @@ pub struct Limits {
     pub queue: Duration,
 }
 
-/// Connects to the best backend that accepts, for the connection named by `label` (e.g.
-/// `conn 17 from 127.0.0.1:51234`), `key` being the client's source-hash key. Returns the
-/// connected socket and its counted pick.
+/// Opens a fresh connection to `backend` within `timeout` (0: the system's). A failure is
+/// logged for the connection named by `label`; when it is the backend's it also counts against
+/// it (passive health). Our own shortage (no descriptor, no local port) is a `Party::Local`
+/// failure, counted against nobody.
+pub fn dial(
+    balancer: &Balancer,
+    backend: &Backend,
+    timeout: Duration,
+    label: &dyn Display,
+) -> Result<TcpStream, Failure> {
+    match open(backend.addr, timeout) {
+        Ok(stream) => Ok(stream),
+        Err(e) if is_local_resource(&e) => {
+            log::warn!(
+                "{label}: connect to {} {}: {e} (a shortage on this host, not counted against the backend)",
+                backend.name,
+                backend.addr
+            );
+            Err(Failure::at(&backend.name, Party::Local, Phase::Connect, Cause::Io(e)))
+        }
+        Err(e) => {
+            let why = describe(&e);
+            log::warn!(
+                "{label}: connect to {} {} failed: {why}; trying the next backend",
+                backend.name,
+                backend.addr
+            );
+            balancer.observe_failure(backend, &why);
+            let cause = if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) {
+                Cause::Timeout
+            } else {
+                Cause::Io(e)
+            };
+            Err(Failure::at(&backend.name, Party::Backend, Phase::Connect, cause))
+        }
+    }
+}
+
+/// Chooses a backend for the connection named by `label` (e.g. `conn 17 from
+/// 127.0.0.1:51234`), `key` being the client's source-hash key, and connects, trying the next
+/// best on failure. Returns the connected socket and its counted pick.
 pub fn connect(
     balancer: &Balancer,
     key: u64,
-    label: &dyn std::fmt::Display,
+    label: &dyn Display,
     limits: Limits,
-) -> Result<(TcpStream, Pick), Error> {
+) -> Result<(TcpStream, Pick), Failure> {
     let mut tried = Tried::default();
     loop {
-        let pick = balancer.pick(key, &tried, limits.queue).map_err(Error::Unavailable)?;
+        let pick = balancer
+            .pick(key, &tried, limits.queue)
+            .map_err(|why| Failure::new(Party::Backend, Phase::Pick, Cause::Unavailable(why)))?;
         let backend = pick.guard.backend().clone();
         log::info!("{label} -> {} {} ({})", backend.name, backend.addr, pick.reason);
-        match open(backend.addr, limits.connect) {
+        match dial(balancer, &backend, limits.connect, label) {
             Ok(stream) => return Ok((stream, pick)),
-            Err(e) if is_local_resource(&e) => {
-                // Our shortage, not the backend's: don't count it against the backend.
-                log::warn!("{label}: connect to {} {}: {e}", backend.name, backend.addr);
-                return Err(Error::Resource(e));
-            }
-            Err(e) => {
-                let why = describe(&e);
-                log::warn!(
-                    "{label}: connect to {} {} failed: {why}; trying the next backend",
-                    backend.name,
-                    backend.addr
-                );
-                balancer.observe_failure(&backend, &why);
-                tried.insert(&backend);
-            }
+            Err(f) if f.party == Party::Local => return Err(f),
+            Err(_) => tried.insert(&backend),
         }
     }
 }

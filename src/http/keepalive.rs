@@ -1,23 +1,42 @@
 //! Idle persistent connections to backends, kept per backend for reuse (nginx `keepalive`,
 //! HAProxy `http-reuse`), at most `backend_keepalive` each.
+//!
+//! A connection goes back to the pool only when its response ended exactly at its framing with
+//! nothing more buffered or waiting in the socket ([`Idle::Quiet`]). Every reuse first peeks
+//! (one non-blocking `recv(MSG_PEEK)`): a connection on which any byte arrived while idle, or
+//! which shows EOF or an error, is closed and never used, as nginx and HAProxy do. So stray
+//! bytes from one exchange can never become another client's response.
 
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::backend::Backend;
 
-/// A pooled connection that sat idle longer than this is checked before reuse.
-const CHECK_AFTER: Duration = Duration::from_secs(1);
+/// What waits on an idle connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// Nothing: safe to reuse.
+    Quiet,
+    /// The backend closed it (EOF) or it failed.
+    Closed,
+    /// Bytes arrived that no request asked for.
+    Data,
+}
 
-/// Takes the longest-idle connection to `b` (the pool is first in, first out). Connections the backend already closed
-/// are discarded; the check (one non-blocking peek) runs when the connection idled a while, or
-/// always when `must_check` (a request that could not be retried).
-pub fn take(b: &Backend, must_check: bool) -> Option<TcpStream> {
+/// Takes the longest-idle connection to `b` that is still quiet (the pool is first in, first
+/// out); the others are closed.
+pub fn take(b: &Backend) -> Option<TcpStream> {
     loop {
         let (stream, since) = b.idle.rx.try_recv().ok()?;
-        if (!must_check && since.elapsed() < CHECK_AFTER) || still_open(&stream) {
-            return Some(stream);
+        match peek(&stream) {
+            Idle::Quiet => return Some(stream),
+            Idle::Data => log::warn!(
+                "{} sent bytes on an idle pooled connection (after {} ms); closed it unused",
+                b.name,
+                since.elapsed().as_millis()
+            ),
+            Idle::Closed => log::debug!("{}: pooled connection closed by the backend; dropped", b.name),
         }
     }
 }
@@ -31,14 +50,19 @@ pub fn put(b: &Backend, stream: TcpStream, cap: usize) {
     }
 }
 
-/// True when nothing arrived on an idle connection: no EOF, no reset, no stray bytes.
-fn still_open(stream: &TcpStream) -> bool {
+/// Looks, without waiting or consuming, at what the socket holds.
+pub fn peek(stream: &TcpStream) -> Idle {
     let mut byte = 0u8;
     // SAFETY: a valid socket descriptor and a one-byte buffer we own; MSG_DONTWAIT never blocks.
     let n = unsafe {
         libc::recv(stream.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
     };
-    n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+    match n {
+        0 => Idle::Closed,
+        n if n > 0 => Idle::Data,
+        _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => Idle::Quiet,
+        _ => Idle::Closed,
+    }
 }
 
 #[cfg(test)]
@@ -46,6 +70,7 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::net::TcpListener;
+    use std::time::Duration;
 
     #[test]
     fn reuses_live_connections_and_drops_closed_ones() {
@@ -68,14 +93,14 @@ mod tests {
         // Wait until the kernel shows both (a bounded wait for loopback delivery).
         let deadline = Instant::now() + Duration::from_secs(5);
         let pooled: Vec<_> = b.idle.rx.try_iter().collect();
-        while pooled.iter().any(|(s, _)| still_open(s)) {
+        while pooled.iter().any(|(s, _)| peek(s) == Idle::Quiet) {
             assert!(Instant::now() < deadline);
             std::thread::sleep(Duration::from_millis(2));
         }
         for p in pooled {
             b.idle.tx.send(p).expect("back in the pool");
         }
-        assert!(take(&b, true).is_none(), "a was closed and c had a stray byte");
+        assert!(take(&b).is_none(), "a was closed and c had a stray byte");
         assert!(b.idle.is_empty());
     }
 }

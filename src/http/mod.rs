@@ -1,5 +1,7 @@
 //! HTTP mode: per-request balancing over pooled backend connections. The wire format itself
 //! (heads, bodies, framing) lives in [`crate::h1`].
 
+mod exchange;
 pub mod keepalive;
 pub mod proxy;
+pub mod retry;

@@ -1,0 +1,392 @@
+//! One request's exchange with a backend, in named steps: [`Exchange::pick`], [`Exchange::connect`]
+//! (a pooled connection, or a fresh one through [`crate::upstream::dial`]), [`Exchange::send`]
+//! (head, then the body streamed from the client), [`read_head`], [`Exchange::respond`] (the
+//! response streamed back, re-framed for the client) and [`Exchange::release`] (pool the backend
+//! connection, or close it). What a failed attempt may retry is decided by [`super::retry`];
+//! the attempt's state lives in one [`Attempt`].
+
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::keepalive::{self, Idle};
+use super::proxy::{HttpContext, Record, Scratch, VIA};
+use super::retry::{self, Retry};
+use crate::backend::Backend;
+use crate::balancer::{source_key, Pick, Tried};
+use crate::config::as_limit;
+use crate::error::{Cause, Failure, Party, Phase};
+use crate::h1::request::RequestHead;
+use crate::h1::response::{self, ClientSide, ResponseHead};
+use crate::h1::{BodyError, BodyKind, Coalesce, Wire};
+use crate::logging::{held_back, RateLimit};
+use crate::registry::Conn;
+use crate::upstream;
+
+/// What one request's attempts have done so far: it decides what may still be retried.
+#[derive(Debug, Default)]
+pub struct Attempt {
+    /// Backends that failed this request.
+    pub tried: Tried,
+    /// The pooled connection was stale: the next attempt connects afresh.
+    pub fresh_only: bool,
+    /// `100 Continue` was sent to the client.
+    pub continued: bool,
+    /// Some of the request body was read from the client: it cannot be sent again.
+    pub body_touched: bool,
+    /// The whole request body was read from the client.
+    pub body_done: bool,
+    /// A backend broke mid-exchange: when no other can take the request, this is the answer
+    /// (502), not "no backend" (503).
+    pub broke: Option<Failure>,
+}
+
+/// One request on its way through the proxy.
+pub struct Exchange<'a> {
+    pub conn: &'a Conn,
+    pub ctx: &'a HttpContext,
+    pub head: &'a RequestHead,
+    /// Whether the client connection may stay open after this request.
+    pub keep_alive: bool,
+}
+
+static UNAVAILABLE: RateLimit = RateLimit::new();
+
+impl Exchange<'_> {
+    fn has_body(&self) -> bool {
+        !matches!(self.head.body, BodyKind::Empty | BodyKind::Length(0))
+    }
+
+    fn label(&self) -> String {
+        format!("req {}", self.head.request_id)
+    }
+
+    /// Forwards the request and its response. `Ok(keep_alive)` when the response was relayed.
+    pub fn run(
+        &self,
+        cw: &mut Wire<&TcpStream>,
+        scratch: &mut Scratch,
+        record: &mut Record,
+        attempt: &mut Attempt,
+    ) -> Result<bool, Failure> {
+        let started = Instant::now();
+        self.precheck(cw)?;
+        attempt.body_done = !self.has_body();
+        loop {
+            let pick = self.pick(attempt)?;
+            let backend: Arc<Backend> = pick.guard.backend().clone();
+            record.backend.clone_from(&backend.name);
+            record.reason.clone_from(&pick.reason);
+            let (stream, reused) = match self.connect(&backend, attempt) {
+                Ok(found) => found,
+                Err(f) => {
+                    self.recover(f, &backend, false, attempt)?;
+                    continue;
+                }
+            };
+            let attached = self.conn.attach(&stream, backend.id);
+            if let Err(f) = self.send(cw, &stream, &backend, scratch, record, attempt) {
+                self.recover(f, &backend, reused, attempt)?;
+                continue;
+            }
+            let mut bw = Wire::with_buffer(&stream, std::mem::take(&mut scratch.backend_in));
+            let side = ClientSide {
+                method: &self.head.method,
+                version: self.head.version,
+                keep_alive: self.keep_alive,
+                request_id: &self.head.request_id,
+                via: VIA,
+            };
+            let resp = read_head(&mut bw, &side, self.ctx.config.http.max_head_bytes, &mut scratch.resp_head)
+                .map_err(|cause| Failure::at(&backend.name, Party::Backend, Phase::Head, cause));
+            let resp = match resp {
+                Ok(resp) => resp,
+                Err(f) => {
+                    scratch.backend_in = bw.into_buffer();
+                    self.recover(f, &backend, reused, attempt)?;
+                    continue;
+                }
+            };
+            record.status = resp.status;
+            if resp.status >= 500 && self.ctx.balancer.health_settings().observe_5xx {
+                self.ctx.balancer.observe_failure(&backend, &format!("status {}", resp.status));
+            }
+            let surplus = self.respond(&mut bw, &resp, &backend, scratch, record);
+            scratch.backend_in = bw.into_buffer();
+            let surplus = surplus?;
+            backend.record_bytes(record.bytes_in, record.bytes_out);
+            drop(attached);
+            drop(pick);
+            backend.latency.record(started.elapsed());
+            self.release(stream, &backend, &resp, surplus);
+            return Ok(resp.client_keep_alive);
+        }
+    }
+
+    /// Refuses what must never reach a backend, before choosing one: a declared body over
+    /// `max_body_bytes`, a malformed first chunk-size line.
+    fn precheck(&self, cw: &mut Wire<&TcpStream>) -> Result<(), Failure> {
+        if let (BodyKind::Length(n), Some(max)) = (self.head.body, self.ctx.config.http.max_body_bytes) {
+            if n > max {
+                let cause = Cause::BodyTooLarge(format!("body of {n} bytes over {max}"));
+                return Err(Failure::new(Party::Client, Phase::Request, cause));
+            }
+        }
+        if self.head.body == BodyKind::Chunked && !self.head.expect_continue {
+            first_chunk_is_valid(cw)?;
+        }
+        Ok(())
+    }
+
+    /// Chooses a backend not yet tried. With none left, the answer is the last backend's
+    /// failure if one broke (502), else "no backend" (503).
+    fn pick(&self, attempt: &mut Attempt) -> Result<Pick, Failure> {
+        let queue = self.ctx.config.timeouts.queue;
+        let key = source_key(self.conn.peer.ip());
+        match self.ctx.balancer.pick(key, &attempt.tried, queue) {
+            Ok(pick) => Ok(pick),
+            Err(_) if attempt.broke.is_some() => Err(attempt
+                .broke
+                .take()
+                .unwrap_or_else(|| Failure::new(Party::Backend, Phase::Pick, Cause::Timeout))),
+            Err(why) => {
+                if let Some(n) = UNAVAILABLE.check() {
+                    log::warn!("req {}: {why}; answering 503{}", self.head.request_id, held_back(n));
+                }
+                Err(Failure::new(Party::Backend, Phase::Pick, Cause::Unavailable(why)))
+            }
+        }
+    }
+
+    /// A quiet pooled connection to `backend`, or a fresh one. Returns it and whether it was
+    /// pooled.
+    fn connect(&self, backend: &Backend, attempt: &mut Attempt) -> Result<(TcpStream, bool), Failure> {
+        let pooled = if attempt.fresh_only { None } else { keepalive::take(backend) };
+        attempt.fresh_only = false;
+        if let Some(stream) = pooled {
+            return Ok((stream, true));
+        }
+        let t = &self.ctx.config.timeouts;
+        let stream = upstream::dial(&self.ctx.balancer, backend, t.connect, &self.label())?;
+        let _ = stream.set_read_timeout(as_limit(t.response));
+        let _ = stream.set_write_timeout(as_limit(t.idle));
+        Ok((stream, false))
+    }
+
+    /// Sends the rewritten head, then streams the body from the client (after `100 Continue`
+    /// when the client waits for one).
+    fn send(
+        &self,
+        cw: &mut Wire<&TcpStream>,
+        stream: &TcpStream,
+        backend: &Backend,
+        scratch: &mut Scratch,
+        record: &mut Record,
+        attempt: &mut Attempt,
+    ) -> Result<(), Failure> {
+        let to_backend = |e: io::Error| Failure::at(&backend.name, Party::Backend, Phase::Send, Cause::Io(e));
+        let mut bout = Coalesce::new(stream, &mut scratch.backend_out);
+        bout.write_all(&scratch.head).map_err(to_backend)?;
+        if self.has_body() {
+            if self.head.expect_continue && !attempt.continued {
+                attempt.continued = true;
+                let mut cout = Coalesce::new(&*self.conn.stream, &mut scratch.client_out);
+                cout.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .and_then(|()| cout.flush())
+                    .map_err(|e| Failure::new(Party::Client, Phase::Send, Cause::Io(e)))?;
+            }
+            attempt.body_touched = true;
+            let rechunk = self.head.body == BodyKind::Chunked;
+            let limit = self.ctx.config.http.max_body_bytes;
+            match cw.forward_body(self.head.body, &mut bout, rechunk, limit) {
+                Ok(n) => {
+                    record.bytes_in += n;
+                    attempt.body_done = true;
+                }
+                Err(BodyError::Sink(e)) => return Err(to_backend(e)),
+                Err(BodyError::TooLarge) => {
+                    let cause = Cause::BodyTooLarge("request body over max_body_bytes".into());
+                    return Err(Failure::new(Party::Client, Phase::Send, cause));
+                }
+                Err(BodyError::Source(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                    let cause = Cause::Invalid(format!("request body: {e}"));
+                    return Err(Failure::new(Party::Client, Phase::Request, cause));
+                }
+                Err(BodyError::Source(e)) => {
+                    return Err(Failure::new(Party::Client, Phase::Send, Cause::Io(e)))
+                }
+            }
+        }
+        bout.flush().map_err(to_backend)
+    }
+
+    /// After a failed attempt: retry (`Ok`), or give the failure back to answer the client.
+    fn recover(
+        &self,
+        f: Failure,
+        backend: &Backend,
+        reused: bool,
+        attempt: &mut Attempt,
+    ) -> Result<(), Failure> {
+        let replayable = self.head.retryable && !attempt.body_touched;
+        let decision = retry::after(&f, reused, replayable);
+        // Connect failures were counted (or not: a local shortage) where they happened.
+        let count = f.phase != Phase::Connect && f.counts_against_backend();
+        match decision {
+            Retry::Fresh => {
+                log::debug!(
+                    "req {}: pooled connection to {} was stale ({f}); retrying",
+                    self.head.request_id,
+                    backend.name
+                );
+                attempt.fresh_only = true;
+                Ok(())
+            }
+            Retry::NextBackend => {
+                if count {
+                    log::warn!("req {}: {f}; trying the next backend", self.head.request_id);
+                    self.ctx.balancer.observe_failure(backend, &f.cause.to_string());
+                }
+                attempt.tried.insert(backend);
+                if f.phase != Phase::Connect {
+                    attempt.broke = Some(f);
+                }
+                Ok(())
+            }
+            Retry::GiveUp => {
+                if count {
+                    self.ctx.balancer.observe_failure(backend, &f.cause.to_string());
+                }
+                Err(f)
+            }
+        }
+    }
+
+    /// Writes the response head and streams the body to the client. Returns how many bytes the
+    /// backend sent beyond the response's framing (already read into the buffer).
+    fn respond(
+        &self,
+        bw: &mut Wire<&TcpStream>,
+        resp: &ResponseHead,
+        backend: &Backend,
+        scratch: &mut Scratch,
+        record: &mut Record,
+    ) -> Result<usize, Failure> {
+        let client_gone = |e: io::Error| Failure::new(Party::Client, Phase::Body, Cause::Io(e));
+        let mut cout = Coalesce::new(&*self.conn.stream, &mut scratch.client_out);
+        cout.write_all(&scratch.resp_head).map_err(client_gone)?;
+        record.bytes_out += scratch.resp_head.len() as u64;
+        let chunk_out = resp.client_body == BodyKind::Chunked;
+        match bw.forward_body(resp.body, &mut cout, chunk_out, None) {
+            Ok(n) => record.bytes_out += n,
+            Err(BodyError::Sink(e)) => return Err(client_gone(e)),
+            Err(BodyError::Source(e)) => {
+                backend.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(Failure::at(&backend.name, Party::Backend, Phase::Body, Cause::Io(e)));
+            }
+            Err(BodyError::TooLarge) => {
+                let cause = Cause::Invalid("response body too large".into());
+                return Err(Failure::at(&backend.name, Party::Backend, Phase::Body, cause));
+            }
+        }
+        cout.flush().map_err(client_gone)?;
+        Ok(bw.buffered().len())
+    }
+
+    /// Pools the backend connection when its response ended exactly at its framing and nothing
+    /// more waits on it; otherwise closes it (surplus bytes are discarded and logged).
+    fn release(&self, stream: TcpStream, backend: &Backend, resp: &ResponseHead, surplus: usize) {
+        if surplus > 0 {
+            log::warn!(
+                "req {}: {} sent {surplus} byte(s) beyond the response's framing; discarded, connection closed",
+                self.head.request_id,
+                backend.name
+            );
+            return;
+        }
+        if !resp.backend_reusable {
+            return;
+        }
+        match keepalive::peek(&stream) {
+            Idle::Quiet => keepalive::put(backend, stream, self.ctx.config.http.backend_keepalive),
+            Idle::Data => log::warn!(
+                "req {}: {} sent bytes beyond the response's framing; discarded, connection closed",
+                self.head.request_id,
+                backend.name
+            ),
+            Idle::Closed => {}
+        }
+    }
+}
+
+/// Reads until the first chunk-size line of a chunked body is complete and checks it, so a
+/// malformed or overflowing size is refused before anything reaches a backend.
+fn first_chunk_is_valid(cw: &mut Wire<&TcpStream>) -> Result<(), Failure> {
+    let bad = |why: &str| Failure::new(Party::Client, Phase::Request, Cause::Invalid(why.to_string()));
+    loop {
+        match httparse::parse_chunk_size(cw.buffered()) {
+            Ok(httparse::Status::Complete(_)) => return Ok(()),
+            Err(_) => return Err(bad("invalid chunk size line")),
+            Ok(httparse::Status::Partial) if cw.buffered().len() > 1024 => {
+                return Err(bad("chunk size line too long"))
+            }
+            Ok(httparse::Status::Partial) => match cw.fill(crate::h1::MAX_HEAD) {
+                Ok(0) => {
+                    let cause = Cause::Closed("inside the body".into());
+                    return Err(Failure::new(Party::Client, Phase::Request, cause));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(Failure::new(Party::Client, Phase::Request, Cause::Io(e))),
+            },
+        }
+    }
+}
+
+/// Reads the response head (skipping 1xx), rewritten for the client into `out`.
+pub fn read_head(
+    bw: &mut Wire<&TcpStream>,
+    side: &ClientSide<'_>,
+    max_head: usize,
+    out: &mut Vec<u8>,
+) -> Result<ResponseHead, Cause> {
+    let mut received = false;
+    loop {
+        if !bw.buffered().is_empty() {
+            out.clear();
+            match response::parse(bw.buffered(), max_head, side, out) {
+                Ok(Some(r)) if r.status < 200 => {
+                    bw.consume(r.len);
+                    continue;
+                }
+                Ok(Some(r)) => {
+                    bw.consume(r.len);
+                    return Ok(r);
+                }
+                Ok(None) => {}
+                Err(why) => return Err(Cause::Invalid(format!("invalid response: {why}"))),
+            }
+        }
+        match bw.fill(max_head) {
+            Ok(0) if received => {
+                return Err(Cause::Invalid("connection closed inside the response head".into()))
+            }
+            Ok(0) => return Err(Cause::Closed("end of stream".into())),
+            Ok(_) => received = true,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err(Cause::Timeout)
+            }
+            Err(e)
+                if !received
+                    && matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) =>
+            {
+                return Err(Cause::Closed(crate::net::describe(&e)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(Cause::Invalid("invalid response: response head too large".into()))
+            }
+            Err(e) => return Err(Cause::Io(e)),
+        }
+    }
+}
