@@ -206,10 +206,12 @@ impl Discovery {
         }
         let removed: Vec<Arc<Backend>> =
             current.iter().filter(|b| !next.iter().any(|n| Arc::ptr_eq(n, b))).cloned().collect();
+        // Install the new set first, then retire the old one: a pick made at any moment sees a
+        // complete set (retiring first left a window in which a whole-set swap found nothing).
+        self.balancer.replace(next, algorithm);
         for b in &removed {
             b.retire();
         }
-        self.balancer.replace(next, algorithm);
         let mut parts = Vec::new();
         if !added.is_empty() {
             parts.push(format!("added {}", added.join(", ")));
