@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lbproxy::dummy::{DummyArgs, DummyServer};
-use lbproxy::{logging, signals};
+use lbproxy::{logging, out, signals};
 
 fn main() -> ExitCode {
     let args = DummyArgs::parse();
@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("dummy_server: {e}");
+            out::err_line(format_args!("dummy_server: {e}"));
             ExitCode::from(2)
         }
     }

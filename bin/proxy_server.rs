@@ -5,24 +5,24 @@ use std::process::ExitCode;
 use clap::Parser;
 use lbproxy::cli::ProxyArgs;
 use lbproxy::server::Server;
-use lbproxy::{logging, signals};
+use lbproxy::{logging, out, signals};
 
 fn main() -> ExitCode {
     let args = ProxyArgs::parse();
     let config = match args.load() {
         Ok(config) => config,
         Err(errors) => {
-            eprintln!("proxy_server: configuration has {} error(s):", errors.len());
+            out::err_line(format_args!("proxy_server: configuration has {} error(s):", errors.len()));
             for e in &errors {
-                eprintln!("  {e}");
+                out::err_line(format_args!("  {e}"));
             }
             return ExitCode::from(2);
         }
     };
     if args.check {
-        print!("{config}");
-        println!("configuration {} is valid", config.file);
-        return ExitCode::SUCCESS;
+        let printed = out::text(&config.to_string())
+            .and_then(|()| out::line(format_args!("configuration {} is valid", config.file)));
+        return printed.map_or_else(|e| out::failed("proxy_server", &e), |()| ExitCode::SUCCESS);
     }
     let loader = Box::new(move || args.load());
     let started = logging::init(config.log_level, config.log_file.as_deref())
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             if log::max_level() == log::LevelFilter::Off {
-                eprintln!("proxy_server: {e}");
+                out::err_line(format_args!("proxy_server: {e}"));
             } else {
                 log::error!("{e}");
             }

@@ -3,21 +3,20 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use lbproxy::out;
 use lbproxy::simulate::{self, ClientArgs};
 
 fn main() -> ExitCode {
     let args = ClientArgs::parse();
     match simulate::run(&args) {
-        Ok(mut report) => {
-            print!("{}", report.table(&args));
-            if report.failures == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
-        }
+        // A reader gone before the table (`--verbose | head`) is a quiet success, as in ripgrep.
+        Ok(mut report) => match out::text(&report.table(&args)) {
+            Err(e) => out::failed("simulate_client", &e),
+            Ok(()) if report.failures == 0 => ExitCode::SUCCESS,
+            Ok(()) => ExitCode::from(1),
+        },
         Err(e) => {
-            eprintln!("simulate_client: {e}");
+            out::err_line(format_args!("simulate_client: {e}"));
             ExitCode::from(2)
         }
     }

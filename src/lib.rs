@@ -18,6 +18,7 @@
 //! - [`h1`]: the HTTP/1.1 wire format (heads, bodies, framing), shared by every HTTP speaker.
 //! - [`http`]: HTTP mode, per-request balancing over pooled backend connections.
 //! - [`dummy`], [`simulate`]: the dummy backend and the load-generating client.
+//! - [`out`]: what the binaries print, quiet when the reader of stdout has gone.
 
 pub mod admin;
 pub mod backend;
@@ -35,6 +36,7 @@ pub mod http;
 pub mod latency;
 pub mod logging;
 pub mod net;
+pub mod out;
 pub mod pool;
 pub mod registry;
 pub mod relay;

@@ -58,13 +58,23 @@ impl RateLimit {
     /// `Some(n)` when a line may be logged now, `n` being how many were held back since the
     /// last one; `None` when this one should be held back.
     pub fn check(&self) -> Option<u64> {
+        // Offset so that the very first check (last = 0) passes even right after boot.
+        self.check_at(crate::clock::now_ms() + 1000)
+    }
+
+    /// [`RateLimit::check`] at time `now` (ms). Threads race: another may already have stored
+    /// a `last` later than this thread's `now`, so the age saturates at 0 rather than
+    /// underflowing into "long ago" (which let a second line through, or panicked in debug).
+    fn check_at(&self, now: u64) -> Option<u64> {
         use std::sync::atomic::Ordering;
-        let now = crate::clock::now_ms() + 1000;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if now - last >= 1000
-            && self.last_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        let mut last = self.last_ms.load(Ordering::Relaxed);
+        // Each failed exchange means another thread moved `last` forward, so this ends once
+        // `last` is within a second of `now`.
+        while now.saturating_sub(last) >= 1000 {
+            match self.last_ms.compare_exchange_weak(last, now, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Some(self.suppressed.swap(0, Ordering::Relaxed)),
+                Err(seen) => last = seen,
+            }
         }
         self.suppressed.fetch_add(1, Ordering::Relaxed);
         None
@@ -77,5 +87,63 @@ pub fn held_back(n: u64) -> String {
         format!(" ({n} more like it since the last report)")
     } else {
         String::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Barrier};
+
+    use super::*;
+
+    #[test]
+    fn one_line_a_second_with_the_held_back_count() {
+        let limit = RateLimit::new();
+        assert_eq!(limit.check_at(10_000), Some(0));
+        assert_eq!(limit.check_at(10_500), None);
+        assert_eq!(limit.check_at(10_999), None);
+        assert_eq!(limit.check_at(11_000), Some(2));
+        assert_eq!(limit.check_at(11_001), None);
+    }
+
+    #[test]
+    fn an_earlier_now_than_the_stored_last_is_held_back_not_an_underflow() {
+        // Thread B stored last = 6000 after thread A read its clock at 5000: A must hold back
+        // (the old `now - last` wrapped to ~2^64, passed, and moved `last` backwards).
+        let limit = RateLimit::new();
+        assert_eq!(limit.check_at(6_000), Some(0));
+        assert_eq!(limit.check_at(5_000), None);
+        assert_eq!(limit.last_ms.load(Ordering::Relaxed), 6_000, "last never moves backwards");
+        assert_eq!(limit.check_at(6_999), None);
+        assert_eq!(limit.check_at(7_000), Some(2));
+    }
+
+    #[test]
+    fn racing_threads_within_one_second_let_exactly_one_line_through() {
+        // Sixteen threads whose clocks all fall within one second of each other, released
+        // together, in any interleaving: one gets Some, the rest count as held back.
+        for round in 0..50u64 {
+            let limit = Arc::new(RateLimit::new());
+            let passed = Arc::new(AtomicU64::new(0));
+            let start = Arc::new(Barrier::new(16));
+            let threads: Vec<_> = (0..16u64)
+                .map(|i| {
+                    let (limit, passed, start) = (limit.clone(), passed.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        // Later threads read earlier clocks, so a stored `last` is often ahead.
+                        if limit.check_at(50_000 - i * 60).is_some() {
+                            passed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().expect("thread");
+            }
+            assert_eq!(passed.load(Ordering::Relaxed), 1, "round {round}");
+            assert_eq!(limit.suppressed.load(Ordering::Relaxed), 15, "round {round}");
+        }
     }
 }

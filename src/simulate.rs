@@ -17,6 +17,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::h1::{self as h, Wire, MAX_HEAD};
 use crate::latency::Latencies;
+use crate::out;
 
 /// Sends concurrent requests through the proxy and shows how they were balanced.
 #[derive(Debug, Clone, Parser)]
@@ -122,6 +123,8 @@ impl Report {
 }
 
 /// Runs the clients; the report says what happened (the caller decides the exit status).
+/// With `--verbose`, the clients stop early once stdout's reader has gone ([`out::gone`]):
+/// the rest of the run could no longer be shown.
 pub fn run(args: &ClientArgs) -> io::Result<Report> {
     let target: SocketAddr = crate::config::parse_socket_addr(&args.target, false)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -134,7 +137,7 @@ pub fn run(args: &ClientArgs) -> io::Result<Report> {
         thread::spawn(move || {
             let tick = Duration::from_secs(1);
             while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(tick) {
-                eprintln!("progress: {}/{total} requests", done.load(Ordering::Relaxed));
+                out::err_line(format_args!("progress: {}/{total} requests", done.load(Ordering::Relaxed)));
             }
         })
     };
@@ -172,12 +175,15 @@ fn tcp_client(args: &ClientArgs, target: SocketAddr, done: &AtomicU64) -> Report
     let mut report = Report::default();
     let timeout = Duration::from_millis(args.timeout_ms);
     for _ in 0..args.requests {
+        if out::gone() {
+            break;
+        }
         let started = Instant::now();
         match tcp_exchange(target, &args.message, timeout) {
             Ok((name, stream)) => {
                 report.latencies.push(started.elapsed());
                 if args.verbose {
-                    println!("[{name}] {}", args.message);
+                    let _ = out::line(format_args!("[{name}] {}", args.message));
                 }
                 *report.per_backend.entry(name).or_default() += 1;
                 if args.hold_ms > 0 {
@@ -217,6 +223,9 @@ fn http_client(args: &ClientArgs, target: SocketAddr, client: usize, done: &Atom
     let timeout = Duration::from_millis(args.timeout_ms);
     let mut conn: Option<Wire<TcpStream>> = None;
     for i in 0..args.requests {
+        if out::gone() {
+            break;
+        }
         let started = Instant::now();
         let wire = match conn.take() {
             Some(w) => Ok(w),
@@ -235,7 +244,7 @@ fn http_client(args: &ClientArgs, target: SocketAddr, client: usize, done: &Atom
                 report.latencies.push(started.elapsed());
                 *report.statuses.entry(status).or_default() += 1;
                 if args.verbose {
-                    println!("{status} from {name}");
+                    let _ = out::line(format_args!("{status} from {name}"));
                 }
                 if (200..400).contains(&status) {
                     *report.per_backend.entry(name).or_default() += 1;

@@ -5,6 +5,7 @@
 
 mod body;
 pub mod request;
+pub mod respond;
 pub mod response;
 
 pub use body::{BodyError, Coalesce, COALESCE};

@@ -1,7 +1,9 @@
 //! Integration tests: the real proxy_server, dummy_server and simulate_client binaries, on
 //! loopback ports chosen by the kernel.
 
+mod admin;
 mod http;
 mod ops;
+mod stdout;
 mod tcp;
 mod util;

@@ -1,0 +1,166 @@
+//! One admin connection as a state machine the poll loop drives: collect the request head,
+//! send the response, linger until the client closes. Every step uses nonblocking I/O and
+//! returns at once, so one slow client never holds the admin thread.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Instant;
+
+use rustix::event::PollFlags;
+
+use super::{HEAD_TIMEOUT, LINGER, MAX_REQUEST_HEAD, SEND_TIMEOUT};
+use crate::h1::respond::SimpleResponse;
+use crate::h1::MAX_HEADERS;
+
+/// Reads of one chunk done for one readiness report while lingering; a client that keeps
+/// sending waits for the next turn of the loop rather than keeping the thread.
+const LINGER_READS: usize = 16;
+
+/// Where a connection is.
+enum Phase {
+    /// Collecting the request head. The deadline covers the whole head, not each read.
+    Head(Vec<u8>),
+    /// Sending the response, `sent` bytes of `out` so far.
+    Respond { out: Vec<u8>, sent: usize },
+    /// Response sent and our side shut down: discard what the client still sends until it
+    /// closes (or the deadline), so closing with unread bytes does not reset the connection.
+    Linger,
+}
+
+/// An admin connection and where it is.
+pub(super) struct Conn {
+    stream: TcpStream,
+    peer: SocketAddr,
+    phase: Phase,
+    deadline: Instant,
+}
+
+/// What the connection's request was answered with: `(method, path)` to the full response.
+pub(super) type Route<'a> = dyn Fn(&str, &str) -> Vec<u8> + 'a;
+
+impl Conn {
+    /// A connection accepted at `now`; `stream` must be nonblocking.
+    pub(super) fn new(stream: TcpStream, peer: SocketAddr, now: Instant) -> Conn {
+        Conn { stream, peer, phase: Phase::Head(Vec::new()), deadline: now + HEAD_TIMEOUT }
+    }
+
+    pub(super) fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// When the current phase runs out of time.
+    pub(super) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// What to poll for.
+    pub(super) fn interest(&self) -> PollFlags {
+        match self.phase {
+            Phase::Respond { .. } => PollFlags::OUT,
+            Phase::Head(_) | Phase::Linger => PollFlags::IN,
+        }
+    }
+
+    /// Poll reported the socket ready (or in error): make what progress it allows.
+    /// `false` when the connection is finished and should be dropped.
+    pub(super) fn on_ready(&mut self, now: Instant, route: &Route<'_>) -> bool {
+        match self.phase {
+            Phase::Head(_) => self.read_head(now, route),
+            Phase::Respond { .. } => self.send(now),
+            Phase::Linger => self.discard(),
+        }
+    }
+
+    /// Enforces the phase's deadline. `false` when the connection is finished.
+    pub(super) fn on_deadline(&mut self, now: Instant) -> bool {
+        if now < self.deadline {
+            return true;
+        }
+        match self.phase {
+            Phase::Head(ref head) => {
+                log::debug!(
+                    "admin: {} sent no complete request within {} ms ({} bytes)",
+                    self.peer,
+                    HEAD_TIMEOUT.as_millis(),
+                    head.len()
+                );
+                self.respond(now, simple(408, "request head not received in time\n"))
+            }
+            Phase::Respond { .. } | Phase::Linger => false,
+        }
+    }
+
+    fn read_head(&mut self, now: Instant, route: &Route<'_>) -> bool {
+        let Phase::Head(head) = &mut self.phase else { return true };
+        let mut chunk = [0u8; 4096];
+        // Bounded: every pass adds at least a byte, and a head past the limit ends the loop.
+        loop {
+            match (&self.stream).read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            }
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            let response = match req.parse(head) {
+                Ok(httparse::Status::Complete(_)) => {
+                    let (method, path) = (req.method.unwrap_or(""), req.path.unwrap_or(""));
+                    log::debug!("admin: {} {method} {path}", self.peer);
+                    route(method, path)
+                }
+                Ok(httparse::Status::Partial) if head.len() > MAX_REQUEST_HEAD => {
+                    simple(431, "request head too large\n")
+                }
+                Ok(httparse::Status::Partial) => continue,
+                Err(e) => simple(400, &format!("bad request: {e}\n")),
+            };
+            return self.respond(now, response);
+        }
+    }
+
+    fn respond(&mut self, now: Instant, out: Vec<u8>) -> bool {
+        self.phase = Phase::Respond { out, sent: 0 };
+        self.deadline = now + SEND_TIMEOUT;
+        self.send(now)
+    }
+
+    fn send(&mut self, now: Instant) -> bool {
+        let Phase::Respond { out, sent } = &mut self.phase else { return true };
+        while *sent < out.len() {
+            match (&self.stream).write(&out[*sent..]) {
+                Ok(0) => return false,
+                Ok(n) => *sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        // The FIN tells the client the response is complete; reading on lets it close first.
+        let _ = self.stream.shutdown(Shutdown::Write);
+        self.phase = Phase::Linger;
+        self.deadline = now + LINGER;
+        self.discard()
+    }
+
+    fn discard(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        for _ in 0..LINGER_READS {
+            match (&self.stream).read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+/// A plain-text response that closes the connection.
+fn simple(status: u16, body: &str) -> Vec<u8> {
+    SimpleResponse { status, headers: &[("Content-Type", "text/plain")], body: body.as_bytes(), close: true }
+        .to_bytes()
+}
