@@ -118,6 +118,12 @@ impl<'a, W: Write> Coalesce<'a, W> {
         buf.clear();
         Coalesce { inner, buf }
     }
+
+    /// Buffers writes to `inner` after what `buf` already holds (left there by an earlier
+    /// `Coalesce` that was not flushed).
+    pub fn resume(inner: W, buf: &'a mut Vec<u8>) -> Coalesce<'a, W> {
+        Coalesce { inner, buf }
+    }
 }
 
 impl<W: Write> Write for Coalesce<'_, W> {

@@ -201,6 +201,11 @@ pub fn parse(
 fn looks_like_version(buf: &[u8]) -> bool {
     let line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // Method, target and version: a line with more parts has spaces in its target (400, as
+    // nginx answers), not an unknown version.
+    if line.split(|&b| b == b' ').count() != 3 {
+        return false;
+    }
     let Some(v) = line.rsplit(|&b| b == b' ').next() else { return false };
     v.len() == 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[6] == b'.' && v[7].is_ascii_digit()
 }
@@ -211,6 +216,10 @@ fn check_target(method: &str, target: &str) -> Result<(), Rejection> {
     }
     if !target.bytes().all(|b| (0x21..0x7f).contains(&b)) {
         return Err(reject(400, "invalid request target"));
+    }
+    // RFC 9112 3.2: a request-target carries no fragment; one here is a client bug or a probe.
+    if target.contains('#') {
+        return Err(reject(400, "fragment in request target"));
     }
     let origin = target.starts_with('/');
     let absolute = target.starts_with("http://") || target.starts_with("https://");

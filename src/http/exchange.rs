@@ -116,11 +116,17 @@ impl Exchange<'_> {
             let surplus = self.respond(&mut bw, &resp, &backend, scratch, record);
             scratch.backend_in = bw.into_buffer();
             let surplus = surplus?;
+            // The whole response is read, so the backend side is done: its slot and connection
+            // are given back before the last bytes go to the client, so that the client's next
+            // request finds them.
             backend.record_bytes(record.bytes_in, record.bytes_out);
             drop(attached);
             drop(pick);
             backend.latency.record(started.elapsed());
             self.release(stream, &backend, &resp, surplus);
+            Coalesce::resume(&*self.conn.stream, &mut scratch.client_out)
+                .flush()
+                .map_err(|e| Failure::new(Party::Client, Phase::Body, Cause::Io(e)))?;
             return Ok(resp.client_keep_alive);
         }
     }
@@ -264,8 +270,9 @@ impl Exchange<'_> {
         }
     }
 
-    /// Writes the response head and streams the body to the client. Returns how many bytes the
-    /// backend sent beyond the response's framing (already read into the buffer).
+    /// Writes the response head and streams the body to the client, leaving its tail in
+    /// `scratch.client_out` for the caller to flush. Returns how many bytes the backend sent
+    /// beyond the response's framing (already read into the buffer).
     fn respond(
         &self,
         bw: &mut Wire<&TcpStream>,
@@ -291,7 +298,6 @@ impl Exchange<'_> {
                 return Err(Failure::at(&backend.name, Party::Backend, Phase::Body, cause));
             }
         }
-        cout.flush().map_err(client_gone)?;
         Ok(bw.buffered().len())
     }
 

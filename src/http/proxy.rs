@@ -23,6 +23,7 @@ use crate::balancer::Balancer;
 use crate::config::{as_limit, Config};
 use crate::error::{Answer, Party};
 use crate::h1::request::{self, Forwarding, RequestHead};
+use crate::h1::respond::SimpleResponse;
 use crate::h1::{reason, BodyKind, Coalesce, Wire};
 use crate::registry::Conn;
 use crate::stats::ProxyCounters;
@@ -260,7 +261,8 @@ fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
-/// Writes a short text error response; returns the bytes written.
+/// Writes a short text error response through the one simple-response writer; returns the
+/// bytes written.
 fn write_error(
     out: &mut impl Write,
     status: u16,
@@ -269,17 +271,12 @@ fn write_error(
     close: bool,
 ) -> io::Result<u64> {
     let body = format!("{status} {}: {why}\n", reason(status));
-    let mut head = format!("HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\n", reason(status));
+    let mut headers = vec![("Content-Type", "text/plain")];
     if let Some(id) = id {
-        let _ = write!(head, "X-Request-ID: {id}\r\n");
+        headers.push(("X-Request-ID", id));
     }
     if status == 503 {
-        head.push_str("Retry-After: 1\r\n");
+        headers.push(("Retry-After", "1"));
     }
-    let _ = write!(head, "Content-Length: {}\r\n", body.len());
-    head.push_str(if close { "Connection: close\r\n\r\n" } else { "\r\n" });
-    out.write_all(head.as_bytes())?;
-    out.write_all(body.as_bytes())?;
-    out.flush()?;
-    Ok((head.len() + body.len()) as u64)
+    SimpleResponse { status, headers: &headers, body: body.as_bytes(), close }.write_to(out)
 }

@@ -381,6 +381,12 @@ fn malformed_and_ambiguous_requests_never_reach_the_backend() {
         ("bad byte in target", b"GET /a\x7fb HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
         ("non-ascii target", "GET /caf\u{e9} HTTP/1.1\r\nHost: t\r\n\r\n".as_bytes().to_vec(), 400),
         ("relative target", b"GET index.html HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
+        // RFC 9112 3.2: no fragment in a request-target, in either form.
+        ("fragment in origin form", b"GET /a#frag HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
+        ("fragment in absolute form", b"GET http://t/a#frag HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
+        // nginx answers a target with spaces with 400, not 505.
+        ("space in target", b"GET /a b HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
+        ("spaces in target", b"GET /a b c HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
         ("missing Host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
         ("repeated Host", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
         ("Host with space", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n".to_vec(), 400),

@@ -4,6 +4,7 @@
 mod admin;
 mod http;
 mod ops;
+mod robust;
 mod stdout;
 mod tcp;
 mod util;

@@ -1,0 +1,302 @@
+//! Robustness against hostile backends, reload storms and local shortages: no client ever gets
+//! another client's bytes, a reload loses no request, and our own shortages are not blamed on
+//! backends.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use lbproxy::h1::Wire;
+
+use crate::util::*;
+
+/// A backend that breaks HTTP framing on purpose:
+/// - `HEAD /a`: a head, then 50 ms later a whole second response nobody asked for;
+/// - `GET /overlong`: a body longer than its Content-Length, in the same write;
+/// - anything else: `200 genuine`.
+///
+/// Every stray response it writes is announced on the returned channel once written.
+fn stray_backend() -> (SocketAddr, Receiver<()>, Arc<AtomicU64>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let connections = Arc::new(AtomicU64::new(0));
+    let counted = connections.clone();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let tx = tx.clone();
+            thread::spawn(move || serve_stray(s, &tx));
+        }
+    });
+    (addr, rx, connections)
+}
+
+const STRAY: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTRAY";
+
+fn serve_stray(mut s: TcpStream, announce: &Sender<()>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
+            buf.drain(..end + 4);
+            let written = if head.starts_with("HEAD /a ") {
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n")
+                    .and_then(|()| {
+                        // The misbehaviour itself: a late "body" on HEAD.
+                        thread::sleep(Duration::from_millis(50));
+                        s.write_all(STRAY)
+                    })
+                    .map(|()| announce.send(()).is_ok())
+            } else if head.starts_with("GET /overlong ") {
+                let mut reply = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nokok".to_vec();
+                reply.extend_from_slice(STRAY);
+                s.write_all(&reply).map(|()| announce.send(()).is_ok())
+            } else {
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\ngenuine").map(|()| true)
+            };
+            if written.is_err() {
+                return;
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn wire(addr: SocketAddr) -> Wire<TcpStream> {
+    Wire::new(connect(addr))
+}
+
+#[test]
+fn a_late_body_on_head_never_reaches_another_client() {
+    // nginx and HAProxy drop a pooled connection on which bytes arrive while it is idle.
+    let (backend, strays, _) = stray_backend();
+    let (p, addr) = http_proxy(&[backend], "round-robin", "", "");
+    let mut first = wire(addr);
+    let r = {
+        let s = &mut first.stream;
+        s.write_all(b"HEAD /a HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+        read_response(&mut first, "HEAD")
+    };
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty(), "HEAD has no body whatever its headers say");
+    strays.recv_timeout(WAIT).expect("the backend wrote its stray response");
+    // Another client, on another connection, within the second that followed.
+    let mut other = wire(addr);
+    for _ in 0..3 {
+        let r = get(&mut other, "/b", "");
+        assert_eq!(r.text(), "genuine", "never the stray response");
+    }
+    p.wait_for("sent bytes on an idle pooled connection");
+}
+
+#[test]
+fn bytes_beyond_content_length_are_discarded_and_the_connection_closed() {
+    let (backend, strays, connections) = stray_backend();
+    let (p, addr) = http_proxy(&[backend], "round-robin", "", "");
+    let mut first = wire(addr);
+    let r = get(&mut first, "/overlong", "");
+    assert_eq!((r.status, r.text().as_str()), (200, "okok"), "exactly the framed body");
+    strays.recv_timeout(WAIT).expect("surplus written");
+    p.wait_for("beyond the response's framing; discarded, connection closed");
+    let mut other = wire(addr);
+    assert_eq!(get(&mut other, "/b", "").text(), "genuine");
+    assert_eq!(get(&mut first, "/c", "").text(), "genuine", "the first client carries on too");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "the tainted connection was replaced, not reused:\n{}",
+        p.log_text()
+    );
+}
+
+/// Rewrites the config between two disjoint backend sets `rounds` times, each reload applied
+/// before the next, while the load runs.
+fn storm(p: &Proc, config: &dyn Fn(usize) -> String, rounds: usize) {
+    let path = p.dir().join("config.ini");
+    for round in 1..=rounds {
+        std::fs::write(&path, config(round % 2)).expect("rewrite config");
+        let mark = p.mark();
+        p.signal("HUP");
+        let deadline = Instant::now() + WAIT;
+        while !p.lines_from(mark).iter().any(|l| l.contains("reload: ")) {
+            assert!(Instant::now() < deadline, "reload {round} not applied; log:\n{}", p.log_text());
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<Mutex<Vec<String>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(
+        workers: usize,
+        one: fn(SocketAddr, &mut Option<Wire<TcpStream>>) -> Result<(), String>,
+        addr: SocketAddr,
+    ) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..workers)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                thread::spawn(move || {
+                    let mut conn = None;
+                    let started = Instant::now();
+                    // Bounded in time even if the storm never ends.
+                    while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+                        match one(addr, &mut conn) {
+                            Ok(()) => ok.fetch_add(1, Ordering::SeqCst),
+                            Err(e) => {
+                                failed.lock().expect("lock").push(e);
+                                conn = None;
+                                0
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failed, threads }
+    }
+
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().expect("load thread");
+        }
+        let failed = self.failed.lock().expect("lock").clone();
+        (self.ok.load(Ordering::SeqCst), failed)
+    }
+}
+
+fn http_request(addr: SocketAddr, conn: &mut Option<Wire<TcpStream>>) -> Result<(), String> {
+    let w = conn.get_or_insert_with(|| wire(addr));
+    w.stream.write_all(b"GET /storm HTTP/1.1\r\nHost: t\r\n\r\n").map_err(|e| e.to_string())?;
+    let (status, kind) = w
+        .read_head(1 << 16, |buf| {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut r = httparse::Response::new(&mut headers);
+            match r.parse(buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let status = r.code.unwrap_or(0);
+                    Ok(Some((len, (status, lbproxy::h1::response_body("GET", status, r.headers)))))
+                }
+                Ok(httparse::Status::Partial) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let mut body = Vec::new();
+    w.copy_body(kind, &mut body).map_err(|e| e.to_string())?;
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
+    }
+}
+
+fn tcp_request(addr: SocketAddr, _: &mut Option<Wire<TcpStream>>) -> Result<(), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(WAIT)).map_err(|e| e.to_string())?;
+    s.write_all(b"storm\n").map_err(|e| e.to_string())?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    while !reply.ends_with(b"\n") {
+        match s.read(&mut byte) {
+            Ok(0) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&reply))),
+            Ok(_) => reply.push(byte[0]),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if reply.ends_with(b"] storm\n") {
+        Ok(())
+    } else {
+        Err(format!("unexpected reply {:?}", String::from_utf8_lossy(&reply)))
+    }
+}
+
+fn reload_storm(mode: &str, one: fn(SocketAddr, &mut Option<Wire<TcpStream>>) -> Result<(), String>) {
+    let ds = dummies(4);
+    let config = |set: usize| {
+        let mut s = format!(
+            "[proxy]\nmode = {mode}\nalgorithm = least-connections\nworkers = 32\ndrain_timeout_ms = 20000\n\
+             [health]\nenabled = false\n[backends]\n"
+        );
+        for i in [2 * set, 2 * set + 1] {
+            s.push_str(&format!("app{} = {}\n", i + 1, ds[i].1));
+        }
+        s
+    };
+    let (p, addr) = proxy_with(&config(0), &[]);
+    let load = Load::start(6, one, addr);
+    storm(&p, &config, 100);
+    let (ok, failed) = load.finish();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok >= 100, "the load ran through the storm: {ok} requests");
+    let log = p.log_text();
+    for name in ["app1", "app2", "app3", "app4"] {
+        assert!(log.contains(&format!("-> {name} ")), "{name} served during the storm");
+    }
+}
+
+#[test]
+fn a_reload_storm_swapping_whole_sets_loses_no_request_in_http_mode() {
+    reload_storm("http", http_request);
+}
+
+#[test]
+fn a_reload_storm_swapping_whole_sets_loses_no_connection_in_tcp_mode() {
+    reload_storm("tcp", tcp_request);
+}
+
+#[test]
+fn running_out_of_descriptors_does_not_mark_backends_down_in_http_mode() {
+    // Our shortage (EMFILE on connect) is not the backend's failure: nginx logs it as a local
+    // error; HAProxy counts it as a resource error, not a server failure.
+    let ds = dummies(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 48\nqueue = 64\n[health]\nenabled = false\nmax_fails = 1\n{}",
+        backends_section(&[ds[0].1])
+    );
+    std::fs::write(dir.path().join("config.ini"), config).expect("write");
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(dir.path())
+        .args(["-c", &format!("ulimit -n 40 && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
+    let p = Proc::spawn(&mut cmd, Some(dir));
+    let addr = p.listening_addr();
+    // More requests in flight than 40 descriptors allow backend connections for.
+    let flood: Vec<TcpStream> = (0..45).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+    for mut s in &flood {
+        let _ = s.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    p.wait_for("a shortage on this host, not counted against the backend");
+    drop(flood);
+    let deadline = Instant::now() + WAIT;
+    while http_request(addr, &mut None).is_err() {
+        assert!(Instant::now() < deadline, "not serving again; log:\n{}", p.log_text());
+    }
+    assert!(!p.log_text().contains(" DOWN "), "a local shortage marked the backend down:\n{}", p.log_text());
+}
