@@ -6,7 +6,9 @@
 //! bytes with blocking reads and writes ([`relay`]). See [`server`] for the picture.
 //!
 //! Modules, one question each:
-//! - [`config`]: INI file and flags -> validated settings.
+//! - [`config`]: INI file and flags -> validated settings, from one table of keys.
+//! - [`addr`]: `host:port` and bare-port parsing, name resolution.
+//! - [`budget`]: whether the configured threads fit the system's limits.
 //! - [`backend`]: backends, their counters, limits and idle connections.
 //! - [`health`]: whether they are alive (active checks, passive failures, slow start).
 //! - [`discovery`]: how the set changes while running (SIGHUP reload, DNS).
@@ -19,9 +21,11 @@
 //! - [`http`]: HTTP mode, per-request balancing over pooled backend connections.
 //! - [`dummy`], [`simulate`]: the dummy backend and the load-generating client.
 
+pub mod addr;
 pub mod admin;
 pub mod backend;
 pub mod balancer;
+pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -123,7 +123,7 @@ impl Report {
 
 /// Runs the clients; the report says what happened (the caller decides the exit status).
 pub fn run(args: &ClientArgs) -> io::Result<Report> {
-    let target: SocketAddr = crate::config::parse_socket_addr(&args.target, false)
+    let target: SocketAddr = crate::addr::parse_socket_addr(&args.target, false)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let done = Arc::new(AtomicU64::new(0));
     let total = (args.clients * args.requests) as u64;
