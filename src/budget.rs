@@ -96,7 +96,7 @@ fn budgets(limits: &Limits) -> Vec<Budget> {
             threads: c.max.saturating_sub(c.used),
             needs: Box::new(|t| format!("{} threads", grouped(t))),
             limit: format!(
-                "RLIMIT_NPROC (ulimit -u) is {} and this user runs {} threads",
+                "RLIMIT_NPROC (ulimit -u) is {} and this user runs {} thread(s)",
                 c.max,
                 grouped(c.used)
             ),
@@ -358,7 +358,7 @@ mod tests {
 
         let user = Limits { nproc: Some(Cap { max: 100, used: 40 }), ..limits.clone() };
         let r = check(9256, 10, &user).expect_err("over RLIMIT_NPROC");
-        assert_eq!(r.to_string(), "9256 needs 9,266 threads; RLIMIT_NPROC (ulimit -u) is 100 and this user runs 40 threads; at most 50 fit");
+        assert_eq!(r.to_string(), "9256 needs 9,266 threads; RLIMIT_NPROC (ulimit -u) is 100 and this user runs 40 thread(s); at most 50 fit");
 
         let memory = Limits { mem_available_kib: Some(64 * 1024), ..Limits::default() };
         let r = check(2000, 10, &memory).expect_err("over memory");

@@ -116,4 +116,20 @@ mod tests {
             assert!(about.contains(name), "the about text does not list {name}: {about}");
         }
     }
+
+    #[test]
+    fn a_bare_listen_port_means_every_interface_and_flags_are_named_in_errors() {
+        let args = |extra: &[&str]| {
+            let base = ["proxy_server", "--config", "/dev/null", "--backend", "127.0.0.1:9"];
+            ProxyArgs::parse_from(base.iter().chain(extra))
+        };
+        let config = args(&["--listen", "8080", "--algorithm", "random-two"]).load().expect("valid");
+        assert_eq!(config.listen, "0.0.0.0:8080".parse().expect("addr"));
+        assert_eq!(config.algorithm.name(), "random-two");
+        let errors = args(&["--listen", "localhost"]).load().expect_err("no port");
+        assert_eq!(
+            errors[0].to_string(),
+            "--listen: [proxy] listen: 'localhost' has no port (expected host:port or a port, e.g. 127.0.0.1:8080)"
+        );
+    }
 }

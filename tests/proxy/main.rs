@@ -2,6 +2,7 @@
 //! loopback ports chosen by the kernel.
 
 mod http;
+mod limits;
 mod ops;
 mod tcp;
 mod util;
