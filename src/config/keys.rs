@@ -112,6 +112,7 @@ fn mode_name(m: Mode) -> String {
     (if m == Mode::Tcp { "tcp" } else { "http" }).to_string()
 }
 
+/// `[proxy] listen`.
 pub const LISTEN: Key = flagged(
     key(
         "proxy",
@@ -123,6 +124,7 @@ pub const LISTEN: Key = flagged(
     ),
     "--listen",
 );
+/// `[proxy] mode`.
 pub const MODE: Key = flagged(
     key(
         "proxy",
@@ -134,6 +136,7 @@ pub const MODE: Key = flagged(
     ),
     "--mode",
 );
+/// `[proxy] algorithm`.
 pub const ALGORITHM: Key = flagged(
     key(
         "proxy",
@@ -145,6 +148,7 @@ pub const ALGORITHM: Key = flagged(
     ),
     "--algorithm",
 );
+/// `[proxy] workers`.
 pub const WORKERS: Key = flagged(
     key(
         "proxy",
@@ -156,6 +160,7 @@ pub const WORKERS: Key = flagged(
     ),
     "--workers",
 );
+/// `[proxy] queue`.
 pub const QUEUE: Key = key(
     "proxy",
     "queue",
@@ -164,6 +169,7 @@ pub const QUEUE: Key = key(
     "accepted connections waiting for a worker; when full, accepting pauses",
     |c| c.queue.to_string(),
 );
+/// `[proxy] log_file`.
 pub const LOG_FILE: Key = flagged(
     key(
         "proxy",
@@ -175,6 +181,7 @@ pub const LOG_FILE: Key = flagged(
     ),
     "--log-file",
 );
+/// `[proxy] log_level`.
 pub const LOG_LEVEL: Key = flagged(
     key(
         "proxy",
@@ -186,6 +193,7 @@ pub const LOG_LEVEL: Key = flagged(
     ),
     "--log-level",
 );
+/// `[proxy] drain_timeout_ms`.
 pub const DRAIN_TIMEOUT_MS: Key = key(
     "proxy",
     "drain_timeout_ms",
@@ -194,6 +202,7 @@ pub const DRAIN_TIMEOUT_MS: Key = key(
     "on Ctrl-C/SIGTERM, how long open connections may finish",
     |c| c.drain_timeout.as_millis().to_string(),
 );
+/// `[proxy] stats_interval_ms`.
 pub const STATS_INTERVAL_MS: Key = key(
     "proxy",
     "stats_interval_ms",
@@ -202,6 +211,7 @@ pub const STATS_INTERVAL_MS: Key = key(
     "log a one-line summary per backend this often (0: off)",
     |c| c.stats_interval.map_or(0, |d| d.as_millis()).to_string(),
 );
+/// `[timeouts] connect_ms`.
 pub const CONNECT_MS: Key = key(
     "timeouts",
     "connect_ms",
@@ -210,8 +220,10 @@ pub const CONNECT_MS: Key = key(
     "backend connect timeout; then the next backend is tried",
     |c| c.timeouts.connect.as_millis().to_string(),
 );
+/// `[timeouts] idle_ms`.
 pub const IDLE_MS: Key =
     key("timeouts", "idle_ms", millis(0, DAY_MS), "60000", "close a connection with no bytes either way for this long (0: never); http: also idle keep-alive clients", |c| c.timeouts.idle.as_millis().to_string());
+/// `[timeouts] header_ms`.
 pub const HEADER_MS: Key = key(
     "timeouts",
     "header_ms",
@@ -220,6 +232,7 @@ pub const HEADER_MS: Key = key(
     "http: the request head must be complete within this, else 408 and close",
     |c| c.timeouts.header.as_millis().to_string(),
 );
+/// `[timeouts] response_ms`.
 pub const RESPONSE_MS: Key = key(
     "timeouts",
     "response_ms",
@@ -228,6 +241,7 @@ pub const RESPONSE_MS: Key = key(
     "http: the backend's response head must arrive within this, else 504",
     |c| c.timeouts.response.as_millis().to_string(),
 );
+/// `[timeouts] queue_ms`.
 pub const QUEUE_MS: Key = key(
     "timeouts",
     "queue_ms",
@@ -236,6 +250,7 @@ pub const QUEUE_MS: Key = key(
     "when every backend is at `max_conns`, wait this long for a slot, then close (tcp) or 503 (http)",
     |c| c.timeouts.queue.as_millis().to_string(),
 );
+/// `[http] backend_keepalive`.
 pub const BACKEND_KEEPALIVE: Key = key(
     "http",
     "backend_keepalive",
@@ -244,6 +259,7 @@ pub const BACKEND_KEEPALIVE: Key = key(
     "http: idle persistent connections kept per backend",
     |c| c.http.backend_keepalive.to_string(),
 );
+/// `[http] max_head_bytes`.
 pub const MAX_HEAD_BYTES: Key = key(
     "http",
     "max_head_bytes",
@@ -252,6 +268,7 @@ pub const MAX_HEAD_BYTES: Key = key(
     "http: larger request heads get 431",
     |c| c.http.max_head_bytes.to_string(),
 );
+/// `[http] max_body_bytes`.
 pub const MAX_BODY_BYTES: Key = key(
     "http",
     "max_body_bytes",
@@ -260,10 +277,12 @@ pub const MAX_BODY_BYTES: Key = key(
     "http: larger request bodies get 413 (0: no limit)",
     |c| c.http.max_body_bytes.unwrap_or(0).to_string(),
 );
+/// `[health] enabled`.
 pub const HEALTH_ENABLED: Key =
     key("health", "enabled", Kind::Bool, "true", "active health checks from a checker thread", |c| {
         c.health.enabled.to_string()
     });
+/// `[health] mode`.
 pub const HEALTH_MODE: Key = key(
     "health",
     "mode",
@@ -272,8 +291,10 @@ pub const HEALTH_MODE: Key = key(
     "`tcp`: connect; `http`: `GET path` expecting 2xx/3xx; empty: the proxy's mode",
     |c| mode_name(c.health.mode),
 );
+/// `[health] path`.
 pub const HEALTH_PATH: Key =
     key("health", "path", Kind::Text, "/health", "the http check's request path", |c| c.health.path.clone());
+/// `[health] interval_ms`.
 pub const INTERVAL_MS: Key = key(
     "health",
     "interval_ms",
@@ -282,18 +303,22 @@ pub const INTERVAL_MS: Key = key(
     "how often each backend is checked (plus up to 10% jitter)",
     |c| c.health.interval.as_millis().to_string(),
 );
+/// `[health] timeout_ms`.
 pub const TIMEOUT_MS: Key =
     key("health", "timeout_ms", millis(1, 600_000), "1000", "how long a check may take", |c| {
         c.health.timeout.as_millis().to_string()
     });
+/// `[health] rise`.
 pub const RISE: Key =
     key("health", "rise", number(1, 100), "2", "consecutive good checks to come back up", |c| {
         c.health.rise.to_string()
     });
+/// `[health] fall`.
 pub const FALL: Key =
     key("health", "fall", number(1, 100), "3", "consecutive failed checks to go down", |c| {
         c.health.fall.to_string()
     });
+/// `[health] max_fails`.
 pub const MAX_FAILS: Key = key(
     "health",
     "max_fails",
@@ -302,14 +327,17 @@ pub const MAX_FAILS: Key = key(
     "live-traffic failures within `fail_window_ms` that mark a backend down (0: off)",
     |c| c.health.max_fails.to_string(),
 );
+/// `[health] fail_window_ms`.
 pub const FAIL_WINDOW_MS: Key =
     key("health", "fail_window_ms", millis(0, DAY_MS), "10000", "the window `max_fails` counts in", |c| {
         c.health.fail_window.as_millis().to_string()
     });
+/// `[health] observe_5xx`.
 pub const OBSERVE_5XX: Key =
     key("health", "observe_5xx", Kind::Bool, "false", "http: count 5xx responses as failures", |c| {
         c.health.observe_5xx.to_string()
     });
+/// `[health] slowstart_ms`.
 pub const SLOWSTART_MS: Key = key(
     "health",
     "slowstart_ms",
@@ -318,6 +346,7 @@ pub const SLOWSTART_MS: Key = key(
     "ramp a recovered backend's weight from near 0 to full over this long",
     |c| c.health.slowstart.as_millis().to_string(),
 );
+/// `[admin] listen`.
 pub const ADMIN_LISTEN: Key = key(
     "admin",
     "listen",
@@ -326,6 +355,7 @@ pub const ADMIN_LISTEN: Key = key(
     "e.g. `127.0.0.1:8081`: `/stats`, `/metrics`, `/health`; empty: off",
     |c| c.admin.map(|a| a.to_string()).unwrap_or_default(),
 );
+/// `[backends] resolve_ms`.
 pub const RESOLVE_MS: Key = key(
     "backends",
     "resolve_ms",
