@@ -9,7 +9,7 @@ use lbproxy::{logging, out, signals};
 
 fn main() -> ExitCode {
     let args = ProxyArgs::parse();
-    let config = match args.load() {
+    let config = match args.load_checked() {
         Ok(config) => config,
         Err(errors) => {
             out::err_line(format_args!("proxy_server: configuration has {} error(s):", errors.len()));

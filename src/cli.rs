@@ -4,18 +4,20 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::budget;
+use crate::config::keys::{self, Key};
 use crate::config::{Config, ConfigError, RawConfig, DEFAULT_PATH};
 
-/// A load-balancing TCP and HTTP/1.1 proxy: a thread pool of blocking workers, least-connections or
-/// round-robin.
+/// A load-balancing TCP and HTTP/1.1 proxy: a thread pool of blocking workers and four balancing
+/// algorithms (least-connections, round-robin, random-two, source-hash).
 #[derive(Debug, Clone, Parser)]
-#[command(name = "proxy_server", version, about)]
+#[command(name = "proxy_server", version)]
 pub struct ProxyArgs {
     /// Configuration file.
     #[arg(long, value_name = "PATH", default_value = DEFAULT_PATH)]
     pub config: PathBuf,
-    /// Address to listen on, e.g. 0.0.0.0:8080 (overrides [proxy] listen).
-    #[arg(long, value_name = "ADDR:PORT")]
+    /// Address to listen on, e.g. 0.0.0.0:8080, or a bare port (overrides [proxy] listen).
+    #[arg(long, value_name = "ADDR:PORT|PORT")]
     pub listen: Option<String>,
     /// A backend address; repeat for several. Replaces the file's [backends].
     #[arg(long = "backend", value_name = "ADDR:PORT")]
@@ -29,7 +31,7 @@ pub struct ProxyArgs {
     /// tcp or http (overrides [proxy] mode).
     #[arg(long)]
     pub mode: Option<String>,
-    /// error, warn, info, debug or trace (overrides [proxy] log_level).
+    /// error, warn, info, debug, trace or off (overrides [proxy] log_level).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
     /// Log file; empty for terminal only (overrides [proxy] log_file).
@@ -43,23 +45,91 @@ pub struct ProxyArgs {
 impl ProxyArgs {
     /// Loads the config file and applies the flags over it.
     pub fn load(&self) -> Result<Config, Vec<ConfigError>> {
+        self.raw()?.validate()
+    }
+
+    /// [`ProxyArgs::load`], then checks that `workers` fits the system's thread limits (see
+    /// [`budget`]): for `--check` and start, before anything is bound. Reloads skip it, since
+    /// they cannot change the pool and the running threads would count against it.
+    pub fn load_checked(&self) -> Result<Config, Vec<ConfigError>> {
+        let raw = self.raw()?;
+        let config = raw.validate()?;
+        budget::check_config(&config, &budget::Limits::read()).map_err(|refusal| {
+            vec![ConfigError {
+                file: raw.file().to_string(),
+                origin: raw.origin(keys::WORKERS.section, keys::WORKERS.name),
+                key: keys::WORKERS.label(),
+                message: refusal.to_string(),
+            }]
+        })?;
+        Ok(config)
+    }
+
+    fn raw(&self) -> Result<RawConfig, Vec<ConfigError>> {
         let mut raw = RawConfig::load(&self.config)?;
-        let flags: [(&str, &Option<String>, &'static str); 6] = [
-            ("listen", &self.listen, "--listen"),
-            ("algorithm", &self.algorithm, "--algorithm"),
-            ("workers", &self.workers, "--workers"),
-            ("mode", &self.mode, "--mode"),
-            ("log_level", &self.log_level, "--log-level"),
-            ("log_file", &self.log_file, "--log-file"),
+        let flags: [(&Key, &Option<String>); 6] = [
+            (&keys::LISTEN, &self.listen),
+            (&keys::ALGORITHM, &self.algorithm),
+            (&keys::WORKERS, &self.workers),
+            (&keys::MODE, &self.mode),
+            (&keys::LOG_LEVEL, &self.log_level),
+            (&keys::LOG_FILE, &self.log_file),
         ];
-        for (key, value, flag) in flags {
-            if let Some(value) = value {
-                raw.set_flag("proxy", key, value, flag);
+        for (key, value) in flags {
+            if let (Some(value), Some(flag)) = (value, key.flag) {
+                raw.set_flag(key.section, key.name, value, flag);
             }
         }
         if !self.backends.is_empty() {
             raw.set_backends(&self.backends);
         }
-        raw.validate()
+        Ok(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+    use crate::config::keys::{Kind, KEYS};
+
+    #[test]
+    fn every_flag_in_the_key_table_exists_and_its_help_lists_every_choice() {
+        let command = ProxyArgs::command();
+        for key in KEYS {
+            let Some(flag) = key.flag else { continue };
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long().is_some_and(|l| format!("--{l}") == flag))
+                .unwrap_or_else(|| panic!("{flag} (for {}) is not a flag", key.label()));
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(help.contains(&key.label()), "{flag}'s help does not name {}: {help}", key.label());
+            if let Kind::Choice(names) = key.kind {
+                for name in names {
+                    assert!(help.contains(name), "{flag}'s help does not list {name}: {help}");
+                }
+            }
+        }
+        let about = command.get_about().map(|a| a.to_string()).unwrap_or_default();
+        for name in keys::ALGORITHMS {
+            assert!(about.contains(name), "the about text does not list {name}: {about}");
+        }
+    }
+
+    #[test]
+    fn a_bare_listen_port_means_every_interface_and_flags_are_named_in_errors() {
+        let args = |extra: &[&str]| {
+            let base = ["proxy_server", "--config", "/dev/null", "--backend", "127.0.0.1:9"];
+            ProxyArgs::parse_from(base.iter().chain(extra))
+        };
+        let config = args(&["--listen", "8080", "--algorithm", "random-two"]).load().expect("valid");
+        assert_eq!(config.listen, "0.0.0.0:8080".parse().expect("addr"));
+        assert_eq!(config.algorithm.name(), "random-two");
+        let errors = args(&["--listen", "localhost"]).load().expect_err("no port");
+        assert_eq!(
+            errors[0].to_string(),
+            "--listen: [proxy] listen: 'localhost' has no port (expected host:port or a port, e.g. 127.0.0.1:8080)"
+        );
     }
 }

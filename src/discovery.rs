@@ -15,9 +15,10 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
+use crate::addr::resolve;
 use crate::backend::{members_of, Backend};
 use crate::balancer::Balancer;
-use crate::config::{resolve, BackendSpec, Config, ConfigError};
+use crate::config::{BackendSpec, Config, ConfigError};
 use crate::logging::{held_back, RateLimit};
 use crate::registry::Registry;
 

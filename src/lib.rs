@@ -3,26 +3,30 @@
 //! One acceptor thread accepts connections and sends them on a bounded channel; a fixed pool
 //! of workers receives them, asks the [`balancer`] for a backend (choose-and-count in one
 //! locked step), connects through [`upstream`] (trying the next backend on failure) and relays
-//! bytes with blocking reads and writes ([`relay`]). See [`server`] for the picture.
+//! bytes with blocking reads and writes ([`relay`], [`http`]). See [`server`] for the picture.
 //!
-//! Modules, one question each:
-//! - [`config`]: INI file and flags -> validated settings.
-//! - [`backend`]: backends, their counters, limits and idle connections.
-//! - [`health`]: whether they are alive (active checks, passive failures, slow start).
-//! - [`discovery`]: how the set changes while running (SIGHUP reload, DNS).
-//! - [`balancer`]: which backend goes next (four algorithms), with queueing when all are full.
-//! - [`stats`], [`admin`]: latency histograms, /stats JSON, /metrics Prometheus text.
-//! - [`upstream`]: reaching a backend, with retries.
-//! - [`relay`], [`tcp`]: how bytes move in TCP mode.
-//! - [`pool`], [`server`], [`registry`]: threads, accepting, draining.
-//! - [`h1`]: the HTTP/1.1 wire format (heads, bodies, framing), shared by every HTTP speaker.
-//! - [`http`]: HTTP mode, per-request balancing over pooled backend connections.
-//! - [`dummy`], [`simulate`]: the dummy backend and the load-generating client.
-//! - [`out`]: what the binaries print, quiet when the reader of stdout has gone.
+//! Modules, in layers; each imports only from layers below it (`scripts/check_layers.py`
+//! checks this in the test command):
+//! - base: [`clock`], [`config`] (INI and flags -> validated settings, from one table of keys),
+//!   [`addr`] (`host:port` parsing, resolution), [`budget`] (whether the threads fit the
+//!   system's limits), [`error`] (the process's errors and one failure model for both modes),
+//!   [`latency`], [`logging`], [`out`] (stdout, quiet when its reader has gone), [`net`]
+//!   (sockets), [`h1`] (the HTTP/1.1 wire format).
+//! - health state: [`health`] (rise/fall hysteresis, passive failures, slow start).
+//! - backend: [`backend`] (identity, limits, counters, idle connections).
+//! - selection: [`balancer`] (four algorithms; the one place where choosing meets health).
+//! - reaching backends, checking, rendering: [`upstream`] (the one connect path),
+//!   [`checker`] (the health-check thread), [`stats`], [`registry`], [`pool`], [`relay`],
+//!   [`signals`].
+//! - modes and operations: [`tcp`], [`http`], [`admin`], [`discovery`] (reload, DNS),
+//!   [`dummy`] and [`simulate`] (the companions).
+//! - process: [`server`], [`cli`].
 
+pub mod addr;
 pub mod admin;
 pub mod backend;
 pub mod balancer;
+pub mod budget;
 pub mod checker;
 pub mod cli;
 pub mod clock;

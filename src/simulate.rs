@@ -126,7 +126,7 @@ impl Report {
 /// With `--verbose`, the clients stop early once stdout's reader has gone ([`out::gone`]):
 /// the rest of the run could no longer be shown.
 pub fn run(args: &ClientArgs) -> io::Result<Report> {
-    let target: SocketAddr = crate::config::parse_socket_addr(&args.target, false)
+    let target: SocketAddr = crate::addr::parse_socket_addr(&args.target, false)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let done = Arc::new(AtomicU64::new(0));
     let total = (args.clients * args.requests) as u64;

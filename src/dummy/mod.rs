@@ -67,7 +67,7 @@ pub struct DummyServer {
 impl DummyServer {
     /// Binds the port given in `args`.
     pub fn bind(args: &DummyArgs) -> Result<DummyServer, Error> {
-        let addr = crate::config::parse_socket_addr(&format!("{}:{}", args.host, args.port), true)
+        let addr = crate::addr::parse_socket_addr(&format!("{}:{}", args.host, args.port), true)
             .map_err(|e| Error::Resource(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         let listener = crate::net::bind(addr).map_err(|source| Error::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;

@@ -3,6 +3,7 @@
 
 mod admin;
 mod http;
+mod limits;
 mod ops;
 mod robust;
 mod stdout;

@@ -286,6 +286,7 @@ fn check_passes_on_the_shipped_config() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("listen = 0.0.0.0:8080"), "{text}");
     assert!(text.contains("app10 = 127.0.0.1:9099"), "{text}");
+    assert!(text.contains("\nstats_interval_ms = 0\n"), "every key is shown:\n{text}");
     assert!(text.contains("is valid"), "{text}");
 }
 

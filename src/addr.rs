@@ -1,0 +1,107 @@
+//! Addresses as people write them: `host:port`, `[v6]:port`, a bare port for a listener, and
+//! name resolution. Every error says what was wrong and what to write instead.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+
+/// Splits `host:port` (or `[v6]:port`), checking the port.
+pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.starts_with('[')) => (h, p),
+        // `::1` or `fe80::1:8080`: an IPv6 address needs brackets to carry a port.
+        Some((h, _)) if h.contains(':') => {
+            return Err(format!("'{s}' has no port (write an IPv6 address in brackets: [::1]:8080)"))
+        }
+        Some(("", _)) => return Err(format!("'{s}' has no host (expected host:port, e.g. 127.0.0.1:8080)")),
+        None if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            return Err(format!("'{s}' has no host (expected host:port, e.g. 127.0.0.1:{s})"))
+        }
+        _ => return Err(format!("'{s}' has no port (expected host:port, e.g. 127.0.0.1:8080)")),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if port.is_empty() {
+        return Err(format!("'{s}' has no port after the ':' (expected host:port, e.g. 127.0.0.1:8080)"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) => Ok((host, p)),
+        Err(_) => Err(format!("invalid port '{port}' in '{s}' (expected 0..=65535)")),
+    }
+}
+
+/// Resolves `host:port` to its first address; `allow_zero` permits port 0 (any free port).
+pub fn parse_socket_addr(s: &str, allow_zero: bool) -> Result<SocketAddr, String> {
+    parse_target(s, allow_zero).map(|(_, _, addrs)| addrs[0])
+}
+
+/// A listening address: `host:port`, or a bare port meaning every IPv4 interface
+/// (`8080` is `0.0.0.0:8080`, as nginx reads `listen 8080`). Port 0 asks for any free port.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return match s.parse::<u16>() {
+            Ok(port) => Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)),
+            Err(_) => Err(format!("invalid port '{s}' (expected 0..=65535, or host:port)")),
+        };
+    }
+    parse_socket_addr(s, true)
+        .map_err(|e| e.replace("(expected host:port,", "(expected host:port or a port,"))
+}
+
+/// Splits and resolves `host:port`: the host, the port, and every address (at least one).
+pub fn parse_target(s: &str, allow_zero: bool) -> Result<(&str, u16, Vec<SocketAddr>), String> {
+    let (host, port) = split_host_port(s)?;
+    if port == 0 && !allow_zero {
+        return Err(format!("port 0 is not a valid port in '{s}'"));
+    }
+    Ok((host, port, resolve(host, port)?))
+}
+
+/// Every address `host` resolves to, in the resolver's order, without duplicates.
+pub fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let mut addrs: Vec<SocketAddr> = Vec::new();
+    for a in (host, port).to_socket_addrs().map_err(|e| format!("cannot resolve '{host}': {e}"))? {
+        if !addrs.contains(&a) {
+            addrs.push(a);
+        }
+    }
+    if addrs.is_empty() {
+        return Err(format!("'{host}' has no address"));
+    }
+    Ok(addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_and_host_names_resolve() {
+        assert_eq!(split_host_port("[::1]:80"), Ok(("::1", 80)));
+        assert!(split_host_port("::1").is_err());
+        assert!(parse_socket_addr("localhost:9090", false).is_ok());
+        assert!(parse_socket_addr("127.0.0.1:0", false).is_err());
+    }
+
+    #[test]
+    fn a_bare_port_listens_on_every_ipv4_interface() {
+        assert_eq!(parse_listen("8080"), Ok("0.0.0.0:8080".parse().expect("addr")));
+        assert_eq!(parse_listen("0"), Ok("0.0.0.0:0".parse().expect("addr")));
+        assert_eq!(parse_listen("127.0.0.1:9000"), Ok("127.0.0.1:9000".parse().expect("addr")));
+        assert_eq!(parse_listen("[::1]:9000"), Ok("[::1]:9000".parse().expect("addr")));
+    }
+
+    #[test]
+    fn bad_addresses_say_what_to_write() {
+        let err = |s: &str| parse_listen(s).expect_err(s);
+        assert_eq!(err("70000"), "invalid port '70000' (expected 0..=65535, or host:port)");
+        assert_eq!(
+            err("localhost"),
+            "'localhost' has no port (expected host:port or a port, e.g. 127.0.0.1:8080)"
+        );
+        assert_eq!(err(":8080"), "':8080' has no host (expected host:port or a port, e.g. 127.0.0.1:8080)");
+        assert!(err("::1").contains("in brackets: [::1]:8080"), "{}", err("::1"));
+        assert!(err("127.0.0.1:").contains("has no port after the ':'"), "{}", err("127.0.0.1:"));
+        assert!(err("127.0.0.1:http").starts_with("invalid port 'http' in '127.0.0.1:http'"));
+        // Backends and clients still need a host: a bare port is not a destination.
+        let target = parse_target("9090", false).expect_err("bare port");
+        assert_eq!(target, "'9090' has no host (expected host:port, e.g. 127.0.0.1:9090)");
+    }
+}

@@ -1,0 +1,420 @@
+//! The table of configuration keys: one entry per key with its section, type, default, range,
+//! flag and help. Validation, unknown-key errors, `--check`'s output and the README's key table
+//! all come from [`KEYS`], so a default is written down once.
+
+use super::{Config, Mode};
+
+/// What values a key takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A whole number in `min..=max`.
+    Number { min: u64, max: u64 },
+    /// Milliseconds in `min..=max`.
+    Millis { min: u64, max: u64 },
+    /// `true`/`false` (also yes/no, on/off, 1/0).
+    Bool,
+    /// One of these names.
+    Choice(&'static [&'static str]),
+    /// `host:port` (a listener also takes a bare port).
+    Address,
+    /// A file path.
+    Path,
+    /// Free text, checked by the key's own parser.
+    Text,
+}
+
+impl Kind {
+    /// The type as the README names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Number { .. } => "number",
+            Kind::Millis { .. } => "ms",
+            Kind::Bool => "bool",
+            Kind::Choice(_) => "choice",
+            Kind::Address => "address",
+            Kind::Path => "path",
+            Kind::Text => "text",
+        }
+    }
+
+    /// The allowed values: a numeric range, or the choices; empty otherwise.
+    pub fn range(self) -> String {
+        match self {
+            // u64::MAX >> 1 stands for "no practical limit".
+            Kind::Number { min, max } | Kind::Millis { min, max } if max >= u64::MAX >> 1 => {
+                format!("{min}..")
+            }
+            Kind::Number { min, max } | Kind::Millis { min, max } => format!("{min}..={max}"),
+            Kind::Choice(names) => names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", "),
+            _ => String::new(),
+        }
+    }
+}
+
+/// One configuration key.
+#[derive(Debug, Clone, Copy)]
+pub struct Key {
+    /// `proxy` for `[proxy]`.
+    pub section: &'static str,
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The value used when the key is absent, as it would be written in the file.
+    pub default: &'static str,
+    /// The command-line flag that overrides it, if any.
+    pub flag: Option<&'static str>,
+    /// One line for the README.
+    pub help: &'static str,
+    /// The effective value as `--check` prints it (parses back to the same setting).
+    pub show: fn(&Config) -> String,
+}
+
+impl Key {
+    /// `[section] name`, as errors name it.
+    pub fn label(&self) -> String {
+        format!("[{}] {}", self.section, self.name)
+    }
+}
+
+/// The algorithm names, as written in the file and on the command line.
+pub const ALGORITHMS: &[&str] = &["least-connections", "round-robin", "random-two", "source-hash"];
+/// The proxy's modes.
+pub const MODES: &[&str] = &["tcp", "http"];
+/// The log levels.
+pub const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace", "off"];
+
+const fn key(
+    section: &'static str,
+    name: &'static str,
+    kind: Kind,
+    default: &'static str,
+    help: &'static str,
+    show: fn(&Config) -> String,
+) -> Key {
+    Key { section, name, kind, default, flag: None, help, show }
+}
+
+const fn flagged(k: Key, flag: &'static str) -> Key {
+    Key { flag: Some(flag), ..k }
+}
+
+const fn millis(min: u64, max: u64) -> Kind {
+    Kind::Millis { min, max }
+}
+
+const fn number(min: u64, max: u64) -> Kind {
+    Kind::Number { min, max }
+}
+
+/// The widest millisecond setting: one day.
+const DAY_MS: u64 = 86_400_000;
+
+fn mode_name(m: Mode) -> String {
+    (if m == Mode::Tcp { "tcp" } else { "http" }).to_string()
+}
+
+/// `[proxy] listen`.
+pub const LISTEN: Key = flagged(
+    key(
+        "proxy",
+        "listen",
+        Kind::Address,
+        "0.0.0.0:8080",
+        "address to accept clients on; a bare port means 0.0.0.0:PORT",
+        |c| c.listen.to_string(),
+    ),
+    "--listen",
+);
+/// `[proxy] mode`.
+pub const MODE: Key = flagged(
+    key(
+        "proxy",
+        "mode",
+        Kind::Choice(MODES),
+        "tcp",
+        "`tcp`: relay bytes, balance per connection; `http`: HTTP/1.1, balance per request",
+        |c| mode_name(c.mode),
+    ),
+    "--mode",
+);
+/// `[proxy] algorithm`.
+pub const ALGORITHM: Key = flagged(
+    key(
+        "proxy",
+        "algorithm",
+        Kind::Choice(ALGORITHMS),
+        "least-connections",
+        "how the next backend is chosen (`leastconn` and `roundrobin` are accepted too)",
+        |c| c.algorithm.name().to_string(),
+    ),
+    "--algorithm",
+);
+/// `[proxy] workers`.
+pub const WORKERS: Key = flagged(
+    key(
+        "proxy",
+        "workers",
+        number(1, 20_000),
+        "1024",
+        "worker threads = connections served at once; must fit the system's thread limits",
+        |c| c.workers.to_string(),
+    ),
+    "--workers",
+);
+/// `[proxy] queue`.
+pub const QUEUE: Key = key(
+    "proxy",
+    "queue",
+    number(1, 1_000_000),
+    "1024",
+    "accepted connections waiting for a worker; when full, accepting pauses",
+    |c| c.queue.to_string(),
+);
+/// `[proxy] log_file`.
+pub const LOG_FILE: Key = flagged(
+    key(
+        "proxy",
+        "log_file",
+        Kind::Path,
+        "logs/proxy.log",
+        "appended, directory created; empty: terminal only",
+        |c| c.log_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+    ),
+    "--log-file",
+);
+/// `[proxy] log_level`.
+pub const LOG_LEVEL: Key = flagged(
+    key(
+        "proxy",
+        "log_level",
+        Kind::Choice(LEVELS),
+        "info",
+        "`info` logs one line per connection and its end",
+        |c| c.log_level.as_str().to_lowercase(),
+    ),
+    "--log-level",
+);
+/// `[proxy] drain_timeout_ms`.
+pub const DRAIN_TIMEOUT_MS: Key = key(
+    "proxy",
+    "drain_timeout_ms",
+    millis(0, DAY_MS),
+    "5000",
+    "on Ctrl-C/SIGTERM, how long open connections may finish",
+    |c| c.drain_timeout.as_millis().to_string(),
+);
+/// `[proxy] stats_interval_ms`.
+pub const STATS_INTERVAL_MS: Key = key(
+    "proxy",
+    "stats_interval_ms",
+    millis(0, DAY_MS),
+    "0",
+    "log a one-line summary per backend this often (0: off)",
+    |c| c.stats_interval.map_or(0, |d| d.as_millis()).to_string(),
+);
+/// `[timeouts] connect_ms`.
+pub const CONNECT_MS: Key = key(
+    "timeouts",
+    "connect_ms",
+    millis(0, DAY_MS),
+    "2000",
+    "backend connect timeout; then the next backend is tried",
+    |c| c.timeouts.connect.as_millis().to_string(),
+);
+/// `[timeouts] idle_ms`.
+pub const IDLE_MS: Key =
+    key("timeouts", "idle_ms", millis(0, DAY_MS), "60000", "close a connection with no bytes either way for this long (0: never); http: also idle keep-alive clients", |c| c.timeouts.idle.as_millis().to_string());
+/// `[timeouts] header_ms`.
+pub const HEADER_MS: Key = key(
+    "timeouts",
+    "header_ms",
+    millis(0, DAY_MS),
+    "10000",
+    "http: the request head must be complete within this, else 408 and close",
+    |c| c.timeouts.header.as_millis().to_string(),
+);
+/// `[timeouts] response_ms`.
+pub const RESPONSE_MS: Key = key(
+    "timeouts",
+    "response_ms",
+    millis(0, DAY_MS),
+    "60000",
+    "http: the backend's response head must arrive within this, else 504",
+    |c| c.timeouts.response.as_millis().to_string(),
+);
+/// `[timeouts] queue_ms`.
+pub const QUEUE_MS: Key = key(
+    "timeouts",
+    "queue_ms",
+    millis(0, DAY_MS),
+    "3000",
+    "when every backend is at `max_conns`, wait this long for a slot, then close (tcp) or 503 (http)",
+    |c| c.timeouts.queue.as_millis().to_string(),
+);
+/// `[http] backend_keepalive`.
+pub const BACKEND_KEEPALIVE: Key = key(
+    "http",
+    "backend_keepalive",
+    number(0, 10_000),
+    "32",
+    "http: idle persistent connections kept per backend",
+    |c| c.http.backend_keepalive.to_string(),
+);
+/// `[http] max_head_bytes`.
+pub const MAX_HEAD_BYTES: Key = key(
+    "http",
+    "max_head_bytes",
+    number(1024, 1 << 20),
+    "65536",
+    "http: larger request heads get 431",
+    |c| c.http.max_head_bytes.to_string(),
+);
+/// `[http] max_body_bytes`.
+pub const MAX_BODY_BYTES: Key = key(
+    "http",
+    "max_body_bytes",
+    number(0, u64::MAX >> 1),
+    "0",
+    "http: larger request bodies get 413 (0: no limit)",
+    |c| c.http.max_body_bytes.unwrap_or(0).to_string(),
+);
+/// `[health] enabled`.
+pub const HEALTH_ENABLED: Key =
+    key("health", "enabled", Kind::Bool, "true", "active health checks from a checker thread", |c| {
+        c.health.enabled.to_string()
+    });
+/// `[health] mode`.
+pub const HEALTH_MODE: Key = key(
+    "health",
+    "mode",
+    Kind::Choice(MODES),
+    "",
+    "`tcp`: connect; `http`: `GET path` expecting 2xx/3xx; empty: the proxy's mode",
+    |c| mode_name(c.health.mode),
+);
+/// `[health] path`.
+pub const HEALTH_PATH: Key =
+    key("health", "path", Kind::Text, "/health", "the http check's request path", |c| c.health.path.clone());
+/// `[health] interval_ms`.
+pub const INTERVAL_MS: Key = key(
+    "health",
+    "interval_ms",
+    millis(10, 3_600_000),
+    "2000",
+    "how often each backend is checked (plus up to 10% jitter)",
+    |c| c.health.interval.as_millis().to_string(),
+);
+/// `[health] timeout_ms`.
+pub const TIMEOUT_MS: Key =
+    key("health", "timeout_ms", millis(1, 600_000), "1000", "how long a check may take", |c| {
+        c.health.timeout.as_millis().to_string()
+    });
+/// `[health] rise`.
+pub const RISE: Key =
+    key("health", "rise", number(1, 100), "2", "consecutive good checks to come back up", |c| {
+        c.health.rise.to_string()
+    });
+/// `[health] fall`.
+pub const FALL: Key =
+    key("health", "fall", number(1, 100), "3", "consecutive failed checks to go down", |c| {
+        c.health.fall.to_string()
+    });
+/// `[health] max_fails`.
+pub const MAX_FAILS: Key = key(
+    "health",
+    "max_fails",
+    number(0, 1000),
+    "3",
+    "live-traffic failures within `fail_window_ms` that mark a backend down (0: off)",
+    |c| c.health.max_fails.to_string(),
+);
+/// `[health] fail_window_ms`.
+pub const FAIL_WINDOW_MS: Key =
+    key("health", "fail_window_ms", millis(0, DAY_MS), "10000", "the window `max_fails` counts in", |c| {
+        c.health.fail_window.as_millis().to_string()
+    });
+/// `[health] observe_5xx`.
+pub const OBSERVE_5XX: Key =
+    key("health", "observe_5xx", Kind::Bool, "false", "http: count 5xx responses as failures", |c| {
+        c.health.observe_5xx.to_string()
+    });
+/// `[health] slowstart_ms`.
+pub const SLOWSTART_MS: Key = key(
+    "health",
+    "slowstart_ms",
+    millis(0, DAY_MS),
+    "0",
+    "ramp a recovered backend's weight from near 0 to full over this long",
+    |c| c.health.slowstart.as_millis().to_string(),
+);
+/// `[admin] listen`.
+pub const ADMIN_LISTEN: Key = key(
+    "admin",
+    "listen",
+    Kind::Address,
+    "",
+    "e.g. `127.0.0.1:8081`: `/stats`, `/metrics`, `/health`; empty: off",
+    |c| c.admin.map(|a| a.to_string()).unwrap_or_default(),
+);
+/// `[backends] resolve_ms`.
+pub const RESOLVE_MS: Key = key(
+    "backends",
+    "resolve_ms",
+    millis(100, DAY_MS),
+    "30000",
+    "how often host names are resolved again (every address becomes a member)",
+    |c| c.resolve_interval.as_millis().to_string(),
+);
+
+/// Every key, grouped by section in the order `--check` prints them; `[backends]` comes last
+/// because the backend lines follow its one key.
+pub const KEYS: &[Key] = &[
+    LISTEN,
+    MODE,
+    ALGORITHM,
+    WORKERS,
+    QUEUE,
+    LOG_FILE,
+    LOG_LEVEL,
+    DRAIN_TIMEOUT_MS,
+    STATS_INTERVAL_MS,
+    CONNECT_MS,
+    IDLE_MS,
+    HEADER_MS,
+    RESPONSE_MS,
+    QUEUE_MS,
+    BACKEND_KEEPALIVE,
+    MAX_HEAD_BYTES,
+    MAX_BODY_BYTES,
+    HEALTH_ENABLED,
+    HEALTH_MODE,
+    HEALTH_PATH,
+    INTERVAL_MS,
+    TIMEOUT_MS,
+    RISE,
+    FALL,
+    MAX_FAILS,
+    FAIL_WINDOW_MS,
+    OBSERVE_5XX,
+    SLOWSTART_MS,
+    ADMIN_LISTEN,
+    RESOLVE_MS,
+];
+
+/// The key `[section] name`, if there is one.
+pub fn find(section: &str, name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.section == section && k.name == name)
+}
+
+/// The section called `name`, as a static string, if it exists.
+pub fn section(name: &str) -> Option<&'static str> {
+    KEYS.iter().map(|k| k.section).find(|s| *s == name)
+}
+
+/// "a, b or c": the choices an error message offers.
+pub fn one_of(names: &[&str]) -> String {
+    match names.split_last() {
+        Some((last, [])) => last.to_string(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}

@@ -1,0 +1,211 @@
+//! Configuration: INI text -> raw settings -> validated [`Config`], with every error named.
+//!
+//! The pipeline has two stages, as sozu documents its own:
+//! 1. [`RawConfig::parse`] reads INI text from any reader and keeps each `key = value` with the
+//!    line it came from. Syntax errors, unknown sections, unknown or repeated keys are collected.
+//! 2. [`RawConfig::validate`] turns strings into typed values and reports every bad value.
+//!
+//! Precedence: built-in defaults < the file < command-line flags ([`RawConfig::set_flag`]).
+//! Every error names where the value came from: `config.ini:12: [proxy] workers: ...` for the
+//! file, `--workers: ...` for a flag.
+//!
+//! Every key, its type, default, range and help is one entry of [`keys::KEYS`]; validation,
+//! `--check`'s output and the README's key table come from it.
+//!
+//! Files: [`raw`] (stage one), `validate.rs` (stage two), [`keys`] (the table), [`show`]
+//! (`--check`'s output and the README table). Addresses are parsed by [`crate::addr`].
+//!
+//! Comments are whole lines starting with `#` or `;`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use log::LevelFilter;
+
+pub mod keys;
+pub mod raw;
+pub mod show;
+mod validate;
+
+pub use raw::RawConfig;
+
+/// The default configuration file, looked up in the current directory.
+pub const DEFAULT_PATH: &str = "config.ini";
+
+/// Where a setting came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A line of the configuration file (1-based).
+    Line(u32),
+    /// A command-line flag such as `--workers`.
+    Flag(&'static str),
+    /// The file as a whole (for example: no backends at all).
+    File,
+}
+
+/// One problem found in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the configuration was read from.
+    pub file: String,
+    /// Where in it (or which flag).
+    pub origin: Origin,
+    /// `[section] key`, or empty when the problem is not about one key.
+    pub key: String,
+    /// What is wrong, in a few words.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.origin {
+            Origin::Line(line) => write!(f, "{}:{line}: ", self.file)?,
+            Origin::Flag(flag) => write!(f, "{flag}: ")?,
+            Origin::File => write!(f, "{}: ", self.file)?,
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Which protocol the proxy speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Relay bytes; balance per connection.
+    Tcp,
+    /// HTTP/1.1 reverse proxy; balance per request.
+    Http,
+}
+
+/// How the next backend is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    /// Fewest active connections relative to weight; ties go round-robin.
+    LeastConnections,
+    /// Smooth weighted round-robin, as nginx.
+    RoundRobin,
+    /// Power of two random choices on weighted least connections.
+    RandomTwo,
+    /// Consistent hashing of the client IP.
+    SourceHash,
+}
+
+impl Algorithm {
+    /// The name used in the config file, flags and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::LeastConnections => "least-connections",
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::RandomTwo => "random-two",
+            Algorithm::SourceHash => "source-hash",
+        }
+    }
+}
+
+/// One backend as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    /// The name used in logs and stats.
+    pub name: String,
+    /// `host:port` as written.
+    pub target: String,
+    /// The host part as written.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// Every address the host resolved to (one for an IP literal).
+    pub addrs: Vec<SocketAddr>,
+    /// Whether the host is a DNS name (resolved again every `resolve_ms`).
+    pub dns: bool,
+    /// Relative share of traffic, 1..=1000.
+    pub weight: u32,
+    /// Most connections (TCP) or requests (HTTP) at once; 0: no limit.
+    pub max_conns: usize,
+}
+
+/// Timeouts, named by phase (`[timeouts]`; defaults in [`keys::KEYS`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting to a backend (`connect_ms`).
+    pub connect: Duration,
+    /// No bytes in either direction for this long closes the connection (`idle_ms`).
+    pub idle: Duration,
+    /// HTTP: the request head must be complete within this (`header_ms`).
+    pub header: Duration,
+    /// HTTP: the backend's response head must arrive within this (`response_ms`).
+    pub response: Duration,
+    /// How long a connection or request waits for a slot when every backend is full
+    /// (`queue_ms`).
+    pub queue: Duration,
+}
+
+/// Health checking (`[health]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSettings {
+    pub enabled: bool,
+    pub mode: Mode,
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Live-traffic failures within `fail_window` that mark a backend down (0: off).
+    pub max_fails: u32,
+    pub fail_window: Duration,
+    pub observe_5xx: bool,
+    pub slowstart: Duration,
+}
+
+/// HTTP-mode settings (`[http]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Idle persistent connections kept per backend (`backend_keepalive`).
+    pub backend_keepalive: usize,
+    /// Largest request head (`max_head_bytes`); larger gets 431.
+    pub max_head_bytes: usize,
+    /// Largest request body (`max_body_bytes`, 0 = no limit); larger gets 413.
+    pub max_body_bytes: Option<u64>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: String,
+    pub listen: SocketAddr,
+    pub mode: Mode,
+    pub algorithm: Algorithm,
+    pub workers: usize,
+    pub queue: usize,
+    /// `None`: log to the terminal only.
+    pub log_file: Option<PathBuf>,
+    pub log_level: LevelFilter,
+    pub drain_timeout: Duration,
+    pub timeouts: Timeouts,
+    pub http: HttpSettings,
+    pub health: HealthSettings,
+    /// Admin listener for /stats, /metrics, /health; `None`: off.
+    pub admin: Option<SocketAddr>,
+    /// A per-backend summary line this often; `None`: off.
+    pub stats_interval: Option<Duration>,
+    /// How often DNS names in `[backends]` are resolved again.
+    pub resolve_interval: Duration,
+    pub backends: Vec<BackendSpec>,
+}
+
+impl fmt::Display for Config {
+    /// The effective settings, one `key = value` per line for every key in [`keys::KEYS`] and
+    /// then the backends, as `--check` prints them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        show::write_effective(self, f)
+    }
+}
+
+/// A timeout setting as a socket timeout: 0 means no limit.
+pub fn as_limit(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}

@@ -1,0 +1,160 @@
+//! Stage one: INI text -> [`RawConfig`], each `key = value` kept with the line (or flag) it came
+//! from. Syntax errors, unknown sections, unknown and repeated keys are collected, not fatal.
+
+use std::io::Read;
+use std::path::Path;
+
+use super::{keys, ConfigError, Origin};
+
+/// One `key = value` as written, and where.
+#[derive(Debug, Clone)]
+pub(super) struct Setting {
+    pub(super) section: &'static str,
+    pub(super) key: String,
+    pub(super) value: String,
+    pub(super) origin: Origin,
+}
+
+/// Settings as written, before their values are checked.
+#[derive(Debug, Clone)]
+pub struct RawConfig {
+    pub(super) file: String,
+    pub(super) settings: Vec<Setting>,
+    /// Syntax and key errors, reported by [`RawConfig::validate`] with the value errors.
+    pub(super) errors: Vec<ConfigError>,
+}
+
+impl RawConfig {
+    /// Reads the file at `path`. A missing or unreadable file is an error naming it.
+    pub fn load(path: &Path) -> Result<RawConfig, Vec<ConfigError>> {
+        let file = path.display().to_string();
+        let opened = std::fs::File::open(path).map_err(|e| {
+            vec![ConfigError {
+                file: file.clone(),
+                origin: Origin::File,
+                key: String::new(),
+                message: format!("cannot read configuration: {e}"),
+            }]
+        })?;
+        RawConfig::parse(opened, &file)
+    }
+
+    /// Parses INI text. Syntax problems are kept and reported by [`RawConfig::validate`]
+    /// together with value problems; only unreadable input fails here.
+    pub fn parse(mut reader: impl Read, file: &str) -> Result<RawConfig, Vec<ConfigError>> {
+        let mut text = String::new();
+        if let Err(e) = reader.read_to_string(&mut text) {
+            return Err(vec![ConfigError {
+                file: file.to_string(),
+                origin: Origin::File,
+                key: String::new(),
+                message: format!("cannot read configuration: {e}"),
+            }]);
+        }
+        // ini_core counts a line when it reads its newline; give the last line one.
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        let mut raw = RawConfig { file: file.to_string(), settings: Vec::new(), errors: Vec::new() };
+        let mut section: Option<&'static str> = None;
+        let mut in_unknown_section = false;
+        let mut parser = ini_core::Parser::new(&text).comment_char(b'#').auto_trim(true);
+        while let Some(item) = parser.next() {
+            let line = parser.line();
+            match item {
+                ini_core::Item::Section(name) => {
+                    let name = name.trim();
+                    section = keys::section(name);
+                    in_unknown_section = section.is_none();
+                    if in_unknown_section {
+                        raw.error_at(line, "", format!("unknown section [{name}]"));
+                    }
+                }
+                ini_core::Item::Error(text) => {
+                    raw.error_at(line, "", format!("malformed section header '{text}'"));
+                }
+                ini_core::Item::Property(key, _) if key.starts_with(';') => {}
+                ini_core::Item::Property(key, value) => {
+                    if in_unknown_section {
+                        continue;
+                    }
+                    let Some(sec) = section else {
+                        raw.error_at(line, key, "setting outside of any [section]".to_string());
+                        continue;
+                    };
+                    let Some(value) = value else {
+                        raw.error_at(line, key, "expected 'key = value'".to_string());
+                        continue;
+                    };
+                    raw.add(sec, key.trim(), strip_inline_comment(value).trim(), Origin::Line(line));
+                }
+                _ => {}
+            }
+        }
+        Ok(raw)
+    }
+
+    fn error_at(&mut self, line: u32, key: &str, message: String) {
+        self.errors.push(ConfigError {
+            file: self.file.clone(),
+            origin: Origin::Line(line),
+            key: key.to_string(),
+            message,
+        });
+    }
+
+    fn add(&mut self, section: &'static str, key: &str, value: &str, origin: Origin) {
+        let label = format!("[{section}] {key}");
+        // Any name in [backends] is a backend; elsewhere only the table's keys exist.
+        if section != "backends" && keys::find(section, key).is_none() {
+            let message = format!("unknown key '{key}' in [{section}]");
+            self.errors.push(ConfigError { file: self.file.clone(), origin, key: label, message });
+            return;
+        }
+        if let Some(first) = self.settings.iter().find(|s| s.section == section && s.key == key) {
+            let message = match first.origin {
+                Origin::Line(l) => format!("repeated (first set at line {l})"),
+                _ => "repeated".to_string(),
+            };
+            self.errors.push(ConfigError { file: self.file.clone(), origin, key: label, message });
+            return;
+        }
+        self.settings.push(Setting { section, key: key.to_string(), value: value.to_string(), origin });
+    }
+
+    /// Overrides `[section] key` with a command-line flag's value.
+    pub fn set_flag(&mut self, section: &'static str, key: &str, value: &str, flag: &'static str) {
+        self.settings.retain(|s| !(s.section == section && s.key == key));
+        self.add(section, key, value, Origin::Flag(flag));
+    }
+
+    /// Replaces the file's backends with `--backend` values, named `app1`, `app2`, ...
+    pub fn set_backends(&mut self, targets: &[String]) {
+        self.settings.retain(|s| s.section != "backends");
+        for (i, target) in targets.iter().enumerate() {
+            self.add("backends", &format!("app{}", i + 1), target, Origin::Flag("--backend"));
+        }
+    }
+
+    /// Where `[section] key` was set: its line, its flag, or [`Origin::File`] when it was not set
+    /// (the built-in default applies).
+    pub fn origin(&self, section: &str, key: &str) -> Origin {
+        self.settings
+            .iter()
+            .find(|s| s.section == section && s.key == key)
+            .map_or(Origin::File, |s| s.origin.clone())
+    }
+
+    /// The file the settings were read from.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+}
+
+/// Drops a trailing comment: `#` or `;` after whitespace (`workers = 64  # for tests`).
+fn strip_inline_comment(value: &str) -> &str {
+    let bytes = value.as_bytes();
+    (1..bytes.len())
+        .find(|&i| (bytes[i] == b'#' || bytes[i] == b';') && bytes[i - 1].is_ascii_whitespace())
+        .map_or(value, |i| &value[..i])
+}

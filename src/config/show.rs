@@ -1,0 +1,129 @@
+//! Renderings of the key table: the effective settings `--check` prints, and the README's key
+//! table (a unit test keeps README.md in step with it).
+
+use std::fmt::Write as _;
+
+use super::keys::KEYS;
+use super::Config;
+
+/// The `[backends]` lines that are not keys: one per backend.
+pub const BACKEND_LINE: &str = "`NAME = host:port [weight=N] [max_conns=N]`";
+const BACKEND_HELP: &str =
+    "one line per backend (at least one); weight 1..=1000 (default 1); max_conns 0 = no limit";
+
+/// The README's key table (markdown), between its `config-keys` marker comments.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| key | type | default | range | meaning |\n|---|---|---|---|---|\n");
+    for k in KEYS {
+        let default = if k.default.is_empty() { "empty".to_string() } else { format!("`{}`", k.default) };
+        let flag = k.flag.map(|f| format!(" (`{f}`)")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {default} | {} | {}{flag} |",
+            k.label(),
+            k.kind.name(),
+            k.kind.range(),
+            k.help
+        );
+    }
+    let flag = "(`--backend`, repeatable, replaces them)";
+    let _ = writeln!(out, "| `[backends]` {BACKEND_LINE} | backend | none | | {BACKEND_HELP} {flag} |");
+    out
+}
+
+/// Writes the effective settings, one `key = value` per line under section headers, as
+/// `--check` prints them; every key in [`KEYS`] appears.
+pub fn write_effective(c: &Config, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+    let mut section = "";
+    for k in KEYS {
+        if k.section != section {
+            section = k.section;
+            writeln!(out, "[{section}]")?;
+        }
+        writeln!(out, "{} = {}", k.name, (k.show)(c))?;
+    }
+    for b in &c.backends {
+        let addrs: Vec<String> = b.addrs.iter().map(|a| a.to_string()).collect();
+        write!(out, "{} = {} weight={}", b.name, b.target, b.weight)?;
+        if b.max_conns > 0 {
+            write!(out, " max_conns={}", b.max_conns)?;
+        }
+        writeln!(out, " ({})", addrs.join(", "))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+
+    const START: &str = "<!-- config-keys:start -->\n";
+    const END: &str = "<!-- config-keys:end -->";
+
+    fn project_file(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
+    }
+
+    /// README.md's key table is this rendering of [`KEYS`]. To update it, run this test with
+    /// `LBPROXY_WRITE_README=1`, or paste the text the failure prints.
+    #[test]
+    fn readme_key_table_is_generated_from_the_key_table() {
+        let path = project_file("README.md");
+        let readme = std::fs::read_to_string(&path).expect("read README.md");
+        let start = readme.find(START).expect("README.md has the config-keys:start marker") + START.len();
+        let end = readme[start..].find(END).expect("README.md has the config-keys:end marker") + start;
+        let expected = markdown_table();
+        if readme[start..end] != expected {
+            if std::env::var_os("LBPROXY_WRITE_README").is_some() {
+                std::fs::write(&path, format!("{}{expected}{}", &readme[..start], &readme[end..]))
+                    .expect("write");
+                return;
+            }
+            panic!("README.md's key table is out of date; between the markers it should read:\n{expected}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_config_ini_sets_every_key_to_its_default() {
+        let raw = RawConfig::load(&project_file("config.ini")).expect("read config.ini");
+        assert!(raw.errors.is_empty(), "{:?}", raw.errors);
+        for k in KEYS {
+            let set = raw.settings.iter().find(|s| s.section == k.section && s.key == k.name);
+            assert_eq!(set.map(|s| s.value.as_str()), Some(k.default), "config.ini's {}", k.label());
+        }
+    }
+
+    #[test]
+    fn sections_are_contiguous_and_backends_come_last() {
+        let mut seen: Vec<&str> = Vec::new();
+        for k in KEYS {
+            if seen.last() != Some(&k.section) {
+                assert!(!seen.contains(&k.section), "{} is split", k.section);
+                seen.push(k.section);
+            }
+        }
+        assert_eq!(seen.last(), Some(&"backends"));
+    }
+
+    #[test]
+    fn check_output_shows_every_key_and_reads_back_as_the_same_config() {
+        let text = "[proxy]\nmode = http\nworkers = 7\nstats_interval_ms = 250\nlog_file =\n\
+                    [http]\nmax_body_bytes = 99\n[admin]\nlisten = 127.0.0.1:0\n\
+                    [backends]\nweb = 127.0.0.1:9 weight=3 max_conns=2\n";
+        let config = RawConfig::parse(text.as_bytes(), "t.ini").and_then(|r| r.validate()).expect("valid");
+        let shown = config.to_string();
+        for k in KEYS {
+            let line = format!("{} = {}", k.name, (k.show)(&config));
+            assert!(shown.lines().any(|l| l == line), "{} missing from:\n{shown}", k.label());
+        }
+        assert!(shown.contains("stats_interval_ms = 250\n"), "{shown}");
+        assert!(shown.contains("[health]\nenabled = true\nmode = http\n"), "{shown}");
+        assert!(shown.ends_with("web = 127.0.0.1:9 weight=3 max_conns=2 (127.0.0.1:9)\n"), "{shown}");
+        // The key lines, with the backend line as written, give back the same configuration.
+        let keys_part = &shown[..shown.find("web = ").expect("backend line")];
+        let again = format!("{keys_part}web = 127.0.0.1:9 weight=3 max_conns=2\n");
+        let reread = RawConfig::parse(again.as_bytes(), "t.ini").and_then(|r| r.validate()).expect("valid");
+        assert_eq!(reread, config);
+    }
+}

@@ -1,0 +1,363 @@
+//! Stage two: [`RawConfig`] -> typed [`Config`]. Each key is read through its entry in
+//! [`keys::KEYS`] (range, default), and every bad value is reported, not just the first.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use log::LevelFilter;
+
+use super::keys::{self, Key, Kind};
+use super::raw::{RawConfig, Setting};
+use super::{
+    Algorithm, BackendSpec, Config, ConfigError, HealthSettings, HttpSettings, Mode, Origin, Timeouts,
+};
+use crate::addr;
+
+impl RawConfig {
+    /// Checks every value and returns the typed configuration, or every problem found.
+    pub fn validate(&self) -> Result<Config, Vec<ConfigError>> {
+        let mut v = Validator { raw: self, errors: self.errors.clone() };
+        // Every key is read (and every bad value reported) before any is used.
+        let listen = v.get(&keys::LISTEN, addr::parse_listen);
+        let mode = v.get(&keys::MODE, parse_mode);
+        let algorithm = v.get(&keys::ALGORITHM, parse_algorithm);
+        let workers = v.number(&keys::WORKERS);
+        let queue = v.number(&keys::QUEUE);
+        let log_file = v.get(&keys::LOG_FILE, |s| Ok((!s.is_empty()).then(|| PathBuf::from(s))));
+        let log_level = v.get(&keys::LOG_LEVEL, parse_level);
+        let drain_timeout = v.millis(&keys::DRAIN_TIMEOUT_MS);
+        let stats_interval = v.millis(&keys::STATS_INTERVAL_MS);
+        let connect = v.millis(&keys::CONNECT_MS);
+        let idle = v.millis(&keys::IDLE_MS);
+        let header = v.millis(&keys::HEADER_MS);
+        let response = v.millis(&keys::RESPONSE_MS);
+        let queue_wait = v.millis(&keys::QUEUE_MS);
+        let backend_keepalive = v.number(&keys::BACKEND_KEEPALIVE);
+        let max_head_bytes = v.number(&keys::MAX_HEAD_BYTES);
+        let max_body = v.number(&keys::MAX_BODY_BYTES);
+        let enabled = v.get(&keys::HEALTH_ENABLED, parse_bool);
+        // Empty (the default): check the way the proxy speaks.
+        let health_mode =
+            v.get(&keys::HEALTH_MODE, |s| if s.is_empty() { Ok(None) } else { parse_mode(s).map(Some) });
+        let path = v.get(&keys::HEALTH_PATH, parse_path);
+        let interval = v.millis(&keys::INTERVAL_MS);
+        let timeout = v.millis(&keys::TIMEOUT_MS);
+        let rise = v.number(&keys::RISE);
+        let fall = v.number(&keys::FALL);
+        let max_fails = v.number(&keys::MAX_FAILS);
+        let fail_window = v.millis(&keys::FAIL_WINDOW_MS);
+        let observe_5xx = v.get(&keys::OBSERVE_5XX, parse_bool);
+        let slowstart = v.millis(&keys::SLOWSTART_MS);
+        let admin = v.get(&keys::ADMIN_LISTEN, |s| {
+            if s.is_empty() {
+                Ok(None)
+            } else {
+                addr::parse_socket_addr(s, true).map(Some)
+            }
+        });
+        let resolve_interval = v.millis(&keys::RESOLVE_MS);
+        // `None` exactly when some value was bad (and reported).
+        let built = (|| {
+            Some(Config {
+                file: self.file.clone(),
+                listen: listen?,
+                mode: mode?,
+                algorithm: algorithm?,
+                workers: workers? as usize,
+                queue: queue? as usize,
+                log_file: log_file?,
+                log_level: log_level?,
+                drain_timeout: drain_timeout?,
+                timeouts: Timeouts {
+                    connect: connect?,
+                    idle: idle?,
+                    header: header?,
+                    response: response?,
+                    queue: queue_wait?,
+                },
+                http: HttpSettings {
+                    backend_keepalive: backend_keepalive? as usize,
+                    max_head_bytes: max_head_bytes? as usize,
+                    max_body_bytes: max_body.map(|m| (m > 0).then_some(m))?,
+                },
+                health: HealthSettings {
+                    enabled: enabled?,
+                    mode: health_mode?.or(mode)?,
+                    path: path?,
+                    interval: interval?,
+                    timeout: timeout?,
+                    rise: rise? as u32,
+                    fall: fall? as u32,
+                    max_fails: max_fails? as u32,
+                    fail_window: fail_window?,
+                    observe_5xx: observe_5xx?,
+                    slowstart: slowstart?,
+                },
+                admin: admin?,
+                stats_interval: stats_interval.map(|d| (!d.is_zero()).then_some(d))?,
+                resolve_interval: resolve_interval?,
+                backends: Vec::new(),
+            })
+        })();
+        let mut backends = Vec::new();
+        for s in self
+            .settings
+            .iter()
+            .filter(|s| s.section == "backends" && keys::find("backends", &s.key).is_none())
+        {
+            match parse_backend(&s.key, &s.value) {
+                Ok(b) => backends.push(b),
+                Err(message) => v.error(s, message),
+            }
+        }
+        if backends.is_empty() && !v.errors.iter().any(|e| e.key.starts_with("[backends]")) {
+            v.errors.push(ConfigError {
+                file: self.file.clone(),
+                origin: Origin::File,
+                key: "[backends]".to_string(),
+                message: "no backends configured (add 'name = host:port' lines or --backend)".to_string(),
+            });
+        }
+        let mut errors = v.errors;
+        match built {
+            Some(config) if errors.is_empty() => Ok(Config { backends, ..config }),
+            _ => {
+                errors.sort_by_key(|e| match e.origin {
+                    Origin::Line(l) => (0, l),
+                    Origin::Flag(_) => (1, 0),
+                    Origin::File => (2, 0),
+                });
+                Err(errors)
+            }
+        }
+    }
+}
+
+struct Validator<'a> {
+    raw: &'a RawConfig,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    /// The value of `key` parsed by `parse`, or its default (from the table) when absent. A bad
+    /// value is recorded as an error and gives `None`.
+    fn get<T>(&mut self, key: &Key, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
+        let setting = self.raw.settings.iter().find(|s| s.section == key.section && s.key == key.name);
+        match setting {
+            Some(s) => match parse(&s.value) {
+                Ok(v) => Some(v),
+                Err(message) => {
+                    self.error(s, message);
+                    None
+                }
+            },
+            // A default that does not parse is a bug in the table (a unit test guards it);
+            // say so rather than panic.
+            None => match parse(key.default) {
+                Ok(v) => Some(v),
+                Err(message) => {
+                    self.errors.push(ConfigError {
+                        file: self.raw.file.clone(),
+                        origin: Origin::File,
+                        key: key.label(),
+                        message: format!("built-in default '{}' is invalid: {message}", key.default),
+                    });
+                    None
+                }
+            },
+        }
+    }
+
+    /// A number within the key's range.
+    fn number(&mut self, key: &Key) -> Option<u64> {
+        match key.kind {
+            Kind::Number { min, max } | Kind::Millis { min, max } => {
+                self.get(key, |s| parse_number(s, min, max))
+            }
+            _ => self.get(key, |_| Err(format!("{} is not a numeric key", key.label()))),
+        }
+    }
+
+    /// Milliseconds within the key's range.
+    fn millis(&mut self, key: &Key) -> Option<Duration> {
+        self.number(key).map(Duration::from_millis)
+    }
+
+    fn error(&mut self, s: &Setting, message: String) {
+        self.errors.push(ConfigError {
+            file: self.raw.file.clone(),
+            origin: s.origin.clone(),
+            key: format!("[{}] {}", s.section, s.key),
+            message,
+        });
+    }
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "tcp" => Ok(Mode::Tcp),
+        "http" => Ok(Mode::Http),
+        other => Err(format!("unknown mode '{other}' (expected {})", keys::one_of(keys::MODES))),
+    }
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err(format!("expected true or false, got '{s}'")),
+    }
+}
+
+fn parse_path(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("'{s}' is not a request path (expected e.g. /health)"))
+    }
+}
+
+fn parse_number(s: &str, min: u64, max: u64) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        Ok(n) => Err(format!("{n} is out of range ({min}..={max})")),
+        Err(_) => Err(format!("expected a whole number, got '{s}'")),
+    }
+}
+
+fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+    match s {
+        "least-connections" | "leastconn" => Ok(Algorithm::LeastConnections),
+        "round-robin" | "roundrobin" => Ok(Algorithm::RoundRobin),
+        "random-two" => Ok(Algorithm::RandomTwo),
+        "source-hash" => Ok(Algorithm::SourceHash),
+        other => Err(format!("unknown algorithm '{other}' (expected {})", keys::one_of(keys::ALGORITHMS))),
+    }
+}
+
+fn parse_level(s: &str) -> Result<LevelFilter, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "error" => Ok(LevelFilter::Error),
+        "warn" => Ok(LevelFilter::Warn),
+        "info" => Ok(LevelFilter::Info),
+        "debug" => Ok(LevelFilter::Debug),
+        "trace" => Ok(LevelFilter::Trace),
+        "off" => Ok(LevelFilter::Off),
+        _ => Err(format!("unknown log level '{s}' (expected {})", keys::one_of(keys::LEVELS))),
+    }
+}
+
+fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        return Err(format!("invalid backend name '{name}' (letters, digits, '-', '_', '.')"));
+    }
+    let mut words = value.split_whitespace();
+    let target = words.next().ok_or("missing address (expected host:port)")?;
+    let (host, port, addrs) = addr::parse_target(target, false)?;
+    let mut weight = 1;
+    let mut max_conns = 0;
+    let mut seen: Vec<&str> = Vec::new();
+    for word in words {
+        let option = word.split_once('=').map_or(word, |(k, _)| k);
+        if seen.contains(&option) {
+            return Err(format!("option '{option}' given twice"));
+        }
+        seen.push(option);
+        match word.split_once('=') {
+            Some(("weight", w)) => weight = parse_number(w, 1, 1000)? as u32,
+            Some(("max_conns", m)) => max_conns = parse_number(m, 0, 1_000_000)? as usize,
+            _ => return Err(format!("unknown backend option '{word}' (expected weight=N or max_conns=N)")),
+        }
+    }
+    Ok(BackendSpec {
+        name: name.to_string(),
+        target: target.to_string(),
+        host: host.to_string(),
+        port,
+        dns: host.parse::<std::net::IpAddr>().is_err(),
+        addrs,
+        weight,
+        max_conns,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+        RawConfig::parse(text.as_bytes(), "test.ini").and_then(|raw| raw.validate())
+    }
+
+    fn messages(text: &str) -> Vec<String> {
+        parse(text).expect_err("config should be rejected").iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_apply_when_keys_are_absent() {
+        let c = parse("[backends]\napp1 = 127.0.0.1:9090\n").expect("valid");
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().expect("addr"));
+        assert_eq!(c.algorithm, Algorithm::LeastConnections);
+        assert_eq!(c.workers, 1024);
+        assert_eq!(c.timeouts.connect, Duration::from_millis(2000));
+        assert_eq!(c.backends[0].weight, 1);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_line_and_key() {
+        let text = "# comment\n[proxy]\nlisten = 127.0.0.1:99999\nalgorithm = fastest\n\
+                    colour = blue\n[backends]\napp1 = 127.0.0.1\napp2 = 127.0.0.1:9091 weight=0\n";
+        let errs = messages(text);
+        assert_eq!(errs.len(), 5, "{errs:?}");
+        assert!(errs[0].starts_with("test.ini:3: [proxy] listen: invalid port"), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("test.ini:5: [proxy] colour: unknown key")));
+        assert!(errs.iter().any(|e| e.starts_with("test.ini:4: [proxy] algorithm: unknown")));
+        assert!(errs.iter().any(|e| e.contains("test.ini:7: [backends] app1: '127.0.0.1' has no port")));
+        assert!(errs.iter().any(|e| e.contains("test.ini:8: [backends] app2: 0 is out of range")));
+    }
+
+    #[test]
+    fn syntax_errors_and_unknown_sections_are_named() {
+        let errs = messages("[proxy\nworkers\n[cache]\nsize = 1\n[timeouts]\nidle_ms = 5\nidle_ms = 6\n");
+        assert!(errs.iter().any(|e| e.starts_with("test.ini:1: malformed section")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("test.ini:2: workers: setting outside")));
+        assert!(errs.iter().any(|e| e.starts_with("test.ini:3: unknown section [cache]")));
+        assert!(errs.iter().any(|e| e.contains("test.ini:7: [timeouts] idle_ms: repeated")));
+        assert!(errs.iter().any(|e| e.contains("no backends configured")));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_are_named_in_errors() {
+        let mut raw = RawConfig::parse(&b"[proxy]\nworkers = 8\n[backends]\na = 127.0.0.1:1\n"[..], "f")
+            .expect("parse");
+        raw.set_flag("proxy", "workers", "16", "--workers");
+        raw.set_backends(&["127.0.0.1:2".to_string(), "127.0.0.1:3".to_string()]);
+        let c = raw.validate().expect("valid");
+        assert_eq!(c.workers, 16);
+        let names: Vec<_> = c.backends.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(names, ["app1", "app2"]);
+        raw.set_flag("proxy", "workers", "lots", "--workers");
+        let errs = raw.validate().expect_err("bad flag");
+        assert_eq!(errs[0].to_string(), "--workers: [proxy] workers: expected a whole number, got 'lots'");
+    }
+
+    #[test]
+    fn inline_comments_repeated_options_and_new_sections() {
+        let c = parse(
+            "[proxy]\nworkers = 64  # small\nalgorithm = source-hash ; sticky\n[health]\nrise = 5\n\
+             [admin]\nlisten = 127.0.0.1:0\n[backends]\nresolve_ms = 500\nweb = localhost:80 weight=2 max_conns=9\n",
+        )
+        .expect("valid");
+        assert_eq!((c.workers, c.algorithm, c.health.rise), (64, Algorithm::SourceHash, 5));
+        assert_eq!(c.resolve_interval, Duration::from_millis(500));
+        assert!(c.admin.is_some());
+        let web = &c.backends[0];
+        assert!(web.dns && !web.addrs.is_empty());
+        assert_eq!((web.weight, web.max_conns), (2, 9));
+        let errs = messages("[backends]\na = 127.0.0.1:1 weight=2 weight=3\n");
+        assert!(errs[0].contains("option 'weight' given twice"), "{errs:?}");
+        let errs = messages("[health]\nfall = 0\nmode = udp\n[backends]\na = 127.0.0.1:1\n");
+        assert!(errs[0].contains("[health] fall: 0 is out of range"), "{errs:?}");
+        assert!(errs[1].contains("[health] mode: unknown mode 'udp'"), "{errs:?}");
+    }
+}
