@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use parking_lot::{Condvar, Mutex};
 
+use clap::builder::TypedValueParser;
 use clap::Parser;
 
 use crate::error::Error;
@@ -44,8 +45,14 @@ pub struct DummyArgs {
     /// balancers take it out of rotation) before closing the listener.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub drain_ms: u64,
-    /// Directory for backend_<port>.log; empty for terminal only.
-    #[arg(long, value_name = "DIR", default_value = "logs")]
+    /// Directory for backend_<port>.log; empty (`--log-dir ''`) for terminal only.
+    // clap's PathBuf parser refuses an empty value, which is the documented "no file".
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "logs",
+        value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from)
+    )]
     pub log_dir: PathBuf,
     /// Misbehave on every line (TCP echo) connection: `reset-after=N` resets each one right
     /// after echoing N lines. HTTP faults are chosen per request with `?fault=MODE` instead
