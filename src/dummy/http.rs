@@ -7,6 +7,8 @@
 //!   body, see [`Checksum`]) when a body came.
 //! - `?delay_ms=N` waits before answering; `?bytes=N` answers with exactly N bytes (streamed);
 //!   `?chunked=1` sends the body chunked; `?status=N` answers with that status.
+//! - `?fault=MODE` misbehaves on purpose (see [`super::fault`]); an unknown mode gets a 400
+//!   listing the modes.
 //! - `X-Served-By: <name>` on every response; `X-Request-ID` echoed when sent.
 
 use std::io::{self, Write};
@@ -14,8 +16,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::Duration;
 
+use super::fault::{self, After, HttpFault};
+use super::reply::{self, Payload, Reply};
 use super::Dummy;
 use crate::h1::{self as h, BodyKind, HeadError, Wire, MAX_HEAD, MAX_HEADERS};
+
+pub use super::reply::{pattern_byte, Checksum};
 
 /// Whether `line` looks like `METHOD SP target SP HTTP/1.x`.
 pub fn is_request_line(line: &[u8]) -> bool {
@@ -52,7 +58,7 @@ pub fn serve(wire: &mut Wire<TcpStream>, peer: SocketAddr, dummy: &Dummy) {
             Ok(None) => break,
             Err(e) => {
                 log::warn!("{peer}: bad request: {e}");
-                let _ = respond_error(&mut wire.stream, dummy, 400, &e.to_string());
+                let _ = reply::write_error(&mut wire.stream, &dummy.name, 400, &e.to_string());
                 break;
             }
         };
@@ -64,17 +70,34 @@ pub fn serve(wire: &mut Wire<TcpStream>, peer: SocketAddr, dummy: &Dummy) {
             Ok(n) => n,
             Err(e) => {
                 log::warn!("{peer}: request body: {e}");
-                let _ = respond_error(&mut wire.stream, dummy, 400, &e.to_string());
+                let _ = reply::write_error(&mut wire.stream, &dummy.name, 400, &e.to_string());
                 break;
             }
         };
         log::info!("{peer} {} {} ({received} body bytes)", req.method, req.path);
-        if let Err(e) = respond(&mut wire.stream, dummy, &req, received, sum.0) {
-            log::warn!("{peer}: response failed: {e}");
-            break;
-        }
-        if !req.keep_alive {
-            break;
+        let reply = reply_for(dummy, &req, received, sum.0);
+        let delay = param(&req, "delay_ms").map(Duration::from_millis);
+        let after = match req.query.iter().find(|(k, _)| k == "fault").map(|(_, v)| v.as_str()) {
+            None => respond(&mut wire.stream, &reply, delay.unwrap_or(dummy.delay)).map(|()| After::Continue),
+            Some(name) => match HttpFault::parse(name) {
+                Some(f) => {
+                    log::info!("fault {} on {} {} from {peer}", f.name(), req.method, req.path);
+                    fault::run(f, &mut wire.stream, &reply, delay)
+                }
+                None => {
+                    log::warn!("{peer}: unknown fault {name:?}");
+                    let why = format!("unknown fault {name:?}; modes: {}", HttpFault::names());
+                    reply::write_error(&mut wire.stream, &dummy.name, 400, &why).map(|()| After::Close)
+                }
+            },
+        };
+        match after {
+            Ok(After::Continue) if req.keep_alive => {}
+            Ok(_) => break,
+            Err(e) => {
+                log::warn!("{peer}: response failed: {e}");
+                break;
+            }
         }
     }
 }
@@ -133,129 +156,44 @@ fn param(req: &Request, key: &str) -> Option<u64> {
     req.query.iter().find(|(k, _)| k == key).and_then(|(_, v)| v.parse().ok())
 }
 
-fn respond(out: &mut TcpStream, dummy: &Dummy, req: &Request, received: u64, sum: u64) -> io::Result<()> {
-    let delay = param(req, "delay_ms").map(Duration::from_millis).unwrap_or(dummy.delay);
-    if !delay.is_zero() {
-        thread::sleep(delay);
-    }
+/// The ordinary answer to `req`: status from `?status=`, body from the path or `?bytes=`.
+fn reply_for(dummy: &Dummy, req: &Request, received: u64, sum: u64) -> Reply {
     let draining = req.path == "/health" && dummy.draining.load(std::sync::atomic::Ordering::SeqCst);
     let status = if draining {
         503
     } else {
         param(req, "status").filter(|s| (200..=599).contains(s)).unwrap_or(200) as u16
     };
-    let chunked = param(req, "chunked") == Some(1);
-    let body: Vec<u8> = match (req.path.as_str(), param(req, "bytes")) {
-        (_, Some(_)) => Vec::new(),
-        ("/health", None) if draining => b"draining\n".to_vec(),
-        ("/health", None) => b"ok\n".to_vec(),
+    let body = match (req.path.as_str(), param(req, "bytes")) {
+        (_, Some(n)) => Payload::Pattern(n),
+        ("/health", None) if draining => Payload::Bytes(b"draining\n".to_vec()),
+        ("/health", None) => Payload::Bytes(b"ok\n".to_vec()),
         ("/echo", None) => {
             let mut b = req.head.clone();
             b.extend_from_slice(format!("received {received} bytes fnv {sum:016x}\n").as_bytes());
-            b
+            Payload::Bytes(b)
         }
-        _ if req.body != BodyKind::Empty => {
-            format!("Hello from {}\nreceived {received} bytes fnv {sum:016x}\n", dummy.name).into_bytes()
-        }
-        _ => format!("Hello from {}\n", dummy.name).into_bytes(),
+        _ if req.body != BodyKind::Empty => Payload::Bytes(
+            format!("Hello from {}\nreceived {received} bytes fnv {sum:016x}\n", dummy.name).into_bytes(),
+        ),
+        _ => Payload::Bytes(format!("Hello from {}\n", dummy.name).into_bytes()),
     };
-    let length = param(req, "bytes").unwrap_or(body.len() as u64);
-    let mut head = format!("HTTP/1.1 {status} {}\r\nX-Served-By: {}\r\n", h::reason(status), dummy.name);
-    if let Some(id) = &req.request_id {
-        head.push_str(&format!("X-Request-ID: {}\r\n", String::from_utf8_lossy(id)));
-    }
-    head.push_str("Content-Type: text/plain\r\n");
-    if chunked {
-        head.push_str("Transfer-Encoding: chunked\r\n");
-    } else {
-        head.push_str(&format!("Content-Length: {length}\r\n"));
-    }
-    if !req.keep_alive {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    out.write_all(head.as_bytes())?;
-    if req.method == "HEAD" {
-        return out.flush();
-    }
-    match param(req, "bytes") {
-        Some(n) => stream_pattern(out, n, chunked),
-        None => write_body(out, &body, chunked),
+    Reply {
+        status,
+        served_by: dummy.name.clone(),
+        request_id: req.request_id.clone(),
+        keep_alive: req.keep_alive,
+        head_only: req.method == "HEAD",
+        chunked: param(req, "chunked") == Some(1),
+        body,
     }
 }
 
-/// FNV-1a (64-bit) of everything written: lets tests check that a body arrived intact.
-#[derive(Debug, Clone, Copy)]
-pub struct Checksum(pub u64);
-
-impl Default for Checksum {
-    fn default() -> Checksum {
-        Checksum(0xcbf2_9ce4_8422_2325)
+fn respond(out: &mut TcpStream, reply: &Reply, delay: Duration) -> io::Result<()> {
+    if !delay.is_zero() {
+        thread::sleep(delay);
     }
-}
-
-impl Write for Checksum {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        for &b in buf {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The byte at offset `i` of a `?bytes=N` body: a repeating a..z pattern, so checksums differ
-/// with length and position.
-pub fn pattern_byte(i: u64) -> u8 {
-    b'a' + (i % 26) as u8
-}
-
-fn stream_pattern(out: &mut TcpStream, n: u64, chunked: bool) -> io::Result<()> {
-    let block: Vec<u8> = (0..64 * 26).map(pattern_byte).collect();
-    let mut sent = 0u64;
-    while sent < n {
-        let take = (n - sent).min(block.len() as u64) as usize;
-        write_body_part(out, &block[..take], chunked)?;
-        sent += take as u64;
-    }
-    if chunked {
-        out.write_all(b"0\r\n\r\n")?;
-    }
-    Ok(())
-}
-
-fn write_body(out: &mut TcpStream, body: &[u8], chunked: bool) -> io::Result<()> {
-    if !body.is_empty() {
-        write_body_part(out, body, chunked)?;
-    }
-    if chunked {
-        out.write_all(b"0\r\n\r\n")?;
-    }
-    Ok(())
-}
-
-fn write_body_part(out: &mut TcpStream, part: &[u8], chunked: bool) -> io::Result<()> {
-    if chunked {
-        out.write_all(format!("{:x}\r\n", part.len()).as_bytes())?;
-        out.write_all(part)?;
-        out.write_all(b"\r\n")
-    } else {
-        out.write_all(part)
-    }
-}
-
-fn respond_error(out: &mut TcpStream, dummy: &Dummy, status: u16, why: &str) -> io::Result<()> {
-    let body = format!("{why}\n");
-    let response = format!(
-        "HTTP/1.1 {status} {}\r\nX-Served-By: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        h::reason(status),
-        dummy.name,
-        body.len()
-    );
-    out.write_all(response.as_bytes())
+    reply.write(out)
 }
 
 #[cfg(test)]

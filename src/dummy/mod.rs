@@ -1,7 +1,10 @@
 //! dummy_server: a test backend. It echoes lines as `[<name>] <line>`, and speaks HTTP/1.1 with
-//! keep-alive when a connection opens with an HTTP request line (see [`http`]).
+//! keep-alive when a connection opens with an HTTP request line (see [`http`]). As a fault lab
+//! it misbehaves on request (see [`fault`]).
 
+pub mod fault;
 pub mod http;
+pub mod reply;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,14 +17,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use parking_lot::{Condvar, Mutex};
 
+use clap::builder::TypedValueParser;
 use clap::Parser;
 
 use crate::error::Error;
 use crate::h1::Wire;
+use fault::LineFault;
 
-/// A dummy backend for the proxy: line echo and HTTP/1.1.
+/// A dummy backend for the proxy: line echo and HTTP/1.1, and a fault lab of misbehaving
+/// replies for testing how a proxy copes with broken backends.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "dummy_server", version, about)]
+#[command(name = "dummy_server", version, about, after_long_help = fault::HELP)]
 pub struct DummyArgs {
     /// Port to listen on (0: any free port).
     #[arg(default_value_t = 9090)]
@@ -39,9 +45,20 @@ pub struct DummyArgs {
     /// balancers take it out of rotation) before closing the listener.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub drain_ms: u64,
-    /// Directory for backend_<port>.log; empty for terminal only.
-    #[arg(long, value_name = "DIR", default_value = "logs")]
+    /// Directory for backend_<port>.log; empty (`--log-dir ''`) for terminal only.
+    // clap's PathBuf parser refuses an empty value, which is the documented "no file".
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "logs",
+        value_parser = clap::builder::OsStringValueParser::new().map(PathBuf::from)
+    )]
     pub log_dir: PathBuf,
+    /// Misbehave on every line (TCP echo) connection: `reset-after=N` resets each one right
+    /// after echoing N lines. HTTP faults are chosen per request with `?fault=MODE` instead
+    /// (listed in --help).
+    #[arg(long, value_name = "NAME=VALUE", value_parser = LineFault::parse)]
+    pub fault: Option<LineFault>,
 }
 
 /// What every connection handler needs.
@@ -53,6 +70,8 @@ pub struct Dummy {
     pub delay: Duration,
     /// Set while shutting down: `/health` answers 503.
     pub draining: AtomicBool,
+    /// The fault every line connection gets, if any.
+    pub line_fault: Option<LineFault>,
 }
 
 /// A bound dummy server.
@@ -78,6 +97,7 @@ impl DummyServer {
             name,
             delay: Duration::from_millis(args.delay_ms),
             draining: AtomicBool::new(false),
+            line_fault: args.fault,
         });
         let drain = Duration::from_millis(args.drain_ms);
         Ok(DummyServer { listener, addr, dummy, log_file, drain })
@@ -93,6 +113,9 @@ impl DummyServer {
     /// up to `grace`, and returns.
     pub fn run(self, stop: Receiver<&'static str>, grace: Duration) -> Result<(), Error> {
         log::info!("{} listening on {}", self.dummy.name, self.addr);
+        if let Some(f) = self.dummy.line_fault {
+            log::info!("fault {f} on every line connection");
+        }
         let open = Arc::new((Mutex::new(0usize), Condvar::new()));
         let listener = Arc::new(self.listener);
         let stopping = Arc::new(AtomicBool::new(false));
@@ -213,6 +236,11 @@ fn serve_lines(wire: &mut Wire<TcpStream>, peer: SocketAddr, dummy: &Dummy) {
         let line = text.trim_end_matches(['\r', '\n']).to_string();
         wire.consume(n);
         log::info!("{peer} says: {line}");
+        if line_fault_due(dummy, count) {
+            // reset-after=0: this line is not echoed.
+            reset_line_connection(wire, peer, dummy);
+            return;
+        }
         if !dummy.delay.is_zero() {
             thread::sleep(dummy.delay);
         }
@@ -221,6 +249,24 @@ fn serve_lines(wire: &mut Wire<TcpStream>, peer: SocketAddr, dummy: &Dummy) {
             break;
         }
         count += 1;
+        if line_fault_due(dummy, count) {
+            reset_line_connection(wire, peer, dummy);
+            return;
+        }
     }
     log::info!("connection from {peer} closed after {count} message(s)");
+}
+
+/// Whether the line fault fires once `echoed` lines have been echoed.
+fn line_fault_due(dummy: &Dummy, echoed: u64) -> bool {
+    matches!(dummy.line_fault, Some(LineFault::ResetAfter(n)) if echoed >= n)
+}
+
+fn reset_line_connection(wire: &Wire<TcpStream>, peer: SocketAddr, dummy: &Dummy) {
+    if let Some(f) = dummy.line_fault {
+        log::info!("fault {f} on line connection from {peer}");
+    }
+    // Let the last echo reach the peer first: a reset discards unsent bytes.
+    thread::sleep(fault::PAUSE);
+    fault::reset(&wire.stream);
 }

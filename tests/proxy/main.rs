@@ -2,6 +2,7 @@
 //! loopback ports chosen by the kernel.
 
 mod admin;
+mod faultlab;
 mod http;
 mod limits;
 mod ops;
