@@ -141,6 +141,8 @@ pub fn run(
             reply.write(out)?;
             thread::sleep(PAUSE);
             out.write_all(&stray(&reply.served_by))?;
+            // Said once written, so a watcher (or a test) knows the stray bytes are on the wire.
+            log::info!("fault extra: stray response written");
             Ok(keep)
         }
         HttpFault::Drip => {

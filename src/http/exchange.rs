@@ -290,6 +290,9 @@ impl Exchange<'_> {
             Ok(n) => record.bytes_out += n,
             Err(BodyError::Sink(e)) => return Err(client_gone(e)),
             Err(BodyError::Source(e)) => {
+                // As nginx: what arrived goes on to the client, then the connection closes, so
+                // the client sees a truncated body, never one that looks complete.
+                let _ = cout.flush();
                 backend.failures.fetch_add(1, Ordering::Relaxed);
                 return Err(Failure::at(&backend.name, Party::Backend, Phase::Body, Cause::Io(e)));
             }

@@ -3,6 +3,7 @@
 
 mod admin;
 mod faultlab;
+mod hostile;
 mod http;
 mod limits;
 mod ops;

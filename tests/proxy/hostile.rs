@@ -1,0 +1,162 @@
+//! The dummy_server fault lab through the proxy: every misbehaviour gives the client what nginx
+//! would (502, 504, a clean close or a truncated body), never a hang and never another
+//! client's bytes, and the proxy serves the next ordinary request.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use lbproxy::h1::Wire;
+
+use crate::util::*;
+
+/// Two fault-lab dummies behind an HTTP-mode proxy with a short response timeout.
+fn lab() -> (Vec<(Proc, SocketAddr)>, Proc, SocketAddr) {
+    let ds = dummies(2);
+    let addrs: Vec<_> = ds.iter().map(|d| d.1).collect();
+    let (p, addr) = http_proxy(&addrs, "round-robin", "response_ms = 1000", "");
+    (ds, p, addr)
+}
+
+/// Sends one GET and reads until the proxy closes the connection: (status, body bytes).
+fn fetch(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let mut s = connect(addr);
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw); // ends only when the proxy closes: a hang fails at WAIT
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(Vec::new(), |i| raw[i + 4..].to_vec());
+    (status, body)
+}
+
+/// The next ordinary request is served.
+fn still_serving(addr: SocketAddr) {
+    let mut w = Wire::new(connect(addr));
+    assert_eq!(get(&mut w, "/ok", "").status, 200);
+}
+
+#[test]
+fn a_backend_that_resets_or_closes_before_answering_gives_502() {
+    // nginx: "upstream prematurely closed connection" / "Connection reset by peer" -> 502 once
+    // every backend failed (a GET is retried on the next one first).
+    let (_ds, p, addr) = lab();
+    for mode in ["reset-before", "close-before"] {
+        let mut w = Wire::new(connect(addr));
+        let r = get(&mut w, &format!("/x?fault={mode}"), "");
+        assert_eq!(r.status, 502, "{mode}: {}", r.text());
+        still_serving(addr);
+    }
+    assert!(p.log_text().contains("trying the next backend"), "the GET was retried first");
+}
+
+#[test]
+fn a_reset_mid_body_truncates_and_closes() {
+    let (_ds, _p, addr) = lab();
+    let (status, body) = fetch(addr, "/x?fault=reset-mid&bytes=20000");
+    assert_eq!(status, 200, "the head was already sent");
+    assert!(body.len() < 20000, "the body is cut short ({} bytes), never complete-looking", body.len());
+    still_serving(addr);
+}
+
+#[test]
+fn a_body_shorter_than_its_content_length_closes_the_connection() {
+    let (_ds, _p, addr) = lab();
+    let started = Instant::now();
+    let (status, body) = fetch(addr, "/x?fault=bad-length&bytes=300");
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), 300, "the short body, then a close (not a wait for the missing 100 bytes)");
+    assert!(started.elapsed() < Duration::from_secs(10), "no hang");
+    still_serving(addr);
+}
+
+#[test]
+fn garbage_instead_of_a_response_gives_502() {
+    let (_ds, _p, addr) = lab();
+    let mut w = Wire::new(connect(addr));
+    assert_eq!(get(&mut w, "/x?fault=garbage", "").status, 502);
+    still_serving(addr);
+}
+
+#[test]
+fn a_head_later_than_response_ms_gives_504() {
+    // nginx: proxy_read_timeout before the header -> 504.
+    let (_ds, _p, addr) = lab();
+    let mut w = Wire::new(connect(addr));
+    let r = get(&mut w, "/x?fault=slow-head&delay_ms=3000", "");
+    assert_eq!(r.status, 504, "{}", r.text());
+    still_serving(addr);
+}
+
+#[test]
+fn a_dripped_body_arrives_whole() {
+    let (_ds, _p, addr) = lab();
+    let mut w = Wire::new(connect(addr));
+    let r = get(&mut w, "/x?fault=drip&bytes=40", "");
+    assert_eq!((r.status, r.body.len()), (200, 40));
+}
+
+/// Waits until the fault-lab dummies together have written `n` stray responses.
+fn strays_written(ds: &[(Proc, SocketAddr)], n: usize) {
+    let deadline = Instant::now() + WAIT;
+    let count = || ds.iter().map(|d| d.0.log_text().matches("stray response written").count()).sum::<usize>();
+    while count() < n {
+        assert!(Instant::now() < deadline, "only {} stray responses written", count());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn stray_responses_from_the_fault_lab_reach_nobody() {
+    // `extra` (late surplus after a GET, a late "body" on HEAD) and `overlong` (surplus in the
+    // same write). The stray response says "STRAY from <name>"; nginx and HAProxy drop a pooled
+    // connection that turns readable while idle, and one whose response overran its length.
+    let (ds, p, addr) = lab();
+    let mut victim = Wire::new(connect(addr));
+    let mut written = 0;
+    let check = |wire: &mut Wire<std::net::TcpStream>| {
+        let r = get(wire, "/plain", "");
+        assert_eq!(r.status, 200);
+        assert!(!r.text().contains("STRAY"), "another exchange's bytes: {}", r.text());
+    };
+    for round in 0..3 {
+        let mut w = Wire::new(connect(addr));
+        let r = get(&mut w, &format!("/x?fault=extra&bytes=5&r={round}"), "");
+        assert_eq!((r.status, r.body.len()), (200, 5));
+        written += 1;
+        strays_written(&ds, written);
+        check(&mut victim);
+        check(&mut w);
+        w.stream.write_all(b"HEAD /x?fault=extra HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+        assert_eq!(read_response(&mut w, "HEAD").status, 200);
+        written += 1;
+        strays_written(&ds, written);
+        check(&mut victim);
+        check(&mut w);
+        let r = get(&mut w, "/x?fault=overlong&bytes=5", "");
+        assert_eq!((r.status, r.body.len()), (200, 5), "exactly Content-Length bytes");
+        check(&mut victim);
+        check(&mut w);
+    }
+    let log = p.log_text();
+    assert!(log.contains("beyond the response's framing"), "the surplus was noticed");
+    assert!(log.contains("sent bytes on an idle pooled connection"), "the late strays were noticed");
+}
+
+#[test]
+fn a_line_backend_that_resets_after_n_lines_closes_the_client_in_tcp_mode() {
+    let (_d, backend) = dummy_with("lab", 0, &["--fault", "reset-after=2"]);
+    let (p, addr) = proxy(&[backend], "round-robin");
+    let mut s = connect(addr);
+    assert_eq!(exchange(&mut s, "one"), "lab");
+    assert_eq!(exchange(&mut s, "two"), "lab");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let _ = s.write_all(b"three\n");
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "no third echo: {:?}", String::from_utf8_lossy(&rest));
+    p.wait_for("ended by backend error");
+    let mut fresh = connect(addr);
+    assert_eq!(exchange(&mut fresh, "again"), "lab");
+}
