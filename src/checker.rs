@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::balancer::Balancer;
 use crate::config::{HealthSettings, Mode};
-use crate::h1::{HeadError, Wire, MAX_HEADERS};
+use crate::h1::{head, HeadError, Wire};
 use crate::health::Transition;
 use crate::net::describe;
 
@@ -29,15 +29,8 @@ pub fn check(addr: SocketAddr, s: &HealthSettings) -> Result<(), String> {
         s.path
     );
     (&stream).write_all(request.as_bytes()).map_err(|e| describe(&e))?;
-    let status = Wire::new(&stream).read_head(16 * 1024, |buf| {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => Ok(Some((len, resp.code.unwrap_or(0)))),
-            Ok(httparse::Status::Partial) => Ok(None),
-            Err(e) => Err(format!("invalid response: {e}")),
-        }
-    });
+    let status = Wire::new(&stream)
+        .read_head(16 * 1024, |buf| Ok(head::parse_response(buf, "GET")?.map(|(len, r)| (len, r.status))));
     match status {
         Ok(status) if (200..400).contains(&status) => Ok(()),
         Ok(status) => Err(format!("status {status}")),

@@ -133,8 +133,10 @@ mod tests {
                     std::thread::spawn(move || {
                         start.wait();
                         // Later threads read earlier clocks, so a stored `last` is often ahead.
-                        if limit.check_at(50_000 - i * 60).is_some() {
-                            passed.fetch_add(1, Ordering::Relaxed);
+                        if let Some(held) = limit.check_at(50_000 - i * 60) {
+                            // Held-back checks that landed before the winner's swap are
+                            // reported by it: count them with the winner.
+                            passed.fetch_add(1 + (held << 32), Ordering::Relaxed);
                         }
                     })
                 })
@@ -142,8 +144,10 @@ mod tests {
             for t in threads {
                 t.join().expect("thread");
             }
-            assert_eq!(passed.load(Ordering::Relaxed), 1, "round {round}");
-            assert_eq!(limit.suppressed.load(Ordering::Relaxed), 15, "round {round}");
+            let passed = passed.load(Ordering::Relaxed);
+            assert_eq!(passed & 0xffff_ffff, 1, "round {round}: exactly one line through");
+            let reported = passed >> 32;
+            assert_eq!(reported + limit.suppressed.load(Ordering::Relaxed), 15, "round {round}: none lost");
         }
     }
 }

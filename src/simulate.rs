@@ -273,21 +273,10 @@ fn http_exchange(
         .write_all(format!("GET /?client={client}&n={i} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
         .map_err(|e| format!("send: {e}"))?;
     let head = wire.read_head(MAX_HEAD, |buf| {
-        let mut headers = [httparse::EMPTY_HEADER; h::MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let status = resp.code.unwrap_or(0);
-                let name = h::header(resp.headers, "x-served-by")
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_else(|| "(no X-Served-By)".to_string());
-                let kind = h::response_body("GET", status, resp.headers);
-                let keep = resp.version == Some(1) && !h::has_token(resp.headers, "connection", "close");
-                Ok(Some((len, (status, name, kind, keep))))
-            }
-            Ok(httparse::Status::Partial) => Ok(None),
-            Err(e) => Err(format!("invalid response: {e}")),
-        }
+        Ok(h::head::parse_response(buf, "GET")?.map(|(len, r)| {
+            let name = r.fields.get("x-served-by").unwrap_or_else(|| "(no X-Served-By)".to_string());
+            (len, (r.status, name, r.body, r.keep_alive))
+        }))
     });
     let (status, name, kind, keep) = match head {
         Ok(head) => head,

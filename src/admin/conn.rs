@@ -9,8 +9,8 @@ use std::time::Instant;
 use rustix::event::PollFlags;
 
 use super::{HEAD_TIMEOUT, LINGER, MAX_REQUEST_HEAD, SEND_TIMEOUT};
+use crate::h1::head;
 use crate::h1::respond::SimpleResponse;
-use crate::h1::MAX_HEADERS;
 
 /// Reads of one chunk done for one readiness report while lingering; a client that keeps
 /// sending waits for the next turn of the loop rather than keeping the thread.
@@ -102,18 +102,13 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return false,
             }
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut headers);
-            let response = match req.parse(head) {
-                Ok(httparse::Status::Complete(_)) => {
-                    let (method, path) = (req.method.unwrap_or(""), req.path.unwrap_or(""));
-                    log::debug!("admin: {} {method} {path}", self.peer);
-                    route(method, path)
+            let response = match head::parse_request(head) {
+                Ok(Some((_, req))) => {
+                    log::debug!("admin: {} {} {}", self.peer, req.method, req.target);
+                    route(&req.method, &req.target)
                 }
-                Ok(httparse::Status::Partial) if head.len() > MAX_REQUEST_HEAD => {
-                    simple(431, "request head too large\n")
-                }
-                Ok(httparse::Status::Partial) => continue,
+                Ok(None) if head.len() > MAX_REQUEST_HEAD => simple(431, "request head too large\n"),
+                Ok(None) => continue,
                 Err(e) => simple(400, &format!("bad request: {e}\n")),
             };
             return self.respond(now, response);

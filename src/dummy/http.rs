@@ -19,7 +19,7 @@ use std::time::Duration;
 use super::fault::{self, After, HttpFault};
 use super::reply::{self, Payload, Reply};
 use super::Dummy;
-use crate::h1::{self as h, BodyKind, HeadError, Wire, MAX_HEAD, MAX_HEADERS};
+use crate::h1::{head, BodyKind, HeadError, Wire, MAX_HEAD};
 
 pub use super::reply::{pattern_byte, Checksum};
 
@@ -104,15 +104,7 @@ pub fn serve(wire: &mut Wire<TcpStream>, peer: SocketAddr, dummy: &Dummy) {
 
 fn read_request(wire: &mut Wire<TcpStream>) -> io::Result<Option<Request>> {
     let head = wire.read_head(MAX_HEAD, |buf| {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(buf) {
-            Ok(httparse::Status::Complete(len)) => to_request(&parsed, buf[..len].to_vec())
-                .map(|req| Some((len, req)))
-                .map_err(|e| e.to_string()),
-            Ok(httparse::Status::Partial) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
+        Ok(head::parse_request(buf)?.map(|(len, req)| (len, to_request(req, buf[..len].to_vec()))))
     });
     match head {
         Ok(req) => Ok(Some(req)),
@@ -122,34 +114,24 @@ fn read_request(wire: &mut Wire<TcpStream>) -> io::Result<Option<Request>> {
     }
 }
 
-fn to_request(parsed: &httparse::Request<'_, '_>, head: Vec<u8>) -> io::Result<Request> {
-    let invalid = |msg: &str| io::Error::new(io::ErrorKind::InvalidData, msg.to_string());
-    let method = parsed.method.ok_or_else(|| invalid("no method"))?.to_string();
-    let target = parsed.path.ok_or_else(|| invalid("no target"))?;
-    let version = parsed.version.ok_or_else(|| invalid("no version"))?;
-    let headers = &*parsed.headers;
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+fn to_request(parsed: head::Request, head: Vec<u8>) -> Request {
+    let (path, query) = parsed.target.split_once('?').unwrap_or((&parsed.target, ""));
     let query = query
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let keep_alive = if version == 1 {
-        !h::has_token(headers, "connection", "close")
-    } else {
-        h::has_token(headers, "connection", "keep-alive")
-    };
-    Ok(Request {
-        method,
+    let expect = parsed.fields.get("expect");
+    Request {
         path: path.to_string(),
         query,
-        keep_alive,
-        request_id: h::header(headers, "x-request-id").map(<[u8]>::to_vec),
-        body: h::request_body(headers).map_err(invalid)?,
+        keep_alive: parsed.keep_alive,
+        request_id: parsed.fields.get("x-request-id").map(String::into_bytes),
+        body: parsed.body,
         head,
-        expect_continue: h::header(headers, "expect")
-            .is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue")),
-    })
+        expect_continue: expect.is_some_and(|v| v.eq_ignore_ascii_case("100-continue")),
+        method: parsed.method,
+    }
 }
 
 fn param(req: &Request, key: &str) -> Option<u64> {

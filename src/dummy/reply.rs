@@ -6,6 +6,7 @@
 use std::io::{self, Write};
 
 use crate::h1 as h;
+use crate::h1::respond::SimpleResponse;
 
 /// A response about to be written.
 #[derive(Debug, Clone)]
@@ -145,15 +146,12 @@ impl<W: Write> Write for ChunkWriter<'_, W> {
     }
 }
 
-/// Writes a complete error response that closes the connection.
+/// Writes a complete error response that closes the connection (the shared simple-response
+/// writer, so it carries a `Date` like the proxy's own).
 pub fn write_error(out: &mut impl Write, served_by: &str, status: u16, why: &str) -> io::Result<()> {
     let body = format!("{why}\n");
-    let response = format!(
-        "HTTP/1.1 {status} {}\r\nX-Served-By: {served_by}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        h::reason(status),
-        body.len()
-    );
-    out.write_all(response.as_bytes())
+    let headers = [("X-Served-By", served_by), ("Content-Type", "text/plain")];
+    SimpleResponse { status, headers: &headers, body: body.as_bytes(), close: true }.write_to(out).map(drop)
 }
 
 /// FNV-1a (64-bit) of everything written: lets tests check that a body arrived intact.

@@ -4,6 +4,7 @@
 //! until close) streamed through a fixed buffer. Heads are parsed by httparse, never by hand.
 
 mod body;
+pub mod head;
 pub mod request;
 pub mod respond;
 pub mod response;
@@ -284,6 +285,17 @@ pub fn has_token(headers: &[httparse::Header<'_>], name: &str, token: &str) -> b
         .filter(|h| h.name.eq_ignore_ascii_case(name))
         .flat_map(|h| h.value.split(|&b| b == b','))
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Whether a message keeps its connection open (RFC 9112 9.3): HTTP/1.1 unless it says
+/// `Connection: close`; HTTP/1.0 only when it says `Connection: keep-alive`. The one copy of
+/// this rule, for requests and responses alike.
+pub fn keep_alive(version: u8, headers: &[httparse::Header<'_>]) -> bool {
+    if version == 1 {
+        !has_token(headers, "connection", "close")
+    } else {
+        has_token(headers, "connection", "keep-alive")
+    }
 }
 
 /// How a request's body is framed (for well-formed requests: chunked wins, then

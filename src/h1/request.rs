@@ -159,11 +159,7 @@ pub fn parse(
     if expect.is_some() && !expect_continue {
         return Err(reject(417, "unsupported expectation"));
     }
-    let keep_alive = if version == 1 {
-        !has_token(headers, "connection", "close")
-    } else {
-        has_token(headers, "connection", "keep-alive")
-    };
+    let keep_alive = super::keep_alive(version, headers);
     let request_id = match super::header(headers, "x-request-id") {
         Some(id) if valid_request_id(id) => String::from_utf8_lossy(id).into_owned(),
         Some(_) => return Err(reject(400, "invalid X-Request-ID")),

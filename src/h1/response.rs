@@ -3,7 +3,7 @@
 //! `Via` added, `Connection` set to what the proxy will actually do).
 
 use super::request::{has_connection_header, header_line, is_hop_by_hop, length_line, via_line};
-use super::{has_token, parse_length, response_body, BodyKind, MAX_HEADERS};
+use super::{parse_length, response_body, BodyKind, MAX_HEADERS};
 
 /// A backend's response head, as far as the proxy cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,11 +88,7 @@ pub fn parse(
     let chunked_final = body == BodyKind::Chunked && final_coding_is_chunked(headers);
     let body = if te && body == BodyKind::Chunked && !chunked_final { BodyKind::UntilClose } else { body };
     let body = if te && body != BodyKind::Empty && !chunked_final { BodyKind::UntilClose } else { body };
-    let backend_keep = if version == 1 {
-        !has_token(headers, "connection", "close")
-    } else {
-        has_token(headers, "connection", "keep-alive")
-    };
+    let backend_keep = super::keep_alive(version, headers);
     // A message with both framings is suspicious: use chunked (RFC 9112 6.3) but don't reuse.
     let backend_reusable = backend_keep && body != BodyKind::UntilClose && !(te && length.is_some());
     // HTTP/1.0 clients know no chunked coding: they get the body delimited by close.

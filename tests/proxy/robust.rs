@@ -278,7 +278,7 @@ fn running_out_of_descriptors_does_not_mark_backends_down_in_http_mode() {
     let ds = dummies(1);
     let dir = tempfile::tempdir().expect("tempdir");
     let config = format!(
-        "[proxy]\nmode = http\nworkers = 48\nqueue = 64\n[health]\nenabled = false\nmax_fails = 1\n{}",
+        "[proxy]\nmode = http\nworkers = 96\nqueue = 64\n[health]\nenabled = false\nmax_fails = 1\n{}",
         backends_section(&[ds[0].1])
     );
     std::fs::write(dir.path().join("config.ini"), config).expect("write");
@@ -287,12 +287,19 @@ fn running_out_of_descriptors_does_not_mark_backends_down_in_http_mode() {
         .args(["-c", &format!("ulimit -n 40 && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
     let p = Proc::spawn(&mut cmd, Some(dir));
     let addr = p.listening_addr();
-    // More requests in flight than 40 descriptors allow backend connections for.
-    let flood: Vec<TcpStream> = (0..45).filter_map(|_| TcpStream::connect(addr).ok()).collect();
-    for mut s in &flood {
-        let _ = s.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
-    }
+    // Idle clients fill the descriptor table: each holds a worker reading its head, until
+    // the acceptor itself runs out.
+    let mut flood: Vec<TcpStream> = (0..60).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+    p.wait_for("accept: Too many open files");
+    // The first client was accepted: its request needs a backend connection, and there is no
+    // descriptor left for one. The proxy answers 503 itself and blames no backend.
+    let first = &mut flood[0];
+    first.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    let mut w = Wire::new(first.try_clone().expect("clone"));
+    let r = read_response(&mut w, "GET");
+    assert_eq!(r.status, 503, "{}", r.text());
     p.wait_for("a shortage on this host, not counted against the backend");
+    drop(w);
     drop(flood);
     let deadline = Instant::now() + WAIT;
     while http_request(addr, &mut None).is_err() {

@@ -248,21 +248,11 @@ impl Resp {
 /// Reads one response to a request made with `method` (bodies de-chunked).
 pub fn read_response(wire: &mut lbproxy::h1::Wire<TcpStream>, method: &str) -> Resp {
     let head = wire.read_head(1 << 20, |buf| {
-        let mut headers = [httparse::EMPTY_HEADER; 100];
-        let mut r = httparse::Response::new(&mut headers);
-        match r.parse(buf).map_err(|e| e.to_string())? {
-            httparse::Status::Complete(len) => {
-                let status = r.code.expect("status");
-                let kind = lbproxy::h1::response_body(method, status, r.headers);
-                let headers: Vec<(String, String)> = r
-                    .headers
-                    .iter()
-                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
-                    .collect();
-                Ok(Some((len, (status, kind, headers))))
-            }
-            httparse::Status::Partial => Ok(None),
-        }
+        Ok(lbproxy::h1::head::parse_response(buf, method)?.map(|(len, r)| {
+            let headers =
+                r.fields.0.into_iter().map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned())).collect();
+            (len, (r.status, r.body, headers))
+        }))
     });
     let (status, kind, headers) = head.unwrap_or_else(|e| {
         panic!("no complete response ({e}); got {:?}", String::from_utf8_lossy(wire.buffered()))
