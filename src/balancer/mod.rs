@@ -14,13 +14,13 @@ pub mod round_robin;
 pub mod source_hash;
 
 use std::fmt::{self, Write as _};
-use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::backend::{now_ms, Backend, WEIGHT_SCALE};
 use crate::config::{Algorithm, HealthSettings};
@@ -85,11 +85,15 @@ pub fn selector(algorithm: Algorithm, members: &[Arc<Backend>]) -> Box<dyn Selec
     }
 }
 
-/// The hash key of a client address, for source-hash.
+/// The hash key of a client address, for source-hash: XXH3-64 (seed 0) of its address bytes,
+/// 4 for IPv4 (an IPv4-mapped IPv6 address counts as IPv4), 16 for IPv6. A named hash with a
+/// published definition, so every build, platform and instance places a client alike
+/// (`DefaultHasher` may change between Rust releases).
 pub fn source_key(ip: IpAddr) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    ip.hash(&mut h);
-    h.finish()
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => xxh3_64(&v4.octets()),
+        IpAddr::V6(v6) => xxh3_64(&v6.octets()),
+    }
 }
 
 /// The backends already tried for one connection or request, so each is tried at most once.

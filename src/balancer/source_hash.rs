@@ -1,8 +1,9 @@
 //! Source hashing on a consistent-hash ring: a client (by IP) sticks to one backend while the
 //! set is stable, and when a backend leaves or goes down only its clients move (about 1/N).
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::{Select, View};
 use crate::backend::Backend;
@@ -16,10 +17,10 @@ pub struct SourceHash {
     ring: Vec<(u64, usize)>,
 }
 
-fn hash(value: impl Hash) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    value.hash(&mut h);
-    h.finish()
+/// A ring point: XXH3-64 (seed 0) of `"{name} {addr} {index}"`, stable across builds and
+/// instances.
+fn point(name: &str, addr: std::net::SocketAddr, index: u32) -> u64 {
+    xxh3_64(format!("{name} {addr} {index}").as_bytes())
 }
 
 impl SourceHash {
@@ -30,7 +31,7 @@ impl SourceHash {
             .iter()
             .enumerate()
             .flat_map(|(i, b)| {
-                (0..b.weight() * POINTS_PER_WEIGHT).map(move |p| (hash((&b.name, b.addr, p)), i))
+                (0..b.weight() * POINTS_PER_WEIGHT).map(move |p| (point(&b.name, b.addr, p), i))
             })
             .collect();
         ring.sort_unstable();

@@ -178,7 +178,8 @@ pub fn parse(
         }
         None => (None, target),
     };
-    write_backend_head(out, method, path, headers, body, host, &request_id, fwd);
+    let outgoing = Outgoing { method, target: path, headers, body, host, request_id: &request_id };
+    write_backend_head(out, &outgoing, fwd);
     Ok(Some(RequestHead {
         len,
         method: method.to_string(),
@@ -264,17 +265,19 @@ fn valid_request_id(id: &[u8]) -> bool {
     !id.is_empty() && id.len() <= 200 && id.iter().all(|b| (0x21..0x7f).contains(b))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_backend_head(
-    out: &mut Vec<u8>,
-    method: &str,
-    target: &str,
-    headers: &[httparse::Header<'_>],
+/// The request as it goes to the backend: origin-form target, the Host to send (when the
+/// client's is replaced), and the request id.
+struct Outgoing<'a> {
+    method: &'a str,
+    target: &'a str,
+    headers: &'a [httparse::Header<'a>],
     body: BodyKind,
-    host: Option<&str>,
-    request_id: &str,
-    fwd: &Forwarding<'_>,
-) {
+    host: Option<&'a str>,
+    request_id: &'a str,
+}
+
+fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_>) {
+    let Outgoing { method, target, headers, body, host, request_id } = *req;
     let line = header_line;
     let named = has_connection_header(headers);
     out.extend_from_slice(method.as_bytes());
