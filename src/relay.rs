@@ -17,11 +17,12 @@
 //! made only then, so idle and chatty connections keep costing two descriptors; if a pipe cannot
 //! be made (descriptor limit), copying goes on.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
+use rustix::buffer::spare_capacity;
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::pipe::{splice, SpliceFlags};
@@ -37,9 +38,13 @@ const PIPE_SIZE: usize = 256 * 1024;
 /// Reads (or splices) per direction per wakeup: a bulk flow one way takes turns with the other.
 const ROUNDS: usize = 8;
 
-/// A worker's reusable relay buffers, one per direction, kept across connections.
+/// A worker's reusable relay buffers, kept across connections: one both directions read into,
+/// and one per direction for bytes its destination could not take yet. Reads go into spare
+/// capacity, never zeroed, and a direction's own buffer is filled only when its destination
+/// pushes back, so a connection that moves lines keeps about one resident page, not three.
 #[derive(Debug, Default)]
 pub struct Buffers {
+    read: Vec<u8>,
     up: Vec<u8>,
     down: Vec<u8>,
 }
@@ -70,14 +75,12 @@ pub fn relay(client: &TcpStream, backend: &TcpStream, idle: Duration, bufs: &mut
             return RelayOutcome { up: 0, down: 0, error: Some((side, e)) };
         }
     }
-    for b in [&mut bufs.up, &mut bufs.down] {
-        if b.len() < BUFFER_SIZE {
-            b.resize(BUFFER_SIZE, 0);
-        }
-    }
-    let mut up = Flow::new(client, backend, Side::Client, &mut bufs.up[..BUFFER_SIZE]);
-    let mut down = Flow::new(backend, client, Side::Backend, &mut bufs.down[..BUFFER_SIZE]);
-    let error = run(client, backend, as_limit(idle), &mut up, &mut down).err();
+    let Buffers { read, up, down } = bufs;
+    read.clear();
+    read.reserve_exact(BUFFER_SIZE);
+    let mut up = Flow::new(client, backend, Side::Client, up);
+    let mut down = Flow::new(backend, client, Side::Backend, down);
+    let error = run(client, backend, as_limit(idle), read, &mut up, &mut down).err();
     RelayOutcome { up: up.total, down: down.total, error }
 }
 
@@ -86,6 +89,7 @@ fn run(
     client: &TcpStream,
     backend: &TcpStream,
     idle: Option<Duration>,
+    read: &mut Vec<u8>,
     up: &mut Flow,
     down: &mut Flow,
 ) -> Result<(), (Side, io::Error)> {
@@ -141,10 +145,10 @@ fn run(
         };
         let mut moved = false;
         if ready(up_wait, client_ready, backend_ready) {
-            moved |= up.advance()?;
+            moved |= up.advance(read)?;
         }
         if ready(down_wait, backend_ready, client_ready) {
-            moved |= down.advance()?;
+            moved |= down.advance(read)?;
         }
         if moved {
             last_moved = Instant::now();
@@ -182,10 +186,9 @@ struct Flow<'a> {
     from: &'a TcpStream,
     to: &'a TcpStream,
     from_side: Side,
-    buf: &'a mut [u8],
-    /// `buf[start..end]` is read but not yet written.
+    /// `pending[start..]` was read but the destination could not take it yet.
+    pending: &'a mut Vec<u8>,
     start: usize,
-    end: usize,
     pipe: Option<Pipe>,
     /// Bytes in the pipe not yet written.
     piped: usize,
@@ -196,14 +199,14 @@ struct Flow<'a> {
 }
 
 impl<'a> Flow<'a> {
-    fn new(from: &'a TcpStream, to: &'a TcpStream, from_side: Side, buf: &'a mut [u8]) -> Flow<'a> {
+    fn new(from: &'a TcpStream, to: &'a TcpStream, from_side: Side, pending: &'a mut Vec<u8>) -> Flow<'a> {
+        pending.clear();
         Flow {
             from,
             to,
             from_side,
-            buf,
+            pending,
             start: 0,
-            end: 0,
             pipe: None,
             piped: 0,
             splice_failed: false,
@@ -222,7 +225,7 @@ impl<'a> Flow<'a> {
     fn wait(&self) -> Wait {
         if self.done {
             Wait::Done
-        } else if self.start < self.end || self.piped > 0 {
+        } else if self.start < self.pending.len() || self.piped > 0 {
             Wait::Write
         } else {
             Wait::Read
@@ -231,11 +234,11 @@ impl<'a> Flow<'a> {
 
     /// Moves what can be moved without blocking, in at most [`ROUNDS`] reads. Returns whether
     /// any byte moved.
-    fn advance(&mut self) -> Result<bool, (Side, io::Error)> {
+    fn advance(&mut self, read: &mut Vec<u8>) -> Result<bool, (Side, io::Error)> {
         let mut moved = false;
         for _ in 0..ROUNDS {
             // Pending bytes go first, and nothing more is read until they are gone.
-            if !self.flush(&mut moved)? || !self.fill(&mut moved)? {
+            if !self.flush(&mut moved)? || !self.fill(read, &mut moved)? {
                 break;
             }
         }
@@ -244,20 +247,17 @@ impl<'a> Flow<'a> {
 
     /// Writes the pending bytes. `Ok(false)` when the destination is full.
     fn flush(&mut self, moved: &mut bool) -> Result<bool, (Side, io::Error)> {
-        while self.start < self.end {
-            match (&mut &*self.to).write(&self.buf[self.start..self.end]) {
-                Ok(0) => return Err((self.to_side(), io::ErrorKind::WriteZero.into())),
-                Ok(n) => {
-                    self.start += n;
-                    self.total += n as u64;
-                    *moved = true;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err((self.to_side(), e)),
+        if self.start < self.pending.len() {
+            let sent = send(self.to, self.to_side(), &self.pending[self.start..])?;
+            self.start += sent;
+            self.total += sent as u64;
+            *moved |= sent > 0;
+            if self.start < self.pending.len() {
+                return Ok(false);
             }
+            self.pending.clear();
+            self.start = 0;
         }
-        (self.start, self.end) = (0, 0);
         let Some(pipe) = &self.pipe else { return Ok(true) };
         while self.piped > 0 {
             match splice(&pipe.read, None, self.to, None, self.piped, FLAGS) {
@@ -275,18 +275,15 @@ impl<'a> Flow<'a> {
         Ok(true)
     }
 
-    /// Reads what the source has (nothing is pending). `Ok(false)` when it has nothing now or
-    /// at EOF, which is passed on to the destination at once.
-    fn fill(&mut self, moved: &mut bool) -> Result<bool, (Side, io::Error)> {
+    /// Reads what the source has (nothing is pending) and sends it on as far as the
+    /// destination takes it; the rest becomes pending. `Ok(false)` when the source has nothing
+    /// now, at EOF (passed on to the destination at once), or when the destination is full.
+    fn fill(&mut self, read: &mut Vec<u8>, moved: &mut bool) -> Result<bool, (Side, io::Error)> {
+        // The pipe is empty here: EAGAIN means the socket has nothing.
+        read.clear();
         let got = match &self.pipe {
-            Some(pipe) => match splice(self.from, None, &pipe.write, None, PIPE_SIZE, FLAGS) {
-                Ok(n) => Ok(n),
-                // The pipe is empty here, so EAGAIN means the socket has nothing.
-                Err(Errno::AGAIN) => return Ok(false),
-                Err(Errno::INTR) => return Ok(true),
-                Err(e) => Err(io::Error::from(e)),
-            },
-            None => (&mut &*self.from).read(self.buf),
+            Some(pipe) => splice(self.from, None, &pipe.write, None, PIPE_SIZE, FLAGS),
+            None => rustix::io::read(self.from, spare_capacity(read)),
         };
         let n = match got {
             Ok(0) => {
@@ -296,9 +293,9 @@ impl<'a> Flow<'a> {
                 return Ok(false);
             }
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(true),
-            Err(e) => return Err((self.from_side, e)),
+            Err(Errno::AGAIN) => return Ok(false),
+            Err(Errno::INTR) => return Ok(true),
+            Err(e) => return Err((self.from_side, e.into())),
         };
         *moved = true;
         log::trace!("relay: read {n} bytes from {:?}", self.from_side);
@@ -306,8 +303,14 @@ impl<'a> Flow<'a> {
             self.piped = n;
             return Ok(true);
         }
-        self.end = n;
-        if n == self.buf.len() && !self.splice_failed {
+        let sent = send(self.to, self.to_side(), &read[..n])?;
+        self.total += sent as u64;
+        if sent < n {
+            // Kept at most a buffer's worth: nothing more is read until it is gone.
+            self.pending.reserve_exact(BUFFER_SIZE);
+            self.pending.extend_from_slice(&read[sent..n]);
+        }
+        if n == read.capacity() && !self.splice_failed {
             match Pipe::new() {
                 Ok(p) => self.pipe = Some(p),
                 Err(e) => {
@@ -316,8 +319,23 @@ impl<'a> Flow<'a> {
                 }
             }
         }
-        Ok(true)
+        Ok(sent == n)
     }
+}
+
+/// Writes as much of `bytes` to `to` as it takes without blocking; returns how much that was.
+fn send(mut to: &TcpStream, to_side: Side, bytes: &[u8]) -> Result<usize, (Side, io::Error)> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match to.write(&bytes[sent..]) {
+            Ok(0) => return Err((to_side, io::ErrorKind::WriteZero.into())),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((to_side, e)),
+        }
+    }
+    Ok(sent)
 }
 
 /// Splice flags: move pages rather than copy where the kernel can, and never block (the pipe
@@ -336,5 +354,102 @@ impl Pipe {
         // A larger pipe moves more per call; the default (64 KiB) works too.
         let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
         Ok(Pipe { read, write })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::thread;
+
+    /// A connected loopback pair: (our end, the relay's end).
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let ours = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (theirs, _) = l.accept().expect("accept");
+        (ours, theirs)
+    }
+
+    fn pattern(len: usize, seed: u32) -> Vec<u8> {
+        (0..len).map(|i| (i as u32 ^ seed).wrapping_mul(2_654_435_761).to_le_bytes()[3]).collect()
+    }
+
+    /// Sends `data` then half-closes, while reading everything that arrives, `chunk` bytes at
+    /// a time; returns what arrived.
+    fn send_and_receive(s: TcpStream, data: Vec<u8>, chunk: usize) -> thread::JoinHandle<Vec<u8>> {
+        thread::spawn(move || {
+            let mut w = s.try_clone().expect("clone");
+            let writer = thread::spawn(move || {
+                w.write_all(&data).expect("write");
+                w.shutdown(Shutdown::Write).expect("half-close");
+            });
+            let mut got = Vec::new();
+            let mut buf = vec![0; chunk];
+            loop {
+                match (&s).read(&mut buf).expect("read") {
+                    0 => break,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            writer.join().expect("writer");
+            got
+        })
+    }
+
+    #[test]
+    fn both_directions_flow_at_once_through_a_slow_reader_and_splicing() {
+        let (client, client_relay) = pair();
+        let (backend, backend_relay) = pair();
+        const UP: usize = 3 << 20;
+        const DOWN: usize = 5 << 20;
+        let (up_data, down_data) = (pattern(UP, 1), pattern(DOWN, 2));
+        // Small socket buffers towards the backend, which reads in small pieces: its side
+        // fills up, and the spliced direction keeps bytes in its pipe while the other goes on.
+        socket2::SockRef::from(&backend_relay).set_send_buffer_size(64 * 1024).expect("sndbuf");
+        socket2::SockRef::from(&backend).set_recv_buffer_size(64 * 1024).expect("rcvbuf");
+        let at_backend = send_and_receive(backend, down_data.clone(), 512);
+        let at_client = send_and_receive(client, up_data.clone(), 64 * 1024);
+        let out = relay(&client_relay, &backend_relay, Duration::from_secs(20), &mut Buffers::default());
+        assert!(out.error.is_none(), "{:?}", out.error);
+        assert_eq!((out.up, out.down), (UP as u64, DOWN as u64));
+        assert!(at_backend.join().expect("backend") == up_data, "upstream bytes differ");
+        assert!(at_client.join().expect("client") == down_data, "downstream bytes differ");
+    }
+
+    #[test]
+    fn a_backend_that_stops_reading_is_named_when_the_idle_timeout_fires() {
+        let (client, client_relay) = pair();
+        let (_backend, backend_relay) = pair();
+        // More than the socket buffers hold: the relay ends up waiting to write to the backend.
+        let writer = thread::spawn(move || {
+            let block = vec![7u8; 64 * 1024];
+            let mut c = client;
+            while c.write_all(&block).is_ok() {}
+        });
+        let started = Instant::now();
+        let out = relay(&client_relay, &backend_relay, Duration::from_millis(300), &mut Buffers::default());
+        let (side, e) = out.error.expect("idle timeout");
+        assert_eq!((side, e.kind()), (Side::Backend, io::ErrorKind::TimedOut), "{e}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(out.up > 0);
+        drop(client_relay);
+        writer.join().expect("writer");
+    }
+
+    #[test]
+    fn a_quiet_connection_times_out_on_the_client_and_eof_passes_through() {
+        let (client, client_relay) = pair();
+        let (mut backend, backend_relay) = pair();
+        backend.write_all(b"hello").expect("write");
+        backend.shutdown(Shutdown::Write).expect("half-close");
+        let out = relay(&client_relay, &backend_relay, Duration::from_millis(200), &mut Buffers::default());
+        let (side, e) = out.error.expect("idle timeout");
+        assert_eq!((side, e.kind()), (Side::Client, io::ErrorKind::TimedOut), "{e}");
+        assert_eq!((out.up, out.down), (0, 5));
+        let mut got = Vec::new();
+        (&client).read_to_end(&mut got).expect("EOF passed on");
+        assert_eq!(got, b"hello");
     }
 }
