@@ -2,15 +2,16 @@
 //! half-close passed on, an idle timeout shared by both directions, and byte counts.
 //!
 //! The classic thread-pool proxy loop: both sockets are made non-blocking and the worker blocks
-//! in `poll(2)` on the two of them, then moves whatever is ready. Each direction has a buffer of
-//! its own, and a direction whose destination cannot take more stops asking for input and waits
-//! for `POLLOUT` instead, so a slow reader on one side holds back only the bytes headed its way,
-//! never the other direction. When one side sends EOF, `shutdown(Write)` passes it to the other
-//! side and the other direction carries on; the relay ends when both directions are done, on the
-//! first error (naming the side it happened on), or when neither direction moved a byte for the
-//! idle timeout (the `poll` timeout).
+//! in `poll(2)` on the two of them, then moves whatever is ready. Bytes read are sent on at once;
+//! what the destination cannot take yet waits in that direction's own buffer, and the direction
+//! stops asking for input and waits for `POLLOUT` instead, so a slow reader on one side holds
+//! back only the bytes headed its way, never the other direction. When one side sends EOF,
+//! `shutdown(Write)` passes it to the other side and the other direction carries on; the relay
+//! ends when both directions are done, on the first error (naming the side it happened on), or
+//! when neither direction moved a byte for the idle timeout (the `poll` timeout).
 //!
-//! Bytes first go through a small user-space buffer. Once a read fills it (a bulk flow), that
+//! Bytes first go through a small user-space buffer (see [`Buffers`]: idle and chatty
+//! connections keep about one resident page). Once a read fills it (a bulk flow), that
 //! direction switches to `splice(2)` through a pipe of its own: socket -> pipe -> socket in the
 //! kernel, no copy to user space, driven by the same `poll` (`SPLICE_F_NONBLOCK`). Bytes left in
 //! the pipe because the destination was full are sent before anything more is read. Pipes are
