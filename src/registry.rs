@@ -140,7 +140,7 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// When it was accepted.
     pub accepted: Instant,
-    /// The client socket, shared with the relay's helper thread.
+    /// The client socket.
     pub stream: Arc<TcpStream>,
     shared: Arc<Shared>,
     registry: Arc<Registry>,

@@ -1,26 +1,35 @@
-//! The TCP relay: bytes both ways at once with blocking reads and writes, half-close passed on,
-//! an idle timeout shared by both directions, and byte counts.
+//! The TCP relay: bytes both ways at once in the one worker thread that owns the connection,
+//! half-close passed on, an idle timeout shared by both directions, and byte counts.
 //!
-//! Blocking I/O cannot wait on two sockets in one thread, so each connection uses two threads:
-//! the worker that owns it pumps client -> backend, and a thread from the paired helper pool
-//! pumps backend -> client. When one side sends EOF, `shutdown(Write)` passes it to the other
-//! side and the other direction carries on; the relay ends when both directions are done.
-//! When a direction fails (reset, timeout) both sockets are shut down so the other wakes at once.
+//! The classic thread-pool proxy loop: both sockets are made non-blocking and the worker blocks
+//! in `poll(2)` on the two of them, then moves whatever is ready. Bytes read are sent on at once;
+//! what the destination cannot take yet waits in that direction's own buffer, and the direction
+//! stops asking for input and waits for `POLLOUT` instead, so a slow reader on one side holds
+//! back only the bytes headed its way, never the other direction. When one side sends EOF,
+//! `shutdown(Write)` passes it to the other side and the other direction carries on; the relay
+//! ends when both directions are done, on the first error (naming the side it happened on), or
+//! when neither direction moved a byte for the idle timeout (the `poll` timeout).
 //!
-//! Bytes first go through a small user-space buffer. Once a read fills it (a bulk flow), that
+//! Bytes first go through a small user-space buffer (see [`Buffers`]: idle and chatty
+//! connections keep about one resident page). Once a read fills it (a bulk flow), that
 //! direction switches to `splice(2)` through a pipe of its own: socket -> pipe -> socket in the
-//! kernel, no copy to user space. Pipes are made only then, so idle and chatty connections keep
-//! costing two descriptors; if a pipe cannot be made (descriptor limit), copying goes on.
+//! kernel, no copy to user space, driven by the same `poll` (`SPLICE_F_NONBLOCK`). Bytes left in
+//! the pipe because the destination was full are sent before anything more is read. Pipes are
+//! made only then, so idle and chatty connections keep costing two descriptors; if a pipe cannot
+//! be made (descriptor limit), copying goes on.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use rustix::buffer::spare_capacity;
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
+use rustix::pipe::{splice, SpliceFlags};
 
 use crate::config::as_limit;
+use crate::error::Party;
 
 /// User-space relay buffer per direction; a read that fills it switches to splicing.
 pub const BUFFER_SIZE: usize = 4 * 1024;
@@ -28,8 +37,19 @@ pub const BUFFER_SIZE: usize = 4 * 1024;
 /// Pipe capacity asked for when splicing (the kernel may give less).
 const PIPE_SIZE: usize = 256 * 1024;
 
-/// A job for the helper pool: runs one backend -> client pump.
-pub type HelperJob = Box<dyn FnOnce(&mut Vec<u8>) + Send>;
+/// Reads (or splices) per direction per wakeup: a bulk flow one way takes turns with the other.
+const ROUNDS: usize = 8;
+
+/// A worker's reusable relay buffers, kept across connections: one both directions read into,
+/// and one per direction for bytes its destination could not take yet. Reads go into spare
+/// capacity, never zeroed, and a direction's own buffer is filled only when its destination
+/// pushes back, so a connection that moves lines keeps about one resident page, not three.
+#[derive(Debug, Default)]
+pub struct Buffers {
+    read: Vec<u8>,
+    up: Vec<u8>,
+    down: Vec<u8>,
+}
 
 /// How one relay ended.
 #[derive(Debug)]
@@ -38,192 +58,290 @@ pub struct RelayOutcome {
     pub up: u64,
     /// Bytes from the backend to the client.
     pub down: u64,
-    /// The first error in either direction, with which side it was on.
-    pub error: Option<(Side, io::Error)>,
+    /// The first error in either direction, with whose socket it was on.
+    pub error: Option<(Party, io::Error)>,
 }
 
-/// Which socket an error happened on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Backend,
-}
-
-/// The time of the last byte moved in either direction, shared by both pumps.
-struct Activity {
-    start: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn touch(&self) {
-        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        let now = self.start.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
-    }
-}
-
-/// Relays between `client` and `backend` until both directions end. The backend -> client
-/// direction runs on a helper thread received through `helpers`; `buf` is the calling worker's
-/// reusable buffer.
-pub fn relay(
-    client: &Arc<TcpStream>,
-    backend: &Arc<TcpStream>,
-    idle: Duration,
-    helpers: &Sender<HelperJob>,
-    buf: &mut Vec<u8>,
-) -> RelayOutcome {
-    let activity = Arc::new(Activity { start: Instant::now(), last_ms: AtomicU64::new(0) });
-    // Shared, not `try_clone`d: a relayed connection costs two descriptors, not four.
-    let (client2, backend2) = (client.clone(), backend.clone());
-    for s in [client, backend] {
-        let _ = s.set_read_timeout(as_limit(idle));
-        let _ = s.set_write_timeout(as_limit(idle));
-    }
-    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-    let down_activity = activity.clone();
-    let job: HelperJob = Box::new(move |buf: &mut Vec<u8>| {
-        let result = pump(&backend2, &client2, Side::Backend, &down_activity, idle, buf);
-        drop((backend2, client2));
-        let _ = done_tx.send(result);
-    });
-    if let Err(e) = helpers.send(job) {
-        drop(e);
-        let err = io::Error::other("relay helper pool is shut down");
-        return RelayOutcome { up: 0, down: 0, error: Some((Side::Client, err)) };
-    }
-    let up = pump(client, backend, Side::Client, &activity, idle, buf);
-    let down = done_rx
-        .recv()
-        .unwrap_or_else(|_| Err((0, Side::Backend, io::Error::other("relay helper ended without a result"))));
-    let mut error = None;
-    let mut count = |r: Result<u64, (u64, Side, io::Error)>| match r {
-        Ok(n) => n,
-        Err((n, side, e)) => {
-            error.get_or_insert((side, e));
-            n
+/// Relays between `client` and `backend` until both directions end, in the calling thread.
+/// `idle` of zero means no idle limit. Both sockets are left non-blocking.
+pub fn relay(client: &TcpStream, backend: &TcpStream, idle: Duration, bufs: &mut Buffers) -> RelayOutcome {
+    for (s, side) in [(client, Party::Client), (backend, Party::Backend)] {
+        if let Err(e) = s.set_nonblocking(true) {
+            return RelayOutcome { up: 0, down: 0, error: Some((side, e)) };
         }
-    };
-    let up = count(up);
-    let down = count(down);
-    RelayOutcome { up, down, error }
+    }
+    let Buffers { read, up, down } = bufs;
+    read.clear();
+    read.reserve_exact(BUFFER_SIZE);
+    let mut up = Flow::new(client, backend, Party::Client, up);
+    let mut down = Flow::new(backend, client, Party::Backend, down);
+    let error = run(client, backend, as_limit(idle), read, &mut up, &mut down).err();
+    RelayOutcome { up: up.total, down: down.total, error }
 }
 
-/// Copies `from` -> `to` until EOF (then half-closes `to`) or an error (then shuts both down).
-/// Returns the bytes copied, and on error also which side failed.
-fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    from_side: Side,
-    activity: &Activity,
-    idle: Duration,
-    buf: &mut Vec<u8>,
-) -> Result<u64, (u64, Side, io::Error)> {
-    let to_side = if from_side == Side::Client { Side::Backend } else { Side::Client };
-    if buf.len() < BUFFER_SIZE {
-        buf.resize(BUFFER_SIZE, 0);
-    }
-    let mut total = 0u64;
-    let mut shortened = false;
-    let mut pipe: Option<Pipe> = None;
-    let mut splice_failed = false;
-    let fail = |total, side, e: io::Error| {
-        let _ = from.shutdown(Shutdown::Both);
-        let _ = to.shutdown(Shutdown::Both);
-        Err((total, side, e))
-    };
+/// The poll loop: waits for what each direction needs, then lets it move what it can.
+fn run(
+    client: &TcpStream,
+    backend: &TcpStream,
+    idle: Option<Duration>,
+    read: &mut Vec<u8>,
+    up: &mut Flow,
+    down: &mut Flow,
+) -> Result<(), (Party, io::Error)> {
+    let mut last_moved = Instant::now();
     loop {
-        if let Some(p) = &pipe {
-            match p.splice(from, to, activity) {
-                Ok(0) => {
-                    let _ = to.shutdown(Shutdown::Write);
-                    return Ok(total);
+        let (up_wait, down_wait) = (up.wait(), down.wait());
+        // up reads the client and writes the backend; down the other way round.
+        let mut on_client = PollFlags::empty();
+        let mut on_backend = PollFlags::empty();
+        match up_wait {
+            Wait::Read => on_client |= PollFlags::IN,
+            Wait::Write => on_backend |= PollFlags::OUT,
+            Wait::Done => {}
+        }
+        match down_wait {
+            Wait::Read => on_backend |= PollFlags::IN,
+            Wait::Write => on_client |= PollFlags::OUT,
+            Wait::Done => {}
+        }
+        let timeout = match idle {
+            None => None,
+            Some(idle) => {
+                let left = idle.saturating_sub(last_moved.elapsed());
+                if left.is_zero() {
+                    return Err(idle_timeout(up_wait, down_wait));
                 }
-                Ok(n) => {
-                    total += n as u64;
-                    restore(from, idle, &mut shortened);
-                    continue;
-                }
-                Err(SpliceError::Read(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(SpliceError::Read(e))
-                    if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
-                {
-                    if let Err(e) = timed_out(from, activity, idle, &mut shortened) {
-                        return fail(total, from_side, e);
-                    }
-                    continue;
-                }
-                Err(SpliceError::Read(e)) => return fail(total, from_side, e),
-                Err(SpliceError::Write(e)) => return fail(total, to_side, e),
+                Some(timespec(left))
+            }
+        };
+        // A socket nothing waits on is left out: it may report POLLHUP (both halves shut)
+        // for ever, which would spin the loop.
+        let mut fds = [PollFd::new(client, on_client), PollFd::new(backend, on_backend)];
+        let range = match (on_client.is_empty(), on_backend.is_empty()) {
+            (true, true) => return Ok(()),
+            (false, true) => 0..1,
+            (true, false) => 1..2,
+            (false, false) => 0..2,
+        };
+        match poll(&mut fds[range.clone()], timeout.as_ref()) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(Errno::INTR) => continue,
+            // poll itself failing (ENOMEM) is nobody's fault but ours; the client is closed.
+            Err(e) => return Err((Party::Client, e.into())),
+        }
+        // Any event, POLLERR and POLLHUP included, means the next call will not block.
+        let client_ready = range.start == 0 && !fds[0].revents().is_empty();
+        let backend_ready = range.end == 2 && !fds[1].revents().is_empty();
+        let ready = |wait, from_ready, to_ready| match wait {
+            Wait::Read => from_ready,
+            Wait::Write => to_ready,
+            Wait::Done => false,
+        };
+        let mut moved = false;
+        if ready(up_wait, client_ready, backend_ready) {
+            moved |= up.advance(read)?;
+        }
+        if ready(down_wait, backend_ready, client_ready) {
+            moved |= down.advance(read)?;
+        }
+        if moved {
+            last_moved = Instant::now();
+        }
+    }
+}
+
+/// The idle timeout error. A direction stuck on a destination that stopped reading names that
+/// destination; a connection where both sides are merely quiet is put down to the client.
+fn idle_timeout(up: Wait, down: Wait) -> (Party, io::Error) {
+    let side = match (up, down) {
+        (Wait::Write, _) => Party::Backend,
+        _ => Party::Client,
+    };
+    (side, io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))
+}
+
+fn timespec(d: Duration) -> Timespec {
+    Timespec { tv_sec: d.as_secs().min(i64::MAX as u64) as i64, tv_nsec: d.subsec_nanos().into() }
+}
+
+/// What a direction needs next from `poll`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Nothing pending: input from the source.
+    Read,
+    /// Bytes pending (in the buffer or the pipe): room in the destination.
+    Write,
+    /// EOF passed on; nothing more to do.
+    Done,
+}
+
+/// One direction of the relay.
+struct Flow<'a> {
+    from: &'a TcpStream,
+    to: &'a TcpStream,
+    from_side: Party,
+    /// `pending[start..]` was read but the destination could not take it yet.
+    pending: &'a mut Vec<u8>,
+    start: usize,
+    pipe: Option<Pipe>,
+    /// Bytes in the pipe not yet written.
+    piped: usize,
+    splice_failed: bool,
+    done: bool,
+    /// Bytes written to the destination.
+    total: u64,
+}
+
+impl<'a> Flow<'a> {
+    fn new(from: &'a TcpStream, to: &'a TcpStream, from_side: Party, pending: &'a mut Vec<u8>) -> Flow<'a> {
+        pending.clear();
+        Flow {
+            from,
+            to,
+            from_side,
+            pending,
+            start: 0,
+            pipe: None,
+            piped: 0,
+            splice_failed: false,
+            done: false,
+            total: 0,
+        }
+    }
+
+    fn to_side(&self) -> Party {
+        if self.from_side == Party::Client {
+            Party::Backend
+        } else {
+            Party::Client
+        }
+    }
+
+    fn wait(&self) -> Wait {
+        if self.done {
+            Wait::Done
+        } else if self.start < self.pending.len() || self.piped > 0 {
+            Wait::Write
+        } else {
+            Wait::Read
+        }
+    }
+
+    /// Moves what can be moved without blocking, in at most [`ROUNDS`] reads. Returns whether
+    /// any byte moved.
+    fn advance(&mut self, read: &mut Vec<u8>) -> Result<bool, (Party, io::Error)> {
+        let mut moved = false;
+        for _ in 0..ROUNDS {
+            // Pending bytes go first, and nothing more is read until they are gone.
+            if !self.flush(&mut moved)? || !self.fill(read, &mut moved)? {
+                break;
             }
         }
-        let n = match (&mut &*from).read(buf) {
+        Ok(moved)
+    }
+
+    /// Writes the pending bytes. `Ok(false)` when the destination is full.
+    fn flush(&mut self, moved: &mut bool) -> Result<bool, (Party, io::Error)> {
+        if self.start < self.pending.len() {
+            let sent = send(self.to, self.to_side(), &self.pending[self.start..])?;
+            self.start += sent;
+            self.total += sent as u64;
+            *moved |= sent > 0;
+            if self.start < self.pending.len() {
+                return Ok(false);
+            }
+            self.pending.clear();
+            self.start = 0;
+        }
+        let Some(pipe) = &self.pipe else { return Ok(true) };
+        while self.piped > 0 {
+            match splice(&pipe.read, None, self.to, None, self.piped, FLAGS) {
+                Ok(0) => return Err((self.to_side(), io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    self.piped -= n;
+                    self.total += n as u64;
+                    *moved = true;
+                }
+                Err(Errno::AGAIN) => return Ok(false),
+                Err(Errno::INTR) => {}
+                Err(e) => return Err((self.to_side(), e.into())),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads what the source has (nothing is pending) and sends it on as far as the
+    /// destination takes it; the rest becomes pending. `Ok(false)` when the source has nothing
+    /// now, at EOF (passed on to the destination at once), or when the destination is full.
+    fn fill(&mut self, read: &mut Vec<u8>, moved: &mut bool) -> Result<bool, (Party, io::Error)> {
+        // The pipe is empty here: EAGAIN means the socket has nothing.
+        read.clear();
+        let got = match &self.pipe {
+            Some(pipe) => splice(self.from, None, &pipe.write, None, PIPE_SIZE, FLAGS),
+            None => rustix::io::read(self.from, spare_capacity(read)),
+        };
+        let n = match got {
             Ok(0) => {
-                let _ = to.shutdown(Shutdown::Write);
-                return Ok(total);
+                // The peer may already be gone (ENOTCONN); the other direction finds out.
+                let _ = self.to.shutdown(Shutdown::Write);
+                self.done = true;
+                return Ok(false);
             }
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                if let Err(e) = timed_out(from, activity, idle, &mut shortened) {
-                    return fail(total, from_side, e);
-                }
-                continue;
-            }
-            Err(e) => return fail(total, from_side, e),
+            Err(Errno::AGAIN) => return Ok(false),
+            Err(Errno::INTR) => return Ok(true),
+            Err(e) => return Err((self.from_side, e.into())),
         };
-        restore(from, idle, &mut shortened);
-        activity.touch();
-        if let Err(e) = (&mut &*to).write_all(&buf[..n]) {
-            return fail(total, to_side, e);
+        *moved = true;
+        log::trace!("relay: read {n} bytes from {:?}", self.from_side);
+        if self.pipe.is_some() {
+            self.piped = n;
+            return Ok(true);
         }
-        total += n as u64;
-        log::trace!("relayed {n} bytes from {from_side:?}");
-        if n == buf.len() && pipe.is_none() && !splice_failed {
+        let sent = send(self.to, self.to_side(), &read[..n])?;
+        self.total += sent as u64;
+        if sent < n {
+            // Kept at most a buffer's worth: nothing more is read until it is gone.
+            self.pending.reserve_exact(BUFFER_SIZE);
+            self.pending.extend_from_slice(&read[sent..n]);
+        }
+        if n == read.capacity() && !self.splice_failed {
             match Pipe::new() {
-                Ok(p) => pipe = Some(p),
+                Ok(p) => self.pipe = Some(p),
                 Err(e) => {
                     log::debug!("relay: no pipe for splicing ({e}); copying instead");
-                    splice_failed = true;
+                    self.splice_failed = true;
                 }
             }
         }
+        Ok(sent == n)
     }
 }
 
-/// A read on `from` timed out. The timeout is per socket, so the connection is idle only if the
-/// other direction was quiet too: then this is the idle timeout (an error). Otherwise the read
-/// waits again for what is left of `idle`.
-fn timed_out(from: &TcpStream, activity: &Activity, idle: Duration, shortened: &mut bool) -> io::Result<()> {
-    let quiet = activity.idle_for();
-    if quiet >= idle {
-        return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+/// Writes as much of `bytes` to `to` as it takes without blocking; returns how much that was.
+fn send(mut to: &TcpStream, to_side: Party, bytes: &[u8]) -> Result<usize, (Party, io::Error)> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match to.write(&bytes[sent..]) {
+            Ok(0) => return Err((to_side, io::ErrorKind::WriteZero.into())),
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((to_side, e)),
+        }
     }
-    let _ = from.set_read_timeout(Some(idle - quiet));
-    *shortened = true;
-    Ok(())
+    Ok(sent)
 }
 
-/// Puts the full idle timeout back after [`timed_out`] shortened it.
-fn restore(from: &TcpStream, idle: Duration, shortened: &mut bool) {
-    if *shortened {
-        let _ = from.set_read_timeout(as_limit(idle));
-        *shortened = false;
-    }
-}
+/// Splice flags: move pages rather than copy where the kernel can, and never block (the pipe
+/// side; the socket side is non-blocking already), since `poll` does the waiting.
+const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 
 /// A pipe for splicing one direction.
 struct Pipe {
-    read: std::os::fd::OwnedFd,
-    write: std::os::fd::OwnedFd,
-}
-
-enum SpliceError {
-    Read(io::Error),
-    Write(io::Error),
+    read: OwnedFd,
+    write: OwnedFd,
 }
 
 impl Pipe {
@@ -233,25 +351,101 @@ impl Pipe {
         let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
         Ok(Pipe { read, write })
     }
+}
 
-    /// Moves what is available from `from` into the pipe and all of it on to `to`. `Ok(0)` at
-    /// end of stream. Honours the sockets' timeouts (`SO_RCVTIMEO`, `SO_SNDTIMEO`).
-    fn splice(&self, from: &TcpStream, to: &TcpStream, activity: &Activity) -> Result<usize, SpliceError> {
-        use rustix::pipe::{splice, SpliceFlags};
-        let n = splice(from, None, &self.write, None, PIPE_SIZE, SpliceFlags::MOVE)
-            .map_err(|e| SpliceError::Read(e.into()))?;
-        if n > 0 {
-            activity.touch();
-        }
-        let mut left = n;
-        while left > 0 {
-            match splice(&self.read, None, to, None, left, SpliceFlags::MOVE) {
-                Ok(0) => return Err(SpliceError::Write(io::Error::from(io::ErrorKind::WriteZero))),
-                Ok(m) => left -= m,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(SpliceError::Write(e.into())),
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+    use std::thread;
+
+    /// A connected loopback pair: (our end, the relay's end).
+    fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let ours = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (theirs, _) = l.accept().expect("accept");
+        (ours, theirs)
+    }
+
+    fn pattern(len: usize, seed: u32) -> Vec<u8> {
+        (0..len).map(|i| (i as u32 ^ seed).wrapping_mul(2_654_435_761).to_le_bytes()[3]).collect()
+    }
+
+    /// Sends `data` then half-closes, while reading everything that arrives, `chunk` bytes at
+    /// a time; returns what arrived.
+    fn send_and_receive(s: TcpStream, data: Vec<u8>, chunk: usize) -> thread::JoinHandle<Vec<u8>> {
+        thread::spawn(move || {
+            let mut w = s.try_clone().expect("clone");
+            let writer = thread::spawn(move || {
+                w.write_all(&data).expect("write");
+                w.shutdown(Shutdown::Write).expect("half-close");
+            });
+            let mut got = Vec::new();
+            let mut buf = vec![0; chunk];
+            loop {
+                match (&s).read(&mut buf).expect("read") {
+                    0 => break,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
             }
-        }
-        Ok(n)
+            writer.join().expect("writer");
+            got
+        })
+    }
+
+    #[test]
+    fn both_directions_flow_at_once_through_a_slow_reader_and_splicing() {
+        let (client, client_relay) = pair();
+        let (backend, backend_relay) = pair();
+        const UP: usize = 3 << 20;
+        const DOWN: usize = 5 << 20;
+        let (up_data, down_data) = (pattern(UP, 1), pattern(DOWN, 2));
+        // Small socket buffers towards the backend, which reads in small pieces: its side
+        // fills up, and the spliced direction keeps bytes in its pipe while the other goes on.
+        socket2::SockRef::from(&backend_relay).set_send_buffer_size(64 * 1024).expect("sndbuf");
+        socket2::SockRef::from(&backend).set_recv_buffer_size(64 * 1024).expect("rcvbuf");
+        let at_backend = send_and_receive(backend, down_data.clone(), 512);
+        let at_client = send_and_receive(client, up_data.clone(), 64 * 1024);
+        let out = relay(&client_relay, &backend_relay, Duration::from_secs(20), &mut Buffers::default());
+        assert!(out.error.is_none(), "{:?}", out.error);
+        assert_eq!((out.up, out.down), (UP as u64, DOWN as u64));
+        assert!(at_backend.join().expect("backend") == up_data, "upstream bytes differ");
+        assert!(at_client.join().expect("client") == down_data, "downstream bytes differ");
+    }
+
+    #[test]
+    fn a_backend_that_stops_reading_is_named_when_the_idle_timeout_fires() {
+        let (client, client_relay) = pair();
+        let (_backend, backend_relay) = pair();
+        // More than the socket buffers hold: the relay ends up waiting to write to the backend.
+        let writer = thread::spawn(move || {
+            let block = vec![7u8; 64 * 1024];
+            let mut c = client;
+            while c.write_all(&block).is_ok() {}
+        });
+        let started = Instant::now();
+        let out = relay(&client_relay, &backend_relay, Duration::from_millis(300), &mut Buffers::default());
+        let (side, e) = out.error.expect("idle timeout");
+        assert_eq!((side, e.kind()), (Party::Backend, io::ErrorKind::TimedOut), "{e}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(out.up > 0);
+        drop(client_relay);
+        writer.join().expect("writer");
+    }
+
+    #[test]
+    fn a_quiet_connection_times_out_on_the_client_and_eof_passes_through() {
+        let (client, client_relay) = pair();
+        let (mut backend, backend_relay) = pair();
+        backend.write_all(b"hello").expect("write");
+        backend.shutdown(Shutdown::Write).expect("half-close");
+        let out = relay(&client_relay, &backend_relay, Duration::from_millis(200), &mut Buffers::default());
+        let (side, e) = out.error.expect("idle timeout");
+        assert_eq!((side, e.kind()), (Party::Client, io::ErrorKind::TimedOut), "{e}");
+        assert_eq!((out.up, out.down), (0, 5));
+        let mut got = Vec::new();
+        (&client).read_to_end(&mut got).expect("EOF passed on");
+        assert_eq!(got, b"hello");
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! ```text
 //! acceptor --(bounded channel: `queue`)--> workers (fixed pool) --balancer--> backends
-//!                                            \--> helpers (paired pool: backend -> client)
 //! ```
 //!
+//! A worker owns its connection to the end: in TCP mode it relays both directions itself,
+//! blocked in `poll(2)` on the two sockets (see [`crate::relay`]), so a connection costs one
+//! thread. Every worker thread is started before the acceptor accepts anything; if the system
+//! cannot start them all (thread or memory map limits), `run` fails with [`Error::Resource`].
 //! When every worker is busy, accepted connections wait in the channel; when the channel is
 //! full the acceptor blocks, so the kernel's listen backlog holds the rest (backpressure,
 //! nothing dropped). Shutdown stops accepting at once, lets in-flight connections finish until
@@ -29,7 +32,7 @@ use crate::http::proxy::{self as http_proxy, HttpContext, Scratch};
 use crate::net::{bind, is_fd_exhaustion};
 use crate::pool::WorkerPool;
 use crate::registry::{Conn, Registry};
-use crate::relay::HelperJob;
+use crate::relay::Buffers;
 use crate::signals::Signals;
 use crate::stats::ProxyCounters;
 use crate::tcp::{self, TcpContext};
@@ -96,45 +99,42 @@ impl Server {
         let stopping = Arc::new(AtomicBool::new(false));
         // Background threads (health, resolver, stats, drain timers) stop when this drops.
         let (background_tx, background_rx) = crossbeam_channel::bounded::<()>(0);
-        let (job_tx, job_rx) = crossbeam_channel::bounded::<Conn>(config.queue);
-        let (helper_tx, helper_rx) = crossbeam_channel::bounded::<HelperJob>(config.workers);
-
-        // TCP mode: helpers pump backend -> client. Each busy worker uses at most one, so a
-        // pool of the same size never makes a worker wait for a helper. HTTP mode needs none.
-        let helpers = (config.mode == Mode::Tcp).then(|| {
-            WorkerPool::start(
-                "relay-helper",
-                config.workers,
-                helper_rx,
-                |job: HelperJob, buf: &mut Vec<u8>| job(buf),
-            )
-        });
         let workers = match config.mode {
             Mode::Tcp => {
-                let ctx = Arc::new(TcpContext {
-                    config: config.clone(),
-                    balancer: balancer.clone(),
-                    helpers: helper_tx,
-                });
-                WorkerPool::start("worker", config.workers, job_rx, move |conn: Conn, buf: &mut Vec<u8>| {
-                    note_wait(&conn, ctx.config.workers);
-                    tcp::serve(conn, &ctx, buf)
-                })
+                let ctx = Arc::new(TcpContext { config: config.clone(), balancer: balancer.clone() });
+                WorkerPool::start(
+                    "worker",
+                    config.workers,
+                    config.queue,
+                    move |conn: Conn, b: &mut Buffers| {
+                        note_wait(&conn, ctx.config.workers);
+                        tcp::serve(conn, &ctx, b)
+                    },
+                )
             }
             Mode::Http => {
-                drop(helper_tx);
                 let ctx = Arc::new(HttpContext {
                     config: config.clone(),
                     balancer: balancer.clone(),
                     counters: counters.clone(),
                     stopping: stopping.clone(),
                 });
-                WorkerPool::start("worker", config.workers, job_rx, move |conn: Conn, s: &mut Scratch| {
-                    note_wait(&conn, ctx.config.workers);
-                    http_proxy::serve(conn, &ctx, s)
-                })
+                WorkerPool::start(
+                    "worker",
+                    config.workers,
+                    config.queue,
+                    move |conn: Conn, s: &mut Scratch| {
+                        note_wait(&conn, ctx.config.workers);
+                        http_proxy::serve(conn, &ctx, s)
+                    },
+                )
             }
-        };
+        }
+        .map_err(|e| {
+            let hint = "lower [proxy] workers or raise the thread limits (ulimit -u, vm.max_map_count)";
+            Error::Resource(std::io::Error::new(e.kind(), format!("{e}; {hint}")))
+        })?;
+        let job_tx = workers.sender();
 
         checker::spawn_checker(balancer.clone(), background_rx.clone()).map_err(Error::Resource)?;
         let discovery = Arc::new(Discovery::new(
@@ -213,9 +213,6 @@ impl Server {
         }
         drop(background_tx);
         workers.join();
-        if let Some(helpers) = helpers {
-            helpers.join();
-        }
 
         let members = balancer.members();
         let summary = Summary {

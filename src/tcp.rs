@@ -4,21 +4,20 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crossbeam_channel::Sender;
-
 use crate::balancer::{source_key, Balancer};
 use crate::config::Config;
-use crate::error::Phase;
+use crate::error::{Cause, Failure, Party, Phase};
 use crate::logging::{held_back, RateLimit};
 use crate::registry::Conn;
-use crate::relay::{self, HelperJob, Side};
+use crate::relay::{self, Buffers};
 use crate::upstream::{self, Limits};
 
 /// What a TCP-mode worker needs, shared by all workers.
 pub struct TcpContext {
+    /// The configuration the workers started with (timeouts, limits).
     pub config: Config,
+    /// Picks the backend for each connection.
     pub balancer: Arc<Balancer>,
-    pub helpers: Sender<HelperJob>,
 }
 
 struct Label<'a>(&'a Conn);
@@ -31,9 +30,10 @@ impl fmt::Display for Label<'_> {
 
 static UNAVAILABLE: RateLimit = RateLimit::new();
 
-/// Serves one client connection to its end. Never panics on network errors; every outcome is
-/// logged.
-pub fn serve(conn: Conn, ctx: &TcpContext, buf: &mut Vec<u8>) {
+/// Serves one client connection to its end in the calling worker (relaying both directions;
+/// see [`relay`]), with `bufs` as the relay buffers. Never panics on network errors; every
+/// outcome is logged.
+pub fn serve(conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
     let label = Label(&conn);
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
     let (backend, pick) = match upstream::connect(&ctx.balancer, source_key(conn.peer.ip()), &label, limits) {
@@ -49,9 +49,8 @@ pub fn serve(conn: Conn, ctx: &TcpContext, buf: &mut Vec<u8>) {
             return;
         }
     };
-    let backend = Arc::new(backend);
     let attached = conn.attach(&backend, pick.guard.backend().id);
-    let outcome = relay::relay(&conn.stream, &backend, ctx.config.timeouts.idle, &ctx.helpers, buf);
+    let outcome = relay::relay(&conn.stream, &backend, ctx.config.timeouts.idle, bufs);
     drop(attached);
     let b = pick.guard.backend().clone();
     // The connection is over: give its slot back before saying so, so that whoever reads the
@@ -70,15 +69,18 @@ pub fn serve(conn: Conn, ctx: &TcpContext, buf: &mut Vec<u8>) {
             outcome.up,
             outcome.down
         ),
-        Some((side, e)) => {
+        Some((party, e)) => {
+            let cause = if e.kind() == std::io::ErrorKind::TimedOut { Cause::Timeout } else { Cause::Io(e) };
+            let f = Failure::at(&b.name, party, Phase::Relay, cause);
             // Counted, but not as a passive health failure: only connect failures are.
-            if side == Side::Backend && e.kind() != std::io::ErrorKind::TimedOut {
+            if f.counts_against_backend() && !matches!(f.cause, Cause::Timeout) {
                 b.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
+            let by = if party == Party::Client { "client" } else { "backend" };
             log::warn!(
-                "conn {} ended by {} error ({e}): {} -> {} {} bytes up, {} bytes down, {ms} ms",
+                "conn {} ended by {by} error ({}): {} -> {} {} bytes up, {} bytes down, {ms} ms",
                 conn.id,
-                if side == Side::Client { "client" } else { "backend" },
+                f.cause,
                 conn.peer,
                 b.name,
                 outcome.up,

@@ -373,3 +373,67 @@ fn a_quiet_connection_is_closed_after_idle_ms_and_a_busy_one_is_not() {
     let line = p.wait_for("ended by");
     assert!(line.contains("idle timeout"), "{line}");
 }
+
+/// Raises this process's soft descriptor limit to the hard one; the proxy and dummies started
+/// afterwards inherit it.
+fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read or write the struct passed in.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0, "getrlimit");
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0, "setrlimit");
+    }
+    lim.rlim_cur
+}
+
+/// A `/proc/<pid>/status` field as a number (VmRSS in KiB, Threads).
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status.lines().find(|l| l.starts_with(field)).expect("field");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("number")
+}
+
+/// One thread per relayed connection, not two: 9,000 connections held open at once are all
+/// relayed (each echoes a line, then all echo again with all open) by a proxy of 9,100
+/// workers, in at most 256 MiB.
+#[test]
+fn nine_thousand_concurrent_connections_each_cost_one_thread_and_fit_in_256_mib() {
+    const CONNS: usize = 9000;
+    const WORKERS: u64 = 9100;
+    // 2 descriptors per connection in the proxy, 1 here and 1 in a dummy.
+    let limit = raise_fd_limit();
+    assert!(limit >= CONNS as u64 + 1000, "RLIMIT_NOFILE hard limit {limit} is too low for this test");
+    // Three dummies: a thread per connection each, 3,000 apiece.
+    let ds = dummies(3);
+    let addrs: Vec<_> = ds.iter().map(|d| d.1).collect();
+    let config = format!(
+        "[proxy]\nworkers = {WORKERS}\nqueue = 1024\nalgorithm = round-robin\n\
+         [health]\nenabled = false\n{}",
+        backends_section(&addrs)
+    );
+    let started = Instant::now();
+    let (p, addr) = proxy_with(&config, &[]);
+    let pid = p.child.id();
+    let mut held = Vec::with_capacity(CONNS);
+    for i in 0..CONNS {
+        let mut s = connect(addr);
+        let name = exchange(&mut s, &format!("c{i}"));
+        assert_eq!(name, format!("app{}", i % 3 + 1));
+        held.push(s);
+    }
+    for (i, s) in held.iter_mut().enumerate() {
+        exchange(s, &format!("again {i}"));
+    }
+    let threads = proc_status(pid, "Threads:");
+    let rss_kib = proc_status(pid, "VmRSS:");
+    eprintln!(
+        "{CONNS} connections: proxy {threads} threads, RSS {} MiB, {:?}",
+        rss_kib / 1024,
+        started.elapsed()
+    );
+    // The workers plus a handful (main, acceptor, health, resolver): no helper per connection.
+    assert!((WORKERS..WORKERS + 16).contains(&threads), "{threads} threads");
+    assert!(rss_kib <= 256 * 1024, "proxy RSS {rss_kib} KiB with {CONNS} connections open");
+    drop(held);
+}
