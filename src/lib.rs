@@ -47,6 +47,7 @@ pub mod relay;
 pub mod server;
 pub mod signals;
 pub mod simulate;
+pub mod stack;
 pub mod stats;
 pub mod tcp;
 pub mod upstream;

@@ -187,6 +187,7 @@ impl Server {
                     }
                     Err(_) => break "shutdown",
                 },
+                default(Duration::from_secs(1)) => crate::stack::trim_heap_if_wanted(),
             }
         };
         // Stop accepting at once: a shut-down listening socket refuses new connects and wakes

@@ -77,10 +77,15 @@ pub fn serve(conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
                 b.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             let by = if party == Party::Client { "client" } else { "backend" };
+            // A relay's only time limit is idle_ms: say so.
+            let why = if matches!(f.cause, Cause::Timeout) {
+                "idle timeout".to_string()
+            } else {
+                f.cause.to_string()
+            };
             log::warn!(
-                "conn {} ended by {by} error ({}): {} -> {} {} bytes up, {} bytes down, {ms} ms",
+                "conn {} ended by {by} error ({why}): {} -> {} {} bytes up, {} bytes down, {ms} ms",
                 conn.id,
-                f.cause,
                 conn.peer,
                 b.name,
                 outcome.up,

@@ -72,6 +72,16 @@ impl<S: Read> Wire<S> {
         }
     }
 
+    /// Frees the buffer while nothing is buffered (an idle connection need not hold one); the
+    /// next [`Wire::fill`] allocates a small one again.
+    pub fn release_buffer(&mut self) {
+        if self.start == self.end {
+            self.buf = Vec::new();
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
     /// Gives the buffer back for reuse (its contents are dropped).
     pub fn into_buffer(self) -> Vec<u8> {
         self.buf
@@ -103,7 +113,7 @@ impl<S: Read> Wire<S> {
             if self.buf.len() >= limit {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
             }
-            let grown = (self.buf.len() * 2).min(limit);
+            let grown = (self.buf.len() * 2).max(SMALL_BUFFER).min(limit);
             self.buf.resize(grown, 0);
         }
         loop {

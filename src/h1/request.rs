@@ -106,6 +106,8 @@ fn split_absolute(target: &str) -> Option<(&str, &str)> {
 /// Parses the head at the start of `buf`. `Ok(None)`: incomplete, read more (unless `buf`
 /// already holds `max_head` bytes: then 431). On success the head rewritten for the backend is
 /// appended to `out`.
+// Not inlined: its hundred header slots must not sit in an idle worker's live frame.
+#[inline(never)]
 pub fn parse(
     buf: &[u8],
     max_head: usize,

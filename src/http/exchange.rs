@@ -64,6 +64,8 @@ impl Exchange<'_> {
     }
 
     /// Forwards the request and its response. `Ok(keep_alive)` when the response was relayed.
+    // Not inlined into `serve`: an idle worker's live stack stays shallow (see `crate::stack`).
+    #[inline(never)]
     pub fn run(
         &self,
         cw: &mut Wire<&TcpStream>,

@@ -31,6 +31,9 @@ use crate::stats::ProxyCounters;
 /// The `Via` pseudonym.
 pub const VIA: &str = "lbproxy";
 
+/// How long a keep-alive client may idle before its worker gives back its stack pages.
+const TRIM_AFTER: Duration = Duration::from_millis(500);
+
 /// "Forever" for a zero (disabled) timeout.
 const NO_LIMIT: Duration = Duration::from_secs(365 * 86_400);
 
@@ -52,6 +55,15 @@ pub struct Scratch {
     pub(super) backend_out: Vec<u8>,
     pub(super) head: Vec<u8>,
     pub(super) resp_head: Vec<u8>,
+}
+
+impl Scratch {
+    /// Frees the buffers between requests of an idle connection. Freed memory goes back to the
+    /// allocator and serves busy workers, so resident memory follows the requests in flight,
+    /// not the connections held.
+    fn release(&mut self) {
+        *self = Scratch::default();
+    }
 }
 
 /// What the access log line says.
@@ -96,6 +108,7 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     let mut head_started = Instant::now();
     let mut served = 0u64;
     let mut linger = false;
+    let mut trimmed = false;
     loop {
         // Wait for (the rest of) a request head.
         let head = loop {
@@ -127,8 +140,18 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                     break None;
                 }
             }
-            if between_requests && served > 0 {
-                timeout.set(t.idle);
+            let keep_alive_wait = between_requests && served > 0;
+            if keep_alive_wait {
+                // `head_started` was set when the last response went out: the idle clock.
+                let idle_for = head_started.elapsed();
+                let limit = if t.idle.is_zero() { NO_LIMIT } else { t.idle };
+                if !trimmed {
+                    timeout.set(TRIM_AFTER.min(limit));
+                } else if idle_for >= limit {
+                    break None;
+                } else {
+                    timeout.set(limit - idle_for);
+                }
             } else if t.header.is_zero() {
                 timeout.set(NO_LIMIT);
             } else {
@@ -143,9 +166,21 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
             conn.set_idle(false);
             match filled {
                 Ok(0) => break None,
-                Ok(_) if between_requests && served > 0 => head_started = Instant::now(),
+                Ok(_) if keep_alive_wait => {
+                    head_started = Instant::now();
+                    trimmed = false;
+                }
+                Err(e) if is_timeout(&e) && keep_alive_wait && !trimmed => {
+                    // Idle for a while: give back the stack this worker's requests touched, so
+                    // thousands of idle keep-alive clients stay cheap. Then wait on.
+                    crate::stack::release_unused();
+                    cw.release_buffer();
+                    scratch.release();
+                    crate::stack::want_heap_trim();
+                    trimmed = true;
+                }
                 Ok(_) => {}
-                Err(e) if is_timeout(&e) && !(between_requests && served > 0) => {
+                Err(e) if is_timeout(&e) && !keep_alive_wait => {
                     slow_client(&conn, client, &mut scratch.client_out);
                     break None;
                 }
@@ -209,6 +244,7 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
 /// After an error response on a connection with unread input, closing at once would make the
 /// kernel send a reset that can destroy the response before the client reads it. Half-close,
 /// then drain briefly (bounded in time and bytes), as nginx's `lingering_close`.
+#[inline(never)]
 fn lingering_close(client: &TcpStream) {
     let _ = client.shutdown(Shutdown::Write);
     let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
@@ -223,11 +259,13 @@ fn lingering_close(client: &TcpStream) {
     }
 }
 
+#[inline(never)]
 fn slow_client(conn: &Conn, client: &TcpStream, buf: &mut Vec<u8>) {
     log::warn!("conn {} from {}: request head not complete within header_ms, closing", conn.id, conn.peer);
     let _ = write_error(&mut Coalesce::new(client, buf), 408, "request head timeout", None, true);
 }
 
+#[inline(never)]
 fn access_log(conn: &Conn, head: &RequestHead, r: &Record, started: Instant) {
     if !log::log_enabled!(log::Level::Info) {
         return;
@@ -263,6 +301,7 @@ fn is_timeout(e: &io::Error) -> bool {
 
 /// Writes a short text error response through the one simple-response writer; returns the
 /// bytes written.
+#[inline(never)]
 fn write_error(
     out: &mut impl Write,
     status: u16,

@@ -537,3 +537,40 @@ fn a_gib_upload_and_download_pass_with_flat_memory() {
     );
     assert!(peak < before + 32 * 1024, "memory grew with the body: {before} -> {peak} KiB");
 }
+
+/// Issue #8: HTTP mode holds 9,000 idle keep-alive clients (each served once, then quiet),
+/// every one still served afterwards, in at most 256 MiB.
+#[test]
+#[cfg_attr(not(optimized), ignore = "measures the optimized proxy: run scripts/test.sh (profile ci)")]
+fn nine_thousand_idle_keep_alive_clients_fit_in_256_mib() {
+    const CONNS: usize = 9000;
+    let limit = raise_fd_limit();
+    assert!(limit >= CONNS as u64 + 1000, "RLIMIT_NOFILE hard limit {limit} is too low for this test");
+    let ds = dummies(1);
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 9100\nqueue = 1024\n[health]\nenabled = false\n{}",
+        backends_section(&[ds[0].1])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let pid = p.child.id();
+    let mut held: Vec<Wire<TcpStream>> = (0..CONNS)
+        .map(|_| {
+            let mut w = Wire::new(connect(addr));
+            assert_eq!(get(&mut w, "/", "").status, 200);
+            w
+        })
+        .collect();
+    // Idle clients are trimmed after 500 ms (see `lbproxy::stack`): wait (bounded) for the
+    // RSS to settle below the limit, and report where it stopped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut rss_kib = proc_status(pid, "VmRSS:");
+    while rss_kib > 256 * 1024 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        rss_kib = proc_status(pid, "VmRSS:");
+    }
+    eprintln!("{CONNS} idle keep-alive clients: proxy RSS {} MiB", rss_kib / 1024);
+    assert!(rss_kib <= 256 * 1024, "proxy RSS {rss_kib} KiB with {CONNS} idle clients");
+    for w in held.iter_mut().step_by(97) {
+        assert_eq!(get(w, "/", "").status, 200, "an idle client is still served");
+    }
+}

@@ -374,30 +374,11 @@ fn a_quiet_connection_is_closed_after_idle_ms_and_a_busy_one_is_not() {
     assert!(line.contains("idle timeout"), "{line}");
 }
 
-/// Raises this process's soft descriptor limit to the hard one; the proxy and dummies started
-/// afterwards inherit it.
-fn raise_fd_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read or write the struct passed in.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0, "getrlimit");
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0, "setrlimit");
-    }
-    lim.rlim_cur
-}
-
-/// A `/proc/<pid>/status` field as a number (VmRSS in KiB, Threads).
-fn proc_status(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let line = status.lines().find(|l| l.starts_with(field)).expect("field");
-    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("number")
-}
-
 /// One thread per relayed connection, not two: 9,000 connections held open at once are all
 /// relayed (each echoes a line, then all echo again with all open) by a proxy of 9,100
 /// workers, in at most 256 MiB.
 #[test]
+#[cfg_attr(not(optimized), ignore = "measures the optimized proxy: run scripts/test.sh (profile ci)")]
 fn nine_thousand_concurrent_connections_each_cost_one_thread_and_fit_in_256_mib() {
     const CONNS: usize = 9000;
     const WORKERS: u64 = 9100;

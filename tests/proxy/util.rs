@@ -360,3 +360,23 @@ fn serve_raw(mut s: TcpStream, reply: fn(&str) -> Vec<u8>, close_after: usize, s
         }
     }
 }
+
+/// Raises this process's soft descriptor limit to the hard one; the proxy and dummies started
+/// afterwards inherit it.
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read or write the struct passed in.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0, "getrlimit");
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0, "setrlimit");
+    }
+    lim.rlim_cur
+}
+
+/// A `/proc/<pid>/status` field as a number (VmRSS in KiB, Threads).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status.lines().find(|l| l.starts_with(field)).expect("field");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("number")
+}
