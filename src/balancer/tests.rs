@@ -1,0 +1,84 @@
+//! Unit tests of the balancer: counting, skipping, queueing and replacing members.
+
+use super::*;
+
+fn balancer(weights: &[u32], algorithm: Algorithm) -> Balancer {
+    Balancer::new(testing::members(weights), algorithm, testing::health())
+}
+
+#[test]
+fn pick_counts_and_the_guard_gives_back() {
+    let b = balancer(&[1, 1], Algorithm::LeastConnections);
+    let first = b.pick(0, &Tried::default(), Duration::ZERO).expect("pick");
+    let second = b.pick(0, &Tried::default(), Duration::ZERO).expect("pick");
+    assert_ne!(first.guard.backend().id, second.guard.backend().id);
+    assert_eq!(b.members()[0].active.load(Ordering::Relaxed), 1);
+    drop((first, second));
+    assert!(b.members().iter().all(|x| x.active.load(Ordering::Relaxed) == 0));
+}
+
+#[test]
+fn tried_and_down_backends_are_skipped() {
+    let b = balancer(&[1, 1, 1], Algorithm::RoundRobin);
+    b.members()[1].health.force_down("test");
+    let mut tried = Tried::default();
+    let first = b.pick(0, &tried, Duration::ZERO).expect("pick");
+    tried.insert(first.guard.backend());
+    let second = b.pick(0, &tried, Duration::ZERO).expect("pick");
+    tried.insert(second.guard.backend());
+    assert_eq!([first.guard.backend().name.as_str(), second.guard.backend().name.as_str()], ["b0", "b2"]);
+    assert_eq!(b.pick(0, &tried, Duration::ZERO).err(), Some(Unavailable::NoneUp { tried: 2 }));
+}
+
+#[test]
+fn full_backends_queue_until_a_slot_frees_or_the_timeout() {
+    let members = testing::members(&[1]);
+    members[0].set_limits(1, 1);
+    let b = Arc::new(Balancer::new(members, Algorithm::LeastConnections, testing::health()));
+    let held = b.pick(0, &Tried::default(), Duration::ZERO).expect("first slot");
+    let started = Instant::now();
+    assert_eq!(b.pick(0, &Tried::default(), Duration::from_millis(100)).err(), Some(Unavailable::AllFull));
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    let waiter = {
+        let b = b.clone();
+        std::thread::spawn(move || b.pick(0, &Tried::default(), Duration::from_secs(20)).map(|p| p.reason))
+    };
+    while b.queued() == 0 {
+        std::thread::yield_now();
+    }
+    assert_eq!(b.members()[0].queued.load(Ordering::Relaxed), 1, "the waiter is counted on the full backend");
+    drop(held);
+    assert!(waiter.join().expect("join").is_ok(), "the freed slot went to the waiter");
+}
+
+#[test]
+fn concurrent_picks_never_lose_a_count() {
+    let b = Arc::new(balancer(&[1, 2, 3], Algorithm::LeastConnections));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                let held: Vec<_> =
+                    (0..600).filter_map(|_| b.pick(0, &Tried::default(), Duration::ZERO).ok()).collect();
+                held.len()
+            })
+        })
+        .collect();
+    let picked: usize = threads.into_iter().map(|t| t.join().expect("join")).sum();
+    assert_eq!(picked, 2400);
+    assert!(b.members().iter().all(|x| x.active.load(Ordering::Relaxed) == 0));
+    let totals: Vec<u64> = b.members().iter().map(|x| x.total.load(Ordering::Relaxed)).collect();
+    assert_eq!(totals.iter().sum::<u64>(), 2400);
+}
+
+#[test]
+fn replacing_members_keeps_counts_on_the_old_ones() {
+    let b = balancer(&[1], Algorithm::RoundRobin);
+    let held = b.pick(0, &Tried::default(), Duration::ZERO).expect("pick");
+    let old = held.guard.backend().clone();
+    b.replace(testing::members(&[1, 1]), Algorithm::LeastConnections);
+    assert_eq!(b.algorithm(), Algorithm::LeastConnections);
+    assert_eq!(old.active.load(Ordering::Relaxed), 1);
+    drop(held);
+    assert_eq!(old.active.load(Ordering::Relaxed), 0);
+}
