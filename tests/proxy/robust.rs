@@ -190,16 +190,7 @@ fn http_request(addr: SocketAddr, conn: &mut Option<Wire<TcpStream>>) -> Result<
     w.stream.write_all(b"GET /storm HTTP/1.1\r\nHost: t\r\n\r\n").map_err(|e| e.to_string())?;
     let (status, kind) = w
         .read_head(1 << 16, |buf| {
-            let mut headers = [httparse::EMPTY_HEADER; 32];
-            let mut r = httparse::Response::new(&mut headers);
-            match r.parse(buf) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let status = r.code.unwrap_or(0);
-                    Ok(Some((len, (status, lbproxy::h1::response_body("GET", status, r.headers)))))
-                }
-                Ok(httparse::Status::Partial) => Ok(None),
-                Err(e) => Err(e.to_string()),
-            }
+            Ok(lbproxy::h1::head::parse_response(buf, "GET")?.map(|(n, r)| (n, (r.status, r.body))))
         })
         .map_err(|e| e.to_string())?;
     let mut body = Vec::new();
