@@ -352,7 +352,7 @@ pub const ADMIN_LISTEN: Key = key(
     "listen",
     Kind::Address,
     "",
-    "e.g. `127.0.0.1:8081`: `/stats`, `/metrics`, `/health`; empty: off",
+    "e.g. `127.0.0.1:8081`: the dashboard `/`, `/events`, `/stats`, `/metrics`, `/health` and `POST /backends/NAME/ACTION`; empty: off",
     |c| c.admin.map(|a| a.to_string()).unwrap_or_default(),
 );
 /// `[admin] token`.
