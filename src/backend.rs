@@ -203,15 +203,14 @@ impl Backend {
             && self.health.is_up()
     }
 
-    /// The state as the dashboard and /stats write it: `maintenance`, `draining` (by an
-    /// operator or removed by a reload), `down`, `slow start` or `up`.
-    pub fn state_text(&self, now: u64) -> &'static str {
+    /// The state as /stats writes it: `maintenance`, `draining` (by an operator or removed by
+    /// a reload), `down` or `up` (slow start is `up`, with its own flag beside it).
+    pub fn state_text(&self) -> &'static str {
         match self.admin_state() {
             AdminState::Maint => "maintenance",
             AdminState::Drain => "draining",
             _ if self.is_retired() => "draining",
             _ if !self.health.is_up() => "down",
-            _ if self.health.slowstart_fraction(now).is_some() => "slow start",
             _ => "up",
         }
     }

@@ -34,7 +34,8 @@ pub fn backend_json(b: &Backend) -> serde_json::Value {
     json!({
         "name": b.name,
         "address": b.addr.to_string(),
-        "state": b.state_text(now_ms()),
+        "state": b.state_text(),
+        "slow_start": b.health.slowstart_fraction(now_ms()).is_some(),
         "health": if b.health.is_up() { "up" } else { "down" },
         "admin": b.admin_state().name(),
         "weight": b.weight(),

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use super::Admin;
 use crate::backend::{AdminState, Backend};
-use crate::clock::now_ms;
 use crate::events;
 use crate::h1::head::Request;
 use crate::stats::backend_json;
@@ -79,7 +78,7 @@ pub(super) fn post(admin: &Admin, path: &str, query: &str, peer: SocketAddr) -> 
             }
         };
         log::warn!("admin {peer}: {what}; lasts until a reload changes its line, or a restart");
-        events::state(&b.name, b.state_text(now_ms()), &format!("admin {peer}: {what}"));
+        events::state(&b.name, b.state_text(), &format!("admin {peer}: {what}"));
         answers.push(backend_json(b));
     }
     // Picks waiting for a slot look again: a backend back in rotation may take them.

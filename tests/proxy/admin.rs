@@ -206,7 +206,7 @@ fn api_proxy(addrs: &[SocketAddr], admin_extra: &str, health: &str) -> (Proc, So
 #[test]
 fn api_drain_maint_ready_and_weight_answer_json_log_at_warn_and_refuse_unknown_names_and_bad_values() {
     let (_d, a) = dummy("app1");
-    let (p, _addr, admin) = api_proxy(&[a], "", "enabled = false");
+    let (p, _addr, admin) = api_proxy(&[a], "", "enabled = false\nslowstart_ms = 60000");
     let resp = post(admin, "/backends/app1/drain", None);
     assert_eq!((resp.status, resp.header("content-type")), (200, Some("application/json")));
     let b = json(&resp);
@@ -218,7 +218,10 @@ fn api_drain_maint_ready_and_weight_answer_json_log_at_warn_and_refuse_unknown_n
     assert!(line.contains("[WARN]") && line.contains("admin 127.0.0.1:"), "{line}");
     assert_eq!(json(&post(admin, "/backends/app1/maint", None))["state"], "maintenance");
     assert_eq!(stats_of(admin, "app1")["state"], "maintenance", "/stats agrees");
-    assert_eq!(json(&post(admin, "/backends/app1/ready", None))["state"], "up");
+    // Back in rotation through slow start (HAProxy's `slowstart` applies to `ready` too).
+    let b = json(&post(admin, "/backends/app1/ready", None));
+    assert_eq!((b["state"].as_str(), b["slow_start"].as_bool()), (Some("up"), Some(true)), "{b}");
+    assert!(b["effective_weight"].as_f64().is_some_and(|w| w < 1.0), "{b}");
     let b = json(&post(admin, "/backends/app1/weight?value=7", None));
     assert_eq!((b["weight"].as_u64(), b["state"].as_str()), (Some(7), Some("up")));
     p.wait_for("app1 weight 1 -> 7");
@@ -302,7 +305,10 @@ fn api_drain_and_ready_under_load_lose_no_request_and_a_drained_backend_gets_non
     let drained_at = total("app1");
     wait_for_traffic("app2", total("app2") + 500);
     assert_eq!(total("app1"), drained_at, "a drained backend gets no new request");
-    assert_eq!(json(&post(admin, "/backends/app1/ready", None))["state"], "up");
+    // Back in rotation through slow start (HAProxy's `slowstart` applies to `ready` too).
+    let b = json(&post(admin, "/backends/app1/ready", None));
+    assert_eq!((b["state"].as_str(), b["slow_start"].as_bool()), (Some("up"), Some(true)), "{b}");
+    assert!(b["effective_weight"].as_f64().is_some_and(|w| w < 1.0), "{b}");
     wait_for_traffic("app1", drained_at);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut served = 0;
