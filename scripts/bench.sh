@@ -48,7 +48,7 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 BACKEND=$(free_port); OURS=$(free_port); NGINX=$(free_port); HAPROXY=$(free_port)
-IPERF=$(free_port); OURS_TCP=$(free_port); HAPROXY_TCP=$(free_port)
+IPERF=$(free_port); OURS_TCP=$(free_port); HAPROXY_TCP=$(free_port); OURS_ADMIN=$(free_port)
 
 # --- contestants -------------------------------------------------------------------------
 cat >"$WORK/backend.conf" <<CONF
@@ -109,11 +109,14 @@ idle_ms = 300000
 # Pool as many backend connections as there can be requests in flight, as HAProxy's
 # http-reuse does; the default (32, like nginx's keepalive cache) churns connections above it.
 backend_keepalive = $4
+[admin]
+listen = ${5:-}
 [backends]
 b1 = 127.0.0.1:$3
 CONF
 }
-ours_config http "$OURS" "$BACKEND" 1200 >"$WORK/ours.ini"
+# The admin listener is on (as with a dashboard in use), for the dashboard row below.
+ours_config http "$OURS" "$BACKEND" 1200 "127.0.0.1:$OURS_ADMIN" >"$WORK/ours.ini"
 ours_config http "$OURS" "$BACKEND" $((IDLE + 300)) >"$WORK/ours-idle.ini"
 ours_config tcp "$OURS_TCP" "$IPERF" 64 >"$WORK/ours-tcp.ini"
 
@@ -209,6 +212,18 @@ done
 echo "== New connection per request (Connection: close, c=64)"
 for round in $(seq "$ROUNDS"); do
     for who in direct ours haproxy nginx; do wrk_run close 64 "$who" "$round" "Connection: close"; done
+done
+
+echo "== Dashboard: one /events viewer open under full load (c=64) vs none (issue #12: <= 3% fewer req/s)"
+for round in $(seq "$ROUNDS"); do
+    wrk_run dash_off 64 ours "$round"
+    rm -f "$WORK/viewer.out"
+    curl -sN "http://127.0.0.1:$OURS_ADMIN/events" >"$WORK/viewer.out" 2>/dev/null &
+    viewer=$!
+    for _ in $(seq 100); do grep -q '^data:' "$WORK/viewer.out" 2>/dev/null && break; sleep 0.05; done
+    wrk_run dash_on 64 ours "$round"
+    kill "$viewer" 2>/dev/null; wait "$viewer" 2>/dev/null || true
+    printf "  dashboard  viewer received %s events\n" "$(grep -c '^data:' "$WORK/viewer.out" || echo 0)"
 done
 
 echo "== TCP bulk throughput (iperf3 ${BULK_T}s)"

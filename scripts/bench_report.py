@@ -88,6 +88,12 @@ if idle:
             out.append(f"| {p} | {w} | {int(a)} | {fmt(med('idle', p, w, 'rss_mib'))} | {int(med('idle', p, w, 'threads') or 0)} |")
     out.append("")
 
+dash = med("dash_off", "64", "ours", "rps"), med("dash_on", "64", "ours", "rps")
+if all(dash):
+    drop = (1 - dash[1] / dash[0]) * 100
+    out.append(f"Dashboard viewer open under full load (c=64): {fmt(dash[1], 'k')} req/s vs "
+               f"{fmt(dash[0], 'k')} without, {drop:+.1f}% fewer (bound: 3%).\n")
+
 lat = med("keepalive", "1", "ours", "p50_ms"), med("keepalive", "1", "direct", "p50_ms")
 if all(lat):
     out.append(f"Added latency at 1 connection (p50, ours − direct): {(lat[0] - lat[1]) * 1000:.0f} µs "

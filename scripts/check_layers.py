@@ -11,7 +11,7 @@ import re
 import sys
 
 LAYERS = [
-    ("base", ["clock", "config", "error", "latency", "logging", "out", "addr", "budget", "net", "stack", "h1"]),
+    ("base", ["clock", "config", "error", "events", "latency", "logging", "out", "addr", "budget", "net", "stack", "h1"]),
     ("health state", ["health"]),
     ("backend", ["backend"]),
     ("selection", ["balancer"]),

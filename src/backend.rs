@@ -5,7 +5,7 @@
 //! DNS) while connections to a removed backend still hold it and drain.
 
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -41,6 +41,37 @@ impl IdlePool {
 
 pub use crate::clock::now_ms;
 
+/// What an operator set at runtime through the admin API (HAProxy's `set server state`).
+/// Lasts until a reload changes the backend's line, or a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    /// In rotation (the default).
+    Ready,
+    /// No new connections or requests; open ones finish. Health checks go on.
+    Drain,
+    /// Out of rotation and health checks paused.
+    Maint,
+}
+
+impl AdminState {
+    /// `ready`, `drain` or `maint`, as the API path names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+
+    fn from_u8(v: u8) -> AdminState {
+        match v {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+}
+
 /// Weights are kept in thousandths, so slow start can ramp a weight of 1 smoothly.
 pub const WEIGHT_SCALE: u64 = 1000;
 
@@ -57,8 +88,13 @@ pub struct Backend {
     /// Where to connect.
     pub addr: SocketAddr,
     weight: AtomicU32,
+    /// The weight its configuration line gave, so a reload can tell a changed line from a
+    /// runtime weight change.
+    line_weight: AtomicU32,
     max_conns: AtomicUsize,
     removed: AtomicBool,
+    /// An [`AdminState`] as u8: read on every pick, so an atomic rather than a lock.
+    admin: AtomicU8,
     /// Connections (TCP mode) or requests (HTTP mode) in flight.
     pub active: AtomicUsize,
     /// Picks waiting for a slot that this backend (up, but at `max_conns`) could serve.
@@ -90,8 +126,10 @@ impl Backend {
             spec,
             addr,
             weight: AtomicU32::new(weight),
+            line_weight: AtomicU32::new(weight),
             max_conns: AtomicUsize::new(max_conns),
             removed: AtomicBool::new(false),
+            admin: AtomicU8::new(0),
             active: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             total: AtomicU64::new(0),
@@ -104,9 +142,35 @@ impl Backend {
         }
     }
 
-    /// The configured weight (1..=1000).
+    /// The configured weight (1..=1000 from the file; 0..=256 set at runtime, 0 taking no
+    /// new traffic, as HAProxy's weight 0).
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
+    }
+
+    /// The weight its configuration line gave.
+    pub fn line_weight(&self) -> u32 {
+        self.line_weight.load(Ordering::Relaxed)
+    }
+
+    /// Sets the weight at runtime (admin API); the line's weight is kept for reloads.
+    pub fn set_runtime_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+
+    /// What an operator set.
+    pub fn admin_state(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Ordering::Relaxed))
+    }
+
+    /// Sets the operator's state; returns the previous one. Going back to ready from drain or
+    /// maintenance starts slow start when `slowstart` is not zero.
+    pub fn set_admin_state(&self, state: AdminState, slowstart: std::time::Duration) -> AdminState {
+        let before = AdminState::from_u8(self.admin.swap(state as u8, Ordering::Relaxed));
+        if state == AdminState::Ready && before != AdminState::Ready {
+            self.health.begin_slowstart(slowstart);
+        }
+        before
     }
 
     /// The connection limit; 0 means none.
@@ -114,9 +178,10 @@ impl Backend {
         self.max_conns.load(Ordering::Relaxed)
     }
 
-    /// Applies a reloaded weight and limit.
+    /// Applies a reloaded weight and limit (a changed line: any runtime weight is replaced).
     pub fn set_limits(&self, weight: u32, max_conns: usize) {
         self.weight.store(weight, Ordering::Relaxed);
+        self.line_weight.store(weight, Ordering::Relaxed);
         self.max_conns.store(max_conns, Ordering::Relaxed);
     }
 
@@ -129,9 +194,25 @@ impl Backend {
         }
     }
 
-    /// Whether new connections may go here: up, and not removed by a reload.
+    /// Whether new connections may go here: up, not removed by a reload, in rotation (not
+    /// drained or in maintenance by an operator) and of a weight above 0.
     pub fn is_available(&self) -> bool {
-        !self.removed.load(Ordering::Relaxed) && self.health.is_up()
+        !self.removed.load(Ordering::Relaxed)
+            && self.admin.load(Ordering::Relaxed) == AdminState::Ready as u8
+            && self.weight.load(Ordering::Relaxed) > 0
+            && self.health.is_up()
+    }
+
+    /// The state as /stats writes it: `maintenance`, `draining` (by an operator or removed by
+    /// a reload), `down` or `up` (slow start is `up`, with its own flag beside it).
+    pub fn state_text(&self) -> &'static str {
+        match self.admin_state() {
+            AdminState::Maint => "maintenance",
+            AdminState::Drain => "draining",
+            _ if self.is_retired() => "draining",
+            _ if !self.health.is_up() => "down",
+            _ => "up",
+        }
     }
 
     /// Whether it is at its connection limit.
@@ -154,8 +235,14 @@ impl Backend {
     /// Logs a health transition once: warn for down, info for up, with the reason.
     pub fn log_transition(&self, t: &Transition) {
         match t {
-            Transition::Down(why) => log::warn!("{} {} DOWN {why}", self.name, self.addr),
-            Transition::Up(why) => log::info!("{} {} UP {why}", self.name, self.addr),
+            Transition::Down(why) => {
+                log::warn!("{} {} DOWN {why}", self.name, self.addr);
+                crate::events::state(&self.name, "down", &format!("{} {} DOWN {why}", self.name, self.addr));
+            }
+            Transition::Up(why) => {
+                log::info!("{} {} UP {why}", self.name, self.addr);
+                crate::events::state(&self.name, "up", &format!("{} {} UP {why}", self.name, self.addr));
+            }
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::backend::AdminState;
 use crate::balancer::Balancer;
 use crate::config::{HealthSettings, Mode};
 use crate::h1::{head, HeadError, Wire};
@@ -48,7 +49,8 @@ pub fn spawn_checker(balancer: Arc<Balancer>, stop: Receiver<()>) -> std::io::Re
         if s.enabled {
             let members = balancer.members();
             thread::scope(|scope| {
-                for b in members.iter() {
+                // A backend in maintenance is not checked: its state is the operator's.
+                for b in members.iter().filter(|b| b.admin_state() != AdminState::Maint) {
                     let (s, balancer) = (&s, &balancer);
                     let spawned =
                         thread::Builder::new().stack_size(64 * 1024).spawn_scoped(scope, move || {

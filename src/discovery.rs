@@ -16,7 +16,7 @@ use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
 use crate::addr::resolve;
-use crate::backend::{members_of, Backend};
+use crate::backend::{members_of, AdminState, Backend};
 use crate::balancer::Balancer;
 use crate::config::{BackendSpec, Config, ConfigError};
 use crate::logging::{held_back, RateLimit};
@@ -177,16 +177,20 @@ impl Discovery {
             for (name, addr) in members_of(spec, addrs) {
                 match current.iter().find(|b| b.spec == spec.name && b.addr == addr && !b.is_retired()) {
                     Some(b) => {
-                        if b.weight() != spec.weight || b.max_conns() != spec.max_conns {
+                        // Compared with the line's weight, not the one in force: an operator's
+                        // runtime change survives a reload that leaves the line alone.
+                        if b.line_weight() != spec.weight || b.max_conns() != spec.max_conns {
                             changed.push(format!(
                                 "{} weight {}->{} max_conns {}->{}",
                                 b.name,
-                                b.weight(),
+                                b.line_weight(),
                                 spec.weight,
                                 b.max_conns(),
                                 spec.max_conns
                             ));
                             b.set_limits(spec.weight, spec.max_conns);
+                            // A changed line replaces what an operator set at runtime.
+                            b.set_admin_state(AdminState::Ready, Duration::ZERO);
                         } else {
                             kept += 1;
                         }

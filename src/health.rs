@@ -86,6 +86,15 @@ impl Health {
         Some((done, len))
     }
 
+    /// Starts ramping the weight up over `len` from now (an operator put the backend back in
+    /// rotation); nothing when `len` is zero.
+    pub fn begin_slowstart(&self, len: std::time::Duration) {
+        if !len.is_zero() {
+            self.slowstart_len.store(len.as_millis() as u64, Ordering::Relaxed);
+            self.slowstart_from.store(now_ms().max(1), Ordering::Relaxed);
+        }
+    }
+
     /// The last check's result and when it ran.
     pub fn last_check(&self) -> (String, Option<SystemTime>) {
         let s = self.state.lock();

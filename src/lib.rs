@@ -10,7 +10,7 @@
 //! - base: [`clock`], [`config`] (INI and flags -> validated settings, from one table of keys),
 //!   [`addr`] (`host:port` parsing, resolution), [`budget`] (whether the threads fit the
 //!   system's limits), [`error`] (the process's errors and one failure model for both modes),
-//!   [`latency`], [`logging`], [`out`] (stdout, quiet when its reader has gone), [`net`]
+//!   [`events`] (the dashboard's event bus), [`latency`], [`logging`], [`out`] (stdout, quiet when its reader has gone), [`net`]
 //!   (sockets), [`h1`] (the HTTP/1.1 wire format).
 //! - health state: [`health`] (rise/fall hysteresis, passive failures, slow start).
 //! - backend: [`backend`] (identity, limits, counters, idle connections).
@@ -34,6 +34,7 @@ pub mod config;
 pub mod discovery;
 pub mod dummy;
 pub mod error;
+pub mod events;
 pub mod h1;
 pub mod health;
 pub mod http;

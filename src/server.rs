@@ -150,9 +150,13 @@ impl Server {
         let admin = match admin {
             Some(l) => {
                 let addr = l.local_addr().map_err(Error::Resource)?;
-                log::info!("admin listening on {addr} (/stats, /metrics, /health)");
+                log::info!("admin listening on {addr} (dashboard at /, /events, /stats, /metrics, /health, POST /backends/NAME/ACTION)");
                 let l = Arc::new(l);
-                let served = crate::admin::Admin { balancer: balancer.clone(), counters: counters.clone() };
+                let served = crate::admin::Admin {
+                    balancer: balancer.clone(),
+                    counters: counters.clone(),
+                    token: config.admin_token.clone(),
+                };
                 admin::spawn(l.clone(), served, stopping.clone()).map_err(Error::Resource)?;
                 Some(l)
             }

@@ -27,13 +27,17 @@ fn secs_since_epoch(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn backend_json(b: &Backend) -> serde_json::Value {
+/// One backend's numbers, as /stats, the API's answers and the dashboard show them.
+pub fn backend_json(b: &Backend) -> serde_json::Value {
     let (last, at) = b.health.last_check();
     let ms = |q: f64| b.latency.recent_quantile(q).map(|s| if s.is_finite() { s * 1000.0 } else { -1.0 });
     json!({
         "name": b.name,
         "address": b.addr.to_string(),
-        "state": if b.is_retired() { "draining" } else if b.health.is_up() { "up" } else { "down" },
+        "state": b.state_text(),
+        "slow_start": b.health.slowstart_fraction(now_ms()).is_some(),
+        "health": if b.health.is_up() { "up" } else { "down" },
+        "admin": b.admin_state().name(),
         "weight": b.weight(),
         "effective_weight": b.effective_weight(now_ms()) as f64 / WEIGHT_SCALE as f64,
         "max_conns": b.max_conns(),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::backend::Backend;
 use crate::balancer::{Balancer, Pick, Tried};
 use crate::error::{Cause, Failure, Party, Phase};
+use crate::events;
 use crate::net::{describe, is_local_resource, open};
 
 /// Connect timeout, and how long to wait for a slot when every backend is full.
@@ -74,10 +75,20 @@ pub fn connect(
             .map_err(|why| Failure::new(Party::Backend, Phase::Pick, Cause::Unavailable(why)))?;
         let backend = pick.guard.backend().clone();
         log::info!("{label} -> {} {} ({})", backend.name, backend.addr, pick.reason);
+        if events::watching() {
+            let label = label.to_string();
+            events::pick(&label, &events::client_of(&label), &backend.name, pick.algorithm, &pick.reason);
+        }
         match dial(balancer, &backend, limits.connect, label) {
             Ok(stream) => return Ok((stream, pick)),
             Err(f) if f.party == Party::Local => return Err(f),
-            Err(_) => tried.insert(&backend),
+            Err(f) => {
+                if events::watching() {
+                    let label = label.to_string();
+                    events::retry(&label, &events::client_of(&label), &backend.name, &f.to_string());
+                }
+                tried.insert(&backend)
+            }
         }
     }
 }

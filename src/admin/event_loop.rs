@@ -2,9 +2,10 @@
 //! becomes ready or its deadline passes. All sockets are nonblocking, so the time any one
 //! client can take from the others is the time to copy its bytes.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -12,12 +13,18 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 
 use super::conn::Conn;
+use super::dashboard::{self, for_viewer, Dashboard};
 use super::{route, Admin, MAX_PENDING};
+use crate::h1::head::Request;
 use crate::logging::{held_back, RateLimit};
 
 /// The longest poll wait: how soon `stopping` is seen even if the shut-down listener's wake-up
 /// were missed.
 const TICK: Duration = Duration::from_millis(250);
+
+/// The longest poll wait while someone watches `/events`: how long an event may wait in a
+/// viewer's queue before it is sent.
+const STREAM_TICK: Duration = Duration::from_millis(50);
 
 /// Connections accepted per wake-up, so a connect storm cannot starve the ones already open.
 const ACCEPT_BATCH: usize = 64;
@@ -35,15 +42,19 @@ pub(super) fn run(listener: &TcpListener, admin: &Admin, stopping: &AtomicBool) 
         log::error!("admin listener: {e}; /stats, /metrics and /health are off");
         return;
     }
-    let route = |method: &str, path: &str| route(admin, method, path);
+    let dashboard = RefCell::new(Dashboard::new());
+    let route = |req: &Request, peer: SocketAddr| route(admin, &dashboard.borrow(), req, peer);
     // Oldest first, so the one to close when full is at the front.
     let mut conns: VecDeque<Conn> = VecDeque::new();
     let mut paused_until: Option<Instant> = None;
     while !stopping.load(Ordering::SeqCst) {
         let now = Instant::now();
         let listening = paused_until.is_none_or(|t| now >= t);
-        let next_deadline = conns.iter().map(Conn::deadline).chain(paused_until).min();
-        let wait = next_deadline.map_or(TICK, |d| d.saturating_duration_since(now)).min(TICK);
+        let due = dashboard.borrow().due();
+        let next_deadline = conns.iter().map(Conn::deadline).chain(paused_until).chain(due).min();
+        // With viewers, look at their queues often: events wait at most this long.
+        let most = if dashboard::watched() { STREAM_TICK } else { TICK };
+        let wait = next_deadline.map_or(most, |d| d.saturating_duration_since(now)).min(most);
         let ready = match wait_ready(listener, listening, &conns, wait) {
             Ok(ready) => ready,
             Err(Errno::INTR) => continue,
@@ -62,6 +73,10 @@ pub(super) fn run(listener: &TcpListener, admin: &Admin, stopping: &AtomicBool) 
             let flags = ready.next().copied().unwrap_or(PollFlags::empty());
             (flags.is_empty() || conn.on_ready(now, &route)) && conn.on_deadline(now)
         });
+        let tick = dashboard.borrow_mut().tick(admin, now, conns.iter().any(Conn::is_stream));
+        let make = |dropped: u64| tick.as_ref().map_or_else(String::new, |t| for_viewer(t, dropped));
+        let extra: Option<&dyn Fn(u64) -> String> = if tick.is_some() { Some(&make) } else { None };
+        conns.retain_mut(|conn| !conn.is_stream() || conn.pump(now, extra));
         if listening {
             paused_until = None;
             // A shut-down listener reports ready too; accepting on it would only log an error.

@@ -1,5 +1,7 @@
-//! The admin listener (`[admin] listen`): `GET /stats` (JSON), `GET /metrics` (Prometheus text)
-//! and `GET /health` (the proxy's own liveness), one request per connection.
+//! The admin listener (`[admin] listen`): `GET /` (the dashboard page), `GET /events` (its
+//! live Server-Sent Events), `GET /stats` (JSON), `GET /metrics` (Prometheus text),
+//! `GET /health` (the proxy's own liveness), and the runtime API `POST /backends/NAME/ACTION`
+//! ([`api`]); one request per connection, except an `/events` stream, which stays open.
 //!
 //! One admin thread serves every admin connection with nonblocking sockets and poll(2), so no
 //! client can hold up another: a liveness probe is answered at once even while hundreds of idle
@@ -9,16 +11,22 @@
 //! [`MAX_PENDING`] connections are held (beyond that the oldest is closed), so the admin port
 //! cannot use up the proxy's descriptors. [`event_loop`] owns the poll loop.
 
+mod api;
 mod conn;
+mod dashboard;
 mod event_loop;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use self::conn::Reply;
+use self::dashboard::Dashboard;
 use crate::balancer::Balancer;
+use crate::events;
+use crate::h1::head::Request;
 use crate::h1::respond::SimpleResponse;
 use crate::stats::{metrics_text, stats_json, ProxyCounters};
 
@@ -40,10 +48,15 @@ pub const MAX_PENDING: usize = 256;
 /// Largest request head accepted (431 beyond it).
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
-/// What the admin endpoints read.
+/// The dashboard page: one file, its script and style inline, nothing fetched from elsewhere.
+const PAGE: &str = include_str!("page.html");
+
+/// What the admin endpoints read and change.
 pub struct Admin {
     pub balancer: Arc<Balancer>,
     pub counters: Arc<ProxyCounters>,
+    /// `[admin] token`: required as `Authorization: Bearer TOKEN` on every POST.
+    pub token: Option<String>,
 }
 
 /// Serves `listener` on a thread named `admin` until `stopping` is set and the listener is
@@ -56,21 +69,70 @@ pub fn spawn(
     thread::Builder::new().name("admin".into()).spawn(move || event_loop::run(&listener, &admin, &stopping))
 }
 
-/// The complete response to `method path` (the query string is ignored).
-fn route(admin: &Admin, method: &str, path: &str) -> Vec<u8> {
-    let path = path.split('?').next().unwrap_or("");
+/// The answer to `req` from `peer`.
+fn route(admin: &Admin, dashboard: &Dashboard, req: &Request, peer: SocketAddr) -> Reply {
+    let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
     let text = "text/plain";
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/stats") => (200, "application/json", stats_json(&admin.balancer, &admin.counters)),
+    let json = "application/json";
+    let (status, content_type, body) = match (req.method.as_str(), path) {
+        ("GET", "/") => (200, "text/html; charset=utf-8", PAGE.to_string()),
+        ("GET", "/events") => match stream_for(query) {
+            Ok(until) => return events_reply(dashboard, until),
+            Err(why) => (400, text, why),
+        },
+        ("GET", "/stats") => (200, json, stats_json(&admin.balancer, &admin.counters)),
         ("GET", "/metrics") => {
             (200, "text/plain; version=0.0.4", metrics_text(&admin.balancer, &admin.counters))
         }
         ("GET", "/health") => (200, text, "ok\n".to_string()),
-        ("GET", _) => (404, text, "try /stats, /metrics or /health\n".to_string()),
-        _ => (405, text, "GET only\n".to_string()),
+        ("POST", p) if p.starts_with("/backends/") => {
+            if api::authorized(admin, req) {
+                let (status, body) = api::post(admin, p, query, peer);
+                (status, json, body)
+            } else {
+                log::warn!("admin {peer}: POST {p} refused: no valid bearer token");
+                (401, json, "{\"error\": \"this admin listener needs Authorization: Bearer TOKEN\"}\n".into())
+            }
+        }
+        ("GET", p) if p.starts_with("/backends/") => (405, text, "POST only\n".to_string()),
+        ("GET", _) => {
+            (404, text, "try /, /events, /stats, /metrics, /health or POST /backends/NAME/ACTION\n".into())
+        }
+        _ => (405, text, "GET, or POST /backends/NAME/ACTION\n".to_string()),
     };
     // RFC 9110 §15.5.6: a 405 names the methods that are allowed.
-    let allow: &[(&str, &str)] = &[("Content-Type", content_type), ("Allow", "GET")];
+    let allow = if path.starts_with("/backends/") { "POST" } else { "GET" };
+    let allow: &[(&str, &str)] = &[("Content-Type", content_type), ("Allow", allow)];
     let headers = if status == 405 { allow } else { &allow[..1] };
-    SimpleResponse { status, headers, body: body.as_bytes(), close: true }.to_bytes()
+    let mut headers = headers.to_vec();
+    if status == 401 {
+        headers.push(("WWW-Authenticate", "Bearer"));
+    }
+    Reply::Full(SimpleResponse { status, headers: &headers, body: body.as_bytes(), close: true }.to_bytes())
+}
+
+/// `for=N` in an `/events` query: end the stream after N seconds (1..=86400), for a viewer
+/// that wants a bounded watch (a script, a headless browser). Absent: no end.
+fn stream_for(query: &str) -> Result<Option<Duration>, String> {
+    let Some(value) = query.split('&').find_map(|kv| kv.strip_prefix("for=")) else { return Ok(None) };
+    match value.parse::<u64>() {
+        Ok(n) if (1..=86_400).contains(&n) => Ok(Some(Duration::from_secs(n))),
+        _ => Err(format!("for={value}: expected whole seconds in 1..=86400\n")),
+    }
+}
+
+/// The start of an `/events` stream: the head, the rate history, the recent feed and the last
+/// tick, so a new viewer has the whole picture at once.
+fn events_reply(dashboard: &Dashboard, until: Option<Duration>) -> Reply {
+    let (sub, recent) = events::subscribe();
+    let mut out = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+                    Connection: close\r\n\r\n"
+        .to_vec();
+    let first = std::iter::once(dashboard.history_event())
+        .chain(recent.iter().map(|e| e.to_string()))
+        .chain(dashboard.last_tick().map(|t| dashboard::for_viewer(t, 0)));
+    for event in first {
+        out.extend_from_slice(format!("data: {event}\n\n").as_bytes());
+    }
+    Reply::Events(out, sub, until)
 }

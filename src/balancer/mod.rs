@@ -124,8 +124,11 @@ impl Tried {
 pub struct Pick {
     /// Holds the backend's active count until dropped.
     pub guard: ActiveGuard,
-    /// The reason, e.g. `least-connections: app3=0 app1=2 app2=1`; empty when info logging is off.
+    /// The reason, e.g. `least-connections: app3=0 app1=2 app2=1`; empty when info logging is
+    /// off and no dashboard is watching.
     pub reason: String,
+    /// The algorithm that chose, e.g. `least-connections`.
+    pub algorithm: &'static str,
 }
 
 struct State {
@@ -204,7 +207,7 @@ impl Balancer {
     /// Chooses an available, not-full backend not in `tried`, and increments its active count,
     /// in one step. When every such backend is full, waits up to `queue` for a slot.
     pub fn pick(&self, key: u64, tried: &Tried, queue: Duration) -> Result<Pick, Unavailable> {
-        let explain = log::log_enabled!(log::Level::Info);
+        let explain = log::log_enabled!(log::Level::Info) || crate::events::watching();
         let mut deadline: Option<Instant> = None;
         let mut waiting: Option<Waiting<'_>> = None;
         let mut state = self.core.state.lock();
@@ -222,7 +225,8 @@ impl Balancer {
                 let b = members[i].clone();
                 b.active.fetch_add(1, Ordering::AcqRel);
                 b.total.fetch_add(1, Ordering::Relaxed);
-                return Ok(Pick { guard: ActiveGuard { backend: b, core: self.core.clone() }, reason });
+                let guard = ActiveGuard { backend: b, core: self.core.clone() };
+                return Ok(Pick { guard, reason, algorithm: algorithm.name() });
             }
             let full: Vec<Arc<Backend>> = members
                 .iter()

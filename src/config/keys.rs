@@ -352,8 +352,18 @@ pub const ADMIN_LISTEN: Key = key(
     "listen",
     Kind::Address,
     "",
-    "e.g. `127.0.0.1:8081`: `/stats`, `/metrics`, `/health`; empty: off",
+    "e.g. `127.0.0.1:8081`: the dashboard `/`, `/events`, `/stats`, `/metrics`, `/health` and `POST /backends/NAME/ACTION`; empty: off",
     |c| c.admin.map(|a| a.to_string()).unwrap_or_default(),
+);
+/// `[admin] token`.
+pub const ADMIN_TOKEN: Key = key(
+    "admin",
+    "token",
+    Kind::Text,
+    "",
+    "when set, every POST must carry `Authorization: Bearer TOKEN` (else 401); empty: no check",
+    // A secret: --check says whether it is set, never what it is.
+    |c| if c.admin_token.is_some() { "(set)".to_string() } else { String::new() },
 );
 /// `[backends] resolve_ms`.
 pub const RESOLVE_MS: Key = key(
@@ -397,6 +407,7 @@ pub const KEYS: &[Key] = &[
     OBSERVE_5XX,
     SLOWSTART_MS,
     ADMIN_LISTEN,
+    ADMIN_TOKEN,
     RESOLVE_MS,
 ];
 

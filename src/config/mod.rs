@@ -190,6 +190,8 @@ pub struct Config {
     pub health: HealthSettings,
     /// Admin listener for /stats, /metrics, /health; `None`: off.
     pub admin: Option<SocketAddr>,
+    /// `[admin] token`: the bearer token every admin POST must carry; `None`: no check.
+    pub admin_token: Option<String>,
     /// A per-backend summary line this often; `None`: off.
     pub stats_interval: Option<Duration>,
     /// How often DNS names in `[backends]` are resolved again.

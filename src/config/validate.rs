@@ -55,6 +55,7 @@ impl RawConfig {
                 addr::parse_socket_addr(s, true).map(Some)
             }
         });
+        let admin_token = v.get(&keys::ADMIN_TOKEN, parse_token);
         let resolve_interval = v.millis(&keys::RESOLVE_MS);
         // `None` exactly when some value was bad (and reported).
         let built = (|| {
@@ -94,6 +95,7 @@ impl RawConfig {
                     slowstart: slowstart?,
                 },
                 admin: admin?,
+                admin_token: admin_token?,
                 stats_interval: stats_interval.map(|d| (!d.is_zero()).then_some(d))?,
                 resolve_interval: resolve_interval?,
                 backends: Vec::new(),
@@ -215,6 +217,21 @@ fn parse_path(s: &str) -> Result<String, String> {
     } else {
         Err(format!("'{s}' is not a request path (expected e.g. /health)"))
     }
+}
+
+/// An admin token: empty is none; otherwise visible ASCII (it travels in a header), 8 to 256
+/// characters, so a one-letter typo of a secret is refused rather than trusted.
+fn parse_token(s: &str) -> Result<Option<String>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if !s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err("the token must be visible ASCII without spaces".to_string());
+    }
+    if !(8..=256).contains(&s.len()) {
+        return Err(format!("the token must be 8 to 256 characters, not {}", s.len()));
+    }
+    Ok(Some(s.to_string()))
 }
 
 fn parse_number(s: &str, min: u64, max: u64) -> Result<u64, String> {

@@ -18,6 +18,7 @@ use crate::backend::Backend;
 use crate::balancer::{source_key, Pick, Tried};
 use crate::config::as_limit;
 use crate::error::{Cause, Failure, Party, Phase};
+use crate::events;
 use crate::h1::request::RequestHead;
 use crate::h1::response::{self, ClientSide, ResponseHead};
 use crate::h1::{BodyError, BodyKind, Coalesce, Wire};
@@ -81,6 +82,9 @@ impl Exchange<'_> {
             let backend: Arc<Backend> = pick.guard.backend().clone();
             record.backend.clone_from(&backend.name);
             record.reason.clone_from(&pick.reason);
+            if events::watching() {
+                events::pick(&self.label(), &self.conn.peer, &backend.name, pick.algorithm, &pick.reason);
+            }
             let (stream, reused) = match self.connect(&backend, attempt) {
                 Ok(found) => found,
                 Err(f) => {
@@ -258,6 +262,9 @@ impl Exchange<'_> {
                     self.ctx.balancer.observe_failure(backend, &f.cause.to_string());
                 }
                 attempt.tried.insert(backend);
+                if events::watching() {
+                    events::retry(&self.label(), &self.conn.peer, &backend.name, &f.to_string());
+                }
                 if f.phase != Phase::Connect {
                     attempt.broke = Some(f);
                 }

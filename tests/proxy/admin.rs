@@ -168,3 +168,214 @@ fn admin_answers_bad_heads_with_400_or_431_and_405_names_get() {
     let date = resp.header("date").expect("a Date header");
     assert!(httpdate::parse_http_date(date).is_ok(), "Date {date:?}");
 }
+
+// The runtime API: POST /backends/NAME/drain|maint|ready|weight?value=N (HAProxy's
+// `set server state drain|maint|ready` and `set server weight`, over HTTP).
+
+/// POST `path` to the admin listener, with `Authorization: Bearer token` when given.
+fn post(admin: SocketAddr, path: &str, token: Option<&str>) -> Resp {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let raw =
+        format!("POST {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    send_raw(admin, raw.as_bytes(), "POST").0
+}
+
+fn json(resp: &Resp) -> serde_json::Value {
+    serde_json::from_str(&resp.text()).unwrap_or_else(|e| panic!("{e}: {:?}", resp.text()))
+}
+
+/// The /stats entry of backend `name`.
+fn stats_of(admin: SocketAddr, name: &str) -> serde_json::Value {
+    let stats = json(&http_get(admin, "/stats"));
+    let found = stats["backends"].as_array().expect("backends").iter().find(|b| b["name"] == name).cloned();
+    found.unwrap_or_else(|| panic!("no {name} in {stats}"))
+}
+
+/// An HTTP proxy over `addrs` (app1..) with the admin listener on and `admin_extra` lines in
+/// `[admin]`; health checks as `health`.
+fn api_proxy(addrs: &[SocketAddr], admin_extra: &str, health: &str) -> (Proc, SocketAddr, SocketAddr) {
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 16\n[health]\n{health}\n[admin]\nlisten = 127.0.0.1:0\n{admin_extra}\n{}",
+        backends_section(addrs)
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    (p, addr, admin)
+}
+
+#[test]
+fn api_drain_maint_ready_and_weight_answer_json_log_at_warn_and_refuse_unknown_names_and_bad_values() {
+    let (_d, a) = dummy("app1");
+    let (p, _addr, admin) = api_proxy(&[a], "", "enabled = false\nslowstart_ms = 60000");
+    let resp = post(admin, "/backends/app1/drain", None);
+    assert_eq!((resp.status, resp.header("content-type")), (200, Some("application/json")));
+    let b = json(&resp);
+    assert_eq!(
+        (b["name"].as_str(), b["state"].as_str(), b["admin"].as_str()),
+        (Some("app1"), Some("draining"), Some("drain"))
+    );
+    let line = p.wait_for("app1 -> drain (was ready)");
+    assert!(line.contains("[WARN]") && line.contains("admin 127.0.0.1:"), "{line}");
+    assert_eq!(json(&post(admin, "/backends/app1/maint", None))["state"], "maintenance");
+    assert_eq!(stats_of(admin, "app1")["state"], "maintenance", "/stats agrees");
+    // Back in rotation through slow start (HAProxy's `slowstart` applies to `ready` too).
+    let b = json(&post(admin, "/backends/app1/ready", None));
+    assert_eq!((b["state"].as_str(), b["slow_start"].as_bool()), (Some("up"), Some(true)), "{b}");
+    assert!(b["effective_weight"].as_f64().is_some_and(|w| w < 1.0), "{b}");
+    let b = json(&post(admin, "/backends/app1/weight?value=7", None));
+    assert_eq!((b["weight"].as_u64(), b["state"].as_str()), (Some(7), Some("up")));
+    p.wait_for("app1 weight 1 -> 7");
+    assert_eq!(json(&post(admin, "/backends/app1/weight?value=0", None))["weight"], 0);
+    assert_eq!(json(&post(admin, "/backends/app1/weight?value=256", None))["weight"], 256);
+    for bad in ["value=257", "value=-1", "value=x", "", "value="] {
+        let resp = post(admin, &format!("/backends/app1/weight?{bad}"), None);
+        assert_eq!(resp.status, 400, "{bad}: {}", resp.text());
+        assert!(json(&resp)["error"].as_str().is_some_and(|e| e.contains("0..=256")), "{}", resp.text());
+    }
+    assert_eq!(stats_of(admin, "app1")["weight"], 256, "a refused value changes nothing");
+    let resp = post(admin, "/backends/nope/drain", None);
+    assert_eq!(resp.status, 404);
+    assert!(resp.text().contains("no backend named 'nope'"), "{}", resp.text());
+    assert_eq!(post(admin, "/backends/app1/explode", None).status, 404);
+    let (resp, _) = send_raw(admin, b"GET /backends/app1/drain HTTP/1.1\r\nHost: t\r\n\r\n", "GET");
+    assert_eq!((resp.status, resp.header("allow")), (405, Some("POST")));
+    assert_eq!(stats_of(admin, "app1")["state"], "up", "a GET changes nothing");
+}
+
+#[test]
+fn api_token_is_required_on_every_post_and_gets_401_when_missing_or_wrong() {
+    let (_d, a) = dummy("app1");
+    let (p, _addr, admin) = api_proxy(&[a], "token = s3cret-token", "enabled = false");
+    for token in [None, Some("wrong-token"), Some("s3cret-tokenX"), Some("s3cret-toke")] {
+        let resp = post(admin, "/backends/app1/drain", token);
+        assert_eq!(resp.status, 401, "{token:?}");
+        assert_eq!(resp.header("www-authenticate"), Some("Bearer"));
+    }
+    p.wait_for("POST /backends/app1/drain refused: no valid bearer token");
+    assert_eq!(stats_of(admin, "app1")["state"], "up", "a refused POST changes nothing");
+    // Reading needs no token; the listener's default address stays loopback.
+    assert_eq!(http_get(admin, "/stats").status, 200);
+    assert!(admin.ip().is_loopback());
+    let resp = post(admin, "/backends/app1/drain", Some("s3cret-token"));
+    assert_eq!((resp.status, json(&resp)["state"].as_str()), (200, Some("draining")));
+}
+
+#[test]
+fn api_drain_and_ready_under_load_lose_no_request_and_a_drained_backend_gets_none() {
+    let backends = dummies(2);
+    let addrs: Vec<SocketAddr> = backends.iter().map(|(_, a)| *a).collect();
+    let (_p, addr, admin) = api_proxy(&addrs, "", "enabled = false");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Four keep-alive clients, each request checked; bounded by count as well as by `stop`.
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                let mut wire = lbproxy::h1::Wire::new(connect(addr));
+                for _ in 0..200_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let resp = get(&mut wire, "/", "");
+                    if resp.status == 200 {
+                        ok += 1;
+                    } else {
+                        failed.push(resp.status);
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let total = |name: &str| stats_of(admin, name)["total"].as_u64().expect("total");
+    let wait_for_traffic = |name: &str, from: u64| {
+        let deadline = Instant::now() + WAIT;
+        while total(name) < from + 50 {
+            assert!(Instant::now() < deadline, "{name} got no traffic");
+        }
+    };
+    wait_for_traffic("app1", 0);
+    assert_eq!(json(&post(admin, "/backends/app1/drain", None))["state"], "draining");
+    // A request picked just before the drain may still finish there; after that, none.
+    let deadline = Instant::now() + WAIT;
+    while stats_of(admin, "app1")["active"] != 0 {
+        assert!(Instant::now() < deadline, "app1's requests never finished");
+    }
+    let drained_at = total("app1");
+    wait_for_traffic("app2", total("app2") + 500);
+    assert_eq!(total("app1"), drained_at, "a drained backend gets no new request");
+    // Back in rotation through slow start (HAProxy's `slowstart` applies to `ready` too).
+    let b = json(&post(admin, "/backends/app1/ready", None));
+    assert_eq!((b["state"].as_str(), b["slow_start"].as_bool()), (Some("up"), Some(true)), "{b}");
+    assert!(b["effective_weight"].as_f64().is_some_and(|w| w < 1.0), "{b}");
+    wait_for_traffic("app1", drained_at);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut served = 0;
+    for t in load {
+        let (ok, failed) = t.join().expect("load thread");
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        served += ok;
+    }
+    // 50 before the drain, 500 during it and 50 after: every one of them answered 200.
+    assert!(served >= 600, "{served} requests");
+}
+
+#[test]
+fn api_change_survives_a_reload_that_keeps_its_line_and_ends_with_one_that_changes_it() {
+    let backends = dummies(2);
+    let addrs: Vec<SocketAddr> = backends.iter().map(|(_, a)| *a).collect();
+    let (p, _addr, admin) = api_proxy(&addrs, "", "enabled = false");
+    post(admin, "/backends/app1/drain", None);
+    post(admin, "/backends/app2/weight?value=9", None);
+    p.signal("HUP");
+    p.wait_for("reload: 2 unchanged");
+    assert_eq!(stats_of(admin, "app1")["state"], "draining", "an unchanged line keeps the runtime state");
+    assert_eq!(stats_of(admin, "app2")["weight"], 9, "and the runtime weight");
+    let config = std::fs::read_to_string(p.dir().join("config.ini")).expect("config");
+    let changed = config.replace(&format!("app1 = {}", addrs[0]), &format!("app1 = {} weight=3", addrs[0]));
+    assert_ne!(changed, config);
+    std::fs::write(p.dir().join("config.ini"), changed).expect("rewrite");
+    p.signal("HUP");
+    p.wait_for("reload: changed app1 weight 1->3");
+    let app1 = stats_of(admin, "app1");
+    assert_eq!(
+        (app1["state"].as_str(), app1["weight"].as_u64()),
+        (Some("up"), Some(3)),
+        "a changed line resets it"
+    );
+    assert_eq!(stats_of(admin, "app2")["weight"], 9, "the other line was unchanged");
+}
+
+#[test]
+fn api_maint_pauses_health_checks_and_drain_does_not() {
+    let backends = dummies(2);
+    let addrs: Vec<SocketAddr> = backends.iter().map(|(_, a)| *a).collect();
+    let (_p, _addr, admin) = api_proxy(&addrs, "", "interval_ms = 100\ntimeout_ms = 500");
+    let checked = |name: &str| stats_of(admin, name)["last_check"]["time"].as_f64();
+    let deadline = Instant::now() + WAIT;
+    while checked("app1").is_none() || checked("app2").is_none() {
+        assert!(Instant::now() < deadline, "no health check ran");
+    }
+    post(admin, "/backends/app1/maint", None);
+    post(admin, "/backends/app2/drain", None);
+    // A check already under way may still land: take app1's time after the next round.
+    let wait_rounds = |n: usize| {
+        for _ in 0..n {
+            let before = checked("app2");
+            let deadline = Instant::now() + WAIT;
+            while checked("app2") == before {
+                assert!(Instant::now() < deadline, "a drained backend is still checked");
+            }
+        }
+    };
+    wait_rounds(1);
+    let paused_at = checked("app1");
+    wait_rounds(3);
+    assert_eq!(checked("app1"), paused_at, "no check of a backend in maintenance");
+    post(admin, "/backends/app1/ready", None);
+    let deadline = Instant::now() + WAIT;
+    while checked("app1") == paused_at {
+        assert!(Instant::now() < deadline, "checks resume after ready");
+    }
+}

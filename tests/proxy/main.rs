@@ -2,6 +2,7 @@
 //! loopback ports chosen by the kernel.
 
 mod admin;
+mod dashboard;
 mod faultlab;
 mod hostile;
 mod http;

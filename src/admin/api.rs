@@ -1,0 +1,150 @@
+//! The runtime API: `POST /backends/NAME/drain`, `/maint`, `/ready` and `/weight?value=N`,
+//! HAProxy's `set server state` and `set server weight` over HTTP. Each answers JSON with the
+//! backend's new state and is logged at warn with the admin client's address.
+//!
+//! A change lasts until a reload changes that backend's line in the file, or a restart
+//! (see [`crate::discovery`]). When `[admin] token` is set every POST must carry
+//! `Authorization: Bearer TOKEN`, else 401.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::Admin;
+use crate::backend::{AdminState, Backend};
+use crate::events;
+use crate::h1::head::Request;
+use crate::stats::backend_json;
+
+/// Largest weight the API sets (HAProxy's range is 0..=256 too; 0 takes no new traffic).
+pub const MAX_WEIGHT: u32 = 256;
+
+/// An answer: status and JSON body.
+pub(super) type Answer = (u16, String);
+
+fn error(status: u16, message: &str) -> Answer {
+    (status, format!("{}\n", serde_json::json!({ "error": message })))
+}
+
+/// Whether `req` carries the configured token (always, when none is configured). Compared in
+/// time independent of where the first difference is, so timing does not reveal the token.
+pub(super) fn authorized(admin: &Admin, req: &Request) -> bool {
+    let Some(token) = &admin.token else { return true };
+    let given = req.fields.get("authorization").unwrap_or_default();
+    let Some(given) = given.strip_prefix("Bearer ") else { return false };
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Handles `POST /backends/...` (`path` without the query, `query` after the `?`).
+pub(super) fn post(admin: &Admin, path: &str, query: &str, peer: SocketAddr) -> Answer {
+    let Some(rest) = path.strip_prefix("/backends/") else {
+        return error(404, "POST /backends/NAME/drain, /maint, /ready or /weight?value=N");
+    };
+    let Some((name, action)) = rest.rsplit_once('/') else {
+        return error(404, "POST /backends/NAME/drain, /maint, /ready or /weight?value=N");
+    };
+    let name = percent_decode(name);
+    let members = admin.balancer.members();
+    // A member's own name, else every member of the `[backends]` line of that name (a DNS name).
+    let mut chosen: Vec<Arc<Backend>> = members.iter().filter(|b| b.name == name).cloned().collect();
+    if chosen.is_empty() {
+        chosen = members.iter().filter(|b| b.spec == name).cloned().collect();
+    }
+    if chosen.is_empty() {
+        return error(404, &format!("no backend named '{name}'"));
+    }
+    let change = match action {
+        "drain" => Change::State(AdminState::Drain),
+        "maint" => Change::State(AdminState::Maint),
+        "ready" => Change::State(AdminState::Ready),
+        "weight" => match weight_value(query) {
+            Ok(w) => Change::Weight(w),
+            Err(why) => return error(400, &why),
+        },
+        _ => return error(404, &format!("unknown action '{action}' (drain, maint, ready or weight)")),
+    };
+    let slowstart = admin.balancer.health_settings().slowstart;
+    let mut answers = Vec::new();
+    for b in &chosen {
+        let what = match change {
+            Change::State(state) => {
+                let before = b.set_admin_state(state, slowstart);
+                format!("{} -> {} (was {})", b.name, state.name(), before.name())
+            }
+            Change::Weight(w) => {
+                let before = b.weight();
+                b.set_runtime_weight(w);
+                format!("{} weight {before} -> {w}", b.name)
+            }
+        };
+        log::warn!("admin {peer}: {what}; lasts until a reload changes its line, or a restart");
+        events::state(&b.name, b.state_text(), &format!("admin {peer}: {what}"));
+        answers.push(backend_json(b));
+    }
+    // Picks waiting for a slot look again: a backend back in rotation may take them.
+    admin.balancer.wake();
+    let body = match answers.len() {
+        1 => answers.remove(0),
+        _ => serde_json::json!({ "backends": answers }),
+    };
+    (200, format!("{body}\n"))
+}
+
+#[derive(Clone, Copy)]
+enum Change {
+    State(AdminState),
+    Weight(u32),
+}
+
+/// The `value=N` of a weight change.
+fn weight_value(query: &str) -> Result<u32, String> {
+    let value = query.split('&').find_map(|kv| kv.strip_prefix("value="));
+    let Some(value) = value else {
+        return Err(format!("weight needs ?value=N with N in 0..={MAX_WEIGHT}"));
+    };
+    match value.parse::<u32>() {
+        Ok(w) if w <= MAX_WEIGHT => Ok(w),
+        _ => Err(format!("weight '{value}' is not a whole number in 0..={MAX_WEIGHT}")),
+    }
+}
+
+/// `%XX` escapes decoded (a DNS member is named `web@10.0.0.5:80`); a bad escape stays as is.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_values_outside_0_to_256_or_not_numbers_are_refused() {
+        assert_eq!(weight_value("value=0"), Ok(0));
+        assert_eq!(weight_value("x=1&value=256"), Ok(256));
+        for bad in ["value=257", "value=-1", "value=", "value=1.5", "", "valu=3"] {
+            assert!(weight_value(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_percent_decoded_and_bad_escapes_kept() {
+        assert_eq!(percent_decode("web%4010.0.0.5%3A80"), "web@10.0.0.5:80");
+        assert_eq!(percent_decode("a%zz%4"), "a%zz%4");
+    }
+}
