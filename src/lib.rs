@@ -50,6 +50,10 @@ pub mod simulate;
 pub mod stack;
 pub mod stats;
 pub mod tcp;
+pub mod tls;
+pub mod tls_accept;
+pub mod tls_stream;
+pub mod tunnel;
 pub mod upstream;
 
 pub use error::{Error, Failure};

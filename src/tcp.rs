@@ -10,6 +10,11 @@ use crate::error::{Cause, Failure, Party, Phase};
 use crate::logging::{held_back, RateLimit};
 use crate::registry::Conn;
 use crate::relay::{self, Buffers};
+use crate::stats::ProxyCounters;
+use crate::tls::Listener;
+use crate::tls_accept;
+use crate::tls_stream::Stream;
+use crate::tunnel::{self, End};
 use crate::upstream::{self, Limits};
 
 /// What a TCP-mode worker needs, shared by all workers.
@@ -18,6 +23,11 @@ pub struct TcpContext {
     pub config: Config,
     /// Picks the backend for each connection.
     pub balancer: Arc<Balancer>,
+    /// The listener's TLS material: TLS is terminated and plaintext relayed, as HAProxy's
+    /// `mode tcp` with `ssl`.
+    pub tls: Option<Arc<Listener>>,
+    /// Handshake counters.
+    pub counters: Arc<ProxyCounters>,
 }
 
 struct Label<'a>(&'a Conn);
@@ -34,6 +44,12 @@ static UNAVAILABLE: RateLimit = RateLimit::new();
 /// see [`relay`]), with `bufs` as the relay buffers. Never panics on network errors; every
 /// outcome is logged.
 pub fn serve(conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
+    // The handshake comes first, within header_ms: a client that cannot finish it never
+    // takes a backend slot.
+    let Some(client) = tls_accept::open(&conn, ctx.tls.as_deref(), ctx.config.timeouts.header, &ctx.counters)
+    else {
+        return;
+    };
     let label = Label(&conn);
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
     let (backend, pick) = match upstream::connect(&ctx.balancer, source_key(conn.peer.ip()), &label, limits) {
@@ -50,7 +66,15 @@ pub fn serve(conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
         }
     };
     let attached = conn.attach(&backend, pick.guard.backend().id);
-    let outcome = relay::relay(&conn.stream, &backend, ctx.config.timeouts.idle, bufs);
+    let outcome = match client {
+        Stream::Plain(sock) => relay::relay(sock, &backend, ctx.config.timeouts.idle, bufs),
+        Stream::Tls(sock, tls) => {
+            let mut tls = tls.into_inner();
+            let client = End { sock, tls: Some(&mut tls), early: &[] };
+            let backend = End { sock: &backend, tls: None, early: &[] };
+            tunnel::tunnel(client, backend, ctx.config.timeouts.idle, bufs)
+        }
+    };
     drop(attached);
     let b = pick.guard.backend().clone();
     // The connection is over: give its slot back before saying so, so that whoever reads the

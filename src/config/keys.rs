@@ -241,6 +241,15 @@ pub const RESPONSE_MS: Key = key(
     "http: the backend's response head must arrive within this, else 504",
     |c| c.timeouts.response.as_millis().to_string(),
 );
+/// `[timeouts] tunnel_ms`.
+pub const TUNNEL_MS: Key = key(
+    "timeouts",
+    "tunnel_ms",
+    millis(0, DAY_MS),
+    "3600000",
+    "http: an upgraded connection (WebSocket) with no bytes either way for this long is closed (0: never), as HAProxy's `timeout tunnel`",
+    |c| c.timeouts.tunnel.as_millis().to_string(),
+);
 /// `[timeouts] queue_ms`.
 pub const QUEUE_MS: Key = key(
     "timeouts",
@@ -346,6 +355,59 @@ pub const SLOWSTART_MS: Key = key(
     "ramp a recovered backend's weight from near 0 to full over this long",
     |c| c.health.slowstart.as_millis().to_string(),
 );
+fn tls_path(f: &Option<super::TlsFile>) -> String {
+    f.as_ref().map(|f| f.path.display().to_string()).unwrap_or_default()
+}
+
+/// The TLS versions `[tls] min_version` takes.
+pub const TLS_VERSIONS: &[&str] = &["1.2", "1.3"];
+
+/// `[tls] cert`.
+pub const TLS_CERT: Key = flagged(
+    key(
+        "tls",
+        "cert",
+        Kind::Path,
+        "",
+        "PEM certificate chain for the listener; with `key`, the listener speaks TLS (both modes)",
+        |c| tls_path(&c.tls.cert),
+    ),
+    "--tls-cert",
+);
+/// `[tls] key`.
+pub const TLS_KEY: Key = flagged(
+    key("tls", "key", Kind::Path, "", "PEM private key for `cert` (PKCS#8, PKCS#1 RSA or SEC1 EC)", |c| {
+        tls_path(&c.tls.key)
+    }),
+    "--tls-key",
+);
+/// `[tls] sni_dir`.
+pub const TLS_SNI_DIR: Key = key(
+    "tls",
+    "sni_dir",
+    Kind::Path,
+    "",
+    "directory of NAME.pem + NAME.key pairs, served when the client's SNI is NAME; else `cert`",
+    |c| tls_path(&c.tls.sni_dir),
+);
+/// `[tls] min_version`.
+pub const TLS_MIN_VERSION: Key = key(
+    "tls",
+    "min_version",
+    Kind::Choice(TLS_VERSIONS),
+    "1.2",
+    "oldest TLS version accepted from clients and backends",
+    |c| (if c.tls.min_version == super::TlsVersion::V1_3 { "1.3" } else { "1.2" }).to_string(),
+);
+/// `[tls] backend_ca`.
+pub const TLS_BACKEND_CA: Key = key(
+    "tls",
+    "backend_ca",
+    Kind::Path,
+    "",
+    "PEM CA bundle that `tls` backends are verified against; empty: the bundled Mozilla roots",
+    |c| tls_path(&c.tls.backend_ca),
+);
 /// `[admin] listen`.
 pub const ADMIN_LISTEN: Key = key(
     "admin",
@@ -382,6 +444,7 @@ pub const KEYS: &[Key] = &[
     HEADER_MS,
     RESPONSE_MS,
     QUEUE_MS,
+    TUNNEL_MS,
     BACKEND_KEEPALIVE,
     MAX_HEAD_BYTES,
     MAX_BODY_BYTES,
@@ -396,6 +459,11 @@ pub const KEYS: &[Key] = &[
     FAIL_WINDOW_MS,
     OBSERVE_5XX,
     SLOWSTART_MS,
+    TLS_CERT,
+    TLS_KEY,
+    TLS_SNI_DIR,
+    TLS_MIN_VERSION,
+    TLS_BACKEND_CA,
     ADMIN_LISTEN,
     RESOLVE_MS,
 ];

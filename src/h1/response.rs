@@ -30,6 +30,8 @@ pub struct ClientSide<'a> {
     pub keep_alive: bool,
     pub request_id: &'a str,
     pub via: &'a str,
+    /// The request asked for an upgrade: a `101` is the start of a tunnel.
+    pub upgrade: bool,
 }
 
 /// Parses a response head at the start of `buf`: `Ok(None)` when incomplete, `Err` when the
@@ -54,8 +56,11 @@ pub fn parse(
         return Err("malformed status line");
     };
     let headers = &*resp.headers;
-    if status == 101 {
+    if status == 101 && !client.upgrade {
         return Err("101 Switching Protocols without an upgrade");
+    }
+    if status == 101 {
+        return Ok(Some(switching(len, headers, client, resp.reason.unwrap_or("Switching Protocols"), out)));
     }
     if !(100..=599).contains(&status) {
         return Err("invalid status code");
@@ -129,6 +134,41 @@ pub fn parse(
     Ok(Some(ResponseHead { len, status, body, client_body, backend_reusable, client_keep_alive }))
 }
 
+/// The `101` as the client gets it: `Connection: upgrade` and the backend's `Upgrade` kept,
+/// other hop-by-hop headers dropped. After it, the connection is a tunnel.
+fn switching(
+    len: usize,
+    headers: &[httparse::Header<'_>],
+    client: &ClientSide<'_>,
+    reason: &str,
+    out: &mut Vec<u8>,
+) -> ResponseHead {
+    let named = has_connection_header(headers);
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in headers {
+        if !is_hop_by_hop(h.name, headers, named) && !h.name.eq_ignore_ascii_case("x-request-id") {
+            header_line(out, h.name, h.value);
+        }
+    }
+    header_line(out, "Connection", b"upgrade");
+    if let Some(up) = super::header(headers, "upgrade") {
+        header_line(out, "Upgrade", up);
+    }
+    header_line(out, "X-Request-ID", client.request_id.as_bytes());
+    via_line(out, client.via);
+    out.extend_from_slice(b"\r\n");
+    ResponseHead {
+        len,
+        status: 101,
+        body: BodyKind::Empty,
+        client_body: BodyKind::Empty,
+        backend_reusable: false,
+        client_keep_alive: false,
+    }
+}
+
 fn final_coding_is_chunked(headers: &[httparse::Header<'_>]) -> bool {
     let last = headers
         .iter()
@@ -144,7 +184,7 @@ mod tests {
     use super::*;
 
     fn client(version: u8, keep_alive: bool) -> ClientSide<'static> {
-        ClientSide { method: "GET", version, keep_alive, request_id: "id-1", via: "lbproxy" }
+        ClientSide { method: "GET", version, keep_alive, request_id: "id-1", via: "lbproxy", upgrade: false }
     }
 
     fn run(raw: &str, c: &ClientSide<'_>) -> Result<Option<(ResponseHead, String)>, &'static str> {

@@ -23,6 +23,8 @@ use crate::h1::response::{self, ClientSide, ResponseHead};
 use crate::h1::{BodyError, BodyKind, Coalesce, Wire};
 use crate::logging::{held_back, RateLimit};
 use crate::registry::Conn;
+use crate::tls_accept::ClientStream;
+use crate::tunnel::{self, End};
 use crate::upstream;
 
 /// What one request's attempts have done so far: it decides what may still be retried.
@@ -46,6 +48,8 @@ pub struct Attempt {
 /// One request on its way through the proxy.
 pub struct Exchange<'a> {
     pub conn: &'a Conn,
+    /// The client's stream (plain or TLS) over `conn`'s socket.
+    pub client: &'a ClientStream<'a>,
     pub ctx: &'a HttpContext,
     pub head: &'a RequestHead,
     /// Whether the client connection may stay open after this request.
@@ -68,7 +72,7 @@ impl Exchange<'_> {
     #[inline(never)]
     pub fn run(
         &self,
-        cw: &mut Wire<&TcpStream>,
+        cw: &mut Wire<&ClientStream<'_>>,
         scratch: &mut Scratch,
         record: &mut Record,
         attempt: &mut Attempt,
@@ -100,6 +104,7 @@ impl Exchange<'_> {
                 keep_alive: self.keep_alive,
                 request_id: &self.head.request_id,
                 via: VIA,
+                upgrade: self.head.upgrade.is_some(),
             };
             let resp = read_head(&mut bw, &side, self.ctx.config.http.max_head_bytes, &mut scratch.resp_head)
                 .map_err(|cause| Failure::at(&backend.name, Party::Backend, Phase::Head, cause));
@@ -112,6 +117,13 @@ impl Exchange<'_> {
                 }
             };
             record.status = resp.status;
+            if resp.status == 101 {
+                let outcome = self.switch(cw, &mut bw, &stream, &backend, scratch, record);
+                scratch.backend_in = bw.into_buffer();
+                drop(attached);
+                drop(pick);
+                return outcome.map(|()| false);
+            }
             if resp.status >= 500 && self.ctx.balancer.health_settings().observe_5xx {
                 self.ctx.balancer.observe_failure(&backend, &format!("status {}", resp.status));
             }
@@ -126,16 +138,65 @@ impl Exchange<'_> {
             drop(pick);
             backend.latency.record(started.elapsed());
             self.release(stream, &backend, &resp, surplus);
-            Coalesce::resume(&*self.conn.stream, &mut scratch.client_out)
+            Coalesce::resume(self.client, &mut scratch.client_out)
                 .flush()
                 .map_err(|e| Failure::new(Party::Client, Phase::Body, Cause::Io(e)))?;
             return Ok(resp.client_keep_alive);
         }
     }
 
+    /// After a `101`: the head goes to the client, then bytes flow both ways (those already
+    /// buffered on either side first) until both sides close, an error, or `tunnel_ms` idle.
+    /// The pick stays held, so the tunnel counts as one active connection.
+    fn switch(
+        &self,
+        cw: &mut Wire<&ClientStream<'_>>,
+        bw: &mut Wire<&TcpStream>,
+        stream: &TcpStream,
+        backend: &Backend,
+        scratch: &mut Scratch,
+        record: &mut Record,
+    ) -> Result<(), Failure> {
+        let client_gone = |e: io::Error| Failure::new(Party::Client, Phase::Body, Cause::Io(e));
+        let mut cout = Coalesce::new(self.client, &mut scratch.client_out);
+        cout.write_all(&scratch.resp_head).and_then(|()| cout.flush()).map_err(client_gone)?;
+        record.bytes_out += scratch.resp_head.len() as u64;
+        let _open = self.ctx.counters.open_tunnel(&backend.name);
+        log::debug!("req {}: {} switched protocols; tunnelling", self.head.request_id, backend.name);
+        let mut guard;
+        let (sock, tls) = match self.client {
+            crate::tls_stream::Stream::Plain(s) => (*s, None),
+            crate::tls_stream::Stream::Tls(s, c) => {
+                guard = c.lock();
+                (*s, Some(&mut *guard))
+            }
+        };
+        let client = End { sock, tls, early: cw.buffered() };
+        let up = End { sock: stream, tls: None, early: bw.buffered() };
+        let mut bufs = crate::relay::Buffers::default();
+        let out = tunnel::tunnel(client, up, self.ctx.config.timeouts.tunnel, &mut bufs);
+        record.bytes_in += out.up;
+        record.bytes_out += out.down;
+        backend.record_bytes(out.up, out.down);
+        match out.error {
+            None => Ok(()),
+            Some((party, e)) if e.kind() == io::ErrorKind::TimedOut => {
+                record.note = "tunnel idle timeout".into();
+                log::info!("req {}: tunnel to {} idle for tunnel_ms, closed", self.head.request_id, backend.name);
+                let _ = party;
+                Ok(())
+            }
+            Some((party, e)) => {
+                let by = if party == Party::Client { "client" } else { "backend" };
+                record.note = format!("tunnel ended by {by} error: {e}");
+                Ok(())
+            }
+        }
+    }
+
     /// Refuses what must never reach a backend, before choosing one: a declared body over
     /// `max_body_bytes`, a malformed first chunk-size line.
-    fn precheck(&self, cw: &mut Wire<&TcpStream>) -> Result<(), Failure> {
+    fn precheck(&self, cw: &mut Wire<&ClientStream<'_>>) -> Result<(), Failure> {
         if let (BodyKind::Length(n), Some(max)) = (self.head.body, self.ctx.config.http.max_body_bytes) {
             if n > max {
                 let cause = Cause::BodyTooLarge(format!("body of {n} bytes over {max}"));
@@ -187,7 +248,7 @@ impl Exchange<'_> {
     /// when the client waits for one).
     fn send(
         &self,
-        cw: &mut Wire<&TcpStream>,
+        cw: &mut Wire<&ClientStream<'_>>,
         stream: &TcpStream,
         backend: &Backend,
         scratch: &mut Scratch,
@@ -200,7 +261,7 @@ impl Exchange<'_> {
         if self.has_body() {
             if self.head.expect_continue && !attempt.continued {
                 attempt.continued = true;
-                let mut cout = Coalesce::new(&*self.conn.stream, &mut scratch.client_out);
+                let mut cout = Coalesce::new(self.client, &mut scratch.client_out);
                 cout.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                     .and_then(|()| cout.flush())
                     .map_err(|e| Failure::new(Party::Client, Phase::Send, Cause::Io(e)))?;
@@ -284,7 +345,7 @@ impl Exchange<'_> {
         record: &mut Record,
     ) -> Result<usize, Failure> {
         let client_gone = |e: io::Error| Failure::new(Party::Client, Phase::Body, Cause::Io(e));
-        let mut cout = Coalesce::new(&*self.conn.stream, &mut scratch.client_out);
+        let mut cout = Coalesce::new(self.client, &mut scratch.client_out);
         cout.write_all(&scratch.resp_head).map_err(client_gone)?;
         record.bytes_out += scratch.resp_head.len() as u64;
         let chunk_out = resp.client_body == BodyKind::Chunked;
@@ -334,7 +395,7 @@ impl Exchange<'_> {
 
 /// Reads until the first chunk-size line of a chunked body is complete and checks it, so a
 /// malformed or overflowing size is refused before anything reaches a backend.
-fn first_chunk_is_valid(cw: &mut Wire<&TcpStream>) -> Result<(), Failure> {
+fn first_chunk_is_valid(cw: &mut Wire<&ClientStream<'_>>) -> Result<(), Failure> {
     let bad = |why: &str| Failure::new(Party::Client, Phase::Request, Cause::Invalid(why.to_string()));
     loop {
         match httparse::parse_chunk_size(cw.buffered()) {
@@ -367,7 +428,7 @@ pub fn read_head(
         if !bw.buffered().is_empty() {
             out.clear();
             match response::parse(bw.buffered(), max_head, side, out) {
-                Ok(Some(r)) if r.status < 200 => {
+                Ok(Some(r)) if r.status < 200 && r.status != 101 => {
                     bw.consume(r.len);
                     continue;
                 }
