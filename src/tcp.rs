@@ -69,7 +69,7 @@ pub fn serve(conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
     let outcome = match client {
         Stream::Plain(sock) => relay::relay(sock, &backend, ctx.config.timeouts.idle, bufs),
         Stream::Tls(sock, tls) => {
-            let mut tls = tls.into_inner();
+            let mut tls = parking_lot::Mutex::into_inner(*tls);
             let client = End { sock, tls: Some(&mut tls), early: &[] };
             let backend = End { sock: &backend, tls: None, early: &[] };
             tunnel::tunnel(client, backend, ctx.config.timeouts.idle, bufs)

@@ -67,7 +67,11 @@ impl fmt::Debug for Listener {
 impl Listener {
     /// Loads the listener's material; `Ok(None)` when `[tls]` has no `cert`/`key`. `alpn`
     /// (HTTP mode) advertises ALPN `http/1.1`.
-    pub fn load(settings: &TlsSettings, file: &str, alpn: bool) -> Result<Option<Listener>, Vec<ConfigError>> {
+    pub fn load(
+        settings: &TlsSettings,
+        file: &str,
+        alpn: bool,
+    ) -> Result<Option<Listener>, Vec<ConfigError>> {
         Ok(server_config(settings, file, alpn)?.map(|c| Listener { current: RwLock::new(c), alpn }))
     }
 
@@ -88,8 +92,9 @@ impl Listener {
                 file: file.to_string(),
                 origin: Origin::File,
                 key: "[tls]".to_string(),
-                message: "cert and key removed: a running listener cannot stop speaking TLS (restart instead)"
-                    .to_string(),
+                message:
+                    "cert and key removed: a running listener cannot stop speaking TLS (restart instead)"
+                        .to_string(),
             }]),
         }
     }
@@ -109,7 +114,8 @@ fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<Certi
     if chain.is_empty() {
         return Err(format!("{}: no CERTIFICATE in the file", show(cert)));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {}", show(key), pem_error(e)))?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {}", show(key), pem_error(e)))?;
     let signing = provider
         .key_provider
         .load_private_key(key_der)

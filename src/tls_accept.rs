@@ -42,7 +42,7 @@ pub fn open<'a>(
                 server.protocol_version(),
                 server.server_name().unwrap_or("(no SNI)")
             );
-            Some(Stream::Tls(sock, Mutex::new(rustls::Connection::Server(*server))))
+            Some(Stream::Tls(sock, Box::new(Mutex::new(rustls::Connection::Server(*server)))))
         }
         Handshake::PlainHttp => {
             failed("plain HTTP sent to the TLS port (answered 400)");

@@ -19,7 +19,8 @@ use rustls::{Connection, ServerConfig, ServerConnection};
 #[derive(Debug)]
 pub enum Stream<S: Borrow<TcpStream>> {
     Plain(S),
-    Tls(S, Mutex<Connection>),
+    /// Boxed: rustls' state is large, and a worker's stack stays small (see `crate::stack`).
+    Tls(S, Box<Mutex<Connection>>),
 }
 
 impl<S: Borrow<TcpStream>> Stream<S> {
@@ -39,7 +40,7 @@ impl<S: Borrow<TcpStream>> Stream<S> {
     pub fn into_parts(self) -> (S, Option<Connection>) {
         match self {
             Stream::Plain(s) => (s, None),
-            Stream::Tls(s, c) => (s, Some(c.into_inner())),
+            Stream::Tls(s, c) => (s, Some(Mutex::into_inner(*c))),
         }
     }
 

@@ -175,7 +175,12 @@ fn would_block(e: &io::Error) -> bool {
 
 /// Moves `from` -> `to` until `from` has nothing, `to` is full, or the round limit; returns
 /// (moved, cut short by the limit).
-fn pump(from: &mut Side, to: &mut Side, p: &mut Pending, buf: &mut [u8]) -> Result<(bool, bool), (Party, io::Error)> {
+fn pump(
+    from: &mut Side,
+    to: &mut Side,
+    p: &mut Pending,
+    buf: &mut [u8],
+) -> Result<(bool, bool), (Party, io::Error)> {
     let mut moved = false;
     for _ in 0..ROUNDS {
         while !p.is_empty() {

@@ -193,7 +193,7 @@ impl Validator<'_> {
         let file = |v: &mut Self, key: &'static Key| {
             v.get(key, |s| Ok(PathBuf::from(s))).and_then(|path| {
                 let origin = v.raw.origin(key.section, key.name);
-                (!path.as_os_str().is_empty()).then(|| TlsFile { path, origin, key: key.name })
+                (!path.as_os_str().is_empty()).then_some(TlsFile { path, origin, key: key.name })
             })
         };
         let cert = file(self, &keys::TLS_CERT);
@@ -346,9 +346,7 @@ fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
 
 /// A DNS name or IP literal that TLS can send and verify.
 fn rustls_name_ok(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 253
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
+    !n.is_empty() && n.len() <= 253 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
 }
 
 #[cfg(test)]

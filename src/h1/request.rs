@@ -208,8 +208,15 @@ pub fn parse(
         }
         None => (None, target),
     };
-    let outgoing =
-        Outgoing { method, target: path, headers, body, host, request_id: &request_id, upgrade: upgrade.as_deref() };
+    let outgoing = Outgoing {
+        method,
+        target: path,
+        headers,
+        body,
+        host,
+        request_id: &request_id,
+        upgrade: upgrade.as_deref(),
+    };
     write_backend_head(out, &outgoing, fwd);
     Ok(Some(RequestHead {
         len,
@@ -378,7 +385,12 @@ mod tests {
     use super::*;
 
     fn fwd() -> Forwarding<'static> {
-        Forwarding { client: "10.0.0.7", local_host: &|| "proxy:8080".to_string(), via: "lbproxy", proto: "http" }
+        Forwarding {
+            client: "10.0.0.7",
+            local_host: &|| "proxy:8080".to_string(),
+            via: "lbproxy",
+            proto: "http",
+        }
     }
 
     fn run(raw: &str) -> Result<Option<(RequestHead, String)>, Rejection> {

@@ -182,7 +182,11 @@ impl Exchange<'_> {
             None => Ok(()),
             Some((party, e)) if e.kind() == io::ErrorKind::TimedOut => {
                 record.note = "tunnel idle timeout".into();
-                log::info!("req {}: tunnel to {} idle for tunnel_ms, closed", self.head.request_id, backend.name);
+                log::info!(
+                    "req {}: tunnel to {} idle for tunnel_ms, closed",
+                    self.head.request_id,
+                    backend.name
+                );
                 let _ = party;
                 Ok(())
             }
