@@ -36,7 +36,7 @@ use crate::relay::Buffers;
 use crate::signals::Signals;
 use crate::stats::ProxyCounters;
 use crate::tcp::{self, TcpContext};
-use crate::tls::Listener;
+use crate::tls::{Backends, Listener};
 
 /// How long the acceptor backs off when the descriptor table is full.
 const FD_BACKOFF: Duration = Duration::from_millis(50);
@@ -60,6 +60,8 @@ pub struct Server {
     config: Config,
     /// The listener's TLS material when `[tls]` has cert and key.
     tls: Option<Arc<Listener>>,
+    /// TLS to backends marked `tls`.
+    backend_tls: Option<Arc<Backends>>,
     listener: TcpListener,
     admin: Option<TcpListener>,
     local_addr: SocketAddr,
@@ -71,6 +73,7 @@ impl Server {
         let tls = Listener::load(&config.tls, &config.file, config.mode == Mode::Http)
             .map_err(Error::Config)?
             .map(Arc::new);
+        let backend_tls = Some(Arc::new(Backends::load(&config).map_err(Error::Config)?));
         let addr = config.listen;
         let listener = bind(addr).map_err(|source| Error::Listen { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
@@ -78,7 +81,7 @@ impl Server {
             Some(addr) => Some(bind(addr).map_err(|source| Error::Listen { addr, source })?),
             None => None,
         };
-        Ok(Server { config, tls, listener, admin, local_addr })
+        Ok(Server { config, tls, backend_tls, listener, admin, local_addr })
     }
 
     /// The address actually bound (port 0 resolved).
@@ -89,7 +92,7 @@ impl Server {
     /// Serves until `signals.stop` yields (or disconnects), reloading on `signals.reload` with
     /// `loader`; then drains and returns the summary.
     pub fn run(self, signals: Signals, loader: Loader) -> Result<Summary, Error> {
-        let Server { config, tls, listener, admin, local_addr } = self;
+        let Server { config, tls, backend_tls, listener, admin, local_addr } = self;
         let mode = match (config.mode, tls.is_some()) {
             (Mode::Http, false) => "http",
             (Mode::Http, true) => "http over TLS",
@@ -116,6 +119,7 @@ impl Server {
                     config: config.clone(),
                     balancer: balancer.clone(),
                     tls: tls.clone(),
+                    backend_tls: backend_tls.clone(),
                     counters: counters.clone(),
                 });
                 WorkerPool::start(
@@ -135,6 +139,7 @@ impl Server {
                     counters: counters.clone(),
                     stopping: stopping.clone(),
                     tls: tls.clone(),
+                    backend_tls: backend_tls.clone(),
                 });
                 WorkerPool::start(
                     "worker",
@@ -153,7 +158,8 @@ impl Server {
         })?;
         let job_tx = workers.sender();
 
-        checker::spawn_checker(balancer.clone(), background_rx.clone()).map_err(Error::Resource)?;
+        checker::spawn_checker(balancer.clone(), background_rx.clone(), backend_tls.clone())
+            .map_err(Error::Resource)?;
         let discovery = Arc::new(Discovery::new(
             config.clone(),
             balancer.clone(),
@@ -201,8 +207,8 @@ impl Server {
                     Ok(()) => {
                         log::info!("SIGHUP: reloading {}", config.file);
                         let reloaded = loader();
-                        if let (Some(tls), Ok(new)) = (&tls, &reloaded) {
-                            reload_tls(tls, new);
+                        if let Ok(new) = &reloaded {
+                            reload_tls(tls.as_deref(), backend_tls.as_deref(), new);
                         }
                         discovery.reload(reloaded);
                     }
@@ -251,7 +257,16 @@ impl Server {
 }
 
 /// Swaps in the certificates `new` names; a broken one is refused and the running ones stay.
-fn reload_tls(tls: &Listener, new: &Config) {
+fn reload_tls(tls: Option<&Listener>, backends: Option<&Backends>, new: &Config) {
+    if let Some(b) = backends {
+        if let Err(errors) = b.reload(new) {
+            for e in &errors {
+                log::error!("SIGHUP: {e}");
+            }
+            log::error!("SIGHUP: backend TLS settings not reloaded; keeping the running ones");
+        }
+    }
+    let Some(tls) = tls else { return };
     match tls.reload(&new.tls, &new.file) {
         Ok(()) => log::info!("SIGHUP: TLS certificates reloaded; new connections get them"),
         Err(errors) => {

@@ -13,7 +13,6 @@ use crate::relay::{self, Buffers};
 use crate::stats::ProxyCounters;
 use crate::tls::Listener;
 use crate::tls_accept;
-use crate::tls_stream::Stream;
 use crate::tunnel::{self, End};
 use crate::upstream::{self, Limits};
 
@@ -26,6 +25,8 @@ pub struct TcpContext {
     /// The listener's TLS material: TLS is terminated and plaintext relayed, as HAProxy's
     /// `mode tcp` with `ssl`.
     pub tls: Option<Arc<Listener>>,
+    /// TLS to backends marked `tls`.
+    pub backend_tls: Option<Arc<crate::tls::Backends>>,
     /// Handshake counters.
     pub counters: Arc<ProxyCounters>,
 }
@@ -65,18 +66,29 @@ pub fn serve(conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
             return;
         }
     };
-    let attached = conn.attach(&backend, pick.guard.backend().id);
-    let outcome = match client {
-        Stream::Plain(sock) => relay::relay(sock, &backend, ctx.config.timeouts.idle, bufs),
-        Stream::Tls(sock, tls) => {
-            let mut tls = parking_lot::Mutex::into_inner(*tls);
-            let client = End { sock, tls: Some(&mut tls), early: &[] };
-            let backend = End { sock: &backend, tls: None, early: &[] };
-            tunnel::tunnel(client, backend, ctx.config.timeouts.idle, bufs)
+    let b = pick.guard.backend().clone();
+    let timeout = ctx.config.timeouts.connect;
+    let backend =
+        match upstream::secure(&ctx.balancer, &b, backend, ctx.backend_tls.as_deref(), timeout, &label) {
+            Ok(stream) => stream,
+            Err(f) => {
+                log::error!("{label}: {f}; closing the client");
+                return;
+            }
+        };
+    let attached = conn.attach(backend.tcp(), b.id);
+    let idle = ctx.config.timeouts.idle;
+    let (client_sock, mut client_tls) = client.into_parts();
+    let (backend_sock, mut backend_tls) = backend.into_parts();
+    let outcome = match (&mut client_tls, &mut backend_tls) {
+        (None, None) => relay::relay(client_sock, &backend_sock, idle, bufs),
+        (c, b) => {
+            let client = End { sock: client_sock, tls: c.as_mut(), early: &[] };
+            let backend = End { sock: &backend_sock, tls: b.as_mut(), early: &[] };
+            tunnel::tunnel(client, backend, idle, bufs)
         }
     };
     drop(attached);
-    let b = pick.guard.backend().clone();
     // The connection is over: give its slot back before saying so, so that whoever reads the
     // log line sees the count already lowered.
     drop(pick);

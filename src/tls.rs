@@ -213,14 +213,52 @@ pub fn backend_config(settings: &TlsSettings, file: &str) -> Result<Arc<ClientCo
     Ok(Arc::new(config))
 }
 
+/// TLS to backends: the client configuration, and which `[backends]` keys use TLS with which
+/// server name. Replaced whole on reload.
+pub struct Backends {
+    current: RwLock<(Arc<ClientConfig>, HashMap<String, String>)>,
+}
+
+impl fmt::Debug for Backends {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("tls::Backends")
+    }
+}
+
+impl Backends {
+    /// Loads the CA (`backend_ca`, else the bundled roots) and the `tls` backends' names.
+    pub fn load(config: &crate::config::Config) -> Result<Backends, Vec<ConfigError>> {
+        let client = backend_config(&config.tls, &config.file)?;
+        Ok(Backends { current: RwLock::new((client, names(config))) })
+    }
+
+    /// Takes the backends and CA of a reloaded configuration; on error the running ones stay.
+    pub fn reload(&self, config: &crate::config::Config) -> Result<(), Vec<ConfigError>> {
+        let client = backend_config(&config.tls, &config.file)?;
+        *self.current.write() = (client, names(config));
+        Ok(())
+    }
+
+    /// The client configuration and server name for the `[backends]` key `spec`, when it is a
+    /// TLS backend.
+    pub fn get(&self, spec: &str) -> Option<(Arc<ClientConfig>, String)> {
+        let current = self.current.read();
+        current.1.get(spec).map(|name| (current.0.clone(), name.clone()))
+    }
+}
+
+fn names(config: &crate::config::Config) -> HashMap<String, String> {
+    config.backends.iter().filter_map(|b| b.tls.clone().map(|sni| (b.name.clone(), sni))).collect()
+}
+
 /// Loads everything `[tls]` names, for `--check` and start: the listener's pairs and the
 /// backend CA.
-pub fn check(settings: &TlsSettings, file: &str) -> Result<(), Vec<ConfigError>> {
+pub fn check(settings: &TlsSettings, file: &str, backends_use_tls: bool) -> Result<(), Vec<ConfigError>> {
     let mut errors = Vec::new();
     if let Err(e) = server_config(settings, file, false) {
         errors.extend(e);
     }
-    if settings.backend_ca.is_some() {
+    if settings.backend_ca.is_some() || backends_use_tls {
         if let Err(e) = backend_config(settings, file) {
             errors.extend(e);
         }

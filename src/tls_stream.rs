@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use rustls::{Connection, ServerConfig, ServerConnection};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 /// Plain TCP, or TLS over it. `S` is the socket, owned or borrowed.
 #[derive(Debug)]
@@ -193,6 +194,23 @@ pub fn accept(sock: &TcpStream, config: Arc<ServerConfig>, limit: Duration) -> H
         }
     }
     Handshake::Done(Box::new(conn))
+}
+
+/// Runs the client side of a handshake on the blocking, connected `sock` as `name` (sent as
+/// SNI and verified), within the socket's timeouts.
+pub fn connect(sock: TcpStream, config: Arc<ClientConfig>, name: &str) -> Result<Stream<TcpStream>, String> {
+    let server = ServerName::try_from(name.to_string()).map_err(|e| format!("server name {name:?}: {e}"))?;
+    let mut conn = ClientConnection::new(config, server).map_err(|e| e.to_string())?;
+    let mut s = &sock;
+    while conn.is_handshaking() {
+        match conn.complete_io(&mut s) {
+            Ok((0, 0)) => return Err("closed during the TLS handshake".into()),
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => return Err("TLS handshake timed out".into()),
+            Err(e) => return Err(format!("TLS handshake: {e}")),
+        }
+    }
+    Ok(Stream::Tls(sock, Box::new(Mutex::new(Connection::Client(conn)))))
 }
 
 fn is_timeout(e: &io::Error) -> bool {

@@ -24,6 +24,10 @@ use crate::h1::{BodyError, BodyKind, Coalesce, Wire};
 use crate::logging::{held_back, RateLimit};
 use crate::registry::Conn;
 use crate::tls_accept::ClientStream;
+use crate::tls_stream::Stream;
+
+/// A backend connection: plain, or TLS for a backend marked `tls`.
+type BackendStream = Stream<TcpStream>;
 use crate::tunnel::{self, End};
 use crate::upstream;
 
@@ -92,7 +96,7 @@ impl Exchange<'_> {
                     continue;
                 }
             };
-            let attached = self.conn.attach(&stream, backend.id);
+            let attached = self.conn.attach(stream.tcp(), backend.id);
             if let Err(f) = self.send(cw, &stream, &backend, scratch, record, attempt) {
                 self.recover(f, &backend, reused, attempt)?;
                 continue;
@@ -151,8 +155,8 @@ impl Exchange<'_> {
     fn switch(
         &self,
         cw: &mut Wire<&ClientStream<'_>>,
-        bw: &mut Wire<&TcpStream>,
-        stream: &TcpStream,
+        bw: &mut Wire<&BackendStream>,
+        stream: &BackendStream,
         backend: &Backend,
         scratch: &mut Scratch,
         record: &mut Record,
@@ -172,7 +176,14 @@ impl Exchange<'_> {
             }
         };
         let client = End { sock, tls, early: cw.buffered() };
-        let up = End { sock: stream, tls: None, early: bw.buffered() };
+        let mut backend_guard;
+        let up = match stream {
+            Stream::Plain(s) => End { sock: s, tls: None, early: bw.buffered() },
+            Stream::Tls(s, c) => {
+                backend_guard = c.lock();
+                End { sock: s, tls: Some(&mut *backend_guard), early: bw.buffered() }
+            }
+        };
         let mut bufs = crate::relay::Buffers::default();
         let out = tunnel::tunnel(client, up, self.ctx.config.timeouts.tunnel, &mut bufs);
         record.bytes_in += out.up;
@@ -235,16 +246,20 @@ impl Exchange<'_> {
 
     /// A quiet pooled connection to `backend`, or a fresh one. Returns it and whether it was
     /// pooled.
-    fn connect(&self, backend: &Backend, attempt: &mut Attempt) -> Result<(TcpStream, bool), Failure> {
+    fn connect(&self, backend: &Backend, attempt: &mut Attempt) -> Result<(BackendStream, bool), Failure> {
         let pooled = if attempt.fresh_only { None } else { keepalive::take(backend) };
         attempt.fresh_only = false;
         if let Some(stream) = pooled {
-            return Ok((stream, true));
+            return Ok((Stream::Plain(stream), true));
         }
         let t = &self.ctx.config.timeouts;
-        let stream = upstream::dial(&self.ctx.balancer, backend, t.connect, &self.label())?;
-        let _ = stream.set_read_timeout(as_limit(t.response));
-        let _ = stream.set_write_timeout(as_limit(t.idle));
+        let label = self.label();
+        let stream = upstream::dial(&self.ctx.balancer, backend, t.connect, &label)?;
+        let tls = self.ctx.backend_tls.as_deref();
+        let stream = upstream::secure(&self.ctx.balancer, backend, stream, tls, t.connect, &label)?;
+        let stream_tcp = stream.tcp();
+        let _ = stream_tcp.set_read_timeout(as_limit(t.response));
+        let _ = stream_tcp.set_write_timeout(as_limit(t.idle));
         Ok((stream, false))
     }
 
@@ -253,7 +268,7 @@ impl Exchange<'_> {
     fn send(
         &self,
         cw: &mut Wire<&ClientStream<'_>>,
-        stream: &TcpStream,
+        stream: &BackendStream,
         backend: &Backend,
         scratch: &mut Scratch,
         record: &mut Record,
@@ -342,7 +357,7 @@ impl Exchange<'_> {
     /// beyond the response's framing (already read into the buffer).
     fn respond(
         &self,
-        bw: &mut Wire<&TcpStream>,
+        bw: &mut Wire<&BackendStream>,
         resp: &ResponseHead,
         backend: &Backend,
         scratch: &mut Scratch,
@@ -373,7 +388,7 @@ impl Exchange<'_> {
 
     /// Pools the backend connection when its response ended exactly at its framing and nothing
     /// more waits on it; otherwise closes it (surplus bytes are discarded and logged).
-    fn release(&self, stream: TcpStream, backend: &Backend, resp: &ResponseHead, surplus: usize) {
+    fn release(&self, stream: BackendStream, backend: &Backend, resp: &ResponseHead, surplus: usize) {
         if surplus > 0 {
             log::warn!(
                 "req {}: {} sent {surplus} byte(s) beyond the response's framing; discarded, connection closed",
@@ -385,6 +400,10 @@ impl Exchange<'_> {
         if !resp.backend_reusable {
             return;
         }
+        // The idle pool keeps plain sockets; a TLS connection's state would not survive it, so
+        // TLS backend connections are closed after their response (a known cost: one handshake
+        // per request to a `tls` backend).
+        let Stream::Plain(stream) = stream else { return };
         match keepalive::peek(&stream) {
             Idle::Quiet => keepalive::put(backend, stream, self.ctx.config.http.backend_keepalive),
             Idle::Data => log::warn!(
@@ -422,7 +441,7 @@ fn first_chunk_is_valid(cw: &mut Wire<&ClientStream<'_>>) -> Result<(), Failure>
 
 /// Reads the response head (skipping 1xx), rewritten for the client into `out`.
 pub fn read_head(
-    bw: &mut Wire<&TcpStream>,
+    bw: &mut Wire<&BackendStream>,
     side: &ClientSide<'_>,
     max_head: usize,
     out: &mut Vec<u8>,

@@ -48,6 +48,8 @@ pub struct HttpContext {
     pub stopping: Arc<AtomicBool>,
     /// The listener's TLS material, when it speaks TLS.
     pub tls: Option<Arc<Listener>>,
+    /// TLS to backends marked `tls`.
+    pub backend_tls: Option<Arc<crate::tls::Backends>>,
 }
 
 /// Buffers a worker reuses from one connection to the next.

@@ -311,3 +311,61 @@ fn tcp_mode_over_tls_relays_plaintext_to_the_backend_as_haproxy_ssl() {
     let _ = tls.read_to_end(&mut rest);
     assert!(rest.is_empty(), "{rest:?}");
 }
+
+#[test]
+fn a_tls_backend_is_reached_verified_against_backend_ca_with_sni_and_health_checked_over_tls() {
+    let (_d, dummy_addr) = dummy("app1");
+    let ca = Ca::new("backend CA");
+    // The HTTPS backend: another proxy, terminating TLS for backend.test in front of the dummy.
+    let certs = tempfile::tempdir().expect("tempdir");
+    ca.write(certs.path(), "backend", &["backend.test"]);
+    let d = certs.path().display();
+    let backend_config = format!(
+        "[proxy]\nmode = http\nworkers = 16\n[admin]\nlisten = 127.0.0.1:0\n[health]\nenabled = false\n\
+         [tls]\ncert = {d}/backend.pem\nkey = {d}/backend.key\n{}",
+        backends_section(&[dummy_addr])
+    );
+    let (https_backend, https_addr) = proxy_with(&backend_config, &[]);
+    let front = |sni: &str, ca_file: &str| {
+        proxy_with(
+            &format!(
+                "[proxy]\nmode = http\nworkers = 16\n[admin]\nlisten = 127.0.0.1:0\n\
+                 [health]\nenabled = true\ninterval_ms = 100\n[tls]\nbackend_ca = {ca_file}\n\
+                 [backends]\napp1 = {https_addr} tls sni={sni}\n"
+            ),
+            &[],
+        )
+    };
+    let ca_file = format!("{d}/ca.pem");
+    let (p, addr) = front("backend.test", &ca_file);
+    let resp = http_get(addr, "/");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(resp.text().contains("Hello from app1"), "{}", resp.text());
+    // Health checks speak TLS too: the backend counts handshakes from them beyond the request's.
+    let (backend_admin, front_admin) = (admin_addr(&https_backend), admin_addr(&p));
+    let json = |a| serde_json::from_str::<serde_json::Value>(&http_get(a, "/stats").text()).expect("json");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = json(backend_admin);
+        let a = json(front_admin);
+        if s["tls_handshakes"].as_u64().unwrap_or(0) >= 3 && a["backends"][0]["last_check"]["result"] == "ok"
+        {
+            assert_eq!(s["tls_handshake_failures"], 0, "{s}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no TLS health checks: {s} {a}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A name the certificate does not carry, or another CA, fails verification: 502/503, never
+    // a plaintext fallback.
+    let other = Ca::new("other CA");
+    let other_dir = tempfile::tempdir().expect("tempdir");
+    other.write(other_dir.path(), "x", &["x"]);
+    for (sni, ca_file) in
+        [("wrong.test", ca_file.clone()), ("backend.test", format!("{}/ca.pem", other_dir.path().display()))]
+    {
+        let (_p, addr) = front(&sni, &ca_file);
+        let resp = http_get(addr, "/");
+        assert!(resp.status == 502 || resp.status == 503, "{sni}: {} {}", resp.status, resp.text());
+    }
+}
