@@ -43,7 +43,10 @@ pub(super) fn client(args: &ClientArgs, target: SocketAddr, done: &AtomicU64) ->
         }
         let started = Instant::now();
         let message = format!("{} {i}", args.message);
-        let reply = ws.send(Message::Text(message.clone())).and_then(|()| ws.read());
+        let reply = match ws.send(Message::Text(message.clone())) {
+            Ok(()) => ws.read(),
+            Err(e) => Err(e),
+        };
         match reply {
             Ok(Message::Text(t)) => match t.strip_prefix('[').and_then(|r| r.split_once("] ")) {
                 Some((name, echoed)) if echoed == message => {

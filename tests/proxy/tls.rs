@@ -364,7 +364,7 @@ fn a_tls_backend_is_reached_verified_against_backend_ca_with_sni_and_health_chec
     for (sni, ca_file) in
         [("wrong.test", ca_file.clone()), ("backend.test", format!("{}/ca.pem", other_dir.path().display()))]
     {
-        let (_p, addr) = front(&sni, &ca_file);
+        let (_p, addr) = front(sni, &ca_file);
         let resp = http_get(addr, "/");
         assert!(resp.status == 502 || resp.status == 503, "{sni}: {} {}", resp.status, resp.text());
     }
