@@ -27,8 +27,7 @@ use crate::tls_accept::ClientStream;
 use crate::tls_stream::Stream;
 
 /// A backend connection: plain, or TLS for a backend marked `tls`.
-type BackendStream = Stream<TcpStream>;
-use crate::tunnel::{self, End};
+pub(super) type BackendStream = Stream<TcpStream>;
 use crate::upstream;
 
 /// What one request's attempts have done so far: it decides what may still be retried.
@@ -122,7 +121,7 @@ impl Exchange<'_> {
             };
             record.status = resp.status;
             if resp.status == 101 {
-                let outcome = self.switch(cw, &mut bw, &stream, &backend, scratch, record);
+                let outcome = super::upgrade::switch(self, cw, &mut bw, &stream, &backend, scratch, record);
                 scratch.backend_in = bw.into_buffer();
                 drop(attached);
                 drop(pick);
@@ -146,66 +145,6 @@ impl Exchange<'_> {
                 .flush()
                 .map_err(|e| Failure::new(Party::Client, Phase::Body, Cause::Io(e)))?;
             return Ok(resp.client_keep_alive);
-        }
-    }
-
-    /// After a `101`: the head goes to the client, then bytes flow both ways (those already
-    /// buffered on either side first) until both sides close, an error, or `tunnel_ms` idle.
-    /// The pick stays held, so the tunnel counts as one active connection.
-    fn switch(
-        &self,
-        cw: &mut Wire<&ClientStream<'_>>,
-        bw: &mut Wire<&BackendStream>,
-        stream: &BackendStream,
-        backend: &Backend,
-        scratch: &mut Scratch,
-        record: &mut Record,
-    ) -> Result<(), Failure> {
-        let client_gone = |e: io::Error| Failure::new(Party::Client, Phase::Body, Cause::Io(e));
-        let mut cout = Coalesce::new(self.client, &mut scratch.client_out);
-        cout.write_all(&scratch.resp_head).and_then(|()| cout.flush()).map_err(client_gone)?;
-        record.bytes_out += scratch.resp_head.len() as u64;
-        let _open = self.ctx.counters.open_tunnel(&backend.name);
-        log::debug!("req {}: {} switched protocols; tunnelling", self.head.request_id, backend.name);
-        let mut guard;
-        let (sock, tls) = match self.client {
-            crate::tls_stream::Stream::Plain(s) => (*s, None),
-            crate::tls_stream::Stream::Tls(s, c) => {
-                guard = c.lock();
-                (*s, Some(&mut *guard))
-            }
-        };
-        let client = End { sock, tls, early: cw.buffered() };
-        let mut backend_guard;
-        let up = match stream {
-            Stream::Plain(s) => End { sock: s, tls: None, early: bw.buffered() },
-            Stream::Tls(s, c) => {
-                backend_guard = c.lock();
-                End { sock: s, tls: Some(&mut *backend_guard), early: bw.buffered() }
-            }
-        };
-        let mut bufs = crate::relay::Buffers::default();
-        let out = tunnel::tunnel(client, up, self.ctx.config.timeouts.tunnel, &mut bufs);
-        record.bytes_in += out.up;
-        record.bytes_out += out.down;
-        backend.record_bytes(out.up, out.down);
-        match out.error {
-            None => Ok(()),
-            Some((party, e)) if e.kind() == io::ErrorKind::TimedOut => {
-                record.note = "tunnel idle timeout".into();
-                log::info!(
-                    "req {}: tunnel to {} idle for tunnel_ms, closed",
-                    self.head.request_id,
-                    backend.name
-                );
-                let _ = party;
-                Ok(())
-            }
-            Some((party, e)) => {
-                let by = if party == Party::Client { "client" } else { "backend" };
-                record.note = format!("tunnel ended by {by} error: {e}");
-                Ok(())
-            }
         }
     }
 

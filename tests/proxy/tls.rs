@@ -138,10 +138,14 @@ fn curl_https_keep_alive_spreads_over_backends_on_one_handshake_with_forwarded_p
         assert!(text.contains(name), "{name} not reached: {text}");
     }
     assert!(err.contains("http/1.1"), "ALPN http/1.1 not negotiated: {err}");
-    // Four requests, one connection, one handshake.
-    let s = stats(&p);
+    // Four requests, one connection, one handshake; /metrics says the same.
+    let admin = admin_addr(&p);
+    let s: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
     assert_eq!(s["tls_handshakes"], 1, "{s}");
     assert_eq!(s["tls_handshake_failures"], 0, "{s}");
+    let metrics = http_get(admin, "/metrics").text();
+    assert!(metrics.contains("\nlb_tls_handshakes_total 1\n"), "{metrics}");
+    assert!(metrics.contains("\nlb_tls_handshake_failures_total 0\n"), "{metrics}");
 }
 
 #[test]

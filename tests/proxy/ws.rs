@@ -175,3 +175,18 @@ fn simulate_client_mode_ws_spreads_websockets_and_prints_the_table() {
     }
     assert!(text.contains("p50") && text.contains("p99"), "{text}");
 }
+
+fn unasked_101(_head: &str) -> Vec<u8> {
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n".to_vec()
+}
+
+#[test]
+fn a_101_to_a_request_that_asked_for_no_upgrade_is_502_as_nginx() {
+    let backend = raw_backend(unasked_101, 1);
+    let (_p, addr) = http_proxy(&[backend.addr], "round-robin", "", "");
+    let resp = http_get(addr, "/plain");
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    // The request went out without Upgrade, so the 101 was not asked for.
+    let seen = backend.seen.lock().expect("seen").join("\n");
+    assert!(!seen.to_ascii_lowercase().contains("upgrade"), "{seen}");
+}
