@@ -47,6 +47,8 @@ if ka:
     out.append("")
 
 for test, title, unit in [("close", "New connection per request (`Connection: close`), requests/s", "k"),
+                          ("tls_keepalive", "HTTPS keep-alive: requests/s over TLS (same certificate everywhere)", "k"),
+                          ("tls_close", "HTTPS new TLS connection per request (full handshake, no resumption), requests/s", "k"),
                           ("cpu", "Proxy CPU seconds per 100k requests (keep-alive, lower is better)", ""),]:
     params = [p for (t, p) in tests if t == test]
     if not params:
