@@ -56,7 +56,7 @@ for test, title, unit in [("close", "New connection per request (`Connection: cl
     out.append(f"### {title}\n")
     out.append("| connections | direct | ours | HAProxy | nginx | ours/HAProxy | ours/nginx |")
     out.append("|---|---|---|---|---|---|---|")
-    metric = "rps" if test == "close" else "cpu_s_per_100k"
+    metric = "cpu_s_per_100k" if test == "cpu" else "rps"
     for p in params:
         r = {w: med(test, p, w, metric) for w in ["direct", "ours"] + peers}
         if test == "cpu":
