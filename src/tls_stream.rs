@@ -223,3 +223,15 @@ Content-Length: 220\r\nConnection: close\r\n\r\n\
 <html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n\
 <body>\r\n<center><h1>400 Bad Request</h1></center>\r\n\
 <center>The plain HTTP request was sent to HTTPS port</center>\r\n</body>\r\n</html>\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plain_http_answer_is_framed_exactly() {
+        let text = std::str::from_utf8(PLAIN_HTTP_ANSWER).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+    }
+}

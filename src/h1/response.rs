@@ -253,4 +253,49 @@ mod tests {
             assert!(run(raw, &client(1, true)).is_err(), "{raw:?}");
         }
     }
+
+    #[test]
+    fn a_101_to_an_upgrade_request_keeps_upgrade_and_drops_other_hop_by_hop_headers() {
+        let raw = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\n\
+                   Upgrade: websocket\r\nSec-WebSocket-Accept: abc\r\n\r\n";
+        let side = ClientSide { upgrade: true, ..client(1, true) };
+        let mut out = Vec::new();
+        let head = parse(raw.as_bytes(), 4096, &side, &mut out).expect("valid").expect("complete");
+        assert_eq!((head.status, head.backend_reusable, head.client_keep_alive), (101, false, false));
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{text}");
+        for kept in ["Connection: upgrade\r\n", "Upgrade: websocket\r\n", "Sec-WebSocket-Accept: abc\r\n"] {
+            assert!(text.contains(kept), "{kept} missing: {text}");
+        }
+        assert!(!text.contains("X-Hop"), "{text}");
+    }
+
+    #[test]
+    fn an_upgrade_request_forwards_connection_and_upgrade_without_h2c() {
+        let fwd = crate::h1::request::Forwarding {
+            client: "10.0.0.7",
+            local_host: &|| "p:1".to_string(),
+            via: "lbproxy",
+            proto: "https",
+        };
+        let raw = "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c, websocket\r\n\r\n";
+        let mut out = Vec::new();
+        let head = crate::h1::request::parse(raw.as_bytes(), 4096, &fwd, &mut out)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.upgrade.as_deref(), Some("websocket"));
+        assert!(head.h2c_stripped);
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.contains("Connection: upgrade\r\nUpgrade: websocket\r\n"), "{text}");
+        assert!(text.contains("X-Forwarded-Proto: https\r\n") && !text.contains("h2c"), "{text}");
+        // h2c alone: nothing to upgrade to, and nothing of it forwarded.
+        let raw = "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+        let mut out = Vec::new();
+        let head = crate::h1::request::parse(raw.as_bytes(), 4096, &fwd, &mut out)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!((head.upgrade.as_deref(), head.h2c_stripped), (None, true));
+        let text = String::from_utf8(out).expect("utf8").to_ascii_lowercase();
+        assert!(!text.contains("upgrade"), "{text}");
+    }
 }
