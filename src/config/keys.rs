@@ -4,6 +4,9 @@
 
 use super::{Config, Mode};
 
+mod tls;
+pub use tls::{TLS_BACKEND_CA, TLS_CERT, TLS_KEY, TLS_MIN_VERSION, TLS_SNI_DIR, TLS_VERSIONS};
+
 /// What values a key takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -354,59 +357,6 @@ pub const SLOWSTART_MS: Key = key(
     "0",
     "ramp a recovered backend's weight from near 0 to full over this long",
     |c| c.health.slowstart.as_millis().to_string(),
-);
-fn tls_path(f: &Option<super::TlsFile>) -> String {
-    f.as_ref().map(|f| f.path.display().to_string()).unwrap_or_default()
-}
-
-/// The TLS versions `[tls] min_version` takes.
-pub const TLS_VERSIONS: &[&str] = &["1.2", "1.3"];
-
-/// `[tls] cert`.
-pub const TLS_CERT: Key = flagged(
-    key(
-        "tls",
-        "cert",
-        Kind::Path,
-        "",
-        "PEM certificate chain for the listener; with `key`, the listener speaks TLS (both modes)",
-        |c| tls_path(&c.tls.cert),
-    ),
-    "--tls-cert",
-);
-/// `[tls] key`.
-pub const TLS_KEY: Key = flagged(
-    key("tls", "key", Kind::Path, "", "PEM private key for `cert` (PKCS#8, PKCS#1 RSA or SEC1 EC)", |c| {
-        tls_path(&c.tls.key)
-    }),
-    "--tls-key",
-);
-/// `[tls] sni_dir`.
-pub const TLS_SNI_DIR: Key = key(
-    "tls",
-    "sni_dir",
-    Kind::Path,
-    "",
-    "directory of NAME.pem + NAME.key pairs, served when the client's SNI is NAME; else `cert`",
-    |c| tls_path(&c.tls.sni_dir),
-);
-/// `[tls] min_version`.
-pub const TLS_MIN_VERSION: Key = key(
-    "tls",
-    "min_version",
-    Kind::Choice(TLS_VERSIONS),
-    "1.2",
-    "oldest TLS version accepted from clients and backends",
-    |c| (if c.tls.min_version == super::TlsVersion::V1_3 { "1.3" } else { "1.2" }).to_string(),
-);
-/// `[tls] backend_ca`.
-pub const TLS_BACKEND_CA: Key = key(
-    "tls",
-    "backend_ca",
-    Kind::Path,
-    "",
-    "PEM CA bundle that `tls` backends are verified against; empty: the bundled Mozilla roots",
-    |c| tls_path(&c.tls.backend_ca),
 );
 /// `[admin] listen`.
 pub const ADMIN_LISTEN: Key = key(
