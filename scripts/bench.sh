@@ -25,6 +25,7 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v iperf3 >/dev/null || need+=(iperf3)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} (Debian packages) for the benchmark"
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -49,6 +50,13 @@ free_port() {
 }
 BACKEND=$(free_port); OURS=$(free_port); NGINX=$(free_port); HAPROXY=$(free_port)
 IPERF=$(free_port); OURS_TCP=$(free_port); HAPROXY_TCP=$(free_port); OURS_ADMIN=$(free_port)
+OURS_TLS=$(free_port); NGINX_TLS=$(free_port); HAPROXY_TLS=$(free_port)
+
+# --- one certificate for every TLS contestant (ECDSA P-256, as a modern site serves) ---------
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+    -keyout "$WORK/tls.key" -out "$WORK/tls.pem" 2>/dev/null
+cat "$WORK/tls.pem" "$WORK/tls.key" >"$WORK/tls-haproxy.pem"
 
 # --- contestants -------------------------------------------------------------------------
 cat >"$WORK/backend.conf" <<CONF
@@ -65,6 +73,9 @@ events { worker_connections 20000; }
 http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
   upstream app { least_conn; server 127.0.0.1:$BACKEND; keepalive 64; }
   server { listen 127.0.0.1:$NGINX backlog=4096;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:$NGINX_TLS ssl backlog=4096;
+    ssl_certificate $WORK/tls.pem; ssl_certificate_key $WORK/tls.key; ssl_session_cache off; ssl_session_tickets off;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
 cat >"$WORK/haproxy.cfg" <<CONF
@@ -84,6 +95,10 @@ backend app
     balance leastconn
     http-reuse always
     server s1 127.0.0.1:$BACKEND maxconn 10000
+frontend https_in
+    mode http
+    bind 127.0.0.1:$HAPROXY_TLS ssl crt $WORK/tls-haproxy.pem no-tls-tickets
+    default_backend app
 frontend tcp_in
     mode tcp
     bind 127.0.0.1:$HAPROXY_TCP
@@ -119,6 +134,8 @@ CONF
 ours_config http "$OURS" "$BACKEND" 1200 "127.0.0.1:$OURS_ADMIN" >"$WORK/ours.ini"
 ours_config http "$OURS" "$BACKEND" $((IDLE + 300)) >"$WORK/ours-idle.ini"
 ours_config tcp "$OURS_TCP" "$IPERF" 64 >"$WORK/ours-tcp.ini"
+ours_config http "$OURS_TLS" "$BACKEND" 1200 >"$WORK/ours-tls.ini"
+printf '[tls]\ncert = %s\nkey = %s\n' "$WORK/tls.pem" "$WORK/tls.key" >>"$WORK/ours-tls.ini"
 
 start() { # name port command...
     local name=$1 port=$2; shift 2
@@ -139,6 +156,7 @@ start nginx "$NGINX" nginx -c "$WORK/nginx.conf"
 start haproxy "$HAPROXY" haproxy -f "$WORK/haproxy.cfg"
 start iperf "$IPERF" iperf3 -s -p "$IPERF" -B 127.0.0.1
 start ourstcp "$OURS_TCP" target/release/proxy_server --config "$WORK/ours-tcp.ini"
+start ourstls "$OURS_TLS" target/release/proxy_server --config "$WORK/ours-tls.ini"
 
 # --- measuring ---------------------------------------------------------------------------
 RAW="$WORK/raw.tsv"
@@ -169,17 +187,23 @@ else:
 TICKS=$(getconf CLK_TCK)
 declare -A PORT=([direct]=$BACKEND [ours]=$OURS [nginx]=$NGINX [haproxy]=$HAPROXY)
 declare -A PROC=([direct]=backend [ours]=ours [nginx]=nginx [haproxy]=haproxy)
+# HTTPS rows: the same contestants on their TLS listeners (TLS=1 while they run).
+declare -A TLS_PORT=([ours]=$OURS_TLS [nginx]=$NGINX_TLS [haproxy]=$HAPROXY_TLS)
+declare -A TLS_PROC=([ours]=ourstls [nginx]=nginx [haproxy]=haproxy)
+TLS=0
 
 wrk_run() { # test param who round extra-header
     local test=$1 c=$2 who=$3 round=$4 header=${5:-}
-    local var="PID_${PROC[$who]}"; local pid=${!var}
+    local var="PID_${PROC[$who]}" url="http://127.0.0.1:${PORT[$who]}/"
+    if [ "$TLS" = 1 ]; then var="PID_${TLS_PROC[$who]}"; url="https://127.0.0.1:${TLS_PORT[$who]}/"; fi
+    local pid=${!var}
     local threads=2; [ "$c" -lt 2 ] && threads=1
     local before after out
     before=$(cpu_ticks "$pid")
     if [ -n "$header" ]; then
-        out=$(wrk -t"$threads" -c"$c" -d"${DUR}s" --latency -H "$header" "http://127.0.0.1:${PORT[$who]}/" 2>&1)
+        out=$(wrk -t"$threads" -c"$c" -d"${DUR}s" --latency -H "$header" "$url" 2>&1)
     else
-        out=$(wrk -t"$threads" -c"$c" -d"${DUR}s" --latency "http://127.0.0.1:${PORT[$who]}/" 2>&1)
+        out=$(wrk -t"$threads" -c"$c" -d"${DUR}s" --latency "$url" 2>&1)
     fi
     after=$(cpu_ticks "$pid")
     local rps reqs p50 p99 errors
@@ -225,6 +249,18 @@ for round in $(seq "$ROUNDS"); do
     kill "$viewer" 2>/dev/null; wait "$viewer" 2>/dev/null || true
     printf "  dashboard  viewer received %s events\n" "$(grep -c '^data:' "$WORK/viewer.out" || echo 0)"
 done
+
+echo "== HTTPS: keep-alive requests over TLS (c=64), and a new TLS connection per request (c=64)"
+TLS=1
+for who in ours haproxy nginx; do
+    wrk -t1 -c64 -d1s "https://127.0.0.1:${TLS_PORT[$who]}/" >/dev/null 2>&1 || true
+done
+for round in $(seq "$ROUNDS"); do
+    for who in ours haproxy nginx; do wrk_run tls_keepalive 64 "$who" "$round"; done
+    # No session resumption anywhere (tickets and caches off): every request is a full handshake.
+    for who in ours haproxy nginx; do wrk_run tls_close 64 "$who" "$round" "Connection: close"; done
+done
+TLS=0
 
 echo "== TCP bulk throughput (iperf3 ${BULK_T}s)"
 for streams in 1 8; do

@@ -47,6 +47,8 @@ if ka:
     out.append("")
 
 for test, title, unit in [("close", "New connection per request (`Connection: close`), requests/s", "k"),
+                          ("tls_keepalive", "HTTPS keep-alive: requests/s over TLS (same certificate everywhere)", "k"),
+                          ("tls_close", "HTTPS new TLS connection per request (full handshake, no resumption), requests/s", "k"),
                           ("cpu", "Proxy CPU seconds per 100k requests (keep-alive, lower is better)", ""),]:
     params = [p for (t, p) in tests if t == test]
     if not params:
@@ -54,7 +56,7 @@ for test, title, unit in [("close", "New connection per request (`Connection: cl
     out.append(f"### {title}\n")
     out.append("| connections | direct | ours | HAProxy | nginx | ours/HAProxy | ours/nginx |")
     out.append("|---|---|---|---|---|---|---|")
-    metric = "rps" if test == "close" else "cpu_s_per_100k"
+    metric = "cpu_s_per_100k" if test == "cpu" else "rps"
     for p in params:
         r = {w: med(test, p, w, metric) for w in ["direct", "ours"] + peers}
         if test == "cpu":

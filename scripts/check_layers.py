@@ -11,11 +11,11 @@ import re
 import sys
 
 LAYERS = [
-    ("base", ["clock", "config", "error", "events", "latency", "logging", "out", "addr", "budget", "net", "stack", "h1"]),
+    ("base", ["clock", "config", "error", "events", "latency", "logging", "out", "addr", "budget", "net", "stack", "h1", "tls", "tls_stream"]),
     ("health state", ["health"]),
     ("backend", ["backend"]),
     ("selection", ["balancer"]),
-    ("reaching backends, checks, rendering", ["upstream", "checker", "stats", "registry", "pool", "relay", "signals"]),
+    ("reaching backends, checks, rendering", ["upstream", "checker", "stats", "registry", "pool", "relay", "tunnel", "tls_accept", "signals"]),
     ("modes and operations", ["tcp", "http", "admin", "discovery", "dummy", "simulate"]),
     ("process", ["server", "cli"]),
 ]

@@ -1,6 +1,7 @@
 //! The health checker: a background thread that checks every backend each `interval`, in
 //! parallel, feeds the results to each backend's [`crate::health::Health`], and logs the
-//! transitions. It waits on its stop channel between rounds, so shutdown is immediate.
+//! transitions. It waits on its stop channel between rounds, so shutdown is immediate. A
+//! backend marked `tls` is checked over TLS (verified as traffic to it is).
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -16,15 +17,26 @@ use crate::config::{HealthSettings, Mode};
 use crate::h1::{head, HeadError, Wire};
 use crate::health::Transition;
 use crate::net::describe;
+use crate::tls::Backends;
+use crate::tls_stream::Stream;
+use rustls::ClientConfig;
 
-/// Checks one backend once.
-pub fn check(addr: SocketAddr, s: &HealthSettings) -> Result<(), String> {
+/// Checks one backend once; `tls` (client configuration, server name) for a `tls` backend.
+pub fn check(
+    addr: SocketAddr,
+    s: &HealthSettings,
+    tls: Option<(Arc<ClientConfig>, String)>,
+) -> Result<(), String> {
     let stream = TcpStream::connect_timeout(&addr, s.timeout).map_err(|e| describe(&e))?;
+    let _ = stream.set_read_timeout(Some(s.timeout));
+    let _ = stream.set_write_timeout(Some(s.timeout));
+    let stream = match tls {
+        Some((config, name)) => crate::tls_stream::connect(stream, config, &name)?,
+        None => Stream::Plain(stream),
+    };
     if s.mode == Mode::Tcp {
         return Ok(());
     }
-    let _ = stream.set_read_timeout(Some(s.timeout));
-    let _ = stream.set_write_timeout(Some(s.timeout));
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: lbproxy-health\r\nConnection: close\r\n\r\n",
         s.path
@@ -43,7 +55,11 @@ pub fn check(addr: SocketAddr, s: &HealthSettings) -> Result<(), String> {
 
 /// Starts the checker: every `interval` (plus up to 10% jitter) it checks every member in
 /// parallel and logs transitions. Returns when `stop` yields or disconnects.
-pub fn spawn_checker(balancer: Arc<Balancer>, stop: Receiver<()>) -> std::io::Result<thread::JoinHandle<()>> {
+pub fn spawn_checker(
+    balancer: Arc<Balancer>,
+    stop: Receiver<()>,
+    tls: Option<Arc<Backends>>,
+) -> std::io::Result<thread::JoinHandle<()>> {
     thread::Builder::new().name("health".into()).spawn(move || loop {
         let s = balancer.health_settings();
         if s.enabled {
@@ -52,9 +68,10 @@ pub fn spawn_checker(balancer: Arc<Balancer>, stop: Receiver<()>) -> std::io::Re
                 // A backend in maintenance is not checked: its state is the operator's.
                 for b in members.iter().filter(|b| b.admin_state() != AdminState::Maint) {
                     let (s, balancer) = (&s, &balancer);
+                    let tls = tls.as_ref().and_then(|t| t.get(&b.spec));
                     let spawned =
                         thread::Builder::new().stack_size(64 * 1024).spawn_scoped(scope, move || {
-                            if let Some(t) = b.health.observe_check(check(b.addr, s), s) {
+                            if let Some(t) = b.health.observe_check(check(b.addr, s, tls), s) {
                                 b.log_transition(&t);
                                 if matches!(t, Transition::Up(_)) {
                                     balancer.wake();

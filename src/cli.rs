@@ -37,7 +37,15 @@ pub struct ProxyArgs {
     /// Log file; empty for terminal only (overrides [proxy] log_file).
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<String>,
-    /// Check the configuration, print the effective settings, and exit.
+    /// PEM certificate chain for the listener (overrides [tls] cert); with --tls-cert and
+    /// --tls-key the listener speaks TLS.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<String>,
+    /// PEM private key for --tls-cert (overrides [tls] key).
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<String>,
+    /// Check the configuration (certificates and keys loaded and matched), print the effective
+    /// settings, and exit.
     #[arg(long)]
     pub check: bool,
 }
@@ -54,6 +62,7 @@ impl ProxyArgs {
     pub fn load_checked(&self) -> Result<Config, Vec<ConfigError>> {
         let raw = self.raw()?;
         let config = raw.validate()?;
+        crate::tls::check(&config.tls, &config.file, config.backends.iter().any(|b| b.tls.is_some()))?;
         budget::check_config(&config, &budget::Limits::read()).map_err(|refusal| {
             vec![ConfigError {
                 file: raw.file().to_string(),
@@ -67,7 +76,9 @@ impl ProxyArgs {
 
     fn raw(&self) -> Result<RawConfig, Vec<ConfigError>> {
         let mut raw = RawConfig::load(&self.config)?;
-        let flags: [(&Key, &Option<String>); 6] = [
+        let flags: [(&Key, &Option<String>); 8] = [
+            (&keys::TLS_CERT, &self.tls_cert),
+            (&keys::TLS_KEY, &self.tls_key),
             (&keys::LISTEN, &self.listen),
             (&keys::ALGORITHM, &self.algorithm),
             (&keys::WORKERS, &self.workers),

@@ -1,5 +1,5 @@
-//! The two error models: [`Error`] for the process (listening, logging, resources at start;
-//! configuration errors are [`crate::config::ConfigError`]s, each naming file:line), and [`Failure`] for one proxied connection or request in either mode:
+//! The two error models: [`Error`] for the process (configuration, listening, logging,
+//! resources at start), and [`Failure`] for one proxied connection or request in either mode:
 //! who failed, in which phase, and why. From a `Failure` alone come the client's answer
 //! ([`Failure::answer`]: 400, 408, 413, 431, 502, 503, 504 or a close), whether it counts
 //! against the backend, and the log wording, each decided in one place.
@@ -8,10 +8,15 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
+use crate::config::ConfigError;
+
 /// What stops the proxy (or a companion) from starting or running.
 #[non_exhaustive]
 #[derive(Debug)]
 pub enum Error {
+    /// The configuration has one or more problems (TLS material found bad at start); each names
+    /// its file:line (or flag) and key.
+    Config(Vec<ConfigError>),
     /// The listening socket could not be set up.
     Listen { addr: SocketAddr, source: io::Error },
     /// A log file could not be opened.
@@ -23,6 +28,13 @@ pub enum Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::Config(errors) => {
+                write!(f, "configuration has {} error(s)", errors.len())?;
+                for e in errors {
+                    write!(f, "\n  {e}")?;
+                }
+                Ok(())
+            }
             Error::Listen { addr, source } => write!(f, "listen on {addr}: {source}"),
             Error::LogFile { path, source } => write!(f, "log file {path}: {source}"),
             Error::Resource(e) => write!(f, "resource: {e}"),
@@ -35,6 +47,7 @@ impl std::error::Error for Error {
         match self {
             Error::Listen { source, .. } | Error::LogFile { source, .. } => Some(source),
             Error::Resource(e) => Some(e),
+            Error::Config(_) => None,
         }
     }
 }

@@ -10,13 +10,16 @@
 //! - base: [`clock`], [`config`] (INI and flags -> validated settings, from one table of keys),
 //!   [`addr`] (`host:port` parsing, resolution), [`budget`] (whether the threads fit the
 //!   system's limits), [`error`] (the process's errors and one failure model for both modes),
-//!   [`events`] (the dashboard's event bus), [`latency`], [`logging`], [`out`] (stdout, quiet when its reader has gone), [`net`]
-//!   (sockets), [`h1`] (the HTTP/1.1 wire format).
+//!   [`events`] (the dashboard's event bus), [`latency`], [`logging`], [`out`] (stdout, quiet
+//!   when its reader has gone), [`net`] (sockets), [`h1`] (the HTTP/1.1 wire format), [`tls`]
+//!   (certificates, SNI, reload, the backend CA), [`tls_stream`] (a plain-or-TLS stream and the
+//!   handshakes).
 //! - health state: [`health`] (rise/fall hysteresis, passive failures, slow start).
 //! - backend: [`backend`] (identity, limits, counters, idle connections).
 //! - selection: [`balancer`] (four algorithms; the one place where choosing meets health).
 //! - reaching backends, checking, rendering: [`upstream`] (the one connect path),
 //!   [`checker`] (the health-check thread), [`stats`], [`registry`], [`pool`], [`relay`],
+//!   [`tunnel`] (the relay with TLS on either side), [`tls_accept`] (the listener's handshake),
 //!   [`signals`].
 //! - modes and operations: [`tcp`], [`http`], [`admin`], [`discovery`] (reload, DNS),
 //!   [`dummy`] and [`simulate`] (the companions).
@@ -51,6 +54,10 @@ pub mod simulate;
 pub mod stack;
 pub mod stats;
 pub mod tcp;
+pub mod tls;
+pub mod tls_accept;
+pub mod tls_stream;
+pub mod tunnel;
 pub mod upstream;
 
 pub use error::{Error, Failure};

@@ -36,6 +36,7 @@ use crate::relay::Buffers;
 use crate::signals::Signals;
 use crate::stats::ProxyCounters;
 use crate::tcp::{self, TcpContext};
+use crate::tls::{Backends, Listener};
 
 /// How long the acceptor backs off when the descriptor table is full.
 const FD_BACKOFF: Duration = Duration::from_millis(50);
@@ -57,6 +58,10 @@ pub type Loader = Box<dyn Fn() -> Result<Config, Vec<ConfigError>> + Send>;
 /// A bound proxy, ready to run.
 pub struct Server {
     config: Config,
+    /// The listener's TLS material when `[tls]` has cert and key.
+    tls: Option<Arc<Listener>>,
+    /// TLS to backends marked `tls`.
+    backend_tls: Option<Arc<Backends>>,
     listener: TcpListener,
     admin: Option<TcpListener>,
     local_addr: SocketAddr,
@@ -65,6 +70,10 @@ pub struct Server {
 impl Server {
     /// Binds the configured addresses (proxy and admin). Nothing else starts until [`Server::run`].
     pub fn bind(config: Config) -> Result<Server, Error> {
+        let tls = Listener::load(&config.tls, &config.file, config.mode == Mode::Http)
+            .map_err(Error::Config)?
+            .map(Arc::new);
+        let backend_tls = Some(Arc::new(Backends::load(&config).map_err(Error::Config)?));
         let addr = config.listen;
         let listener = bind(addr).map_err(|source| Error::Listen { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
@@ -72,7 +81,7 @@ impl Server {
             Some(addr) => Some(bind(addr).map_err(|source| Error::Listen { addr, source })?),
             None => None,
         };
-        Ok(Server { config, listener, admin, local_addr })
+        Ok(Server { config, tls, backend_tls, listener, admin, local_addr })
     }
 
     /// The address actually bound (port 0 resolved).
@@ -83,8 +92,13 @@ impl Server {
     /// Serves until `signals.stop` yields (or disconnects), reloading on `signals.reload` with
     /// `loader`; then drains and returns the summary.
     pub fn run(self, signals: Signals, loader: Loader) -> Result<Summary, Error> {
-        let Server { config, listener, admin, local_addr } = self;
-        let mode = if config.mode == Mode::Http { "http" } else { "tcp" };
+        let Server { config, tls, backend_tls, listener, admin, local_addr } = self;
+        let mode = match (config.mode, tls.is_some()) {
+            (Mode::Http, false) => "http",
+            (Mode::Http, true) => "http over TLS",
+            (Mode::Tcp, false) => "tcp",
+            (Mode::Tcp, true) => "tcp over TLS",
+        };
         log::info!("listening on {local_addr} (mode {mode}, {} workers)", config.workers);
         for line in config.to_string().lines() {
             log::info!("config: {line}");
@@ -101,7 +115,13 @@ impl Server {
         let (background_tx, background_rx) = crossbeam_channel::bounded::<()>(0);
         let workers = match config.mode {
             Mode::Tcp => {
-                let ctx = Arc::new(TcpContext { config: config.clone(), balancer: balancer.clone() });
+                let ctx = Arc::new(TcpContext {
+                    config: config.clone(),
+                    balancer: balancer.clone(),
+                    tls: tls.clone(),
+                    backend_tls: backend_tls.clone(),
+                    counters: counters.clone(),
+                });
                 WorkerPool::start(
                     "worker",
                     config.workers,
@@ -118,6 +138,8 @@ impl Server {
                     balancer: balancer.clone(),
                     counters: counters.clone(),
                     stopping: stopping.clone(),
+                    tls: tls.clone(),
+                    backend_tls: backend_tls.clone(),
                 });
                 WorkerPool::start(
                     "worker",
@@ -136,7 +158,8 @@ impl Server {
         })?;
         let job_tx = workers.sender();
 
-        checker::spawn_checker(balancer.clone(), background_rx.clone()).map_err(Error::Resource)?;
+        checker::spawn_checker(balancer.clone(), background_rx.clone(), backend_tls.clone())
+            .map_err(Error::Resource)?;
         let discovery = Arc::new(Discovery::new(
             config.clone(),
             balancer.clone(),
@@ -187,7 +210,11 @@ impl Server {
                 recv(signals.reload) -> r => match r {
                     Ok(()) => {
                         log::info!("SIGHUP: reloading {}", config.file);
-                        discovery.reload(loader());
+                        let reloaded = loader();
+                        if let Ok(new) = &reloaded {
+                            reload_tls(tls.as_deref(), backend_tls.as_deref(), new);
+                        }
+                        discovery.reload(reloaded);
                     }
                     Err(_) => break "shutdown",
                 },
@@ -230,6 +257,28 @@ impl Server {
             log::info!("backend {line}");
         }
         Ok(summary)
+    }
+}
+
+/// Swaps in the certificates `new` names; a broken one is refused and the running ones stay.
+fn reload_tls(tls: Option<&Listener>, backends: Option<&Backends>, new: &Config) {
+    if let Some(b) = backends {
+        if let Err(errors) = b.reload(new) {
+            for e in &errors {
+                log::error!("SIGHUP: {e}");
+            }
+            log::error!("SIGHUP: backend TLS settings not reloaded; keeping the running ones");
+        }
+    }
+    let Some(tls) = tls else { return };
+    match tls.reload(&new.tls, &new.file) {
+        Ok(()) => log::info!("SIGHUP: TLS certificates reloaded; new connections get them"),
+        Err(errors) => {
+            for e in &errors {
+                log::error!("SIGHUP: {e}");
+            }
+            log::error!("SIGHUP: TLS certificates not reloaded; keeping the running ones");
+        }
     }
 }
 

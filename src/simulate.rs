@@ -3,7 +3,8 @@
 //!
 //! In TCP mode each request is a new connection (so the proxy balances each one): send the
 //! message, read the `[name] message` reply, optionally hold the connection open, close. In
-//! HTTP mode each client keeps one keep-alive connection and reads `X-Served-By`.
+//! HTTP mode each client keeps one keep-alive connection and reads `X-Served-By`. In ws mode
+//! each client opens one WebSocket to `/ws` and sends its messages on it (see [`ws`]).
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -19,6 +20,8 @@ use crate::h1::{self as h, Wire, MAX_HEAD};
 use crate::latency::Latencies;
 use crate::out;
 
+mod ws;
+
 /// Sends concurrent requests through the proxy and shows how they were balanced.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "simulate_client", version, about)]
@@ -32,7 +35,8 @@ pub struct ClientArgs {
     /// Requests per client.
     #[arg(long, default_value_t = 10)]
     pub requests: usize,
-    /// tcp (a line per connection) or http (keep-alive GET /).
+    /// tcp (a line per connection), http (keep-alive GET /) or ws (a WebSocket to /ws per
+    /// client, a message per request).
     #[arg(long, value_enum, default_value_t = ClientMode::Tcp)]
     pub mode: ClientMode,
     /// The line sent in TCP mode.
@@ -54,6 +58,7 @@ pub struct ClientArgs {
 pub enum ClientMode {
     Tcp,
     Http,
+    Ws,
 }
 
 /// What the run saw.
@@ -148,6 +153,7 @@ pub fn run(args: &ClientArgs) -> io::Result<Report> {
         let spawned = thread::Builder::new().stack_size(256 * 1024).spawn(move || match args.mode {
             ClientMode::Tcp => tcp_client(&args, target, &done),
             ClientMode::Http => http_client(&args, target, client, &done),
+            ClientMode::Ws => ws::client(&args, target, &done),
         });
         match spawned {
             Ok(handle) => handles.push(handle),

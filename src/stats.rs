@@ -21,6 +21,39 @@ pub struct ProxyCounters {
     pub requests: AtomicU64,
     /// Accepted connections waiting for a free worker (sampled at each accept).
     pub accept_queue: std::sync::atomic::AtomicUsize,
+    /// TLS handshakes completed on the listener.
+    pub tls_handshakes: AtomicU64,
+    /// TLS handshakes that failed: refused, timed out, plain HTTP or garbage.
+    pub tls_handshake_failures: AtomicU64,
+    /// Open tunnels (HTTP upgrades) per backend name.
+    pub tunnels: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl ProxyCounters {
+    /// Counts a tunnel to `backend` as open until the guard drops.
+    pub fn open_tunnel(&self, backend: &str) -> TunnelGuard<'_> {
+        *self.tunnels.lock().entry(backend.to_string()).or_default() += 1;
+        TunnelGuard { counters: self, backend: backend.to_string() }
+    }
+
+    fn tunnels_of(&self, backend: &str) -> u64 {
+        self.tunnels.lock().get(backend).copied().unwrap_or(0)
+    }
+}
+
+/// An open tunnel, counted in [`ProxyCounters::tunnels`].
+pub struct TunnelGuard<'a> {
+    counters: &'a ProxyCounters,
+    backend: String,
+}
+
+impl Drop for TunnelGuard<'_> {
+    fn drop(&mut self) {
+        let mut t = self.counters.tunnels.lock();
+        if let Some(n) = t.get_mut(&self.backend) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 fn secs_since_epoch(t: SystemTime) -> f64 {
@@ -62,7 +95,16 @@ pub fn stats_json(balancer: &Balancer, counters: &ProxyCounters) -> String {
         "requests": counters.requests.load(Ordering::Relaxed),
         "queued": balancer.queued(),
         "waiting_for_worker": counters.accept_queue.load(Ordering::Relaxed),
-        "backends": members.iter().map(|b| backend_json(b)).collect::<Vec<_>>(),
+        "tls_handshakes": counters.tls_handshakes.load(Ordering::Relaxed),
+        "tls_handshake_failures": counters.tls_handshake_failures.load(Ordering::Relaxed),
+        "backends": members
+            .iter()
+            .map(|b| {
+                let mut j = backend_json(b);
+                j["tunnels"] = json!(counters.tunnels_of(&b.name));
+                j
+            })
+            .collect::<Vec<_>>(),
     });
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     text.push('\n');
@@ -134,6 +176,25 @@ pub fn metrics_text(balancer: &Balancer, counters: &ProxyCounters) -> String {
          # TYPE lb_accept_queue_length gauge\nlb_accept_queue_length {}",
         counters.accept_queue.load(Ordering::Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "# HELP lb_tls_handshakes_total TLS handshakes completed on the listener.\n\
+         # TYPE lb_tls_handshakes_total counter\nlb_tls_handshakes_total {}",
+        counters.tls_handshakes.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lb_tls_handshake_failures_total TLS handshakes that failed (refused, timed out, not TLS).\n\
+         # TYPE lb_tls_handshake_failures_total counter\nlb_tls_handshake_failures_total {}",
+        counters.tls_handshake_failures.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lb_tunnels_open Open upgraded connections (WebSocket) per backend.\n# TYPE lb_tunnels_open gauge"
+    );
+    for b in members.iter() {
+        let _ = writeln!(out, "lb_tunnels_open{{backend=\"{}\"}} {}", b.name, counters.tunnels_of(&b.name));
+    }
     let _ = writeln!(
         out,
         "# HELP lb_queue_length Connections or requests waiting for a backend slot.\n\

@@ -10,6 +10,10 @@ use crate::error::{Cause, Failure, Party, Phase};
 use crate::logging::{held_back, RateLimit};
 use crate::registry::Conn;
 use crate::relay::{self, Buffers};
+use crate::stats::ProxyCounters;
+use crate::tls::Listener;
+use crate::tls_accept;
+use crate::tunnel::{self, End};
 use crate::upstream::{self, Limits};
 
 /// What a TCP-mode worker needs, shared by all workers.
@@ -18,6 +22,13 @@ pub struct TcpContext {
     pub config: Config,
     /// Picks the backend for each connection.
     pub balancer: Arc<Balancer>,
+    /// The listener's TLS material: TLS is terminated and plaintext relayed, as HAProxy's
+    /// `mode tcp` with `ssl`.
+    pub tls: Option<Arc<Listener>>,
+    /// TLS to backends marked `tls`.
+    pub backend_tls: Option<Arc<crate::tls::Backends>>,
+    /// Handshake counters.
+    pub counters: Arc<ProxyCounters>,
 }
 
 struct Label<'a>(&'a Conn);
@@ -34,6 +45,12 @@ static UNAVAILABLE: RateLimit = RateLimit::new();
 /// see [`relay`]), with `bufs` as the relay buffers. Never panics on network errors; every
 /// outcome is logged.
 pub fn serve(conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
+    // The handshake comes first, within header_ms: a client that cannot finish it never
+    // takes a backend slot.
+    let Some(client) = tls_accept::open(&conn, ctx.tls.as_deref(), ctx.config.timeouts.header, &ctx.counters)
+    else {
+        return;
+    };
     let label = Label(&conn);
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
     let (backend, pick) = match upstream::connect(&ctx.balancer, source_key(conn.peer.ip()), &label, limits) {
@@ -49,10 +66,29 @@ pub fn serve(conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
             return;
         }
     };
-    let attached = conn.attach(&backend, pick.guard.backend().id);
-    let outcome = relay::relay(&conn.stream, &backend, ctx.config.timeouts.idle, bufs);
-    drop(attached);
     let b = pick.guard.backend().clone();
+    let timeout = ctx.config.timeouts.connect;
+    let backend =
+        match upstream::secure(&ctx.balancer, &b, backend, ctx.backend_tls.as_deref(), timeout, &label) {
+            Ok(stream) => stream,
+            Err(f) => {
+                log::error!("{label}: {f}; closing the client");
+                return;
+            }
+        };
+    let attached = conn.attach(backend.tcp(), b.id);
+    let idle = ctx.config.timeouts.idle;
+    let (client_sock, mut client_tls) = client.into_parts();
+    let (backend_sock, mut backend_tls) = backend.into_parts();
+    let outcome = match (&mut client_tls, &mut backend_tls) {
+        (None, None) => relay::relay(client_sock, &backend_sock, idle, bufs),
+        (c, b) => {
+            let client = End { sock: client_sock, tls: c.as_mut(), early: &[] };
+            let backend = End { sock: &backend_sock, tls: b.as_mut(), early: &[] };
+            tunnel::tunnel(client, backend, idle, bufs)
+        }
+    };
+    drop(attached);
     // The connection is over: give its slot back before saying so, so that whoever reads the
     // log line sees the count already lowered.
     drop(pick);

@@ -13,6 +13,7 @@ use crate::balancer::{Balancer, Pick, Tried};
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::events;
 use crate::net::{describe, is_local_resource, open};
+use crate::tls_stream::Stream;
 
 /// Connect timeout, and how long to wait for a slot when every backend is full.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +58,34 @@ pub fn dial(
             Err(Failure::at(&backend.name, Party::Backend, Phase::Connect, cause))
         }
     }
+}
+
+/// Makes a dialled connection TLS when `backend` is marked `tls` (its `[backends]` key is in
+/// `tls`), with `timeout` (0: none) for the handshake; plain otherwise. A failed handshake
+/// counts against the backend, as a failed connect does.
+pub fn secure(
+    balancer: &Balancer,
+    backend: &Backend,
+    stream: TcpStream,
+    tls: Option<&crate::tls::Backends>,
+    timeout: Duration,
+    label: &dyn Display,
+) -> Result<Stream<TcpStream>, Failure> {
+    let Some((config, name)) = tls.and_then(|t| t.get(&backend.spec)) else {
+        return Ok(Stream::Plain(stream));
+    };
+    let limit = (!timeout.is_zero()).then_some(timeout);
+    let _ = stream.set_read_timeout(limit);
+    let _ = stream.set_write_timeout(limit);
+    crate::tls_stream::connect(stream, config, &name).map_err(|why| {
+        log::warn!(
+            "{label}: TLS to {} {} ({name}) failed: {why}; trying the next backend",
+            backend.name,
+            backend.addr
+        );
+        balancer.observe_failure(backend, &why);
+        Failure::at(&backend.name, Party::Backend, Phase::Connect, Cause::Invalid(why))
+    })
 }
 
 /// Chooses a backend for the connection named by `label` (e.g. `conn 17 from

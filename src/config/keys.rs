@@ -4,6 +4,9 @@
 
 use super::{Config, Mode};
 
+mod tls;
+pub use tls::{TLS_BACKEND_CA, TLS_CERT, TLS_KEY, TLS_MIN_VERSION, TLS_SNI_DIR, TLS_VERSIONS};
+
 /// What values a key takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -241,6 +244,15 @@ pub const RESPONSE_MS: Key = key(
     "http: the backend's response head must arrive within this, else 504",
     |c| c.timeouts.response.as_millis().to_string(),
 );
+/// `[timeouts] tunnel_ms`.
+pub const TUNNEL_MS: Key = key(
+    "timeouts",
+    "tunnel_ms",
+    millis(0, DAY_MS),
+    "3600000",
+    "http: an upgraded connection (WebSocket) with no bytes either way for this long is closed (0: never), as HAProxy's `timeout tunnel`",
+    |c| c.timeouts.tunnel.as_millis().to_string(),
+);
 /// `[timeouts] queue_ms`.
 pub const QUEUE_MS: Key = key(
     "timeouts",
@@ -392,6 +404,7 @@ pub const KEYS: &[Key] = &[
     HEADER_MS,
     RESPONSE_MS,
     QUEUE_MS,
+    TUNNEL_MS,
     BACKEND_KEEPALIVE,
     MAX_HEAD_BYTES,
     MAX_BODY_BYTES,
@@ -406,6 +419,11 @@ pub const KEYS: &[Key] = &[
     FAIL_WINDOW_MS,
     OBSERVE_5XX,
     SLOWSTART_MS,
+    TLS_CERT,
+    TLS_KEY,
+    TLS_SNI_DIR,
+    TLS_MIN_VERSION,
+    TLS_BACKEND_CA,
     ADMIN_LISTEN,
     ADMIN_TOKEN,
     RESOLVE_MS,

@@ -125,6 +125,9 @@ pub struct BackendSpec {
     pub weight: u32,
     /// Most connections (TCP) or requests (HTTP) at once; 0: no limit.
     pub max_conns: usize,
+    /// `tls`: connect over TLS, verified against `[tls] backend_ca`; `Some` holds the name
+    /// sent as SNI and verified (`sni=NAME`, else the host as written).
+    pub tls: Option<String>,
 }
 
 /// Timeouts, named by phase (`[timeouts]`; defaults in [`keys::KEYS`]).
@@ -141,6 +144,42 @@ pub struct Timeouts {
     /// How long a connection or request waits for a slot when every backend is full
     /// (`queue_ms`).
     pub queue: Duration,
+    /// HTTP: an upgraded connection's idle limit (`tunnel_ms`).
+    pub tunnel: Duration,
+}
+
+/// A file named in `[tls]`, with where it was named, so a bad file is reported as
+/// `config.ini:12: [tls] cert: ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFile {
+    pub path: PathBuf,
+    pub origin: Origin,
+    /// `[tls] cert`.
+    pub key: &'static str,
+}
+
+/// The oldest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    V1_2,
+    V1_3,
+}
+
+/// TLS (`[tls]`): the listener's certificates, and the CA for TLS backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    pub cert: Option<TlsFile>,
+    pub key: Option<TlsFile>,
+    pub sni_dir: Option<TlsFile>,
+    pub min_version: TlsVersion,
+    pub backend_ca: Option<TlsFile>,
+}
+
+impl TlsSettings {
+    /// Whether the listener speaks TLS (`cert` and `key` both given).
+    pub fn listener(&self) -> bool {
+        self.cert.is_some() && self.key.is_some()
+    }
 }
 
 /// Health checking (`[health]`).
@@ -188,6 +227,7 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub http: HttpSettings,
     pub health: HealthSettings,
+    pub tls: TlsSettings,
     /// Admin listener for /stats, /metrics, /health; `None`: off.
     pub admin: Option<SocketAddr>,
     /// `[admin] token`: the bearer token every admin POST must carry; `None`: no check.

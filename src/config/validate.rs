@@ -10,6 +10,7 @@ use super::keys::{self, Key, Kind};
 use super::raw::{RawConfig, Setting};
 use super::{
     Algorithm, BackendSpec, Config, ConfigError, HealthSettings, HttpSettings, Mode, Origin, Timeouts,
+    TlsFile, TlsSettings, TlsVersion,
 };
 use crate::addr;
 
@@ -32,6 +33,8 @@ impl RawConfig {
         let header = v.millis(&keys::HEADER_MS);
         let response = v.millis(&keys::RESPONSE_MS);
         let queue_wait = v.millis(&keys::QUEUE_MS);
+        let tunnel = v.millis(&keys::TUNNEL_MS);
+        let tls = v.tls();
         let backend_keepalive = v.number(&keys::BACKEND_KEEPALIVE);
         let max_head_bytes = v.number(&keys::MAX_HEAD_BYTES);
         let max_body = v.number(&keys::MAX_BODY_BYTES);
@@ -75,6 +78,7 @@ impl RawConfig {
                     header: header?,
                     response: response?,
                     queue: queue_wait?,
+                    tunnel: tunnel?,
                 },
                 http: HttpSettings {
                     backend_keepalive: backend_keepalive? as usize,
@@ -94,6 +98,7 @@ impl RawConfig {
                     observe_5xx: observe_5xx?,
                     slowstart: slowstart?,
                 },
+                tls: tls?,
                 admin: admin?,
                 admin_token: admin_token?,
                 stats_interval: stats_interval.map(|d| (!d.is_zero()).then_some(d))?,
@@ -185,6 +190,50 @@ impl Validator<'_> {
         self.number(key).map(Duration::from_millis)
     }
 
+    /// `[tls]`: the files as named (loaded by `crate::tls`), `cert` and `key` only together.
+    fn tls(&mut self) -> Option<TlsSettings> {
+        let file = |v: &mut Self, key: &'static Key| {
+            v.get(key, |s| Ok(PathBuf::from(s))).and_then(|path| {
+                let origin = v.raw.origin(key.section, key.name);
+                (!path.as_os_str().is_empty()).then_some(TlsFile { path, origin, key: key.name })
+            })
+        };
+        let cert = file(self, &keys::TLS_CERT);
+        let key = file(self, &keys::TLS_KEY);
+        let sni_dir = file(self, &keys::TLS_SNI_DIR);
+        let backend_ca = file(self, &keys::TLS_BACKEND_CA);
+        let min_version = self.get(&keys::TLS_MIN_VERSION, |s| match s {
+            "1.2" => Ok(TlsVersion::V1_2),
+            "1.3" => Ok(TlsVersion::V1_3),
+            _ => Err(format!("unknown TLS version '{s}' (expected {})", keys::one_of(keys::TLS_VERSIONS))),
+        })?;
+        let lone = match (&cert, &key) {
+            (Some(c), None) => Some((c, "cert without key (set [tls] key or --tls-key)")),
+            (None, Some(k)) => Some((k, "key without cert (set [tls] cert or --tls-cert)")),
+            _ => None,
+        };
+        if let Some((f, why)) = lone {
+            self.errors.push(ConfigError {
+                file: self.raw.file.clone(),
+                origin: f.origin.clone(),
+                key: format!("[tls] {}", f.key),
+                message: why.to_string(),
+            });
+            return None;
+        }
+        if sni_dir.is_some() && cert.is_none() {
+            let origin = self.raw.origin("tls", "sni_dir");
+            self.errors.push(ConfigError {
+                file: self.raw.file.clone(),
+                origin,
+                key: "[tls] sni_dir".to_string(),
+                message: "sni_dir needs a default cert and key".to_string(),
+            });
+            return None;
+        }
+        Some(TlsSettings { cert, key, sni_dir, min_version, backend_ca })
+    }
+
     fn error(&mut self, s: &Setting, message: String) {
         self.errors.push(ConfigError {
             file: self.raw.file.clone(),
@@ -273,6 +322,8 @@ fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
     let (host, port, addrs) = addr::parse_target(target, false)?;
     let mut weight = 1;
     let mut max_conns = 0;
+    let mut tls = false;
+    let mut sni = None;
     let mut seen: Vec<&str> = Vec::new();
     for word in words {
         let option = word.split_once('=').map_or(word, |(k, _)| k);
@@ -283,7 +334,14 @@ fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
         match word.split_once('=') {
             Some(("weight", w)) => weight = parse_number(w, 1, 1000)? as u32,
             Some(("max_conns", m)) => max_conns = parse_number(m, 0, 1_000_000)? as usize,
-            _ => return Err(format!("unknown backend option '{word}' (expected weight=N or max_conns=N)")),
+            Some(("sni", n)) if rustls_name_ok(n) => sni = Some(n.to_string()),
+            Some(("sni", n)) => return Err(format!("'{n}' is not a server name for sni=")),
+            None if word == "tls" => tls = true,
+            _ => {
+                return Err(format!(
+                    "unknown backend option '{word}' (expected weight=N, max_conns=N, tls or sni=NAME)"
+                ))
+            }
         }
     }
     Ok(BackendSpec {
@@ -295,7 +353,17 @@ fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
         addrs,
         weight,
         max_conns,
+        tls: match (tls, sni) {
+            (true, sni) => Some(sni.unwrap_or_else(|| host.to_string())),
+            (false, None) => None,
+            (false, Some(_)) => return Err("sni= needs tls".to_string()),
+        },
     })
+}
+
+/// A DNS name or IP literal that TLS can send and verify.
+fn rustls_name_ok(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 253 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! parameters that shape the reply for tests and benchmarks.
 //!
 //! - `GET /health` -> `200 ok` (`503 draining` while shutting down with `--drain-ms`);
-//!   `GET /echo` -> the request head as received.
+//!   `GET /echo` -> the request head as received; `GET /ws` -> a WebSocket echo (see
+//!   [`super::ws`]).
 //! - any other path -> `Hello from <name>`, plus `received N bytes fnv <hex>` (FNV-1a of the
 //!   body, see [`Checksum`]) when a body came.
 //! - `?delay_ms=N` waits before answering; `?bytes=N` answers with exactly N bytes (streamed);
@@ -62,6 +63,13 @@ pub fn serve(wire: &mut Wire<TcpStream>, peer: SocketAddr, dummy: &Dummy) {
                 break;
             }
         };
+        if req.path == "/ws" {
+            // The connection becomes a WebSocket: it leaves the HTTP loop.
+            if let Ok(stream) = wire.stream.try_clone() {
+                super::ws::serve(stream, &req.head, wire.buffered().to_vec(), peer, &dummy.name);
+            }
+            break;
+        }
         if req.expect_continue {
             let _ = wire.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
         }

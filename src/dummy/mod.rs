@@ -5,6 +5,7 @@
 pub mod fault;
 pub mod http;
 pub mod reply;
+pub mod ws;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -39,6 +39,11 @@ pub struct RequestHead {
     pub request_id: String,
     /// Safe to send twice: an idempotent method or an `Idempotency-Key` header.
     pub retryable: bool,
+    /// `Connection: upgrade` with `Upgrade: <protocols>` (h2c removed): forwarded with both
+    /// headers, and a `101` may turn the connection into a tunnel.
+    pub upgrade: Option<String>,
+    /// `Upgrade: h2c` was asked for and stripped (the h2c request-smuggling route).
+    pub h2c_stripped: bool,
 }
 
 /// Where a request came from and how the proxy names itself, for the forwarding headers.
@@ -51,6 +56,8 @@ pub struct Forwarding<'a> {
     pub local_host: &'a dyn Fn() -> String,
     /// The `Via` pseudonym.
     pub via: &'a str,
+    /// `X-Forwarded-Proto`: `http` or `https` (the listener speaks TLS).
+    pub proto: &'a str,
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
@@ -170,6 +177,27 @@ pub fn parse(
     let retryable = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE")
         || super::header(headers, "idempotency-key").is_some();
 
+    // An upgrade is forwarded only when `Connection` names it and `Upgrade` offers something
+    // other than h2c: h2c is never forwarded, since a backend that takes it would tunnel
+    // requests past the proxy's checks (h2c smuggling).
+    let mut h2c_stripped = false;
+    let mut upgrade = None;
+    if let Some(offered) = super::header(headers, "upgrade") {
+        let offered = String::from_utf8_lossy(offered);
+        let kept: Vec<&str> = offered
+            .split(',')
+            .map(str::trim)
+            .filter(|p| {
+                let h2c = p.eq_ignore_ascii_case("h2c");
+                h2c_stripped |= h2c;
+                !h2c && !p.is_empty()
+            })
+            .collect();
+        if !kept.is_empty() && super::has_token(headers, "connection", "upgrade") && body == BodyKind::Empty {
+            upgrade = Some(kept.join(", "));
+        }
+    }
+
     let local;
     let (host, path) = match absolute {
         Some((authority, "")) => (Some(authority), "/"),
@@ -180,7 +208,15 @@ pub fn parse(
         }
         None => (None, target),
     };
-    let outgoing = Outgoing { method, target: path, headers, body, host, request_id: &request_id };
+    let outgoing = Outgoing {
+        method,
+        target: path,
+        headers,
+        body,
+        host,
+        request_id: &request_id,
+        upgrade: upgrade.as_deref(),
+    };
     write_backend_head(out, &outgoing, fwd);
     Ok(Some(RequestHead {
         len,
@@ -192,6 +228,8 @@ pub fn parse(
         expect_continue: expect_continue && body != BodyKind::Empty,
         request_id,
         retryable,
+        upgrade,
+        h2c_stripped,
     }))
 }
 
@@ -276,10 +314,11 @@ struct Outgoing<'a> {
     body: BodyKind,
     host: Option<&'a str>,
     request_id: &'a str,
+    upgrade: Option<&'a str>,
 }
 
 fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_>) {
-    let Outgoing { method, target, headers, body, host, request_id } = *req;
+    let Outgoing { method, target, headers, body, host, request_id, upgrade } = *req;
     let line = header_line;
     let named = has_connection_header(headers);
     out.extend_from_slice(method.as_bytes());
@@ -315,8 +354,12 @@ fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_
     }
     forwarded_for.extend_from_slice(fwd.client.as_bytes());
     line(out, "X-Forwarded-For", &forwarded_for);
-    line(out, "X-Forwarded-Proto", b"http");
+    line(out, "X-Forwarded-Proto", fwd.proto.as_bytes());
     via_line(out, fwd.via);
+    if let Some(protocols) = upgrade {
+        line(out, "Connection", b"upgrade");
+        line(out, "Upgrade", protocols.as_bytes());
+    }
     match body {
         BodyKind::Length(n) => length_line(out, n),
         BodyKind::Chunked => {
@@ -342,7 +385,12 @@ mod tests {
     use super::*;
 
     fn fwd() -> Forwarding<'static> {
-        Forwarding { client: "10.0.0.7", local_host: &|| "proxy:8080".to_string(), via: "lbproxy" }
+        Forwarding {
+            client: "10.0.0.7",
+            local_host: &|| "proxy:8080".to_string(),
+            via: "lbproxy",
+            proto: "http",
+        }
     }
 
     fn run(raw: &str) -> Result<Option<(RequestHead, String)>, Rejection> {

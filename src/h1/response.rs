@@ -30,6 +30,8 @@ pub struct ClientSide<'a> {
     pub keep_alive: bool,
     pub request_id: &'a str,
     pub via: &'a str,
+    /// The request asked for an upgrade: a `101` is the start of a tunnel.
+    pub upgrade: bool,
 }
 
 /// Parses a response head at the start of `buf`: `Ok(None)` when incomplete, `Err` when the
@@ -54,8 +56,11 @@ pub fn parse(
         return Err("malformed status line");
     };
     let headers = &*resp.headers;
-    if status == 101 {
+    if status == 101 && !client.upgrade {
         return Err("101 Switching Protocols without an upgrade");
+    }
+    if status == 101 {
+        return Ok(Some(switching(len, headers, client, resp.reason.unwrap_or("Switching Protocols"), out)));
     }
     if !(100..=599).contains(&status) {
         return Err("invalid status code");
@@ -129,6 +134,41 @@ pub fn parse(
     Ok(Some(ResponseHead { len, status, body, client_body, backend_reusable, client_keep_alive }))
 }
 
+/// The `101` as the client gets it: `Connection: upgrade` and the backend's `Upgrade` kept,
+/// other hop-by-hop headers dropped. After it, the connection is a tunnel.
+fn switching(
+    len: usize,
+    headers: &[httparse::Header<'_>],
+    client: &ClientSide<'_>,
+    reason: &str,
+    out: &mut Vec<u8>,
+) -> ResponseHead {
+    let named = has_connection_header(headers);
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in headers {
+        if !is_hop_by_hop(h.name, headers, named) && !h.name.eq_ignore_ascii_case("x-request-id") {
+            header_line(out, h.name, h.value);
+        }
+    }
+    header_line(out, "Connection", b"upgrade");
+    if let Some(up) = super::header(headers, "upgrade") {
+        header_line(out, "Upgrade", up);
+    }
+    header_line(out, "X-Request-ID", client.request_id.as_bytes());
+    via_line(out, client.via);
+    out.extend_from_slice(b"\r\n");
+    ResponseHead {
+        len,
+        status: 101,
+        body: BodyKind::Empty,
+        client_body: BodyKind::Empty,
+        backend_reusable: false,
+        client_keep_alive: false,
+    }
+}
+
 fn final_coding_is_chunked(headers: &[httparse::Header<'_>]) -> bool {
     let last = headers
         .iter()
@@ -144,7 +184,7 @@ mod tests {
     use super::*;
 
     fn client(version: u8, keep_alive: bool) -> ClientSide<'static> {
-        ClientSide { method: "GET", version, keep_alive, request_id: "id-1", via: "lbproxy" }
+        ClientSide { method: "GET", version, keep_alive, request_id: "id-1", via: "lbproxy", upgrade: false }
     }
 
     fn run(raw: &str, c: &ClientSide<'_>) -> Result<Option<(ResponseHead, String)>, &'static str> {
@@ -212,5 +252,50 @@ mod tests {
         ] {
             assert!(run(raw, &client(1, true)).is_err(), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn a_101_to_an_upgrade_request_keeps_upgrade_and_drops_other_hop_by_hop_headers() {
+        let raw = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade, X-Hop\r\nX-Hop: 1\r\n\
+                   Upgrade: websocket\r\nSec-WebSocket-Accept: abc\r\n\r\n";
+        let side = ClientSide { upgrade: true, ..client(1, true) };
+        let mut out = Vec::new();
+        let head = parse(raw.as_bytes(), 4096, &side, &mut out).expect("valid").expect("complete");
+        assert_eq!((head.status, head.backend_reusable, head.client_keep_alive), (101, false, false));
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.starts_with("HTTP/1.1 101 Switching Protocols\r\n"), "{text}");
+        for kept in ["Connection: upgrade\r\n", "Upgrade: websocket\r\n", "Sec-WebSocket-Accept: abc\r\n"] {
+            assert!(text.contains(kept), "{kept} missing: {text}");
+        }
+        assert!(!text.contains("X-Hop"), "{text}");
+    }
+
+    #[test]
+    fn an_upgrade_request_forwards_connection_and_upgrade_without_h2c() {
+        let fwd = crate::h1::request::Forwarding {
+            client: "10.0.0.7",
+            local_host: &|| "p:1".to_string(),
+            via: "lbproxy",
+            proto: "https",
+        };
+        let raw = "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c, websocket\r\n\r\n";
+        let mut out = Vec::new();
+        let head = crate::h1::request::parse(raw.as_bytes(), 4096, &fwd, &mut out)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.upgrade.as_deref(), Some("websocket"));
+        assert!(head.h2c_stripped);
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.contains("Connection: upgrade\r\nUpgrade: websocket\r\n"), "{text}");
+        assert!(text.contains("X-Forwarded-Proto: https\r\n") && !text.contains("h2c"), "{text}");
+        // h2c alone: nothing to upgrade to, and nothing of it forwarded.
+        let raw = "GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+        let mut out = Vec::new();
+        let head = crate::h1::request::parse(raw.as_bytes(), 4096, &fwd, &mut out)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!((head.upgrade.as_deref(), head.h2c_stripped), (None, true));
+        let text = String::from_utf8(out).expect("utf8").to_ascii_lowercase();
+        assert!(!text.contains("upgrade"), "{text}");
     }
 }

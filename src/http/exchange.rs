@@ -24,6 +24,11 @@ use crate::h1::response::{self, ClientSide, ResponseHead};
 use crate::h1::{BodyError, BodyKind, Coalesce, Wire};
 use crate::logging::{held_back, RateLimit};
 use crate::registry::Conn;
+use crate::tls_accept::ClientStream;
+use crate::tls_stream::Stream;
+
+/// A backend connection: plain, or TLS for a backend marked `tls`.
+pub(super) type BackendStream = Stream<TcpStream>;
 use crate::upstream;
 
 /// What one request's attempts have done so far: it decides what may still be retried.
@@ -47,6 +52,8 @@ pub struct Attempt {
 /// One request on its way through the proxy.
 pub struct Exchange<'a> {
     pub conn: &'a Conn,
+    /// The client's stream (plain or TLS) over `conn`'s socket.
+    pub client: &'a ClientStream<'a>,
     pub ctx: &'a HttpContext,
     pub head: &'a RequestHead,
     /// Whether the client connection may stay open after this request.
@@ -69,7 +76,7 @@ impl Exchange<'_> {
     #[inline(never)]
     pub fn run(
         &self,
-        cw: &mut Wire<&TcpStream>,
+        cw: &mut Wire<&ClientStream<'_>>,
         scratch: &mut Scratch,
         record: &mut Record,
         attempt: &mut Attempt,
@@ -92,7 +99,7 @@ impl Exchange<'_> {
                     continue;
                 }
             };
-            let attached = self.conn.attach(&stream, backend.id);
+            let attached = self.conn.attach(stream.tcp(), backend.id);
             if let Err(f) = self.send(cw, &stream, &backend, scratch, record, attempt) {
                 self.recover(f, &backend, reused, attempt)?;
                 continue;
@@ -104,6 +111,7 @@ impl Exchange<'_> {
                 keep_alive: self.keep_alive,
                 request_id: &self.head.request_id,
                 via: VIA,
+                upgrade: self.head.upgrade.is_some(),
             };
             let resp = read_head(&mut bw, &side, self.ctx.config.http.max_head_bytes, &mut scratch.resp_head)
                 .map_err(|cause| Failure::at(&backend.name, Party::Backend, Phase::Head, cause));
@@ -116,6 +124,13 @@ impl Exchange<'_> {
                 }
             };
             record.status = resp.status;
+            if resp.status == 101 {
+                let outcome = super::upgrade::switch(self, cw, &mut bw, &stream, &backend, scratch, record);
+                scratch.backend_in = bw.into_buffer();
+                drop(attached);
+                drop(pick);
+                return outcome.map(|()| false);
+            }
             if resp.status >= 500 && self.ctx.balancer.health_settings().observe_5xx {
                 self.ctx.balancer.observe_failure(&backend, &format!("status {}", resp.status));
             }
@@ -130,7 +145,7 @@ impl Exchange<'_> {
             drop(pick);
             backend.latency.record(started.elapsed());
             self.release(stream, &backend, &resp, surplus);
-            Coalesce::resume(&*self.conn.stream, &mut scratch.client_out)
+            Coalesce::resume(self.client, &mut scratch.client_out)
                 .flush()
                 .map_err(|e| Failure::new(Party::Client, Phase::Body, Cause::Io(e)))?;
             return Ok(resp.client_keep_alive);
@@ -139,7 +154,7 @@ impl Exchange<'_> {
 
     /// Refuses what must never reach a backend, before choosing one: a declared body over
     /// `max_body_bytes`, a malformed first chunk-size line.
-    fn precheck(&self, cw: &mut Wire<&TcpStream>) -> Result<(), Failure> {
+    fn precheck(&self, cw: &mut Wire<&ClientStream<'_>>) -> Result<(), Failure> {
         if let (BodyKind::Length(n), Some(max)) = (self.head.body, self.ctx.config.http.max_body_bytes) {
             if n > max {
                 let cause = Cause::BodyTooLarge(format!("body of {n} bytes over {max}"));
@@ -174,16 +189,20 @@ impl Exchange<'_> {
 
     /// A quiet pooled connection to `backend`, or a fresh one. Returns it and whether it was
     /// pooled.
-    fn connect(&self, backend: &Backend, attempt: &mut Attempt) -> Result<(TcpStream, bool), Failure> {
+    fn connect(&self, backend: &Backend, attempt: &mut Attempt) -> Result<(BackendStream, bool), Failure> {
         let pooled = if attempt.fresh_only { None } else { keepalive::take(backend) };
         attempt.fresh_only = false;
         if let Some(stream) = pooled {
-            return Ok((stream, true));
+            return Ok((Stream::Plain(stream), true));
         }
         let t = &self.ctx.config.timeouts;
-        let stream = upstream::dial(&self.ctx.balancer, backend, t.connect, &self.label())?;
-        let _ = stream.set_read_timeout(as_limit(t.response));
-        let _ = stream.set_write_timeout(as_limit(t.idle));
+        let label = self.label();
+        let stream = upstream::dial(&self.ctx.balancer, backend, t.connect, &label)?;
+        let tls = self.ctx.backend_tls.as_deref();
+        let stream = upstream::secure(&self.ctx.balancer, backend, stream, tls, t.connect, &label)?;
+        let stream_tcp = stream.tcp();
+        let _ = stream_tcp.set_read_timeout(as_limit(t.response));
+        let _ = stream_tcp.set_write_timeout(as_limit(t.idle));
         Ok((stream, false))
     }
 
@@ -191,8 +210,8 @@ impl Exchange<'_> {
     /// when the client waits for one).
     fn send(
         &self,
-        cw: &mut Wire<&TcpStream>,
-        stream: &TcpStream,
+        cw: &mut Wire<&ClientStream<'_>>,
+        stream: &BackendStream,
         backend: &Backend,
         scratch: &mut Scratch,
         record: &mut Record,
@@ -204,7 +223,7 @@ impl Exchange<'_> {
         if self.has_body() {
             if self.head.expect_continue && !attempt.continued {
                 attempt.continued = true;
-                let mut cout = Coalesce::new(&*self.conn.stream, &mut scratch.client_out);
+                let mut cout = Coalesce::new(self.client, &mut scratch.client_out);
                 cout.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
                     .and_then(|()| cout.flush())
                     .map_err(|e| Failure::new(Party::Client, Phase::Send, Cause::Io(e)))?;
@@ -284,14 +303,14 @@ impl Exchange<'_> {
     /// beyond the response's framing (already read into the buffer).
     fn respond(
         &self,
-        bw: &mut Wire<&TcpStream>,
+        bw: &mut Wire<&BackendStream>,
         resp: &ResponseHead,
         backend: &Backend,
         scratch: &mut Scratch,
         record: &mut Record,
     ) -> Result<usize, Failure> {
         let client_gone = |e: io::Error| Failure::new(Party::Client, Phase::Body, Cause::Io(e));
-        let mut cout = Coalesce::new(&*self.conn.stream, &mut scratch.client_out);
+        let mut cout = Coalesce::new(self.client, &mut scratch.client_out);
         cout.write_all(&scratch.resp_head).map_err(client_gone)?;
         record.bytes_out += scratch.resp_head.len() as u64;
         let chunk_out = resp.client_body == BodyKind::Chunked;
@@ -315,7 +334,7 @@ impl Exchange<'_> {
 
     /// Pools the backend connection when its response ended exactly at its framing and nothing
     /// more waits on it; otherwise closes it (surplus bytes are discarded and logged).
-    fn release(&self, stream: TcpStream, backend: &Backend, resp: &ResponseHead, surplus: usize) {
+    fn release(&self, stream: BackendStream, backend: &Backend, resp: &ResponseHead, surplus: usize) {
         if surplus > 0 {
             log::warn!(
                 "req {}: {} sent {surplus} byte(s) beyond the response's framing; discarded, connection closed",
@@ -327,6 +346,10 @@ impl Exchange<'_> {
         if !resp.backend_reusable {
             return;
         }
+        // The idle pool keeps plain sockets; a TLS connection's state would not survive it, so
+        // TLS backend connections are closed after their response (a known cost: one handshake
+        // per request to a `tls` backend).
+        let Stream::Plain(stream) = stream else { return };
         match keepalive::peek(&stream) {
             Idle::Quiet => keepalive::put(backend, stream, self.ctx.config.http.backend_keepalive),
             Idle::Data => log::warn!(
@@ -341,7 +364,7 @@ impl Exchange<'_> {
 
 /// Reads until the first chunk-size line of a chunked body is complete and checks it, so a
 /// malformed or overflowing size is refused before anything reaches a backend.
-fn first_chunk_is_valid(cw: &mut Wire<&TcpStream>) -> Result<(), Failure> {
+fn first_chunk_is_valid(cw: &mut Wire<&ClientStream<'_>>) -> Result<(), Failure> {
     let bad = |why: &str| Failure::new(Party::Client, Phase::Request, Cause::Invalid(why.to_string()));
     loop {
         match httparse::parse_chunk_size(cw.buffered()) {
@@ -364,7 +387,7 @@ fn first_chunk_is_valid(cw: &mut Wire<&TcpStream>) -> Result<(), Failure> {
 
 /// Reads the response head (skipping 1xx), rewritten for the client into `out`.
 pub fn read_head(
-    bw: &mut Wire<&TcpStream>,
+    bw: &mut Wire<&BackendStream>,
     side: &ClientSide<'_>,
     max_head: usize,
     out: &mut Vec<u8>,
@@ -374,7 +397,7 @@ pub fn read_head(
         if !bw.buffered().is_empty() {
             out.clear();
             match response::parse(bw.buffered(), max_head, side, out) {
-                Ok(Some(r)) if r.status < 200 => {
+                Ok(Some(r)) if r.status < 200 && r.status != 101 => {
                     bw.consume(r.len);
                     continue;
                 }

@@ -5,3 +5,4 @@ mod exchange;
 pub mod keepalive;
 pub mod proxy;
 pub mod retry;
+mod upgrade;

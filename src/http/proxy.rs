@@ -27,6 +27,8 @@ use crate::h1::respond::SimpleResponse;
 use crate::h1::{reason, BodyKind, Coalesce, Wire};
 use crate::registry::Conn;
 use crate::stats::ProxyCounters;
+use crate::tls::Listener;
+use crate::tls_accept::{self, ClientStream};
 
 /// The `Via` pseudonym.
 pub const VIA: &str = "lbproxy";
@@ -44,6 +46,10 @@ pub struct HttpContext {
     pub counters: Arc<ProxyCounters>,
     /// Set at shutdown: finish the current request, then close.
     pub stopping: Arc<AtomicBool>,
+    /// The listener's TLS material, when it speaks TLS.
+    pub tls: Option<Arc<Listener>>,
+    /// TLS to backends marked `tls`.
+    pub backend_tls: Option<Arc<crate::tls::Backends>>,
 }
 
 /// Buffers a worker reuses from one connection to the next.
@@ -95,17 +101,20 @@ impl ReadTimeout<'_> {
 
 /// Serves one client connection until it closes, asks to close, idles out, or the proxy stops.
 pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
-    let client: &TcpStream = &conn.stream;
-    let t = &ctx.config.timeouts;
-    let _ = client.set_write_timeout(as_limit(t.idle));
-    let client_ip = conn.peer.ip().to_string();
-    let local = || client.local_addr().map(|a| a.to_string()).unwrap_or_default();
-    let fwd = Forwarding { client: &client_ip, local_host: &local, via: VIA };
-    let mut cw = Wire::with_buffer(client, std::mem::take(&mut scratch.client_in));
-    let mut timeout = ReadTimeout { stream: client, current: None };
     // The header clock starts when a worker takes the connection, not at accept: time spent
-    // queued for a worker is the proxy's, not the client's.
+    // queued for a worker is the proxy's, not the client's. A TLS handshake is part of it.
     let mut head_started = Instant::now();
+    let t = &ctx.config.timeouts;
+    let Some(stream) = tls_accept::open(&conn, ctx.tls.as_deref(), t.header, &ctx.counters) else { return };
+    let client: &ClientStream = &stream;
+    let tcp: &TcpStream = &conn.stream;
+    let _ = tcp.set_write_timeout(as_limit(t.idle));
+    let client_ip = conn.peer.ip().to_string();
+    let local = || tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let proto = if stream.is_tls() { "https" } else { "http" };
+    let fwd = Forwarding { client: &client_ip, local_host: &local, via: VIA, proto };
+    let mut cw = Wire::with_buffer(client, std::mem::take(&mut scratch.client_in));
+    let mut timeout = ReadTimeout { stream: tcp, current: None };
     let mut served = 0u64;
     let mut linger = false;
     let mut trimmed = false;
@@ -195,6 +204,9 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         };
         let Some(head) = head else { break };
         cw.consume(head.len);
+        if head.h2c_stripped {
+            log::debug!("req {}: Upgrade: h2c stripped (never forwarded)", head.request_id);
+        }
         served += 1;
         // Body reads from the client wait at most idle_ms between bytes. (Without a body the
         // next read is the next request's, which sets its own timeout.)
@@ -205,7 +217,7 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         let started = Instant::now();
         let mut record = Record::default();
         let keep_alive = head.keep_alive && !ctx.stopping.load(Ordering::SeqCst);
-        let exchange = Exchange { conn: &conn, ctx, head: &head, keep_alive };
+        let exchange = Exchange { conn: &conn, client, ctx, head: &head, keep_alive };
         let mut attempt = Attempt::default();
         let outcome = exchange.run(&mut cw, scratch, &mut record, &mut attempt);
         ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -236,7 +248,7 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         head_started = Instant::now();
     }
     if linger {
-        lingering_close(client);
+        lingering_close(tcp);
     }
     scratch.client_in = cw.into_buffer();
 }
@@ -260,7 +272,7 @@ fn lingering_close(client: &TcpStream) {
 }
 
 #[inline(never)]
-fn slow_client(conn: &Conn, client: &TcpStream, buf: &mut Vec<u8>) {
+fn slow_client(conn: &Conn, client: &ClientStream, buf: &mut Vec<u8>) {
     log::warn!("conn {} from {}: request head not complete within header_ms, closing", conn.id, conn.peer);
     let _ = write_error(&mut Coalesce::new(client, buf), 408, "request head timeout", None, true);
 }

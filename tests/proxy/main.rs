@@ -11,4 +11,6 @@ mod ops;
 mod robust;
 mod stdout;
 mod tcp;
+mod tls;
 mod util;
+mod ws;

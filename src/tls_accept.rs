@@ -1,0 +1,81 @@
+//! The TLS side of taking a client connection, in the worker (never the acceptor): the
+//! handshake within `header_ms`, nginx's plaintext 400 to a plain HTTP request on the TLS
+//! port, a quiet close for garbage, and the handshake counters.
+
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::registry::Conn;
+use crate::stats::ProxyCounters;
+use crate::tls::Listener;
+use crate::tls_stream::{self, Handshake, Stream, PLAIN_HTTP_ANSWER};
+
+/// The client side of a connection: plain or TLS over the registered socket.
+pub type ClientStream<'a> = Stream<&'a TcpStream>;
+
+/// Wraps `conn`'s socket, running the TLS handshake first when `listener` is set. `None` when
+/// the connection is done (failed or refused handshake; logged and counted).
+pub fn open<'a>(
+    conn: &'a Conn,
+    listener: Option<&Listener>,
+    limit: Duration,
+    counters: &ProxyCounters,
+) -> Option<ClientStream<'a>> {
+    let sock: &TcpStream = &conn.stream;
+    let Some(listener) = listener else { return Some(Stream::Plain(sock)) };
+    let outcome = tls_stream::accept(sock, listener.config(), limit);
+    let failed = |why: &str| {
+        counters.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+        log::info!("conn {} from {}: TLS handshake failed: {why}; closing", conn.id, conn.peer);
+    };
+    match outcome {
+        Handshake::Done(server) => {
+            counters.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            log::debug!(
+                "conn {} from {}: TLS {:?} {}",
+                conn.id,
+                conn.peer,
+                server.protocol_version(),
+                server.server_name().unwrap_or("(no SNI)")
+            );
+            Some(Stream::Tls(sock, Box::new(Mutex::new(rustls::Connection::Server(*server)))))
+        }
+        Handshake::PlainHttp => {
+            failed("plain HTTP sent to the TLS port (answered 400)");
+            // As nginx: a plaintext 400 naming the mistake, then close.
+            let _ = (&mut &*sock).write_all(PLAIN_HTTP_ANSWER);
+            let _ = sock.shutdown(Shutdown::Write);
+            drain(sock);
+            None
+        }
+        Handshake::Failed(why) => {
+            failed(&why);
+            None
+        }
+        Handshake::Closed => {
+            failed("client closed during the handshake");
+            None
+        }
+        Handshake::TimedOut => {
+            failed("not complete within header_ms");
+            None
+        }
+    }
+}
+
+/// Reads what the client still sends (bounded), so closing does not reset the 400 away.
+fn drain(sock: &TcpStream) {
+    use std::io::Read;
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut sink = [0u8; 4096];
+    for _ in 0..64 {
+        match (&mut &*sock).read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}

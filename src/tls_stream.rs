@@ -1,0 +1,237 @@
+//! A connection that is plain TCP or TLS over TCP, read and written through `&Stream` as a
+//! `&TcpStream` is, so the HTTP path serves both with the same code; and the server-side
+//! handshake, bounded by a deadline, that tells plain HTTP and garbage on a TLS port apart.
+//!
+//! The plain variant costs one `match` per call. The TLS variant keeps rustls' state behind an
+//! uncontended lock: only the thread that owns the connection ever takes it, one call at a time.
+//! Timeouts, shutdown and the registry work on the TCP socket underneath ([`Stream::tcp`]).
+
+use std::borrow::Borrow;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+
+/// Plain TCP, or TLS over it. `S` is the socket, owned or borrowed.
+#[derive(Debug)]
+pub enum Stream<S: Borrow<TcpStream>> {
+    Plain(S),
+    /// Boxed: rustls' state is large, and a worker's stack stays small (see `crate::stack`).
+    Tls(S, Box<Mutex<Connection>>),
+}
+
+impl<S: Borrow<TcpStream>> Stream<S> {
+    /// The TCP socket underneath, for timeouts and shutdown.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) | Stream::Tls(s, _) => s.borrow(),
+        }
+    }
+
+    /// Whether this is TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(..))
+    }
+
+    /// Splits into the socket and the TLS state, for the tunnel relay.
+    pub fn into_parts(self) -> (S, Option<Connection>) {
+        match self {
+            Stream::Plain(s) => (s, None),
+            Stream::Tls(s, c) => (s, Some(Mutex::into_inner(*c))),
+        }
+    }
+
+    /// Ends the sending side: TLS sends `close_notify` first.
+    pub fn shutdown_write(&self) {
+        if let Stream::Tls(s, c) = self {
+            let mut c = c.lock();
+            c.send_close_notify();
+            let _ = flush_tls(&mut c, s.borrow());
+        }
+        let _ = self.tcp().shutdown(Shutdown::Write);
+    }
+}
+
+/// Writes every pending TLS record to `sock` (blocking, within the socket's write timeout).
+pub fn flush_tls(c: &mut Connection, mut sock: &TcpStream) -> io::Result<()> {
+    while c.wants_write() {
+        c.write_tls(&mut sock)?;
+    }
+    Ok(())
+}
+
+/// Reads plaintext, reading and decrypting records from `sock` as needed. `Ok(0)` at the end
+/// (`close_notify`, or the TCP stream's end: framing above tells a truncated message).
+pub fn read_tls_plain(c: &mut Connection, mut sock: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match c.reader().read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(e) => return Err(e),
+        }
+        if c.wants_write() {
+            flush_tls(c, sock)?;
+        }
+        if c.read_tls(&mut sock)? == 0 {
+            return Ok(0);
+        }
+        if let Err(e) = c.process_new_packets() {
+            // The alert rustls queued tells the peer why.
+            let _ = flush_tls(c, sock);
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+    }
+}
+
+impl<S: Borrow<TcpStream>> Read for &Stream<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.borrow().read(buf),
+            Stream::Tls(s, c) => read_tls_plain(&mut c.lock(), s.borrow(), buf),
+        }
+    }
+}
+
+impl<S: Borrow<TcpStream>> Write for &Stream<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.borrow().write(buf),
+            Stream::Tls(s, c) => {
+                let mut c = c.lock();
+                let n = c.writer().write(buf)?;
+                flush_tls(&mut c, s.borrow())?;
+                Ok(n)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(_) => Ok(()),
+            Stream::Tls(s, c) => flush_tls(&mut c.lock(), s.borrow()),
+        }
+    }
+}
+
+/// How a server-side handshake ended.
+#[derive(Debug)]
+pub enum Handshake {
+    /// Done: the connection speaks TLS now.
+    Done(Box<ServerConnection>),
+    /// The first bytes were a plain HTTP request (an uppercase letter, not a TLS record).
+    PlainHttp,
+    /// Not TLS and not HTTP, or a handshake that failed (the reason).
+    Failed(String),
+    /// The peer closed before finishing.
+    Closed,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// A TLS record of type handshake starts with this byte.
+const HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Runs the server side of a handshake on the blocking `sock` until it completes, fails, or
+/// `limit` (zero: none) passes. The socket's timeouts are left set to what is left of it.
+pub fn accept(sock: &TcpStream, config: Arc<ServerConfig>, limit: Duration) -> Handshake {
+    let deadline = (!limit.is_zero()).then(|| Instant::now() + limit);
+    let set_deadline = || -> bool {
+        let Some(d) = deadline else { return true };
+        let left = d.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let _ = sock.set_read_timeout(Some(left));
+        let _ = sock.set_write_timeout(Some(left));
+        true
+    };
+    if !set_deadline() {
+        return Handshake::TimedOut;
+    }
+    let mut first = [0u8; 1];
+    match sock.peek(&mut first) {
+        Ok(0) => return Handshake::Closed,
+        Ok(_) if first[0] == HANDSHAKE_RECORD => {}
+        Ok(_) if first[0].is_ascii_uppercase() => return Handshake::PlainHttp,
+        Ok(_) => return Handshake::Failed(format!("not a TLS record (first byte 0x{:02x})", first[0])),
+        Err(e) if is_timeout(&e) => return Handshake::TimedOut,
+        Err(e) => return Handshake::Failed(e.to_string()),
+    }
+    let mut conn = match ServerConnection::new(config) {
+        Ok(c) => c,
+        Err(e) => return Handshake::Failed(e.to_string()),
+    };
+    let mut reader = sock;
+    while conn.is_handshaking() {
+        if !set_deadline() {
+            return Handshake::TimedOut;
+        }
+        if conn.wants_write() {
+            if let Err(e) = conn.write_tls(&mut reader) {
+                return if is_timeout(&e) { Handshake::TimedOut } else { Handshake::Failed(e.to_string()) };
+            }
+            continue;
+        }
+        match conn.read_tls(&mut reader) {
+            Ok(0) => return Handshake::Closed,
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => return Handshake::TimedOut,
+            Err(e) => return Handshake::Failed(e.to_string()),
+        }
+        if let Err(e) = conn.process_new_packets() {
+            while conn.wants_write() && conn.write_tls(&mut reader).is_ok() {}
+            return Handshake::Failed(e.to_string());
+        }
+    }
+    while conn.wants_write() {
+        if let Err(e) = conn.write_tls(&mut reader) {
+            return if is_timeout(&e) { Handshake::TimedOut } else { Handshake::Failed(e.to_string()) };
+        }
+    }
+    Handshake::Done(Box::new(conn))
+}
+
+/// Runs the client side of a handshake on the blocking, connected `sock` as `name` (sent as
+/// SNI and verified), within the socket's timeouts.
+pub fn connect(sock: TcpStream, config: Arc<ClientConfig>, name: &str) -> Result<Stream<TcpStream>, String> {
+    let server = ServerName::try_from(name.to_string()).map_err(|e| format!("server name {name:?}: {e}"))?;
+    let mut conn = ClientConnection::new(config, server).map_err(|e| e.to_string())?;
+    let mut s = &sock;
+    while conn.is_handshaking() {
+        match conn.complete_io(&mut s) {
+            Ok((0, 0)) => return Err("closed during the TLS handshake".into()),
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => return Err("TLS handshake timed out".into()),
+            Err(e) => return Err(format!("TLS handshake: {e}")),
+        }
+    }
+    Ok(Stream::Tls(sock, Box::new(Mutex::new(Connection::Client(conn)))))
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+/// nginx's answer to plain HTTP on an HTTPS port, word for word in its body.
+pub const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\n\
+Content-Length: 220\r\nConnection: close\r\n\r\n\
+<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n\
+<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n\
+<center>The plain HTTP request was sent to HTTPS port</center>\r\n</body>\r\n</html>\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plain_http_answer_is_framed_exactly() {
+        let text = std::str::from_utf8(PLAIN_HTTP_ANSWER).expect("ascii");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+    }
+}
