@@ -84,10 +84,13 @@ impl Server {
     /// `loader`; then drains and returns the summary.
     pub fn run(self, signals: Signals, loader: Loader) -> Result<Summary, Error> {
         let Server { config, listener, admin, local_addr } = self;
-        let mode = if config.mode == Mode::Http { "http" } else { "tcp" };
-        log::info!("listening on {local_addr} (mode {mode}, {} workers)", config.workers);
+        // What matters first, so `listening on` is the first line a newcomer sees; the full
+        // effective configuration (45 lines) only at debug level and in `--check`.
+        for line in crate::config::show::startup_lines(&config, local_addr) {
+            log::info!("{line}");
+        }
         for line in config.to_string().lines() {
-            log::info!("config: {line}");
+            log::debug!("config: {line}");
         }
         let balancer = Arc::new(Balancer::new(
             backend::build(&config.backends),

@@ -70,8 +70,19 @@ fn a_dead_backend_is_skipped_without_client_errors() {
         let name = exchange(&mut connect(addr), &format!("try {i}"));
         assert!(name == "app1" || name == "app2", "served by {name}");
     }
+    // The failed connect is logged with what came next, and the retry's decision line after
+    // its own connect, with the outcome.
     let line = p.wait_for("connect to app2");
-    assert!(line.contains("trying the next backend"), "{line}");
+    assert!(
+        line.contains("failed (connection refused); retrying app1 ")
+            || line.contains("failed (connection refused); retrying app3 "),
+        "{line}"
+    );
+    let at = line.find("conn ").expect("conn N");
+    let conn = &line[at..at + line[at..].find(" from ").expect("from")];
+    let retried = p.wait_for("retry after 1 failed");
+    assert!(retried.contains(&format!("{conn} from ")), "{retried}");
+    assert!(retried.contains(" connected in ") && retried.contains(" ms ("), "{retried}");
 }
 
 /// A backend that speaks first, then counts what it receives until EOF and reports the count.
@@ -285,7 +296,7 @@ fn check_passes_on_the_shipped_config() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("listen = 0.0.0.0:8080"), "{text}");
-    assert!(text.contains("app10 = 127.0.0.1:9099"), "{text}");
+    assert!(text.contains("dummy-9099 = 127.0.0.1:9099"), "{text}");
     assert!(text.contains("\nstats_interval_ms = 0\n"), "every key is shown:\n{text}");
     assert!(text.contains("is valid"), "{text}");
 }
