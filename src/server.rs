@@ -209,12 +209,7 @@ impl Server {
             "{why}: stopped accepting; draining {in_flight} connection(s) for up to {} ms",
             config.drain_timeout.as_millis()
         );
-        let mut forced = 0;
-        if !registry.wait_empty(Instant::now() + config.drain_timeout) {
-            forced = registry.close_all();
-            log::warn!("drain timeout: closed {forced} remaining connection(s)");
-            registry.wait_empty(Instant::now() + Duration::from_secs(5));
-        }
+        let forced = drain(&registry, &signals.stop, Instant::now() + config.drain_timeout);
         drop(background_tx);
         workers.join();
 
@@ -224,12 +219,37 @@ impl Server {
             forced,
             backends: members.iter().map(|b| summary_line(b)).collect(),
         };
-        log::info!("served {} connection(s) ({} closed at the drain deadline)", summary.connections, forced);
+        log::info!("served {} connection(s) ({} cut before they finished)", summary.connections, forced);
         for line in &summary.backends {
             log::info!("backend {line}");
         }
         Ok(summary)
     }
+}
+
+/// Waits for the in-flight connections to finish until `deadline`, then closes what remains.
+/// A second stop signal (Ctrl-C twice, as most servers and CLIs take it) closes them at once.
+/// Returns how many were cut.
+fn drain(registry: &Registry, stop: &Receiver<&'static str>, deadline: Instant) -> usize {
+    // Short slices so a second Ctrl-C is seen within a blink; bounded by the deadline.
+    const SLICE: Duration = Duration::from_millis(50);
+    let forced = loop {
+        if registry.wait_empty((Instant::now() + SLICE).min(deadline)) {
+            return 0;
+        }
+        if let Ok(again) = stop.try_recv() {
+            let forced = registry.close_all();
+            log::warn!("{again} again: stopping now; cut {forced} connection(s)");
+            break forced;
+        }
+        if Instant::now() >= deadline {
+            let forced = registry.close_all();
+            log::warn!("drain timeout: closed {forced} remaining connection(s)");
+            break forced;
+        }
+    };
+    registry.wait_empty(Instant::now() + Duration::from_secs(5));
+    forced
 }
 
 static SLOW_PICKUP: crate::logging::RateLimit = crate::logging::RateLimit::new();

@@ -1,0 +1,56 @@
+//! `simulate_client --interactive`: what `nc` does for the classic demo, for machines without
+//! netcat. One connection through the proxy; each line typed is sent, each line the backend
+//! answers is printed.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use super::{not_running_hint, ClientArgs};
+use crate::out;
+
+/// Connects to `args.target`, then copies stdin's lines to the connection and the
+/// connection's lines to stdout until either side ends. Returns once the proxy has closed.
+pub fn run(args: &ClientArgs) -> io::Result<()> {
+    let target = super::target(args)?;
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let stream = TcpStream::connect_timeout(&target, timeout).map_err(|e| not_running_hint(target, e))?;
+    let _ = stream.set_nodelay(true);
+    out::err_line(format_args!(
+        "connected to {target}; type a line and press Enter (Ctrl-D ends). This is one connection, \
+         so every line goes to the same backend: run again for a new choice."
+    ));
+    let reader = {
+        let stream = stream.try_clone()?;
+        thread::Builder::new().name("replies".into()).spawn(move || print_replies(stream, target))?
+    };
+    let mut writer = &stream;
+    for line in io::stdin().lock().lines() {
+        let line = line?;
+        if writer.write_all(format!("{line}\n").as_bytes()).is_err() {
+            break;
+        }
+    }
+    // Like `nc -N`: end of input half-closes, and the replies still on their way are printed.
+    let _ = stream.shutdown(Shutdown::Write);
+    let _ = reader.join();
+    Ok(())
+}
+
+fn print_replies(stream: TcpStream, target: SocketAddr) {
+    for line in BufReader::new(stream).lines() {
+        match line {
+            Ok(line) => {
+                if out::line(format_args!("{line}")).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                out::err_line(format_args!("connection to {target}: {e}"));
+                return;
+            }
+        }
+    }
+    out::err_line(format_args!("connection closed by {target} (the proxy's log says why); Ctrl-D to exit"));
+}
