@@ -10,4 +10,5 @@ mod ops;
 mod robust;
 mod stdout;
 mod tcp;
+mod terminal;
 mod util;
