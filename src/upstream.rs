@@ -116,7 +116,7 @@ pub fn connect(
         match attempt(balancer, &backend, limits.connect, label) {
             Ok(stream) => {
                 log::info!(
-                    "{label} -> {} {} connected in {:.1} ms ({})",
+                    "{label} -> {} {} connected in {:.2} ms ({})",
                     backend.name,
                     backend.addr,
                     started.elapsed().as_secs_f64() * 1000.0,

@@ -4,6 +4,8 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
@@ -21,9 +23,12 @@ pub fn run(args: &ClientArgs) -> io::Result<()> {
         "connected to {target}; type a line and press Enter (Ctrl-D ends). This is one connection, \
          so every line goes to the same backend: run again for a new choice."
     ));
+    let input_done = Arc::new(AtomicBool::new(false));
     let reader = {
-        let stream = stream.try_clone()?;
-        thread::Builder::new().name("replies".into()).spawn(move || print_replies(stream, target))?
+        let (stream, input_done) = (stream.try_clone()?, input_done.clone());
+        thread::Builder::new()
+            .name("replies".into())
+            .spawn(move || print_replies(stream, target, &input_done))?
     };
     let mut writer = &stream;
     for line in io::stdin().lock().lines() {
@@ -33,12 +38,13 @@ pub fn run(args: &ClientArgs) -> io::Result<()> {
         }
     }
     // Like `nc -N`: end of input half-closes, and the replies still on their way are printed.
+    input_done.store(true, Ordering::SeqCst);
     let _ = stream.shutdown(Shutdown::Write);
     let _ = reader.join();
     Ok(())
 }
 
-fn print_replies(stream: TcpStream, target: SocketAddr) {
+fn print_replies(stream: TcpStream, target: SocketAddr, input_done: &AtomicBool) {
     for line in BufReader::new(stream).lines() {
         match line {
             Ok(line) => {
@@ -52,5 +58,11 @@ fn print_replies(stream: TcpStream, target: SocketAddr) {
             }
         }
     }
-    out::err_line(format_args!("connection closed by {target} (the proxy's log says why); Ctrl-D to exit"));
+    // After our own end of input the close is the ordinary end; before it, the proxy (or the
+    // backend) ended the conversation, and the proxy's log says why.
+    if !input_done.load(Ordering::SeqCst) {
+        out::err_line(format_args!(
+            "connection closed by {target} (the proxy's log says why); Ctrl-D to exit"
+        ));
+    }
 }
