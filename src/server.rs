@@ -11,7 +11,8 @@
 //! When every worker is busy, accepted connections wait in the channel; when the channel is
 //! full the acceptor blocks, so the kernel's listen backlog holds the rest (backpressure,
 //! nothing dropped). Shutdown stops accepting at once, lets in-flight connections finish until
-//! `drain_timeout_ms`, then closes what remains.
+//! `drain_timeout_ms`, then closes what remains; a second Ctrl-C (or SIGTERM) closes them at
+//! once.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
