@@ -225,9 +225,11 @@ fn the_classic_flow_in_tmux_tells_the_story_at_a_glance() {
         decisions.join("\n")
     );
 
-    // Ctrl-C in the proxy's terminal drains and says what it served.
+    // Ctrl-D ends the interactive client; Ctrl-C in the proxy's terminal drains what is left
+    // and says what it served.
+    tmux.run(&["send-keys", "-t", "classic:nc", "C-d"]);
     tmux.run(&["send-keys", "-t", "classic:proxy", "C-c"]);
-    tmux.wait_for("proxy", "served 7 connection(s)");
+    tmux.wait_for("proxy", "served 7 connection(s) (0 cut before they finished)");
 }
 
 #[test]
