@@ -9,7 +9,8 @@ use lbproxy::{logging, out, signals};
 fn main() -> ExitCode {
     let args = DummyArgs::parse();
     let result = DummyServer::bind(&args).and_then(|server| {
-        logging::init(log::LevelFilter::Info, server.log_file())?;
+        let level = if args.verbose { log::LevelFilter::Debug } else { log::LevelFilter::Info };
+        logging::init(level, server.log_file())?;
         let signals = signals::install()?;
         server.run(signals.stop, std::time::Duration::from_secs(5))
     });

@@ -11,7 +11,8 @@
 //! When every worker is busy, accepted connections wait in the channel; when the channel is
 //! full the acceptor blocks, so the kernel's listen backlog holds the rest (backpressure,
 //! nothing dropped). Shutdown stops accepting at once, lets in-flight connections finish until
-//! `drain_timeout_ms`, then closes what remains.
+//! `drain_timeout_ms`, then closes what remains; a second Ctrl-C (or SIGTERM) closes them at
+//! once.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,15 +94,13 @@ impl Server {
     /// `loader`; then drains and returns the summary.
     pub fn run(self, signals: Signals, loader: Loader) -> Result<Summary, Error> {
         let Server { config, tls, backend_tls, listener, admin, local_addr } = self;
-        let mode = match (config.mode, tls.is_some()) {
-            (Mode::Http, false) => "http",
-            (Mode::Http, true) => "http over TLS",
-            (Mode::Tcp, false) => "tcp",
-            (Mode::Tcp, true) => "tcp over TLS",
-        };
-        log::info!("listening on {local_addr} (mode {mode}, {} workers)", config.workers);
+        // What matters first, so `listening on` is the first line a newcomer sees; the full
+        // effective configuration only at debug level and in `--check`.
+        for line in crate::config::show::startup_lines(&config, local_addr) {
+            log::info!("{line}");
+        }
         for line in config.to_string().lines() {
-            log::info!("config: {line}");
+            log::debug!("config: {line}");
         }
         let balancer = Arc::new(Balancer::new(
             backend::build(&config.backends),
@@ -237,12 +236,7 @@ impl Server {
             "{why}: stopped accepting; draining {in_flight} connection(s) for up to {} ms",
             config.drain_timeout.as_millis()
         );
-        let mut forced = 0;
-        if !registry.wait_empty(Instant::now() + config.drain_timeout) {
-            forced = registry.close_all();
-            log::warn!("drain timeout: closed {forced} remaining connection(s)");
-            registry.wait_empty(Instant::now() + Duration::from_secs(5));
-        }
+        let forced = drain(&registry, &signals.stop, Instant::now() + config.drain_timeout);
         drop(background_tx);
         workers.join();
 
@@ -252,7 +246,7 @@ impl Server {
             forced,
             backends: members.iter().map(|b| summary_line(b)).collect(),
         };
-        log::info!("served {} connection(s) ({} closed at the drain deadline)", summary.connections, forced);
+        log::info!("served {} connection(s) ({} cut before they finished)", summary.connections, forced);
         for line in &summary.backends {
             log::info!("backend {line}");
         }
@@ -280,6 +274,31 @@ fn reload_tls(tls: Option<&Listener>, backends: Option<&Backends>, new: &Config)
             log::error!("SIGHUP: TLS certificates not reloaded; keeping the running ones");
         }
     }
+}
+
+/// Waits for the in-flight connections to finish until `deadline`, then closes what remains.
+/// A second stop signal (Ctrl-C twice, as most servers and CLIs take it) closes them at once.
+/// Returns how many were cut.
+fn drain(registry: &Registry, stop: &Receiver<&'static str>, deadline: Instant) -> usize {
+    // Short slices so a second Ctrl-C is seen within a blink; bounded by the deadline.
+    const SLICE: Duration = Duration::from_millis(50);
+    let forced = loop {
+        if registry.wait_empty((Instant::now() + SLICE).min(deadline)) {
+            return 0;
+        }
+        if let Ok(again) = stop.try_recv() {
+            let forced = registry.close_all();
+            log::warn!("{again} again: stopping now; cut {forced} connection(s)");
+            break forced;
+        }
+        if Instant::now() >= deadline {
+            let forced = registry.close_all();
+            log::warn!("drain timeout: closed {forced} remaining connection(s)");
+            break forced;
+        }
+    };
+    registry.wait_empty(Instant::now() + Duration::from_secs(5));
+    forced
 }
 
 static SLOW_PICKUP: crate::logging::RateLimit = crate::logging::RateLimit::new();

@@ -1,4 +1,5 @@
-//! Process signals: Ctrl-C (SIGINT, via ctrlc) and SIGTERM stop the proxy; SIGHUP reloads its
+//! Process signals: Ctrl-C (SIGINT, via ctrlc) and SIGTERM stop the proxy, and a second one
+//! during the drain stops it at once (each is queued on `stop`); SIGHUP reloads its
 //! configuration. SIGTERM and SIGHUP come through signal-hook, since ctrlc's `termination`
 //! feature would also take SIGHUP.
 

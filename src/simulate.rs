@@ -5,6 +5,9 @@
 //! message, read the `[name] message` reply, optionally hold the connection open, close. In
 //! HTTP mode each client keeps one keep-alive connection and reads `X-Served-By`. In ws mode
 //! each client opens one WebSocket to `/ws` and sends its messages on it (see [`ws`]).
+//! [`interactive`] is the one-connection, type-a-line mode (`nc` for machines without it).
+
+pub mod interactive;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -24,7 +27,13 @@ mod ws;
 
 /// Sends concurrent requests through the proxy and shows how they were balanced.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "simulate_client", version, about)]
+#[command(
+    name = "simulate_client",
+    version,
+    about = "simulate_client: load for lbproxy. Concurrent clients send lines (tcp) or requests (http) \
+             through the proxy, then a table shows which backend answered how often, with latency \
+             percentiles. --interactive: type lines yourself, like nc."
+)]
 pub struct ClientArgs {
     /// The proxy's address.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -51,6 +60,32 @@ pub struct ClientArgs {
     /// Print a line per reply.
     #[arg(long)]
     pub verbose: bool,
+    /// One connection: send the lines typed on stdin, print the replies (what `nc` would do).
+    #[arg(long, short)]
+    pub interactive: bool,
+}
+
+/// The mode's name as written on the command line (`tcp`, not `Tcp`).
+fn mode_name(mode: ClientMode) -> String {
+    mode.to_possible_value().map_or_else(|| format!("{mode:?}"), |v| v.get_name().to_string())
+}
+
+/// The target address, parsed.
+fn target(args: &ClientArgs) -> io::Result<SocketAddr> {
+    crate::addr::parse_socket_addr(&args.target, false)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+}
+
+/// A refused connect to the proxy is the newcomer's most likely mistake: say what to check.
+fn not_running_hint(target: SocketAddr, e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::ConnectionRefused {
+        io::Error::new(
+            e.kind(),
+            format!("cannot connect to {target}: {e}; is proxy_server running on {target}?"),
+        )
+    } else {
+        io::Error::new(e.kind(), format!("cannot connect to {target}: {e}"))
+    }
 }
 
 /// The protocol spoken.
@@ -102,9 +137,9 @@ impl Report {
     pub fn table(&mut self, args: &ClientArgs) -> String {
         let total = (args.clients * args.requests) as f64;
         let mut out = format!(
-            "target {}  mode {:?}  {} clients x {} requests in {:.2} s\n\n{:<24} {:>8} {:>7}\n",
+            "target {}  mode {}  {} clients x {} requests in {:.2} s\n\n{:<24} {:>8} {:>7}\n",
             args.target,
-            args.mode,
+            mode_name(args.mode),
             args.clients,
             args.requests,
             self.elapsed.as_secs_f64(),
@@ -123,7 +158,39 @@ impl Report {
         if let Some(e) = &self.first_error {
             out.push_str(&format!("first error: {e}\n"));
         }
+        if let Some(hint) = self.hint() {
+            out.push_str(&format!("hint: {hint}\n"));
+        }
         out
+    }
+
+    /// Nothing at all got through because nothing listens on the target: the run says only
+    /// that, with what to check, instead of an empty table.
+    pub fn nobody_listening(&self, args: &ClientArgs) -> Option<String> {
+        let refused =
+            self.first_error.as_deref().is_some_and(|e| e.starts_with("connect: ") && e.contains("refused"));
+        (refused && self.per_backend.is_empty() && self.statuses.is_empty()).then(|| {
+            format!(
+                "cannot connect to {t}: connection refused; is proxy_server running on {t}?",
+                t = args.target
+            )
+        })
+    }
+
+    /// Where to look when the proxy accepted but answered with a close, reset or error status:
+    /// typically every backend is down, and the proxy's log names each failed connect.
+    fn hint(&self) -> Option<&'static str> {
+        let e = self.first_error.as_deref()?;
+        let proxy_gave_up = e.contains("closed without a reply")
+            || e.contains("reset")
+            || e.contains("closed before a response")
+            || e.starts_with("status 502")
+            || e.starts_with("status 503")
+            || e.starts_with("status 504");
+        proxy_gave_up.then_some(
+            "the proxy accepted and then closed the connection (or answered an error): its log \
+             (its terminal, or logs/proxy.log) says why, e.g. no backend is up or every connect failed",
+        )
     }
 }
 
@@ -131,8 +198,7 @@ impl Report {
 /// With `--verbose`, the clients stop early once stdout's reader has gone ([`out::gone`]):
 /// the rest of the run could no longer be shown.
 pub fn run(args: &ClientArgs) -> io::Result<Report> {
-    let target: SocketAddr = crate::addr::parse_socket_addr(&args.target, false)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let target = target(args)?;
     let done = Arc::new(AtomicU64::new(0));
     let total = (args.clients * args.requests) as u64;
     let started = Instant::now();

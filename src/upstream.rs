@@ -6,7 +6,7 @@
 use std::fmt::Display;
 use std::io;
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
 use crate::balancer::{Balancer, Pick, Tried};
@@ -32,6 +32,23 @@ pub fn dial(
     timeout: Duration,
     label: &dyn Display,
 ) -> Result<TcpStream, Failure> {
+    attempt(balancer, backend, timeout, label).map_err(|(f, why)| {
+        if f.party == Party::Backend {
+            log::warn!("{label}: connect to {} {} failed ({why})", backend.name, backend.addr);
+        }
+        f
+    })
+}
+
+/// One connect attempt: the socket, or the failure and its short description (`connection
+/// refused`, `timed out`). A local shortage is logged here, as it ends the connection whatever
+/// the caller would say next.
+fn attempt(
+    balancer: &Balancer,
+    backend: &Backend,
+    timeout: Duration,
+    label: &dyn Display,
+) -> Result<TcpStream, (Failure, String)> {
     match open(backend.addr, timeout) {
         Ok(stream) => Ok(stream),
         Err(e) if is_local_resource(&e) => {
@@ -40,22 +57,18 @@ pub fn dial(
                 backend.name,
                 backend.addr
             );
-            Err(Failure::at(&backend.name, Party::Local, Phase::Connect, Cause::Io(e)))
+            let why = e.to_string();
+            Err((Failure::at(&backend.name, Party::Local, Phase::Connect, Cause::Io(e)), why))
         }
         Err(e) => {
             let why = describe(&e);
-            log::warn!(
-                "{label}: connect to {} {} failed: {why}; trying the next backend",
-                backend.name,
-                backend.addr
-            );
             balancer.observe_failure(backend, &why);
             let cause = if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) {
                 Cause::Timeout
             } else {
                 Cause::Io(e)
             };
-            Err(Failure::at(&backend.name, Party::Backend, Phase::Connect, cause))
+            Err((Failure::at(&backend.name, Party::Backend, Phase::Connect, cause), why))
         }
     }
 }
@@ -91,6 +104,11 @@ pub fn secure(
 /// Chooses a backend for the connection named by `label` (e.g. `conn 17 from
 /// 127.0.0.1:51234`), `key` being the client's source-hash key, and connects, trying the next
 /// best on failure. Returns the connected socket and its counted pick.
+///
+/// Each decision is logged once its outcome is known, so a line never reads as a success that
+/// a warning then contradicts: `-> app2 127.0.0.1:9091 connected in 0.3 ms (why)`, or
+/// `connect to app2 127.0.0.1:9091 failed (connection refused); retrying app1 127.0.0.1:9090`
+/// (`; no other backend to try` when none is left).
 pub fn connect(
     balancer: &Balancer,
     key: u64,
@@ -98,25 +116,62 @@ pub fn connect(
     limits: Limits,
 ) -> Result<(TcpStream, Pick), Failure> {
     let mut tried = Tried::default();
+    // The failed attempt not yet logged: its line names what comes next.
+    let mut failed: Option<(std::sync::Arc<Backend>, String)> = None;
     loop {
-        let pick = balancer
-            .pick(key, &tried, limits.queue)
-            .map_err(|why| Failure::new(Party::Backend, Phase::Pick, Cause::Unavailable(why)))?;
+        let pick = match balancer.pick(key, &tried, limits.queue) {
+            Ok(pick) => pick,
+            Err(why) => {
+                if let Some((b, e)) = failed.take() {
+                    log::warn!(
+                        "{label}: connect to {} {} failed ({e}); no other backend to try",
+                        b.name,
+                        b.addr
+                    );
+                }
+                return Err(Failure::new(Party::Backend, Phase::Pick, Cause::Unavailable(why)));
+            }
+        };
         let backend = pick.guard.backend().clone();
-        log::info!("{label} -> {} {} ({})", backend.name, backend.addr, pick.reason);
-        if events::watching() {
-            let label = label.to_string();
-            events::pick(&label, &events::client_of(&label), &backend.name, pick.algorithm, &pick.reason);
+        if let Some((b, e)) = failed.take() {
+            log::warn!(
+                "{label}: connect to {} {} failed ({e}); retrying {} {}",
+                b.name,
+                b.addr,
+                backend.name,
+                backend.addr
+            );
         }
-        match dial(balancer, &backend, limits.connect, label) {
-            Ok(stream) => return Ok((stream, pick)),
-            Err(f) if f.party == Party::Local => return Err(f),
-            Err(f) => {
+        let started = Instant::now();
+        match attempt(balancer, &backend, limits.connect, label) {
+            Ok(stream) => {
+                log::info!(
+                    "{label} -> {} {} connected in {:.2} ms ({})",
+                    backend.name,
+                    backend.addr,
+                    started.elapsed().as_secs_f64() * 1000.0,
+                    pick.reason
+                );
+                if events::watching() {
+                    let label = label.to_string();
+                    events::pick(
+                        &label,
+                        &events::client_of(&label),
+                        &backend.name,
+                        pick.algorithm,
+                        &pick.reason,
+                    );
+                }
+                return Ok((stream, pick));
+            }
+            Err((f, _)) if f.party == Party::Local => return Err(f),
+            Err((f, why)) => {
                 if events::watching() {
                     let label = label.to_string();
                     events::retry(&label, &events::client_of(&label), &backend.name, &f.to_string());
                 }
-                tried.insert(&backend)
+                tried.insert(&backend);
+                failed = Some((backend, why));
             }
         }
     }

@@ -82,3 +82,32 @@ fn replacing_members_keeps_counts_on_the_old_ones() {
     drop(held);
     assert_eq!(old.active.load(Ordering::Relaxed), 0);
 }
+
+/// The reason for choosing `chosen` when the members hold `active` connections.
+fn reason(active: &[usize], chosen: usize, allowed: &[bool]) -> String {
+    let members = testing::members(&vec![1; active.len()]);
+    for (m, &a) in members.iter().zip(active) {
+        m.active.store(a, Ordering::Relaxed);
+    }
+    let ok = |i: usize| allowed[i];
+    let view = View { members: &members, allowed: &ok, now: crate::backend::now_ms(), key: 0 };
+    explain_choice(Algorithm::LeastConnections, &view, chosen, &Tried::default())
+}
+
+#[test]
+fn an_exact_tie_says_it_went_round_robin_and_a_clear_choice_lists_the_loads() {
+    let all = [true; 3];
+    assert_eq!(reason(&[0, 0, 0], 0, &all), "least-connections: tie at 0 → round-robin: b0");
+    assert_eq!(reason(&[1, 0, 0], 1, &all), "least-connections: tie at 0 → round-robin: b1; b0=1");
+    assert_eq!(
+        reason(&[1, 1, 0], 2, &all),
+        "least-connections: b2=0 b0=1 b1=1",
+        "no tie: the loads compared"
+    );
+    assert_eq!(
+        reason(&[0, 0, 3], 1, &[false, true, true]),
+        "least-connections: b1=0 b2=3",
+        "b0 was not allowed"
+    );
+    assert_eq!(reason(&[0], 0, &[true]), "least-connections: b0=0", "alone is no tie");
+}

@@ -128,11 +128,24 @@ impl RawConfig {
         self.add(section, key, value, Origin::Flag(flag));
     }
 
-    /// Replaces the file's backends with `--backend` values, named `app1`, `app2`, ...
+    /// Replaces the file's backends with `--backend` values, named `dummy-<port>` as
+    /// dummy_server names itself by default, so the proxy's log and the replies agree; when two
+    /// targets share a port they are named `app1`, `app2`, ... instead (names must be unique).
     pub fn set_backends(&mut self, targets: &[String]) {
         self.settings.retain(|s| s.section != "backends");
+        let port = |t: &str| {
+            let after = t.split_whitespace().next()?.rsplit_once(':')?.1;
+            (!after.is_empty() && after.bytes().all(|b| b.is_ascii_digit())).then(|| after.to_string())
+        };
+        let ports: Vec<Option<String>> = targets.iter().map(|t| port(t)).collect();
+        let by_port = ports.iter().all(|p| p.is_some())
+            && ports.iter().enumerate().all(|(i, p)| !ports[..i].contains(p));
         for (i, target) in targets.iter().enumerate() {
-            self.add("backends", &format!("app{}", i + 1), target, Origin::Flag("--backend"));
+            let name = match &ports[i] {
+                Some(p) if by_port => format!("dummy-{p}"),
+                _ => format!("app{}", i + 1),
+            };
+            self.add("backends", &name, target, Origin::Flag("--backend"));
         }
     }
 

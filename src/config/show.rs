@@ -53,6 +53,41 @@ pub fn write_effective(c: &Config, out: &mut impl std::fmt::Write) -> std::fmt::
     Ok(())
 }
 
+/// What the proxy logs at start, before any traffic: one line for the listener (`addr`, the
+/// address actually bound), mode, algorithm and workers, then one per backend. The full
+/// effective configuration is [`write_effective`] (`--check`, and debug level).
+pub fn startup_lines(c: &Config, addr: std::net::SocketAddr) -> Vec<String> {
+    let mode = match (c.mode, c.tls.listener()) {
+        (super::Mode::Http, false) => "http",
+        (super::Mode::Http, true) => "http over TLS",
+        (super::Mode::Tcp, false) => "tcp",
+        (super::Mode::Tcp, true) => "tcp over TLS",
+    };
+    let mut lines = vec![format!(
+        "listening on {addr} (mode {mode}, {}, {} workers; --check or log_level = debug shows every setting)",
+        c.algorithm.name(),
+        c.workers
+    )];
+    for b in &c.backends {
+        let mut line = format!("backend {} {}", b.name, b.target);
+        if b.dns {
+            let addrs: Vec<String> = b.addrs.iter().map(|a| a.to_string()).collect();
+            let _ = write!(line, " ({})", addrs.join(", "));
+        }
+        if b.weight != 1 {
+            let _ = write!(line, " weight={}", b.weight);
+        }
+        if b.max_conns > 0 {
+            let _ = write!(line, " max_conns={}", b.max_conns);
+        }
+        if let Some(sni) = &b.tls {
+            let _ = write!(line, " tls (sni {sni})");
+        }
+        lines.push(line);
+    }
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +139,18 @@ mod tests {
             }
         }
         assert_eq!(seen.last(), Some(&"backends"));
+    }
+
+    #[test]
+    fn startup_is_one_line_for_the_listener_then_one_per_backend() {
+        let text = "[proxy]\nmode = http\nworkers = 7\n[backends]\ndummy-9090 = 127.0.0.1:9090\n\
+                    web = 127.0.0.1:9 weight=3 max_conns=2\n";
+        let config = RawConfig::parse(text.as_bytes(), "t.ini").and_then(|r| r.validate()).expect("valid");
+        let lines = startup_lines(&config, "127.0.0.1:8080".parse().expect("addr"));
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].starts_with("listening on 127.0.0.1:8080 (mode http, least-connections, 7 workers;"));
+        assert_eq!(lines[1], "backend dummy-9090 127.0.0.1:9090");
+        assert_eq!(lines[2], "backend web 127.0.0.1:9 weight=3 max_conns=2");
     }
 
     #[test]

@@ -420,7 +420,10 @@ mod tests {
         let c = raw.validate().expect("valid");
         assert_eq!(c.workers, 16);
         let names: Vec<_> = c.backends.iter().map(|b| b.name.as_str()).collect();
-        assert_eq!(names, ["app1", "app2"]);
+        assert_eq!(names, ["dummy-2", "dummy-3"], "named as dummy_server names itself");
+        raw.set_backends(&["127.0.0.1:2".to_string(), "127.0.0.2:2".to_string()]);
+        let names: Vec<_> = raw.validate().expect("valid").backends.iter().map(|b| b.name.clone()).collect();
+        assert_eq!(names, ["app1", "app2"], "a shared port: numbered instead");
         raw.set_flag("proxy", "workers", "lots", "--workers");
         let errs = raw.validate().expect_err("bad flag");
         assert_eq!(errs[0].to_string(), "--workers: [proxy] workers: expected a whole number, got 'lots'");

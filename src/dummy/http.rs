@@ -40,6 +40,11 @@ pub fn is_request_line(line: &[u8]) -> bool {
         && (version == b"HTTP/1.1" || version == b"HTTP/1.0")
 }
 
+/// Whether `line` is a health check's request line: `GET /health` or `HEAD /health`.
+pub fn is_health_check(line: &[u8]) -> bool {
+    line.starts_with(b"GET /health ") || line.starts_with(b"HEAD /health ")
+}
+
 struct Request {
     method: String,
     path: String,
@@ -82,7 +87,11 @@ pub fn serve(wire: &mut Wire<TcpStream>, peer: SocketAddr, dummy: &Dummy) {
                 break;
             }
         };
-        log::info!("{peer} {} {} ({received} body bytes)", req.method, req.path);
+        if req.path == "/health" && matches!(req.method.as_str(), "GET" | "HEAD") {
+            dummy.checks.seen(format_args!("{} /health from {peer}", req.method));
+        } else {
+            log::info!("{peer} {} {} ({received} body bytes)", req.method, req.path);
+        }
         let reply = reply_for(dummy, &req, received, sum.0);
         let delay = param(&req, "delay_ms").map(Duration::from_millis);
         let after = match req.query.iter().find(|(k, _)| k == "fault").map(|(_, v)| v.as_str()) {
@@ -197,5 +206,7 @@ mod tests {
         assert!(!is_request_line(b"hello world\n"));
         assert!(!is_request_line(b"GET / HTTP/2\r\n"));
         assert!(!is_request_line(b"get / HTTP/1.1\r\n"));
+        assert!(is_health_check(b"GET /health HTTP/1.1\r\n") && is_health_check(b"HEAD /health HTTP/1.0\n"));
+        assert!(!is_health_check(b"GET /healthz HTTP/1.1\r\n") && !is_health_check(b"GET / HTTP/1.1\r\n"));
     }
 }

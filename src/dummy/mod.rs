@@ -28,7 +28,13 @@ use fault::LineFault;
 /// A dummy backend for the proxy: line echo and HTTP/1.1, and a fault lab of misbehaving
 /// replies for testing how a proxy copes with broken backends.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "dummy_server", version, about, after_long_help = fault::HELP)]
+#[command(
+    name = "dummy_server",
+    version,
+    about = "dummy_server: a test backend for lbproxy. Echoes each line as `[name] line` and speaks \
+             HTTP/1.1 (X-Served-By: name); a fault lab of misbehaving replies on request.",
+    after_long_help = fault::HELP
+)]
 pub struct DummyArgs {
     /// Port to listen on (0: any free port).
     #[arg(default_value_t = 9090)]
@@ -60,6 +66,10 @@ pub struct DummyArgs {
     /// (listed in --help).
     #[arg(long, value_name = "NAME=VALUE", value_parser = LineFault::parse)]
     pub fault: Option<LineFault>,
+    /// Log every health check too (`GET /health`, TCP connect-and-close); by default they are
+    /// counted in one line a minute, so the terminal shows the traffic.
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 /// What every connection handler needs.
@@ -73,6 +83,43 @@ pub struct Dummy {
     pub draining: AtomicBool,
     /// The fault every line connection gets, if any.
     pub line_fault: Option<LineFault>,
+    /// Health checks seen, summarised once a minute.
+    pub checks: HealthChecks,
+}
+
+/// Counts health checks (a load balancer's `GET /health` or TCP connect-and-close, every few
+/// seconds per balancer) so they are logged at debug level one by one and at info level only
+/// as one line a minute: the terminal stays about the traffic.
+#[derive(Debug)]
+pub struct HealthChecks {
+    since: Mutex<(Instant, u64)>,
+}
+
+impl Default for HealthChecks {
+    fn default() -> HealthChecks {
+        HealthChecks { since: Mutex::new((Instant::now(), 0)) }
+    }
+}
+
+impl HealthChecks {
+    /// How often the summary line is written (at most; only when checks keep coming).
+    pub const EVERY: Duration = Duration::from_secs(60);
+
+    /// Logs one health check (`what`, e.g. `GET /health from 127.0.0.1:40112`) at debug
+    /// level, and the minute's count at info level once a minute has passed.
+    pub fn seen(&self, what: std::fmt::Arguments<'_>) {
+        log::debug!("health check: {what}");
+        let mut since = self.since.lock();
+        since.1 += 1;
+        if since.0.elapsed() >= Self::EVERY {
+            log::info!(
+                "{} health check(s) in the last {} s (one by one with --verbose)",
+                since.1,
+                since.0.elapsed().as_secs()
+            );
+            *since = (Instant::now(), 0);
+        }
+    }
 }
 
 /// A bound dummy server.
@@ -99,6 +146,7 @@ impl DummyServer {
             delay: Duration::from_millis(args.delay_ms),
             draining: AtomicBool::new(false),
             line_fault: args.fault,
+            checks: HealthChecks::default(),
         });
         let drain = Duration::from_millis(args.drain_ms);
         Ok(DummyServer { listener, addr, dummy, log_file, drain })
@@ -205,7 +253,8 @@ fn serve(stream: TcpStream, peer: SocketAddr, dummy: &Dummy) {
     let first = match wire.line_len(crate::h1::MAX_HEAD) {
         Ok(Some(n)) => n,
         Ok(None) => {
-            log::info!("connection from {peer} closed without data");
+            // What a TCP health check looks like: connect, then close.
+            dummy.checks.seen(format_args!("connection from {peer} closed without data"));
             return;
         }
         Err(e) => {
@@ -214,7 +263,11 @@ fn serve(stream: TcpStream, peer: SocketAddr, dummy: &Dummy) {
         }
     };
     if http::is_request_line(&wire.buffered()[..first]) {
-        log::info!("connection from {peer} (http)");
+        if http::is_health_check(&wire.buffered()[..first]) {
+            log::debug!("connection from {peer} (http)");
+        } else {
+            log::info!("connection from {peer} (http)");
+        }
         http::serve(&mut wire, peer, dummy);
     } else {
         log::info!("connection from {peer} (lines)");

@@ -277,7 +277,10 @@ impl Exchange<'_> {
             }
             Retry::NextBackend => {
                 if count {
-                    log::warn!("req {}: {f}; trying the next backend", self.head.request_id);
+                    // With no other member left to try, don't promise one.
+                    let others = self.ctx.balancer.members().len() > attempt.tried.count() + 1;
+                    let next = if others { "trying the next backend" } else { "no other backend to try" };
+                    log::warn!("req {}: {f}; {next}", self.head.request_id);
                     self.ctx.balancer.observe_failure(backend, &f.cause.to_string());
                 }
                 attempt.tried.insert(backend);

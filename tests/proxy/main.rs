@@ -11,6 +11,7 @@ mod ops;
 mod robust;
 mod stdout;
 mod tcp;
+mod terminal;
 mod tls;
 mod util;
 mod ws;

@@ -70,8 +70,19 @@ fn a_dead_backend_is_skipped_without_client_errors() {
         let name = exchange(&mut connect(addr), &format!("try {i}"));
         assert!(name == "app1" || name == "app2", "served by {name}");
     }
+    // The failed connect is logged with what came next, and the retry's decision line after
+    // its own connect, with the outcome.
     let line = p.wait_for("connect to app2");
-    assert!(line.contains("trying the next backend"), "{line}");
+    assert!(
+        line.contains("failed (connection refused); retrying app1 ")
+            || line.contains("failed (connection refused); retrying app3 "),
+        "{line}"
+    );
+    let at = line.find("conn ").expect("conn N");
+    let conn = &line[at..at + line[at..].find(" from ").expect("from")];
+    let retried = p.wait_for("retry after 1 failed");
+    assert!(retried.contains(&format!("{conn} from ")), "{retried}");
+    assert!(retried.contains(" connected in ") && retried.contains(" ms ("), "{retried}");
 }
 
 /// A backend that speaks first, then counts what it receives until EOF and reports the count.
@@ -236,6 +247,30 @@ fn drain_timeout_closes_what_remains() {
 }
 
 #[test]
+fn a_second_ctrl_c_during_the_drain_cuts_the_connections_at_once() {
+    let ds = dummies(1);
+    let config = format!("[proxy]\ndrain_timeout_ms = 60000\n{}", backends_section(&[ds[0].1]));
+    let (mut p, addr) = proxy_with(&config, &[]);
+    let mut open: Vec<TcpStream> = (0..2).map(|_| connect(addr)).collect();
+    for (i, s) in open.iter_mut().enumerate() {
+        exchange(s, &format!("held {i}"));
+    }
+    p.signal("INT");
+    p.wait_for("draining 2 connection(s) for up to 60000 ms");
+    let started = Instant::now();
+    p.signal("INT");
+    p.wait_for("SIGINT again: stopping now; cut 2 connection(s)");
+    assert_eq!(p.wait_exit().code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(10), "not the 60 s drain: {:?}", started.elapsed());
+    assert!(p.log_text().contains("(2 cut before they finished)"), "{}", p.log_text());
+    for mut s in open {
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "the held connection was closed");
+    }
+}
+
+#[test]
 fn invalid_configs_exit_2_naming_each_problem() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bad.ini");
@@ -285,7 +320,7 @@ fn check_passes_on_the_shipped_config() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("listen = 0.0.0.0:8080"), "{text}");
-    assert!(text.contains("app10 = 127.0.0.1:9099"), "{text}");
+    assert!(text.contains("dummy-9099 = 127.0.0.1:9099"), "{text}");
     assert!(text.contains("\nstats_interval_ms = 0\n"), "every key is shown:\n{text}");
     assert!(text.contains("is valid"), "{text}");
 }
@@ -335,6 +370,7 @@ fn simulate_client_reports_the_distribution_and_exit_status() {
         .expect("run");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("  mode tcp  "), "the mode as written on the command line: {text}");
     for needle in ["app1", "app2", "app3", "p50", "p99", "failures"] {
         assert!(text.contains(needle), "{needle} in:\n{text}");
     }
@@ -346,9 +382,11 @@ fn simulate_client_reports_the_distribution_and_exit_status() {
         .args(["--target", &dead.to_string(), "--clients", "2", "--requests", "2"])
         .output()
         .expect("run");
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(2));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("first error: connect"), "{text}");
+    assert!(text.is_empty(), "no empty table when nothing listens: {text}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("connection refused; is proxy_server running on {dead}?")), "{err}");
 }
 
 #[test]
