@@ -264,7 +264,8 @@ fn api_token_is_required_on_every_post_and_gets_401_when_missing_or_wrong() {
 fn api_drain_and_ready_under_load_lose_no_request_and_a_drained_backend_gets_none() {
     let backends = dummies(2);
     let addrs: Vec<SocketAddr> = backends.iter().map(|(_, a)| *a).collect();
-    let (_p, addr, admin) = api_proxy(&addrs, "", "enabled = false");
+    // A short slow start, so `ready` visibly ramps and the backend is back within seconds.
+    let (_p, addr, admin) = api_proxy(&addrs, "", "enabled = false\nslowstart_ms = 2000");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Four keep-alive clients, each request checked; bounded by count as well as by `stop`.
     let load: Vec<_> = (0..4)
