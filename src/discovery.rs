@@ -177,6 +177,7 @@ impl Discovery {
             for (name, addr) in members_of(spec, addrs) {
                 match current.iter().find(|b| b.spec == spec.name && b.addr == addr && !b.is_retired()) {
                     Some(b) => {
+                        b.set_send_proxy(spec.send_proxy);
                         if b.weight() != spec.weight || b.max_conns() != spec.max_conns {
                             changed.push(format!(
                                 "{} weight {}->{} max_conns {}->{}",
@@ -194,13 +195,10 @@ impl Discovery {
                     }
                     None => {
                         added.push(name.clone());
-                        next.push(Arc::new(Backend::new(
-                            name,
-                            spec.name.clone(),
-                            addr,
-                            spec.weight,
-                            spec.max_conns,
-                        )));
+                        next.push(Arc::new(
+                            Backend::new(name, spec.name.clone(), addr, spec.weight, spec.max_conns)
+                                .with_send_proxy(spec.send_proxy),
+                        ));
                     }
                 }
             }

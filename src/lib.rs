@@ -42,6 +42,7 @@ pub mod logging;
 pub mod net;
 pub mod out;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod registry;
 pub mod relay;
 pub mod server;
@@ -49,6 +50,7 @@ pub mod signals;
 pub mod simulate;
 pub mod stack;
 pub mod stats;
+pub mod takeover;
 pub mod tcp;
 pub mod upstream;
 

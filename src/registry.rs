@@ -17,6 +17,8 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::proxy_protocol::Addresses;
+
 #[derive(Debug)]
 struct Entry {
     client: RawFd,
@@ -136,8 +138,11 @@ impl Registry {
 pub struct Conn {
     /// Sequence number, as in the logs (`conn 17`).
     pub id: u64,
-    /// The client's address.
+    /// The client's address: the socket's peer, or the one a PROXY protocol header named.
     pub peer: SocketAddr,
+    /// The address the client reached, when a PROXY protocol header named it; otherwise the
+    /// socket's own local address is looked up when needed.
+    pub local: Option<SocketAddr>,
     /// When it was accepted.
     pub accepted: Instant,
     /// The client socket.
@@ -158,7 +163,7 @@ impl Conn {
         entries.insert(id, entry);
         drop(entries);
         let stream = Arc::new(stream);
-        Conn { id, peer, accepted: Instant::now(), stream, shared, registry: registry.clone() }
+        Conn { id, peer, local: None, accepted: Instant::now(), stream, shared, registry: registry.clone() }
     }
 
     /// Registers the backend socket too, until the returned guard drops; the guard must drop
@@ -173,6 +178,21 @@ impl Conn {
         }
         drop(slot);
         Attached { conn: self }
+    }
+
+    /// Takes the client's addresses from a PROXY protocol header (`None`: a LOCAL or UNKNOWN
+    /// header, the socket's own addresses stand).
+    pub fn set_origin(&mut self, addrs: Option<Addresses>) {
+        if let Some(a) = addrs {
+            self.peer = a.src;
+            self.local = Some(a.dst);
+        }
+    }
+
+    /// Where the client came from and the address it reached, for a PROXY header to a backend.
+    pub fn origin(&self) -> Addresses {
+        let dst = self.local.or_else(|| self.stream.local_addr().ok()).unwrap_or(self.peer);
+        Addresses { src: self.peer, dst }
     }
 
     /// Marks the connection as waiting for its next request (true) or busy (false); waiting

@@ -4,7 +4,7 @@
 //! (each backend at most once), logging every choice and every failure.
 
 use std::fmt::Display;
-use std::io;
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -12,6 +12,8 @@ use crate::backend::Backend;
 use crate::balancer::{Balancer, Pick, Tried};
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::net::{describe, is_local_resource, open};
+use crate::proxy_protocol;
+use crate::registry::Conn;
 
 /// Connect timeout, and how long to wait for a slot when every backend is full.
 #[derive(Debug, Clone, Copy)]
@@ -20,17 +22,25 @@ pub struct Limits {
     pub queue: Duration,
 }
 
-/// Opens a fresh connection to `backend` within `timeout` (0: the system's). A failure is
-/// logged for the connection named by `label`; when it is the backend's it also counts against
-/// it (passive health). Our own shortage (no descriptor, no local port) is a `Party::Local`
-/// failure, counted against nobody.
+/// Opens a fresh connection to `backend` within `timeout` (0: the system's), for `client`. A
+/// failure is logged for the connection named by `label`; when it is the backend's it also
+/// counts against it (passive health). Our own shortage (no descriptor, no local port) is a
+/// `Party::Local` failure, counted against nobody. With `send_proxy=` on the backend, the
+/// connection starts with a PROXY header carrying the client's address.
 pub fn dial(
     balancer: &Balancer,
     backend: &Backend,
     timeout: Duration,
+    client: &Conn,
     label: &dyn Display,
 ) -> Result<TcpStream, Failure> {
-    match open(backend.addr, timeout) {
+    let opened = open(backend.addr, timeout).and_then(|stream| {
+        if let Some(version) = backend.send_proxy() {
+            (&stream).write_all(&proxy_protocol::encode(version, client.origin()))?;
+        }
+        Ok(stream)
+    });
+    match opened {
         Ok(stream) => Ok(stream),
         Err(e) if is_local_resource(&e) => {
             log::warn!(
@@ -58,12 +68,13 @@ pub fn dial(
     }
 }
 
-/// Chooses a backend for the connection named by `label` (e.g. `conn 17 from
-/// 127.0.0.1:51234`), `key` being the client's source-hash key, and connects, trying the next
+/// Chooses a backend for `client`, the connection named by `label` (e.g. `conn 17 from
+/// 127.0.0.1:51234`), `key` being its hash key, and connects, trying the next
 /// best on failure. Returns the connected socket and its counted pick.
 pub fn connect(
     balancer: &Balancer,
-    key: u64,
+    key: Option<u64>,
+    client: &Conn,
     label: &dyn Display,
     limits: Limits,
 ) -> Result<(TcpStream, Pick), Failure> {
@@ -74,7 +85,7 @@ pub fn connect(
             .map_err(|why| Failure::new(Party::Backend, Phase::Pick, Cause::Unavailable(why)))?;
         let backend = pick.guard.backend().clone();
         log::info!("{label} -> {} {} ({})", backend.name, backend.addr, pick.reason);
-        match dial(balancer, &backend, limits.connect, label) {
+        match dial(balancer, &backend, limits.connect, client, label) {
             Ok(stream) => return Ok((stream, pick)),
             Err(f) if f.party == Party::Local => return Err(f),
             Err(_) => tried.insert(&backend),

@@ -1,20 +1,23 @@
 //! Source hashing on a consistent-hash ring: a client (by IP) sticks to one backend while the
 //! set is stable, and when a backend leaves or goes down only its clients move (about 1/N).
+//! The same ring serves header-hash, keyed by a request header instead of the address.
 
 use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64;
 
+use super::least_connections::LeastConnections;
 use super::{Select, View};
 use crate::backend::Backend;
 
 /// Ring points per unit of weight.
 const POINTS_PER_WEIGHT: u32 = 100;
 
-/// The ring: sorted (point, member index).
+/// The ring: sorted (point, member index), and least connections for requests without a key.
 #[derive(Debug)]
 pub struct SourceHash {
     ring: Vec<(u64, usize)>,
+    fallback: LeastConnections,
 }
 
 /// A ring point: XXH3-64 (seed 0) of `"{name} {addr} {index}"`, stable across builds and
@@ -35,16 +38,19 @@ impl SourceHash {
             })
             .collect();
         ring.sort_unstable();
-        SourceHash { ring }
+        SourceHash { ring, fallback: LeastConnections::new() }
     }
 }
 
 impl Select for SourceHash {
     fn select(&mut self, view: &View<'_>) -> Option<usize> {
+        let Some(key) = view.key else {
+            return self.fallback.select(view);
+        };
         if self.ring.is_empty() {
             return None;
         }
-        let start = self.ring.partition_point(|&(point, _)| point < view.key);
+        let start = self.ring.partition_point(|&(point, _)| point < key);
         (0..self.ring.len()).map(|k| self.ring[(start + k) % self.ring.len()].1).find(|&i| view.allowed(i))
     }
 }
@@ -57,7 +63,7 @@ mod tests {
 
     fn owner(ring: &mut SourceHash, b: &[Arc<Backend>], key: u64, down: Option<usize>) -> usize {
         let allowed = |i: usize| Some(i) != down;
-        let view = View { members: b, allowed: &allowed, now: 0, key };
+        let view = View { members: b, allowed: &allowed, now: 0, key: Some(key) };
         ring.select(&view).expect("some backend")
     }
 

@@ -9,7 +9,8 @@ use log::LevelFilter;
 use super::keys::{self, Key, Kind};
 use super::raw::{RawConfig, Setting};
 use super::{
-    Algorithm, BackendSpec, Config, ConfigError, HealthSettings, HttpSettings, Mode, Origin, Timeouts,
+    AcceptProxy, Algorithm, BackendSpec, Config, ConfigError, HealthSettings, HttpSettings, Mode, Origin,
+    ProxyVersion, ScaleSettings, Timeouts,
 };
 use crate::addr;
 
@@ -56,6 +57,10 @@ impl RawConfig {
             }
         });
         let resolve_interval = v.millis(&keys::RESOLVE_MS);
+        let reuse_port = v.get(&keys::REUSE_PORT, parse_bool);
+        let accept_proxy = v.get(&keys::ACCEPT_PROXY, parse_accept_proxy);
+        let hash_header = v.get(&keys::HASH_HEADER, parse_header_name);
+        let control_socket = v.get(&keys::CONTROL_SOCKET, |s| Ok((!s.is_empty()).then(|| PathBuf::from(s))));
         // `None` exactly when some value was bad (and reported).
         let built = (|| {
             Some(Config {
@@ -97,6 +102,12 @@ impl RawConfig {
                 stats_interval: stats_interval.map(|d| (!d.is_zero()).then_some(d))?,
                 resolve_interval: resolve_interval?,
                 backends: Vec::new(),
+                scale: ScaleSettings {
+                    reuse_port: reuse_port?,
+                    accept_proxy: accept_proxy?,
+                    hash_header: hash_header?,
+                    control_socket: control_socket?,
+                },
             })
         })();
         let mut backends = Vec::new();
@@ -231,7 +242,30 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
         "round-robin" | "roundrobin" => Ok(Algorithm::RoundRobin),
         "random-two" => Ok(Algorithm::RandomTwo),
         "source-hash" => Ok(Algorithm::SourceHash),
+        "header-hash" => Ok(Algorithm::HeaderHash),
         other => Err(format!("unknown algorithm '{other}' (expected {})", keys::one_of(keys::ALGORITHMS))),
+    }
+}
+
+fn parse_accept_proxy(s: &str) -> Result<AcceptProxy, String> {
+    match s {
+        "off" => Ok(AcceptProxy::Off),
+        "v1" => Ok(AcceptProxy::V1),
+        "v2" => Ok(AcceptProxy::V2),
+        "any" => Ok(AcceptProxy::Any),
+        _ => {
+            Err(format!("unknown accept_proxy '{s}' (expected {})", keys::one_of(keys::ACCEPT_PROXY_CHOICES)))
+        }
+    }
+}
+
+/// A header name: an RFC 9110 token.
+fn parse_header_name(s: &str) -> Result<String, String> {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !s.is_empty() && s.chars().all(tchar) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("'{s}' is not a header name"))
     }
 }
 
@@ -256,6 +290,7 @@ fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
     let (host, port, addrs) = addr::parse_target(target, false)?;
     let mut weight = 1;
     let mut max_conns = 0;
+    let mut send_proxy = None;
     let mut seen: Vec<&str> = Vec::new();
     for word in words {
         let option = word.split_once('=').map_or(word, |(k, _)| k);
@@ -266,7 +301,14 @@ fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
         match word.split_once('=') {
             Some(("weight", w)) => weight = parse_number(w, 1, 1000)? as u32,
             Some(("max_conns", m)) => max_conns = parse_number(m, 0, 1_000_000)? as usize,
-            _ => return Err(format!("unknown backend option '{word}' (expected weight=N or max_conns=N)")),
+            Some(("send_proxy", "v1")) => send_proxy = Some(ProxyVersion::V1),
+            Some(("send_proxy", "v2")) => send_proxy = Some(ProxyVersion::V2),
+            Some(("send_proxy", v)) => return Err(format!("send_proxy={v}: expected v1 or v2")),
+            _ => {
+                return Err(format!(
+                    "unknown backend option '{word}' (expected weight=N, max_conns=N or send_proxy=v1|v2)"
+                ))
+            }
         }
     }
     Ok(BackendSpec {
@@ -278,6 +320,7 @@ fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
         addrs,
         weight,
         max_conns,
+        send_proxy,
     })
 }
 

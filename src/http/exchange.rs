@@ -15,7 +15,7 @@ use super::keepalive::{self, Idle};
 use super::proxy::{HttpContext, Record, Scratch, VIA};
 use super::retry::{self, Retry};
 use crate::backend::Backend;
-use crate::balancer::{source_key, Pick, Tried};
+use crate::balancer::{Pick, Tried};
 use crate::config::as_limit;
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::h1::request::RequestHead;
@@ -50,6 +50,8 @@ pub struct Exchange<'a> {
     pub head: &'a RequestHead,
     /// Whether the client connection may stay open after this request.
     pub keep_alive: bool,
+    /// The balancer's hash key (client address or `hash_header`); `None`: least connections.
+    pub key: Option<u64>,
 }
 
 static UNAVAILABLE: RateLimit = RateLimit::new();
@@ -152,8 +154,7 @@ impl Exchange<'_> {
     /// failure if one broke (502), else "no backend" (503).
     fn pick(&self, attempt: &mut Attempt) -> Result<Pick, Failure> {
         let queue = self.ctx.config.timeouts.queue;
-        let key = source_key(self.conn.peer.ip());
-        match self.ctx.balancer.pick(key, &attempt.tried, queue) {
+        match self.ctx.balancer.pick(self.key, &attempt.tried, queue) {
             Ok(pick) => Ok(pick),
             Err(_) if attempt.broke.is_some() => Err(attempt
                 .broke
@@ -177,7 +178,7 @@ impl Exchange<'_> {
             return Ok((stream, true));
         }
         let t = &self.ctx.config.timeouts;
-        let stream = upstream::dial(&self.ctx.balancer, backend, t.connect, &self.label())?;
+        let stream = upstream::dial(&self.ctx.balancer, backend, t.connect, self.conn, &self.label())?;
         let _ = stream.set_read_timeout(as_limit(t.response));
         let _ = stream.set_write_timeout(as_limit(t.idle));
         Ok((stream, false))
@@ -317,7 +318,9 @@ impl Exchange<'_> {
             );
             return;
         }
-        if !resp.backend_reusable {
+        // A connection that began with a PROXY header speaks for one client only (as nginx and
+        // HAProxy rule): never pooled.
+        if !resp.backend_reusable || backend.send_proxy().is_some() {
             return;
         }
         match keepalive::peek(&stream) {

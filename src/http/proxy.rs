@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::exchange::{Attempt, Exchange};
-use crate::balancer::Balancer;
-use crate::config::{as_limit, Config};
+use crate::balancer::{header_key, source_key, Balancer};
+use crate::config::{as_limit, Algorithm, Config};
 use crate::error::{Answer, Party};
 use crate::h1::request::{self, Forwarding, RequestHead};
 use crate::h1::respond::SimpleResponse;
@@ -194,6 +194,7 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
             }
         };
         let Some(head) = head else { break };
+        let key = hash_key(&conn, ctx, &cw.buffered()[..head.len]);
         cw.consume(head.len);
         served += 1;
         // Body reads from the client wait at most idle_ms between bytes. (Without a body the
@@ -205,7 +206,7 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         let started = Instant::now();
         let mut record = Record::default();
         let keep_alive = head.keep_alive && !ctx.stopping.load(Ordering::SeqCst);
-        let exchange = Exchange { conn: &conn, ctx, head: &head, keep_alive };
+        let exchange = Exchange { conn: &conn, ctx, head: &head, keep_alive, key };
         let mut attempt = Attempt::default();
         let outcome = exchange.run(&mut cw, scratch, &mut record, &mut attempt);
         ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -293,6 +294,15 @@ fn access_log(conn: &Conn, head: &RequestHead, r: &Record, started: Instant) {
         let _ = write!(line, " [{}]", r.note);
     }
     log::info!("{line}");
+}
+
+/// The request's balancer key: its `hash_header` value under header-hash, else the client's
+/// address.
+fn hash_key(conn: &Conn, ctx: &HttpContext, head: &[u8]) -> Option<u64> {
+    match ctx.balancer.algorithm() {
+        Algorithm::HeaderHash => header_key(head, &ctx.config.scale.hash_header),
+        _ => Some(source_key(conn.peer.ip())),
+    }
 }
 
 fn is_timeout(e: &io::Error) -> bool {
