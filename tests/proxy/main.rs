@@ -3,11 +3,14 @@
 
 mod admin;
 mod faultlab;
+mod haproxy;
 mod hostile;
 mod http;
 mod limits;
 mod ops;
+mod proxy_protocol;
 mod robust;
+mod scale;
 mod stdout;
 mod tcp;
 mod util;
