@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,6 +30,8 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Shared {
     idle: AtomicBool,
+    /// When it last started waiting, in ms since the registry's `epoch`.
+    idle_since: AtomicU64,
     /// The attached backend socket and its backend's id.
     backend: Mutex<Option<(RawFd, u64)>>,
 }
@@ -41,6 +43,23 @@ pub struct Registry {
     emptied: Condvar,
     /// Set by `close_all`: sockets registered or attached afterwards are shut at once.
     closing: AtomicBool,
+    epoch: Epoch,
+}
+
+/// The registry's clock origin.
+#[derive(Debug)]
+struct Epoch(Instant);
+
+impl Default for Epoch {
+    fn default() -> Epoch {
+        Epoch(Instant::now())
+    }
+}
+
+impl Epoch {
+    fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
 }
 
 fn shut(fd: RawFd, how: std::net::Shutdown) {
@@ -112,12 +131,22 @@ impl Registry {
         closed
     }
 
-    /// Closes the read side of connections waiting idle for their next request (HTTP
-    /// keep-alive), so their workers finish at once instead of at the drain deadline.
-    pub fn close_idle(&self) -> usize {
+    /// Closes the read side of connections that have waited idle for their next request (HTTP
+    /// keep-alive) at least `min_idle`, so their workers finish at once instead of at the drain
+    /// deadline. Ones idle for less may be a busy client between two requests, whose next one
+    /// could be on its way: their workers see the shutdown themselves and answer that request
+    /// with `Connection: close` (as HAProxy's `idle-close-on-response`), or close when they
+    /// have idled `min_idle` too.
+    pub fn close_idle(&self, min_idle: std::time::Duration) -> usize {
         let entries = self.entries.lock();
+        let now = self.epoch.now_ms();
+        let min = min_idle.as_millis() as u64;
+        let idle = |e: &&Entry| {
+            e.shared.idle.load(Ordering::SeqCst)
+                && now.saturating_sub(e.shared.idle_since.load(Ordering::SeqCst)) >= min
+        };
         let mut closed = 0;
-        for entry in entries.values().filter(|e| e.shared.idle.load(Ordering::SeqCst)) {
+        for entry in entries.values().filter(idle) {
             shut(entry.client, std::net::Shutdown::Read);
             closed += 1;
         }
@@ -198,6 +227,9 @@ impl Conn {
     /// Marks the connection as waiting for its next request (true) or busy (false); waiting
     /// ones are closed at once on shutdown.
     pub fn set_idle(&self, idle: bool) {
+        if idle && !self.shared.idle.load(Ordering::Relaxed) {
+            self.shared.idle_since.store(self.registry.epoch.now_ms(), Ordering::SeqCst);
+        }
         self.shared.idle.store(idle, Ordering::SeqCst);
     }
 }

@@ -40,6 +40,10 @@ use crate::stats::ProxyCounters;
 use crate::takeover::{self, Handoff};
 use crate::tcp::{self, TcpContext};
 
+/// At shutdown, keep-alive clients idle this long are closed at once (see
+/// [`Registry::close_idle`]); an HTTP worker closes its own once it has idled this long.
+const IDLE_CLOSE_AFTER: Duration = http_proxy::TRIM_AFTER;
+
 /// How long the acceptor backs off when the descriptor table is full.
 const FD_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -269,9 +273,9 @@ impl Server {
         }
         let _ = acceptor.join();
         drop(listener);
-        // Keep-alive clients are not cut between requests after a takeover (one could be
-        // sending its next request): each gets its next response with `Connection: close`.
-        let idle_closed = if taken_over { 0 } else { registry.close_idle() };
+        // Keep-alive clients idle a while are closed; busy ones are not cut between two requests
+        // (the next could be on its way) but get their next response with `Connection: close`.
+        let idle_closed = registry.close_idle(IDLE_CLOSE_AFTER);
         let in_flight = registry.len().saturating_sub(idle_closed);
         log::warn!(
             "{why}: stopped accepting; draining {in_flight} connection(s) for up to {} ms",

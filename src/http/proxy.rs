@@ -31,8 +31,9 @@ use crate::stats::ProxyCounters;
 /// The `Via` pseudonym.
 pub const VIA: &str = "lbproxy";
 
-/// How long a keep-alive client may idle before its worker gives back its stack pages.
-const TRIM_AFTER: Duration = Duration::from_millis(500);
+/// How long a keep-alive client may idle before its worker gives back its stack pages; at
+/// shutdown, before its connection is closed.
+pub const TRIM_AFTER: Duration = Duration::from_millis(500);
 
 /// "Forever" for a zero (disabled) timeout.
 const NO_LIMIT: Duration = Duration::from_secs(365 * 86_400);
@@ -134,9 +135,12 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
             }
             let between_requests = cw.buffered().is_empty();
             if between_requests {
-                // Waiting for a request: a shutdown may close this connection at once.
+                // Waiting for a request: a shutdown closes this connection once it has idled
+                // `TRIM_AFTER` (the registry closes ones idle that long at once). Not sooner: a
+                // busy client's next request may be on its way, and is answered with
+                // `Connection: close` instead. A new connection's first request is served too.
                 conn.set_idle(true);
-                if ctx.stopping.load(Ordering::SeqCst) {
+                if served > 0 && ctx.stopping.load(Ordering::SeqCst) && head_started.elapsed() >= TRIM_AFTER {
                     break None;
                 }
             }

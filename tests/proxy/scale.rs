@@ -41,7 +41,8 @@ impl Load {
                             ok.fetch_add(1, Ordering::SeqCst);
                         }
                         Err(e) => {
-                            failures.lock().expect("failures").push(e);
+                            let kind = if keep_alive { "keep-alive" } else { "new connection" };
+                            failures.lock().expect("failures").push(format!("{kind}: {e}"));
                             wire = None;
                         }
                     }
@@ -134,8 +135,12 @@ fn two_instances_share_a_port_with_reuse_port_and_one_stops_under_load_without_a
         backends_section(&addrs)
     );
     let (mut first, addr) = proxy_with(&config, &[]);
-    let (second, again) = proxy_with(&config, &["--listen", &addr.to_string()]);
-    assert_eq!(again, addr, "both instances listen on one address");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("config.ini"), &config).expect("write");
+    let mut cmd = Command::new(PROXY);
+    cmd.current_dir(dir.path()).args(["--config", "config.ini", "--listen", &addr.to_string()]);
+    let second = Proc::spawn(&mut cmd, Some(dir));
+    assert_eq!(second.listening_addr(), addr, "both instances listen on one address");
     // Without reuse_port the same bind fails.
     let plain = config.replace("reuse_port = on", "reuse_port = off");
     let dir = tempfile::tempdir().expect("tempdir");
