@@ -17,7 +17,11 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::proxy_protocol::Addresses;
+use crate::config::{AcceptProxy, Config};
+use crate::logging::RateLimit;
+use crate::proxy_protocol::{self, Addresses};
+
+static BAD_PROXY_HEADER: RateLimit = RateLimit::new();
 
 #[derive(Debug)]
 struct Entry {
@@ -215,6 +219,35 @@ impl Conn {
         if let Some(a) = addrs {
             self.peer = a.src;
             self.local = Some(a.dst);
+        }
+    }
+
+    /// With `accept_proxy` on, reads the PROXY protocol header before anything else (within
+    /// `header_ms`) and makes its client address the connection's, for both modes: logs,
+    /// `X-Forwarded-For`, source-hash and the access log all read `peer`. False when the header
+    /// is missing or bad: the caller closes the connection, never forwarding it.
+    pub fn take_proxy_header(&mut self, config: &Config) -> bool {
+        let accept = config.scale.accept_proxy;
+        if accept == AcceptProxy::Off {
+            return true;
+        }
+        match proxy_protocol::read(&self.stream, accept, config.timeouts.header) {
+            Ok(header) => {
+                self.set_origin(header.addrs);
+                true
+            }
+            Err(why) => {
+                if let Some(n) = BAD_PROXY_HEADER.check() {
+                    log::warn!(
+                        "conn {} from {}: {why}; closing (accept_proxy = {}){}",
+                        self.id,
+                        self.peer,
+                        crate::config::keys::accept_proxy_name(accept),
+                        crate::logging::held_back(n)
+                    );
+                }
+                false
+            }
         }
     }
 

@@ -26,13 +26,12 @@ use crate::admin;
 use crate::backend::{self, summary_line};
 use crate::balancer::Balancer;
 use crate::checker;
-use crate::config::{AcceptProxy, Config, ConfigError, Mode};
+use crate::config::{Config, ConfigError, Mode};
 use crate::discovery::Discovery;
 use crate::error::Error;
 use crate::http::proxy::{self as http_proxy, HttpContext, Scratch};
 use crate::net::{bind, bind_with, is_fd_exhaustion};
 use crate::pool::WorkerPool;
-use crate::proxy_protocol;
 use crate::registry::{Conn, Registry};
 use crate::relay::Buffers;
 use crate::signals::Signals;
@@ -149,7 +148,7 @@ impl Server {
                     config.queue,
                     move |mut conn: Conn, b: &mut Buffers| {
                         note_wait(&conn, ctx.config.workers);
-                        if take_proxy_header(&mut conn, &ctx.config) {
+                        if conn.take_proxy_header(&ctx.config) {
                             tcp::serve(conn, &ctx, b)
                         }
                     },
@@ -168,7 +167,7 @@ impl Server {
                     config.queue,
                     move |mut conn: Conn, s: &mut Scratch| {
                         note_wait(&conn, ctx.config.workers);
-                        if take_proxy_header(&mut conn, &ctx.config) {
+                        if conn.take_proxy_header(&ctx.config) {
                             http_proxy::serve(conn, &ctx, s)
                         }
                     },
@@ -305,37 +304,6 @@ impl Server {
 }
 
 static SLOW_PICKUP: crate::logging::RateLimit = crate::logging::RateLimit::new();
-static BAD_PROXY_HEADER: crate::logging::RateLimit = crate::logging::RateLimit::new();
-
-/// With `accept_proxy` on, reads the PROXY protocol header before anything else (within
-/// `header_ms`) and makes its client address the connection's, for both modes: logs,
-/// `X-Forwarded-For`, source-hash and the access log all read `conn.peer`. False when the
-/// header is missing or bad: the connection is closed, never forwarded.
-fn take_proxy_header(conn: &mut Conn, config: &Config) -> bool {
-    let accept = config.scale.accept_proxy;
-    if accept == AcceptProxy::Off {
-        return true;
-    }
-    match proxy_protocol::read(&conn.stream, accept, config.timeouts.header) {
-        Ok(header) => {
-            conn.set_origin(header.addrs);
-            true
-        }
-        Err(why) => {
-            if let Some(n) = BAD_PROXY_HEADER.check() {
-                log::warn!(
-                    "conn {} from {}: {why}; closing (accept_proxy = {}){}",
-                    conn.id,
-                    conn.peer,
-                    crate::config::keys::accept_proxy_name(accept),
-                    crate::logging::held_back(n)
-                );
-            }
-            false
-        }
-    }
-}
-
 /// Says so when a connection waited long for a free worker: every worker was busy (in HTTP mode
 /// each keep-alive client holds one), so `workers` is too small for the load.
 fn note_wait(conn: &Conn, workers: usize) {

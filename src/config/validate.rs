@@ -110,6 +110,14 @@ impl RawConfig {
                 },
             })
         })();
+        if algorithm == Some(Algorithm::HeaderHash) && mode == Some(Mode::Tcp) {
+            v.errors.push(ConfigError {
+                file: self.file.clone(),
+                origin: self.origin("proxy", "algorithm"),
+                key: keys::ALGORITHM.label(),
+                message: "header-hash hashes an HTTP request header: it needs mode = http".to_string(),
+            });
+        }
         let mut backends = Vec::new();
         for s in self
             .settings
@@ -397,6 +405,13 @@ mod tests {
         let web = &c.backends[0];
         assert!(web.dns && !web.addrs.is_empty());
         assert_eq!((web.weight, web.max_conns), (2, 9));
+        let errs = messages("[proxy]\nalgorithm = header-hash\n[backends]\na = 127.0.0.1:1 send_proxy=v3\n");
+        assert!(errs[0].contains("header-hash hashes an HTTP request header"), "{errs:?}");
+        assert!(errs[1].contains("send_proxy=v3: expected v1 or v2"), "{errs:?}");
+        let c = parse("[proxy]\nmode = http\nalgorithm = header-hash\naccept_proxy = v2\n[backends]\na = 127.0.0.1:1 send_proxy=v1\n")
+            .expect("valid");
+        assert_eq!((c.algorithm, c.scale.accept_proxy), (Algorithm::HeaderHash, AcceptProxy::V2));
+        assert_eq!(c.backends[0].send_proxy, Some(ProxyVersion::V1));
         let errs = messages("[backends]\na = 127.0.0.1:1 weight=2 weight=3\n");
         assert!(errs[0].contains("option 'weight' given twice"), "{errs:?}");
         let errs = messages("[health]\nfall = 0\nmode = udp\n[backends]\na = 127.0.0.1:1\n");
