@@ -11,16 +11,17 @@
 //!   [`addr`] (`host:port` parsing, resolution), [`budget`] (whether the threads fit the
 //!   system's limits), [`error`] (the process's errors and one failure model for both modes),
 //!   [`latency`], [`logging`], [`out`] (stdout, quiet when its reader has gone), [`net`]
-//!   (sockets), [`h1`] (the HTTP/1.1 wire format).
+//!   (sockets), [`h1`] (the HTTP/1.1 wire format), [`proxy_protocol`] (PROXY protocol v1/v2
+//!   headers, read and written).
 //! - health state: [`health`] (rise/fall hysteresis, passive failures, slow start).
 //! - backend: [`backend`] (identity, limits, counters, idle connections).
-//! - selection: [`balancer`] (four algorithms; the one place where choosing meets health).
+//! - selection: [`balancer`] (five algorithms; the one place where choosing meets health).
 //! - reaching backends, checking, rendering: [`upstream`] (the one connect path),
 //!   [`checker`] (the health-check thread), [`stats`], [`registry`], [`pool`], [`relay`],
 //!   [`signals`].
 //! - modes and operations: [`tcp`], [`http`], [`admin`], [`discovery`] (reload, DNS),
 //!   [`dummy`] and [`simulate`] (the companions).
-//! - process: [`server`], [`cli`].
+//! - process: [`takeover`] (handing the listeners to a new process), [`server`], [`cli`].
 
 pub mod addr;
 pub mod admin;
