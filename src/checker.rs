@@ -11,19 +11,25 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::balancer::Balancer;
-use crate::config::{HealthSettings, Mode};
+use crate::config::{HealthSettings, Mode, ProxyVersion};
 use crate::h1::{head, HeadError, Wire};
 use crate::health::Transition;
 use crate::net::describe;
+use crate::proxy_protocol;
 
-/// Checks one backend once.
-pub fn check(addr: SocketAddr, s: &HealthSettings) -> Result<(), String> {
+/// Checks one backend once. With `proxy` (the backend's `send_proxy=`), an http check starts
+/// with a PROXY header saying it is the proxy's own connection (v1 UNKNOWN, v2 LOCAL), since
+/// such a backend refuses a connection without one.
+pub fn check(addr: SocketAddr, s: &HealthSettings, proxy: Option<ProxyVersion>) -> Result<(), String> {
     let stream = TcpStream::connect_timeout(&addr, s.timeout).map_err(|e| describe(&e))?;
     if s.mode == Mode::Tcp {
         return Ok(());
     }
     let _ = stream.set_read_timeout(Some(s.timeout));
     let _ = stream.set_write_timeout(Some(s.timeout));
+    if let Some(version) = proxy {
+        (&stream).write_all(&proxy_protocol::encode_local(version)).map_err(|e| describe(&e))?;
+    }
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: lbproxy-health\r\nConnection: close\r\n\r\n",
         s.path
@@ -52,7 +58,7 @@ pub fn spawn_checker(balancer: Arc<Balancer>, stop: Receiver<()>) -> std::io::Re
                     let (s, balancer) = (&s, &balancer);
                     let spawned =
                         thread::Builder::new().stack_size(64 * 1024).spawn_scoped(scope, move || {
-                            if let Some(t) = b.health.observe_check(check(b.addr, s), s) {
+                            if let Some(t) = b.health.observe_check(check(b.addr, s, b.send_proxy()), s) {
                                 b.log_transition(&t);
                                 if matches!(t, Transition::Up(_)) {
                                     balancer.wake();

@@ -256,6 +256,20 @@ pub fn encode(version: Version, a: Addresses) -> Vec<u8> {
     }
 }
 
+/// The header for a connection the proxy makes on its own behalf (a health check): v1
+/// `UNKNOWN`, v2 `LOCAL`; the backend then uses the connection's own addresses, as HAProxy's
+/// `check-send-proxy` does.
+pub fn encode_local(version: Version) -> Vec<u8> {
+    match version {
+        Version::V1 => b"PROXY UNKNOWN\r\n".to_vec(),
+        Version::V2 => {
+            let mut out = V2_SIGNATURE.to_vec();
+            out.extend_from_slice(&[0x20, 0x00, 0, 0]);
+            out
+        }
+    }
+}
+
 fn to_v6(ip: IpAddr) -> Ipv6Addr {
     match ip {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),

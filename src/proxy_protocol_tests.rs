@@ -65,6 +65,14 @@ fn bad_headers_are_refused_with_a_reason() {
 }
 
 #[test]
+fn local_headers_parse_as_no_address() {
+    for v in [Version::V1, Version::V2] {
+        let bytes = encode_local(v);
+        assert_eq!(parse(&bytes, Accept::Any), Ok(Some(Header { len: bytes.len(), addrs: None })));
+    }
+}
+
+#[test]
 fn mixed_families_are_sent_as_ipv6() {
     let a = addrs("10.1.2.3:5", "[::1]:80");
     let v1 = String::from_utf8(encode(Version::V1, a)).expect("ascii");

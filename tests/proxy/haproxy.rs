@@ -76,16 +76,20 @@ fn haproxy_behind_us_with_accept_proxy_sees_and_logs_the_client_address_we_send(
     let back: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let cfg = format!(
         "global\n  log stderr format raw local0\n{DEFAULTS}  mode http\n  log global\n\
-         frontend f\n  bind {back} accept-proxy\n  log-format \"haproxy saw client=%ci:%cp\"\n\
+         frontend f\n  bind {back} accept-proxy\n  log-format \"haproxy saw client=%ci:%cp path %HP\"\n\
          http-request return status 200 content-type text/plain lf-string \"src=%[src]\\n\"\n"
     );
     let h = haproxy(&cfg, back);
     for (version, client) in [("v1", "10.1.2.3:40001"), ("v2", "10.1.2.4:40002")] {
+        // Health checks on, going down at the first failure: a check without a PROXY header
+        // would be refused by HAProxy and take the backend down. Ours send LOCAL/UNKNOWN.
         let config = format!(
-            "[proxy]\nmode = http\naccept_proxy = v1\nworkers = 8\n[health]\nenabled = false\n\
-             [backends]\nha = {back} send_proxy={version}\n"
+            "[proxy]\nmode = http\naccept_proxy = v1\nworkers = 8\n[health]\ninterval_ms = 50\nfall = 1\n\
+             path = /health-{version}\n[backends]\nha = {back} send_proxy={version}\n"
         );
         let (_p, ours) = proxy_with(&config, &[]);
+        h.wait_for(&format!("path /health-{version}"));
+        h.wait_for(&format!("path /health-{version}"));
         let mut s = connect(ours);
         let header =
             Addresses { src: client.parse().expect("client"), dst: "10.0.0.1:80".parse().expect("dst") };
