@@ -304,6 +304,7 @@ impl Server {
 }
 
 static SLOW_PICKUP: crate::logging::RateLimit = crate::logging::RateLimit::new();
+
 /// Says so when a connection waited long for a free worker: every worker was busy (in HTTP mode
 /// each keep-alive client holds one), so `workers` is too small for the load.
 fn note_wait(conn: &Conn, workers: usize) {

@@ -36,20 +36,20 @@ static UNAVAILABLE: RateLimit = RateLimit::new();
 pub fn serve(conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
     let label = Label(&conn);
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
-    let (backend, pick) =
-        match upstream::connect(&ctx.balancer, Some(source_key(conn.peer.ip())), &conn, &label, limits) {
-            Ok(found) => found,
-            Err(f) if f.phase == Phase::Pick => {
-                if let Some(n) = UNAVAILABLE.check() {
-                    log::warn!("{label}: {f}; closing the client{}", held_back(n));
-                }
-                return;
+    let key = Some(source_key(conn.peer.ip()));
+    let (backend, pick) = match upstream::connect(&ctx.balancer, key, &conn, &label, limits) {
+        Ok(found) => found,
+        Err(f) if f.phase == Phase::Pick => {
+            if let Some(n) = UNAVAILABLE.check() {
+                log::warn!("{label}: {f}; closing the client{}", held_back(n));
             }
-            Err(f) => {
-                log::error!("{label}: {f}; closing the client");
-                return;
-            }
-        };
+            return;
+        }
+        Err(f) => {
+            log::error!("{label}: {f}; closing the client");
+            return;
+        }
+    };
     let attached = conn.attach(&backend, pick.guard.backend().id);
     let outcome = relay::relay(&conn.stream, &backend, ctx.config.timeouts.idle, bufs);
     drop(attached);

@@ -15,7 +15,7 @@ pub mod source_hash;
 
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -160,6 +160,8 @@ struct Core {
 pub struct Balancer {
     core: Arc<Core>,
     health: Mutex<HealthSettings>,
+    /// Whether the algorithm is header-hash, read per request without taking the lock.
+    header_hash: AtomicBool,
 }
 
 impl Balancer {
@@ -169,7 +171,8 @@ impl Balancer {
         let state = State { members: members.into(), algorithm, selector };
         let core =
             Arc::new(Core { state: Mutex::new(state), freed: Condvar::new(), waiting: AtomicUsize::new(0) });
-        Balancer { core, health: Mutex::new(health) }
+        let header_hash = AtomicBool::new(algorithm == Algorithm::HeaderHash);
+        Balancer { core, health: Mutex::new(health), header_hash }
     }
 
     /// The current members.
@@ -188,8 +191,14 @@ impl Balancer {
         state.selector = selector(algorithm, &members);
         state.members = members.into();
         state.algorithm = algorithm;
+        self.header_hash.store(algorithm == Algorithm::HeaderHash, Ordering::Relaxed);
         drop(state);
         self.core.freed.notify_all();
+    }
+
+    /// Whether the algorithm is header-hash (the key is a request header's, not the client's).
+    pub fn hashes_header(&self) -> bool {
+        self.header_hash.load(Ordering::Relaxed)
     }
 
     /// The health settings in force.

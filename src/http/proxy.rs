@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::exchange::{Attempt, Exchange};
 use crate::balancer::{header_key, source_key, Balancer};
-use crate::config::{as_limit, Algorithm, Config};
+use crate::config::{as_limit, Config};
 use crate::error::{Answer, Party};
 use crate::h1::request::{self, Forwarding, RequestHead};
 use crate::h1::respond::SimpleResponse;
@@ -303,9 +303,10 @@ fn access_log(conn: &Conn, head: &RequestHead, r: &Record, started: Instant) {
 /// The request's balancer key: its `hash_header` value under header-hash, else the client's
 /// address.
 fn hash_key(conn: &Conn, ctx: &HttpContext, head: &[u8]) -> Option<u64> {
-    match ctx.balancer.algorithm() {
-        Algorithm::HeaderHash => header_key(head, &ctx.config.scale.hash_header),
-        _ => Some(source_key(conn.peer.ip())),
+    if ctx.balancer.hashes_header() {
+        header_key(head, &ctx.config.scale.hash_header)
+    } else {
+        Some(source_key(conn.peer.ip()))
     }
 }
 
