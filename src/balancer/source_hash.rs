@@ -157,6 +157,12 @@ mod published {
         let want: Vec<(String, String)> =
             VECTORS.iter().map(|(c, w)| (c.to_string(), w.to_string())).collect();
         assert_eq!(got, want);
+        // The README publishes the same table.
+        let readme = include_str!("../../README.md");
+        for (client, backend) in VECTORS {
+            let row = format!("| `{client}` | {backend} |");
+            assert!(readme.contains(&row), "README.md lacks the vector row {row}");
+        }
     }
 
     /// Clients and where they go with backends a = 10.0.0.1:80, b = 10.0.0.2:80,
