@@ -24,10 +24,17 @@ fn main() -> ExitCode {
             .and_then(|()| out::line(format_args!("configuration {} is valid", config.file)));
         return printed.map_or_else(|e| out::failed("proxy_server", &e), |()| ExitCode::SUCCESS);
     }
-    let loader = Box::new(move || args.load());
+    let reload_args = args.clone();
+    let loader = Box::new(move || reload_args.load());
     let started = logging::init(config.log_level, config.log_file.as_deref())
         .and_then(|()| signals::install())
-        .and_then(|signals| Server::bind(config).map(|server| (server, signals)))
+        .and_then(|signals| {
+            let server = match &args.takeover {
+                Some(socket) => Server::take_over(config, socket),
+                None => Server::bind(config),
+            };
+            server.map(|server| (server, signals))
+        })
         .and_then(|(server, signals)| server.run(signals, loader));
     match started {
         Ok(_) => ExitCode::SUCCESS,

@@ -11,13 +11,13 @@ import re
 import sys
 
 LAYERS = [
-    ("base", ["clock", "config", "error", "events", "latency", "logging", "out", "addr", "budget", "net", "stack", "h1", "tls", "tls_stream"]),
+    ("base", ["clock", "config", "error", "events", "latency", "logging", "out", "addr", "budget", "net", "stack", "h1", "tls", "tls_stream", "proxy_protocol"]),
     ("health state", ["health"]),
     ("backend", ["backend"]),
     ("selection", ["balancer"]),
     ("reaching backends, checks, rendering", ["upstream", "checker", "stats", "registry", "pool", "relay", "tunnel", "tls_accept", "signals"]),
     ("modes and operations", ["tcp", "http", "admin", "discovery", "dummy", "simulate"]),
-    ("process", ["server", "cli"]),
+    ("process", ["takeover", "server", "cli"]),
 ]
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")

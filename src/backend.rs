@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::BackendSpec;
+use crate::config::{BackendSpec, ProxyVersion};
 use crate::health::{Health, Transition};
 use crate::latency::Latency;
 
@@ -114,6 +114,8 @@ pub struct Backend {
     /// Idle persistent connections (HTTP mode), oldest first. A channel rather than a locked
     /// list: taking and returning one per request must not serialise hundreds of workers.
     pub idle: IdlePool,
+    /// PROXY header version sent first on each connection: 0 none, 1 v1, 2 v2 (`send_proxy=`).
+    send_proxy: AtomicU8,
 }
 
 impl Backend {
@@ -139,7 +141,34 @@ impl Backend {
             health: Health::default(),
             latency: Latency::default(),
             idle: IdlePool::default(),
+            send_proxy: AtomicU8::new(0),
         }
+    }
+
+    /// The PROXY header version each new connection starts with (`send_proxy=`), if any.
+    pub fn send_proxy(&self) -> Option<ProxyVersion> {
+        match self.send_proxy.load(Ordering::Relaxed) {
+            1 => Some(ProxyVersion::V1),
+            2 => Some(ProxyVersion::V2),
+            _ => None,
+        }
+    }
+
+    /// Sets (or, with `None`, clears) the PROXY header sent to this backend; returns `self` so a
+    /// builder can chain it.
+    pub fn with_send_proxy(self, v: Option<ProxyVersion>) -> Backend {
+        self.set_send_proxy(v);
+        self
+    }
+
+    /// Applies a reloaded `send_proxy=`.
+    pub fn set_send_proxy(&self, v: Option<ProxyVersion>) {
+        let n = match v {
+            None => 0,
+            Some(ProxyVersion::V1) => 1,
+            Some(ProxyVersion::V2) => 2,
+        };
+        self.send_proxy.store(n, Ordering::Relaxed);
     }
 
     /// The configured weight (1..=1000 from the file; 0..=256 set at runtime, 0 taking no
@@ -268,7 +297,10 @@ pub fn build(specs: &[BackendSpec]) -> Vec<Arc<Backend>> {
         .iter()
         .flat_map(|s| {
             members_of(s, &s.addrs).into_iter().map(move |(name, addr)| {
-                Arc::new(Backend::new(name, s.name.clone(), addr, s.weight, s.max_conns))
+                Arc::new(
+                    Backend::new(name, s.name.clone(), addr, s.weight, s.max_conns)
+                        .with_send_proxy(s.send_proxy),
+                )
             })
         })
         .collect()

@@ -13,23 +13,31 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::backend::AdminState;
 use crate::balancer::Balancer;
-use crate::config::{HealthSettings, Mode};
+use crate::config::{HealthSettings, Mode, ProxyVersion};
 use crate::h1::{head, HeadError, Wire};
 use crate::health::Transition;
 use crate::net::describe;
+use crate::proxy_protocol;
 use crate::tls::Backends;
 use crate::tls_stream::Stream;
 use rustls::ClientConfig;
 
 /// Checks one backend once; `tls` (client configuration, server name) for a `tls` backend.
+/// With `proxy` (the backend's `send_proxy=`), a check that speaks starts with a PROXY header
+/// saying it is the proxy's own connection (v1 UNKNOWN, v2 LOCAL), as HAProxy's
+/// `check-send-proxy`, since such a backend refuses a connection without one.
 pub fn check(
     addr: SocketAddr,
     s: &HealthSettings,
     tls: Option<(Arc<ClientConfig>, String)>,
+    proxy: Option<ProxyVersion>,
 ) -> Result<(), String> {
     let stream = TcpStream::connect_timeout(&addr, s.timeout).map_err(|e| describe(&e))?;
     let _ = stream.set_read_timeout(Some(s.timeout));
     let _ = stream.set_write_timeout(Some(s.timeout));
+    if let Some(version) = proxy.filter(|_| s.mode == Mode::Http || tls.is_some()) {
+        (&stream).write_all(&proxy_protocol::encode_local(version)).map_err(|e| describe(&e))?;
+    }
     let stream = match tls {
         Some((config, name)) => crate::tls_stream::connect(stream, config, &name)?,
         None => Stream::Plain(stream),
@@ -71,7 +79,8 @@ pub fn spawn_checker(
                     let tls = tls.as_ref().and_then(|t| t.get(&b.spec));
                     let spawned =
                         thread::Builder::new().stack_size(64 * 1024).spawn_scoped(scope, move || {
-                            if let Some(t) = b.health.observe_check(check(b.addr, s, tls), s) {
+                            if let Some(t) = b.health.observe_check(check(b.addr, s, tls, b.send_proxy()), s)
+                            {
                                 b.log_transition(&t);
                                 if matches!(t, Transition::Up(_)) {
                                     balancer.wake();

@@ -8,8 +8,8 @@ use crate::budget;
 use crate::config::keys::{self, Key};
 use crate::config::{Config, ConfigError, RawConfig, DEFAULT_PATH};
 
-/// A load-balancing TCP and HTTP/1.1 proxy: a thread pool of blocking workers and four balancing
-/// algorithms (least-connections, round-robin, random-two, source-hash).
+/// A load-balancing TCP and HTTP/1.1 proxy: a thread pool of blocking workers and five balancing
+/// algorithms (least-connections, round-robin, random-two, source-hash, header-hash).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "proxy_server", version)]
 pub struct ProxyArgs {
@@ -22,7 +22,7 @@ pub struct ProxyArgs {
     /// A backend address; repeat for several. Replaces the file's [backends].
     #[arg(long = "backend", value_name = "ADDR:PORT")]
     pub backends: Vec<String>,
-    /// least-connections, round-robin, random-two or source-hash (overrides [proxy] algorithm).
+    /// least-connections, round-robin, random-two, source-hash or header-hash (overrides [proxy] algorithm).
     #[arg(long)]
     pub algorithm: Option<String>,
     /// Number of worker threads (overrides [proxy] workers).
@@ -48,6 +48,11 @@ pub struct ProxyArgs {
     /// settings, and exit.
     #[arg(long)]
     pub check: bool,
+    /// Upgrade in place: take the listening sockets of the proxy running with
+    /// `[proxy] control_socket = SOCKET`; once this one accepts, that one stops accepting,
+    /// drains and exits (see scripts/upgrade.sh).
+    #[arg(long, value_name = "SOCKET")]
+    pub takeover: Option<PathBuf>,
 }
 
 impl ProxyArgs {

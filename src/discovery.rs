@@ -177,6 +177,7 @@ impl Discovery {
             for (name, addr) in members_of(spec, addrs) {
                 match current.iter().find(|b| b.spec == spec.name && b.addr == addr && !b.is_retired()) {
                     Some(b) => {
+                        b.set_send_proxy(spec.send_proxy);
                         // Compared with the line's weight, not the one in force: an operator's
                         // runtime change survives a reload that leaves the line alone.
                         if b.line_weight() != spec.weight || b.max_conns() != spec.max_conns {
@@ -198,13 +199,10 @@ impl Discovery {
                     }
                     None => {
                         added.push(name.clone());
-                        next.push(Arc::new(Backend::new(
-                            name,
-                            spec.name.clone(),
-                            addr,
-                            spec.weight,
-                            spec.max_conns,
-                        )));
+                        next.push(Arc::new(
+                            Backend::new(name, spec.name.clone(), addr, spec.weight, spec.max_conns)
+                                .with_send_proxy(spec.send_proxy),
+                        ));
                     }
                 }
             }

@@ -13,17 +13,17 @@
 //!   [`events`] (the dashboard's event bus), [`latency`], [`logging`], [`out`] (stdout, quiet
 //!   when its reader has gone), [`net`] (sockets), [`h1`] (the HTTP/1.1 wire format), [`tls`]
 //!   (certificates, SNI, reload, the backend CA), [`tls_stream`] (a plain-or-TLS stream and the
-//!   handshakes).
+//!   handshakes), [`proxy_protocol`] (PROXY protocol v1/v2 headers, read and written).
 //! - health state: [`health`] (rise/fall hysteresis, passive failures, slow start).
 //! - backend: [`backend`] (identity, limits, counters, idle connections).
-//! - selection: [`balancer`] (four algorithms; the one place where choosing meets health).
+//! - selection: [`balancer`] (five algorithms; the one place where choosing meets health).
 //! - reaching backends, checking, rendering: [`upstream`] (the one connect path),
 //!   [`checker`] (the health-check thread), [`stats`], [`registry`], [`pool`], [`relay`],
 //!   [`tunnel`] (the relay with TLS on either side), [`tls_accept`] (the listener's handshake),
 //!   [`signals`].
 //! - modes and operations: [`tcp`], [`http`], [`admin`], [`discovery`] (reload, DNS),
 //!   [`dummy`] and [`simulate`] (the companions).
-//! - process: [`server`], [`cli`].
+//! - process: [`takeover`] (handing the listeners to a new process), [`server`], [`cli`].
 
 pub mod addr;
 pub mod admin;
@@ -46,6 +46,7 @@ pub mod logging;
 pub mod net;
 pub mod out;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod registry;
 pub mod relay;
 pub mod server;
@@ -53,6 +54,7 @@ pub mod signals;
 pub mod simulate;
 pub mod stack;
 pub mod stats;
+pub mod takeover;
 pub mod tcp;
 pub mod tls;
 pub mod tls_accept;

@@ -13,8 +13,18 @@ pub const BACKLOG: i32 = 4096;
 
 /// Binds a listener with a deep backlog and `SO_REUSEADDR`.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    bind_with(addr, false)
+}
+
+/// Binds a listener like [`bind`], with `SO_REUSEPORT` too when `reuse_port`: then every
+/// process that binds the same address this way gets its own accept queue, and the kernel
+/// spreads new connections among them (`[proxy] reuse_port`).
+pub fn bind_with(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())

@@ -11,11 +11,17 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
+
+use crate::config::{AcceptProxy, Config};
+use crate::logging::RateLimit;
+use crate::proxy_protocol::{self, Addresses};
+
+static BAD_PROXY_HEADER: RateLimit = RateLimit::new();
 
 #[derive(Debug)]
 struct Entry {
@@ -28,6 +34,8 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Shared {
     idle: AtomicBool,
+    /// When it last started waiting, in ms since the registry's `epoch`.
+    idle_since: AtomicU64,
     /// The attached backend socket and its backend's id.
     backend: Mutex<Option<(RawFd, u64)>>,
 }
@@ -39,6 +47,23 @@ pub struct Registry {
     emptied: Condvar,
     /// Set by `close_all`: sockets registered or attached afterwards are shut at once.
     closing: AtomicBool,
+    epoch: Epoch,
+}
+
+/// The registry's clock origin.
+#[derive(Debug)]
+struct Epoch(Instant);
+
+impl Default for Epoch {
+    fn default() -> Epoch {
+        Epoch(Instant::now())
+    }
+}
+
+impl Epoch {
+    fn now_ms(&self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
 }
 
 fn shut(fd: RawFd, how: std::net::Shutdown) {
@@ -110,12 +135,22 @@ impl Registry {
         closed
     }
 
-    /// Closes the read side of connections waiting idle for their next request (HTTP
-    /// keep-alive), so their workers finish at once instead of at the drain deadline.
-    pub fn close_idle(&self) -> usize {
+    /// Closes the read side of connections that have waited idle for their next request (HTTP
+    /// keep-alive) at least `min_idle`, so their workers finish at once instead of at the drain
+    /// deadline. Ones idle for less may be a busy client between two requests, whose next one
+    /// could be on its way: their workers see the shutdown themselves and answer that request
+    /// with `Connection: close` (as HAProxy's `idle-close-on-response`), or close when they
+    /// have idled `min_idle` too.
+    pub fn close_idle(&self, min_idle: std::time::Duration) -> usize {
         let entries = self.entries.lock();
+        let now = self.epoch.now_ms();
+        let min = min_idle.as_millis() as u64;
+        let idle = |e: &&Entry| {
+            e.shared.idle.load(Ordering::SeqCst)
+                && now.saturating_sub(e.shared.idle_since.load(Ordering::SeqCst)) >= min
+        };
         let mut closed = 0;
-        for entry in entries.values().filter(|e| e.shared.idle.load(Ordering::SeqCst)) {
+        for entry in entries.values().filter(idle) {
             shut(entry.client, std::net::Shutdown::Read);
             closed += 1;
         }
@@ -136,8 +171,11 @@ impl Registry {
 pub struct Conn {
     /// Sequence number, as in the logs (`conn 17`).
     pub id: u64,
-    /// The client's address.
+    /// The client's address: the socket's peer, or the one a PROXY protocol header named.
     pub peer: SocketAddr,
+    /// The address the client reached, when a PROXY protocol header named it; otherwise the
+    /// socket's own local address is looked up when needed.
+    pub local: Option<SocketAddr>,
     /// When it was accepted.
     pub accepted: Instant,
     /// The client socket.
@@ -158,7 +196,7 @@ impl Conn {
         entries.insert(id, entry);
         drop(entries);
         let stream = Arc::new(stream);
-        Conn { id, peer, accepted: Instant::now(), stream, shared, registry: registry.clone() }
+        Conn { id, peer, local: None, accepted: Instant::now(), stream, shared, registry: registry.clone() }
     }
 
     /// Registers the backend socket too, until the returned guard drops; the guard must drop
@@ -175,9 +213,56 @@ impl Conn {
         Attached { conn: self }
     }
 
+    /// Takes the client's addresses from a PROXY protocol header (`None`: a LOCAL or UNKNOWN
+    /// header, the socket's own addresses stand).
+    pub fn set_origin(&mut self, addrs: Option<Addresses>) {
+        if let Some(a) = addrs {
+            self.peer = a.src;
+            self.local = Some(a.dst);
+        }
+    }
+
+    /// With `accept_proxy` on, reads the PROXY protocol header before anything else (within
+    /// `header_ms`) and makes its client address the connection's, for both modes: logs,
+    /// `X-Forwarded-For`, source-hash and the access log all read `peer`. False when the header
+    /// is missing or bad: the caller closes the connection, never forwarding it.
+    pub fn take_proxy_header(&mut self, config: &Config) -> bool {
+        let accept = config.scale.accept_proxy;
+        if accept == AcceptProxy::Off {
+            return true;
+        }
+        match proxy_protocol::read(&self.stream, accept, config.timeouts.header) {
+            Ok(header) => {
+                self.set_origin(header.addrs);
+                true
+            }
+            Err(why) => {
+                if let Some(n) = BAD_PROXY_HEADER.check() {
+                    log::warn!(
+                        "conn {} from {}: {why}; closing (accept_proxy = {}){}",
+                        self.id,
+                        self.peer,
+                        crate::config::keys::accept_proxy_name(accept),
+                        crate::logging::held_back(n)
+                    );
+                }
+                false
+            }
+        }
+    }
+
+    /// Where the client came from and the address it reached, for a PROXY header to a backend.
+    pub fn origin(&self) -> Addresses {
+        let dst = self.local.or_else(|| self.stream.local_addr().ok()).unwrap_or(self.peer);
+        Addresses { src: self.peer, dst }
+    }
+
     /// Marks the connection as waiting for its next request (true) or busy (false); waiting
     /// ones are closed at once on shutdown.
     pub fn set_idle(&self, idle: bool) {
+        if idle && !self.shared.idle.load(Ordering::Relaxed) {
+            self.shared.idle_since.store(self.registry.epoch.now_ms(), Ordering::SeqCst);
+        }
         self.shared.idle.store(idle, Ordering::SeqCst);
     }
 }

@@ -15,6 +15,7 @@
 //! once.
 
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -30,14 +31,19 @@ use crate::config::{Config, ConfigError, Mode};
 use crate::discovery::Discovery;
 use crate::error::Error;
 use crate::http::proxy::{self as http_proxy, HttpContext, Scratch};
-use crate::net::{bind, is_fd_exhaustion};
+use crate::net::{bind, bind_with, is_fd_exhaustion};
 use crate::pool::WorkerPool;
 use crate::registry::{Conn, Registry};
 use crate::relay::Buffers;
 use crate::signals::Signals;
 use crate::stats::ProxyCounters;
+use crate::takeover::{self, Handoff};
 use crate::tcp::{self, TcpContext};
 use crate::tls::{Backends, Listener};
+
+/// At shutdown, keep-alive clients idle this long are closed at once (see
+/// [`Registry::close_idle`]); an HTTP worker closes its own once it has idled this long.
+const IDLE_CLOSE_AFTER: Duration = http_proxy::TRIM_AFTER;
 
 /// How long the acceptor backs off when the descriptor table is full.
 const FD_BACKOFF: Duration = Duration::from_millis(50);
@@ -66,23 +72,57 @@ pub struct Server {
     listener: TcpListener,
     admin: Option<TcpListener>,
     local_addr: SocketAddr,
+    /// When taking over from a running proxy: the line to tell it this one accepts.
+    handoff: Option<Handoff>,
 }
 
 impl Server {
     /// Binds the configured addresses (proxy and admin). Nothing else starts until [`Server::run`].
     pub fn bind(config: Config) -> Result<Server, Error> {
+        let addr = config.listen;
+        let listener =
+            bind_with(addr, config.scale.reuse_port).map_err(|source| Error::Listen { addr, source })?;
+        let admin = match config.admin {
+            Some(addr) => Some(bind(addr).map_err(|source| Error::Listen { addr, source })?),
+            None => None,
+        };
+        Server::with(config, listener, admin, None)
+    }
+
+    /// Takes the listening sockets of the proxy running with `control_socket = path` (the
+    /// `listen` and admin addresses of `config` are theirs, whatever the file says). The old
+    /// process stops accepting once [`Server::run`] has started accepting here.
+    pub fn take_over(config: Config, path: &std::path::Path) -> Result<Server, Error> {
+        let addr = config.listen;
+        let handoff = takeover::receive(path).map_err(|source| Error::Listen { addr, source })?;
+        let mut received = handoff.listeners.iter().map(|l| l.try_clone());
+        let listener = match received.next() {
+            Some(l) => l.map_err(|source| Error::Listen { addr, source })?,
+            None => {
+                return Err(Error::Listen { addr, source: std::io::Error::other("no listener received") })
+            }
+        };
+        let admin = match (received.next(), config.admin) {
+            (Some(l), Some(_)) => Some(l.map_err(Error::Resource)?),
+            (None, Some(addr)) => Some(bind(addr).map_err(|source| Error::Listen { addr, source })?),
+            (_, None) => None,
+        };
+        Server::with(config, listener, admin, Some(handoff))
+    }
+
+    fn with(
+        config: Config,
+        listener: TcpListener,
+        admin: Option<TcpListener>,
+        handoff: Option<Handoff>,
+    ) -> Result<Server, Error> {
         let tls = Listener::load(&config.tls, &config.file, config.mode == Mode::Http)
             .map_err(Error::Config)?
             .map(Arc::new);
         let backend_tls = Some(Arc::new(Backends::load(&config).map_err(Error::Config)?));
         let addr = config.listen;
-        let listener = bind(addr).map_err(|source| Error::Listen { addr, source })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
-        let admin = match config.admin {
-            Some(addr) => Some(bind(addr).map_err(|source| Error::Listen { addr, source })?),
-            None => None,
-        };
-        Ok(Server { config, tls, backend_tls, listener, admin, local_addr })
+        Ok(Server { config, tls, backend_tls, listener, admin, local_addr, handoff })
     }
 
     /// The address actually bound (port 0 resolved).
@@ -93,7 +133,7 @@ impl Server {
     /// Serves until `signals.stop` yields (or disconnects), reloading on `signals.reload` with
     /// `loader`; then drains and returns the summary.
     pub fn run(self, signals: Signals, loader: Loader) -> Result<Summary, Error> {
-        let Server { config, tls, backend_tls, listener, admin, local_addr } = self;
+        let Server { config, tls, backend_tls, listener, admin, local_addr, handoff } = self;
         // What matters first, so `listening on` is the first line a newcomer sees; the full
         // effective configuration only at debug level and in `--check`.
         for line in crate::config::show::startup_lines(&config, local_addr) {
@@ -125,9 +165,11 @@ impl Server {
                     "worker",
                     config.workers,
                     config.queue,
-                    move |conn: Conn, b: &mut Buffers| {
+                    move |mut conn: Conn, b: &mut Buffers| {
                         note_wait(&conn, ctx.config.workers);
-                        tcp::serve(conn, &ctx, b)
+                        if conn.take_proxy_header(&ctx.config) {
+                            tcp::serve(conn, &ctx, b)
+                        }
                     },
                 )
             }
@@ -144,9 +186,11 @@ impl Server {
                     "worker",
                     config.workers,
                     config.queue,
-                    move |conn: Conn, s: &mut Scratch| {
+                    move |mut conn: Conn, s: &mut Scratch| {
                         note_wait(&conn, ctx.config.workers);
-                        http_proxy::serve(conn, &ctx, s)
+                        if conn.take_proxy_header(&ctx.config) {
+                            http_proxy::serve(conn, &ctx, s)
+                        }
                     },
                 )
             }
@@ -186,10 +230,13 @@ impl Server {
         };
 
         let (halt_tx, halt_rx) = crossbeam_channel::bounded::<()>(0);
+        let (wake_rx, wake_tx) = rustix::pipe::pipe().map_err(|e| Error::Resource(e.into()))?;
+        listener.set_nonblocking(true).map_err(Error::Resource)?;
         let listener = Arc::new(listener);
         let acceptor = {
             let acceptor = Acceptor {
                 listener: listener.clone(),
+                wake: wake_rx,
                 jobs: job_tx,
                 halt: halt_rx,
                 stopping: stopping.clone(),
@@ -202,10 +249,29 @@ impl Server {
                 .spawn(move || acceptor.run())
                 .map_err(Error::Resource)?
         };
+        if let Some(handoff) = handoff {
+            // Our acceptor runs: the old process may stop accepting now.
+            match handoff.confirm() {
+                Ok(()) => log::info!("takeover: accepting; the old process drains and exits"),
+                Err(e) => log::warn!("takeover: telling the old process we accept: {e}"),
+            }
+        }
+        let (taken_tx, taken_rx) = crossbeam_channel::bounded::<()>(1);
+        if let Some(path) = &config.scale.control_socket {
+            let shared = std::iter::once(listener.clone()).chain(admin.clone()).collect();
+            if let Err(e) = takeover::serve(path.clone(), shared, taken_tx, stopping.clone()) {
+                log::error!("{e}; upgrades in place (--takeover) are off");
+            }
+        }
+        let mut taken_over = false;
 
         let why = loop {
             select! {
                 recv(signals.stop) -> why => break why.unwrap_or("shutdown"),
+                recv(taken_rx) -> r => if r.is_ok() {
+                    taken_over = true;
+                    break "takeover";
+                },
                 recv(signals.reload) -> r => match r {
                     Ok(()) => {
                         log::info!("SIGHUP: reloading {}", config.file);
@@ -220,17 +286,25 @@ impl Server {
                 default(Duration::from_secs(1)) => crate::stack::trim_heap_if_wanted(),
             }
         };
-        // Stop accepting at once: a shut-down listening socket refuses new connects and wakes
-        // the blocked accept().
+        // Stop accepting at once: the closed wake pipe ends the acceptor's poll. Unless another
+        // process took the listening sockets over, they are shut down too, so new connects are
+        // refused rather than left in a backlog nobody serves. After a takeover they are the
+        // new process's too: shutting them down would break it, and connections that keep
+        // arriving go to it.
         stopping.store(true, Ordering::SeqCst);
         drop(halt_tx);
-        let _ = socket2::SockRef::from(&*listener).shutdown(std::net::Shutdown::Both);
-        if let Some(l) = &admin {
-            let _ = socket2::SockRef::from(&**l).shutdown(std::net::Shutdown::Both);
+        drop(wake_tx);
+        if !taken_over {
+            let _ = socket2::SockRef::from(&*listener).shutdown(std::net::Shutdown::Both);
+            if let Some(l) = &admin {
+                let _ = socket2::SockRef::from(&**l).shutdown(std::net::Shutdown::Both);
+            }
         }
         let _ = acceptor.join();
         drop(listener);
-        let idle_closed = registry.close_idle();
+        // Keep-alive clients idle a while are closed; busy ones are not cut between two requests
+        // (the next could be on its way) but get their next response with `Connection: close`.
+        let idle_closed = registry.close_idle(IDLE_CLOSE_AFTER);
         let in_flight = registry.len().saturating_sub(idle_closed);
         log::warn!(
             "{why}: stopped accepting; draining {in_flight} connection(s) for up to {} ms",
@@ -332,7 +406,10 @@ fn spawn_stats_logger(balancer: Arc<Balancer>, every: Duration, stop: Receiver<(
 }
 
 struct Acceptor {
+    /// Non-blocking: the acceptor waits in `poll` on it and on `wake`.
     listener: Arc<TcpListener>,
+    /// The read end of a pipe whose write end drops at shutdown.
+    wake: OwnedFd,
     jobs: Sender<Conn>,
     halt: Receiver<()>,
     stopping: Arc<AtomicBool>,
@@ -342,6 +419,27 @@ struct Acceptor {
 }
 
 impl Acceptor {
+    /// Waits until the listener has a connection (true) or shutdown closed the wake pipe.
+    fn wait(&self) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags};
+        loop {
+            if self.stopping.load(Ordering::SeqCst) {
+                return false;
+            }
+            let mut fds =
+                [PollFd::new(&*self.listener, PollFlags::IN), PollFd::new(&self.wake, PollFlags::IN)];
+            match poll(&mut fds, None) {
+                Ok(_) if !fds[1].revents().is_empty() => return false,
+                Ok(_) => return true,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => {
+                    log::error!("accept: poll: {e}");
+                    return false;
+                }
+            }
+        }
+    }
+
     fn run(self) {
         let mut next_id = 0u64;
         let mut fd_burst = false;
@@ -350,6 +448,13 @@ impl Acceptor {
             let (stream, peer) = match self.listener.accept() {
                 Ok(accepted) => accepted,
                 Err(_) if self.stopping.load(Ordering::SeqCst) => return,
+                // Nothing pending (or another process sharing the socket took it): wait.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if self.wait() {
+                        continue;
+                    }
+                    return;
+                }
                 Err(e) if is_fd_exhaustion(&e) => {
                     if !fd_burst {
                         log::warn!("accept: {e}; backing off until descriptors free up");
@@ -365,9 +470,6 @@ impl Acceptor {
                     continue;
                 }
             };
-            if self.stopping.load(Ordering::SeqCst) {
-                return;
-            }
             if fd_burst {
                 log::info!("accept: descriptors available again");
                 fd_burst = false;
@@ -375,6 +477,8 @@ impl Acceptor {
             next_id += 1;
             self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             let _ = stream.set_nodelay(true);
+            // Accepted sockets do not inherit the listener's O_NONBLOCK on Linux; say so anyway.
+            let _ = stream.set_nonblocking(false);
             let conn = Conn::register(&self.registry, next_id, stream, peer);
             self.counters.accept_queue.store(self.jobs.len(), Ordering::Relaxed);
             let conn = match self.jobs.try_send(conn) {

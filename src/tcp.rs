@@ -53,7 +53,8 @@ pub fn serve(conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
     };
     let label = Label(&conn);
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
-    let (backend, pick) = match upstream::connect(&ctx.balancer, source_key(conn.peer.ip()), &label, limits) {
+    let key = Some(source_key(conn.peer.ip()));
+    let (backend, pick) = match upstream::connect(&ctx.balancer, key, &conn, &label, limits) {
         Ok(found) => found,
         Err(f) if f.phase == Phase::Pick => {
             if let Some(n) = UNAVAILABLE.check() {

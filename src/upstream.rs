@@ -4,7 +4,7 @@
 //! (each backend at most once), logging every choice and every failure.
 
 use std::fmt::Display;
-use std::io;
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,8 @@ use crate::balancer::{Balancer, Pick, Tried};
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::events;
 use crate::net::{describe, is_local_resource, open};
+use crate::proxy_protocol;
+use crate::registry::Conn;
 use crate::tls_stream::Stream;
 
 /// Connect timeout, and how long to wait for a slot when every backend is full.
@@ -22,17 +24,19 @@ pub struct Limits {
     pub queue: Duration,
 }
 
-/// Opens a fresh connection to `backend` within `timeout` (0: the system's). A failure is
-/// logged for the connection named by `label`; when it is the backend's it also counts against
-/// it (passive health). Our own shortage (no descriptor, no local port) is a `Party::Local`
-/// failure, counted against nobody.
+/// Opens a fresh connection to `backend` within `timeout` (0: the system's), for `client`. A
+/// failure is logged for the connection named by `label`; when it is the backend's it also
+/// counts against it (passive health). Our own shortage (no descriptor, no local port) is a
+/// `Party::Local` failure, counted against nobody. With `send_proxy=` on the backend, the
+/// connection starts with a PROXY header carrying the client's address.
 pub fn dial(
     balancer: &Balancer,
     backend: &Backend,
     timeout: Duration,
+    client: &Conn,
     label: &dyn Display,
 ) -> Result<TcpStream, Failure> {
-    attempt(balancer, backend, timeout, label).map_err(|(f, why)| {
+    attempt(balancer, backend, timeout, client, label).map_err(|(f, why)| {
         if f.party == Party::Backend {
             log::warn!("{label}: connect to {} {} failed ({why})", backend.name, backend.addr);
         }
@@ -47,9 +51,18 @@ fn attempt(
     balancer: &Balancer,
     backend: &Backend,
     timeout: Duration,
+    client: &Conn,
     label: &dyn Display,
 ) -> Result<TcpStream, (Failure, String)> {
-    match open(backend.addr, timeout) {
+    // A `send_proxy=` backend hears first who the client is (PROXY protocol), as HAProxy's
+    // `send-proxy`: the header goes right after the connect, before any byte of the client's.
+    let opened = open(backend.addr, timeout).and_then(|stream| {
+        if let Some(version) = backend.send_proxy() {
+            (&stream).write_all(&proxy_protocol::encode(version, client.origin()))?;
+        }
+        Ok(stream)
+    });
+    match opened {
         Ok(stream) => Ok(stream),
         Err(e) if is_local_resource(&e) => {
             log::warn!(
@@ -101,8 +114,8 @@ pub fn secure(
     })
 }
 
-/// Chooses a backend for the connection named by `label` (e.g. `conn 17 from
-/// 127.0.0.1:51234`), `key` being the client's source-hash key, and connects, trying the next
+/// Chooses a backend for `client`, the connection named by `label` (e.g. `conn 17 from
+/// 127.0.0.1:51234`), `key` being its hash key, and connects, trying the next
 /// best on failure. Returns the connected socket and its counted pick.
 ///
 /// Each decision is logged once its outcome is known, so a line never reads as a success that
@@ -111,7 +124,8 @@ pub fn secure(
 /// (`; no other backend to try` when none is left).
 pub fn connect(
     balancer: &Balancer,
-    key: u64,
+    key: Option<u64>,
+    client: &Conn,
     label: &dyn Display,
     limits: Limits,
 ) -> Result<(TcpStream, Pick), Failure> {
@@ -143,7 +157,7 @@ pub fn connect(
             );
         }
         let started = Instant::now();
-        match attempt(balancer, &backend, limits.connect, label) {
+        match attempt(balancer, &backend, limits.connect, client, label) {
             Ok(stream) => {
                 log::info!(
                     "{label} -> {} {} connected in {:.2} ms ({})",

@@ -71,10 +71,10 @@ mod tests {
         let b = members(&[1, 1]);
         b[1].active.store(5, Ordering::Relaxed);
         let only_second = |i: usize| i == 1;
-        let view = View { members: &b, allowed: &only_second, now: 0, key: 0 };
+        let view = View { members: &b, allowed: &only_second, now: 0, key: Some(0) };
         assert_eq!(LeastConnections::new().select(&view), Some(1));
         let none = |_: usize| false;
-        let view = View { members: &b, allowed: &none, now: 0, key: 0 };
+        let view = View { members: &b, allowed: &none, now: 0, key: Some(0) };
         assert_eq!(LeastConnections::new().select(&view), None);
         assert!(run(&mut LeastConnections::new(), &[], 1, 0).is_empty());
     }

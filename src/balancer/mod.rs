@@ -15,7 +15,7 @@ pub mod source_hash;
 
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,8 +31,9 @@ pub struct View<'a> {
     members: &'a [Arc<Backend>],
     allowed: &'a dyn Fn(usize) -> bool,
     now: u64,
-    /// The client's hash key (source-hash).
-    pub key: u64,
+    /// The hash key (source-hash: the client address; header-hash: the header's value). `None`
+    /// when the request has no such header: hashing algorithms fall back to least connections.
+    pub key: Option<u64>,
 }
 
 impl View<'_> {
@@ -81,7 +82,7 @@ pub fn selector(algorithm: Algorithm, members: &[Arc<Backend>]) -> Box<dyn Selec
         Algorithm::LeastConnections => Box::new(least_connections::LeastConnections::new()),
         Algorithm::RoundRobin => Box::new(round_robin::RoundRobin::new(members.len())),
         Algorithm::RandomTwo => Box::new(random_two::RandomTwo::new()),
-        Algorithm::SourceHash => Box::new(source_hash::SourceHash::new(members)),
+        Algorithm::SourceHash | Algorithm::HeaderHash => Box::new(source_hash::SourceHash::new(members)),
     }
 }
 
@@ -94,6 +95,21 @@ pub fn source_key(ip: IpAddr) -> u64 {
         IpAddr::V4(v4) => xxh3_64(&v4.octets()),
         IpAddr::V6(v6) => xxh3_64(&v6.octets()),
     }
+}
+
+/// The hash key of a header value, for header-hash: XXH3-64 (seed 0) of its bytes, surrounding
+/// whitespace trimmed.
+pub fn header_value_key(value: &[u8]) -> u64 {
+    xxh3_64(value.trim_ascii())
+}
+
+/// The header-hash key of a request whose raw head is `head`: the first `name` header's value,
+/// or `None` without one (or when the head does not parse).
+pub fn header_key(head: &[u8], name: &str) -> Option<u64> {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    let mut req = httparse::Request::new(&mut headers);
+    req.parse(head).ok()?;
+    req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| header_value_key(h.value))
 }
 
 /// The backends already tried for one connection or request, so each is tried at most once.
@@ -147,6 +163,8 @@ struct Core {
 pub struct Balancer {
     core: Arc<Core>,
     health: Mutex<HealthSettings>,
+    /// Whether the algorithm is header-hash, read per request without taking the lock.
+    header_hash: AtomicBool,
 }
 
 impl Balancer {
@@ -156,7 +174,8 @@ impl Balancer {
         let state = State { members: members.into(), algorithm, selector };
         let core =
             Arc::new(Core { state: Mutex::new(state), freed: Condvar::new(), waiting: AtomicUsize::new(0) });
-        Balancer { core, health: Mutex::new(health) }
+        let header_hash = AtomicBool::new(algorithm == Algorithm::HeaderHash);
+        Balancer { core, health: Mutex::new(health), header_hash }
     }
 
     /// The current members.
@@ -175,8 +194,14 @@ impl Balancer {
         state.selector = selector(algorithm, &members);
         state.members = members.into();
         state.algorithm = algorithm;
+        self.header_hash.store(algorithm == Algorithm::HeaderHash, Ordering::Relaxed);
         drop(state);
         self.core.freed.notify_all();
+    }
+
+    /// Whether the algorithm is header-hash (the key is a request header's, not the client's).
+    pub fn hashes_header(&self) -> bool {
+        self.header_hash.load(Ordering::Relaxed)
     }
 
     /// The health settings in force.
@@ -206,7 +231,15 @@ impl Balancer {
 
     /// Chooses an available, not-full backend not in `tried`, and increments its active count,
     /// in one step. When every such backend is full, waits up to `queue` for a slot.
-    pub fn pick(&self, key: u64, tried: &Tried, queue: Duration) -> Result<Pick, Unavailable> {
+    /// `key` is the hash key (see [`View::key`]); `None` makes the hashing algorithms fall back
+    /// to least connections.
+    pub fn pick(
+        &self,
+        key: impl Into<Option<u64>>,
+        tried: &Tried,
+        queue: Duration,
+    ) -> Result<Pick, Unavailable> {
+        let key = key.into();
         let explain = log::log_enabled!(log::Level::Info) || crate::events::watching();
         let mut deadline: Option<Instant> = None;
         let mut waiting: Option<Waiting<'_>> = None;
@@ -333,9 +366,12 @@ fn explain_choice(algorithm: Algorithm, view: &View<'_>, chosen: usize, tried: &
             let n = (0..view.len()).filter(|&i| view.allowed(i)).count();
             let _ = write!(reason, ": next in turn of {n}");
         }
-        Algorithm::SourceHash => {
-            let _ = write!(reason, ": client key {:016x}", view.key);
-        }
+        Algorithm::SourceHash | Algorithm::HeaderHash => match view.key {
+            Some(key) => {
+                let _ = write!(reason, ": key {key:016x}");
+            }
+            None => reason.push_str(": no key, least connections"),
+        },
     }
     let failed = tried.count();
     if failed > 0 {
@@ -404,7 +440,7 @@ pub(crate) mod testing {
     /// Picks `n` times with `select`, everything allowed, returning the indices.
     pub fn run(select: &mut dyn super::Select, members: &[Arc<Backend>], n: usize, key: u64) -> Vec<usize> {
         let allowed = |_: usize| true;
-        let view = super::View { members, allowed: &allowed, now: crate::backend::now_ms(), key };
+        let view = super::View { members, allowed: &allowed, now: crate::backend::now_ms(), key: Some(key) };
         (0..n).filter_map(|_| select.select(&view)).collect()
     }
 }

@@ -65,7 +65,7 @@ mod tests {
         let b = members(&[1, 1, 1]);
         let mut rr = RoundRobin::new(3);
         let not_middle = |i: usize| i != 1;
-        let view = View { members: &b, allowed: &not_middle, now: 0, key: 0 };
+        let view = View { members: &b, allowed: &not_middle, now: 0, key: Some(0) };
         let p: Vec<_> = (0..4).filter_map(|_| rr.select(&view)).collect();
         assert_eq!(p, [0, 2, 0, 2]);
     }

@@ -90,7 +90,7 @@ fn reason(active: &[usize], chosen: usize, allowed: &[bool]) -> String {
         m.active.store(a, Ordering::Relaxed);
     }
     let ok = |i: usize| allowed[i];
-    let view = View { members: &members, allowed: &ok, now: crate::backend::now_ms(), key: 0 };
+    let view = View { members: &members, allowed: &ok, now: crate::backend::now_ms(), key: Some(0) };
     explain_choice(Algorithm::LeastConnections, &view, chosen, &Tried::default())
 }
 

@@ -2,7 +2,7 @@
 //! flag and help. Validation, unknown-key errors, `--check`'s output and the README's key table
 //! all come from [`KEYS`], so a default is written down once.
 
-use super::{Config, Mode};
+use super::{AcceptProxy, Config, Mode};
 
 mod tls;
 pub use tls::{TLS_BACKEND_CA, TLS_CERT, TLS_KEY, TLS_MIN_VERSION, TLS_SNI_DIR, TLS_VERSIONS};
@@ -79,7 +79,10 @@ impl Key {
 }
 
 /// The algorithm names, as written in the file and on the command line.
-pub const ALGORITHMS: &[&str] = &["least-connections", "round-robin", "random-two", "source-hash"];
+pub const ALGORITHMS: &[&str] =
+    &["least-connections", "round-robin", "random-two", "source-hash", "header-hash"];
+/// The `accept_proxy` choices.
+pub const ACCEPT_PROXY_CHOICES: &[&str] = &["off", "v1", "v2", "any"];
 /// The proxy's modes.
 pub const MODES: &[&str] = &["tcp", "http"];
 /// The log levels.
@@ -110,6 +113,16 @@ const fn number(min: u64, max: u64) -> Kind {
 
 /// The widest millisecond setting: one day.
 const DAY_MS: u64 = 86_400_000;
+
+/// The name of an `accept_proxy` setting.
+pub fn accept_proxy_name(a: AcceptProxy) -> &'static str {
+    match a {
+        AcceptProxy::Off => "off",
+        AcceptProxy::V1 => "v1",
+        AcceptProxy::V2 => "v2",
+        AcceptProxy::Any => "any",
+    }
+}
 
 fn mode_name(m: Mode) -> String {
     (if m == Mode::Tcp { "tcp" } else { "http" }).to_string()
@@ -213,6 +226,42 @@ pub const STATS_INTERVAL_MS: Key = key(
     "0",
     "log a one-line summary per backend this often (0: off)",
     |c| c.stats_interval.map_or(0, |d| d.as_millis()).to_string(),
+);
+/// `[proxy] reuse_port`.
+pub const REUSE_PORT: Key = key(
+    "proxy",
+    "reuse_port",
+    Kind::Bool,
+    "false",
+    "SO_REUSEPORT: several proxy processes bind the same address and the kernel spreads clients",
+    |c| c.scale.reuse_port.to_string(),
+);
+/// `[proxy] accept_proxy`.
+pub const ACCEPT_PROXY: Key = key(
+    "proxy",
+    "accept_proxy",
+    Kind::Choice(ACCEPT_PROXY_CHOICES),
+    "off",
+    "every client connection starts with a PROXY protocol header (from an L4 tier) within `header_ms`; its client address is used everywhere",
+    |c| accept_proxy_name(c.scale.accept_proxy).to_string(),
+);
+/// `[proxy] hash_header`.
+pub const HASH_HEADER: Key = key(
+    "proxy",
+    "hash_header",
+    Kind::Text,
+    "X-User-Id",
+    "http, `header-hash`: the request header hashed; requests without it go by least connections",
+    |c| c.scale.hash_header.clone(),
+);
+/// `[proxy] control_socket`.
+pub const CONTROL_SOCKET: Key = key(
+    "proxy",
+    "control_socket",
+    Kind::Path,
+    "",
+    "unix socket where the running proxy hands its listener to `proxy_server --takeover PATH`; empty: off",
+    |c| c.scale.control_socket.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
 );
 /// `[timeouts] connect_ms`.
 pub const CONNECT_MS: Key = key(
@@ -399,6 +448,10 @@ pub const KEYS: &[Key] = &[
     LOG_LEVEL,
     DRAIN_TIMEOUT_MS,
     STATS_INTERVAL_MS,
+    REUSE_PORT,
+    ACCEPT_PROXY,
+    HASH_HEADER,
+    CONTROL_SOCKET,
     CONNECT_MS,
     IDLE_MS,
     HEADER_MS,

@@ -29,6 +29,7 @@ pub mod raw;
 pub mod show;
 mod validate;
 
+pub use crate::proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
 pub use raw::RawConfig;
 
 /// The default configuration file, looked up in the current directory.
@@ -92,6 +93,9 @@ pub enum Algorithm {
     RandomTwo,
     /// Consistent hashing of the client IP.
     SourceHash,
+    /// Consistent hashing of a request header (`[proxy] hash_header`, HTTP mode); a request
+    /// without it goes by least connections.
+    HeaderHash,
 }
 
 impl Algorithm {
@@ -102,6 +106,7 @@ impl Algorithm {
             Algorithm::RoundRobin => "round-robin",
             Algorithm::RandomTwo => "random-two",
             Algorithm::SourceHash => "source-hash",
+            Algorithm::HeaderHash => "header-hash",
         }
     }
 }
@@ -128,6 +133,8 @@ pub struct BackendSpec {
     /// `tls`: connect over TLS, verified against `[tls] backend_ca`; `Some` holds the name
     /// sent as SNI and verified (`sni=NAME`, else the host as written).
     pub tls: Option<String>,
+    /// Start each backend connection with a PROXY header of this version (`send_proxy=`).
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 /// Timeouts, named by phase (`[timeouts]`; defaults in [`keys::KEYS`]).
@@ -237,6 +244,22 @@ pub struct Config {
     /// How often DNS names in `[backends]` are resolved again.
     pub resolve_interval: Duration,
     pub backends: Vec<BackendSpec>,
+    /// Running beside sibling instances (`reuse_port`, `accept_proxy`, `hash_header`,
+    /// `control_socket`).
+    pub scale: ScaleSettings,
+}
+
+/// Settings for running several instances and upgrading in place (`[proxy]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScaleSettings {
+    /// `SO_REUSEPORT` on the listener, so sibling processes share the port (`reuse_port`).
+    pub reuse_port: bool,
+    /// Which PROXY protocol header every client connection must start with (`accept_proxy`).
+    pub accept_proxy: AcceptProxy,
+    /// The request header `header-hash` hashes (`hash_header`).
+    pub hash_header: String,
+    /// Where the running proxy hands its listener to a `--takeover` process (`control_socket`).
+    pub control_socket: Option<PathBuf>,
 }
 
 impl fmt::Display for Config {

@@ -7,9 +7,10 @@ use super::keys::KEYS;
 use super::Config;
 
 /// The `[backends]` lines that are not keys: one per backend.
-pub const BACKEND_LINE: &str = "`NAME = host:port [weight=N] [max_conns=N]`";
+pub const BACKEND_LINE: &str = "`NAME = host:port [weight=N] [max_conns=N] [send_proxy=v1|v2]`";
 const BACKEND_HELP: &str =
-    "one line per backend (at least one); weight 1..=1000 (default 1); max_conns 0 = no limit";
+    "one line per backend (at least one); weight 1..=1000 (default 1); max_conns 0 = no limit; \
+     send_proxy: start each backend connection with a PROXY header (http: turns pooling off for it)";
 
 /// The README's key table (markdown), between its `config-keys` marker comments.
 pub fn markdown_table() -> String {
@@ -47,6 +48,9 @@ pub fn write_effective(c: &Config, out: &mut impl std::fmt::Write) -> std::fmt::
         write!(out, "{} = {} weight={}", b.name, b.target, b.weight)?;
         if b.max_conns > 0 {
             write!(out, " max_conns={}", b.max_conns)?;
+        }
+        if let Some(v) = b.send_proxy {
+            write!(out, " send_proxy={}", v.name())?;
         }
         writeln!(out, " ({})", addrs.join(", "))?;
     }

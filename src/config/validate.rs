@@ -9,8 +9,8 @@ use log::LevelFilter;
 use super::keys::{self, Key, Kind};
 use super::raw::{RawConfig, Setting};
 use super::{
-    Algorithm, BackendSpec, Config, ConfigError, HealthSettings, HttpSettings, Mode, Origin, Timeouts,
-    TlsFile, TlsSettings, TlsVersion,
+    AcceptProxy, Algorithm, BackendSpec, Config, ConfigError, HealthSettings, HttpSettings, Mode, Origin,
+    ProxyVersion, ScaleSettings, Timeouts, TlsFile, TlsSettings, TlsVersion,
 };
 use crate::addr;
 
@@ -60,6 +60,10 @@ impl RawConfig {
         });
         let admin_token = v.get(&keys::ADMIN_TOKEN, parse_token);
         let resolve_interval = v.millis(&keys::RESOLVE_MS);
+        let reuse_port = v.get(&keys::REUSE_PORT, parse_bool);
+        let accept_proxy = v.get(&keys::ACCEPT_PROXY, parse_accept_proxy);
+        let hash_header = v.get(&keys::HASH_HEADER, parse_header_name);
+        let control_socket = v.get(&keys::CONTROL_SOCKET, |s| Ok((!s.is_empty()).then(|| PathBuf::from(s))));
         // `None` exactly when some value was bad (and reported).
         let built = (|| {
             Some(Config {
@@ -104,8 +108,22 @@ impl RawConfig {
                 stats_interval: stats_interval.map(|d| (!d.is_zero()).then_some(d))?,
                 resolve_interval: resolve_interval?,
                 backends: Vec::new(),
+                scale: ScaleSettings {
+                    reuse_port: reuse_port?,
+                    accept_proxy: accept_proxy?,
+                    hash_header: hash_header?,
+                    control_socket: control_socket?,
+                },
             })
         })();
+        if algorithm == Some(Algorithm::HeaderHash) && mode == Some(Mode::Tcp) {
+            v.errors.push(ConfigError {
+                file: self.file.clone(),
+                origin: self.origin("proxy", "algorithm"),
+                key: keys::ALGORITHM.label(),
+                message: "header-hash hashes an HTTP request header: it needs mode = http".to_string(),
+            });
+        }
         let mut backends = Vec::new();
         for s in self
             .settings
@@ -297,7 +315,30 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
         "round-robin" | "roundrobin" => Ok(Algorithm::RoundRobin),
         "random-two" => Ok(Algorithm::RandomTwo),
         "source-hash" => Ok(Algorithm::SourceHash),
+        "header-hash" => Ok(Algorithm::HeaderHash),
         other => Err(format!("unknown algorithm '{other}' (expected {})", keys::one_of(keys::ALGORITHMS))),
+    }
+}
+
+fn parse_accept_proxy(s: &str) -> Result<AcceptProxy, String> {
+    match s {
+        "off" => Ok(AcceptProxy::Off),
+        "v1" => Ok(AcceptProxy::V1),
+        "v2" => Ok(AcceptProxy::V2),
+        "any" => Ok(AcceptProxy::Any),
+        _ => {
+            Err(format!("unknown accept_proxy '{s}' (expected {})", keys::one_of(keys::ACCEPT_PROXY_CHOICES)))
+        }
+    }
+}
+
+/// A header name: an RFC 9110 token.
+fn parse_header_name(s: &str) -> Result<String, String> {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !s.is_empty() && s.chars().all(tchar) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("'{s}' is not a header name"))
     }
 }
 
@@ -324,6 +365,7 @@ fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
     let mut max_conns = 0;
     let mut tls = false;
     let mut sni = None;
+    let mut send_proxy = None;
     let mut seen: Vec<&str> = Vec::new();
     for word in words {
         let option = word.split_once('=').map_or(word, |(k, _)| k);
@@ -337,9 +379,12 @@ fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
             Some(("sni", n)) if rustls_name_ok(n) => sni = Some(n.to_string()),
             Some(("sni", n)) => return Err(format!("'{n}' is not a server name for sni=")),
             None if word == "tls" => tls = true,
+            Some(("send_proxy", "v1")) => send_proxy = Some(ProxyVersion::V1),
+            Some(("send_proxy", "v2")) => send_proxy = Some(ProxyVersion::V2),
+            Some(("send_proxy", v)) => return Err(format!("send_proxy={v}: expected v1 or v2")),
             _ => {
                 return Err(format!(
-                    "unknown backend option '{word}' (expected weight=N, max_conns=N, tls or sni=NAME)"
+                    "unknown backend option '{word}' (expected weight=N, max_conns=N, tls, sni=NAME or send_proxy=v1|v2)"
                 ))
             }
         }
@@ -358,6 +403,7 @@ fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
             (false, None) => None,
             (false, Some(_)) => return Err("sni= needs tls".to_string()),
         },
+        send_proxy,
     })
 }
 
@@ -442,6 +488,13 @@ mod tests {
         let web = &c.backends[0];
         assert!(web.dns && !web.addrs.is_empty());
         assert_eq!((web.weight, web.max_conns), (2, 9));
+        let errs = messages("[proxy]\nalgorithm = header-hash\n[backends]\na = 127.0.0.1:1 send_proxy=v3\n");
+        assert!(errs[0].contains("header-hash hashes an HTTP request header"), "{errs:?}");
+        assert!(errs[1].contains("send_proxy=v3: expected v1 or v2"), "{errs:?}");
+        let c = parse("[proxy]\nmode = http\nalgorithm = header-hash\naccept_proxy = v2\n[backends]\na = 127.0.0.1:1 send_proxy=v1\n")
+            .expect("valid");
+        assert_eq!((c.algorithm, c.scale.accept_proxy), (Algorithm::HeaderHash, AcceptProxy::V2));
+        assert_eq!(c.backends[0].send_proxy, Some(ProxyVersion::V1));
         let errs = messages("[backends]\na = 127.0.0.1:1 weight=2 weight=3\n");
         assert!(errs[0].contains("option 'weight' given twice"), "{errs:?}");
         let errs = messages("[health]\nfall = 0\nmode = udp\n[backends]\na = 127.0.0.1:1\n");

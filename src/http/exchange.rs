@@ -15,7 +15,7 @@ use super::keepalive::{self, Idle};
 use super::proxy::{HttpContext, Record, Scratch, VIA};
 use super::retry::{self, Retry};
 use crate::backend::Backend;
-use crate::balancer::{source_key, Pick, Tried};
+use crate::balancer::{Pick, Tried};
 use crate::config::as_limit;
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::events;
@@ -58,6 +58,8 @@ pub struct Exchange<'a> {
     pub head: &'a RequestHead,
     /// Whether the client connection may stay open after this request.
     pub keep_alive: bool,
+    /// The balancer's hash key (client address or `hash_header`); `None`: least connections.
+    pub key: Option<u64>,
 }
 
 static UNAVAILABLE: RateLimit = RateLimit::new();
@@ -171,8 +173,7 @@ impl Exchange<'_> {
     /// failure if one broke (502), else "no backend" (503).
     fn pick(&self, attempt: &mut Attempt) -> Result<Pick, Failure> {
         let queue = self.ctx.config.timeouts.queue;
-        let key = source_key(self.conn.peer.ip());
-        match self.ctx.balancer.pick(key, &attempt.tried, queue) {
+        match self.ctx.balancer.pick(self.key, &attempt.tried, queue) {
             Ok(pick) => Ok(pick),
             Err(_) if attempt.broke.is_some() => Err(attempt
                 .broke
@@ -197,7 +198,7 @@ impl Exchange<'_> {
         }
         let t = &self.ctx.config.timeouts;
         let label = self.label();
-        let stream = upstream::dial(&self.ctx.balancer, backend, t.connect, &label)?;
+        let stream = upstream::dial(&self.ctx.balancer, backend, t.connect, self.conn, &label)?;
         let tls = self.ctx.backend_tls.as_deref();
         let stream = upstream::secure(&self.ctx.balancer, backend, stream, tls, t.connect, &label)?;
         let stream_tcp = stream.tcp();
@@ -346,7 +347,9 @@ impl Exchange<'_> {
             );
             return;
         }
-        if !resp.backend_reusable {
+        // A connection that began with a PROXY header speaks for one client only (as nginx and
+        // HAProxy rule): never pooled.
+        if !resp.backend_reusable || backend.send_proxy().is_some() {
             return;
         }
         // The idle pool keeps plain sockets; a TLS connection's state would not survive it, so

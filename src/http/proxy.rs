@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::exchange::{Attempt, Exchange};
-use crate::balancer::Balancer;
+use crate::balancer::{header_key, source_key, Balancer};
 use crate::config::{as_limit, Config};
 use crate::error::{Answer, Party};
 use crate::h1::request::{self, Forwarding, RequestHead};
@@ -33,8 +33,9 @@ use crate::tls_accept::{self, ClientStream};
 /// The `Via` pseudonym.
 pub const VIA: &str = "lbproxy";
 
-/// How long a keep-alive client may idle before its worker gives back its stack pages.
-const TRIM_AFTER: Duration = Duration::from_millis(500);
+/// How long a keep-alive client may idle before its worker gives back its stack pages; at
+/// shutdown, before its connection is closed.
+pub const TRIM_AFTER: Duration = Duration::from_millis(500);
 
 /// "Forever" for a zero (disabled) timeout.
 const NO_LIMIT: Duration = Duration::from_secs(365 * 86_400);
@@ -143,9 +144,12 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
             }
             let between_requests = cw.buffered().is_empty();
             if between_requests {
-                // Waiting for a request: a shutdown may close this connection at once.
+                // Waiting for a request: a shutdown closes this connection once it has idled
+                // `TRIM_AFTER` (the registry closes ones idle that long at once). Not sooner: a
+                // busy client's next request may be on its way, and is answered with
+                // `Connection: close` instead. A new connection's first request is served too.
                 conn.set_idle(true);
-                if ctx.stopping.load(Ordering::SeqCst) {
+                if served > 0 && ctx.stopping.load(Ordering::SeqCst) && head_started.elapsed() >= TRIM_AFTER {
                     break None;
                 }
             }
@@ -203,6 +207,7 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
             }
         };
         let Some(head) = head else { break };
+        let key = hash_key(&conn, ctx, &cw.buffered()[..head.len]);
         cw.consume(head.len);
         if head.h2c_stripped {
             log::debug!("req {}: Upgrade: h2c stripped (never forwarded)", head.request_id);
@@ -217,7 +222,7 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         let started = Instant::now();
         let mut record = Record::default();
         let keep_alive = head.keep_alive && !ctx.stopping.load(Ordering::SeqCst);
-        let exchange = Exchange { conn: &conn, client, ctx, head: &head, keep_alive };
+        let exchange = Exchange { conn: &conn, client, ctx, head: &head, keep_alive, key };
         let mut attempt = Attempt::default();
         let outcome = exchange.run(&mut cw, scratch, &mut record, &mut attempt);
         ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -305,6 +310,16 @@ fn access_log(conn: &Conn, head: &RequestHead, r: &Record, started: Instant) {
         let _ = write!(line, " [{}]", r.note);
     }
     log::info!("{line}");
+}
+
+/// The request's balancer key: its `hash_header` value under header-hash, else the client's
+/// address.
+fn hash_key(conn: &Conn, ctx: &HttpContext, head: &[u8]) -> Option<u64> {
+    if ctx.balancer.hashes_header() {
+        header_key(head, &ctx.config.scale.hash_header)
+    } else {
+        Some(source_key(conn.peer.ip()))
+    }
 }
 
 fn is_timeout(e: &io::Error) -> bool {

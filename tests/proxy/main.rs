@@ -4,11 +4,14 @@
 mod admin;
 mod dashboard;
 mod faultlab;
+mod haproxy;
 mod hostile;
 mod http;
 mod limits;
 mod ops;
+mod proxy_protocol;
 mod robust;
+mod scale;
 mod stdout;
 mod tcp;
 mod terminal;

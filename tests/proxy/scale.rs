@@ -1,0 +1,222 @@
+//! Beyond one process: two instances sharing a port (`reuse_port`), a zero-downtime binary
+//! upgrade (`--takeover`), both under continuous load with zero failed requests.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use lbproxy::h1::Wire;
+
+use crate::util::*;
+
+/// Continuous HTTP load: `fresh` threads each opening a new connection per request, and
+/// `kept` threads on keep-alive connections (opening a new one only when the proxy answered
+/// with `Connection: close`). Every failure is recorded: refused, reset, bad status.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr, fresh: usize, kept: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let mut threads = Vec::new();
+        for i in 0..fresh + kept {
+            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+            let keep_alive = i >= fresh;
+            threads.push(thread::spawn(move || {
+                let deadline = Instant::now() + Duration::from_secs(120);
+                let mut wire: Option<Wire<std::net::TcpStream>> = None;
+                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    match one_request(addr, keep_alive, &mut wire) {
+                        Ok(()) => {
+                            ok.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => {
+                            let kind = if keep_alive { "keep-alive" } else { "new connection" };
+                            failures.lock().expect("failures").push(format!("{kind}: {e}"));
+                            wire = None;
+                        }
+                    }
+                }
+            }));
+        }
+        Load { stop, ok, failures, threads }
+    }
+
+    /// Waits until `n` more requests have succeeded.
+    fn wait_ok(&self, n: usize) {
+        let target = self.ok.load(Ordering::SeqCst) + n;
+        let deadline = Instant::now() + WAIT;
+        while self.ok.load(Ordering::SeqCst) < target {
+            assert!(Instant::now() < deadline, "load stalled; failures: {:?}", self.failures.lock());
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the load; returns (requests that succeeded, failures).
+    fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            t.join().expect("load thread");
+        }
+        let failures = self.failures.lock().expect("failures").clone();
+        (self.ok.load(Ordering::SeqCst), failures)
+    }
+}
+
+fn one_request(
+    addr: SocketAddr,
+    keep_alive: bool,
+    wire: &mut Option<Wire<std::net::TcpStream>>,
+) -> Result<(), String> {
+    if wire.is_none() {
+        let s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(WAIT)).map_err(|e| e.to_string())?;
+        *wire = Some(Wire::new(s));
+    }
+    let w = wire.as_mut().ok_or("no connection")?;
+    let close = if keep_alive { "" } else { "Connection: close\r\n" };
+    let req = format!("GET / HTTP/1.1\r\nHost: t\r\n{close}\r\n");
+    w.stream.write_all(req.as_bytes()).map_err(|e| format!("send: {e}"))?;
+    let head = w.read_head(1 << 16, |buf| {
+        Ok(lbproxy::h1::head::parse_response(buf, "GET")?.map(|(len, r)| {
+            let close = r
+                .fields
+                .0
+                .iter()
+                .any(|(n, v)| n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case(b"close"));
+            (len, (r.status, r.body, close))
+        }))
+    });
+    let (status, kind, server_closes) = head.map_err(|e| format!("response head: {e}"))?;
+    let mut body = Vec::new();
+    w.copy_body(kind, &mut body).map_err(|e| format!("response body: {e}"))?;
+    if status != 200 {
+        return Err(format!("status {status}: {}", String::from_utf8_lossy(&body)));
+    }
+    if !keep_alive || server_closes {
+        *wire = None;
+    }
+    Ok(())
+}
+
+fn served(p: &Proc) -> usize {
+    p.log_text().lines().filter(|l| l.contains("req ") && l.contains("\"GET /\"")).count()
+}
+
+/// With `reuse_port`, a stopped instance's listening socket leaves the port's group, and Linux
+/// moves the connections still waiting in its queue to a sibling only with
+/// `net.ipv4.tcp_migrate_req = 1` (5.14+); otherwise they are reset. The test sets it, as an
+/// operator running several instances would (README "Running several instances").
+fn enable_request_migration() {
+    let path = "/proc/sys/net/ipv4/tcp_migrate_req";
+    let now = std::fs::read_to_string(path).expect("this kernel has net.ipv4.tcp_migrate_req (Linux 5.14+)");
+    if now.trim() != "1" {
+        std::fs::write(path, "1").expect("set net.ipv4.tcp_migrate_req = 1 (needs root)");
+    }
+}
+
+#[test]
+fn two_instances_share_a_port_with_reuse_port_and_one_stops_under_load_without_a_failed_request() {
+    enable_request_migration();
+    let ds = dummies(2);
+    let addrs: Vec<SocketAddr> = ds.iter().map(|d| d.1).collect();
+    let config = format!(
+        "[proxy]\nmode = http\nreuse_port = on\nworkers = 32\n[health]\nenabled = false\n{}",
+        backends_section(&addrs)
+    );
+    let (mut first, addr) = proxy_with(&config, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("config.ini"), &config).expect("write");
+    let mut cmd = Command::new(PROXY);
+    cmd.current_dir(dir.path()).args(["--config", "config.ini", "--listen", &addr.to_string()]);
+    let second = Proc::spawn(&mut cmd, Some(dir));
+    assert_eq!(second.listening_addr(), addr, "both instances listen on one address");
+    // Without reuse_port the same bind fails.
+    let plain = config.replace("reuse_port = on", "reuse_port = off");
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("c.ini"), &plain).expect("write");
+    let refused = Command::new(PROXY)
+        .arg("--config")
+        .arg(dir.path().join("c.ini"))
+        .args(["--listen", &addr.to_string()])
+        .output()
+        .expect("run");
+    assert!(!refused.status.success(), "a second bind without reuse_port succeeded");
+
+    let load = Load::start(addr, 6, 4);
+    load.wait_ok(400);
+    assert!(served(&first) > 0 && served(&second) > 0, "the kernel spreads clients over both");
+    first.signal("TERM");
+    assert!(first.wait_exit().success(), "{}", first.log_text());
+    let after = served(&second);
+    load.wait_ok(400);
+    let (ok, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(served(&second) > after, "the remaining instance serves everything");
+}
+
+#[test]
+fn takeover_under_load_refuses_resets_and_fails_nothing_and_the_old_process_exits_0() {
+    let ds = dummies(2);
+    let addrs: Vec<SocketAddr> = ds.iter().map(|d| d.1).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("control.sock");
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 32\ndrain_timeout_ms = 5000\ncontrol_socket = {}\n\
+         [admin]\nlisten = 127.0.0.1:0\n[health]\nenabled = false\n{}",
+        socket.display(),
+        backends_section(&addrs)
+    );
+    let (mut old, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&old);
+    old.wait_for("control socket");
+    let load = Load::start(addr, 6, 4);
+    load.wait_ok(300);
+
+    let mut cmd = Command::new(PROXY);
+    cmd.current_dir(old.dir())
+        .arg("--config")
+        .arg(old.dir().join("config.ini"))
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--takeover")
+        .arg(&socket);
+    let new = Proc::spawn(&mut cmd, None);
+    assert_eq!(new.listening_addr(), addr, "the new process serves the same socket");
+    new.wait_for("takeover: accepting");
+    old.wait_for("takeover: the new process accepts");
+    let status = old.wait_exit();
+    assert!(status.success(), "old process: {status}; log:\n{}", old.log_text());
+    assert!(old.log_text().contains("served "), "the old process printed its summary");
+    let before = served(&new);
+    load.wait_ok(300);
+    let (ok, failures) = load.finish();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(served(&new) > before, "the new process serves the load");
+    // The admin listener came along too.
+    assert_eq!(http_get(admin, "/health").status, 200);
+    // And the new process offers the next upgrade on the same path.
+    new.wait_for("control socket");
+    assert!(socket.exists());
+}
