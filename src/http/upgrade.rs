@@ -26,10 +26,11 @@ pub(super) fn switch(
     record: &mut Record,
 ) -> Result<(), Failure> {
     let client_gone = |e: io::Error| Failure::new(Party::Client, Phase::Body, Cause::Io(e));
+    // Counted before the 101 leaves, so whoever sees the switch also sees the tunnel in /stats.
+    let _open = ex.ctx.counters.open_tunnel(&backend.name);
     let mut cout = Coalesce::new(ex.client, &mut scratch.client_out);
     cout.write_all(&scratch.resp_head).and_then(|()| cout.flush()).map_err(client_gone)?;
     record.bytes_out += scratch.resp_head.len() as u64;
-    let _open = ex.ctx.counters.open_tunnel(&backend.name);
     log::debug!("req {}: {} switched protocols; tunnelling", ex.head.request_id, backend.name);
     let mut guard;
     let (sock, tls) = match ex.client {
