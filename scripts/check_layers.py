@@ -17,7 +17,7 @@ LAYERS = [
     ("selection", ["balancer"]),
     ("reaching backends, checks, rendering", ["upstream", "checker", "stats", "registry", "pool", "relay", "tunnel", "tls_accept", "signals"]),
     ("modes and operations", ["tcp", "http", "admin", "discovery", "dummy", "simulate"]),
-    ("process", ["takeover", "server", "cli"]),
+    ("process", ["takeover", "acceptor", "server", "cli"]),
 ]
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")

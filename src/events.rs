@@ -75,6 +75,15 @@ impl Sampler {
         }
     }
 
+    /// Whether an event would go out now, read-only: busy workers only read these shared
+    /// counters (no cache-line traffic between cores) until the second turns, so nothing is
+    /// built for an event that the sampler would drop.
+    fn open(&self) -> bool {
+        let second = now_ms() / 1000;
+        self.second.load(Ordering::Relaxed) != second
+            || self.in_second.load(Ordering::Relaxed) < PICKS_PER_SECOND
+    }
+
     /// Whether this event goes out. Racing threads at a second's turn may let a few extra
     /// through; the limit is a cost bound, not an exact quota.
     fn admit(&self) -> bool {
@@ -155,6 +164,18 @@ pub fn wall_ms() -> u64 {
 /// when it names none).
 pub fn client_of(label: &str) -> &str {
     label.rsplit_once(" from ").map_or(label, |(_, client)| client)
+}
+
+/// Whether a pick event would be sent now: someone watches and this second's sample is not
+/// full. Callers check it before building the pick's reason or label, so a viewer costs
+/// (almost) nothing on requests whose picks are not sampled.
+pub fn wants_pick() -> bool {
+    watching() && PICKS.open()
+}
+
+/// Whether a retry event would be sent now (see [`wants_pick`]).
+pub fn wants_retry() -> bool {
+    watching() && RETRIES.open()
 }
 
 /// A pick: `client` (the connection or request label's client address), the backend chosen,

@@ -25,6 +25,7 @@
 //!   [`dummy`] and [`simulate`] (the companions).
 //! - process: [`takeover`] (handing the listeners to a new process), [`server`], [`cli`].
 
+pub mod acceptor;
 pub mod addr;
 pub mod admin;
 pub mod backend;

@@ -15,13 +15,12 @@
 //! once.
 
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver, Sender};
+use crossbeam_channel::{select, Receiver};
 
 use crate::admin;
 use crate::backend::{self, summary_line};
@@ -31,7 +30,7 @@ use crate::config::{Config, ConfigError, Mode};
 use crate::discovery::Discovery;
 use crate::error::Error;
 use crate::http::proxy::{self as http_proxy, HttpContext, Scratch};
-use crate::net::{bind, bind_with, is_fd_exhaustion};
+use crate::net::{bind, bind_with};
 use crate::pool::WorkerPool;
 use crate::registry::{Conn, Registry};
 use crate::relay::Buffers;
@@ -44,9 +43,6 @@ use crate::tls::{Backends, Listener};
 /// At shutdown, keep-alive clients idle this long are closed at once (see
 /// [`Registry::close_idle`]); an HTTP worker closes its own once it has idled this long.
 const IDLE_CLOSE_AFTER: Duration = http_proxy::TRIM_AFTER;
-
-/// How long the acceptor backs off when the descriptor table is full.
-const FD_BACKOFF: Duration = Duration::from_millis(50);
 
 /// What the proxy did, reported at exit.
 #[derive(Debug)]
@@ -134,14 +130,6 @@ impl Server {
     /// `loader`; then drains and returns the summary.
     pub fn run(self, signals: Signals, loader: Loader) -> Result<Summary, Error> {
         let Server { config, tls, backend_tls, listener, admin, local_addr, handoff } = self;
-        // What matters first, so `listening on` is the first line a newcomer sees; the full
-        // effective configuration only at debug level and in `--check`.
-        for line in crate::config::show::startup_lines(&config, local_addr) {
-            log::info!("{line}");
-        }
-        for line in config.to_string().lines() {
-            log::debug!("config: {line}");
-        }
         let balancer = Arc::new(Balancer::new(
             backend::build(&config.backends),
             config.algorithm,
@@ -200,6 +188,14 @@ impl Server {
             Error::Resource(std::io::Error::new(e.kind(), format!("{e}; {hint}")))
         })?;
         let job_tx = workers.sender();
+        // Every worker runs: now say so. What matters first, so `listening on` is the first line
+        // a newcomer sees; the full effective configuration only at debug level and in `--check`.
+        for line in crate::config::show::startup_lines(&config, local_addr) {
+            log::info!("{line}");
+        }
+        for line in config.to_string().lines() {
+            log::debug!("config: {line}");
+        }
 
         checker::spawn_checker(balancer.clone(), background_rx.clone(), backend_tls.clone())
             .map_err(Error::Resource)?;
@@ -234,7 +230,7 @@ impl Server {
         listener.set_nonblocking(true).map_err(Error::Resource)?;
         let listener = Arc::new(listener);
         let acceptor = {
-            let acceptor = Acceptor {
+            let acceptor = crate::acceptor::Acceptor {
                 listener: listener.clone(),
                 wake: wake_rx,
                 jobs: job_tx,
@@ -403,100 +399,4 @@ fn spawn_stats_logger(balancer: Arc<Balancer>, every: Duration, stop: Receiver<(
         }
     })?;
     Ok(())
-}
-
-struct Acceptor {
-    /// Non-blocking: the acceptor waits in `poll` on it and on `wake`.
-    listener: Arc<TcpListener>,
-    /// The read end of a pipe whose write end drops at shutdown.
-    wake: OwnedFd,
-    jobs: Sender<Conn>,
-    halt: Receiver<()>,
-    stopping: Arc<AtomicBool>,
-    registry: Arc<Registry>,
-    counters: Arc<ProxyCounters>,
-    workers: usize,
-}
-
-impl Acceptor {
-    /// Waits until the listener has a connection (true) or shutdown closed the wake pipe.
-    fn wait(&self) -> bool {
-        use rustix::event::{poll, PollFd, PollFlags};
-        loop {
-            if self.stopping.load(Ordering::SeqCst) {
-                return false;
-            }
-            let mut fds =
-                [PollFd::new(&*self.listener, PollFlags::IN), PollFd::new(&self.wake, PollFlags::IN)];
-            match poll(&mut fds, None) {
-                Ok(_) if !fds[1].revents().is_empty() => return false,
-                Ok(_) => return true,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => {
-                    log::error!("accept: poll: {e}");
-                    return false;
-                }
-            }
-        }
-    }
-
-    fn run(self) {
-        let mut next_id = 0u64;
-        let mut fd_burst = false;
-        let mut full_logged = Instant::now() - Duration::from_secs(60);
-        loop {
-            let (stream, peer) = match self.listener.accept() {
-                Ok(accepted) => accepted,
-                Err(_) if self.stopping.load(Ordering::SeqCst) => return,
-                // Nothing pending (or another process sharing the socket took it): wait.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    if self.wait() {
-                        continue;
-                    }
-                    return;
-                }
-                Err(e) if is_fd_exhaustion(&e) => {
-                    if !fd_burst {
-                        log::warn!("accept: {e}; backing off until descriptors free up");
-                        fd_burst = true;
-                    }
-                    if self.halt.recv_timeout(FD_BACKOFF).is_ok() || self.stopping.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    continue;
-                }
-                Err(e) => {
-                    log::debug!("accept: {e}");
-                    continue;
-                }
-            };
-            if fd_burst {
-                log::info!("accept: descriptors available again");
-                fd_burst = false;
-            }
-            next_id += 1;
-            self.counters.accepted.fetch_add(1, Ordering::Relaxed);
-            let _ = stream.set_nodelay(true);
-            // Accepted sockets do not inherit the listener's O_NONBLOCK on Linux; say so anyway.
-            let _ = stream.set_nonblocking(false);
-            let conn = Conn::register(&self.registry, next_id, stream, peer);
-            self.counters.accept_queue.store(self.jobs.len(), Ordering::Relaxed);
-            let conn = match self.jobs.try_send(conn) {
-                Ok(()) => continue,
-                Err(crossbeam_channel::TrySendError::Full(conn)) => conn,
-                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
-            };
-            if full_logged.elapsed() >= Duration::from_secs(1) {
-                log::warn!(
-                    "all {} workers busy and the queue is full: accepting paused (backpressure)",
-                    self.workers
-                );
-                full_logged = Instant::now();
-            }
-            select! {
-                send(self.jobs, conn) -> sent => if sent.is_err() { return },
-                recv(self.halt) -> _ => return,
-            }
-        }
-    }
 }

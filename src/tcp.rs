@@ -54,7 +54,8 @@ pub fn serve(conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
     let label = Label(&conn);
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
     let key = Some(source_key(conn.peer.ip()));
-    let (backend, pick) = match upstream::connect(&ctx.balancer, key, &conn, &label, limits) {
+    let tls = ctx.backend_tls.as_deref();
+    let (backend, pick) = match upstream::connect(&ctx.balancer, key, &conn, &label, limits, tls) {
         Ok(found) => found,
         Err(f) if f.phase == Phase::Pick => {
             if let Some(n) = UNAVAILABLE.check() {
@@ -68,15 +69,6 @@ pub fn serve(conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
         }
     };
     let b = pick.guard.backend().clone();
-    let timeout = ctx.config.timeouts.connect;
-    let backend =
-        match upstream::secure(&ctx.balancer, &b, backend, ctx.backend_tls.as_deref(), timeout, &label) {
-            Ok(stream) => stream,
-            Err(f) => {
-                log::error!("{label}: {f}; closing the client");
-                return;
-            }
-        };
     let attached = conn.attach(backend.tcp(), b.id);
     let idle = ctx.config.timeouts.idle;
     let (client_sock, mut client_tls) = client.into_parts();

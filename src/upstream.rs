@@ -88,14 +88,14 @@ fn attempt(
 
 /// Makes a dialled connection TLS when `backend` is marked `tls` (its `[backends]` key is in
 /// `tls`), with `timeout` (0: none) for the handshake; plain otherwise. A failed handshake
-/// counts against the backend, as a failed connect does.
+/// counts against the backend, as a failed connect does; the caller logs it, saying what
+/// comes next.
 pub fn secure(
     balancer: &Balancer,
     backend: &Backend,
     stream: TcpStream,
     tls: Option<&crate::tls::Backends>,
     timeout: Duration,
-    label: &dyn Display,
 ) -> Result<Stream<TcpStream>, Failure> {
     let Some((config, name)) = tls.and_then(|t| t.get(&backend.spec)) else {
         return Ok(Stream::Plain(stream));
@@ -104,12 +104,8 @@ pub fn secure(
     let _ = stream.set_read_timeout(limit);
     let _ = stream.set_write_timeout(limit);
     crate::tls_stream::connect(stream, config, &name).map_err(|why| {
-        log::warn!(
-            "{label}: TLS to {} {} ({name}) failed: {why}; trying the next backend",
-            backend.name,
-            backend.addr
-        );
         balancer.observe_failure(backend, &why);
+        let why = format!("TLS with {name}: {why}");
         Failure::at(&backend.name, Party::Backend, Phase::Connect, Cause::Invalid(why))
     })
 }
@@ -128,7 +124,8 @@ pub fn connect(
     client: &Conn,
     label: &dyn Display,
     limits: Limits,
-) -> Result<(TcpStream, Pick), Failure> {
+    tls: Option<&crate::tls::Backends>,
+) -> Result<(Stream<TcpStream>, Pick), Failure> {
     let mut tried = Tried::default();
     // The failed attempt not yet logged: its line names what comes next.
     let mut failed: Option<(std::sync::Arc<Backend>, String)> = None;
@@ -157,7 +154,13 @@ pub fn connect(
             );
         }
         let started = Instant::now();
-        match attempt(balancer, &backend, limits.connect, client, label) {
+        let connected = attempt(balancer, &backend, limits.connect, client, label).and_then(|stream| {
+            secure(balancer, &backend, stream, tls, limits.connect).map_err(|f| {
+                let why = f.cause.to_string();
+                (f, why)
+            })
+        });
+        match connected {
             Ok(stream) => {
                 log::info!(
                     "{label} -> {} {} connected in {:.2} ms ({})",
@@ -166,7 +169,7 @@ pub fn connect(
                     started.elapsed().as_secs_f64() * 1000.0,
                     pick.reason
                 );
-                if events::watching() {
+                if events::wants_pick() {
                     let label = label.to_string();
                     events::pick(
                         &label,
@@ -180,7 +183,7 @@ pub fn connect(
             }
             Err((f, _)) if f.party == Party::Local => return Err(f),
             Err((f, why)) => {
-                if events::watching() {
+                if events::wants_retry() {
                     let label = label.to_string();
                     events::retry(&label, &events::client_of(&label), &backend.name, &f.to_string());
                 }

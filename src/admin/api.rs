@@ -81,6 +81,9 @@ pub(super) fn post(admin: &Admin, path: &str, query: &str, peer: SocketAddr) -> 
         events::state(&b.name, b.state_text(), &format!("admin {peer}: {what}"));
         answers.push(backend_json(b));
     }
+    if matches!(change, Change::Weight(_)) {
+        admin.balancer.rebuild();
+    }
     // Picks waiting for a slot look again: a backend back in rotation may take them.
     admin.balancer.wake();
     let body = match answers.len() {

@@ -61,9 +61,13 @@ impl Dashboard {
         let mut rates = serde_json::Map::new();
         let mut totals = HashMap::with_capacity(members.len());
         let mut backends = Vec::new();
+        // Every pick counts on its backend: the picks seen this tick, without a shared counter
+        // on the request path.
+        let mut picks_now = 0u64;
         for b in members.iter() {
             let total = b.total.load(Ordering::Relaxed);
             let before = self.totals.get(&b.id).copied().unwrap_or(total);
+            picks_now += total.saturating_sub(before);
             let rps = (total.saturating_sub(before) as f64 / secs * 10.0).round() / 10.0;
             totals.insert(b.id, total);
             rates.insert(b.name.clone(), json!(rps));
@@ -82,7 +86,8 @@ impl Dashboard {
             let (seen, sent) = (sampled[i].0 - self.sampled[i].0, sampled[i].1 - self.sampled[i].1);
             (seen, sent)
         };
-        let ((picks_seen, picks_sent), (retries_seen, retries_sent)) = (per_second(0), per_second(1));
+        let ((_, picks_sent), (retries_seen, retries_sent)) = (per_second(0), per_second(1));
+        let picks_seen = picks_now.max(picks_sent);
         self.sampled = sampled;
         let rate = if picks_seen == 0 { 1.0 } else { picks_sent as f64 / picks_seen as f64 };
         let tick = json!({

@@ -103,15 +103,6 @@ pub fn header_value_key(value: &[u8]) -> u64 {
     xxh3_64(value.trim_ascii())
 }
 
-/// The header-hash key of a request whose raw head is `head`: the first `name` header's value,
-/// or `None` without one (or when the head does not parse).
-pub fn header_key(head: &[u8], name: &str) -> Option<u64> {
-    let mut headers = [httparse::EMPTY_HEADER; 100];
-    let mut req = httparse::Request::new(&mut headers);
-    req.parse(head).ok()?;
-    req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| header_value_key(h.value))
-}
-
 /// The backends already tried for one connection or request, so each is tried at most once.
 #[derive(Debug, Default, Clone)]
 pub struct Tried(Vec<u64>);
@@ -188,6 +179,13 @@ impl Balancer {
         self.core.state.lock().algorithm
     }
 
+    /// Rebuilds the selector over the same members: a weight changed in place (the runtime
+    /// API) must move the hash ring's points too.
+    pub fn rebuild(&self) {
+        let mut state = self.core.state.lock();
+        state.selector = selector(state.algorithm, &state.members);
+    }
+
     /// Replaces the members and algorithm (reload, DNS change); waiting picks look again.
     pub fn replace(&self, members: Vec<Arc<Backend>>, algorithm: Algorithm) {
         let mut state = self.core.state.lock();
@@ -240,7 +238,7 @@ impl Balancer {
         queue: Duration,
     ) -> Result<Pick, Unavailable> {
         let key = key.into();
-        let explain = log::log_enabled!(log::Level::Info) || crate::events::watching();
+        let explain = log::log_enabled!(log::Level::Info) || crate::events::wants_pick();
         let mut deadline: Option<Instant> = None;
         let mut waiting: Option<Waiting<'_>> = None;
         let mut state = self.core.state.lock();

@@ -111,3 +111,23 @@ fn an_exact_tie_says_it_went_round_robin_and_a_clear_choice_lists_the_loads() {
     );
     assert_eq!(reason(&[0], 0, &[true]), "least-connections: b0=0", "alone is no tie");
 }
+
+#[test]
+fn a_runtime_weight_change_moves_the_hash_ring_too() {
+    let b = balancer(&[1, 1], Algorithm::SourceHash);
+    let share = |b: &Balancer| {
+        let keys = (0..2000u32).map(|i| source_key(std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes())));
+        let on_b1 = keys
+            .filter(|&k| {
+                b.pick(Some(k), &Tried::default(), Duration::ZERO).expect("pick").guard.backend().name == "b1"
+            })
+            .count();
+        on_b1 as f64 / 2000.0
+    };
+    let before = share(&b);
+    assert!((0.35..0.65).contains(&before), "even weights split evenly: {before}");
+    b.members()[1].set_runtime_weight(3);
+    b.rebuild();
+    let after = share(&b);
+    assert!((0.65..0.85).contains(&after), "weight 3 of 4 after the change: {after}");
+}

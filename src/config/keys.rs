@@ -4,7 +4,12 @@
 
 use super::{AcceptProxy, Config, Mode};
 
+mod health;
 mod tls;
+pub use health::{
+    FAIL_WINDOW_MS, FALL, HEALTH_ENABLED, HEALTH_MODE, HEALTH_PATH, INTERVAL_MS, MAX_FAILS, OBSERVE_5XX,
+    RISE, SLOWSTART_MS, TIMEOUT_MS,
+};
 pub use tls::{TLS_BACKEND_CA, TLS_CERT, TLS_KEY, TLS_MIN_VERSION, TLS_SNI_DIR, TLS_VERSIONS};
 
 /// What values a key takes.
@@ -337,75 +342,6 @@ pub const MAX_BODY_BYTES: Key = key(
     "0",
     "http: larger request bodies get 413 (0: no limit)",
     |c| c.http.max_body_bytes.unwrap_or(0).to_string(),
-);
-/// `[health] enabled`.
-pub const HEALTH_ENABLED: Key =
-    key("health", "enabled", Kind::Bool, "true", "active health checks from a checker thread", |c| {
-        c.health.enabled.to_string()
-    });
-/// `[health] mode`.
-pub const HEALTH_MODE: Key = key(
-    "health",
-    "mode",
-    Kind::Choice(MODES),
-    "",
-    "`tcp`: connect; `http`: `GET path` expecting 2xx/3xx; empty: the proxy's mode",
-    |c| mode_name(c.health.mode),
-);
-/// `[health] path`.
-pub const HEALTH_PATH: Key =
-    key("health", "path", Kind::Text, "/health", "the http check's request path", |c| c.health.path.clone());
-/// `[health] interval_ms`.
-pub const INTERVAL_MS: Key = key(
-    "health",
-    "interval_ms",
-    millis(10, 3_600_000),
-    "2000",
-    "how often each backend is checked (plus up to 10% jitter)",
-    |c| c.health.interval.as_millis().to_string(),
-);
-/// `[health] timeout_ms`.
-pub const TIMEOUT_MS: Key =
-    key("health", "timeout_ms", millis(1, 600_000), "1000", "how long a check may take", |c| {
-        c.health.timeout.as_millis().to_string()
-    });
-/// `[health] rise`.
-pub const RISE: Key =
-    key("health", "rise", number(1, 100), "2", "consecutive good checks to come back up", |c| {
-        c.health.rise.to_string()
-    });
-/// `[health] fall`.
-pub const FALL: Key =
-    key("health", "fall", number(1, 100), "3", "consecutive failed checks to go down", |c| {
-        c.health.fall.to_string()
-    });
-/// `[health] max_fails`.
-pub const MAX_FAILS: Key = key(
-    "health",
-    "max_fails",
-    number(0, 1000),
-    "3",
-    "live-traffic failures within `fail_window_ms` that mark a backend down (0: off)",
-    |c| c.health.max_fails.to_string(),
-);
-/// `[health] fail_window_ms`.
-pub const FAIL_WINDOW_MS: Key =
-    key("health", "fail_window_ms", millis(0, DAY_MS), "10000", "the window `max_fails` counts in", |c| {
-        c.health.fail_window.as_millis().to_string()
-    });
-/// `[health] observe_5xx`.
-pub const OBSERVE_5XX: Key =
-    key("health", "observe_5xx", Kind::Bool, "false", "http: count 5xx responses as failures", |c| {
-        c.health.observe_5xx.to_string()
-    });
-/// `[health] slowstart_ms`.
-pub const SLOWSTART_MS: Key = key(
-    "health",
-    "slowstart_ms",
-    millis(0, DAY_MS),
-    "0",
-    "ramp a recovered backend's weight from near 0 to full over this long",
-    |c| c.health.slowstart.as_millis().to_string(),
 );
 /// `[admin] listen`.
 pub const ADMIN_LISTEN: Key = key(

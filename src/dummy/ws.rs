@@ -12,25 +12,18 @@ use tungstenite::Message;
 /// Answers the upgrade in `head` on `stream` and echoes messages; `rest` holds bytes the client
 /// sent after the head (frames already buffered).
 pub fn serve(mut stream: TcpStream, head: &[u8], rest: Vec<u8>, peer: SocketAddr, name: &str) {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut req = httparse::Request::new(&mut headers);
-    let key = match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {
-            crate::h1::header(req.headers, "sec-websocket-key").map(<[u8]>::to_vec)
-        }
-        _ => None,
-    };
-    let upgrade = crate::h1::has_token(req.headers, "upgrade", "websocket");
+    let parsed = crate::h1::head::parse_request(head).ok().flatten().map(|(_, req)| req.fields);
+    let key = parsed.as_ref().and_then(|f| f.get("sec-websocket-key"));
+    let upgrade = parsed
+        .as_ref()
+        .and_then(|f| f.get("upgrade"))
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("websocket")));
     let (Some(key), true) = (key, upgrade) else {
-        let body = "400: /ws needs Upgrade: websocket and Sec-WebSocket-Key\n";
-        let _ = write!(
-            stream,
-            "HTTP/1.1 400 Bad Request\r\nX-Served-By: {name}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
+        let why = "/ws needs Upgrade: websocket and Sec-WebSocket-Key";
+        let _ = super::reply::write_error(&mut stream, name, 400, why);
         return;
     };
-    let accept = derive_accept_key(key.trim_ascii());
+    let accept = derive_accept_key(key.trim().as_bytes());
     let answer = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept}\r\nX-Served-By: {name}\r\n\r\n"

@@ -4,7 +4,13 @@ use super::*;
 use proptest::prelude::*;
 
 fn fwd() -> Forwarding<'static> {
-    Forwarding { client: "127.0.0.1", local_host: &|| "p:1".to_string(), via: "lbproxy", proto: "http" }
+    Forwarding {
+        client: "127.0.0.1",
+        local_host: &|| "p:1".to_string(),
+        via: "lbproxy",
+        proto: "http",
+        hash_header: None,
+    }
 }
 
 proptest! {

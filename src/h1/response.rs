@@ -277,6 +277,7 @@ mod tests {
             local_host: &|| "p:1".to_string(),
             via: "lbproxy",
             proto: "https",
+            hash_header: None,
         };
         let raw = "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c, websocket\r\n\r\n";
         let mut out = Vec::new();

@@ -91,7 +91,7 @@ impl Exchange<'_> {
             let backend: Arc<Backend> = pick.guard.backend().clone();
             record.backend.clone_from(&backend.name);
             record.reason.clone_from(&pick.reason);
-            if events::watching() {
+            if events::wants_pick() {
                 events::pick(&self.label(), &self.conn.peer, &backend.name, pick.algorithm, &pick.reason);
             }
             let (stream, reused) = match self.connect(&backend, attempt) {
@@ -200,7 +200,10 @@ impl Exchange<'_> {
         let label = self.label();
         let stream = upstream::dial(&self.ctx.balancer, backend, t.connect, self.conn, &label)?;
         let tls = self.ctx.backend_tls.as_deref();
-        let stream = upstream::secure(&self.ctx.balancer, backend, stream, tls, t.connect, &label)?;
+        let stream =
+            upstream::secure(&self.ctx.balancer, backend, stream, tls, t.connect).inspect_err(|f| {
+                log::warn!("{label}: {} {}: {}", backend.name, backend.addr, f.cause);
+            })?;
         let stream_tcp = stream.tcp();
         let _ = stream_tcp.set_read_timeout(as_limit(t.response));
         let _ = stream_tcp.set_write_timeout(as_limit(t.idle));
@@ -285,7 +288,7 @@ impl Exchange<'_> {
                     self.ctx.balancer.observe_failure(backend, &f.cause.to_string());
                 }
                 attempt.tried.insert(backend);
-                if events::watching() {
+                if events::wants_retry() {
                     events::retry(&self.label(), &self.conn.peer, &backend.name, &f.to_string());
                 }
                 if f.phase != Phase::Connect {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::exchange::{Attempt, Exchange};
-use crate::balancer::{header_key, source_key, Balancer};
+use crate::balancer::{header_value_key, source_key, Balancer};
 use crate::config::{as_limit, Config};
 use crate::error::{Answer, Party};
 use crate::h1::request::{self, Forwarding, RequestHead};
@@ -113,7 +113,8 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     let client_ip = conn.peer.ip().to_string();
     let local = || tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let proto = if stream.is_tls() { "https" } else { "http" };
-    let fwd = Forwarding { client: &client_ip, local_host: &local, via: VIA, proto };
+    let hash_header = ctx.balancer.hashes_header().then_some(ctx.config.scale.hash_header.as_str());
+    let fwd = Forwarding { client: &client_ip, local_host: &local, via: VIA, proto, hash_header };
     let mut cw = Wire::with_buffer(client, std::mem::take(&mut scratch.client_in));
     let mut timeout = ReadTimeout { stream: tcp, current: None };
     let mut served = 0u64;
@@ -207,7 +208,7 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
             }
         };
         let Some(head) = head else { break };
-        let key = hash_key(&conn, ctx, &cw.buffered()[..head.len]);
+        let key = hash_key(&conn, ctx, cw.buffered(), &head);
         cw.consume(head.len);
         if head.h2c_stripped {
             log::debug!("req {}: Upgrade: h2c stripped (never forwarded)", head.request_id);
@@ -312,11 +313,11 @@ fn access_log(conn: &Conn, head: &RequestHead, r: &Record, started: Instant) {
     log::info!("{line}");
 }
 
-/// The request's balancer key: its `hash_header` value under header-hash, else the client's
-/// address.
-fn hash_key(conn: &Conn, ctx: &HttpContext, head: &[u8]) -> Option<u64> {
+/// The request's balancer key: its `hash_header` value under header-hash (found by the one
+/// parse of the head), else the client's address.
+fn hash_key(conn: &Conn, ctx: &HttpContext, buf: &[u8], head: &RequestHead) -> Option<u64> {
     if ctx.balancer.hashes_header() {
-        header_key(head, &ctx.config.scale.hash_header)
+        head.hash_value.clone().and_then(|r| buf.get(r)).map(header_value_key)
     } else {
         Some(source_key(conn.peer.ip()))
     }

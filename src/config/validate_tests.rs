@@ -1,0 +1,89 @@
+//! Unit tests of validation: defaults, ranges, backend lines and every error naming file:line.
+
+use super::*;
+
+fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    RawConfig::parse(text.as_bytes(), "test.ini").and_then(|raw| raw.validate())
+}
+
+fn messages(text: &str) -> Vec<String> {
+    parse(text).expect_err("config should be rejected").iter().map(|e| e.to_string()).collect()
+}
+
+#[test]
+fn defaults_apply_when_keys_are_absent() {
+    let c = parse("[backends]\napp1 = 127.0.0.1:9090\n").expect("valid");
+    assert_eq!(c.listen, "0.0.0.0:8080".parse().expect("addr"));
+    assert_eq!(c.algorithm, Algorithm::LeastConnections);
+    assert_eq!(c.workers, 1024);
+    assert_eq!(c.timeouts.connect, Duration::from_millis(2000));
+    assert_eq!(c.backends[0].weight, 1);
+}
+
+#[test]
+fn every_error_is_reported_with_its_line_and_key() {
+    let text = "# comment\n[proxy]\nlisten = 127.0.0.1:99999\nalgorithm = fastest\n\
+                colour = blue\n[backends]\napp1 = 127.0.0.1\napp2 = 127.0.0.1:9091 weight=0\n";
+    let errs = messages(text);
+    assert_eq!(errs.len(), 5, "{errs:?}");
+    assert!(errs[0].starts_with("test.ini:3: [proxy] listen: invalid port"), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("test.ini:5: [proxy] colour: unknown key")));
+    assert!(errs.iter().any(|e| e.starts_with("test.ini:4: [proxy] algorithm: unknown")));
+    assert!(errs.iter().any(|e| e.contains("test.ini:7: [backends] app1: '127.0.0.1' has no port")));
+    assert!(errs.iter().any(|e| e.contains("test.ini:8: [backends] app2: 0 is out of range")));
+}
+
+#[test]
+fn syntax_errors_and_unknown_sections_are_named() {
+    let errs = messages("[proxy\nworkers\n[cache]\nsize = 1\n[timeouts]\nidle_ms = 5\nidle_ms = 6\n");
+    assert!(errs.iter().any(|e| e.starts_with("test.ini:1: malformed section")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.starts_with("test.ini:2: workers: setting outside")));
+    assert!(errs.iter().any(|e| e.starts_with("test.ini:3: unknown section [cache]")));
+    assert!(errs.iter().any(|e| e.contains("test.ini:7: [timeouts] idle_ms: repeated")));
+    assert!(errs.iter().any(|e| e.contains("no backends configured")));
+}
+
+#[test]
+fn flags_override_the_file_and_are_named_in_errors() {
+    let mut raw =
+        RawConfig::parse(&b"[proxy]\nworkers = 8\n[backends]\na = 127.0.0.1:1\n"[..], "f").expect("parse");
+    raw.set_flag("proxy", "workers", "16", "--workers");
+    raw.set_backends(&["127.0.0.1:2".to_string(), "127.0.0.1:3".to_string()]);
+    let c = raw.validate().expect("valid");
+    assert_eq!(c.workers, 16);
+    let names: Vec<_> = c.backends.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["dummy-2", "dummy-3"], "named as dummy_server names itself");
+    raw.set_backends(&["127.0.0.1:2".to_string(), "127.0.0.2:2".to_string()]);
+    let names: Vec<_> = raw.validate().expect("valid").backends.iter().map(|b| b.name.clone()).collect();
+    assert_eq!(names, ["app1", "app2"], "a shared port: numbered instead");
+    raw.set_flag("proxy", "workers", "lots", "--workers");
+    let errs = raw.validate().expect_err("bad flag");
+    assert_eq!(errs[0].to_string(), "--workers: [proxy] workers: expected a whole number, got 'lots'");
+}
+
+#[test]
+fn inline_comments_repeated_options_and_new_sections() {
+    let c = parse(
+        "[proxy]\nworkers = 64  # small\nalgorithm = source-hash ; sticky\n[health]\nrise = 5\n\
+         [admin]\nlisten = 127.0.0.1:0\n[backends]\nresolve_ms = 500\nweb = localhost:80 weight=2 max_conns=9\n",
+    )
+    .expect("valid");
+    assert_eq!((c.workers, c.algorithm, c.health.rise), (64, Algorithm::SourceHash, 5));
+    assert_eq!(c.resolve_interval, Duration::from_millis(500));
+    assert!(c.admin.is_some());
+    let web = &c.backends[0];
+    assert!(web.dns && !web.addrs.is_empty());
+    assert_eq!((web.weight, web.max_conns), (2, 9));
+    let errs = messages("[proxy]\nalgorithm = header-hash\n[backends]\na = 127.0.0.1:1 send_proxy=v3\n");
+    assert!(errs[0].contains("header-hash hashes an HTTP request header"), "{errs:?}");
+    assert!(errs[1].contains("send_proxy=v3: expected v1 or v2"), "{errs:?}");
+    let c = parse("[proxy]\nmode = http\nalgorithm = header-hash\naccept_proxy = v2\n[backends]\na = 127.0.0.1:1 send_proxy=v1\n")
+        .expect("valid");
+    assert_eq!((c.algorithm, c.scale.accept_proxy), (Algorithm::HeaderHash, AcceptProxy::V2));
+    assert_eq!(c.backends[0].send_proxy, Some(ProxyVersion::V1));
+    let errs = messages("[backends]\na = 127.0.0.1:1 weight=2 weight=3\n");
+    assert!(errs[0].contains("option 'weight' given twice"), "{errs:?}");
+    let errs = messages("[health]\nfall = 0\nmode = udp\n[backends]\na = 127.0.0.1:1\n");
+    assert!(errs[0].contains("[health] fall: 0 is out of range"), "{errs:?}");
+    assert!(errs[1].contains("[health] mode: unknown mode 'udp'"), "{errs:?}");
+}

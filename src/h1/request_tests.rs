@@ -1,0 +1,132 @@
+//! Unit tests of request parsing and rewriting: forwarding headers, hop-by-hop stripping, framing, upgrades.
+
+use super::*;
+
+fn fwd() -> Forwarding<'static> {
+    Forwarding {
+        client: "10.0.0.7",
+        local_host: &|| "proxy:8080".to_string(),
+        via: "lbproxy",
+        proto: "http",
+        hash_header: None,
+    }
+}
+
+fn run(raw: &str) -> Result<Option<(RequestHead, String)>, Rejection> {
+    let mut out = Vec::new();
+    parse(raw.as_bytes(), 65536, &fwd(), &mut out)
+        .map(|r| r.map(|h| (h, String::from_utf8_lossy(&out).into_owned())))
+}
+
+fn status(raw: &str) -> u16 {
+    match run(raw) {
+        Err(r) => r.status,
+        Ok(Some(_)) => 200,
+        Ok(None) => 0,
+    }
+}
+
+#[test]
+fn rewrites_headers_for_the_backend() {
+    let (head, out) = run("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, X-Secret\r\n\
+         X-Secret: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nUpgrade: h2c\r\nX-Forwarded-For: 1.2.3.4\r\n\
+         Accept: */*\r\n\r\n")
+    .expect("valid")
+    .expect("complete");
+    assert_eq!(head.method, "GET");
+    assert!(head.keep_alive && head.retryable);
+    assert_eq!(head.request_id.len(), 36);
+    assert!(out.starts_with("GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n"), "{out}");
+    for gone in ["X-Secret", "Keep-Alive", "TE:", "Upgrade", "Connection"] {
+        assert!(!out.contains(gone), "{gone} forwarded: {out}");
+    }
+    assert!(out.contains("X-Forwarded-For: 1.2.3.4, 10.0.0.7\r\n"), "{out}");
+    assert!(out.contains(&format!("X-Request-ID: {}\r\n", head.request_id)));
+    assert!(out.contains("Via: 1.1 lbproxy\r\n") && out.ends_with("\r\n\r\n"));
+}
+
+#[test]
+fn keeps_the_clients_request_id_and_reframes_bodies() {
+    let (head, out) = run("POST /u HTTP/1.1\r\nHost: x\r\nX-Request-ID: abc-1\r\nContent-Length: 5\r\n\r\n")
+        .expect("valid")
+        .expect("complete");
+    assert_eq!(head.request_id, "abc-1");
+    assert_eq!(head.body, BodyKind::Length(5));
+    assert!(!head.retryable);
+    assert!(out.contains("Content-Length: 5\r\n") && out.contains("X-Request-ID: abc-1\r\n"));
+    let (head, out) = run("PUT /u HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+        .expect("ok")
+        .expect("c");
+    assert_eq!(head.body, BodyKind::Chunked);
+    assert!(out.contains("Transfer-Encoding: gzip, chunked\r\n"), "{out}");
+}
+
+#[test]
+fn absolute_form_becomes_origin_form_with_the_authority_as_host() {
+    let (_, out) =
+        run("GET http://api.example:81/v1?x=1 HTTP/1.1\r\nHost: other\r\n\r\n").expect("ok").expect("c");
+    assert!(out.starts_with("GET /v1?x=1 HTTP/1.1\r\n"), "{out}");
+    assert!(out.contains("Host: api.example:81\r\n") && !out.contains("other"), "{out}");
+    let (_, out) =
+        run("GET http://api.example HTTP/1.1\r\nHost: api.example\r\n\r\n").expect("ok").expect("c");
+    assert!(out.starts_with("GET / HTTP/1.1\r\n"), "{out}");
+    assert_eq!(status("GET http://user@evil/ HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
+}
+
+#[test]
+fn connection_cannot_strip_host_or_length() {
+    let (_, out) =
+        run("POST / HTTP/1.1\r\nHost: x\r\nConnection: host, content-length\r\nContent-Length: 2\r\n\r\n")
+            .expect("ok")
+            .expect("c");
+    assert!(out.contains("Host: x\r\n") && out.contains("Content-Length: 2\r\n"), "{out}");
+}
+
+#[test]
+fn http10_defaults_to_close_and_gets_a_host() {
+    let (head, out) = run("GET / HTTP/1.0\r\n\r\n").expect("valid").expect("complete");
+    assert!(!head.keep_alive);
+    assert!(out.contains("Host: proxy:8080\r\n"));
+    let (head, _) = run("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").expect("ok").expect("c");
+    assert!(head.keep_alive);
+}
+
+#[test]
+fn incomplete_heads_ask_for_more_and_huge_ones_are_431() {
+    assert_eq!(status("GET / HTTP/1.1\r\nHost: x\r\n"), 0);
+    let mut out = Vec::new();
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n", "a".repeat(2000));
+    assert_eq!(parse(big.as_bytes(), 1024, &fwd(), &mut out).expect_err("too big").status, 431);
+}
+
+#[test]
+fn smuggling_shapes_are_rejected() {
+    let cases = [
+        ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 400),
+        (
+            "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        ("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
+        ("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
+        ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+        ("GET / HTTP/1.2\r\nHost: x\r\n\r\n", 505),
+        ("GET /a\x01b HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        ("GET noslash HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: x\r\nX-\x7f: 1\r\n\r\n", 400),
+        ("GET / HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n", 400),
+        ("CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+        ("GET / HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n", 417),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(status(raw), want, "{raw:?}");
+    }
+}
