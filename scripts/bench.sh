@@ -4,6 +4,8 @@
 #
 #   scripts/bench.sh            full run (about 15 minutes): 3 rounds, 10 s per measurement
 #   scripts/bench.sh --quick    smoke run (about 2 minutes): 1 round, 3 s per measurement
+#   scripts/bench.sh --only dashboard,https   only those sections (keepalive, close, dashboard,
+#                               https, bulk, idle); ROUNDS=N overrides the number of rounds
 #
 # Every load is bounded in time (wrk -d, iperf3 -t) and goes to 127.0.0.1 only. Processes are
 # started here and stopped by their pids.
@@ -12,12 +14,23 @@ source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 QUICK=0
-[ "${1:-}" = "--quick" ] && QUICK=1
+ONLY=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --only) ONLY=",$2,"; shift ;;
+        *) echo "usage: scripts/bench.sh [--quick] [--only SECTION[,SECTION...]]" >&2; exit 2 ;;
+    esac
+    shift
+done
+want() { [ -z "$ONLY" ] || [[ "$ONLY" == *",$1,"* ]]; }
+ROUNDS_WANTED=${ROUNDS:-}
 if [ $QUICK = 1 ]; then
     ROUNDS=1; DUR=3; CONCURRENCY="16 256"; IDLE=1000; BULK_T=2
 else
     ROUNDS=3; DUR=10; CONCURRENCY="1 16 64 256 1000"; IDLE=9000; BULK_T=5
 fi
+ROUNDS=${ROUNDS_WANTED:-$ROUNDS}
 
 # --- tools -------------------------------------------------------------------------------
 need=()
@@ -223,6 +236,7 @@ wrk_run() { # test param who round extra-header
     printf "  %-10s %-7s c=%-5s round %s: %10s req/s  p50 %8s ms  p99 %8s ms %s\n" "$test" "$who" "$c" "$round" "${rps:-?}" "$p50" "$p99" "${errors:+($errors)}"
 }
 
+if want keepalive; then
 echo "== HTTP keep-alive (wrk ${DUR}s per run, $ROUNDS round(s), contestants alternating)"
 for c in $CONCURRENCY; do
     # Warm-up, not recorded: first connections, worker threads and backend pools start cold.
@@ -233,11 +247,15 @@ for c in $CONCURRENCY; do
         for who in direct ours haproxy nginx; do wrk_run keepalive "$c" "$who" "$round"; done
     done
 done
+fi
+if want close; then
 echo "== New connection per request (Connection: close, c=64)"
 for round in $(seq "$ROUNDS"); do
     for who in direct ours haproxy nginx; do wrk_run close 64 "$who" "$round" "Connection: close"; done
 done
 
+fi
+if want dashboard; then
 echo "== Dashboard: one /events viewer open under full load (c=64) vs none (issue #12: <= 3% fewer req/s)"
 for round in $(seq "$ROUNDS"); do
     wrk_run dash_off 64 ours "$round"
@@ -250,6 +268,8 @@ for round in $(seq "$ROUNDS"); do
     printf "  dashboard  viewer received %s events\n" "$(grep -c '^data:' "$WORK/viewer.out" || echo 0)"
 done
 
+fi
+if want https; then
 echo "== HTTPS: keep-alive requests over TLS (c=64), and a new TLS connection per request (c=64)"
 TLS=1
 for who in ours haproxy nginx; do
@@ -262,6 +282,8 @@ for round in $(seq "$ROUNDS"); do
 done
 TLS=0
 
+fi
+if want bulk; then
 echo "== TCP bulk throughput (iperf3 ${BULK_T}s)"
 for streams in 1 8; do
     for round in $(seq "$ROUNDS"); do
@@ -275,6 +297,8 @@ for streams in 1 8; do
     done
 done
 
+fi
+if want idle; then
 echo "== $IDLE idle keep-alive connections held through each proxy"
 stop ours
 start ours "$OURS" target/release/proxy_server --config "$WORK/ours-idle.ini"
@@ -298,6 +322,7 @@ for who in ours haproxy nginx; do
     printf "  idle       %-7s %s: %s; RSS %d MiB, %d threads\n" "$who" "$IDLE" "$(cat "$WORK/idle.out")" $((rss / 1024)) "$threads"
 done
 
+fi
 # --- report ------------------------------------------------------------------------------
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 KIND=full; [ $QUICK = 1 ] && KIND=quick
