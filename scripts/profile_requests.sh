@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Per-request costs in HTTP keep-alive, ours against HAProxy, at c = 16 and c = 256: context
+# switches, syscalls and CPU time per request, from `perf stat` software events on each proxy's
+# process while wrk runs for 5 s (loopback only; every process started here is stopped by pid).
+# Needs perf (Debian: linux-perf), nginx, haproxy and wrk. Usage: scripts/profile_requests.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+W=$(mktemp -d); BIN=target/release/proxy_server
+cargo build --release -q --bin proxy_server
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BACKEND=$(free_port); OURS=$(free_port); HAP=$(free_port)
+cat >$W/backend.conf <<CONF
+worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err;
+events { worker_connections 20000; }
+http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+  server { listen 127.0.0.1:$BACKEND backlog=4096; location / { return 200 "ok\n"; } } }
+CONF
+cat >$W/haproxy.cfg <<CONF
+global
+    nbthread 2
+    maxconn 9500
+defaults
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+frontend http_in
+    mode http
+    bind 127.0.0.1:$HAP
+    default_backend app
+backend app
+    mode http
+    balance leastconn
+    http-reuse always
+    server s1 127.0.0.1:$BACKEND maxconn 10000
+CONF
+nginx -c $W/backend.conf & NG=$!
+haproxy -f $W/haproxy.cfg -db & HP=$!
+sleep 1
+for c in 16 256; do
+  printf "[proxy]\nlisten = 127.0.0.1:$OURS\nmode = http\nworkers = $((c+16))\nlog_file =\nlog_level = warn\n[health]\nenabled = false\n[http]\nbackend_keepalive = $((c+16))\n[backends]\napp1 = 127.0.0.1:$BACKEND\n" > $W/ours.ini
+  $BIN --config $W/ours.ini & OP=$!
+  sleep 1
+  for who in ours haproxy; do
+    pid=$OP; port=$OURS; [ $who = haproxy ] && { pid=$HP; port=$HAP; }
+    wrk -t2 -c$c -d1s http://127.0.0.1:$port/ >/dev/null 2>&1
+    perf stat -x, -e context-switches,task-clock,raw_syscalls:sys_enter -p $pid -o $W/perf.$who.$c -- sleep 5 &
+    PS=$!
+    wrk -t2 -c$c -d5s http://127.0.0.1:$port/ > $W/wrk.$who.$c 2>&1
+    wait $PS
+    reqs=$(awk '/requests in/ {print $1}' $W/wrk.$who.$c)
+    cs=$(awk -F, '/context-switches/ {print $1}' $W/perf.$who.$c)
+    ms=$(awk -F, '/task-clock/ {print $1}' $W/perf.$who.$c)
+    sc=$(awk -F, '/sys_enter/ {print $1}' $W/perf.$who.$c)
+    python3 -c "r=$reqs; print(f'c=$c $who: {r/5:.0f} req/s, {$cs/r:.2f} switches/req, {$sc/r:.2f} syscalls/req, {$ms*1000/r:.1f} us CPU/req')"
+  done
+  kill $OP; wait $OP 2>/dev/null
+done
+kill $NG $HP; wait 2>/dev/null
+rm -rf "$W"
