@@ -114,16 +114,7 @@ impl Conn {
 
     fn write_stream(&mut self) -> bool {
         let Phase::Stream { out, sent, .. } = &mut self.phase else { return true };
-        while *sent < out.len() {
-            match (&self.stream).write(&out[*sent..]) {
-                Ok(0) => return false,
-                Ok(n) => *sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        true
+        !matches!(write_some(&self.stream, out, sent), Written::Failed)
     }
 
     /// Poll reported the socket ready (or in error): make what progress it allows.
@@ -201,14 +192,10 @@ impl Conn {
 
     fn send(&mut self, now: Instant) -> bool {
         let Phase::Respond { out, sent } = &mut self.phase else { return true };
-        while *sent < out.len() {
-            match (&self.stream).write(&out[*sent..]) {
-                Ok(0) => return false,
-                Ok(n) => *sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
+        match write_some(&self.stream, out, sent) {
+            Written::All => {}
+            Written::Blocked => return true,
+            Written::Failed => return false,
         }
         // The FIN tells the client the response is complete; reading on lets it close first.
         let _ = self.stream.shutdown(Shutdown::Write);
@@ -243,4 +230,29 @@ fn push_event(out: &mut Vec<u8>, data: &str) {
 pub(super) fn simple(status: u16, body: &str) -> Vec<u8> {
     SimpleResponse { status, headers: &[("Content-Type", "text/plain")], body: body.as_bytes(), close: true }
         .to_bytes()
+}
+
+/// How far [`write_some`] got.
+enum Written {
+    /// Everything in `out` is sent.
+    All,
+    /// The socket is full: wait for POLLOUT.
+    Blocked,
+    /// The client is gone.
+    Failed,
+}
+
+/// Writes `out[*sent..]` to the non-blocking `stream` until it is all sent or the socket is
+/// full, advancing `sent`: the one write loop for responses and event streams.
+fn write_some(mut stream: &TcpStream, out: &[u8], sent: &mut usize) -> Written {
+    while *sent < out.len() {
+        match stream.write(&out[*sent..]) {
+            Ok(0) => return Written::Failed,
+            Ok(n) => *sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Written::Blocked,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Written::Failed,
+        }
+    }
+    Written::All
 }
