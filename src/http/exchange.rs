@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::keepalive::{self, Idle};
+use super::keepalive;
 use super::proxy::{HttpContext, Record, Scratch, VIA};
 use super::retry::{self, Retry};
 use crate::backend::Backend;
@@ -339,8 +339,8 @@ impl Exchange<'_> {
         Ok(bw.buffered().len())
     }
 
-    /// Pools the backend connection when its response ended exactly at its framing and nothing
-    /// more waits on it; otherwise closes it (surplus bytes are discarded and logged).
+    /// Pools the backend connection when its response ended exactly at its framing with nothing
+    /// more buffered; otherwise closes it (surplus bytes are discarded and logged).
     fn release(&self, stream: BackendStream, backend: &Backend, resp: &ResponseHead, surplus: usize) {
         if surplus > 0 {
             log::warn!(
@@ -359,15 +359,9 @@ impl Exchange<'_> {
         // TLS backend connections are closed after their response (a known cost: one handshake
         // per request to a `tls` backend).
         let Stream::Plain(stream) = stream else { return };
-        match keepalive::peek(&stream) {
-            Idle::Quiet => keepalive::put(backend, stream, self.ctx.config.http.backend_keepalive),
-            Idle::Data => log::warn!(
-                "req {}: {} sent bytes beyond the response's framing; discarded, connection closed",
-                self.head.request_id,
-                backend.name
-            ),
-            Idle::Closed => {}
-        }
+        // No peek here: every reuse peeks first (`keepalive::take`), which sees whatever a peek
+        // now would see and whatever arrives later, so one peek per request is enough.
+        keepalive::put(backend, stream, self.ctx.config.http.backend_keepalive);
     }
 }
 

@@ -2,10 +2,10 @@
 //! HAProxy `http-reuse`), at most `backend_keepalive` each.
 //!
 //! A connection goes back to the pool only when its response ended exactly at its framing with
-//! nothing more buffered or waiting in the socket ([`Idle::Quiet`]). Every reuse first peeks
-//! (one non-blocking `recv(MSG_PEEK)`): a connection on which any byte arrived while idle, or
-//! which shows EOF or an error, is closed and never used, as nginx and HAProxy do. So stray
-//! bytes from one exchange can never become another client's response.
+//! nothing more buffered. Every reuse first peeks (one non-blocking `recv(MSG_PEEK)`): a
+//! connection on which any byte arrived after its response, or which shows EOF or an error, is
+//! closed and never used ([`Idle`]), as nginx and HAProxy do. So stray bytes from one exchange
+//! can never become another client's response.
 
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
