@@ -4,10 +4,6 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
 
 use lbproxy::h1::Wire;
 
@@ -16,61 +12,18 @@ use crate::util::*;
 /// Continuous HTTP load: `fresh` threads each opening a new connection per request, and
 /// `kept` threads on keep-alive connections (opening a new one only when the proxy answered
 /// with `Connection: close`). Every failure is recorded: refused, reset, bad status.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicUsize>,
-    failures: Arc<Mutex<Vec<String>>>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(addr: SocketAddr, fresh: usize, kept: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicUsize::new(0));
-        let failures = Arc::new(Mutex::new(Vec::new()));
-        let mut threads = Vec::new();
-        for i in 0..fresh + kept {
-            let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-            let keep_alive = i >= fresh;
-            threads.push(thread::spawn(move || {
-                let deadline = Instant::now() + Duration::from_secs(120);
-                let mut wire: Option<Wire<std::net::TcpStream>> = None;
-                while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                    match one_request(addr, keep_alive, &mut wire) {
-                        Ok(()) => {
-                            ok.fetch_add(1, Ordering::SeqCst);
-                        }
-                        Err(e) => {
-                            let kind = if keep_alive { "keep-alive" } else { "new connection" };
-                            failures.lock().expect("failures").push(format!("{kind}: {e}"));
-                            wire = None;
-                        }
-                    }
-                }
-            }));
+/// `fresh` clients opening a connection per request and `kept` on keep-alive connections.
+fn fresh_and_kept(addr: SocketAddr, fresh: usize, kept: usize) -> Load {
+    Load::start(fresh + kept, |i| {
+        let keep_alive = i >= fresh;
+        let mut wire = None;
+        move || {
+            one_request(addr, keep_alive, &mut wire).map_err(|e| {
+                wire = None;
+                format!("{}: {e}", if keep_alive { "keep-alive" } else { "new connection" })
+            })
         }
-        Load { stop, ok, failures, threads }
-    }
-
-    /// Waits until `n` more requests have succeeded.
-    fn wait_ok(&self, n: usize) {
-        let target = self.ok.load(Ordering::SeqCst) + n;
-        let deadline = Instant::now() + WAIT;
-        while self.ok.load(Ordering::SeqCst) < target {
-            assert!(Instant::now() < deadline, "load stalled; failures: {:?}", self.failures.lock());
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Stops the load; returns (requests that succeeded, failures).
-    fn finish(self) -> (usize, Vec<String>) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads {
-            t.join().expect("load thread");
-        }
-        let failures = self.failures.lock().expect("failures").clone();
-        (self.ok.load(Ordering::SeqCst), failures)
-    }
+    })
 }
 
 fn one_request(
@@ -153,21 +106,14 @@ fn two_instances_share_a_port_with_reuse_port_and_one_stops_under_load_without_a
         .expect("run");
     assert!(!refused.status.success(), "a second bind without reuse_port succeeded");
 
-    let load = Load::start(addr, 6, 4);
+    let load = fresh_and_kept(addr, 6, 4);
     load.wait_ok(400);
     assert!(served(&first) > 0 && served(&second) > 0, "the kernel spreads clients over both");
     first.signal("TERM");
     assert!(first.wait_exit().success(), "{}", first.log_text());
     let after = served(&second);
     load.wait_ok(400);
-    let (ok, failures) = load.finish();
-    assert!(
-        failures.is_empty(),
-        "{} failed of {}: {:?}",
-        failures.len(),
-        ok + failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    load.finish_without_failures();
     assert!(served(&second) > after, "the remaining instance serves everything");
 }
 
@@ -186,7 +132,7 @@ fn takeover_under_load_refuses_resets_and_fails_nothing_and_the_old_process_exit
     let (mut old, addr) = proxy_with(&config, &[]);
     let admin = admin_addr(&old);
     old.wait_for("control socket");
-    let load = Load::start(addr, 6, 4);
+    let load = fresh_and_kept(addr, 6, 4);
     load.wait_ok(300);
 
     let mut cmd = Command::new(PROXY);
@@ -205,14 +151,7 @@ fn takeover_under_load_refuses_resets_and_fails_nothing_and_the_old_process_exit
     assert!(old.log_text().contains("served "), "the old process printed its summary");
     let before = served(&new);
     load.wait_ok(300);
-    let (ok, failures) = load.finish();
-    assert!(
-        failures.is_empty(),
-        "{} failed of {}: {:?}",
-        failures.len(),
-        ok + failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    load.finish_without_failures();
     assert!(served(&new) > before, "the new process serves the load");
     // The admin listener came along too.
     assert_eq!(http_get(admin, "/health").status, 200);

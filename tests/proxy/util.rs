@@ -380,3 +380,76 @@ pub fn proc_status(pid: u32, field: &str) -> u64 {
     let line = status.lines().find(|l| l.starts_with(field)).expect("field");
     line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).expect("number")
 }
+
+/// Client threads sending requests until stopped (each for at most 120 s): thread `i` runs the
+/// request closure `make(i)` returns, over and over, counting successes and keeping failures.
+pub struct Load {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    ok: Arc<std::sync::atomic::AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start<F>(threads: usize, make: impl Fn(usize) -> F) -> Load
+    where
+        F: FnMut() -> Result<(), String> + Send + 'static,
+    {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|i| {
+                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
+                let mut request = make(i);
+                thread::spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                        match request() {
+                            Ok(()) => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => failures.lock().expect("failures").push(e),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failures, threads }
+    }
+
+    /// Waits (bounded) until `n` more requests have succeeded.
+    pub fn wait_ok(&self, n: u64) {
+        use std::sync::atomic::Ordering;
+        let target = self.ok.load(Ordering::SeqCst) + n;
+        let deadline = Instant::now() + WAIT;
+        while self.ok.load(Ordering::SeqCst) < target {
+            assert!(Instant::now() < deadline, "load stalled; failures: {:?}", self.failures.lock());
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops the load; returns (requests that succeeded, failures).
+    pub fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads {
+            t.join().expect("load thread");
+        }
+        let failures = self.failures.lock().expect("failures").clone();
+        (self.ok.load(std::sync::atomic::Ordering::SeqCst), failures)
+    }
+
+    /// Stops the load and asserts that no request failed; returns how many succeeded.
+    pub fn finish_without_failures(self) -> u64 {
+        let (ok, failures) = self.finish();
+        assert!(
+            failures.is_empty(),
+            "{} failed of {}: {:?}",
+            failures.len(),
+            ok + failures.len() as u64,
+            &failures[..failures.len().min(5)]
+        );
+        ok
+    }
+}
