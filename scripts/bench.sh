@@ -58,9 +58,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
 BACKEND=$(free_port); OURS=$(free_port); NGINX=$(free_port); HAPROXY=$(free_port)
 IPERF=$(free_port); OURS_TCP=$(free_port); HAPROXY_TCP=$(free_port); OURS_ADMIN=$(free_port)
 OURS_TLS=$(free_port); NGINX_TLS=$(free_port); HAPROXY_TLS=$(free_port)
@@ -72,13 +69,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 cat "$WORK/tls.pem" "$WORK/tls.key" >"$WORK/tls-haproxy.pem"
 
 # --- contestants -------------------------------------------------------------------------
-cat >"$WORK/backend.conf" <<CONF
-worker_processes 1; daemon off; pid $WORK/backend.pid; error_log $WORK/backend.err;
-worker_rlimit_nofile 20000;
-events { worker_connections 20000; }
-http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
-  server { listen 127.0.0.1:$BACKEND backlog=4096; location / { return 200 "ok\n"; } } }
-CONF
+nginx_backend_conf "$WORK" "$BACKEND"
 cat >"$WORK/nginx.conf" <<CONF
 worker_processes 2; daemon off; pid $WORK/nginx.pid; error_log $WORK/nginx.err;
 worker_rlimit_nofile 20000;

@@ -21,3 +21,21 @@ is_ours() {
     local pid=$1 name=$2
     [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "$name"
 }
+
+# free_port: a loopback port nobody listens on now (the kernel picks it).
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# nginx_backend_conf DIR PORT: writes DIR/backend.conf, the benchmarks' backend: nginx with one
+# worker answering `return 200 "ok"` on 127.0.0.1:PORT, access log off, long keep-alive.
+nginx_backend_conf() {
+    local dir=$1 port=$2
+    cat >"$dir/backend.conf" <<CONF
+worker_processes 1; daemon off; pid $dir/backend.pid; error_log $dir/backend.err;
+worker_rlimit_nofile 20000;
+events { worker_connections 20000; }
+http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+  server { listen 127.0.0.1:$port backlog=4096; location / { return 200 "ok\n"; } } }
+CONF
+}

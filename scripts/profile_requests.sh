@@ -4,17 +4,12 @@
 # process while wrk runs for 5 s (loopback only; every process started here is stopped by pid).
 # Needs perf (Debian: linux-perf), nginx, haproxy and wrk. Usage: scripts/profile_requests.sh
 set -uo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
 W=$(mktemp -d); BIN=target/release/proxy_server
 cargo build --release -q --bin proxy_server
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BACKEND=$(free_port); OURS=$(free_port); HAP=$(free_port)
-cat >$W/backend.conf <<CONF
-worker_processes 1; daemon off; pid $W/backend.pid; error_log $W/backend.err;
-events { worker_connections 20000; }
-http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
-  server { listen 127.0.0.1:$BACKEND backlog=4096; location / { return 200 "ok\n"; } } }
-CONF
+nginx_backend_conf "$W" "$BACKEND"
 cat >$W/haproxy.cfg <<CONF
 global
     nbthread 2
