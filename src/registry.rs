@@ -179,7 +179,7 @@ pub struct Conn {
     /// When it was accepted.
     pub accepted: Instant,
     /// The client socket.
-    pub stream: Arc<TcpStream>,
+    pub stream: TcpStream,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
 }
@@ -195,7 +195,6 @@ impl Conn {
         }
         entries.insert(id, entry);
         drop(entries);
-        let stream = Arc::new(stream);
         Conn { id, peer, local: None, accepted: Instant::now(), stream, shared, registry: registry.clone() }
     }
 
