@@ -29,11 +29,10 @@ use crate::checker;
 use crate::config::{Config, ConfigError, Mode};
 use crate::discovery::Discovery;
 use crate::error::Error;
-use crate::http::proxy::{self as http_proxy, HttpContext, Scratch};
+use crate::http::proxy::{self as http_proxy, HttpContext};
 use crate::net::{bind, bind_with};
 use crate::pool::WorkerPool;
 use crate::registry::{Conn, Registry};
-use crate::relay::Buffers;
 use crate::signals::Signals;
 use crate::stats::ProxyCounters;
 use crate::takeover::{self, Handoff};
@@ -142,45 +141,25 @@ impl Server {
         let (background_tx, background_rx) = crossbeam_channel::bounded::<()>(0);
         let workers = match config.mode {
             Mode::Tcp => {
-                let ctx = Arc::new(TcpContext {
+                let ctx = TcpContext {
                     config: config.clone(),
                     balancer: balancer.clone(),
                     tls: tls.clone(),
                     backend_tls: backend_tls.clone(),
                     counters: counters.clone(),
-                });
-                WorkerPool::start(
-                    "worker",
-                    config.workers,
-                    config.queue,
-                    move |mut conn: Conn, b: &mut Buffers| {
-                        note_wait(&conn, ctx.config.workers);
-                        if conn.take_proxy_header(&ctx.config) {
-                            tcp::serve(conn, &ctx, b)
-                        }
-                    },
-                )
+                };
+                start_workers(&config, ctx, tcp::serve)
             }
             Mode::Http => {
-                let ctx = Arc::new(HttpContext {
+                let ctx = HttpContext {
                     config: config.clone(),
                     balancer: balancer.clone(),
                     counters: counters.clone(),
                     stopping: stopping.clone(),
                     tls: tls.clone(),
                     backend_tls: backend_tls.clone(),
-                });
-                WorkerPool::start(
-                    "worker",
-                    config.workers,
-                    config.queue,
-                    move |mut conn: Conn, s: &mut Scratch| {
-                        note_wait(&conn, ctx.config.workers);
-                        if conn.take_proxy_header(&ctx.config) {
-                            http_proxy::serve(conn, &ctx, s)
-                        }
-                    },
-                )
+                };
+                start_workers(&config, ctx, http_proxy::serve)
             }
         }
         .map_err(|e| {
@@ -369,6 +348,27 @@ fn drain(registry: &Registry, stop: &Receiver<&'static str>, deadline: Instant) 
     };
     registry.wait_empty(Instant::now() + Duration::from_secs(5));
     forced
+}
+
+/// Starts the worker pool of either mode: each worker notes a long wait for a worker, reads a
+/// PROXY header when one is expected, then serves the connection with `serve`.
+fn start_workers<C, S>(
+    config: &Config,
+    ctx: C,
+    serve: fn(Conn, &C, &mut S),
+) -> std::io::Result<WorkerPool<Conn>>
+where
+    C: Send + Sync + 'static,
+    S: Default + 'static,
+{
+    let ctx = Arc::new(ctx);
+    let config = Arc::new(config.clone());
+    WorkerPool::start("worker", config.workers, config.queue, move |mut conn: Conn, scratch: &mut S| {
+        note_wait(&conn, config.workers);
+        if conn.take_proxy_header(&config) {
+            serve(conn, &ctx, scratch)
+        }
+    })
 }
 
 static SLOW_PICKUP: crate::logging::RateLimit = crate::logging::RateLimit::new();

@@ -111,6 +111,8 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     let tcp: &TcpStream = &conn.stream;
     let _ = tcp.set_write_timeout(as_limit(t.idle));
     let client_ip = conn.peer.ip().to_string();
+    // The client's source-hash key, once per connection rather than per request.
+    let client_key = source_key(conn.peer.ip());
     let local = || tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let proto = if stream.is_tls() { "https" } else { "http" };
     let hash_header = ctx.balancer.hashes_header().then_some(ctx.config.scale.hash_header.as_str());
@@ -208,7 +210,7 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
             }
         };
         let Some(head) = head else { break };
-        let key = hash_key(&conn, ctx, cw.buffered(), &head);
+        let key = hash_key(client_key, ctx, cw.buffered(), &head);
         cw.consume(head.len);
         if head.h2c_stripped {
             log::debug!("req {}: Upgrade: h2c stripped (never forwarded)", head.request_id);
@@ -314,12 +316,12 @@ fn access_log(conn: &Conn, head: &RequestHead, r: &Record, started: Instant) {
 }
 
 /// The request's balancer key: its `hash_header` value under header-hash (found by the one
-/// parse of the head), else the client's address.
-fn hash_key(conn: &Conn, ctx: &HttpContext, buf: &[u8], head: &RequestHead) -> Option<u64> {
+/// parse of the head), else `client_key`, the client address's.
+fn hash_key(client_key: u64, ctx: &HttpContext, buf: &[u8], head: &RequestHead) -> Option<u64> {
     if ctx.balancer.hashes_header() {
         head.hash_value.clone().and_then(|r| buf.get(r)).map(header_value_key)
     } else {
-        Some(source_key(conn.peer.ip()))
+        Some(client_key)
     }
 }
 
