@@ -114,25 +114,11 @@ fn run(
                 Some(timespec(left))
             }
         };
-        // A socket nothing waits on is left out: it may report POLLHUP (both halves shut)
-        // for ever, which would spin the loop.
-        let mut fds = [PollFd::new(client, on_client), PollFd::new(backend, on_backend)];
-        let range = match (on_client.is_empty(), on_backend.is_empty()) {
-            (true, true) => return Ok(()),
-            (false, true) => 0..1,
-            (true, false) => 1..2,
-            (false, false) => 0..2,
+        let Some(polled) = poll_two(client, on_client, backend, on_backend, timeout.as_ref()) else {
+            return Ok(());
         };
-        match poll(&mut fds[range.clone()], timeout.as_ref()) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(Errno::INTR) => continue,
-            // poll itself failing (ENOMEM) is nobody's fault but ours; the client is closed.
-            Err(e) => return Err((Party::Client, e.into())),
-        }
-        // Any event, POLLERR and POLLHUP included, means the next call will not block.
-        let client_ready = range.start == 0 && !fds[0].revents().is_empty();
-        let backend_ready = range.end == 2 && !fds[1].revents().is_empty();
+        // poll itself failing (ENOMEM) is nobody's fault but ours; the client is closed.
+        let (client_ready, backend_ready) = polled.map_err(|e| (Party::Client, e))?;
         let ready = |wait, from_ready, to_ready| match wait {
             Wait::Read => from_ready,
             Wait::Write => to_ready,
@@ -161,8 +147,38 @@ fn idle_timeout(up: Wait, down: Wait) -> (Party, io::Error) {
     (side, io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))
 }
 
-fn timespec(d: Duration) -> Timespec {
+/// `d` as poll's timeout.
+pub(crate) fn timespec(d: Duration) -> Timespec {
     Timespec { tv_sec: d.as_secs().min(i64::MAX as u64) as i64, tv_nsec: d.subsec_nanos().into() }
+}
+
+/// Waits until `a` or `b` is ready for what is asked of it (`on_a`, `on_b`) or `timeout`
+/// passes; returns which of them reported an event (POLLERR and POLLHUP included: the next
+/// call on it will not block), nothing on a signal. A socket nothing waits on is left out:
+/// with both halves shut it reports POLLHUP for ever, which would spin the caller's loop.
+/// `None` when neither is waited on.
+pub(crate) fn poll_two(
+    a: &TcpStream,
+    on_a: PollFlags,
+    b: &TcpStream,
+    on_b: PollFlags,
+    timeout: Option<&Timespec>,
+) -> Option<io::Result<(bool, bool)>> {
+    let mut fds = [PollFd::new(a, on_a), PollFd::new(b, on_b)];
+    let range = match (on_a.is_empty(), on_b.is_empty()) {
+        (true, true) => return None,
+        (false, true) => 0..1,
+        (true, false) => 1..2,
+        (false, false) => 0..2,
+    };
+    Some(match poll(&mut fds[range.clone()], timeout) {
+        Ok(_) => Ok((
+            range.start == 0 && !fds[0].revents().is_empty(),
+            range.end == 2 && !fds[1].revents().is_empty(),
+        )),
+        Err(Errno::INTR) => Ok((false, false)),
+        Err(e) => Err(e.into()),
+    })
 }
 
 /// What a direction needs next from `poll`.
@@ -354,98 +370,5 @@ impl Pipe {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Read;
-    use std::net::TcpListener;
-    use std::thread;
-
-    /// A connected loopback pair: (our end, the relay's end).
-    fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let ours = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
-        let (theirs, _) = l.accept().expect("accept");
-        (ours, theirs)
-    }
-
-    fn pattern(len: usize, seed: u32) -> Vec<u8> {
-        (0..len).map(|i| (i as u32 ^ seed).wrapping_mul(2_654_435_761).to_le_bytes()[3]).collect()
-    }
-
-    /// Sends `data` then half-closes, while reading everything that arrives, `chunk` bytes at
-    /// a time; returns what arrived.
-    fn send_and_receive(s: TcpStream, data: Vec<u8>, chunk: usize) -> thread::JoinHandle<Vec<u8>> {
-        thread::spawn(move || {
-            let mut w = s.try_clone().expect("clone");
-            let writer = thread::spawn(move || {
-                w.write_all(&data).expect("write");
-                w.shutdown(Shutdown::Write).expect("half-close");
-            });
-            let mut got = Vec::new();
-            let mut buf = vec![0; chunk];
-            loop {
-                match (&s).read(&mut buf).expect("read") {
-                    0 => break,
-                    n => got.extend_from_slice(&buf[..n]),
-                }
-            }
-            writer.join().expect("writer");
-            got
-        })
-    }
-
-    #[test]
-    fn both_directions_flow_at_once_through_a_slow_reader_and_splicing() {
-        let (client, client_relay) = pair();
-        let (backend, backend_relay) = pair();
-        const UP: usize = 3 << 20;
-        const DOWN: usize = 5 << 20;
-        let (up_data, down_data) = (pattern(UP, 1), pattern(DOWN, 2));
-        // Small socket buffers towards the backend, which reads in small pieces: its side
-        // fills up, and the spliced direction keeps bytes in its pipe while the other goes on.
-        socket2::SockRef::from(&backend_relay).set_send_buffer_size(64 * 1024).expect("sndbuf");
-        socket2::SockRef::from(&backend).set_recv_buffer_size(64 * 1024).expect("rcvbuf");
-        let at_backend = send_and_receive(backend, down_data.clone(), 512);
-        let at_client = send_and_receive(client, up_data.clone(), 64 * 1024);
-        let out = relay(&client_relay, &backend_relay, Duration::from_secs(20), &mut Buffers::default());
-        assert!(out.error.is_none(), "{:?}", out.error);
-        assert_eq!((out.up, out.down), (UP as u64, DOWN as u64));
-        assert!(at_backend.join().expect("backend") == up_data, "upstream bytes differ");
-        assert!(at_client.join().expect("client") == down_data, "downstream bytes differ");
-    }
-
-    #[test]
-    fn a_backend_that_stops_reading_is_named_when_the_idle_timeout_fires() {
-        let (client, client_relay) = pair();
-        let (_backend, backend_relay) = pair();
-        // More than the socket buffers hold: the relay ends up waiting to write to the backend.
-        let writer = thread::spawn(move || {
-            let block = vec![7u8; 64 * 1024];
-            let mut c = client;
-            while c.write_all(&block).is_ok() {}
-        });
-        let started = Instant::now();
-        let out = relay(&client_relay, &backend_relay, Duration::from_millis(300), &mut Buffers::default());
-        let (side, e) = out.error.expect("idle timeout");
-        assert_eq!((side, e.kind()), (Party::Backend, io::ErrorKind::TimedOut), "{e}");
-        assert!(started.elapsed() >= Duration::from_millis(300));
-        assert!(out.up > 0);
-        drop(client_relay);
-        writer.join().expect("writer");
-    }
-
-    #[test]
-    fn a_quiet_connection_times_out_on_the_client_and_eof_passes_through() {
-        let (client, client_relay) = pair();
-        let (mut backend, backend_relay) = pair();
-        backend.write_all(b"hello").expect("write");
-        backend.shutdown(Shutdown::Write).expect("half-close");
-        let out = relay(&client_relay, &backend_relay, Duration::from_millis(200), &mut Buffers::default());
-        let (side, e) = out.error.expect("idle timeout");
-        assert_eq!((side, e.kind()), (Party::Client, io::ErrorKind::TimedOut), "{e}");
-        assert_eq!((out.up, out.down), (0, 5));
-        let mut got = Vec::new();
-        (&client).read_to_end(&mut got).expect("EOF passed on");
-        assert_eq!(got, b"hello");
-    }
-}
+#[path = "relay_tests.rs"]
+mod tests;

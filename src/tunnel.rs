@@ -12,8 +12,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use rustix::event::{poll, PollFd, PollFlags, Timespec};
-use rustix::io::Errno;
+use rustix::event::{PollFlags, Timespec};
 use rustls::Connection;
 
 use crate::config::as_limit;
@@ -260,24 +259,14 @@ fn run(
                         let side = if !up.is_empty() { Party::Backend } else { Party::Client };
                         return Err((side, io::Error::new(io::ErrorKind::TimedOut, "idle timeout")));
                     }
-                    Some(Timespec {
-                        tv_sec: left.as_secs().min(i64::MAX as u64) as i64,
-                        tv_nsec: left.subsec_nanos().into(),
-                    })
+                    Some(relay::timespec(left))
                 }
             }
         };
-        // A socket nothing waits on is left out: it may report POLLHUP for ever.
-        let mut fds = [PollFd::new(c.sock, on_c), PollFd::new(b.sock, on_b)];
-        let range = match (on_c.is_empty(), on_b.is_empty()) {
-            (true, true) => return Ok(()),
-            (false, true) => 0..1,
-            (true, false) => 1..2,
-            (false, false) => 0..2,
-        };
-        match poll(&mut fds[range], timeout.as_ref()) {
-            Ok(_) | Err(Errno::INTR) => {}
-            Err(e) => return Err((Party::Client, e.into())),
+        match relay::poll_two(c.sock, on_c, b.sock, on_b, timeout.as_ref()) {
+            None => return Ok(()),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err((Party::Client, e)),
         }
     }
 }
