@@ -121,15 +121,23 @@ fn bytes_beyond_content_length_are_discarded_and_the_connection_closed() {
 }
 
 /// Rewrites the config between two disjoint backend sets `rounds` times, each reload applied
-/// before the next, while the load runs.
+/// before the next, while the load runs. Every 25th round writes a broken file instead, which
+/// must be rejected with the running set left serving.
 fn storm(p: &Proc, config: &dyn Fn(usize) -> String, rounds: usize) {
     let path = p.dir().join("config.ini");
     for round in 1..=rounds {
-        std::fs::write(&path, config(round % 2)).expect("rewrite config");
+        let broken = round % 25 == 0;
+        let text = if broken {
+            "[proxy]\nworkers = many\n[backends]\napp1 = nowhere\n".to_string()
+        } else {
+            config(round % 2)
+        };
+        std::fs::write(&path, text).expect("rewrite config");
         let mark = p.mark();
         p.signal("HUP");
+        let done = if broken { "reload rejected" } else { "reload: " };
         let deadline = Instant::now() + WAIT;
-        while !p.lines_from(mark).iter().any(|l| l.contains("reload: ")) {
+        while !p.lines_from(mark).iter().any(|l| l.contains(done)) {
             assert!(Instant::now() < deadline, "reload {round} not applied; log:\n{}", p.log_text());
             thread::sleep(Duration::from_millis(5));
         }
