@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Benchmarks proxy_server against nginx and HAProxy on loopback, in the same run, alternating
-# contestants round by round, and writes a Markdown table with the raw data to bench/results/.
+# Benchmarks proxy_server against HAProxy, nginx and Apache httpd (worker MPM, the thread-pool
+# blocking design like ours) on loopback, in the same run, alternating contestants round by
+# round, and writes a Markdown table with the raw data to bench/results/. CPU is summed over
+# every process of a contestant (nginx workers, Apache children).
 #
 #   scripts/bench.sh            full run (about 15 minutes): 3 rounds, 10 s per measurement
 #   scripts/bench.sh --quick    smoke run (about 2 minutes): 1 round, 3 s per measurement
@@ -38,6 +40,7 @@ command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx-light)
 command -v haproxy >/dev/null || need+=(haproxy)
 command -v iperf3 >/dev/null || need+=(iperf3)
+command -v apache2 >/dev/null || need+=(apache2)
 command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} (Debian packages) for the benchmark"
@@ -60,7 +63,7 @@ trap 'exit 130' INT TERM
 
 BACKEND=$(free_port); OURS=$(free_port); NGINX=$(free_port); HAPROXY=$(free_port)
 IPERF=$(free_port); OURS_TCP=$(free_port); HAPROXY_TCP=$(free_port); OURS_ADMIN=$(free_port)
-OURS_TLS=$(free_port); NGINX_TLS=$(free_port); HAPROXY_TLS=$(free_port)
+OURS_TLS=$(free_port); NGINX_TLS=$(free_port); HAPROXY_TLS=$(free_port); APACHE=$(free_port)
 
 # --- one certificate for every TLS contestant (ECDSA P-256, as a modern site serves) ---------
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
@@ -112,6 +115,46 @@ backend tcp_app
     balance leastconn
     server s1 127.0.0.1:$IPERF
 CONF
+# Apache httpd 2.4, worker MPM, as its users run a balancer: mod_proxy_balancer with
+# bybusyness (its least-connections) and pooled backend connections (enablereuse); threads
+# for every connection up to c=1000 started up front, as ours are; keep-alive unbounded.
+APACHE_MODS=/usr/lib/apache2/modules
+cat >"$WORK/apache.conf" <<CONF
+ServerRoot /etc/apache2
+ServerName localhost
+PidFile $WORK/apache.pid
+ErrorLog $WORK/apache.err
+LogLevel warn
+Mutex file:$WORK default
+DefaultRuntimeDir $WORK
+User www-data
+Group www-data
+LoadModule mpm_worker_module $APACHE_MODS/mod_mpm_worker.so
+LoadModule authz_core_module $APACHE_MODS/mod_authz_core.so
+LoadModule slotmem_shm_module $APACHE_MODS/mod_slotmem_shm.so
+LoadModule proxy_module $APACHE_MODS/mod_proxy.so
+LoadModule proxy_http_module $APACHE_MODS/mod_proxy_http.so
+LoadModule proxy_balancer_module $APACHE_MODS/mod_proxy_balancer.so
+LoadModule lbmethod_bybusyness_module $APACHE_MODS/mod_lbmethod_bybusyness.so
+Listen 127.0.0.1:$APACHE
+ListenBacklog 4096
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 300
+ServerLimit 20
+StartServers 20
+ThreadLimit 64
+ThreadsPerChild 64
+MaxRequestWorkers 1280
+MinSpareThreads 64
+MaxSpareThreads 1280
+MaxConnectionsPerChild 0
+<Proxy "balancer://app">
+    BalancerMember "http://127.0.0.1:$BACKEND" enablereuse=on keepalive=on
+    ProxySet lbmethod=bybusyness
+</Proxy>
+ProxyPass "/" "balancer://app/"
+CONF
 ours_config() { # mode port backend workers
     cat <<CONF
 [proxy]
@@ -138,6 +181,7 @@ CONF
 ours_config http "$OURS" "$BACKEND" 1200 "127.0.0.1:$OURS_ADMIN" >"$WORK/ours.ini"
 ours_config http "$OURS" "$BACKEND" $((IDLE + 300)) >"$WORK/ours-idle.ini"
 ours_config tcp "$OURS_TCP" "$IPERF" 64 >"$WORK/ours-tcp.ini"
+ours_config tcp "$OURS_TCP" "$BACKEND" $((IDLE + 300)) >"$WORK/ours-tcp-idle.ini"
 ours_config http "$OURS_TLS" "$BACKEND" 1200 >"$WORK/ours-tls.ini"
 printf '[tls]\ncert = %s\nkey = %s\n' "$WORK/tls.pem" "$WORK/tls.key" >>"$WORK/ours-tls.ini"
 
@@ -158,6 +202,7 @@ start backend "$BACKEND" nginx -c "$WORK/backend.conf"
 start ours "$OURS" target/release/proxy_server --config "$WORK/ours.ini"
 start nginx "$NGINX" nginx -c "$WORK/nginx.conf"
 start haproxy "$HAPROXY" haproxy -f "$WORK/haproxy.cfg"
+start apache "$APACHE" apache2 -DFOREGROUND -f "$WORK/apache.conf"
 start iperf "$IPERF" iperf3 -s -p "$IPERF" -B 127.0.0.1
 start ourstcp "$OURS_TCP" target/release/proxy_server --config "$WORK/ours-tcp.ini"
 start ourstls "$OURS_TLS" target/release/proxy_server --config "$WORK/ours-tls.ini"
@@ -167,7 +212,7 @@ RAW="$WORK/raw.tsv"
 echo -e "# test\tparam\tcontestant\tround\tmetric\tvalue" >"$RAW"
 record() { echo -e "$1\t$2\t$3\t$4\t$5\t$6" >>"$RAW"; }
 
-pids_of() { # the process and its children (nginx workers)
+pids_of() { # the process and its children (nginx workers, Apache children)
     local pid=$1
     echo "$pid"; pgrep -P "$pid" 2>/dev/null || true
 }
@@ -189,8 +234,8 @@ else:
     print('nan')"
 }
 TICKS=$(getconf CLK_TCK)
-declare -A PORT=([direct]=$BACKEND [ours]=$OURS [nginx]=$NGINX [haproxy]=$HAPROXY)
-declare -A PROC=([direct]=backend [ours]=ours [nginx]=nginx [haproxy]=haproxy)
+declare -A PORT=([direct]=$BACKEND [ours]=$OURS [nginx]=$NGINX [haproxy]=$HAPROXY [apache]=$APACHE [ourstcp]=$OURS_TCP)
+declare -A PROC=([direct]=backend [ours]=ours [nginx]=nginx [haproxy]=haproxy [apache]=apache [ourstcp]=ourstcp)
 # HTTPS rows: the same contestants on their TLS listeners (TLS=1 while they run).
 declare -A TLS_PORT=([ours]=$OURS_TLS [nginx]=$NGINX_TLS [haproxy]=$HAPROXY_TLS)
 declare -A TLS_PROC=([ours]=ourstls [nginx]=nginx [haproxy]=haproxy)
@@ -219,10 +264,9 @@ wrk_run() { # test param who round extra-header
     record "$test" "$c" "$who" "$round" rps "${rps:-0}"
     record "$test" "$c" "$who" "$round" p50_ms "$p50"
     record "$test" "$c" "$who" "$round" p99_ms "$p99"
-    if [ "$who" != direct ] && [ -n "$reqs" ] && [ "$reqs" -gt 0 ]; then
-        local cpu; cpu=$(python3 -c "print(($after - $before) / $TICKS / $reqs * 100000)")
-        [ "$test" = keepalive ] && [ "$c" = 64 ] && record cpu "$c" "$who" "$round" cpu_s_per_100k "$cpu"
-        [ "$test" = keepalive ] && [ "$c" = 16 ] && [ $QUICK = 1 ] && record cpu "$c" "$who" "$round" cpu_s_per_100k "$cpu"
+    if [ "$who" != direct ] && [ -n "$reqs" ] && [ "$reqs" -gt 0 ] && [ "$after" -gt "$before" ]; then
+        # Requests served per second of CPU, summed over every process of the contestant.
+        record "$test" "$c" "$who" "$round" req_per_cpu_s "$(python3 -c "print($reqs / (($after - $before) / $TICKS))")"
     fi
     printf "  %-10s %-7s c=%-5s round %s: %10s req/s  p50 %8s ms  p99 %8s ms %s\n" "$test" "$who" "$c" "$round" "${rps:-?}" "$p50" "$p99" "${errors:+($errors)}"
 }
@@ -231,18 +275,21 @@ if want keepalive; then
 echo "== HTTP keep-alive (wrk ${DUR}s per run, $ROUNDS round(s), contestants alternating)"
 for c in $CONCURRENCY; do
     # Warm-up, not recorded: first connections, worker threads and backend pools start cold.
-    for who in direct ours haproxy nginx; do
+    for who in direct ours haproxy nginx apache; do
         wrk -t1 -c"$c" -d1s "http://127.0.0.1:${PORT[$who]}/" >/dev/null 2>&1 || true
     done
     for round in $(seq "$ROUNDS"); do
-        for who in direct ours haproxy nginx; do wrk_run keepalive "$c" "$who" "$round"; done
+        for who in direct ours haproxy nginx apache; do wrk_run keepalive "$c" "$who" "$round"; done
     done
 done
 fi
 if want close; then
 echo "== New connection per request (Connection: close, c=64)"
+for who in ours haproxy nginx apache; do
+    wrk -t1 -c64 -d1s -H "Connection: close" "http://127.0.0.1:${PORT[$who]}/" >/dev/null 2>&1 || true
+done
 for round in $(seq "$ROUNDS"); do
-    for who in direct ours haproxy nginx; do wrk_run close 64 "$who" "$round" "Connection: close"; done
+    for who in direct ours haproxy nginx apache; do wrk_run close 64 "$who" "$round" "Connection: close"; done
 done
 
 fi
@@ -293,7 +340,9 @@ if want idle; then
 echo "== $IDLE idle keep-alive connections held through each proxy"
 stop ours
 start ours "$OURS" target/release/proxy_server --config "$WORK/ours-idle.ini"
-for who in ours haproxy nginx; do
+stop ourstcp
+start ourstcp "$OURS_TCP" target/release/proxy_server --config "$WORK/ours-tcp-idle.ini"
+for who in ours ourstcp haproxy nginx; do
     var="PID_${PROC[$who]}"; pid=${!var}
     rm -f "$WORK/ready" "$WORK/go"
     python3 scripts/bench_idle.py 127.0.0.1 "${PORT[$who]}" "$IDLE" "$WORK/ready" "$WORK/go" >"$WORK/idle.out" 2>&1 &
@@ -325,7 +374,7 @@ cp "$RAW" "$OUT.tsv"
     echo
     echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr);" \
         "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
-    echo "Versions: $(nginx -v 2>&1 | cut -d/ -f2), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), proxy_server $(target/release/proxy_server --version | awk '{print $2}')"
+    echo "Versions: $(nginx -v 2>&1 | cut -d/ -f2), HAProxy $(haproxy -v | awk 'NR==1 {print $3}'), $(apache2 -v | awk -F'[/ ]' 'NR==1 {print "Apache " $4}'), $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}'), proxy_server $(target/release/proxy_server --version | awk '{print $2}')"
     echo "Method: one nginx backend (return 200, 1 worker, access log off) for everyone; wrk -t2;" \
         "$ROUNDS round(s) of ${DUR}s, contestants alternating within each round; medians."
     echo
