@@ -56,6 +56,7 @@ impl Acceptor {
 
     /// Accepts until shutdown or a takeover stops it, handing each connection to the workers.
     pub fn run(self) {
+        crate::pool::batch_scheduling();
         let mut next_id = 0u64;
         let mut fd_burst = false;
         let mut full_logged = Instant::now() - Duration::from_secs(60);

@@ -97,8 +97,9 @@ impl<J: Send + 'static> WorkerPool<J> {
 /// twice (the request arrives, the response arrives); without this each wake preempted whoever
 /// ran, the client, the backend or another worker, mid-work. Measured same-run with
 /// `scripts/ab.sh`: +21% requests/s at c=16 and 256, +26–30% at c=64 and 1000, and 7% fewer
-/// at c=1, where nothing competes for the CPU. Best effort: a refusal changes only speed.
-fn batch_scheduling() {
+/// at c=1, where nothing competes for the CPU. The acceptor runs so too (+6% in
+/// `Connection: close`). Best effort: a refusal changes only speed.
+pub fn batch_scheduling() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid sched_param for SCHED_BATCH (priority 0); pid 0 is the
     // calling thread.
