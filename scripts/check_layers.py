@@ -15,7 +15,7 @@ LAYERS = [
     ("health state", ["health"]),
     ("backend", ["backend"]),
     ("selection", ["balancer"]),
-    ("reaching backends, checks, rendering", ["upstream", "checker", "stats", "registry", "pool", "relay", "tunnel", "tls_accept", "signals"]),
+    ("reaching backends, checks, rendering", ["upstream", "checker", "stats", "registry", "park", "pool", "relay", "tunnel", "tls_accept", "signals"]),
     ("modes and operations", ["tcp", "http", "admin", "discovery", "dummy", "simulate"]),
     ("process", ["takeover", "acceptor", "server", "cli"]),
 ]

@@ -46,6 +46,7 @@ pub mod latency;
 pub mod logging;
 pub mod net;
 pub mod out;
+pub mod park;
 pub mod pool;
 pub mod proxy_protocol;
 pub mod registry;

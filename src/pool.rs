@@ -12,7 +12,7 @@ use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 /// Stack size of every pool thread. Relay buffers live on the heap, so 128 KiB is ample even
 /// for debug builds, and only the touched pages are resident.
@@ -23,6 +23,8 @@ pub struct WorkerPool<J> {
     threads: Vec<JoinHandle<()>>,
     /// The pool's own sender; the threads end when every sender is gone and the queue is empty.
     jobs: Sender<J>,
+    /// A receiver, for the queue's length.
+    queue: Receiver<J>,
 }
 
 impl<J: Send + 'static> WorkerPool<J> {
@@ -50,18 +52,30 @@ impl<J: Send + 'static> WorkerPool<J> {
         F: Fn(J, &mut S) + Send + Clone + 'static,
     {
         let (tx, rx) = crossbeam_channel::bounded::<J>(queue);
-        let mut pool = WorkerPool { threads: Vec::with_capacity(size), jobs: tx };
+        let mut pool = WorkerPool { threads: Vec::with_capacity(size), jobs: tx, queue: rx.clone() };
         for i in 0..size {
             let (jobs, handle) = (rx.clone(), handle.clone());
             let spawned =
                 thread::Builder::new().name(format!("{name}-{i}")).stack_size(stack(i)).spawn(move || {
                     batch_scheduling();
                     let mut state = S::default();
-                    while let Ok(job) = jobs.recv() {
-                        if catch_unwind(AssertUnwindSafe(|| handle(job, &mut state))).is_err() {
-                            log::error!("a job panicked; the worker carries on");
-                            state = S::default();
-                        }
+                    loop {
+                        let job = match jobs.recv_timeout(crate::stack::TRIM_AFTER) {
+                            Ok(job) => job,
+                            Err(RecvTimeoutError::Timeout) => {
+                                // Idle: give back the scratch buffers and the stack pages the
+                                // last jobs touched, then wait as long as it takes.
+                                state = S::default();
+                                crate::stack::release_unused();
+                                crate::stack::want_heap_trim();
+                                match jobs.recv() {
+                                    Ok(job) => job,
+                                    Err(_) => break,
+                                }
+                            }
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        };
+                        run_job(&handle, job, &mut state);
                     }
                 });
             match spawned {
@@ -85,10 +99,26 @@ impl<J: Send + 'static> WorkerPool<J> {
         self.jobs.clone()
     }
 
+    /// A receiver of the pool's jobs, to see how many wait (`len`); taking from it steals work.
+    pub fn receiver(&self) -> Receiver<J> {
+        self.queue.clone()
+    }
+
     /// Closes the pool's own sender and waits until every thread has finished: once the other
     /// senders are gone too, that is when the queue is drained.
     pub fn join(self) {
         drop(self);
+    }
+}
+
+/// Runs one job, catching a panic (the thread carries on, with fresh scratch state). Never
+/// inlined: the job's deep frames stay out of the waiting loop's, so a waiting worker's stack
+/// is shallow and [`crate::stack::release_unused`] can give the rest back.
+#[inline(never)]
+fn run_job<J, S: Default>(handle: &impl Fn(J, &mut S), job: J, state: &mut S) {
+    if catch_unwind(AssertUnwindSafe(|| handle(job, state))).is_err() {
+        log::error!("a job panicked; the worker carries on");
+        *state = S::default();
     }
 }
 

@@ -180,6 +180,9 @@ pub struct Conn {
     pub accepted: Instant,
     /// The client socket.
     pub stream: TcpStream,
+    /// Set when the connection comes back from the parker ([`crate::park`]): idle since then,
+    /// between two requests, its next one arriving.
+    pub parked_since: Option<Instant>,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
 }
@@ -195,7 +198,16 @@ impl Conn {
         }
         entries.insert(id, entry);
         drop(entries);
-        Conn { id, peer, local: None, accepted: Instant::now(), stream, shared, registry: registry.clone() }
+        Conn {
+            id,
+            peer,
+            local: None,
+            accepted: Instant::now(),
+            stream,
+            parked_since: None,
+            shared,
+            registry: registry.clone(),
+        }
     }
 
     /// Registers the backend socket too, until the returned guard drops; the guard must drop

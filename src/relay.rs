@@ -30,6 +30,7 @@ use rustix::pipe::{splice, SpliceFlags};
 
 use crate::config::as_limit;
 use crate::error::Party;
+use crate::stack::TRIM_AFTER;
 
 /// User-space relay buffer per direction; a read that fills it switches to splicing.
 pub const BUFFER_SIZE: usize = 4 * 1024;
@@ -89,6 +90,9 @@ fn run(
     down: &mut Flow,
 ) -> Result<(), (Party, io::Error)> {
     let mut last_moved = Instant::now();
+    // Quiet for `TRIM_AFTER`, the worker gives back its buffer and deep stack pages, so
+    // thousands of idle connections stay cheap; the next bytes bring them back.
+    let mut trimmed = false;
     loop {
         let (up_wait, down_wait) = (up.wait(), down.wait());
         // up reads the client and writes the backend; down the other way round.
@@ -104,16 +108,23 @@ fn run(
             Wait::Write => on_client |= PollFlags::OUT,
             Wait::Done => {}
         }
-        let timeout = match idle {
+        let left = match idle {
             None => None,
             Some(idle) => {
                 let left = idle.saturating_sub(last_moved.elapsed());
                 if left.is_zero() {
                     return Err(idle_timeout(up_wait, down_wait));
                 }
-                Some(timespec(left))
+                Some(left)
             }
         };
+        let trim_in = TRIM_AFTER.saturating_sub(last_moved.elapsed());
+        let timeout = match (trimmed, left) {
+            (true, left) => left,
+            (false, None) => Some(trim_in),
+            (false, Some(left)) => Some(left.min(trim_in)),
+        }
+        .map(timespec);
         let Some(polled) = poll_two(client, on_client, backend, on_backend, timeout.as_ref()) else {
             return Ok(());
         };
@@ -133,6 +144,12 @@ fn run(
         }
         if moved {
             last_moved = Instant::now();
+            trimmed = false;
+        } else if !trimmed && last_moved.elapsed() >= TRIM_AFTER {
+            *read = Vec::new();
+            crate::stack::release_unused();
+            crate::stack::want_heap_trim();
+            trimmed = true;
         }
     }
 }
@@ -293,6 +310,10 @@ impl<'a> Flow<'a> {
     fn fill(&mut self, read: &mut Vec<u8>, moved: &mut bool) -> Result<bool, (Party, io::Error)> {
         // The pipe is empty here: EAGAIN means the socket has nothing.
         read.clear();
+        if read.capacity() == 0 {
+            // Given back while the connection idled.
+            read.reserve_exact(BUFFER_SIZE);
+        }
         let got = match &self.pipe {
             Some(pipe) => splice(self.from, None, &pipe.write, None, PIPE_SIZE, FLAGS),
             None => rustix::io::read(self.from, spare_capacity(read)),

@@ -31,6 +31,7 @@ use crate::discovery::Discovery;
 use crate::error::Error;
 use crate::http::proxy::{self as http_proxy, HttpContext};
 use crate::net::{bind, bind_with};
+use crate::park::Parker;
 use crate::pool::WorkerPool;
 use crate::registry::{Conn, Registry};
 use crate::signals::Signals;
@@ -139,6 +140,11 @@ impl Server {
         let stopping = Arc::new(AtomicBool::new(false));
         // Background threads (health, resolver, stats, drain timers) stop when this drops.
         let (background_tx, background_rx) = crossbeam_channel::bounded::<()>(0);
+        // HTTP mode: idle keep-alive connections wait in the parker, not in a worker.
+        let parker = match config.mode {
+            Mode::Http => Some(Parker::new(config.timeouts.idle).map_err(Error::Resource)?),
+            Mode::Tcp => None,
+        };
         let workers = match config.mode {
             Mode::Tcp => {
                 let ctx = TcpContext {
@@ -158,6 +164,7 @@ impl Server {
                     stopping: stopping.clone(),
                     tls: tls.clone(),
                     backend_tls: backend_tls.clone(),
+                    parker: parker.clone(),
                 };
                 start_workers(&config, ctx, http_proxy::serve)
             }
@@ -167,6 +174,10 @@ impl Server {
             Error::Resource(std::io::Error::new(e.kind(), format!("{e}; {hint}")))
         })?;
         let job_tx = workers.sender();
+        let parker_thread = match &parker {
+            Some(p) => Some(p.spawn(workers.sender(), workers.receiver()).map_err(Error::Resource)?),
+            None => None,
+        };
         // Every worker runs: now say so. What matters first, so `listening on` is the first line
         // a newcomer sees; the full effective configuration only at debug level and in `--check`.
         for line in crate::config::show::startup_lines(&config, local_addr) {
@@ -277,6 +288,11 @@ impl Server {
         }
         let _ = acceptor.join();
         drop(listener);
+        // Parked connections are idle keep-alive ones: closed now, as nginx and HAProxy close
+        // idle keep-alive connections at a graceful stop.
+        if let Some(running) = parker_thread {
+            running.stop();
+        }
         // Keep-alive clients idle a while are closed; busy ones are not cut between two requests
         // (the next could be on its way) but get their next response with `Connection: close`.
         let idle_closed = registry.close_idle(IDLE_CLOSE_AFTER);
@@ -364,6 +380,10 @@ where
     let ctx = Arc::new(ctx);
     let config = Arc::new(config.clone());
     WorkerPool::start("worker", config.workers, config.queue, move |mut conn: Conn, scratch: &mut S| {
+        // A connection back from the parker was greeted (and its PROXY header read) before.
+        if conn.parked_since.is_some() {
+            return serve(conn, &ctx, scratch);
+        }
         note_wait(&conn, config.workers);
         if conn.take_proxy_header(&config) {
             serve(conn, &ctx, scratch)

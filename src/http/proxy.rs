@@ -25,6 +25,7 @@ use crate::error::{Answer, Party};
 use crate::h1::request::{self, Forwarding, RequestHead};
 use crate::h1::respond::SimpleResponse;
 use crate::h1::{reason, BodyKind, Coalesce, Wire};
+use crate::park::Parker;
 use crate::registry::Conn;
 use crate::stats::ProxyCounters;
 use crate::tls::Listener;
@@ -33,9 +34,15 @@ use crate::tls_accept::{self, ClientStream};
 /// The `Via` pseudonym.
 pub const VIA: &str = "lbproxy";
 
-/// How long a keep-alive client may idle before its worker gives back its stack pages; at
-/// shutdown, before its connection is closed.
-pub const TRIM_AFTER: Duration = Duration::from_millis(500);
+/// How long a keep-alive client may idle before it parks (or, when it cannot, before its worker
+/// gives back its stack pages); at shutdown, before its connection is closed.
+pub const TRIM_AFTER: Duration = crate::stack::TRIM_AFTER;
+
+/// How long a plain keep-alive client may idle before it parks (see [`crate::park`]) and
+/// frees its worker: far longer than a busy client takes between two requests (microseconds
+/// to a few ms, tens of ms at c=1000), short enough that a new connection arriving while
+/// every worker holds an idle client soon gets one.
+pub const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// "Forever" for a zero (disabled) timeout.
 const NO_LIMIT: Duration = Duration::from_secs(365 * 86_400);
@@ -49,6 +56,9 @@ pub struct HttpContext {
     pub stopping: Arc<AtomicBool>,
     /// The listener's TLS material, when it speaks TLS.
     pub tls: Option<Arc<Listener>>,
+    /// Where idle keep-alive connections wait without a worker (plain HTTP only: a TLS
+    /// session's state stays with its worker).
+    pub parker: Option<Arc<Parker>>,
     /// TLS to backends marked `tls`.
     pub backend_tls: Option<Arc<crate::tls::Backends>>,
 }
@@ -101,12 +111,19 @@ impl ReadTimeout<'_> {
 }
 
 /// Serves one client connection until it closes, asks to close, idles out, or the proxy stops.
-pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
+pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
+    // Back from the parker: idle since then, its next request readable.
+    let resumed = conn.parked_since.take();
     // The header clock starts when a worker takes the connection, not at accept: time spent
     // queued for a worker is the proxy's, not the client's. A TLS handshake is part of it.
-    let mut head_started = Instant::now();
+    let mut head_started = resumed.unwrap_or_else(Instant::now);
     let t = &ctx.config.timeouts;
-    let Some(stream) = tls_accept::open(&conn, ctx.tls.as_deref(), t.header, &ctx.counters) else { return };
+    let stream = match resumed {
+        Some(_) => Some(crate::tls_stream::Stream::Plain(&conn.stream)),
+        None => tls_accept::open(&conn, ctx.tls.as_deref(), t.header, &ctx.counters),
+    };
+    let Some(stream) = stream else { return };
+    let parker = ctx.parker.as_deref().filter(|_| !stream.is_tls());
     let client: &ClientStream = &stream;
     let tcp: &TcpStream = &conn.stream;
     let _ = tcp.set_write_timeout(as_limit(t.idle));
@@ -119,9 +136,13 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     let fwd = Forwarding { client: &client_ip, local_host: &local, via: VIA, proto, hash_header };
     let mut cw = Wire::with_buffer(client, std::mem::take(&mut scratch.client_in));
     let mut timeout = ReadTimeout { stream: tcp, current: None };
-    let mut served = 0u64;
+    let mut served = u64::from(resumed.is_some());
     let mut linger = false;
     let mut trimmed = false;
+    let mut park = false;
+    // Requests served since this worker took the connection: a connection back from the
+    // parker serves the request that woke it before it may park again.
+    let mut taken = 0u64;
     loop {
         // Wait for (the rest of) a request head.
         let head = loop {
@@ -157,12 +178,22 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                 }
             }
             let keep_alive_wait = between_requests && served > 0;
+            if keep_alive_wait
+                && taken > 0
+                && parker.is_some_and(Parker::pressed)
+                && !ctx.stopping.load(Ordering::SeqCst)
+            {
+                // Connections wait for a worker: this one, between requests, lets its worker go.
+                park = true;
+                break None;
+            }
             if keep_alive_wait {
                 // `head_started` was set when the last response went out: the idle clock.
                 let idle_for = head_started.elapsed();
                 let limit = if t.idle.is_zero() { NO_LIMIT } else { t.idle };
                 if !trimmed {
-                    timeout.set(TRIM_AFTER.min(limit));
+                    let first = if parker.is_some() { PARK_AFTER } else { TRIM_AFTER };
+                    timeout.set(first.min(limit));
                 } else if idle_for >= limit {
                     break None;
                 } else {
@@ -185,6 +216,11 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                 Ok(_) if keep_alive_wait => {
                     head_started = Instant::now();
                     trimmed = false;
+                }
+                Err(e) if is_timeout(&e) && keep_alive_wait && !trimmed && parker.is_some() => {
+                    // Idle for a while: wait for the next request in the parker, without a worker.
+                    park = true;
+                    break None;
                 }
                 Err(e) if is_timeout(&e) && keep_alive_wait && !trimmed => {
                     // Idle for a while: give back the stack this worker's requests touched, so
@@ -216,6 +252,7 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
             log::debug!("req {}: Upgrade: h2c stripped (never forwarded)", head.request_id);
         }
         served += 1;
+        taken += 1;
         // Body reads from the client wait at most idle_ms between bytes. (Without a body the
         // next read is the next request's, which sets its own timeout.)
         if !matches!(head.body, BodyKind::Empty | BodyKind::Length(0)) {
@@ -259,6 +296,11 @@ pub fn serve(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         lingering_close(tcp);
     }
     scratch.client_in = cw.into_buffer();
+    drop(stream);
+    if let (true, Some(parker)) = (park, parker) {
+        // Refused only at shutdown (or if the socket cannot be watched): it is idle, so closed.
+        parker.park(conn, head_started);
+    }
 }
 
 /// After an error response on a connection with unread input, closing at once would make the
