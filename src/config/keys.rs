@@ -176,7 +176,7 @@ pub const WORKERS: Key = flagged(
         "workers",
         number(1, 20_000),
         "1024",
-        "worker threads = connections served at once; must fit the system's thread limits",
+        "worker threads = connections served at once (http: idle keep-alive clients park without one); must fit the thread limits",
         |c| c.workers.to_string(),
     ),
     "--workers",
