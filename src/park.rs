@@ -179,16 +179,9 @@ impl Parker {
         if self.idle.is_zero() {
             return;
         }
-        let expired: Vec<_> = {
-            let mut parked = self.parked.lock();
-            let ids: Vec<u64> = parked
-                .iter()
-                .filter(|(_, (_, since))| since.elapsed() >= self.idle)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter().filter_map(|id| parked.remove(&id)).collect()
-        };
-        for (conn, since) in expired {
+        let expired: Vec<_> =
+            self.parked.lock().extract_if(|_, (_, since)| since.elapsed() >= self.idle).collect();
+        for (_, (conn, since)) in expired {
             let _ = epoll::delete(&self.epoll, &conn.stream);
             log::debug!(
                 "conn {} from {}: idle {} ms (idle_ms), closed",

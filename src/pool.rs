@@ -66,8 +66,7 @@ impl<J: Send + 'static> WorkerPool<J> {
                                 // Idle: give back the scratch buffers and the stack pages the
                                 // last jobs touched, then wait as long as it takes.
                                 state = S::default();
-                                crate::stack::release_unused();
-                                crate::stack::want_heap_trim();
+                                crate::stack::give_back();
                                 match jobs.recv() {
                                     Ok(job) => job,
                                     Err(_) => break,

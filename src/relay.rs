@@ -147,8 +147,7 @@ fn run(
             trimmed = false;
         } else if !trimmed && last_moved.elapsed() >= TRIM_AFTER {
             *read = Vec::new();
-            crate::stack::release_unused();
-            crate::stack::want_heap_trim();
+            crate::stack::give_back();
             trimmed = true;
         }
     }

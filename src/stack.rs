@@ -89,6 +89,15 @@ pub fn release_unused() -> usize {
 /// memory: long enough that a busy worker never pays for it.
 pub const TRIM_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// What an idle worker does once it has dropped its own buffers: gives back its stack pages
+/// below the current frame ([`release_unused`]) and asks the main thread to trim the heap
+/// ([`want_heap_trim`]). Inlined, so the stack is measured from the caller's frame.
+#[inline]
+pub fn give_back() {
+    release_unused();
+    want_heap_trim();
+}
+
 static TRIM_WANTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Asks for [`trim_heap_if_wanted`]: a worker freed its buffers as its connection went idle.

@@ -225,10 +225,9 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                 Err(e) if is_timeout(&e) && keep_alive_wait && !trimmed => {
                     // Idle for a while: give back the stack this worker's requests touched, so
                     // thousands of idle keep-alive clients stay cheap. Then wait on.
-                    crate::stack::release_unused();
                     cw.release_buffer();
                     scratch.release();
-                    crate::stack::want_heap_trim();
+                    crate::stack::give_back();
                     trimmed = true;
                 }
                 Ok(_) => {}
