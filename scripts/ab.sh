@@ -25,23 +25,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 BACKEND=$(free_port); PA=$(free_port); PB=$(free_port); HAP=$(free_port)
 nginx_backend_conf "$W" "$BACKEND"
-cat >"$W/haproxy.cfg" <<CONF
-global
-    nbthread 2
-    maxconn 9500
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-frontend http_in
-    bind 127.0.0.1:$HAP
-    default_backend app
-backend app
-    balance leastconn
-    http-reuse always
-    server s1 127.0.0.1:$BACKEND maxconn 10000
-CONF
+haproxy_http_conf "$W/haproxy.cfg" "$HAP" "$BACKEND"
 for side in a b; do
     port=$PA; [ $side = b ] && port=$PB
     printf '[proxy]\nlisten = 127.0.0.1:%s\nmode = http\nalgorithm = least-connections\nworkers = 1200\nqueue = 4096\nlog_file =\nlog_level = warn\n[timeouts]\nidle_ms = 300000\n[http]\nbackend_keepalive = 1200\n[backends]\nb1 = 127.0.0.1:%s\n' \
@@ -58,7 +42,6 @@ start "$PA" env ${A_ENV:-} "$A_BIN" --config "$W/a.ini"; PID_A=$LAST
 start "$PB" env ${B_ENV:-} "$B_BIN" --config "$W/b.ini"; PID_B=$LAST
 start "$HAP" haproxy -f "$W/haproxy.cfg"; PID_H=$LAST
 
-cpu_ticks() { local p=$1; awk '{print $14 + $15}' "/proc/$p/stat"; }
 TCK=$(getconf CLK_TCK)
 HDR=(); [ "$CLOSE" = 1 ] && HDR=(-H "Connection: close")
 echo -e "c\tround\twho\trps\treq_per_cpu_s" >"$W/raw"

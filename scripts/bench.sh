@@ -214,18 +214,6 @@ RAW="$WORK/raw.tsv"
 echo -e "# test\tparam\tcontestant\tround\tmetric\tvalue" >"$RAW"
 record() { echo -e "$1\t$2\t$3\t$4\t$5\t$6" >>"$RAW"; }
 
-pids_of() { # the process and its children (nginx workers, Apache children)
-    local pid=$1
-    echo "$pid"; pgrep -P "$pid" 2>/dev/null || true
-}
-cpu_ticks() { # total utime+stime of a process tree
-    local total=0
-    for p in $(pids_of "$1"); do
-        [ -r "/proc/$p/stat" ] || continue
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
-    done
-    echo "$total"
-}
 to_ms() { # wrk latency like 1.23ms / 456.00us / 1.2s
     python3 -c "
 v='$1'

@@ -39,3 +39,40 @@ http { access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
   server { listen 127.0.0.1:$port backlog=4096; location / { return 200 "ok\n"; } } }
 CONF
 }
+
+# haproxy_http_conf FILE PORT BACKEND_PORT: writes FILE, the scripts' HAProxy HTTP contestant:
+# leastconn over one server, http-reuse always, nbthread 2, as its users run it.
+haproxy_http_conf() {
+    cat >"$1" <<CONF
+global
+    nbthread 2
+    maxconn 9500
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+frontend http_in
+    bind 127.0.0.1:$2
+    default_backend app
+backend app
+    balance leastconn
+    http-reuse always
+    server s1 127.0.0.1:$3 maxconn 10000
+CONF
+}
+
+# pids_of PID: the process and its children (nginx workers, Apache children).
+pids_of() {
+    echo "$1"; pgrep -P "$1" 2>/dev/null || true
+}
+
+# cpu_ticks PID: utime + stime summed over the process and its children, in clock ticks.
+cpu_ticks() {
+    local total=0
+    for p in $(pids_of "$1"); do
+        [ -r "/proc/$p/stat" ] || continue
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat")))
+    done
+    echo "$total"
+}

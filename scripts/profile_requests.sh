@@ -14,24 +14,7 @@ W=$(mktemp -d); BIN=target/release/proxy_server
 cargo build --release -q --bin proxy_server
 BACKEND=$(free_port); OURS=$(free_port); HAP=$(free_port)
 nginx_backend_conf "$W" "$BACKEND"
-cat >$W/haproxy.cfg <<CONF
-global
-    nbthread 2
-    maxconn 9500
-defaults
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-frontend http_in
-    mode http
-    bind 127.0.0.1:$HAP
-    default_backend app
-backend app
-    mode http
-    balance leastconn
-    http-reuse always
-    server s1 127.0.0.1:$BACKEND maxconn 10000
-CONF
+haproxy_http_conf "$W/haproxy.cfg" "$HAP" "$BACKEND"
 nginx -c $W/backend.conf & NG=$!
 haproxy -f $W/haproxy.cfg -db & HP=$!
 wait_port 127.0.0.1 $BACKEND; wait_port 127.0.0.1 $HAP
