@@ -8,10 +8,11 @@ pub mod head;
 pub mod request;
 pub mod respond;
 pub mod response;
+mod trailers;
 
 pub use body::{BodyError, Coalesce, COALESCE};
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 
 /// Largest request or response head accepted by default.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -167,96 +168,6 @@ impl<S: Read> Wire<S> {
                 }
                 Ok(_) => {}
                 Err(e) => return Err(HeadError::Io(e)),
-            }
-        }
-    }
-
-    /// Copies a body of kind `kind` to `sink` (decoded, for chunked), through the buffer.
-    /// Returns the number of body bytes.
-    pub fn copy_body(&mut self, kind: BodyKind, sink: &mut impl Write) -> io::Result<u64> {
-        match kind {
-            BodyKind::Empty => Ok(0),
-            BodyKind::Length(n) => self.copy_exact(n, sink),
-            BodyKind::UntilClose => {
-                let mut total = 0u64;
-                loop {
-                    if self.buffered().is_empty() && self.fill(MAX_HEAD)? == 0 {
-                        return Ok(total);
-                    }
-                    let n = self.buffered().len();
-                    sink.write_all(self.buffered())?;
-                    self.consume(n);
-                    total += n as u64;
-                }
-            }
-            BodyKind::Chunked => {
-                let mut total = 0u64;
-                loop {
-                    let size = self.chunk_size()?;
-                    if size == 0 {
-                        self.skip_trailers()?;
-                        return Ok(total);
-                    }
-                    total += self.copy_exact(size, sink)?;
-                    self.expect_crlf()?;
-                }
-            }
-        }
-    }
-
-    fn copy_exact(&mut self, mut n: u64, sink: &mut impl Write) -> io::Result<u64> {
-        let want = n;
-        while n > 0 {
-            if self.buffered().is_empty() && self.fill(MAX_HEAD)? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body ended early"));
-            }
-            let take = (self.buffered().len() as u64).min(n) as usize;
-            sink.write_all(&self.buffered()[..take])?;
-            self.consume(take);
-            n -= take as u64;
-        }
-        Ok(want)
-    }
-
-    fn chunk_size(&mut self) -> io::Result<u64> {
-        loop {
-            match httparse::parse_chunk_size(self.buffered()) {
-                Ok(httparse::Status::Complete((used, size))) => {
-                    self.consume(used);
-                    return Ok(size);
-                }
-                Ok(httparse::Status::Partial) => {
-                    if self.fill(4096)? == 0 {
-                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "chunk size"));
-                    }
-                }
-                Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunk size")),
-            }
-        }
-    }
-
-    fn expect_crlf(&mut self) -> io::Result<()> {
-        while self.buffered().len() < 2 {
-            if self.fill(MAX_HEAD)? == 0 {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "chunk end"));
-            }
-        }
-        if &self.buffered()[..2] != b"\r\n" {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk not followed by CRLF"));
-        }
-        self.consume(2);
-        Ok(())
-    }
-
-    fn skip_trailers(&mut self) -> io::Result<()> {
-        loop {
-            let Some(n) = self.line_len(MAX_HEAD)? else {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "trailers"));
-            };
-            let blank = n <= 2 && self.buffered()[..n].iter().all(|b| *b == b'\r' || *b == b'\n');
-            self.consume(n);
-            if blank {
-                return Ok(());
             }
         }
     }
