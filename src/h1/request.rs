@@ -33,7 +33,8 @@ pub struct RequestHead {
     pub body: BodyKind,
     /// Whether the client wants the connection kept open after this exchange.
     pub keep_alive: bool,
-    /// `Expect: 100-continue` was sent (the proxy answers it itself).
+    /// `Expect: 100-continue` was sent with a body: forwarded, and the backend's answer decides
+    /// whether the body follows (see `http::interim`).
     pub expect_continue: bool,
     /// The client's `X-Request-ID`, or a new UUID v4.
     pub request_id: String,
@@ -44,6 +45,8 @@ pub struct RequestHead {
     pub upgrade: Option<String>,
     /// `Upgrade: h2c` was asked for and stripped (the h2c request-smuggling route).
     pub h2c_stripped: bool,
+    /// Headers dropped for an underscore in their name (see [`Forwarding::underscores`]).
+    pub underscored: usize,
     /// Where the `hash_header` value lies in the parsed buffer (see [`Forwarding::hash_header`]).
     pub hash_value: Option<std::ops::Range<usize>>,
 }
@@ -63,6 +66,10 @@ pub struct Forwarding<'a> {
     /// The header whose value the balancer hashes (`hash_header` under header-hash), if any:
     /// found in this one parse, see [`RequestHead::hash_value`].
     pub hash_header: Option<&'a str>,
+    /// Forward headers whose names contain `_`. Off (nginx's default), they are dropped: a
+    /// CGI, WSGI or PHP backend maps `_` and `-` alike, so `X_Forwarded_For` would pass for the
+    /// proxy's own `X-Forwarded-For`.
+    pub underscores: bool,
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
@@ -221,6 +228,7 @@ pub fn parse(
         host,
         request_id: &request_id,
         upgrade: upgrade.as_deref(),
+        expect_continue: expect_continue && body != BodyKind::Empty,
     };
     write_backend_head(out, &outgoing, fwd);
     Ok(Some(RequestHead {
@@ -235,6 +243,11 @@ pub fn parse(
         retryable,
         upgrade,
         h2c_stripped,
+        underscored: if fwd.underscores {
+            0
+        } else {
+            headers.iter().filter(|h| h.name.contains('_')).count()
+        },
         hash_value: fwd.hash_header.and_then(|name| {
             let h = headers.iter().find(|h| h.name.eq_ignore_ascii_case(name))?;
             // Where the value lies in `buf`, so the caller hashes it without a second parse.
@@ -326,10 +339,11 @@ struct Outgoing<'a> {
     host: Option<&'a str>,
     request_id: &'a str,
     upgrade: Option<&'a str>,
+    expect_continue: bool,
 }
 
 fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_>) {
-    let Outgoing { method, target, headers, body, host, request_id, upgrade } = *req;
+    let Outgoing { method, target, headers, body, host, request_id, upgrade, expect_continue } = *req;
     let line = header_line;
     let named = has_connection_header(headers);
     out.extend_from_slice(method.as_bytes());
@@ -340,6 +354,7 @@ fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_
     for h in headers {
         let name = h.name;
         if (host.is_some() && name.eq_ignore_ascii_case("host"))
+            || (!fwd.underscores && name.contains('_'))
             || is_hop_by_hop(name, headers, named)
             || ["content-length", "expect", "x-request-id", "x-forwarded-proto"]
                 .iter()
@@ -367,6 +382,9 @@ fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_
     line(out, "X-Forwarded-For", &forwarded_for);
     line(out, "X-Forwarded-Proto", fwd.proto.as_bytes());
     via_line(out, fwd.via);
+    if expect_continue {
+        line(out, "Expect", b"100-continue");
+    }
     if let Some(protocols) = upgrade {
         line(out, "Connection", b"upgrade");
         line(out, "Upgrade", protocols.as_bytes());

@@ -9,6 +9,7 @@ fn fwd() -> Forwarding<'static> {
         via: "lbproxy",
         proto: "http",
         hash_header: None,
+        underscores: false,
     }
 }
 
@@ -129,4 +130,31 @@ fn smuggling_shapes_are_rejected() {
     for (raw, want) in cases {
         assert_eq!(status(raw), want, "{raw:?}");
     }
+}
+
+#[test]
+fn underscored_headers_are_dropped_and_counted_unless_kept_as_nginx_does() {
+    let raw = "POST / HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\nTransfer_Encoding: chunked\r\n\
+               Content_Length: 5\r\nX-Ok: 1\r\nContent-Length: 2\r\n\r\nhi";
+    let (head, out) = run(raw).expect("valid").expect("complete");
+    assert_eq!((head.underscored, head.body), (3, BodyKind::Length(2)));
+    assert!(!out.contains('_') && out.contains("X-Ok: 1\r\n"), "{out}");
+    assert!(out.contains("X-Forwarded-For: 10.0.0.7\r\n"), "{out}");
+    let keep = Forwarding { underscores: true, ..fwd() };
+    let mut out = Vec::new();
+    let head = parse(raw.as_bytes(), 65536, &keep, &mut out).expect("valid").expect("complete");
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(head.underscored, 0);
+    assert!(out.contains("X_Forwarded_For: 6.6.6.6\r\n") && out.contains("Content_Length: 5\r\n"), "{out}");
+}
+
+#[test]
+fn expect_100_continue_is_forwarded_with_a_body_only() {
+    let (head, out) = run("PUT /u HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        .expect("ok")
+        .expect("c");
+    assert!(head.expect_continue && out.contains("Expect: 100-continue\r\n"), "{out}");
+    let (head, out) =
+        run("GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n").expect("ok").expect("c");
+    assert!(!head.expect_continue && !out.contains("Expect"), "{out}");
 }

@@ -35,9 +35,9 @@ pub struct ClientSide<'a> {
 }
 
 /// Parses a response head at the start of `buf`: `Ok(None)` when incomplete, `Err` when the
-/// backend's answer is unusable (the caller answers 502). 1xx responses other than 101 come back
-/// with `status < 200` and nothing written, to be skipped. Otherwise the client's head is
-/// appended to `out`.
+/// backend's answer is unusable (the caller answers 502). Otherwise the client's head is
+/// appended to `out`: for a 1xx other than 101 (`status < 200`), the informational head to
+/// forward to an HTTP/1.1 client before the final one.
 pub fn parse(
     buf: &[u8],
     max_head: usize,
@@ -66,6 +66,17 @@ pub fn parse(
         return Err("invalid status code");
     }
     if status < 200 {
+        // Written for an HTTP/1.1 client, which gets it before the final response (RFC 9110
+        // 15.2: a proxy forwards 1xx); the caller never sends it to an HTTP/1.0 client.
+        let named = has_connection_header(headers);
+        {
+            use std::io::Write as _;
+            let _ = write!(out, "HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or(""));
+        }
+        for h in headers.iter().filter(|h| !is_hop_by_hop(h.name, headers, named)) {
+            header_line(out, h.name, h.value);
+        }
+        out.extend_from_slice(b"\r\n");
         let informational = ResponseHead {
             len,
             status,
@@ -233,13 +244,21 @@ mod tests {
     }
 
     #[test]
-    fn head_responses_keep_their_length_and_1xx_are_skipped() {
+    fn head_responses_keep_their_length() {
         let c = ClientSide { method: "HEAD", ..client(1, true) };
         let (h, out) = run("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", &c).expect("ok").expect("c");
         assert_eq!(h.body, BodyKind::Empty);
         assert!(out.contains("Content-Length: 99\r\n"));
+    }
+
+    #[test]
+    fn informational_heads_are_written_for_forwarding_without_hop_by_hop_fields() {
         let (h, out) = run("HTTP/1.1 100 Continue\r\n\r\n", &client(1, true)).expect("ok").expect("c");
-        assert_eq!((h.status, out.as_str()), (100, ""));
+        assert_eq!((h.status, h.body, out.as_str()), (100, BodyKind::Empty, "HTTP/1.1 100 Continue\r\n\r\n"));
+        let raw = "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\nConnection: X-Hop\r\nX-Hop: 1\r\n\r\n";
+        let (h, out) = run(raw, &client(1, true)).expect("ok").expect("c");
+        assert_eq!(h.status, 103);
+        assert_eq!(out, "HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n");
     }
 
     #[test]
@@ -278,6 +297,7 @@ mod tests {
             via: "lbproxy",
             proto: "https",
             hash_header: None,
+            underscores: false,
         };
         let raw = "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c, websocket\r\n\r\n";
         let mut out = Vec::new();

@@ -1,6 +1,7 @@
 //! One request's exchange with a backend, in named steps: [`Exchange::pick`], [`Exchange::connect`]
 //! (a pooled connection, or a fresh one through [`crate::upstream::dial`]), [`Exchange::send`]
-//! (head, then the body streamed from the client), [`read_head`], [`Exchange::respond`] (the
+//! (head, then the body streamed from the client), the response head with its informational
+//! ones before it ([`interim`]), [`Exchange::respond`] (the
 //! response streamed back, re-framed for the client) and [`Exchange::release`] (pool the backend
 //! connection, or close it). What a failed attempt may retry is decided by [`super::retry`];
 //! the attempt's state lives in one [`Attempt`].
@@ -11,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::interim::{self, Verdict};
 use super::keepalive;
 use super::proxy::{HttpContext, Record, Scratch, VIA};
 use super::retry::{self, Retry};
@@ -102,10 +104,6 @@ impl Exchange<'_> {
                 }
             };
             let attached = self.conn.attach(stream.tcp(), backend.id);
-            if let Err(f) = self.send(cw, &stream, &backend, scratch, record, attempt) {
-                self.recover(f, &backend, reused, attempt)?;
-                continue;
-            }
             let mut bw = Wire::with_buffer(&stream, std::mem::take(&mut scratch.backend_in));
             let side = ClientSide {
                 method: &self.head.method,
@@ -115,8 +113,13 @@ impl Exchange<'_> {
                 via: VIA,
                 upgrade: self.head.upgrade.is_some(),
             };
-            let resp = read_head(&mut bw, &side, self.ctx.config.http.max_head_bytes, &mut scratch.resp_head)
-                .map_err(|cause| Failure::at(&backend.name, Party::Backend, Phase::Head, cause));
+            let resp = match self.send(cw, &mut bw, &side, &backend, scratch, record, attempt) {
+                Ok(Verdict::Final(resp)) => Ok(resp),
+                Ok(Verdict::Continue) => {
+                    interim::read_final(self, &mut bw, &side, &backend.name, scratch, attempt, false)
+                }
+                Err(f) => Err(f),
+            };
             let resp = match resp {
                 Ok(resp) => resp,
                 Err(f) => {
@@ -146,7 +149,10 @@ impl Exchange<'_> {
             drop(attached);
             drop(pick);
             backend.latency.record(started.elapsed());
-            self.release(stream, &backend, &resp, surplus);
+            // A backend that answered before the body was sent expects it still: never pooled.
+            if attempt.body_done {
+                self.release(stream, &backend, &resp, surplus);
+            }
             Coalesce::resume(self.client, &mut scratch.client_out)
                 .flush()
                 .map_err(|e| Failure::new(Party::Client, Phase::Body, Cause::Io(e)))?;
@@ -210,51 +216,58 @@ impl Exchange<'_> {
         Ok((stream, false))
     }
 
-    /// Sends the rewritten head, then streams the body from the client (after `100 Continue`
-    /// when the client waits for one).
+    /// Sends the rewritten head, then streams the body from the client. A client that expects
+    /// `100 Continue` sends its body only on the backend's word (see [`interim`]): a final
+    /// answer before it comes back as [`Verdict::Final`], and the body is never read.
+    #[allow(clippy::too_many_arguments)]
     fn send(
         &self,
         cw: &mut Wire<&ClientStream<'_>>,
-        stream: &BackendStream,
+        bw: &mut Wire<&BackendStream>,
+        side: &ClientSide<'_>,
         backend: &Backend,
         scratch: &mut Scratch,
         record: &mut Record,
         attempt: &mut Attempt,
-    ) -> Result<(), Failure> {
+    ) -> Result<Verdict, Failure> {
+        let stream = bw.stream;
         let to_backend = |e: io::Error| Failure::at(&backend.name, Party::Backend, Phase::Send, Cause::Io(e));
         let mut bout = Coalesce::new(stream, &mut scratch.backend_out);
         bout.write_all(&scratch.head).map_err(to_backend)?;
-        if self.has_body() {
-            if self.head.expect_continue && !attempt.continued {
-                attempt.continued = true;
-                let mut cout = Coalesce::new(self.client, &mut scratch.client_out);
-                cout.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    .and_then(|()| cout.flush())
-                    .map_err(|e| Failure::new(Party::Client, Phase::Send, Cause::Io(e)))?;
-            }
-            attempt.body_touched = true;
-            let rechunk = self.head.body == BodyKind::Chunked;
-            let limit = self.ctx.config.http.max_body_bytes;
-            match cw.forward_body(self.head.body, &mut bout, rechunk, limit) {
-                Ok(n) => {
-                    record.bytes_in += n;
-                    attempt.body_done = true;
-                }
-                Err(BodyError::Sink(e)) => return Err(to_backend(e)),
-                Err(BodyError::TooLarge) => {
-                    let cause = Cause::BodyTooLarge("request body over max_body_bytes".into());
-                    return Err(Failure::new(Party::Client, Phase::Send, cause));
-                }
-                Err(BodyError::Source(e)) if e.kind() == io::ErrorKind::InvalidData => {
-                    let cause = Cause::Invalid(format!("request body: {e}"));
-                    return Err(Failure::new(Party::Client, Phase::Request, cause));
-                }
-                Err(BodyError::Source(e)) => {
-                    return Err(Failure::new(Party::Client, Phase::Send, Cause::Io(e)))
-                }
+        if !self.has_body() {
+            bout.flush().map_err(to_backend)?;
+            return Ok(Verdict::Continue);
+        }
+        if self.head.expect_continue && !attempt.continued {
+            bout.flush().map_err(to_backend)?;
+            if let Verdict::Final(resp) =
+                interim::await_continue(self, bw, side, &backend.name, scratch, attempt)?
+            {
+                return Ok(Verdict::Final(resp));
             }
         }
-        bout.flush().map_err(to_backend)
+        let mut bout = Coalesce::resume(stream, &mut scratch.backend_out);
+        attempt.body_touched = true;
+        let rechunk = self.head.body == BodyKind::Chunked;
+        let limit = self.ctx.config.http.max_body_bytes;
+        match cw.forward_body(self.head.body, &mut bout, rechunk, limit) {
+            Ok(n) => {
+                record.bytes_in += n;
+                attempt.body_done = true;
+            }
+            Err(BodyError::Sink(e)) => return Err(to_backend(e)),
+            Err(BodyError::TooLarge) => {
+                let cause = Cause::BodyTooLarge("request body over max_body_bytes".into());
+                return Err(Failure::new(Party::Client, Phase::Send, cause));
+            }
+            Err(BodyError::Source(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                let cause = Cause::Invalid(format!("request body: {e}"));
+                return Err(Failure::new(Party::Client, Phase::Request, cause));
+            }
+            Err(BodyError::Source(e)) => return Err(Failure::new(Party::Client, Phase::Send, Cause::Io(e))),
+        }
+        bout.flush().map_err(to_backend)?;
+        Ok(Verdict::Continue)
     }
 
     /// After a failed attempt: retry (`Ok`), or give the failure back to answer the client.
@@ -388,7 +401,8 @@ fn first_chunk_is_valid(cw: &mut Wire<&ClientStream<'_>>) -> Result<(), Failure>
     }
 }
 
-/// Reads the response head (skipping 1xx), rewritten for the client into `out`.
+/// Reads one response head, rewritten for the client into `out` (an informational one too:
+/// see [`interim::read_final`]).
 pub fn read_head(
     bw: &mut Wire<&BackendStream>,
     side: &ClientSide<'_>,
@@ -400,10 +414,6 @@ pub fn read_head(
         if !bw.buffered().is_empty() {
             out.clear();
             match response::parse(bw.buffered(), max_head, side, out) {
-                Ok(Some(r)) if r.status < 200 && r.status != 101 => {
-                    bw.consume(r.len);
-                    continue;
-                }
                 Ok(Some(r)) => {
                     bw.consume(r.len);
                     return Ok(r);

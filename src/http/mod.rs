@@ -2,6 +2,7 @@
 //! (heads, bodies, framing) lives in [`crate::h1`].
 
 mod exchange;
+mod interim;
 pub mod keepalive;
 pub mod proxy;
 pub mod retry;

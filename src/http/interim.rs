@@ -1,0 +1,104 @@
+//! Informational responses and `Expect: 100-continue`. A backend's 1xx (`103 Early Hints`,
+//! `102`, its `100 Continue`) goes on to an HTTP/1.1 client before the final response, as
+//! HAProxy forwards them (RFC 9110 15.2); an HTTP/1.0 client never sees one. A client that
+//! expects `100 Continue` lets the backend decide: its `100` lets the body through, its final
+//! answer (a 413, a 401) reaches the client before a byte of the body is sent, and a backend that
+//! says nothing within [`EXPECT_WAIT`] gets the body anyway, after the proxy's own `100`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use super::exchange::{read_head, Attempt, BackendStream, Exchange};
+use super::proxy::Scratch;
+use crate::config::as_limit;
+use crate::error::{Cause, Failure, Party, Phase};
+use crate::h1::response::{ClientSide, ResponseHead};
+use crate::h1::{Coalesce, Wire};
+
+/// How long a backend may take to answer `Expect: 100-continue` before the proxy sends the
+/// `100` itself: a client waits only so long (RFC 9110 10.1.1), curl for 1 s.
+pub const EXPECT_WAIT: Duration = Duration::from_secs(1);
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// What the backend said to an `Expect: 100-continue` request before its body.
+pub enum Verdict {
+    /// Send the body: the backend's `100` (or, after its silence, the proxy's) went to the
+    /// client.
+    Continue,
+    /// The backend's final response came first: the body is never read, and the client
+    /// connection closes after this response.
+    Final(ResponseHead),
+}
+
+/// Reads response heads from the backend until a final one (or, with `stop_at_continue`, a
+/// `100`), forwarding each informational head to an HTTP/1.1 client as it comes. A `100` after
+/// the proxy already sent its own is not sent twice.
+pub fn read_final(
+    x: &Exchange<'_>,
+    bw: &mut Wire<&BackendStream>,
+    side: &ClientSide<'_>,
+    backend: &str,
+    scratch: &mut Scratch,
+    attempt: &mut Attempt,
+    stop_at_continue: bool,
+) -> Result<ResponseHead, Failure> {
+    let max_head = x.ctx.config.http.max_head_bytes;
+    loop {
+        let resp = read_head(bw, side, max_head, &mut scratch.resp_head)
+            .map_err(|cause| Failure::at(backend, Party::Backend, Phase::Head, cause))?;
+        if resp.status >= 200 || resp.status == 101 {
+            return Ok(resp);
+        }
+        let continues = resp.status == 100;
+        if side.version == 1 && !(continues && attempt.continued) {
+            to_client(x, &scratch.resp_head, &mut scratch.client_out)?;
+            log::debug!("req {}: {backend} sent {}; forwarded", x.head.request_id, resp.status);
+        }
+        if continues {
+            attempt.continued = true;
+            if stop_at_continue {
+                return Ok(resp);
+            }
+        }
+    }
+}
+
+/// Waits up to [`EXPECT_WAIT`] for the backend's word on a request whose head it has (with
+/// `Expect: 100-continue`) and whose body the client holds back.
+pub fn await_continue(
+    x: &Exchange<'_>,
+    bw: &mut Wire<&BackendStream>,
+    side: &ClientSide<'_>,
+    backend: &str,
+    scratch: &mut Scratch,
+    attempt: &mut Attempt,
+) -> Result<Verdict, Failure> {
+    let response = x.ctx.config.timeouts.response;
+    let tcp = bw.stream.tcp();
+    let _ =
+        tcp.set_read_timeout(Some(if response.is_zero() { EXPECT_WAIT } else { EXPECT_WAIT.min(response) }));
+    // A final answer now leaves the body unread: the client connection closes after it.
+    let early = ClientSide { keep_alive: false, ..*side };
+    let heard = read_final(x, bw, &early, backend, scratch, attempt, true);
+    let _ = tcp.set_read_timeout(as_limit(response));
+    match heard {
+        Ok(resp) if resp.status == 100 => Ok(Verdict::Continue),
+        Ok(resp) => Ok(Verdict::Final(resp)),
+        Err(f) if f.party == Party::Backend && matches!(f.cause, Cause::Timeout) => {
+            log::debug!("req {}: {backend} silent on Expect; sending 100 Continue", x.head.request_id);
+            to_client(x, CONTINUE, &mut scratch.client_out)?;
+            attempt.continued = true;
+            Ok(Verdict::Continue)
+        }
+        Err(f) => Err(f),
+    }
+}
+
+/// Sends an informational head to the client at once.
+fn to_client(x: &Exchange<'_>, head: &[u8], buf: &mut Vec<u8>) -> Result<(), Failure> {
+    let mut out = Coalesce::new(x.client, buf);
+    out.write_all(head)
+        .and_then(|()| out.flush())
+        .map_err(|e| Failure::new(Party::Client, Phase::Send, Cause::Io(e)))
+}
