@@ -25,6 +25,8 @@ pub struct ProxyCounters {
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes that failed: refused, timed out, plain HTTP or garbage.
     pub tls_handshake_failures: AtomicU64,
+    /// Request headers dropped for an underscore in their name (`underscores_in_headers` off).
+    pub underscored_headers_dropped: AtomicU64,
     /// Open tunnels (HTTP upgrades) per backend name.
     pub tunnels: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -97,6 +99,7 @@ pub fn stats_json(balancer: &Balancer, counters: &ProxyCounters) -> String {
         "waiting_for_worker": counters.accept_queue.load(Ordering::Relaxed),
         "tls_handshakes": counters.tls_handshakes.load(Ordering::Relaxed),
         "tls_handshake_failures": counters.tls_handshake_failures.load(Ordering::Relaxed),
+        "underscored_headers_dropped": counters.underscored_headers_dropped.load(Ordering::Relaxed),
         "backends": members
             .iter()
             .map(|b| {
@@ -187,6 +190,12 @@ pub fn metrics_text(balancer: &Balancer, counters: &ProxyCounters) -> String {
         "# HELP lb_tls_handshake_failures_total TLS handshakes that failed (refused, timed out, not TLS).\n\
          # TYPE lb_tls_handshake_failures_total counter\nlb_tls_handshake_failures_total {}",
         counters.tls_handshake_failures.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lb_underscored_headers_dropped_total Request headers dropped for an underscore in their name.\n\
+         # TYPE lb_underscored_headers_dropped_total counter\nlb_underscored_headers_dropped_total {}",
+        counters.underscored_headers_dropped.load(Ordering::Relaxed)
     );
     let _ = writeln!(
         out,

@@ -53,9 +53,24 @@ impl ResolvesServerCert for BySni {
 /// The listener's TLS configuration, replaced whole on reload: connections that started with
 /// the old one keep it (each holds its own `Arc`).
 pub struct Listener {
-    current: RwLock<Arc<ServerConfig>>,
+    current: RwLock<Configs>,
     /// HTTP mode: ALPN `http/1.1` is advertised.
     alpn: bool,
+}
+
+/// One configuration in two forms: choosing ALPN `http/1.1` (HTTP mode), and choosing none, for
+/// a client that offers only protocols this listener does not speak.
+struct Configs {
+    alpn: Arc<ServerConfig>,
+    none: Arc<ServerConfig>,
+}
+
+impl Configs {
+    fn new(config: Arc<ServerConfig>) -> Configs {
+        let mut none = (*config).clone();
+        none.alpn_protocols.clear();
+        Configs { alpn: config, none: Arc::new(none) }
+    }
 }
 
 impl fmt::Debug for Listener {
@@ -72,12 +87,27 @@ impl Listener {
         file: &str,
         alpn: bool,
     ) -> Result<Option<Listener>, Vec<ConfigError>> {
-        Ok(server_config(settings, file, alpn)?.map(|c| Listener { current: RwLock::new(c), alpn }))
+        Ok(server_config(settings, file, alpn)?
+            .map(|c| Listener { current: RwLock::new(Configs::new(c)), alpn }))
     }
 
-    /// The configuration for a new connection.
-    pub fn config(&self) -> Arc<ServerConfig> {
-        self.current.read().clone()
+    /// The configuration for a new connection whose ClientHello is `hello`. A client that offers
+    /// ALPN without `http/1.1` (only `h2`, only `http/1.0`) completes the handshake with no
+    /// protocol chosen and is spoken to in HTTP/1.1, as nginx does, rather than refused with a
+    /// `no_application_protocol` alert.
+    pub fn config_for(&self, hello: &ClientHello<'_>) -> Arc<ServerConfig> {
+        let configs = self.current.read();
+        let offered: Option<Vec<&[u8]>> = hello.alpn().map(Iterator::collect);
+        match offered {
+            Some(protocols) if self.alpn && !protocols.contains(&&b"http/1.1"[..]) => {
+                log::debug!(
+                    "TLS client offered ALPN {:?} without http/1.1: none chosen, HTTP/1.1 spoken",
+                    protocols.iter().map(|p| String::from_utf8_lossy(p)).collect::<Vec<_>>()
+                );
+                configs.none.clone()
+            }
+            _ => configs.alpn.clone(),
+        }
     }
 
     /// Loads `settings` again and swaps them in; on any error the running material stays and
@@ -85,7 +115,7 @@ impl Listener {
     pub fn reload(&self, settings: &TlsSettings, file: &str) -> Result<(), Vec<ConfigError>> {
         match server_config(settings, file, self.alpn)? {
             Some(c) => {
-                *self.current.write() = c;
+                *self.current.write() = Configs::new(c);
                 Ok(())
             }
             None => Err(vec![ConfigError {

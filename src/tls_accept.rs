@@ -27,7 +27,7 @@ pub fn open<'a>(
 ) -> Option<ClientStream<'a>> {
     let sock: &TcpStream = &conn.stream;
     let Some(listener) = listener else { return Some(Stream::Plain(sock)) };
-    let outcome = tls_stream::accept(sock, listener.config(), limit);
+    let outcome = tls_stream::accept(sock, |hello| listener.config_for(hello), limit);
     let failed = |why: &str| {
         counters.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
         log::info!("conn {} from {}: TLS handshake failed: {why}; closing", conn.id, conn.peer);

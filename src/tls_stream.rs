@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rustls::pki_types::ServerName;
+use rustls::server::{Acceptor, ClientHello};
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
 /// Plain TCP, or TLS over it. `S` is the socket, owned or borrowed.
@@ -137,8 +138,13 @@ pub enum Handshake {
 const HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Runs the server side of a handshake on the blocking `sock` until it completes, fails, or
-/// `limit` (zero: none) passes. The socket's timeouts are left set to what is left of it.
-pub fn accept(sock: &TcpStream, config: Arc<ServerConfig>, limit: Duration) -> Handshake {
+/// `limit` (zero: none) passes; `choose` picks the configuration once the ClientHello is read.
+/// The socket's timeouts are left set to what is left of it.
+pub fn accept(
+    sock: &TcpStream,
+    choose: impl FnOnce(&ClientHello<'_>) -> Arc<ServerConfig>,
+    limit: Duration,
+) -> Handshake {
     let deadline = (!limit.is_zero()).then(|| Instant::now() + limit);
     let set_deadline = || -> bool {
         let Some(d) = deadline else { return true };
@@ -162,11 +168,35 @@ pub fn accept(sock: &TcpStream, config: Arc<ServerConfig>, limit: Duration) -> H
         Err(e) if is_timeout(&e) => return Handshake::TimedOut,
         Err(e) => return Handshake::Failed(e.to_string()),
     }
-    let mut conn = match ServerConnection::new(config) {
-        Ok(c) => c,
-        Err(e) => return Handshake::Failed(e.to_string()),
-    };
     let mut reader = sock;
+    let mut hello = Acceptor::default();
+    let accepted = loop {
+        if !set_deadline() {
+            return Handshake::TimedOut;
+        }
+        match hello.read_tls(&mut reader) {
+            Ok(0) => return Handshake::Closed,
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => return Handshake::TimedOut,
+            Err(e) => return Handshake::Failed(e.to_string()),
+        }
+        match hello.accept() {
+            Ok(Some(accepted)) => break accepted,
+            Ok(None) => {}
+            Err((e, mut alert)) => {
+                let _ = alert.write_all(&mut reader);
+                return Handshake::Failed(e.to_string());
+            }
+        }
+    };
+    let config = choose(&accepted.client_hello());
+    let mut conn = match accepted.into_connection(config) {
+        Ok(c) => c,
+        Err((e, mut alert)) => {
+            let _ = alert.write_all(&mut reader);
+            return Handshake::Failed(e.to_string());
+        }
+    };
     while conn.is_handshaking() {
         if !set_deadline() {
             return Handshake::TimedOut;

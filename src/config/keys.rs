@@ -5,11 +5,13 @@
 use super::{AcceptProxy, Config, Mode};
 
 mod health;
+mod http;
 mod tls;
 pub use health::{
     FAIL_WINDOW_MS, FALL, HEALTH_ENABLED, HEALTH_MODE, HEALTH_PATH, INTERVAL_MS, MAX_FAILS, OBSERVE_5XX,
     RISE, SLOWSTART_MS, TIMEOUT_MS,
 };
+pub use http::{BACKEND_KEEPALIVE, MAX_BODY_BYTES, MAX_HEAD_BYTES, UNDERSCORES_IN_HEADERS};
 pub use tls::{TLS_BACKEND_CA, TLS_CERT, TLS_KEY, TLS_MIN_VERSION, TLS_SNI_DIR, TLS_VERSIONS};
 
 /// What values a key takes.
@@ -316,33 +318,6 @@ pub const QUEUE_MS: Key = key(
     "when every backend is at `max_conns`, wait this long for a slot, then close (tcp) or 503 (http)",
     |c| c.timeouts.queue.as_millis().to_string(),
 );
-/// `[http] backend_keepalive`.
-pub const BACKEND_KEEPALIVE: Key = key(
-    "http",
-    "backend_keepalive",
-    number(0, 10_000),
-    "32",
-    "http: idle persistent connections kept per backend",
-    |c| c.http.backend_keepalive.to_string(),
-);
-/// `[http] max_head_bytes`.
-pub const MAX_HEAD_BYTES: Key = key(
-    "http",
-    "max_head_bytes",
-    number(1024, 1 << 20),
-    "65536",
-    "http: larger request heads get 431",
-    |c| c.http.max_head_bytes.to_string(),
-);
-/// `[http] max_body_bytes`.
-pub const MAX_BODY_BYTES: Key = key(
-    "http",
-    "max_body_bytes",
-    number(0, u64::MAX >> 1),
-    "0",
-    "http: larger request bodies get 413 (0: no limit)",
-    |c| c.http.max_body_bytes.unwrap_or(0).to_string(),
-);
 /// `[admin] listen`.
 pub const ADMIN_LISTEN: Key = key(
     "admin",
@@ -397,6 +372,7 @@ pub const KEYS: &[Key] = &[
     BACKEND_KEEPALIVE,
     MAX_HEAD_BYTES,
     MAX_BODY_BYTES,
+    UNDERSCORES_IN_HEADERS,
     HEALTH_ENABLED,
     HEALTH_MODE,
     HEALTH_PATH,

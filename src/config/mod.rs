@@ -215,6 +215,9 @@ pub struct HttpSettings {
     pub max_head_bytes: usize,
     /// Largest request body (`max_body_bytes`, 0 = no limit); larger gets 413.
     pub max_body_bytes: Option<u64>,
+    /// Forward request headers with `_` in their names (`underscores_in_headers`); off, they
+    /// are dropped.
+    pub underscores_in_headers: bool,
 }
 
 /// The validated configuration.

@@ -38,6 +38,7 @@ impl RawConfig {
         let backend_keepalive = v.number(&keys::BACKEND_KEEPALIVE);
         let max_head_bytes = v.number(&keys::MAX_HEAD_BYTES);
         let max_body = v.number(&keys::MAX_BODY_BYTES);
+        let underscores = v.get(&keys::UNDERSCORES_IN_HEADERS, parse_bool);
         let enabled = v.get(&keys::HEALTH_ENABLED, parse_bool);
         // Empty (the default): check the way the proxy speaks.
         let health_mode =
@@ -88,6 +89,7 @@ impl RawConfig {
                     backend_keepalive: backend_keepalive? as usize,
                     max_head_bytes: max_head_bytes? as usize,
                     max_body_bytes: max_body.map(|m| (m > 0).then_some(m))?,
+                    underscores_in_headers: underscores?,
                 },
                 health: HealthSettings {
                     enabled: enabled?,

@@ -10,6 +10,7 @@ fn fwd() -> Forwarding<'static> {
         via: "lbproxy",
         proto: "http",
         hash_header: None,
+        underscores: false,
     }
 }
 

@@ -133,7 +133,9 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     let local = || tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let proto = if stream.is_tls() { "https" } else { "http" };
     let hash_header = ctx.balancer.hashes_header().then_some(ctx.config.scale.hash_header.as_str());
-    let fwd = Forwarding { client: &client_ip, local_host: &local, via: VIA, proto, hash_header };
+    let underscores = ctx.config.http.underscores_in_headers;
+    let fwd =
+        Forwarding { client: &client_ip, local_host: &local, via: VIA, proto, hash_header, underscores };
     let mut cw = Wire::with_buffer(client, std::mem::take(&mut scratch.client_in));
     let mut timeout = ReadTimeout { stream: tcp, current: None };
     let mut served = u64::from(resumed.is_some());
@@ -250,6 +252,14 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         if head.h2c_stripped {
             log::debug!("req {}: Upgrade: h2c stripped (never forwarded)", head.request_id);
         }
+        if head.underscored > 0 {
+            ctx.counters.underscored_headers_dropped.fetch_add(head.underscored as u64, Ordering::Relaxed);
+            log::debug!(
+                "req {}: {} header(s) with '_' in the name dropped",
+                head.request_id,
+                head.underscored
+            );
+        }
         served += 1;
         taken += 1;
         // Body reads from the client wait at most idle_ms between bytes. (Without a body the
@@ -286,6 +296,9 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
             }
         };
         access_log(&conn, &head, &record, started);
+        // Closing with the request body unread (a backend's answer to `Expect` came first):
+        // what the client still sends must not reset the response away.
+        linger |= !keep && !attempt.body_done;
         if !keep {
             break;
         }

@@ -1,0 +1,41 @@
+//! The `[http]` keys of the key table (see [`super::KEYS`]): backend connection reuse, request
+//! size limits and which request headers reach a backend.
+
+use super::{key, number, Key, Kind};
+
+/// `[http] backend_keepalive`.
+pub const BACKEND_KEEPALIVE: Key = key(
+    "http",
+    "backend_keepalive",
+    number(0, 10_000),
+    "32",
+    "http: idle persistent connections kept per backend",
+    |c| c.http.backend_keepalive.to_string(),
+);
+/// `[http] max_head_bytes`.
+pub const MAX_HEAD_BYTES: Key = key(
+    "http",
+    "max_head_bytes",
+    number(1024, 1 << 20),
+    "65536",
+    "http: larger request heads get 431",
+    |c| c.http.max_head_bytes.to_string(),
+);
+/// `[http] max_body_bytes`.
+pub const MAX_BODY_BYTES: Key = key(
+    "http",
+    "max_body_bytes",
+    number(0, u64::MAX >> 1),
+    "0",
+    "http: larger request bodies get 413 (0: no limit)",
+    |c| c.http.max_body_bytes.unwrap_or(0).to_string(),
+);
+/// `[http] underscores_in_headers`.
+pub const UNDERSCORES_IN_HEADERS: Key = key(
+    "http",
+    "underscores_in_headers",
+    Kind::Bool,
+    "false",
+    "http: forward request headers whose names contain `_` (off: dropped and counted, as nginx's `underscores_in_headers off`, since a CGI, WSGI or PHP backend reads `X_Forwarded_For` as `X-Forwarded-For`)",
+    |c| c.http.underscores_in_headers.to_string(),
+);
