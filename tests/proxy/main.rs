@@ -4,6 +4,7 @@
 mod admin;
 mod dashboard;
 mod faultlab;
+mod fidelity;
 mod haproxy;
 mod hostile;
 mod http;
@@ -13,6 +14,7 @@ mod proxy_protocol;
 mod robust;
 mod scale;
 mod stdout;
+mod streaming;
 mod tcp;
 mod terminal;
 mod tls;

@@ -1,0 +1,267 @@
+//! HTTP fidelity against what HAProxy and nginx do: a backend's 1xx reaches HTTP/1.1 clients,
+//! trailers go through both ways (filtered, and refused when malformed), underscored header names
+//! never reach a backend by default (nginx's `underscores_in_headers off`), `Expect:
+//! 100-continue` lets the backend decide, and a TLS client whose ALPN guess is wrong still gets
+//! HTTP/1.1 (as nginx answers it).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::streaming::{backend, read_head};
+use crate::tls::{client_config, tls_connect, tls_proxy, Ca};
+use crate::util::*;
+
+/// Sends `raw` and reads until the proxy closes the connection.
+fn round_trip(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut s = connect(addr);
+    s.write_all(raw).expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn early_hints_backend() -> SocketAddr {
+    backend(|mut s| {
+        read_head(&mut s);
+        let _ = s.write_all(
+            b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n\
+              HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        );
+    })
+}
+
+#[test]
+fn a_backends_103_reaches_an_http_1_1_client_before_the_200_and_never_an_http_1_0_one_as_haproxy() {
+    let (_p, proxy) = http_proxy(&[early_hints_backend()], "round-robin", "", "");
+    let text = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(
+        text.starts_with(
+            "HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    let text = round_trip(proxy, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && !text.contains("103"), "{text}");
+    // curl, a client nobody here wrote, sees the hint and then the answer.
+    let out = Command::new("curl").args(["-sv", &format!("http://{proxy}/")]).output().expect("curl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let hint = err.find("< HTTP/1.1 103 Early Hints").unwrap_or_else(|| panic!("no 103 in {err}"));
+    assert!(err[hint..].contains("< HTTP/1.1 200 OK"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
+}
+
+fn trailer_backend(seen: Arc<Mutex<Vec<String>>>) -> SocketAddr {
+    backend(move |mut s| {
+        let (head, mut body) = read_head(&mut s);
+        if head.contains("chunked") {
+            let mut chunk = [0u8; 4096];
+            while !body.ends_with(b"\r\n\r\n") {
+                match s.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => body.extend_from_slice(&chunk[..n]),
+                }
+            }
+        }
+        seen.lock().expect("seen").push(format!("{head}{}", String::from_utf8_lossy(&body)));
+        let reply: &[u8] = if head.starts_with("GET /bad-trailer") {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nno colon here\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Server-Timing\r\n\r\n5\r\nhello\r\n\
+              0\r\nServer-Timing: db;dur=53\r\nSet-Cookie: evil=1\r\nContent-Length: 99\r\n\r\n"
+        };
+        let _ = s.write_all(reply);
+    })
+}
+
+#[test]
+fn response_trailers_go_on_to_a_chunked_client_filtered_and_are_dropped_for_http_1_0() {
+    let addr = trailer_backend(Arc::new(Mutex::new(Vec::new())));
+    let (_p, proxy) = http_proxy(&[addr], "round-robin", "", "");
+    let text = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(text.ends_with("5\r\nhello\r\n0\r\nServer-Timing: db;dur=53\r\n\r\n"), "{text}");
+    assert!(!text.contains("evil") && !text.contains("99"), "a forbidden trailer field went through: {text}");
+    let text = round_trip(proxy, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(text.ends_with("\r\n\r\nhello") && !text.contains("Server-Timing: db"), "{text}");
+}
+
+#[test]
+fn request_trailers_reach_the_backend_filtered_and_a_malformed_one_gets_400() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let addr = trailer_backend(seen.clone());
+    let (_p, proxy) = http_proxy(&[addr], "round-robin", "", "");
+    let text = round_trip(
+        proxy,
+        b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+          3\r\nabc\r\n0\r\nX-Checksum: abc\r\nHost: evil\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let got = seen.lock().expect("seen").pop().expect("the backend got the upload");
+    assert!(got.ends_with("3\r\nabc\r\n0\r\nX-Checksum: abc\r\n\r\n"), "{got}");
+    // A request line hidden in the trailers (a smuggling attempt) is refused, never delivered.
+    let text = round_trip(
+        proxy,
+        b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(seen.lock().expect("seen").iter().all(|h| !h.starts_with("GET /smuggled")));
+}
+
+#[test]
+fn a_malformed_response_trailer_closes_the_client_connection_without_a_clean_end() {
+    let addr = trailer_backend(Arc::new(Mutex::new(Vec::new())));
+    let (_p, proxy) = http_proxy(&[addr], "round-robin", "", "");
+    // Keep-alive asked for: only the close ends the read, and the body has no last chunk.
+    let text = round_trip(proxy, b"GET /bad-trailer HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(text.contains("5\r\nhello\r\n"), "{text}");
+    assert!(!text.contains("\r\n0\r\n"), "a truncated body was made to look complete: {text}");
+}
+
+fn underscore_proxy(addr: SocketAddr, keep: bool) -> (Proc, SocketAddr) {
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 8\n[health]\nenabled = false\n[admin]\nlisten = 127.0.0.1:0\n\
+         [http]\nunderscores_in_headers = {keep}\n{}",
+        backends_section(&[addr])
+    );
+    proxy_with(&config, &[])
+}
+
+#[test]
+fn underscored_headers_never_reach_the_backend_by_default_as_nginx_and_do_with_the_switch_on() {
+    let b = raw_backend(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(), 0);
+    let spoof = b"GET / HTTP/1.1\r\nHost: x\r\nX_Forwarded_For: 6.6.6.6\r\nX_Real_IP: 6.6.6.6\r\nConnection: close\r\n\r\n";
+    let (p, proxy) = underscore_proxy(b.addr, false);
+    assert!(round_trip(proxy, spoof).starts_with("HTTP/1.1 200"));
+    let head = b.seen.lock().expect("seen").pop().expect("a head");
+    assert!(!head.contains("6.6.6.6") && !head.contains('_'), "{head}");
+    assert!(head.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{head}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&http_get(admin_addr(&p), "/stats").text()).expect("json");
+    assert_eq!(stats["underscored_headers_dropped"], 2, "{stats}");
+    let (_p, proxy) = underscore_proxy(b.addr, true);
+    assert!(round_trip(proxy, spoof).starts_with("HTTP/1.1 200"));
+    let head = b.seen.lock().expect("seen").pop().expect("a head");
+    assert!(
+        head.contains("X_Forwarded_For: 6.6.6.6\r\n") && head.contains("X_Real_IP: 6.6.6.6\r\n"),
+        "{head}"
+    );
+}
+
+/// A backend for `Expect: 100-continue`: `/limited` answers 413 at once, `/ok` sends its own
+/// `100` (marked `X-From: backend`), `/silent` says nothing until the body is in. Body bytes
+/// received are added to `received`.
+fn expect_backend(received: Arc<AtomicUsize>) -> SocketAddr {
+    backend(move |mut s| {
+        let (head, body) = read_head(&mut s);
+        received.fetch_add(body.len(), Ordering::SeqCst);
+        if head.starts_with("POST /limited") {
+            let _ = s.write_all(
+                b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large",
+            );
+            // Count whatever still comes, until the proxy lets go.
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut chunk = [0u8; 65536];
+            while let Ok(n @ 1..) = s.read(&mut chunk) {
+                received.fetch_add(n, Ordering::SeqCst);
+            }
+            return;
+        }
+        if head.starts_with("POST /ok") {
+            let _ = s.write_all(b"HTTP/1.1 100 Continue\r\nX-From: backend\r\n\r\n");
+        }
+        let want: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let mut got = body.len();
+        let mut chunk = [0u8; 65536];
+        while got < want {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+        received.fetch_add(got - body.len(), Ordering::SeqCst);
+        let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{got}", got.to_string().len());
+        let _ = s.write_all(reply.as_bytes());
+    })
+}
+
+/// Reads one response head from `s`.
+fn head_from(s: &mut TcpStream) -> String {
+    let (head, _) = read_head(s);
+    head
+}
+
+#[test]
+fn expect_lets_the_backend_refuse_before_a_byte_of_the_body_is_sent() {
+    let received = Arc::new(AtomicUsize::new(0));
+    let (_p, proxy) = http_proxy(&[expect_backend(received.clone())], "round-robin", "", "");
+    let mut s = connect(proxy);
+    s.write_all(
+        b"POST /limited HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 52428800\r\n\r\n",
+    )
+    .expect("send head");
+    let head = head_from(&mut s);
+    assert!(head.starts_with("HTTP/1.1 413") && head.contains("Connection: close"), "{head}");
+    // curl, told to expect, uploads nothing of a 5 MiB body when the backend refuses it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big");
+    std::fs::write(&file, vec![b'x'; 5 << 20]).expect("write");
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_upload}", "-H", "Expect: 100-continue"])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("http://{proxy}/limited"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "413 0", "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(received.load(Ordering::SeqCst), 0, "body bytes reached the backend");
+}
+
+#[test]
+fn expect_relays_the_backends_100_and_sends_its_own_only_when_the_backend_is_silent() {
+    let received = Arc::new(AtomicUsize::new(0));
+    let (_p, proxy) = http_proxy(&[expect_backend(received.clone())], "round-robin", "", "");
+    for (path, from_backend) in [("/ok", true), ("/silent", false)] {
+        let mut s = connect(proxy);
+        let head =
+            format!("POST {path} HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+        s.write_all(head.as_bytes()).expect("send head");
+        let interim = head_from(&mut s);
+        assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n"), "{path}: {interim}");
+        assert_eq!(interim.contains("X-From: backend"), from_backend, "{path}: {interim}");
+        s.write_all(b"hello").expect("send body");
+        let head = head_from(&mut s);
+        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+    }
+    assert_eq!(received.load(Ordering::SeqCst), 10);
+}
+
+#[test]
+fn a_tls_client_offering_only_h2_or_http_1_0_still_gets_http_1_1_as_nginx() {
+    let (_d, addr) = dummy("alpn");
+    let ca = Ca::new("alpn CA");
+    let (_p, proxy, _certs) = tls_proxy(&ca, "http", &[addr], "", "");
+    for (offer, chosen) in [
+        (vec![&b"h2"[..]], None),
+        (vec![&b"http/1.0"[..]], None),
+        (vec![&b"h2"[..], &b"http/1.1"[..]], Some(&b"http/1.1"[..])),
+    ] {
+        let mut config = (*client_config(&ca, None)).clone();
+        config.alpn_protocols = offer.iter().map(|p| p.to_vec()).collect();
+        let mut tls = tls_connect(proxy, Arc::new(config), "localhost")
+            .unwrap_or_else(|e| panic!("offering {offer:?}: handshake failed: {e}"));
+        assert_eq!(tls.conn.alpn_protocol(), chosen, "offering {offer:?}");
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("send");
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 200"), "offering {offer:?}: {text}");
+    }
+}
