@@ -6,15 +6,16 @@
 //! acceptor --\                                   /--> worker: serves requests ... idle --\
 //!             >-- channel (bounded: `queue`) ---<                                        |
 //! parker  ---/   (readable again, or closed)     \--> worker ...                         |
-//!    ^---------------------------------- park (idle 500 ms, or other connections queue) --/
+//!    ^---------------------------------- park (idle 100 ms, or other connections queue) --/
 //! ```
 //!
 //! So a thread serves requests, not connections: thousands of idle clients cost a socket and a
 //! few hundred bytes each, and `workers` bounds the connections in the middle of a request. A
 //! busy client never parks (its next request comes within `park_after`), so the hot path is as
-//! before. A parked connection idle for `idle_ms` is closed here. At shutdown every parked
-//! connection is closed: they are idle keep-alive connections, which nginx and HAProxy close
-//! at a graceful stop too.
+//! before. A parked connection idle for `idle_ms` is closed here. At shutdown parked
+//! connections are closed, as nginx and HAProxy close idle keep-alive connections at a graceful
+//! stop; one parked less than 500 ms ago first gets the rest of that time to send the request it
+//! may have on the wire, as a worker waiting between requests does.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -33,6 +34,8 @@ use crate::registry::Conn;
 const WAKE: u64 = u64::MAX;
 /// How often parked connections are checked against `idle_ms`.
 const SWEEP: Duration = Duration::from_secs(1);
+/// How long after its last response a parked connection may still send a request at a stop.
+const GRACE: Duration = crate::stack::TRIM_AFTER;
 
 /// Idle keep-alive connections, waiting in one epoll set for their next request.
 pub struct Parker {
@@ -137,29 +140,67 @@ impl Parker {
                     break;
                 }
             }
-            {
-                let mut parked = self.parked.lock();
-                for ev in &events {
-                    if let Some((mut conn, since)) = parked.remove(&ev.data.u64()) {
-                        let _ = epoll::delete(&self.epoll, &conn.stream);
-                        conn.parked_since = Some(since);
-                        ready.push(conn);
-                    }
-                }
-            }
-            for conn in ready.drain(..) {
-                if !self.hand_over(jobs, conn) {
-                    break;
-                }
-            }
+            self.hand_over_ready(jobs, &events, &mut ready);
             if swept.elapsed() >= SWEEP {
                 swept = Instant::now();
                 self.close_expired();
             }
         }
-        let closed: Vec<_> = self.parked.lock().drain().collect();
-        if !closed.is_empty() {
-            log::debug!("parker: closed {} idle keep-alive connection(s)", closed.len());
+        self.linger(jobs, &mut events, &mut ready);
+    }
+
+    /// Takes the connections `events` reported out of the set and sends them to the workers.
+    fn hand_over_ready(&self, jobs: &Sender<Conn>, events: &[epoll::Event], ready: &mut Vec<Conn>) {
+        {
+            let mut parked = self.parked.lock();
+            for ev in events {
+                if let Some((mut conn, since)) = parked.remove(&ev.data.u64()) {
+                    let _ = epoll::delete(&self.epoll, &conn.stream);
+                    conn.parked_since = Some(since);
+                    ready.push(conn);
+                }
+            }
+        }
+        for conn in ready.drain(..) {
+            if !self.hand_over(jobs, conn) {
+                break;
+            }
+        }
+    }
+
+    /// At a stop: a connection parked a moment ago may have its next request on the wire. As a
+    /// worker waiting between requests does, each gets [`GRACE`] from its last response to send
+    /// it, and is then served (with `Connection: close`, since the proxy is stopping); the rest
+    /// are closed, as nginx and HAProxy close idle keep-alive connections at a graceful stop.
+    fn linger(&self, jobs: &Sender<Conn>, events: &mut Vec<epoll::Event>, ready: &mut Vec<Conn>) {
+        // The closed wake pipe would report readable for ever.
+        let _ = epoll::delete(&self.epoll, &self._wake_rx);
+        let mut closed = 0usize;
+        loop {
+            let now = Instant::now();
+            let last = {
+                let mut parked = self.parked.lock();
+                for (_, (conn, _)) in parked.extract_if(|_, (_, since)| now.duration_since(*since) >= GRACE) {
+                    let _ = epoll::delete(&self.epoll, &conn.stream);
+                    closed += 1;
+                }
+                parked.values().map(|(_, since)| *since + GRACE).max()
+            };
+            let Some(last) = last else { break };
+            let wait = last.saturating_duration_since(now).min(Duration::from_millis(50));
+            let timeout =
+                rustix::event::Timespec { tv_sec: 0, tv_nsec: wait.as_nanos().max(1_000_000) as i64 };
+            events.clear();
+            if let Err(e) = epoll::wait(&self.epoll, rustix::buffer::spare_capacity(events), Some(&timeout)) {
+                if e != rustix::io::Errno::INTR {
+                    break;
+                }
+            }
+            self.hand_over_ready(jobs, events, ready);
+        }
+        closed += self.parked.lock().drain().count();
+        if closed > 0 {
+            log::debug!("parker: closed {closed} idle keep-alive connection(s)");
         }
     }
 
@@ -294,5 +335,25 @@ mod tests {
             "the channel closed with the thread's sender"
         );
         running.stop();
+    }
+
+    #[test]
+    fn a_request_arriving_just_after_a_stop_is_still_handed_to_the_workers() {
+        let registry = Registry::new();
+        let parker = Parker::new(Duration::ZERO).expect("parker");
+        let (tx, rx) = crossbeam_channel::bounded(4);
+        let running = parker.spawn(tx, rx.clone()).expect("spawn");
+        let (conn, mut client) = pair(&registry, 1);
+        assert!(parker.park(conn, Instant::now()));
+        let stopper = thread::spawn(move || running.stop());
+        while parker.open.load(Ordering::SeqCst) {
+            thread::yield_now();
+        }
+        // Parked a moment ago, its client's request crosses the stop: served, not reset.
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+        let back = rx.recv_timeout(Duration::from_secs(5)).expect("handed to the workers in the grace");
+        assert_eq!(back.id, 1);
+        stopper.join().expect("stopped");
+        assert!(parker.is_empty());
     }
 }

@@ -193,6 +193,8 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                 // `head_started` was set when the last response went out: the idle clock.
                 let idle_for = head_started.elapsed();
                 let limit = if t.idle.is_zero() { NO_LIMIT } else { t.idle };
+                // Stopping: the next request may be on its way, but no longer than that.
+                let limit = if ctx.stopping.load(Ordering::SeqCst) { limit.min(TRIM_AFTER) } else { limit };
                 if !trimmed {
                     let first = if parker.is_some() { PARK_AFTER } else { TRIM_AFTER };
                     timeout.set(first.min(limit));
@@ -219,7 +221,15 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                     head_started = Instant::now();
                     trimmed = false;
                 }
-                Err(e) if is_timeout(&e) && keep_alive_wait && !trimmed && parker.is_some() => {
+                // At a stop the parker takes nothing more: wait here, as below, until the
+                // registry closes this connection or its next request comes.
+                Err(e)
+                    if is_timeout(&e)
+                        && keep_alive_wait
+                        && !trimmed
+                        && parker.is_some()
+                        && !ctx.stopping.load(Ordering::SeqCst) =>
+                {
                     // Idle for a while: wait for the next request in the parker, without a worker.
                     park = true;
                     break None;
