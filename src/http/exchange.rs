@@ -116,7 +116,7 @@ impl Exchange<'_> {
             let resp = match self.send(cw, &mut bw, &side, &backend, scratch, record, attempt) {
                 Ok(Verdict::Final(resp)) => Ok(resp),
                 Ok(Verdict::Continue) => {
-                    interim::read_final(self, &mut bw, &side, &backend.name, scratch, attempt, false)
+                    interim::read_final(self, &mut bw, &side, &backend.name, scratch, attempt, None)
                 }
                 Err(f) => Err(f),
             };

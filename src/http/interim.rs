@@ -6,7 +6,7 @@
 //! says nothing within [`EXPECT_WAIT`] gets the body anyway, after the proxy's own `100`.
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::exchange::{read_head, Attempt, BackendStream, Exchange};
 use super::proxy::Scratch;
@@ -31,9 +31,9 @@ pub enum Verdict {
     Final(ResponseHead),
 }
 
-/// Reads response heads from the backend until a final one (or, with `stop_at_continue`, a
-/// `100`), forwarding each informational head to an HTTP/1.1 client as it comes. A `100` after
-/// the proxy already sent its own is not sent twice.
+/// Reads response heads from the backend until a final one (or, with `until`, a `100` by that
+/// deadline), forwarding each informational head to an HTTP/1.1 client as it comes. A `100`
+/// after the proxy already sent its own is not sent twice.
 pub fn read_final(
     x: &Exchange<'_>,
     bw: &mut Wire<&BackendStream>,
@@ -41,10 +41,18 @@ pub fn read_final(
     backend: &str,
     scratch: &mut Scratch,
     attempt: &mut Attempt,
-    stop_at_continue: bool,
+    until: Option<Instant>,
 ) -> Result<ResponseHead, Failure> {
     let max_head = x.ctx.config.http.max_head_bytes;
     loop {
+        if let Some(deadline) = until {
+            // The whole wait is bounded, however many 1xx heads come first.
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Failure::at(backend, Party::Backend, Phase::Head, Cause::Timeout));
+            }
+            let _ = bw.stream.tcp().set_read_timeout(Some(left));
+        }
         let resp = read_head(bw, side, max_head, &mut scratch.resp_head)
             .map_err(|cause| Failure::at(backend, Party::Backend, Phase::Head, cause))?;
         if resp.status >= 200 || resp.status == 101 {
@@ -57,14 +65,14 @@ pub fn read_final(
         }
         if continues {
             attempt.continued = true;
-            if stop_at_continue {
+            if until.is_some() {
                 return Ok(resp);
             }
         }
     }
 }
 
-/// Waits up to [`EXPECT_WAIT`] for the backend's word on a request whose head it has (with
+/// Waits up to [`EXPECT_WAIT`] in all for the backend's word on a request whose head it has (with
 /// `Expect: 100-continue`) and whose body the client holds back.
 pub fn await_continue(
     x: &Exchange<'_>,
@@ -75,13 +83,11 @@ pub fn await_continue(
     attempt: &mut Attempt,
 ) -> Result<Verdict, Failure> {
     let response = x.ctx.config.timeouts.response;
-    let tcp = bw.stream.tcp();
-    let _ =
-        tcp.set_read_timeout(Some(if response.is_zero() { EXPECT_WAIT } else { EXPECT_WAIT.min(response) }));
+    let wait = if response.is_zero() { EXPECT_WAIT } else { EXPECT_WAIT.min(response) };
     // A final answer now leaves the body unread: the client connection closes after it.
     let early = ClientSide { keep_alive: false, ..*side };
-    let heard = read_final(x, bw, &early, backend, scratch, attempt, true);
-    let _ = tcp.set_read_timeout(as_limit(response));
+    let heard = read_final(x, bw, &early, backend, scratch, attempt, Some(Instant::now() + wait));
+    let _ = bw.stream.tcp().set_read_timeout(as_limit(response));
     match heard {
         Ok(resp) if resp.status == 100 => Ok(Verdict::Continue),
         Ok(resp) => Ok(Verdict::Final(resp)),

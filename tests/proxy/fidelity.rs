@@ -152,7 +152,8 @@ fn underscored_headers_never_reach_the_backend_by_default_as_nginx_and_do_with_t
 }
 
 /// A backend for `Expect: 100-continue`: `/limited` answers 413 at once, `/ok` sends its own
-/// `100` (marked `X-From: backend`), `/silent` says nothing until the body is in. Body bytes
+/// `100` (marked `X-From: backend`), `/processing` only a `102`, `/silent` says nothing until
+/// the body is in. Body bytes
 /// received are added to `received`.
 fn expect_backend(received: Arc<AtomicUsize>) -> SocketAddr {
     backend(move |mut s| {
@@ -172,6 +173,9 @@ fn expect_backend(received: Arc<AtomicUsize>) -> SocketAddr {
         }
         if head.starts_with("POST /ok") {
             let _ = s.write_all(b"HTTP/1.1 100 Continue\r\nX-From: backend\r\n\r\n");
+        }
+        if head.starts_with("POST /processing") {
+            let _ = s.write_all(b"HTTP/1.1 102 Processing\r\nX-From: backend\r\n\r\n");
         }
         let want: usize = head
             .lines()
@@ -241,6 +245,17 @@ fn expect_relays_the_backends_100_and_sends_its_own_only_when_the_backend_is_sil
         assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
     }
     assert_eq!(received.load(Ordering::SeqCst), 10);
+    // A 102 and then silence: the 102 goes on, then the proxy's own 100 within the one wait.
+    let mut s = connect(proxy);
+    s.write_all(b"POST /processing HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        .expect("send head");
+    let processing = head_from(&mut s);
+    assert!(processing.starts_with("HTTP/1.1 102 Processing\r\nX-From: backend"), "{processing}");
+    let interim = head_from(&mut s);
+    assert!(interim.starts_with("HTTP/1.1 100 Continue\r\n") && !interim.contains("X-From"), "{interim}");
+    s.write_all(b"hello").expect("send body");
+    assert!(head_from(&mut s).starts_with("HTTP/1.1 200"));
+    assert_eq!(received.load(Ordering::SeqCst), 15);
 }
 
 #[test]
