@@ -153,8 +153,7 @@ fn underscored_headers_never_reach_the_backend_by_default_as_nginx_and_do_with_t
 
 /// A backend for `Expect: 100-continue`: `/limited` answers 413 at once, `/ok` sends its own
 /// `100` (marked `X-From: backend`), `/processing` only a `102`, `/silent` says nothing until
-/// the body is in. Body bytes
-/// received are added to `received`.
+/// the body is in. Body bytes received are added to `received`.
 fn expect_backend(received: Arc<AtomicUsize>) -> SocketAddr {
     backend(move |mut s| {
         let (head, body) = read_head(&mut s);
