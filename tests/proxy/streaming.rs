@@ -20,6 +20,8 @@ const EVENTS: usize = 4;
 const GAP: Duration = Duration::from_millis(300);
 
 /// Starts a backend on a free port that runs `serve` on each connection, in its own thread.
+/// A `serve` that closes after one response says `Connection: close` in it, as a real server
+/// does; otherwise the proxy pools the connection and a later request may meet its close.
 pub fn backend(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
