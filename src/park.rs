@@ -17,7 +17,7 @@
 //! stop; one parked less than 500 ms ago first gets the rest of that time to send the request it
 //! may have on the wire, as a worker waiting between requests does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -28,6 +28,7 @@ use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 use parking_lot::Mutex;
 use rustix::event::epoll;
 
+use crate::h1::respond::SimpleResponse;
 use crate::registry::Conn;
 
 /// The wake pipe's key in the epoll set (connection ids start at 1).
@@ -37,10 +38,49 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// How long after its last response a parked connection may still send a request at a stop.
 const GRACE: Duration = crate::stack::TRIM_AFTER;
 
+/// The answer to a head not complete within `header_ms`, as a worker writes it.
+static REQUEST_TIMEOUT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let body = b"408 Request Timeout: request head timeout\n";
+    SimpleResponse { status: 408, headers: &[("Content-Type", "text/plain")], body, close: true }.to_bytes()
+});
+
+fn timespec(d: Duration) -> rustix::event::Timespec {
+    // At least a millisecond: epoll's resolution, and no busy loop on a deadline just passed.
+    let d = d.max(Duration::from_millis(1));
+    rustix::event::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
+}
+
+/// What a parked connection waits for.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Its next request, idle since this instant (`idle_ms` from it).
+    Idle(Instant),
+    /// The rest of a head (or, new, its first byte), until this `header_ms` deadline (`None`:
+    /// no limit); the bytes so far travel in the connection ([`Conn::head`]).
+    Head(Option<Instant>),
+}
+
+/// The parked connections, and the head deadlines among them in order.
+#[derive(Default)]
+struct Parked {
+    conns: HashMap<u64, (Conn, Wait)>,
+    deadlines: BTreeSet<(Instant, u64)>,
+}
+
+impl Parked {
+    fn take(&mut self, id: u64) -> Option<(Conn, Wait)> {
+        let (conn, wait) = self.conns.remove(&id)?;
+        if let Wait::Head(Some(d)) = wait {
+            self.deadlines.remove(&(d, id));
+        }
+        Some((conn, wait))
+    }
+}
+
 /// Idle keep-alive connections, waiting in one epoll set for their next request.
 pub struct Parker {
     epoll: OwnedFd,
-    parked: Mutex<HashMap<u64, (Conn, Instant)>>,
+    parked: Mutex<Parked>,
     /// The workers' channel, to see whether connections wait (its sender is the thread's, so
     /// the channel closes when the thread ends).
     queue: OnceLock<Receiver<Conn>>,
@@ -58,11 +98,12 @@ impl Parker {
     /// [`Parker::spawn`] has started its thread.
     pub fn new(idle: Duration) -> std::io::Result<Arc<Parker>> {
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        let (wake_rx, wake_tx) = rustix::pipe::pipe()?;
+        let (wake_rx, wake_tx) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::NONBLOCK | rustix::pipe::PipeFlags::CLOEXEC)?;
         epoll::add(&ep, &wake_rx, epoll::EventData::new_u64(WAKE), epoll::EventFlags::IN)?;
         let parker = Parker {
             epoll: ep,
-            parked: Mutex::new(HashMap::new()),
+            parked: Mutex::new(Parked::default()),
             queue: OnceLock::new(),
             wake: Mutex::new(Some(wake_tx)),
             _wake_rx: wake_rx,
@@ -97,6 +138,17 @@ impl Parker {
     /// closing). When the parker is stopped, or cannot watch the socket, `conn` is closed
     /// instead (it is idle) and the answer is false.
     pub fn park(&self, conn: Conn, since: Instant) -> bool {
+        self.add(conn, Wait::Idle(since))
+    }
+
+    /// Parks `conn` in the middle of a request head (its bytes so far in [`Conn::head`]), or
+    /// new and silent, until more arrives; at `deadline` (`header_ms`) it gets 408 and is
+    /// closed. Refused, and closed, as [`Parker::park`].
+    pub fn park_head(&self, conn: Conn, deadline: Option<Instant>) -> bool {
+        self.add(conn, Wait::Head(deadline))
+    }
+
+    fn add(&self, conn: Conn, wait: Wait) -> bool {
         let mut parked = self.parked.lock();
         if !self.open.load(Ordering::SeqCst) {
             return false;
@@ -106,13 +158,27 @@ impl Parker {
             log::warn!("conn {} from {}: cannot park ({e}); closing it", conn.id, conn.peer);
             return false;
         }
-        parked.insert(conn.id, (conn, since));
+        if let Wait::Head(Some(d)) = wait {
+            parked.deadlines.insert((d, conn.id));
+        }
+        parked.conns.insert(conn.id, (conn, wait));
+        // A head deadline may come before the thread's current wait ends.
+        if matches!(wait, Wait::Head(Some(_))) {
+            self.poke();
+        }
         true
+    }
+
+    /// Wakes the thread to recompute its wait.
+    fn poke(&self) {
+        if let Some(tx) = self.wake.lock().as_ref() {
+            let _ = rustix::io::write(tx, &[1]);
+        }
     }
 
     /// How many connections are parked.
     pub fn len(&self) -> usize {
-        self.parked.lock().len()
+        self.parked.lock().conns.len()
     }
 
     /// Whether none is.
@@ -130,17 +196,25 @@ impl Parker {
         let mut events = Vec::with_capacity(256);
         let mut ready = Vec::new();
         let mut swept = Instant::now();
-        let timeout = rustix::event::Timespec { tv_sec: SWEEP.as_secs() as i64, tv_nsec: 0 };
         while self.open.load(Ordering::SeqCst) {
+            // Until the next sweep, or the next head deadline if sooner.
+            let next = self.parked.lock().deadlines.first().map(|(d, _)| *d);
+            let wait = next.map_or(SWEEP, |d| d.saturating_duration_since(Instant::now()).min(SWEEP));
             events.clear();
-            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), Some(&timeout)) {
+            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), Some(&timespec(wait)))
+            {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => {
                     log::error!("parker: epoll_wait: {e}; parked connections are closed");
                     break;
                 }
             }
+            if events.iter().any(|ev| ev.data.u64() == WAKE) {
+                let mut sink = [0u8; 64];
+                let _ = rustix::io::read(&self._wake_rx, &mut sink);
+            }
             self.hand_over_ready(jobs, &events, &mut ready);
+            self.expire_heads(Instant::now());
             if swept.elapsed() >= SWEEP {
                 swept = Instant::now();
                 self.close_expired();
@@ -154,9 +228,11 @@ impl Parker {
         {
             let mut parked = self.parked.lock();
             for ev in events {
-                if let Some((mut conn, since)) = parked.remove(&ev.data.u64()) {
+                if let Some((mut conn, wait)) = parked.take(ev.data.u64()) {
                     let _ = epoll::delete(&self.epoll, &conn.stream);
-                    conn.parked_since = Some(since);
+                    if let Wait::Idle(since) = wait {
+                        conn.parked_since = Some(since);
+                    }
                     ready.push(conn);
                 }
             }
@@ -180,25 +256,35 @@ impl Parker {
             let now = Instant::now();
             let last = {
                 let mut parked = self.parked.lock();
-                for (_, (conn, _)) in parked.extract_if(|_, (_, since)| now.duration_since(*since) >= GRACE) {
+                // A connection in the middle of a head gets nothing more (nginx closes it too).
+                parked.deadlines.clear();
+                let done = |wait: &Wait| match wait {
+                    Wait::Idle(since) => now.duration_since(*since) >= GRACE,
+                    Wait::Head(_) => true,
+                };
+                for (_, (conn, _)) in parked.conns.extract_if(|_, (_, wait)| done(wait)) {
                     let _ = epoll::delete(&self.epoll, &conn.stream);
                     closed += 1;
                 }
-                parked.values().map(|(_, since)| *since + GRACE).max()
+                let ends = parked.conns.values().filter_map(|(_, w)| match w {
+                    Wait::Idle(since) => Some(*since + GRACE),
+                    Wait::Head(_) => None,
+                });
+                ends.max()
             };
             let Some(last) = last else { break };
             let wait = last.saturating_duration_since(now).min(Duration::from_millis(50));
-            let timeout =
-                rustix::event::Timespec { tv_sec: 0, tv_nsec: wait.as_nanos().max(1_000_000) as i64 };
             events.clear();
-            if let Err(e) = epoll::wait(&self.epoll, rustix::buffer::spare_capacity(events), Some(&timeout)) {
+            if let Err(e) =
+                epoll::wait(&self.epoll, rustix::buffer::spare_capacity(events), Some(&timespec(wait)))
+            {
                 if e != rustix::io::Errno::INTR {
                     break;
                 }
             }
             self.hand_over_ready(jobs, events, ready);
         }
-        closed += self.parked.lock().drain().count();
+        closed += self.parked.lock().conns.drain().count();
         if closed > 0 {
             log::debug!("parker: closed {closed} idle keep-alive connection(s)");
         }
@@ -220,16 +306,40 @@ impl Parker {
         if self.idle.is_zero() {
             return;
         }
-        let expired: Vec<_> =
-            self.parked.lock().extract_if(|_, (_, since)| since.elapsed() >= self.idle).collect();
-        for (_, (conn, since)) in expired {
+        let idle_out = |wait: &Wait| matches!(wait, Wait::Idle(since) if since.elapsed() >= self.idle);
+        let expired: Vec<_> = self.parked.lock().conns.extract_if(|_, (_, wait)| idle_out(wait)).collect();
+        for (_, (conn, _)) in expired {
             let _ = epoll::delete(&self.epoll, &conn.stream);
-            log::debug!(
-                "conn {} from {}: idle {} ms (idle_ms), closed",
+            log::debug!("conn {} from {}: idle longer than idle_ms, closed", conn.id, conn.peer);
+        }
+    }
+
+    /// Answers 408 to, and closes, every connection whose head is still unfinished at its
+    /// `header_ms` deadline, as a worker waiting for it would have.
+    fn expire_heads(&self, now: Instant) {
+        let mut late = Vec::new();
+        {
+            let mut parked = self.parked.lock();
+            while let Some(&(d, id)) = parked.deadlines.first() {
+                if d > now {
+                    break;
+                }
+                parked.deadlines.pop_first();
+                if let Some((conn, _)) = parked.take(id) {
+                    late.push(conn);
+                }
+            }
+        }
+        for conn in late {
+            let _ = epoll::delete(&self.epoll, &conn.stream);
+            log::warn!(
+                "conn {} from {}: request head not complete within header_ms, closing",
                 conn.id,
-                conn.peer,
-                since.elapsed().as_millis()
+                conn.peer
             );
+            // Non-blocking: in the middle of a request the socket's buffer is empty, so a
+            // short answer fits; if not, the close alone tells.
+            let _ = rustix::net::send(&conn.stream, &REQUEST_TIMEOUT, rustix::net::SendFlags::DONTWAIT);
         }
     }
 }
@@ -263,97 +373,5 @@ impl Drop for Running {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::registry::Registry;
-    use std::io::{Read, Write};
-    use std::net::{TcpListener, TcpStream};
-
-    /// A registered connection and the client's end of it.
-    fn pair(registry: &Arc<Registry>, id: u64) -> (Conn, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let client = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
-        let (server, peer) = l.accept().expect("accept");
-        (Conn::register(registry, id, server, peer), client)
-    }
-
-    #[test]
-    fn a_parked_connection_comes_back_when_its_next_request_arrives() {
-        let registry = Registry::new();
-        let parker = Parker::new(Duration::from_secs(60)).expect("parker");
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        let running = parker.spawn(tx, rx.clone()).expect("spawn");
-        let (conn, mut client) = pair(&registry, 1);
-        let since = Instant::now();
-        assert!(parker.park(conn, since));
-        assert_eq!(parker.len(), 1);
-        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "nothing arrived: it stays parked");
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
-        let mut back = rx.recv_timeout(Duration::from_secs(5)).expect("handed back to the workers");
-        assert_eq!(back.id, 1);
-        assert_eq!(back.parked_since, Some(since));
-        assert!(parker.is_empty());
-        let mut buf = [0u8; 64];
-        let n = (&mut &back.stream).read(&mut buf).expect("read");
-        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n", "the request is still there to read");
-        // Parked again (the epoll entry was removed on the way out), it comes back again.
-        back.parked_since = None;
-        assert!(parker.park(back, Instant::now()));
-        drop(client);
-        let closed = rx.recv_timeout(Duration::from_secs(5)).expect("a client that closes comes back too");
-        assert_eq!((&mut &closed.stream).read(&mut buf).expect("read"), 0, "and reads EOF");
-        running.stop();
-    }
-
-    #[test]
-    fn idle_too_long_or_at_stop_a_parked_connection_is_closed() {
-        let registry = Registry::new();
-        let parker = Parker::new(Duration::from_millis(200)).expect("parker");
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        let running = parker.spawn(tx, rx.clone()).expect("spawn");
-        let (expiring, mut expiring_client) = pair(&registry, 1);
-        assert!(parker.park(expiring, Instant::now()));
-        // Closed by the sweep (within a second or two): the client reads EOF.
-        expiring_client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        let mut buf = [0u8; 8];
-        assert_eq!(expiring_client.read(&mut buf).expect("EOF, not a timeout"), 0);
-        assert!(registry.is_empty(), "unregistered as it closed");
-
-        let parker = Parker::new(Duration::ZERO).expect("parker");
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        let running2 = parker.spawn(tx, rx.clone()).expect("spawn");
-        let (kept, mut kept_client) = pair(&registry, 2);
-        assert!(parker.park(kept, Instant::now()));
-        running2.stop();
-        kept_client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        assert_eq!(kept_client.read(&mut buf).expect("EOF at stop"), 0);
-        let (late, _late_client) = pair(&registry, 3);
-        assert!(!parker.park(late, Instant::now()), "a stopped parker refuses (and closes)");
-        assert!(registry.is_empty());
-        assert!(
-            matches!(rx.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected)),
-            "the channel closed with the thread's sender"
-        );
-        running.stop();
-    }
-
-    #[test]
-    fn a_request_arriving_just_after_a_stop_is_still_handed_to_the_workers() {
-        let registry = Registry::new();
-        let parker = Parker::new(Duration::ZERO).expect("parker");
-        let (tx, rx) = crossbeam_channel::bounded(4);
-        let running = parker.spawn(tx, rx.clone()).expect("spawn");
-        let (conn, mut client) = pair(&registry, 1);
-        assert!(parker.park(conn, Instant::now()));
-        let stopper = thread::spawn(move || running.stop());
-        while parker.open.load(Ordering::SeqCst) {
-            thread::yield_now();
-        }
-        // Parked a moment ago, its client's request crosses the stop: served, not reset.
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
-        let back = rx.recv_timeout(Duration::from_secs(5)).expect("handed to the workers in the grace");
-        assert_eq!(back.id, 1);
-        stopper.join().expect("stopped");
-        assert!(parker.is_empty());
-    }
-}
+#[path = "park_tests.rs"]
+mod tests;

@@ -166,6 +166,15 @@ impl Registry {
     }
 }
 
+/// A request head begun but not finished when its connection parked (or not begun, for a new
+/// connection that had sent nothing yet): the bytes so far and when its `header_ms` clock
+/// started, which parking does not reset.
+#[derive(Debug)]
+pub struct PartialHead {
+    pub started: Instant,
+    pub bytes: Vec<u8>,
+}
+
 /// An accepted client connection, registered until dropped.
 #[derive(Debug)]
 pub struct Conn {
@@ -183,6 +192,8 @@ pub struct Conn {
     /// Set when the connection comes back from the parker ([`crate::park`]): idle since then,
     /// between two requests, its next one arriving.
     pub parked_since: Option<Instant>,
+    /// Set when the connection comes back from the parker in the middle of a request head.
+    pub head: Option<PartialHead>,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
 }
@@ -205,9 +216,15 @@ impl Conn {
             accepted: Instant::now(),
             stream,
             parked_since: None,
+            head: None,
             shared,
             registry: registry.clone(),
         }
+    }
+
+    /// Whether it comes back from the parker (greeted before: no PROXY header to read).
+    pub fn was_parked(&self) -> bool {
+        self.parked_since.is_some() || self.head.is_some()
     }
 
     /// Registers the backend socket too, until the returned guard drops; the guard must drop

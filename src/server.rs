@@ -381,7 +381,7 @@ where
     let config = Arc::new(config.clone());
     WorkerPool::start("worker", config.workers, config.queue, move |mut conn: Conn, scratch: &mut S| {
         // A connection back from the parker was greeted (and its PROXY header read) before.
-        if conn.parked_since.is_some() {
+        if conn.was_parked() {
             return serve(conn, &ctx, scratch);
         }
         note_wait(&conn, config.workers);

@@ -102,9 +102,30 @@ impl<S: Read> Wire<S> {
         }
     }
 
+    /// Puts `bytes` back in front of anything read later: the start of a head that waited in
+    /// the parker (see `crate::park`) without a worker.
+    pub fn preload(&mut self, bytes: &[u8]) {
+        self.consume(self.end - self.start);
+        if self.buf.len() < bytes.len() {
+            self.buf.resize(bytes.len().max(SMALL_BUFFER), 0);
+        }
+        self.buf[..bytes.len()].copy_from_slice(bytes);
+        self.end = bytes.len();
+    }
+
     /// Reads more bytes after those buffered, growing the buffer up to `limit` bytes.
     /// Returns 0 at end of stream; an error when the buffer is already `limit` bytes.
     pub fn fill(&mut self, limit: usize) -> io::Result<usize> {
+        self.fill_by(limit, |stream, buf| stream.read(buf))
+    }
+
+    /// [`Wire::fill`], reading with `read` (a non-blocking read, say) instead of the stream's
+    /// own `read`.
+    pub fn fill_by(
+        &mut self,
+        limit: usize,
+        mut read: impl FnMut(&mut S, &mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
         if self.start > 0 && self.end == self.buf.len() {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -118,7 +139,7 @@ impl<S: Read> Wire<S> {
             self.buf.resize(grown, 0);
         }
         loop {
-            match self.stream.read(&mut self.buf[self.end..]) {
+            match read(&mut self.stream, &mut self.buf[self.end..]) {
                 Ok(n) => {
                     self.end += n;
                     return Ok(n);

@@ -26,7 +26,7 @@ use crate::h1::request::{self, Forwarding, RequestHead};
 use crate::h1::respond::SimpleResponse;
 use crate::h1::{reason, BodyKind, Coalesce, Wire};
 use crate::park::Parker;
-use crate::registry::Conn;
+use crate::registry::{Conn, PartialHead};
 use crate::stats::ProxyCounters;
 use crate::tls::Listener;
 use crate::tls_accept::{self, ClientStream};
@@ -112,15 +112,19 @@ impl ReadTimeout<'_> {
 
 /// Serves one client connection until it closes, asks to close, idles out, or the proxy stops.
 pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
-    // Back from the parker: idle since then, its next request readable.
+    // Back from the parker: idle since then, its next request readable; or in the middle of a
+    // head (or new), more of it readable.
     let resumed = conn.parked_since.take();
+    let partial = conn.head.take();
     // The header clock starts when a worker takes the connection, not at accept: time spent
     // queued for a worker is the proxy's, not the client's. A TLS handshake is part of it.
-    let mut head_started = resumed.unwrap_or_else(Instant::now);
+    // Parking does not restart it.
+    let mut head_started = resumed.or(partial.as_ref().map(|p| p.started)).unwrap_or_else(Instant::now);
     let t = &ctx.config.timeouts;
-    let stream = match resumed {
-        Some(_) => Some(crate::tls_stream::Stream::Plain(&conn.stream)),
-        None => tls_accept::open(&conn, ctx.tls.as_deref(), t.header, &ctx.counters),
+    let stream = if resumed.is_some() || partial.is_some() {
+        Some(crate::tls_stream::Stream::Plain(&conn.stream))
+    } else {
+        tls_accept::open(&conn, ctx.tls.as_deref(), t.header, &ctx.counters)
     };
     let Some(stream) = stream else { return };
     let parker = ctx.parker.as_deref().filter(|_| !stream.is_tls());
@@ -137,11 +141,15 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     let fwd =
         Forwarding { client: &client_ip, local_host: &local, via: VIA, proto, hash_header, underscores };
     let mut cw = Wire::with_buffer(client, std::mem::take(&mut scratch.client_in));
+    if let Some(p) = &partial {
+        cw.preload(&p.bytes);
+    }
     let mut timeout = ReadTimeout { stream: tcp, current: None };
     let mut served = u64::from(resumed.is_some());
     let mut linger = false;
     let mut trimmed = false;
     let mut park = false;
+    let mut park_head = false;
     // Requests served since this worker took the connection: a connection back from the
     // parker serves the request that woke it before it may park again.
     let mut taken = 0u64;
@@ -213,10 +221,18 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                 }
                 timeout.set(left);
             }
-            let filled = cw.fill(ctx.config.http.max_head_bytes);
+            // Plain HTTP: a head (a new connection's first byte, or the rest of one) is awaited
+            // in the parker, not in this worker: a read that would wait parks the connection.
+            let nowait = parker.is_some() && !keep_alive_wait && !ctx.stopping.load(Ordering::SeqCst);
+            let max_head = ctx.config.http.max_head_bytes;
+            let filled = if nowait { cw.fill_by(max_head, read_now) } else { cw.fill(max_head) };
             conn.set_idle(false);
             match filled {
                 Ok(0) => break None,
+                Err(e) if nowait && e.kind() == io::ErrorKind::WouldBlock => {
+                    park_head = true;
+                    break None;
+                }
                 Ok(_) if keep_alive_wait => {
                     head_started = Instant::now();
                     trimmed = false;
@@ -317,10 +333,16 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     if linger {
         lingering_close(tcp);
     }
+    let pending = park_head.then(|| PartialHead { started: head_started, bytes: cw.buffered().to_vec() });
     scratch.client_in = cw.into_buffer();
     drop(stream);
-    if let (true, Some(parker)) = (park, parker) {
-        // Refused only at shutdown (or if the socket cannot be watched): it is idle, so closed.
+    let Some(parker) = parker else { return };
+    // Refused only at shutdown (or if the socket cannot be watched): then closed.
+    if let Some(head) = pending {
+        let deadline = (!t.header.is_zero()).then(|| head.started + t.header);
+        conn.head = Some(head);
+        parker.park_head(conn, deadline);
+    } else if park {
         parker.park(conn, head_started);
     }
 }
@@ -386,6 +408,18 @@ fn hash_key(client_key: u64, ctx: &HttpContext, buf: &[u8], head: &RequestHead) 
         head.hash_value.clone().and_then(|r| buf.get(r)).map(header_value_key)
     } else {
         Some(client_key)
+    }
+}
+
+/// Reads what the client has sent, without waiting: `WouldBlock` when nothing is there.
+fn read_now(client: &mut &ClientStream<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    match client {
+        crate::tls_stream::Stream::Plain(sock) => {
+            rustix::net::recv(*sock, buf, rustix::net::RecvFlags::DONTWAIT)
+                .map(|(n, _)| n)
+                .map_err(io::Error::from)
+        }
+        tls => tls.read(buf),
     }
 }
 

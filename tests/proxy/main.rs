@@ -19,4 +19,5 @@ mod tcp;
 mod terminal;
 mod tls;
 mod util;
+mod waits;
 mod ws;

@@ -1,0 +1,163 @@
+//! Waits off the workers (issue #18): a plain HTTP connection that has sent nothing yet, or only
+//! part of a head, waits in the parker, not in a worker. A slowloris crowd then costs a
+//! well-behaved client nothing, as HAProxy and nginx serve it beside the same crowd; and
+//! `header_ms` still bounds a head from its start, however many times it parked.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// A trickled head that never ends: one more header byte at a time.
+const ENDLESS: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+
+fn accepted(admin: SocketAddr) -> u64 {
+    let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+    stats["connections_accepted"].as_u64().expect("connections_accepted")
+}
+
+/// Holds `silent` connections that never send a byte and `trickling` ones that send one byte of
+/// an endless head every `pace`, reconnecting any the proxy closes (the attacker renews them),
+/// until dropped.
+struct Crowd {
+    stop: Arc<AtomicBool>,
+    driver: Option<thread::JoinHandle<()>>,
+}
+
+impl Crowd {
+    fn start(addr: SocketAddr, silent: usize, trickling: usize, pace: Duration) -> Crowd {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let driver = thread::spawn(move || {
+            let quiet: Vec<TcpStream> = (0..silent).map(|_| connect(addr)).collect();
+            let mut slow: Vec<(TcpStream, usize)> = (0..trickling).map(|_| (connect(addr), 0)).collect();
+            // Bounded: the test drops the crowd, and in any case it gives up after a minute.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !flag.load(Ordering::SeqCst) && Instant::now() < deadline {
+                for (s, sent) in slow.iter_mut() {
+                    let byte = if *sent < ENDLESS.len() { ENDLESS[*sent] } else { b'a' };
+                    if s.write_all(&[byte]).is_err() {
+                        *s = connect(addr);
+                        *sent = 0;
+                    } else {
+                        *sent += 1;
+                    }
+                }
+                thread::sleep(pace);
+            }
+            drop(quiet);
+        });
+        Crowd { stop, driver: Some(driver) }
+    }
+}
+
+impl Drop for Crowd {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(d) = self.driver.take() {
+            let _ = d.join();
+        }
+    }
+}
+
+/// One GET on a new connection: its status line and how long it took.
+fn timed_get(addr: SocketAddr) -> (String, Duration) {
+    let started = Instant::now();
+    let mut s = connect(addr);
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    (text.lines().next().unwrap_or("(nothing)").to_string(), started.elapsed())
+}
+
+#[test]
+fn a_slowloris_crowd_costs_a_well_behaved_client_nothing_as_with_haproxy_and_nginx() {
+    let (_d, backend) = dummy("app");
+    // The issue's setting: 64 workers and the default header_ms, 192 silent connections and 64
+    // that trickle a head one byte every 0.5 s.
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 64\n[health]\nenabled = false\n[admin]\nlisten = 127.0.0.1:0\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    let crowd = Crowd::start(addr, 192, 64, Duration::from_millis(500));
+    let deadline = Instant::now() + WAIT;
+    while accepted(admin) < 256 {
+        assert!(Instant::now() < deadline, "the crowd never got in: {} accepted", accepted(admin));
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut slowest = Duration::ZERO;
+    for i in 0..80 {
+        let (status, took) = timed_get(addr);
+        assert!(status.starts_with("HTTP/1.1 200"), "request {i} beside the crowd: {status} after {took:?}");
+        slowest = slowest.max(took);
+    }
+    assert!(slowest <= Duration::from_millis(250), "slowest request beside the crowd took {slowest:?}");
+    drop(crowd);
+}
+
+#[test]
+fn a_head_split_across_many_parks_is_served_and_header_ms_spans_them_all() {
+    let (_d, backend) = dummy("app");
+    // Two workers only, and two clients trickling endless heads: were a worker to wait for
+    // their bytes, nobody else would be served.
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 2\n[timeouts]\nheader_ms = 1500\n[health]\nenabled = false\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let trickle = |addr: SocketAddr| {
+        thread::spawn(move || {
+            let mut s = connect(addr);
+            s.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
+            let started = Instant::now();
+            let mut out = Vec::new();
+            for byte in ENDLESS.iter().copied().chain(std::iter::repeat(b'a')) {
+                if s.write_all(&[byte]).is_err() {
+                    break;
+                }
+                let mut chunk = [0u8; 512];
+                match s.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => out.extend_from_slice(&chunk[..n]),
+                    Err(_) if started.elapsed() < Duration::from_secs(10) => {}
+                    Err(_) => break,
+                }
+            }
+            (String::from_utf8_lossy(&out).into_owned(), started.elapsed())
+        })
+    };
+    let slow = [trickle(addr), trickle(addr)];
+    // Meanwhile a head in ten pieces, 50 ms apart: it parks between them and is served whole.
+    let mut s = connect(addr);
+    let head = b"GET /split HTTP/1.1\r\nHost: x\r\nX-Part: 1234567890\r\nConnection: close\r\n\r\n";
+    for piece in head.chunks(head.len().div_ceil(10)) {
+        s.write_all(piece).expect("piece");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("response");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    // And whole requests beside the tricklers are served at once.
+    for _ in 0..5 {
+        let (status, took) = timed_get(addr);
+        assert!(
+            status.starts_with("HTTP/1.1 200") && took <= Duration::from_millis(250),
+            "{status} after {took:?}"
+        );
+    }
+    for t in slow {
+        let (answer, took) = t.join().expect("trickler");
+        // A byte every 100 ms, parked in between each time: the clock kept running.
+        assert!(answer.starts_with("HTTP/1.1 408"), "after {took:?}: {answer:?}");
+        assert!(took >= Duration::from_millis(1400) && took < Duration::from_secs(6), "408 after {took:?}");
+    }
+    p.wait_for("request head not complete within header_ms");
+}
