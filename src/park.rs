@@ -1,6 +1,8 @@
 //! The parker: keep-alive connections idle between requests wait here, in one `epoll` thread,
 //! instead of each holding a worker, and go back on the workers' channel when their next
-//! request arrives (Apache httpd's event MPM does the same for its worker threads).
+//! request arrives (Apache httpd's event MPM does the same for its worker threads). So do
+//! plain connections in the middle of a request head, or new and silent, until more of it
+//! arrives or `header_ms` runs out (408, then closed here).
 //!
 //! ```text
 //! acceptor --\                                   /--> worker: serves requests ... idle --\
