@@ -44,6 +44,9 @@ pub const TRIM_AFTER: Duration = crate::stack::TRIM_AFTER;
 /// every worker holds an idle client soon gets one.
 pub const PARK_AFTER: Duration = Duration::from_millis(100);
 
+/// How long a new plain connection's worker waits for its first byte before parking it.
+const FIRST_BYTE: Duration = Duration::from_millis(10);
+
 /// "Forever" for a zero (disabled) timeout.
 const NO_LIMIT: Duration = Duration::from_secs(365 * 86_400);
 
@@ -116,6 +119,7 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     // head (or new), more of it readable.
     let resumed = conn.parked_since.take();
     let partial = conn.head.take();
+    let greeted = partial.is_some();
     // The header clock starts when a worker takes the connection, not at accept: time spent
     // queued for a worker is the proxy's, not the client's. A TLS handshake is part of it.
     // Parking does not restart it.
@@ -211,25 +215,35 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                 } else {
                     timeout.set(limit - idle_for);
                 }
-            } else if t.header.is_zero() {
-                timeout.set(NO_LIMIT);
-            } else {
-                let left = t.header.saturating_sub(head_started.elapsed());
+            }
+            // Plain HTTP: a head is awaited in the parker, not in this worker. A new
+            // connection's first byte gets `FIRST_BYTE` here (it is normally on its way with
+            // the handshake's last packet, and parking it would cost a `Connection: close`
+            // request two thread hops); the rest of a head is read without waiting at all.
+            let parks = parker.is_some() && !keep_alive_wait && !ctx.stopping.load(Ordering::SeqCst);
+            let first_byte = parks && served == 0 && !greeted && cw.buffered().is_empty();
+            let nowait = parks && !first_byte;
+            if !keep_alive_wait {
+                let left = if t.header.is_zero() {
+                    NO_LIMIT
+                } else {
+                    t.header.saturating_sub(head_started.elapsed())
+                };
                 if left.is_zero() {
                     slow_client(&conn, client, &mut scratch.client_out);
                     break None;
                 }
-                timeout.set(left);
+                timeout.set(if first_byte { left.min(FIRST_BYTE) } else { left });
             }
-            // Plain HTTP: a head (a new connection's first byte, or the rest of one) is awaited
-            // in the parker, not in this worker: a read that would wait parks the connection.
-            let nowait = parker.is_some() && !keep_alive_wait && !ctx.stopping.load(Ordering::SeqCst);
             let max_head = ctx.config.http.max_head_bytes;
             let filled = if nowait { cw.fill_by(max_head, read_now) } else { cw.fill(max_head) };
             conn.set_idle(false);
             match filled {
                 Ok(0) => break None,
-                Err(e) if nowait && e.kind() == io::ErrorKind::WouldBlock => {
+                Err(e)
+                    if (nowait && e.kind() == io::ErrorKind::WouldBlock)
+                        || (first_byte && is_timeout(&e) && !header_expired(t.header, head_started)) =>
+                {
                     park_head = true;
                     break None;
                 }
@@ -421,6 +435,11 @@ fn read_now(client: &mut &ClientStream<'_>, buf: &mut [u8]) -> io::Result<usize>
         }
         tls => tls.read(buf),
     }
+}
+
+/// Whether a head begun at `started` is past `header_ms` (zero: never).
+fn header_expired(header: Duration, started: Instant) -> bool {
+    !header.is_zero() && started.elapsed() >= header
 }
 
 fn is_timeout(e: &io::Error) -> bool {
