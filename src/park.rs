@@ -32,6 +32,7 @@ use rustix::event::epoll;
 
 use crate::h1::respond::SimpleResponse;
 use crate::registry::Conn;
+use crate::stats::ProxyCounters;
 
 /// The wake pipe's key in the epoll set (connection ids start at 1).
 const WAKE: u64 = u64::MAX;
@@ -93,6 +94,8 @@ pub struct Parker {
     open: AtomicBool,
     /// A parked connection idle this long is closed (zero: never).
     idle: Duration,
+    /// Where a TLS handshake that ran out of time here is counted.
+    counters: OnceLock<Arc<ProxyCounters>>,
 }
 
 impl Parker {
@@ -111,6 +114,7 @@ impl Parker {
             _wake_rx: wake_rx,
             open: AtomicBool::new(false),
             idle,
+            counters: OnceLock::new(),
         };
         Ok(Arc::new(parker))
     }
@@ -128,6 +132,11 @@ impl Parker {
                 Err(e)
             }
         }
+    }
+
+    /// Counts TLS handshakes that run out of `header_ms` here into `counters`.
+    pub fn count_into(&self, counters: Arc<ProxyCounters>) {
+        let _ = self.counters.set(counters);
     }
 
     /// Whether connections wait for a worker: then an idle keep-alive connection should park
@@ -334,6 +343,17 @@ impl Parker {
         }
         for conn in late {
             let _ = epoll::delete(&self.epoll, &conn.stream);
+            if conn.handshake.is_some() {
+                if let Some(c) = self.counters.get() {
+                    c.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                log::info!(
+                    "conn {} from {}: TLS handshake failed: not complete within header_ms; closing",
+                    conn.id,
+                    conn.peer
+                );
+                continue;
+            }
             log::warn!(
                 "conn {} from {}: request head not complete within header_ms, closing",
                 conn.id,

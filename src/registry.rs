@@ -192,8 +192,11 @@ pub struct Conn {
     /// Set when the connection comes back from the parker ([`crate::park`]): idle since then,
     /// between two requests, its next one arriving.
     pub parked_since: Option<Instant>,
-    /// Set when the connection comes back from the parker in the middle of a request head.
+    /// Set when the connection comes back from the parker in the middle of a request head
+    /// (or of a TLS handshake: then `handshake` holds its state, and `head` its clock).
     pub head: Option<PartialHead>,
+    /// A TLS handshake waiting in the parker.
+    pub handshake: Option<crate::tls_stream::Pending>,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
 }
@@ -217,6 +220,7 @@ impl Conn {
             stream,
             parked_since: None,
             head: None,
+            handshake: None,
             shared,
             registry: registry.clone(),
         }

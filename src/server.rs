@@ -142,7 +142,11 @@ impl Server {
         let (background_tx, background_rx) = crossbeam_channel::bounded::<()>(0);
         // HTTP mode: idle keep-alive connections wait in the parker, not in a worker.
         let parker = match config.mode {
-            Mode::Http => Some(Parker::new(config.timeouts.idle).map_err(Error::Resource)?),
+            Mode::Http => {
+                let parker = Parker::new(config.timeouts.idle).map_err(Error::Resource)?;
+                parker.count_into(counters.clone());
+                Some(parker)
+            }
             Mode::Tcp => None,
         };
         let workers = match config.mode {

@@ -5,14 +5,14 @@
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::registry::Conn;
 use crate::stats::ProxyCounters;
 use crate::tls::Listener;
-use crate::tls_stream::{self, Handshake, Stream, PLAIN_HTTP_ANSWER};
+use crate::tls_stream::{self, Handshake, Pending, Reads, Stream, PLAIN_HTTP_ANSWER};
 
 /// The client side of a connection: plain or TLS over the registered socket.
 pub type ClientStream<'a> = Stream<&'a TcpStream>;
@@ -28,6 +28,40 @@ pub fn open<'a>(
     let sock: &TcpStream = &conn.stream;
     let Some(listener) = listener else { return Some(Stream::Plain(sock)) };
     let outcome = tls_stream::accept(sock, |hello| listener.config_for(hello), limit);
+    match finish(conn, outcome, counters) {
+        Opened::Ready(stream) => Some(stream),
+        Opened::Waiting(_) | Opened::Closed => None,
+    }
+}
+
+/// What taking a client connection came to.
+pub enum Opened<'a> {
+    /// The stream to serve.
+    Ready(ClientStream<'a>),
+    /// The handshake waits for more from the client: park the connection with this state.
+    Waiting(Pending),
+    /// Done with (a failed or refused handshake; logged and counted).
+    Closed,
+}
+
+/// Goes on with a handshake from `state` (a new connection: [`Pending::Fresh`]) until it is
+/// done or, the client having sent nothing more, it can wait in the parker.
+pub fn resume<'a>(
+    conn: &'a Conn,
+    listener: &Listener,
+    state: Pending,
+    deadline: Option<Instant>,
+    first_wait: Duration,
+    counters: &ProxyCounters,
+) -> Opened<'a> {
+    let reads = Reads::NoWaitAfter(first_wait);
+    let outcome =
+        tls_stream::handshake(&conn.stream, state, |hello| listener.config_for(hello), deadline, reads);
+    finish(conn, outcome, counters)
+}
+
+fn finish<'a>(conn: &'a Conn, outcome: Handshake, counters: &ProxyCounters) -> Opened<'a> {
+    let sock: &TcpStream = &conn.stream;
     let failed = |why: &str| {
         counters.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
         log::info!("conn {} from {}: TLS handshake failed: {why}; closing", conn.id, conn.peer);
@@ -42,27 +76,28 @@ pub fn open<'a>(
                 server.protocol_version(),
                 server.server_name().unwrap_or("(no SNI)")
             );
-            Some(Stream::Tls(sock, Box::new(Mutex::new(rustls::Connection::Server(*server)))))
+            Opened::Ready(Stream::Tls(sock, Box::new(Mutex::new(rustls::Connection::Server(*server)))))
         }
+        Handshake::Waiting(state) => Opened::Waiting(state),
         Handshake::PlainHttp => {
             failed("plain HTTP sent to the TLS port (answered 400)");
             // As nginx: a plaintext 400 naming the mistake, then close.
             let _ = (&mut &*sock).write_all(PLAIN_HTTP_ANSWER);
             let _ = sock.shutdown(Shutdown::Write);
             drain(sock);
-            None
+            Opened::Closed
         }
         Handshake::Failed(why) => {
             failed(&why);
-            None
+            Opened::Closed
         }
         Handshake::Closed => {
             failed("client closed during the handshake");
-            None
+            Opened::Closed
         }
         Handshake::TimedOut => {
             failed("not complete within header_ms");
-            None
+            Opened::Closed
         }
     }
 }

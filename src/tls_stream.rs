@@ -132,10 +132,43 @@ pub enum Handshake {
     Closed,
     /// The deadline passed first.
     TimedOut,
+    /// The client has sent nothing more for now: park it, and go on from this state.
+    Waiting(Pending),
 }
 
 /// A TLS record of type handshake starts with this byte.
 const HANDSHAKE_RECORD: u8 = 0x16;
+
+/// A server handshake waiting for the client's next bytes without a thread: its state travels
+/// with the connection (rustls is sans-I/O) while it waits in the parker.
+pub enum Pending {
+    /// Nothing read yet.
+    Fresh,
+    /// Reading the ClientHello.
+    Hello(Box<Acceptor>),
+    /// After the ClientHello, with the configuration chosen.
+    Conn(Box<ServerConnection>),
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pending::Fresh => "Pending::Fresh",
+            Pending::Hello(_) => "Pending::Hello",
+            Pending::Conn(_) => "Pending::Conn",
+        })
+    }
+}
+
+/// How the handshake reads: blocking (within the socket's timeout, which the deadline sets), or
+/// without waiting, to park when the client has sent nothing more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reads {
+    Blocking,
+    /// The first read may wait this long (a new connection's bytes are normally on their way);
+    /// every later one does not wait.
+    NoWaitAfter(Duration),
+}
 
 /// Runs the server side of a handshake on the blocking `sock` until it completes, fails, or
 /// `limit` (zero: none) passes; `choose` picks the configuration once the ClientHello is read.
@@ -146,84 +179,145 @@ pub fn accept(
     limit: Duration,
 ) -> Handshake {
     let deadline = (!limit.is_zero()).then(|| Instant::now() + limit);
-    let set_deadline = || -> bool {
-        let Some(d) = deadline else { return true };
-        let left = d.saturating_duration_since(Instant::now());
+    handshake(sock, Pending::Fresh, choose, deadline, Reads::Blocking)
+}
+
+/// Advances a handshake from `state` until it completes, fails, passes `deadline`, or (with
+/// [`Reads::NoWaitAfter`]) the client has sent nothing more: [`Handshake::Waiting`] then.
+pub fn handshake(
+    sock: &TcpStream,
+    mut state: Pending,
+    choose: impl FnOnce(&ClientHello<'_>) -> Arc<ServerConfig>,
+    deadline: Option<Instant>,
+    reads: Reads,
+) -> Handshake {
+    let mut choose = Some(choose);
+    let brief = match reads {
+        Reads::Blocking => None,
+        Reads::NoWaitAfter(d) => Some(d),
+    };
+    let nowait = brief.is_some();
+    // The client's bytes are due (first, and after each flight the proxy sent): a read may wait
+    // `brief` for them. Otherwise a `NoWaitAfter` handshake reads without waiting.
+    let mut due = true;
+    let mut reader = Reader { sock, nowait: false };
+    loop {
+        let left = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => Duration::from_secs(365 * 86_400),
+        };
         if left.is_zero() {
-            return false;
+            return Handshake::TimedOut;
         }
-        let _ = sock.set_read_timeout(Some(left));
+        let _ = sock.set_read_timeout(Some(match brief {
+            Some(b) if due => b.min(left),
+            _ => left,
+        }));
         let _ = sock.set_write_timeout(Some(left));
-        true
-    };
-    if !set_deadline() {
-        return Handshake::TimedOut;
-    }
-    let mut first = [0u8; 1];
-    match sock.peek(&mut first) {
-        Ok(0) => return Handshake::Closed,
-        Ok(_) if first[0] == HANDSHAKE_RECORD => {}
-        Ok(_) if first[0].is_ascii_uppercase() => return Handshake::PlainHttp,
-        Ok(_) => return Handshake::Failed(format!("not a TLS record (first byte 0x{:02x})", first[0])),
-        Err(e) if is_timeout(&e) => return Handshake::TimedOut,
-        Err(e) => return Handshake::Failed(e.to_string()),
-    }
-    let mut reader = sock;
-    let mut hello = Acceptor::default();
-    let accepted = loop {
-        if !set_deadline() {
-            return Handshake::TimedOut;
-        }
-        match hello.read_tls(&mut reader) {
-            Ok(0) => return Handshake::Closed,
-            Ok(_) => {}
-            Err(e) if is_timeout(&e) => return Handshake::TimedOut,
-            Err(e) => return Handshake::Failed(e.to_string()),
-        }
-        match hello.accept() {
-            Ok(Some(accepted)) => break accepted,
-            Ok(None) => {}
-            Err((e, mut alert)) => {
-                let _ = alert.write_all(&mut reader);
-                return Handshake::Failed(e.to_string());
+        reader.nowait = nowait && !due;
+        let wrote = matches!(&state, Pending::Conn(c) if c.wants_write());
+        let waiting = |e: &io::Error| is_timeout(e) && nowait;
+        state = match state {
+            Pending::Fresh => {
+                let mut first = [0u8; 1];
+                match reader.peek(&mut first) {
+                    Ok(0) => return Handshake::Closed,
+                    Ok(_) if first[0] == HANDSHAKE_RECORD => Pending::Hello(Box::default()),
+                    Ok(_) if first[0].is_ascii_uppercase() => return Handshake::PlainHttp,
+                    Ok(_) => {
+                        return Handshake::Failed(format!("not a TLS record (first byte 0x{:02x})", first[0]))
+                    }
+                    Err(e) if waiting(&e) => return Handshake::Waiting(Pending::Fresh),
+                    Err(e) if is_timeout(&e) => return Handshake::TimedOut,
+                    Err(e) => return Handshake::Failed(e.to_string()),
+                }
             }
-        }
-    };
-    let config = choose(&accepted.client_hello());
-    let mut conn = match accepted.into_connection(config) {
-        Ok(c) => c,
-        Err((e, mut alert)) => {
-            let _ = alert.write_all(&mut reader);
-            return Handshake::Failed(e.to_string());
-        }
-    };
-    while conn.is_handshaking() {
-        if !set_deadline() {
-            return Handshake::TimedOut;
-        }
-        if conn.wants_write() {
-            if let Err(e) = conn.write_tls(&mut reader) {
-                return if is_timeout(&e) { Handshake::TimedOut } else { Handshake::Failed(e.to_string()) };
+            Pending::Hello(mut hello) => {
+                match hello.read_tls(&mut reader) {
+                    Ok(0) => return Handshake::Closed,
+                    Ok(_) => {}
+                    Err(e) if waiting(&e) => return Handshake::Waiting(Pending::Hello(hello)),
+                    Err(e) if is_timeout(&e) => return Handshake::TimedOut,
+                    Err(e) => return Handshake::Failed(e.to_string()),
+                }
+                match hello.accept() {
+                    Ok(None) => Pending::Hello(hello),
+                    Ok(Some(accepted)) => {
+                        let Some(choose) = choose.take() else {
+                            return Handshake::Failed("a second ClientHello".into());
+                        };
+                        let config = choose(&accepted.client_hello());
+                        match accepted.into_connection(config) {
+                            Ok(c) => Pending::Conn(Box::new(c)),
+                            Err((e, mut alert)) => {
+                                let _ = alert.write_all(&mut reader.sock);
+                                return Handshake::Failed(e.to_string());
+                            }
+                        }
+                    }
+                    Err((e, mut alert)) => {
+                        let _ = alert.write_all(&mut reader.sock);
+                        return Handshake::Failed(e.to_string());
+                    }
+                }
             }
-            continue;
-        }
-        match conn.read_tls(&mut reader) {
-            Ok(0) => return Handshake::Closed,
-            Ok(_) => {}
-            Err(e) if is_timeout(&e) => return Handshake::TimedOut,
-            Err(e) => return Handshake::Failed(e.to_string()),
-        }
-        if let Err(e) = conn.process_new_packets() {
-            while conn.wants_write() && conn.write_tls(&mut reader).is_ok() {}
-            return Handshake::Failed(e.to_string());
+            Pending::Conn(mut conn) => {
+                if conn.wants_write() {
+                    if let Err(e) = conn.write_tls(&mut reader.sock) {
+                        return if is_timeout(&e) {
+                            Handshake::TimedOut
+                        } else {
+                            Handshake::Failed(e.to_string())
+                        };
+                    }
+                    Pending::Conn(conn)
+                } else if !conn.is_handshaking() {
+                    return Handshake::Done(conn);
+                } else {
+                    match conn.read_tls(&mut reader) {
+                        Ok(0) => return Handshake::Closed,
+                        Ok(_) => {}
+                        Err(e) if waiting(&e) => return Handshake::Waiting(Pending::Conn(conn)),
+                        Err(e) if is_timeout(&e) => return Handshake::TimedOut,
+                        Err(e) => return Handshake::Failed(e.to_string()),
+                    }
+                    if let Err(e) = conn.process_new_packets() {
+                        while conn.wants_write() && conn.write_tls(&mut reader.sock).is_ok() {}
+                        return Handshake::Failed(e.to_string());
+                    }
+                    Pending::Conn(conn)
+                }
+            }
+        };
+        due = wrote;
+    }
+}
+
+/// Reads for the handshake: blocking within the socket's timeout, or without waiting.
+struct Reader<'a> {
+    sock: &'a TcpStream,
+    nowait: bool,
+}
+
+impl Reader<'_> {
+    fn flags(&self) -> rustix::net::RecvFlags {
+        if self.nowait {
+            rustix::net::RecvFlags::DONTWAIT
+        } else {
+            rustix::net::RecvFlags::empty()
         }
     }
-    while conn.wants_write() {
-        if let Err(e) = conn.write_tls(&mut reader) {
-            return if is_timeout(&e) { Handshake::TimedOut } else { Handshake::Failed(e.to_string()) };
-        }
+
+    fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let flags = self.flags() | rustix::net::RecvFlags::PEEK;
+        rustix::net::recv(self.sock, buf, flags).map(|(n, _)| n).map_err(io::Error::from)
     }
-    Handshake::Done(Box::new(conn))
+}
+
+impl Read for Reader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        rustix::net::recv(self.sock, buf, self.flags()).map(|(n, _)| n).map_err(io::Error::from)
+    }
 }
 
 /// Runs the client side of a handshake on the blocking, connected `sock` as `name` (sent as

@@ -29,7 +29,8 @@ use crate::park::Parker;
 use crate::registry::{Conn, PartialHead};
 use crate::stats::ProxyCounters;
 use crate::tls::Listener;
-use crate::tls_accept::{self, ClientStream};
+use crate::tls_accept::{self, ClientStream, Opened};
+use crate::tls_stream::Pending;
 
 /// The `Via` pseudonym.
 pub const VIA: &str = "lbproxy";
@@ -119,14 +120,29 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     // head (or new), more of it readable.
     let resumed = conn.parked_since.take();
     let partial = conn.head.take();
-    let greeted = partial.is_some();
+    let handshake = conn.handshake.take();
+    let greeted = partial.is_some() && handshake.is_none();
     // The header clock starts when a worker takes the connection, not at accept: time spent
     // queued for a worker is the proxy's, not the client's. A TLS handshake is part of it.
     // Parking does not restart it.
     let mut head_started = resumed.or(partial.as_ref().map(|p| p.started)).unwrap_or_else(Instant::now);
     let t = &ctx.config.timeouts;
-    let stream = if resumed.is_some() || partial.is_some() {
+    let stream = if resumed.is_some() || greeted {
         Some(crate::tls_stream::Stream::Plain(&conn.stream))
+    } else if let (Some(listener), Some(parker)) = (ctx.tls.as_deref(), ctx.parker.as_deref()) {
+        // The TLS handshake waits in the parker too, its state with the connection.
+        let deadline = (!t.header.is_zero()).then(|| head_started + t.header);
+        let state = handshake.unwrap_or(Pending::Fresh);
+        match tls_accept::resume(&conn, listener, state, deadline, FIRST_BYTE, &ctx.counters) {
+            Opened::Ready(stream) => Some(stream),
+            Opened::Waiting(state) => {
+                conn.head = Some(PartialHead { started: head_started, bytes: Vec::new() });
+                conn.handshake = Some(state);
+                parker.park_head(conn, deadline);
+                return;
+            }
+            Opened::Closed => None,
+        }
     } else {
         tls_accept::open(&conn, ctx.tls.as_deref(), t.header, &ctx.counters)
     };

@@ -161,3 +161,42 @@ fn a_head_split_across_many_parks_is_served_and_header_ms_spans_them_all() {
     }
     p.wait_for("request head not complete within header_ms");
 }
+
+#[test]
+fn a_tls_slowloris_crowd_of_silent_and_half_handshakes_costs_a_tls_client_nothing() {
+    use crate::tls::{client_config, tls_connect, tls_proxy, Ca};
+    let (_d, backend) = dummy("app");
+    let ca = Ca::new("crowd CA");
+    // 16 workers; 64 connections that never send a ClientHello and 64 that send half of one.
+    let (p, addr, _certs) = tls_proxy(&ca, "http", &[backend], "", "");
+    let admin = admin_addr(&p);
+    let silent: Vec<TcpStream> = (0..64).map(|_| connect(addr)).collect();
+    let half: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = connect(addr);
+            // A handshake record announcing 512 bytes, of which 6 come.
+            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).expect("half a hello");
+            s
+        })
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    while accepted(admin) < 128 {
+        assert!(Instant::now() < deadline, "the crowd never got in: {} accepted", accepted(admin));
+        thread::sleep(Duration::from_millis(10));
+    }
+    let config = client_config(&ca, None);
+    let mut slowest = Duration::ZERO;
+    for i in 0..80 {
+        let started = Instant::now();
+        let mut tls = tls_connect(addr, config.clone(), "localhost").expect("handshake beside the crowd");
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("send");
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out);
+        let took = started.elapsed();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 200"), "request {i} after {took:?}: {text}");
+        slowest = slowest.max(took);
+    }
+    assert!(slowest <= Duration::from_millis(250), "slowest TLS request beside the crowd took {slowest:?}");
+    drop((silent, half));
+}
