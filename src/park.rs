@@ -68,6 +68,8 @@ enum Wait {
 struct Parked {
     conns: HashMap<u64, (Conn, Wait)>,
     deadlines: BTreeSet<(Instant, u64)>,
+    /// When the thread's current wait ends: a deadline before it must wake the thread.
+    asleep_until: Option<Instant>,
 }
 
 impl Parked {
@@ -169,12 +171,16 @@ impl Parker {
             log::warn!("conn {} from {}: cannot park ({e}); closing it", conn.id, conn.peer);
             return false;
         }
+        let mut sooner = false;
         if let Wait::Head(Some(d)) = wait {
             parked.deadlines.insert((d, conn.id));
+            sooner = parked.asleep_until.is_some_and(|until| d < until);
         }
         parked.conns.insert(conn.id, (conn, wait));
-        // A head deadline may come before the thread's current wait ends.
-        if matches!(wait, Wait::Head(Some(_))) {
+        drop(parked);
+        // Only a deadline before the thread's current wait ends needs it awake (rarely: waits
+        // last at most a second, `header_ms` is seconds).
+        if sooner {
             self.poke();
         }
         true
@@ -209,8 +215,14 @@ impl Parker {
         let mut swept = Instant::now();
         while self.open.load(Ordering::SeqCst) {
             // Until the next sweep, or the next head deadline if sooner.
-            let next = self.parked.lock().deadlines.first().map(|(d, _)| *d);
-            let wait = next.map_or(SWEEP, |d| d.saturating_duration_since(Instant::now()).min(SWEEP));
+            let wait = {
+                let mut parked = self.parked.lock();
+                let now = Instant::now();
+                let next = parked.deadlines.first().map(|(d, _)| *d);
+                let wait = next.map_or(SWEEP, |d| d.saturating_duration_since(now).min(SWEEP));
+                parked.asleep_until = Some(now + wait);
+                wait
+            };
             events.clear();
             match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), Some(&timespec(wait)))
             {
