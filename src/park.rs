@@ -47,6 +47,19 @@ static REQUEST_TIMEOUT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(
     SimpleResponse { status: 408, headers: &[("Content-Type", "text/plain")], body, close: true }.to_bytes()
 });
 
+/// Writes to a socket without waiting.
+struct NoWait<'a>(&'a std::net::TcpStream);
+
+impl std::io::Write for NoWait<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        rustix::net::send(self.0, buf, rustix::net::SendFlags::DONTWAIT).map_err(std::io::Error::from)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn timespec(d: Duration) -> rustix::event::Timespec {
     // At least a millisecond: epoll's resolution, and no busy loop on a deadline just passed.
     let d = d.max(Duration::from_millis(1));
@@ -372,8 +385,19 @@ impl Parker {
                 conn.peer
             );
             // Non-blocking: in the middle of a request the socket's buffer is empty, so a
-            // short answer fits; if not, the close alone tells.
-            let _ = rustix::net::send(&conn.stream, &REQUEST_TIMEOUT, rustix::net::SendFlags::DONTWAIT);
+            // short answer fits; if not, the close alone tells. A TLS client's goes encrypted.
+            match &conn.tls_session {
+                Some(session) => {
+                    let mut c = session.lock();
+                    if std::io::Write::write_all(&mut c.writer(), &REQUEST_TIMEOUT).is_ok() {
+                        let _ = c.write_tls(&mut NoWait(&conn.stream));
+                    }
+                }
+                None => {
+                    let _ =
+                        rustix::net::send(&conn.stream, &REQUEST_TIMEOUT, rustix::net::SendFlags::DONTWAIT);
+                }
+            }
         }
     }
 }

@@ -197,6 +197,8 @@ pub struct Conn {
     pub head: Option<PartialHead>,
     /// A TLS handshake waiting in the parker.
     pub handshake: Option<crate::tls_stream::Pending>,
+    /// A TLS session's state while its connection waits in the parker.
+    pub tls_session: Option<Box<parking_lot::Mutex<rustls::Connection>>>,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
 }
@@ -221,6 +223,7 @@ impl Conn {
             parked_since: None,
             head: None,
             handshake: None,
+            tls_session: None,
             shared,
             registry: registry.clone(),
         }

@@ -38,6 +38,14 @@ impl<S: Borrow<TcpStream>> Stream<S> {
         matches!(self, Stream::Tls(..))
     }
 
+    /// The TLS state, to keep while the connection waits in the parker.
+    pub fn into_session(self) -> Option<Box<Mutex<Connection>>> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(_, c) => Some(c),
+        }
+    }
+
     /// Splits into the socket and the TLS state, for the tunnel relay.
     pub fn into_parts(self) -> (S, Option<Connection>) {
         match self {
@@ -67,7 +75,23 @@ pub fn flush_tls(c: &mut Connection, mut sock: &TcpStream) -> io::Result<()> {
 
 /// Reads plaintext, reading and decrypting records from `sock` as needed. `Ok(0)` at the end
 /// (`close_notify`, or the TCP stream's end: framing above tells a truncated message).
-pub fn read_tls_plain(c: &mut Connection, mut sock: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+pub fn read_tls_plain(c: &mut Connection, sock: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    read_plain(c, sock, buf, false)
+}
+
+/// [`read_tls_plain`] without waiting: `WouldBlock` when neither rustls nor the socket holds
+/// anything more for now.
+pub fn read_tls_plain_now(c: &mut Connection, sock: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    read_plain(c, sock, buf, true)
+}
+
+/// Whether plaintext that was received waits in rustls (the socket would not say so).
+pub fn has_plaintext(c: &mut Connection) -> bool {
+    c.process_new_packets().map_or(true, |state| state.plaintext_bytes_to_read() > 0)
+}
+
+fn read_plain(c: &mut Connection, sock: &TcpStream, buf: &mut [u8], nowait: bool) -> io::Result<usize> {
+    let mut reader = Reader { sock, nowait };
     loop {
         match c.reader().read(buf) {
             Ok(n) => return Ok(n),
@@ -78,7 +102,7 @@ pub fn read_tls_plain(c: &mut Connection, mut sock: &TcpStream, buf: &mut [u8]) 
         if c.wants_write() {
             flush_tls(c, sock)?;
         }
-        if c.read_tls(&mut sock)? == 0 {
+        if c.read_tls(&mut reader)? == 0 {
             return Ok(0);
         }
         if let Err(e) = c.process_new_packets() {

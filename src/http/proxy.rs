@@ -127,7 +127,10 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     // Parking does not restart it.
     let mut head_started = resumed.or(partial.as_ref().map(|p| p.started)).unwrap_or_else(Instant::now);
     let t = &ctx.config.timeouts;
-    let stream = if resumed.is_some() || greeted {
+    let session = conn.tls_session.take();
+    let stream = if let Some(session) = session {
+        Some(crate::tls_stream::Stream::Tls(&conn.stream, session))
+    } else if resumed.is_some() || greeted {
         Some(crate::tls_stream::Stream::Plain(&conn.stream))
     } else if let (Some(listener), Some(parker)) = (ctx.tls.as_deref(), ctx.parker.as_deref()) {
         // The TLS handshake waits in the parker too, its state with the connection.
@@ -147,7 +150,7 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         tls_accept::open(&conn, ctx.tls.as_deref(), t.header, &ctx.counters)
     };
     let Some(stream) = stream else { return };
-    let parker = ctx.parker.as_deref().filter(|_| !stream.is_tls());
+    let parker = ctx.parker.as_deref();
     let client: &ClientStream = &stream;
     let tcp: &TcpStream = &conn.stream;
     let _ = tcp.set_write_timeout(as_limit(t.idle));
@@ -212,6 +215,7 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                 && taken > 0
                 && parker.is_some_and(Parker::pressed)
                 && !ctx.stopping.load(Ordering::SeqCst)
+                && !holds_plaintext(client)
             {
                 // Connections wait for a worker: this one, between requests, lets its worker go.
                 park = true;
@@ -365,8 +369,12 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     }
     let pending = park_head.then(|| PartialHead { started: head_started, bytes: cw.buffered().to_vec() });
     scratch.client_in = cw.into_buffer();
-    drop(stream);
+    // A TLS session waits in the parker with its connection.
+    let session = stream.into_session();
     let Some(parker) = parker else { return };
+    if pending.is_some() || park {
+        conn.tls_session = session;
+    }
     // Refused only at shutdown (or if the socket cannot be watched): then closed.
     if let Some(head) = pending {
         let deadline = (!t.header.is_zero()).then(|| head.started + t.header);
@@ -441,6 +449,15 @@ fn hash_key(client_key: u64, ctx: &HttpContext, buf: &[u8], head: &RequestHead) 
     }
 }
 
+/// Whether a TLS client's next bytes were already received and decrypted: the socket would
+/// not say so, so it must not wait in the parker.
+fn holds_plaintext(client: &ClientStream<'_>) -> bool {
+    match client {
+        crate::tls_stream::Stream::Plain(_) => false,
+        crate::tls_stream::Stream::Tls(_, c) => crate::tls_stream::has_plaintext(&mut c.lock()),
+    }
+}
+
 /// Reads what the client has sent, without waiting: `WouldBlock` when nothing is there.
 fn read_now(client: &mut &ClientStream<'_>, buf: &mut [u8]) -> io::Result<usize> {
     match client {
@@ -449,7 +466,9 @@ fn read_now(client: &mut &ClientStream<'_>, buf: &mut [u8]) -> io::Result<usize>
                 .map(|(n, _)| n)
                 .map_err(io::Error::from)
         }
-        tls => tls.read(buf),
+        crate::tls_stream::Stream::Tls(sock, c) => {
+            crate::tls_stream::read_tls_plain_now(&mut c.lock(), sock, buf)
+        }
     }
 }
 

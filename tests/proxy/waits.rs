@@ -200,3 +200,63 @@ fn a_tls_slowloris_crowd_of_silent_and_half_handshakes_costs_a_tls_client_nothin
     assert!(slowest <= Duration::from_millis(250), "slowest TLS request beside the crowd took {slowest:?}");
     drop((silent, half));
 }
+
+#[test]
+fn idle_and_trickling_tls_clients_park_and_come_back_with_their_session() {
+    use crate::tls::{client_config, tls_connect, Ca};
+    let (_d, backend) = dummy("app");
+    let ca = Ca::new("park CA");
+    let certs = tempfile::tempdir().expect("tempdir");
+    ca.write(certs.path(), "proxy", &["localhost"]);
+    let d = certs.path().display();
+    // One worker: a TLS client that held it while idle, or while trickling its head, would
+    // keep every other client out.
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 1\n[health]\nenabled = false\n\
+         [tls]\ncert = {d}/proxy.pem\nkey = {d}/proxy.key\n{}",
+        backends_section(&[backend])
+    );
+    let (_p, addr) = proxy_with(&config, &[]);
+    let tls_config = client_config(&ca, None);
+    let get = |tls: &mut crate::tls::Tls, close: bool| -> String {
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        write!(tls, "GET / HTTP/1.1\r\nHost: localhost\r\n{connection}\r\n").expect("send");
+        // One response, read exactly (the connection stays usable after it).
+        let mut wire = lbproxy::h1::Wire::new(&mut *tls);
+        let head =
+            wire.read_head(1 << 16, |buf| lbproxy::h1::head::parse_response(buf, "GET")).expect("head");
+        let mut body = Vec::new();
+        wire.copy_body(head.body, &mut body).expect("body");
+        assert!(wire.buffered().is_empty(), "bytes past the response");
+        format!("{} {}", head.status, String::from_utf8_lossy(&body))
+    };
+    // Two keep-alive clients served once, then idle.
+    let mut idle: Vec<_> =
+        (0..2).map(|_| tls_connect(addr, tls_config.clone(), "localhost").expect("handshake")).collect();
+    for tls in &mut idle {
+        assert!(get(tls, false).starts_with("200"));
+    }
+    // A third trickles its head over TLS, a few bytes at a time.
+    let mut slow = tls_connect(addr, tls_config.clone(), "localhost").expect("handshake");
+    let head = b"GET /slow HTTP/1.1\r\nHost: localhost\r\nX-Part: 123456789\r\n";
+    for piece in head.chunks(8) {
+        slow.write_all(piece).expect("piece");
+        slow.flush().expect("flush");
+        thread::sleep(Duration::from_millis(30));
+    }
+    // Meanwhile others are served by the one worker, at once.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut tls = tls_connect(addr, tls_config.clone(), "localhost").expect("handshake");
+        assert!(get(&mut tls, true).starts_with("200"));
+        assert!(started.elapsed() <= Duration::from_millis(250), "took {:?}", started.elapsed());
+    }
+    // The trickled head finishes and is served; the idle ones come back over their sessions.
+    slow.write_all(b"Connection: close\r\n\r\n").expect("end of head");
+    let mut out = Vec::new();
+    let _ = slow.read_to_end(&mut out);
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&out));
+    for tls in &mut idle {
+        assert!(get(tls, false).starts_with("200"));
+    }
+}
