@@ -11,20 +11,22 @@
 //! was consumed, an idempotent request (or one with an `Idempotency-Key`) is sent again, on a
 //! fresh connection (a stale pooled one) or to the next backend. Others get 502.
 
-use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::io;
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::client::{
+    access_log, header_expired, holds_plaintext, is_timeout, lingering_close, read_now, slow_client,
+    write_error,
+};
 use super::exchange::{Attempt, Exchange};
 use crate::balancer::{header_value_key, source_key, Balancer};
 use crate::config::{as_limit, Config};
 use crate::error::{Answer, Party};
 use crate::h1::request::{self, Forwarding, RequestHead};
-use crate::h1::respond::SimpleResponse;
-use crate::h1::{reason, BodyKind, Coalesce, Wire};
+use crate::h1::{BodyKind, Coalesce, Wire};
 use crate::park::Parker;
 use crate::registry::{Conn, PartialHead};
 use crate::stats::ProxyCounters;
@@ -236,7 +238,7 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                     timeout.set(limit - idle_for);
                 }
             }
-            // Plain HTTP: a head is awaited in the parker, not in this worker. A new
+            // A head is awaited in the parker, not in this worker (plain or TLS). A new
             // connection's first byte gets `FIRST_BYTE` here (it is normally on its way with
             // the handshake's last packet, and parking it would cost a `Connection: close`
             // request two thread hops); the rest of a head is read without waiting at all.
@@ -385,60 +387,6 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     }
 }
 
-/// After an error response on a connection with unread input, closing at once would make the
-/// kernel send a reset that can destroy the response before the client reads it. Half-close,
-/// then drain briefly (bounded in time and bytes), as nginx's `lingering_close`.
-#[inline(never)]
-fn lingering_close(client: &TcpStream) {
-    let _ = client.shutdown(Shutdown::Write);
-    let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut sink = [0u8; 4096];
-    let mut drained = 0usize;
-    while Instant::now() < deadline && drained < 1 << 20 {
-        match (&mut &*client).read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
-        }
-    }
-}
-
-#[inline(never)]
-fn slow_client(conn: &Conn, client: &ClientStream, buf: &mut Vec<u8>) {
-    log::warn!("conn {} from {}: request head not complete within header_ms, closing", conn.id, conn.peer);
-    let _ = write_error(&mut Coalesce::new(client, buf), 408, "request head timeout", None, true);
-}
-
-#[inline(never)]
-fn access_log(conn: &Conn, head: &RequestHead, r: &Record, started: Instant) {
-    if !log::log_enabled!(log::Level::Info) {
-        return;
-    }
-    let mut line = format!(
-        "req {} {} \"{} {}\" -> {}",
-        head.request_id,
-        conn.peer,
-        head.method,
-        head.target,
-        if r.backend.is_empty() { "-" } else { &r.backend }
-    );
-    if !r.reason.is_empty() {
-        let _ = write!(line, " ({})", r.reason);
-    }
-    let _ = write!(
-        line,
-        " {} {}B in {}B out {:.1} ms",
-        r.status,
-        r.bytes_in,
-        r.bytes_out,
-        started.elapsed().as_secs_f64() * 1000.0
-    );
-    if !r.note.is_empty() {
-        let _ = write!(line, " [{}]", r.note);
-    }
-    log::info!("{line}");
-}
-
 /// The request's balancer key: its `hash_header` value under header-hash (found by the one
 /// parse of the head), else `client_key`, the client address's.
 fn hash_key(client_key: u64, ctx: &HttpContext, buf: &[u8], head: &RequestHead) -> Option<u64> {
@@ -447,57 +395,4 @@ fn hash_key(client_key: u64, ctx: &HttpContext, buf: &[u8], head: &RequestHead) 
     } else {
         Some(client_key)
     }
-}
-
-/// Whether a TLS client's next bytes were already received and decrypted: the socket would
-/// not say so, so it must not wait in the parker.
-fn holds_plaintext(client: &ClientStream<'_>) -> bool {
-    match client {
-        crate::tls_stream::Stream::Plain(_) => false,
-        crate::tls_stream::Stream::Tls(_, c) => crate::tls_stream::has_plaintext(&mut c.lock()),
-    }
-}
-
-/// Reads what the client has sent, without waiting: `WouldBlock` when nothing is there.
-fn read_now(client: &mut &ClientStream<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    match client {
-        crate::tls_stream::Stream::Plain(sock) => {
-            rustix::net::recv(*sock, buf, rustix::net::RecvFlags::DONTWAIT)
-                .map(|(n, _)| n)
-                .map_err(io::Error::from)
-        }
-        crate::tls_stream::Stream::Tls(sock, c) => {
-            crate::tls_stream::read_tls_plain_now(&mut c.lock(), sock, buf)
-        }
-    }
-}
-
-/// Whether a head begun at `started` is past `header_ms` (zero: never).
-fn header_expired(header: Duration, started: Instant) -> bool {
-    !header.is_zero() && started.elapsed() >= header
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-}
-
-/// Writes a short text error response through the one simple-response writer; returns the
-/// bytes written.
-#[inline(never)]
-fn write_error(
-    out: &mut impl Write,
-    status: u16,
-    why: &str,
-    id: Option<&str>,
-    close: bool,
-) -> io::Result<u64> {
-    let body = format!("{status} {}: {why}\n", reason(status));
-    let mut headers = vec![("Content-Type", "text/plain")];
-    if let Some(id) = id {
-        headers.push(("X-Request-ID", id));
-    }
-    if status == 503 {
-        headers.push(("Retry-After", "1"));
-    }
-    SimpleResponse { status, headers: &headers, body: body.as_bytes(), close }.write_to(out)
 }
