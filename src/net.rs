@@ -11,6 +11,18 @@ use socket2::{Domain, Socket, Type};
 /// `net.core.somaxconn`).
 pub const BACKLOG: i32 = 4096;
 
+/// Reads what `sock` holds into `buf`; with `wait` false, without waiting (`WouldBlock` when
+/// nothing is there), whatever the socket's own mode: how the parker's clients are read.
+pub fn recv(sock: &TcpStream, buf: &mut [u8], wait: bool) -> io::Result<usize> {
+    let flags = if wait { rustix::net::RecvFlags::empty() } else { rustix::net::RecvFlags::DONTWAIT };
+    rustix::net::recv(sock, buf, flags).map(|(n, _)| n).map_err(io::Error::from)
+}
+
+/// Writes what `sock` takes of `buf` now, without waiting.
+pub fn send_now(sock: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    rustix::net::send(sock, buf, rustix::net::SendFlags::DONTWAIT).map_err(io::Error::from)
+}
+
 /// Binds a listener with a deep backlog and `SO_REUSEADDR`.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     bind_with(addr, false)

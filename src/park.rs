@@ -30,7 +30,7 @@ use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 use parking_lot::Mutex;
 use rustix::event::epoll;
 
-use crate::h1::respond::SimpleResponse;
+use crate::h1::respond::text_error;
 use crate::registry::Conn;
 use crate::stats::ProxyCounters;
 
@@ -41,18 +41,12 @@ const SWEEP: Duration = Duration::from_secs(1);
 /// How long after its last response a parked connection may still send a request at a stop.
 const GRACE: Duration = crate::stack::TRIM_AFTER;
 
-/// The answer to a head not complete within `header_ms`, as a worker writes it.
-static REQUEST_TIMEOUT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
-    let body = b"408 Request Timeout: request head timeout\n";
-    SimpleResponse { status: 408, headers: &[("Content-Type", "text/plain")], body, close: true }.to_bytes()
-});
-
 /// Writes to a socket without waiting.
 struct NoWait<'a>(&'a std::net::TcpStream);
 
 impl std::io::Write for NoWait<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        rustix::net::send(self.0, buf, rustix::net::SendFlags::DONTWAIT).map_err(std::io::Error::from)
+        crate::net::send_now(self.0, buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -361,7 +355,7 @@ impl Parker {
                     break;
                 }
                 parked.deadlines.pop_first();
-                if let Some((conn, _)) = parked.take(id) {
+                if let Some((conn, _)) = parked.conns.remove(&id) {
                     late.push(conn);
                 }
             }
@@ -384,18 +378,19 @@ impl Parker {
                 conn.id,
                 conn.peer
             );
-            // Non-blocking: in the middle of a request the socket's buffer is empty, so a
-            // short answer fits; if not, the close alone tells. A TLS client's goes encrypted.
+            // The answer a worker gives (dated now), written without waiting: in the middle of
+            // a request the socket's buffer is empty, so it fits; if not, the close alone
+            // tells. A TLS client's goes encrypted.
+            let answer = text_error(408, "request head timeout", None, true);
             match &conn.tls_session {
                 Some(session) => {
                     let mut c = session.lock();
-                    if std::io::Write::write_all(&mut c.writer(), &REQUEST_TIMEOUT).is_ok() {
+                    if std::io::Write::write_all(&mut c.writer(), &answer).is_ok() {
                         let _ = c.write_tls(&mut NoWait(&conn.stream));
                     }
                 }
                 None => {
-                    let _ =
-                        rustix::net::send(&conn.stream, &REQUEST_TIMEOUT, rustix::net::SendFlags::DONTWAIT);
+                    let _ = crate::net::send_now(&conn.stream, &answer);
                 }
             }
         }

@@ -340,7 +340,7 @@ impl Reader<'_> {
 
 impl Read for Reader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        rustix::net::recv(self.sock, buf, self.flags()).map(|(n, _)| n).map_err(io::Error::from)
+        crate::net::recv(self.sock, buf, !self.nowait)
     }
 }
 

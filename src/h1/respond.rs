@@ -10,6 +10,21 @@ use std::time::SystemTime;
 
 use super::reason;
 
+/// The proxy's own short text error, dated now: `"{status} {reason}: {why}"` as the body, the
+/// request id when known, `Retry-After: 1` on a 503. Every error the proxy answers itself takes
+/// this form, whichever thread writes it (a worker, or the parker at `header_ms`).
+pub fn text_error(status: u16, why: &str, id: Option<&str>, close: bool) -> Vec<u8> {
+    let body = format!("{status} {}: {why}\n", reason(status));
+    let mut headers = vec![("Content-Type", "text/plain")];
+    if let Some(id) = id {
+        headers.push(("X-Request-ID", id));
+    }
+    if status == 503 {
+        headers.push(("Retry-After", "1"));
+    }
+    SimpleResponse { status, headers: &headers, body: body.as_bytes(), close }.to_bytes()
+}
+
 /// A complete response with a small in-memory body; see [`SimpleResponse::to_bytes`].
 #[derive(Debug, Clone, Copy)]
 pub struct SimpleResponse<'a> {
@@ -79,6 +94,16 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;
+
+    #[test]
+    fn a_text_error_names_its_status_and_carries_the_id_and_retry_after_where_due() {
+        let text = String::from_utf8(text_error(503, "no backend is up", Some("id-7"), false)).expect("utf8");
+        assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\nDate: "), "{text}");
+        assert!(text.contains("X-Request-ID: id-7\r\n") && text.contains("Retry-After: 1\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n503 Service Unavailable: no backend is up\n"), "{text}");
+        let text = String::from_utf8(text_error(408, "request head timeout", None, true)).expect("utf8");
+        assert!(text.contains("Connection: close\r\n") && !text.contains("Retry-After"), "{text}");
+    }
 
     struct Parsed {
         status: u16,

@@ -8,9 +8,8 @@ use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
 use super::proxy::Record;
-use crate::h1::reason;
 use crate::h1::request::RequestHead;
-use crate::h1::respond::SimpleResponse;
+use crate::h1::respond::text_error;
 use crate::h1::Coalesce;
 use crate::registry::Conn;
 use crate::tls_accept::ClientStream;
@@ -81,11 +80,7 @@ pub(super) fn holds_plaintext(client: &ClientStream<'_>) -> bool {
 /// Reads what the client has sent, without waiting: `WouldBlock` when nothing is there.
 pub(super) fn read_now(client: &mut &ClientStream<'_>, buf: &mut [u8]) -> io::Result<usize> {
     match client {
-        crate::tls_stream::Stream::Plain(sock) => {
-            rustix::net::recv(*sock, buf, rustix::net::RecvFlags::DONTWAIT)
-                .map(|(n, _)| n)
-                .map_err(io::Error::from)
-        }
+        crate::tls_stream::Stream::Plain(sock) => crate::net::recv(sock, buf, false),
         crate::tls_stream::Stream::Tls(sock, c) => {
             crate::tls_stream::read_tls_plain_now(&mut c.lock(), sock, buf)
         }
@@ -111,13 +106,8 @@ pub(super) fn write_error(
     id: Option<&str>,
     close: bool,
 ) -> io::Result<u64> {
-    let body = format!("{status} {}: {why}\n", reason(status));
-    let mut headers = vec![("Content-Type", "text/plain")];
-    if let Some(id) = id {
-        headers.push(("X-Request-ID", id));
-    }
-    if status == 503 {
-        headers.push(("Retry-After", "1"));
-    }
-    SimpleResponse { status, headers: &headers, body: body.as_bytes(), close }.write_to(out)
+    let bytes = text_error(status, why, id, close);
+    out.write_all(&bytes)?;
+    out.flush()?;
+    Ok(bytes.len() as u64)
 }
