@@ -1,11 +1,12 @@
 //! The PROXY protocol (HAProxy's spec, versions 1 and 2): the header an L4 tier puts before a
 //! connection's first byte to say who the client really is. [`parse`] is a pure parser (fuzzed
-//! by proptest), [`read`] takes exactly the header off a blocking socket and no byte more, and
+//! by proptest), [`read_now`] takes exactly the header off a socket, as much as has arrived, and no byte more, and
 //! [`encode`] writes the header the proxy sends to a backend (`send_proxy=`).
 
-use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+use rustix::net::RecvFlags;
 
 /// v2's fixed 12-byte signature.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
@@ -14,9 +15,6 @@ pub const V1_MAX: usize = 107;
 /// The longest v2 header accepted: 16 fixed bytes and up to this many address and TLV bytes
 /// (TLVs from cloud balancers are a few hundred bytes at most).
 pub const V2_MAX_BODY: usize = 4096;
-/// Every header is at least this long ("PROXY UNKNOWN\r\n"), so reading this many never takes
-/// a byte of the connection's own data.
-const MIN_HEADER: usize = 15;
 
 /// Which header version to write (`send_proxy=v1|v2` on a backend line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,52 +171,50 @@ fn parse_v2(buf: &[u8]) -> Result<Option<Header>, &'static str> {
     }
 }
 
-/// Reads a header off `stream` within `limit` (zero: no limit), taking exactly its bytes, so
-/// what the client sends next is left for the proxy to read as usual. `Err` says why the
-/// connection must be closed (bad header, timeout, early close).
-pub fn read(stream: &TcpStream, accept: Accept, limit: Duration) -> Result<Header, String> {
-    let deadline = (!limit.is_zero()).then(|| Instant::now() + limit);
-    let set_timeout = || -> Result<(), String> {
-        let left =
-            deadline.map(|d| d.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
-        stream.set_read_timeout(left).map_err(|e| e.to_string())
-    };
-    let io_err = |e: io::Error| match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => "no PROXY header within header_ms".to_string(),
-        io::ErrorKind::UnexpectedEof => "closed before a complete PROXY header".to_string(),
-        _ => format!("reading the PROXY header: {e}"),
-    };
-    let mut got = vec![0u8; MIN_HEADER];
-    set_timeout()?;
-    (&mut &*stream).read_exact(&mut got).map_err(io_err)?;
-    let mut peeked = [0u8; V1_MAX];
+/// Takes what has arrived of a header off `stream` without waiting, after the bytes `got`
+/// holds (taken before), and no byte past the header: `Ok(Some)` once it is complete,
+/// `Ok(None)` while the rest has not arrived (call again when the socket is readable), `Err`
+/// for a header that is bad or cut short by the client closing.
+pub fn read_now(stream: &TcpStream, accept: Accept, got: &mut Vec<u8>) -> Result<Option<Header>, String> {
+    const MOST: usize = 16 + V2_MAX_BODY;
+    let mut peeked = [0u8; MOST];
     loop {
-        if let Some(h) = parse(&got, accept)? {
-            // Restore the caller's view: no timeout set here outlives the header.
-            let _ = stream.set_read_timeout(None);
-            return Ok(h);
-        }
-        set_timeout()?;
-        let more = if got[..12.min(got.len())] == V2_SIGNATURE[..12.min(got.len())] {
-            // v2 says its length in bytes 14-15: read exactly up to there, then the rest.
-            if got.len() < 16 {
-                16 - got.len()
-            } else {
-                16 + usize::from(u16::from_be_bytes([got[14], got[15]])) - got.len()
-            }
-        } else {
-            // v1 ends at LF: look ahead, then take up to and including it and nothing after.
-            let room = V1_MAX.saturating_sub(got.len()).max(1);
-            let n = stream.peek(&mut peeked[..room]).map_err(io_err)?;
-            if n == 0 {
-                return Err("closed before a complete PROXY header".to_string());
-            }
-            peeked[..n].iter().position(|&b| b == b'\n').map_or(n, |i| i + 1)
+        let room = MOST.saturating_sub(got.len()).max(1);
+        let n = match rustix::net::recv(stream, &mut peeked[..room], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return Err("closed before a complete PROXY header".to_string()),
+            Ok((n, _)) => n,
+            Err(Errno::AGAIN) => return Ok(None),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(format!("reading the PROXY header: {e}")),
         };
         let at = got.len();
-        got.resize(at + more, 0);
-        (&mut &*stream).read_exact(&mut got[at..]).map_err(io_err)?;
+        got.extend_from_slice(&peeked[..n]);
+        // Only the header's own bytes leave the socket: what follows is the connection's.
+        let (found, take) = match parse(got, accept)? {
+            Some(h) => (Some(h), h.len - at),
+            None => (None, n),
+        };
+        got.truncate(at + take);
+        take_exactly(stream, take)?;
+        if found.is_some() {
+            return Ok(found);
+        }
     }
+}
+
+/// Reads and drops `n` bytes that a peek found waiting.
+fn take_exactly(stream: &TcpStream, mut n: usize) -> Result<(), String> {
+    let mut sink = [0u8; 512];
+    while n > 0 {
+        let want = n.min(sink.len());
+        match rustix::net::recv(stream, &mut sink[..want], RecvFlags::DONTWAIT) {
+            Ok((0, _)) => return Err("closed before a complete PROXY header".to_string()),
+            Ok((got, _)) => n -= got,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(format!("reading the PROXY header: {e}")),
+        }
+    }
+    Ok(())
 }
 
 /// The header that tells a backend the connection came from `a.src` to `a.dst`. Mixed

@@ -175,6 +175,47 @@ pub struct PartialHead {
     pub bytes: Vec<u8>,
 }
 
+/// A relay or tunnel gone quiet, waiting in the parker with its connection: the backend socket
+/// (still registered, so a forced close shuts it), which sides to watch, when the idle limit
+/// ends it, and what the mode needs to resume (its slot, counts, TLS state).
+pub struct Quiet {
+    pub backend: TcpStream,
+    /// The backend's id, for [`Registry::close_backends`].
+    pub backend_id: u64,
+    /// Whether the client's input is still open (an ended one reads EOF for ever, so it is
+    /// not watched).
+    pub watch_client: bool,
+    /// Whether the backend's is.
+    pub watch_backend: bool,
+    /// When the idle limit (`idle_ms`, `tunnel_ms`) ends it: it goes back to a worker then,
+    /// which closes and logs it.
+    pub deadline: Option<Instant>,
+    /// The mode's own state.
+    pub state: Box<dyn std::any::Any + Send>,
+}
+
+impl std::fmt::Debug for Quiet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Quiet")
+            .field("backend", &self.backend)
+            .field("watch_client", &self.watch_client)
+            .field("watch_backend", &self.watch_backend)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where taking a connection's PROXY protocol header stands ([`Conn::greet`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Greeting {
+    /// Taken (or none expected): serve the connection.
+    Ready,
+    /// The rest has not arrived: park the connection until it does.
+    Waiting,
+    /// Missing or bad (logged): close the connection.
+    Refused,
+}
+
 /// An accepted client connection, registered until dropped.
 #[derive(Debug)]
 pub struct Conn {
@@ -195,10 +236,15 @@ pub struct Conn {
     /// Set when the connection comes back from the parker in the middle of a request head
     /// (or of a TLS handshake: then `handshake` holds its state, and `head` its clock).
     pub head: Option<PartialHead>,
+    /// A PROXY protocol header begun (its bytes so far) while the connection waits in the
+    /// parker for the rest ([`Conn::greet`]).
+    pub greeting: Option<Vec<u8>>,
     /// A TLS handshake waiting in the parker.
     pub handshake: Option<crate::tls_stream::Pending>,
     /// A TLS session's state while its connection waits in the parker.
     pub tls_session: Option<Box<parking_lot::Mutex<rustls::Connection>>>,
+    /// A quiet relay or tunnel's backend side and state (see [`Conn::go_quiet`]).
+    quiet: Option<Box<Quiet>>,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
 }
@@ -222,8 +268,10 @@ impl Conn {
             stream,
             parked_since: None,
             head: None,
+            greeting: None,
             handshake: None,
             tls_session: None,
+            quiet: None,
             shared,
             registry: registry.clone(),
         }
@@ -231,7 +279,31 @@ impl Conn {
 
     /// Whether it comes back from the parker (greeted before: no PROXY header to read).
     pub fn was_parked(&self) -> bool {
-        self.parked_since.is_some() || self.head.is_some()
+        self.parked_since.is_some() || self.head.is_some() || self.quiet.is_some()
+    }
+
+    /// Keeps a quiet relay's backend side with the connection while it waits in the parker,
+    /// the backend socket registered as an attached one is (no guard is alive then).
+    pub fn go_quiet(&mut self, quiet: Quiet) {
+        let mut slot = self.shared.backend.lock();
+        *slot = Some((quiet.backend.as_raw_fd(), quiet.backend_id));
+        if self.registry.closing.load(Ordering::SeqCst) {
+            shut(quiet.backend.as_raw_fd(), std::net::Shutdown::Both);
+        }
+        drop(slot);
+        self.quiet = Some(Box::new(quiet));
+    }
+
+    /// The quiet relay's side, while it waits.
+    pub fn quiet(&self) -> Option<&Quiet> {
+        self.quiet.as_deref()
+    }
+
+    /// Takes the quiet relay's side back to resume it (attach its socket again to relay).
+    pub fn take_quiet(&mut self) -> Option<Box<Quiet>> {
+        let quiet = self.quiet.take()?;
+        *self.shared.backend.lock() = None;
+        Some(quiet)
     }
 
     /// Registers the backend socket too, until the returned guard drops; the guard must drop
@@ -257,32 +329,48 @@ impl Conn {
         }
     }
 
-    /// With `accept_proxy` on, reads the PROXY protocol header before anything else (within
-    /// `header_ms`) and makes its client address the connection's, for both modes: logs,
-    /// `X-Forwarded-For`, source-hash and the access log all read `peer`. False when the header
-    /// is missing or bad: the caller closes the connection, never forwarding it.
-    pub fn take_proxy_header(&mut self, config: &Config) -> bool {
+    /// With `accept_proxy` on, takes the PROXY protocol header before anything else, as much
+    /// of it as has arrived (the rest waits in the parker: [`Conn::greeting`]), and makes its
+    /// client address the connection's, for both modes: logs, `X-Forwarded-For`, source-hash
+    /// and the access log all read `peer`. A header missing at `header_ms` from accept, or
+    /// bad, is refused: the caller closes the connection, never forwarding it.
+    pub fn greet(&mut self, config: &Config) -> Greeting {
         let accept = config.scale.accept_proxy;
         if accept == AcceptProxy::Off {
-            return true;
+            return Greeting::Ready;
         }
-        match proxy_protocol::read(&self.stream, accept, config.timeouts.header) {
-            Ok(header) => {
+        let mut got = self.greeting.take().unwrap_or_default();
+        let late = !config.timeouts.header.is_zero() && self.accepted.elapsed() >= config.timeouts.header;
+        let read = match proxy_protocol::read_now(&self.stream, accept, &mut got) {
+            Ok(None) if late => Err("no PROXY header within header_ms".to_string()),
+            read => read,
+        };
+        match read {
+            Ok(Some(header)) => {
                 self.set_origin(header.addrs);
-                true
+                Greeting::Ready
+            }
+            Ok(None) => {
+                self.greeting = Some(got);
+                Greeting::Waiting
             }
             Err(why) => {
-                if let Some(n) = BAD_PROXY_HEADER.check() {
-                    log::warn!(
-                        "conn {} from {}: {why}; closing (accept_proxy = {}){}",
-                        self.id,
-                        self.peer,
-                        crate::config::keys::accept_proxy_name(accept),
-                        crate::logging::held_back(n)
-                    );
-                }
-                false
+                self.refuse_greeting(&why, crate::config::keys::accept_proxy_name(accept));
+                Greeting::Refused
             }
+        }
+    }
+
+    /// Logs (rate-limited) why a connection's PROXY header was refused (`accept`: the
+    /// `accept_proxy` setting, as written).
+    pub fn refuse_greeting(&self, why: &str, accept: &str) {
+        if let Some(n) = BAD_PROXY_HEADER.check() {
+            log::warn!(
+                "conn {} from {}: {why}; closing (accept_proxy = {accept}){}",
+                self.id,
+                self.peer,
+                crate::logging::held_back(n)
+            );
         }
     }
 

@@ -33,7 +33,7 @@ use crate::http::proxy::{self as http_proxy, HttpContext};
 use crate::net::{bind, bind_with};
 use crate::park::Parker;
 use crate::pool::WorkerPool;
-use crate::registry::{Conn, Registry};
+use crate::registry::{Conn, Greeting, Registry};
 use crate::signals::Signals;
 use crate::stats::ProxyCounters;
 use crate::takeover::{self, Handoff};
@@ -140,15 +140,11 @@ impl Server {
         let stopping = Arc::new(AtomicBool::new(false));
         // Background threads (health, resolver, stats, drain timers) stop when this drops.
         let (background_tx, background_rx) = crossbeam_channel::bounded::<()>(0);
-        // HTTP mode: idle keep-alive connections wait in the parker, not in a worker.
-        let parker = match config.mode {
-            Mode::Http => {
-                let parker = Parker::new(config.timeouts.idle).map_err(Error::Resource)?;
-                parker.count_into(counters.clone());
-                Some(parker)
-            }
-            Mode::Tcp => None,
-        };
+        // Idle keep-alive connections, unfinished heads and quiet relays wait in the parker,
+        // not in a worker.
+        let parker = Parker::new(config.timeouts.idle).map_err(Error::Resource)?;
+        parker.count_into(counters.clone());
+        let parker = Some(parker);
         let workers = match config.mode {
             Mode::Tcp => {
                 let ctx = TcpContext {
@@ -157,8 +153,9 @@ impl Server {
                     tls: tls.clone(),
                     backend_tls: backend_tls.clone(),
                     counters: counters.clone(),
+                    parker: parker.clone(),
                 };
-                start_workers(&config, ctx, tcp::serve)
+                start_workers(&config, ctx, parker.clone(), tcp::serve)
             }
             Mode::Http => {
                 let ctx = HttpContext {
@@ -170,7 +167,7 @@ impl Server {
                     backend_tls: backend_tls.clone(),
                     parker: parker.clone(),
                 };
-                start_workers(&config, ctx, http_proxy::serve)
+                start_workers(&config, ctx, parker.clone(), http_proxy::serve)
             }
         }
         .map_err(|e| {
@@ -292,10 +289,10 @@ impl Server {
         }
         let _ = acceptor.join();
         drop(listener);
-        // Parked connections are idle keep-alive ones: closed now, as nginx and HAProxy close
-        // idle keep-alive connections at a graceful stop.
-        if let Some(running) = parker_thread {
-            running.stop();
+        // Parked idle keep-alive connections close now, as nginx and HAProxy close idle
+        // keep-alive connections at a graceful stop; quiet relays drain with the rest.
+        if let Some(running) = &parker_thread {
+            running.stop_parking();
         }
         // Keep-alive clients idle a while are closed; busy ones are not cut between two requests
         // (the next could be on its way) but get their next response with `Connection: close`.
@@ -306,6 +303,7 @@ impl Server {
             config.drain_timeout.as_millis()
         );
         let forced = drain(&registry, &signals.stop, Instant::now() + config.drain_timeout);
+        drop(parker_thread);
         drop(background_tx);
         workers.join();
 
@@ -375,6 +373,7 @@ fn drain(registry: &Registry, stop: &Receiver<&'static str>, deadline: Instant) 
 fn start_workers<C, S>(
     config: &Config,
     ctx: C,
+    parker: Option<Arc<Parker>>,
     serve: fn(Conn, &C, &mut S),
 ) -> std::io::Result<WorkerPool<Conn>>
 where
@@ -388,9 +387,20 @@ where
         if conn.was_parked() {
             return serve(conn, &ctx, scratch);
         }
-        note_wait(&conn, config.workers);
-        if conn.take_proxy_header(&config) {
-            serve(conn, &ctx, scratch)
+        if conn.greeting.is_none() {
+            note_wait(&conn, config.workers);
+        }
+        match conn.greet(&config) {
+            Greeting::Ready => serve(conn, &ctx, scratch),
+            // The rest of the header waits in the parker, until header_ms from accept.
+            Greeting::Waiting => {
+                if let Some(parker) = &parker {
+                    let limit = config.timeouts.header;
+                    let deadline = (!limit.is_zero()).then(|| conn.accepted + limit);
+                    parker.park_head(conn, deadline);
+                }
+            }
+            Greeting::Refused => {}
         }
     })
 }

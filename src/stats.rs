@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -33,9 +34,9 @@ pub struct ProxyCounters {
 
 impl ProxyCounters {
     /// Counts a tunnel to `backend` as open until the guard drops.
-    pub fn open_tunnel(&self, backend: &str) -> TunnelGuard<'_> {
+    pub fn open_tunnel(self: &Arc<Self>, backend: &str) -> TunnelGuard {
         *self.tunnels.lock().entry(backend.to_string()).or_default() += 1;
-        TunnelGuard { counters: self, backend: backend.to_string() }
+        TunnelGuard { counters: self.clone(), backend: backend.to_string() }
     }
 
     fn tunnels_of(&self, backend: &str) -> u64 {
@@ -44,12 +45,12 @@ impl ProxyCounters {
 }
 
 /// An open tunnel, counted in [`ProxyCounters::tunnels`].
-pub struct TunnelGuard<'a> {
-    counters: &'a ProxyCounters,
+pub struct TunnelGuard {
+    counters: Arc<ProxyCounters>,
     backend: String,
 }
 
-impl Drop for TunnelGuard<'_> {
+impl Drop for TunnelGuard {
     fn drop(&mut self) {
         let mut t = self.counters.tunnels.lock();
         if let Some(n) = t.get_mut(&self.backend) {

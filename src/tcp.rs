@@ -1,15 +1,22 @@
 //! TCP mode: each accepted connection is balanced once, connected (with retries), relayed, and
-//! logged at its end with bytes each way and duration.
+//! logged at its end with bytes each way and duration. A relay that goes quiet waits in the
+//! parker, both sockets watched, and a worker resumes it when either side speaks.
 
 use std::fmt;
+use std::net::TcpStream;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::balancer::{source_key, Balancer};
+use parking_lot::Mutex;
+
+use crate::balancer::{source_key, Balancer, Pick};
 use crate::config::Config;
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::logging::{held_back, RateLimit};
+use crate::park::Parker;
 use crate::registry::Conn;
-use crate::relay::{self, Buffers};
+use crate::registry::Quiet;
+use crate::relay::{Buffers, Progress, RelayOutcome, Relayed};
 use crate::stats::ProxyCounters;
 use crate::tls::Listener;
 use crate::tls_accept;
@@ -29,7 +36,13 @@ pub struct TcpContext {
     pub backend_tls: Option<Arc<crate::tls::Backends>>,
     /// Handshake counters.
     pub counters: Arc<ProxyCounters>,
+    /// Where quiet relays wait without a worker.
+    pub parker: Option<Arc<Parker>>,
 }
+
+/// How long a relay may move no byte before it parks and frees its worker: as a keep-alive
+/// client's wait (see [`crate::park`]).
+const PARK_AFTER: Duration = Duration::from_millis(100);
 
 struct Label<'a>(&'a Conn);
 
@@ -41,47 +54,112 @@ impl fmt::Display for Label<'_> {
 
 static UNAVAILABLE: RateLimit = RateLimit::new();
 
-/// Serves one client connection to its end in the calling worker (relaying both directions;
-/// see [`relay`]), with `bufs` as the relay buffers. Never panics on network errors; every
-/// outcome is logged.
-pub fn serve(conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
+/// A relay's side while its connection waits in the parker ([`Quiet::state`]).
+struct Held {
+    pick: Pick,
+    backend_tls: Option<rustls::Connection>,
+    progress: Progress,
+}
+
+/// A relay under way: the backend socket, its slot, both TLS states and how far it got.
+struct Relaying {
+    backend: TcpStream,
+    pick: Pick,
+    client_tls: Option<rustls::Connection>,
+    backend_tls: Option<rustls::Connection>,
+    progress: Progress,
+}
+
+/// Serves one client connection in the calling worker, relaying both directions (see
+/// [`relay`]) with `bufs`, until it ends or goes quiet: then it waits in the parker, and a
+/// worker resumes it when either side speaks. Never panics on network errors; every outcome is
+/// logged.
+pub fn serve(mut conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
+    let mut r = match resumed(&mut conn) {
+        Some(r) => r,
+        None => match open(&conn, ctx) {
+            Some(r) => r,
+            None => return,
+        },
+    };
+    let idle = ctx.config.timeouts.idle;
+    // Parking is refused once the proxy stops: the relay then goes on here until it ends.
+    let mut park = ctx.parker.as_ref();
+    loop {
+        let b = r.pick.guard.backend().clone();
+        let attached = conn.attach(&r.backend, b.id);
+        let step = {
+            let client = End { sock: &conn.stream, tls: r.client_tls.as_mut(), early: &[] };
+            let backend = End { sock: &r.backend, tls: r.backend_tls.as_mut(), early: &[] };
+            tunnel::resume(client, backend, idle, bufs, r.progress, park.map(|_| PARK_AFTER))
+        };
+        drop(attached);
+        let p = match step {
+            Relayed::Ended(outcome) => return finish(&conn, r.pick, outcome),
+            Relayed::Quiet(p) => p,
+        };
+        let Some(parker) = park else { return };
+        conn.tls_session = r.client_tls.take().map(|c| Box::new(Mutex::new(c)));
+        let held = Held { pick: r.pick, backend_tls: r.backend_tls, progress: p };
+        conn.go_quiet(Quiet {
+            backend: r.backend,
+            backend_id: b.id,
+            watch_client: !p.up_done,
+            watch_backend: !p.down_done,
+            deadline: p.deadline(idle),
+            state: Box::new(held),
+        });
+        match parker.park_quiet(conn) {
+            None => return,
+            Some(back) => conn = back,
+        }
+        park = None;
+        let Some(again) = resumed(&mut conn) else { return };
+        r = again;
+    }
+}
+
+/// The relay a connection back from the parker carries, if any.
+fn resumed(conn: &mut Conn) -> Option<Relaying> {
+    let q = conn.take_quiet()?;
+    let Quiet { backend, state, .. } = *q;
+    let held = state.downcast::<Held>().ok()?;
+    let client_tls = conn.tls_session.take().map(|c| Mutex::into_inner(*c));
+    let Held { pick, backend_tls, progress } = *held;
+    Some(Relaying { backend, pick, client_tls, backend_tls, progress })
+}
+
+/// A new connection: the TLS handshake, then a backend (with retries). `None` when it ended
+/// there (logged).
+fn open(conn: &Conn, ctx: &TcpContext) -> Option<Relaying> {
     // The handshake comes first, within header_ms: a client that cannot finish it never
     // takes a backend slot.
-    let Some(client) = tls_accept::open(&conn, ctx.tls.as_deref(), ctx.config.timeouts.header, &ctx.counters)
-    else {
-        return;
-    };
-    let label = Label(&conn);
+    let client = tls_accept::open(conn, ctx.tls.as_deref(), ctx.config.timeouts.header, &ctx.counters)?;
+    let label = Label(conn);
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
     let key = Some(source_key(conn.peer.ip()));
     let tls = ctx.backend_tls.as_deref();
-    let (backend, pick) = match upstream::connect(&ctx.balancer, key, &conn, &label, limits, tls) {
+    let (backend, pick) = match upstream::connect(&ctx.balancer, key, conn, &label, limits, tls) {
         Ok(found) => found,
         Err(f) if f.phase == Phase::Pick => {
             if let Some(n) = UNAVAILABLE.check() {
                 log::warn!("{label}: {f}; closing the client{}", held_back(n));
             }
-            return;
+            return None;
         }
         Err(f) => {
             log::error!("{label}: {f}; closing the client");
-            return;
+            return None;
         }
     };
+    let (_, client_tls) = client.into_parts();
+    let (backend, backend_tls) = backend.into_parts();
+    Some(Relaying { backend, pick, client_tls, backend_tls, progress: Progress::start() })
+}
+
+/// Logs a relay's end and counts its bytes.
+fn finish(conn: &Conn, pick: Pick, outcome: RelayOutcome) {
     let b = pick.guard.backend().clone();
-    let attached = conn.attach(backend.tcp(), b.id);
-    let idle = ctx.config.timeouts.idle;
-    let (client_sock, mut client_tls) = client.into_parts();
-    let (backend_sock, mut backend_tls) = backend.into_parts();
-    let outcome = match (&mut client_tls, &mut backend_tls) {
-        (None, None) => relay::relay(client_sock, &backend_sock, idle, bufs),
-        (c, b) => {
-            let client = End { sock: client_sock, tls: c.as_mut(), early: &[] };
-            let backend = End { sock: &backend_sock, tls: b.as_mut(), early: &[] };
-            tunnel::tunnel(client, backend, idle, bufs)
-        }
-    };
-    drop(attached);
     // The connection is over: give its slot back before saying so, so that whoever reads the
     // log line sees the count already lowered.
     drop(pick);

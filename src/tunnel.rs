@@ -12,12 +12,12 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::time::{Duration, Instant};
 
-use rustix::event::{PollFlags, Timespec};
+use rustix::event::PollFlags;
 use rustls::Connection;
 
 use crate::config::as_limit;
 use crate::error::Party;
-use crate::relay::{self, Buffers, RelayOutcome};
+use crate::relay::{self, Buffers, Progress, RelayOutcome, Relayed};
 
 /// One end of a tunnel: its socket, its TLS state if any, and bytes already read from it (into
 /// an HTTP buffer) that must go to the other end first.
@@ -34,21 +34,60 @@ const CHUNK: usize = 16 * 1024;
 /// Tunnels between `client` and `backend` until both directions end, an error, or `idle`
 /// (zero: none) with no byte moved.
 pub fn tunnel(client: End<'_>, backend: End<'_>, idle: Duration, bufs: &mut Buffers) -> RelayOutcome {
+    match resume(client, backend, idle, bufs, Progress::start(), None) {
+        Relayed::Ended(out) => out,
+        // Never without `park_after`.
+        Relayed::Quiet(p) => RelayOutcome { up: p.up, down: p.down, error: None },
+    }
+}
+
+/// Tunnels from `from` as [`tunnel`] does; with `park_after`, it returns [`Relayed::Quiet`]
+/// once nothing moved for that long and nothing waits (no pending bytes, no TLS records to
+/// send, no plaintext held by rustls), rather than wait on in this thread.
+pub fn resume(
+    client: End<'_>,
+    backend: End<'_>,
+    idle: Duration,
+    bufs: &mut Buffers,
+    from: Progress,
+    park_after: Option<Duration>,
+) -> Relayed {
     if client.tls.is_none() && backend.tls.is_none() && client.early.is_empty() && backend.early.is_empty() {
-        return relay::relay(client.sock, backend.sock, idle, bufs);
+        return relay::resume(client.sock, backend.sock, idle, bufs, from, park_after);
     }
     for (s, side) in [(client.sock, Party::Client), (backend.sock, Party::Backend)] {
         if let Err(e) = s.set_nonblocking(true) {
-            return RelayOutcome { up: 0, down: 0, error: Some((side, e)) };
+            return Relayed::Ended(RelayOutcome { up: from.up, down: from.down, error: Some((side, e)) });
         }
     }
     // Bytes already read from one side travel the other way first.
     let mut up = Pending::new(client.early.to_vec());
     let mut down = Pending::new(backend.early.to_vec());
+    (up.total, down.total) = (from.up, from.down);
     let mut c = Side::new(client, Party::Client);
     let mut b = Side::new(backend, Party::Backend);
-    let error = run(&mut c, &mut b, &mut up, &mut down, as_limit(idle)).err();
-    RelayOutcome { up: up.total, down: down.total, error }
+    // An ended input was passed on: its EOF read, the other side closed.
+    (c.eof, b.closing, b.closed) = (from.up_done, from.up_done, from.up_done);
+    (b.eof, c.closing, c.closed) = (from.down_done, from.down_done, from.down_done);
+    let clock = Clock { idle: as_limit(idle), park_after, last_moved: from.last_moved };
+    match run(&mut c, &mut b, &mut up, &mut down, clock) {
+        Ok(Some(last_moved)) => Relayed::Quiet(Progress {
+            up: up.total,
+            down: down.total,
+            up_done: c.eof,
+            down_done: b.eof,
+            last_moved,
+        }),
+        Ok(None) => Relayed::Ended(RelayOutcome { up: up.total, down: down.total, error: None }),
+        Err(e) => Relayed::Ended(RelayOutcome { up: up.total, down: down.total, error: Some(e) }),
+    }
+}
+
+/// A tunnel turn's clock: the idle limit, when to go quiet, and the last byte moved.
+struct Clock {
+    idle: Option<Duration>,
+    park_after: Option<Duration>,
+    last_moved: Instant,
 }
 
 struct Pending {
@@ -212,15 +251,19 @@ fn pump(
     Ok((moved, true))
 }
 
+/// The loop: `Ok(Some)` when it went quiet (since that instant), `Ok(None)` when both
+/// directions ended.
 fn run(
     c: &mut Side,
     b: &mut Side,
     up: &mut Pending,
     down: &mut Pending,
-    idle: Option<Duration>,
-) -> Result<(), (Party, io::Error)> {
+    clock: Clock,
+) -> Result<Option<Instant>, (Party, io::Error)> {
+    let Clock { idle, park_after, mut last_moved } = clock;
     let mut buf = vec![0u8; CHUNK];
-    let mut last_moved = Instant::now();
+    // A resumed tunnel was woken by bytes: it goes quiet again counting from now.
+    let woke = Instant::now();
     loop {
         let (m1, cut1) = pump(c, b, up, &mut buf)?;
         let (m2, cut2) = pump(b, c, down, &mut buf)?;
@@ -231,8 +274,14 @@ fn run(
         }
         let up_done = c.eof && up.is_empty();
         let down_done = b.eof && down.is_empty();
-        if up_done && down_done && !c.wants_out() && !b.wants_out() {
-            return Ok(());
+        let waiting = !up.is_empty() || !down.is_empty() || c.wants_out() || b.wants_out();
+        if up_done && down_done && !waiting {
+            return Ok(None);
+        }
+        let parks_in = park_after.map(|after| after.saturating_sub(last_moved.max(woke).elapsed()));
+        let settled = !waiting && !cut1 && !cut2;
+        if settled && parks_in.is_some_and(|left| left.is_zero()) {
+            return Ok(Some(last_moved));
         }
         let mut on_c = PollFlags::empty();
         let mut on_b = PollFlags::empty();
@@ -249,22 +298,25 @@ fn run(
             on_c |= PollFlags::OUT;
         }
         let timeout = if cut1 || cut2 {
-            Some(Timespec { tv_sec: 0, tv_nsec: 0 })
+            Some(Duration::ZERO)
         } else {
-            match idle {
-                None => None,
-                Some(idle) => {
-                    let left = idle.saturating_sub(last_moved.elapsed());
-                    if left.is_zero() {
-                        let side = if !up.is_empty() { Party::Backend } else { Party::Client };
-                        return Err((side, io::Error::new(io::ErrorKind::TimedOut, "idle timeout")));
-                    }
-                    Some(relay::timespec(left))
+            let mut timeout = None;
+            if let Some(idle) = idle {
+                let left = idle.saturating_sub(last_moved.elapsed());
+                if left.is_zero() {
+                    let side = if !up.is_empty() { Party::Backend } else { Party::Client };
+                    return Err((side, io::Error::new(io::ErrorKind::TimedOut, "idle timeout")));
                 }
+                timeout = Some(left);
             }
+            if let Some(left) = parks_in.filter(|_| settled) {
+                let left = left.max(Duration::from_millis(1));
+                timeout = Some(timeout.map_or(left, |t: Duration| t.min(left)));
+            }
+            timeout
         };
-        match relay::poll_two(c.sock, on_c, b.sock, on_b, timeout.as_ref()) {
-            None => return Ok(()),
+        match relay::poll_two(c.sock, on_c, b.sock, on_b, timeout.map(relay::timespec).as_ref()) {
+            None => return Ok(None),
             Some(Ok(_)) => {}
             Some(Err(e)) => return Err((Party::Client, e)),
         }

@@ -16,6 +16,7 @@ use super::interim::{self, Verdict};
 use super::keepalive;
 use super::proxy::{HttpContext, Record, Scratch, VIA};
 use super::retry::{self, Retry};
+use super::upgrade::{self, Switched};
 use crate::backend::Backend;
 use crate::balancer::{Pick, Tried};
 use crate::config::as_limit;
@@ -66,6 +67,14 @@ pub struct Exchange<'a> {
 
 static UNAVAILABLE: RateLimit = RateLimit::new();
 
+/// How a relayed exchange left the client connection.
+pub enum Served {
+    /// The response went out: whether the connection stays open for another request.
+    Done(bool),
+    /// An upgrade's tunnel went quiet: its backend socket and state, to park.
+    Tunnel((TcpStream, Box<upgrade::Tunnel>)),
+}
+
 impl Exchange<'_> {
     fn has_body(&self) -> bool {
         !matches!(self.head.body, BodyKind::Empty | BodyKind::Length(0))
@@ -75,7 +84,8 @@ impl Exchange<'_> {
         format!("req {}", self.head.request_id)
     }
 
-    /// Forwards the request and its response. `Ok(keep_alive)` when the response was relayed.
+    /// Forwards the request and its response, when relayed: whether the client connection
+    /// stays open, or the tunnel an upgrade became, gone quiet.
     // Not inlined into `serve`: an idle worker's live stack stays shallow (see `crate::stack`).
     #[inline(never)]
     pub fn run(
@@ -84,7 +94,7 @@ impl Exchange<'_> {
         scratch: &mut Scratch,
         record: &mut Record,
         attempt: &mut Attempt,
-    ) -> Result<bool, Failure> {
+    ) -> Result<Served, Failure> {
         let started = Instant::now();
         self.precheck(cw)?;
         attempt.body_done = !self.has_body();
@@ -130,11 +140,15 @@ impl Exchange<'_> {
             };
             record.status = resp.status;
             if resp.status == 101 {
-                let outcome = super::upgrade::switch(self, cw, &mut bw, &stream, &backend, scratch, record);
+                let outcome = upgrade::switch(self, cw, &mut bw, &stream, &backend, scratch, record);
                 scratch.backend_in = bw.into_buffer();
                 drop(attached);
-                drop(pick);
-                return outcome.map(|()| false);
+                return match outcome? {
+                    Switched::Ended => Ok(Served::Done(false)),
+                    Switched::Quiet(progress, open) => {
+                        Ok(Served::Tunnel(upgrade::quiet(stream, pick, progress, open)))
+                    }
+                };
             }
             if resp.status >= 500 && self.ctx.balancer.health_settings().observe_5xx {
                 self.ctx.balancer.observe_failure(&backend, &format!("status {}", resp.status));
@@ -156,7 +170,7 @@ impl Exchange<'_> {
             Coalesce::resume(self.client, &mut scratch.client_out)
                 .flush()
                 .map_err(|e| Failure::new(Party::Client, Phase::Body, Cause::Io(e)))?;
-            return Ok(resp.client_keep_alive);
+            return Ok(Served::Done(resp.client_keep_alive));
         }
     }
 

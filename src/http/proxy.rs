@@ -21,7 +21,8 @@ use super::client::{
     access_log, header_expired, holds_plaintext, is_timeout, lingering_close, read_now, slow_client,
     write_error,
 };
-use super::exchange::{Attempt, Exchange};
+use super::exchange::{Attempt, Exchange, Served};
+use super::upgrade::{self, Parked};
 use crate::balancer::{header_value_key, source_key, Balancer};
 use crate::config::{as_limit, Config};
 use crate::error::{Answer, Party};
@@ -118,6 +119,11 @@ impl ReadTimeout<'_> {
 
 /// Serves one client connection until it closes, asks to close, idles out, or the proxy stops.
 pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
+    // Back from the parker with a quiet tunnel (an upgrade): it carries on, not HTTP.
+    if conn.quiet().is_some() {
+        upgrade::resume(conn, ctx);
+        return;
+    }
     // Back from the parker: idle since then, its next request readable; or in the middle of a
     // head (or new), more of it readable.
     let resumed = conn.parked_since.take();
@@ -175,6 +181,8 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     let mut trimmed = false;
     let mut park = false;
     let mut park_head = false;
+    // An upgrade's tunnel gone quiet, to park.
+    let mut tunnel = None;
     // Requests served since this worker took the connection: a connection back from the
     // parker serves the request that woke it before it may park again.
     let mut taken = 0u64;
@@ -338,7 +346,12 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         let outcome = exchange.run(&mut cw, scratch, &mut record, &mut attempt);
         ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
         let keep = match outcome {
-            Ok(keep) => keep,
+            Ok(Served::Done(keep)) => keep,
+            Ok(Served::Tunnel((sock, t))) => {
+                // Its access line is written when it ends.
+                tunnel = Some((sock, Parked { tunnel: t, head, record, started }));
+                break;
+            }
             Err(f) => {
                 record.note = f.to_string();
                 match f.answer() {
@@ -374,8 +387,11 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     // A TLS session waits in the parker with its connection.
     let session = stream.into_session();
     let Some(parker) = parker else { return };
-    if pending.is_some() || park {
+    if pending.is_some() || park || tunnel.is_some() {
         conn.tls_session = session;
+    }
+    if let Some((sock, parked)) = tunnel {
+        return upgrade::park(conn, ctx, sock, parked);
     }
     // Refused only at shutdown (or if the socket cannot be watched): then closed.
     if let Some(head) = pending {

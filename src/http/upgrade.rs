@@ -1,21 +1,61 @@
 //! HTTP upgrades (WebSocket): after a backend's `101` to a request that asked for one, the
 //! head goes to the client and the connection becomes a two-way tunnel ([`crate::tunnel`]),
-//! idle-limited by `tunnel_ms`, counted per backend in /stats.
+//! idle-limited by `tunnel_ms`, counted per backend in /stats. A tunnel that goes quiet waits
+//! in the parker with both sockets watched, and a worker resumes it when either side speaks;
+//! its access line is written when it ends.
 
 use std::io::{self, Write};
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
 
+use super::client::access_log;
 use super::exchange::{BackendStream, Exchange};
-use super::proxy::{Record, Scratch};
+use super::proxy::{HttpContext, Record, Scratch, PARK_AFTER};
 use crate::backend::Backend;
+use crate::balancer::Pick;
 use crate::error::{Cause, Failure, Party, Phase};
+use crate::h1::request::RequestHead;
 use crate::h1::{Coalesce, Wire};
+use crate::registry::{Conn, Quiet};
+use crate::relay::{Buffers, Progress, Relayed};
+use crate::stats::TunnelGuard;
 use crate::tls_accept::ClientStream;
 use crate::tls_stream::Stream;
 use crate::tunnel::{self, End};
 
+/// A tunnel's backend side between turns: its slot, its TLS state, its count in /stats and how
+/// far it got.
+pub(super) struct Tunnel {
+    pick: Pick,
+    backend: Arc<Backend>,
+    tls: Option<rustls::Connection>,
+    _open: TunnelGuard,
+    progress: Progress,
+}
+
+/// A quiet tunnel as it waits in the parker ([`Quiet::state`]): the tunnel and what its
+/// access line will say.
+pub(super) struct Parked {
+    pub tunnel: Box<Tunnel>,
+    pub head: RequestHead,
+    pub record: Record,
+    pub started: Instant,
+}
+
+/// How the first turn of a tunnel ended.
+pub(super) enum Switched {
+    /// The tunnel is over (logged in the record).
+    Ended,
+    /// It went quiet: its progress, and its count in /stats still held.
+    Quiet(Progress, TunnelGuard),
+}
+
 /// After a `101`: the head goes to the client, then bytes flow both ways (those already
-/// buffered on either side first) until both sides close, an error, or `tunnel_ms` idle.
-/// The pick stays held, so the tunnel counts as one active connection.
+/// buffered on either side first) until both sides close, an error, `tunnel_ms` idle, or (with
+/// a parker) it goes quiet. The pick stays held, so the tunnel counts as one active connection.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn switch(
     ex: &Exchange<'_>,
     cw: &mut Wire<&ClientStream<'_>>,
@@ -24,10 +64,10 @@ pub(super) fn switch(
     backend: &Backend,
     scratch: &mut Scratch,
     record: &mut Record,
-) -> Result<(), Failure> {
+) -> Result<Switched, Failure> {
     let client_gone = |e: io::Error| Failure::new(Party::Client, Phase::Body, Cause::Io(e));
     // Counted before the 101 leaves, so whoever sees the switch also sees the tunnel in /stats.
-    let _open = ex.ctx.counters.open_tunnel(&backend.name);
+    let open = ex.ctx.counters.open_tunnel(&backend.name);
     let mut cout = Coalesce::new(ex.client, &mut scratch.client_out);
     cout.write_all(&scratch.resp_head).and_then(|()| cout.flush()).map_err(client_gone)?;
     record.bytes_out += scratch.resp_head.len() as u64;
@@ -49,22 +89,106 @@ pub(super) fn switch(
             End { sock: s, tls: Some(&mut *backend_guard), early: bw.buffered() }
         }
     };
-    let mut bufs = crate::relay::Buffers::default();
-    let out = tunnel::tunnel(client, up, ex.ctx.config.timeouts.tunnel, &mut bufs);
+    let park = parks(ex.ctx).then_some(PARK_AFTER);
+    let mut bufs = Buffers::default();
+    match tunnel::resume(client, up, ex.ctx.config.timeouts.tunnel, &mut bufs, Progress::start(), park) {
+        Relayed::Quiet(p) => Ok(Switched::Quiet(p, open)),
+        Relayed::Ended(out) => {
+            ended(&ex.head.request_id, backend, record, out);
+            Ok(Switched::Ended)
+        }
+    }
+}
+
+/// Whether a tunnel may wait in the parker (not once the proxy stops).
+fn parks(ctx: &HttpContext) -> bool {
+    ctx.parker.is_some() && !ctx.stopping.load(Ordering::SeqCst)
+}
+
+/// Puts a tunnel's end in its record and counts its bytes.
+fn ended(request_id: &str, backend: &Backend, record: &mut Record, out: crate::relay::RelayOutcome) {
     record.bytes_in += out.up;
     record.bytes_out += out.down;
     backend.record_bytes(out.up, out.down);
     match out.error {
-        None => Ok(()),
+        None => {}
         Some((_, e)) if e.kind() == io::ErrorKind::TimedOut => {
             record.note = "tunnel idle timeout".into();
-            log::info!("req {}: tunnel to {} idle for tunnel_ms, closed", ex.head.request_id, backend.name);
-            Ok(())
+            log::info!("req {request_id}: tunnel to {} idle for tunnel_ms, closed", backend.name);
         }
         Some((party, e)) => {
             let by = if party == Party::Client { "client" } else { "backend" };
             record.note = format!("tunnel ended by {by} error: {e}");
-            Ok(())
+        }
+    }
+}
+
+/// A tunnel gone quiet in its first turn, with the backend stream and pick it ran on.
+pub(super) fn quiet(
+    stream: BackendStream,
+    pick: Pick,
+    progress: Progress,
+    open: TunnelGuard,
+) -> (TcpStream, Box<Tunnel>) {
+    let backend = pick.guard.backend().clone();
+    let (sock, tls) = stream.into_parts();
+    (sock, Box::new(Tunnel { pick, backend, tls, _open: open, progress }))
+}
+
+/// Parks a quiet tunnel with its connection; resumed by [`resume`] when either side speaks.
+/// Refused (the proxy stops): it goes on in this worker until it ends.
+pub(super) fn park(mut conn: Conn, ctx: &HttpContext, sock: TcpStream, parked: Parked) {
+    let Some(parker) = ctx.parker.as_deref() else { return };
+    let p = parked.tunnel.progress;
+    conn.go_quiet(Quiet {
+        backend: sock,
+        backend_id: parked.tunnel.backend.id,
+        watch_client: !p.up_done,
+        watch_backend: !p.down_done,
+        deadline: p.deadline(ctx.config.timeouts.tunnel),
+        state: Box::new(parked),
+    });
+    if let Some(back) = parker.park_quiet(conn) {
+        run(back, ctx, false);
+    }
+}
+
+/// A connection back from the parker with a quiet tunnel: relays until it goes quiet again
+/// (parked again) or ends (logged). False when `conn` carries no tunnel.
+pub(super) fn resume(conn: Conn, ctx: &HttpContext) -> bool {
+    if conn.quiet().is_none() {
+        return false;
+    }
+    run(conn, ctx, parks(ctx));
+    true
+}
+
+fn run(mut conn: Conn, ctx: &HttpContext, may_park: bool) {
+    let Some(q) = conn.take_quiet() else { return };
+    let Quiet { backend: sock, state, .. } = *q;
+    let Ok(parked) = state.downcast::<Parked>() else { return };
+    let mut parked = *parked;
+    let mut session = conn.tls_session.take();
+    let after = may_park.then_some(PARK_AFTER);
+    let step = {
+        let t = &mut parked.tunnel;
+        let _attached = conn.attach(&sock, t.backend.id);
+        let client = End { sock: &conn.stream, tls: session.as_mut().map(|s| s.get_mut()), early: &[] };
+        let backend = End { sock: &sock, tls: t.tls.as_mut(), early: &[] };
+        let mut bufs = Buffers::default();
+        tunnel::resume(client, backend, ctx.config.timeouts.tunnel, &mut bufs, t.progress, after)
+    };
+    match step {
+        Relayed::Quiet(p) => {
+            parked.tunnel.progress = p;
+            conn.tls_session = session;
+            park(conn, ctx, sock, parked);
+        }
+        Relayed::Ended(out) => {
+            let Parked { tunnel, head, mut record, started } = parked;
+            ended(&head.request_id, &tunnel.backend, &mut record, out);
+            drop(tunnel.pick);
+            access_log(&conn, &head, &record, started);
         }
     }
 }

@@ -11,6 +11,8 @@ mod http;
 mod limits;
 mod ops;
 mod proxy_protocol;
+mod quiet;
+
 mod robust;
 mod scale;
 mod stdout;

@@ -136,6 +136,19 @@ fn missing_bad_and_truncated_proxy_headers_are_closed_and_logged_never_forwarded
     }
 }
 
+/// Takes a PROXY header off `s`, waiting (up to 5 s) for each part of it.
+fn read_header(s: &TcpStream) -> proxy_protocol::Header {
+    s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut got = Vec::new();
+    loop {
+        if let Some(h) = proxy_protocol::read_now(s, Accept::Any, &mut got).expect("a PROXY header") {
+            return h;
+        }
+        // Blocks until more has arrived.
+        s.peek(&mut [0u8; 1]).expect("more of the header");
+    }
+}
+
 /// A backend that reads a PROXY header and answers with the source address it names: a line
 /// in TCP mode, an HTTP response per request in HTTP mode. Counts connections.
 fn proxy_reading_backend(http: bool) -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
@@ -150,8 +163,7 @@ fn proxy_reading_backend(http: bool) -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex
             c2.fetch_add(1, Ordering::SeqCst);
             let seen = s2.clone();
             thread::spawn(move || {
-                let h =
-                    proxy_protocol::read(&s, Accept::Any, Duration::from_secs(5)).expect("a PROXY header");
+                let h = read_header(&s);
                 let src = h.addrs.map(|a| a.src.to_string()).unwrap_or_default();
                 seen.lock().expect("seen").push(src.clone());
                 if !http {
@@ -271,4 +283,87 @@ fn two_instances_with_the_same_backends_send_every_client_to_the_same_backend() 
 
 fn addrs_of(client: &str) -> Addresses {
     addrs(client, "10.0.0.1:80")
+}
+
+/// Issue #18: a PROXY header that arrives a byte at a time waits in the parker between bytes,
+/// not in a worker: with one worker, other clients are served meanwhile, in both modes; the
+/// header's address is the client's once it completes; and `header_ms` counts from accept
+/// across every wait, as HAProxy's `timeout client` does for its `accept-proxy` wait.
+#[test]
+fn a_proxy_header_trickled_byte_by_byte_holds_no_worker_and_header_ms_spans_its_waits() {
+    let (_d, backend) = dummy("app1");
+    for mode in ["http", "tcp"] {
+        let config = format!(
+            "[proxy]\nmode = {mode}\naccept_proxy = any\nworkers = 1\n[timeouts]\nheader_ms = 1500\n\
+             [health]\nenabled = false\n{}",
+            backends_section(&[backend])
+        );
+        let (p, proxy) = proxy_with(&config, &[]);
+        let v1 = b"PROXY TCP4 10.1.2.3 10.0.0.1 40000 80\r\n".to_vec();
+        let v2 = proxy_protocol::encode(Version::V2, addrs("10.4.5.6:41000", "10.0.0.1:80"));
+        for (header, src) in [(v1, "10.1.2.3"), (v2, "10.4.5.6")] {
+            let mut slow = connect(proxy);
+            for (i, byte) in header.iter().enumerate() {
+                slow.write_all(&[*byte]).expect("a byte");
+                thread::sleep(Duration::from_millis(10));
+                // Meanwhile a client with its header whole is served by the one worker.
+                if i % 16 == 8 {
+                    let started = Instant::now();
+                    let quick = proxy_protocol::encode(Version::V2, addrs("10.9.9.9:42000", "10.0.0.1:80"));
+                    let served = match mode {
+                        "http" => echo_after(proxy, &quick).status == 200,
+                        _ => {
+                            let mut s = connect(proxy);
+                            s.write_all(&quick).expect("header");
+                            exchange(&mut s, "quick") == "app1"
+                        }
+                    };
+                    assert!(served, "{mode}: a client beside the trickle was not served");
+                    assert!(
+                        started.elapsed() < Duration::from_millis(250),
+                        "{mode}: took {:?}",
+                        started.elapsed()
+                    );
+                }
+            }
+            // Complete: the connection is served as from the header's client.
+            match mode {
+                "http" => {
+                    slow.write_all(b"GET /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                        .expect("get");
+                    let mut wire = lbproxy::h1::Wire::new(slow);
+                    let resp = read_response(&mut wire, "GET");
+                    assert_eq!(resp.status, 200);
+                    assert!(xff(&resp).ends_with(src), "{mode}: {}", xff(&resp));
+                }
+                _ => {
+                    assert_eq!(exchange(&mut slow, "after the header"), "app1");
+                    drop(slow);
+                    p.wait_for(&format!("from {src}:"));
+                }
+            }
+        }
+        // header_ms counts from accept, across the waits: a header still trickling at 1.5 s
+        // is closed then, without an answer (as a missing one).
+        let mut late = connect(proxy);
+        let started = Instant::now();
+        let mut closed_at = None;
+        for byte in b"PROXY TCP4 10.1.2.3 10.0.0.1 40000 80".iter().cycle().take(36) {
+            if late.write_all(&[*byte]).is_err() {
+                closed_at = Some(started.elapsed());
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        let closed_at = closed_at.unwrap_or_else(|| {
+            assert!(closed_silently(&mut late, Duration::from_secs(5)), "{mode}: still open after header_ms");
+            started.elapsed()
+        });
+        assert!(
+            closed_at >= Duration::from_millis(1400),
+            "{mode}: closed at {closed_at:?}, before header_ms"
+        );
+        assert!(closed_at < Duration::from_secs(3), "{mode}: closed at {closed_at:?}, long after header_ms");
+        p.wait_for("no PROXY header within header_ms");
+    }
 }

@@ -453,3 +453,8 @@ impl Load {
         ok
     }
 }
+
+/// `[proxy] workers` as shipped: the default every scale test measures against.
+pub fn default_workers() -> u64 {
+    lbproxy::config::keys::WORKERS.default.parse().expect("a number")
+}

@@ -1,6 +1,7 @@
 //! Unit tests of the relay: both directions at once through a slow reader, idle timeouts naming the right side, EOF passed on.
 use super::*;
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::Shutdown;
 use std::net::TcpListener;
 use std::thread;
 

@@ -30,29 +30,19 @@ use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 use parking_lot::Mutex;
 use rustix::event::epoll;
 
-use crate::h1::respond::text_error;
 use crate::registry::Conn;
 use crate::stats::ProxyCounters;
 
 /// The wake pipe's key in the epoll set (connection ids start at 1).
 const WAKE: u64 = u64::MAX;
+/// Set in the key of a quiet relay's backend socket (the client's is the connection's id).
+const BACKEND: u64 = 1 << 62;
 /// How often parked connections are checked against `idle_ms`.
 const SWEEP: Duration = Duration::from_secs(1);
 /// How long after its last response a parked connection may still send a request at a stop.
 const GRACE: Duration = crate::stack::TRIM_AFTER;
-
-/// Writes to a socket without waiting.
-struct NoWait<'a>(&'a std::net::TcpStream);
-
-impl std::io::Write for NoWait<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        crate::net::send_now(self.0, buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+/// How often the stopping thread looks again at what it still holds.
+const LINGER_TICK: Duration = Duration::from_millis(50);
 
 fn timespec(d: Duration) -> rustix::event::Timespec {
     // At least a millisecond: epoll's resolution, and no busy loop on a deadline just passed.
@@ -68,6 +58,18 @@ enum Wait {
     /// The rest of a head (or, new, its first byte), until this `header_ms` deadline (`None`:
     /// no limit); the bytes so far travel in the connection ([`Conn::head`]).
     Head(Option<Instant>),
+    /// A quiet relay or tunnel: bytes from either side, or its idle deadline, when it goes back
+    /// to a worker to be closed and logged ([`Conn::quiet`]).
+    Relay(Option<Instant>),
+}
+
+impl Wait {
+    fn deadline(self) -> Option<Instant> {
+        match self {
+            Wait::Idle(_) => None,
+            Wait::Head(d) | Wait::Relay(d) => d,
+        }
+    }
 }
 
 /// The parked connections, and the head deadlines among them in order.
@@ -82,7 +84,7 @@ struct Parked {
 impl Parked {
     fn take(&mut self, id: u64) -> Option<(Conn, Wait)> {
         let (conn, wait) = self.conns.remove(&id)?;
-        if let Wait::Head(Some(d)) = wait {
+        if let Some(d) = wait.deadline() {
             self.deadlines.remove(&(d, id));
         }
         Some((conn, wait))
@@ -101,6 +103,8 @@ pub struct Parker {
     /// Its read end, in the epoll set.
     _wake_rx: OwnedFd,
     open: AtomicBool,
+    /// Set when [`Running`] drops, after the drain: quiet relays still parked are closed.
+    finished: AtomicBool,
     /// A parked connection idle this long is closed (zero: never).
     idle: Duration,
     /// Where a TLS handshake that ran out of time here is counted.
@@ -122,6 +126,7 @@ impl Parker {
             wake: Mutex::new(Some(wake_tx)),
             _wake_rx: wake_rx,
             open: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
             idle,
             counters: OnceLock::new(),
         };
@@ -168,18 +173,32 @@ impl Parker {
         self.add(conn, Wait::Head(deadline))
     }
 
+    /// Parks a relay or tunnel gone quiet ([`Conn::go_quiet`]) until either side sends or its
+    /// idle deadline passes; a worker then resumes it. Refused (stopping, or the sockets cannot
+    /// be watched): the connection comes back, to relay on in the worker.
+    #[must_use = "a refused connection comes back, to relay on"]
+    pub fn park_quiet(&self, conn: Conn) -> Option<Conn> {
+        let Some(q) = conn.quiet() else { return Some(conn) };
+        let deadline = q.deadline;
+        self.enter(conn, Wait::Relay(deadline))
+    }
+
     fn add(&self, conn: Conn, wait: Wait) -> bool {
+        self.enter(conn, wait).is_none()
+    }
+
+    /// Parks `conn`; refused, it comes back.
+    fn enter(&self, conn: Conn, wait: Wait) -> Option<Conn> {
         let mut parked = self.parked.lock();
         if !self.open.load(Ordering::SeqCst) {
-            return false;
+            return Some(conn);
         }
-        let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
-        if let Err(e) = epoll::add(&self.epoll, &conn.stream, epoll::EventData::new_u64(conn.id), flags) {
-            log::warn!("conn {} from {}: cannot park ({e}); closing it", conn.id, conn.peer);
-            return false;
+        if let Err(e) = self.watch(&conn) {
+            log::warn!("conn {} from {}: cannot park ({e})", conn.id, conn.peer);
+            return Some(conn);
         }
         let mut sooner = false;
-        if let Wait::Head(Some(d)) = wait {
+        if let Some(d) = wait.deadline() {
             parked.deadlines.insert((d, conn.id));
             sooner = parked.asleep_until.is_some_and(|until| d < until);
         }
@@ -190,7 +209,37 @@ impl Parker {
         if sooner {
             self.poke();
         }
-        true
+        None
+    }
+
+    /// Adds the connection's sockets to the epoll set: the client's, and a quiet relay's
+    /// backend; each reports once (`ONESHOT`), input or the peer closing.
+    fn watch(&self, conn: &Conn) -> rustix::io::Result<()> {
+        let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
+        let (client, backend) = match conn.quiet() {
+            Some(q) => (q.watch_client, Some(q).filter(|q| q.watch_backend)),
+            None => (true, None),
+        };
+        if client {
+            epoll::add(&self.epoll, &conn.stream, epoll::EventData::new_u64(conn.id), flags)?;
+        }
+        if let Some(q) = backend {
+            if let Err(e) =
+                epoll::add(&self.epoll, &q.backend, epoll::EventData::new_u64(conn.id | BACKEND), flags)
+            {
+                let _ = epoll::delete(&self.epoll, &conn.stream);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the connection's sockets out of the epoll set.
+    fn unwatch(&self, conn: &Conn) {
+        let _ = epoll::delete(&self.epoll, &conn.stream);
+        if let Some(q) = conn.quiet() {
+            let _ = epoll::delete(&self.epoll, &q.backend);
+        }
     }
 
     /// Wakes the thread to recompute its wait.
@@ -244,7 +293,7 @@ impl Parker {
                 let _ = rustix::io::read(&self._wake_rx, &mut sink);
             }
             self.hand_over_ready(jobs, &events, &mut ready);
-            self.expire_heads(Instant::now());
+            self.expire(jobs, Instant::now());
             if swept.elapsed() >= SWEEP {
                 swept = Instant::now();
                 self.close_expired();
@@ -258,8 +307,8 @@ impl Parker {
         {
             let mut parked = self.parked.lock();
             for ev in events {
-                if let Some((mut conn, wait)) = parked.take(ev.data.u64()) {
-                    let _ = epoll::delete(&self.epoll, &conn.stream);
+                if let Some((mut conn, wait)) = parked.take(ev.data.u64() & !BACKEND) {
+                    self.unwatch(&conn);
                     if let Wait::Idle(since) = wait {
                         conn.parked_since = Some(since);
                     }
@@ -274,52 +323,6 @@ impl Parker {
         }
     }
 
-    /// At a stop: a connection parked a moment ago may have its next request on the wire. As a
-    /// worker waiting between requests does, each gets [`GRACE`] from its last response to send
-    /// it, and is then served (with `Connection: close`, since the proxy is stopping); the rest
-    /// are closed, as nginx and HAProxy close idle keep-alive connections at a graceful stop.
-    fn linger(&self, jobs: &Sender<Conn>, events: &mut Vec<epoll::Event>, ready: &mut Vec<Conn>) {
-        // The closed wake pipe would report readable for ever.
-        let _ = epoll::delete(&self.epoll, &self._wake_rx);
-        let mut closed = 0usize;
-        loop {
-            let now = Instant::now();
-            let last = {
-                let mut parked = self.parked.lock();
-                // A connection in the middle of a head gets nothing more (nginx closes it too).
-                parked.deadlines.clear();
-                let done = |wait: &Wait| match wait {
-                    Wait::Idle(since) => now.duration_since(*since) >= GRACE,
-                    Wait::Head(_) => true,
-                };
-                for (_, (conn, _)) in parked.conns.extract_if(|_, (_, wait)| done(wait)) {
-                    let _ = epoll::delete(&self.epoll, &conn.stream);
-                    closed += 1;
-                }
-                let ends = parked.conns.values().filter_map(|(_, w)| match w {
-                    Wait::Idle(since) => Some(*since + GRACE),
-                    Wait::Head(_) => None,
-                });
-                ends.max()
-            };
-            let Some(last) = last else { break };
-            let wait = last.saturating_duration_since(now).min(Duration::from_millis(50));
-            events.clear();
-            if let Err(e) =
-                epoll::wait(&self.epoll, rustix::buffer::spare_capacity(events), Some(&timespec(wait)))
-            {
-                if e != rustix::io::Errno::INTR {
-                    break;
-                }
-            }
-            self.hand_over_ready(jobs, events, ready);
-        }
-        closed += self.parked.lock().conns.drain().count();
-        if closed > 0 {
-            log::debug!("parker: closed {closed} idle keep-alive connection(s)");
-        }
-    }
-
     /// Sends `conn` to the workers, waiting while the queue is full (backpressure, as the
     /// acceptor's), until the parker stops: false then, and `conn` is closed.
     fn hand_over(&self, jobs: &Sender<Conn>, mut conn: Conn) -> bool {
@@ -328,70 +331,6 @@ impl Parker {
                 Ok(()) => return true,
                 Err(SendTimeoutError::Timeout(c)) if self.open.load(Ordering::SeqCst) => conn = c,
                 Err(_) => return false,
-            }
-        }
-    }
-
-    fn close_expired(&self) {
-        if self.idle.is_zero() {
-            return;
-        }
-        let idle_out = |wait: &Wait| matches!(wait, Wait::Idle(since) if since.elapsed() >= self.idle);
-        let expired: Vec<_> = self.parked.lock().conns.extract_if(|_, (_, wait)| idle_out(wait)).collect();
-        for (_, (conn, _)) in expired {
-            let _ = epoll::delete(&self.epoll, &conn.stream);
-            log::debug!("conn {} from {}: idle longer than idle_ms, closed", conn.id, conn.peer);
-        }
-    }
-
-    /// Answers 408 to, and closes, every connection whose head is still unfinished at its
-    /// `header_ms` deadline, as a worker waiting for it would have.
-    fn expire_heads(&self, now: Instant) {
-        let mut late = Vec::new();
-        {
-            let mut parked = self.parked.lock();
-            while let Some(&(d, id)) = parked.deadlines.first() {
-                if d > now {
-                    break;
-                }
-                parked.deadlines.pop_first();
-                if let Some((conn, _)) = parked.conns.remove(&id) {
-                    late.push(conn);
-                }
-            }
-        }
-        for conn in late {
-            let _ = epoll::delete(&self.epoll, &conn.stream);
-            if conn.handshake.is_some() {
-                if let Some(c) = self.counters.get() {
-                    c.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
-                }
-                log::info!(
-                    "conn {} from {}: TLS handshake failed: not complete within header_ms; closing",
-                    conn.id,
-                    conn.peer
-                );
-                continue;
-            }
-            log::warn!(
-                "conn {} from {}: request head not complete within header_ms, closing",
-                conn.id,
-                conn.peer
-            );
-            // The answer a worker gives (dated now), written without waiting: in the middle of
-            // a request the socket's buffer is empty, so it fits; if not, the close alone
-            // tells. A TLS client's goes encrypted.
-            let answer = text_error(408, "request head timeout", None, true);
-            match &conn.tls_session {
-                Some(session) => {
-                    let mut c = session.lock();
-                    if std::io::Write::write_all(&mut c.writer(), &answer).is_ok() {
-                        let _ = c.write_tls(&mut NoWait(&conn.stream));
-                    }
-                }
-                None => {
-                    let _ = crate::net::send_now(&conn.stream, &answer);
-                }
             }
         }
     }
@@ -406,6 +345,12 @@ pub struct Running {
 }
 
 impl Running {
+    /// Stops parking: idle connections close now (those parked a moment ago after
+    /// [`GRACE`]); quiet relays stay watched, so they drain, until this drops.
+    pub fn stop_parking(&self) {
+        self.parker.stop();
+    }
+
     /// Stops the parker and waits for its thread.
     pub fn stop(mut self) {
         self.halt();
@@ -413,6 +358,7 @@ impl Running {
 
     fn halt(&mut self) {
         self.parker.stop();
+        self.parker.finished.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -425,6 +371,7 @@ impl Drop for Running {
     }
 }
 
+mod ends;
+
 #[cfg(test)]
-#[path = "park_tests.rs"]
 mod tests;

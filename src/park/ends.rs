@@ -1,0 +1,160 @@
+//! How parked connections end: idle ones at `idle_ms`, unfinished heads at `header_ms` (408),
+//! quiet relays handed back at their idle deadline, and everything at a stop.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+use rustix::event::epoll;
+
+use super::{timespec, Parker, Wait, GRACE, LINGER_TICK};
+use crate::h1::respond::text_error;
+use crate::registry::Conn;
+
+/// Writes to a socket without waiting.
+struct NoWait<'a>(&'a std::net::TcpStream);
+
+impl std::io::Write for NoWait<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        crate::net::send_now(self.0, buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Parker {
+    /// At a stop: a connection parked a moment ago may have its next request on the wire. As a
+    /// worker waiting between requests does, each gets [`GRACE`] from its last response to send
+    /// it, and is then served (with `Connection: close`, since the proxy is stopping); the rest
+    /// are closed, as nginx and HAProxy close idle keep-alive connections at a graceful stop.
+    /// Quiet relays and tunnels drain as the rest: they stay watched, going to a worker when
+    /// either side speaks or the drain deadline shuts them, until [`Running`] is dropped.
+    pub(super) fn linger(&self, jobs: &Sender<Conn>, events: &mut Vec<epoll::Event>, ready: &mut Vec<Conn>) {
+        // The closed wake pipe would report readable for ever.
+        let _ = epoll::delete(&self.epoll, &self._wake_rx);
+        let mut closed = 0usize;
+        loop {
+            let now = Instant::now();
+            let (last, relays) = {
+                let mut parked = self.parked.lock();
+                // A connection in the middle of a head gets nothing more (nginx closes it too).
+                let done = |wait: &Wait| match wait {
+                    Wait::Idle(since) => now.duration_since(*since) >= GRACE,
+                    Wait::Head(_) => true,
+                    Wait::Relay(_) => self.finished.load(Ordering::SeqCst),
+                };
+                let gone: Vec<_> = parked.conns.extract_if(|_, (_, wait)| done(wait)).collect();
+                for (id, (conn, wait)) in gone {
+                    if let Some(d) = wait.deadline() {
+                        parked.deadlines.remove(&(d, id));
+                    }
+                    self.unwatch(&conn);
+                    closed += 1;
+                }
+                let ends = parked.conns.values().filter_map(|(_, w)| match w {
+                    Wait::Idle(since) => Some(*since + GRACE),
+                    Wait::Head(_) | Wait::Relay(_) => None,
+                });
+                let relays = parked.conns.values().any(|(_, w)| matches!(w, Wait::Relay(_)));
+                (ends.max(), relays)
+            };
+            if last.is_none() && !relays {
+                break;
+            }
+            let wait = last.map_or(LINGER_TICK, |l| l.saturating_duration_since(now).min(LINGER_TICK));
+            events.clear();
+            if let Err(e) =
+                epoll::wait(&self.epoll, rustix::buffer::spare_capacity(events), Some(&timespec(wait)))
+            {
+                if e != rustix::io::Errno::INTR {
+                    break;
+                }
+            }
+            self.hand_over_ready(jobs, events, ready);
+            self.expire(jobs, Instant::now());
+        }
+        closed += self.parked.lock().conns.drain().count();
+        if closed > 0 {
+            log::debug!("parker: closed {closed} idle connection(s)");
+        }
+    }
+
+    /// Closes parked keep-alive connections idle longer than `idle_ms`.
+    pub(super) fn close_expired(&self) {
+        if self.idle.is_zero() {
+            return;
+        }
+        let idle_out = |wait: &Wait| matches!(wait, Wait::Idle(since) if since.elapsed() >= self.idle);
+        let expired: Vec<_> = self.parked.lock().conns.extract_if(|_, (_, wait)| idle_out(wait)).collect();
+        for (_, (conn, _)) in expired {
+            let _ = epoll::delete(&self.epoll, &conn.stream);
+            log::debug!("conn {} from {}: idle longer than idle_ms, closed", conn.id, conn.peer);
+        }
+    }
+
+    /// Answers 408 to, and closes, every connection whose head is still unfinished at its
+    /// `header_ms` deadline, as a worker waiting for it would have; hands a quiet relay whose
+    /// idle limit passed to a worker, which ends and logs it.
+    pub(super) fn expire(&self, jobs: &Sender<Conn>, now: Instant) {
+        let mut late = Vec::new();
+        {
+            let mut parked = self.parked.lock();
+            while let Some(&(d, id)) = parked.deadlines.first() {
+                if d > now {
+                    break;
+                }
+                parked.deadlines.pop_first();
+                if let Some((conn, _)) = parked.conns.remove(&id) {
+                    late.push(conn);
+                }
+            }
+        }
+        for conn in late {
+            self.unwatch(&conn);
+            if conn.quiet().is_some() {
+                if !self.hand_over(jobs, conn) {
+                    break;
+                }
+                continue;
+            }
+            if conn.greeting.is_some() {
+                // As nginx and HAProxy: a missing PROXY header gets no answer.
+                conn.refuse_greeting("no PROXY header within header_ms", "on");
+                continue;
+            }
+            if conn.handshake.is_some() {
+                if let Some(c) = self.counters.get() {
+                    c.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                log::info!(
+                    "conn {} from {}: TLS handshake failed: not complete within header_ms; closing",
+                    conn.id,
+                    conn.peer
+                );
+                continue;
+            }
+            log::warn!(
+                "conn {} from {}: request head not complete within header_ms, closing",
+                conn.id,
+                conn.peer
+            );
+            // The answer a worker gives (dated now), written without waiting: in the middle of
+            // a request the socket's buffer is empty, so it fits; if not, the close alone
+            // tells. A TLS client's goes encrypted.
+            let answer = text_error(408, "request head timeout", None, true);
+            match &conn.tls_session {
+                Some(session) => {
+                    let mut c = session.lock();
+                    if std::io::Write::write_all(&mut c.writer(), &answer).is_ok() {
+                        let _ = c.write_tls(&mut NoWait(&conn.stream));
+                    }
+                }
+                None => {
+                    let _ = crate::net::send_now(&conn.stream, &answer);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Quiet relays off the workers (issue #18): a TCP relay that moves no byte waits in the parker
+//! with both sockets watched, not in a worker, and a worker picks it up again when either side
+//! speaks. With one worker, a second client is served only if the first one's quiet relay let
+//! go of it; `idle_ms` and half-close still hold across the waits.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// A backend whose accepted sockets come to the test, which then speaks for it.
+fn hand_backend() -> (SocketAddr, mpsc::Receiver<TcpStream>) {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { return };
+            s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            if tx.send(s).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// Reads exactly `n` bytes.
+fn read_n(s: &mut impl Read, n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf).expect("read");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A client connected through the proxy, and the backend's end of its relay.
+fn open(addr: SocketAddr, backends: &mpsc::Receiver<TcpStream>) -> (TcpStream, TcpStream) {
+    let mut client = connect(addr);
+    client.write_all(b"hello").expect("send");
+    let mut backend = backends.recv_timeout(Duration::from_secs(10)).expect("the relay reaches the backend");
+    assert_eq!(read_n(&mut backend, 5), "hello");
+    backend.write_all(b"hi").expect("reply");
+    assert_eq!(read_n(&mut client, 2), "hi");
+    (client, backend)
+}
+
+#[test]
+fn a_quiet_tcp_relay_frees_its_worker_and_either_side_wakes_it_as_often_as_it_likes() {
+    let (addr_b, backends) = hand_backend();
+    // One worker: while a quiet relay held it, no other client would be relayed.
+    let config = format!(
+        "[proxy]\nworkers = 1\n[timeouts]\nidle_ms = 2000\n[health]\nenabled = false\n{}",
+        backends_section(&[addr_b])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let (mut a_client, mut a_backend) = open(addr, &backends);
+    // A second and a third client are relayed while the first is quiet.
+    let started = Instant::now();
+    let (mut b_client, mut b_backend) = open(addr, &backends);
+    let (c_client, c_backend) = open(addr, &backends);
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
+    for round in 0..3 {
+        // The backend speaks first (server push), then the client, on each relay in turn, each
+        // after the relays have gone quiet again.
+        for (client, backend) in [(&mut a_client, &mut a_backend), (&mut b_client, &mut b_backend)] {
+            let push = format!("push {round}");
+            backend.write_all(push.as_bytes()).expect("push");
+            assert_eq!(read_n(client, push.len()), push);
+            let ask = format!("ask {round}");
+            client.write_all(ask.as_bytes()).expect("ask");
+            assert_eq!(read_n(backend, ask.len()), ask);
+        }
+        // Longer than a relay takes to park (100 ms), shorter than idle_ms.
+        thread::sleep(Duration::from_millis(300));
+    }
+    // Half-close from the client while quiet: the backend sees EOF, still answers, and closes.
+    a_client.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let mut rest = Vec::new();
+    a_backend.read_to_end(&mut rest).expect("EOF reaches the backend");
+    assert!(rest.is_empty(), "{rest:?}");
+    a_backend.write_all(b"bye").expect("after EOF");
+    drop(a_backend);
+    let mut tail = String::new();
+    a_client.read_to_string(&mut tail).expect("the rest, then EOF");
+    assert_eq!(tail, "bye");
+    // Counted across every wake: 5 + 3 * 5 up; 2 + 3 * 6 + 3 down.
+    p.wait_for(" bytes up, ");
+    let log = p.log_text();
+    let a_line = log.lines().find(|l| l.contains("closed:") && l.contains("20 bytes up, 23 bytes down"));
+    assert!(a_line.is_some(), "no end line with both counts:\n{log}");
+    // A relay quiet for idle_ms is ended, parked or not, and logged as an idle timeout.
+    let mut nothing = [0u8; 1];
+    let ended = b_client.read(&mut nothing);
+    assert!(matches!(ended, Ok(0) | Err(_)), "idle relay still open: {ended:?}");
+    p.wait_for("idle timeout");
+    drop((c_client, c_backend, b_backend));
+}
+
+/// Reads up to the end of an HTTP head (byte by byte, so nothing past it is consumed).
+fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).expect("head"), 1, "closed in a head: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// An upgraded connection through the proxy: the client's end and the backend's, after the 101.
+fn upgrade(addr: SocketAddr, backends: &mpsc::Receiver<TcpStream>) -> (TcpStream, TcpStream) {
+    let mut client = connect(addr);
+    client
+        .write_all(b"GET /t HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: test-proto\r\n\r\n")
+        .expect("ask");
+    let mut backend =
+        backends.recv_timeout(Duration::from_secs(10)).expect("the request reaches the backend");
+    let head = read_head(&mut backend);
+    assert!(head.contains("Upgrade: test-proto"), "{head}");
+    backend
+        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: test-proto\r\n\r\n")
+        .expect("101");
+    let head = read_head(&mut client);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    (client, backend)
+}
+
+#[test]
+fn a_quiet_upgrade_tunnel_frees_its_worker_and_either_side_wakes_it_while_tunnel_ms_holds() {
+    let (addr_b, backends) = hand_backend();
+    // One worker, and backend connections not pooled (each upgrade gets its own).
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 1\n[timeouts]\ntunnel_ms = 2000\n[health]\nenabled = false\n{}",
+        backends_section(&[addr_b])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let (mut a_client, mut a_backend) = upgrade(addr, &backends);
+    // With the one worker, a second tunnel opens only if the first, quiet, let go of it.
+    let (mut b_client, mut b_backend) = upgrade(addr, &backends);
+    for round in 0..3 {
+        for (client, backend) in [(&mut a_client, &mut a_backend), (&mut b_client, &mut b_backend)] {
+            let push = format!("push {round}");
+            backend.write_all(push.as_bytes()).expect("push");
+            assert_eq!(read_n(client, push.len()), push);
+            let ask = format!("ask {round}");
+            client.write_all(ask.as_bytes()).expect("ask");
+            assert_eq!(read_n(backend, ask.len()), ask);
+        }
+        // Longer than a tunnel takes to park (100 ms), shorter than tunnel_ms.
+        thread::sleep(Duration::from_millis(300));
+    }
+    // Half-close from the backend while quiet: the client sees EOF and still sends.
+    a_backend.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let mut rest = Vec::new();
+    a_client.read_to_end(&mut rest).expect("EOF reaches the client");
+    assert!(rest.is_empty(), "{rest:?}");
+    a_client.write_all(b"last").expect("after EOF");
+    assert_eq!(read_n(&mut a_backend, 4), "last");
+    drop(a_client);
+    // Its access line, written at its end, counts the bytes of every turn: 3 * 5 + 4 up.
+    let line = p.wait_for("\"GET /t\"");
+    assert!(line.contains(" 101 19B in "), "{line}");
+    // The other, left quiet, ends at tunnel_ms, parked or not.
+    let mut nothing = [0u8; 1];
+    let ended = b_client.read(&mut nothing);
+    assert!(matches!(ended, Ok(0) | Err(_)), "idle tunnel still open: {ended:?}");
+    p.wait_for("idle for tunnel_ms");
+    drop(b_backend);
+}
