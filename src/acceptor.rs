@@ -97,7 +97,6 @@ impl Acceptor {
             // O_NONBLOCK (accept(2)), so no ioctl is spent saying so (one syscall in 12 per
             // `Connection: close` request).
             let conn = Conn::register(&self.registry, next_id, stream, peer);
-            self.counters.accept_queue.store(self.jobs.len(), Ordering::Relaxed);
             let conn = match self.jobs.try_send(conn) {
                 Ok(()) => continue,
                 Err(crossbeam_channel::TrySendError::Full(conn)) => conn,

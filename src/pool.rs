@@ -1,18 +1,23 @@
 //! Fixed pools of long-lived worker threads fed by a bounded crossbeam channel.
 //!
-//! The Rust Book's pool: a `Vec` of join handles and the channel's sender, which [`Drop`] (or
-//! [`WorkerPool::join`]) closes before joining, so every thread finishes the jobs already queued
-//! and returns. Threads start with `std::thread::Builder`, so a spawn failure (thread or memory
-//! map limits) is an `io::Error` for the caller, not a panic; the threads already started are
-//! then stopped and joined. A panicking job is caught and logged, so the thread (and the pool's
+//! The `threadpool` crate owns the threads (named, small stacks, joined at the end); each runs
+//! one long job, the worker loop, which takes connections from the bounded crossbeam channel
+//! that the acceptor and the parker fill. Dropping the pool (or [`WorkerPool::join`]) closes the
+//! pool's sender, so every loop finishes the jobs already queued and returns. threadpool
+//! unwraps a failed spawn: the thread budget ([`crate::budget`]) is checked before anything
+//! binds so that it never happens in practice, and if it does the panic is caught and becomes an
+//! `io::Error` naming it. A panicking job is caught and counted, so the thread (and the pool's
 //! size) survives. Stacks are small so that thousands of workers fit in memory, and every pool
-//! thread runs under `SCHED_BATCH` (see [`batch_scheduling`]).
+//! thread runs under `SCHED_BATCH` (see [`batch_scheduling`]). [`Gauges`] reads what the
+//! threads are doing, for `/stats`.
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use threadpool::ThreadPool;
 
 /// Stack size of every pool thread. Relay buffers live on the heap, so 128 KiB is ample even
 /// for debug builds, and only the touched pages are resident.
@@ -20,24 +25,63 @@ pub const STACK_SIZE: usize = 128 * 1024;
 
 /// A fixed set of threads each running a handler on jobs of type `J` from one bounded channel.
 pub struct WorkerPool<J> {
-    threads: Vec<JoinHandle<()>>,
+    threads: ThreadPool,
     /// The pool's own sender; the threads end when every sender is gone and the queue is empty.
     jobs: Sender<J>,
     /// A receiver, for the queue's length.
     queue: Receiver<J>,
+    counts: Arc<Counts>,
+}
+
+/// What a pool's threads are doing, counted as they go.
+#[derive(Debug, Default)]
+struct Counts {
+    busy: AtomicUsize,
+    panics: AtomicU64,
+}
+
+/// A pool's gauges, read when asked (for `/stats` and `/metrics`).
+#[derive(Clone)]
+pub struct Gauges {
+    threads: ThreadPool,
+    counts: Arc<Counts>,
+}
+
+impl Gauges {
+    /// Threads in the pool (`workers`).
+    pub fn size(&self) -> usize {
+        self.threads.max_count()
+    }
+
+    /// Threads alive and taking jobs (threadpool's `active_count`: each runs the job loop).
+    pub fn running(&self) -> usize {
+        self.threads.active_count()
+    }
+
+    /// Threads serving a job now.
+    pub fn busy(&self) -> usize {
+        self.counts.busy.load(Ordering::Relaxed)
+    }
+
+    /// Jobs that panicked (caught: the thread carried on), and job loops threadpool lost to a
+    /// panic (its `panic_count`; it starts a new thread for each).
+    pub fn panics(&self) -> u64 {
+        self.counts.panics.load(Ordering::Relaxed) + self.threads.panic_count() as u64
+    }
 }
 
 impl<J: Send + 'static> WorkerPool<J> {
-    /// Starts `size` threads named `name-<n>` receiving from a new channel that holds up to
+    /// Starts `size` threads named `name` receiving from a new channel that holds up to
     /// `queue` waiting jobs. Each thread owns a scratch value made by `S::default()` (reusable
-    /// buffers, say) passed to every call. Every thread is running when this returns; if one
-    /// cannot be started, those already started are stopped and joined and the error returned.
+    /// buffers, say) passed to every call. If the system refuses a thread (threadpool then
+    /// panics while building the pool), the panic is caught and returned as an error; the
+    /// threads already started end, their job queue gone.
     pub fn start<S, F>(name: &str, size: usize, queue: usize, handle: F) -> io::Result<WorkerPool<J>>
     where
         S: Default,
         F: Fn(J, &mut S) + Send + Clone + 'static,
     {
-        Self::start_with(name, size, queue, handle, |_| STACK_SIZE)
+        Self::start_with(name, size, queue, handle, STACK_SIZE)
     }
 
     fn start_with<S, F>(
@@ -45,51 +89,42 @@ impl<J: Send + 'static> WorkerPool<J> {
         size: usize,
         queue: usize,
         handle: F,
-        stack: impl Fn(usize) -> usize,
+        stack: usize,
     ) -> io::Result<WorkerPool<J>>
     where
         S: Default,
         F: Fn(J, &mut S) + Send + Clone + 'static,
     {
+        let threads = build(name, size, stack)?;
         let (tx, rx) = crossbeam_channel::bounded::<J>(queue);
-        let mut pool = WorkerPool { threads: Vec::with_capacity(size), jobs: tx, queue: rx.clone() };
-        for i in 0..size {
-            let (jobs, handle) = (rx.clone(), handle.clone());
-            let spawned =
-                thread::Builder::new().name(format!("{name}-{i}")).stack_size(stack(i)).spawn(move || {
-                    batch_scheduling();
-                    let mut state = S::default();
-                    loop {
-                        let job = match jobs.recv_timeout(crate::stack::TRIM_AFTER) {
-                            Ok(job) => job,
-                            Err(RecvTimeoutError::Timeout) => {
-                                // Idle: give back the scratch buffers and the stack pages the
-                                // last jobs touched, then wait as long as it takes.
-                                state = S::default();
-                                crate::stack::give_back();
-                                match jobs.recv() {
-                                    Ok(job) => job,
-                                    Err(_) => break,
-                                }
+        let counts = Arc::new(Counts::default());
+        for _ in 0..size {
+            let (jobs, handle, counts) = (rx.clone(), handle.clone(), counts.clone());
+            threads.execute(move || {
+                batch_scheduling();
+                let mut state = S::default();
+                loop {
+                    let job = match jobs.recv_timeout(crate::stack::TRIM_AFTER) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout) => {
+                            // Idle: give back the scratch buffers and the stack pages the
+                            // last jobs touched, then wait as long as it takes.
+                            state = S::default();
+                            crate::stack::give_back();
+                            match jobs.recv() {
+                                Ok(job) => job,
+                                Err(_) => break,
                             }
-                            Err(RecvTimeoutError::Disconnected) => break,
-                        };
-                        run_job(&handle, job, &mut state);
-                    }
-                });
-            match spawned {
-                Ok(t) => pool.threads.push(t),
-                // `pool` drops here: its sender closes the channel and the threads started so
-                // far return from `recv` and are joined.
-                Err(e) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("cannot start thread {i} of {size} ({name}): {e}"),
-                    ))
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    };
+                    counts.busy.fetch_add(1, Ordering::Relaxed);
+                    run_job(&handle, job, &mut state, &counts);
+                    counts.busy.fetch_sub(1, Ordering::Relaxed);
                 }
-            }
+            });
         }
-        Ok(pool)
+        Ok(WorkerPool { threads, jobs: tx, queue: rx, counts })
     }
 
     /// A sender for the pool's jobs (the acceptor's). The threads end once every sender,
@@ -103,6 +138,11 @@ impl<J: Send + 'static> WorkerPool<J> {
         self.queue.clone()
     }
 
+    /// The pool's gauges.
+    pub fn gauges(&self) -> Gauges {
+        Gauges { threads: self.threads.clone(), counts: self.counts.clone() }
+    }
+
     /// Closes the pool's own sender and waits until every thread has finished: once the other
     /// senders are gone too, that is when the queue is drained.
     pub fn join(self) {
@@ -110,12 +150,36 @@ impl<J: Send + 'static> WorkerPool<J> {
     }
 }
 
+/// Builds the thread pool. threadpool unwraps a failed spawn, so a refusal is a panic here:
+/// caught, and turned into the error it was, with the default panic message kept off stderr.
+fn build(name: &str, size: usize, stack: usize) -> io::Result<ThreadPool> {
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let built = catch_unwind(|| {
+        threadpool::Builder::new()
+            .num_threads(size)
+            .thread_name(name.to_string())
+            .thread_stack_size(stack)
+            .build()
+    });
+    std::panic::set_hook(quiet);
+    built.map_err(|panic| {
+        let why = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "the system refused a thread".to_string());
+        io::Error::other(format!("cannot start {size} {name} threads: {why}"))
+    })
+}
+
 /// Runs one job, catching a panic (the thread carries on, with fresh scratch state). Never
 /// inlined: the job's deep frames stay out of the waiting loop's, so a waiting worker's stack
 /// is shallow and [`crate::stack::release_unused`] can give the rest back.
 #[inline(never)]
-fn run_job<J, S: Default>(handle: &impl Fn(J, &mut S), job: J, state: &mut S) {
+fn run_job<J, S: Default>(handle: &impl Fn(J, &mut S), job: J, state: &mut S, counts: &Counts) {
     if catch_unwind(AssertUnwindSafe(|| handle(job, state))).is_err() {
+        counts.panics.fetch_add(1, Ordering::Relaxed);
         log::error!("a job panicked; the worker carries on");
         *state = S::default();
     }
@@ -142,10 +206,7 @@ impl<J> Drop for WorkerPool<J> {
         // Swapping in the sender of a channel nobody receives from drops ours, closing the
         // pool's channel once the other senders are gone.
         drop(std::mem::replace(&mut self.jobs, crossbeam_channel::bounded(0).0));
-        for t in self.threads.drain(..) {
-            // Jobs' panics are caught in the thread, so there is no join error to report.
-            let _ = t.join();
-        }
+        self.threads.join();
     }
 }
 
@@ -175,38 +236,37 @@ mod tests {
         assert_eq!(done.load(Ordering::SeqCst), 90);
     }
 
-    static ENDED: AtomicUsize = AtomicUsize::new(0);
-
-    /// Counts the pool threads that returned (each drops its scratch state on the way out).
-    #[derive(Default)]
-    struct Ends;
-
-    impl Drop for Ends {
-        fn drop(&mut self) {
-            ENDED.fetch_add(1, Ordering::SeqCst);
-        }
+    #[test]
+    fn a_thread_that_cannot_start_is_an_error_not_a_panic() {
+        // A 64 TiB stack cannot be mapped, so threadpool's first spawn fails (and it panics).
+        let started = WorkerPool::start_with("doomed", 6, 4, |_: (), _: &mut ()| {}, 1usize << 46);
+        let err = started.err().expect("no thread can start");
+        assert!(err.to_string().starts_with("cannot start 6 doomed threads: "), "{err}");
     }
 
     #[test]
-    fn a_thread_that_cannot_start_is_an_error_and_the_started_ones_are_joined() {
-        // A 64 TiB stack cannot be mapped, so the fourth thread fails to start.
-        let huge = 1usize << 46;
-        let started = WorkerPool::start_with(
-            "doomed",
-            6,
-            4,
-            |_: (), _: &mut Ends| {},
-            |i| {
-                if i < 3 {
-                    STACK_SIZE
-                } else {
-                    huge
-                }
-            },
-        );
-        let err = started.err().expect("the fourth thread cannot start");
-        assert!(err.to_string().starts_with("cannot start thread 3 of 6 (doomed): "), "{err}");
-        // Joined before the error came back: all three started threads have already ended.
-        assert_eq!(ENDED.load(Ordering::SeqCst), 3);
+    fn gauges_count_busy_threads_and_caught_panics() {
+        let (hold_tx, hold_rx) = crossbeam_channel::bounded::<()>(0);
+        let pool = WorkerPool::start("gauged", 2, 4, move |job: u8, _: &mut ()| {
+            if job == 0 {
+                panic!("job 0 fails on purpose");
+            }
+            let _ = hold_rx.recv();
+        })
+        .expect("start");
+        let gauges = pool.gauges();
+        assert_eq!(gauges.size(), 2);
+        let tx = pool.sender();
+        tx.send(0).expect("send");
+        tx.send(1).expect("send");
+        // Job 1 holds its thread until released; job 0's panic is counted.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while (gauges.busy() != 1 || gauges.panics() != 1) && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert_eq!((gauges.busy(), gauges.panics(), gauges.running()), (1, 1, 2));
+        hold_tx.send(()).expect("release");
+        drop(tx);
+        pool.join();
     }
 }

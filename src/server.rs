@@ -175,6 +175,15 @@ impl Server {
             Error::Resource(std::io::Error::new(e.kind(), format!("{e}; {hint}")))
         })?;
         let job_tx = workers.sender();
+        let (queue, gauges, parked) = (workers.receiver(), workers.gauges(), parker.clone());
+        let _ = counters.live.set(crate::stats::LiveGauges(Box::new(move || crate::stats::Live {
+            waiting_for_worker: queue.len(),
+            parked: parked.as_ref().map_or(0, |p| p.len()),
+            workers: gauges.size(),
+            workers_busy: gauges.busy(),
+            worker_threads: gauges.running(),
+            worker_panics: gauges.panics(),
+        })));
         let parker_thread = match &parker {
             Some(p) => Some(p.spawn(workers.sender(), workers.receiver()).map_err(Error::Resource)?),
             None => None,

@@ -13,6 +13,40 @@ use crate::balancer::Balancer;
 use crate::clock::now_ms;
 use crate::latency::BUCKETS;
 
+/// What the workers and the parker are doing now, read when `/stats` or `/metrics` is asked.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Live {
+    /// Connections queued for a free worker (the workers' channel's length).
+    pub waiting_for_worker: usize,
+    /// Connections waiting in the parker: idle keep-alive, unfinished heads and handshakes,
+    /// quiet relays and tunnels.
+    pub parked: usize,
+    /// Worker threads (`workers`).
+    pub workers: usize,
+    /// Workers serving a connection now.
+    pub workers_busy: usize,
+    /// Worker threads alive (threadpool's `active_count`).
+    pub worker_threads: usize,
+    /// Jobs that panicked (caught; the worker carried on).
+    pub worker_panics: u64,
+}
+
+/// Reads [`Live`] when called.
+pub struct LiveGauges(pub Box<dyn Fn() -> Live + Send + Sync>);
+
+impl std::fmt::Debug for LiveGauges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveGauges")
+    }
+}
+
+impl ProxyCounters {
+    /// The live gauges now (zeros before the workers run).
+    pub fn live(&self) -> Live {
+        self.live.get().map(|g| (g.0)()).unwrap_or_default()
+    }
+}
+
 /// Whole-process counters shown beside the backends.
 #[derive(Debug, Default)]
 pub struct ProxyCounters {
@@ -20,8 +54,8 @@ pub struct ProxyCounters {
     pub accepted: AtomicU64,
     /// HTTP requests answered (any status).
     pub requests: AtomicU64,
-    /// Accepted connections waiting for a free worker (sampled at each accept).
-    pub accept_queue: std::sync::atomic::AtomicUsize,
+    /// The gauges read when asked (set once the workers and the parker run).
+    pub live: std::sync::OnceLock<LiveGauges>,
     /// TLS handshakes completed on the listener.
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes that failed: refused, timed out, plain HTTP or garbage.
@@ -92,12 +126,18 @@ pub fn backend_json(b: &Backend) -> serde_json::Value {
 /// The /stats document.
 pub fn stats_json(balancer: &Balancer, counters: &ProxyCounters) -> String {
     let members = balancer.members();
+    let live = counters.live();
     let doc = json!({
         "algorithm": balancer.algorithm().name(),
         "connections_accepted": counters.accepted.load(Ordering::Relaxed),
         "requests": counters.requests.load(Ordering::Relaxed),
         "queued": balancer.queued(),
-        "waiting_for_worker": counters.accept_queue.load(Ordering::Relaxed),
+        "waiting_for_worker": live.waiting_for_worker,
+        "parked": live.parked,
+        "workers": live.workers,
+        "workers_busy": live.workers_busy,
+        "worker_threads": live.worker_threads,
+        "worker_panics": live.worker_panics,
         "tls_handshakes": counters.tls_handshakes.load(Ordering::Relaxed),
         "tls_handshake_failures": counters.tls_handshake_failures.load(Ordering::Relaxed),
         "underscored_headers_dropped": counters.underscored_headers_dropped.load(Ordering::Relaxed),
@@ -174,12 +214,32 @@ pub fn metrics_text(balancer: &Balancer, counters: &ProxyCounters) -> String {
          # TYPE lb_connections_accepted_total counter\nlb_connections_accepted_total {}",
         counters.accepted.load(Ordering::Relaxed)
     );
-    let _ = writeln!(
-        out,
-        "# HELP lb_accept_queue_length Accepted connections waiting for a free worker.\n\
-         # TYPE lb_accept_queue_length gauge\nlb_accept_queue_length {}",
-        counters.accept_queue.load(Ordering::Relaxed)
-    );
+    let live = counters.live();
+    let gauges: [(&str, &str, &str, u64); 5] = [
+        (
+            "lb_accept_queue_length",
+            "gauge",
+            "Accepted connections waiting for a free worker.",
+            live.waiting_for_worker as u64,
+        ),
+        (
+            "lb_parked_connections",
+            "gauge",
+            "Connections waiting in the parker, without a worker.",
+            live.parked as u64,
+        ),
+        ("lb_workers", "gauge", "Worker threads.", live.workers as u64),
+        ("lb_workers_busy", "gauge", "Workers serving a connection now.", live.workers_busy as u64),
+        (
+            "lb_worker_panics_total",
+            "counter",
+            "Jobs that panicked (caught; the worker carried on).",
+            live.worker_panics,
+        ),
+    ];
+    for (name, kind, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    }
     let _ = writeln!(
         out,
         "# HELP lb_tls_handshakes_total TLS handshakes completed on the listener.\n\

@@ -169,3 +169,67 @@ fn a_quiet_upgrade_tunnel_frees_its_worker_and_either_side_wakes_it_while_tunnel
     p.wait_for("idle for tunnel_ms");
     drop(b_backend);
 }
+
+/// The /stats gauge of `name`, read now.
+fn gauge(admin: SocketAddr, name: &str) -> u64 {
+    let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+    stats[name].as_u64().unwrap_or_else(|| panic!("no {name} in {stats}"))
+}
+
+/// Waits (bounded) until the gauge `name` reads `want`.
+fn wait_gauge(admin: SocketAddr, name: &str, want: u64) {
+    let deadline = Instant::now() + WAIT;
+    let mut now = gauge(admin, name);
+    while now != want {
+        assert!(Instant::now() < deadline, "{name} stays {now}, not {want}");
+        thread::sleep(Duration::from_millis(20));
+        now = gauge(admin, name);
+    }
+}
+
+/// Issue #20: the gauges are read when asked, so they fall back when the load is gone
+/// (`waiting_for_worker` was sampled at each accept and stayed up on an idle proxy), and /stats
+/// shows the parker and the worker pool (threadpool's threads, busy workers, caught panics).
+#[test]
+fn stats_gauges_are_read_when_asked_and_show_the_parker_and_the_pool() {
+    let (_d, backend) = dummy("app1");
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 1\n[health]\nenabled = false\n[admin]\nlisten = 127.0.0.1:0\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    // The one worker waits on a slow answer while three more clients queue behind it.
+    let slow = thread::spawn(move || {
+        let mut w = lbproxy::h1::Wire::new(connect(addr));
+        (get(&mut w, "/?delay_ms=600", "").status, w)
+    });
+    wait_gauge(admin, "workers_busy", 1);
+    let queued: Vec<_> = (0..3)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut w = lbproxy::h1::Wire::new(connect(addr));
+                let status = get(&mut w, "/", "").status;
+                (status, w)
+            })
+        })
+        .collect();
+    wait_gauge(admin, "waiting_for_worker", 3);
+    let (status, slow) = slow.join().expect("slow");
+    assert_eq!(status, 200);
+    let idle: Vec<_> = queued.into_iter().map(|t| t.join().expect("queued")).collect();
+    assert!(idle.iter().all(|(status, _)| *status == 200));
+    // Load gone: nothing waits for a worker, and the idle keep-alive clients are parked.
+    wait_gauge(admin, "waiting_for_worker", 0);
+    wait_gauge(admin, "parked", 4);
+    wait_gauge(admin, "workers_busy", 0);
+    assert_eq!(
+        (gauge(admin, "workers"), gauge(admin, "worker_threads"), gauge(admin, "worker_panics")),
+        (1, 1, 0)
+    );
+    let metrics = http_get(admin, "/metrics").text();
+    for line in ["lb_accept_queue_length 0", "lb_parked_connections 4", "lb_workers 1", "lb_workers_busy 0"] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in /metrics");
+    }
+    drop((idle, slow));
+}
