@@ -16,13 +16,20 @@ use crate::balancer::Balancer;
 use crate::config::{HealthSettings, Mode, ProxyVersion};
 use crate::h1::{head, HeadError, Wire};
 use crate::health::Transition;
-use crate::net::describe;
+use crate::logging::{held_back, RateLimit};
+use crate::net::{describe, is_local_resource};
 use crate::proxy_protocol;
 use crate::tls::Backends;
 use crate::tls_stream::Stream;
 use rustls::ClientConfig;
 
+/// Why a check could not even start: the proxy's own shortage (no descriptor, no local port,
+/// no memory), which says nothing about the backend.
+pub struct Skipped(pub String);
+
 /// Checks one backend once; `tls` (client configuration, server name) for a `tls` backend.
+/// `Err(Skipped)` when this host could not open the connection (as a proxied connect failing
+/// so never counts against a backend, neither does such a check).
 /// With `proxy` (the backend's `send_proxy=`), a check that speaks starts with a PROXY header
 /// saying it is the proxy's own connection (v1 UNKNOWN, v2 LOCAL), as HAProxy's
 /// `check-send-proxy`, since such a backend refuses a connection without one.
@@ -31,8 +38,23 @@ pub fn check(
     s: &HealthSettings,
     tls: Option<(Arc<ClientConfig>, String)>,
     proxy: Option<ProxyVersion>,
+) -> Result<Result<(), String>, Skipped> {
+    let stream = match TcpStream::connect_timeout(&addr, s.timeout) {
+        Ok(stream) => stream,
+        Err(e) if is_local_resource(&e) => return Err(Skipped(describe(&e))),
+        Err(e) => return Ok(Err(describe(&e))),
+    };
+    Ok(probe(stream, addr, s, tls, proxy))
+}
+
+/// The check over a connected `stream`.
+fn probe(
+    stream: TcpStream,
+    addr: SocketAddr,
+    s: &HealthSettings,
+    tls: Option<(Arc<ClientConfig>, String)>,
+    proxy: Option<ProxyVersion>,
 ) -> Result<(), String> {
-    let stream = TcpStream::connect_timeout(&addr, s.timeout).map_err(|e| describe(&e))?;
     let _ = stream.set_read_timeout(Some(s.timeout));
     let _ = stream.set_write_timeout(Some(s.timeout));
     if let Some(version) = proxy.filter(|_| s.mode == Mode::Http || tls.is_some()) {
@@ -61,6 +83,8 @@ pub fn check(
     }
 }
 
+static SKIPPED: RateLimit = RateLimit::new();
+
 /// Starts the checker: every `interval` (plus up to 10% jitter) it checks every member in
 /// parallel and logs transitions. Returns when `stop` yields or disconnects.
 pub fn spawn_checker(
@@ -79,8 +103,20 @@ pub fn spawn_checker(
                     let tls = tls.as_ref().and_then(|t| t.get(&b.spec));
                     let spawned =
                         thread::Builder::new().stack_size(64 * 1024).spawn_scoped(scope, move || {
-                            if let Some(t) = b.health.observe_check(check(b.addr, s, tls, b.send_proxy()), s)
-                            {
+                            let outcome = match check(b.addr, s, tls, b.send_proxy()) {
+                                Ok(outcome) => outcome,
+                                Err(Skipped(why)) => {
+                                    if let Some(n) = SKIPPED.check() {
+                                        log::warn!(
+                                            "health check of {} skipped: {why} (this host's shortage, not the backend's){}",
+                                            b.name,
+                                            held_back(n)
+                                        );
+                                    }
+                                    return;
+                                }
+                            };
+                            if let Some(t) = b.health.observe_check(outcome, s) {
                                 b.log_transition(&t);
                                 if matches!(t, Transition::Up(_)) {
                                     balancer.wake();

@@ -260,3 +260,46 @@ fn idle_and_trickling_tls_clients_park_and_come_back_with_their_session() {
         assert!(get(tls, false).starts_with("200"));
     }
 }
+
+/// Issue #18: descriptor exhaustion. Silent connections take every descriptor the proxy may
+/// open (its accepts then fail with EMFILE and back off), yet keep-alive clients it served
+/// before are answered at once: the silent ones wait in the parker, not in workers, and the
+/// requests reuse pooled backend connections. No backend is marked down: a health check the
+/// proxy cannot even open says nothing about the backend, as a proxied connect failing so
+/// never counts against it.
+#[test]
+fn served_keep_alive_clients_are_answered_while_silent_connections_hold_every_descriptor() {
+    use std::process::Command;
+    let (_d, backend) = dummy("app1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 8\n[health]\ninterval_ms = 100\nfall = 1\n{}",
+        backends_section(&[backend])
+    );
+    std::fs::write(dir.path().join("config.ini"), config).expect("write");
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(dir.path())
+        .args(["-c", &format!("ulimit -n 64 && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
+    let p = Proc::spawn(&mut cmd, Some(dir));
+    let addr = p.listening_addr();
+    let mut served: Vec<_> = (0..4).map(|_| lbproxy::h1::Wire::new(connect(addr))).collect();
+    for w in &mut served {
+        assert_eq!(get(w, "/", "").status, 200);
+    }
+    // Far more silent connections than 64 descriptors allow.
+    let mark = p.mark();
+    let silent: Vec<TcpStream> = (0..120).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+    p.wait_for("Too many open files");
+    for round in 0..3 {
+        for (i, w) in served.iter_mut().enumerate() {
+            let started = Instant::now();
+            assert_eq!(get(w, "/", "").status, 200, "round {round}, client {i}");
+            assert!(started.elapsed() < Duration::from_millis(500), "took {:?}", started.elapsed());
+        }
+        // Checks run (100 ms apart) while the descriptors are gone: each is skipped.
+        p.wait_for("health check of app1 skipped");
+    }
+    let log = p.lines_from(mark).join("\n");
+    assert!(!log.contains(" DOWN "), "a backend was marked down for the proxy's own shortage:\n{log}");
+    drop(silent);
+}
