@@ -8,12 +8,13 @@
 #   C="16 256" ROUNDS=7 DUR=4 scripts/ab.sh A_BIN B_BIN
 #   CLOSE=1 scripts/ab.sh A_BIN B_BIN         a new connection per request (c = 64)
 #   B_ENV="MALLOC_ARENA_MAX=2" scripts/ab.sh A_BIN A_BIN   the same build, B with an environment
+#   B_WORKERS=256 scripts/ab.sh A_BIN A_BIN   the same build, B with `workers = 256` (else default)
 #
 # Loopback only; every load is bounded by wrk -d; processes started here are stopped by pid.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
-[ $# -eq 2 ] || { sed -n 2,12p "$0" >&2; exit 2; }
+[ $# -eq 2 ] || { sed -n 2,13p "$0" >&2; exit 2; }
 A_BIN=$(realpath "$1"); B_BIN=$(realpath "$2")
 ROUNDS=${ROUNDS:-5}; DUR=${DUR:-4}; CLOSE=${CLOSE:-0}
 C=${C:-"16 64 256 1000"}; [ "$CLOSE" = 1 ] && C=${C_CLOSE:-64}
@@ -26,10 +27,12 @@ trap 'exit 130' INT TERM
 BACKEND=$(free_port); PA=$(free_port); PB=$(free_port); HAP=$(free_port)
 nginx_backend_conf "$W" "$BACKEND"
 haproxy_http_conf "$W/haproxy.cfg" "$HAP" "$BACKEND"
+# The shipped defaults, as a user runs it; A_WORKERS / B_WORKERS set `workers` for one side.
 for side in a b; do
     port=$PA; [ $side = b ] && port=$PB
-    printf '[proxy]\nlisten = 127.0.0.1:%s\nmode = http\nalgorithm = least-connections\nworkers = 1200\nqueue = 4096\nlog_file =\nlog_level = warn\n[timeouts]\nidle_ms = 300000\n[http]\nbackend_keepalive = 1200\n[backends]\nb1 = 127.0.0.1:%s\n' \
-        "$port" "$BACKEND" >"$W/$side.ini"
+    workers=${A_WORKERS:-}; [ $side = b ] && workers=${B_WORKERS:-}
+    printf '[proxy]\nlisten = 127.0.0.1:%s\nmode = http\n%blog_file =\nlog_level = warn\n[backends]\nb1 = 127.0.0.1:%s\n' \
+        "$port" "${workers:+workers = $workers\n}" "$BACKEND" >"$W/$side.ini"
 done
 start() { # port command...
     local port=$1; shift
