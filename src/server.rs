@@ -42,7 +42,7 @@ use crate::tls::{Backends, Listener};
 
 /// At shutdown, keep-alive clients idle this long are closed at once (see
 /// [`Registry::close_idle`]); an HTTP worker closes its own once it has idled this long.
-const IDLE_CLOSE_AFTER: Duration = http_proxy::TRIM_AFTER;
+const IDLE_CLOSE_AFTER: Duration = crate::stack::TRIM_AFTER;
 
 /// What the proxy did, reported at exit.
 #[derive(Debug)]

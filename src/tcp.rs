@@ -5,7 +5,6 @@
 use std::fmt;
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -13,7 +12,7 @@ use crate::balancer::{source_key, Balancer, Pick};
 use crate::config::Config;
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::logging::{held_back, RateLimit};
-use crate::park::Parker;
+use crate::park::{Parker, PARK_AFTER};
 use crate::registry::Conn;
 use crate::registry::Quiet;
 use crate::relay::{Buffers, Progress, RelayOutcome, Relayed};
@@ -39,10 +38,6 @@ pub struct TcpContext {
     /// Where quiet relays wait without a worker.
     pub parker: Option<Arc<Parker>>,
 }
-
-/// How long a relay may move no byte before it parks and frees its worker: as a keep-alive
-/// client's wait (see [`crate::park`]).
-const PARK_AFTER: Duration = Duration::from_millis(100);
 
 struct Label<'a>(&'a Conn);
 

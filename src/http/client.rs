@@ -87,15 +87,6 @@ pub(super) fn read_now(client: &mut &ClientStream<'_>, buf: &mut [u8]) -> io::Re
     }
 }
 
-/// Whether a head begun at `started` is past `header_ms` (zero: never).
-pub(super) fn header_expired(header: Duration, started: Instant) -> bool {
-    !header.is_zero() && started.elapsed() >= header
-}
-
-pub(super) fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-}
-
 /// Writes a short text error response through the one simple-response writer; returns the
 /// bytes written.
 #[inline(never)]

@@ -7,4 +7,5 @@ mod interim;
 pub mod keepalive;
 pub mod proxy;
 pub mod retry;
+mod timers;
 mod upgrade;

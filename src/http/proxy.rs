@@ -11,17 +11,14 @@
 //! was consumed, an idempotent request (or one with an `Idempotency-Key`) is sent again, on a
 //! fresh connection (a stale pooled one) or to the next backend. Others get 502.
 
-use std::io;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::client::{
-    access_log, header_expired, holds_plaintext, is_timeout, lingering_close, read_now, slow_client,
-    write_error,
-};
+use super::client::{access_log, holds_plaintext, lingering_close, read_now, slow_client, write_error};
 use super::exchange::{Attempt, Exchange, Served};
+use super::timers::{After, Before, Filled, IdleTimers, Limits, Now, Wait, FIRST_BYTE, NO_LIMIT};
 use super::upgrade::{self, Parked};
 use crate::balancer::{header_value_key, source_key, Balancer};
 use crate::config::{as_limit, Config};
@@ -37,22 +34,6 @@ use crate::tls_stream::Pending;
 
 /// The `Via` pseudonym.
 pub const VIA: &str = "lbproxy";
-
-/// How long a keep-alive client may idle before it parks (or, when it cannot, before its worker
-/// gives back its stack pages); at shutdown, before its connection is closed.
-pub const TRIM_AFTER: Duration = crate::stack::TRIM_AFTER;
-
-/// How long a plain keep-alive client may idle before it parks (see [`crate::park`]) and
-/// frees its worker: far longer than a busy client takes between two requests (microseconds
-/// to a few ms, tens of ms at c=1000), short enough that a new connection arriving while
-/// every worker holds an idle client soon gets one.
-pub const PARK_AFTER: Duration = Duration::from_millis(100);
-
-/// How long a new plain connection's worker waits for its first byte before parking it.
-const FIRST_BYTE: Duration = Duration::from_millis(10);
-
-/// "Forever" for a zero (disabled) timeout.
-const NO_LIMIT: Duration = Duration::from_secs(365 * 86_400);
 
 /// What HTTP-mode workers share.
 pub struct HttpContext {
@@ -109,7 +90,7 @@ struct ReadTimeout<'a> {
 
 impl ReadTimeout<'_> {
     fn set(&mut self, d: Duration) {
-        let d = Some(if d.is_zero() { NO_LIMIT } else { d.max(Duration::from_millis(1)) });
+        let d = Some(if d.is_zero() { NO_LIMIT } else { d.min(NO_LIMIT).max(Duration::from_millis(1)) });
         if self.current != d {
             let _ = self.stream.set_read_timeout(d);
             self.current = d;
@@ -133,7 +114,7 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     // The header clock starts when a worker takes the connection, not at accept: time spent
     // queued for a worker is the proxy's, not the client's. A TLS handshake is part of it.
     // Parking does not restart it.
-    let mut head_started = resumed.or(partial.as_ref().map(|p| p.started)).unwrap_or_else(Instant::now);
+    let head_started = resumed.or(partial.as_ref().map(|p| p.started)).unwrap_or_else(Instant::now);
     let t = &ctx.config.timeouts;
     let session = conn.tls_session.take();
     let stream = if let Some(session) = session {
@@ -176,16 +157,13 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         cw.preload(&p.bytes);
     }
     let mut timeout = ReadTimeout { stream: tcp, current: None };
-    let mut served = u64::from(resumed.is_some());
+    let limits = Limits { idle: as_limit(t.idle), header: as_limit(t.header) };
+    let mut timers = IdleTimers::new(limits, head_started, u64::from(resumed.is_some()), greeted);
     let mut linger = false;
-    let mut trimmed = false;
-    let mut park = false;
-    let mut park_head = false;
+    // How the connection leaves this worker when it is not closed.
+    let mut parks = None;
     // An upgrade's tunnel gone quiet, to park.
     let mut tunnel = None;
-    // Requests served since this worker took the connection: a connection back from the
-    // parker serves the request that woke it before it may park again.
-    let mut taken = 0u64;
     loop {
         // Wait for (the rest of) a request head.
         let head = loop {
@@ -210,110 +188,57 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                 }
             }
             let between_requests = cw.buffered().is_empty();
-            if between_requests {
-                // Waiting for a request: a shutdown closes this connection once it has idled
-                // `TRIM_AFTER` (the registry closes ones idle that long at once). Not sooner: a
-                // busy client's next request may be on its way, and is answered with
-                // `Connection: close` instead. A new connection's first request is served too.
-                conn.set_idle(true);
-                if served > 0 && ctx.stopping.load(Ordering::SeqCst) && head_started.elapsed() >= TRIM_AFTER {
+            let now = Now {
+                parker: parker.is_some(),
+                pressed: between_requests && parker.is_some_and(Parker::pressed),
+                stopping: ctx.stopping.load(Ordering::SeqCst),
+                holds_plaintext: between_requests && holds_plaintext(client),
+                between_requests,
+            };
+            // Waiting for a request: a shutdown closes the connection once idle a while.
+            conn.set_idle(between_requests);
+            let wait = match timers.before(&now, Instant::now()) {
+                Before::Read(wait) => wait,
+                Before::Park(wait) => {
+                    parks = Some(wait);
                     break None;
                 }
-            }
-            let keep_alive_wait = between_requests && served > 0;
-            if keep_alive_wait
-                && taken > 0
-                && parker.is_some_and(Parker::pressed)
-                && !ctx.stopping.load(Ordering::SeqCst)
-                && !holds_plaintext(client)
-            {
-                // Connections wait for a worker: this one, between requests, lets its worker go.
-                park = true;
-                break None;
-            }
-            if keep_alive_wait {
-                // `head_started` was set when the last response went out: the idle clock.
-                let idle_for = head_started.elapsed();
-                let limit = if t.idle.is_zero() { NO_LIMIT } else { t.idle };
-                // Stopping: the next request may be on its way, but no longer than that.
-                let limit = if ctx.stopping.load(Ordering::SeqCst) { limit.min(TRIM_AFTER) } else { limit };
-                if !trimmed {
-                    let first = if parker.is_some() { PARK_AFTER } else { TRIM_AFTER };
-                    timeout.set(first.min(limit));
-                } else if idle_for >= limit {
-                    break None;
-                } else {
-                    timeout.set(limit - idle_for);
-                }
-            }
-            // A head is awaited in the parker, not in this worker (plain or TLS). A new
-            // connection's first byte gets `FIRST_BYTE` here (it is normally on its way with
-            // the handshake's last packet, and parking it would cost a `Connection: close`
-            // request two thread hops); the rest of a head is read without waiting at all.
-            let parks = parker.is_some() && !keep_alive_wait && !ctx.stopping.load(Ordering::SeqCst);
-            let first_byte = parks && served == 0 && !greeted && cw.buffered().is_empty();
-            let nowait = parks && !first_byte;
-            if !keep_alive_wait {
-                let left = if t.header.is_zero() {
-                    NO_LIMIT
-                } else {
-                    t.header.saturating_sub(head_started.elapsed())
-                };
-                if left.is_zero() {
+                Before::TimedOut => {
                     slow_client(&conn, client, &mut scratch.client_out);
                     break None;
                 }
-                timeout.set(if first_byte { left.min(FIRST_BYTE) } else { left });
+                Before::Close => break None,
+            };
+            if let Some(limit) = wait {
+                timeout.set(limit);
             }
             let max_head = ctx.config.http.max_head_bytes;
-            let filled = if nowait { cw.fill_by(max_head, read_now) } else { cw.fill(max_head) };
+            let filled = if wait.is_some() { cw.fill(max_head) } else { cw.fill_by(max_head, read_now) };
             conn.set_idle(false);
-            match filled {
-                Ok(0) => break None,
-                Err(e)
-                    if (nowait && e.kind() == io::ErrorKind::WouldBlock)
-                        || (first_byte && is_timeout(&e) && !header_expired(t.header, head_started)) =>
-                {
-                    park_head = true;
+            match timers.after(&now, Filled::of(&filled, wait.is_some()), Instant::now()) {
+                After::Parse => {}
+                After::Park(wait) => {
+                    parks = Some(wait);
                     break None;
                 }
-                Ok(_) if keep_alive_wait => {
-                    head_started = Instant::now();
-                    trimmed = false;
-                }
-                // At a stop the parker takes nothing more: wait here, as below, until the
-                // registry closes this connection or its next request comes.
-                Err(e)
-                    if is_timeout(&e)
-                        && keep_alive_wait
-                        && !trimmed
-                        && parker.is_some()
-                        && !ctx.stopping.load(Ordering::SeqCst) =>
-                {
-                    // Idle for a while: wait for the next request in the parker, without a worker.
-                    park = true;
-                    break None;
-                }
-                Err(e) if is_timeout(&e) && keep_alive_wait && !trimmed => {
-                    // Idle for a while: give back the stack this worker's requests touched, so
-                    // thousands of idle keep-alive clients stay cheap. Then wait on.
+                After::Trim => {
+                    // Idle a while without a parker: give back the stack this worker's requests
+                    // touched, so thousands of idle keep-alive clients stay cheap. Then wait on.
                     cw.release_buffer();
                     scratch.release();
                     crate::stack::give_back();
-                    trimmed = true;
                 }
-                Ok(_) => {}
-                Err(e) if is_timeout(&e) && !keep_alive_wait => {
+                After::TimedOut => {
                     slow_client(&conn, client, &mut scratch.client_out);
                     break None;
                 }
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                After::TooLarge => {
                     let mut out = Coalesce::new(client, &mut scratch.client_out);
                     let _ = write_error(&mut out, 431, "request head too large", None, true);
                     linger = true;
                     break None;
                 }
-                Err(_) => break None,
+                After::Close => break None,
             }
         };
         let Some(head) = head else { break };
@@ -330,8 +255,8 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                 head.underscored
             );
         }
-        served += 1;
-        taken += 1;
+        timers.served += 1;
+        timers.taken += 1;
         // Body reads from the client wait at most idle_ms between bytes. (Without a body the
         // next read is the next request's, which sets its own timeout.)
         if !matches!(head.body, BodyKind::Empty | BodyKind::Length(0)) {
@@ -377,12 +302,14 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         if !keep {
             break;
         }
-        head_started = Instant::now();
+        timers.since = Instant::now();
     }
     if linger {
         lingering_close(tcp);
     }
-    let pending = park_head.then(|| PartialHead { started: head_started, bytes: cw.buffered().to_vec() });
+    let pending = (parks == Some(Wait::Head))
+        .then(|| PartialHead { started: timers.since, bytes: cw.buffered().to_vec() });
+    let park = parks == Some(Wait::Idle);
     scratch.client_in = cw.into_buffer();
     // A TLS session waits in the parker with its connection.
     let session = stream.into_session();
@@ -399,7 +326,7 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         conn.head = Some(head);
         parker.park_head(conn, deadline);
     } else if park {
-        parker.park(conn, head_started);
+        parker.park(conn, timers.since);
     }
 }
 

@@ -12,12 +12,13 @@ use std::time::Instant;
 
 use super::client::access_log;
 use super::exchange::{BackendStream, Exchange};
-use super::proxy::{HttpContext, Record, Scratch, PARK_AFTER};
+use super::proxy::{HttpContext, Record, Scratch};
 use crate::backend::Backend;
 use crate::balancer::Pick;
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::h1::request::RequestHead;
 use crate::h1::{Coalesce, Wire};
+use crate::park::PARK_AFTER;
 use crate::registry::{Conn, Quiet};
 use crate::relay::{Buffers, Progress, Relayed};
 use crate::stats::TunnelGuard;

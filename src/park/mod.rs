@@ -33,6 +33,13 @@ use rustix::event::epoll;
 use crate::registry::Conn;
 use crate::stats::ProxyCounters;
 
+/// How long a keep-alive client, or a relay, may move no byte before it parks and frees its
+/// worker: far longer than a busy client takes between two requests (microseconds to a few ms,
+/// tens of ms at c=1000), short enough that a new connection arriving while every worker holds
+/// an idle one soon gets a worker. Parking at once instead measured 0.62x the requests/s at
+/// c=16 and 256 (`bench/results/20261204-park-at-once-ab.md`).
+pub const PARK_AFTER: Duration = Duration::from_millis(100);
+
 /// The wake pipe's key in the epoll set (connection ids start at 1).
 const WAKE: u64 = u64::MAX;
 /// Set in the key of a quiet relay's backend socket (the client's is the connection's id).

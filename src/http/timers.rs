@@ -1,0 +1,244 @@
+//! The client connection's waits, decided without sockets: how long a worker may wait for the
+//! next request or the rest of a head, and what a wait that ends comes to (read on, park,
+//! trim, close, 408 or 431). `http::proxy::serve` asks [`IdleTimers::before`] before each read
+//! and [`IdleTimers::after`] when it returns, so the design reads in one place and is tested
+//! here with a fake clock.
+//!
+//! ```text
+//!   between requests:  read up to park_after (100 ms) -> Park(Idle)   [no parker: trim, then idle_ms]
+//!                      or at once when connections wait for a worker   -> Park(Idle)
+//!   a head begun:      read what is there without waiting             -> Park(Head), 408 at header_ms
+//!   a new connection:  first byte up to FIRST_BYTE (10 ms)            -> Park(Head)
+//!   stopping:          no parking; idle ones close after TRIM_AFTER
+//! ```
+
+use std::io;
+use std::time::{Duration, Instant};
+
+/// How long a keep-alive client may idle before it parks (or, without a parker, before its
+/// worker gives back its stack pages); at shutdown, before its connection is closed.
+pub const TRIM_AFTER: Duration = crate::stack::TRIM_AFTER;
+
+pub use crate::park::PARK_AFTER;
+
+/// "Forever", for a limit that is off.
+pub const NO_LIMIT: Duration = Duration::from_secs(365 * 86_400);
+
+/// How long a new connection's worker waits for its first byte before parking it: it is
+/// normally on its way with the handshake's last packet, and parking it would cost a
+/// `Connection: close` request two thread hops.
+pub const FIRST_BYTE: Duration = Duration::from_millis(10);
+
+/// The limits, from `[timeouts]` (`None`: no limit).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub idle: Option<Duration>,
+    pub header: Option<Duration>,
+}
+
+/// How the proxy stands when a wait starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Now {
+    /// A parker takes connections (not at a stop).
+    pub parker: bool,
+    /// Connections wait for a worker.
+    pub pressed: bool,
+    /// The proxy is stopping.
+    pub stopping: bool,
+    /// rustls holds decrypted bytes the socket will not report: never park then.
+    pub holds_plaintext: bool,
+    /// Nothing of a next head is buffered.
+    pub between_requests: bool,
+}
+
+/// What to do before the next read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Before {
+    /// Read, waiting at most this long (`None`: take what is there, without waiting).
+    Read(Option<Duration>),
+    /// Let the worker go: the connection waits in the parker.
+    Park(Wait),
+    /// The head took longer than `header_ms`: 408, then close.
+    TimedOut,
+    /// Close: idle too long, or idle at a stop.
+    Close,
+}
+
+/// What a parked connection waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Its next request, idle since the last response.
+    Idle,
+    /// The rest of a head (or, new, its first byte), bounded by `header_ms` from its start.
+    Head,
+}
+
+/// How a read ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filled {
+    /// Bytes arrived.
+    Bytes,
+    /// The client closed.
+    Eof,
+    /// Nothing there (a read that does not wait).
+    Empty,
+    /// The wait ran out.
+    TimedOut,
+    /// The head grew past `max_head_bytes`.
+    TooLarge,
+    /// Any other error.
+    Failed,
+}
+
+impl Filled {
+    /// Classifies a read's outcome; `waited`: it was a read with a timeout, not one that takes
+    /// only what is there.
+    pub fn of(read: &io::Result<usize>, waited: bool) -> Filled {
+        match read {
+            Ok(0) => Filled::Eof,
+            Ok(_) => Filled::Bytes,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && !waited => Filled::Empty,
+            // A socket timeout reads as either, depending on the platform.
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Filled::TimedOut
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => Filled::TooLarge,
+            Err(_) => Filled::Failed,
+        }
+    }
+}
+
+/// What a read that ended comes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Bytes arrived: parse.
+    Parse,
+    /// Let the worker go (as [`Before::Park`]).
+    Park(Wait),
+    /// Idle a while without a parker: give back the worker's buffers and stack, wait on.
+    Trim,
+    /// The head took too long: 408.
+    TimedOut,
+    /// The head is too large: 431.
+    TooLarge,
+    /// Close.
+    Close,
+}
+
+/// One client connection's clocks.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleTimers {
+    limits: Limits,
+    /// When the current wait's clock started: the head's first wait (parking does not restart
+    /// it), or the last response, between requests.
+    pub since: Instant,
+    /// Requests served on the connection (one before, if it came back from the parker idle).
+    pub served: u64,
+    /// Requests served since this worker took it: one back from the parker serves the request
+    /// that woke it before it may park again.
+    pub taken: u64,
+    /// The worker gave back its buffers while idle.
+    pub trimmed: bool,
+    /// Its PROXY header or TLS handshake is done and it parked before: no first-byte grace.
+    pub greeted: bool,
+}
+
+impl IdleTimers {
+    /// A connection whose clock started at `since`, having served `served` requests.
+    pub fn new(limits: Limits, since: Instant, served: u64, greeted: bool) -> IdleTimers {
+        IdleTimers { limits, since, served, taken: 0, trimmed: false, greeted }
+    }
+
+    /// Waiting for a keep-alive client's next request (not a head begun, not a new one).
+    fn keep_alive(&self, now: &Now) -> bool {
+        now.between_requests && self.served > 0
+    }
+
+    /// Waiting for a new connection's first byte, which gets [`FIRST_BYTE`] here.
+    fn first_byte(&self, now: &Now) -> bool {
+        now.parker && !now.stopping && self.served == 0 && !self.greeted && now.between_requests
+    }
+
+    /// What to do before reading, at `at`.
+    pub fn before(&self, now: &Now, at: Instant) -> Before {
+        let elapsed = at.saturating_duration_since(self.since);
+        if self.keep_alive(now) {
+            // A shutdown closes a connection idle `TRIM_AFTER`; not sooner: a busy client's next
+            // request may be on its way, and is answered with `Connection: close` instead.
+            if now.stopping && elapsed >= TRIM_AFTER {
+                return Before::Close;
+            }
+            let parks = now.parker && !now.stopping && !now.holds_plaintext;
+            if parks && self.taken > 0 && now.pressed {
+                return Before::Park(Wait::Idle);
+            }
+            let mut limit = self.limits.idle.unwrap_or(NO_LIMIT);
+            if now.stopping {
+                limit = limit.min(TRIM_AFTER);
+            }
+            if !self.trimmed {
+                let first = if now.parker { PARK_AFTER } else { TRIM_AFTER };
+                return Before::Read(Some(first.min(limit)));
+            }
+            return match limit.checked_sub(elapsed) {
+                Some(left) if !left.is_zero() => Before::Read(Some(left)),
+                _ => Before::Close,
+            };
+        }
+        let left = match self.limits.header {
+            None => NO_LIMIT,
+            Some(header) => header.saturating_sub(elapsed),
+        };
+        if left.is_zero() {
+            return Before::TimedOut;
+        }
+        if self.first_byte(now) {
+            return Before::Read(Some(left.min(FIRST_BYTE)));
+        }
+        // A head is awaited in the parker, not in this worker: read what is there.
+        if now.parker && !now.stopping {
+            return Before::Read(None);
+        }
+        Before::Read(Some(left))
+    }
+
+    /// What a read begun as `before` said comes to, at `at`.
+    pub fn after(&mut self, now: &Now, read: Filled, at: Instant) -> After {
+        let keep_alive = self.keep_alive(now);
+        match read {
+            Filled::Eof | Filled::Failed => After::Close,
+            Filled::TooLarge => After::TooLarge,
+            Filled::Bytes => {
+                if keep_alive {
+                    // A request begins: the head's clock starts.
+                    self.since = at;
+                    self.trimmed = false;
+                }
+                After::Parse
+            }
+            Filled::Empty => After::Park(if keep_alive { Wait::Idle } else { Wait::Head }),
+            Filled::TimedOut if keep_alive && !self.trimmed => {
+                if now.parker && !now.stopping && !now.holds_plaintext {
+                    After::Park(Wait::Idle)
+                } else {
+                    self.trimmed = true;
+                    After::Trim
+                }
+            }
+            Filled::TimedOut if keep_alive => After::Close,
+            Filled::TimedOut => {
+                let expired =
+                    self.limits.header.is_some_and(|h| at.saturating_duration_since(self.since) >= h);
+                if self.first_byte(now) && !expired {
+                    After::Park(Wait::Head)
+                } else {
+                    After::TimedOut
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "timers_tests.rs"]
+mod tests;

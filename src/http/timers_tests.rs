@@ -1,0 +1,102 @@
+//! Unit tests of the connection's waits on a fake clock: every branch of `before` and `after`.
+use super::*;
+
+const IDLE: Duration = Duration::from_secs(60);
+const HEADER: Duration = Duration::from_secs(10);
+
+fn limits() -> Limits {
+    Limits { idle: Some(IDLE), header: Some(HEADER) }
+}
+
+/// Between requests on a plain connection with a parker.
+fn idle() -> Now {
+    Now { parker: true, between_requests: true, ..Now::default() }
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+#[test]
+fn a_keep_alive_client_waits_park_after_then_parks_and_at_once_when_others_wait() {
+    let t0 = Instant::now();
+    let mut t = IdleTimers::new(limits(), t0, 1, true);
+    assert_eq!(t.before(&idle(), t0), Before::Read(Some(PARK_AFTER)));
+    assert_eq!(t.after(&idle(), Filled::TimedOut, t0 + PARK_AFTER), After::Park(Wait::Idle));
+    // Back from the parker, it serves the request that woke it before it may park at once.
+    let pressed = Now { pressed: true, ..idle() };
+    assert_eq!(t.before(&pressed, t0), Before::Read(Some(PARK_AFTER)));
+    t.taken = 1;
+    assert_eq!(t.before(&pressed, t0), Before::Park(Wait::Idle));
+    // Never with plaintext rustls holds, which the parker's epoll cannot see.
+    let held = Now { holds_plaintext: true, ..pressed };
+    assert_eq!(t.before(&held, t0), Before::Read(Some(PARK_AFTER)));
+}
+
+#[test]
+fn a_request_starts_the_head_clock_and_the_rest_of_a_head_is_read_without_waiting() {
+    let t0 = Instant::now();
+    let mut t = IdleTimers::new(limits(), t0, 1, true);
+    assert_eq!(t.after(&idle(), Filled::Bytes, t0 + ms(30)), After::Parse);
+    assert_eq!(t.since, t0 + ms(30));
+    let mid_head = Now { between_requests: false, ..idle() };
+    assert_eq!(t.before(&mid_head, t0 + ms(40)), Before::Read(None));
+    assert_eq!(t.after(&mid_head, Filled::Empty, t0 + ms(40)), After::Park(Wait::Head));
+    // header_ms from the head's start, across parks.
+    assert_eq!(t.before(&mid_head, t0 + ms(30) + HEADER), Before::TimedOut);
+}
+
+#[test]
+fn a_new_connection_gets_first_byte_then_parks_and_times_out_at_header_ms() {
+    let t0 = Instant::now();
+    let mut t = IdleTimers::new(limits(), t0, 0, false);
+    assert_eq!(t.before(&idle(), t0), Before::Read(Some(FIRST_BYTE)));
+    assert_eq!(t.after(&idle(), Filled::TimedOut, t0 + FIRST_BYTE), After::Park(Wait::Head));
+    assert_eq!(t.after(&idle(), Filled::TimedOut, t0 + HEADER), After::TimedOut);
+    // Greeted (back from the parker), it reads without waiting.
+    t.greeted = true;
+    assert_eq!(t.before(&idle(), t0 + ms(500)), Before::Read(None));
+}
+
+#[test]
+fn without_a_parker_an_idle_client_trims_then_waits_out_idle_ms() {
+    let t0 = Instant::now();
+    let plain = Now { parker: false, ..idle() };
+    let mut t = IdleTimers::new(limits(), t0, 1, true);
+    assert_eq!(t.before(&plain, t0), Before::Read(Some(TRIM_AFTER)));
+    assert_eq!(t.after(&plain, Filled::TimedOut, t0 + TRIM_AFTER), After::Trim);
+    assert_eq!(t.before(&plain, t0 + TRIM_AFTER), Before::Read(Some(IDLE - TRIM_AFTER)));
+    assert_eq!(t.after(&plain, Filled::TimedOut, t0 + IDLE), After::Close);
+    assert_eq!(t.before(&plain, t0 + IDLE), Before::Close);
+    // A head without a parker is waited for here, up to header_ms.
+    let head = Now { between_requests: false, ..plain };
+    assert_eq!(t.before(&head, t0), Before::Read(Some(HEADER)));
+    assert_eq!(t.after(&head, Filled::TimedOut, t0 + HEADER), After::TimedOut);
+}
+
+#[test]
+fn at_a_stop_nothing_parks_and_an_idle_client_closes_after_trim_after() {
+    let t0 = Instant::now();
+    let stopping = Now { stopping: true, pressed: true, ..idle() };
+    let mut t = IdleTimers::new(limits(), t0, 1, true);
+    t.taken = 1;
+    assert_eq!(t.before(&stopping, t0), Before::Read(Some(PARK_AFTER)));
+    assert_eq!(t.after(&stopping, Filled::TimedOut, t0 + PARK_AFTER), After::Trim);
+    assert_eq!(t.before(&stopping, t0 + TRIM_AFTER), Before::Close);
+    let head = Now { between_requests: false, ..stopping };
+    assert_eq!(t.before(&head, t0), Before::Read(Some(HEADER)));
+}
+
+#[test]
+fn a_closed_broken_or_oversized_read_ends_the_wait() {
+    let t0 = Instant::now();
+    let mut t = IdleTimers::new(limits(), t0, 1, true);
+    assert_eq!(t.after(&idle(), Filled::Eof, t0), After::Close);
+    assert_eq!(t.after(&idle(), Filled::Failed, t0), After::Close);
+    assert_eq!(t.after(&idle(), Filled::TooLarge, t0), After::TooLarge);
+    let would_block = io::Error::from(io::ErrorKind::WouldBlock);
+    assert_eq!(Filled::of(&Err(would_block), false), Filled::Empty);
+    let would_block = io::Error::from(io::ErrorKind::WouldBlock);
+    assert_eq!(Filled::of(&Err(would_block), true), Filled::TimedOut);
+    assert_eq!(Filled::of(&Ok(0), true), Filled::Eof);
+}
