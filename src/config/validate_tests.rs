@@ -15,7 +15,7 @@ fn defaults_apply_when_keys_are_absent() {
     let c = parse("[backends]\napp1 = 127.0.0.1:9090\n").expect("valid");
     assert_eq!(c.listen, "0.0.0.0:8080".parse().expect("addr"));
     assert_eq!(c.algorithm, Algorithm::LeastConnections);
-    assert_eq!(c.workers, 1024);
+    assert_eq!(c.workers, 512);
     assert_eq!(c.timeouts.connect, Duration::from_millis(2000));
     assert_eq!(c.backends[0].weight, 1);
 }

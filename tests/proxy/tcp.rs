@@ -172,11 +172,13 @@ fn eight_mib_echoed_intact_while_flowing_both_ways() {
     h.join().expect("backend");
 }
 
+/// More held connections than the shipped workers: quiet relays park (issue #18), so each is
+/// answered while all the earlier ones stay open, and least-connections still counts them.
 #[test]
 fn a_thousand_concurrent_held_connections_are_all_served_with_the_shipped_workers() {
     let shipped =
         lbproxy::config::RawConfig::load(&shipped_config()).expect("read").validate().expect("valid");
-    assert!(shipped.workers >= 1024, "shipped config.ini has workers = {}", shipped.workers);
+    assert!(shipped.workers < 1000, "shipped config.ini has workers = {}", shipped.workers);
     let ds = dummies(3);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(PROXY);

@@ -303,3 +303,51 @@ fn served_keep_alive_clients_are_answered_while_silent_connections_hold_every_de
     assert!(!log.contains(" DOWN "), "a backend was marked down for the proxy's own shortage:\n{log}");
     drop(silent);
 }
+
+/// Issue #18's new user: with the default settings, 1,100 silent connections on the TLS port
+/// (more than the default workers) used to delay the next `curl https://` by 9.6 s. Handshakes
+/// that have not begun wait in the parker, so curl is answered at once, every time.
+#[test]
+fn eleven_hundred_silent_tls_connections_with_the_default_workers_cost_curl_nothing() {
+    use crate::tls::Ca;
+    use std::process::Command;
+    raise_fd_limit();
+    let (_d, backend) = dummy("app");
+    let ca = Ca::new("crowd CA");
+    let certs = tempfile::tempdir().expect("tempdir");
+    ca.write(certs.path(), "proxy", &["localhost"]);
+    let d = certs.path().display();
+    let config = format!(
+        "[proxy]\nmode = http\n[admin]\nlisten = 127.0.0.1:0\n[health]\nenabled = false\n\
+         [tls]\ncert = {d}/proxy.pem\nkey = {d}/proxy.key\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    let silent: Vec<TcpStream> = (0..1100).map(|_| connect(addr)).collect();
+    let deadline = Instant::now() + WAIT;
+    while accepted(admin) < 1100 {
+        assert!(Instant::now() < deadline, "the crowd never got in: {} accepted", accepted(admin));
+        thread::sleep(Duration::from_millis(10));
+    }
+    let port = addr.port();
+    for i in 0..5 {
+        let started = Instant::now();
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--cacert"])
+            .arg(certs.path().join("ca.pem"))
+            .args([
+                "--resolve",
+                &format!("localhost:{port}:127.0.0.1"),
+                &format!("https://localhost:{port}/"),
+            ])
+            .output()
+            .expect("curl");
+        let took = started.elapsed();
+        assert!(out.status.success(), "curl {i}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("app"), "curl {i}");
+        // curl's own start-up is part of it; the crowd used to add seconds.
+        assert!(took <= Duration::from_millis(500), "curl {i} beside the crowd took {took:?}");
+    }
+    drop(silent);
+}
