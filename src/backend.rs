@@ -306,10 +306,11 @@ pub fn build(specs: &[BackendSpec]) -> Vec<Arc<Backend>> {
         .collect()
 }
 
-/// A per-backend summary line: `app1 127.0.0.1:9090 up total=12 failures=0 active=0 up=120B down=160B`.
+/// A per-backend summary line: `app1 127.0.0.1:9090 up total=12 failures=0 active=0 sent=120B
+/// received=160B` (bytes sent to the backend and received from it).
 pub fn summary_line(b: &Backend) -> String {
     format!(
-        "{} {} {} total={} failures={} active={} up={}B down={}B",
+        "{} {} {} total={} failures={} active={} sent={}B received={}B",
         b.name,
         b.addr,
         if b.health.is_up() { "up" } else { "DOWN" },

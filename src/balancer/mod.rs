@@ -103,26 +103,41 @@ pub fn header_value_key(value: &[u8]) -> u64 {
     xxh3_64(value.trim_ascii())
 }
 
-/// The backends already tried for one connection or request, so each is tried at most once.
+/// The backends already tried for one connection or request, so each is tried at most once,
+/// and how many attempts failed (a stale pooled connection retried on the same backend too).
 #[derive(Debug, Default, Clone)]
-pub struct Tried(Vec<u64>);
+pub struct Tried {
+    ids: Vec<u64>,
+    failed: usize,
+}
 
 impl Tried {
-    /// Marks `b` as tried.
+    /// Marks `b` as tried, after an attempt on it failed.
     pub fn insert(&mut self, b: &Backend) {
-        if !self.0.contains(&b.id) {
-            self.0.push(b.id);
+        self.failed += 1;
+        if !self.ids.contains(&b.id) {
+            self.ids.push(b.id);
         }
+    }
+
+    /// Counts a failed attempt that is retried on the same backend.
+    pub fn retry_same(&mut self) {
+        self.failed += 1;
     }
 
     /// Whether `b` was tried.
     pub fn contains(&self, b: &Backend) -> bool {
-        self.0.contains(&b.id)
+        self.ids.contains(&b.id)
     }
 
-    /// How many were tried.
+    /// How many backends were tried.
     pub fn count(&self) -> usize {
-        self.0.len()
+        self.ids.len()
+    }
+
+    /// How many attempts failed.
+    pub fn failed(&self) -> usize {
+        self.failed
     }
 }
 
@@ -281,6 +296,12 @@ impl Balancer {
         }
     }
 
+    /// Whether a backend not in `tried` is available (up, not drained or in maintenance): the
+    /// next attempt has somewhere to go.
+    pub fn any_left(&self, tried: &Tried) -> bool {
+        self.members().iter().any(|b| !tried.contains(b) && b.is_available())
+    }
+
     /// Wakes queued picks to look again (a backend came back up).
     pub fn wake(&self) {
         drop(self.core.state.lock());
@@ -371,9 +392,9 @@ fn explain_choice(algorithm: Algorithm, view: &View<'_>, chosen: usize, tried: &
             None => reason.push_str(": no key, least connections"),
         },
     }
-    let failed = tried.count();
+    let failed = tried.failed();
     if failed > 0 {
-        let _ = write!(reason, "; retry after {failed} failed");
+        let _ = write!(reason, "; attempt {} after {failed} failed", failed + 1);
     }
     reason
 }

@@ -140,6 +140,7 @@ impl Exchange<'_> {
             };
             record.status = resp.status;
             if resp.status == 101 {
+                record.bytes_in += scratch.head.len() as u64;
                 let outcome = upgrade::switch(self, cw, &mut bw, &stream, &backend, scratch, record);
                 scratch.backend_in = bw.into_buffer();
                 drop(attached);
@@ -159,6 +160,8 @@ impl Exchange<'_> {
             // The whole response is read, so the backend side is done: its slot and connection
             // are given back before the last bytes go to the client, so that the client's next
             // request finds them.
+            // Bytes sent to the backend: the rewritten head as well as the body.
+            record.bytes_in += scratch.head.len() as u64;
             backend.record_bytes(record.bytes_in, record.bytes_out);
             drop(attached);
             drop(pick);
@@ -298,6 +301,7 @@ impl Exchange<'_> {
         let count = f.phase != Phase::Connect && f.counts_against_backend();
         match decision {
             Retry::Fresh => {
+                attempt.tried.retry_same();
                 log::debug!(
                     "req {}: pooled connection to {} was stale ({f}); retrying",
                     self.head.request_id,
@@ -307,14 +311,21 @@ impl Exchange<'_> {
                 Ok(())
             }
             Retry::NextBackend => {
+                attempt.tried.insert(backend);
                 if count {
-                    // With no other member left to try, don't promise one.
-                    let others = self.ctx.balancer.members().len() > attempt.tried.count() + 1;
-                    let next = if others { "trying the next backend" } else { "no other backend to try" };
-                    log::warn!("req {}: {f}; {next}", self.head.request_id);
+                    // With no backend left to try, don't promise one.
+                    let n = attempt.tried.failed();
+                    if self.ctx.balancer.any_left(&attempt.tried) {
+                        log::warn!("req {}: {f}; trying the next backend", self.head.request_id);
+                    } else {
+                        log::warn!(
+                            "req {}: {f}; no backend left to try ({n} attempt{} failed)",
+                            self.head.request_id,
+                            if n == 1 { "" } else { "s" }
+                        );
+                    }
                     self.ctx.balancer.observe_failure(backend, &f.cause.to_string());
                 }
-                attempt.tried.insert(backend);
                 if events::wants_retry() {
                     events::retry(&self.label(), &self.conn.peer, &backend.name, &f.to_string());
                 }

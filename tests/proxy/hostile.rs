@@ -160,3 +160,38 @@ fn a_line_backend_that_resets_after_n_lines_closes_the_client_in_tcp_mode() {
     let mut fresh = connect(addr);
     assert_eq!(exchange(&mut fresh, "again"), "lab");
 }
+
+/// Issue #20: a request that fails on every backend is logged truthfully. Each attempt (a
+/// stale pooled connection retried fresh counts too) is in the last pick's reason, the last
+/// failure says no backend is left rather than promise a next one, and the backends saw
+/// exactly as many requests as the log says.
+#[test]
+fn a_request_that_fails_on_every_backend_counts_its_attempts_truthfully() {
+    let (ds, p, addr) = lab();
+    // Pooled connections first, so the failing request meets a stale-looking one too.
+    still_serving(addr);
+    still_serving(addr);
+    let mut w = Wire::new(connect(addr));
+    let r = get(&mut w, "/count?fault=reset-before", "");
+    assert_eq!(r.status, 502, "{}", r.text());
+    let last = p.wait_for("no backend left to try (");
+    let n: usize = last
+        .split("no backend left to try (")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {last:?}"));
+    let access = p.wait_for("\"GET /count?fault=reset-before\"");
+    assert!(access.contains(&format!("attempt {n} after {} failed", n - 1)), "{n} attempts: {access}");
+    assert!(access.contains(" 502 "), "{access}");
+    // The backends saw exactly that many.
+    let deadline = Instant::now() + WAIT;
+    let seen = || {
+        ds.iter().map(|d| d.0.log_text().matches("fault reset-before on GET /count").count()).sum::<usize>()
+    };
+    while seen() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(seen(), n, "the log says {n} attempts");
+    assert!(n >= 2, "both backends were tried: {n}");
+}

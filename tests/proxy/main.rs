@@ -5,6 +5,7 @@ mod admin;
 mod dashboard;
 mod faultlab;
 mod fidelity;
+mod first_hour;
 mod haproxy;
 mod hostile;
 mod http;

@@ -80,7 +80,7 @@ fn a_dead_backend_is_skipped_without_client_errors() {
     );
     let at = line.find("conn ").expect("conn N");
     let conn = &line[at..at + line[at..].find(" from ").expect("from")];
-    let retried = p.wait_for("retry after 1 failed");
+    let retried = p.wait_for("attempt 2 after 1 failed");
     assert!(retried.contains(&format!("{conn} from ")), "{retried}");
     assert!(retried.contains(" connected in ") && retried.contains(" ms ("), "{retried}");
 }

@@ -313,7 +313,7 @@ fn http_mode_with_one_backend_does_not_promise_a_next_one() {
     let r = http_get(addr, "/x?fault=reset-before");
     assert_eq!(r.status, 502, "{}", r.text());
     d.wait_for("fault reset-before on GET /x");
-    let line = p.wait_for("; no other backend to try");
+    let line = p.wait_for("; no backend left to try (1 attempt failed)");
     assert!(line.contains("req "), "{line}");
     assert!(!p.log_text().contains("trying the next backend"), "{}", p.log_text());
 }
