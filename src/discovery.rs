@@ -7,6 +7,7 @@
 //! drain, and whatever is still open after `drain_timeout_ms` is closed.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread;
@@ -18,6 +19,7 @@ use parking_lot::Mutex;
 use crate::addr::resolve;
 use crate::backend::{members_of, AdminState, Backend};
 use crate::balancer::Balancer;
+use crate::config::keys::{Key, KEYS};
 use crate::config::{BackendSpec, Config, ConfigError};
 use crate::logging::{held_back, RateLimit};
 use crate::registry::Registry;
@@ -70,19 +72,24 @@ impl Discovery {
         };
         let mut running = self.running.lock();
         let old = &running.config;
-        for (what, changed) in [
-            ("listen", old.listen != new.listen),
-            ("mode", old.mode != new.mode),
-            ("workers", old.workers != new.workers),
-            ("queue", old.queue != new.queue),
-            ("log_file", old.log_file != new.log_file),
-            ("[timeouts]", old.timeouts != new.timeouts),
-            ("[http]", old.http != new.http),
-            ("[admin] listen", old.admin != new.admin),
-            ("stats_interval_ms", old.stats_interval != new.stats_interval),
-        ] {
-            if changed {
-                log::warn!("reload: {what} changed; it takes effect after a restart");
+        // Named key by key, as the file writes them (`[timeouts] idle_ms 60000 -> 1000`).
+        let restart_only = |k: &&Key| {
+            matches!(k.section, "timeouts" | "http")
+                || matches!(
+                    (k.section, k.name),
+                    ("proxy", "listen" | "mode" | "workers" | "queue" | "log_file" | "stats_interval_ms")
+                        | ("admin", "listen")
+                )
+        };
+        for k in KEYS.iter().filter(restart_only) {
+            let (was, is) = ((k.show)(old), (k.show)(&new));
+            if was != is {
+                log::warn!(
+                    "reload: {} changed ({} -> {}); it takes effect after a restart",
+                    k.label(),
+                    shown(&was),
+                    shown(&is)
+                );
             }
         }
         let mut notes = Vec::new();
@@ -181,14 +188,15 @@ impl Discovery {
                         // Compared with the line's weight, not the one in force: an operator's
                         // runtime change survives a reload that leaves the line alone.
                         if b.line_weight() != spec.weight || b.max_conns() != spec.max_conns {
-                            changed.push(format!(
-                                "{} weight {}->{} max_conns {}->{}",
-                                b.name,
-                                b.line_weight(),
-                                spec.weight,
-                                b.max_conns(),
-                                spec.max_conns
-                            ));
+                            // Only what changed is named.
+                            let mut what = b.name.clone();
+                            if b.line_weight() != spec.weight {
+                                let _ = write!(what, " weight {}->{}", b.line_weight(), spec.weight);
+                            }
+                            if b.max_conns() != spec.max_conns {
+                                let _ = write!(what, " max_conns {}->{}", b.max_conns(), spec.max_conns);
+                            }
+                            changed.push(what);
                             b.set_limits(spec.weight, spec.max_conns);
                             // A changed line replaces what an operator set at runtime.
                             b.set_admin_state(AdminState::Ready, Duration::ZERO);
@@ -252,6 +260,15 @@ impl Discovery {
         if let Err(e) = spawned {
             log::error!("cannot start the drain timer: {e}");
         }
+    }
+}
+
+/// A setting's value for a log line: an empty one says so.
+fn shown(value: &str) -> &str {
+    if value.is_empty() {
+        "(empty)"
+    } else {
+        value
     }
 }
 

@@ -307,8 +307,9 @@ impl Server {
         // (the next could be on its way) but get their next response with `Connection: close`.
         let idle_closed = registry.close_idle(IDLE_CLOSE_AFTER);
         let in_flight = registry.len().saturating_sub(idle_closed);
+        let again = if taken_over { "" } else { " (Ctrl-C again to cut it short)" };
         log::warn!(
-            "{why}: stopped accepting; draining {in_flight} connection(s) for up to {} ms",
+            "{why}: stopped accepting; draining {in_flight} connection(s) for up to {} ms{again}",
             config.drain_timeout.as_millis()
         );
         let forced = drain(&registry, &signals.stop, Instant::now() + config.drain_timeout);

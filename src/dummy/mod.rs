@@ -168,12 +168,14 @@ impl DummyServer {
         let open = Arc::new((Mutex::new(0usize), Condvar::new()));
         let listener = Arc::new(self.listener);
         let stopping = Arc::new(AtomicBool::new(false));
+        // The address our own wake-up connection comes from: not a client, never counted.
+        let wake_from = Arc::new(Mutex::new(None::<SocketAddr>));
         let dummy = self.dummy.clone();
         let acceptor = {
-            let (listener, open, stopping, dummy) =
-                (listener.clone(), open.clone(), stopping.clone(), self.dummy);
+            let (listener, open, stopping, dummy, wake_from) =
+                (listener.clone(), open.clone(), stopping.clone(), self.dummy, wake_from.clone());
             thread::Builder::new().name("accept".into()).spawn(move || {
-                accept_loop(&listener, &dummy, &open, &stopping);
+                accept_loop(&listener, &dummy, &open, &stopping, &wake_from);
             })
         }
         .map_err(Error::Resource)?;
@@ -194,17 +196,39 @@ impl DummyServer {
                 std::net::Ipv6Addr::LOCALHOST.into()
             });
         }
-        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        let _ = wake_up(wake, &wake_from);
         let _ = acceptor.join();
         drop(listener);
         let (count, idle) = &*open;
         let mut n = count.lock();
-        log::info!("{why}: stopped accepting; waiting for {} open connection(s)", *n);
+        if *n == 0 {
+            log::info!("{why}: stopped accepting; no connection open, exiting");
+            return Ok(());
+        }
+        log::info!(
+            "{why}: stopped accepting; waiting up to {} ms for {} open connection(s)",
+            grace.as_millis(),
+            *n
+        );
         let deadline = Instant::now() + grace;
         while *n > 0 && !idle.wait_until(&mut n, deadline).timed_out() {}
-        log::info!("exiting with {} connection(s) still open", *n);
+        if *n == 0 {
+            log::info!("every connection closed; exiting");
+        } else {
+            log::info!("exiting with {} connection(s) still open", *n);
+        }
         Ok(())
     }
+}
+
+/// Connects to `to` from an address first noted in `from`, so the acceptor knows it for ours.
+fn wake_up(to: SocketAddr, from: &Mutex<Option<SocketAddr>>) -> std::io::Result<()> {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None)?;
+    let any: SocketAddr =
+        if to.is_ipv4() { ([127, 0, 0, 1], 0).into() } else { (std::net::Ipv6Addr::LOCALHOST, 0).into() };
+    sock.bind(&any.into())?;
+    *from.lock() = sock.local_addr()?.as_socket();
+    sock.connect_timeout(&to.into(), Duration::from_secs(1))
 }
 
 fn accept_loop(
@@ -212,6 +236,7 @@ fn accept_loop(
     dummy: &Arc<Dummy>,
     open: &Arc<(Mutex<usize>, Condvar)>,
     stopping: &AtomicBool,
+    wake_from: &Mutex<Option<SocketAddr>>,
 ) {
     loop {
         let (stream, peer) = match listener.accept() {
@@ -225,6 +250,11 @@ fn accept_loop(
                 continue;
             }
         };
+        if stopping.load(Ordering::SeqCst) && *wake_from.lock() == Some(peer) {
+            // Our own wake-up: not a client.
+            let _ = listener.set_nonblocking(true);
+            continue;
+        }
         let _ = stream.set_nonblocking(false);
         *open.0.lock() += 1;
         let (dummy, open) = (dummy.clone(), open.clone());

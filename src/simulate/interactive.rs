@@ -13,7 +13,8 @@ use super::{not_running_hint, ClientArgs};
 use crate::out;
 
 /// Connects to `args.target`, then copies stdin's lines to the connection and the
-/// connection's lines to stdout until either side ends. Returns once the proxy has closed.
+/// connection's lines to stdout until either side ends. Returns once the proxy has closed
+/// after our end of input; when it closes first, the process exits (status 0), as nc does.
 pub fn run(args: &ClientArgs) -> io::Result<()> {
     let target = super::target(args)?;
     let timeout = Duration::from_millis(args.timeout_ms);
@@ -59,10 +60,11 @@ fn print_replies(stream: TcpStream, target: SocketAddr, input_done: &AtomicBool)
         }
     }
     // After our own end of input the close is the ordinary end; before it, the proxy (or the
-    // backend) ended the conversation, and the proxy's log says why.
+    // backend) ended the conversation, and the proxy's log says why. As nc does then, exit:
+    // the main thread is blocked reading the terminal, and nothing typed could go anywhere.
     if !input_done.load(Ordering::SeqCst) {
-        out::err_line(format_args!(
-            "connection closed by {target} (the proxy's log says why); Ctrl-D to exit"
-        ));
+        out::err_line(format_args!("connection closed by {target} (the proxy's log says why)"));
+        let _ = io::stdout().flush();
+        std::process::exit(0);
     }
 }

@@ -258,7 +258,8 @@ fn a_second_ctrl_c_during_the_drain_cuts_the_connections_at_once() {
         exchange(s, &format!("held {i}"));
     }
     p.signal("INT");
-    p.wait_for("draining 2 connection(s) for up to 60000 ms");
+    let line = p.wait_for("draining 2 connection(s) for up to 60000 ms");
+    assert!(line.ends_with("(Ctrl-C again to cut it short)"), "the way out is named: {line}");
     let started = Instant::now();
     p.signal("INT");
     p.wait_for("SIGINT again: stopping now; cut 2 connection(s)");

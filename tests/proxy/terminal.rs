@@ -289,6 +289,39 @@ fn interactive_client_sends_typed_lines_through_the_proxy_like_nc() {
     assert!(err.contains(&format!("is proxy_server running on {dead}?")), "{err}");
 }
 
+/// Issue #20: when the proxy closes the connection (here: idle_ms), the client exits at once,
+/// as nc does, instead of waiting for a Ctrl-D that nothing asks for.
+#[test]
+fn interactive_client_exits_when_the_proxy_closes_the_connection() {
+    let ds = dummies(1);
+    let config = format!(
+        "[proxy]\n[timeouts]\nidle_ms = 300\n[health]\nenabled = false\n{}",
+        backends_section(&[ds[0].1])
+    );
+    let (_p, addr) = proxy_with(&config, &[]);
+    let mut child = Command::new(CLIENT)
+        .args(["--interactive", "--target", &addr.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Stdin stays open: only the proxy's close can end it.
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(b"hello\n").expect("type");
+    let started = Instant::now();
+    let mut out = String::new();
+    child.stdout.take().expect("stdout").read_to_string(&mut out).expect("read");
+    let status = child.wait().expect("wait");
+    assert!(started.elapsed() < Duration::from_secs(10), "exited after {:?}", started.elapsed());
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(out, "[app1] hello\n");
+    let mut err = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut err).expect("stderr");
+    assert!(err.contains("connection closed by"), "{err}");
+    drop(stdin);
+}
+
 #[test]
 fn with_its_only_backend_down_the_client_is_pointed_to_the_proxy_log() {
     let (_dead_socket, dead) = dead_addr();
