@@ -8,7 +8,19 @@ use lbproxy::server::Server;
 use lbproxy::{logging, out, signals};
 
 fn main() -> ExitCode {
-    let args = ProxyArgs::parse();
+    let args = match ProxyArgs::try_parse() {
+        Ok(args) => args,
+        // --help and --version: printed to stdout, exit 0.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // clap's own message, and a hint for flags other proxies use.
+            let _ = e.print();
+            if let Some(hint) = lbproxy::cli::flag_hint(std::env::args().skip(1)) {
+                out::err_line(format_args!("hint: {hint}"));
+            }
+            return ExitCode::from(2);
+        }
+    };
     let config = match args.load_checked() {
         Ok(config) => config,
         Err(errors) => {

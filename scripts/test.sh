@@ -5,6 +5,20 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# What the tests drive besides our binaries, installed when missing (Debian packages), so this
+# one command is all a fresh machine needs: python3 (the layer check), curl (HTTP as a user
+# sends it), chromium (the dashboard in a browser), tmux (the classic terminals), haproxy (PROXY
+# protocol interop), openssl (scripts/make_cert.sh).
+need=()
+for tool in python3 curl chromium tmux haproxy openssl; do
+    command -v "$tool" >/dev/null || need+=("$tool")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]} for the tests"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    ($SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}") >/dev/null \
+        || echo "could not install ${need[*]}: the tests that need them will say so" >&2
+fi
 scripts/check_layers.py || exit 1
 # Profile ci: optimized as shipped (memory and scale tests measure the real proxy), with
 # debug assertions and overflow checks on.

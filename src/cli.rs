@@ -44,6 +44,13 @@ pub struct ProxyArgs {
     /// PEM private key for --tls-cert (overrides [tls] key).
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<String>,
+    /// The admin listener (dashboard, /stats, /metrics), e.g. 127.0.0.1:8081 (overrides [admin] listen).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin: Option<String>,
+    /// Any setting, checked as in the file: `--set timeouts.response_ms=1000`; repeatable, and
+    /// applied after the other flags. `--check` shows where each value came from.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub set: Vec<String>,
     /// Check the configuration (certificates and keys loaded and matched), print the effective
     /// settings, and exit.
     #[arg(long)]
@@ -81,7 +88,8 @@ impl ProxyArgs {
 
     fn raw(&self) -> Result<RawConfig, Vec<ConfigError>> {
         let mut raw = RawConfig::load(&self.config)?;
-        let flags: [(&Key, &Option<String>); 8] = [
+        let flags: [(&Key, &Option<String>); 9] = [
+            (&keys::ADMIN_LISTEN, &self.admin),
             (&keys::TLS_CERT, &self.tls_cert),
             (&keys::TLS_KEY, &self.tls_key),
             (&keys::LISTEN, &self.listen),
@@ -99,8 +107,29 @@ impl ProxyArgs {
         if !self.backends.is_empty() {
             raw.set_backends(&self.backends);
         }
+        for given in &self.set {
+            raw.set_given(given);
+        }
         Ok(raw)
     }
+}
+
+/// A hint for a flag proxy_server does not have but other tools do (`--port`), or `None`.
+pub fn flag_hint(args: impl Iterator<Item = String>) -> Option<&'static str> {
+    for arg in args {
+        let flag = arg.split('=').next().unwrap_or_default();
+        match flag {
+            "--port" | "-p" | "--bind" | "--host" => {
+                return Some("the address (or a bare port) is given with --listen, e.g. --listen 8080")
+            }
+            "--https" | "--ssl" | "--tls" => {
+                return Some("HTTPS is --mode http with --tls-cert and --tls-key")
+            }
+            "--config-file" | "-c" => return Some("the configuration file is given with --config"),
+            _ => {}
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -147,5 +176,70 @@ mod tests {
             errors[0].to_string(),
             "--listen: [proxy] listen: 'localhost' has no port (expected host:port or a port, e.g. 127.0.0.1:8080)"
         );
+    }
+
+    #[test]
+    fn set_overrides_any_key_with_the_file_s_checks_and_check_says_where_values_came_from() {
+        let args = |extra: &[&str]| {
+            let base = ["proxy_server", "--config", "/dev/null", "--backend", "127.0.0.1:9"];
+            ProxyArgs::parse_from(base.iter().chain(extra))
+        };
+        let config =
+            args(&["--set", "timeouts.response_ms=1000", "--admin", "127.0.0.1:8081"]).load().expect("valid");
+        assert_eq!(config.timeouts.response, std::time::Duration::from_secs(1));
+        assert_eq!(config.admin, Some("127.0.0.1:8081".parse().expect("addr")));
+        let shown = config.to_string();
+        assert!(shown.contains("\nresponse_ms = 1000  # --set timeouts.response_ms=1000\n"), "{shown}");
+        assert!(shown.contains("\nlisten = 127.0.0.1:8081  # --admin\n"), "{shown}");
+        assert!(shown.contains("\nidle_ms = 60000  # default\n"), "{shown}");
+        let errors: Vec<String> = args(&[
+            "--set",
+            "timeouts.response_ms=fast",
+            "--set",
+            "proxy.algoritm=x",
+            "--set",
+            "timeout.idle_ms=1",
+            "--set",
+            "proxy.idle_ms=4",
+            "--set",
+            "nodot",
+        ])
+        .load()
+        .expect_err("bad")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        for want in [
+            "--set timeouts.response_ms=fast: [timeouts] response_ms: expected a whole number, got 'fast'",
+            "--set proxy.algoritm=x: [proxy] algoritm: unknown key 'algoritm' in [proxy]; did you mean 'algorithm'?",
+            "--set timeout.idle_ms=1: unknown section [timeout]; did you mean '[timeouts]'?",
+            "--set proxy.idle_ms=4: [proxy] idle_ms: unknown key 'idle_ms' in [proxy]; 'idle_ms' is in [timeouts]",
+            "--set nodot: expected SECTION.KEY=VALUE, e.g. timeouts.response_ms=1000",
+        ] {
+            assert!(errors.iter().any(|e| e == want), "no {want:?} in {errors:#?}");
+        }
+    }
+
+    #[test]
+    fn mistakes_get_a_hint_naming_what_the_user_gave() {
+        let errors =
+            ProxyArgs::parse_from(["proxy_server", "--config", "/dev/null", "--backend", "localhost"])
+                .load()
+                .expect_err("no port");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(
+            errors[0].to_string(),
+            "--backend localhost: 'localhost' has no port (expected host:port, e.g. 127.0.0.1:8080)"
+        );
+        let https = ["proxy_server", "--config", "/dev/null", "--backend", "127.0.0.1:9", "--mode", "https"];
+        let errors = ProxyArgs::parse_from(https).load().expect_err("no https mode");
+        assert!(errors[0].to_string().contains("--tls-cert and --tls-key"), "{}", errors[0]);
+        let hint = |args: &[&str]| flag_hint(args.iter().map(|a| a.to_string()));
+        assert_eq!(
+            hint(&["--port", "8080"]),
+            Some("the address (or a bare port) is given with --listen, e.g. --listen 8080")
+        );
+        assert_eq!(hint(&["--port=8080"]), hint(&["--port", "8080"]));
+        assert_eq!(hint(&["--workers", "4"]), None);
     }
 }

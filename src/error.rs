@@ -35,6 +35,11 @@ impl fmt::Display for Error {
                 }
                 Ok(())
             }
+            Error::Listen { addr, source } if source.kind() == io::ErrorKind::AddrInUse => write!(
+                f,
+                "listen on {addr}: {source}: is another proxy_server (or dummy_server) running there? \
+                 Pick another address with --listen (or [proxy] listen; the admin's with --admin)"
+            ),
             Error::Listen { addr, source } => write!(f, "listen on {addr}: {source}"),
             Error::LogFile { path, source } => write!(f, "log file {path}: {source}"),
             Error::Resource(e) => write!(f, "resource: {e}"),

@@ -134,27 +134,35 @@ fn error(file: &str, f: &TlsFile, message: String) -> ConfigError {
     ConfigError { file: file.to_string(), origin: f.origin.clone(), key: format!("[tls] {}", f.key), message }
 }
 
-/// A certificate chain and its key, read from PEM and checked to belong together.
-fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
+/// Which file of a pair a problem is in.
+enum PairFile {
+    Cert,
+    Key,
+}
+
+/// A certificate chain and its key, read from PEM and checked to belong together; an error
+/// says which file it is about, so the message names that file's line.
+fn load_pair(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, (PairFile, String)> {
     let show = |p: &Path| p.display().to_string();
+    let in_cert = |m: String| (PairFile::Cert, m);
     let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("{}: {}", show(cert), pem_error(e)))?
+        .map_err(|e| in_cert(format!("{}: {}", show(cert), pem_error(e))))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {}", show(cert), pem_error(e)))?;
+        .map_err(|e| in_cert(format!("{}: {}", show(cert), pem_error(e))))?;
     if chain.is_empty() {
-        return Err(format!("{}: no CERTIFICATE in the file", show(cert)));
+        return Err(in_cert(format!("{}: no CERTIFICATE in the file", show(cert))));
     }
-    let key_der =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {}", show(key), pem_error(e)))?;
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| (PairFile::Key, format!("{}: {}", show(key), pem_error(e))))?;
     let signing = provider
         .key_provider
         .load_private_key(key_der)
-        .map_err(|e| format!("{}: unusable private key: {e}", show(key)))?;
+        .map_err(|e| (PairFile::Key, format!("{}: unusable private key: {e}", show(key))))?;
     let pair = CertifiedKey::new(chain, signing);
     match pair.keys_match() {
         Ok(()) => Ok(pair),
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(pair),
-        Err(e) => Err(format!("{} and {} do not belong together: {e}", show(cert), show(key))),
+        Err(e) => Err(in_cert(format!("{} and {} do not belong together: {e}", show(cert), show(key)))),
     }
 }
 
@@ -175,7 +183,10 @@ fn server_config(
 ) -> Result<Option<Arc<ServerConfig>>, Vec<ConfigError>> {
     let (Some(cert), Some(key)) = (&settings.cert, &settings.key) else { return Ok(None) };
     let provider = provider();
-    let default = load_pair(&cert.path, &key.path, &provider).map_err(|m| vec![error(file, cert, m)])?;
+    let default = load_pair(&cert.path, &key.path, &provider).map_err(|(which, m)| match which {
+        PairFile::Key => vec![error(file, key, m)],
+        PairFile::Cert => vec![error(file, cert, m)],
+    })?;
     let mut names = HashMap::new();
     if let Some(dir) = &settings.sni_dir {
         names = load_sni_dir(&dir.path, &provider).map_err(|m| vec![error(file, dir, m)])?;
@@ -203,7 +214,7 @@ fn load_sni_dir(dir: &Path, provider: &CryptoProvider) -> Result<HashMap<String,
         if path.extension().is_some_and(|x| x == "pem") {
             let Some(name) = path.file_stem().and_then(|s| s.to_str()) else { continue };
             let key = path.with_extension("key");
-            let pair = load_pair(&path, &key, provider)?;
+            let pair = load_pair(&path, &key, provider).map_err(|(_, m)| m)?;
             names.insert(name.to_ascii_lowercase(), Arc::new(pair));
         }
     }

@@ -319,13 +319,16 @@ pub const QUEUE_MS: Key = key(
     |c| c.timeouts.queue.as_millis().to_string(),
 );
 /// `[admin] listen`.
-pub const ADMIN_LISTEN: Key = key(
-    "admin",
-    "listen",
-    Kind::Address,
-    "",
-    "e.g. `127.0.0.1:8081`: the dashboard `/`, `/events`, `/stats`, `/metrics`, `/health` and `POST /backends/NAME/ACTION`; empty: off",
-    |c| c.admin.map(|a| a.to_string()).unwrap_or_default(),
+pub const ADMIN_LISTEN: Key = flagged(
+    key(
+        "admin",
+        "listen",
+        Kind::Address,
+        "",
+        "e.g. `127.0.0.1:8081`: the dashboard `/`, `/events`, `/stats`, `/metrics`, `/health` and `POST /backends/NAME/ACTION`; empty: off",
+        |c| c.admin.map(|a| a.to_string()).unwrap_or_default(),
+    ),
+    "--admin",
 );
 /// `[admin] token`.
 pub const ADMIN_TOKEN: Key = key(
@@ -397,6 +400,35 @@ pub const KEYS: &[Key] = &[
 /// The key `[section] name`, if there is one.
 pub fn find(section: &str, name: &str) -> Option<&'static Key> {
     KEYS.iter().find(|k| k.section == section && k.name == name)
+}
+
+/// The keys and sections nearest to a misspelt `name` (in `section`, else anywhere), as a hint:
+/// `; did you mean 'algorithm'?`, or `; 'algorithm' is in [proxy]` when it belongs elsewhere.
+pub fn did_you_mean(section: Option<&str>, name: &str) -> String {
+    let close = |candidate: &str| strsim::jaro_winkler(&name.to_ascii_lowercase(), candidate) >= 0.8;
+    if let Some(k) = KEYS.iter().find(|k| k.name == name && Some(k.section) != section) {
+        return format!("; '{}' is in [{}]", k.name, k.section);
+    }
+    let mut best: Option<(f64, String)> = None;
+    let mut consider = |candidate: String, score: f64| {
+        if best.as_ref().is_none_or(|(b, _)| score > *b) {
+            best = Some((score, candidate));
+        }
+    };
+    match section {
+        Some(section) => {
+            for k in KEYS.iter().filter(|k| k.section == section && close(k.name)) {
+                consider(k.name.to_string(), strsim::jaro_winkler(name, k.name));
+            }
+        }
+        None => {
+            let sections: Vec<&str> = KEYS.iter().map(|k| k.section).collect();
+            for s in sections.into_iter().filter(|s| close(s)) {
+                consider(format!("[{s}]"), strsim::jaro_winkler(name, s));
+            }
+        }
+    }
+    best.map(|(_, c)| format!("; did you mean '{c}'?")).unwrap_or_default()
 }
 
 /// The section called `name`, as a static string, if it exists.

@@ -42,6 +42,11 @@ pub enum Origin {
     Line(u32),
     /// A command-line flag such as `--workers`.
     Flag(&'static str),
+    /// A `--set SECTION.KEY=VALUE` flag, as given.
+    Set(String),
+    /// A flag and its value as given, for a setting the user did not name (`--backend
+    /// localhost`: its `[backends]` name is made up).
+    Given(String),
     /// The file as a whole (for example: no backends at all).
     File,
 }
@@ -64,6 +69,8 @@ impl fmt::Display for ConfigError {
         match &self.origin {
             Origin::Line(line) => write!(f, "{}:{line}: ", self.file)?,
             Origin::Flag(flag) => write!(f, "{flag}: ")?,
+            Origin::Set(given) => write!(f, "--set {given}: ")?,
+            Origin::Given(given) => write!(f, "{given}: ")?,
             Origin::File => write!(f, "{}: ", self.file)?,
         }
         if !self.key.is_empty() {
@@ -250,6 +257,9 @@ pub struct Config {
     /// Running beside sibling instances (`reuse_port`, `accept_proxy`, `hash_header`,
     /// `control_socket`).
     pub scale: ScaleSettings,
+    /// Where each setting that was written came from, by `[section] key`: `config.ini:12`,
+    /// `--workers` or `--set proxy.workers=8` (absent: the built-in default). `--check` shows it.
+    pub origins: std::collections::BTreeMap<String, String>,
 }
 
 /// Settings for running several instances and upgrading in place (`[proxy]`).

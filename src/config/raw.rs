@@ -67,7 +67,8 @@ impl RawConfig {
                     section = keys::section(name);
                     in_unknown_section = section.is_none();
                     if in_unknown_section {
-                        raw.error_at(line, "", format!("unknown section [{name}]"));
+                        let hint = keys::did_you_mean(None, name);
+                        raw.error_at(line, "", format!("unknown section [{name}]{hint}"));
                     }
                 }
                 ini_core::Item::Error(text) => {
@@ -107,7 +108,8 @@ impl RawConfig {
         let label = format!("[{section}] {key}");
         // Any name in [backends] is a backend; elsewhere only the table's keys exist.
         if section != "backends" && keys::find(section, key).is_none() {
-            let message = format!("unknown key '{key}' in [{section}]");
+            let message =
+                format!("unknown key '{key}' in [{section}]{}", keys::did_you_mean(Some(section), key));
             self.errors.push(ConfigError { file: self.file.clone(), origin, key: label, message });
             return;
         }
@@ -128,6 +130,30 @@ impl RawConfig {
         self.add(section, key, value, Origin::Flag(flag));
     }
 
+    /// Overrides any key with a `--set SECTION.KEY=VALUE` flag (`given`): checked as the file's
+    /// lines are, its errors named by the flag as given.
+    pub fn set_given(&mut self, given: &str) {
+        let origin = Origin::Set(given.to_string());
+        let parsed = given.split_once('=').and_then(|(path, value)| {
+            let (section, key) = path.trim().split_once('.')?;
+            Some((section.trim(), key.trim(), value.trim()))
+        });
+        let Some((section_name, key, value)) = parsed else {
+            let message = "expected SECTION.KEY=VALUE, e.g. timeouts.response_ms=1000".to_string();
+            self.errors.push(ConfigError { file: self.file.clone(), origin, key: String::new(), message });
+            return;
+        };
+        let section = keys::section(section_name).or((section_name == "backends").then_some("backends"));
+        let Some(section) = section else {
+            let hint = keys::did_you_mean(None, section_name);
+            let message = format!("unknown section [{section_name}]{hint}");
+            self.errors.push(ConfigError { file: self.file.clone(), origin, key: String::new(), message });
+            return;
+        };
+        self.settings.retain(|s| !(s.section == section && s.key == key));
+        self.add(section, key, value, origin);
+    }
+
     /// Replaces the file's backends with `--backend` values, named `dummy-<port>` as
     /// dummy_server names itself by default, so the proxy's log and the replies agree; when two
     /// targets share a port they are named `app1`, `app2`, ... instead (names must be unique).
@@ -145,7 +171,7 @@ impl RawConfig {
                 Some(p) if by_port => format!("dummy-{p}"),
                 _ => format!("app{}", i + 1),
             };
-            self.add("backends", &name, target, Origin::Flag("--backend"));
+            self.add("backends", &name, target, Origin::Given(format!("--backend {target}")));
         }
     }
 
@@ -158,14 +184,30 @@ impl RawConfig {
             .map_or(Origin::File, |s| s.origin.clone())
     }
 
+    /// Where each setting came from, as `--check` shows it, by `[section] key`.
+    pub fn origins(&self) -> std::collections::BTreeMap<String, String> {
+        let shown = |o: &Origin| match o {
+            Origin::Line(l) => format!("{}:{l}", self.file),
+            Origin::Flag(flag) => flag.to_string(),
+            Origin::Set(given) => format!("--set {given}"),
+            Origin::Given(given) => given.clone(),
+            Origin::File => self.file.clone(),
+        };
+        self.settings.iter().map(|s| (format!("[{}] {}", s.section, s.key), shown(&s.origin))).collect()
+    }
+
     /// The file the settings were read from.
     pub fn file(&self) -> &str {
         &self.file
     }
 }
 
-/// Drops a trailing comment: `#` or `;` after whitespace (`workers = 64  # for tests`).
+/// Drops a trailing comment: `#` or `;` after whitespace (`workers = 64  # for tests`), or
+/// at the start of the value (`log_file =  # default`: empty), so a value cannot begin with one.
 fn strip_inline_comment(value: &str) -> &str {
+    if value.starts_with(['#', ';']) {
+        return "";
+    }
     let bytes = value.as_bytes();
     (1..bytes.len())
         .find(|&i| (bytes[i] == b'#' || bytes[i] == b';') && bytes[i - 1].is_ascii_whitespace())

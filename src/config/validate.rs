@@ -68,6 +68,7 @@ impl RawConfig {
         // `None` exactly when some value was bad (and reported).
         let built = (|| {
             Some(Config {
+                origins: self.origins(),
                 file: self.file.clone(),
                 listen: listen?,
                 mode: mode?,
@@ -137,7 +138,9 @@ impl RawConfig {
                 Err(message) => v.error(s, message),
             }
         }
-        if backends.is_empty() && !v.errors.iter().any(|e| e.key.starts_with("[backends]")) {
+        let backend_error =
+            |e: &ConfigError| e.key.starts_with("[backends]") || matches!(e.origin, Origin::Given(_));
+        if backends.is_empty() && !v.errors.iter().any(backend_error) {
             v.errors.push(ConfigError {
                 file: self.file.clone(),
                 origin: Origin::File,
@@ -151,7 +154,7 @@ impl RawConfig {
             _ => {
                 errors.sort_by_key(|e| match e.origin {
                     Origin::Line(l) => (0, l),
-                    Origin::Flag(_) => (1, 0),
+                    Origin::Flag(_) | Origin::Set(_) | Origin::Given(_) => (1, 0),
                     Origin::File => (2, 0),
                 });
                 Err(errors)
@@ -255,12 +258,12 @@ impl Validator<'_> {
     }
 
     fn error(&mut self, s: &Setting, message: String) {
-        self.errors.push(ConfigError {
-            file: self.raw.file.clone(),
-            origin: s.origin.clone(),
-            key: format!("[{}] {}", s.section, s.key),
-            message,
-        });
+        // A made-up name (`--backend`'s) would only confuse: the value as given says it all.
+        let key = match s.origin {
+            Origin::Given(_) => String::new(),
+            _ => format!("[{}] {}", s.section, s.key),
+        };
+        self.errors.push(ConfigError { file: self.raw.file.clone(), origin: s.origin.clone(), key, message });
     }
 }
 
@@ -268,6 +271,11 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     match s {
         "tcp" => Ok(Mode::Tcp),
         "http" => Ok(Mode::Http),
+        "https" | "tls" | "ssl" => Err(format!(
+            "unknown mode '{s}' (expected {}); for HTTPS use mode http with [tls] cert and key \
+             (--tls-cert and --tls-key), and see scripts/make_cert.sh",
+            keys::one_of(keys::MODES)
+        )),
         other => Err(format!("unknown mode '{other}' (expected {})", keys::one_of(keys::MODES))),
     }
 }

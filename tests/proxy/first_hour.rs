@@ -101,3 +101,72 @@ fn dummy_server_on_ctrl_c_waits_only_for_real_connections_and_says_how_it_ended(
     busy.wait_for("every connection closed; exiting");
     assert_eq!(busy.wait_exit().code(), Some(0));
 }
+
+/// The README's HTTPS steps as a new user runs them, with no config.ini edit: make a local CA
+/// and certificate with scripts/make_cert.sh, start with --tls-cert/--tls-key and --admin, and
+/// ask with curl --cacert, as the script prints. A key file that is missing is reported on
+/// the `key` line (it used to be blamed on `cert`'s).
+#[test]
+fn https_and_the_admin_listener_need_no_config_edit_and_a_missing_key_names_its_own_line() {
+    use std::process::Command;
+    let (_d, backend) = dummy("app1");
+    let certs = tempfile::tempdir().expect("tempdir");
+    let dir = certs.path().join("certs");
+    let made = Command::new("scripts/make_cert.sh").arg(&dir).output().expect("make_cert.sh");
+    let said = String::from_utf8_lossy(&made.stdout);
+    assert!(made.status.success(), "{said}{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        said.contains(&format!("curl --cacert {}/ca.pem https://localhost:8080/", dir.display())),
+        "{said}"
+    );
+    let (cert, key) = (dir.join("proxy.pem"), dir.join("proxy.key"));
+    let config = format!("[health]\nenabled = false\n{}", backends_section(&[backend]));
+    let flags = ["--mode", "http", "--admin", "127.0.0.1:0", "--tls-cert"];
+    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend([cert_s.as_str(), "--tls-key", key_s.as_str()]);
+    let (p, addr) = proxy_with(&config, &args);
+    let admin = admin_addr(&p);
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(dir.join("ca.pem"))
+        .args(["--resolve", &format!("localhost:{}:127.0.0.1", addr.port())])
+        .arg(format!("https://localhost:{}/", addr.port()))
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("app1"));
+    assert_eq!(stats(admin)["tls_handshakes"], 1);
+    // A [tls] key naming a missing file: the error is on the key's line.
+    let file = certs.path().join("broken.ini");
+    let text = format!(
+        "[tls]\ncert = {cert_s}\nkey = {}/missing.key\n[backends]\napp1 = {backend}\n",
+        dir.display()
+    );
+    std::fs::write(&file, text).expect("write");
+    let check = Command::new(PROXY).arg("--config").arg(&file).arg("--check").output().expect("check");
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("{}:3: [tls] key: ", file.display())), "{err}");
+}
+
+/// A port someone else holds gets a hint, and so does a flag other tools use (`--port`).
+#[test]
+fn an_address_in_use_and_a_port_flag_get_a_hint() {
+    use std::process::Command;
+    let (_d, backend) = dummy("app1");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let out = Command::new(PROXY)
+        .args(["--config", "/dev/null", "--log-file", "", "--backend", &backend.to_string()])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is another proxy_server (or dummy_server) running there?"), "{err}");
+    let out = Command::new(PROXY).args(["--port", "8080"]).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("hint: the address (or a bare port) is given with --listen"), "{err}");
+}

@@ -324,7 +324,12 @@ fn check_passes_on_the_shipped_config() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("listen = 0.0.0.0:8080"), "{text}");
     assert!(text.contains("dummy-9099 = 127.0.0.1:9099"), "{text}");
-    assert!(text.contains("\nstats_interval_ms = 0\n"), "every key is shown:\n{text}");
+    // Every key is shown, with where its value came from (the shipped file sets them all).
+    let file = std::fs::read_to_string(shipped_config()).expect("config.ini");
+    let line = file.lines().position(|l| l == "stats_interval_ms = 0").expect("the line") + 1;
+    let shipped = shipped_config().display().to_string();
+    assert!(text.contains(&format!("\nstats_interval_ms = 0  # {shipped}:{line}\n")), "{text}");
+    assert!(!text.contains("# default"), "config.ini sets every key: {text}");
     assert!(text.contains("is valid"), "{text}");
 }
 
