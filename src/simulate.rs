@@ -11,7 +11,7 @@ pub mod interactive;
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -23,7 +23,10 @@ use crate::h1::{self as h, Wire, MAX_HEAD};
 use crate::latency::Latencies;
 use crate::out;
 
+mod dial;
 mod ws;
+
+pub use dial::{Dialed, Dialer};
 
 /// Sends concurrent requests through the proxy and shows how they were balanced.
 #[derive(Debug, Clone, Parser)]
@@ -63,6 +66,19 @@ pub struct ClientArgs {
     /// One connection: send the lines typed on stdin, print the replies (what `nc` would do).
     #[arg(long, short)]
     pub interactive: bool,
+    /// Speak TLS to the proxy (its listener terminates TLS): https in http mode, wss in ws mode.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: trust this CA (PEM), e.g. certs/ca.pem from scripts/make_cert.sh; else the
+    /// bundled Mozilla roots.
+    #[arg(long, value_name = "PATH")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// With --tls: accept any certificate (as curl -k), for trying things on your own machine.
+    #[arg(long)]
+    pub insecure: bool,
+    /// With --tls: the name to ask for and verify (SNI); default: the target's address.
+    #[arg(long, value_name = "NAME")]
+    pub servername: Option<String>,
 }
 
 /// The mode's name as written on the command line (`tcp`, not `Tcp`).
@@ -199,6 +215,7 @@ impl Report {
 /// the rest of the run could no longer be shown.
 pub fn run(args: &ClientArgs) -> io::Result<Report> {
     let target = target(args)?;
+    let dialer = Dialer::new(args, target)?;
     let done = Arc::new(AtomicU64::new(0));
     let total = (args.clients * args.requests) as u64;
     let started = Instant::now();
@@ -214,12 +231,12 @@ pub fn run(args: &ClientArgs) -> io::Result<Report> {
     };
     let mut handles = Vec::with_capacity(args.clients);
     for client in 0..args.clients {
-        let args = args.clone();
+        let (args, dialer) = (args.clone(), dialer.clone());
         let done = done.clone();
         let spawned = thread::Builder::new().stack_size(256 * 1024).spawn(move || match args.mode {
-            ClientMode::Tcp => tcp_client(&args, target, &done),
-            ClientMode::Http => http_client(&args, target, client, &done),
-            ClientMode::Ws => ws::client(&args, target, &done),
+            ClientMode::Tcp => tcp_client(&args, target, &dialer, &done),
+            ClientMode::Http => http_client(&args, target, &dialer, client, &done),
+            ClientMode::Ws => ws::client(&args, target, &dialer, &done),
         });
         match spawned {
             Ok(handle) => handles.push(handle),
@@ -243,15 +260,14 @@ pub fn run(args: &ClientArgs) -> io::Result<Report> {
     Ok(report)
 }
 
-fn tcp_client(args: &ClientArgs, target: SocketAddr, done: &AtomicU64) -> Report {
+fn tcp_client(args: &ClientArgs, target: SocketAddr, dialer: &Dialer, done: &AtomicU64) -> Report {
     let mut report = Report::default();
-    let timeout = Duration::from_millis(args.timeout_ms);
     for _ in 0..args.requests {
         if out::gone() {
             break;
         }
         let started = Instant::now();
-        match tcp_exchange(target, &args.message, timeout) {
+        match tcp_exchange(target, &args.message, dialer) {
             Ok((name, stream)) => {
                 report.latencies.push(started.elapsed());
                 if args.verbose {
@@ -271,10 +287,8 @@ fn tcp_client(args: &ClientArgs, target: SocketAddr, done: &AtomicU64) -> Report
 }
 
 /// One connection: send the line, read `[name] line`, return the name.
-fn tcp_exchange(target: SocketAddr, message: &str, timeout: Duration) -> Result<(String, TcpStream), String> {
-    let stream = TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_nodelay(true);
+fn tcp_exchange(target: SocketAddr, message: &str, dialer: &Dialer) -> Result<(String, Dialed), String> {
+    let stream = dialer.dial(target).map_err(|e| format!("connect: {e}"))?;
     let mut wire = Wire::new(stream);
     wire.stream.write_all(format!("{message}\n").as_bytes()).map_err(|e| format!("send: {e}"))?;
     let n = match wire.line_len(MAX_HEAD) {
@@ -290,10 +304,15 @@ fn tcp_exchange(target: SocketAddr, message: &str, timeout: Duration) -> Result<
     }
 }
 
-fn http_client(args: &ClientArgs, target: SocketAddr, client: usize, done: &AtomicU64) -> Report {
+fn http_client(
+    args: &ClientArgs,
+    target: SocketAddr,
+    dialer: &Dialer,
+    client: usize,
+    done: &AtomicU64,
+) -> Report {
     let mut report = Report::default();
-    let timeout = Duration::from_millis(args.timeout_ms);
-    let mut conn: Option<Wire<TcpStream>> = None;
+    let mut conn: Option<Wire<Dialed>> = None;
     for i in 0..args.requests {
         if out::gone() {
             break;
@@ -301,11 +320,7 @@ fn http_client(args: &ClientArgs, target: SocketAddr, client: usize, done: &Atom
         let started = Instant::now();
         let wire = match conn.take() {
             Some(w) => Ok(w),
-            None => TcpStream::connect_timeout(&target, timeout).map(|s| {
-                let _ = s.set_read_timeout(Some(timeout));
-                let _ = s.set_nodelay(true);
-                Wire::new(s)
-            }),
+            None => dialer.dial(target).map(Wire::new),
         };
         let result = wire.map_err(|e| format!("connect: {e}")).and_then(|mut wire| {
             let outcome = http_exchange(&mut wire, &args.target, client, i)?;
@@ -336,7 +351,7 @@ fn http_client(args: &ClientArgs, target: SocketAddr, client: usize, done: &Atom
 
 /// One GET: returns (status, X-Served-By, whether the connection stays open).
 fn http_exchange(
-    wire: &mut Wire<TcpStream>,
+    wire: &mut Wire<Dialed>,
     host: &str,
     client: usize,
     i: usize,

@@ -2,20 +2,19 @@
 //! messages on it, reading each `[name] message` echo (the dummy server's), so the table shows
 //! how the WebSocket connections were balanced.
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tungstenite::Message;
 
-use super::{ClientArgs, Report};
+use super::{ClientArgs, Dialer, Report};
 use crate::out;
 
 /// One WebSocket client: `args.requests` messages on one connection.
-pub(super) fn client(args: &ClientArgs, target: SocketAddr, done: &AtomicU64) -> Report {
+pub(super) fn client(args: &ClientArgs, target: SocketAddr, dialer: &Dialer, done: &AtomicU64) -> Report {
     let mut report = Report::default();
-    let timeout = Duration::from_millis(args.timeout_ms);
-    let stream = match TcpStream::connect_timeout(&target, timeout) {
+    let stream = match dialer.dial(target) {
         Ok(s) => s,
         Err(e) => {
             for _ in 0..args.requests {
@@ -25,9 +24,8 @@ pub(super) fn client(args: &ClientArgs, target: SocketAddr, done: &AtomicU64) ->
             return report;
         }
     };
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_nodelay(true);
-    let mut ws = match tungstenite::client::client(format!("ws://{}/ws", args.target), stream) {
+    let scheme = if dialer.is_tls() { "wss" } else { "ws" };
+    let mut ws = match tungstenite::client::client(format!("{scheme}://{}/ws", args.target), stream) {
         Ok((ws, _)) => ws,
         Err(e) => {
             for _ in 0..args.requests {

@@ -170,3 +170,54 @@ fn an_address_in_use_and_a_port_flag_get_a_hint() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("hint: the address (or a bare port) is given with --listen"), "{err}");
 }
+
+/// simulate_client --tls loads the proxy's TLS listener in every mode (https, wss and TLS
+/// lines), trusting scripts/make_cert.sh's CA with --cacert or nothing with --insecure, and a
+/// certificate it cannot verify is a failure it names.
+#[test]
+fn simulate_client_tls_loads_https_wss_and_tls_lines_through_the_proxy() {
+    use std::process::Command;
+    let ds = dummies(2);
+    let addrs: Vec<SocketAddr> = ds.iter().map(|d| d.1).collect();
+    let certs = tempfile::tempdir().expect("tempdir");
+    let dir = certs.path().join("certs");
+    let made = Command::new("scripts/make_cert.sh").arg(&dir).output().expect("make_cert.sh");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let (cert, key, ca) = (dir.join("proxy.pem"), dir.join("proxy.key"), dir.join("ca.pem"));
+    let (cert, key, ca) = (cert.display().to_string(), key.display().to_string(), ca.display().to_string());
+    for (mode, client_mode) in [("http", "http"), ("http", "ws"), ("tcp", "tcp")] {
+        let config =
+            format!("[proxy]\nmode = {mode}\n[health]\nenabled = false\n{}", backends_section(&addrs));
+        let (_p, addr) = proxy_with(&config, &["--tls-cert", &cert, "--tls-key", &key]);
+        for trust in [vec!["--cacert", ca.as_str()], vec!["--insecure"]] {
+            let out = Command::new(CLIENT)
+                .args(["--target", &addr.to_string(), "--mode", client_mode, "--tls"])
+                .args(&trust)
+                .args(["--clients", "2", "--requests", "5"])
+                .output()
+                .expect("simulate_client");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{client_mode} {trust:?}: {text}{err}");
+            assert!(text.contains("app1") && text.contains("app2"), "{client_mode}: {text}");
+        }
+        // Without the CA (Mozilla's roots only) the certificate is refused, and said so.
+        let out = Command::new(CLIENT)
+            .args([
+                "--target",
+                &addr.to_string(),
+                "--mode",
+                client_mode,
+                "--tls",
+                "--clients",
+                "1",
+                "--requests",
+                "1",
+            ])
+            .output()
+            .expect("simulate_client");
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_ne!(out.status.code(), Some(0), "{all}");
+        assert!(all.contains("TLS handshake") || all.contains("certificate"), "{all}");
+    }
+}
