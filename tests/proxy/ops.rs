@@ -63,16 +63,15 @@ fn a_backend_stopped_under_load_costs_no_request_and_leaves_rotation() {
     victim.signal("TERM");
     let down = p.wait_for(" DOWN after ");
     assert!(down.contains("app2 ") && down.contains("after 2 failed checks: status 503"), "{down}");
-    // Give in-flight choices made before the flip time to finish, then watch.
-    std::thread::sleep(Duration::from_millis(300));
-    let mark = p.mark();
+    // Picks count under the balancer's lock, as the state flips: once DOWN is logged, app2's
+    // total can no longer grow, while the others' does.
+    let admin = admin_addr(&p);
+    let total = |name: &str| backend_stats(admin, name)["total"].as_u64().expect("total");
+    let (app1, app2) = (total("app1"), total("app2"));
     let report = finish(load);
     assert_eq!(victim.wait_exit().code(), Some(0));
-    let after = p.lines_from(mark);
-    let chose =
-        |name: &str| after.iter().any(|l| l.contains(&format!(" -> {name} ")) && !l.contains(" closed: "));
-    assert!(chose("app1"), "load went on after the mark");
-    assert!(!chose("app2"), "nothing routed to the down backend");
+    assert!(total("app1") > app1, "load went on after the flip");
+    assert_eq!(total("app2"), app2, "nothing routed to the down backend");
     assert!(report.contains("app1") && report.contains("app3"), "{report}");
 }
 
@@ -82,8 +81,12 @@ fn http_mode_survives_a_killed_backend_by_retrying_idempotent_requests() {
     let addrs: Vec<_> = ds.iter().map(|d| d.1).collect();
     let (p, addr) = proxy_with(&health_config("http", "least-connections", "fall = 2", &addrs), &[]);
     let load = client(addr, &["--mode", "http", "--clients", "4", "--requests", "1500"]);
-    p.wait_for("req ");
-    std::thread::sleep(Duration::from_millis(200));
+    // Under way: a hundred requests answered before the kill.
+    let admin = admin_addr(&p);
+    wait_until("100 requests", || {
+        let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+        stats["requests"].as_u64().unwrap_or(0) >= 100
+    });
     let (mut victim, _) = ds.remove(0);
     let _ = victim.child.kill(); // SIGKILL: in-flight requests are reset.
     let _ = victim.child.wait();
@@ -129,7 +132,8 @@ fn sighup_adds_and_removes_backends_under_load_and_drains_the_removed() {
     let ds = dummies(3);
     let config = |names: &[usize], drain: u64| {
         let mut s = format!(
-            "[proxy]\nalgorithm = round-robin\nworkers = 64\ndrain_timeout_ms = {drain}\n[backends]\n"
+            "[proxy]\nalgorithm = round-robin\nworkers = 64\ndrain_timeout_ms = {drain}\n\
+             [admin]\nlisten = 127.0.0.1:0\n[backends]\n"
         );
         for &i in names {
             s.push_str(&format!("app{} = {}\n", i + 1, ds[i].1));
@@ -152,14 +156,21 @@ fn sighup_adds_and_removes_backends_under_load_and_drains_the_removed() {
     p.signal("HUP");
     let summary = p.wait_for("reload: added app3; removed app2 (draining ");
     assert!(summary.contains("1 unchanged"), "{summary}");
-    // Choices made just before the switch may be logged just after it.
-    std::thread::sleep(Duration::from_millis(100));
-    let mark = p.mark();
+    // A connection accepted after the summary was logged picks from the new table (a pick
+    // made before the swap may still be logged after it: those are older connections).
+    let admin = admin_addr(&p);
+    let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+    let accepted = stats["connections_accepted"].as_u64().expect("connections_accepted");
     assert_eq!(exchange(&mut held, "still here"), "app2", "the held connection keeps working");
     finish(load);
-    let after = p.lines_from(mark);
+    let newer = |l: &&String| {
+        let id = l.strip_prefix("conn ").or_else(|| l.split("] conn ").nth(1));
+        id.and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > accepted)
+    };
+    let log = p.log_text();
+    let lines: Vec<String> = log.lines().map(str::to_string).collect();
     let routed = |name: &str| {
-        after.iter().filter(|l| l.contains(&format!(" -> {name} ")) && !l.contains(" closed: ")).count()
+        lines.iter().filter(newer).filter(|l| l.contains(&format!(" -> {name} ")) && l.contains(" connected in ")).count()
     };
     assert!(routed("app3") > 0, "the new backend gets traffic");
     assert_eq!(routed("app2"), 0, "the removed one gets none");
@@ -189,16 +200,18 @@ fn a_broken_config_on_sighup_is_rejected_and_the_old_one_serves() {
 fn max_conns_queues_up_to_queue_ms_in_tcp_mode() {
     let ds = dummies(1);
     let config = format!(
-        "[proxy]\nworkers = 16\n[timeouts]\nqueue_ms = 3000\n[health]\nenabled = false\n[backends]\napp1 = {} max_conns=1\n",
+        "[proxy]\nworkers = 16\n[timeouts]\nqueue_ms = 3000\n[health]\nenabled = false\n\
+         [admin]\nlisten = 127.0.0.1:0\n[backends]\napp1 = {} max_conns=1\n",
         ds[0].1
     );
     let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
     let mut first = connect(addr);
     exchange(&mut first, "one");
-    // The second waits for the first's slot...
+    // The second waits for the first's slot (queued, /stats says)...
     let mut second = connect(addr);
     std::io::Write::write_all(&mut second, b"two\n").expect("send");
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until("the second queued", || backend_stats(admin, "app1")["queued"].as_u64() == Some(1));
     drop(first);
     assert_eq!(read_line(&mut second), "[app1] two", "served once the slot freed");
     // ...and a third gives up after queue_ms when the slot stays taken.
@@ -222,12 +235,16 @@ fn max_conns_queues_up_to_queue_ms_in_tcp_mode() {
 fn max_conns_answers_503_after_queue_ms_in_http_mode() {
     let ds = dummies(1);
     let config = format!(
-        "[proxy]\nmode = http\n[timeouts]\nqueue_ms = 300\n[health]\nenabled = false\n[backends]\napp1 = {} max_conns=1\n",
+        "[proxy]\nmode = http\n[timeouts]\nqueue_ms = 300\n[health]\nenabled = false\n\
+         [admin]\nlisten = 127.0.0.1:0\n[backends]\napp1 = {} max_conns=1\n",
         ds[0].1
     );
-    let (_p, addr) = proxy_with(&config, &[]);
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
     let slow = std::thread::spawn(move || http_get(addr, "/?delay_ms=2000").status);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("the slow request holds the slot", || {
+        backend_stats(admin, "app1")["active"].as_u64() == Some(1)
+    });
     let started = Instant::now();
     let r = http_get(addr, "/");
     assert_eq!(r.status, 503, "{}", r.text());

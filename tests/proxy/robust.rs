@@ -136,11 +136,7 @@ fn storm(p: &Proc, config: &dyn Fn(usize) -> String, rounds: usize) {
         let mark = p.mark();
         p.signal("HUP");
         let done = if broken { "reload rejected" } else { "reload: " };
-        let deadline = Instant::now() + WAIT;
-        while !p.lines_from(mark).iter().any(|l| l.contains(done)) {
-            assert!(Instant::now() < deadline, "reload {round} not applied; log:\n{}", p.log_text());
-            thread::sleep(Duration::from_millis(5));
-        }
+        p.wait_for_since(mark, done);
     }
 }
 

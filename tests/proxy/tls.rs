@@ -231,7 +231,7 @@ fn sighup_reloads_certificates_and_a_broken_one_is_refused_keeping_the_running_o
     second.write(certs.path(), "proxy", &["localhost"]);
     let mark = p.mark();
     p.signal("HUP");
-    wait_line(&p, mark, "TLS certificates reloaded");
+    p.wait_for_since(mark, "TLS certificates reloaded");
     assert!(tls_connect(addr, client_config(&ca, None), "localhost").is_err(), "old cert still served");
     tls_connect(addr, client_config(&second, None), "localhost").expect("new cert");
     // The connection opened before the reload goes on.
@@ -239,18 +239,10 @@ fn sighup_reloads_certificates_and_a_broken_one_is_refused_keeping_the_running_o
     std::fs::write(certs.path().join("proxy.pem"), "not a certificate").expect("break");
     let mark = p.mark();
     p.signal("HUP");
-    wait_line(&p, mark, "TLS certificates not reloaded");
+    p.wait_for_since(mark, "TLS certificates not reloaded");
     let errors = p.lines_from(mark).join("\n");
     assert!(errors.contains("config.ini:") && errors.contains("[tls] cert"), "{errors}");
     tls_connect(addr, client_config(&second, None), "localhost").expect("running cert kept");
-}
-
-fn wait_line(p: &Proc, mark: usize, needle: &str) {
-    let deadline = Instant::now() + WAIT;
-    while !p.lines_from(mark).iter().any(|l| l.contains(needle)) {
-        assert!(Instant::now() < deadline, "no {needle:?} in {:?}", p.lines_from(mark));
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -55,6 +55,26 @@ impl Proc {
         }
     }
 
+    /// Waits for a stderr line containing `needle` logged at or after `mark` (see
+    /// [`Proc::mark`]), whatever earlier waits skipped: two waits may be satisfied in either
+    /// order. Panics with the log on timeout.
+    pub fn wait_for_since(&self, mark: usize, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(line) =
+                self.log.lock().expect("log lock").iter().skip(mark).find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            // A line arriving wakes this wait (the channel carries every line too).
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                panic!("no line with {needle:?} within {WAIT:?}; log:\n{}", self.log_text());
+            }
+            let _ = self.lines.recv_timeout(left.min(Duration::from_millis(50)));
+        }
+    }
+
     /// The directory the process runs in (its config.ini lives there).
     pub fn dir(&self) -> &Path {
         self._dir.as_ref().map(|d| d.path()).expect("process has a directory")
@@ -126,9 +146,10 @@ pub fn dummy_on(name: &str, port: u16) -> (Proc, SocketAddr) {
     dummy_with(name, port, &[])
 }
 
-/// The admin address the proxy announced.
+/// The admin address the proxy announced (found in the whole log: other waits may have passed
+/// its line already).
 pub fn admin_addr(p: &Proc) -> SocketAddr {
-    let line = p.wait_for("admin listening on ");
+    let line = p.wait_for_since(0, "admin listening on ");
     let rest = line.split("admin listening on ").nth(1).expect("address");
     rest.split_whitespace().next().expect("address").parse().expect("socket address")
 }
@@ -457,4 +478,22 @@ impl Load {
 /// `[proxy] workers` as shipped: the default every scale test measures against.
 pub fn default_workers() -> u64 {
     lbproxy::config::keys::WORKERS.default.parse().expect("a number")
+}
+
+/// The /stats entry of backend `name`.
+pub fn backend_stats(admin: SocketAddr, name: &str) -> serde_json::Value {
+    let stats: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/stats").text()).expect("/stats is JSON");
+    let found = stats["backends"].as_array().expect("backends").iter().find(|b| b["name"] == name).cloned();
+    found.unwrap_or_else(|| panic!("no {name} in {stats}"))
+}
+
+/// Waits (bounded by `WAIT`) until `ready` says yes, polling every 10 ms: for a counter or gauge
+/// read from /stats, where no log line says so.
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        thread::sleep(Duration::from_millis(10));
+    }
 }
