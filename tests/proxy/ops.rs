@@ -170,7 +170,11 @@ fn sighup_adds_and_removes_backends_under_load_and_drains_the_removed() {
     let log = p.log_text();
     let lines: Vec<String> = log.lines().map(str::to_string).collect();
     let routed = |name: &str| {
-        lines.iter().filter(newer).filter(|l| l.contains(&format!(" -> {name} ")) && l.contains(" connected in ")).count()
+        lines
+            .iter()
+            .filter(newer)
+            .filter(|l| l.contains(&format!(" -> {name} ")) && l.contains(" connected in "))
+            .count()
     };
     assert!(routed("app3") > 0, "the new backend gets traffic");
     assert_eq!(routed("app2"), 0, "the removed one gets none");
