@@ -550,7 +550,12 @@ fn nine_thousand_idle_keep_alive_clients_park_and_fit_in_64_mib_with_the_default
     let limit = raise_fd_limit();
     assert!(limit >= CONNS as u64 + 1000, "RLIMIT_NOFILE hard limit {limit} is too low for this test");
     let ds = dummies(1);
-    let config = format!("[proxy]\nmode = http\n[health]\nenabled = false\n{}", backends_section(&[ds[0].1]));
+    // The defaults but for idle_ms: on a machine busy enough to take a minute over the 9,000,
+    // the first would meet idle_ms (60 s) before their second request, and rightly be closed.
+    let config = format!(
+        "[proxy]\nmode = http\n[timeouts]\nidle_ms = 600000\n[health]\nenabled = false\n{}",
+        backends_section(&[ds[0].1])
+    );
     let (p, addr) = proxy_with(&config, &[]);
     let pid = p.child.id();
     let workers = default_workers();

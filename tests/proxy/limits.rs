@@ -80,7 +80,7 @@ fn twenty_thousand_workers_are_refused_by_check_and_at_start_with_the_limit_and_
     // The largest value that fits is accepted, so the message's number is usable as given.
     let ok = run(proxy_cmd(&["--check", "--workers", &fit.to_string()]));
     assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(String::from_utf8_lossy(&ok.stdout).contains(&format!("workers = {fit}\n")));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains(&format!("\nworkers = {fit}  # --workers\n")));
 
     // Starting: the same refusal, before the listening socket is bound.
     let addr = free_port();

@@ -124,15 +124,23 @@ fn delays(mut s: impl Read + Write, sent: &Mutex<Vec<Vec<Instant>>>) -> Vec<Dura
 }
 
 /// Every event reaches the client through the proxy within [`SLACK`] of when it reaches it
-/// directly.
-fn assert_streamed(case: &str, direct: &[Duration], proxied: &[Duration]) {
+/// directly, in the best of up to three exchanges (`proxied` makes one). A proxy that waits for
+/// more before forwarding is late by a whole [`GAP`] every time; one exchange can also be late
+/// by a scheduler's slice on a machine whose CPUs are all busy (the suite runs beside CPU hogs:
+/// each event crosses four threads through the proxy, one directly), which the next avoids.
+fn assert_streamed(case: &str, direct: &[Duration], mut proxied: impl FnMut() -> Vec<Duration>) {
     let worst_direct = direct.iter().max().copied().unwrap_or_default();
-    for (i, d) in proxied.iter().enumerate() {
-        assert!(
-            *d <= worst_direct + SLACK,
-            "{case}: event {i} arrived {d:?} after it was sent (directly: {direct:?})"
-        );
+    let mut tries = Vec::new();
+    for _ in 0..3 {
+        let delays = proxied();
+        if delays.iter().all(|d| *d <= worst_direct + SLACK) {
+            return;
+        }
+        tries.push(delays);
     }
+    panic!(
+        "{case}: events arrived later than {SLACK:?} after direct ({direct:?}) in all three tries: {tries:?}"
+    );
 }
 
 #[test]
@@ -142,8 +150,7 @@ fn server_sent_events_arrive_as_sent_in_every_framing_over_plain_http() {
         let addr = sse_backend(framing, sent.clone());
         let (_p, proxy) = http_proxy(&[addr], "round-robin", "", "");
         let direct = delays(connect(addr), &sent);
-        let proxied = delays(connect(proxy), &sent);
-        assert_streamed(&format!("{framing:?}"), &direct, &proxied);
+        assert_streamed(&format!("{framing:?}"), &direct, || delays(connect(proxy), &sent));
     }
 }
 
@@ -155,9 +162,10 @@ fn server_sent_events_arrive_as_sent_in_every_framing_over_tls() {
         let addr = sse_backend(framing, sent.clone());
         let (_p, proxy, _certs) = tls_proxy(&ca, "http", &[addr], "", "");
         let direct = delays(connect(addr), &sent);
-        let tls = tls_connect(proxy, client_config(&ca, None), "localhost").expect("handshake");
-        let proxied = delays(tls, &sent);
-        assert_streamed(&format!("TLS {framing:?}"), &direct, &proxied);
+        assert_streamed(&format!("TLS {framing:?}"), &direct, || {
+            let tls = tls_connect(proxy, client_config(&ca, None), "localhost").expect("handshake");
+            delays(tls, &sent)
+        });
     }
 }
 

@@ -434,8 +434,12 @@ fn nine_thousand_held_connections_park_and_fit_in_64_mib_with_the_default_worker
     // Three dummies: a thread per connection each, 3,000 apiece.
     let ds = dummies(3);
     let addrs: Vec<_> = ds.iter().map(|d| d.1).collect();
-    let config =
-        format!("[proxy]\nalgorithm = round-robin\n[health]\nenabled = false\n{}", backends_section(&addrs));
+    // The defaults but for idle_ms: on a machine busy enough to take a minute over the 9,000,
+    // the first would meet idle_ms (60 s) before their second line, and rightly be closed.
+    let config = format!(
+        "[proxy]\nalgorithm = round-robin\n[timeouts]\nidle_ms = 600000\n[health]\nenabled = false\n{}",
+        backends_section(&addrs)
+    );
     let started = Instant::now();
     let (p, addr) = proxy_with(&config, &[]);
     let pid = p.child.id();
