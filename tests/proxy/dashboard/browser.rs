@@ -1,0 +1,125 @@
+//! The dashboard page in headless Chromium while simulate_client runs: every backend shown,
+//! counts rising between loads, a drained backend idle, and a screenshot.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{simulate, watched_proxy};
+use crate::util::*;
+
+/// Debian's chromium, installed when missing and possible (CI installs it in .ci/run).
+fn chromium() -> Option<PathBuf> {
+    let find = || {
+        ["chromium", "chromium-browser"].iter().find_map(|name| {
+            let out = Command::new("sh").args(["-c", &format!("command -v {name}")]).output().ok()?;
+            let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            (out.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
+        })
+    };
+    if let Some(found) = find() {
+        return Some(found);
+    }
+    eprintln!("chromium missing: trying `apt-get install -y chromium`");
+    let _ = Command::new("sh")
+        .args(["-c", "(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1"])
+        .status();
+    find()
+}
+
+/// Runs headless chromium on `url` with `args`; its stdout. `?for=2` makes the page watch
+/// `/events` for 2 s and then stop, so the virtual-time budget can run out and the DOM is
+/// dumped after the scripts have rendered what they received.
+fn headless(chromium: &Path, url: &str, args: &[&str]) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut child = Command::new(chromium)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--virtual-time-budget=5000")
+        .args(args)
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromium");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("chromium did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(100)); // polling a child's exit, not a sync
+    }
+    let out = child.wait_with_output().expect("chromium output");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Each backend row the page rendered: (name, state, total requests).
+fn rows(dom: &str) -> Vec<(String, String, u64)> {
+    dom.split("<tr data-backend=\"")
+        .skip(1)
+        .filter(|r| !r.starts_with("${"))
+        .map(|r| {
+            let attr = |name: &str| {
+                let from = r.find(&format!("{name}=\"")).map(|i| i + name.len() + 2).unwrap_or(0);
+                r[from..].split('"').next().unwrap_or("").to_string()
+            };
+            let name = r.split('"').next().unwrap_or("").to_string();
+            (name, attr("data-state"), attr("data-total").parse().unwrap_or(0))
+        })
+        .collect()
+}
+
+fn load_rows(chromium: &Path, admin: SocketAddr) -> Vec<(String, String, u64)> {
+    let dom = headless(chromium, &format!("http://{admin}/?for=2"), &["--dump-dom"]);
+    let rows = rows(&dom);
+    assert!(!rows.is_empty(), "the page rendered no backend row:\n{dom}");
+    rows
+}
+
+fn row<'a>(rows: &'a [(String, String, u64)], name: &str) -> &'a (String, String, u64) {
+    rows.iter().find(|r| r.0 == name).unwrap_or_else(|| panic!("no {name} row in {rows:?}"))
+}
+
+#[test]
+fn dashboard_in_headless_chromium_shows_every_backend_rising_counts_and_a_drained_backend_idle() {
+    let Some(chromium) = chromium() else {
+        eprintln!("SKIPPED: chromium is not installed and could not be (apt-get install -y chromium)");
+        return;
+    };
+    let (_b, _p, addr, admin) = watched_proxy(3);
+    let _load = simulate(addr, 3, 1_000_000);
+    let first = load_rows(&chromium, admin);
+    for name in ["app1", "app2", "app3"] {
+        assert_eq!(row(&first, name).1, "up", "{first:?}");
+    }
+    let second = load_rows(&chromium, admin);
+    let sum = |rows: &[(String, String, u64)]| rows.iter().map(|r| r.2).sum::<u64>();
+    assert!(sum(&second) > sum(&first), "request counts rise between loads: {first:?} then {second:?}");
+    let resp = send_raw(
+        admin,
+        b"POST /backends/app1/drain HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        "POST",
+    );
+    assert_eq!(resp.0.status, 200);
+    let third = load_rows(&chromium, admin);
+    assert_eq!(row(&third, "app1").1, "draining", "{third:?}");
+    let fourth = load_rows(&chromium, admin);
+    assert_eq!(row(&fourth, "app1").2, row(&third, "app1").2, "a drained backend gets no new requests");
+    assert!(
+        row(&fourth, "app2").2 > row(&third, "app2").2,
+        "while simulate_client runs: {third:?} {fourth:?}"
+    );
+    // The screenshot the README shows (LBPROXY_SCREENSHOT=docs/dashboard.png to refresh it).
+    let shot = std::env::var("LBPROXY_SCREENSHOT").map(PathBuf::from).unwrap_or_else(|_| {
+        std::env::temp_dir().join(format!("lbproxy-dashboard-{}.png", std::process::id()))
+    });
+    let _ = std::fs::remove_file(&shot);
+    let url = format!("http://{admin}/?for=3");
+    headless(&chromium, &url, &["--window-size=1280,800", &format!("--screenshot={}", shot.display())]);
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    assert!(png.len() < 300 * 1024, "{} bytes", png.len());
+}
