@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use super::{simulate, watched_proxy};
 use crate::util::*;
 
-/// Debian's chromium, installed when missing and possible (CI installs it in .ci/run).
+/// Debian's chromium, installed when missing and possible (CI installs it in .ci/run). Still
+/// missing, a browser test says SKIPPED and passes (`None`), except under CI (`CI` set and not
+/// `false` or `0`): there it fails, so CI cannot go green without having run it.
 fn chromium() -> Option<PathBuf> {
     let find = || {
         ["chromium", "chromium-browser"].iter().find_map(|name| {
@@ -25,7 +27,14 @@ fn chromium() -> Option<PathBuf> {
     let _ = Command::new("sh")
         .args(["-c", "(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1"])
         .status();
-    find()
+    let found = find();
+    let ci = std::env::var("CI").is_ok_and(|v| !["", "0", "false"].contains(&v.as_str()));
+    match found {
+        None if ci => panic!("CI is set and chromium is missing (apt-get install -y chromium failed): CI must run the browser tests, not skip them"),
+        None => eprintln!("SKIPPED: chromium is not installed and could not be (apt-get install -y chromium)"),
+        Some(_) => {}
+    }
+    found
 }
 
 /// Runs headless chromium on `url` with `args`; its stdout. `?for=2` makes the page watch
@@ -85,10 +94,7 @@ fn row<'a>(rows: &'a [(String, String, u64)], name: &str) -> &'a (String, String
 
 #[test]
 fn dashboard_in_headless_chromium_shows_every_backend_rising_counts_and_a_drained_backend_idle() {
-    let Some(chromium) = chromium() else {
-        eprintln!("SKIPPED: chromium is not installed and could not be (apt-get install -y chromium)");
-        return;
-    };
+    let Some(chromium) = chromium() else { return };
     let (_b, _p, addr, admin) = watched_proxy(3);
     let _load = simulate(addr, 3, 1_000_000);
     let first = load_rows(&chromium, admin);
@@ -122,4 +128,30 @@ fn dashboard_in_headless_chromium_shows_every_backend_rising_counts_and_a_draine
     let png = std::fs::read(&shot).expect("a screenshot");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
     assert!(png.len() < 300 * 1024, "{} bytes", png.len());
+}
+
+#[test]
+fn without_chromium_a_browser_test_says_skipped_but_under_ci_it_fails() {
+    // The browser test again, in a child run of this test binary, with a PATH where neither
+    // chromium nor apt-get (to install it) can be found.
+    let name = "dashboard::browser::dashboard_in_headless_chromium_shows_every_backend_rising_counts_and_a_drained_backend_idle";
+    let nothing = tempfile::tempdir().expect("an empty PATH");
+    let run = |ci: Option<&str>| {
+        let mut cmd = Command::new(std::env::current_exe().expect("this test binary"));
+        cmd.args(["--exact", name, "--nocapture"]).env("PATH", nothing.path()).env_remove("CI");
+        if let Some(value) = ci {
+            cmd.env("CI", value);
+        }
+        let out = cmd.stdin(Stdio::null()).output().expect("run the test binary");
+        let text =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (passed, text) = run(None);
+    assert!(passed && text.contains("SKIPPED: chromium") && text.contains("1 passed"), "outside CI:\n{text}");
+    let (passed, text) = run(Some("true"));
+    assert!(
+        !passed && text.contains("CI is set and chromium is missing") && text.contains("1 failed"),
+        "CI=true:\n{text}"
+    );
 }
