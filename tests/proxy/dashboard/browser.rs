@@ -1,6 +1,8 @@
 //! The dashboard page in headless Chromium while simulate_client runs: every backend shown,
-//! counts rising between loads, a drained backend idle, and a screenshot.
+//! counts rising between loads, a drained backend idle, and the README's screenshot command,
+//! which must end on the plain page however long its live stream stays open.
 
+use std::io::{Read, Seek, SeekFrom};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -37,19 +39,20 @@ fn chromium() -> Option<PathBuf> {
     found
 }
 
-/// Runs headless chromium on `url` with `args`; its stdout. `?for=2` makes the page watch
-/// `/events` for 2 s and then stop, so the virtual-time budget can run out and the DOM is
-/// dumped after the scripts have rendered what they received.
-fn headless(chromium: &Path, url: &str, args: &[&str]) -> String {
+/// Runs `chromium` in `dir` with `args` and the flags that keep a test hermetic (no sandbox,
+/// which root needs; a fresh profile; no background traffic); its stdout. A run that has not
+/// ended within 90 s is killed (by pid) and fails the test.
+fn run_chromium(chromium: &Path, dir: &Path, args: &[String]) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
+    // A file, not a pipe: a DOM dump larger than the pipe would block chromium until killed.
+    let mut stdout = tempfile::tempfile().expect("stdout file");
     let mut child = Command::new(chromium)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .current_dir(dir)
+        .args(["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
         .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
         .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--virtual-time-budget=5000")
         .args(args)
-        .arg(url)
-        .stdout(Stdio::piped())
+        .stdout(stdout.try_clone().expect("stdout file"))
         .stderr(Stdio::null())
         .spawn()
         .expect("chromium");
@@ -57,12 +60,24 @@ fn headless(chromium: &Path, url: &str, args: &[&str]) -> String {
     while child.try_wait().expect("wait").is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("chromium did not finish within 90 s");
+            let _ = child.wait();
+            panic!("chromium did not finish within 90 s: {args:?}");
         }
         std::thread::sleep(Duration::from_millis(100)); // polling a child's exit, not a sync
     }
-    let out = child.wait_with_output().expect("chromium output");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut out = String::new();
+    stdout.seek(SeekFrom::Start(0)).and_then(|_| stdout.read_to_string(&mut out)).expect("chromium's stdout");
+    out
+}
+
+/// Runs headless chromium on `url` with `args`; its stdout. `?for=2` makes the page watch
+/// `/events` for 2 s and then stop, so the virtual-time budget can run out and the DOM is
+/// dumped after the scripts have rendered what they received.
+fn headless(chromium: &Path, url: &str, args: &[&str]) -> String {
+    let mut all: Vec<String> = vec!["--headless".into(), "--virtual-time-budget=5000".into()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    all.push(url.to_string());
+    run_chromium(chromium, &std::env::temp_dir(), &all)
 }
 
 /// Each backend row the page rendered: (name, state, total requests).
@@ -128,6 +143,41 @@ fn dashboard_in_headless_chromium_shows_every_backend_rising_counts_and_a_draine
     let png = std::fs::read(&shot).expect("a screenshot");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
     assert!(png.len() < 300 * 1024, "{} bytes", png.len());
+}
+
+/// The README's screenshot command, word for word but for the admin address.
+fn readme_screenshot_command(admin: SocketAddr) -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README");
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("chromium --headless") && l.contains("--screenshot="))
+        .expect("the README shows a `chromium --headless --screenshot=...` command");
+    line.split_whitespace().skip(1).map(|a| a.replace("127.0.0.1:8081", &admin.to_string())).collect()
+}
+
+#[test]
+fn the_readmes_screenshot_command_ends_on_the_plain_page_while_it_streams_and_writes_the_png() {
+    let Some(chromium) = chromium() else { return };
+    let (_b, _p, addr, admin) = watched_proxy(3);
+    let _load = simulate(addr, 2, 20_000);
+    let args = readme_screenshot_command(admin);
+    assert!(args.contains(&format!("http://{admin}/")), "the page itself, no ?for=N: {args:?}");
+    let file = args.iter().find_map(|a| a.strip_prefix("--screenshot=")).expect("--screenshot=FILE");
+    let dir = tempfile::tempdir().expect("a directory to run in");
+    // Before the page read /events with fetch(), its EventSource kept the virtual-time budget
+    // from running out, and this run was killed after 90 s.
+    run_chromium(&chromium, dir.path(), &args);
+    let png = std::fs::read(dir.path().join(file)).expect("the screenshot written");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    let size = |at: usize| u32::from_be_bytes([png[at], png[at + 1], png[at + 2], png[at + 3]]);
+    assert_eq!((size(16), size(20)), (1280, 900), "the PNG's width and height (IHDR)");
+    assert!(png.len() > 10 * 1024, "{} bytes: an empty page?", png.len());
+    // What such a screenshot shows: the first events (a tick among them) come with the
+    // stream's head, so the first picture already has every backend.
+    let dom = headless(&chromium, &format!("http://{admin}/"), &["--dump-dom"]);
+    let names: Vec<String> = rows(&dom).into_iter().map(|r| r.0).collect();
+    assert_eq!(names, ["app1", "app2", "app3"], "the plain page's backends");
 }
 
 #[test]
