@@ -180,6 +180,75 @@ fn the_readmes_screenshot_command_ends_on_the_plain_page_while_it_streams_and_wr
     assert_eq!(names, ["app1", "app2", "app3"], "the plain page's backends");
 }
 
+/// Ten backends as busy and as varied as the table gets: health checks on, app10 at a dead
+/// address (down, with the longest check result), app2 draining and app3 in maintenance, while
+/// simulate_client runs (4 clients, at most 50,000 requests each). The dead socket, dummies and
+/// load live as long as the returned values.
+fn ten_busy_backends() -> (Vec<(Proc, SocketAddr)>, socket2::Socket, Proc, Proc, SocketAddr) {
+    let backends = dummies(9);
+    let (dead, dead_at) = dead_addr();
+    let mut addrs: Vec<SocketAddr> = backends.iter().map(|(_, a)| *a).collect();
+    addrs.push(dead_at);
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 16\n[health]\nenabled = true\ninterval_ms = 100\n\
+         [admin]\nlisten = 127.0.0.1:0\n{}",
+        backends_section(&addrs)
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    let load = simulate(addr, 4, 50_000);
+    p.wait_for(" DOWN ");
+    for (name, act) in [("app2", "drain"), ("app3", "maint")] {
+        let req = format!("POST /backends/{name}/{act} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(send_raw(admin, req.as_bytes(), "POST").0.status, 200, "{act} {name}");
+    }
+    p.wait_for(") 200 ");
+    (backends, dead, p, load, admin)
+}
+
+/// How the page laid itself out in a `width` x 900 window, after watching for 3 s: what
+/// `/?measure=1` writes into its hidden #layout.
+fn layout(chromium: &Path, admin: SocketAddr, width: u32) -> serde_json::Value {
+    let window = format!("--window-size={width},900");
+    let dom = headless(chromium, &format!("http://{admin}/?for=3&measure=1"), &["--dump-dom", &window]);
+    let json = dom
+        .split_once("<pre id=\"layout\" hidden=\"\">")
+        .and_then(|(_, rest)| rest.split_once("</pre>"))
+        .map(|(json, _)| json.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&"))
+        .unwrap_or_else(|| panic!("nothing measured at {width} px:\n{}", &dom[..dom.len().min(2000)]));
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"))
+}
+
+#[test]
+fn with_ten_busy_backends_the_page_fits_1280_px_with_every_action_and_stays_usable_at_800() {
+    let Some(chromium) = chromium() else { return };
+    let (_backends, _dead, _p, _load, admin) = ten_busy_backends();
+    let mut wrong = Vec::new();
+    for width in [1280, 800] {
+        let at = layout(&chromium, admin, width);
+        let n = |key: &str| at[key].as_f64().unwrap_or_else(|| panic!("{key} in {at}"));
+        let mut check = |ok: bool, what: &str| {
+            if !ok {
+                wrong.push(format!("at {width} px {what}"));
+            }
+        };
+        check(n("inner_width") == f64::from(width), "the window is not that wide");
+        check(n("backends") == 10.0, "not every backend shows");
+        check(n("scroll_width") <= n("client_width"), "the page scrolls sideways");
+        check(n("buttons") == 30.0 && n("buttons_reachable") == 30.0, "an action button is out of reach");
+        check(n("feed_words") > 100.0, "the feed has too few words to judge");
+        check(at["feed_words_broken"].as_array().is_some_and(Vec::is_empty), "the feed breaks words");
+        if width == 1280 {
+            check(n("header_rows") == 1.0, "the header wraps");
+            check(n("table_hidden_px") == 0.0, "part of the backends table is hidden");
+        }
+        if wrong.iter().any(|w| w.starts_with(&format!("at {width} "))) {
+            wrong.push(format!("at {width} px the page measured {at}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
 #[test]
 fn without_chromium_a_browser_test_says_skipped_but_under_ci_it_fails() {
     // The browser test again, in a child run of this test binary, with a PATH where neither
