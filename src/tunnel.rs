@@ -34,11 +34,7 @@ const CHUNK: usize = 16 * 1024;
 /// Tunnels between `client` and `backend` until both directions end, an error, or `idle`
 /// (zero: none) with no byte moved.
 pub fn tunnel(client: End<'_>, backend: End<'_>, idle: Duration, bufs: &mut Buffers) -> RelayOutcome {
-    match resume(client, backend, idle, bufs, Progress::start(), None) {
-        Relayed::Ended(out) => out,
-        // Never without `park_after`.
-        Relayed::Quiet(p) => RelayOutcome { up: p.up, down: p.down, error: None },
-    }
+    resume(client, backend, idle, bufs, Progress::start(), None).into_outcome()
 }
 
 /// Tunnels from `from` as [`tunnel`] does; with `park_after`, it returns [`Relayed::Quiet`]

@@ -96,14 +96,21 @@ pub enum Relayed {
     Quiet(Progress),
 }
 
+impl Relayed {
+    /// The outcome of a relay run without `park_after`, which never goes quiet (a quiet one
+    /// would read as ended without error).
+    pub fn into_outcome(self) -> RelayOutcome {
+        match self {
+            Relayed::Ended(out) => out,
+            Relayed::Quiet(p) => RelayOutcome { up: p.up, down: p.down, error: None },
+        }
+    }
+}
+
 /// Relays between `client` and `backend` until both directions end, in the calling thread.
 /// `idle` of zero means no idle limit. Both sockets are left non-blocking.
 pub fn relay(client: &TcpStream, backend: &TcpStream, idle: Duration, bufs: &mut Buffers) -> RelayOutcome {
-    match resume(client, backend, idle, bufs, Progress::start(), None) {
-        Relayed::Ended(out) => out,
-        // Never without `park_after`.
-        Relayed::Quiet(p) => RelayOutcome { up: p.up, down: p.down, error: None },
-    }
+    resume(client, backend, idle, bufs, Progress::start(), None).into_outcome()
 }
 
 /// Relays from `from` as [`relay`] does; with `park_after`, it returns [`Relayed::Quiet`] once

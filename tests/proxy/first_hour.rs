@@ -7,10 +7,6 @@ use lbproxy::h1::Wire;
 
 use crate::util::*;
 
-fn stats(admin: SocketAddr) -> serde_json::Value {
-    serde_json::from_str(&http_get(admin, "/stats").text()).expect("/stats is JSON")
-}
-
 /// HTTP mode counts the bytes it sends a backend: every request's rewritten head, not only
 /// bodies (GETs used to leave `bytes_up` and `lb_backend_sent_bytes_total` at 0), and the
 /// access line's `B in` says the same. The summary at exit says `sent` and `received`.
@@ -36,7 +32,7 @@ fn http_mode_counts_the_bytes_sent_to_a_backend_heads_included() {
         .unwrap_or_else(|| panic!("no `B in` in {line:?}"));
     // The rewritten head: request line, Host and the forwarding headers at least.
     assert!(bytes_in >= 60, "{line}");
-    let s = stats(admin);
+    let s = proxy_stats(admin);
     let sent = s["backends"][0]["bytes_up"].as_u64().expect("bytes_up");
     assert!(sent >= 20 * bytes_in, "20 requests of {bytes_in} bytes, {sent} counted: {s}");
     let metrics = http_get(admin, "/metrics").text();
@@ -136,7 +132,7 @@ fn https_and_the_admin_listener_need_no_config_edit_and_a_missing_key_names_its_
         .expect("curl");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("app1"));
-    assert_eq!(stats(admin)["tls_handshakes"], 1);
+    assert_eq!(proxy_stats(admin)["tls_handshakes"], 1);
     // A [tls] key naming a missing file: the error is on the key's line.
     let file = certs.path().join("broken.ini");
     let text = format!(

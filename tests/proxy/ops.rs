@@ -84,7 +84,7 @@ fn http_mode_survives_a_killed_backend_by_retrying_idempotent_requests() {
     // Under way: a hundred requests answered before the kill.
     let admin = admin_addr(&p);
     wait_until("100 requests", || {
-        let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+        let stats = proxy_stats(admin);
         stats["requests"].as_u64().unwrap_or(0) >= 100
     });
     let (mut victim, _) = ds.remove(0);
@@ -107,12 +107,12 @@ fn a_restarted_backend_returns_after_rise_checks_with_slow_start() {
     victim.wait_exit();
     let down = p.wait_for(" DOWN after ");
     assert!(down.contains("app2 "), "{down}");
-    let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+    let stats = proxy_stats(admin);
     assert_eq!(stats["backends"][1]["state"], "down");
     let _restarted = dummy_on("app2", victim_addr.port());
     let up = p.wait_for("UP after 2 successful checks");
     assert!(up.contains("app2"), "{up}");
-    let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+    let stats = proxy_stats(admin);
     let app2 = &stats["backends"][1];
     assert_eq!((app2["name"].as_str(), app2["state"].as_str()), (Some("app2"), Some("up")));
     let w = app2["effective_weight"].as_f64().expect("weight");
@@ -159,7 +159,7 @@ fn sighup_adds_and_removes_backends_under_load_and_drains_the_removed() {
     // A connection accepted after the summary was logged picks from the new table (a pick
     // made before the swap may still be logged after it: those are older connections).
     let admin = admin_addr(&p);
-    let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+    let stats = proxy_stats(admin);
     let accepted = stats["connections_accepted"].as_u64().expect("connections_accepted");
     assert_eq!(exchange(&mut held, "still here"), "app2", "the held connection keeps working");
     finish(load);
@@ -347,7 +347,7 @@ fn stats_and_metrics_describe_the_backends() {
     // request's has been.
     let deadline = Instant::now() + WAIT;
     let stats = loop {
-        let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+        let stats = proxy_stats(admin);
         let settled = stats["backends"].as_array().is_some_and(|bs| bs.iter().all(|b| b["active"] == 0));
         if settled || Instant::now() >= deadline {
             break stats;
@@ -413,7 +413,7 @@ fn a_dns_backend_resolves_to_its_members() {
     assert_eq!(exchange(&mut connect(addr), "via dns"), "app1");
     let line = p.wait_for(" -> web@");
     assert!(line.contains(&format!("web@127.0.0.1:{port}")) || line.contains("web@[::1]"), "{line}");
-    let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+    let stats = proxy_stats(admin);
     let names: Vec<&str> =
         stats["backends"].as_array().expect("list").iter().filter_map(|b| b["name"].as_str()).collect();
     assert!(names.iter().all(|n| n.starts_with("web@")) && !names.is_empty(), "{names:?}");

@@ -173,19 +173,13 @@ fn a_quiet_upgrade_tunnel_frees_its_worker_and_either_side_wakes_it_while_tunnel
 
 /// The /stats gauge of `name`, read now.
 fn gauge(admin: SocketAddr, name: &str) -> u64 {
-    let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+    let stats = proxy_stats(admin);
     stats[name].as_u64().unwrap_or_else(|| panic!("no {name} in {stats}"))
 }
 
 /// Waits (bounded) until the gauge `name` reads `want`.
 fn wait_gauge(admin: SocketAddr, name: &str, want: u64) {
-    let deadline = Instant::now() + WAIT;
-    let mut now = gauge(admin, name);
-    while now != want {
-        assert!(Instant::now() < deadline, "{name} stays {now}, not {want}");
-        thread::sleep(Duration::from_millis(20));
-        now = gauge(admin, name);
-    }
+    wait_until(&format!("{name} = {want}"), || gauge(admin, name) == want);
 }
 
 /// Issue #20: the gauges are read when asked, so they fall back when the load is gone

@@ -122,7 +122,7 @@ fn addr_after(line: &str, marker: &str) -> SocketAddr {
 /// the first check's connection has long been handled by the dummy.
 fn wait_for_two_checks(admin: SocketAddr, backends: usize) {
     let times = || -> Vec<Option<f64>> {
-        let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+        let stats = proxy_stats(admin);
         let list = stats["backends"].as_array().cloned().unwrap_or_default();
         list.iter().map(|b| b["last_check"]["time"].as_f64()).collect()
     };

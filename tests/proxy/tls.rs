@@ -140,7 +140,7 @@ fn curl_https_keep_alive_spreads_over_backends_on_one_handshake_with_forwarded_p
     assert!(err.contains("http/1.1"), "ALPN http/1.1 not negotiated: {err}");
     // Four requests, one connection, one handshake; /metrics says the same.
     let admin = admin_addr(&p);
-    let s: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+    let s = proxy_stats(admin);
     assert_eq!(s["tls_handshakes"], 1, "{s}");
     assert_eq!(s["tls_handshake_failures"], 0, "{s}");
     let metrics = http_get(admin, "/metrics").text();

@@ -480,10 +480,14 @@ pub fn default_workers() -> u64 {
     lbproxy::config::keys::WORKERS.default.parse().expect("a number")
 }
 
+/// The admin listener's /stats document.
+pub fn proxy_stats(admin: SocketAddr) -> serde_json::Value {
+    serde_json::from_str(&http_get(admin, "/stats").text()).expect("/stats is JSON")
+}
+
 /// The /stats entry of backend `name`.
 pub fn backend_stats(admin: SocketAddr, name: &str) -> serde_json::Value {
-    let stats: serde_json::Value =
-        serde_json::from_str(&http_get(admin, "/stats").text()).expect("/stats is JSON");
+    let stats = proxy_stats(admin);
     let found = stats["backends"].as_array().expect("backends").iter().find(|b| b["name"] == name).cloned();
     found.unwrap_or_else(|| panic!("no {name} in {stats}"))
 }

@@ -16,7 +16,7 @@ use crate::util::*;
 const ENDLESS: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ";
 
 fn accepted(admin: SocketAddr) -> u64 {
-    let stats: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+    let stats = proxy_stats(admin);
     stats["connections_accepted"].as_u64().expect("connections_accepted")
 }
 

@@ -132,7 +132,7 @@ fn a_quiet_tunnel_is_closed_at_tunnel_ms_and_stats_count_it_while_open() {
     let (p, addr) = proxy_with(&config, &[]);
     let admin = admin_addr(&p);
     let tunnels = || {
-        let s: serde_json::Value = serde_json::from_str(&http_get(admin, "/stats").text()).expect("json");
+        let s = proxy_stats(admin);
         (
             s["backends"][0]["tunnels"].as_u64().expect("tunnels"),
             s["backends"][0]["active"].as_u64().expect("active"),
