@@ -155,36 +155,27 @@ MaxConnectionsPerChild 0
 </Proxy>
 ProxyPass "/" "balancer://app/"
 CONF
-ours_config() { # mode port backend workers
+ours_config() { # mode port backend [admin]
+    # The shipped defaults, as a user runs it: only where to listen and what to balance.
     cat <<CONF
 [proxy]
 listen = 127.0.0.1:$2
 mode = $1
-algorithm = least-connections
-workers = $4
-queue = 4096
 log_file =
 log_level = warn
-[timeouts]
-idle_ms = 300000
-[http]
-# Pool as many backend connections as there can be requests in flight, as HAProxy's
-# http-reuse does; the default (32, like nginx's keepalive cache) churns connections above it.
-backend_keepalive = $4
 [admin]
-listen = ${5:-}
+listen = ${4:-}
 [backends]
 b1 = 127.0.0.1:$3
 CONF
 }
 # The admin listener is on (as with a dashboard in use), for the dashboard row below.
-ours_config http "$OURS" "$BACKEND" 1200 "127.0.0.1:$OURS_ADMIN" >"$WORK/ours.ini"
-# Idle HTTP clients park without a worker (src/park.rs): the keep-alive runs' 1200 workers hold
-# them all. In TCP mode each connection still needs a worker of its own.
-ours_config http "$OURS" "$BACKEND" 1200 >"$WORK/ours-idle.ini"
-ours_config tcp "$OURS_TCP" "$IPERF" 64 >"$WORK/ours-tcp.ini"
-ours_config tcp "$OURS_TCP" "$BACKEND" $((IDLE + 300)) >"$WORK/ours-tcp-idle.ini"
-ours_config http "$OURS_TLS" "$BACKEND" 1200 >"$WORK/ours-tls.ini"
+ours_config http "$OURS" "$BACKEND" "127.0.0.1:$OURS_ADMIN" >"$WORK/ours.ini"
+# Idle clients, HTTP and TCP, park without a worker (src/park/): the defaults hold them all.
+ours_config http "$OURS" "$BACKEND" >"$WORK/ours-idle.ini"
+ours_config tcp "$OURS_TCP" "$IPERF" >"$WORK/ours-tcp.ini"
+ours_config tcp "$OURS_TCP" "$BACKEND" >"$WORK/ours-tcp-idle.ini"
+ours_config http "$OURS_TLS" "$BACKEND" >"$WORK/ours-tls.ini"
 printf '[tls]\ncert = %s\nkey = %s\n' "$WORK/tls.pem" "$WORK/tls.key" >>"$WORK/ours-tls.ini"
 
 start() { # name port command...

@@ -8,8 +8,8 @@ pub const BACKEND_KEEPALIVE: Key = key(
     "http",
     "backend_keepalive",
     number(0, 10_000),
-    "32",
-    "http: idle persistent connections kept per backend",
+    "512",
+    "http: idle persistent connections kept per backend (the default, as `workers`, closes none a request could reuse)",
     |c| c.http.backend_keepalive.to_string(),
 );
 /// `[http] max_head_bytes`.
