@@ -118,7 +118,7 @@ mod tests {
 
 #[cfg(test)]
 mod published {
-    //! The 1/N movement bound and the README's test vectors.
+    //! The 1/N movement bound and the manual's test vectors (docs/operations.md).
     use std::net::{IpAddr, SocketAddr};
     use std::sync::Arc;
 
@@ -141,7 +141,7 @@ mod published {
         b[ring.select(&view).expect("a backend")].name.clone()
     }
 
-    /// The README's vectors ("Running several instances"): another implementation of the ring
+    /// The manual's vectors ("Running several instances"): another implementation of the ring
     /// (XXH3-64 seed 0; 100 points per unit of weight at `"{name} {ip}:{port} {index}"`; the
     /// client's key is XXH3-64 of its 4 or 16 address bytes; the first point at or after the
     /// key, wrapping) must give the same answers.
@@ -157,16 +157,16 @@ mod published {
         let want: Vec<(String, String)> =
             VECTORS.iter().map(|(c, w)| (c.to_string(), w.to_string())).collect();
         assert_eq!(got, want);
-        // The README publishes the same table.
-        let readme = include_str!("../../README.md");
+        // The manual publishes the same table.
+        let readme = include_str!("../../docs/operations.md");
         for (client, backend) in VECTORS {
             let row = format!("| `{client}` | {backend} |");
-            assert!(readme.contains(&row), "README.md lacks the vector row {row}");
+            assert!(readme.contains(&row), "docs/operations.md lacks the vector row {row}");
         }
     }
 
     /// Clients and where they go with backends a = 10.0.0.1:80, b = 10.0.0.2:80,
-    /// c = 10.0.0.3:80 (all weight 1). Also in README.md.
+    /// c = 10.0.0.3:80 (all weight 1). Also in docs/operations.md.
     pub const VECTORS: &[(&str, &str)] = &[
         ("10.1.2.3", "a"),
         ("10.1.2.4", "b"),

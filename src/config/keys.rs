@@ -1,5 +1,5 @@
 //! The table of configuration keys: one entry per key with its section, type, default, range,
-//! flag and help. Validation, unknown-key errors, `--check`'s output and the README's key table
+//! flag and help. Validation, unknown-key errors, `--check`'s output and the manual's key table
 //! all come from [`KEYS`], so a default is written down once.
 
 use super::{AcceptProxy, Config, Mode};
@@ -34,7 +34,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// The type as the README names it.
+    /// The type as the manual names it.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Number { .. } => "number",
@@ -72,7 +72,7 @@ pub struct Key {
     pub default: &'static str,
     /// The command-line flag that overrides it, if any.
     pub flag: Option<&'static str>,
-    /// One line for the README.
+    /// One line for the manual's key table.
     pub help: &'static str,
     /// The effective value as `--check` prints it (parses back to the same setting).
     pub show: fn(&Config) -> String,

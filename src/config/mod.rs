@@ -10,10 +10,10 @@
 //! file, `--workers: ...` for a flag.
 //!
 //! Every key, its type, default, range and help is one entry of [`keys::KEYS`]; validation,
-//! `--check`'s output and the README's key table come from it.
+//! `--check`'s output and the manual's key table come from it.
 //!
 //! Files: [`raw`] (stage one), `validate.rs` (stage two), [`keys`] (the table), [`show`]
-//! (`--check`'s output and the README table). Addresses are parsed by [`crate::addr`].
+//! (`--check`'s output and the manual's table). Addresses are parsed by [`crate::addr`].
 //!
 //! Comments are whole lines starting with `#` or `;`.
 

@@ -1,5 +1,5 @@
-//! Renderings of the key table: the effective settings `--check` prints, and the README's key
-//! table (a unit test keeps README.md in step with it).
+//! Renderings of the key table: the effective settings `--check` prints, and the manual's key
+//! table (a unit test keeps docs/configuration.md in step with it).
 
 use std::fmt::Write as _;
 
@@ -12,7 +12,7 @@ const BACKEND_HELP: &str =
     "one line per backend (at least one); weight 1..=1000 (default 1); max_conns 0 = no limit; \
      send_proxy: start each backend connection with a PROXY header (http: turns pooling off for it)";
 
-/// The README's key table (markdown), between its `config-keys` marker comments.
+/// The manual's key table (docs/configuration.md, markdown), between its `config-keys` marker comments.
 pub fn markdown_table() -> String {
     let mut out = String::from("| key | type | default | range | meaning |\n|---|---|---|---|---|\n");
     for k in KEYS {
@@ -107,22 +107,22 @@ mod tests {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
     }
 
-    /// README.md's key table is this rendering of [`KEYS`]. To update it, run this test with
-    /// `LBPROXY_WRITE_README=1`, or paste the text the failure prints.
+    /// docs/configuration.md's key table is this rendering of [`KEYS`]. To update it, run this
+    /// test with `LBPROXY_WRITE_DOCS=1`, or paste the text the failure prints.
     #[test]
-    fn readme_key_table_is_generated_from_the_key_table() {
-        let path = project_file("README.md");
-        let readme = std::fs::read_to_string(&path).expect("read README.md");
-        let start = readme.find(START).expect("README.md has the config-keys:start marker") + START.len();
-        let end = readme[start..].find(END).expect("README.md has the config-keys:end marker") + start;
+    fn the_manuals_key_table_is_generated_from_the_key_table() {
+        let path = project_file("docs/configuration.md");
+        let readme = std::fs::read_to_string(&path).expect("read docs/configuration.md");
+        let start = readme.find(START).expect("the page has the config-keys:start marker") + START.len();
+        let end = readme[start..].find(END).expect("the page has the config-keys:end marker") + start;
         let expected = markdown_table();
         if readme[start..end] != expected {
-            if std::env::var_os("LBPROXY_WRITE_README").is_some() {
+            if std::env::var_os("LBPROXY_WRITE_DOCS").is_some() {
                 std::fs::write(&path, format!("{}{expected}{}", &readme[..start], &readme[end..]))
                     .expect("write");
                 return;
             }
-            panic!("README.md's key table is out of date; between the markers it should read:\n{expected}");
+            panic!("docs/configuration.md's key table is out of date; between the markers it should read:\n{expected}");
         }
     }
 
