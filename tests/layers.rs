@@ -1,0 +1,89 @@
+//! `scripts/check_layers.py` catches what it is there to catch: on a copy of `src/`, an upward
+//! import injected into a submodule, in each import form (`crate::x`, `use crate::{..}`,
+//! `super::`), fails the check and is named; the untouched copy passes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read_dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// A copy of src/ with `line` added to `file` (relative to src/), checked; (passed, stderr).
+fn check_with(file: &str, line: &str) -> (bool, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src: PathBuf = dir.path().join("src");
+    copy_tree(&root.join("src"), &src);
+    if !file.is_empty() {
+        let path = src.join(file);
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, format!("{line}\n{text}")).expect("write");
+    }
+    let out = Command::new("python3")
+        .arg(root.join("scripts/check_layers.py"))
+        .arg("--root")
+        .arg(&src)
+        .output()
+        .expect("python3 runs scripts/check_layers.py");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn the_untouched_tree_passes() {
+    let (ok, err) = check_with("", "");
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn an_upward_import_in_a_submodule_fails_in_every_form() {
+    let cases = [
+        // A base-layer submodule reaching the process layer by its full path.
+        ("h1/head.rs", "use crate::server::run as _x;", "`h1` (base) imports higher `server`"),
+        // The same through a grouped import, the second name upward.
+        ("config/raw.rs", "use crate::{clock, tcp};", "`config` (base) imports higher `tcp`"),
+        // A top-level file's `super` is the crate: `super::http` from the balancer.
+        (
+            "balancer/round_robin.rs",
+            "use super::super::http as _h;",
+            "`balancer` (selection) imports higher `http`",
+        ),
+    ];
+    for (file, line, named) in cases {
+        let (ok, err) = check_with(file, line);
+        assert!(!ok, "{line} in {file} passed the check");
+        assert!(err.contains(named), "{line} in {file}: expected {named:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn a_cycle_fails_and_a_module_without_a_layer_is_named() {
+    // `backend` already imports `health`; the reverse closes a cycle within the order.
+    let (ok, err) = check_with("health.rs", "use crate::backend as _b;");
+    assert!(!ok);
+    assert!(err.contains("imports higher `backend`") || err.contains("import cycle"), "{err}");
+    // A module file the layer list does not name.
+    let root = tempfile::tempdir().expect("tempdir");
+    let src = root.path().join("src");
+    copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &src);
+    std::fs::write(src.join("newcomer.rs"), "//! A module nobody placed.\nuse crate::clock;\n")
+        .expect("write");
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_layers.py"))
+        .arg("--root")
+        .arg(&src)
+        .output()
+        .expect("python3");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("module `newcomer` has no layer"), "{err}");
+}
