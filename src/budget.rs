@@ -229,18 +229,15 @@ pub fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
 
 /// RLIMIT_NPROC and this user's threads, unless unlimited or not enforced for this process.
 fn read_nproc() -> Option<Cap> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes one rlimit to the pointer we pass, which is valid and ours.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut lim) } != 0 || lim.rlim_cur == libc::RLIM_INFINITY {
-        return None;
-    }
+    // `None`: unlimited.
+    let current = rustix::process::getrlimit(rustix::process::Resource::Nproc).current?;
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let uid = status_field(&status, "Uid")?;
     let uid_map = std::fs::read_to_string("/proc/self/uid_map").unwrap_or_default();
     if nproc_exempt(uid, status_field(&status, "CapEff").unwrap_or(0), &uid_map) {
         return None;
     }
-    Some(Cap { max: lim.rlim_cur, used: user_threads(uid) })
+    Some(Cap { max: current, used: user_threads(uid) })
 }
 
 /// The kernel skips RLIMIT_NPROC for the initial namespace's root user and for holders of

@@ -29,6 +29,8 @@
 //! - process: [`acceptor`], [`takeover`] (handing the listeners to a new process), [`server`],
 //!   [`cli`].
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod acceptor;
 pub mod addr;
 pub mod admin;

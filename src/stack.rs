@@ -24,13 +24,7 @@ thread_local! {
 }
 
 fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if n > 0 {
-        n as usize
-    } else {
-        4096
-    }
+    rustix::param::page_size()
 }
 
 /// The lowest usable address of the calling thread's stack, from pthread.

@@ -8,7 +8,6 @@
 //! can never become another client's response.
 
 use std::net::TcpStream;
-use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use crate::backend::Backend;
@@ -52,16 +51,13 @@ pub fn put(b: &Backend, stream: TcpStream, cap: usize) {
 
 /// Looks, without waiting or consuming, at what the socket holds.
 pub fn peek(stream: &TcpStream) -> Idle {
-    let mut byte = 0u8;
-    // SAFETY: a valid socket descriptor and a one-byte buffer we own; MSG_DONTWAIT never blocks.
-    let n = unsafe {
-        libc::recv(stream.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-    };
-    match n {
-        0 => Idle::Closed,
-        n if n > 0 => Idle::Data,
-        _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => Idle::Quiet,
-        _ => Idle::Closed,
+    use rustix::net::{recv, RecvFlags};
+    let mut byte = [0u8; 1];
+    match recv(stream, &mut byte[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((0, _)) => Idle::Closed,
+        Ok(_) => Idle::Data,
+        Err(rustix::io::Errno::AGAIN) => Idle::Quiet,
+        Err(_) => Idle::Closed,
     }
 }
 
