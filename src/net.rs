@@ -64,6 +64,31 @@ pub fn describe(e: &io::Error) -> String {
 }
 
 /// True for errors that mean the descriptor table (per process or system) is full.
+/// Whether a read or write with a timeout (or on a non-blocking socket) ran out of time rather
+/// than failed: `WouldBlock` or `TimedOut`, as the platform reports `SO_RCVTIMEO` expiring.
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+/// Closes after an answer on a connection with unread input: closing at once would make the
+/// kernel send a reset that can destroy the answer before the client reads it. Half-close, then
+/// drain what still comes, at most 1 MiB within 1 s, as nginx's `lingering_close`.
+#[inline(never)]
+pub fn lingering_close(sock: &TcpStream) {
+    use std::io::Read;
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let mut sink = [0u8; 4096];
+    let mut drained = 0usize;
+    while std::time::Instant::now() < deadline && drained < 1 << 20 {
+        match (&mut &*sock).read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
+    }
+}
+
 pub fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }

@@ -3,7 +3,7 @@
 //! port, a quiet close for garbage, and the handshake counters.
 
 use std::io::Write;
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -83,8 +83,7 @@ fn finish<'a>(conn: &'a Conn, outcome: Handshake, counters: &ProxyCounters) -> O
             failed("plain HTTP sent to the TLS port (answered 400)");
             // As nginx: a plaintext 400 naming the mistake, then close.
             let _ = (&mut &*sock).write_all(PLAIN_HTTP_ANSWER);
-            let _ = sock.shutdown(Shutdown::Write);
-            drain(sock);
+            crate::net::lingering_close(sock);
             Opened::Closed
         }
         Handshake::Failed(why) => {
@@ -98,19 +97,6 @@ fn finish<'a>(conn: &'a Conn, outcome: Handshake, counters: &ProxyCounters) -> O
         Handshake::TimedOut => {
             failed("not complete within header_ms");
             Opened::Closed
-        }
-    }
-}
-
-/// Reads what the client still sends (bounded), so closing does not reset the 400 away.
-fn drain(sock: &TcpStream) {
-    use std::io::Read;
-    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut sink = [0u8; 4096];
-    for _ in 0..64 {
-        match (&mut &*sock).read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
         }
     }
 }

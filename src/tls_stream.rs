@@ -17,6 +17,8 @@ use rustls::pki_types::ServerName;
 use rustls::server::{Acceptor, ClientHello};
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
+use crate::net::is_timeout;
+
 /// Plain TCP, or TLS over it. `S` is the socket, owned or borrowed.
 #[derive(Debug)]
 pub enum Stream<S: Borrow<TcpStream>> {
@@ -359,10 +361,6 @@ pub fn connect(sock: TcpStream, config: Arc<ClientConfig>, name: &str) -> Result
         }
     }
     Ok(Stream::Tls(sock, Box::new(Mutex::new(Connection::Client(conn)))))
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 /// nginx's answer to plain HTTP on an HTTPS port, word for word in its body.

@@ -3,9 +3,8 @@
 //! access-log line.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
-use std::time::{Duration, Instant};
+use std::io::{self, Write};
+use std::time::Instant;
 
 use super::proxy::Record;
 use crate::h1::request::RequestHead;
@@ -14,23 +13,7 @@ use crate::h1::Coalesce;
 use crate::registry::Conn;
 use crate::tls_accept::ClientStream;
 
-/// After an error response on a connection with unread input, closing at once would make the
-/// kernel send a reset that can destroy the response before the client reads it. Half-close,
-/// then drain briefly (bounded in time and bytes), as nginx's `lingering_close`.
-#[inline(never)]
-pub(super) fn lingering_close(client: &TcpStream) {
-    let _ = client.shutdown(Shutdown::Write);
-    let _ = client.set_read_timeout(Some(Duration::from_millis(200)));
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let mut sink = [0u8; 4096];
-    let mut drained = 0usize;
-    while Instant::now() < deadline && drained < 1 << 20 {
-        match (&mut &*client).read(&mut sink) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => drained += n,
-        }
-    }
-}
+pub(super) use crate::net::lingering_close;
 
 #[inline(never)]
 pub(super) fn slow_client(conn: &Conn, client: &ClientStream, buf: &mut Vec<u8>) {

@@ -453,9 +453,7 @@ pub fn read_head(
             }
             Ok(0) => return Err(Cause::Closed("end of stream".into())),
             Ok(_) => received = true,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                return Err(Cause::Timeout)
-            }
+            Err(e) if crate::net::is_timeout(&e) => return Err(Cause::Timeout),
             Err(e)
                 if !received
                     && matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) =>

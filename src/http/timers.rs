@@ -99,9 +99,7 @@ impl Filled {
             Ok(_) => Filled::Bytes,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && !waited => Filled::Empty,
             // A socket timeout reads as either, depending on the platform.
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                Filled::TimedOut
-            }
+            Err(e) if crate::net::is_timeout(e) => Filled::TimedOut,
             Err(e) if e.kind() == io::ErrorKind::InvalidData => Filled::TooLarge,
             Err(_) => Filled::Failed,
         }
