@@ -1,9 +1,10 @@
 //! Sockets, the way every part of the proxy opens them: listeners with a deep backlog,
-//! connections with a timeout and `TCP_NODELAY`, and what a socket error means.
+//! connections with a timeout and `TCP_NODELAY`, what a socket error means, and the lingering
+//! close after an answer.
 
-use std::io;
+use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
@@ -63,7 +64,6 @@ pub fn describe(e: &io::Error) -> String {
     }
 }
 
-/// True for errors that mean the descriptor table (per process or system) is full.
 /// Whether a read or write with a timeout (or on a non-blocking socket) ran out of time rather
 /// than failed: `WouldBlock` or `TimedOut`, as the platform reports `SO_RCVTIMEO` expiring.
 pub fn is_timeout(e: &io::Error) -> bool {
@@ -75,13 +75,12 @@ pub fn is_timeout(e: &io::Error) -> bool {
 /// drain what still comes, at most 1 MiB within 1 s, as nginx's `lingering_close`.
 #[inline(never)]
 pub fn lingering_close(sock: &TcpStream) {
-    use std::io::Read;
     let _ = sock.shutdown(std::net::Shutdown::Write);
     let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let deadline = Instant::now() + Duration::from_secs(1);
     let mut sink = [0u8; 4096];
     let mut drained = 0usize;
-    while std::time::Instant::now() < deadline && drained < 1 << 20 {
+    while Instant::now() < deadline && drained < 1 << 20 {
         match (&mut &*sock).read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,
@@ -89,6 +88,7 @@ pub fn lingering_close(sock: &TcpStream) {
     }
 }
 
+/// True for errors that mean the descriptor table (per process or system) is full.
 pub fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }

@@ -18,24 +18,34 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// A copy of src/ with `line` added to `file` (relative to src/), checked; (passed, stderr).
-fn check_with(file: &str, line: &str) -> (bool, String) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+/// A copy of this crate's src/, to change and check.
+fn copy_of_src() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let src: PathBuf = dir.path().join("src");
-    copy_tree(&root.join("src"), &src);
+    let src = dir.path().join("src");
+    copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &src);
+    (dir, src)
+}
+
+/// Runs the check on `src`: (passed, stderr).
+fn check(src: &Path) -> (bool, String) {
+    let out = Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_layers.py"))
+        .arg("--root")
+        .arg(src)
+        .output()
+        .expect("python3 runs scripts/check_layers.py");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A copy of src/ with `line` added to `file` (relative to src/; none when empty), checked.
+fn check_with(file: &str, line: &str) -> (bool, String) {
+    let (_dir, src) = copy_of_src();
     if !file.is_empty() {
         let path = src.join(file);
         let text = std::fs::read_to_string(&path).expect("read");
         std::fs::write(&path, format!("{line}\n{text}")).expect("write");
     }
-    let out = Command::new("python3")
-        .arg(root.join("scripts/check_layers.py"))
-        .arg("--root")
-        .arg(&src)
-        .output()
-        .expect("python3 runs scripts/check_layers.py");
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    check(&src)
 }
 
 #[test]
@@ -51,7 +61,7 @@ fn an_upward_import_in_a_submodule_fails_in_every_form() {
         ("h1/head.rs", "use crate::server::run as _x;", "`h1` (base) imports higher `server`"),
         // The same through a grouped import, the second name upward.
         ("config/raw.rs", "use crate::{clock, tcp};", "`config` (base) imports higher `tcp`"),
-        // A top-level file's `super` is the crate: `super::http` from the balancer.
+        // From a submodule, `super::super` is the crate: `super::super::http` from the balancer.
         (
             "balancer/round_robin.rs",
             "use super::super::http as _h;",
@@ -72,18 +82,10 @@ fn a_cycle_fails_and_a_module_without_a_layer_is_named() {
     assert!(!ok);
     assert!(err.contains("imports higher `backend`") || err.contains("import cycle"), "{err}");
     // A module file the layer list does not name.
-    let root = tempfile::tempdir().expect("tempdir");
-    let src = root.path().join("src");
-    copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &src);
+    let (_dir, src) = copy_of_src();
     std::fs::write(src.join("newcomer.rs"), "//! A module nobody placed.\nuse crate::clock;\n")
         .expect("write");
-    let out = Command::new("python3")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_layers.py"))
-        .arg("--root")
-        .arg(&src)
-        .output()
-        .expect("python3");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (ok, err) = check(&src);
+    assert!(!ok);
     assert!(err.contains("module `newcomer` has no layer"), "{err}");
 }

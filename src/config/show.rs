@@ -112,13 +112,13 @@ mod tests {
     #[test]
     fn the_manuals_key_table_is_generated_from_the_key_table() {
         let path = project_file("docs/configuration.md");
-        let readme = std::fs::read_to_string(&path).expect("read docs/configuration.md");
-        let start = readme.find(START).expect("the page has the config-keys:start marker") + START.len();
-        let end = readme[start..].find(END).expect("the page has the config-keys:end marker") + start;
+        let page = std::fs::read_to_string(&path).expect("read docs/configuration.md");
+        let start = page.find(START).expect("the page has the config-keys:start marker") + START.len();
+        let end = page[start..].find(END).expect("the page has the config-keys:end marker") + start;
         let expected = markdown_table();
-        if readme[start..end] != expected {
+        if page[start..end] != expected {
             if std::env::var_os("LBPROXY_WRITE_DOCS").is_some() {
-                std::fs::write(&path, format!("{}{expected}{}", &readme[..start], &readme[end..]))
+                std::fs::write(&path, format!("{}{expected}{}", &page[..start], &page[end..]))
                     .expect("write");
                 return;
             }

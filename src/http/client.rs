@@ -1,6 +1,5 @@
 //! The client side's small I/O in HTTP mode: reads that do not wait (for the parker), the
-//! lingering close after an error, the error responses the proxy writes itself, and the
-//! access-log line.
+//! error responses the proxy writes itself, and the access-log line.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -12,8 +11,6 @@ use crate::h1::respond::text_error;
 use crate::h1::Coalesce;
 use crate::registry::Conn;
 use crate::tls_accept::ClientStream;
-
-pub(super) use crate::net::lingering_close;
 
 #[inline(never)]
 pub(super) fn slow_client(conn: &Conn, client: &ClientStream, buf: &mut Vec<u8>) {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::client::{access_log, holds_plaintext, lingering_close, read_now, slow_client, write_error};
+use super::client::{access_log, holds_plaintext, read_now, slow_client, write_error};
 use super::exchange::{Attempt, Exchange, Served};
 use super::timers::{After, Before, Filled, IdleTimers, Limits, Now, Wait, FIRST_BYTE, NO_LIMIT};
 use super::upgrade::{self, Parked};
@@ -25,6 +25,7 @@ use crate::config::{as_limit, Config};
 use crate::error::{Answer, Party};
 use crate::h1::request::{self, Forwarding, RequestHead};
 use crate::h1::{BodyKind, Coalesce, Wire};
+use crate::net::lingering_close;
 use crate::park::Parker;
 use crate::registry::{Conn, PartialHead};
 use crate::stats::ProxyCounters;
