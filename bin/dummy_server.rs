@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lbproxy::dummy::{DummyArgs, DummyServer};
-use lbproxy::{logging, out, signals};
+use lbproxy::companions::dummy::{DummyArgs, DummyServer};
+use lbproxy::server::signals;
+use lbproxy::{logging, out};
 
 fn main() -> ExitCode {
     let args = DummyArgs::parse();

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use lbproxy::companions::simulate::{self, ClientArgs};
 use lbproxy::out;
-use lbproxy::simulate::{self, ClientArgs};
 
 fn main() -> ExitCode {
     let args = ClientArgs::parse();

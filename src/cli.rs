@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::budget;
 use crate::config::keys::{self, Key};
 use crate::config::{Config, ConfigError, RawConfig, DEFAULT_PATH};
+use crate::threads::budget;
 
 /// A load-balancing TCP and HTTP/1.1 proxy: a thread pool of blocking workers and five balancing
 /// algorithms (least-connections, round-robin, random-two, source-hash, header-hash).

@@ -1,5 +1,5 @@
 //! Rendering the numbers: the /stats JSON, the /metrics Prometheus text, and the counters
-//! that belong to the whole process. The histograms themselves live in [`crate::latency`].
+//! that belong to the whole process. The histograms themselves live in [`crate::backend::latency`].
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,10 +8,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
+use crate::backend::latency::BUCKETS;
 use crate::backend::{Backend, WEIGHT_SCALE};
 use crate::balancer::Balancer;
 use crate::clock::now_ms;
-use crate::latency::BUCKETS;
 
 /// What the workers and the parker are doing now, read when `/stats` or `/metrics` is asked.
 #[derive(Debug, Default, Clone, Copy)]

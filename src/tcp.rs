@@ -10,16 +10,16 @@ use parking_lot::Mutex;
 
 use crate::balancer::{source_key, Balancer, Pick};
 use crate::config::Config;
+use crate::conn::accept;
+use crate::conn::Conn;
+use crate::conn::Quiet;
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::logging::{held_back, RateLimit};
 use crate::park::{Parker, PARK_AFTER};
-use crate::registry::Conn;
-use crate::registry::Quiet;
+use crate::relay::tunnel::{self, End};
 use crate::relay::{Buffers, Progress, RelayOutcome, Relayed};
 use crate::stats::ProxyCounters;
 use crate::tls::Listener;
-use crate::tls_accept;
-use crate::tunnel::{self, End};
 use crate::upstream::{self, Limits};
 
 /// What a TCP-mode worker needs, shared by all workers.
@@ -129,7 +129,7 @@ fn resumed(conn: &mut Conn) -> Option<Relaying> {
 fn open(conn: &Conn, ctx: &TcpContext) -> Option<Relaying> {
     // The handshake comes first, within header_ms: a client that cannot finish it never
     // takes a backend slot.
-    let client = tls_accept::open(conn, ctx.tls.as_deref(), ctx.config.timeouts.header, &ctx.counters)?;
+    let client = accept::open(conn, ctx.tls.as_deref(), ctx.config.timeouts.header, &ctx.counters)?;
     let label = Label(conn);
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
     let key = Some(source_key(conn.peer.ip()));

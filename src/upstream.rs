@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use crate::backend::Backend;
 use crate::balancer::{Balancer, Pick, Tried};
+use crate::conn::Conn;
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::events;
+use crate::net::proxy_protocol;
 use crate::net::{describe, is_local_resource, open};
-use crate::proxy_protocol;
-use crate::registry::Conn;
-use crate::tls_stream::Stream;
+use crate::tls::stream::Stream;
 
 /// Connect timeout, and how long to wait for a slot when every backend is full.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +103,7 @@ pub fn secure(
     let limit = (!timeout.is_zero()).then_some(timeout);
     let _ = stream.set_read_timeout(limit);
     let _ = stream.set_write_timeout(limit);
-    crate::tls_stream::connect(stream, config, &name).map_err(|why| {
+    crate::tls::stream::connect(stream, config, &name).map_err(|why| {
         balancer.observe_failure(backend, &why);
         let why = format!("TLS with {name}: {why}");
         Failure::at(&backend.name, Party::Backend, Phase::Connect, Cause::Invalid(why))

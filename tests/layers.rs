@@ -1,6 +1,7 @@
 //! `scripts/check_layers.py` catches what it is there to catch: on a copy of `src/`, an upward
 //! import injected into a submodule, in each import form (`crate::x`, `use crate::{..}`,
-//! `super::`), fails the check and is named; the untouched copy passes.
+//! `super::`), or in test code, fails the check and is named; so does a cycle at the top or
+//! inside a folder (through a re-export too); the untouched copy passes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -76,11 +77,43 @@ fn an_upward_import_in_a_submodule_fails_in_every_form() {
 }
 
 #[test]
-fn a_cycle_fails_and_a_module_without_a_layer_is_named() {
-    // `backend` already imports `health`; the reverse closes a cycle within the order.
-    let (ok, err) = check_with("health.rs", "use crate::backend as _b;");
-    assert!(!ok);
-    assert!(err.contains("imports higher `backend`") || err.contains("import cycle"), "{err}");
+fn a_cycle_fails_at_the_top_and_inside_a_folder() {
+    let cases = [
+        // `config` already imports `net` (both base): the reverse closes a cycle within a layer.
+        ("net/addr.rs", "use crate::config::Config as _c;", "import cycle: config -> net -> config"),
+        // Inside http/: `exchange` already calls `upgrade`; the reverse closes a cycle one level
+        // down, which the top-level graph cannot see.
+        (
+            "http/upgrade.rs",
+            "use super::exchange::Served as _s;",
+            "import cycle: http::exchange -> http::upgrade -> http::exchange",
+        ),
+        // A name h1/mod.rs re-exports counts as the file it comes from: `h1::BodyError` is
+        // `h1::body`'s, and `body` already imports `trailers`.
+        (
+            "h1/trailers.rs",
+            "use super::BodyError as _b;",
+            "import cycle: h1::body -> h1::trailers -> h1::body",
+        ),
+    ];
+    for (file, line, named) in cases {
+        let (ok, err) = check_with(file, line);
+        assert!(!ok, "{line} in {file} passed the check");
+        assert!(err.contains(named), "{line} in {file}: expected {named:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn test_code_counts_and_a_module_without_a_layer_is_named() {
+    // A test helper imported from above: the tests of `backend` may not lean on the balancer.
+    let tail = "#[cfg(test)]\nmod t {\n    use crate::balancer::Balancer as _b;\n}";
+    let (_dir, src) = copy_of_src();
+    let path = src.join("backend/health.rs");
+    let text = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(&path, format!("{text}\n{tail}\n")).expect("write");
+    let (ok, err) = check(&src);
+    assert!(!ok, "an upward import in test code passed");
+    assert!(err.contains("`backend` (backend) imports higher `balancer`"), "{err}");
     // A module file the layer list does not name.
     let (_dir, src) = copy_of_src();
     std::fs::write(src.join("newcomer.rs"), "//! A module nobody placed.\nuse crate::clock;\n")

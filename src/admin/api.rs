@@ -3,7 +3,7 @@
 //! backend's new state and is logged at warn with the admin client's address.
 //!
 //! A change lasts until a reload changes that backend's line in the file, or a restart
-//! (see [`crate::discovery`]). When `[admin] token` is set every POST must carry
+//! (see [`crate::server::discovery`]). When `[admin] token` is set every POST must carry
 //! `Authorization: Bearer TOKEN`, else 401.
 
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
 //! Which backend goes next: the selection trait, and the one place where choosing meets health,
-//! limits and counting.
+//! limits and counting. The active health checks that feed it run in [`checker`].
 //!
 //! Algorithms ([`least_connections`], [`round_robin`], [`random_two`], [`source_hash`]) only
 //! choose among the members a [`View`] allows; they know nothing of health, limits or retries.
@@ -8,6 +8,7 @@
 //! loaded. When every available backend is at `max_conns`, `pick` waits (up to the queue
 //! timeout) on a condition variable that [`ActiveGuard`]s signal as they give slots back.
 
+pub mod checker;
 pub mod least_connections;
 pub mod random_two;
 pub mod round_robin;
@@ -436,7 +437,6 @@ pub(crate) mod testing {
     use std::sync::Arc;
 
     use crate::backend::Backend;
-    use crate::config::RawConfig;
 
     /// Members named b0, b1, ... with the given weights.
     pub fn members(weights: &[u32]) -> Vec<Arc<Backend>> {
@@ -448,12 +448,6 @@ pub(crate) mod testing {
                 Arc::new(Backend::new(format!("b{i}"), format!("b{i}"), addr, w, 0))
             })
             .collect()
-    }
-
-    /// Default health settings.
-    pub fn health() -> crate::config::HealthSettings {
-        let raw = RawConfig::parse(&b"[backends]\na = 127.0.0.1:1\n"[..], "t").expect("parse");
-        raw.validate().expect("valid").health
     }
 
     /// Picks `n` times with `select`, everything allowed, returning the indices.

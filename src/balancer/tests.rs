@@ -3,7 +3,7 @@
 use super::*;
 
 fn balancer(weights: &[u32], algorithm: Algorithm) -> Balancer {
-    Balancer::new(testing::members(weights), algorithm, testing::health())
+    Balancer::new(testing::members(weights), algorithm, crate::config::testing::health())
 }
 
 #[test]
@@ -34,7 +34,7 @@ fn tried_and_down_backends_are_skipped() {
 fn full_backends_queue_until_a_slot_frees_or_the_timeout() {
     let members = testing::members(&[1]);
     members[0].set_limits(1, 1);
-    let b = Arc::new(Balancer::new(members, Algorithm::LeastConnections, testing::health()));
+    let b = Arc::new(Balancer::new(members, Algorithm::LeastConnections, crate::config::testing::health()));
     let held = b.pick(0, &Tried::default(), Duration::ZERO).expect("first slot");
     let started = Instant::now();
     assert_eq!(b.pick(0, &Tried::default(), Duration::from_millis(100)).err(), Some(Unavailable::AllFull));

@@ -13,7 +13,7 @@
 //! `--check`'s output and the manual's key table come from it.
 //!
 //! Files: [`raw`] (stage one), `validate.rs` (stage two), [`keys`] (the table), [`show`]
-//! (`--check`'s output and the manual's table). Addresses are parsed by [`crate::addr`].
+//! (`--check`'s output and the manual's table). Addresses are parsed by [`crate::net::addr`].
 //!
 //! Comments are whole lines starting with `#` or `;`.
 
@@ -29,7 +29,7 @@ pub mod raw;
 pub mod show;
 mod validate;
 
-pub use crate::proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
+pub use crate::net::proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
 pub use raw::RawConfig;
 
 /// The default configuration file, looked up in the current directory.
@@ -286,4 +286,14 @@ impl fmt::Display for Config {
 /// A timeout setting as a socket timeout: 0 means no limit.
 pub fn as_limit(d: Duration) -> Option<Duration> {
     (!d.is_zero()).then_some(d)
+}
+
+/// Helpers for the tests of the layers that use settings.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// The default health settings, as a config that sets none gets them.
+    pub fn health() -> super::HealthSettings {
+        let raw = super::RawConfig::parse(&b"[backends]\na = 127.0.0.1:1\n"[..], "t").expect("parse");
+        raw.validate().expect("valid").health
+    }
 }

@@ -12,7 +12,7 @@ use super::{
     AcceptProxy, Algorithm, BackendSpec, Config, ConfigError, HealthSettings, HttpSettings, Mode, Origin,
     ProxyVersion, ScaleSettings, Timeouts, TlsFile, TlsSettings, TlsVersion,
 };
-use crate::addr;
+use crate::net::addr;
 
 impl RawConfig {
     /// Checks every value and returns the typed configuration, or every problem found.

@@ -5,12 +5,12 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::time::Instant;
 
-use super::proxy::Record;
+use super::context::Record;
+use crate::conn::accept::ClientStream;
+use crate::conn::Conn;
 use crate::h1::request::RequestHead;
 use crate::h1::respond::text_error;
 use crate::h1::Coalesce;
-use crate::registry::Conn;
-use crate::tls_accept::ClientStream;
 
 #[inline(never)]
 pub(super) fn slow_client(conn: &Conn, client: &ClientStream, buf: &mut Vec<u8>) {
@@ -52,17 +52,17 @@ pub(super) fn access_log(conn: &Conn, head: &RequestHead, r: &Record, started: I
 /// not say so, so it must not wait in the parker.
 pub(super) fn holds_plaintext(client: &ClientStream<'_>) -> bool {
     match client {
-        crate::tls_stream::Stream::Plain(_) => false,
-        crate::tls_stream::Stream::Tls(_, c) => crate::tls_stream::has_plaintext(&mut c.lock()),
+        crate::tls::stream::Stream::Plain(_) => false,
+        crate::tls::stream::Stream::Tls(_, c) => crate::tls::stream::has_plaintext(&mut c.lock()),
     }
 }
 
 /// Reads what the client has sent, without waiting: `WouldBlock` when nothing is there.
 pub(super) fn read_now(client: &mut &ClientStream<'_>, buf: &mut [u8]) -> io::Result<usize> {
     match client {
-        crate::tls_stream::Stream::Plain(sock) => crate::net::recv(sock, buf, false),
-        crate::tls_stream::Stream::Tls(sock, c) => {
-            crate::tls_stream::read_tls_plain_now(&mut c.lock(), sock, buf)
+        crate::tls::stream::Stream::Plain(sock) => crate::net::recv(sock, buf, false),
+        crate::tls::stream::Stream::Tls(sock, c) => {
+            crate::tls::stream::read_tls_plain_now(&mut c.lock(), sock, buf)
         }
     }
 }

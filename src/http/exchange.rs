@@ -12,63 +12,27 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::context::{Attempt, BackendStream, Exchange, Record, Scratch, VIA};
 use super::interim::{self, Verdict};
 use super::keepalive;
-use super::proxy::{HttpContext, Record, Scratch, VIA};
 use super::retry::{self, Retry};
 use super::upgrade::{self, Switched};
 use crate::backend::Backend;
-use crate::balancer::{Pick, Tried};
+use crate::balancer::Pick;
 use crate::config::as_limit;
+use crate::conn::accept::ClientStream;
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::events;
-use crate::h1::request::RequestHead;
-use crate::h1::response::{self, ClientSide, ResponseHead};
+use crate::h1::response::{ClientSide, ResponseHead};
 use crate::h1::{BodyError, BodyKind, Coalesce, Wire};
 use crate::logging::{held_back, RateLimit};
-use crate::registry::Conn;
-use crate::tls_accept::ClientStream;
-use crate::tls_stream::Stream;
-
-/// A backend connection: plain, or TLS for a backend marked `tls`.
-pub(super) type BackendStream = Stream<TcpStream>;
+use crate::tls::stream::Stream;
 use crate::upstream;
-
-/// What one request's attempts have done so far: it decides what may still be retried.
-#[derive(Debug, Default)]
-pub struct Attempt {
-    /// Backends that failed this request.
-    pub tried: Tried,
-    /// The pooled connection was stale: the next attempt connects afresh.
-    pub fresh_only: bool,
-    /// `100 Continue` was sent to the client.
-    pub continued: bool,
-    /// Some of the request body was read from the client: it cannot be sent again.
-    pub body_touched: bool,
-    /// The whole request body was read from the client.
-    pub body_done: bool,
-    /// A backend broke mid-exchange: when no other can take the request, this is the answer
-    /// (502), not "no backend" (503).
-    pub broke: Option<Failure>,
-}
-
-/// One request on its way through the proxy.
-pub struct Exchange<'a> {
-    pub conn: &'a Conn,
-    /// The client's stream (plain or TLS) over `conn`'s socket.
-    pub client: &'a ClientStream<'a>,
-    pub ctx: &'a HttpContext,
-    pub head: &'a RequestHead,
-    /// Whether the client connection may stay open after this request.
-    pub keep_alive: bool,
-    /// The balancer's hash key (client address or `hash_header`); `None`: least connections.
-    pub key: Option<u64>,
-}
 
 static UNAVAILABLE: RateLimit = RateLimit::new();
 
 /// How a relayed exchange left the client connection.
-pub enum Served {
+pub(super) enum Served {
     /// The response went out: whether the connection stays open for another request.
     Done(bool),
     /// An upgrade's tunnel went quiet: its backend socket and state, to park.
@@ -76,19 +40,11 @@ pub enum Served {
 }
 
 impl Exchange<'_> {
-    fn has_body(&self) -> bool {
-        !matches!(self.head.body, BodyKind::Empty | BodyKind::Length(0))
-    }
-
-    fn label(&self) -> String {
-        format!("req {}", self.head.request_id)
-    }
-
     /// Forwards the request and its response, when relayed: whether the client connection
     /// stays open, or the tunnel an upgrade became, gone quiet.
-    // Not inlined into `serve`: an idle worker's live stack stays shallow (see `crate::stack`).
+    // Not inlined into `serve`: an idle worker's live stack stays shallow (see `crate::threads::stack`).
     #[inline(never)]
-    pub fn run(
+    pub(super) fn run(
         &self,
         cw: &mut Wire<&ClientStream<'_>>,
         scratch: &mut Scratch,
@@ -422,48 +378,6 @@ fn first_chunk_is_valid(cw: &mut Wire<&ClientStream<'_>>) -> Result<(), Failure>
                 Ok(_) => {}
                 Err(e) => return Err(Failure::new(Party::Client, Phase::Request, Cause::Io(e))),
             },
-        }
-    }
-}
-
-/// Reads one response head, rewritten for the client into `out` (an informational one too:
-/// see [`interim::read_final`]).
-pub fn read_head(
-    bw: &mut Wire<&BackendStream>,
-    side: &ClientSide<'_>,
-    max_head: usize,
-    out: &mut Vec<u8>,
-) -> Result<ResponseHead, Cause> {
-    let mut received = false;
-    loop {
-        if !bw.buffered().is_empty() {
-            out.clear();
-            match response::parse(bw.buffered(), max_head, side, out) {
-                Ok(Some(r)) => {
-                    bw.consume(r.len);
-                    return Ok(r);
-                }
-                Ok(None) => {}
-                Err(why) => return Err(Cause::Invalid(format!("invalid response: {why}"))),
-            }
-        }
-        match bw.fill(max_head) {
-            Ok(0) if received => {
-                return Err(Cause::Invalid("connection closed inside the response head".into()))
-            }
-            Ok(0) => return Err(Cause::Closed("end of stream".into())),
-            Ok(_) => received = true,
-            Err(e) if crate::net::is_timeout(&e) => return Err(Cause::Timeout),
-            Err(e)
-                if !received
-                    && matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) =>
-            {
-                return Err(Cause::Closed(crate::net::describe(&e)))
-            }
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                return Err(Cause::Invalid("invalid response: response head too large".into()))
-            }
-            Err(e) => return Err(Cause::Io(e)),
         }
     }
 }

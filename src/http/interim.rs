@@ -5,14 +5,13 @@
 //! answer (a 413, a 401) reaches the client before a byte of the body is sent, and a backend that
 //! says nothing within [`EXPECT_WAIT`] gets the body anyway, after the proxy's own `100`.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use super::exchange::{read_head, Attempt, BackendStream, Exchange};
-use super::proxy::Scratch;
+use super::context::{Attempt, BackendStream, Exchange, Scratch};
 use crate::config::as_limit;
 use crate::error::{Cause, Failure, Party, Phase};
-use crate::h1::response::{ClientSide, ResponseHead};
+use crate::h1::response::{self, ClientSide, ResponseHead};
 use crate::h1::{Coalesce, Wire};
 
 /// How long a backend may take to answer `Expect: 100-continue` before the proxy sends the
@@ -107,4 +106,46 @@ fn to_client(x: &Exchange<'_>, head: &[u8], buf: &mut Vec<u8>) -> Result<(), Fai
     out.write_all(head)
         .and_then(|()| out.flush())
         .map_err(|e| Failure::new(Party::Client, Phase::Send, Cause::Io(e)))
+}
+
+/// Reads one response head, rewritten for the client into `out` (an informational one too:
+/// see [`interim::read_final`]).
+pub fn read_head(
+    bw: &mut Wire<&BackendStream>,
+    side: &ClientSide<'_>,
+    max_head: usize,
+    out: &mut Vec<u8>,
+) -> Result<ResponseHead, Cause> {
+    let mut received = false;
+    loop {
+        if !bw.buffered().is_empty() {
+            out.clear();
+            match response::parse(bw.buffered(), max_head, side, out) {
+                Ok(Some(r)) => {
+                    bw.consume(r.len);
+                    return Ok(r);
+                }
+                Ok(None) => {}
+                Err(why) => return Err(Cause::Invalid(format!("invalid response: {why}"))),
+            }
+        }
+        match bw.fill(max_head) {
+            Ok(0) if received => {
+                return Err(Cause::Invalid("connection closed inside the response head".into()))
+            }
+            Ok(0) => return Err(Cause::Closed("end of stream".into())),
+            Ok(_) => received = true,
+            Err(e) if crate::net::is_timeout(&e) => return Err(Cause::Timeout),
+            Err(e)
+                if !received
+                    && matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) =>
+            {
+                return Err(Cause::Closed(crate::net::describe(&e)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(Cause::Invalid("invalid response: response head too large".into()))
+            }
+            Err(e) => return Err(Cause::Io(e)),
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! (heads, bodies, framing) lives in [`crate::h1`].
 
 mod client;
+pub mod context;
 mod exchange;
 mod interim;
 pub mod keepalive;

@@ -12,76 +12,24 @@
 //! fresh connection (a stale pooled one) or to the next backend. Others get 502.
 
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::client::{access_log, holds_plaintext, read_now, slow_client, write_error};
-use super::exchange::{Attempt, Exchange, Served};
+use super::context::{Attempt, Exchange, HttpContext, Record, Scratch, VIA};
+use super::exchange::Served;
 use super::timers::{After, Before, Filled, IdleTimers, Limits, Now, Wait, FIRST_BYTE, NO_LIMIT};
 use super::upgrade::{self, Parked};
-use crate::balancer::{header_value_key, source_key, Balancer};
-use crate::config::{as_limit, Config};
+use crate::balancer::{header_value_key, source_key};
+use crate::config::as_limit;
+use crate::conn::accept::{self, ClientStream, Opened};
+use crate::conn::{Conn, PartialHead};
 use crate::error::{Answer, Party};
 use crate::h1::request::{self, Forwarding, RequestHead};
 use crate::h1::{BodyKind, Coalesce, Wire};
 use crate::net::lingering_close;
 use crate::park::Parker;
-use crate::registry::{Conn, PartialHead};
-use crate::stats::ProxyCounters;
-use crate::tls::Listener;
-use crate::tls_accept::{self, ClientStream, Opened};
-use crate::tls_stream::Pending;
-
-/// The `Via` pseudonym.
-pub const VIA: &str = "lbproxy";
-
-/// What HTTP-mode workers share.
-pub struct HttpContext {
-    pub config: Config,
-    pub balancer: Arc<Balancer>,
-    pub counters: Arc<ProxyCounters>,
-    /// Set at shutdown: finish the current request, then close.
-    pub stopping: Arc<AtomicBool>,
-    /// The listener's TLS material, when it speaks TLS.
-    pub tls: Option<Arc<Listener>>,
-    /// Where idle keep-alive connections wait without a worker (plain HTTP only: a TLS
-    /// session's state stays with its worker).
-    pub parker: Option<Arc<Parker>>,
-    /// TLS to backends marked `tls`.
-    pub backend_tls: Option<Arc<crate::tls::Backends>>,
-}
-
-/// Buffers a worker reuses from one connection to the next.
-#[derive(Default)]
-pub struct Scratch {
-    pub(super) client_in: Vec<u8>,
-    pub(super) client_out: Vec<u8>,
-    pub(super) backend_in: Vec<u8>,
-    pub(super) backend_out: Vec<u8>,
-    pub(super) head: Vec<u8>,
-    pub(super) resp_head: Vec<u8>,
-}
-
-impl Scratch {
-    /// Frees the buffers between requests of an idle connection. Freed memory goes back to the
-    /// allocator and serves busy workers, so resident memory follows the requests in flight,
-    /// not the connections held.
-    fn release(&mut self) {
-        *self = Scratch::default();
-    }
-}
-
-/// What the access log line says.
-#[derive(Default)]
-pub struct Record {
-    pub backend: String,
-    pub reason: String,
-    pub status: u16,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub note: String,
-}
+use crate::tls::stream::Pending;
 
 /// Caches the client socket's read timeout, so it is set only when it changes.
 struct ReadTimeout<'a> {
@@ -119,14 +67,14 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     let t = &ctx.config.timeouts;
     let session = conn.tls_session.take();
     let stream = if let Some(session) = session {
-        Some(crate::tls_stream::Stream::Tls(&conn.stream, session))
+        Some(crate::tls::stream::Stream::Tls(&conn.stream, session))
     } else if resumed.is_some() || greeted {
-        Some(crate::tls_stream::Stream::Plain(&conn.stream))
+        Some(crate::tls::stream::Stream::Plain(&conn.stream))
     } else if let (Some(listener), Some(parker)) = (ctx.tls.as_deref(), ctx.parker.as_deref()) {
         // The TLS handshake waits in the parker too, its state with the connection.
         let deadline = (!t.header.is_zero()).then(|| head_started + t.header);
         let state = handshake.unwrap_or(Pending::Fresh);
-        match tls_accept::resume(&conn, listener, state, deadline, FIRST_BYTE, &ctx.counters) {
+        match accept::resume(&conn, listener, state, deadline, FIRST_BYTE, &ctx.counters) {
             Opened::Ready(stream) => Some(stream),
             Opened::Waiting(state) => {
                 conn.head = Some(PartialHead { started: head_started, bytes: Vec::new() });
@@ -137,7 +85,7 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
             Opened::Closed => None,
         }
     } else {
-        tls_accept::open(&conn, ctx.tls.as_deref(), t.header, &ctx.counters)
+        accept::open(&conn, ctx.tls.as_deref(), t.header, &ctx.counters)
     };
     let Some(stream) = stream else { return };
     let parker = ctx.parker.as_deref();
@@ -227,7 +175,7 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                     // touched, so thousands of idle keep-alive clients stay cheap. Then wait on.
                     cw.release_buffer();
                     scratch.release();
-                    crate::stack::give_back();
+                    crate::threads::stack::give_back();
                 }
                 After::TimedOut => {
                     slow_client(&conn, client, &mut scratch.client_out);

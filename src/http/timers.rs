@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 /// How long a keep-alive client may idle before it parks (or, without a parker, before its
 /// worker gives back its stack pages); at shutdown, before its connection is closed.
-pub const TRIM_AFTER: Duration = crate::stack::TRIM_AFTER;
+pub const TRIM_AFTER: Duration = crate::threads::stack::TRIM_AFTER;
 
 pub use crate::park::PARK_AFTER;
 

@@ -1,5 +1,5 @@
 //! HTTP upgrades (WebSocket): after a backend's `101` to a request that asked for one, the
-//! head goes to the client and the connection becomes a two-way tunnel ([`crate::tunnel`]),
+//! head goes to the client and the connection becomes a two-way tunnel ([`crate::relay::tunnel`]),
 //! idle-limited by `tunnel_ms`, counted per backend in /stats. A tunnel that goes quiet waits
 //! in the parker with both sockets watched, and a worker resumes it when either side speaks;
 //! its access line is written when it ends.
@@ -11,20 +11,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::client::access_log;
-use super::exchange::{BackendStream, Exchange};
-use super::proxy::{HttpContext, Record, Scratch};
+use super::context::{BackendStream, Exchange, HttpContext, Record, Scratch};
 use crate::backend::Backend;
 use crate::balancer::Pick;
+use crate::conn::accept::ClientStream;
+use crate::conn::{Conn, Quiet};
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::h1::request::RequestHead;
 use crate::h1::{Coalesce, Wire};
 use crate::park::PARK_AFTER;
-use crate::registry::{Conn, Quiet};
+use crate::relay::tunnel::{self, End};
 use crate::relay::{Buffers, Progress, Relayed};
 use crate::stats::TunnelGuard;
-use crate::tls_accept::ClientStream;
-use crate::tls_stream::Stream;
-use crate::tunnel::{self, End};
+use crate::tls::stream::Stream;
 
 /// A tunnel's backend side between turns: its slot, its TLS state, its count in /stats and how
 /// far it got.

@@ -8,8 +8,8 @@ use crossbeam_channel::Sender;
 use rustix::event::epoll;
 
 use super::{timespec, Parker, Wait, GRACE, LINGER_TICK};
+use crate::conn::Conn;
 use crate::h1::respond::text_error;
-use crate::registry::Conn;
 
 /// Writes to a socket without waiting.
 struct NoWait<'a>(&'a std::net::TcpStream);

@@ -30,7 +30,7 @@ use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
 use parking_lot::Mutex;
 use rustix::event::epoll;
 
-use crate::registry::Conn;
+use crate::conn::Conn;
 use crate::stats::ProxyCounters;
 
 /// How long a keep-alive client, or a relay, may move no byte before it parks and frees its
@@ -47,7 +47,7 @@ const BACKEND: u64 = 1 << 62;
 /// How often parked connections are checked against `idle_ms`.
 const SWEEP: Duration = Duration::from_secs(1);
 /// How long after its last response a parked connection may still send a request at a stop.
-const GRACE: Duration = crate::stack::TRIM_AFTER;
+const GRACE: Duration = crate::threads::stack::TRIM_AFTER;
 /// How often the stopping thread looks again at what it still holds.
 const LINGER_TICK: Duration = Duration::from_millis(50);
 

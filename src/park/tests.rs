@@ -1,6 +1,6 @@
 //! Unit tests of the parker: hand-back when readable, idle expiry, the stop and its grace.
 use super::*;
-use crate::registry::Registry;
+use crate::conn::Registry;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 

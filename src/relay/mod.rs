@@ -1,5 +1,6 @@
 //! The TCP relay: bytes both ways at once in the one worker thread that owns the connection,
-//! half-close passed on, an idle timeout shared by both directions, and byte counts.
+//! half-close passed on, an idle timeout shared by both directions, and byte counts. With TLS
+//! on either side the relay is [`tunnel`].
 //!
 //! The classic thread-pool proxy loop: both sockets are made non-blocking and the worker blocks
 //! in `poll(2)` on the two of them, then moves whatever is ready. Bytes read are sent on at once;
@@ -20,6 +21,8 @@
 //! made only then, so idle and chatty connections keep costing two descriptors; if a pipe cannot
 //! be made (descriptor limit), copying goes on.
 
+pub mod tunnel;
+
 use std::io;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -30,7 +33,7 @@ use rustix::io::Errno;
 use self::flow::{Flow, Wait};
 use crate::config::as_limit;
 use crate::error::Party;
-use crate::stack::TRIM_AFTER;
+use crate::threads::stack::TRIM_AFTER;
 
 /// User-space relay buffer per direction; a read that fills it switches to splicing.
 pub const BUFFER_SIZE: usize = 4 * 1024;
@@ -233,7 +236,7 @@ fn run(
             trimmed = false;
         } else if !trimmed && last_moved.elapsed() >= TRIM_AFTER {
             *read = Vec::new();
-            crate::stack::give_back();
+            crate::threads::stack::give_back();
             trimmed = true;
         }
     }

@@ -7,8 +7,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lbproxy::dummy::fault::{BAD_LENGTH_SHORT, GARBAGE};
-use lbproxy::dummy::http::pattern_byte;
+use lbproxy::companions::dummy::fault::{BAD_LENGTH_SHORT, GARBAGE};
+use lbproxy::companions::dummy::http::pattern_byte;
 use lbproxy::h1::Wire;
 
 use crate::util::{closed, connect, dummy, dummy_with, exchange, get, read_response, Proc, DUMMY};

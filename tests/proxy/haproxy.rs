@@ -7,7 +7,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use lbproxy::proxy_protocol::{self, Addresses, Version};
+use lbproxy::net::proxy_protocol::{self, Addresses, Version};
 
 use crate::util::*;
 

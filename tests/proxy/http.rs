@@ -6,7 +6,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use lbproxy::dummy::http::{pattern_byte, Checksum};
+use lbproxy::companions::dummy::http::{pattern_byte, Checksum};
 use lbproxy::h1::Wire;
 
 use crate::util::*;
@@ -569,7 +569,7 @@ fn nine_thousand_idle_keep_alive_clients_park_and_fit_in_64_mib_with_the_default
     for w in held.iter_mut() {
         assert_eq!(get(w, "/", "").status, 200, "an idle client is served again");
     }
-    // Idle clients are trimmed after 500 ms (see `lbproxy::stack`): wait (bounded) for the
+    // Idle clients are trimmed after 500 ms (see `lbproxy::threads::stack`): wait (bounded) for the
     // RSS to settle below the limit, and report where it stopped.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut rss_kib = proc_status(pid, "VmRSS:");

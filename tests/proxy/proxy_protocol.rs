@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use lbproxy::proxy_protocol::{self, Accept, Addresses, Version};
+use lbproxy::net::proxy_protocol::{self, Accept, Addresses, Version};
 
 use crate::util::*;
 

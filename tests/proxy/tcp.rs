@@ -456,7 +456,7 @@ fn nine_thousand_held_connections_park_and_fit_in_64_mib_with_the_default_worker
         assert_eq!(name, format!("app{}", i % 3 + 1), "connection {i} keeps its backend");
     }
     // Quiet relays free their workers' buffers and stack pages after 500 ms (see
-    // `lbproxy::stack`): wait (bounded) for the RSS to settle, and report where it stopped.
+    // `lbproxy::threads::stack`): wait (bounded) for the RSS to settle, and report where it stopped.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut rss_kib = proc_status(pid, "VmRSS:");
     while rss_kib > 64 * 1024 && Instant::now() < deadline {

@@ -1,17 +1,21 @@
 //! The backends: identity, configured and effective weight, connection limit, health, counters,
-//! latency, and their idle keep-alive connections.
+//! latency, and their idle keep-alive connections. [`health`] holds the rise/fall hysteresis
+//! and slow start, [`latency`] the response-time figures.
 //!
 //! A backend is shared as `Arc<Backend>`: the balancer's member list can be replaced (reload,
 //! DNS) while connections to a removed backend still hold it and drain.
+
+pub mod health;
+pub mod latency;
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::backend::health::{Health, Transition};
+use crate::backend::latency::Latency;
 use crate::config::{BackendSpec, ProxyVersion};
-use crate::health::{Health, Transition};
-use crate::latency::Latency;
 
 /// A backend's idle connections, each with the time it was returned.
 #[derive(Debug)]
@@ -325,7 +329,7 @@ pub fn summary_line(b: &Backend) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::testing::health;
+    use crate::config::testing::health;
     use crate::config::HealthSettings;
     use std::time::Duration;
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
+use crate::conn::{Conn, Registry};
 use crate::net::is_fd_exhaustion;
-use crate::registry::{Conn, Registry};
 use crate::stats::ProxyCounters;
 
 /// How long the acceptor backs off when the descriptor table is full.
@@ -56,7 +56,7 @@ impl Acceptor {
 
     /// Accepts until shutdown or a takeover stops it, handing each connection to the workers.
     pub fn run(self) {
-        crate::pool::batch_scheduling();
+        crate::threads::pool::batch_scheduling();
         let mut next_id = 0u64;
         let mut fd_burst = false;
         let mut full_logged = Instant::now() - Duration::from_secs(60);

@@ -1,10 +1,14 @@
-//! TLS material: the listener's certificates (default and per SNI name) loaded from `[tls]`,
+//! TLS: the material here, and the plain-or-TLS stream with its handshakes in [`stream`].
+//!
+//! The material: the listener's certificates (default and per SNI name) loaded from `[tls]`,
 //! checked as pairs, and swapped whole on SIGHUP; and the client configuration for `tls`
 //! backends (verified against `[tls] backend_ca`, else the bundled Mozilla roots).
 //!
 //! Everything is loaded before it is used: a bad path, certificate or key is a [`ConfigError`]
 //! naming the line (or flag) that named the file, so `--check` and a reload report it the same
 //! way, and a reload that fails leaves the running certificates in place.
+
+pub mod stream;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -4,7 +4,7 @@
 //! A state flips only after `fall` consecutive failed checks (down) or `rise` consecutive good
 //! ones (up). Each flip is returned once as a [`Transition`], and the caller logs it (see
 //! [`crate::backend::Backend::log_transition`]). Backends start up. The checks themselves run
-//! in [`crate::checker`].
+//! in [`crate::balancer::checker`].
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -184,7 +184,7 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::testing::health;
+    use crate::config::testing::health;
     use std::thread;
     use std::time::Duration;
 

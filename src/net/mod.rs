@@ -1,6 +1,10 @@
 //! Sockets, the way every part of the proxy opens them: listeners with a deep backlog,
 //! connections with a timeout and `TCP_NODELAY`, what a socket error means, and the lingering
-//! close after an answer.
+//! close after an answer. Beside them, what travels with an address: `host:port` parsing and
+//! resolution ([`addr`]) and the PROXY protocol's headers ([`proxy_protocol`]).
+
+pub mod addr;
+pub mod proxy_protocol;
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -4,7 +4,7 @@
 //! one long job, the worker loop, which takes connections from the bounded crossbeam channel
 //! that the acceptor and the parker fill. Dropping the pool (or [`WorkerPool::join`]) closes the
 //! pool's sender, so every loop finishes the jobs already queued and returns. threadpool
-//! unwraps a failed spawn: the thread budget ([`crate::budget`]) is checked before anything
+//! unwraps a failed spawn: the thread budget ([`crate::threads::budget`]) is checked before anything
 //! binds so that it never happens in practice, and if it does the panic is caught and becomes an
 //! `io::Error` naming it. A panicking job is caught and counted, so the thread (and the pool's
 //! size) survives. Stacks are small so that thousands of workers fit in memory, and every pool
@@ -104,13 +104,13 @@ impl<J: Send + 'static> WorkerPool<J> {
                 batch_scheduling();
                 let mut state = S::default();
                 loop {
-                    let job = match jobs.recv_timeout(crate::stack::TRIM_AFTER) {
+                    let job = match jobs.recv_timeout(crate::threads::stack::TRIM_AFTER) {
                         Ok(job) => job,
                         Err(RecvTimeoutError::Timeout) => {
                             // Idle: give back the scratch buffers and the stack pages the
                             // last jobs touched, then wait as long as it takes.
                             state = S::default();
-                            crate::stack::give_back();
+                            crate::threads::stack::give_back();
                             match jobs.recv() {
                                 Ok(job) => job,
                                 Err(_) => break,
@@ -175,7 +175,7 @@ fn build(name: &str, size: usize, stack: usize) -> io::Result<ThreadPool> {
 
 /// Runs one job, catching a panic (the thread carries on, with fresh scratch state). Never
 /// inlined: the job's deep frames stay out of the waiting loop's, so a waiting worker's stack
-/// is shallow and [`crate::stack::release_unused`] can give the rest back.
+/// is shallow and [`crate::threads::stack::release_unused`] can give the rest back.
 #[inline(never)]
 fn run_job<J, S: Default>(handle: &impl Fn(J, &mut S), job: J, state: &mut S, counts: &Counts) {
     if catch_unwind(AssertUnwindSafe(|| handle(job, state))).is_err() {

@@ -134,7 +134,7 @@ pub struct DummyServer {
 impl DummyServer {
     /// Binds the port given in `args`.
     pub fn bind(args: &DummyArgs) -> Result<DummyServer, Error> {
-        let addr = crate::addr::parse_socket_addr(&format!("{}:{}", args.host, args.port), true)
+        let addr = crate::net::addr::parse_socket_addr(&format!("{}:{}", args.host, args.port), true)
             .map_err(|e| Error::Resource(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         let listener = crate::net::bind(addr).map_err(|source| Error::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
@@ -258,7 +258,7 @@ fn accept_loop(
         let _ = stream.set_nonblocking(false);
         *open.0.lock() += 1;
         let (dummy, open) = (dummy.clone(), open.clone());
-        let spawned = thread::Builder::new().stack_size(crate::pool::STACK_SIZE).spawn(move || {
+        let spawned = thread::Builder::new().stack_size(crate::threads::pool::STACK_SIZE).spawn(move || {
             serve(stream, peer, &dummy);
             let mut n = open.0.lock();
             *n -= 1;

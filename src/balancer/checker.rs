@@ -1,5 +1,5 @@
 //! The health checker: a background thread that checks every backend each `interval`, in
-//! parallel, feeds the results to each backend's [`crate::health::Health`], and logs the
+//! parallel, feeds the results to each backend's [`crate::backend::health::Health`], and logs the
 //! transitions. It waits on its stop channel between rounds, so shutdown is immediate. A
 //! backend marked `tls` is checked over TLS (verified as traffic to it is).
 
@@ -11,16 +11,16 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
+use crate::backend::health::Transition;
 use crate::backend::AdminState;
 use crate::balancer::Balancer;
 use crate::config::{HealthSettings, Mode, ProxyVersion};
 use crate::h1::{head, HeadError, Wire};
-use crate::health::Transition;
 use crate::logging::{held_back, RateLimit};
+use crate::net::proxy_protocol;
 use crate::net::{describe, is_local_resource};
-use crate::proxy_protocol;
+use crate::tls::stream::Stream;
 use crate::tls::Backends;
-use crate::tls_stream::Stream;
 use rustls::ClientConfig;
 
 /// Why a check could not even start: the proxy's own shortage (no descriptor, no local port,
@@ -61,7 +61,7 @@ fn probe(
         (&stream).write_all(&proxy_protocol::encode_local(version)).map_err(|e| describe(&e))?;
     }
     let stream = match tls {
-        Some((config, name)) => crate::tls_stream::connect(stream, config, &name)?,
+        Some((config, name)) => crate::tls::stream::connect(stream, config, &name)?,
         None => Stream::Plain(stream),
     };
     if s.mode == Mode::Tcp {

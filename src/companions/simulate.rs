@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 
+use crate::backend::latency::Latencies;
 use crate::h1::{self as h, Wire, MAX_HEAD};
-use crate::latency::Latencies;
 use crate::out;
 
 mod dial;
@@ -88,7 +88,7 @@ fn mode_name(mode: ClientMode) -> String {
 
 /// The target address, parsed.
 fn target(args: &ClientArgs) -> io::Result<SocketAddr> {
-    crate::addr::parse_socket_addr(&args.target, false)
+    crate::net::addr::parse_socket_addr(&args.target, false)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
 }
 

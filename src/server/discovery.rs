@@ -16,13 +16,13 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use crate::addr::resolve;
 use crate::backend::{members_of, AdminState, Backend};
 use crate::balancer::Balancer;
 use crate::config::keys::{Key, KEYS};
 use crate::config::{BackendSpec, Config, ConfigError};
+use crate::conn::Registry;
 use crate::logging::{held_back, RateLimit};
-use crate::registry::Registry;
+use crate::net::addr::resolve;
 
 /// Applies configuration and DNS changes to the running balancer.
 pub struct Discovery {

@@ -23,7 +23,7 @@ use crate::net::is_timeout;
 #[derive(Debug)]
 pub enum Stream<S: Borrow<TcpStream>> {
     Plain(S),
-    /// Boxed: rustls' state is large, and a worker's stack stays small (see `crate::stack`).
+    /// Boxed: rustls' state is large, and a worker's stack stays small (see `crate::threads::stack`).
     Tls(S, Box<Mutex<Connection>>),
 }
 

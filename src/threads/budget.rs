@@ -16,7 +16,7 @@ use crate::config::Config;
 pub const MAPPINGS_PER_THREAD: u64 = 4;
 /// Mappings kept free beyond those in use now, for libraries loaded later, arenas and buffers.
 pub const MAPPING_MARGIN: u64 = 1024;
-/// Resident memory per thread. The stack is 128 KiB ([`crate::pool::STACK_SIZE`]) but only
+/// Resident memory per thread. The stack is 128 KiB ([`crate::threads::pool::STACK_SIZE`]) but only
 /// touched pages are resident; 64 KiB covers the stack in use plus per-thread buffers.
 pub const RESIDENT_KIB_PER_THREAD: u64 = 64;
 /// Threads of the admin listener's pool.

@@ -1,5 +1,5 @@
 //! In-flight connections: counted so shutdown can drain them, and closable when the drain
-//! deadline passes.
+//! deadline passes. Taking a client connection (the TLS handshake on a TLS port) is [`accept`].
 //!
 //! The registry keeps raw descriptor numbers rather than cloned sockets, so a connection costs
 //! no extra descriptor. A client socket is registered under the registry's lock; the backend
@@ -7,6 +7,8 @@
 //! attach never contends on a global lock. Each is unregistered under its lock before the socket
 //! closes, and forced shutdowns take the same locks, so a number is never shut down after it was
 //! reused by another socket.
+
+pub mod accept;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
@@ -19,7 +21,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::config::{AcceptProxy, Config};
 use crate::logging::RateLimit;
-use crate::proxy_protocol::{self, Addresses};
+use crate::net::proxy_protocol::{self, Addresses};
 
 static BAD_PROXY_HEADER: RateLimit = RateLimit::new();
 
@@ -240,7 +242,7 @@ pub struct Conn {
     /// parker for the rest ([`Conn::greet`]).
     pub greeting: Option<Vec<u8>>,
     /// A TLS handshake waiting in the parker.
-    pub handshake: Option<crate::tls_stream::Pending>,
+    pub handshake: Option<crate::tls::stream::Pending>,
     /// A TLS session's state while its connection waits in the parker.
     pub tls_session: Option<Box<parking_lot::Mutex<rustls::Connection>>>,
     /// A quiet relay or tunnel's backend side and state (see [`Conn::go_quiet`]).

@@ -1,4 +1,6 @@
-//! The proxy process: listener, acceptor thread, worker pools, and graceful shutdown.
+//! The proxy process: listener, acceptor thread ([`acceptor`]), worker pools, signals
+//! ([`signals`]), reload and DNS ([`discovery`]), handing the listeners to a new process
+//! ([`takeover`]), and graceful shutdown.
 //!
 //! ```text
 //! acceptor --(bounded channel: `queue`)--> workers (fixed pool) --balancer--> backends
@@ -14,6 +16,11 @@
 //! `drain_timeout_ms`, then closes what remains; a second Ctrl-C (or SIGTERM) closes them at
 //! once.
 
+pub mod acceptor;
+pub mod discovery;
+pub mod signals;
+pub mod takeover;
+
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,27 +29,28 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver};
 
+use self::discovery::Discovery;
+use self::signals::Signals;
+use self::takeover::Handoff;
 use crate::admin;
 use crate::backend::{self, summary_line};
+use crate::balancer::checker;
 use crate::balancer::Balancer;
-use crate::checker;
 use crate::config::{Config, ConfigError, Mode};
-use crate::discovery::Discovery;
+use crate::conn::{Conn, Greeting, Registry};
 use crate::error::Error;
-use crate::http::proxy::{self as http_proxy, HttpContext};
+use crate::http::context::HttpContext;
+use crate::http::proxy as http_proxy;
 use crate::net::{bind, bind_with};
 use crate::park::Parker;
-use crate::pool::WorkerPool;
-use crate::registry::{Conn, Greeting, Registry};
-use crate::signals::Signals;
 use crate::stats::ProxyCounters;
-use crate::takeover::{self, Handoff};
 use crate::tcp::{self, TcpContext};
+use crate::threads::pool::WorkerPool;
 use crate::tls::{Backends, Listener};
 
 /// At shutdown, keep-alive clients idle this long are closed at once (see
 /// [`Registry::close_idle`]); an HTTP worker closes its own once it has idled this long.
-const IDLE_CLOSE_AFTER: Duration = crate::stack::TRIM_AFTER;
+const IDLE_CLOSE_AFTER: Duration = crate::threads::stack::TRIM_AFTER;
 
 /// What the proxy did, reported at exit.
 #[derive(Debug)]
@@ -230,7 +238,7 @@ impl Server {
         listener.set_nonblocking(true).map_err(Error::Resource)?;
         let listener = Arc::new(listener);
         let acceptor = {
-            let acceptor = crate::acceptor::Acceptor {
+            let acceptor = crate::server::acceptor::Acceptor {
                 listener: listener.clone(),
                 wake: wake_rx,
                 jobs: job_tx,
@@ -279,7 +287,7 @@ impl Server {
                     }
                     Err(_) => break "shutdown",
                 },
-                default(Duration::from_secs(1)) => crate::stack::trim_heap_if_wanted(),
+                default(Duration::from_secs(1)) => crate::threads::stack::trim_heap_if_wanted(),
             }
         };
         // Stop accepting at once: the closed wake pipe ends the acceptor's poll. Unless another

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::registry::Conn;
+use crate::conn::Conn;
 use crate::stats::ProxyCounters;
-use crate::tls::Listener;
-use crate::tls_stream::{self, Handshake, Pending, Reads, Stream, PLAIN_HTTP_ANSWER};
+use crate::tls::stream::{Handshake, Pending, Reads, Stream, PLAIN_HTTP_ANSWER};
+use crate::tls::{self, Listener};
 
 /// The client side of a connection: plain or TLS over the registered socket.
 pub type ClientStream<'a> = Stream<&'a TcpStream>;
@@ -27,7 +27,7 @@ pub fn open<'a>(
 ) -> Option<ClientStream<'a>> {
     let sock: &TcpStream = &conn.stream;
     let Some(listener) = listener else { return Some(Stream::Plain(sock)) };
-    let outcome = tls_stream::accept(sock, |hello| listener.config_for(hello), limit);
+    let outcome = tls::stream::accept(sock, |hello| listener.config_for(hello), limit);
     match finish(conn, outcome, counters) {
         Opened::Ready(stream) => Some(stream),
         Opened::Waiting(_) | Opened::Closed => None,
@@ -56,7 +56,7 @@ pub fn resume<'a>(
 ) -> Opened<'a> {
     let reads = Reads::NoWaitAfter(first_wait);
     let outcome =
-        tls_stream::handshake(&conn.stream, state, |hello| listener.config_for(hello), deadline, reads);
+        tls::stream::handshake(&conn.stream, state, |hello| listener.config_for(hello), deadline, reads);
     finish(conn, outcome, counters)
 }
 

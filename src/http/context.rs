@@ -1,0 +1,111 @@
+//! What the steps of an HTTP connection share: the workers' context, the buffers a worker
+//! reuses, the access log's record, and one request on its way (its attempts so far).
+
+use std::net::TcpStream;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use crate::balancer::{Balancer, Tried};
+use crate::config::Config;
+use crate::conn::accept::ClientStream;
+use crate::conn::Conn;
+use crate::error::Failure;
+use crate::h1::request::RequestHead;
+use crate::h1::BodyKind;
+use crate::park::Parker;
+use crate::stats::ProxyCounters;
+use crate::tls::stream::Stream;
+use crate::tls::Listener;
+
+/// The `Via` pseudonym.
+pub const VIA: &str = "lbproxy";
+
+/// What HTTP-mode workers share.
+pub struct HttpContext {
+    pub config: Config,
+    pub balancer: Arc<Balancer>,
+    pub counters: Arc<ProxyCounters>,
+    /// Set at shutdown: finish the current request, then close.
+    pub stopping: Arc<AtomicBool>,
+    /// The listener's TLS material, when it speaks TLS.
+    pub tls: Option<Arc<Listener>>,
+    /// Where idle keep-alive connections wait without a worker (plain HTTP only: a TLS
+    /// session's state stays with its worker).
+    pub parker: Option<Arc<Parker>>,
+    /// TLS to backends marked `tls`.
+    pub backend_tls: Option<Arc<crate::tls::Backends>>,
+}
+
+/// Buffers a worker reuses from one connection to the next.
+#[derive(Default)]
+pub struct Scratch {
+    pub(super) client_in: Vec<u8>,
+    pub(super) client_out: Vec<u8>,
+    pub(super) backend_in: Vec<u8>,
+    pub(super) backend_out: Vec<u8>,
+    pub(super) head: Vec<u8>,
+    pub(super) resp_head: Vec<u8>,
+}
+
+impl Scratch {
+    /// Frees the buffers between requests of an idle connection. Freed memory goes back to the
+    /// allocator and serves busy workers, so resident memory follows the requests in flight,
+    /// not the connections held.
+    pub(super) fn release(&mut self) {
+        *self = Scratch::default();
+    }
+}
+
+/// What the access log line says.
+#[derive(Default)]
+pub struct Record {
+    pub backend: String,
+    pub reason: String,
+    pub status: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub note: String,
+}
+
+/// A backend connection: plain, or TLS for a backend marked `tls`.
+pub(super) type BackendStream = Stream<TcpStream>;
+/// What one request's attempts have done so far: it decides what may still be retried.
+#[derive(Debug, Default)]
+pub struct Attempt {
+    /// Backends that failed this request.
+    pub tried: Tried,
+    /// The pooled connection was stale: the next attempt connects afresh.
+    pub fresh_only: bool,
+    /// `100 Continue` was sent to the client.
+    pub continued: bool,
+    /// Some of the request body was read from the client: it cannot be sent again.
+    pub body_touched: bool,
+    /// The whole request body was read from the client.
+    pub body_done: bool,
+    /// A backend broke mid-exchange: when no other can take the request, this is the answer
+    /// (502), not "no backend" (503).
+    pub broke: Option<Failure>,
+}
+
+/// One request on its way through the proxy.
+pub struct Exchange<'a> {
+    pub conn: &'a Conn,
+    /// The client's stream (plain or TLS) over `conn`'s socket.
+    pub client: &'a ClientStream<'a>,
+    pub ctx: &'a HttpContext,
+    pub head: &'a RequestHead,
+    /// Whether the client connection may stay open after this request.
+    pub keep_alive: bool,
+    /// The balancer's hash key (client address or `hash_header`); `None`: least connections.
+    pub key: Option<u64>,
+}
+
+impl Exchange<'_> {
+    pub(super) fn has_body(&self) -> bool {
+        !matches!(self.head.body, BodyKind::Empty | BodyKind::Length(0))
+    }
+
+    pub(super) fn label(&self) -> String {
+        format!("req {}", self.head.request_id)
+    }
+}
