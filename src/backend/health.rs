@@ -91,7 +91,7 @@ impl Health {
     pub fn begin_slowstart(&self, len: std::time::Duration) {
         if !len.is_zero() {
             self.slowstart_len.store(len.as_millis() as u64, Ordering::Relaxed);
-            self.slowstart_from.store(now_ms().max(1), Ordering::Relaxed);
+            self.slowstart_from.store(now_ms(), Ordering::Relaxed);
         }
     }
 
@@ -104,7 +104,7 @@ impl Health {
     /// Active checks were turned off: a down only they could lift ends now.
     pub fn checks_stopped(&self) {
         if self.down.load(Ordering::Relaxed) && self.down_until.load(Ordering::Relaxed) == 0 {
-            self.down_until.store(now_ms().max(1), Ordering::Relaxed);
+            self.down_until.store(now_ms(), Ordering::Relaxed);
         }
     }
 
@@ -130,7 +130,7 @@ impl Health {
                     self.down_until.store(0, Ordering::Relaxed);
                     if !s.slowstart.is_zero() {
                         self.slowstart_len.store(s.slowstart.as_millis() as u64, Ordering::Relaxed);
-                        self.slowstart_from.store(now_ms().max(1), Ordering::Relaxed);
+                        self.slowstart_from.store(now_ms(), Ordering::Relaxed);
                     }
                     self.down.store(false, Ordering::Relaxed);
                     return Some(Transition::Up(format!("after {} successful checks", s.rise)));
