@@ -7,11 +7,14 @@ use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
+use super::start::Shared;
 use crate::conn::{Conn, Registry};
+use crate::error::Error;
 use crate::net::is_fd_exhaustion;
 use crate::stats::ProxyCounters;
 
@@ -114,5 +117,60 @@ impl Acceptor {
                 recv(self.halt) -> _ => return,
             }
         }
+    }
+}
+
+/// A running acceptor, and what stops it.
+pub(super) struct Accepting {
+    pub listener: Arc<TcpListener>,
+    thread: JoinHandle<()>,
+    halt: Sender<()>,
+    /// Dropped to wake the acceptor's `poll` at shutdown.
+    wake: OwnedFd,
+}
+
+/// Starts the acceptor thread on `listener`, sending connections to `jobs`.
+pub(super) fn start(
+    listener: TcpListener,
+    jobs: Sender<Conn>,
+    shared: &Shared,
+    workers: usize,
+) -> Result<Accepting, Error> {
+    let (halt, halt_rx) = crossbeam_channel::bounded::<()>(0);
+    let (wake_rx, wake) = rustix::pipe::pipe().map_err(|e| Error::Resource(e.into()))?;
+    listener.set_nonblocking(true).map_err(Error::Resource)?;
+    let listener = Arc::new(listener);
+    let acceptor = Acceptor {
+        listener: listener.clone(),
+        wake: wake_rx,
+        jobs,
+        halt: halt_rx,
+        stopping: shared.stopping.clone(),
+        registry: shared.registry.clone(),
+        counters: shared.counters.clone(),
+        workers,
+    };
+    let thread = thread::Builder::new()
+        .name("acceptor".into())
+        .spawn(move || acceptor.run())
+        .map_err(Error::Resource)?;
+    Ok(Accepting { listener, thread, halt, wake })
+}
+
+impl Accepting {
+    /// Stops accepting at once: the closed wake pipe ends the acceptor's poll. Unless another
+    /// process took the listening sockets over, they are shut down too (`admin` with them), so
+    /// new connects are refused rather than left in a backlog nobody serves. After a takeover
+    /// they are the new process's too: shutting them down would break it, and connections
+    /// that keep arriving go to it.
+    pub fn stop(self, taken_over: bool, admin: Option<&TcpListener>) {
+        drop(self.halt);
+        drop(self.wake);
+        if !taken_over {
+            for l in std::iter::once(&*self.listener).chain(admin) {
+                let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Both);
+            }
+        }
+        let _ = self.thread.join();
     }
 }

@@ -19,38 +19,21 @@
 pub mod acceptor;
 pub mod discovery;
 pub mod signals;
+mod start;
+mod stop;
 pub mod takeover;
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::thread;
-use std::time::{Duration, Instant};
 
-use crossbeam_channel::{select, Receiver};
-
-use self::discovery::Discovery;
 use self::signals::Signals;
+use self::start::Shared;
 use self::takeover::Handoff;
-use crate::admin;
-use crate::backend::{self, summary_line};
-use crate::balancer::checker;
-use crate::balancer::Balancer;
 use crate::config::{Config, ConfigError, Mode};
-use crate::conn::{Conn, Greeting, Registry};
 use crate::error::Error;
-use crate::http::context::HttpContext;
-use crate::http::proxy as http_proxy;
 use crate::net::{bind, bind_with};
-use crate::park::Parker;
-use crate::stats::ProxyCounters;
-use crate::tcp::{self, TcpContext};
-use crate::threads::pool::WorkerPool;
 use crate::tls::{Backends, Listener};
-
-/// At shutdown, keep-alive clients idle this long are closed at once (see
-/// [`Registry::close_idle`]); an HTTP worker closes its own once it has idled this long.
-const IDLE_CLOSE_AFTER: Duration = crate::threads::stack::TRIM_AFTER;
 
 /// What the proxy did, reported at exit.
 #[derive(Debug)]
@@ -138,61 +121,11 @@ impl Server {
     /// `loader`; then drains and returns the summary.
     pub fn run(self, signals: Signals, loader: Loader) -> Result<Summary, Error> {
         let Server { config, tls, backend_tls, listener, admin, local_addr, handoff } = self;
-        let balancer = Arc::new(Balancer::new(
-            backend::build(&config.backends),
-            config.algorithm,
-            config.health.clone(),
-        ));
-        let counters = Arc::new(ProxyCounters::default());
-        let registry = Registry::new();
-        let stopping = Arc::new(AtomicBool::new(false));
-        // Background threads (health, resolver, stats, drain timers) stop when this drops.
-        let (background_tx, background_rx) = crossbeam_channel::bounded::<()>(0);
-        // Idle keep-alive connections, unfinished heads and quiet relays wait in the parker,
-        // not in a worker.
-        let parker = Parker::new(config.timeouts.idle).map_err(Error::Resource)?;
-        parker.count_into(counters.clone());
-        let parker = Some(parker);
-        let workers = match config.mode {
-            Mode::Tcp => {
-                let ctx = TcpContext {
-                    config: config.clone(),
-                    balancer: balancer.clone(),
-                    tls: tls.clone(),
-                    backend_tls: backend_tls.clone(),
-                    counters: counters.clone(),
-                    parker: parker.clone(),
-                };
-                start_workers(&config, ctx, parker.clone(), tcp::serve)
-            }
-            Mode::Http => {
-                let ctx = HttpContext {
-                    config: config.clone(),
-                    balancer: balancer.clone(),
-                    counters: counters.clone(),
-                    stopping: stopping.clone(),
-                    tls: tls.clone(),
-                    backend_tls: backend_tls.clone(),
-                    parker: parker.clone(),
-                };
-                start_workers(&config, ctx, parker.clone(), http_proxy::serve)
-            }
-        }
-        .map_err(|e| {
-            let hint = "lower [proxy] workers or raise the thread limits (ulimit -u, vm.max_map_count)";
-            Error::Resource(std::io::Error::new(e.kind(), format!("{e}; {hint}")))
-        })?;
-        let job_tx = workers.sender();
-        let (queue, gauges, parked) = (workers.receiver(), workers.gauges(), parker.clone());
-        let _ = counters.live.set(crate::stats::LiveGauges(Box::new(move || crate::stats::Live {
-            waiting_for_worker: queue.len(),
-            parked: parked.as_ref().map_or(0, |p| p.len()),
-            workers: gauges.size(),
-            workers_busy: gauges.busy(),
-            worker_threads: gauges.running(),
-            worker_panics: gauges.panics(),
-        })));
-        let parker_thread = match &parker {
+        let shared = Shared::new(&config, tls, backend_tls)?;
+        // Background threads (health, resolver, stats) stop when this drops.
+        let (background, background_rx) = crossbeam_channel::bounded::<()>(0);
+        let workers = shared.start_workers(&config)?;
+        let parker = match &shared.parker {
             Some(p) => Some(p.spawn(workers.sender(), workers.receiver()).map_err(Error::Resource)?),
             None => None,
         };
@@ -204,55 +137,9 @@ impl Server {
         for line in config.to_string().lines() {
             log::debug!("config: {line}");
         }
-
-        checker::spawn_checker(balancer.clone(), background_rx.clone(), backend_tls.clone())
-            .map_err(Error::Resource)?;
-        let discovery = Arc::new(Discovery::new(
-            config.clone(),
-            balancer.clone(),
-            registry.clone(),
-            background_rx.clone(),
-        ));
-        discovery.spawn_resolver().map_err(Error::Resource)?;
-        if let Some(every) = config.stats_interval {
-            spawn_stats_logger(balancer.clone(), every, background_rx.clone()).map_err(Error::Resource)?;
-        }
-        let admin = match admin {
-            Some(l) => {
-                let addr = l.local_addr().map_err(Error::Resource)?;
-                log::info!("admin listening on {addr} (dashboard at /, /events, /stats, /metrics, /health, POST /backends/NAME/ACTION)");
-                let l = Arc::new(l);
-                let served = crate::admin::Admin {
-                    balancer: balancer.clone(),
-                    counters: counters.clone(),
-                    token: config.admin_token.clone(),
-                };
-                admin::spawn(l.clone(), served, stopping.clone()).map_err(Error::Resource)?;
-                Some(l)
-            }
-            None => None,
-        };
-
-        let (halt_tx, halt_rx) = crossbeam_channel::bounded::<()>(0);
-        let (wake_rx, wake_tx) = rustix::pipe::pipe().map_err(|e| Error::Resource(e.into()))?;
-        listener.set_nonblocking(true).map_err(Error::Resource)?;
-        let listener = Arc::new(listener);
-        let acceptor = {
-            let acceptor = crate::server::acceptor::Acceptor {
-                listener: listener.clone(),
-                wake: wake_rx,
-                jobs: job_tx,
-                halt: halt_rx,
-                stopping: stopping.clone(),
-                registry: registry.clone(),
-                counters: counters.clone(),
-                workers: config.workers,
-            };
-            thread::Builder::new()
-                .name("acceptor".into())
-                .spawn(move || acceptor.run())
-                .map_err(Error::Resource)?
-        };
+        let discovery = shared.start_background(&config, &background_rx)?;
+        let admin = shared.serve_admin(&config, admin)?;
+        let accepting = acceptor::start(listener, workers.sender(), &shared, config.workers)?;
         if let Some(handoff) = handoff {
             // Our acceptor runs: the old process may stop accepting now.
             match handoff.confirm() {
@@ -260,196 +147,26 @@ impl Server {
                 Err(e) => log::warn!("takeover: telling the old process we accept: {e}"),
             }
         }
-        let (taken_tx, taken_rx) = crossbeam_channel::bounded::<()>(1);
+        let (taken_tx, taken) = crossbeam_channel::bounded::<()>(1);
         if let Some(path) = &config.scale.control_socket {
-            let shared = std::iter::once(listener.clone()).chain(admin.clone()).collect();
-            if let Err(e) = takeover::serve(path.clone(), shared, taken_tx, stopping.clone()) {
+            let listeners = std::iter::once(accepting.listener.clone()).chain(admin.clone()).collect();
+            if let Err(e) = takeover::serve(path.clone(), listeners, taken_tx, shared.stopping.clone()) {
                 log::error!("{e}; upgrades in place (--takeover) are off");
             }
         }
-        let mut taken_over = false;
 
-        let why = loop {
-            select! {
-                recv(signals.stop) -> why => break why.unwrap_or("shutdown"),
-                recv(taken_rx) -> r => if r.is_ok() {
-                    taken_over = true;
-                    break "takeover";
-                },
-                recv(signals.reload) -> r => match r {
-                    Ok(()) => {
-                        log::info!("SIGHUP: reloading {}", config.file);
-                        let reloaded = loader();
-                        if let Ok(new) = &reloaded {
-                            reload_tls(tls.as_deref(), backend_tls.as_deref(), new);
-                        }
-                        discovery.reload(reloaded);
-                    }
-                    Err(_) => break "shutdown",
-                },
-                default(Duration::from_secs(1)) => crate::threads::stack::trim_heap_if_wanted(),
-            }
-        };
-        // Stop accepting at once: the closed wake pipe ends the acceptor's poll. Unless another
-        // process took the listening sockets over, they are shut down too, so new connects are
-        // refused rather than left in a backlog nobody serves. After a takeover they are the
-        // new process's too: shutting them down would break it, and connections that keep
-        // arriving go to it.
-        stopping.store(true, Ordering::SeqCst);
-        drop(halt_tx);
-        drop(wake_tx);
-        if !taken_over {
-            let _ = socket2::SockRef::from(&*listener).shutdown(std::net::Shutdown::Both);
-            if let Some(l) = &admin {
-                let _ = socket2::SockRef::from(&**l).shutdown(std::net::Shutdown::Both);
-            }
-        }
-        let _ = acceptor.join();
-        drop(listener);
+        let stop = stop::wait(&signals, &loader, &config, &shared, &discovery, &taken);
+        shared.stopping.store(true, Ordering::SeqCst);
+        accepting.stop(stop.taken_over, admin.as_deref());
         // Parked idle keep-alive connections close now, as nginx and HAProxy close idle
         // keep-alive connections at a graceful stop; quiet relays drain with the rest.
-        if let Some(running) = &parker_thread {
+        if let Some(running) = &parker {
             running.stop_parking();
         }
-        // Keep-alive clients idle a while are closed; busy ones are not cut between two requests
-        // (the next could be on its way) but get their next response with `Connection: close`.
-        let idle_closed = registry.close_idle(IDLE_CLOSE_AFTER);
-        let in_flight = registry.len().saturating_sub(idle_closed);
-        let again = if taken_over { "" } else { " (Ctrl-C again to cut it short)" };
-        log::warn!(
-            "{why}: stopped accepting; draining {in_flight} connection(s) for up to {} ms{again}",
-            config.drain_timeout.as_millis()
-        );
-        let forced = drain(&registry, &signals.stop, Instant::now() + config.drain_timeout);
-        drop(parker_thread);
-        drop(background_tx);
+        let forced = stop::drain_all(&config, &shared.registry, &signals, &stop);
+        drop(parker);
+        drop(background);
         workers.join();
-
-        let members = balancer.members();
-        let summary = Summary {
-            connections: counters.accepted.load(Ordering::Relaxed),
-            forced,
-            backends: members.iter().map(|b| summary_line(b)).collect(),
-        };
-        log::info!("served {} connection(s) ({} cut before they finished)", summary.connections, forced);
-        for line in &summary.backends {
-            log::info!("backend {line}");
-        }
-        Ok(summary)
+        Ok(stop::summary(&shared, forced))
     }
-}
-
-/// Swaps in the certificates `new` names; a broken one is refused and the running ones stay.
-fn reload_tls(tls: Option<&Listener>, backends: Option<&Backends>, new: &Config) {
-    if let Some(b) = backends {
-        if let Err(errors) = b.reload(new) {
-            for e in &errors {
-                log::error!("SIGHUP: {e}");
-            }
-            log::error!("SIGHUP: backend TLS settings not reloaded; keeping the running ones");
-        }
-    }
-    let Some(tls) = tls else { return };
-    match tls.reload(&new.tls, &new.file) {
-        Ok(()) => log::info!("SIGHUP: TLS certificates reloaded; new connections get them"),
-        Err(errors) => {
-            for e in &errors {
-                log::error!("SIGHUP: {e}");
-            }
-            log::error!("SIGHUP: TLS certificates not reloaded; keeping the running ones");
-        }
-    }
-}
-
-/// Waits for the in-flight connections to finish until `deadline`, then closes what remains.
-/// A second stop signal (Ctrl-C twice, as most servers and CLIs take it) closes them at once.
-/// Returns how many were cut.
-fn drain(registry: &Registry, stop: &Receiver<&'static str>, deadline: Instant) -> usize {
-    // Short slices so a second Ctrl-C is seen within a blink; bounded by the deadline.
-    const SLICE: Duration = Duration::from_millis(50);
-    let forced = loop {
-        if registry.wait_empty((Instant::now() + SLICE).min(deadline)) {
-            return 0;
-        }
-        if let Ok(again) = stop.try_recv() {
-            let forced = registry.close_all();
-            log::warn!("{again} again: stopping now; cut {forced} connection(s)");
-            break forced;
-        }
-        if Instant::now() >= deadline {
-            let forced = registry.close_all();
-            log::warn!("drain timeout: closed {forced} remaining connection(s)");
-            break forced;
-        }
-    };
-    registry.wait_empty(Instant::now() + Duration::from_secs(5));
-    forced
-}
-
-/// Starts the worker pool of either mode: each worker notes a long wait for a worker, reads a
-/// PROXY header when one is expected, then serves the connection with `serve`.
-fn start_workers<C, S>(
-    config: &Config,
-    ctx: C,
-    parker: Option<Arc<Parker>>,
-    serve: fn(Conn, &C, &mut S),
-) -> std::io::Result<WorkerPool<Conn>>
-where
-    C: Send + Sync + 'static,
-    S: Default + 'static,
-{
-    let ctx = Arc::new(ctx);
-    let config = Arc::new(config.clone());
-    WorkerPool::start("worker", config.workers, config.queue, move |mut conn: Conn, scratch: &mut S| {
-        // A connection back from the parker was greeted (and its PROXY header read) before.
-        if conn.was_parked() {
-            return serve(conn, &ctx, scratch);
-        }
-        if conn.greeting.is_none() {
-            note_wait(&conn, config.workers);
-        }
-        match conn.greet(&config) {
-            Greeting::Ready => serve(conn, &ctx, scratch),
-            // The rest of the header waits in the parker, until header_ms from accept.
-            Greeting::Waiting => {
-                if let Some(parker) = &parker {
-                    let limit = config.timeouts.header;
-                    let deadline = (!limit.is_zero()).then(|| conn.accepted + limit);
-                    parker.park_head(conn, deadline);
-                }
-            }
-            Greeting::Refused => {}
-        }
-    })
-}
-
-static SLOW_PICKUP: crate::logging::RateLimit = crate::logging::RateLimit::new();
-
-/// Says so when a connection waited long for a free worker: every worker was busy (in TCP mode
-/// each connection holds one; in HTTP mode each request in progress, or a client idle less than
-/// `PARK_AFTER`), so `workers` is too small for the load.
-fn note_wait(conn: &Conn, workers: usize) {
-    let waited = conn.accepted.elapsed();
-    if waited >= Duration::from_secs(1) {
-        if let Some(n) = SLOW_PICKUP.check() {
-            log::warn!(
-                "conn {} waited {} ms for a free worker (all {workers} busy; raise [proxy] workers){}",
-                conn.id,
-                waited.as_millis(),
-                crate::logging::held_back(n)
-            );
-        }
-    }
-}
-
-/// Logs a one-line summary per backend every `every`.
-fn spawn_stats_logger(balancer: Arc<Balancer>, every: Duration, stop: Receiver<()>) -> std::io::Result<()> {
-    thread::Builder::new().name("stats".into()).spawn(move || {
-        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
-            for b in balancer.members().iter() {
-                log::info!("stats: {}", summary_line(b));
-            }
-        }
-    })?;
-    Ok(())
 }

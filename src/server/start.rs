@@ -1,0 +1,212 @@
+//! Starting a proxy's threads, in the order [`super::Server::run`] needs them: the state every
+//! thread shares, the worker pool of the mode (every thread up before anything is accepted),
+//! the background threads (health checks, DNS, stats) and the admin listener.
+
+use std::net::TcpListener;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+
+use super::discovery::Discovery;
+use crate::admin;
+use crate::backend::{self, summary_line};
+use crate::balancer::{checker, Balancer};
+use crate::config::{Config, Mode};
+use crate::conn::{Conn, Greeting, Registry};
+use crate::error::Error;
+use crate::http::context::HttpContext;
+use crate::http::proxy as http_proxy;
+use crate::park::Parker;
+use crate::stats::{Live, LiveGauges, ProxyCounters};
+use crate::tcp::{self, TcpContext};
+use crate::threads::pool::WorkerPool;
+use crate::tls::{Backends, Listener};
+
+/// What every thread of a running proxy shares.
+pub(super) struct Shared {
+    pub balancer: Arc<Balancer>,
+    pub counters: Arc<ProxyCounters>,
+    pub registry: Arc<Registry>,
+    /// Set at shutdown: workers finish the current request, then close.
+    pub stopping: Arc<AtomicBool>,
+    /// Idle keep-alive connections, unfinished heads and quiet relays wait here, not in a worker.
+    pub parker: Option<Arc<Parker>>,
+    /// The listener's TLS material when `[tls]` has cert and key.
+    pub tls: Option<Arc<Listener>>,
+    /// TLS to backends marked `tls`.
+    pub backend_tls: Option<Arc<Backends>>,
+}
+
+impl Shared {
+    pub fn new(
+        config: &Config,
+        tls: Option<Arc<Listener>>,
+        backend_tls: Option<Arc<Backends>>,
+    ) -> Result<Shared, Error> {
+        let members = backend::build(&config.backends);
+        let balancer = Arc::new(Balancer::new(members, config.algorithm, config.health.clone()));
+        let counters = Arc::new(ProxyCounters::default());
+        let parker = Parker::new(config.timeouts.idle).map_err(Error::Resource)?;
+        parker.count_into(counters.clone());
+        Ok(Shared {
+            balancer,
+            counters,
+            registry: Registry::new(),
+            stopping: Arc::new(AtomicBool::new(false)),
+            parker: Some(parker),
+            tls,
+            backend_tls,
+        })
+    }
+
+    /// Starts the worker pool of the configured mode and shows its gauges in `/stats`.
+    pub fn start_workers(&self, config: &Config) -> Result<WorkerPool<Conn>, Error> {
+        let workers = match config.mode {
+            Mode::Tcp => {
+                let ctx = TcpContext {
+                    config: config.clone(),
+                    balancer: self.balancer.clone(),
+                    tls: self.tls.clone(),
+                    backend_tls: self.backend_tls.clone(),
+                    counters: self.counters.clone(),
+                    parker: self.parker.clone(),
+                };
+                pool(config, ctx, self.parker.clone(), tcp::serve)
+            }
+            Mode::Http => {
+                let ctx = HttpContext {
+                    config: config.clone(),
+                    balancer: self.balancer.clone(),
+                    counters: self.counters.clone(),
+                    stopping: self.stopping.clone(),
+                    tls: self.tls.clone(),
+                    backend_tls: self.backend_tls.clone(),
+                    parker: self.parker.clone(),
+                };
+                pool(config, ctx, self.parker.clone(), http_proxy::serve)
+            }
+        }
+        .map_err(|e| {
+            let hint = "lower [proxy] workers or raise the thread limits (ulimit -u, vm.max_map_count)";
+            Error::Resource(std::io::Error::new(e.kind(), format!("{e}; {hint}")))
+        })?;
+        let (queue, gauges, parked) = (workers.receiver(), workers.gauges(), self.parker.clone());
+        let _ = self.counters.live.set(LiveGauges(Box::new(move || Live {
+            waiting_for_worker: queue.len(),
+            parked: parked.as_ref().map_or(0, |p| p.len()),
+            workers: gauges.size(),
+            workers_busy: gauges.busy(),
+            worker_threads: gauges.running(),
+            worker_panics: gauges.panics(),
+        })));
+        Ok(workers)
+    }
+
+    /// Starts the health checker, the DNS resolver and the stats logger; they stop when `stop`
+    /// disconnects. The discovery is what a reload goes through.
+    pub fn start_background(&self, config: &Config, stop: &Receiver<()>) -> Result<Arc<Discovery>, Error> {
+        checker::spawn_checker(self.balancer.clone(), stop.clone(), self.backend_tls.clone())
+            .map_err(Error::Resource)?;
+        let discovery = Arc::new(Discovery::new(
+            config.clone(),
+            self.balancer.clone(),
+            self.registry.clone(),
+            stop.clone(),
+        ));
+        discovery.spawn_resolver().map_err(Error::Resource)?;
+        if let Some(every) = config.stats_interval {
+            spawn_stats_logger(self.balancer.clone(), every, stop.clone()).map_err(Error::Resource)?;
+        }
+        Ok(discovery)
+    }
+
+    /// Serves the dashboard and API on `listener`, when `[admin]` has one.
+    pub fn serve_admin(
+        &self,
+        config: &Config,
+        listener: Option<TcpListener>,
+    ) -> Result<Option<Arc<TcpListener>>, Error> {
+        let Some(l) = listener else { return Ok(None) };
+        let addr = l.local_addr().map_err(Error::Resource)?;
+        log::info!("admin listening on {addr} (dashboard at /, /events, /stats, /metrics, /health, POST /backends/NAME/ACTION)");
+        let l = Arc::new(l);
+        let served = admin::Admin {
+            balancer: self.balancer.clone(),
+            counters: self.counters.clone(),
+            token: config.admin_token.clone(),
+        };
+        admin::spawn(l.clone(), served, self.stopping.clone()).map_err(Error::Resource)?;
+        Ok(Some(l))
+    }
+}
+
+/// Starts the worker pool of either mode: each worker notes a long wait for a worker, reads a
+/// PROXY header when one is expected, then serves the connection with `serve`.
+fn pool<C, S>(
+    config: &Config,
+    ctx: C,
+    parker: Option<Arc<Parker>>,
+    serve: fn(Conn, &C, &mut S),
+) -> std::io::Result<WorkerPool<Conn>>
+where
+    C: Send + Sync + 'static,
+    S: Default + 'static,
+{
+    let ctx = Arc::new(ctx);
+    let config = Arc::new(config.clone());
+    WorkerPool::start("worker", config.workers, config.queue, move |mut conn: Conn, scratch: &mut S| {
+        // A connection back from the parker was greeted (and its PROXY header read) before.
+        if conn.was_parked() {
+            return serve(conn, &ctx, scratch);
+        }
+        if conn.greeting.is_none() {
+            note_wait(&conn, config.workers);
+        }
+        match conn.greet(&config) {
+            Greeting::Ready => serve(conn, &ctx, scratch),
+            // The rest of the header waits in the parker, until header_ms from accept.
+            Greeting::Waiting => {
+                if let Some(parker) = &parker {
+                    let limit = config.timeouts.header;
+                    let deadline = (!limit.is_zero()).then(|| conn.accepted + limit);
+                    parker.park_head(conn, deadline);
+                }
+            }
+            Greeting::Refused => {}
+        }
+    })
+}
+
+static SLOW_PICKUP: crate::logging::RateLimit = crate::logging::RateLimit::new();
+
+/// Says so when a connection waited long for a free worker: every worker was busy (in TCP mode
+/// each connection holds one; in HTTP mode each request in progress, or a client idle less than
+/// `PARK_AFTER`), so `workers` is too small for the load.
+fn note_wait(conn: &Conn, workers: usize) {
+    let waited = conn.accepted.elapsed();
+    if waited >= Duration::from_secs(1) {
+        if let Some(n) = SLOW_PICKUP.check() {
+            log::warn!(
+                "conn {} waited {} ms for a free worker (all {workers} busy; raise [proxy] workers){}",
+                conn.id,
+                waited.as_millis(),
+                crate::logging::held_back(n)
+            );
+        }
+    }
+}
+
+/// Logs a one-line summary per backend every `every`.
+fn spawn_stats_logger(balancer: Arc<Balancer>, every: Duration, stop: Receiver<()>) -> std::io::Result<()> {
+    thread::Builder::new().name("stats".into()).spawn(move || {
+        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
+            for b in balancer.members().iter() {
+                log::info!("stats: {}", summary_line(b));
+            }
+        }
+    })?;
+    Ok(())
+}
