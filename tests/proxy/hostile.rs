@@ -1,6 +1,7 @@
-//! The dummy_server fault lab through the proxy: every misbehaviour gives the client what nginx
-//! would (502, 504, a clean close or a truncated body), never a hang and never another
-//! client's bytes, and the proxy serves the next ordinary request.
+//! Hostile peers through the proxy. Malformed and ambiguous requests never reach a backend.
+//! The dummy_server fault lab: every misbehaviour gives the client what nginx would (502, 504, a
+//! clean close or a truncated body), never a hang and never another client's bytes, and the
+//! proxy serves the next ordinary request.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -194,4 +195,115 @@ fn a_request_that_fails_on_every_backend_counts_its_attempts_truthfully() {
     }
     assert_eq!(seen(), n, "the log says {n} attempts");
     assert!(n >= 2, "both backends were tried: {n}");
+}
+
+fn counting(_head: &str) -> Vec<u8> {
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+}
+
+#[test]
+fn malformed_and_ambiguous_requests_never_reach_the_backend() {
+    let backend = raw_backend(counting, usize::MAX);
+    let (p, addr) =
+        http_proxy(&[backend.addr], "round-robin", "", "max_head_bytes = 4096\nmax_body_bytes = 50000");
+    let big_header = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n", "a".repeat(5000));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "CL and TE",
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "TE and CL",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "repeated CL",
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc".to_vec(),
+            400,
+        ),
+        (
+            "differing CL",
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+            400,
+        ),
+        ("CL list", b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3, 3\r\n\r\nabc".to_vec(), 400),
+        ("negative CL", b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: -3\r\n\r\n".to_vec(), 400),
+        ("plus CL", b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: +3\r\n\r\nabc".to_vec(), 400),
+        (
+            "huge CL",
+            b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 123456789012345678901\r\n\r\n".to_vec(),
+            400,
+        ),
+        (
+            "TE not final chunked",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked, gzip\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("TE identity", b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: identity\r\n\r\n".to_vec(), 400),
+        (
+            "TE twice chunked",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
+        ("TE xchunked", b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: xchunked\r\n\r\n".to_vec(), 400),
+        ("TE in 1.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        (
+            "space before colon",
+            b"GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : chunked\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: t\r\nX-A: 1\r\n  folded\r\n\r\n".to_vec(), 400),
+        ("leading space header", b"GET / HTTP/1.1\r\n Host: t\r\n\r\n".to_vec(), 400),
+        ("NUL in value", b"GET / HTTP/1.1\r\nHost: t\r\nX-A: a\x00b\r\n\r\n".to_vec(), 400),
+        ("control in name", b"GET / HTTP/1.1\r\nHost: t\r\nX\x01A: 1\r\n\r\n".to_vec(), 400),
+        ("bad byte in target", b"GET /a\x7fb HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
+        ("non-ascii target", "GET /caf\u{e9} HTTP/1.1\r\nHost: t\r\n\r\n".as_bytes().to_vec(), 400),
+        ("relative target", b"GET index.html HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
+        // RFC 9112 3.2: no fragment in a request-target, in either form.
+        ("fragment in origin form", b"GET /a#frag HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
+        ("fragment in absolute form", b"GET http://t/a#frag HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
+        // nginx answers a target with spaces with 400, not 505.
+        ("space in target", b"GET /a b HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
+        ("spaces in target", b"GET /a b c HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
+        ("missing Host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
+        ("repeated Host", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
+        ("Host with space", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n".to_vec(), 400),
+        ("bad method token", b"G(T / HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
+        ("double space", b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
+        ("TLS hello", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(), 400),
+        (
+            "bad chunk size",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+                .to_vec(),
+            400,
+        ),
+        (
+            "overflowing chunk size",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\n"
+                .to_vec(),
+            400,
+        ),
+        ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), 505),
+        ("HTTP/1.2", b"GET / HTTP/1.2\r\nHost: t\r\n\r\n".to_vec(), 505),
+        ("HTTP/0.9 style", b"GET / HTTP/0.9\r\nHost: t\r\n\r\n".to_vec(), 505),
+        ("head too large", big_header.into_bytes(), 431),
+        ("body too large", b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 60000\r\n\r\n".to_vec(), 413),
+        ("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".to_vec(), 405),
+        ("bad expectation", b"GET / HTTP/1.1\r\nHost: t\r\nExpect: coffee\r\n\r\n".to_vec(), 417),
+    ];
+    assert!(cases.len() >= 25);
+    for (name, raw, status) in &cases {
+        let (r, mut wire) = send_raw(addr, raw, "GET");
+        assert_eq!(r.status, *status, "{name}: {}", r.text());
+        assert!(closed(&mut wire), "{name}: the connection is closed after the error");
+    }
+    assert_eq!(backend.seen.lock().expect("seen").len(), 0, "nothing reached the backend");
+    assert!(p.log_text().contains("rejected with 400"));
+    // And the proxy serves normally afterwards.
+    let (r, _) = send_raw(addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", "GET");
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert_eq!(backend.seen.lock().expect("seen").len(), 1);
 }

@@ -2,6 +2,7 @@
 //! loopback ports chosen by the kernel.
 
 mod admin;
+mod capacity;
 mod dashboard;
 mod faultlab;
 mod fidelity;

@@ -351,3 +351,49 @@ fn eleven_hundred_silent_tls_connections_with_the_default_workers_cost_curl_noth
     }
     drop(silent);
 }
+
+#[test]
+fn waiting_for_a_free_worker_is_logged_not_silent() {
+    let ds = dummies(1);
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 1\n[health]\nenabled = false\n{}",
+        backends_section(&[ds[0].1])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    // The only worker is busy with a slow response (1.5 s: the backend's slow-head fault)...
+    let first = std::thread::spawn(move || http_get(addr, "/?fault=slow-head&delay_ms=1500").status);
+    ds[0].0.wait_for("fault slow-head on GET");
+    // ...so a second client waits in the queue until it is done.
+    assert_eq!(http_get(addr, "/").status, 200);
+    assert_eq!(first.join().expect("first"), 200);
+    let line = p.wait_for("for a free worker");
+    assert!(line.contains("all 1 busy; raise [proxy] workers"), "{line}");
+}
+
+/// An idle keep-alive client does not hold a worker (Apache's event MPM, nginx and HAProxy
+/// alike): with one worker, a second client is served while the first idles, and the first is
+/// served again afterwards on the same connection.
+#[test]
+fn an_idle_keep_alive_client_parks_and_lets_its_worker_serve_others() {
+    let ds = dummies(1);
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 1\n[health]\nenabled = false\n{}",
+        backends_section(&[ds[0].1])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let mut first = lbproxy::h1::Wire::new(connect(addr));
+    assert_eq!(get(&mut first, "/", "").status, 200);
+    for _ in 0..3 {
+        let started = Instant::now();
+        assert_eq!(http_get(addr, "/").status, 200);
+        // The first client's worker is free once it idled `PARK_AFTER` (100 ms).
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "waited {:?} for the one worker",
+            started.elapsed()
+        );
+        let again = get(&mut first, "/", "");
+        assert_eq!(again.status, 200, "the parked client is served again on its connection");
+    }
+    assert!(!p.log_text().contains("for a free worker"), "{}", p.log_text());
+}
