@@ -188,11 +188,16 @@ fn reply_for(dummy: &Dummy, req: &Request, received: u64, sum: u64) -> Reply {
     }
 }
 
+/// Sends `reply` after `delay`. Through a buffer, as real servers send a small response: head
+/// and body in one write, so a backend killed mid-reply (SIGKILL under load, `ops.rs`) never
+/// leaves a head without its body, which no proxy could retry.
 fn respond(out: &mut TcpStream, reply: &Reply, delay: Duration) -> io::Result<()> {
     if !delay.is_zero() {
         thread::sleep(delay);
     }
-    reply.write(out)
+    let mut buffered = io::BufWriter::with_capacity(16 * 1024, &*out);
+    reply.write(&mut buffered)?;
+    buffered.flush()
 }
 
 #[cfg(test)]
