@@ -90,20 +90,13 @@ pub fn serve(mut conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
         };
         drop(attached);
         let p = match step {
-            Relayed::Ended(outcome) => return finish(&conn, r.pick, outcome),
+            Relayed::Ended(outcome) => return finish(&conn, ctx, r.pick, outcome),
             Relayed::Quiet(p) => p,
         };
         let Some(parker) = park else { return };
         conn.tls_session = r.client_tls.take().map(|c| Box::new(Mutex::new(c)));
         let held = Held { pick: r.pick, backend_tls: r.backend_tls, progress: p };
-        conn.go_quiet(Quiet {
-            backend: r.backend,
-            backend_id: b.id,
-            watch_client: !p.up_done,
-            watch_backend: !p.down_done,
-            deadline: p.deadline(idle),
-            state: Box::new(held),
-        });
+        conn.go_quiet(Quiet::after(&p, idle, r.backend, b.id, Box::new(held)));
         match parker.park_quiet(conn) {
             None => return,
             Some(back) => conn = back,
@@ -153,7 +146,7 @@ fn open(conn: &Conn, ctx: &TcpContext) -> Option<Relaying> {
 }
 
 /// Logs a relay's end and counts its bytes.
-fn finish(conn: &Conn, pick: Pick, outcome: RelayOutcome) {
+fn finish(conn: &Conn, ctx: &TcpContext, pick: Pick, outcome: RelayOutcome) {
     let b = pick.guard.backend().clone();
     // The connection is over: give its slot back before saying so, so that whoever reads the
     // log line sees the count already lowered.
@@ -174,10 +167,7 @@ fn finish(conn: &Conn, pick: Pick, outcome: RelayOutcome) {
         Some((party, e)) => {
             let cause = if e.kind() == std::io::ErrorKind::TimedOut { Cause::Timeout } else { Cause::Io(e) };
             let f = Failure::at(&b.name, party, Phase::Relay, cause);
-            // Counted, but not as a passive health failure: only connect failures are.
-            if f.counts_against_backend() && !matches!(f.cause, Cause::Timeout) {
-                b.failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
+            ctx.balancer.record_failure(&b, &f);
             let by = if party == Party::Client { "client" } else { "backend" };
             // A relay's only time limit is idle_ms: say so.
             let why = if matches!(f.cause, Cause::Timeout) {

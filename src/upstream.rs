@@ -75,13 +75,14 @@ fn attempt(
         }
         Err(e) => {
             let why = describe(&e);
-            balancer.observe_failure(backend, &why);
             let cause = if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) {
                 Cause::Timeout
             } else {
                 Cause::Io(e)
             };
-            Err((Failure::at(&backend.name, Party::Backend, Phase::Connect, cause), why))
+            let f = Failure::at(&backend.name, Party::Backend, Phase::Connect, cause);
+            balancer.record_failure(backend, &f);
+            Err((f, why))
         }
     }
 }
@@ -104,9 +105,10 @@ pub fn secure(
     let _ = stream.set_read_timeout(limit);
     let _ = stream.set_write_timeout(limit);
     crate::tls::stream::connect(stream, config, &name).map_err(|why| {
-        balancer.observe_failure(backend, &why);
         let why = format!("TLS with {name}: {why}");
-        Failure::at(&backend.name, Party::Backend, Phase::Connect, Cause::Invalid(why))
+        let f = Failure::at(&backend.name, Party::Backend, Phase::Connect, Cause::Invalid(why));
+        balancer.record_failure(backend, &f);
+        f
     })
 }
 

@@ -15,7 +15,8 @@ use std::time::Instant;
 
 use crate::backend::health::{Health, Transition};
 use crate::backend::latency::Latency;
-use crate::config::{BackendSpec, ProxyVersion};
+use crate::config::{BackendSpec, HealthSettings, ProxyVersion};
+use crate::error::{Cause, Failure, Phase};
 
 /// A backend's idle connections, each with the time it was returned.
 #[derive(Debug)]
@@ -265,6 +266,42 @@ impl Backend {
         self.removed.load(Ordering::Relaxed)
     }
 
+    /// The one rule for passive health: whether a failure on live traffic counts against this
+    /// backend. Only its own failures do, never ours (a descriptor shortage), the client's, or
+    /// finding no backend at all ([`Failure::counts_against_backend`]). Each one counts in
+    /// `failures`. One in connecting or in an HTTP exchange also counts towards `max_fails`
+    /// within `fail_window` and can mark it down (as nginx counts `max_fails`); a TCP relay's
+    /// error once bytes flow does not, and its idle timeout is nobody's failure. Returns
+    /// whether it counted.
+    pub fn record_failure(&self, f: &Failure, s: &HealthSettings) -> bool {
+        if !f.counts_against_backend() {
+            return false;
+        }
+        if f.phase == Phase::Relay {
+            if matches!(f.cause, Cause::Timeout) {
+                return false;
+            }
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.record_fail(&f.cause.to_string(), s);
+        true
+    }
+
+    /// A `5xx` answer, when `observe_5xx` counts it as a failure.
+    pub fn record_status(&self, status: u16, s: &HealthSettings) {
+        if status >= 500 && s.observe_5xx {
+            self.record_fail(&format!("status {status}"), s);
+        }
+    }
+
+    fn record_fail(&self, why: &str, s: &HealthSettings) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = self.health.observe_failure(why, s) {
+            self.log_transition(&t);
+        }
+    }
+
     /// Logs a health transition once: warn for down, info for up, with the reason.
     pub fn log_transition(&self, t: &Transition) {
         match t {
@@ -331,7 +368,41 @@ mod tests {
     use super::*;
     use crate::config::testing::health;
     use crate::config::HealthSettings;
+    use crate::error::Party;
     use std::time::Duration;
+
+    #[test]
+    fn only_the_backends_own_failures_count_and_only_before_a_relay_can_mark_it_down() {
+        let s = HealthSettings { max_fails: 2, fail_window: Duration::from_secs(60), ..health() };
+        let b = Backend::new("a".into(), "a".into(), ([127, 0, 0, 1], 1).into(), 1, 0);
+        let refused = || Cause::Io(std::io::ErrorKind::ConnectionRefused.into());
+        let failures = || b.failures.load(Ordering::Relaxed);
+        // Ours (a descriptor shortage), the client's, and finding no backend count for nothing.
+        assert!(!b.record_failure(&Failure::at("a", Party::Local, Phase::Connect, refused()), &s));
+        assert!(!b.record_failure(&Failure::at("a", Party::Client, Phase::Request, refused()), &s));
+        assert!(!b.record_failure(&Failure::new(Party::Backend, Phase::Connect, refused()), &s));
+        assert_eq!(failures(), 0);
+        // A TCP relay's idle timeout is nobody's failure; its errors count, but never mark down.
+        assert!(!b.record_failure(&Failure::at("a", Party::Backend, Phase::Relay, Cause::Timeout), &s));
+        for _ in 0..3 {
+            assert!(b.record_failure(&Failure::at("a", Party::Backend, Phase::Relay, refused()), &s));
+        }
+        assert_eq!(failures(), 3);
+        assert!(b.health.is_up(), "relay errors never mark a backend down");
+        // Connecting, or an exchange: `max_fails` of them within the window mark it down.
+        assert!(b.record_failure(&Failure::at("a", Party::Backend, Phase::Connect, refused()), &s));
+        assert!(b.health.is_up());
+        assert!(b.record_failure(&Failure::at("a", Party::Backend, Phase::Head, Cause::Timeout), &s));
+        assert!(!b.health.is_up(), "down after max_fails");
+        assert_eq!(failures(), 5);
+        // A 5xx counts only when `observe_5xx` says so.
+        let c = Backend::new("c".into(), "c".into(), ([127, 0, 0, 1], 2).into(), 1, 0);
+        c.record_status(503, &HealthSettings { observe_5xx: false, ..s.clone() });
+        c.record_status(200, &HealthSettings { observe_5xx: true, ..s.clone() });
+        assert_eq!(c.failures.load(Ordering::Relaxed), 0);
+        c.record_status(502, &HealthSettings { observe_5xx: true, ..s });
+        assert_eq!(c.failures.load(Ordering::Relaxed), 1);
+    }
 
     #[test]
     fn slow_start_ramps_the_weight_after_recovery_only() {

@@ -25,6 +25,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::backend::{now_ms, Backend, WEIGHT_SCALE};
 use crate::config::{Algorithm, HealthSettings};
+use crate::error::Failure;
 pub use crate::error::Unavailable;
 
 /// What an algorithm sees: the members, which of them it may choose, their load and weight.
@@ -233,14 +234,17 @@ impl Balancer {
         self.core.waiting.load(Ordering::Relaxed)
     }
 
-    /// Counts a live-traffic failure against `b` (passive health): after `max_fails` within
-    /// `fail_window` it is marked down.
-    pub fn observe_failure(&self, b: &Backend, why: &str) {
-        b.failures.fetch_add(1, Ordering::Relaxed);
+    /// Records `f` against `b` under the current health settings ([`Backend::record_failure`]
+    /// is the rule); returns whether it counted.
+    pub fn record_failure(&self, b: &Backend, f: &Failure) -> bool {
         let settings = self.health.lock().clone();
-        if let Some(t) = b.health.observe_failure(why, &settings) {
-            b.log_transition(&t);
-        }
+        b.record_failure(f, &settings)
+    }
+
+    /// Records a response status against `b` ([`Backend::record_status`]).
+    pub fn record_status(&self, b: &Backend, status: u16) {
+        let settings = self.health.lock().clone();
+        b.record_status(status, &settings);
     }
 
     /// Chooses an available, not-full backend not in `tried`, and increments its active count,

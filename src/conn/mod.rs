@@ -15,13 +15,14 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
 use crate::config::{AcceptProxy, Config};
 use crate::logging::RateLimit;
 use crate::net::proxy_protocol::{self, Addresses};
+use crate::relay::Progress;
 
 static BAD_PROXY_HEADER: RateLimit = RateLimit::new();
 
@@ -194,6 +195,27 @@ pub struct Quiet {
     pub deadline: Option<Instant>,
     /// The mode's own state.
     pub state: Box<dyn std::any::Any + Send>,
+}
+
+impl Quiet {
+    /// A relay or tunnel gone quiet at `progress`: it watches the sides whose input is still
+    /// open, and `idle` (zero: none) after its last byte ends it.
+    pub fn after(
+        progress: &Progress,
+        idle: Duration,
+        backend: TcpStream,
+        backend_id: u64,
+        state: Box<dyn std::any::Any + Send>,
+    ) -> Quiet {
+        Quiet {
+            backend,
+            backend_id,
+            watch_client: !progress.up_done,
+            watch_backend: !progress.down_done,
+            deadline: progress.deadline(idle),
+            state,
+        }
+    }
 }
 
 impl std::fmt::Debug for Quiet {

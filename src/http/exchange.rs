@@ -107,9 +107,7 @@ impl Exchange<'_> {
                     }
                 };
             }
-            if resp.status >= 500 && self.ctx.balancer.health_settings().observe_5xx {
-                self.ctx.balancer.observe_failure(&backend, &format!("status {}", resp.status));
-            }
+            self.ctx.balancer.record_status(&backend, resp.status);
             let surplus = self.respond(&mut bw, &resp, &backend, scratch, record);
             scratch.backend_in = bw.into_buffer();
             let surplus = surplus?;
@@ -253,7 +251,7 @@ impl Exchange<'_> {
     ) -> Result<(), Failure> {
         let replayable = self.head.retryable && !attempt.body_touched;
         let decision = retry::after(&f, reused, replayable);
-        // Connect failures were counted (or not: a local shortage) where they happened.
+        // Connect failures were recorded where they happened, in `upstream`.
         let count = f.phase != Phase::Connect && f.counts_against_backend();
         match decision {
             Retry::Fresh => {
@@ -280,7 +278,7 @@ impl Exchange<'_> {
                             if n == 1 { "" } else { "s" }
                         );
                     }
-                    self.ctx.balancer.observe_failure(backend, &f.cause.to_string());
+                    self.ctx.balancer.record_failure(backend, &f);
                 }
                 if events::wants_retry() {
                     events::retry(&self.label(), &self.conn.peer, &backend.name, &f.to_string());
@@ -292,7 +290,7 @@ impl Exchange<'_> {
             }
             Retry::GiveUp => {
                 if count {
-                    self.ctx.balancer.observe_failure(backend, &f.cause.to_string());
+                    self.ctx.balancer.record_failure(backend, &f);
                 }
                 Err(f)
             }

@@ -139,15 +139,8 @@ pub(super) fn quiet(
 /// Refused (the proxy stops): it goes on in this worker until it ends.
 pub(super) fn park(mut conn: Conn, ctx: &HttpContext, sock: TcpStream, parked: Parked) {
     let Some(parker) = ctx.parker.as_deref() else { return };
-    let p = parked.tunnel.progress;
-    conn.go_quiet(Quiet {
-        backend: sock,
-        backend_id: parked.tunnel.backend.id,
-        watch_client: !p.up_done,
-        watch_backend: !p.down_done,
-        deadline: p.deadline(ctx.config.timeouts.tunnel),
-        state: Box::new(parked),
-    });
+    let (progress, id) = (parked.tunnel.progress, parked.tunnel.backend.id);
+    conn.go_quiet(Quiet::after(&progress, ctx.config.timeouts.tunnel, sock, id, Box::new(parked)));
     if let Some(back) = parker.park_quiet(conn) {
         run(back, ctx, false);
     }
