@@ -16,8 +16,7 @@ use crate::conn::Quiet;
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::logging::{held_back, RateLimit};
 use crate::park::{Parker, PARK_AFTER};
-use crate::relay::tunnel::{self, End};
-use crate::relay::{Buffers, Progress, RelayOutcome, Relayed};
+use crate::relay::{self, Buffers, End, Progress, RelayOutcome, Relayed};
 use crate::stats::ProxyCounters;
 use crate::tls::Listener;
 use crate::upstream::{self, Limits};
@@ -86,7 +85,7 @@ pub fn serve(mut conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
         let step = {
             let client = End { sock: &conn.stream, tls: r.client_tls.as_mut(), early: &[] };
             let backend = End { sock: &r.backend, tls: r.backend_tls.as_mut(), early: &[] };
-            tunnel::resume(client, backend, idle, bufs, r.progress, park.map(|_| PARK_AFTER))
+            relay::resume(client, backend, idle, bufs, r.progress, park.map(|_| PARK_AFTER))
         };
         drop(attached);
         let p = match step {

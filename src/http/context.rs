@@ -13,6 +13,7 @@ use crate::error::Failure;
 use crate::h1::request::RequestHead;
 use crate::h1::BodyKind;
 use crate::park::Parker;
+use crate::relay::Buffers;
 use crate::stats::ProxyCounters;
 use crate::tls::stream::Stream;
 use crate::tls::Listener;
@@ -45,6 +46,8 @@ pub struct Scratch {
     pub(super) backend_out: Vec<u8>,
     pub(super) head: Vec<u8>,
     pub(super) resp_head: Vec<u8>,
+    /// An upgraded connection's relay buffers.
+    pub(super) relay: Buffers,
 }
 
 impl Scratch {

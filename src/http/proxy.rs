@@ -51,7 +51,7 @@ impl ReadTimeout<'_> {
 pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
     // Back from the parker with a quiet tunnel (an upgrade): it carries on, not HTTP.
     if conn.quiet().is_some() {
-        upgrade::resume(conn, ctx);
+        upgrade::resume(conn, ctx, scratch);
         return;
     }
     // Back from the parker: idle since then, its next request readable; or in the middle of a
@@ -267,7 +267,7 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         conn.tls_session = session;
     }
     if let Some((sock, parked)) = tunnel {
-        return upgrade::park(conn, ctx, sock, parked);
+        return upgrade::park(conn, ctx, sock, parked, scratch);
     }
     // Refused only at shutdown (or if the socket cannot be watched): then closed.
     if let Some(head) = pending {

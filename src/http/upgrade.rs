@@ -20,8 +20,7 @@ use crate::error::{Cause, Failure, Party, Phase};
 use crate::h1::request::RequestHead;
 use crate::h1::{Coalesce, Wire};
 use crate::park::PARK_AFTER;
-use crate::relay::tunnel::{self, End};
-use crate::relay::{Buffers, Progress, Relayed};
+use crate::relay::{self, End, Progress, Relayed};
 use crate::stats::TunnelGuard;
 use crate::tls::stream::Stream;
 
@@ -90,8 +89,14 @@ pub(super) fn switch(
         }
     };
     let park = parks(ex.ctx).then_some(PARK_AFTER);
-    let mut bufs = Buffers::default();
-    match tunnel::resume(client, up, ex.ctx.config.timeouts.tunnel, &mut bufs, Progress::start(), park) {
+    match relay::resume(
+        client,
+        up,
+        ex.ctx.config.timeouts.tunnel,
+        &mut scratch.relay,
+        Progress::start(),
+        park,
+    ) {
         Relayed::Quiet(p) => Ok(Switched::Quiet(p, open)),
         Relayed::Ended(out) => {
             ended(&ex.head.request_id, backend, record, out);
@@ -137,26 +142,32 @@ pub(super) fn quiet(
 
 /// Parks a quiet tunnel with its connection; resumed by [`resume`] when either side speaks.
 /// Refused (the proxy stops): it goes on in this worker until it ends.
-pub(super) fn park(mut conn: Conn, ctx: &HttpContext, sock: TcpStream, parked: Parked) {
+pub(super) fn park(
+    mut conn: Conn,
+    ctx: &HttpContext,
+    sock: TcpStream,
+    parked: Parked,
+    scratch: &mut Scratch,
+) {
     let Some(parker) = ctx.parker.as_deref() else { return };
     let (progress, id) = (parked.tunnel.progress, parked.tunnel.backend.id);
     conn.go_quiet(Quiet::after(&progress, ctx.config.timeouts.tunnel, sock, id, Box::new(parked)));
     if let Some(back) = parker.park_quiet(conn) {
-        run(back, ctx, false);
+        run(back, ctx, false, scratch);
     }
 }
 
 /// A connection back from the parker with a quiet tunnel: relays until it goes quiet again
 /// (parked again) or ends (logged). False when `conn` carries no tunnel.
-pub(super) fn resume(conn: Conn, ctx: &HttpContext) -> bool {
+pub(super) fn resume(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) -> bool {
     if conn.quiet().is_none() {
         return false;
     }
-    run(conn, ctx, parks(ctx));
+    run(conn, ctx, parks(ctx), scratch);
     true
 }
 
-fn run(mut conn: Conn, ctx: &HttpContext, may_park: bool) {
+fn run(mut conn: Conn, ctx: &HttpContext, may_park: bool, scratch: &mut Scratch) {
     let Some(q) = conn.take_quiet() else { return };
     let Quiet { backend: sock, state, .. } = *q;
     let Ok(parked) = state.downcast::<Parked>() else { return };
@@ -168,14 +179,13 @@ fn run(mut conn: Conn, ctx: &HttpContext, may_park: bool) {
         let _attached = conn.attach(&sock, t.backend.id);
         let client = End { sock: &conn.stream, tls: session.as_mut().map(|s| s.get_mut()), early: &[] };
         let backend = End { sock: &sock, tls: t.tls.as_mut(), early: &[] };
-        let mut bufs = Buffers::default();
-        tunnel::resume(client, backend, ctx.config.timeouts.tunnel, &mut bufs, t.progress, after)
+        relay::resume(client, backend, ctx.config.timeouts.tunnel, &mut scratch.relay, t.progress, after)
     };
     match step {
         Relayed::Quiet(p) => {
             parked.tunnel.progress = p;
             conn.tls_session = session;
-            park(conn, ctx, sock, parked);
+            park(conn, ctx, sock, parked, scratch);
         }
         Relayed::Ended(out) => {
             let Parked { tunnel, head, mut record, started } = parked;

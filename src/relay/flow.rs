@@ -1,15 +1,14 @@
-//! One direction of the relay: a small user-space buffer that switches to `splice(2)` through
-//! a pipe of its own once a read fills it, pending bytes held while the destination is full,
-//! and EOF passed on.
+//! One direction of the relay, from one side to the other: a small user-space buffer that
+//! switches to `splice(2)` through a pipe of its own once a read fills it (both sides plain),
+//! pending bytes held while the destination is full, and EOF passed on.
 
-use std::io::{self, Write};
-use std::net::{Shutdown, TcpStream};
+use std::io;
 use std::os::fd::OwnedFd;
 
-use rustix::buffer::spare_capacity;
 use rustix::io::Errno;
 use rustix::pipe::{splice, SpliceFlags};
 
+use super::side::{Side, TLS_CHUNK};
 use super::BUFFER_SIZE;
 use crate::error::Party;
 
@@ -30,11 +29,17 @@ pub(super) enum Wait {
     Done,
 }
 
+/// What one call of [`Flow::advance`] did.
+pub(super) struct Advanced {
+    /// Some byte moved.
+    pub moved: bool,
+    /// It stopped at the round limit with input perhaps left (in the socket, or in rustls
+    /// where `poll` cannot see it): the next turn tries again without waiting.
+    pub cut: bool,
+}
+
 /// One direction of the relay.
 pub(super) struct Flow<'a> {
-    from: &'a TcpStream,
-    to: &'a TcpStream,
-    from_side: Party,
     /// `pending[start..]` was read but the destination could not take it yet.
     pending: &'a mut Vec<u8>,
     start: usize,
@@ -42,42 +47,21 @@ pub(super) struct Flow<'a> {
     /// Bytes in the pipe not yet written.
     piped: usize,
     splice_failed: bool,
-    pub(super) done: bool,
+    pub done: bool,
     /// Bytes written to the destination.
-    pub(super) total: u64,
+    pub total: u64,
 }
 
 impl<'a> Flow<'a> {
-    pub(super) fn new(
-        from: &'a TcpStream,
-        to: &'a TcpStream,
-        from_side: Party,
-        pending: &'a mut Vec<u8>,
-    ) -> Flow<'a> {
+    /// A direction that starts with `early` to send (bytes already read from its source) and
+    /// `total` sent before; `done` when its source ended before.
+    pub fn new(pending: &'a mut Vec<u8>, early: &[u8], total: u64, done: bool) -> Flow<'a> {
         pending.clear();
-        Flow {
-            from,
-            to,
-            from_side,
-            pending,
-            start: 0,
-            pipe: None,
-            piped: 0,
-            splice_failed: false,
-            done: false,
-            total: 0,
-        }
+        pending.extend_from_slice(early);
+        Flow { pending, start: 0, pipe: None, piped: 0, splice_failed: false, done, total }
     }
 
-    fn to_side(&self) -> Party {
-        if self.from_side == Party::Client {
-            Party::Backend
-        } else {
-            Party::Client
-        }
-    }
-
-    pub(super) fn wait(&self) -> Wait {
+    pub fn wait(&self) -> Wait {
         if self.done {
             Wait::Done
         } else if self.start < self.pending.len() || self.piped > 0 {
@@ -87,36 +71,41 @@ impl<'a> Flow<'a> {
         }
     }
 
-    /// Moves what can be moved without blocking, in at most [`ROUNDS`] reads. Returns whether
-    /// any byte moved.
-    pub(super) fn advance(&mut self, read: &mut Vec<u8>) -> Result<bool, (Party, io::Error)> {
+    /// Moves what can be moved from `from` to `to` without blocking, in at most [`ROUNDS`]
+    /// reads.
+    pub fn advance(
+        &mut self,
+        from: &mut Side,
+        to: &mut Side,
+        read: &mut Vec<u8>,
+    ) -> Result<Advanced, (Party, io::Error)> {
         let mut moved = false;
         for _ in 0..ROUNDS {
             // Pending bytes go first, and nothing more is read until they are gone.
-            if !self.flush(&mut moved)? || !self.fill(read, &mut moved)? {
-                break;
+            if !self.flush(to, &mut moved)? || !self.fill(from, to, read, &mut moved)? {
+                return Ok(Advanced { moved, cut: false });
             }
         }
-        Ok(moved)
+        Ok(Advanced { moved, cut: !self.done })
     }
 
     /// Writes the pending bytes. `Ok(false)` when the destination is full.
-    fn flush(&mut self, moved: &mut bool) -> Result<bool, (Party, io::Error)> {
-        if self.start < self.pending.len() {
-            let sent = send(self.to, self.to_side(), &self.pending[self.start..])?;
-            self.start += sent;
-            self.total += sent as u64;
-            *moved |= sent > 0;
-            if self.start < self.pending.len() {
+    fn flush(&mut self, to: &mut Side, moved: &mut bool) -> Result<bool, (Party, io::Error)> {
+        while self.start < self.pending.len() {
+            let sent = to.write(&self.pending[self.start..]).map_err(|e| (to.party, e))?;
+            if sent == 0 {
                 return Ok(false);
             }
-            self.pending.clear();
-            self.start = 0;
+            self.start += sent;
+            self.total += sent as u64;
+            *moved = true;
         }
+        self.pending.clear();
+        self.start = 0;
         let Some(pipe) = &self.pipe else { return Ok(true) };
         while self.piped > 0 {
-            match splice(&pipe.read, None, self.to, None, self.piped, FLAGS) {
-                Ok(0) => return Err((self.to_side(), io::ErrorKind::WriteZero.into())),
+            match splice(&pipe.read, None, to.sock, None, self.piped, FLAGS) {
+                Ok(0) => return Err((to.party, io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
                     self.piped -= n;
                     self.total += n as u64;
@@ -124,7 +113,7 @@ impl<'a> Flow<'a> {
                 }
                 Err(Errno::AGAIN) => return Ok(false),
                 Err(Errno::INTR) => {}
-                Err(e) => return Err((self.to_side(), e.into())),
+                Err(e) => return Err((to.party, e.into())),
             }
         }
         Ok(true)
@@ -132,44 +121,60 @@ impl<'a> Flow<'a> {
 
     /// Reads what the source has (nothing is pending) and sends it on as far as the
     /// destination takes it; the rest becomes pending. `Ok(false)` when the source has nothing
-    /// now, at EOF (passed on to the destination at once), or when the destination is full.
-    fn fill(&mut self, read: &mut Vec<u8>, moved: &mut bool) -> Result<bool, (Party, io::Error)> {
-        // The pipe is empty here: EAGAIN means the socket has nothing.
-        read.clear();
+    /// now, at its end (passed on to the destination at once), or when the destination is full.
+    fn fill(
+        &mut self,
+        from: &mut Side,
+        to: &mut Side,
+        read: &mut Vec<u8>,
+        moved: &mut bool,
+    ) -> Result<bool, (Party, io::Error)> {
+        let plain = from.is_plain() && to.is_plain();
         if read.capacity() == 0 {
             // Given back while the connection idled.
-            read.reserve_exact(BUFFER_SIZE);
+            read.reserve_exact(if plain { BUFFER_SIZE } else { TLS_CHUNK });
         }
         let got = match &self.pipe {
-            Some(pipe) => splice(self.from, None, &pipe.write, None, PIPE_SIZE, FLAGS),
-            None => rustix::io::read(self.from, spare_capacity(read)),
+            // The pipe is empty here: EAGAIN means the socket has nothing.
+            Some(pipe) => match splice(from.sock, None, &pipe.write, None, PIPE_SIZE, FLAGS) {
+                Ok(n) => Ok(Some(n)),
+                Err(Errno::AGAIN) => Ok(None),
+                Err(Errno::INTR) => return Ok(true),
+                Err(e) => Err(e.into()),
+            },
+            None => from.read(read),
         };
-        let n = match got {
-            Ok(0) => {
-                // The peer may already be gone (ENOTCONN); the other direction finds out.
-                let _ = self.to.shutdown(Shutdown::Write);
+        let n = match got.map_err(|e| (from.party, e))? {
+            None => return Ok(false),
+            Some(0) => {
+                from.eof = true;
                 self.done = true;
+                to.close().map_err(|e| (to.party, e))?;
+                *moved = true;
                 return Ok(false);
             }
-            Ok(n) => n,
-            Err(Errno::AGAIN) => return Ok(false),
-            Err(Errno::INTR) => return Ok(true),
-            Err(e) => return Err((self.from_side, e.into())),
+            Some(n) => n,
         };
         *moved = true;
-        log::trace!("relay: read {n} bytes from {:?}", self.from_side);
+        log::trace!("relay: read {n} bytes from {:?}", from.party);
         if self.pipe.is_some() {
             self.piped = n;
             return Ok(true);
         }
-        let sent = send(self.to, self.to_side(), &read[..n])?;
+        let mut sent = 0;
+        while sent < n {
+            match to.write(&read[sent..n]).map_err(|e| (to.party, e))? {
+                0 => break,
+                w => sent += w,
+            }
+        }
         self.total += sent as u64;
         if sent < n {
-            // Kept at most a buffer's worth: nothing more is read until it is gone.
-            self.pending.reserve_exact(BUFFER_SIZE);
+            // Kept at most a read's worth: nothing more is read until it is gone.
+            self.pending.reserve_exact(n - sent);
             self.pending.extend_from_slice(&read[sent..n]);
         }
-        if n == read.capacity() && !self.splice_failed {
+        if plain && n == read.capacity() && !self.splice_failed {
             match Pipe::new() {
                 Ok(p) => self.pipe = Some(p),
                 Err(e) => {
@@ -180,21 +185,6 @@ impl<'a> Flow<'a> {
         }
         Ok(sent == n)
     }
-}
-
-/// Writes as much of `bytes` to `to` as it takes without blocking; returns how much that was.
-fn send(mut to: &TcpStream, to_side: Party, bytes: &[u8]) -> Result<usize, (Party, io::Error)> {
-    let mut sent = 0;
-    while sent < bytes.len() {
-        match to.write(&bytes[sent..]) {
-            Ok(0) => return Err((to_side, io::ErrorKind::WriteZero.into())),
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err((to_side, e)),
-        }
-    }
-    Ok(sent)
 }
 
 /// Splice flags: move pages rather than copy where the kernel can, and never block (the pipe

@@ -1,27 +1,29 @@
-//! The TCP relay: bytes both ways at once in the one worker thread that owns the connection,
-//! half-close passed on, an idle timeout shared by both directions, and byte counts. With TLS
-//! on either side the relay is [`tunnel`].
+//! The relay: bytes both ways at once in the one worker thread that owns the connection, either
+//! side plain or TLS (TCP mode, TCP over TLS, and HTTP upgrades after the `101`), half-close
+//! passed on, an idle timeout shared by both directions, and byte counts.
 //!
 //! The classic thread-pool proxy loop: both sockets are made non-blocking and the worker blocks
 //! in `poll(2)` on the two of them, then moves whatever is ready. Bytes read are sent on at once;
 //! what the destination cannot take yet waits in that direction's own buffer, and the direction
 //! stops asking for input and waits for `POLLOUT` instead, so a slow reader on one side holds
-//! back only the bytes headed its way, never the other direction. When one side sends EOF,
-//! `shutdown(Write)` passes it to the other side and the other direction carries on; the relay
-//! ends when both directions are done, on the first error (naming the side it happened on), or
-//! when neither direction moved a byte for the idle timeout (the `poll` timeout). Asked to
-//! ([`resume`] with `park_after`), a relay that moved nothing for that long with nothing pending
-//! returns its [`Progress`] instead, so its connection can wait in the parker without a worker.
+//! back only the bytes headed its way, never the other direction. When one side's input ends,
+//! the other side is told (`close_notify` for a TLS side, then `shutdown(Write)`) and the other
+//! direction carries on; the relay ends when both directions are done, on the first error
+//! (naming the side it happened on), or when neither direction moved a byte for the idle
+//! timeout (the `poll` timeout). Asked to ([`resume`] with `park_after`), a relay that moved
+//! nothing for that long with nothing pending returns its [`Progress`] instead, so its
+//! connection can wait in the parker without a worker.
 //!
 //! Bytes first go through a small user-space buffer (see [`Buffers`]: idle and chatty
-//! connections keep about one resident page). Once a read fills it (a bulk flow), that
-//! direction switches to `splice(2)` through a pipe of its own: socket -> pipe -> socket in the
-//! kernel, no copy to user space, driven by the same `poll` (`SPLICE_F_NONBLOCK`). Bytes left in
-//! the pipe because the destination was full are sent before anything more is read. Pipes are
-//! made only then, so idle and chatty connections keep costing two descriptors; if a pipe cannot
-//! be made (descriptor limit), copying goes on.
-
-pub mod tunnel;
+//! connections keep about one resident page). Between two plain sides, once a read fills it (a
+//! bulk flow), that direction switches to `splice(2)` through a pipe of its own: socket -> pipe
+//! -> socket in the kernel, no copy to user space, driven by the same `poll`
+//! (`SPLICE_F_NONBLOCK`). Pipes are made only then, so idle and chatty connections keep costing
+//! two descriptors; if a pipe cannot be made (descriptor limit), copying goes on. A TLS side
+//! holds what `poll` cannot see, records not yet sent and plaintext not yet read: records are
+//! flushed every turn and waited on with `POLLOUT`, and a direction cut short by the round limit
+//! is tried again at once, without waiting. Quiet for [`TRIM_AFTER`], any relay gives its buffer
+//! and its deep stack pages back.
 
 use std::io;
 use std::net::TcpStream;
@@ -30,7 +32,10 @@ use std::time::{Duration, Instant};
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 
+use rustls::Connection;
+
 use self::flow::{Flow, Wait};
+use self::side::Side;
 use crate::config::as_limit;
 use crate::error::Party;
 use crate::threads::stack::TRIM_AFTER;
@@ -110,35 +115,54 @@ impl Relayed {
     }
 }
 
+/// One end of a relay: its socket, its TLS session if it speaks TLS, and bytes already read
+/// from it (into an HTTP buffer) that must go to the other end first.
+pub struct End<'a> {
+    pub sock: &'a TcpStream,
+    pub tls: Option<&'a mut Connection>,
+    pub early: &'a [u8],
+}
+
+impl<'a> End<'a> {
+    /// A plain socket with nothing read from it yet.
+    pub fn plain(sock: &'a TcpStream) -> End<'a> {
+        End { sock, tls: None, early: &[] }
+    }
+}
+
 /// Relays between `client` and `backend` until both directions end, in the calling thread.
 /// `idle` of zero means no idle limit. Both sockets are left non-blocking.
-pub fn relay(client: &TcpStream, backend: &TcpStream, idle: Duration, bufs: &mut Buffers) -> RelayOutcome {
+pub fn relay(client: End<'_>, backend: End<'_>, idle: Duration, bufs: &mut Buffers) -> RelayOutcome {
     resume(client, backend, idle, bufs, Progress::start(), None).into_outcome()
 }
 
 /// Relays from `from` as [`relay`] does; with `park_after`, it returns [`Relayed::Quiet`] once
-/// nothing moved for that long and nothing is pending, rather than wait on in this thread.
+/// nothing moved for that long and nothing waits (no pending bytes, no TLS records to send, no
+/// plaintext held by rustls), rather than wait on in this thread.
 pub fn resume(
-    client: &TcpStream,
-    backend: &TcpStream,
+    client: End<'_>,
+    backend: End<'_>,
     idle: Duration,
     bufs: &mut Buffers,
     from: Progress,
     park_after: Option<Duration>,
 ) -> Relayed {
-    for (s, side) in [(client, Party::Client), (backend, Party::Backend)] {
+    for (s, side) in [(client.sock, Party::Client), (backend.sock, Party::Backend)] {
         if let Err(e) = s.set_nonblocking(true) {
             return Relayed::Ended(RelayOutcome { up: from.up, down: from.down, error: Some((side, e)) });
         }
     }
     let Buffers { read, up, down } = bufs;
+    // An ended input was passed on: its EOF read, the other side told.
+    let mut c = Side::new(client.sock, client.tls, Party::Client, from.up_done, from.down_done);
+    let mut b = Side::new(backend.sock, backend.tls, Party::Backend, from.down_done, from.up_done);
     read.clear();
-    read.reserve_exact(BUFFER_SIZE);
-    let mut up = Flow::new(client, backend, Party::Client, up);
-    let mut down = Flow::new(backend, client, Party::Backend, down);
-    (up.total, up.done, down.total, down.done) = (from.up, from.up_done, from.down, from.down_done);
+    read.reserve_exact(if c.is_plain() && b.is_plain() { BUFFER_SIZE } else { side::TLS_CHUNK });
+    // Bytes already read from one side travel the other way first.
+    let mut up = Flow::new(up, client.early, from.up, from.up_done);
+    let mut down = Flow::new(down, backend.early, from.down, from.down_done);
     let turn = Turn { idle: as_limit(idle), park_after, last_moved: from.last_moved };
-    let ended = run(client, backend, turn, read, &mut up, &mut down);
+    let ended = run(&mut c, &mut b, turn, read, &mut up, &mut down);
     let (up_total, down_total) = (up.total, down.total);
     match ended {
         Ok(Some(last_moved)) => Relayed::Quiet(Progress {
@@ -160,11 +184,12 @@ struct Turn {
     last_moved: Instant,
 }
 
-/// The poll loop: waits for what each direction needs, then lets it move what it can. `Ok(Some)`
-/// when it went quiet (since that instant), `Ok(None)` when both directions ended.
+/// The poll loop: waits for what each direction and each side needs, then lets it move what it
+/// can. `Ok(Some)` when it went quiet (since that instant), `Ok(None)` when both directions
+/// ended.
 fn run(
-    client: &TcpStream,
-    backend: &TcpStream,
+    c: &mut Side,
+    b: &mut Side,
     turn: Turn,
     read: &mut Vec<u8>,
     up: &mut Flow,
@@ -176,13 +201,20 @@ fn run(
     let mut trimmed = false;
     // A resumed relay was woken by bytes: it goes quiet again counting from now.
     let woke = Instant::now();
+    // A TLS side may hold plaintext already (read with the handshake, or before a park): the
+    // first turn tries it without waiting.
+    let (mut cut_up, mut cut_down) = (!c.is_plain(), !b.is_plain());
     loop {
         let (up_wait, down_wait) = (up.wait(), down.wait());
         let quiet = last_moved.elapsed();
         let parks_in = park_after.map(|after| after.saturating_sub(last_moved.max(woke).elapsed()));
-        let pending = up_wait == Wait::Write || down_wait == Wait::Write;
-        let both_done = up_wait == Wait::Done && down_wait == Wait::Done;
-        if parks_in.is_some_and(|left| left.is_zero()) && !pending && !both_done {
+        let records = c.wants_out() || b.wants_out();
+        let pending = up_wait == Wait::Write || down_wait == Wait::Write || records;
+        if up_wait == Wait::Done && down_wait == Wait::Done && !records {
+            return Ok(None);
+        }
+        let settled = !pending && !cut_up && !cut_down;
+        if settled && parks_in.is_some_and(|left| left.is_zero()) {
             return Ok(Some(last_moved));
         }
         // up reads the client and writes the backend; down the other way round.
@@ -198,8 +230,17 @@ fn run(
             Wait::Write => on_client |= PollFlags::OUT,
             Wait::Done => {}
         }
+        if c.wants_out() {
+            on_client |= PollFlags::OUT;
+        }
+        if b.wants_out() {
+            on_backend |= PollFlags::OUT;
+        }
         let mut timeout: Option<Duration> = None;
         let mut sooner = |d: Duration| timeout = Some(timeout.map_or(d, |t| t.min(d)));
+        if cut_up || cut_down {
+            sooner(Duration::ZERO);
+        }
         if let Some(idle) = idle {
             let left = idle.saturating_sub(quiet);
             if left.is_zero() {
@@ -210,27 +251,35 @@ fn run(
         if !trimmed {
             sooner(TRIM_AFTER.saturating_sub(quiet));
         }
-        if let Some(left) = parks_in.filter(|_| !pending) {
+        if let Some(left) = parks_in.filter(|_| settled) {
             sooner(left.max(Duration::from_millis(1)));
         }
         let timeout = timeout.map(timespec);
-        let Some(polled) = poll_two(client, on_client, backend, on_backend, timeout.as_ref()) else {
-            return Ok(None);
-        };
-        // poll itself failing (ENOMEM) is nobody's fault but ours; the client is closed.
-        let (client_ready, backend_ready) = polled.map_err(|e| (Party::Client, e))?;
+        let (client_ready, backend_ready) =
+            match poll_two(c.sock, on_client, b.sock, on_backend, timeout.as_ref()) {
+                // Nothing to wait on: both directions ended (a cut one has input to wait on).
+                None => return Ok(None),
+                // poll itself failing (ENOMEM) is nobody's fault but ours; the client is closed.
+                Some(polled) => polled.map_err(|e| (Party::Client, e))?,
+            };
         let ready = |wait, from_ready, to_ready| match wait {
             Wait::Read => from_ready,
             Wait::Write => to_ready,
             Wait::Done => false,
         };
         let mut moved = false;
-        if ready(up_wait, client_ready, backend_ready) {
-            moved |= up.advance(read)?;
+        if cut_up || ready(up_wait, client_ready, backend_ready) {
+            let a = up.advance(c, b, read)?;
+            (moved, cut_up) = (moved | a.moved, a.cut);
         }
-        if ready(down_wait, backend_ready, client_ready) {
-            moved |= down.advance(read)?;
+        if cut_down || ready(down_wait, backend_ready, client_ready) {
+            let a = down.advance(b, c, read)?;
+            (moved, cut_down) = (moved | a.moved, a.cut);
         }
+        // Records a read produced (or a close) go out now; what the socket won't take waits
+        // for POLLOUT.
+        c.flush().map_err(|e| (Party::Client, e))?;
+        b.flush().map_err(|e| (Party::Backend, e))?;
         if moved {
             last_moved = Instant::now();
             trimmed = false;
@@ -253,7 +302,7 @@ fn idle_timeout(up: Wait, down: Wait) -> (Party, io::Error) {
 }
 
 /// `d` as poll's timeout.
-pub(crate) fn timespec(d: Duration) -> Timespec {
+fn timespec(d: Duration) -> Timespec {
     Timespec { tv_sec: d.as_secs().min(i64::MAX as u64) as i64, tv_nsec: d.subsec_nanos().into() }
 }
 
@@ -262,7 +311,7 @@ pub(crate) fn timespec(d: Duration) -> Timespec {
 /// call on it will not block), nothing on a signal. A socket nothing waits on is left out:
 /// with both halves shut it reports POLLHUP for ever, which would spin the caller's loop.
 /// `None` when neither is waited on.
-pub(crate) fn poll_two(
+fn poll_two(
     a: &TcpStream,
     on_a: PollFlags,
     b: &TcpStream,
@@ -287,6 +336,7 @@ pub(crate) fn poll_two(
 }
 
 mod flow;
+mod side;
 
 #[cfg(test)]
 mod tests;

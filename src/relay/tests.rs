@@ -52,7 +52,12 @@ fn both_directions_flow_at_once_through_a_slow_reader_and_splicing() {
     socket2::SockRef::from(&backend).set_recv_buffer_size(64 * 1024).expect("rcvbuf");
     let at_backend = send_and_receive(backend, down_data.clone(), 512);
     let at_client = send_and_receive(client, up_data.clone(), 64 * 1024);
-    let out = relay(&client_relay, &backend_relay, Duration::from_secs(20), &mut Buffers::default());
+    let out = relay(
+        End::plain(&client_relay),
+        End::plain(&backend_relay),
+        Duration::from_secs(20),
+        &mut Buffers::default(),
+    );
     assert!(out.error.is_none(), "{:?}", out.error);
     assert_eq!((out.up, out.down), (UP as u64, DOWN as u64));
     assert!(at_backend.join().expect("backend") == up_data, "upstream bytes differ");
@@ -70,7 +75,12 @@ fn a_backend_that_stops_reading_is_named_when_the_idle_timeout_fires() {
         while c.write_all(&block).is_ok() {}
     });
     let started = Instant::now();
-    let out = relay(&client_relay, &backend_relay, Duration::from_millis(300), &mut Buffers::default());
+    let out = relay(
+        End::plain(&client_relay),
+        End::plain(&backend_relay),
+        Duration::from_millis(300),
+        &mut Buffers::default(),
+    );
     let (side, e) = out.error.expect("idle timeout");
     assert_eq!((side, e.kind()), (Party::Backend, io::ErrorKind::TimedOut), "{e}");
     assert!(started.elapsed() >= Duration::from_millis(300));
@@ -85,7 +95,12 @@ fn a_quiet_connection_times_out_on_the_client_and_eof_passes_through() {
     let (mut backend, backend_relay) = pair();
     backend.write_all(b"hello").expect("write");
     backend.shutdown(Shutdown::Write).expect("half-close");
-    let out = relay(&client_relay, &backend_relay, Duration::from_millis(200), &mut Buffers::default());
+    let out = relay(
+        End::plain(&client_relay),
+        End::plain(&backend_relay),
+        Duration::from_millis(200),
+        &mut Buffers::default(),
+    );
     let (side, e) = out.error.expect("idle timeout");
     assert_eq!((side, e.kind()), (Party::Client, io::ErrorKind::TimedOut), "{e}");
     assert_eq!((out.up, out.down), (0, 5));
