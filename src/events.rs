@@ -160,12 +160,6 @@ pub fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The client address in a log label such as `conn 17 from 127.0.0.1:51234` (the whole label
-/// when it names none).
-pub fn client_of(label: &str) -> &str {
-    label.rsplit_once(" from ").map_or(label, |(_, client)| client)
-}
-
 /// Whether a pick event would be sent now: someone watches and this second's sample is not
 /// full. Callers check it before building the pick's reason or label, so a viewer costs
 /// (almost) nothing on requests whose picks are not sampled.

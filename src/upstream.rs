@@ -172,22 +172,14 @@ pub fn connect(
                     pick.reason
                 );
                 if events::wants_pick() {
-                    let label = label.to_string();
-                    events::pick(
-                        &label,
-                        &events::client_of(&label),
-                        &backend.name,
-                        pick.algorithm,
-                        &pick.reason,
-                    );
+                    events::pick(label, &client.peer, &backend.name, pick.algorithm, &pick.reason);
                 }
                 return Ok((stream, pick));
             }
             Err((f, _)) if f.party == Party::Local => return Err(f),
             Err((f, why)) => {
                 if events::wants_retry() {
-                    let label = label.to_string();
-                    events::retry(&label, &events::client_of(&label), &backend.name, &f.to_string());
+                    events::retry(label, &client.peer, &backend.name, &f.to_string());
                 }
                 tried.insert(&backend);
                 failed = Some((backend, why));

@@ -19,10 +19,18 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::clock::now_ms;
 use crate::config::{AcceptProxy, Config};
 use crate::logging::RateLimit;
 use crate::net::proxy_protocol::{self, Addresses};
 use crate::relay::Progress;
+
+/// At a graceful stop, a keep-alive connection that has waited less than this since its last
+/// response may still be sending its next request: it gets the rest of this time, and an
+/// answer with `Connection: close`. One idle longer is closed at once, as nginx and HAProxy
+/// close idle keep-alive connections at a graceful stop. The parker, the HTTP worker and the
+/// drain all go by it.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 static BAD_PROXY_HEADER: RateLimit = RateLimit::new();
 
@@ -37,7 +45,7 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Shared {
     idle: AtomicBool,
-    /// When it last started waiting, in ms since the registry's `epoch`.
+    /// When it last started waiting ([`now_ms`]).
     idle_since: AtomicU64,
     /// The attached backend socket and its backend's id.
     backend: Mutex<Option<(RawFd, u64)>>,
@@ -50,23 +58,6 @@ pub struct Registry {
     emptied: Condvar,
     /// Set by `close_all`: sockets registered or attached afterwards are shut at once.
     closing: AtomicBool,
-    epoch: Epoch,
-}
-
-/// The registry's clock origin.
-#[derive(Debug)]
-struct Epoch(Instant);
-
-impl Default for Epoch {
-    fn default() -> Epoch {
-        Epoch(Instant::now())
-    }
-}
-
-impl Epoch {
-    fn now_ms(&self) -> u64 {
-        self.0.elapsed().as_millis() as u64
-    }
 }
 
 fn shut(fd: RawFd, how: std::net::Shutdown) {
@@ -146,7 +137,7 @@ impl Registry {
     /// have idled `min_idle` too.
     pub fn close_idle(&self, min_idle: std::time::Duration) -> usize {
         let entries = self.entries.lock();
-        let now = self.epoch.now_ms();
+        let now = now_ms();
         let min = min_idle.as_millis() as u64;
         let idle = |e: &&Entry| {
             e.shared.idle.load(Ordering::SeqCst)
@@ -408,7 +399,7 @@ impl Conn {
     /// ones are closed at once on shutdown.
     pub fn set_idle(&self, idle: bool) {
         if idle && !self.shared.idle.load(Ordering::Relaxed) {
-            self.shared.idle_since.store(self.registry.epoch.now_ms(), Ordering::SeqCst);
+            self.shared.idle_since.store(now_ms(), Ordering::SeqCst);
         }
         self.shared.idle.store(idle, Ordering::SeqCst);
     }

@@ -275,7 +275,15 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         conn.head = Some(head);
         parker.park_head(conn, deadline);
     } else if park {
-        parker.park(conn, timers.since);
+        if let Some(back) = parker.park(conn, timers.since) {
+            // Refused because the proxy stops: the client may have its next request on the
+            // wire already, so this worker serves it (with `Connection: close`) within
+            // SHUTDOWN_GRACE, as if it had never parked. Otherwise (the socket cannot be
+            // watched) it is closed, idle.
+            if ctx.stopping.load(Ordering::SeqCst) {
+                serve(back, ctx, scratch);
+            }
+        }
     }
 }
 

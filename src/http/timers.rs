@@ -9,15 +9,16 @@
 //!                      or at once when connections wait for a worker   -> Park(Idle)
 //!   a head begun:      read what is there without waiting             -> Park(Head), 408 at header_ms
 //!   a new connection:  first byte up to FIRST_BYTE (10 ms)            -> Park(Head)
-//!   stopping:          no parking; idle ones close after TRIM_AFTER
+//!   stopping:          no parking; idle ones close after SHUTDOWN_GRACE (500 ms)
 //! ```
 
 use std::io;
 use std::time::{Duration, Instant};
 
-/// How long a keep-alive client may idle before it parks (or, without a parker, before its
-/// worker gives back its stack pages); at shutdown, before its connection is closed.
-pub const TRIM_AFTER: Duration = crate::threads::stack::TRIM_AFTER;
+// Without a parker, how long a keep-alive client idles before its worker gives back its stack
+// pages; at shutdown, how long before its connection is closed.
+use crate::conn::SHUTDOWN_GRACE;
+use crate::threads::stack::TRIM_AFTER;
 
 pub use crate::park::PARK_AFTER;
 
@@ -161,9 +162,9 @@ impl IdleTimers {
     pub fn before(&self, now: &Now, at: Instant) -> Before {
         let elapsed = at.saturating_duration_since(self.since);
         if self.keep_alive(now) {
-            // A shutdown closes a connection idle `TRIM_AFTER`; not sooner: a busy client's next
-            // request may be on its way, and is answered with `Connection: close` instead.
-            if now.stopping && elapsed >= TRIM_AFTER {
+            // A shutdown closes a connection idle `SHUTDOWN_GRACE`; not sooner: a busy client's
+            // next request may be on its way, and is answered with `Connection: close` instead.
+            if now.stopping && elapsed >= SHUTDOWN_GRACE {
                 return Before::Close;
             }
             let parks = now.parker && !now.stopping && !now.holds_plaintext;
@@ -172,7 +173,7 @@ impl IdleTimers {
             }
             let mut limit = self.limits.idle.unwrap_or(NO_LIMIT);
             if now.stopping {
-                limit = limit.min(TRIM_AFTER);
+                limit = limit.min(SHUTDOWN_GRACE);
             }
             if !self.trimmed {
                 let first = if now.parker { PARK_AFTER } else { TRIM_AFTER };

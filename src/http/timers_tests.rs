@@ -82,7 +82,7 @@ fn at_a_stop_nothing_parks_and_an_idle_client_closes_after_trim_after() {
     t.taken = 1;
     assert_eq!(t.before(&stopping, t0), Before::Read(Some(PARK_AFTER)));
     assert_eq!(t.after(&stopping, Filled::TimedOut, t0 + PARK_AFTER), After::Trim);
-    assert_eq!(t.before(&stopping, t0 + TRIM_AFTER), Before::Close);
+    assert_eq!(t.before(&stopping, t0 + SHUTDOWN_GRACE), Before::Close);
     let head = Now { between_requests: false, ..stopping };
     assert_eq!(t.before(&head, t0), Before::Read(Some(HEADER)));
 }

@@ -16,8 +16,9 @@
 //! busy client never parks (its next request comes within `park_after`), so the hot path is as
 //! before. A parked connection idle for `idle_ms` is closed here. At shutdown parked
 //! connections are closed, as nginx and HAProxy close idle keep-alive connections at a graceful
-//! stop; one parked less than 500 ms ago first gets the rest of that time to send the request it
-//! may have on the wire, as a worker waiting between requests does.
+//! stop; one parked less than [`SHUTDOWN_GRACE`](crate::conn::SHUTDOWN_GRACE) ago first gets the
+//! rest of that time to send the request it may have on the wire, as a worker waiting between
+//! requests does.
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
@@ -47,7 +48,7 @@ const BACKEND: u64 = 1 << 62;
 /// How often parked connections are checked against `idle_ms`.
 const SWEEP: Duration = Duration::from_secs(1);
 /// How long after its last response a parked connection may still send a request at a stop.
-const GRACE: Duration = crate::threads::stack::TRIM_AFTER;
+const GRACE: Duration = crate::conn::SHUTDOWN_GRACE;
 /// How often the stopping thread looks again at what it still holds.
 const LINGER_TICK: Duration = Duration::from_millis(50);
 
@@ -167,10 +168,11 @@ impl Parker {
     }
 
     /// Parks `conn`, idle since `since`, until its socket is readable (a request, or the client
-    /// closing). When the parker is stopped, or cannot watch the socket, `conn` is closed
-    /// instead (it is idle) and the answer is false.
-    pub fn park(&self, conn: Conn, since: Instant) -> bool {
-        self.add(conn, Wait::Idle(since))
+    /// closing). Refused (the parker stopped, or cannot watch the socket), it comes back: a
+    /// client between two requests may have its next one on the wire.
+    #[must_use = "a refused connection comes back; dropping it closes it"]
+    pub fn park(&self, conn: Conn, since: Instant) -> Option<Conn> {
+        self.enter(conn, Wait::Idle(since))
     }
 
     /// Parks `conn` in the middle of a request head (its bytes so far in [`Conn::head`]), or

@@ -20,7 +20,7 @@ fn a_parked_connection_comes_back_when_its_next_request_arrives() {
     let running = parker.spawn(tx, rx.clone()).expect("spawn");
     let (conn, mut client) = pair(&registry, 1);
     let since = Instant::now();
-    assert!(parker.park(conn, since));
+    assert!(parker.park(conn, since).is_none());
     assert_eq!(parker.len(), 1);
     assert!(rx.recv_timeout(Duration::from_millis(300)).is_err(), "nothing arrived: it stays parked");
     client.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
@@ -33,7 +33,7 @@ fn a_parked_connection_comes_back_when_its_next_request_arrives() {
     assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n\r\n", "the request is still there to read");
     // Parked again (the epoll entry was removed on the way out), it comes back again.
     back.parked_since = None;
-    assert!(parker.park(back, Instant::now()));
+    assert!(parker.park(back, Instant::now()).is_none());
     drop(client);
     let closed = rx.recv_timeout(Duration::from_secs(5)).expect("a client that closes comes back too");
     assert_eq!((&mut &closed.stream).read(&mut buf).expect("read"), 0, "and reads EOF");
@@ -47,7 +47,7 @@ fn idle_too_long_or_at_stop_a_parked_connection_is_closed() {
     let (tx, rx) = crossbeam_channel::bounded(4);
     let running = parker.spawn(tx, rx.clone()).expect("spawn");
     let (expiring, mut expiring_client) = pair(&registry, 1);
-    assert!(parker.park(expiring, Instant::now()));
+    assert!(parker.park(expiring, Instant::now()).is_none());
     // Closed by the sweep (within a second or two): the client reads EOF.
     expiring_client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     let mut buf = [0u8; 8];
@@ -58,12 +58,12 @@ fn idle_too_long_or_at_stop_a_parked_connection_is_closed() {
     let (tx, rx) = crossbeam_channel::bounded(4);
     let running2 = parker.spawn(tx, rx.clone()).expect("spawn");
     let (kept, mut kept_client) = pair(&registry, 2);
-    assert!(parker.park(kept, Instant::now()));
+    assert!(parker.park(kept, Instant::now()).is_none());
     running2.stop();
     kept_client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     assert_eq!(kept_client.read(&mut buf).expect("EOF at stop"), 0);
     let (late, _late_client) = pair(&registry, 3);
-    assert!(!parker.park(late, Instant::now()), "a stopped parker refuses (and closes)");
+    assert!(parker.park(late, Instant::now()).is_some(), "a stopped parker refuses, handing it back");
     assert!(registry.is_empty());
     assert!(
         matches!(rx.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected)),
@@ -79,7 +79,7 @@ fn a_request_arriving_just_after_a_stop_is_still_handed_to_the_workers() {
     let (tx, rx) = crossbeam_channel::bounded(4);
     let running = parker.spawn(tx, rx.clone()).expect("spawn");
     let (conn, mut client) = pair(&registry, 1);
-    assert!(parker.park(conn, Instant::now()));
+    assert!(parker.park(conn, Instant::now()).is_none());
     let stopper = thread::spawn(move || running.stop());
     while parker.open.load(Ordering::SeqCst) {
         thread::yield_now();

@@ -12,12 +12,8 @@ use super::start::Shared;
 use super::{Loader, Summary};
 use crate::backend::summary_line;
 use crate::config::Config;
-use crate::conn::Registry;
+use crate::conn::{Registry, SHUTDOWN_GRACE};
 use crate::tls::{Backends, Listener};
-
-/// At shutdown, keep-alive clients idle this long are closed at once (see
-/// [`Registry::close_idle`]); an HTTP worker closes its own once it has idled this long.
-const IDLE_CLOSE_AFTER: Duration = crate::threads::stack::TRIM_AFTER;
 
 /// Why the proxy stops.
 pub(super) struct Stop {
@@ -83,7 +79,7 @@ fn reload_tls(tls: Option<&Listener>, backends: Option<&Backends>, new: &Config)
 /// are not cut between two requests (the next could be on its way) but get their next response
 /// with `Connection: close`. Returns how many were cut.
 pub(super) fn drain_all(config: &Config, registry: &Registry, signals: &Signals, stop: &Stop) -> usize {
-    let idle_closed = registry.close_idle(IDLE_CLOSE_AFTER);
+    let idle_closed = registry.close_idle(SHUTDOWN_GRACE);
     let in_flight = registry.len().saturating_sub(idle_closed);
     let again = if stop.taken_over { "" } else { " (Ctrl-C again to cut it short)" };
     log::warn!(

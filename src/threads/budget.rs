@@ -1,7 +1,8 @@
 //! The thread budget: whether `workers` plus the service threads fit this system's limits on
-//! threads, memory mappings and memory, checked before anything is bound. A pool thread that
-//! cannot be spawned aborts the process (threadpool unwraps), so the proxy refuses to start
-//! instead, naming the limit and the largest `workers` that fits.
+//! threads, memory mappings and memory, checked before anything is bound. A pool thread the
+//! system refuses only fails the start after the threads before it were made, and says nothing
+//! of which limit it hit (see [`crate::threads::pool`]); checked first, the proxy refuses to
+//! start with a line naming the limit and the largest `workers` that fits.
 //!
 //! [`Limits::read`] reads the real limits; everything else is pure, so tests feed fake ones.
 //! A limit that cannot be read is not checked (the kernel still enforces it).
