@@ -275,12 +275,15 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
         conn.head = Some(head);
         parker.park_head(conn, deadline);
     } else if park {
-        if let Some(back) = parker.park(conn, timers.since) {
+        if let Some(mut back) = parker.park(conn, timers.since) {
             // Refused because the proxy stops: the client may have its next request on the
             // wire already, so this worker serves it (with `Connection: close`) within
-            // SHUTDOWN_GRACE, as if it had never parked. Otherwise (the socket cannot be
-            // watched) it is closed, idle.
+            // SHUTDOWN_GRACE of its last response, as if it had never parked: it comes back
+            // as from the parker, idle since then, not as a new connection (which would wait
+            // header_ms for a first request). Otherwise (the socket cannot be watched) it is
+            // closed, idle.
             if ctx.stopping.load(Ordering::SeqCst) {
+                back.parked_since = Some(timers.since);
                 serve(back, ctx, scratch);
             }
         }
