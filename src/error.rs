@@ -1,8 +1,9 @@
 //! The two error models: [`Error`] for the process (configuration, listening, logging,
-//! resources at start), and [`Failure`] for one proxied connection or request in either mode:
-//! who failed, in which phase, and why. From a `Failure` alone come the client's answer
-//! ([`Failure::answer`]: 400, 408, 413, 431, 502, 503, 504 or a close), whether it counts
-//! against the backend, and the log wording, each decided in one place.
+//! resources at start), and [`Failure`] for one proxied connection or request in either mode,
+//! from a request head refused before any backend is asked to a relay cut: who failed, in which
+//! phase, and why. From a `Failure` alone come the client's answer ([`Failure::answer`]: 400,
+//! 405, 408, 413, 417, 431, 502, 503, 504, 505 or a close), whether it counts against the
+//! backend, and the log wording, each decided in one place.
 
 use std::fmt;
 use std::io;
@@ -76,6 +77,23 @@ impl fmt::Display for Unavailable {
     }
 }
 
+/// Why a request is refused by rule, and with which status (400, 405, 413, 417, 431, 505).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: u16,
+    /// A short reason, sent as the body and logged.
+    pub why: &'static str,
+}
+
+impl Rejection {
+    /// A head that outgrew `max_head_bytes` (431, RFC 6585).
+    pub const HEAD_TOO_LARGE: Rejection = Rejection::new(431, "request head too large");
+
+    pub const fn new(status: u16, why: &'static str) -> Rejection {
+        Rejection { status, why }
+    }
+}
+
 /// Who failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Party {
@@ -90,7 +108,9 @@ pub enum Party {
 /// The phase of an exchange in which it failed. TCP mode knows `Pick`, `Connect` and `Relay`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Reading the client's request head or body.
+    /// Reading the client's request head: nothing has gone to a backend.
+    RequestHead,
+    /// Reading the client's request body.
     Request,
     /// Choosing a backend.
     Pick,
@@ -117,8 +137,8 @@ pub enum Cause {
     Closed(String),
     /// The peer's bytes break the protocol (the parser's words).
     Invalid(String),
-    /// A head larger than allowed.
-    HeadTooLarge,
+    /// A request refused by rule (smuggling, version, method, size): the status to answer with.
+    Rejected(Rejection),
     /// A body larger than allowed.
     BodyTooLarge(String),
     /// No backend could be had.
@@ -132,7 +152,7 @@ impl fmt::Display for Cause {
             Cause::Timeout => f.write_str("timed out"),
             Cause::Closed(how) => write!(f, "closed ({how})"),
             Cause::Invalid(why) => f.write_str(why),
-            Cause::HeadTooLarge => f.write_str("head too large"),
+            Cause::Rejected(r) => f.write_str(r.why),
             Cause::BodyTooLarge(why) => f.write_str(why),
             Cause::Unavailable(why) => write!(f, "{why}"),
         }
@@ -165,6 +185,11 @@ impl Failure {
         Failure { party, phase, cause, backend: None }
     }
 
+    /// A request head refused (or timed out) before any backend was asked: the client's.
+    pub fn head(cause: Cause) -> Failure {
+        Failure::new(Party::Client, Phase::RequestHead, cause)
+    }
+
     /// A failure on the way to or from `backend`.
     pub fn at(backend: &str, party: Party, phase: Phase, cause: Cause) -> Failure {
         Failure { party, phase, cause, backend: Some(backend.to_string()) }
@@ -175,9 +200,9 @@ impl Failure {
         use {Cause as C, Party as P, Phase as Ph};
         match (self.party, self.phase, &self.cause) {
             (_, Ph::Body | Ph::Relay, _) => Answer::Close,
-            (P::Client, Ph::Request, C::Invalid(_)) => Answer::Status(400),
-            (P::Client, Ph::Request, C::Timeout) => Answer::Status(408),
-            (P::Client, Ph::Request, C::HeadTooLarge) => Answer::Status(431),
+            (P::Client, Ph::RequestHead | Ph::Request, C::Invalid(_)) => Answer::Status(400),
+            (P::Client, Ph::RequestHead | Ph::Request, C::Timeout) => Answer::Status(408),
+            (P::Client, Ph::RequestHead | Ph::Request, C::Rejected(r)) => Answer::Status(r.status),
             (P::Client, _, C::BodyTooLarge(_)) => Answer::Status(413),
             (P::Client, _, _) => Answer::Close,
             (P::Local, _, _) => Answer::Status(503),
@@ -197,7 +222,8 @@ impl Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let phase = match self.phase {
-            Phase::Request => "request",
+            Phase::RequestHead => "request head",
+            Phase::Request => "request body",
             Phase::Pick => "choosing a backend",
             Phase::Connect => "connect",
             Phase::Send => "sending the request",
@@ -207,6 +233,11 @@ impl fmt::Display for Failure {
         };
         match (self.party, &self.backend) {
             (_, _) if matches!(self.cause, Cause::Unavailable(_)) => write!(f, "{}", self.cause),
+            (Party::Client, _)
+                if self.phase == Phase::RequestHead && matches!(self.cause, Cause::Timeout) =>
+            {
+                f.write_str("client: request head not complete within header_ms")
+            }
             (Party::Client, _) => write!(f, "client: {phase}: {}", self.cause),
             (Party::Local, Some(b)) => write!(f, "{phase} to {b}: local resource: {}", self.cause),
             (Party::Local, None) => write!(f, "{phase}: local resource: {}", self.cause),
@@ -229,7 +260,10 @@ mod tests {
         let table = [
             (Failure::new(Party::Client, Phase::Request, Cause::Invalid("bad".into())), Answer::Status(400)),
             (Failure::new(Party::Client, Phase::Request, Cause::Timeout), Answer::Status(408)),
-            (Failure::new(Party::Client, Phase::Request, Cause::HeadTooLarge), Answer::Status(431)),
+            (Failure::head(Cause::Timeout), Answer::Status(408)),
+            (Failure::head(Cause::Invalid("bad".into())), Answer::Status(400)),
+            (Failure::head(Cause::Rejected(Rejection::HEAD_TOO_LARGE)), Answer::Status(431)),
+            (Failure::head(Cause::Rejected(Rejection::new(505, "v"))), Answer::Status(505)),
             (
                 Failure::new(Party::Client, Phase::Send, Cause::BodyTooLarge("big".into())),
                 Answer::Status(413),
@@ -265,6 +299,22 @@ mod tests {
         assert_eq!(
             Failure::at("app1", Party::Backend, Phase::Connect, io(libc::ECONNREFUSED)).to_string(),
             "app1: connect: connection refused"
+        );
+    }
+
+    #[test]
+    fn a_refused_head_reads_as_the_clients_and_never_counts_against_a_backend() {
+        let slow = Failure::head(Cause::Timeout);
+        assert_eq!(slow.to_string(), "client: request head not complete within header_ms");
+        let smuggled =
+            Failure::head(Cause::Rejected(Rejection::new(400, "both Content-Length and Transfer-Encoding")));
+        assert_eq!(smuggled.to_string(), "client: request head: both Content-Length and Transfer-Encoding");
+        assert!(!slow.counts_against_backend() && !smuggled.counts_against_backend());
+        // A body read that times out is the body's, with its own wording.
+        let body = Failure::new(Party::Client, Phase::Request, Cause::Timeout);
+        assert_eq!(
+            (body.to_string().as_str(), body.answer()),
+            ("client: request body: timed out", Answer::Status(408))
         );
     }
 }

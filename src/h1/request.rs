@@ -8,17 +8,10 @@
 
 use super::{has_token, parse_length, BodyKind, MAX_HEADERS};
 
-/// Why a request is refused, and with which status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rejection {
-    /// The status to answer with (400, 405, 413, 417, 431, 505).
-    pub status: u16,
-    /// A short reason, sent as the body and logged.
-    pub why: &'static str,
-}
+use crate::error::Rejection;
 
 const fn reject(status: u16, why: &'static str) -> Rejection {
-    Rejection { status, why }
+    Rejection::new(status, why)
 }
 
 /// What the proxy needs to know about a request after its head was parsed.
@@ -136,13 +129,9 @@ pub fn parse(
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(len)) if len > max_head => {
-            return Err(reject(431, "request head too large"))
-        }
+        Ok(httparse::Status::Complete(len)) if len > max_head => return Err(Rejection::HEAD_TOO_LARGE),
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= max_head => {
-            return Err(reject(431, "request head too large"))
-        }
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err(Rejection::HEAD_TOO_LARGE),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(reject(431, "too many headers")),
         Err(httparse::Error::Version) if looks_like_version(buf) => {

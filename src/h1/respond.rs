@@ -9,6 +9,7 @@ use std::io::{self, Write};
 use std::time::SystemTime;
 
 use super::reason;
+use crate::error::{Answer, Failure};
 
 /// The proxy's own short text error, dated now: `"{status} {reason}: {why}"` as the body, the
 /// request id when known, `Retry-After: 1` on a 503. Every error the proxy answers itself takes
@@ -23,6 +24,25 @@ pub fn text_error(status: u16, why: &str, id: Option<&str>, close: bool) -> Vec<
         headers.push(("Retry-After", "1"));
     }
     SimpleResponse { status, headers: &headers, body: body.as_bytes(), close }.to_bytes()
+}
+
+/// The answer to a request head refused before any backend was asked (a rule broken, too large,
+/// too slow): its status and wording from the [`Failure`], then close.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    /// The response, as [`text_error`] writes it.
+    pub bytes: Vec<u8>,
+}
+
+/// The answer to `f`, or `None` when it gets no answer but the close.
+pub fn refusal(f: &Failure) -> Option<Refusal> {
+    match f.answer() {
+        Answer::Status(status) => {
+            Some(Refusal { status, bytes: text_error(status, &f.to_string(), None, true) })
+        }
+        Answer::Close => None,
+    }
 }
 
 /// A complete response with a small in-memory body; see [`SimpleResponse::to_bytes`].

@@ -8,14 +8,20 @@ use std::time::Instant;
 use super::context::Record;
 use crate::conn::accept::ClientStream;
 use crate::conn::Conn;
+use crate::error::Failure;
 use crate::h1::request::RequestHead;
-use crate::h1::respond::text_error;
+use crate::h1::respond::{refusal, text_error};
 use crate::h1::Coalesce;
 
+/// Answers a request head refused before any backend was asked (see [`refusal`]); the caller
+/// closes.
+#[cold]
 #[inline(never)]
-pub(super) fn slow_client(conn: &Conn, client: &ClientStream, buf: &mut Vec<u8>) {
-    log::warn!("conn {} from {}: request head not complete within header_ms, closing", conn.id, conn.peer);
-    let _ = write_error(&mut Coalesce::new(client, buf), 408, "request head timeout", None, true);
+pub(super) fn refuse_head(conn: &Conn, client: &ClientStream, f: &Failure, buf: &mut Vec<u8>) {
+    let Some(answer) = refusal(f) else { return };
+    log::warn!("conn {} from {}: refused with {}: {f}", conn.id, conn.peer, answer.status);
+    let mut out = Coalesce::new(client, buf);
+    let _ = out.write_all(&answer.bytes).and_then(|()| out.flush());
 }
 
 #[inline(never)]

@@ -15,7 +15,7 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::client::{access_log, holds_plaintext, read_now, slow_client, write_error};
+use super::client::{access_log, holds_plaintext, read_now, refuse_head, write_error};
 use super::context::{Attempt, Exchange, HttpContext, Record, Scratch, VIA};
 use super::exchange::Served;
 use super::timers::{After, Before, Filled, IdleTimers, Limits, Now, Wait, FIRST_BYTE, NO_LIMIT};
@@ -24,7 +24,7 @@ use crate::balancer::{header_value_key, source_key};
 use crate::config::as_limit;
 use crate::conn::accept::{self, ClientStream, Opened};
 use crate::conn::{Conn, PartialHead};
-use crate::error::{Answer, Party};
+use crate::error::{Answer, Cause, Failure, Party, Rejection};
 use crate::h1::request::{self, Forwarding, RequestHead};
 use crate::h1::{BodyKind, Coalesce, Wire};
 use crate::net::lingering_close;
@@ -122,15 +122,12 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                     Ok(Some(head)) => break Some(head),
                     Ok(None) => {}
                     Err(r) => {
-                        log::warn!(
-                            "conn {} from {}: request rejected with {}: {}",
-                            conn.id,
-                            conn.peer,
-                            r.status,
-                            r.why
+                        refuse_head(
+                            &conn,
+                            client,
+                            &Failure::head(Cause::Rejected(r)),
+                            &mut scratch.client_out,
                         );
-                        let mut out = Coalesce::new(client, &mut scratch.client_out);
-                        let _ = write_error(&mut out, r.status, r.why, None, true);
                         linger = true;
                         break None;
                     }
@@ -153,7 +150,7 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                     break None;
                 }
                 Before::TimedOut => {
-                    slow_client(&conn, client, &mut scratch.client_out);
+                    refuse_head(&conn, client, &Failure::head(Cause::Timeout), &mut scratch.client_out);
                     break None;
                 }
                 Before::Close => break None,
@@ -178,12 +175,12 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
                     crate::threads::stack::give_back();
                 }
                 After::TimedOut => {
-                    slow_client(&conn, client, &mut scratch.client_out);
+                    refuse_head(&conn, client, &Failure::head(Cause::Timeout), &mut scratch.client_out);
                     break None;
                 }
                 After::TooLarge => {
-                    let mut out = Coalesce::new(client, &mut scratch.client_out);
-                    let _ = write_error(&mut out, 431, "request head too large", None, true);
+                    let too_large = Failure::head(Cause::Rejected(Rejection::HEAD_TOO_LARGE));
+                    refuse_head(&conn, client, &too_large, &mut scratch.client_out);
                     linger = true;
                     break None;
                 }

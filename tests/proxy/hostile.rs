@@ -298,10 +298,18 @@ fn malformed_and_ambiguous_requests_never_reach_the_backend() {
     for (name, raw, status) in &cases {
         let (r, mut wire) = send_raw(addr, raw, "GET");
         assert_eq!(r.status, *status, "{name}: {}", r.text());
+        // One failure model: every refusal names the client's head (or body) and why, as the
+        // log does.
+        assert!(r.text().contains(": client: request "), "{name}: {}", r.text());
         assert!(closed(&mut wire), "{name}: the connection is closed after the error");
     }
     assert_eq!(backend.seen.lock().expect("seen").len(), 0, "nothing reached the backend");
-    assert!(p.log_text().contains("rejected with 400"));
+    let log = p.log_text();
+    for needle in
+        ["refused with 400: client: request head: repeated Host", "refused with 431", "refused with 505"]
+    {
+        assert!(log.contains(needle), "{needle} in the log");
+    }
     // And the proxy serves normally afterwards.
     let (r, _) = send_raw(addr, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", "GET");
     assert_eq!((r.status, r.text().as_str()), (200, "ok"));

@@ -283,11 +283,14 @@ fn a_stalled_partial_head_is_closed_after_header_ms() {
     let r = read_response(&mut wire, "GET");
     let waited = started.elapsed();
     assert_eq!(r.status, 408);
+    assert!(r.text().contains("client: request head not complete within header_ms"), "{}", r.text());
     assert!(closed(&mut wire));
     assert!(waited >= Duration::from_millis(350) && waited < Duration::from_secs(5), "{waited:?}");
     // A slow client that never sends anything is closed too.
     let mut wire = Wire::new(connect(addr));
-    assert_eq!(read_response(&mut wire, "GET").status, 408);
+    let r = read_response(&mut wire, "GET");
+    assert_eq!(r.status, 408);
+    assert!(r.text().contains("client: request head not complete within header_ms"), "{}", r.text());
 }
 
 fn one_per_connection(_head: &str) -> Vec<u8> {
