@@ -3,7 +3,6 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
@@ -62,35 +61,6 @@ pub struct ProxyCounters {
     pub tls_handshake_failures: AtomicU64,
     /// Request headers dropped for an underscore in their name (`underscores_in_headers` off).
     pub underscored_headers_dropped: AtomicU64,
-    /// Open tunnels (HTTP upgrades) per backend name.
-    pub tunnels: parking_lot::Mutex<std::collections::BTreeMap<String, u64>>,
-}
-
-impl ProxyCounters {
-    /// Counts a tunnel to `backend` as open until the guard drops.
-    pub fn open_tunnel(self: &Arc<Self>, backend: &str) -> TunnelGuard {
-        *self.tunnels.lock().entry(backend.to_string()).or_default() += 1;
-        TunnelGuard { counters: self.clone(), backend: backend.to_string() }
-    }
-
-    fn tunnels_of(&self, backend: &str) -> u64 {
-        self.tunnels.lock().get(backend).copied().unwrap_or(0)
-    }
-}
-
-/// An open tunnel, counted in [`ProxyCounters::tunnels`].
-pub struct TunnelGuard {
-    counters: Arc<ProxyCounters>,
-    backend: String,
-}
-
-impl Drop for TunnelGuard {
-    fn drop(&mut self) {
-        let mut t = self.counters.tunnels.lock();
-        if let Some(n) = t.get_mut(&self.backend) {
-            *n = n.saturating_sub(1);
-        }
-    }
 }
 
 fn secs_since_epoch(t: SystemTime) -> f64 {
@@ -99,25 +69,25 @@ fn secs_since_epoch(t: SystemTime) -> f64 {
 
 /// One backend's numbers, as /stats, the API's answers and the dashboard show them.
 pub fn backend_json(b: &Backend) -> serde_json::Value {
-    let (last, at) = b.health.last_check();
-    let ms = |q: f64| b.latency.recent_quantile(q).map(|s| if s.is_finite() { s * 1000.0 } else { -1.0 });
+    let (last, at) = b.health().last_check();
+    let ms = |q: f64| b.latency().recent_quantile(q).map(|s| if s.is_finite() { s * 1000.0 } else { -1.0 });
     json!({
-        "name": b.name,
-        "address": b.addr.to_string(),
+        "name": b.name(),
+        "address": b.addr().to_string(),
         "state": b.state_text(),
-        "slow_start": b.health.slowstart_fraction(now_ms()).is_some(),
-        "health": if b.health.is_up() { "up" } else { "down" },
+        "slow_start": b.health().slowstart_fraction(now_ms()).is_some(),
+        "health": if b.health().is_up() { "up" } else { "down" },
         "admin": b.admin_state().name(),
         "weight": b.weight(),
         "effective_weight": b.effective_weight(now_ms()) as f64 / WEIGHT_SCALE as f64,
         "max_conns": b.max_conns(),
-        "active": b.active.load(Ordering::Relaxed),
-        "queued": b.queued.load(Ordering::Relaxed),
-        "total": b.total.load(Ordering::Relaxed),
-        "failures": b.failures.load(Ordering::Relaxed),
-        "bytes_up": b.bytes_up.load(Ordering::Relaxed),
-        "bytes_down": b.bytes_down.load(Ordering::Relaxed),
-        "idle_pooled": b.idle.len(),
+        "active": b.active(),
+        "queued": b.queued(),
+        "total": b.total(),
+        "failures": b.failures(),
+        "bytes_up": b.bytes().0,
+        "bytes_down": b.bytes().1,
+        "idle_pooled": b.idle_count(),
         "last_check": { "result": last, "time": at.map(secs_since_epoch) },
         "latency_ms": { "p50": ms(0.5), "p99": ms(0.99) },
     })
@@ -145,7 +115,7 @@ pub fn stats_json(balancer: &Balancer, counters: &ProxyCounters) -> String {
             .iter()
             .map(|b| {
                 let mut j = backend_json(b);
-                j["tunnels"] = json!(counters.tunnels_of(&b.name));
+                j["tunnels"] = json!(b.tunnels());
                 j
             })
             .collect::<Vec<_>>(),
@@ -162,51 +132,51 @@ pub fn metrics_text(balancer: &Balancer, counters: &ProxyCounters) -> String {
     let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&Backend) -> String| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for b in members.iter() {
-            let _ = writeln!(out, "{name}{{backend=\"{}\"}} {}", b.name, value(b));
+            let _ = writeln!(out, "{name}{{backend=\"{}\"}} {}", b.name(), value(b));
         }
     };
     family("lb_backend_up", "gauge", "Whether the backend is up (1) or down (0).", &|b| {
-        u8::from(b.health.is_up() && !b.is_retired()).to_string()
+        u8::from(b.health().is_up() && !b.is_retired()).to_string()
     });
     family("lb_backend_weight", "gauge", "Effective weight (slow start included).", &|b| {
         (b.effective_weight(now_ms()) as f64 / WEIGHT_SCALE as f64).to_string()
     });
     family("lb_backend_active_connections", "gauge", "Connections or requests in flight.", &|b| {
-        b.active.load(Ordering::Relaxed).to_string()
+        b.active().to_string()
     });
     family(
         "lb_requests_total",
         "counter",
         "Connections (tcp) or requests (http) sent to the backend.",
-        &|b| b.total.load(Ordering::Relaxed).to_string(),
+        &|b| b.total().to_string(),
     );
     family("lb_backend_failures_total", "counter", "Failed connects and broken exchanges.", &|b| {
-        b.failures.load(Ordering::Relaxed).to_string()
+        b.failures().to_string()
     });
     family("lb_backend_sent_bytes_total", "counter", "Bytes relayed from clients to the backend.", &|b| {
-        b.bytes_up.load(Ordering::Relaxed).to_string()
+        b.bytes().0.to_string()
     });
     family(
         "lb_backend_received_bytes_total",
         "counter",
         "Bytes relayed from the backend to clients.",
-        &|b| b.bytes_down.load(Ordering::Relaxed).to_string(),
+        &|b| b.bytes().1.to_string(),
     );
     let name = "lb_request_duration_seconds";
     let _ =
         writeln!(out, "# HELP {name} Request (http) or connection (tcp) duration.\n# TYPE {name} histogram");
     for b in members.iter() {
-        let (counts, sum) = b.latency.all_time();
+        let (counts, sum) = b.latency().all_time();
         let mut cumulative = 0;
         for (i, le) in BUCKETS.iter().enumerate() {
             cumulative += counts[i];
-            let _ = writeln!(out, "{name}_bucket{{backend=\"{}\",le=\"{le}\"}} {cumulative}", b.name);
+            let _ = writeln!(out, "{name}_bucket{{backend=\"{}\",le=\"{le}\"}} {cumulative}", b.name());
         }
         cumulative += counts[BUCKETS.len()];
-        let _ = writeln!(out, "{name}_bucket{{backend=\"{}\",le=\"+Inf\"}} {cumulative}", b.name);
+        let _ = writeln!(out, "{name}_bucket{{backend=\"{}\",le=\"+Inf\"}} {cumulative}", b.name());
         let sum = sum.as_secs_f64();
-        let _ = writeln!(out, "{name}_sum{{backend=\"{}\"}} {sum}", b.name);
-        let _ = writeln!(out, "{name}_count{{backend=\"{}\"}} {cumulative}", b.name);
+        let _ = writeln!(out, "{name}_sum{{backend=\"{}\"}} {sum}", b.name());
+        let _ = writeln!(out, "{name}_count{{backend=\"{}\"}} {cumulative}", b.name());
     }
     let _ = writeln!(
         out,
@@ -263,7 +233,7 @@ pub fn metrics_text(balancer: &Balancer, counters: &ProxyCounters) -> String {
         "# HELP lb_tunnels_open Open upgraded connections (WebSocket) per backend.\n# TYPE lb_tunnels_open gauge"
     );
     for b in members.iter() {
-        let _ = writeln!(out, "lb_tunnels_open{{backend=\"{}\"}} {}", b.name, counters.tunnels_of(&b.name));
+        let _ = writeln!(out, "lb_tunnels_open{{backend=\"{}\"}} {}", b.name(), b.tunnels());
     }
     let _ = writeln!(
         out,

@@ -81,7 +81,7 @@ pub fn serve(mut conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
     let mut park = ctx.parker.as_ref();
     loop {
         let b = r.pick.guard.backend().clone();
-        let attached = conn.attach(&r.backend, b.id);
+        let attached = conn.attach(&r.backend, b.id());
         let step = {
             let client = End { sock: &conn.stream, tls: r.client_tls.as_mut(), early: &[] };
             let backend = End { sock: &r.backend, tls: r.backend_tls.as_mut(), early: &[] };
@@ -95,7 +95,7 @@ pub fn serve(mut conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
         let Some(parker) = park else { return };
         conn.tls_session = r.client_tls.take().map(|c| Box::new(Mutex::new(c)));
         let held = Held { pick: r.pick, backend_tls: r.backend_tls, progress: p };
-        conn.go_quiet(Quiet::after(&p, idle, r.backend, b.id, Box::new(held)));
+        conn.go_quiet(Quiet::after(&p, idle, r.backend, b.id(), Box::new(held)));
         match parker.park_quiet(conn) {
             None => return,
             Some(back) => conn = back,
@@ -152,20 +152,20 @@ fn finish(conn: &Conn, ctx: &TcpContext, pick: Pick, outcome: RelayOutcome) {
     drop(pick);
     let elapsed = conn.accepted.elapsed();
     b.record_bytes(outcome.up, outcome.down);
-    b.latency.record(elapsed);
+    b.latency().record(elapsed);
     let ms = elapsed.as_millis();
     match outcome.error {
         None => log::info!(
             "conn {} closed: {} -> {} {} bytes up, {} bytes down, {ms} ms",
             conn.id,
             conn.peer,
-            b.name,
+            b.name(),
             outcome.up,
             outcome.down
         ),
         Some((party, e)) => {
             let cause = if e.kind() == std::io::ErrorKind::TimedOut { Cause::Timeout } else { Cause::Io(e) };
-            let f = Failure::at(&b.name, party, Phase::Relay, cause);
+            let f = Failure::at(b.name(), party, Phase::Relay, cause);
             ctx.balancer.record_failure(&b, &f);
             let by = if party == Party::Client { "client" } else { "backend" };
             // A relay's only time limit is idle_ms: say so.
@@ -178,7 +178,7 @@ fn finish(conn: &Conn, ctx: &TcpContext, pick: Pick, outcome: RelayOutcome) {
                 "conn {} ended by {by} error ({why}): {} -> {} {} bytes up, {} bytes down, {ms} ms",
                 conn.id,
                 conn.peer,
-                b.name,
+                b.name(),
                 outcome.up,
                 outcome.down
             )

@@ -38,7 +38,7 @@ pub fn dial(
 ) -> Result<TcpStream, Failure> {
     attempt(balancer, backend, timeout, client, label).map_err(|(f, why)| {
         if f.party == Party::Backend {
-            log::warn!("{label}: connect to {} {} failed ({why})", backend.name, backend.addr);
+            log::warn!("{label}: connect to {} {} failed ({why})", backend.name(), backend.addr());
         }
         f
     })
@@ -56,7 +56,7 @@ fn attempt(
 ) -> Result<TcpStream, (Failure, String)> {
     // A `send_proxy=` backend hears first who the client is (PROXY protocol), as HAProxy's
     // `send-proxy`: the header goes right after the connect, before any byte of the client's.
-    let opened = open(backend.addr, timeout).and_then(|stream| {
+    let opened = open(backend.addr(), timeout).and_then(|stream| {
         if let Some(version) = backend.send_proxy() {
             (&stream).write_all(&proxy_protocol::encode(version, client.origin()))?;
         }
@@ -67,11 +67,11 @@ fn attempt(
         Err(e) if is_local_resource(&e) => {
             log::warn!(
                 "{label}: connect to {} {}: {e} (a shortage on this host, not counted against the backend)",
-                backend.name,
-                backend.addr
+                backend.name(),
+                backend.addr()
             );
             let why = e.to_string();
-            Err((Failure::at(&backend.name, Party::Local, Phase::Connect, Cause::Io(e)), why))
+            Err((Failure::at(backend.name(), Party::Local, Phase::Connect, Cause::Io(e)), why))
         }
         Err(e) => {
             let why = describe(&e);
@@ -80,7 +80,7 @@ fn attempt(
             } else {
                 Cause::Io(e)
             };
-            let f = Failure::at(&backend.name, Party::Backend, Phase::Connect, cause);
+            let f = Failure::at(backend.name(), Party::Backend, Phase::Connect, cause);
             balancer.record_failure(backend, &f);
             Err((f, why))
         }
@@ -98,7 +98,7 @@ pub fn secure(
     tls: Option<&crate::tls::Backends>,
     timeout: Duration,
 ) -> Result<Stream<TcpStream>, Failure> {
-    let Some((config, name)) = tls.and_then(|t| t.get(&backend.spec)) else {
+    let Some((config, name)) = tls.and_then(|t| t.get(backend.spec())) else {
         return Ok(Stream::Plain(stream));
     };
     let limit = (!timeout.is_zero()).then_some(timeout);
@@ -106,7 +106,7 @@ pub fn secure(
     let _ = stream.set_write_timeout(limit);
     crate::tls::stream::connect(stream, config, &name).map_err(|why| {
         let why = format!("TLS with {name}: {why}");
-        let f = Failure::at(&backend.name, Party::Backend, Phase::Connect, Cause::Invalid(why));
+        let f = Failure::at(backend.name(), Party::Backend, Phase::Connect, Cause::Invalid(why));
         balancer.record_failure(backend, &f);
         f
     })
@@ -138,8 +138,8 @@ pub fn connect(
                 if let Some((b, e)) = failed.take() {
                     log::warn!(
                         "{label}: connect to {} {} failed ({e}); no other backend to try",
-                        b.name,
-                        b.addr
+                        b.name(),
+                        b.addr()
                     );
                 }
                 return Err(Failure::new(Party::Backend, Phase::Pick, Cause::Unavailable(why)));
@@ -149,10 +149,10 @@ pub fn connect(
         if let Some((b, e)) = failed.take() {
             log::warn!(
                 "{label}: connect to {} {} failed ({e}); retrying {} {}",
-                b.name,
-                b.addr,
-                backend.name,
-                backend.addr
+                b.name(),
+                b.addr(),
+                backend.name(),
+                backend.addr()
             );
         }
         let started = Instant::now();
@@ -166,20 +166,20 @@ pub fn connect(
             Ok(stream) => {
                 log::info!(
                     "{label} -> {} {} connected in {:.2} ms ({})",
-                    backend.name,
-                    backend.addr,
+                    backend.name(),
+                    backend.addr(),
                     started.elapsed().as_secs_f64() * 1000.0,
                     pick.reason
                 );
                 if events::wants_pick() {
-                    events::pick(label, &client.peer, &backend.name, pick.algorithm, &pick.reason);
+                    events::pick(label, &client.peer, backend.name(), pick.algorithm, &pick.reason);
                 }
                 return Ok((stream, pick));
             }
             Err((f, _)) if f.party == Party::Local => return Err(f),
             Err((f, why)) => {
                 if events::wants_retry() {
-                    events::retry(label, &client.peer, &backend.name, &f.to_string());
+                    events::retry(label, &client.peer, backend.name(), &f.to_string());
                 }
                 tried.insert(&backend);
                 failed = Some((backend, why));

@@ -46,9 +46,9 @@ pub(super) fn post(admin: &Admin, path: &str, query: &str, peer: SocketAddr) -> 
     let name = percent_decode(name);
     let members = admin.balancer.members();
     // A member's own name, else every member of the `[backends]` line of that name (a DNS name).
-    let mut chosen: Vec<Arc<Backend>> = members.iter().filter(|b| b.name == name).cloned().collect();
+    let mut chosen: Vec<Arc<Backend>> = members.iter().filter(|b| b.name() == name).cloned().collect();
     if chosen.is_empty() {
-        chosen = members.iter().filter(|b| b.spec == name).cloned().collect();
+        chosen = members.iter().filter(|b| b.spec() == name).cloned().collect();
     }
     if chosen.is_empty() {
         return error(404, &format!("no backend named '{name}'"));
@@ -69,16 +69,16 @@ pub(super) fn post(admin: &Admin, path: &str, query: &str, peer: SocketAddr) -> 
         let what = match change {
             Change::State(state) => {
                 let before = b.set_admin_state(state, slowstart);
-                format!("{} -> {} (was {})", b.name, state.name(), before.name())
+                format!("{} -> {} (was {})", b.name(), state.name(), before.name())
             }
             Change::Weight(w) => {
                 let before = b.weight();
                 b.set_runtime_weight(w);
-                format!("{} weight {before} -> {w}", b.name)
+                format!("{} weight {before} -> {w}", b.name())
             }
         };
         log::warn!("admin {peer}: {what}; lasts until a reload changes its line, or a restart");
-        events::state(&b.name, b.state_text(), &format!("admin {peer}: {what}"));
+        events::state(b.name(), b.state_text(), &format!("admin {peer}: {what}"));
         answers.push(backend_json(b));
     }
     if matches!(change, Change::Weight(_)) {

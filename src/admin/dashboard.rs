@@ -65,12 +65,12 @@ impl Dashboard {
         // on the request path.
         let mut picks_now = 0u64;
         for b in members.iter() {
-            let total = b.total.load(Ordering::Relaxed);
-            let before = self.totals.get(&b.id).copied().unwrap_or(total);
+            let total = b.total();
+            let before = self.totals.get(&b.id()).copied().unwrap_or(total);
             picks_now += total.saturating_sub(before);
             let rps = (total.saturating_sub(before) as f64 / secs * 10.0).round() / 10.0;
-            totals.insert(b.id, total);
-            rates.insert(b.name.clone(), json!(rps));
+            totals.insert(b.id(), total);
+            rates.insert(b.name().to_string(), json!(rps));
             let mut v = backend_json(b);
             v["rps"] = json!(rps);
             backends.push(v);

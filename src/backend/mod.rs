@@ -1,48 +1,28 @@
 //! The backends: identity, configured and effective weight, connection limit, health, counters,
-//! latency, and their idle keep-alive connections. [`health`] holds the rise/fall hysteresis
-//! and slow start, [`latency`] the response-time figures.
+//! latency, open tunnels, and their idle keep-alive connections. [`health`] holds the rise/fall
+//! hysteresis and slow start, [`latency`] the response-time figures, [`pool`] the idle
+//! connections, [`members`] what a `[backends]` line stands for.
+//!
+//! A `Backend` owns its fields: others read them through methods and change them only through
+//! the few that mean something (take or give a slot, record a failure, pool a connection).
 //!
 //! A backend is shared as `Arc<Backend>`: the balancer's member list can be replaced (reload,
 //! DNS) while connections to a removed backend still hold it and drain.
 
 pub mod health;
 pub mod latency;
+pub mod members;
+pub mod pool;
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::backend::health::{Health, Transition};
 use crate::backend::latency::Latency;
-use crate::config::{BackendSpec, HealthSettings, ProxyVersion};
+use crate::backend::pool::IdlePool;
+use crate::config::{HealthSettings, ProxyVersion};
 use crate::error::{Cause, Failure, Phase};
-
-/// A backend's idle connections, each with the time it was returned.
-#[derive(Debug)]
-pub struct IdlePool {
-    pub tx: crossbeam_channel::Sender<(TcpStream, Instant)>,
-    pub rx: crossbeam_channel::Receiver<(TcpStream, Instant)>,
-}
-
-impl Default for IdlePool {
-    fn default() -> IdlePool {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        IdlePool { tx, rx }
-    }
-}
-
-impl IdlePool {
-    /// How many are idle.
-    pub fn len(&self) -> usize {
-        self.rx.len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.rx.is_empty()
-    }
-}
 
 pub use crate::clock::now_ms;
 
@@ -85,13 +65,13 @@ pub const WEIGHT_SCALE: u64 = 1000;
 #[derive(Debug)]
 pub struct Backend {
     /// Unique in this process; identifies the backend across member-list changes.
-    pub id: u64,
+    id: u64,
     /// Name used in logs and stats (`app1`, or `web@10.0.0.5:80` for a DNS member).
-    pub name: String,
+    name: String,
     /// The `[backends]` key it came from.
-    pub spec: String,
+    spec: String,
     /// Where to connect.
-    pub addr: SocketAddr,
+    addr: SocketAddr,
     weight: AtomicU32,
     /// The weight its configuration line gave, so a reload can tell a changed line from a
     /// runtime weight change.
@@ -101,24 +81,25 @@ pub struct Backend {
     /// An [`AdminState`] as u8: read on every pick, so an atomic rather than a lock.
     admin: AtomicU8,
     /// Connections (TCP mode) or requests (HTTP mode) in flight.
-    pub active: AtomicUsize,
+    active: AtomicUsize,
     /// Picks waiting for a slot that this backend (up, but at `max_conns`) could serve.
-    pub queued: AtomicUsize,
+    queued: AtomicUsize,
     /// Connections or requests ever sent here.
-    pub total: AtomicU64,
+    total: AtomicU64,
     /// Failed connects and broken exchanges.
-    pub failures: AtomicU64,
+    failures: AtomicU64,
     /// Bytes relayed from clients to this backend.
-    pub bytes_up: AtomicU64,
+    bytes_up: AtomicU64,
     /// Bytes relayed from this backend to clients.
-    pub bytes_down: AtomicU64,
+    bytes_down: AtomicU64,
     /// Up or down, and why.
-    pub health: Health,
+    health: Health,
     /// Request (HTTP) or connection (TCP) durations.
-    pub latency: Latency,
-    /// Idle persistent connections (HTTP mode), oldest first. A channel rather than a locked
-    /// list: taking and returning one per request must not serialise hundreds of workers.
-    pub idle: IdlePool,
+    latency: Latency,
+    /// Idle persistent connections (HTTP mode).
+    idle: IdlePool,
+    /// Open tunnels (HTTP upgrades).
+    tunnels: AtomicU64,
     /// PROXY header version sent first on each connection: 0 none, 1 v1, 2 v2 (`send_proxy=`).
     send_proxy: AtomicU8,
 }
@@ -146,8 +127,119 @@ impl Backend {
             health: Health::default(),
             latency: Latency::default(),
             idle: IdlePool::default(),
+            tunnels: AtomicU64::new(0),
             send_proxy: AtomicU8::new(0),
         }
+    }
+
+    /// Unique in this process; identifies the backend across member-list changes.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Its name in logs and stats (`app1`, or `web@10.0.0.5:80` for a DNS member).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The `[backends]` key it came from.
+    pub fn spec(&self) -> &str {
+        &self.spec
+    }
+
+    /// Where to connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Up or down, and why.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Request (HTTP) or connection (TCP) durations.
+    pub fn latency(&self) -> &Latency {
+        &self.latency
+    }
+
+    /// Connections (TCP mode) or requests (HTTP mode) in flight.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Picks waiting for a slot that this backend (up, but at `max_conns`) could serve.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Connections or requests ever sent here.
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Failed connects and broken exchanges.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Bytes relayed (to it, from it).
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.bytes_up.load(Ordering::Relaxed), self.bytes_down.load(Ordering::Relaxed))
+    }
+
+    /// Takes a slot for a new connection or request (the balancer's pick, under its lock).
+    pub fn take_slot(&self) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Gives a slot back (the balancer's guard, on drop).
+    pub fn give_slot(&self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Counts a pick waiting (`true`) or no longer waiting for a slot here.
+    pub fn set_queued(&self, waiting: bool) {
+        if waiting {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets the in-flight count, for the algorithms' tests.
+    #[cfg(test)]
+    pub fn set_active(&self, n: usize) {
+        self.active.store(n, Ordering::Relaxed);
+    }
+
+    /// A quiet idle connection to reuse, if one is pooled.
+    pub fn take_idle(&self) -> Option<TcpStream> {
+        self.idle.take(&self.name)
+    }
+
+    /// Pools a connection after a complete exchange; closed instead when `cap` are idle here
+    /// already or the backend was removed.
+    pub fn put_idle(&self, stream: TcpStream, cap: usize) {
+        if !self.is_retired() {
+            self.idle.put(stream, cap);
+        }
+    }
+
+    /// How many idle connections are pooled.
+    pub fn idle_count(&self) -> usize {
+        self.idle.len()
+    }
+
+    /// Counts a tunnel (an HTTP upgrade) to it as open until the guard drops.
+    pub fn open_tunnel(self: &Arc<Self>) -> TunnelGuard {
+        self.tunnels.fetch_add(1, Ordering::Relaxed);
+        TunnelGuard(self.clone())
+    }
+
+    /// Open tunnels.
+    pub fn tunnels(&self) -> u64 {
+        self.tunnels.load(Ordering::Relaxed)
     }
 
     /// The PROXY header version each new connection starts with (`send_proxy=`), if any.
@@ -252,13 +344,13 @@ impl Backend {
     /// Whether it is at its connection limit.
     pub fn is_full(&self) -> bool {
         let max = self.max_conns();
-        max > 0 && self.active.load(Ordering::Acquire) >= max
+        max > 0 && self.active() >= max
     }
 
     /// Marks it removed from the member list: no new connections, idle ones closed.
     pub fn retire(&self) {
         self.removed.store(true, Ordering::Relaxed);
-        while self.idle.rx.try_recv().is_ok() {}
+        self.idle.clear();
     }
 
     /// Whether a reload or DNS change removed it.
@@ -270,19 +362,20 @@ impl Backend {
     /// backend. Only its own failures do, never ours (a descriptor shortage), the client's, or
     /// finding no backend at all ([`Failure::counts_against_backend`]). Each one counts in
     /// `failures`. One in connecting or in an HTTP exchange also counts towards `max_fails`
-    /// within `fail_window` and can mark it down (as nginx counts `max_fails`); a TCP relay's
-    /// error once bytes flow does not, and its idle timeout is nobody's failure. Returns
-    /// whether it counted.
+    /// within `fail_window` and can mark it down (as nginx counts `max_fails`); an error once
+    /// bytes flow (a TCP relay's, a response body's) does not, and a relay's idle timeout is
+    /// nobody's failure. Returns whether it counted.
     pub fn record_failure(&self, f: &Failure, s: &HealthSettings) -> bool {
         if !f.counts_against_backend() {
             return false;
         }
-        if f.phase == Phase::Relay {
-            if matches!(f.cause, Cause::Timeout) {
-                return false;
+        match f.phase {
+            Phase::Relay if matches!(f.cause, Cause::Timeout) => return false,
+            Phase::Relay | Phase::Body => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                return true;
             }
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            return true;
+            _ => {}
         }
         self.record_fail(&f.cause.to_string(), s);
         true
@@ -323,97 +416,30 @@ impl Backend {
     }
 }
 
-/// The members `spec` stands for: one per resolved address. A DNS name's members are named
-/// `name@addr` so each keeps its identity as records come and go.
-pub fn members_of(spec: &BackendSpec, addrs: &[SocketAddr]) -> Vec<(String, SocketAddr)> {
-    addrs
-        .iter()
-        .map(|&a| (if spec.dns { format!("{}@{a}", spec.name) } else { spec.name.clone() }, a))
-        .collect()
-}
+/// An open tunnel, counted on its backend until dropped.
+#[derive(Debug)]
+pub struct TunnelGuard(Arc<Backend>);
 
-/// Builds fresh members for every spec at its resolved addresses.
-pub fn build(specs: &[BackendSpec]) -> Vec<Arc<Backend>> {
-    specs
-        .iter()
-        .flat_map(|s| {
-            members_of(s, &s.addrs).into_iter().map(move |(name, addr)| {
-                Arc::new(
-                    Backend::new(name, s.name.clone(), addr, s.weight, s.max_conns)
-                        .with_send_proxy(s.send_proxy),
-                )
-            })
-        })
-        .collect()
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A per-backend summary line: `app1 127.0.0.1:9090 up total=12 failures=0 active=0 sent=120B
 /// received=160B` (bytes sent to the backend and received from it).
 pub fn summary_line(b: &Backend) -> String {
+    let (up, down) = b.bytes();
     format!(
-        "{} {} {} total={} failures={} active={} sent={}B received={}B",
+        "{} {} {} total={} failures={} active={} sent={up}B received={down}B",
         b.name,
         b.addr,
         if b.health.is_up() { "up" } else { "DOWN" },
-        b.total.load(Ordering::Relaxed),
-        b.failures.load(Ordering::Relaxed),
-        b.active.load(Ordering::Relaxed),
-        b.bytes_up.load(Ordering::Relaxed),
-        b.bytes_down.load(Ordering::Relaxed),
+        b.total(),
+        b.failures(),
+        b.active(),
     )
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::testing::health;
-    use crate::config::HealthSettings;
-    use crate::error::Party;
-    use std::time::Duration;
-
-    #[test]
-    fn only_the_backends_own_failures_count_and_only_before_a_relay_can_mark_it_down() {
-        let s = HealthSettings { max_fails: 2, fail_window: Duration::from_secs(60), ..health() };
-        let b = Backend::new("a".into(), "a".into(), ([127, 0, 0, 1], 1).into(), 1, 0);
-        let refused = || Cause::Io(std::io::ErrorKind::ConnectionRefused.into());
-        let failures = || b.failures.load(Ordering::Relaxed);
-        // Ours (a descriptor shortage), the client's, and finding no backend count for nothing.
-        assert!(!b.record_failure(&Failure::at("a", Party::Local, Phase::Connect, refused()), &s));
-        assert!(!b.record_failure(&Failure::at("a", Party::Client, Phase::Request, refused()), &s));
-        assert!(!b.record_failure(&Failure::new(Party::Backend, Phase::Connect, refused()), &s));
-        assert_eq!(failures(), 0);
-        // A TCP relay's idle timeout is nobody's failure; its errors count, but never mark down.
-        assert!(!b.record_failure(&Failure::at("a", Party::Backend, Phase::Relay, Cause::Timeout), &s));
-        for _ in 0..3 {
-            assert!(b.record_failure(&Failure::at("a", Party::Backend, Phase::Relay, refused()), &s));
-        }
-        assert_eq!(failures(), 3);
-        assert!(b.health.is_up(), "relay errors never mark a backend down");
-        // Connecting, or an exchange: `max_fails` of them within the window mark it down.
-        assert!(b.record_failure(&Failure::at("a", Party::Backend, Phase::Connect, refused()), &s));
-        assert!(b.health.is_up());
-        assert!(b.record_failure(&Failure::at("a", Party::Backend, Phase::Head, Cause::Timeout), &s));
-        assert!(!b.health.is_up(), "down after max_fails");
-        assert_eq!(failures(), 5);
-        // A 5xx counts only when `observe_5xx` says so.
-        let c = Backend::new("c".into(), "c".into(), ([127, 0, 0, 1], 2).into(), 1, 0);
-        c.record_status(503, &HealthSettings { observe_5xx: false, ..s.clone() });
-        c.record_status(200, &HealthSettings { observe_5xx: true, ..s.clone() });
-        assert_eq!(c.failures.load(Ordering::Relaxed), 0);
-        c.record_status(502, &HealthSettings { observe_5xx: true, ..s });
-        assert_eq!(c.failures.load(Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn slow_start_ramps_the_weight_after_recovery_only() {
-        let s = HealthSettings { rise: 1, fall: 1, slowstart: Duration::from_secs(100), ..health() };
-        let b = crate::backend::Backend::new("a".into(), "a".into(), ([127, 0, 0, 1], 1).into(), 2, 0);
-        assert_eq!(b.effective_weight(now_ms()), 2000, "full weight at start");
-        b.health.observe_check(Err("x".into()), &s);
-        b.health.observe_check(Ok(()), &s);
-        let w = b.effective_weight(now_ms());
-        assert!((1..200).contains(&w), "near zero right after recovery: {w}");
-        assert_eq!(b.effective_weight(now_ms() + 50_000) / 100, 10, "half way at half time");
-        assert_eq!(b.effective_weight(now_ms() + 200_000), 2000);
-    }
-}
+mod tests;

@@ -100,23 +100,23 @@ pub fn spawn_checker(
                 // A backend in maintenance is not checked: its state is the operator's.
                 for b in members.iter().filter(|b| b.admin_state() != AdminState::Maint) {
                     let (s, balancer) = (&s, &balancer);
-                    let tls = tls.as_ref().and_then(|t| t.get(&b.spec));
+                    let tls = tls.as_ref().and_then(|t| t.get(b.spec()));
                     let spawned =
                         thread::Builder::new().stack_size(64 * 1024).spawn_scoped(scope, move || {
-                            let outcome = match check(b.addr, s, tls, b.send_proxy()) {
+                            let outcome = match check(b.addr(), s, tls, b.send_proxy()) {
                                 Ok(outcome) => outcome,
                                 Err(Skipped(why)) => {
                                     if let Some(n) = SKIPPED.check() {
                                         log::warn!(
                                             "health check of {} skipped: {why} (this host's shortage, not the backend's){}",
-                                            b.name,
+                                            b.name(),
                                             held_back(n)
                                         );
                                     }
                                     return;
                                 }
                             };
-                            if let Some(t) = b.health.observe_check(outcome, s) {
+                            if let Some(t) = b.health().observe_check(outcome, s) {
                                 b.log_transition(&t);
                                 if matches!(t, Transition::Up(_)) {
                                     balancer.wake();
@@ -124,7 +124,7 @@ pub fn spawn_checker(
                             }
                         });
                     if let Err(e) = spawned {
-                        log::warn!("health check of {}: cannot start a thread: {e}", b.name);
+                        log::warn!("health check of {}: cannot start a thread: {e}", b.name());
                     }
                 }
             });

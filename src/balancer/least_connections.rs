@@ -34,7 +34,6 @@ impl Select for LeastConnections {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
 
     use super::*;
     use crate::balancer::testing::{members, run};
@@ -43,7 +42,7 @@ mod tests {
     fn chooses_the_least_loaded() {
         let b = members(&[1, 1, 1]);
         for (x, c) in b.iter().zip([2, 0, 1]) {
-            x.active.store(c, Ordering::Relaxed);
+            x.set_active(c);
         }
         assert_eq!(run(&mut LeastConnections::new(), &b, 1, 0), [1]);
     }
@@ -60,16 +59,16 @@ mod tests {
         let mut lc = LeastConnections::new();
         for _ in 0..400 {
             let i = run(&mut lc, &b, 1, 0)[0];
-            b[i].active.fetch_add(1, Ordering::Relaxed);
+            b[i].set_active(b[i].active() + 1);
         }
-        assert_eq!(b[0].active.load(Ordering::Relaxed), 100);
-        assert_eq!(b[1].active.load(Ordering::Relaxed), 300);
+        assert_eq!(b[0].active(), 100);
+        assert_eq!(b[1].active(), 300);
     }
 
     #[test]
     fn respects_allowed_and_empty_sets() {
         let b = members(&[1, 1]);
-        b[1].active.store(5, Ordering::Relaxed);
+        b[1].set_active(5);
         let only_second = |i: usize| i == 1;
         let view = View { members: &b, allowed: &only_second, now: 0, key: Some(0) };
         assert_eq!(LeastConnections::new().select(&view), Some(1));

@@ -56,7 +56,7 @@ impl View<'_> {
 
     /// Member `i`'s connections (or requests) in flight.
     pub fn active(&self, i: usize) -> u64 {
-        self.members[i].active.load(Ordering::Acquire) as u64
+        self.members[i].active() as u64
     }
 
     /// Member `i`'s effective weight, in thousandths (slow start included).
@@ -117,8 +117,8 @@ impl Tried {
     /// Marks `b` as tried, after an attempt on it failed.
     pub fn insert(&mut self, b: &Backend) {
         self.failed += 1;
-        if !self.ids.contains(&b.id) {
-            self.ids.push(b.id);
+        if !self.ids.contains(&b.id()) {
+            self.ids.push(b.id());
         }
     }
 
@@ -129,7 +129,7 @@ impl Tried {
 
     /// Whether `b` was tried.
     pub fn contains(&self, b: &Backend) -> bool {
-        self.ids.contains(&b.id)
+        self.ids.contains(&b.id())
     }
 
     /// How many backends were tried.
@@ -274,8 +274,7 @@ impl Balancer {
                 let reason =
                     if explain { explain_choice(*algorithm, &view, i, tried) } else { String::new() };
                 let b = members[i].clone();
-                b.active.fetch_add(1, Ordering::AcqRel);
-                b.total.fetch_add(1, Ordering::Relaxed);
+                b.take_slot();
                 let guard = ActiveGuard { backend: b, core: self.core.clone() };
                 return Ok(Pick { guard, reason, algorithm: algorithm.name() });
             }
@@ -323,7 +322,7 @@ struct Waiting<'a> {
 impl<'a> Waiting<'a> {
     fn new(core: &'a Core, full: Vec<Arc<Backend>>) -> Waiting<'a> {
         for b in &full {
-            b.queued.fetch_add(1, Ordering::Relaxed);
+            b.set_queued(true);
         }
         core.waiting.fetch_add(1, Ordering::SeqCst);
         // Pairs with the fence in `ActiveGuard::drop` (store, fence, load on both sides): either
@@ -337,7 +336,7 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.core.waiting.fetch_sub(1, Ordering::SeqCst);
         for b in &self.full {
-            b.queued.fetch_sub(1, Ordering::Relaxed);
+            b.set_queued(false);
         }
     }
 }
@@ -348,7 +347,7 @@ impl Drop for Waiting<'_> {
 fn explain_choice(algorithm: Algorithm, view: &View<'_>, chosen: usize, tried: &Tried) -> String {
     let mut reason = String::from(algorithm.name());
     let load = |reason: &mut String, i: usize| {
-        let _ = write!(reason, "{}={}", view.members[i].name, view.active(i));
+        let _ = write!(reason, "{}={}", view.members[i].name(), view.active(i));
         let w = view.weight(i);
         if w != WEIGHT_SCALE {
             let _ = write!(reason, "/w{}", w as f64 / WEIGHT_SCALE as f64);
@@ -371,7 +370,7 @@ fn explain_choice(algorithm: Algorithm, view: &View<'_>, chosen: usize, tried: &
                         load(&mut reason, i);
                     }
                 }
-                let _ = write!(reason, " → round-robin: {}", view.members[chosen].name);
+                let _ = write!(reason, " → round-robin: {}", view.members[chosen].name());
                 if !rest.is_empty() {
                     reason.push(';');
                 }
@@ -413,7 +412,7 @@ pub struct ActiveGuard {
 
 impl fmt::Debug for ActiveGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ActiveGuard({})", self.backend.name)
+        write!(f, "ActiveGuard({})", self.backend.name())
     }
 }
 
@@ -426,7 +425,7 @@ impl ActiveGuard {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.backend.active.fetch_sub(1, Ordering::AcqRel);
+        self.backend.give_slot();
         fence(Ordering::SeqCst);
         if self.core.waiting.load(Ordering::SeqCst) > 0 {
             // Taking the lock orders this wake-up after the waiter went to sleep.

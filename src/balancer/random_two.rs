@@ -50,7 +50,6 @@ impl Select for RandomTwo {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
 
     use super::*;
     use crate::balancer::testing::{members, run};
@@ -59,7 +58,7 @@ mod tests {
     fn never_picks_the_most_loaded_of_three() {
         let b = members(&[1, 1, 1]);
         for (x, c) in b.iter().zip([0, 1, 9]) {
-            x.active.store(c, Ordering::Relaxed);
+            x.set_active(c);
         }
         let picks = run(&mut RandomTwo::with_seed(7), &b, 300, 0);
         assert!(!picks.contains(&2), "the busiest is always beaten by its partner");
@@ -72,9 +71,9 @@ mod tests {
         let mut r = RandomTwo::with_seed(42);
         for _ in 0..8000 {
             let i = run(&mut r, &b, 1, 0)[0];
-            b[i].active.fetch_add(1, Ordering::Relaxed);
+            b[i].set_active(b[i].active() + 1);
         }
-        let load: Vec<f64> = b.iter().map(|x| x.active.load(Ordering::Relaxed) as f64 / 1000.0).collect();
+        let load: Vec<f64> = b.iter().map(|x| x.active() as f64 / 1000.0).collect();
         for (got, want) in load.iter().zip([1.0, 2.0, 5.0]) {
             assert!((got - want).abs() < 0.15, "load per weight unit {load:?}");
         }

@@ -34,7 +34,7 @@ impl SourceHash {
             .iter()
             .enumerate()
             .flat_map(|(i, b)| {
-                (0..b.weight() * POINTS_PER_WEIGHT).map(move |p| (point(&b.name, b.addr, p), i))
+                (0..b.weight() * POINTS_PER_WEIGHT).map(move |p| (point(b.name(), b.addr(), p), i))
             })
             .collect();
         ring.sort_unstable();
@@ -101,7 +101,7 @@ mod tests {
             b.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, x)| x.clone()).collect();
         let mut ring2 = SourceHash::new(&fewer);
         for (key, was) in k.iter().zip(&after) {
-            assert_eq!(fewer[owner(&mut ring2, &fewer, *key, None)].name, b[*was].name);
+            assert_eq!(fewer[owner(&mut ring2, &fewer, *key, None)].name(), b[*was].name());
         }
     }
 
@@ -138,7 +138,7 @@ mod published {
     fn owner(ring: &mut SourceHash, b: &[Arc<Backend>], ip: IpAddr) -> String {
         let allowed = |_: usize| true;
         let view = View { members: b, allowed: &allowed, now: 0, key: Some(source_key(ip)) };
-        b[ring.select(&view).expect("a backend")].name.clone()
+        b[ring.select(&view).expect("a backend")].name().to_string()
     }
 
     /// The manual's vectors ("Running several instances"): another implementation of the ring
@@ -197,7 +197,7 @@ mod published {
                 for (ip, was) in clients.iter().zip(&before) {
                     let now = owner(&mut ring, &rest, *ip);
                     if &now != was {
-                        assert_eq!(was, &all[gone].name, "{ip} moved from a backend that stayed");
+                        assert_eq!(was, &all[gone].name(), "{ip} moved from a backend that stayed");
                         moved += 1;
                     }
                 }
@@ -205,7 +205,7 @@ mod published {
                 assert!(
                     share <= 1.3 / n as f64,
                     "n={n}, removing {}: {share:.4} moved > 1.3/{n}",
-                    all[gone].name
+                    all[gone].name()
                 );
             }
         }

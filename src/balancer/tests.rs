@@ -11,22 +11,22 @@ fn pick_counts_and_the_guard_gives_back() {
     let b = balancer(&[1, 1], Algorithm::LeastConnections);
     let first = b.pick(0, &Tried::default(), Duration::ZERO).expect("pick");
     let second = b.pick(0, &Tried::default(), Duration::ZERO).expect("pick");
-    assert_ne!(first.guard.backend().id, second.guard.backend().id);
-    assert_eq!(b.members()[0].active.load(Ordering::Relaxed), 1);
+    assert_ne!(first.guard.backend().id(), second.guard.backend().id());
+    assert_eq!(b.members()[0].active(), 1);
     drop((first, second));
-    assert!(b.members().iter().all(|x| x.active.load(Ordering::Relaxed) == 0));
+    assert!(b.members().iter().all(|x| x.active() == 0));
 }
 
 #[test]
 fn tried_and_down_backends_are_skipped() {
     let b = balancer(&[1, 1, 1], Algorithm::RoundRobin);
-    b.members()[1].health.force_down("test");
+    b.members()[1].health().force_down("test");
     let mut tried = Tried::default();
     let first = b.pick(0, &tried, Duration::ZERO).expect("pick");
     tried.insert(first.guard.backend());
     let second = b.pick(0, &tried, Duration::ZERO).expect("pick");
     tried.insert(second.guard.backend());
-    assert_eq!([first.guard.backend().name.as_str(), second.guard.backend().name.as_str()], ["b0", "b2"]);
+    assert_eq!([first.guard.backend().name(), second.guard.backend().name()], ["b0", "b2"]);
     assert_eq!(b.pick(0, &tried, Duration::ZERO).err(), Some(Unavailable::NoneUp { tried: 2 }));
 }
 
@@ -46,7 +46,7 @@ fn full_backends_queue_until_a_slot_frees_or_the_timeout() {
     while b.queued() == 0 {
         std::thread::yield_now();
     }
-    assert_eq!(b.members()[0].queued.load(Ordering::Relaxed), 1, "the waiter is counted on the full backend");
+    assert_eq!(b.members()[0].queued(), 1, "the waiter is counted on the full backend");
     drop(held);
     assert!(waiter.join().expect("join").is_ok(), "the freed slot went to the waiter");
 }
@@ -66,8 +66,8 @@ fn concurrent_picks_never_lose_a_count() {
         .collect();
     let picked: usize = threads.into_iter().map(|t| t.join().expect("join")).sum();
     assert_eq!(picked, 2400);
-    assert!(b.members().iter().all(|x| x.active.load(Ordering::Relaxed) == 0));
-    let totals: Vec<u64> = b.members().iter().map(|x| x.total.load(Ordering::Relaxed)).collect();
+    assert!(b.members().iter().all(|x| x.active() == 0));
+    let totals: Vec<u64> = b.members().iter().map(|x| x.total()).collect();
     assert_eq!(totals.iter().sum::<u64>(), 2400);
 }
 
@@ -78,16 +78,16 @@ fn replacing_members_keeps_counts_on_the_old_ones() {
     let old = held.guard.backend().clone();
     b.replace(testing::members(&[1, 1]), Algorithm::LeastConnections);
     assert_eq!(b.algorithm(), Algorithm::LeastConnections);
-    assert_eq!(old.active.load(Ordering::Relaxed), 1);
+    assert_eq!(old.active(), 1);
     drop(held);
-    assert_eq!(old.active.load(Ordering::Relaxed), 0);
+    assert_eq!(old.active(), 0);
 }
 
 /// The reason for choosing `chosen` when the members hold `active` connections.
 fn reason(active: &[usize], chosen: usize, allowed: &[bool]) -> String {
     let members = testing::members(&vec![1; active.len()]);
     for (m, &a) in members.iter().zip(active) {
-        m.active.store(a, Ordering::Relaxed);
+        m.set_active(a);
     }
     let ok = |i: usize| allowed[i];
     let view = View { members: &members, allowed: &ok, now: crate::backend::now_ms(), key: Some(0) };
@@ -119,7 +119,8 @@ fn a_runtime_weight_change_moves_the_hash_ring_too() {
         let keys = (0..2000u32).map(|i| source_key(std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes())));
         let on_b1 = keys
             .filter(|&k| {
-                b.pick(Some(k), &Tried::default(), Duration::ZERO).expect("pick").guard.backend().name == "b1"
+                b.pick(Some(k), &Tried::default(), Duration::ZERO).expect("pick").guard.backend().name()
+                    == "b1"
             })
             .count();
         on_b1 as f64 / 2000.0

@@ -8,13 +8,12 @@
 
 use std::io::{self, Write};
 use std::net::TcpStream;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::context::{Attempt, BackendStream, Exchange, Record, Scratch, VIA};
 use super::interim::{self, Verdict};
-use super::keepalive;
+
 use super::retry::{self, Retry};
 use super::upgrade::{self, Switched};
 use crate::backend::Backend;
@@ -57,10 +56,10 @@ impl Exchange<'_> {
         loop {
             let pick = self.pick(attempt)?;
             let backend: Arc<Backend> = pick.guard.backend().clone();
-            record.backend.clone_from(&backend.name);
+            backend.name().clone_into(&mut record.backend);
             record.reason.clone_from(&pick.reason);
             if events::wants_pick() {
-                events::pick(&self.label(), &self.conn.peer, &backend.name, pick.algorithm, &pick.reason);
+                events::pick(&self.label(), &self.conn.peer, backend.name(), pick.algorithm, &pick.reason);
             }
             let (stream, reused) = match self.connect(&backend, attempt) {
                 Ok(found) => found,
@@ -69,7 +68,7 @@ impl Exchange<'_> {
                     continue;
                 }
             };
-            let attached = self.conn.attach(stream.tcp(), backend.id);
+            let attached = self.conn.attach(stream.tcp(), backend.id());
             let mut bw = Wire::with_buffer(&stream, std::mem::take(&mut scratch.backend_in));
             let side = ClientSide {
                 method: &self.head.method,
@@ -82,7 +81,7 @@ impl Exchange<'_> {
             let resp = match self.send(cw, &mut bw, &side, &backend, scratch, record, attempt) {
                 Ok(Verdict::Final(resp)) => Ok(resp),
                 Ok(Verdict::Continue) => {
-                    interim::read_final(self, &mut bw, &side, &backend.name, scratch, attempt, None)
+                    interim::read_final(self, &mut bw, &side, backend.name(), scratch, attempt, None)
                 }
                 Err(f) => Err(f),
             };
@@ -119,7 +118,7 @@ impl Exchange<'_> {
             backend.record_bytes(record.bytes_in, record.bytes_out);
             drop(attached);
             drop(pick);
-            backend.latency.record(started.elapsed());
+            backend.latency().record(started.elapsed());
             // A backend that answered before the body was sent expects it still: never pooled.
             if attempt.body_done {
                 self.release(stream, &backend, &resp, surplus);
@@ -168,7 +167,7 @@ impl Exchange<'_> {
     /// A quiet pooled connection to `backend`, or a fresh one. Returns it and whether it was
     /// pooled.
     fn connect(&self, backend: &Backend, attempt: &mut Attempt) -> Result<(BackendStream, bool), Failure> {
-        let pooled = if attempt.fresh_only { None } else { keepalive::take(backend) };
+        let pooled = if attempt.fresh_only { None } else { backend.take_idle() };
         attempt.fresh_only = false;
         if let Some(stream) = pooled {
             return Ok((Stream::Plain(stream), true));
@@ -179,7 +178,7 @@ impl Exchange<'_> {
         let tls = self.ctx.backend_tls.as_deref();
         let stream =
             upstream::secure(&self.ctx.balancer, backend, stream, tls, t.connect).inspect_err(|f| {
-                log::warn!("{label}: {} {}: {}", backend.name, backend.addr, f.cause);
+                log::warn!("{label}: {} {}: {}", backend.name(), backend.addr(), f.cause);
             })?;
         let stream_tcp = stream.tcp();
         let _ = stream_tcp.set_read_timeout(as_limit(t.response));
@@ -202,7 +201,8 @@ impl Exchange<'_> {
         attempt: &mut Attempt,
     ) -> Result<Verdict, Failure> {
         let stream = bw.stream;
-        let to_backend = |e: io::Error| Failure::at(&backend.name, Party::Backend, Phase::Send, Cause::Io(e));
+        let to_backend =
+            |e: io::Error| Failure::at(backend.name(), Party::Backend, Phase::Send, Cause::Io(e));
         let mut bout = Coalesce::new(stream, &mut scratch.backend_out);
         bout.write_all(&scratch.head).map_err(to_backend)?;
         if !self.has_body() {
@@ -212,7 +212,7 @@ impl Exchange<'_> {
         if self.head.expect_continue && !attempt.continued {
             bout.flush().map_err(to_backend)?;
             if let Verdict::Final(resp) =
-                interim::await_continue(self, bw, side, &backend.name, scratch, attempt)?
+                interim::await_continue(self, bw, side, backend.name(), scratch, attempt)?
             {
                 return Ok(Verdict::Final(resp));
             }
@@ -259,7 +259,7 @@ impl Exchange<'_> {
                 log::debug!(
                     "req {}: pooled connection to {} was stale ({f}); retrying",
                     self.head.request_id,
-                    backend.name
+                    backend.name()
                 );
                 attempt.fresh_only = true;
                 Ok(())
@@ -281,7 +281,7 @@ impl Exchange<'_> {
                     self.ctx.balancer.record_failure(backend, &f);
                 }
                 if events::wants_retry() {
-                    events::retry(&self.label(), &self.conn.peer, &backend.name, &f.to_string());
+                    events::retry(&self.label(), &self.conn.peer, backend.name(), &f.to_string());
                 }
                 if f.phase != Phase::Connect {
                     attempt.broke = Some(f);
@@ -320,12 +320,13 @@ impl Exchange<'_> {
                 // As nginx: what arrived goes on to the client, then the connection closes, so
                 // the client sees a truncated body, never one that looks complete.
                 let _ = cout.flush();
-                backend.failures.fetch_add(1, Ordering::Relaxed);
-                return Err(Failure::at(&backend.name, Party::Backend, Phase::Body, Cause::Io(e)));
+                let f = Failure::at(backend.name(), Party::Backend, Phase::Body, Cause::Io(e));
+                self.ctx.balancer.record_failure(backend, &f);
+                return Err(f);
             }
             Err(BodyError::TooLarge) => {
                 let cause = Cause::Invalid("response body too large".into());
-                return Err(Failure::at(&backend.name, Party::Backend, Phase::Body, cause));
+                return Err(Failure::at(backend.name(), Party::Backend, Phase::Body, cause));
             }
         }
         Ok(bw.buffered().len())
@@ -338,7 +339,7 @@ impl Exchange<'_> {
             log::warn!(
                 "req {}: {} sent {surplus} byte(s) beyond the response's framing; discarded, connection closed",
                 self.head.request_id,
-                backend.name
+                backend.name()
             );
             return;
         }
@@ -351,9 +352,9 @@ impl Exchange<'_> {
         // TLS backend connections are closed after their response (a known cost: one handshake
         // per request to a `tls` backend).
         let Stream::Plain(stream) = stream else { return };
-        // No peek here: every reuse peeks first (`keepalive::take`), which sees whatever a peek
+        // No peek here: every reuse peeks first (`Backend::take_idle`), which sees whatever a peek
         // now would see and whatever arrives later, so one peek per request is enough.
-        keepalive::put(backend, stream, self.ctx.config.http.backend_keepalive);
+        backend.put_idle(stream, self.ctx.config.http.backend_keepalive);
     }
 }
 

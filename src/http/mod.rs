@@ -5,7 +5,6 @@ mod client;
 pub mod context;
 mod exchange;
 mod interim;
-pub mod keepalive;
 pub mod proxy;
 pub mod retry;
 mod timers;

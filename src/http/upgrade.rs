@@ -13,6 +13,7 @@ use std::time::Instant;
 use super::client::access_log;
 use super::context::{BackendStream, Exchange, HttpContext, Record, Scratch};
 use crate::backend::Backend;
+use crate::backend::TunnelGuard;
 use crate::balancer::Pick;
 use crate::conn::accept::ClientStream;
 use crate::conn::{Conn, Quiet};
@@ -21,7 +22,6 @@ use crate::h1::request::RequestHead;
 use crate::h1::{Coalesce, Wire};
 use crate::park::PARK_AFTER;
 use crate::relay::{self, End, Progress, Relayed};
-use crate::stats::TunnelGuard;
 use crate::tls::stream::Stream;
 
 /// A tunnel's backend side between turns: its slot, its TLS state, its count in /stats and how
@@ -60,17 +60,17 @@ pub(super) fn switch(
     cw: &mut Wire<&ClientStream<'_>>,
     bw: &mut Wire<&BackendStream>,
     stream: &BackendStream,
-    backend: &Backend,
+    backend: &Arc<Backend>,
     scratch: &mut Scratch,
     record: &mut Record,
 ) -> Result<Switched, Failure> {
     let client_gone = |e: io::Error| Failure::new(Party::Client, Phase::Body, Cause::Io(e));
     // Counted before the 101 leaves, so whoever sees the switch also sees the tunnel in /stats.
-    let open = ex.ctx.counters.open_tunnel(&backend.name);
+    let open = backend.open_tunnel();
     let mut cout = Coalesce::new(ex.client, &mut scratch.client_out);
     cout.write_all(&scratch.resp_head).and_then(|()| cout.flush()).map_err(client_gone)?;
     record.bytes_out += scratch.resp_head.len() as u64;
-    log::debug!("req {}: {} switched protocols; tunnelling", ex.head.request_id, backend.name);
+    log::debug!("req {}: {} switched protocols; tunnelling", ex.head.request_id, backend.name());
     let mut guard;
     let (sock, tls) = match ex.client {
         Stream::Plain(s) => (*s, None),
@@ -119,7 +119,7 @@ fn ended(request_id: &str, backend: &Backend, record: &mut Record, out: crate::r
         None => {}
         Some((_, e)) if e.kind() == io::ErrorKind::TimedOut => {
             record.note = "tunnel idle timeout".into();
-            log::info!("req {request_id}: tunnel to {} idle for tunnel_ms, closed", backend.name);
+            log::info!("req {request_id}: tunnel to {} idle for tunnel_ms, closed", backend.name());
         }
         Some((party, e)) => {
             let by = if party == Party::Client { "client" } else { "backend" };
@@ -150,7 +150,7 @@ pub(super) fn park(
     scratch: &mut Scratch,
 ) {
     let Some(parker) = ctx.parker.as_deref() else { return };
-    let (progress, id) = (parked.tunnel.progress, parked.tunnel.backend.id);
+    let (progress, id) = (parked.tunnel.progress, parked.tunnel.backend.id());
     conn.go_quiet(Quiet::after(&progress, ctx.config.timeouts.tunnel, sock, id, Box::new(parked)));
     if let Some(back) = parker.park_quiet(conn) {
         run(back, ctx, false, scratch);
@@ -176,7 +176,7 @@ fn run(mut conn: Conn, ctx: &HttpContext, may_park: bool, scratch: &mut Scratch)
     let after = may_park.then_some(PARK_AFTER);
     let step = {
         let t = &mut parked.tunnel;
-        let _attached = conn.attach(&sock, t.backend.id);
+        let _attached = conn.attach(&sock, t.backend.id());
         let client = End { sock: &conn.stream, tls: session.as_mut().map(|s| s.get_mut()), early: &[] };
         let backend = End { sock: &sock, tls: t.tls.as_mut(), early: &[] };
         relay::resume(client, backend, ctx.config.timeouts.tunnel, &mut scratch.relay, t.progress, after)

@@ -16,7 +16,8 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use crate::backend::{members_of, AdminState, Backend};
+use crate::backend::members::members_of;
+use crate::backend::{AdminState, Backend};
 use crate::balancer::Balancer;
 use crate::config::keys::{Key, KEYS};
 use crate::config::{BackendSpec, Config, ConfigError};
@@ -105,7 +106,7 @@ impl Discovery {
             notes.push("[health] updated".to_string());
             if old.health.enabled && !new.health.enabled {
                 for b in self.balancer.members().iter() {
-                    b.health.checks_stopped();
+                    b.health().checks_stopped();
                 }
             }
         }
@@ -182,14 +183,14 @@ impl Discovery {
         for spec in specs {
             let addrs = if spec.dns { resolved.get(&spec.name).unwrap_or(&spec.addrs) } else { &spec.addrs };
             for (name, addr) in members_of(spec, addrs) {
-                match current.iter().find(|b| b.spec == spec.name && b.addr == addr && !b.is_retired()) {
+                match current.iter().find(|b| b.spec() == spec.name && b.addr() == addr && !b.is_retired()) {
                     Some(b) => {
                         b.set_send_proxy(spec.send_proxy);
                         // Compared with the line's weight, not the one in force: an operator's
                         // runtime change survives a reload that leaves the line alone.
                         if b.line_weight() != spec.weight || b.max_conns() != spec.max_conns {
                             // Only what changed is named.
-                            let mut what = b.name.clone();
+                            let mut what = b.name().to_string();
                             if b.line_weight() != spec.weight {
                                 let _ = write!(what, " weight {}->{}", b.line_weight(), spec.weight);
                             }
@@ -228,15 +229,14 @@ impl Discovery {
             parts.push(format!("added {}", added.join(", ")));
         }
         if !removed.is_empty() {
-            let draining: usize =
-                removed.iter().map(|b| b.active.load(std::sync::atomic::Ordering::Relaxed)).sum();
-            let names: Vec<&str> = removed.iter().map(|b| b.name.as_str()).collect();
+            let draining: usize = removed.iter().map(|b| b.active()).sum();
+            let names: Vec<&str> = removed.iter().map(|b| b.name()).collect();
             parts.push(format!(
                 "removed {} (draining {draining} connection(s), closed after {} ms)",
                 names.join(", "),
                 drain.as_millis()
             ));
-            self.close_after(removed.iter().map(|b| b.id).collect(), drain);
+            self.close_after(removed.iter().map(|b| b.id()).collect(), drain);
         }
         if !changed.is_empty() {
             parts.push(format!("changed {}", changed.join(", ")));
@@ -283,20 +283,20 @@ mod tests {
             .expect("parse");
         let config = raw.validate().expect("valid");
         let balancer = Arc::new(Balancer::new(
-            crate::backend::build(&config.backends),
+            crate::backend::members::build(&config.backends),
             config.algorithm,
             config.health.clone(),
         ));
         let (_stop_tx, stop) = crossbeam_channel::bounded(0);
         let d = Discovery::new(config.clone(), balancer.clone(), Registry::new(), stop);
-        let fixed = balancer.members().iter().find(|b| b.name == "fixed").cloned().expect("fixed");
+        let fixed = balancer.members().iter().find(|b| b.name() == "fixed").cloned().expect("fixed");
         let a: SocketAddr = "10.9.0.1:9".parse().expect("addr");
         let b: SocketAddr = "10.9.0.2:9".parse().expect("addr");
         let mut answers = HashMap::new();
         answers.insert("web".to_string(), vec![a, b]);
         let summary = d.apply(&config.backends, &answers, config.algorithm, Duration::from_secs(1));
         assert!(summary.contains("added web@10.9.0.1:9, web@10.9.0.2:9"), "{summary}");
-        let first = balancer.members().iter().find(|m| m.addr == a).cloned().expect("member a");
+        let first = balancer.members().iter().find(|m| m.addr() == a).cloned().expect("member a");
         answers.insert("web".to_string(), vec![a]);
         let summary = d.apply(&config.backends, &answers, config.algorithm, Duration::from_secs(1));
         assert!(summary.contains("removed web@10.9.0.2:9") && summary.contains("2 unchanged"), "{summary}");

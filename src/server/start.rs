@@ -12,7 +12,7 @@ use crossbeam_channel::Receiver;
 
 use super::discovery::Discovery;
 use crate::admin;
-use crate::backend::{self, summary_line};
+use crate::backend::{members, summary_line};
 use crate::balancer::{checker, Balancer};
 use crate::config::{Config, Mode};
 use crate::conn::{Conn, Greeting, Registry};
@@ -46,7 +46,7 @@ impl Shared {
         tls: Option<Arc<Listener>>,
         backend_tls: Option<Arc<Backends>>,
     ) -> Result<Shared, Error> {
-        let members = backend::build(&config.backends);
+        let members = members::build(&config.backends);
         let balancer = Arc::new(Balancer::new(members, config.algorithm, config.health.clone()));
         let counters = Arc::new(ProxyCounters::default());
         let parker = Parker::new(config.timeouts.idle).map_err(Error::Resource)?;

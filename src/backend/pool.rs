@@ -1,0 +1,130 @@
+//! A backend's idle persistent connections, kept for reuse (nginx `keepalive`, HAProxy
+//! `http-reuse`), at most `backend_keepalive` each.
+//!
+//! A connection goes back to the pool only when its response ended exactly at its framing with
+//! nothing more buffered. Every reuse first peeks (one non-blocking `recv(MSG_PEEK)`): a
+//! connection on which any byte arrived after its response, or which shows EOF or an error, is
+//! closed and never used ([`Idle`]), as nginx and HAProxy do. So stray bytes from one exchange
+//! can never become another client's response.
+
+use std::net::TcpStream;
+use std::time::Instant;
+
+/// What waits on an idle connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// Nothing: safe to reuse.
+    Quiet,
+    /// The backend closed it (EOF) or it failed.
+    Closed,
+    /// Bytes arrived that no request asked for.
+    Data,
+}
+
+/// Idle connections, oldest first, each with the time it was returned. A channel rather than a
+/// locked list: taking and returning one per request must not serialise hundreds of workers.
+#[derive(Debug)]
+pub struct IdlePool {
+    tx: crossbeam_channel::Sender<(TcpStream, Instant)>,
+    rx: crossbeam_channel::Receiver<(TcpStream, Instant)>,
+}
+
+impl Default for IdlePool {
+    fn default() -> IdlePool {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        IdlePool { tx, rx }
+    }
+}
+
+impl IdlePool {
+    /// How many are idle.
+    pub fn len(&self) -> usize {
+        self.rx.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+
+    /// Takes the longest-idle connection that is still quiet (first in, first out); the others
+    /// are closed. `name` is the backend's, for the log.
+    pub fn take(&self, name: &str) -> Option<TcpStream> {
+        loop {
+            let (stream, since) = self.rx.try_recv().ok()?;
+            match peek(&stream) {
+                Idle::Quiet => return Some(stream),
+                Idle::Data => log::warn!(
+                    "{name} sent bytes on an idle pooled connection (after {} ms); closed it unused",
+                    since.elapsed().as_millis()
+                ),
+                Idle::Closed => log::debug!("{name}: pooled connection closed by the backend; dropped"),
+            }
+        }
+    }
+
+    /// Keeps a connection after a complete exchange; closed instead when `cap` are idle already.
+    pub fn put(&self, stream: TcpStream, cap: usize) {
+        // The count is read without a lock, so the cap may be overshot by a few under a race.
+        if self.len() < cap {
+            let _ = self.tx.send((stream, Instant::now()));
+        }
+    }
+
+    /// Closes every idle connection.
+    pub fn clear(&self) {
+        while self.rx.try_recv().is_ok() {}
+    }
+}
+
+/// Looks, without waiting or consuming, at what the socket holds.
+pub fn peek(stream: &TcpStream) -> Idle {
+    use rustix::net::{recv, RecvFlags};
+    let mut byte = [0u8; 1];
+    match recv(stream, &mut byte[..], RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((0, _)) => Idle::Closed,
+        Ok(_) => Idle::Data,
+        Err(rustix::io::Errno::AGAIN) => Idle::Quiet,
+        Err(_) => Idle::Closed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    #[test]
+    fn reuses_live_connections_and_drops_closed_ones() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let pool = IdlePool::default();
+        let connect = || {
+            let s = TcpStream::connect(addr).expect("connect");
+            (s, l.accept().expect("accept").0)
+        };
+        let (a, peer_a) = connect();
+        let (c, mut peer_c) = connect();
+        let (d, _peer_d) = connect();
+        pool.put(a, 2);
+        pool.put(c, 2);
+        pool.put(d, 2);
+        assert_eq!(pool.len(), 2, "capped");
+        drop(peer_a);
+        peer_c.write_all(b"x").expect("stray byte");
+        // Wait until the kernel shows both (a bounded wait for loopback delivery).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let pooled: Vec<_> = pool.rx.try_iter().collect();
+        while pooled.iter().any(|(s, _)| peek(s) == Idle::Quiet) {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for p in pooled {
+            pool.tx.send(p).expect("back in the pool");
+        }
+        assert!(pool.take("a").is_none(), "a was closed and c had a stray byte");
+        assert!(pool.is_empty());
+    }
+}
