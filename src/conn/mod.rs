@@ -63,7 +63,8 @@ pub struct Registry {
 fn shut(fd: RawFd, how: std::net::Shutdown) {
     // SAFETY: callers hold the lock that registers `fd`: the registry's for a client socket, the
     // connection's own for a backend socket. Each is unregistered under that lock before the
-    // socket closes (`Conn::drop`, `Attached::drop`), so `fd` is still the registered socket.
+    // socket closes (`Conn::drop`; `Attached::drop`, which the borrow checker orders before the
+    // socket's since the guard borrows it), so `fd` is still the registered socket.
     let fd = unsafe { BorrowedFd::borrow_raw(fd) };
     let _ = socket2::SockRef::from(&fd).shutdown(how);
 }
@@ -321,9 +322,9 @@ impl Conn {
         Some(quiet)
     }
 
-    /// Registers the backend socket too, until the returned guard drops; the guard must drop
-    /// before `backend` does (declare it after).
-    pub fn attach<'a>(&'a self, backend: &TcpStream, backend_id: u64) -> Attached<'a> {
+    /// Registers the backend socket too, until the returned guard drops. The guard borrows
+    /// `backend`, so the socket cannot close (and its descriptor be reused) while registered.
+    pub fn attach<'a>(&'a self, backend: &'a TcpStream, backend_id: u64) -> Attached<'a> {
         let mut slot = self.shared.backend.lock();
         *slot = Some((backend.as_raw_fd(), backend_id));
         // `close_all` sets the flag before it visits entries, so either it sees this socket or
@@ -332,7 +333,7 @@ impl Conn {
             shut(backend.as_raw_fd(), std::net::Shutdown::Both);
         }
         drop(slot);
-        Attached { conn: self }
+        Attached { conn: self, _backend: backend }
     }
 
     /// Takes the client's addresses from a PROXY protocol header (`None`: a LOCAL or UNKNOWN
@@ -412,10 +413,12 @@ impl Drop for Conn {
     }
 }
 
-/// Keeps a backend socket registered with its connection.
+/// Keeps a backend socket registered with its connection; it borrows the socket, which
+/// therefore outlives the registration (what `shut` relies on).
 #[derive(Debug)]
 pub struct Attached<'a> {
     conn: &'a Conn,
+    _backend: &'a TcpStream,
 }
 
 impl Drop for Attached<'_> {
