@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::conn::accept;
 use crate::conn::Conn;
 use crate::conn::Quiet;
-use crate::error::{Cause, Failure, Party, Phase};
+use crate::error::{Cause, Party, Phase};
 use crate::logging::{held_back, RateLimit};
 use crate::park::{Parker, PARK_AFTER};
 use crate::relay::{self, Buffers, End, Progress, RelayOutcome, Relayed};
@@ -163,11 +163,10 @@ fn finish(conn: &Conn, ctx: &TcpContext, pick: Pick, outcome: RelayOutcome) {
             outcome.up,
             outcome.down
         ),
-        Some((party, e)) => {
-            let cause = if e.kind() == std::io::ErrorKind::TimedOut { Cause::Timeout } else { Cause::Io(e) };
-            let f = Failure::at(b.name(), party, Phase::Relay, cause);
+        Some(mut f) => {
+            f.backend = Some(b.name().to_string());
             ctx.balancer.record_failure(&b, &f);
-            let by = if party == Party::Client { "client" } else { "backend" };
+            let by = if f.party == Party::Client { "client" } else { "backend" };
             // A relay's only time limit is idle_ms: say so.
             let why = if matches!(f.cause, Cause::Timeout) {
                 "idle timeout".to_string()

@@ -117,13 +117,13 @@ fn ended(request_id: &str, backend: &Backend, record: &mut Record, out: crate::r
     backend.record_bytes(out.up, out.down);
     match out.error {
         None => {}
-        Some((_, e)) if e.kind() == io::ErrorKind::TimedOut => {
+        Some(f) if matches!(f.cause, Cause::Timeout) => {
             record.note = "tunnel idle timeout".into();
             log::info!("req {request_id}: tunnel to {} idle for tunnel_ms, closed", backend.name());
         }
-        Some((party, e)) => {
-            let by = if party == Party::Client { "client" } else { "backend" };
-            record.note = format!("tunnel ended by {by} error: {e}");
+        Some(f) => {
+            let by = if f.party == Party::Client { "client" } else { "backend" };
+            record.note = format!("tunnel ended by {by} error: {}", f.cause);
         }
     }
 }

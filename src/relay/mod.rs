@@ -37,7 +37,7 @@ use rustls::Connection;
 use self::flow::{Flow, Wait};
 use self::side::Side;
 use crate::config::as_limit;
-use crate::error::Party;
+use crate::error::{Cause, Failure, Party, Phase};
 use crate::threads::stack::TRIM_AFTER;
 
 /// User-space relay buffer per direction; a read that fills it switches to splicing.
@@ -61,8 +61,10 @@ pub struct RelayOutcome {
     pub up: u64,
     /// Bytes from the backend to the client.
     pub down: u64,
-    /// The first error in either direction, with whose socket it was on.
-    pub error: Option<(Party, io::Error)>,
+    /// The first error in either direction: whose socket it was on (client or backend, the
+    /// backend's name left for the caller to add), in phase `Relay`; `Cause::Timeout` when
+    /// nothing moved for the idle limit.
+    pub error: Option<Failure>,
 }
 
 /// How far a relay (or a tunnel) got: its counts, which directions have ended, and when a byte
@@ -149,7 +151,11 @@ pub fn resume(
 ) -> Relayed {
     for (s, side) in [(client.sock, Party::Client), (backend.sock, Party::Backend)] {
         if let Err(e) = s.set_nonblocking(true) {
-            return Relayed::Ended(RelayOutcome { up: from.up, down: from.down, error: Some((side, e)) });
+            return Relayed::Ended(RelayOutcome {
+                up: from.up,
+                down: from.down,
+                error: Some(failure(side, e)),
+            });
         }
     }
     let Buffers { read, up, down } = bufs;
@@ -173,8 +179,16 @@ pub fn resume(
             last_moved,
         }),
         Ok(None) => Relayed::Ended(RelayOutcome { up: up_total, down: down_total, error: None }),
-        Err(e) => Relayed::Ended(RelayOutcome { up: up_total, down: down_total, error: Some(e) }),
+        Err((side, e)) => {
+            Relayed::Ended(RelayOutcome { up: up_total, down: down_total, error: Some(failure(side, e)) })
+        }
     }
+}
+
+/// A relay's end by an error on `side`'s socket, as a [`Failure`].
+fn failure(side: Party, e: io::Error) -> Failure {
+    let cause = if e.kind() == io::ErrorKind::TimedOut { Cause::Timeout } else { Cause::Io(e) };
+    Failure::new(side, Phase::Relay, cause)
 }
 
 /// A relay turn's clock: the idle limit, when to go quiet, and the last byte moved.
