@@ -19,7 +19,7 @@ use crate::park::{Parker, PARK_AFTER};
 use crate::relay::{self, Buffers, End, Progress, RelayOutcome, Relayed};
 use crate::stats::ProxyCounters;
 use crate::tls::Listener;
-use crate::upstream::{self, Limits};
+use crate::upstream::{self, tries, Limits};
 
 /// What a TCP-mode worker needs, shared by all workers.
 pub struct TcpContext {
@@ -126,7 +126,8 @@ fn open(conn: &Conn, ctx: &TcpContext) -> Option<Relaying> {
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
     let key = Some(source_key(conn.peer.ip()));
     let tls = ctx.backend_tls.as_deref();
-    let (backend, pick) = match upstream::connect(&ctx.balancer, key, conn, &label, limits, tls) {
+    let who = tries::Client { label: &label, peer: conn.peer, key };
+    let (backend, pick) = match upstream::connect(&ctx.balancer, who, conn, limits, tls) {
         Ok(found) => found,
         Err(f) if f.phase == Phase::Pick => {
             if let Some(n) = UNAVAILABLE.check() {

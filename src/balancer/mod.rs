@@ -300,12 +300,6 @@ impl Balancer {
         }
     }
 
-    /// Whether a backend not in `tried` is available (up, not drained or in maintenance): the
-    /// next attempt has somewhere to go.
-    pub fn any_left(&self, tried: &Tried) -> bool {
-        self.members().iter().any(|b| !tried.contains(b) && b.is_available())
-    }
-
     /// Wakes queued picks to look again (a backend came back up).
     pub fn wake(&self) {
         drop(self.core.state.lock());

@@ -5,11 +5,10 @@ use std::net::TcpStream;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::balancer::{Balancer, Tried};
+use crate::balancer::Balancer;
 use crate::config::Config;
 use crate::conn::accept::ClientStream;
 use crate::conn::Conn;
-use crate::error::Failure;
 use crate::h1::request::RequestHead;
 use crate::h1::BodyKind;
 use crate::park::Parker;
@@ -75,8 +74,6 @@ pub(super) type BackendStream = Stream<TcpStream>;
 /// What one request's attempts have done so far: it decides what may still be retried.
 #[derive(Debug, Default)]
 pub struct Attempt {
-    /// Backends that failed this request.
-    pub tried: Tried,
     /// The pooled connection was stale: the next attempt connects afresh.
     pub fresh_only: bool,
     /// `100 Continue` was sent to the client.
@@ -85,9 +82,6 @@ pub struct Attempt {
     pub body_touched: bool,
     /// The whole request body was read from the client.
     pub body_done: bool,
-    /// A backend broke mid-exchange: when no other can take the request, this is the answer
-    /// (502), not "no backend" (503).
-    pub broke: Option<Failure>,
 }
 
 /// One request on its way through the proxy.

@@ -1,10 +1,11 @@
-//! One request's exchange with a backend, in named steps: [`Exchange::pick`], [`Exchange::connect`]
-//! (a pooled connection, or a fresh one through [`crate::upstream::dial`]), [`Exchange::send`]
-//! (head, then the body streamed from the client), the response head with its informational
-//! ones before it ([`interim`]), [`Exchange::respond`] (the
-//! response streamed back, re-framed for the client) and [`Exchange::release`] (pool the backend
-//! connection, or close it). What a failed attempt may retry is decided by [`super::retry`];
-//! the attempt's state lives in one [`Attempt`].
+//! One request's exchange with a backend, in named steps: [`Exchange::connect`] (a pooled
+//! connection, or a fresh one through [`crate::upstream::dial`]), [`Exchange::send`] (head,
+//! then the body streamed from the client), the response head with its informational ones
+//! before it ([`interim`]), [`Exchange::respond`] (the response streamed back, re-framed for
+//! the client) and [`Exchange::release`] (pool the backend connection, or close it). Together
+//! they are one [`Exchange::attempt`]; the one retry loop of both modes
+//! ([`crate::upstream::tries`]) picks the backend for each and decides after a failure. The
+//! request's state across attempts lives in one [`Attempt`].
 
 use std::io::{self, Write};
 use std::net::TcpStream;
@@ -14,19 +15,18 @@ use std::time::Instant;
 use super::context::{Attempt, BackendStream, Exchange, Record, Scratch, VIA};
 use super::interim::{self, Verdict};
 
-use super::retry::{self, Retry};
 use super::upgrade::{self, Switched};
 use crate::backend::Backend;
 use crate::balancer::Pick;
 use crate::config::as_limit;
 use crate::conn::accept::ClientStream;
 use crate::error::{Cause, Failure, Party, Phase};
-use crate::events;
 use crate::h1::response::{ClientSide, ResponseHead};
 use crate::h1::{BodyError, BodyKind, Coalesce, Wire};
 use crate::logging::{held_back, RateLimit};
 use crate::tls::stream::Stream;
-use crate::upstream;
+use crate::upstream::retry::{self, Retry};
+use crate::upstream::{self, tries};
 
 static UNAVAILABLE: RateLimit = RateLimit::new();
 
@@ -40,7 +40,8 @@ pub(super) enum Served {
 
 impl Exchange<'_> {
     /// Forwards the request and its response, when relayed: whether the client connection
-    /// stays open, or the tunnel an upgrade became, gone quiet.
+    /// stays open, or the tunnel an upgrade became, gone quiet. Backends are tried by the one
+    /// retry loop ([`tries::run`]), each attempt being [`Exchange::attempt`].
     // Not inlined into `serve`: an idle worker's live stack stays shallow (see `crate::threads::stack`).
     #[inline(never)]
     pub(super) fn run(
@@ -53,81 +54,96 @@ impl Exchange<'_> {
         let started = Instant::now();
         self.precheck(cw)?;
         attempt.body_done = !self.has_body();
-        loop {
-            let pick = self.pick(attempt)?;
-            let backend: Arc<Backend> = pick.guard.backend().clone();
-            backend.name().clone_into(&mut record.backend);
-            record.reason.clone_from(&pick.reason);
-            if events::wants_pick() {
-                events::pick(&self.label(), &self.conn.peer, backend.name(), pick.algorithm, &pick.reason);
+        let label = self.label();
+        let who = tries::Client { label: &label, peer: self.conn.peer, key: self.key };
+        let queue = self.ctx.config.timeouts.queue;
+        tries::run(&self.ctx.balancer, who, queue, |pick, _| {
+            self.attempt(pick, cw, scratch, record, attempt, started)
+        })
+        .inspect_err(|f| {
+            if let Cause::Unavailable(why) = &f.cause {
+                if let Some(n) = UNAVAILABLE.check() {
+                    log::warn!("{label}: {why}; answering 503{}", held_back(n));
+                }
             }
-            let (stream, reused) = match self.connect(&backend, attempt) {
-                Ok(found) => found,
-                Err(f) => {
-                    self.recover(f, &backend, false, attempt)?;
-                    continue;
-                }
-            };
-            let attached = self.conn.attach(stream.tcp(), backend.id());
-            let mut bw = Wire::with_buffer(&stream, std::mem::take(&mut scratch.backend_in));
-            let side = ClientSide {
-                method: &self.head.method,
-                version: self.head.version,
-                keep_alive: self.keep_alive,
-                request_id: &self.head.request_id,
-                via: VIA,
-                upgrade: self.head.upgrade.is_some(),
-            };
-            let resp = match self.send(cw, &mut bw, &side, &backend, scratch, record, attempt) {
-                Ok(Verdict::Final(resp)) => Ok(resp),
-                Ok(Verdict::Continue) => {
-                    interim::read_final(self, &mut bw, &side, backend.name(), scratch, attempt, None)
-                }
-                Err(f) => Err(f),
-            };
-            let resp = match resp {
-                Ok(resp) => resp,
-                Err(f) => {
-                    scratch.backend_in = bw.into_buffer();
-                    self.recover(f, &backend, reused, attempt)?;
-                    continue;
-                }
-            };
-            record.status = resp.status;
-            if resp.status == 101 {
-                record.bytes_in += scratch.head.len() as u64;
-                let outcome = upgrade::switch(self, cw, &mut bw, &stream, &backend, scratch, record);
+        })
+    }
+
+    /// One attempt on the picked backend: connect (or reuse), send, read the response head,
+    /// then stream the response or switch to a tunnel. A failure comes back with what to do
+    /// next ([`retry::after`]).
+    fn attempt(
+        &self,
+        pick: Pick,
+        cw: &mut Wire<&ClientStream<'_>>,
+        scratch: &mut Scratch,
+        record: &mut Record,
+        attempt: &mut Attempt,
+        started: Instant,
+    ) -> Result<Served, (Failure, Retry)> {
+        let give_up = |f: Failure| (f, Retry::GiveUp);
+        let backend: Arc<Backend> = pick.guard.backend().clone();
+        backend.name().clone_into(&mut record.backend);
+        record.reason.clone_from(&pick.reason);
+        let (stream, reused) = self.connect(&backend, attempt).map_err(|f| self.decide(f, false, attempt))?;
+        let attached = self.conn.attach(stream.tcp(), backend.id());
+        let mut bw = Wire::with_buffer(&stream, std::mem::take(&mut scratch.backend_in));
+        let side = ClientSide {
+            method: &self.head.method,
+            version: self.head.version,
+            keep_alive: self.keep_alive,
+            request_id: &self.head.request_id,
+            via: VIA,
+            upgrade: self.head.upgrade.is_some(),
+        };
+        let resp = match self.send(cw, &mut bw, &side, &backend, scratch, record, attempt) {
+            Ok(Verdict::Final(resp)) => Ok(resp),
+            Ok(Verdict::Continue) => {
+                interim::read_final(self, &mut bw, &side, backend.name(), scratch, attempt, None)
+            }
+            Err(f) => Err(f),
+        };
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(f) => {
                 scratch.backend_in = bw.into_buffer();
-                drop(attached);
-                return match outcome? {
-                    Switched::Ended => Ok(Served::Done(false)),
-                    Switched::Quiet(progress, open) => {
-                        Ok(Served::Tunnel(upgrade::quiet(stream, pick, progress, open)))
-                    }
-                };
+                return Err(self.decide(f, reused, attempt));
             }
-            self.ctx.balancer.record_status(&backend, resp.status);
-            let surplus = self.respond(&mut bw, &resp, &backend, scratch, record);
-            scratch.backend_in = bw.into_buffer();
-            let surplus = surplus?;
-            // The whole response is read, so the backend side is done: its slot and connection
-            // are given back before the last bytes go to the client, so that the client's next
-            // request finds them.
-            // Bytes sent to the backend: the rewritten head as well as the body.
+        };
+        record.status = resp.status;
+        if resp.status == 101 {
             record.bytes_in += scratch.head.len() as u64;
-            backend.record_bytes(record.bytes_in, record.bytes_out);
+            let outcome = upgrade::switch(self, cw, &mut bw, &stream, &backend, scratch, record);
+            scratch.backend_in = bw.into_buffer();
             drop(attached);
-            drop(pick);
-            backend.latency().record(started.elapsed());
-            // A backend that answered before the body was sent expects it still: never pooled.
-            if attempt.body_done {
-                self.release(stream, &backend, &resp, surplus);
-            }
-            Coalesce::resume(self.client, &mut scratch.client_out)
-                .flush()
-                .map_err(|e| Failure::new(Party::Client, Phase::Body, Cause::Io(e)))?;
-            return Ok(Served::Done(resp.client_keep_alive));
+            return match outcome.map_err(give_up)? {
+                Switched::Ended => Ok(Served::Done(false)),
+                Switched::Quiet(progress, open) => {
+                    Ok(Served::Tunnel(upgrade::quiet(stream, pick, progress, open)))
+                }
+            };
         }
+        self.ctx.balancer.record_status(&backend, resp.status);
+        let surplus = self.respond(&mut bw, &resp, &backend, scratch, record);
+        scratch.backend_in = bw.into_buffer();
+        let surplus = surplus.map_err(give_up)?;
+        // The whole response is read, so the backend side is done: its slot and connection
+        // are given back before the last bytes go to the client, so that the client's next
+        // request finds them.
+        // Bytes sent to the backend: the rewritten head as well as the body.
+        record.bytes_in += scratch.head.len() as u64;
+        backend.record_bytes(record.bytes_in, record.bytes_out);
+        drop(attached);
+        drop(pick);
+        backend.latency().record(started.elapsed());
+        // A backend that answered before the body was sent expects it still: never pooled.
+        if attempt.body_done {
+            self.release(stream, &backend, &resp, surplus);
+        }
+        Coalesce::resume(self.client, &mut scratch.client_out)
+            .flush()
+            .map_err(|e| give_up(Failure::new(Party::Client, Phase::Body, Cause::Io(e))))?;
+        Ok(Served::Done(resp.client_keep_alive))
     }
 
     /// Refuses what must never reach a backend, before choosing one: a declared body over
@@ -145,25 +161,6 @@ impl Exchange<'_> {
         Ok(())
     }
 
-    /// Chooses a backend not yet tried. With none left, the answer is the last backend's
-    /// failure if one broke (502), else "no backend" (503).
-    fn pick(&self, attempt: &mut Attempt) -> Result<Pick, Failure> {
-        let queue = self.ctx.config.timeouts.queue;
-        match self.ctx.balancer.pick(self.key, &attempt.tried, queue) {
-            Ok(pick) => Ok(pick),
-            Err(_) if attempt.broke.is_some() => Err(attempt
-                .broke
-                .take()
-                .unwrap_or_else(|| Failure::new(Party::Backend, Phase::Pick, Cause::Timeout))),
-            Err(why) => {
-                if let Some(n) = UNAVAILABLE.check() {
-                    log::warn!("req {}: {why}; answering 503{}", self.head.request_id, held_back(n));
-                }
-                Err(Failure::new(Party::Backend, Phase::Pick, Cause::Unavailable(why)))
-            }
-        }
-    }
-
     /// A quiet pooled connection to `backend`, or a fresh one. Returns it and whether it was
     /// pooled.
     fn connect(&self, backend: &Backend, attempt: &mut Attempt) -> Result<(BackendStream, bool), Failure> {
@@ -174,12 +171,8 @@ impl Exchange<'_> {
         }
         let t = &self.ctx.config.timeouts;
         let label = self.label();
-        let stream = upstream::dial(&self.ctx.balancer, backend, t.connect, self.conn, &label)?;
-        let tls = self.ctx.backend_tls.as_deref();
-        let stream =
-            upstream::secure(&self.ctx.balancer, backend, stream, tls, t.connect).inspect_err(|f| {
-                log::warn!("{label}: {} {}: {}", backend.name(), backend.addr(), f.cause);
-            })?;
+        let stream = upstream::dial(backend, t.connect, self.conn, &label)?;
+        let stream = upstream::secure(backend, stream, self.ctx.backend_tls.as_deref(), t.connect)?;
         let stream_tcp = stream.tcp();
         let _ = stream_tcp.set_read_timeout(as_limit(t.response));
         let _ = stream_tcp.set_write_timeout(as_limit(t.idle));
@@ -241,60 +234,13 @@ impl Exchange<'_> {
         Ok(Verdict::Continue)
     }
 
-    /// After a failed attempt: retry (`Ok`), or give the failure back to answer the client.
-    fn recover(
-        &self,
-        f: Failure,
-        backend: &Backend,
-        reused: bool,
-        attempt: &mut Attempt,
-    ) -> Result<(), Failure> {
+    /// A failed attempt and what may follow ([`retry::after`]): a stale pooled connection is
+    /// replaced by a fresh one.
+    fn decide(&self, f: Failure, reused: bool, attempt: &mut Attempt) -> (Failure, Retry) {
         let replayable = self.head.retryable && !attempt.body_touched;
-        let decision = retry::after(&f, reused, replayable);
-        // Connect failures were recorded where they happened, in `upstream`.
-        let count = f.phase != Phase::Connect && f.counts_against_backend();
-        match decision {
-            Retry::Fresh => {
-                attempt.tried.retry_same();
-                log::debug!(
-                    "req {}: pooled connection to {} was stale ({f}); retrying",
-                    self.head.request_id,
-                    backend.name()
-                );
-                attempt.fresh_only = true;
-                Ok(())
-            }
-            Retry::NextBackend => {
-                attempt.tried.insert(backend);
-                if count {
-                    // With no backend left to try, don't promise one.
-                    let n = attempt.tried.failed();
-                    if self.ctx.balancer.any_left(&attempt.tried) {
-                        log::warn!("req {}: {f}; trying the next backend", self.head.request_id);
-                    } else {
-                        log::warn!(
-                            "req {}: {f}; no backend left to try ({n} attempt{} failed)",
-                            self.head.request_id,
-                            if n == 1 { "" } else { "s" }
-                        );
-                    }
-                    self.ctx.balancer.record_failure(backend, &f);
-                }
-                if events::wants_retry() {
-                    events::retry(&self.label(), &self.conn.peer, backend.name(), &f.to_string());
-                }
-                if f.phase != Phase::Connect {
-                    attempt.broke = Some(f);
-                }
-                Ok(())
-            }
-            Retry::GiveUp => {
-                if count {
-                    self.ctx.balancer.record_failure(backend, &f);
-                }
-                Err(f)
-            }
-        }
+        let next = retry::after(&f, reused, replayable);
+        attempt.fresh_only = next == Retry::Fresh;
+        (f, next)
     }
 
     /// Writes the response head and streams the body to the client, leaving its tail in
@@ -320,9 +266,7 @@ impl Exchange<'_> {
                 // As nginx: what arrived goes on to the client, then the connection closes, so
                 // the client sees a truncated body, never one that looks complete.
                 let _ = cout.flush();
-                let f = Failure::at(backend.name(), Party::Backend, Phase::Body, Cause::Io(e));
-                self.ctx.balancer.record_failure(backend, &f);
-                return Err(f);
+                return Err(Failure::at(backend.name(), Party::Backend, Phase::Body, Cause::Io(e)));
             }
             Err(BodyError::TooLarge) => {
                 let cause = Cause::Invalid("response body too large".into());

@@ -6,6 +6,5 @@ pub mod context;
 mod exchange;
 mod interim;
 pub mod proxy;
-pub mod retry;
 mod timers;
 mod upgrade;

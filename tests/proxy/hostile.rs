@@ -49,7 +49,7 @@ fn a_backend_that_resets_or_closes_before_answering_gives_502() {
         assert_eq!(r.status, 502, "{mode}: {}", r.text());
         still_serving(addr);
     }
-    assert!(p.log_text().contains("trying the next backend"), "the GET was retried first");
+    assert!(p.log_text().contains("; retrying "), "the GET was retried first");
 }
 
 #[test]
@@ -175,9 +175,9 @@ fn a_request_that_fails_on_every_backend_counts_its_attempts_truthfully() {
     let mut w = Wire::new(connect(addr));
     let r = get(&mut w, "/count?fault=reset-before", "");
     assert_eq!(r.status, 502, "{}", r.text());
-    let last = p.wait_for("no backend left to try (");
+    let last = p.wait_for("no other backend to try (");
     let n: usize = last
-        .split("no backend left to try (")
+        .split("no other backend to try (")
         .nth(1)
         .and_then(|rest| rest.split(' ').next())
         .and_then(|n| n.parse().ok())

@@ -1,7 +1,8 @@
-//! What is safe to replay after a failed attempt, as nginx's `proxy_next_upstream error` with
-//! `non_idempotent` off: a request goes again only when nothing of the response reached the
-//! client and nothing of the request body was consumed, and it is idempotent (or carries an
-//! `Idempotency-Key`). A connect failure is always safe: nothing was sent.
+//! What a failed attempt may do next, in both modes, as nginx's `proxy_next_upstream error`
+//! with `non_idempotent` off: a connect failure always moves on to the next backend (nothing
+//! was sent); a request goes again only when nothing of the response reached the client and
+//! nothing of the request body was consumed, and it is idempotent (or carries an
+//! `Idempotency-Key`). TCP mode's attempts are connects only.
 
 use crate::error::{Cause, Failure, Party, Phase};
 
