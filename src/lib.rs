@@ -22,7 +22,7 @@
 //! - connections: [`upstream`] (the one connect path), [`conn`] (in-flight connections and the
 //!   client's TLS handshake), [`stats`], [`park`] (idle connections wait in one epoll set),
 //!   [`relay`] (bytes both ways, plain or TLS on either side).
-//! - modes: [`tcp`], [`http`], [`admin`].
+//! - modes: [`context`] (what every worker shares), [`tcp`], [`http`], [`admin`].
 //! - process: [`server`] (acceptor, signals, reload and DNS, takeover), [`cli`], [`companions`]
 //!   ([`companions::dummy`] and [`companions::simulate`]).
 
@@ -36,6 +36,7 @@ pub mod clock;
 pub mod companions;
 pub mod config;
 pub mod conn;
+pub mod context;
 pub mod error;
 pub mod events;
 pub mod h1;

@@ -4,39 +4,19 @@
 
 use std::fmt;
 use std::net::TcpStream;
-use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::balancer::{source_key, Balancer, Pick};
-use crate::config::Config;
+use crate::balancer::{source_key, Pick};
 use crate::conn::accept;
 use crate::conn::Conn;
 use crate::conn::Quiet;
+use crate::context::Context;
 use crate::error::{Cause, Party, Phase};
 use crate::logging::{held_back, RateLimit};
-use crate::park::{Parker, PARK_AFTER};
+use crate::park::PARK_AFTER;
 use crate::relay::{self, Buffers, End, Progress, RelayOutcome, Relayed};
-use crate::stats::ProxyCounters;
-use crate::tls::Listener;
 use crate::upstream::{self, tries, Limits};
-
-/// What a TCP-mode worker needs, shared by all workers.
-pub struct TcpContext {
-    /// The configuration the workers started with (timeouts, limits).
-    pub config: Config,
-    /// Picks the backend for each connection.
-    pub balancer: Arc<Balancer>,
-    /// The listener's TLS material: TLS is terminated and plaintext relayed, as HAProxy's
-    /// `mode tcp` with `ssl`.
-    pub tls: Option<Arc<Listener>>,
-    /// TLS to backends marked `tls`.
-    pub backend_tls: Option<Arc<crate::tls::Backends>>,
-    /// Handshake counters.
-    pub counters: Arc<ProxyCounters>,
-    /// Where quiet relays wait without a worker.
-    pub parker: Option<Arc<Parker>>,
-}
 
 struct Label<'a>(&'a Conn);
 
@@ -68,7 +48,7 @@ struct Relaying {
 /// [`relay`]) with `bufs`, until it ends or goes quiet: then it waits in the parker, and a
 /// worker resumes it when either side speaks. Never panics on network errors; every outcome is
 /// logged.
-pub fn serve(mut conn: Conn, ctx: &TcpContext, bufs: &mut Buffers) {
+pub fn serve(mut conn: Conn, ctx: &Context, bufs: &mut Buffers) {
     let mut r = match resumed(&mut conn) {
         Some(r) => r,
         None => match open(&conn, ctx) {
@@ -118,7 +98,7 @@ fn resumed(conn: &mut Conn) -> Option<Relaying> {
 
 /// A new connection: the TLS handshake, then a backend (with retries). `None` when it ended
 /// there (logged).
-fn open(conn: &Conn, ctx: &TcpContext) -> Option<Relaying> {
+fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
     // The handshake comes first, within header_ms: a client that cannot finish it never
     // takes a backend slot.
     let client = accept::open(conn, ctx.tls.as_deref(), ctx.config.timeouts.header, &ctx.counters)?;
@@ -146,7 +126,7 @@ fn open(conn: &Conn, ctx: &TcpContext) -> Option<Relaying> {
 }
 
 /// Logs a relay's end and counts its bytes.
-fn finish(conn: &Conn, ctx: &TcpContext, pick: Pick, outcome: RelayOutcome) {
+fn finish(conn: &Conn, ctx: &Context, pick: Pick, outcome: RelayOutcome) {
     let b = pick.guard.backend().clone();
     // The connection is over: give its slot back before saying so, so that whoever reads the
     // log line sees the count already lowered.

@@ -1,40 +1,19 @@
-//! What the steps of an HTTP connection share: the workers' context, the buffers a worker
+//! What the steps of an HTTP connection share: the workers' [`Context`], the buffers a worker
 //! reuses, the access log's record, and one request on its way (its attempts so far).
 
 use std::net::TcpStream;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
-use crate::balancer::Balancer;
-use crate::config::Config;
 use crate::conn::accept::ClientStream;
 use crate::conn::Conn;
 use crate::h1::request::RequestHead;
 use crate::h1::BodyKind;
-use crate::park::Parker;
 use crate::relay::Buffers;
-use crate::stats::ProxyCounters;
 use crate::tls::stream::Stream;
-use crate::tls::Listener;
 
 /// The `Via` pseudonym.
 pub const VIA: &str = "lbproxy";
 
-/// What HTTP-mode workers share.
-pub struct HttpContext {
-    pub config: Config,
-    pub balancer: Arc<Balancer>,
-    pub counters: Arc<ProxyCounters>,
-    /// Set at shutdown: finish the current request, then close.
-    pub stopping: Arc<AtomicBool>,
-    /// The listener's TLS material, when it speaks TLS.
-    pub tls: Option<Arc<Listener>>,
-    /// Where idle keep-alive connections wait without a worker (plain HTTP only: a TLS
-    /// session's state stays with its worker).
-    pub parker: Option<Arc<Parker>>,
-    /// TLS to backends marked `tls`.
-    pub backend_tls: Option<Arc<crate::tls::Backends>>,
-}
+use crate::context::Context;
 
 /// Buffers a worker reuses from one connection to the next.
 #[derive(Default)]
@@ -89,7 +68,7 @@ pub struct Exchange<'a> {
     pub conn: &'a Conn,
     /// The client's stream (plain or TLS) over `conn`'s socket.
     pub client: &'a ClientStream<'a>,
-    pub ctx: &'a HttpContext,
+    pub ctx: &'a Context,
     pub head: &'a RequestHead,
     /// Whether the client connection may stay open after this request.
     pub keep_alive: bool,

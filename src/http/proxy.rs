@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::client::{access_log, holds_plaintext, read_now, refuse_head, write_error};
-use super::context::{Attempt, Exchange, HttpContext, Record, Scratch, VIA};
+use super::context::{Attempt, Exchange, Record, Scratch, VIA};
 use super::exchange::Served;
 use super::timers::{After, Before, Filled, IdleTimers, Limits, Now, Wait, FIRST_BYTE, NO_LIMIT};
 use super::upgrade::{self, Parked};
@@ -24,6 +24,7 @@ use crate::balancer::{header_value_key, source_key};
 use crate::config::as_limit;
 use crate::conn::accept::{self, ClientStream, Opened};
 use crate::conn::{Conn, PartialHead};
+use crate::context::Context;
 use crate::error::{Answer, Cause, Failure, Party, Rejection};
 use crate::h1::request::{self, Forwarding, RequestHead};
 use crate::h1::{BodyKind, Coalesce, Wire};
@@ -48,7 +49,7 @@ impl ReadTimeout<'_> {
 }
 
 /// Serves one client connection until it closes, asks to close, idles out, or the proxy stops.
-pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
+pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     // Back from the parker with a quiet tunnel (an upgrade): it carries on, not HTTP.
     if conn.quiet().is_some() {
         upgrade::resume(conn, ctx, scratch);
@@ -289,7 +290,7 @@ pub fn serve(mut conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) {
 
 /// The request's balancer key: its `hash_header` value under header-hash (found by the one
 /// parse of the head), else `client_key`, the client address's.
-fn hash_key(client_key: u64, ctx: &HttpContext, buf: &[u8], head: &RequestHead) -> Option<u64> {
+fn hash_key(client_key: u64, ctx: &Context, buf: &[u8], head: &RequestHead) -> Option<u64> {
     if ctx.balancer.hashes_header() {
         head.hash_value.clone().and_then(|r| buf.get(r)).map(header_value_key)
     } else {

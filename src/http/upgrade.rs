@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::client::access_log;
-use super::context::{BackendStream, Exchange, HttpContext, Record, Scratch};
+use super::context::{BackendStream, Exchange, Record, Scratch};
 use crate::backend::Backend;
 use crate::backend::TunnelGuard;
 use crate::balancer::Pick;
 use crate::conn::accept::ClientStream;
 use crate::conn::{Conn, Quiet};
+use crate::context::Context;
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::h1::request::RequestHead;
 use crate::h1::{Coalesce, Wire};
@@ -106,7 +107,7 @@ pub(super) fn switch(
 }
 
 /// Whether a tunnel may wait in the parker (not once the proxy stops).
-fn parks(ctx: &HttpContext) -> bool {
+fn parks(ctx: &Context) -> bool {
     ctx.parker.is_some() && !ctx.stopping.load(Ordering::SeqCst)
 }
 
@@ -142,13 +143,7 @@ pub(super) fn quiet(
 
 /// Parks a quiet tunnel with its connection; resumed by [`resume`] when either side speaks.
 /// Refused (the proxy stops): it goes on in this worker until it ends.
-pub(super) fn park(
-    mut conn: Conn,
-    ctx: &HttpContext,
-    sock: TcpStream,
-    parked: Parked,
-    scratch: &mut Scratch,
-) {
+pub(super) fn park(mut conn: Conn, ctx: &Context, sock: TcpStream, parked: Parked, scratch: &mut Scratch) {
     let Some(parker) = ctx.parker.as_deref() else { return };
     let (progress, id) = (parked.tunnel.progress, parked.tunnel.backend.id());
     conn.go_quiet(Quiet::after(&progress, ctx.config.timeouts.tunnel, sock, id, Box::new(parked)));
@@ -159,7 +154,7 @@ pub(super) fn park(
 
 /// A connection back from the parker with a quiet tunnel: relays until it goes quiet again
 /// (parked again) or ends (logged). False when `conn` carries no tunnel.
-pub(super) fn resume(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) -> bool {
+pub(super) fn resume(conn: Conn, ctx: &Context, scratch: &mut Scratch) -> bool {
     if conn.quiet().is_none() {
         return false;
     }
@@ -167,7 +162,7 @@ pub(super) fn resume(conn: Conn, ctx: &HttpContext, scratch: &mut Scratch) -> bo
     true
 }
 
-fn run(mut conn: Conn, ctx: &HttpContext, may_park: bool, scratch: &mut Scratch) {
+fn run(mut conn: Conn, ctx: &Context, may_park: bool, scratch: &mut Scratch) {
     let Some(q) = conn.take_quiet() else { return };
     let Quiet { backend: sock, state, .. } = *q;
     let Ok(parked) = state.downcast::<Parked>() else { return };

@@ -16,12 +16,12 @@ use crate::backend::{members, summary_line};
 use crate::balancer::{checker, Balancer};
 use crate::config::{Config, Mode};
 use crate::conn::{Conn, Greeting, Registry};
+use crate::context::Context;
 use crate::error::Error;
-use crate::http::context::HttpContext;
 use crate::http::proxy as http_proxy;
 use crate::park::Parker;
 use crate::stats::{Live, LiveGauges, ProxyCounters};
-use crate::tcp::{self, TcpContext};
+use crate::tcp;
 use crate::threads::pool::WorkerPool;
 use crate::tls::{Backends, Listener};
 
@@ -64,30 +64,18 @@ impl Shared {
 
     /// Starts the worker pool of the configured mode and shows its gauges in `/stats`.
     pub fn start_workers(&self, config: &Config) -> Result<WorkerPool<Conn>, Error> {
+        let ctx = Context {
+            config: config.clone(),
+            balancer: self.balancer.clone(),
+            counters: self.counters.clone(),
+            stopping: self.stopping.clone(),
+            tls: self.tls.clone(),
+            backend_tls: self.backend_tls.clone(),
+            parker: self.parker.clone(),
+        };
         let workers = match config.mode {
-            Mode::Tcp => {
-                let ctx = TcpContext {
-                    config: config.clone(),
-                    balancer: self.balancer.clone(),
-                    tls: self.tls.clone(),
-                    backend_tls: self.backend_tls.clone(),
-                    counters: self.counters.clone(),
-                    parker: self.parker.clone(),
-                };
-                pool(config, ctx, self.parker.clone(), tcp::serve)
-            }
-            Mode::Http => {
-                let ctx = HttpContext {
-                    config: config.clone(),
-                    balancer: self.balancer.clone(),
-                    counters: self.counters.clone(),
-                    stopping: self.stopping.clone(),
-                    tls: self.tls.clone(),
-                    backend_tls: self.backend_tls.clone(),
-                    parker: self.parker.clone(),
-                };
-                pool(config, ctx, self.parker.clone(), http_proxy::serve)
-            }
+            Mode::Tcp => pool(config, ctx, self.parker.clone(), tcp::serve),
+            Mode::Http => pool(config, ctx, self.parker.clone(), http_proxy::serve),
         }
         .map_err(|e| {
             let hint = "lower [proxy] workers or raise the thread limits (ulimit -u, vm.max_map_count)";
