@@ -81,7 +81,18 @@ impl Exchange<'_> {
         !matches!(self.head.body, BodyKind::Empty | BodyKind::Length(0))
     }
 
-    pub(super) fn label(&self) -> String {
-        format!("req {}", self.head.request_id)
+    /// Names the request in the log (`req <id>`), formatted only when a line is written.
+    pub(super) fn label(&self) -> ReqLabel<'_> {
+        ReqLabel(&self.head.request_id)
+    }
+}
+
+/// `req <id>`, as a log line names a request.
+#[derive(Clone, Copy)]
+pub struct ReqLabel<'a>(&'a str);
+
+impl std::fmt::Display for ReqLabel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "req {}", self.0)
     }
 }
