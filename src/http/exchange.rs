@@ -57,8 +57,8 @@ impl Exchange<'_> {
         let label = self.label();
         let who = tries::Client { label: &label, peer: self.conn.peer, key: self.key };
         let queue = self.ctx.config.timeouts.queue;
-        tries::run(&self.ctx.balancer, who, queue, |pick, _| {
-            self.attempt(pick, cw, scratch, record, attempt, started)
+        tries::run(&self.ctx.balancer, who, queue, |pick, backend, _| {
+            self.attempt(pick, backend, cw, scratch, record, attempt, started)
         })
         .inspect_err(|f| {
             if let Cause::Unavailable(why) = &f.cause {
@@ -72,9 +72,11 @@ impl Exchange<'_> {
     /// One attempt on the picked backend: connect (or reuse), send, read the response head,
     /// then stream the response or switch to a tunnel. A failure comes back with what to do
     /// next ([`retry::after`]).
+    #[allow(clippy::too_many_arguments)]
     fn attempt(
         &self,
         pick: Pick,
+        backend: &Arc<Backend>,
         cw: &mut Wire<&ClientStream<'_>>,
         scratch: &mut Scratch,
         record: &mut Record,
@@ -82,10 +84,9 @@ impl Exchange<'_> {
         started: Instant,
     ) -> Result<Served, (Failure, Retry)> {
         let give_up = |f: Failure| (f, Retry::GiveUp);
-        let backend: Arc<Backend> = pick.guard.backend().clone();
         backend.name().clone_into(&mut record.backend);
         record.reason.clone_from(&pick.reason);
-        let (stream, reused) = self.connect(&backend, attempt).map_err(|f| self.decide(f, false, attempt))?;
+        let (stream, reused) = self.connect(backend, attempt).map_err(|f| self.decide(f, false, attempt))?;
         let attached = self.conn.attach(stream.tcp(), backend.id());
         let mut bw = Wire::with_buffer(&stream, std::mem::take(&mut scratch.backend_in));
         let side = ClientSide {
@@ -96,7 +97,7 @@ impl Exchange<'_> {
             via: VIA,
             upgrade: self.head.upgrade.is_some(),
         };
-        let resp = match self.send(cw, &mut bw, &side, &backend, scratch, record, attempt) {
+        let resp = match self.send(cw, &mut bw, &side, backend, scratch, record, attempt) {
             Ok(Verdict::Final(resp)) => Ok(resp),
             Ok(Verdict::Continue) => {
                 interim::read_final(self, &mut bw, &side, backend.name(), scratch, attempt, None)
@@ -113,7 +114,7 @@ impl Exchange<'_> {
         record.status = resp.status;
         if resp.status == 101 {
             record.bytes_in += scratch.head.len() as u64;
-            let outcome = upgrade::switch(self, cw, &mut bw, &stream, &backend, scratch, record);
+            let outcome = upgrade::switch(self, cw, &mut bw, &stream, backend, scratch, record);
             scratch.backend_in = bw.into_buffer();
             drop(attached);
             return match outcome.map_err(give_up)? {
@@ -123,8 +124,8 @@ impl Exchange<'_> {
                 }
             };
         }
-        self.ctx.balancer.record_status(&backend, resp.status);
-        let surplus = self.respond(&mut bw, &resp, &backend, scratch, record);
+        self.ctx.balancer.record_status(backend, resp.status);
+        let surplus = self.respond(&mut bw, &resp, backend, scratch, record);
         scratch.backend_in = bw.into_buffer();
         let surplus = surplus.map_err(give_up)?;
         // The whole response is read, so the backend side is done: its slot and connection
@@ -138,7 +139,7 @@ impl Exchange<'_> {
         backend.latency().record(started.elapsed());
         // A backend that answered before the body was sent expects it still: never pooled.
         if attempt.body_done {
-            self.release(stream, &backend, &resp, surplus);
+            self.release(stream, backend, &resp, surplus);
         }
         Coalesce::resume(self.client, &mut scratch.client_out)
             .flush()

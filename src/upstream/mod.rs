@@ -96,11 +96,10 @@ pub fn connect(
     limits: Limits,
     tls: Option<&crate::tls::Backends>,
 ) -> Result<(Stream<TcpStream>, Pick), Failure> {
-    tries::run(balancer, who, limits.queue, |pick, _| {
-        let backend = pick.guard.backend().clone();
+    tries::run(balancer, who, limits.queue, |pick, backend, _| {
         let started = Instant::now();
-        let connected = dial(&backend, limits.connect, client, who.label)
-            .and_then(|stream| secure(&backend, stream, tls, limits.connect));
+        let connected = dial(backend, limits.connect, client, who.label)
+            .and_then(|stream| secure(backend, stream, tls, limits.connect));
         match connected {
             Ok(stream) => {
                 log::info!(
