@@ -21,6 +21,8 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::clock::now_ms;
 use crate::config::{AcceptProxy, Config};
+use crate::error::Failure;
+use crate::h1::respond::refusal;
 use crate::logging::RateLimit;
 use crate::net::proxy_protocol::{self, Addresses};
 use crate::relay::Progress;
@@ -375,6 +377,14 @@ impl Conn {
                 Greeting::Refused
             }
         }
+    }
+
+    /// Refuses a request head before any backend was asked: logs it once, and gives the answer
+    /// to write ([`refusal`]), for whichever writes it (a worker, or the parker at `header_ms`).
+    pub fn refuse_head(&self, f: &Failure) -> Option<Vec<u8>> {
+        let answer = refusal(f)?;
+        log::warn!("conn {} from {}: refused with {}: {f}", self.id, self.peer, answer.status);
+        Some(answer.bytes)
     }
 
     /// Logs (rate-limited) why a connection's PROXY header was refused (`accept`: the

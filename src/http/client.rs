@@ -10,18 +10,17 @@ use crate::conn::accept::ClientStream;
 use crate::conn::Conn;
 use crate::error::Failure;
 use crate::h1::request::RequestHead;
-use crate::h1::respond::{refusal, text_error};
+use crate::h1::respond::text_error;
 use crate::h1::Coalesce;
 
-/// Answers a request head refused before any backend was asked (see [`refusal`]); the caller
-/// closes.
+/// Answers a request head refused before any backend was asked (see [`Conn::refuse_head`]);
+/// the caller closes.
 #[cold]
 #[inline(never)]
 pub(super) fn refuse_head(conn: &Conn, client: &ClientStream, f: &Failure, buf: &mut Vec<u8>) {
-    let Some(answer) = refusal(f) else { return };
-    log::warn!("conn {} from {}: refused with {}: {f}", conn.id, conn.peer, answer.status);
+    let Some(answer) = conn.refuse_head(f) else { return };
     let mut out = Coalesce::new(client, buf);
-    let _ = out.write_all(&answer.bytes).and_then(|()| out.flush());
+    let _ = out.write_all(&answer).and_then(|()| out.flush());
 }
 
 #[inline(never)]

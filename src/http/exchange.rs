@@ -57,7 +57,7 @@ impl Exchange<'_> {
         let label = self.label();
         let who = tries::Client { label: &label, peer: self.conn.peer, key: self.key };
         let queue = self.ctx.config.timeouts.queue;
-        tries::run(&self.ctx.balancer, who, queue, |pick, backend, _| {
+        tries::run(&self.ctx.balancer, who, queue, |pick, backend| {
             self.attempt(pick, backend, cw, scratch, record, attempt, started)
         })
         .inspect_err(|f| {

@@ -10,7 +10,6 @@ use rustix::event::epoll;
 use super::{timespec, Parker, Wait, GRACE, LINGER_TICK};
 use crate::conn::Conn;
 use crate::error::{Cause, Failure};
-use crate::h1::respond::refusal;
 
 /// Writes to a socket without waiting.
 struct NoWait<'a>(&'a std::net::TcpStream);
@@ -136,21 +135,19 @@ impl Parker {
                 );
                 continue;
             }
-            let slow = Failure::head(Cause::Timeout);
-            let Some(answer) = refusal(&slow) else { continue };
-            log::warn!("conn {} from {}: refused with {}: {slow}", conn.id, conn.peer, answer.status);
+            let Some(answer) = conn.refuse_head(&Failure::head(Cause::Timeout)) else { continue };
             // The answer a worker gives (dated now), written without waiting: in the middle of
             // a request the socket's buffer is empty, so it fits; if not, the close alone
             // tells. A TLS client's goes encrypted.
             match &conn.tls_session {
                 Some(session) => {
                     let mut c = session.lock();
-                    if std::io::Write::write_all(&mut c.writer(), &answer.bytes).is_ok() {
+                    if std::io::Write::write_all(&mut c.writer(), &answer).is_ok() {
                         let _ = c.write_tls(&mut NoWait(&conn.stream));
                     }
                 }
                 None => {
-                    let _ = crate::net::send_now(&conn.stream, &answer.bytes);
+                    let _ = crate::net::send_now(&conn.stream, &answer);
                 }
             }
         }

@@ -96,7 +96,7 @@ pub fn connect(
     limits: Limits,
     tls: Option<&crate::tls::Backends>,
 ) -> Result<(Stream<TcpStream>, Pick), Failure> {
-    tries::run(balancer, who, limits.queue, |pick, backend, _| {
+    tries::run(balancer, who, limits.queue, |pick, backend| {
         let started = Instant::now();
         let connected = dial(backend, limits.connect, client, who.label)
             .and_then(|stream| secure(backend, stream, tls, limits.connect));

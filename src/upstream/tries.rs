@@ -31,9 +31,8 @@ pub struct Client<'a> {
 }
 
 /// Tries backends for `client` until `attempt` succeeds on one or it is time to give up.
-/// `attempt` gets the pick (its slot counted), its backend and the attempts so far, and answers
-/// with its
-/// result or with the failure and what to do about it. Gives back the attempt's result, or
+/// `attempt` gets the pick (its slot counted) and its backend, and answers with its result or
+/// with the failure and what to do about it. Gives back the attempt's result, or
 /// the failure to answer the client with: the last backend's that broke mid-exchange if any
 /// (502), else why none could be chosen (503); a local shortage or a failure not to retry as it
 /// is.
@@ -41,7 +40,7 @@ pub fn run<T>(
     balancer: &Balancer,
     client: Client<'_>,
     queue: Duration,
-    mut attempt: impl FnMut(Pick, &Arc<Backend>, &Tried) -> Result<T, (Failure, Retry)>,
+    mut attempt: impl FnMut(Pick, &Arc<Backend>) -> Result<T, (Failure, Retry)>,
 ) -> Result<T, Failure> {
     let mut tried = Tried::default();
     // A backend that failed after the request went out: when no other can take it, the answer.
@@ -71,7 +70,7 @@ pub fn run<T>(
         if events::wants_pick() {
             events::pick(client.label, &client.peer, backend.name(), pick.algorithm, &pick.reason);
         }
-        let (f, retry) = match attempt(pick, &backend, &tried) {
+        let (f, retry) = match attempt(pick, &backend) {
             Ok(done) => return Ok(done),
             Err(failed) => failed,
         };
