@@ -6,12 +6,14 @@ use super::{AcceptProxy, Config, Mode};
 
 mod health;
 mod http;
+mod routing;
 mod tls;
 pub use health::{
     FAIL_WINDOW_MS, FALL, HEALTH_ENABLED, HEALTH_MODE, HEALTH_PATH, INTERVAL_MS, MAX_FAILS, OBSERVE_5XX,
     RISE, SLOWSTART_MS, TIMEOUT_MS,
 };
 pub use http::{BACKEND_KEEPALIVE, MAX_BODY_BYTES, MAX_HEAD_BYTES, UNDERSCORES_IN_HEADERS};
+pub use routing::ERROR_PAGES;
 pub use tls::{TLS_BACKEND_CA, TLS_CERT, TLS_KEY, TLS_MIN_VERSION, TLS_SNI_DIR, TLS_VERSIONS};
 
 /// What values a key takes.
@@ -366,6 +368,7 @@ pub const KEYS: &[Key] = &[
     ACCEPT_PROXY,
     HASH_HEADER,
     CONTROL_SOCKET,
+    ERROR_PAGES,
     CONNECT_MS,
     IDLE_MS,
     HEADER_MS,

@@ -26,11 +26,13 @@ use log::LevelFilter;
 
 pub mod keys;
 pub mod raw;
+mod routing;
 pub mod show;
 mod validate;
 
 pub use crate::net::proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
 pub use raw::RawConfig;
+pub use routing::{HeaderRules, HostPattern, PoolSpec, Redirect, RouteAction, RouteSpec};
 
 /// The default configuration file, looked up in the current directory.
 pub const DEFAULT_PATH: &str = "config.ini";
@@ -253,7 +255,16 @@ pub struct Config {
     pub stats_interval: Option<Duration>,
     /// How often DNS names in `[backends]` are resolved again.
     pub resolve_interval: Duration,
+    /// The default pool's members (`[backends]`; may be empty when `[pool.NAME]`s exist).
     pub backends: Vec<BackendSpec>,
+    /// `[pool.NAME]` sections, in file order.
+    pub pools: Vec<PoolSpec>,
+    /// `[route.NAME]` sections, in file order: the first that matches wins.
+    pub routes: Vec<RouteSpec>,
+    /// Problems that don't stop the proxy (a pool no route reaches), logged at start and reload.
+    pub warnings: Vec<ConfigError>,
+    /// `[proxy] error_pages`: `DIR/NNN.html` replaces the body of the proxy's own answers.
+    pub error_pages: Option<PathBuf>,
     /// Running beside sibling instances (`reuse_port`, `accept_proxy`, `hash_header`,
     /// `control_socket`).
     pub scale: ScaleSettings,

@@ -10,9 +10,22 @@ use super::{keys, ConfigError, Origin};
 #[derive(Debug, Clone)]
 pub(super) struct Setting {
     pub(super) section: &'static str,
+    /// The pool's or route's name in `[pool.NAME]` and `[route.NAME]`; empty elsewhere.
+    pub(super) block: String,
     pub(super) key: String,
     pub(super) value: String,
     pub(super) origin: Origin,
+}
+
+impl Setting {
+    /// `[section] key`, or `[pool.NAME] key` in a pool or route.
+    pub(super) fn label(&self) -> String {
+        if self.block.is_empty() {
+            format!("[{}] {}", self.section, self.key)
+        } else {
+            format!("[{}.{}] {}", self.section, self.block, self.key)
+        }
+    }
 }
 
 /// Settings as written, before their values are checked.
@@ -22,7 +35,34 @@ pub struct RawConfig {
     pub(super) settings: Vec<Setting>,
     /// Syntax and key errors, reported by [`RawConfig::validate`] with the value errors.
     pub(super) errors: Vec<ConfigError>,
+    /// The `[pool.NAME]` and `[route.NAME]` sections, in file order.
+    pub(super) blocks: Vec<Block>,
 }
+
+/// A `[pool.NAME]` or `[route.NAME]` section header.
+#[derive(Debug, Clone)]
+pub(super) struct Block {
+    /// `pool` or `route`.
+    pub(super) kind: &'static str,
+    pub(super) name: String,
+    pub(super) line: u32,
+}
+
+/// The keys a `[route.NAME]` takes; header rules add `.HEADER` to the `set_`/`add_` ones.
+pub(super) const ROUTE_KEYS: &[&str] = &[
+    "host",
+    "path",
+    "sni",
+    "pool",
+    "strip_prefix",
+    "redirect",
+    "set_request_header",
+    "add_request_header",
+    "del_request_header",
+    "set_response_header",
+    "add_response_header",
+    "del_response_header",
+];
 
 impl RawConfig {
     /// Reads the file at `path`. A missing or unreadable file is an error naming it.
@@ -55,8 +95,14 @@ impl RawConfig {
         if !text.ends_with('\n') {
             text.push('\n');
         }
-        let mut raw = RawConfig { file: file.to_string(), settings: Vec::new(), errors: Vec::new() };
+        let mut raw = RawConfig {
+            file: file.to_string(),
+            settings: Vec::new(),
+            errors: Vec::new(),
+            blocks: Vec::new(),
+        };
         let mut section: Option<&'static str> = None;
+        let mut block = String::new();
         let mut in_unknown_section = false;
         let mut parser = ini_core::Parser::new(&text).comment_char(b'#').auto_trim(true);
         while let Some(item) = parser.next() {
@@ -64,7 +110,14 @@ impl RawConfig {
             match item {
                 ini_core::Item::Section(name) => {
                     let name = name.trim();
+                    block.clear();
                     section = keys::section(name);
+                    if let Some((kind, block_name)) = block_header(name) {
+                        section = raw.open_block(kind, block_name, line).then_some(kind);
+                        block = block_name.to_string();
+                        in_unknown_section = section.is_none();
+                        continue;
+                    }
                     in_unknown_section = section.is_none();
                     if in_unknown_section {
                         let hint = keys::did_you_mean(None, name);
@@ -87,7 +140,8 @@ impl RawConfig {
                         raw.error_at(line, key, "expected 'key = value'".to_string());
                         continue;
                     };
-                    raw.add(sec, key.trim(), strip_inline_comment(value).trim(), Origin::Line(line));
+                    let value = strip_inline_comment(value).trim();
+                    raw.add_in(sec, &block, key.trim(), value, Origin::Line(line));
                 }
                 _ => {}
             }
@@ -104,16 +158,50 @@ impl RawConfig {
         });
     }
 
+    /// Records a `[pool.NAME]` or `[route.NAME]` header; false (and an error) for a bad or
+    /// repeated one, whose lines are then skipped.
+    fn open_block(&mut self, kind: &'static str, name: &str, line: u32) -> bool {
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+        if !valid {
+            let message = format!("invalid {kind} name '{name}' (letters, digits, '-' and '_')");
+            self.error_at(line, "", message);
+            return false;
+        }
+        if kind == "pool" && name == "default" {
+            self.error_at(line, "", "the pool 'default' is [backends]; name this one otherwise".to_string());
+            return false;
+        }
+        if let Some(first) = self.blocks.iter().find(|b| b.kind == kind && b.name == name) {
+            let message = format!("repeated section [{kind}.{name}] (first at line {})", first.line);
+            self.error_at(line, "", message);
+            return false;
+        }
+        self.blocks.push(Block { kind, name: name.to_string(), line });
+        true
+    }
+
     fn add(&mut self, section: &'static str, key: &str, value: &str, origin: Origin) {
-        let label = format!("[{section}] {key}");
-        // Any name in [backends] is a backend; elsewhere only the table's keys exist.
-        if section != "backends" && keys::find(section, key).is_none() {
-            let message =
-                format!("unknown key '{key}' in [{section}]{}", keys::did_you_mean(Some(section), key));
+        self.add_in(section, "", key, value, origin);
+    }
+
+    fn add_in(&mut self, section: &'static str, block: &str, key: &str, value: &str, origin: Origin) {
+        let named = if block.is_empty() { section.to_string() } else { format!("{section}.{block}") };
+        let label = format!("[{named}] {key}");
+        // Any name in [backends] or a pool is a member; elsewhere only the table's keys exist.
+        let known = match section {
+            "backends" | "pool" => true,
+            "route" => ROUTE_KEYS.contains(&key.split_once('.').map_or(key, |(k, _)| k)),
+            _ => keys::find(section, key).is_some(),
+        };
+        if !known {
+            let hint =
+                if section == "route" { route_key_hint(key) } else { keys::did_you_mean(Some(section), key) };
+            let message = format!("unknown key '{key}' in [{named}]{hint}");
             self.errors.push(ConfigError { file: self.file.clone(), origin, key: label, message });
             return;
         }
-        if let Some(first) = self.settings.iter().find(|s| s.section == section && s.key == key) {
+        let first = self.settings.iter().find(|s| s.section == section && s.block == block && s.key == key);
+        if let Some(first) = first {
             let message = match first.origin {
                 Origin::Line(l) => format!("repeated (first set at line {l})"),
                 _ => "repeated".to_string(),
@@ -121,7 +209,13 @@ impl RawConfig {
             self.errors.push(ConfigError { file: self.file.clone(), origin, key: label, message });
             return;
         }
-        self.settings.push(Setting { section, key: key.to_string(), value: value.to_string(), origin });
+        self.settings.push(Setting {
+            section,
+            block: block.to_string(),
+            key: key.to_string(),
+            value: value.to_string(),
+            origin,
+        });
     }
 
     /// Overrides `[section] key` with a command-line flag's value.
@@ -180,7 +274,7 @@ impl RawConfig {
     pub fn origin(&self, section: &str, key: &str) -> Origin {
         self.settings
             .iter()
-            .find(|s| s.section == section && s.key == key)
+            .find(|s| s.section == section && s.block.is_empty() && s.key == key)
             .map_or(Origin::File, |s| s.origin.clone())
     }
 
@@ -193,13 +287,33 @@ impl RawConfig {
             Origin::Given(given) => given.clone(),
             Origin::File => self.file.clone(),
         };
-        self.settings.iter().map(|s| (format!("[{}] {}", s.section, s.key), shown(&s.origin))).collect()
+        self.settings.iter().map(|s| (s.label(), shown(&s.origin))).collect()
     }
 
     /// The file the settings were read from.
     pub fn file(&self) -> &str {
         &self.file
     }
+}
+
+/// `[pool.NAME]` -> (`pool`, `NAME`), likewise `[route.NAME]`.
+fn block_header(name: &str) -> Option<(&'static str, &str)> {
+    if let Some(n) = name.strip_prefix("pool.") {
+        return Some(("pool", n.trim()));
+    }
+    name.strip_prefix("route.").map(|n| ("route", n.trim()))
+}
+
+/// `; did you mean 'path'?` for a misspelt route key.
+fn route_key_hint(key: &str) -> String {
+    let base = key.split_once('.').map_or(key, |(k, _)| k);
+    ROUTE_KEYS
+        .iter()
+        .map(|k| (strsim::jaro_winkler(base, k), k))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| format!("; did you mean '{k}'?"))
+        .unwrap_or_default()
 }
 
 /// Drops a trailing comment: `#` or `;` after whitespace (`workers = 64  # for tests`), or

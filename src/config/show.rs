@@ -47,17 +47,62 @@ pub fn write_effective(c: &Config, out: &mut impl std::fmt::Write) -> std::fmt::
         writeln!(out, "{} = {}  # {}", k.name, (k.show)(c), from(&k.label()))?;
     }
     for b in &c.backends {
-        let addrs: Vec<String> = b.addrs.iter().map(|a| a.to_string()).collect();
-        write!(out, "{} = {} weight={}", b.name, b.target, b.weight)?;
-        if b.max_conns > 0 {
-            write!(out, " max_conns={}", b.max_conns)?;
+        write_member(out, b, from(&format!("[backends] {}", b.name)))?;
+    }
+    for p in &c.pools {
+        writeln!(out, "[pool.{}]  # {}:{}", p.name, c.file, p.line)?;
+        writeln!(out, "algorithm = {}", p.algorithm.name())?;
+        if let Some(path) = &p.health_path {
+            writeln!(out, "health_path = {path}")?;
         }
-        if let Some(v) = b.send_proxy {
-            write!(out, " send_proxy={}", v.name())?;
+        for b in &p.backends {
+            write_member(out, b, from(&format!("[pool.{}] {}", p.name, b.name)))?;
         }
-        writeln!(out, " ({})  # {}", addrs.join(", "), from(&format!("[backends] {}", b.name)))?;
+    }
+    for r in &c.routes {
+        writeln!(out, "[route.{}]  # {}:{}", r.name, c.file, r.line)?;
+        if let Some(h) = &r.host {
+            writeln!(out, "host = {h}")?;
+        }
+        if let Some(p) = &r.path {
+            writeln!(out, "path = {p}")?;
+        }
+        if let Some(s) = &r.sni {
+            writeln!(out, "sni = {s}")?;
+        }
+        match &r.action {
+            super::RouteAction::Pool(p) => writeln!(out, "pool = {p}")?,
+            super::RouteAction::Redirect(to) => writeln!(out, "redirect = {} {}", to.status, to.location)?,
+        }
+        if r.strip_prefix {
+            writeln!(out, "strip_prefix = on")?;
+        }
+        for (dir, rules) in [("request", &r.request), ("response", &r.response)] {
+            if !rules.del.is_empty() {
+                writeln!(out, "del_{dir}_header = {}", rules.del.join(", "))?;
+            }
+            for (n, v) in &rules.set {
+                writeln!(out, "set_{dir}_header.{n} = {v}")?;
+            }
+            for (n, v) in &rules.add {
+                writeln!(out, "add_{dir}_header.{n} = {v}")?;
+            }
+        }
     }
     Ok(())
+}
+
+/// One member line, as `[backends]` and pools write it.
+fn write_member(out: &mut impl std::fmt::Write, b: &super::BackendSpec, from: &str) -> std::fmt::Result {
+    let addrs: Vec<String> = b.addrs.iter().map(|a| a.to_string()).collect();
+    write!(out, "{} = {} weight={}", b.name, b.target, b.weight)?;
+    if b.max_conns > 0 {
+        write!(out, " max_conns={}", b.max_conns)?;
+    }
+    if let Some(v) = b.send_proxy {
+        write!(out, " send_proxy={}", v.name())?;
+    }
+    writeln!(out, " ({})  # {from}", addrs.join(", "))
 }
 
 /// What the proxy logs at start, before any traffic: one line for the listener (`addr`, the
@@ -75,8 +120,15 @@ pub fn startup_lines(c: &Config, addr: std::net::SocketAddr) -> Vec<String> {
         c.algorithm.name(),
         c.workers
     )];
-    for b in &c.backends {
+    let pools = c.pools.iter().map(|p| (p.name.as_str(), &p.backends));
+    for (pool, b) in std::iter::once(("default", &c.backends))
+        .chain(pools)
+        .flat_map(|(n, bs)| bs.iter().map(move |b| (n, b)))
+    {
         let mut line = format!("backend {} {}", b.name, b.target);
+        if pool != "default" {
+            let _ = write!(line, " (pool {pool})");
+        }
         if b.dns {
             let addrs: Vec<String> = b.addrs.iter().map(|a| a.to_string()).collect();
             let _ = write!(line, " ({})", addrs.join(", "));
@@ -91,6 +143,9 @@ pub fn startup_lines(c: &Config, addr: std::net::SocketAddr) -> Vec<String> {
             let _ = write!(line, " tls (sni {sni})");
         }
         lines.push(line);
+    }
+    for r in &c.routes {
+        lines.push(format!("route {} ({}) -> {}", r.name, r.describe(), r.action));
     }
     lines
 }

@@ -8,6 +8,7 @@ use log::LevelFilter;
 
 use super::keys::{self, Key, Kind};
 use super::raw::{RawConfig, Setting};
+use super::routing;
 use super::{
     AcceptProxy, Algorithm, BackendSpec, Config, ConfigError, HealthSettings, HttpSettings, Mode, Origin,
     ProxyVersion, ScaleSettings, Timeouts, TlsFile, TlsSettings, TlsVersion,
@@ -64,6 +65,7 @@ impl RawConfig {
         let reuse_port = v.get(&keys::REUSE_PORT, parse_bool);
         let accept_proxy = v.get(&keys::ACCEPT_PROXY, parse_accept_proxy);
         let hash_header = v.get(&keys::HASH_HEADER, parse_header_name);
+        let error_pages = v.get(&keys::ERROR_PAGES, |s| Ok((!s.is_empty()).then(|| PathBuf::from(s))));
         let control_socket = v.get(&keys::CONTROL_SOCKET, |s| Ok((!s.is_empty()).then(|| PathBuf::from(s))));
         // `None` exactly when some value was bad (and reported).
         let built = (|| {
@@ -111,6 +113,10 @@ impl RawConfig {
                 stats_interval: stats_interval.map(|d| (!d.is_zero()).then_some(d))?,
                 resolve_interval: resolve_interval?,
                 backends: Vec::new(),
+                pools: Vec::new(),
+                routes: Vec::new(),
+                warnings: Vec::new(),
+                error_pages: error_pages?,
                 scale: ScaleSettings {
                     reuse_port: reuse_port?,
                     accept_proxy: accept_proxy?,
@@ -134,13 +140,16 @@ impl RawConfig {
             .filter(|s| s.section == "backends" && keys::find("backends", &s.key).is_none())
         {
             match parse_backend(&s.key, &s.value) {
-                Ok(b) => backends.push(b),
+                Ok(b) => backends.push((b, s.origin.clone())),
                 Err(message) => v.error(s, message),
             }
         }
+        let mut warnings = Vec::new();
+        let (pools, routes) = routing::read(self, mode, algorithm, &backends, &mut v.errors, &mut warnings);
+        let backends: Vec<BackendSpec> = backends.into_iter().map(|(b, _)| b).collect();
         let backend_error =
             |e: &ConfigError| e.key.starts_with("[backends]") || matches!(e.origin, Origin::Given(_));
-        if backends.is_empty() && !v.errors.iter().any(backend_error) {
+        if backends.is_empty() && pools.is_empty() && !v.errors.iter().any(backend_error) {
             v.errors.push(ConfigError {
                 file: self.file.clone(),
                 origin: Origin::File,
@@ -150,7 +159,7 @@ impl RawConfig {
         }
         let mut errors = v.errors;
         match built {
-            Some(config) if errors.is_empty() => Ok(Config { backends, ..config }),
+            Some(config) if errors.is_empty() => Ok(Config { backends, pools, routes, warnings, ..config }),
             _ => {
                 errors.sort_by_key(|e| match e.origin {
                     Origin::Line(l) => (0, l),
@@ -261,7 +270,7 @@ impl Validator<'_> {
         // A made-up name (`--backend`'s) would only confuse: the value as given says it all.
         let key = match s.origin {
             Origin::Given(_) => String::new(),
-            _ => format!("[{}] {}", s.section, s.key),
+            _ => s.label(),
         };
         self.errors.push(ConfigError { file: self.raw.file.clone(), origin: s.origin.clone(), key, message });
     }
@@ -280,7 +289,7 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     }
 }
 
-fn parse_bool(s: &str) -> Result<bool, String> {
+pub(super) fn parse_bool(s: &str) -> Result<bool, String> {
     match s.to_ascii_lowercase().as_str() {
         "true" | "yes" | "on" | "1" => Ok(true),
         "false" | "no" | "off" | "0" => Ok(false),
@@ -288,7 +297,7 @@ fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
-fn parse_path(s: &str) -> Result<String, String> {
+pub(super) fn parse_path(s: &str) -> Result<String, String> {
     if s.starts_with('/') && s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
         Ok(s.to_string())
     } else {
@@ -319,7 +328,7 @@ fn parse_number(s: &str, min: u64, max: u64) -> Result<u64, String> {
     }
 }
 
-fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
+pub(super) fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
     match s {
         "least-connections" | "leastconn" => Ok(Algorithm::LeastConnections),
         "round-robin" | "roundrobin" => Ok(Algorithm::RoundRobin),
@@ -343,7 +352,7 @@ fn parse_accept_proxy(s: &str) -> Result<AcceptProxy, String> {
 }
 
 /// A header name: an RFC 9110 token.
-fn parse_header_name(s: &str) -> Result<String, String> {
+pub(super) fn parse_header_name(s: &str) -> Result<String, String> {
     let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if !s.is_empty() && s.chars().all(tchar) {
         Ok(s.to_string())
@@ -364,7 +373,7 @@ fn parse_level(s: &str) -> Result<LevelFilter, String> {
     }
 }
 
-fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
+pub(super) fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
         return Err(format!("invalid backend name '{name}' (letters, digits, '-', '_', '.')"));
     }
