@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lbproxy::companions::dummy::{DummyArgs, DummyServer};
+use lbproxy::logging::{self, out};
 use lbproxy::server::signals;
-use lbproxy::{logging, out};
 
 fn main() -> ExitCode {
     let args = DummyArgs::parse();

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lbproxy::cli::ProxyArgs;
+use lbproxy::logging::{self, out};
 use lbproxy::server::signals;
 use lbproxy::server::Server;
-use lbproxy::{logging, out};
 
 fn main() -> ExitCode {
     let args = match ProxyArgs::try_parse() {

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lbproxy::companions::simulate::{self, ClientArgs};
-use lbproxy::out;
+use lbproxy::logging::out;
 
 fn main() -> ExitCode {
     let args = ClientArgs::parse();

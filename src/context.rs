@@ -1,12 +1,12 @@
-//! What every worker shares, in either mode: the configuration it started with, the balancer,
-//! the counters, the stop flag, the listener's and the backends' TLS, and the parker.
+//! What every worker shares, in either mode: the configuration it started with, the route
+//! table (pools and their balancers), the counters, the stop flag, the listener's and the backends' TLS, and the parker.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use crate::balancer::Balancer;
 use crate::config::Config;
 use crate::park::Parker;
+use crate::route::Router;
 use crate::stats::ProxyCounters;
 use crate::tls::{Backends, Listener};
 
@@ -14,8 +14,8 @@ use crate::tls::{Backends, Listener};
 pub struct Context {
     /// The configuration the workers started with (timeouts, limits).
     pub config: Config,
-    /// Picks the backend for each connection or request.
-    pub balancer: Arc<Balancer>,
+    /// The pools and the routes between them; each pool's balancer picks its backends.
+    pub router: Arc<Router>,
     /// Requests, handshakes and other proxy-wide counts.
     pub counters: Arc<ProxyCounters>,
     /// Set at shutdown: finish the current request, then close.

@@ -11,7 +11,7 @@
 //! against it in the test command.
 //! - base: [`clock`], [`config`] (INI and flags -> validated settings, from one table of keys),
 //!   [`error`] (the process's errors and one failure model for both modes), [`events`] (the
-//!   dashboard's event bus), [`logging`], [`out`] (stdout, quiet when its reader has gone),
+//!   dashboard's event bus), [`logging`] (and stdout, quiet when its reader has gone),
 //!   [`net`] (sockets, `host:port` addresses, the PROXY protocol), [`h1`] (the HTTP/1.1 wire
 //!   format), [`tls`] (certificates, SNI, reload, the backend CA; the plain-or-TLS stream and
 //!   its handshakes), [`threads`] (worker pools, the thread budget, stack give-back).
@@ -19,6 +19,7 @@
 //!   latency).
 //! - selection: [`balancer`] (five algorithms; the one place where choosing meets health; the
 //!   health-check thread).
+//! - routing: [`route`] (pools behind the listener, the routes between them, swapped whole).
 //! - connections: [`upstream`] (the one connect path), [`conn`] (in-flight connections and the
 //!   client's TLS handshake), [`stats`], [`park`] (idle connections wait in one epoll set),
 //!   [`relay`] (bytes both ways, plain or TLS on either side).
@@ -43,9 +44,9 @@ pub mod h1;
 pub mod http;
 pub mod logging;
 pub mod net;
-pub mod out;
 pub mod park;
 pub mod relay;
+pub mod route;
 pub mod server;
 pub mod stats;
 pub mod tcp;

@@ -9,8 +9,8 @@ use serde_json::json;
 
 use crate::backend::latency::BUCKETS;
 use crate::backend::{Backend, WEIGHT_SCALE};
-use crate::balancer::Balancer;
 use crate::clock::now_ms;
+use crate::route::Table;
 
 /// What the workers and the parker are doing now, read when `/stats` or `/metrics` is asked.
 #[derive(Debug, Default, Clone, Copy)]
@@ -94,14 +94,28 @@ pub fn backend_json(b: &Backend) -> serde_json::Value {
 }
 
 /// The /stats document.
-pub fn stats_json(balancer: &Balancer, counters: &ProxyCounters) -> String {
-    let members = balancer.members();
+pub fn stats_json(table: &Table, counters: &ProxyCounters) -> String {
+    let members = members(table);
     let live = counters.live();
+    let pools: Vec<_> = table
+        .pools()
+        .iter()
+        .map(|p| {
+            let names: Vec<String> = p.balancer.members().iter().map(|b| b.name().to_string()).collect();
+            json!({
+                "name": p.name,
+                "algorithm": p.balancer.algorithm().name(),
+                "queued": p.balancer.queued(),
+                "backends": names,
+            })
+        })
+        .collect();
     let doc = json!({
-        "algorithm": balancer.algorithm().name(),
+        "algorithm": table.default_pool().balancer.algorithm().name(),
         "connections_accepted": counters.accepted.load(Ordering::Relaxed),
         "requests": counters.requests.load(Ordering::Relaxed),
-        "queued": balancer.queued(),
+        "queued": queued(table),
+        "pools": pools,
         "waiting_for_worker": live.waiting_for_worker,
         "parked": live.parked,
         "workers": live.workers,
@@ -113,9 +127,10 @@ pub fn stats_json(balancer: &Balancer, counters: &ProxyCounters) -> String {
         "underscored_headers_dropped": counters.underscored_headers_dropped.load(Ordering::Relaxed),
         "backends": members
             .iter()
-            .map(|b| {
+            .map(|(pool, b)| {
                 let mut j = backend_json(b);
                 j["tunnels"] = json!(b.tunnels());
+                j["pool"] = json!(pool);
                 j
             })
             .collect::<Vec<_>>(),
@@ -126,13 +141,13 @@ pub fn stats_json(balancer: &Balancer, counters: &ProxyCounters) -> String {
 }
 
 /// The /metrics document, Prometheus text format 0.0.4.
-pub fn metrics_text(balancer: &Balancer, counters: &ProxyCounters) -> String {
-    let members = balancer.members();
+pub fn metrics_text(table: &Table, counters: &ProxyCounters) -> String {
+    let members = members(table);
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, value: &dyn Fn(&Backend) -> String| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for b in members.iter() {
-            let _ = writeln!(out, "{name}{{backend=\"{}\"}} {}", b.name(), value(b));
+        for (pool, b) in members.iter() {
+            let _ = writeln!(out, "{name}{{backend=\"{}\",pool=\"{pool}\"}} {}", b.name(), value(b));
         }
     };
     family("lb_backend_up", "gauge", "Whether the backend is up (1) or down (0).", &|b| {
@@ -165,18 +180,19 @@ pub fn metrics_text(balancer: &Balancer, counters: &ProxyCounters) -> String {
     let name = "lb_request_duration_seconds";
     let _ =
         writeln!(out, "# HELP {name} Request (http) or connection (tcp) duration.\n# TYPE {name} histogram");
-    for b in members.iter() {
+    for (pool, b) in members.iter() {
         let (counts, sum) = b.latency().all_time();
+        let labels = format!("backend=\"{}\",pool=\"{pool}\"", b.name());
         let mut cumulative = 0;
         for (i, le) in BUCKETS.iter().enumerate() {
             cumulative += counts[i];
-            let _ = writeln!(out, "{name}_bucket{{backend=\"{}\",le=\"{le}\"}} {cumulative}", b.name());
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {cumulative}");
         }
         cumulative += counts[BUCKETS.len()];
-        let _ = writeln!(out, "{name}_bucket{{backend=\"{}\",le=\"+Inf\"}} {cumulative}", b.name());
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
         let sum = sum.as_secs_f64();
-        let _ = writeln!(out, "{name}_sum{{backend=\"{}\"}} {sum}", b.name());
-        let _ = writeln!(out, "{name}_count{{backend=\"{}\"}} {cumulative}", b.name());
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
     }
     let _ = writeln!(
         out,
@@ -232,14 +248,28 @@ pub fn metrics_text(balancer: &Balancer, counters: &ProxyCounters) -> String {
         out,
         "# HELP lb_tunnels_open Open upgraded connections (WebSocket) per backend.\n# TYPE lb_tunnels_open gauge"
     );
-    for b in members.iter() {
-        let _ = writeln!(out, "lb_tunnels_open{{backend=\"{}\"}} {}", b.name(), b.tunnels());
+    for (pool, b) in members.iter() {
+        let _ = writeln!(out, "lb_tunnels_open{{backend=\"{}\",pool=\"{pool}\"}} {}", b.name(), b.tunnels());
     }
     let _ = writeln!(
         out,
         "# HELP lb_queue_length Connections or requests waiting for a backend slot.\n\
          # TYPE lb_queue_length gauge\nlb_queue_length {}",
-        balancer.queued()
+        queued(table)
     );
     out
+}
+
+/// Every pool's members, each with its pool's name.
+pub fn members(table: &Table) -> Vec<(String, std::sync::Arc<Backend>)> {
+    let mut all = Vec::new();
+    for p in table.pools() {
+        all.extend(p.balancer.members().iter().map(|b| (p.name.clone(), b.clone())));
+    }
+    all
+}
+
+/// Picks waiting for a slot, in every pool.
+fn queued(table: &Table) -> usize {
+    table.pools().iter().map(|p| p.balancer.queued()).sum()
 }

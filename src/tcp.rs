@@ -1,9 +1,13 @@
-//! TCP mode: each accepted connection is balanced once, connected (with retries), relayed, and
-//! logged at its end with bytes each way and duration. A relay that goes quiet waits in the
+//! TCP mode: each accepted connection is routed (by its TLS server name, when routes say so)
+//! and balanced once, connected (with retries), relayed, and logged at its end with bytes each
+//! way and duration. A relay that goes quiet waits in the
 //! parker, both sockets watched, and a worker resumes it when either side speaks.
 
 use std::fmt;
+use std::io::Read;
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -16,6 +20,8 @@ use crate::error::{Cause, Party, Phase};
 use crate::logging::{held_back, RateLimit};
 use crate::park::PARK_AFTER;
 use crate::relay::{self, Buffers, End, Progress, RelayOutcome, Relayed};
+use crate::route::sni::{self, Hello};
+use crate::route::{Pool, Table};
 use crate::upstream::{self, tries, Limits};
 
 struct Label<'a>(&'a Conn);
@@ -30,6 +36,7 @@ static UNAVAILABLE: RateLimit = RateLimit::new();
 
 /// A relay's side while its connection waits in the parker ([`Quiet::state`]).
 struct Held {
+    pool: Arc<Pool>,
     pick: Pick,
     backend_tls: Option<rustls::Connection>,
     progress: Progress,
@@ -37,8 +44,11 @@ struct Held {
 
 /// A relay under way: the backend socket, its slot, both TLS states and how far it got.
 struct Relaying {
+    pool: Arc<Pool>,
     backend: TcpStream,
     pick: Pick,
+    /// The ClientHello read to route by SNI, sent to the backend first.
+    early: Vec<u8>,
     client_tls: Option<rustls::Connection>,
     backend_tls: Option<rustls::Connection>,
     progress: Progress,
@@ -63,18 +73,18 @@ pub fn serve(mut conn: Conn, ctx: &Context, bufs: &mut Buffers) {
         let b = r.pick.guard.backend().clone();
         let attached = conn.attach(&r.backend, b.id());
         let step = {
-            let client = End { sock: &conn.stream, tls: r.client_tls.as_mut(), early: &[] };
+            let client = End { sock: &conn.stream, tls: r.client_tls.as_mut(), early: &r.early };
             let backend = End { sock: &r.backend, tls: r.backend_tls.as_mut(), early: &[] };
             relay::resume(client, backend, idle, bufs, r.progress, park.map(|_| PARK_AFTER))
         };
         drop(attached);
         let p = match step {
-            Relayed::Ended(outcome) => return finish(&conn, ctx, r.pick, outcome),
+            Relayed::Ended(outcome) => return finish(&conn, &r.pool, r.pick, outcome),
             Relayed::Quiet(p) => p,
         };
         let Some(parker) = park else { return };
         conn.tls_session = r.client_tls.take().map(|c| Box::new(Mutex::new(c)));
-        let held = Held { pick: r.pick, backend_tls: r.backend_tls, progress: p };
+        let held = Held { pool: r.pool, pick: r.pick, backend_tls: r.backend_tls, progress: p };
         conn.go_quiet(Quiet::after(&p, idle, r.backend, b.id(), Box::new(held)));
         match parker.park_quiet(conn) {
             None => return,
@@ -92,8 +102,8 @@ fn resumed(conn: &mut Conn) -> Option<Relaying> {
     let Quiet { backend, state, .. } = *q;
     let held = state.downcast::<Held>().ok()?;
     let client_tls = conn.tls_session.take().map(|c| Mutex::into_inner(*c));
-    let Held { pick, backend_tls, progress } = *held;
-    Some(Relaying { backend, pick, client_tls, backend_tls, progress })
+    let Held { pool, pick, backend_tls, progress } = *held;
+    Some(Relaying { pool, backend, pick, early: Vec::new(), client_tls, backend_tls, progress })
 }
 
 /// A new connection: the TLS handshake, then a backend (with retries). `None` when it ended
@@ -103,11 +113,13 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
     // takes a backend slot.
     let client = accept::open(conn, ctx.tls.as_deref(), ctx.config.timeouts.header, &ctx.counters)?;
     let label = Label(conn);
+    let table = ctx.router.table();
+    let (pool, early) = choose_pool(conn, &client, &table, ctx.config.timeouts.header)?;
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
     let key = Some(source_key(conn.peer.ip()));
     let tls = ctx.backend_tls.as_deref();
     let who = tries::Client { label: &label, peer: conn.peer, key };
-    let (backend, pick) = match upstream::connect(&ctx.balancer, who, conn, limits, tls) {
+    let (backend, pick) = match upstream::connect(&pool.balancer, who, conn, limits, tls) {
         Ok(found) => found,
         Err(f) if f.phase == Phase::Pick => {
             if let Some(n) = UNAVAILABLE.check() {
@@ -122,11 +134,101 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
     };
     let (_, client_tls) = client.into_parts();
     let (backend, backend_tls) = backend.into_parts();
-    Some(Relaying { backend, pick, client_tls, backend_tls, progress: Progress::start() })
+    Some(Relaying { pool, backend, pick, early, client_tls, backend_tls, progress: Progress::start() })
+}
+
+/// Largest ClientHello read to route by SNI (a TLS record is at most 16 KiB and some change).
+const MAX_HELLO: usize = 17 * 1024;
+
+/// The pool for a new connection, and the bytes read to choose it. With SNI routes, the server
+/// name comes from the ClientHello: from the handshake when the listener terminates TLS, else
+/// read (within `header_ms` of accept) and relayed to the backend untouched. `None` (logged):
+/// closed, for no pool or no complete ClientHello.
+fn choose_pool(
+    conn: &Conn,
+    client: &accept::ClientStream,
+    table: &Table,
+    header: Duration,
+) -> Option<(Arc<Pool>, Vec<u8>)> {
+    if !table.routes_sni() {
+        let pool = table.route_sni(None).0.cloned();
+        if pool.is_none() {
+            log::warn!("{}: no pool takes this connection ([backends] is empty); closing", Label(conn));
+        }
+        return pool.map(|p| (p, Vec::new()));
+    }
+    let mut early = Vec::new();
+    let name = match client {
+        crate::tls::stream::Stream::Tls(_, session) => match &*session.lock() {
+            rustls::Connection::Server(s) => s.server_name().map(str::to_string),
+            rustls::Connection::Client(_) => None,
+        },
+        crate::tls::stream::Stream::Plain(sock) => {
+            match read_hello(sock, conn.accepted, header, &mut early) {
+                Ok(hello) => {
+                    let _ = sock.set_read_timeout(None);
+                    match hello {
+                        Hello::Name(name) => Some(name),
+                        _ => None,
+                    }
+                }
+                Err(why) => {
+                    log::warn!("{}: {why}; closing", Label(conn));
+                    return None;
+                }
+            }
+        }
+    };
+    match table.route_sni(name.as_deref()) {
+        (Some(pool), route) => {
+            if let Some(r) = route {
+                log::debug!("{}: {} -> pool {}", Label(conn), r.label, pool.name);
+            }
+            Some((pool.clone(), early))
+        }
+        (None, _) => {
+            let sni = name.as_deref().unwrap_or("(none)");
+            log::warn!("{}: no route for SNI {sni} and no default pool; closing", Label(conn));
+            None
+        }
+    }
+}
+
+/// Reads the start of the connection into `early` until it is a whole ClientHello (or clearly
+/// not one), within `header` of `accepted`.
+fn read_hello(
+    sock: &TcpStream,
+    accepted: Instant,
+    header: Duration,
+    early: &mut Vec<u8>,
+) -> Result<Hello, String> {
+    let deadline = (!header.is_zero()).then(|| accepted + header);
+    let mut buf = [0u8; 4096];
+    loop {
+        match sni::server_name(early) {
+            Hello::Incomplete if early.len() < MAX_HELLO => {}
+            Hello::Incomplete => return Ok(Hello::NotTls),
+            hello => return Ok(hello),
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            return Err("no complete TLS ClientHello within header_ms".to_string());
+        }
+        let _ = sock.set_read_timeout(left);
+        match (&*sock).read(&mut buf) {
+            Ok(0) => return Err("closed by the client before its ClientHello was complete".to_string()),
+            Ok(n) => early.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return Err("no complete TLS ClientHello within header_ms".to_string())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("reading the ClientHello: {e}")),
+        }
+    }
 }
 
 /// Logs a relay's end and counts its bytes.
-fn finish(conn: &Conn, ctx: &Context, pick: Pick, outcome: RelayOutcome) {
+fn finish(conn: &Conn, pool: &Pool, pick: Pick, outcome: RelayOutcome) {
     let b = pick.guard.backend().clone();
     // The connection is over: give its slot back before saying so, so that whoever reads the
     // log line sees the count already lowered.
@@ -146,7 +248,7 @@ fn finish(conn: &Conn, ctx: &Context, pick: Pick, outcome: RelayOutcome) {
         ),
         Some(mut f) => {
             f.backend = Some(b.name().to_string());
-            ctx.balancer.record_failure(&b, &f);
+            pool.balancer.record_failure(&b, &f);
             let by = if f.party == Party::Client { "client" } else { "backend" };
             // A relay's only time limit is idle_ms: say so.
             let why = if matches!(f.cause, Cause::Timeout) {

@@ -44,15 +44,20 @@ pub(super) fn post(admin: &Admin, path: &str, query: &str, peer: SocketAddr) -> 
         return error(404, "POST /backends/NAME/drain, /maint, /ready or /weight?value=N");
     };
     let name = percent_decode(name);
-    let members = admin.balancer.members();
-    // A member's own name, else every member of the `[backends]` line of that name (a DNS name).
-    let mut chosen: Vec<Arc<Backend>> = members.iter().filter(|b| b.name() == name).cloned().collect();
-    if chosen.is_empty() {
-        chosen = members.iter().filter(|b| b.spec() == name).cloned().collect();
-    }
-    if chosen.is_empty() {
+    let table = admin.router.table();
+    // A member's own name, else every member of the `[backends]` line of that name (a DNS name);
+    // names are unique across pools, so one pool has them.
+    let found = table.pools().iter().find_map(|p| {
+        let members = p.balancer.members();
+        let mut chosen: Vec<Arc<Backend>> = members.iter().filter(|b| b.name() == name).cloned().collect();
+        if chosen.is_empty() {
+            chosen = members.iter().filter(|b| b.spec() == name).cloned().collect();
+        }
+        (!chosen.is_empty()).then(|| (p.balancer.clone(), chosen))
+    });
+    let Some((balancer, chosen)) = found else {
         return error(404, &format!("no backend named '{name}'"));
-    }
+    };
     let change = match action {
         "drain" => Change::State(AdminState::Drain),
         "maint" => Change::State(AdminState::Maint),
@@ -63,7 +68,7 @@ pub(super) fn post(admin: &Admin, path: &str, query: &str, peer: SocketAddr) -> 
         },
         _ => return error(404, &format!("unknown action '{action}' (drain, maint, ready or weight)")),
     };
-    let slowstart = admin.balancer.health_settings().slowstart;
+    let slowstart = balancer.health_settings().slowstart;
     let mut answers = Vec::new();
     for b in &chosen {
         let what = match change {
@@ -82,10 +87,10 @@ pub(super) fn post(admin: &Admin, path: &str, query: &str, peer: SocketAddr) -> 
         answers.push(backend_json(b));
     }
     if matches!(change, Change::Weight(_)) {
-        admin.balancer.rebuild();
+        balancer.rebuild();
     }
     // Picks waiting for a slot look again: a backend back in rotation may take them.
-    admin.balancer.wake();
+    balancer.wake();
     let body = match answers.len() {
         1 => answers.remove(0),
         _ => serde_json::json!({ "backends": answers }),

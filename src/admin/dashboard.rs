@@ -57,14 +57,15 @@ impl Dashboard {
         }
         let secs = self.last.map_or(1.0, |t| now.duration_since(t).as_secs_f64().max(0.001));
         self.last = Some(now);
-        let members = admin.balancer.members();
+        let table = admin.router.table();
+        let members = crate::stats::members(&table);
         let mut rates = serde_json::Map::new();
         let mut totals = HashMap::with_capacity(members.len());
         let mut backends = Vec::new();
         // Every pick counts on its backend: the picks seen this tick, without a shared counter
         // on the request path.
         let mut picks_now = 0u64;
-        for b in members.iter() {
+        for (pool, b) in members.iter() {
             let total = b.total();
             let before = self.totals.get(&b.id()).copied().unwrap_or(total);
             picks_now += total.saturating_sub(before);
@@ -73,6 +74,7 @@ impl Dashboard {
             rates.insert(b.name().to_string(), json!(rps));
             let mut v = backend_json(b);
             v["rps"] = json!(rps);
+            v["pool"] = json!(pool);
             backends.push(v);
         }
         self.totals = totals;
@@ -93,10 +95,10 @@ impl Dashboard {
         let tick = json!({
             "type": "tick",
             "time": time,
-            "algorithm": admin.balancer.algorithm().name(),
+            "algorithm": table.default_pool().balancer.algorithm().name(),
             "connections_accepted": admin.counters.accepted.load(Ordering::Relaxed),
             "requests": admin.counters.requests.load(Ordering::Relaxed),
-            "queued": admin.balancer.queued(),
+            "queued": table.pools().iter().map(|p| p.balancer.queued()).sum::<usize>(),
             "backends": backends,
             "sampling": {
                 "limit_per_second": PICKS_PER_SECOND,

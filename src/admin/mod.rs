@@ -24,10 +24,10 @@ use std::time::Duration;
 
 use self::conn::Reply;
 use self::dashboard::Dashboard;
-use crate::balancer::Balancer;
 use crate::events;
 use crate::h1::head::Request;
 use crate::h1::respond::SimpleResponse;
+use crate::route::Router;
 use crate::stats::{metrics_text, stats_json, ProxyCounters};
 
 /// The whole request head must arrive within this long of the connect, however it is sliced
@@ -53,7 +53,8 @@ const PAGE: &str = include_str!("page.html");
 
 /// What the admin endpoints read and change.
 pub struct Admin {
-    pub balancer: Arc<Balancer>,
+    /// The pools in force (through their table) and their balancers.
+    pub router: Arc<Router>,
     pub counters: Arc<ProxyCounters>,
     /// `[admin] token`: required as `Authorization: Bearer TOKEN` on every POST.
     pub token: Option<String>,
@@ -80,9 +81,9 @@ fn route(admin: &Admin, dashboard: &Dashboard, req: &Request, peer: SocketAddr) 
             Ok(until) => return events_reply(dashboard, until),
             Err(why) => (400, text, why),
         },
-        ("GET", "/stats") => (200, json, stats_json(&admin.balancer, &admin.counters)),
+        ("GET", "/stats") => (200, json, stats_json(&admin.router.table(), &admin.counters)),
         ("GET", "/metrics") => {
-            (200, "text/plain; version=0.0.4", metrics_text(&admin.balancer, &admin.counters))
+            (200, "text/plain; version=0.0.4", metrics_text(&admin.router.table(), &admin.counters))
         }
         ("GET", "/health") => (200, text, "ok\n".to_string()),
         ("POST", p) if p.starts_with("/backends/") => {

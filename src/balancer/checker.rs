@@ -85,21 +85,29 @@ fn probe(
 
 static SKIPPED: RateLimit = RateLimit::new();
 
-/// Starts the checker: every `interval` (plus up to 10% jitter) it checks every member in
-/// parallel and logs transitions. Returns when `stop` yields or disconnects.
+/// Starts the checker: every `interval` (plus up to 10% jitter) it checks every member of every
+/// pool that `pools` gives (asked each round, so a reload's new pools are checked), in parallel,
+/// each under its pool's settings, and logs transitions. Returns when `stop` yields or
+/// disconnects.
 pub fn spawn_checker(
-    balancer: Arc<Balancer>,
+    pools: impl Fn() -> Vec<Arc<Balancer>> + Send + 'static,
     stop: Receiver<()>,
     tls: Option<Arc<Backends>>,
 ) -> std::io::Result<thread::JoinHandle<()>> {
     thread::Builder::new().name("health".into()).spawn(move || loop {
-        let s = balancer.health_settings();
-        if s.enabled {
-            let members = balancer.members();
-            thread::scope(|scope| {
+        let balancers = pools();
+        let Some(first) = balancers.first() else { return };
+        let interval = first.health_settings().interval;
+        // Each enabled pool's settings and members, fixed for the round.
+        let rounds: Vec<_> = balancers
+            .iter()
+            .map(|b| (b, b.health_settings(), b.members()))
+            .filter(|(_, s, _)| s.enabled)
+            .collect();
+        thread::scope(|scope| {
+            for (balancer, s, members) in &rounds {
                 // A backend in maintenance is not checked: its state is the operator's.
                 for b in members.iter().filter(|b| b.admin_state() != AdminState::Maint) {
-                    let (s, balancer) = (&s, &balancer);
                     let tls = tls.as_ref().and_then(|t| t.get(b.spec()));
                     let spawned =
                         thread::Builder::new().stack_size(64 * 1024).spawn_scoped(scope, move || {
@@ -127,10 +135,10 @@ pub fn spawn_checker(
                         log::warn!("health check of {}: cannot start a thread: {e}", b.name());
                     }
                 }
-            });
-        }
-        let jitter = Duration::from_millis(fastrand::u64(..=(s.interval.as_millis() as u64 / 10)));
-        match stop.recv_timeout(s.interval + jitter) {
+            }
+        });
+        let jitter = Duration::from_millis(fastrand::u64(..=(interval.as_millis() as u64 / 10)));
+        match stop.recv_timeout(interval + jitter) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }

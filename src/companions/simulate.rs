@@ -21,7 +21,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::backend::latency::Latencies;
 use crate::h1::{self as h, Wire, MAX_HEAD};
-use crate::out;
+use crate::logging::out;
 
 mod dial;
 mod ws;

@@ -29,6 +29,7 @@ pub mod raw;
 mod routing;
 pub mod show;
 mod validate;
+mod values;
 
 pub use crate::net::proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
 pub use raw::RawConfig;

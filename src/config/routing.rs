@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::raw::{Block, RawConfig, Setting};
-use super::validate::{parse_algorithm, parse_backend, parse_bool, parse_header_name, parse_path};
+use super::values::{parse_algorithm, parse_backend, parse_bool, parse_header_name, parse_path};
 use super::{Algorithm, BackendSpec, ConfigError, Mode, Origin};
 
 /// A host or SNI pattern, matched case-insensitively without the port.

@@ -9,9 +9,12 @@ use log::LevelFilter;
 use super::keys::{self, Key, Kind};
 use super::raw::{RawConfig, Setting};
 use super::routing;
+use super::values::{
+    parse_algorithm, parse_backend, parse_bool, parse_header_name, parse_number, parse_path,
+};
 use super::{
     AcceptProxy, Algorithm, BackendSpec, Config, ConfigError, HealthSettings, HttpSettings, Mode, Origin,
-    ProxyVersion, ScaleSettings, Timeouts, TlsFile, TlsSettings, TlsVersion,
+    ScaleSettings, Timeouts, TlsFile, TlsSettings, TlsVersion,
 };
 use crate::net::addr;
 
@@ -289,22 +292,6 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     }
 }
 
-pub(super) fn parse_bool(s: &str) -> Result<bool, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "true" | "yes" | "on" | "1" => Ok(true),
-        "false" | "no" | "off" | "0" => Ok(false),
-        _ => Err(format!("expected true or false, got '{s}'")),
-    }
-}
-
-pub(super) fn parse_path(s: &str) -> Result<String, String> {
-    if s.starts_with('/') && s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-        Ok(s.to_string())
-    } else {
-        Err(format!("'{s}' is not a request path (expected e.g. /health)"))
-    }
-}
-
 /// An admin token: empty is none; otherwise visible ASCII (it travels in a header), 8 to 256
 /// characters, so a one-letter typo of a secret is refused rather than trusted.
 fn parse_token(s: &str) -> Result<Option<String>, String> {
@@ -320,25 +307,6 @@ fn parse_token(s: &str) -> Result<Option<String>, String> {
     Ok(Some(s.to_string()))
 }
 
-fn parse_number(s: &str, min: u64, max: u64) -> Result<u64, String> {
-    match s.parse::<u64>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        Ok(n) => Err(format!("{n} is out of range ({min}..={max})")),
-        Err(_) => Err(format!("expected a whole number, got '{s}'")),
-    }
-}
-
-pub(super) fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
-    match s {
-        "least-connections" | "leastconn" => Ok(Algorithm::LeastConnections),
-        "round-robin" | "roundrobin" => Ok(Algorithm::RoundRobin),
-        "random-two" => Ok(Algorithm::RandomTwo),
-        "source-hash" => Ok(Algorithm::SourceHash),
-        "header-hash" => Ok(Algorithm::HeaderHash),
-        other => Err(format!("unknown algorithm '{other}' (expected {})", keys::one_of(keys::ALGORITHMS))),
-    }
-}
-
 fn parse_accept_proxy(s: &str) -> Result<AcceptProxy, String> {
     match s {
         "off" => Ok(AcceptProxy::Off),
@@ -348,16 +316,6 @@ fn parse_accept_proxy(s: &str) -> Result<AcceptProxy, String> {
         _ => {
             Err(format!("unknown accept_proxy '{s}' (expected {})", keys::one_of(keys::ACCEPT_PROXY_CHOICES)))
         }
-    }
-}
-
-/// A header name: an RFC 9110 token.
-pub(super) fn parse_header_name(s: &str) -> Result<String, String> {
-    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if !s.is_empty() && s.chars().all(tchar) {
-        Ok(s.to_string())
-    } else {
-        Err(format!("'{s}' is not a header name"))
     }
 }
 
@@ -371,64 +329,6 @@ fn parse_level(s: &str) -> Result<LevelFilter, String> {
         "off" => Ok(LevelFilter::Off),
         _ => Err(format!("unknown log level '{s}' (expected {})", keys::one_of(keys::LEVELS))),
     }
-}
-
-pub(super) fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, String> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(format!("invalid backend name '{name}' (letters, digits, '-', '_', '.')"));
-    }
-    let mut words = value.split_whitespace();
-    let target = words.next().ok_or("missing address (expected host:port)")?;
-    let (host, port, addrs) = addr::parse_target(target, false)?;
-    let mut weight = 1;
-    let mut max_conns = 0;
-    let mut tls = false;
-    let mut sni = None;
-    let mut send_proxy = None;
-    let mut seen: Vec<&str> = Vec::new();
-    for word in words {
-        let option = word.split_once('=').map_or(word, |(k, _)| k);
-        if seen.contains(&option) {
-            return Err(format!("option '{option}' given twice"));
-        }
-        seen.push(option);
-        match word.split_once('=') {
-            Some(("weight", w)) => weight = parse_number(w, 1, 1000)? as u32,
-            Some(("max_conns", m)) => max_conns = parse_number(m, 0, 1_000_000)? as usize,
-            Some(("sni", n)) if rustls_name_ok(n) => sni = Some(n.to_string()),
-            Some(("sni", n)) => return Err(format!("'{n}' is not a server name for sni=")),
-            None if word == "tls" => tls = true,
-            Some(("send_proxy", "v1")) => send_proxy = Some(ProxyVersion::V1),
-            Some(("send_proxy", "v2")) => send_proxy = Some(ProxyVersion::V2),
-            Some(("send_proxy", v)) => return Err(format!("send_proxy={v}: expected v1 or v2")),
-            _ => {
-                return Err(format!(
-                    "unknown backend option '{word}' (expected weight=N, max_conns=N, tls, sni=NAME or send_proxy=v1|v2)"
-                ))
-            }
-        }
-    }
-    Ok(BackendSpec {
-        name: name.to_string(),
-        target: target.to_string(),
-        host: host.to_string(),
-        port,
-        dns: host.parse::<std::net::IpAddr>().is_err(),
-        addrs,
-        weight,
-        max_conns,
-        tls: match (tls, sni) {
-            (true, sni) => Some(sni.unwrap_or_else(|| host.to_string())),
-            (false, None) => None,
-            (false, Some(_)) => return Err("sni= needs tls".to_string()),
-        },
-        send_proxy,
-    })
-}
-
-/// A DNS name or IP literal that TLS can send and verify.
-fn rustls_name_ok(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 253 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
 }
 
 #[cfg(test)]

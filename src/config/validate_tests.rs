@@ -1,6 +1,7 @@
 //! Unit tests of validation: defaults, ranges, backend lines and every error naming file:line.
 
 use super::*;
+use crate::config::ProxyVersion;
 
 fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     RawConfig::parse(text.as_bytes(), "test.ini").and_then(|raw| raw.validate())

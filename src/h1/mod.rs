@@ -4,6 +4,7 @@
 //! until close) streamed through a fixed buffer. Heads are parsed by httparse, never by hand.
 
 mod body;
+pub mod edits;
 pub mod head;
 pub mod request;
 pub mod respond;

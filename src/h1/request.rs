@@ -6,6 +6,7 @@
 //! coding is not `chunked`, whitespace before a colon, obs-fold, invalid bytes in names, values
 //! or target, a missing or repeated Host in HTTP/1.1, and unsupported versions (505).
 
+use super::edits::{stripped, Edits, Routed, Router};
 use super::{has_token, parse_length, BodyKind, MAX_HEADERS};
 
 use crate::error::Rejection;
@@ -42,6 +43,10 @@ pub struct RequestHead {
     pub underscored: usize,
     /// Where the `hash_header` value lies in the parsed buffer (see [`Forwarding::hash_header`]).
     pub hash_value: Option<std::ops::Range<usize>>,
+    /// The route that matched (its position in the table [`Forwarding::route`] consulted).
+    pub route: Option<u32>,
+    /// The host as sent, kept when the proxy answers itself ([`Routed::answer`]); else empty.
+    pub host: String,
 }
 
 /// Where a request came from and how the proxy names itself, for the forwarding headers.
@@ -63,6 +68,8 @@ pub struct Forwarding<'a> {
     /// CGI, WSGI or PHP backend maps `_` and `-` alike, so `X_Forwarded_For` would pass for the
     /// proxy's own `X-Forwarded-For`.
     pub underscores: bool,
+    /// Decides the request's route from its host and target (`None`: no routes).
+    pub route: Option<&'a Router<'a>>,
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
@@ -209,15 +216,27 @@ pub fn parse(
         }
         None => (None, target),
     };
+    let routed = match fwd.route {
+        Some(route) => {
+            let sent = host.map(str::as_bytes).or_else(|| super::header(headers, "host"));
+            route(sent.and_then(|h| std::str::from_utf8(h).ok()).unwrap_or(""), path)
+        }
+        None => Routed::default(),
+    };
+    let answer_host = match routed.answer {
+        true => host.map(str::as_bytes).or_else(|| super::header(headers, "host")).unwrap_or(b""),
+        false => b"",
+    };
     let outgoing = Outgoing {
         method,
-        target: path,
+        target: &stripped(path, routed.strip),
         headers,
         body,
         host,
         request_id: &request_id,
         upgrade: upgrade.as_deref(),
         expect_continue: expect_continue && body != BodyKind::Empty,
+        edits: routed.edits,
     };
     write_backend_head(out, &outgoing, fwd);
     Ok(Some(RequestHead {
@@ -243,6 +262,8 @@ pub fn parse(
             let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
             Some(start..start + h.value.len())
         }),
+        route: routed.route,
+        host: String::from_utf8_lossy(answer_host).into_owned(),
     }))
 }
 
@@ -329,10 +350,13 @@ struct Outgoing<'a> {
     request_id: &'a str,
     upgrade: Option<&'a str>,
     expect_continue: bool,
+    /// The route's request rules.
+    edits: Edits<'a>,
 }
 
 fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_>) {
-    let Outgoing { method, target, headers, body, host, request_id, upgrade, expect_continue } = *req;
+    let Outgoing { method, target, headers, body, host, request_id, upgrade, expect_continue, edits } = *req;
+    let host = edits.set_value("host").or(host);
     let line = header_line;
     let named = has_connection_header(headers);
     out.extend_from_slice(method.as_bytes());
@@ -348,6 +372,7 @@ fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_
             || ["content-length", "expect", "x-request-id", "x-forwarded-proto"]
                 .iter()
                 .any(|n| name.eq_ignore_ascii_case(n))
+            || edits.drops(name)
         {
             continue;
         }
@@ -363,6 +388,7 @@ fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_
     if let Some(host) = host {
         line(out, "Host", host.as_bytes());
     }
+    edits.write(out, "host");
     line(out, "X-Request-ID", request_id.as_bytes());
     if !forwarded_for.is_empty() {
         forwarded_for.extend_from_slice(b", ");

@@ -11,6 +11,7 @@ fn fwd() -> Forwarding<'static> {
         proto: "http",
         hash_header: None,
         underscores: false,
+        route: None,
     }
 }
 

@@ -10,6 +10,7 @@ fn fwd() -> Forwarding<'static> {
         proto: "http",
         hash_header: None,
         underscores: false,
+        route: None,
     }
 }
 

@@ -5,8 +5,13 @@
 //! asked, `Connection: close`, then the body. RFC 9110 §6.6.1 wants a `Date` on every response
 //! from a server with a clock; nginx and HAProxy both send one on their own error pages.
 
+use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::SystemTime;
+
+use parking_lot::RwLock;
 
 use super::reason;
 use crate::error::{Answer, Failure};
@@ -14,16 +19,56 @@ use crate::error::{Answer, Failure};
 /// The proxy's own short text error, dated now: `"{status} {reason}: {why}"` as the body, the
 /// request id when known, `Retry-After: 1` on a 503. Every error the proxy answers itself takes
 /// this form, whichever thread writes it (a worker, or the parker at `header_ms`).
+/// With `[proxy] error_pages`, the page for `status` replaces the text, as `text/html`.
 pub fn text_error(status: u16, why: &str, id: Option<&str>, close: bool) -> Vec<u8> {
-    let body = format!("{status} {}: {why}\n", reason(status));
-    let mut headers = vec![("Content-Type", "text/plain")];
+    let page = PAGES.read().get(&status).cloned();
+    let text;
+    let (body, kind): (&[u8], _) = match &page {
+        Some(page) => (page, "text/html; charset=utf-8"),
+        None => {
+            text = format!("{status} {}: {why}\n", reason(status));
+            (text.as_bytes(), "text/plain")
+        }
+    };
+    let mut headers = vec![("Content-Type", kind)];
     if let Some(id) = id {
         headers.push(("X-Request-ID", id));
     }
     if status == 503 {
         headers.push(("Retry-After", "1"));
     }
-    SimpleResponse { status, headers: &headers, body: body.as_bytes(), close }.to_bytes()
+    SimpleResponse { status, headers: &headers, body, close }.to_bytes()
+}
+
+/// The statuses an error page can replace (`[proxy] error_pages`).
+pub const PAGE_STATUSES: [u16; 10] = [400, 403, 404, 408, 413, 429, 431, 502, 503, 504];
+
+/// Error pages by status, read once (start, reload), never per request.
+pub type Pages = BTreeMap<u16, Arc<[u8]>>;
+
+static PAGES: RwLock<Pages> = RwLock::new(BTreeMap::new());
+
+/// Reads `DIR/NNN.html` for each of [`PAGE_STATUSES`]; a missing file keeps the built-in text.
+/// An unreadable directory or file is an error naming it.
+pub fn load_pages(dir: &Path) -> Result<Pages, String> {
+    std::fs::read_dir(dir).map_err(|e| format!("error_pages {}: {e}", dir.display()))?;
+    let mut pages = Pages::new();
+    for status in PAGE_STATUSES {
+        let path = dir.join(format!("{status}.html"));
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                pages.insert(status, bytes.into());
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("error page {}: {e}", path.display())),
+        }
+    }
+    Ok(pages)
+}
+
+/// Installs the error pages every later answer uses.
+pub fn set_pages(pages: Pages) {
+    *PAGES.write() = pages;
 }
 
 /// The answer to a request head refused before any backend was asked (a rule broken, too large,

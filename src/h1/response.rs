@@ -2,6 +2,7 @@
 //! (hop-by-hop headers removed, framing re-established for the client's side, request id and
 //! `Via` added, `Connection` set to what the proxy will actually do).
 
+use super::edits::Edits;
 use super::request::{has_connection_header, header_line, is_hop_by_hop, length_line, via_line};
 use super::{parse_length, response_body, BodyKind, MAX_HEADERS};
 
@@ -32,6 +33,8 @@ pub struct ClientSide<'a> {
     pub via: &'a str,
     /// The request asked for an upgrade: a `101` is the start of a tunnel.
     pub upgrade: bool,
+    /// The route's response rules (on final responses).
+    pub edits: Edits<'a>,
 }
 
 /// Parses a response head at the start of `buf`: `Ok(None)` when incomplete, `Err` when the
@@ -124,11 +127,13 @@ pub fn parse(
     for h in headers {
         let skip = is_hop_by_hop(h.name, headers, named)
             || h.name.eq_ignore_ascii_case("x-request-id")
-            || (h.name.eq_ignore_ascii_case("content-length") && body != BodyKind::Empty);
+            || (h.name.eq_ignore_ascii_case("content-length") && body != BodyKind::Empty)
+            || client.edits.drops(h.name);
         if !skip {
             line(out, h.name, h.value);
         }
     }
+    client.edits.write(out, "");
     line(out, "X-Request-ID", client.request_id.as_bytes());
     via_line(out, client.via);
     match client_body {
@@ -195,7 +200,15 @@ mod tests {
     use super::*;
 
     fn client(version: u8, keep_alive: bool) -> ClientSide<'static> {
-        ClientSide { method: "GET", version, keep_alive, request_id: "id-1", via: "lbproxy", upgrade: false }
+        ClientSide {
+            method: "GET",
+            version,
+            keep_alive,
+            request_id: "id-1",
+            via: "lbproxy",
+            upgrade: false,
+            edits: Edits::NONE,
+        }
     }
 
     fn run(raw: &str, c: &ClientSide<'_>) -> Result<Option<(ResponseHead, String)>, &'static str> {
@@ -298,6 +311,7 @@ mod tests {
             proto: "https",
             hash_header: None,
             underscores: false,
+            route: None,
         };
         let raw = "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c, websocket\r\n\r\n";
         let mut out = Vec::new();

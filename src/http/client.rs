@@ -28,14 +28,11 @@ pub(super) fn access_log(conn: &Conn, head: &RequestHead, r: &Record, started: I
     if !log::log_enabled!(log::Level::Info) {
         return;
     }
-    let mut line = format!(
-        "req {} {} \"{} {}\" -> {}",
-        head.request_id,
-        conn.peer,
-        head.method,
-        head.target,
-        if r.backend.is_empty() { "-" } else { &r.backend }
-    );
+    let mut line = format!("req {} {} \"{} {}\"", head.request_id, conn.peer, head.method, head.target);
+    if !r.route.is_empty() {
+        let _ = write!(line, " {}", r.route);
+    }
+    let _ = write!(line, " -> {}", if r.backend.is_empty() { "-" } else { &r.backend });
     if !r.reason.is_empty() {
         let _ = write!(line, " ({})", r.reason);
     }
@@ -70,6 +67,25 @@ pub(super) fn read_now(client: &mut &ClientStream<'_>, buf: &mut [u8]) -> io::Re
             crate::tls::stream::read_tls_plain_now(&mut c.lock(), sock, buf)
         }
     }
+}
+
+/// Writes a redirect (`status`, `Location: to`) through the one simple-response writer;
+/// returns the bytes written.
+pub(super) fn write_redirect(
+    out: &mut impl Write,
+    status: u16,
+    to: &str,
+    id: &str,
+    close: bool,
+) -> io::Result<u64> {
+    let body = format!("{status} {}: {to}\n", crate::h1::reason(status));
+    let headers = [("Location", to), ("Content-Type", "text/plain"), ("X-Request-ID", id)];
+    let bytes =
+        crate::h1::respond::SimpleResponse { status, headers: &headers, body: body.as_bytes(), close }
+            .to_bytes();
+    out.write_all(&bytes)?;
+    out.flush()?;
+    Ok(bytes.len() as u64)
 }
 
 /// Writes a short text error response through the one simple-response writer; returns the

@@ -8,6 +8,7 @@ use crate::conn::Conn;
 use crate::h1::request::RequestHead;
 use crate::h1::BodyKind;
 use crate::relay::Buffers;
+use crate::route::{Loaded, Pool, Route};
 use crate::tls::stream::Stream;
 
 /// The `Via` pseudonym.
@@ -26,6 +27,8 @@ pub struct Scratch {
     pub(super) resp_head: Vec<u8>,
     /// An upgraded connection's relay buffers.
     pub(super) relay: Buffers,
+    /// The route table this worker last used (see [`Loaded::refresh`]).
+    pub(super) routes: Option<Loaded>,
 }
 
 impl Scratch {
@@ -33,7 +36,8 @@ impl Scratch {
     /// allocator and serves busy workers, so resident memory follows the requests in flight,
     /// not the connections held.
     pub(super) fn release(&mut self) {
-        *self = Scratch::default();
+        let routes = self.routes.take();
+        *self = Scratch { routes, ..Scratch::default() };
     }
 }
 
@@ -46,6 +50,8 @@ pub struct Record {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub note: String,
+    /// The route that matched, as the access line names it (`route api (path /api)`).
+    pub route: String,
 }
 
 /// A backend connection: plain, or TLS for a backend marked `tls`.
@@ -74,6 +80,10 @@ pub struct Exchange<'a> {
     pub keep_alive: bool,
     /// The balancer's hash key (client address or `hash_header`); `None`: least connections.
     pub key: Option<u64>,
+    /// The pool the request's route (or the default) chose.
+    pub pool: &'a Pool,
+    /// The route that matched, if any (its response rules apply).
+    pub route: Option<&'a Route>,
 }
 
 impl Exchange<'_> {

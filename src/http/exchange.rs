@@ -21,9 +21,11 @@ use crate::balancer::Pick;
 use crate::config::as_limit;
 use crate::conn::accept::ClientStream;
 use crate::error::{Cause, Failure, Party, Phase};
+use crate::h1::edits::Edits;
 use crate::h1::response::{ClientSide, ResponseHead};
 use crate::h1::{BodyError, BodyKind, Coalesce, Wire};
 use crate::logging::{held_back, RateLimit};
+use crate::route::Route;
 use crate::tls::stream::Stream;
 use crate::upstream::retry::{self, Retry};
 use crate::upstream::{self, tries};
@@ -57,7 +59,7 @@ impl Exchange<'_> {
         let label = self.label();
         let who = tries::Client { label: &label, peer: self.conn.peer, key: self.key };
         let queue = self.ctx.config.timeouts.queue;
-        tries::run(&self.ctx.balancer, who, queue, |pick, backend| {
+        tries::run(&self.pool.balancer, who, queue, |pick, backend| {
             self.attempt(pick, backend, cw, scratch, record, attempt, started)
         })
         .inspect_err(|f| {
@@ -96,6 +98,7 @@ impl Exchange<'_> {
             request_id: &self.head.request_id,
             via: VIA,
             upgrade: self.head.upgrade.is_some(),
+            edits: self.route.map_or(Edits::NONE, Route::response_edits),
         };
         let resp = match self.send(cw, &mut bw, &side, backend, scratch, record, attempt) {
             Ok(Verdict::Final(resp)) => Ok(resp),
@@ -124,7 +127,7 @@ impl Exchange<'_> {
                 }
             };
         }
-        self.ctx.balancer.record_status(backend, resp.status);
+        self.pool.balancer.record_status(backend, resp.status);
         let surplus = self.respond(&mut bw, &resp, backend, scratch, record);
         scratch.backend_in = bw.into_buffer();
         let surplus = surplus.map_err(give_up)?;

@@ -15,21 +15,23 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::client::{access_log, holds_plaintext, read_now, refuse_head, write_error};
+use super::client::{access_log, holds_plaintext, read_now, refuse_head, write_error, write_redirect};
 use super::context::{Attempt, Exchange, Record, Scratch, VIA};
 use super::exchange::Served;
 use super::timers::{After, Before, Filled, IdleTimers, Limits, Now, Wait, FIRST_BYTE, NO_LIMIT};
 use super::upgrade::{self, Parked};
-use crate::balancer::{header_value_key, source_key};
+use crate::balancer::{header_value_key, source_key, Balancer};
 use crate::config::as_limit;
 use crate::conn::accept::{self, ClientStream, Opened};
 use crate::conn::{Conn, PartialHead};
 use crate::context::Context;
 use crate::error::{Answer, Cause, Failure, Party, Rejection};
+use crate::h1::edits::Router;
 use crate::h1::request::{self, Forwarding, RequestHead};
 use crate::h1::{BodyKind, Coalesce, Wire};
 use crate::net::lingering_close;
 use crate::park::Parker;
+use crate::route::{Route, Table, Target};
 use crate::tls::stream::Pending;
 
 /// Caches the client socket's read timeout, so it is set only when it changes.
@@ -98,10 +100,18 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     let client_key = source_key(conn.peer.ip());
     let local = || tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let proto = if stream.is_tls() { "https" } else { "http" };
-    let hash_header = ctx.balancer.hashes_header().then_some(ctx.config.scale.hash_header.as_str());
     let underscores = ctx.config.http.underscores_in_headers;
-    let fwd =
-        Forwarding { client: &client_ip, local_host: &local, via: VIA, proto, hash_header, underscores };
+    let base = Forwarding {
+        client: &client_ip,
+        local_host: &local,
+        via: VIA,
+        proto,
+        hash_header: None,
+        underscores,
+        route: None,
+    };
+    // The table this worker keeps; a request sees the one in force when its head is parsed.
+    let mut loaded = scratch.routes.take().unwrap_or_else(|| ctx.router.load());
     let mut cw = Wire::with_buffer(client, std::mem::take(&mut scratch.client_in));
     if let Some(p) = &partial {
         cw.preload(&p.bytes);
@@ -115,6 +125,13 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     // An upgrade's tunnel gone quiet, to park.
     let mut tunnel = None;
     loop {
+        let table: &Table = loaded.refresh(&ctx.router);
+        let route_http = |host: &str, target: &str| table.route_http(host, target);
+        let fwd = Forwarding {
+            hash_header: table.hashes_header().then_some(ctx.config.scale.hash_header.as_str()),
+            route: table.routes_http().then_some(&route_http as &Router<'_>),
+            ..base
+        };
         // Wait for (the rest of) a request head.
         let head = loop {
             if !cw.buffered().is_empty() {
@@ -189,7 +206,13 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
             }
         };
         let Some(head) = head else { break };
-        let key = hash_key(client_key, ctx, cw.buffered(), &head);
+        let route = head.route.and_then(|i| table.route(i));
+        let pool = match route.map(|r| &r.target) {
+            Some(Target::Pool(p)) => table.pools().get(*p),
+            Some(Target::Redirect(_)) => None,
+            None => table.pool_for(None),
+        };
+        let key = pool.and_then(|p| hash_key(client_key, &p.balancer, cw.buffered(), &head));
         cw.consume(head.len);
         if head.h2c_stripped {
             log::debug!("req {}: Upgrade: h2c stripped (never forwarded)", head.request_id);
@@ -213,9 +236,18 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         let started = Instant::now();
         let mut record = Record::default();
         let keep_alive = head.keep_alive && !ctx.stopping.load(Ordering::SeqCst);
-        let exchange = Exchange { conn: &conn, client, ctx, head: &head, keep_alive, key };
         let mut attempt = Attempt::default();
-        let outcome = exchange.run(&mut cw, scratch, &mut record, &mut attempt);
+        if let Some(r) = route {
+            record.route.clone_from(&r.label);
+        }
+        let outcome = match pool {
+            Some(pool) => {
+                let exchange =
+                    Exchange { conn: &conn, client, ctx, head: &head, keep_alive, key, pool, route };
+                exchange.run(&mut cw, scratch, &mut record, &mut attempt)
+            }
+            None => Ok(Served::Done(answer_here(route, &head, client, keep_alive, &mut record, scratch))),
+        };
         ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
         let keep = match outcome {
             Ok(Served::Done(keep)) => keep,
@@ -251,6 +283,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         }
         timers.since = Instant::now();
     }
+    scratch.routes = Some(loaded);
     if linger {
         lingering_close(tcp);
     }
@@ -288,10 +321,39 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     }
 }
 
+/// Answers a request no pool takes: its route's redirect, or 404 naming the host and path
+/// when there is no route and no default pool. Returns whether the connection stays open (not
+/// when the request has a body, which is not read).
+fn answer_here(
+    route: Option<&Route>,
+    head: &RequestHead,
+    client: &ClientStream,
+    keep_alive: bool,
+    record: &mut Record,
+    scratch: &mut Scratch,
+) -> bool {
+    let close = !keep_alive || !matches!(head.body, BodyKind::Empty | BodyKind::Length(0));
+    let mut out = Coalesce::new(client, &mut scratch.client_out);
+    let written = match route.map(|r| &r.target) {
+        Some(Target::Redirect(to)) => {
+            record.status = to.status;
+            let location = crate::route::location(&to.location, &head.host, &head.target);
+            write_redirect(&mut out, to.status, &location, &head.request_id, close)
+        }
+        _ => {
+            record.status = 404;
+            record.note = format!("no route for {}{}", head.host, head.target);
+            write_error(&mut out, 404, &record.note, Some(&head.request_id), close)
+        }
+    };
+    record.bytes_out += written.unwrap_or(0);
+    !close
+}
+
 /// The request's balancer key: its `hash_header` value under header-hash (found by the one
 /// parse of the head), else `client_key`, the client address's.
-fn hash_key(client_key: u64, ctx: &Context, buf: &[u8], head: &RequestHead) -> Option<u64> {
-    if ctx.balancer.hashes_header() {
+fn hash_key(client_key: u64, balancer: &Balancer, buf: &[u8], head: &RequestHead) -> Option<u64> {
+    if balancer.hashes_header() {
         head.hash_value.clone().and_then(|r| buf.get(r)).map(header_value_key)
     } else {
         Some(client_key)

@@ -1,7 +1,10 @@
 //! Where backends come from while running: applying a reloaded configuration (SIGHUP) and
 //! re-resolving DNS names, both by the same diff of members.
 //!
-//! A member is identified by its `[backends]` key and address. Unchanged members keep their
+//! Pools are identified by name: a kept pool keeps its balancer, a new one starts with its
+//! lines' members, a removed one has its members retired; the new route table is installed
+//! once every kept pool's members are in place. Within a pool, a member is identified by its
+//! key and address. Unchanged members keep their
 //! state (health, counters, pooled connections); changed weights and limits apply in place; new
 //! members start receiving traffic; removed ones get no new connections while their open ones
 //! drain, and whatever is still open after `drain_timeout_ms` is closed.
@@ -20,14 +23,15 @@ use crate::backend::members::members_of;
 use crate::backend::{AdminState, Backend};
 use crate::balancer::Balancer;
 use crate::config::keys::{Key, KEYS};
-use crate::config::{BackendSpec, Config, ConfigError};
+use crate::config::{Algorithm, BackendSpec, Config, ConfigError};
 use crate::conn::Registry;
 use crate::logging::{held_back, RateLimit};
 use crate::net::addr::resolve;
+use crate::route::{Router, Table, DEFAULT_POOL};
 
 /// Applies configuration and DNS changes to the running balancer.
 pub struct Discovery {
-    balancer: Arc<Balancer>,
+    router: Arc<Router>,
     registry: Arc<Registry>,
     running: Mutex<Running>,
     stop: Receiver<()>,
@@ -43,19 +47,30 @@ static DNS_ERRORS: RateLimit = RateLimit::new();
 
 /// The addresses each DNS-named backend resolved to when `config` was loaded.
 fn first_answers(config: &Config) -> HashMap<String, Vec<SocketAddr>> {
-    config.backends.iter().filter(|s| s.dns).map(|s| (s.name.clone(), s.addrs.clone())).collect()
+    all_specs(config).filter(|s| s.dns).map(|s| (s.name.clone(), s.addrs.clone())).collect()
+}
+
+/// Each pool's name, algorithm and member lines, the default pool first.
+fn pool_specs(config: &Config) -> Vec<(&str, Algorithm, &[BackendSpec])> {
+    let pools = config.pools.iter().map(|p| (p.name.as_str(), p.algorithm, p.backends.as_slice()));
+    std::iter::once((DEFAULT_POOL, config.algorithm, config.backends.as_slice())).chain(pools).collect()
+}
+
+/// Every member line of every pool.
+fn all_specs(config: &Config) -> impl Iterator<Item = &BackendSpec> {
+    config.backends.iter().chain(config.pools.iter().flat_map(|p| p.backends.iter()))
 }
 
 impl Discovery {
     /// Tracks `config` as the running configuration. `stop` ends drain timers and the resolver.
     pub fn new(
         config: Config,
-        balancer: Arc<Balancer>,
+        router: Arc<Router>,
         registry: Arc<Registry>,
         stop: Receiver<()>,
     ) -> Discovery {
         let resolved = first_answers(&config);
-        Discovery { balancer, registry, running: Mutex::new(Running { config, resolved }), stop }
+        Discovery { router, registry, running: Mutex::new(Running { config, resolved }), stop }
     }
 
     /// Handles SIGHUP: `loaded` is the re-read configuration or its errors. An invalid one is
@@ -101,17 +116,50 @@ impl Discovery {
             log::set_max_level(new.log_level);
             notes.push(format!("log_level -> {}", new.log_level.as_str().to_lowercase()));
         }
+        let old_table = self.router.table();
         if old.health != new.health {
-            self.balancer.set_health_settings(new.health.clone());
             notes.push("[health] updated".to_string());
             if old.health.enabled && !new.health.enabled {
-                for b in self.balancer.members().iter() {
+                for (_, b) in crate::stats::members(&old_table) {
                     b.health().checks_stopped();
                 }
             }
         }
+        if old.routes != new.routes || old.pools.len() != new.pools.len() {
+            notes.push(format!("{} route(s), {} pool(s)", new.routes.len(), new.pools.len() + 1));
+        }
+        if old.error_pages != new.error_pages || new.error_pages.is_some() {
+            match &new.error_pages {
+                Some(dir) => match crate::h1::respond::load_pages(dir) {
+                    Ok(pages) => {
+                        notes.push(format!("{} error page(s)", pages.len()));
+                        crate::h1::respond::set_pages(pages);
+                    }
+                    Err(e) => log::error!("reload: {e}; the error pages in force stay"),
+                },
+                None => crate::h1::respond::set_pages(Default::default()),
+            }
+        }
+        for w in &new.warnings {
+            log::warn!("reload: {w}");
+        }
         running.resolved = first_answers(&new);
-        let summary = self.apply(&new.backends, &running.resolved, new.algorithm, new.drain_timeout);
+        // The new table keeps the pools that stay (balancers, members, counters); their members
+        // are brought in line before it is installed, and removed pools are emptied after.
+        let table = Table::build(&new, Some(&old_table));
+        let summary = self.apply_all(&table, &new, &running.resolved);
+        self.router.install(table);
+        let kept = self.router.table();
+        for gone in old_table.pools().iter().filter(|p| !kept.pools().iter().any(|k| Arc::ptr_eq(k, p))) {
+            let removed = self.apply(
+                &gone.balancer,
+                &[],
+                &running.resolved,
+                gone.balancer.algorithm(),
+                new.drain_timeout,
+            );
+            log::info!("reload: pool {} removed: {removed}", gone.name);
+        }
         let keep = (running.config.listen, running.config.mode, running.config.workers);
         running.config = Config { listen: keep.0, mode: keep.1, workers: keep.2, ..new };
         notes.insert(0, summary);
@@ -122,7 +170,7 @@ impl Discovery {
     /// (Lookups run without the lock; an answer for a spec a reload changed meanwhile is dropped.)
     pub fn refresh_dns(&self) {
         let specs: Vec<BackendSpec> =
-            self.running.lock().config.backends.iter().filter(|s| s.dns).cloned().collect();
+            all_specs(&self.running.lock().config).filter(|s| s.dns).cloned().collect();
         if specs.is_empty() {
             return;
         }
@@ -140,7 +188,7 @@ impl Discovery {
             }
         }
         let mut running = self.running.lock();
-        let current = &running.config.backends;
+        let current: Vec<&BackendSpec> = all_specs(&running.config).collect();
         answers.retain(|name, _| {
             let before = specs.iter().find(|s| &s.name == name);
             let now = current.iter().find(|s| &s.name == name);
@@ -151,8 +199,7 @@ impl Discovery {
             return;
         }
         running.resolved.extend(answers);
-        let config = &running.config;
-        let summary = self.apply(&config.backends, &running.resolved, config.algorithm, config.drain_timeout);
+        let summary = self.apply_all(&self.router.table(), &running.config, &running.resolved);
         log::info!("dns: {summary}");
     }
 
@@ -169,15 +216,33 @@ impl Discovery {
         })
     }
 
-    /// Makes the balancer's members match `specs` (DNS names at `resolved`). Returns a summary.
+    /// Brings every pool of `table` in line with `config`; returns a summary (pools other than
+    /// the default one named).
+    fn apply_all(
+        &self,
+        table: &Table,
+        config: &Config,
+        resolved: &HashMap<String, Vec<SocketAddr>>,
+    ) -> String {
+        let mut parts = Vec::new();
+        for (name, algorithm, specs) in pool_specs(config) {
+            let Some(pool) = table.pools().iter().find(|p| p.name == name) else { continue };
+            let summary = self.apply(&pool.balancer, specs, resolved, algorithm, config.drain_timeout);
+            parts.push(if name == DEFAULT_POOL { summary } else { format!("pool {name}: {summary}") });
+        }
+        parts.join("; ")
+    }
+
+    /// Makes `balancer`'s members match `specs` (DNS names at `resolved`). Returns a summary.
     fn apply(
         &self,
+        balancer: &Balancer,
         specs: &[BackendSpec],
         resolved: &HashMap<String, Vec<SocketAddr>>,
-        algorithm: crate::config::Algorithm,
+        algorithm: Algorithm,
         drain: Duration,
     ) -> String {
-        let current = self.balancer.members();
+        let current = balancer.members();
         let mut next: Vec<Arc<Backend>> = Vec::new();
         let (mut added, mut changed, mut kept) = (Vec::new(), Vec::new(), 0);
         for spec in specs {
@@ -220,7 +285,7 @@ impl Discovery {
             current.iter().filter(|b| !next.iter().any(|n| Arc::ptr_eq(n, b))).cloned().collect();
         // Install the new set first, then retire the old one: a pick made at any moment sees a
         // complete set (retiring first left a window in which a whole-set swap found nothing).
-        self.balancer.replace(next, algorithm);
+        balancer.replace(next, algorithm);
         for b in &removed {
             b.retire();
         }
@@ -282,23 +347,22 @@ mod tests {
         let raw = RawConfig::parse(&b"[backends]\nweb = localhost:9\nfixed = 127.0.0.1:8\n"[..], "t")
             .expect("parse");
         let config = raw.validate().expect("valid");
-        let balancer = Arc::new(Balancer::new(
-            crate::backend::members::build(&config.backends),
-            config.algorithm,
-            config.health.clone(),
-        ));
         let (_stop_tx, stop) = crossbeam_channel::bounded(0);
-        let d = Discovery::new(config.clone(), balancer.clone(), Registry::new(), stop);
+        let router = Arc::new(Router::new(Table::build(&config, None)));
+        let balancer = router.table().default_pool().balancer.clone();
+        let d = Discovery::new(config.clone(), router, Registry::new(), stop);
         let fixed = balancer.members().iter().find(|b| b.name() == "fixed").cloned().expect("fixed");
         let a: SocketAddr = "10.9.0.1:9".parse().expect("addr");
         let b: SocketAddr = "10.9.0.2:9".parse().expect("addr");
         let mut answers = HashMap::new();
         answers.insert("web".to_string(), vec![a, b]);
-        let summary = d.apply(&config.backends, &answers, config.algorithm, Duration::from_secs(1));
+        let summary =
+            d.apply(&balancer, &config.backends, &answers, config.algorithm, Duration::from_secs(1));
         assert!(summary.contains("added web@10.9.0.1:9, web@10.9.0.2:9"), "{summary}");
         let first = balancer.members().iter().find(|m| m.addr() == a).cloned().expect("member a");
         answers.insert("web".to_string(), vec![a]);
-        let summary = d.apply(&config.backends, &answers, config.algorithm, Duration::from_secs(1));
+        let summary =
+            d.apply(&balancer, &config.backends, &answers, config.algorithm, Duration::from_secs(1));
         assert!(summary.contains("removed web@10.9.0.2:9") && summary.contains("2 unchanged"), "{summary}");
         let members = balancer.members();
         assert_eq!(members.len(), 2);

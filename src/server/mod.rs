@@ -134,6 +134,9 @@ impl Server {
         for line in crate::config::show::startup_lines(&config, local_addr) {
             log::info!("{line}");
         }
+        for w in &config.warnings {
+            log::warn!("{w}");
+        }
         for line in config.to_string().lines() {
             log::debug!("config: {line}");
         }

@@ -12,14 +12,15 @@ use crossbeam_channel::Receiver;
 
 use super::discovery::Discovery;
 use crate::admin;
-use crate::backend::{members, summary_line};
-use crate::balancer::{checker, Balancer};
+use crate::backend::summary_line;
+use crate::balancer::checker;
 use crate::config::{Config, Mode};
 use crate::conn::{Conn, Greeting, Registry};
 use crate::context::Context;
 use crate::error::Error;
 use crate::http::proxy as http_proxy;
 use crate::park::Parker;
+use crate::route::{Router, Table};
 use crate::stats::{Live, LiveGauges, ProxyCounters};
 use crate::tcp;
 use crate::threads::pool::WorkerPool;
@@ -27,7 +28,8 @@ use crate::tls::{Backends, Listener};
 
 /// What every thread of a running proxy shares.
 pub(super) struct Shared {
-    pub balancer: Arc<Balancer>,
+    /// The pools and routes in force.
+    pub router: Arc<Router>,
     pub counters: Arc<ProxyCounters>,
     pub registry: Arc<Registry>,
     /// Set at shutdown: workers finish the current request, then close.
@@ -46,13 +48,23 @@ impl Shared {
         tls: Option<Arc<Listener>>,
         backend_tls: Option<Arc<Backends>>,
     ) -> Result<Shared, Error> {
-        let members = members::build(&config.backends);
-        let balancer = Arc::new(Balancer::new(members, config.algorithm, config.health.clone()));
+        if let Some(dir) = &config.error_pages {
+            let pages = crate::h1::respond::load_pages(dir).map_err(|message| {
+                Error::Config(vec![crate::config::ConfigError {
+                    file: config.file.clone(),
+                    origin: crate::config::Origin::File,
+                    key: crate::config::keys::ERROR_PAGES.label(),
+                    message,
+                }])
+            })?;
+            crate::h1::respond::set_pages(pages);
+        }
+        let router = Arc::new(Router::new(Table::build(config, None)));
         let counters = Arc::new(ProxyCounters::default());
         let parker = Parker::new(config.timeouts.idle).map_err(Error::Resource)?;
         parker.count_into(counters.clone());
         Ok(Shared {
-            balancer,
+            router,
             counters,
             registry: Registry::new(),
             stopping: Arc::new(AtomicBool::new(false)),
@@ -66,7 +78,7 @@ impl Shared {
     pub fn start_workers(&self, config: &Config) -> Result<WorkerPool<Conn>, Error> {
         let ctx = Context {
             config: config.clone(),
-            balancer: self.balancer.clone(),
+            router: self.router.clone(),
             counters: self.counters.clone(),
             stopping: self.stopping.clone(),
             tls: self.tls.clone(),
@@ -96,17 +108,18 @@ impl Shared {
     /// Starts the health checker, the DNS resolver and the stats logger; they stop when `stop`
     /// disconnects. The discovery is what a reload goes through.
     pub fn start_background(&self, config: &Config, stop: &Receiver<()>) -> Result<Arc<Discovery>, Error> {
-        checker::spawn_checker(self.balancer.clone(), stop.clone(), self.backend_tls.clone())
-            .map_err(Error::Resource)?;
+        let router = self.router.clone();
+        let pools = move || router.table().pools().iter().map(|p| p.balancer.clone()).collect();
+        checker::spawn_checker(pools, stop.clone(), self.backend_tls.clone()).map_err(Error::Resource)?;
         let discovery = Arc::new(Discovery::new(
             config.clone(),
-            self.balancer.clone(),
+            self.router.clone(),
             self.registry.clone(),
             stop.clone(),
         ));
         discovery.spawn_resolver().map_err(Error::Resource)?;
         if let Some(every) = config.stats_interval {
-            spawn_stats_logger(self.balancer.clone(), every, stop.clone()).map_err(Error::Resource)?;
+            spawn_stats_logger(self.router.clone(), every, stop.clone()).map_err(Error::Resource)?;
         }
         Ok(discovery)
     }
@@ -122,7 +135,7 @@ impl Shared {
         log::info!("admin listening on {addr} (dashboard at /, /events, /stats, /metrics, /health, POST /backends/NAME/ACTION)");
         let l = Arc::new(l);
         let served = admin::Admin {
-            balancer: self.balancer.clone(),
+            router: self.router.clone(),
             counters: self.counters.clone(),
             token: config.admin_token.clone(),
         };
@@ -188,11 +201,11 @@ fn note_wait(conn: &Conn, workers: usize) {
 }
 
 /// Logs a one-line summary per backend every `every`.
-fn spawn_stats_logger(balancer: Arc<Balancer>, every: Duration, stop: Receiver<()>) -> std::io::Result<()> {
+fn spawn_stats_logger(router: Arc<Router>, every: Duration, stop: Receiver<()>) -> std::io::Result<()> {
     thread::Builder::new().name("stats".into()).spawn(move || {
         while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
-            for b in balancer.members().iter() {
-                log::info!("stats: {}", summary_line(b));
+            for (_, b) in crate::stats::members(&router.table()) {
+                log::info!("stats: {}", summary_line(&b));
             }
         }
     })?;

@@ -117,11 +117,11 @@ fn drain(registry: &Registry, stop: &Receiver<&'static str>, deadline: Instant) 
 
 /// What the proxy did, logged and returned at exit.
 pub(super) fn summary(shared: &Shared, forced: usize) -> Summary {
-    let members = shared.balancer.members();
+    let members = crate::stats::members(&shared.router.table());
     let summary = Summary {
         connections: shared.counters.accepted.load(Ordering::Relaxed),
         forced,
-        backends: members.iter().map(|b| summary_line(b)).collect(),
+        backends: members.iter().map(|(_, b)| summary_line(b)).collect(),
     };
     log::info!("served {} connection(s) ({} cut before they finished)", summary.connections, forced);
     for line in &summary.backends {

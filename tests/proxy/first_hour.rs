@@ -38,7 +38,7 @@ fn http_mode_counts_the_bytes_sent_to_a_backend_heads_included() {
     let metrics = http_get(admin, "/metrics").text();
     let counted = metrics
         .lines()
-        .find(|l| l.starts_with("lb_backend_sent_bytes_total{backend=\"app1\"}"))
+        .find(|l| l.starts_with("lb_backend_sent_bytes_total{backend=\"app1\",pool=\"default\"}"))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|n| n.parse::<u64>().ok())
         .expect("lb_backend_sent_bytes_total");

@@ -16,6 +16,7 @@ mod proxy_protocol;
 mod quiet;
 
 mod robust;
+mod routing;
 mod scale;
 mod stdout;
 mod streaming;

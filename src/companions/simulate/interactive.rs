@@ -10,7 +10,7 @@ use std::thread;
 use std::time::Duration;
 
 use super::{not_running_hint, ClientArgs};
-use crate::out;
+use crate::logging::out;
 
 /// Connects to `args.target`, then copies stdin's lines to the connection and the
 /// connection's lines to stdout until either side ends. Returns once the proxy has closed

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tungstenite::Message;
 
 use super::{ClientArgs, Dialer, Report};
-use crate::out;
+use crate::logging::out;
 
 /// One WebSocket client: `args.requests` messages on one connection.
 pub(super) fn client(args: &ClientArgs, target: SocketAddr, dialer: &Dialer, done: &AtomicU64) -> Report {

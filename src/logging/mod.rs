@@ -1,4 +1,7 @@
-//! Log set-up: simplelog to the terminal (stderr) and, when configured, to a log file.
+//! Log set-up: simplelog to the terminal (stderr) and, when configured, to a log file; and
+//! [`out`], what the binaries print for a user.
+
+pub mod out;
 
 use std::fs::{self, OpenOptions};
 use std::io::IsTerminal;
