@@ -182,7 +182,7 @@ fn choose_pool(
     match table.route_sni(name.as_deref()) {
         (Some(pool), route) => {
             if let Some(r) = route {
-                log::debug!("{}: {} -> pool {}", Label(conn), r.label, pool.name);
+                log::info!("{}: {}", Label(conn), r.label);
             }
             Some((pool.clone(), early))
         }

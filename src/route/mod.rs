@@ -39,7 +39,7 @@ pub enum Target {
 /// One route, ready to apply.
 pub struct Route {
     pub name: String,
-    /// `route api (host api.example.com, path /api)`, as the access line says it.
+    /// `route api (host api.example.com, path /api) pool api`, as the decision line says it.
     pub label: String,
     pub target: Target,
     /// Path bytes to strip (`strip_prefix`), else 0.
@@ -205,7 +205,10 @@ fn pool_health(health: &HealthSettings, path: Option<&str>) -> HealthSettings {
 fn route(r: &RouteSpec, position: &dyn Fn(&str) -> usize) -> Route {
     Route {
         name: r.name.clone(),
-        label: format!("route {} ({})", r.name, r.describe()),
+        label: match &r.action {
+            RouteAction::Pool(p) => format!("route {} ({}) pool {p}", r.name, r.describe()),
+            RouteAction::Redirect(_) => format!("route {} ({})", r.name, r.describe()),
+        },
         target: match &r.action {
             RouteAction::Pool(p) => Target::Pool(position(p)),
             RouteAction::Redirect(to) => Target::Redirect(to.clone()),

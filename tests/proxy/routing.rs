@@ -57,7 +57,7 @@ fn host_wildcard_and_path_prefix_pick_pools_in_file_order_and_the_rest_go_to_the
     // strip_prefix: the backend sees the rest of the path, query kept; /api alone becomes /.
     let echo = request(addr, "api.example.com", "/api/echo?q=1", "").text();
     assert!(echo.starts_with("GET /echo?q=1 HTTP/1.1\r\n"), "{echo}");
-    let line = p.wait_for("route api (host api.example.com, path /api) -> api1");
+    let line = p.wait_for("route api (host api.example.com, path /api) pool api -> api1");
     assert!(line.contains("\"GET /api/users?q=1\""), "{line}");
     let stats = proxy_stats(admin_addr(&p));
     let pools: Vec<&str> =
@@ -203,6 +203,7 @@ fn sni_routes_tls_untouched_to_the_backend_whose_certificate_matches_and_the_res
     assert!(tls_connect(addr, client.clone(), "www.example.com").is_err());
     // No SNI match: the default pool.
     assert!(fetch("localhost").contains("X-Served-By: www"));
+    p.wait_for("route api (sni *.example.com) pool api");
     p.wait_for("-> api-tls");
     // Not TLS at all: the default pool too, bytes untouched (here a plain backend).
     let config = format!(
@@ -260,4 +261,35 @@ fn a_reload_storm_moving_a_path_between_pools_fails_no_request_and_each_sees_one
     }
     let served = load.finish_without_failures();
     assert!(served >= 20, "{served}");
+}
+
+#[test]
+fn health_checks_follow_each_pools_path_and_retries_stay_in_the_chosen_pool() {
+    let (_web, web) = dummy("web1");
+    let (_api, api) = dummy("api1");
+    let (_sick, sick) = dummy("sick1");
+    let (_dead_socket, dead) = dead_addr();
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 16\nalgorithm = round-robin\n\
+         [health]\ninterval_ms = 100\nfall = 2\nrise = 2\n[admin]\nlisten = 127.0.0.1:0\n\
+         [backends]\nweb1 = {web}\n\
+         [pool.api]\napi1 = {api}\napi-dead = {dead}\n\
+         [pool.sick]\nhealth_path = /health?status=503\nsick1 = {sick}\n\
+         [route.api]\npath = /api\npool = api\n[route.sick]\npath = /sick\npool = sick\n"
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    // The pool's own health path fails; the default pool's (/health) passes on its member.
+    let down = p.wait_for(&format!("sick1 {sick} DOWN"));
+    assert!(down.contains("status 503"), "{down}");
+    // A member refusing connections is retried on its pool's other member, never elsewhere.
+    for _ in 0..6 {
+        let r = request(addr, "h", "/api/x", "");
+        assert_eq!((r.status, served_by(&r)), (200, "api1"), "{}", r.text());
+    }
+    let r = request(addr, "h", "/sick", "");
+    assert_eq!(r.status, 503, "the sick pool has no member up; web1 is not borrowed: {}", r.text());
+    let r = request(addr, "h", "/", "");
+    assert_eq!((r.status, served_by(&r)), (200, "web1"));
+    let admin = admin_addr(&p);
+    assert_eq!(backend_stats(admin, "web1")["state"], "up", "{}", proxy_stats(admin));
 }
