@@ -63,6 +63,7 @@ fn host_wildcard_and_path_prefix_pick_pools_in_file_order_and_the_rest_go_to_the
     let pools: Vec<&str> =
         stats["pools"].as_array().expect("pools").iter().filter_map(|p| p["name"].as_str()).collect();
     assert_eq!(pools, ["default", "api", "adm"]);
+    assert_eq!(backend_stats(admin_addr(&p), "api1")["pool"], "api");
     let metrics = http_get(admin_addr(&p), "/metrics").text();
     assert!(metrics.contains("lb_requests_total{backend=\"api1\",pool=\"api\"} 3"), "{metrics}");
 }
