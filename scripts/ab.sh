@@ -9,12 +9,14 @@
 #   CLOSE=1 scripts/ab.sh A_BIN B_BIN         a new connection per request (c = 64)
 #   B_ENV="MALLOC_ARENA_MAX=2" scripts/ab.sh A_BIN A_BIN   the same build, B with an environment
 #   B_WORKERS=256 scripts/ab.sh A_BIN A_BIN   the same build, B with `workers = 256` (else default)
+#   A_ROUTES=1 B_ROUTES=1000 scripts/ab.sh A_BIN A_BIN   route lookup cost: N routes, the backend
+#                                             in a pool the last route (path /) reaches
 #
 # Loopback only; every load is bounded by wrk -d; processes started here are stopped by pid.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
-[ $# -eq 2 ] || { sed -n 2,13p "$0" >&2; exit 2; }
+[ $# -eq 2 ] || { sed -n 2,15p "$0" >&2; exit 2; }
 A_BIN=$(realpath "$1"); B_BIN=$(realpath "$2")
 ROUNDS=${ROUNDS:-5}; DUR=${DUR:-4}; CLOSE=${CLOSE:-0}
 C=${C:-"16 64 256 1000"}; [ "$CLOSE" = 1 ] && C=${C_CLOSE:-64}
@@ -31,6 +33,19 @@ haproxy_http_conf "$W/haproxy.cfg" "$HAP" "$BACKEND"
 for side in a b; do
     port=$PA; [ $side = b ] && port=$PB
     workers=${A_WORKERS:-}; [ $side = b ] && workers=${B_WORKERS:-}
+    routes=${A_ROUTES:-0}; [ $side = b ] && routes=${B_ROUTES:-0}
+    if [ "$routes" -gt 0 ]; then
+        # N-1 routes that never match (by host and path), then the one that does.
+        {
+            printf '[proxy]\nlisten = 127.0.0.1:%s\nmode = http\n%blog_file =\nlog_level = warn\n[pool.p]\nb1 = 127.0.0.1:%s\n' \
+                "$port" "${workers:+workers = $workers\n}" "$BACKEND"
+            for i in $(seq 2 "$routes"); do
+                printf '[route.r%s]\nhost = r%s.example.com\npath = /a%s/b\npool = p\n' "$i" "$i" "$i"
+            done
+            printf '[route.last]\npath = /\npool = p\n'
+        } >"$W/$side.ini"
+        continue
+    fi
     printf '[proxy]\nlisten = 127.0.0.1:%s\nmode = http\n%blog_file =\nlog_level = warn\n[backends]\nb1 = 127.0.0.1:%s\n' \
         "$port" "${workers:+workers = $workers\n}" "$BACKEND" >"$W/$side.ini"
 done
