@@ -105,3 +105,14 @@ fn repeated_and_misnamed_sections_are_errors() {
     assert!(errs.iter().any(|e| e.starts_with("t.ini:6: the pool 'default' is [backends]")), "{errs:?}");
     assert!(errs.iter().any(|e| e.starts_with("t.ini:7: invalid route name 'a b'")), "{errs:?}");
 }
+
+#[test]
+fn check_shows_pools_and_routes_with_their_lines() {
+    let text = parse(GOOD).expect("valid").to_string();
+    assert!(text.contains("# t.ini:5\n[pool.api]\nalgorithm = round-robin\nhealth_path = /ping\n"), "{text}");
+    assert!(
+        text.contains("[route.api]\nhost = api.example.com\npath = /api\npool = api\nstrip_prefix = on\n"),
+        "{text}"
+    );
+    assert!(text.contains("[route.secure]\nredirect = 308 https://{host}{uri}\n"), "{text}");
+}

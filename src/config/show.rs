@@ -50,7 +50,7 @@ pub fn write_effective(c: &Config, out: &mut impl std::fmt::Write) -> std::fmt::
         write_member(out, b, from(&format!("[backends] {}", b.name)))?;
     }
     for p in &c.pools {
-        writeln!(out, "[pool.{}]  # {}:{}", p.name, c.file, p.line)?;
+        writeln!(out, "# {}:{}\n[pool.{}]", c.file, p.line, p.name)?;
         writeln!(out, "algorithm = {}", p.algorithm.name())?;
         if let Some(path) = &p.health_path {
             writeln!(out, "health_path = {path}")?;
@@ -60,7 +60,7 @@ pub fn write_effective(c: &Config, out: &mut impl std::fmt::Write) -> std::fmt::
         }
     }
     for r in &c.routes {
-        writeln!(out, "[route.{}]  # {}:{}", r.name, c.file, r.line)?;
+        writeln!(out, "# {}:{}\n[route.{}]", c.file, r.line, r.name)?;
         if let Some(h) = &r.host {
             writeln!(out, "host = {h}")?;
         }

@@ -160,6 +160,13 @@ fn error_pages_replace_404_502_and_503_bodies_and_no_default_pool_means_404() {
     let r = send_raw(addr, b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "GET").0;
     assert_eq!(r.status, 400);
     assert!(r.text().contains("repeated Host"), "{}", r.text());
+    // Pages are read again on reload, not per request.
+    std::fs::write(pages.path().join("404.html"), "<h1>new 404</h1>\n").expect("page");
+    assert_eq!(request(addr, "h", "/other", "").text(), "<h1>custom 404</h1>\n");
+    let mark = p.mark();
+    p.signal("HUP");
+    p.wait_for_since(mark, "3 error page(s)");
+    assert_eq!(request(addr, "h", "/other", "").text(), "<h1>new 404</h1>\n");
 }
 
 /// A TLS-terminating proxy in tcp mode for `names`, in front of a dummy called `name`: a TLS
@@ -293,4 +300,26 @@ fn health_checks_follow_each_pools_path_and_retries_stay_in_the_chosen_pool() {
     assert_eq!((r.status, served_by(&r)), (200, "web1"));
     let admin = admin_addr(&p);
     assert_eq!(backend_stats(admin, "web1")["state"], "up", "{}", proxy_stats(admin));
+}
+
+#[test]
+fn a_client_stalling_in_its_client_hello_is_closed_at_header_ms_and_others_are_routed_meanwhile() {
+    let (_plain, plain) = dummy("plain1");
+    let config = format!(
+        "[proxy]\nmode = tcp\nworkers = 16\n[timeouts]\nheader_ms = 500\n[health]\nenabled = false\n\
+         [backends]\nplain1 = {plain}\n[pool.api]\napi1 = {plain}\n[route.api]\nsni = api.example.com\npool = api\n"
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    // The first bytes of a TLS handshake record, then nothing.
+    let mut stalled = connect(addr);
+    stalled.write_all(&[0x16, 0x03, 0x01, 0x02]).expect("send");
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.contains("X-Served-By: plain1"), "{out}");
+    let line = p.wait_for("no complete TLS ClientHello within header_ms");
+    assert!(line.contains("closing"), "{line}");
+    let mut rest = Vec::new();
+    assert_eq!(stalled.read_to_end(&mut rest).map_err(|e| e.kind()), Ok(0), "closed without a byte");
 }
