@@ -61,6 +61,11 @@ pub struct ProxyCounters {
     pub tls_handshake_failures: AtomicU64,
     /// Request headers dropped for an underscore in their name (`underscores_in_headers` off).
     pub underscored_headers_dropped: AtomicU64,
+    /// Clients turned away by `[limits]`: not allowed (403), over the rate, over the connection
+    /// limit (429).
+    pub refused_denied: AtomicU64,
+    pub refused_rate: AtomicU64,
+    pub refused_connections: AtomicU64,
 }
 
 fn secs_since_epoch(t: SystemTime) -> f64 {
@@ -125,6 +130,11 @@ pub fn stats_json(table: &Table, counters: &ProxyCounters) -> String {
         "tls_handshakes": counters.tls_handshakes.load(Ordering::Relaxed),
         "tls_handshake_failures": counters.tls_handshake_failures.load(Ordering::Relaxed),
         "underscored_headers_dropped": counters.underscored_headers_dropped.load(Ordering::Relaxed),
+        "refused": {
+            "denied": counters.refused_denied.load(Ordering::Relaxed),
+            "rate": counters.refused_rate.load(Ordering::Relaxed),
+            "connections": counters.refused_connections.load(Ordering::Relaxed),
+        },
         "backends": members
             .iter()
             .map(|(pool, b)| {
@@ -244,6 +254,17 @@ pub fn metrics_text(table: &Table, counters: &ProxyCounters) -> String {
          # TYPE lb_underscored_headers_dropped_total counter\nlb_underscored_headers_dropped_total {}",
         counters.underscored_headers_dropped.load(Ordering::Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "# HELP lb_clients_refused_total Clients turned away by [limits], by why.\n# TYPE lb_clients_refused_total counter"
+    );
+    for (why, n) in [
+        ("denied", &counters.refused_denied),
+        ("rate", &counters.refused_rate),
+        ("connections", &counters.refused_connections),
+    ] {
+        let _ = writeln!(out, "lb_clients_refused_total{{why=\"{why}\"}} {}", n.load(Ordering::Relaxed));
+    }
     let _ = writeln!(
         out,
         "# HELP lb_tunnels_open Open upgraded connections (WebSocket) per backend.\n# TYPE lb_tunnels_open gauge"

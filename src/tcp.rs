@@ -61,6 +61,17 @@ struct Relaying {
 pub fn serve(mut conn: Conn, ctx: &Context, bufs: &mut Buffers) {
     let mut r = match resumed(&mut conn) {
         Some(r) => r,
+        // A new connection: [limits] first, before the handshake and any backend.
+        None if conn.admitted.is_none() => match ctx.policy.admit(conn.peer.ip(), true) {
+            Ok(slot) => {
+                conn.admitted = Some(slot);
+                match open(&conn, ctx) {
+                    Some(r) => r,
+                    None => return,
+                }
+            }
+            Err(why) => return ctx.refused(Label(&conn), conn.peer.ip(), why),
+        },
         None => match open(&conn, ctx) {
             Some(r) => r,
             None => return,

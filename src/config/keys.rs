@@ -4,15 +4,19 @@
 
 use super::{AcceptProxy, Config, Mode};
 
+mod admin;
 mod health;
 mod http;
+mod limits;
 mod routing;
 mod tls;
+pub use admin::{ADMIN_LISTEN, ADMIN_TOKEN, RESOLVE_MS};
 pub use health::{
     FAIL_WINDOW_MS, FALL, HEALTH_ENABLED, HEALTH_MODE, HEALTH_PATH, INTERVAL_MS, MAX_FAILS, OBSERVE_5XX,
     RISE, SLOWSTART_MS, TIMEOUT_MS,
 };
 pub use http::{BACKEND_KEEPALIVE, MAX_BODY_BYTES, MAX_HEAD_BYTES, UNDERSCORES_IN_HEADERS};
+pub use limits::{ALLOW, BURST, DENY, MAX_CLIENTS, MAX_CONNS_PER_CLIENT, RATE, TRUSTED_PROXIES};
 pub use routing::ERROR_PAGES;
 pub use tls::{TLS_BACKEND_CA, TLS_CERT, TLS_KEY, TLS_MIN_VERSION, TLS_SNI_DIR, TLS_VERSIONS};
 
@@ -320,38 +324,6 @@ pub const QUEUE_MS: Key = key(
     "when every backend is at `max_conns`, wait this long for a slot, then close (tcp) or 503 (http)",
     |c| c.timeouts.queue.as_millis().to_string(),
 );
-/// `[admin] listen`.
-pub const ADMIN_LISTEN: Key = flagged(
-    key(
-        "admin",
-        "listen",
-        Kind::Address,
-        "",
-        "e.g. `127.0.0.1:8081`: the dashboard `/`, `/events`, `/stats`, `/metrics`, `/health` and `POST /backends/NAME/ACTION`; empty: off",
-        |c| c.admin.map(|a| a.to_string()).unwrap_or_default(),
-    ),
-    "--admin",
-);
-/// `[admin] token`.
-pub const ADMIN_TOKEN: Key = key(
-    "admin",
-    "token",
-    Kind::Text,
-    "",
-    "when set, every POST must carry `Authorization: Bearer TOKEN` (else 401); empty: no check",
-    // A secret: --check says whether it is set, never what it is.
-    |c| if c.admin_token.is_some() { "(set)".to_string() } else { String::new() },
-);
-/// `[backends] resolve_ms`.
-pub const RESOLVE_MS: Key = key(
-    "backends",
-    "resolve_ms",
-    millis(100, DAY_MS),
-    "30000",
-    "how often host names are resolved again (every address becomes a member)",
-    |c| c.resolve_interval.as_millis().to_string(),
-);
-
 /// Every key, grouped by section in the order `--check` prints them; `[backends]` comes last
 /// because the backend lines follow its one key.
 pub const KEYS: &[Key] = &[
@@ -395,6 +367,13 @@ pub const KEYS: &[Key] = &[
     TLS_SNI_DIR,
     TLS_MIN_VERSION,
     TLS_BACKEND_CA,
+    RATE,
+    BURST,
+    MAX_CONNS_PER_CLIENT,
+    MAX_CLIENTS,
+    ALLOW,
+    DENY,
+    TRUSTED_PROXIES,
     ADMIN_LISTEN,
     ADMIN_TOKEN,
     RESOLVE_MS,

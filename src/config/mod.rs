@@ -230,6 +230,22 @@ pub struct HttpSettings {
     pub underscores_in_headers: bool,
 }
 
+/// Per-client policy (`[limits]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitSettings {
+    /// Requests (tcp: connections) per period, per client address; `None`: off.
+    pub rate: Option<(u32, Duration)>,
+    /// Allowed at once above the rate.
+    pub burst: u32,
+    /// Concurrent connections per client address; 0: no limit.
+    pub max_conns_per_client: usize,
+    /// Client addresses whose rate is tracked at once.
+    pub max_clients: usize,
+    pub allow: Vec<ipnet::IpNet>,
+    pub deny: Vec<ipnet::IpNet>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -248,6 +264,7 @@ pub struct Config {
     pub http: HttpSettings,
     pub health: HealthSettings,
     pub tls: TlsSettings,
+    pub limits: LimitSettings,
     /// Admin listener for /stats, /metrics, /health; `None`: off.
     pub admin: Option<SocketAddr>,
     /// `[admin] token`: the bearer token every admin POST must carry; `None`: no check.

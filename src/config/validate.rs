@@ -10,11 +10,12 @@ use super::keys::{self, Key, Kind};
 use super::raw::{RawConfig, Setting};
 use super::routing;
 use super::values::{
-    parse_algorithm, parse_backend, parse_bool, parse_header_name, parse_number, parse_path,
+    parse_algorithm, parse_backend, parse_bool, parse_header_name, parse_nets, parse_number, parse_path,
+    parse_rate,
 };
 use super::{
-    AcceptProxy, Algorithm, BackendSpec, Config, ConfigError, HealthSettings, HttpSettings, Mode, Origin,
-    ScaleSettings, Timeouts, TlsFile, TlsSettings, TlsVersion,
+    AcceptProxy, Algorithm, BackendSpec, Config, ConfigError, HealthSettings, HttpSettings, LimitSettings,
+    Mode, Origin, ScaleSettings, Timeouts, TlsFile, TlsSettings, TlsVersion,
 };
 use crate::net::addr;
 
@@ -68,6 +69,13 @@ impl RawConfig {
         let reuse_port = v.get(&keys::REUSE_PORT, parse_bool);
         let accept_proxy = v.get(&keys::ACCEPT_PROXY, parse_accept_proxy);
         let hash_header = v.get(&keys::HASH_HEADER, parse_header_name);
+        let rate = v.get(&keys::RATE, parse_rate);
+        let burst = v.number(&keys::BURST);
+        let max_conns_per_client = v.number(&keys::MAX_CONNS_PER_CLIENT);
+        let max_clients = v.number(&keys::MAX_CLIENTS);
+        let allow = v.get(&keys::ALLOW, parse_nets);
+        let deny = v.get(&keys::DENY, parse_nets);
+        let trusted_proxies = v.get(&keys::TRUSTED_PROXIES, parse_nets);
         let error_pages = v.get(&keys::ERROR_PAGES, |s| Ok((!s.is_empty()).then(|| PathBuf::from(s))));
         let control_socket = v.get(&keys::CONTROL_SOCKET, |s| Ok((!s.is_empty()).then(|| PathBuf::from(s))));
         // `None` exactly when some value was bad (and reported).
@@ -111,6 +119,15 @@ impl RawConfig {
                     slowstart: slowstart?,
                 },
                 tls: tls?,
+                limits: LimitSettings {
+                    rate: rate?,
+                    burst: burst? as u32,
+                    max_conns_per_client: max_conns_per_client? as usize,
+                    max_clients: max_clients? as usize,
+                    allow: allow?,
+                    deny: deny?,
+                    trusted_proxies: trusted_proxies?,
+                },
                 admin: admin?,
                 admin_token: admin_token?,
                 stats_interval: stats_interval.map(|d| (!d.is_zero()).then_some(d))?,

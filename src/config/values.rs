@@ -107,3 +107,37 @@ pub(super) fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, Stri
 pub(super) fn rustls_name_ok(n: &str) -> bool {
     !n.is_empty() && n.len() <= 253 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
 }
+
+/// `N/s` or `N/m`.
+pub(super) fn parse_rate(s: &str) -> Result<Option<(u32, std::time::Duration)>, String> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let bad = || format!("'{s}' is not a rate (expected N/s or N/m, e.g. 100/s)");
+    let (n, per) = s.split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    let per = match per.trim() {
+        "s" => std::time::Duration::from_secs(1),
+        "m" => std::time::Duration::from_secs(60),
+        _ => return Err(bad()),
+    };
+    if n == 0 {
+        return Err("a rate of 0 would refuse everyone (leave rate empty for no limit)".to_string());
+    }
+    Ok(Some((n, per)))
+}
+
+/// A list of addresses and CIDR blocks: `10.0.0.0/8, 127.0.0.1, ::1`.
+pub(super) fn parse_nets(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            w.parse::<ipnet::IpNet>()
+                .or_else(|_| w.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    format!("'{w}' is not an address or CIDR block (e.g. 10.0.0.0/8, 127.0.0.1, ::1)")
+                })
+        })
+        .collect()
+}

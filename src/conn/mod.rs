@@ -9,6 +9,7 @@
 //! reused by another socket.
 
 pub mod accept;
+pub mod policy;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream};
@@ -263,6 +264,9 @@ pub struct Conn {
     pub tls_session: Option<Box<parking_lot::Mutex<rustls::Connection>>>,
     /// A quiet relay or tunnel's backend side and state (see [`Conn::go_quiet`]).
     quiet: Option<Box<Quiet>>,
+    /// Per-client policy: checked once (`allow`, `deny`, the connection limit), and the slot
+    /// held against `max_conns_per_client` while the connection lives, parked or not.
+    pub admitted: Option<Option<policy::Slot>>,
     shared: Arc<Shared>,
     registry: Arc<Registry>,
 }
@@ -290,6 +294,7 @@ impl Conn {
             handshake: None,
             tls_session: None,
             quiet: None,
+            admitted: None,
             shared,
             registry: registry.clone(),
         }

@@ -47,6 +47,8 @@ pub struct RequestHead {
     pub route: Option<u32>,
     /// The host as sent, kept when the proxy answers itself ([`Routed::answer`]); else empty.
     pub host: String,
+    /// Every `X-Forwarded-For` value, joined, when [`Forwarding::keep_forwarded`]; else empty.
+    pub forwarded_for: String,
 }
 
 /// Where a request came from and how the proxy names itself, for the forwarding headers.
@@ -70,6 +72,8 @@ pub struct Forwarding<'a> {
     pub underscores: bool,
     /// Decides the request's route from its host and target (`None`: no routes).
     pub route: Option<&'a Router<'a>>,
+    /// Keep the client's `X-Forwarded-For` (it comes from a trusted proxy).
+    pub keep_forwarded: bool,
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
@@ -264,6 +268,13 @@ pub fn parse(
         }),
         route: routed.route,
         host: String::from_utf8_lossy(answer_host).into_owned(),
+        forwarded_for: if fwd.keep_forwarded {
+            let values = headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for"));
+            let values: Vec<String> = values.map(|h| String::from_utf8_lossy(h.value).into_owned()).collect();
+            values.join(", ")
+        } else {
+            String::new()
+        },
     }))
 }
 

@@ -12,6 +12,7 @@ fn fwd() -> Forwarding<'static> {
         hash_header: None,
         underscores: false,
         route: None,
+        keep_forwarded: false,
     }
 }
 

@@ -11,6 +11,7 @@ fn fwd() -> Forwarding<'static> {
         hash_header: None,
         underscores: false,
         route: None,
+        keep_forwarded: false,
     }
 }
 

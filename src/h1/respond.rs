@@ -21,6 +21,17 @@ use crate::error::{Answer, Failure};
 /// this form, whichever thread writes it (a worker, or the parker at `header_ms`).
 /// With `[proxy] error_pages`, the page for `status` replaces the text, as `text/html`.
 pub fn text_error(status: u16, why: &str, id: Option<&str>, close: bool) -> Vec<u8> {
+    text_error_with(status, why, id, close, None)
+}
+
+/// [`text_error`] with a `Retry-After` of `retry_after` seconds (a 429's).
+pub fn text_error_with(
+    status: u16,
+    why: &str,
+    id: Option<&str>,
+    close: bool,
+    retry_after: Option<u64>,
+) -> Vec<u8> {
     let page = PAGES.read().get(&status).cloned();
     let text;
     let (body, kind): (&[u8], _) = match &page {
@@ -34,7 +45,10 @@ pub fn text_error(status: u16, why: &str, id: Option<&str>, close: bool) -> Vec<
     if let Some(id) = id {
         headers.push(("X-Request-ID", id));
     }
-    if status == 503 {
+    let retry = retry_after.map(|s| s.to_string());
+    if let Some(secs) = &retry {
+        headers.push(("Retry-After", secs));
+    } else if status == 503 {
         headers.push(("Retry-After", "1"));
     }
     SimpleResponse { status, headers: &headers, body, close }.to_bytes()

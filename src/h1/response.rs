@@ -312,6 +312,7 @@ mod tests {
             hash_header: None,
             underscores: false,
             route: None,
+            keep_forwarded: false,
         };
         let raw = "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c, websocket\r\n\r\n";
         let mut out = Vec::new();

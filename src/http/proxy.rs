@@ -11,6 +11,7 @@
 //! was consumed, an idempotent request (or one with an `Idempotency-Key`) is sent again, on a
 //! fresh connection (a stale pooled one) or to the next backend. Others get 502.
 
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -23,6 +24,7 @@ use super::upgrade::{self, Parked};
 use crate::balancer::{header_value_key, source_key, Balancer};
 use crate::config::as_limit;
 use crate::conn::accept::{self, ClientStream, Opened};
+use crate::conn::policy::Refused;
 use crate::conn::{Conn, PartialHead};
 use crate::context::Context;
 use crate::error::{Answer, Cause, Failure, Party, Rejection};
@@ -60,6 +62,8 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     // Back from the parker: idle since then, its next request readable; or in the middle of a
     // head (or new), more of it readable.
     let resumed = conn.parked_since.take();
+    // Put back on the connection when it parks (the stream borrows it until then).
+    let mut admitted = conn.admitted.take();
     let partial = conn.head.take();
     let handshake = conn.handshake.take();
     let greeted = partial.is_some() && handshake.is_none();
@@ -91,6 +95,22 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         accept::open(&conn, ctx.tls.as_deref(), t.header, &ctx.counters)
     };
     let Some(stream) = stream else { return };
+    // [limits]: a new connection is admitted once (allow/deny, the connection limit); behind a
+    // trusted proxy the client is known per request instead.
+    let trusted = ctx.policy.trusts(conn.peer.ip());
+    if admitted.is_none() {
+        match if trusted { Ok(None) } else { ctx.policy.admit(conn.peer.ip(), false) } {
+            Ok(slot) => admitted = Some(slot),
+            Err(why) => {
+                ctx.refused(format_args!("conn {}", conn.id), conn.peer.ip(), why);
+                let status = if why == Refused::Denied { 403 } else { 429 };
+                let bytes = crate::h1::respond::text_error(status, &refusal_text(why), None, true);
+                let _ = (&stream).write_all(&bytes);
+                lingering_close(&conn.stream);
+                return;
+            }
+        }
+    }
     let parker = ctx.parker.as_deref();
     let client: &ClientStream = &stream;
     let tcp: &TcpStream = &conn.stream;
@@ -109,6 +129,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         hash_header: None,
         underscores,
         route: None,
+        keep_forwarded: trusted,
     };
     // The table this worker keeps; a request sees the one in force when its head is parsed.
     let mut loaded = scratch.routes.take().unwrap_or_else(|| ctx.router.load());
@@ -240,7 +261,11 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         if let Some(r) = route {
             record.route.clone_from(&r.label);
         }
+        let refused = if ctx.policy.is_active() { per_request(ctx, &conn, trusted, &head) } else { None };
         let outcome = match pool {
+            _ if refused.is_some() => {
+                Ok(Served::Done(answer_refused(refused, &head, client, keep_alive, &mut record, scratch)))
+            }
             Some(pool) => {
                 let exchange =
                     Exchange { conn: &conn, client, ctx, head: &head, keep_alive, key, pool, route };
@@ -293,6 +318,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     scratch.client_in = cw.into_buffer();
     // A TLS session waits in the parker with its connection.
     let session = stream.into_session();
+    conn.admitted = admitted;
     let Some(parker) = parker else { return };
     if pending.is_some() || park || tunnel.is_some() {
         conn.tls_session = session;
@@ -319,6 +345,54 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
             }
         }
     }
+}
+
+/// [limits] per request: the rate of the client (behind a trusted proxy, the address it
+/// forwarded for, which must also be allowed). Why it is refused, if it is.
+fn per_request(ctx: &Context, conn: &Conn, trusted: bool, head: &RequestHead) -> Option<Refused> {
+    let peer = conn.peer.ip();
+    let ip = if trusted { ctx.policy.real_client(peer, head.forwarded_for.as_bytes()) } else { peer };
+    let verdict = if trusted { ctx.policy.admits(ip) } else { Ok(()) }.and_then(|()| ctx.policy.rate(ip));
+    let why = verdict.err()?;
+    ctx.refused(format_args!("req {}", head.request_id), ip, why);
+    Some(why)
+}
+
+/// What a refused client reads.
+fn refusal_text(why: Refused) -> String {
+    match why {
+        Refused::Denied => "client address not allowed".to_string(),
+        Refused::Rate(_) => "too many requests from this address".to_string(),
+        Refused::Connections => "too many connections from this address".to_string(),
+    }
+}
+
+/// Answers a request `[limits]` refused: 403, or 429 with `Retry-After` (whole seconds,
+/// rounded up). Returns whether the connection stays open.
+fn answer_refused(
+    why: Option<Refused>,
+    head: &RequestHead,
+    client: &ClientStream,
+    keep_alive: bool,
+    record: &mut Record,
+    scratch: &mut Scratch,
+) -> bool {
+    let Some(why) = why else { return false };
+    let close = !keep_alive || !matches!(head.body, BodyKind::Empty | BodyKind::Length(0));
+    let (status, retry) = match why {
+        Refused::Denied => (403, None),
+        Refused::Rate(wait) => (429, Some(wait.as_nanos().div_ceil(1_000_000_000).max(1) as u64)),
+        Refused::Connections => (429, None),
+    };
+    record.status = status;
+    record.note = refusal_text(why);
+    let bytes =
+        crate::h1::respond::text_error_with(status, &record.note, Some(&head.request_id), close, retry);
+    let mut out = Coalesce::new(client, &mut scratch.client_out);
+    if out.write_all(&bytes).and_then(|()| out.flush()).is_ok() {
+        record.bytes_out += bytes.len() as u64;
+    }
+    !close
 }
 
 /// Answers a request no pool takes: its route's redirect, or 404 naming the host and path

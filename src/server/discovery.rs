@@ -24,6 +24,7 @@ use crate::backend::{AdminState, Backend};
 use crate::balancer::Balancer;
 use crate::config::keys::{Key, KEYS};
 use crate::config::{Algorithm, BackendSpec, Config, ConfigError};
+use crate::conn::policy::Policy;
 use crate::conn::Registry;
 use crate::logging::{held_back, RateLimit};
 use crate::net::addr::resolve;
@@ -32,6 +33,7 @@ use crate::route::{Router, Table, DEFAULT_POOL};
 /// Applies configuration and DNS changes to the running balancer.
 pub struct Discovery {
     router: Arc<Router>,
+    policy: Arc<Policy>,
     registry: Arc<Registry>,
     running: Mutex<Running>,
     stop: Receiver<()>,
@@ -66,11 +68,12 @@ impl Discovery {
     pub fn new(
         config: Config,
         router: Arc<Router>,
+        policy: Arc<Policy>,
         registry: Arc<Registry>,
         stop: Receiver<()>,
     ) -> Discovery {
         let resolved = first_answers(&config);
-        Discovery { router, registry, running: Mutex::new(Running { config, resolved }), stop }
+        Discovery { router, policy, registry, running: Mutex::new(Running { config, resolved }), stop }
     }
 
     /// Handles SIGHUP: `loaded` is the re-read configuration or its errors. An invalid one is
@@ -142,6 +145,10 @@ impl Discovery {
         }
         for w in &new.warnings {
             log::warn!("reload: {w}");
+        }
+        if old.limits != new.limits {
+            self.policy.update(&new.limits);
+            notes.push("[limits] updated".to_string());
         }
         running.resolved = first_answers(&new);
         // The new table keeps the pools that stay (balancers, members, counters); their members
@@ -350,7 +357,8 @@ mod tests {
         let (_stop_tx, stop) = crossbeam_channel::bounded(0);
         let router = Arc::new(Router::new(Table::build(&config, None)));
         let balancer = router.table().default_pool().balancer.clone();
-        let d = Discovery::new(config.clone(), router, Registry::new(), stop);
+        let policy = Policy::new(&config.limits);
+        let d = Discovery::new(config.clone(), router, policy, Registry::new(), stop);
         let fixed = balancer.members().iter().find(|b| b.name() == "fixed").cloned().expect("fixed");
         let a: SocketAddr = "10.9.0.1:9".parse().expect("addr");
         let b: SocketAddr = "10.9.0.2:9".parse().expect("addr");

@@ -15,6 +15,7 @@ use crate::admin;
 use crate::backend::summary_line;
 use crate::balancer::checker;
 use crate::config::{Config, Mode};
+use crate::conn::policy::Policy;
 use crate::conn::{Conn, Greeting, Registry};
 use crate::context::Context;
 use crate::error::Error;
@@ -30,6 +31,8 @@ use crate::tls::{Backends, Listener};
 pub(super) struct Shared {
     /// The pools and routes in force.
     pub router: Arc<Router>,
+    /// Per-client limits and access.
+    pub policy: Arc<Policy>,
     pub counters: Arc<ProxyCounters>,
     pub registry: Arc<Registry>,
     /// Set at shutdown: workers finish the current request, then close.
@@ -65,6 +68,7 @@ impl Shared {
         parker.count_into(counters.clone());
         Ok(Shared {
             router,
+            policy: Policy::new(&config.limits),
             counters,
             registry: Registry::new(),
             stopping: Arc::new(AtomicBool::new(false)),
@@ -79,6 +83,7 @@ impl Shared {
         let ctx = Context {
             config: config.clone(),
             router: self.router.clone(),
+            policy: self.policy.clone(),
             counters: self.counters.clone(),
             stopping: self.stopping.clone(),
             tls: self.tls.clone(),
@@ -114,6 +119,7 @@ impl Shared {
         let discovery = Arc::new(Discovery::new(
             config.clone(),
             self.router.clone(),
+            self.policy.clone(),
             self.registry.clone(),
             stop.clone(),
         ));

@@ -12,6 +12,7 @@ mod hostile;
 mod http;
 mod limits;
 mod ops;
+mod policy;
 mod proxy_protocol;
 mod quiet;
 

@@ -1,0 +1,128 @@
+//! Per-client policy (issue #23, `[limits]`): rate and connection limits per client address,
+//! allow and deny, and `X-Forwarded-For` believed only from trusted proxies. Distinct clients
+//! are distinct loopback source addresses (127.0.0.2, 127.0.0.3), bound before connecting.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+use crate::util::*;
+
+/// A connection to `addr` from the loopback address `from`.
+fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from((from, 0)).into()).expect("bind the source address");
+    s.connect(&addr.into()).expect("connect");
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s
+}
+
+fn limited_proxy(mode: &str, limits: &str, backend: SocketAddr) -> (Proc, SocketAddr) {
+    let config = format!(
+        "[proxy]\nmode = {mode}\nworkers = 16\n[health]\nenabled = false\n[admin]\nlisten = 127.0.0.1:0\n\
+         [limits]\n{limits}\n[backends]\napp1 = {backend}\n"
+    );
+    proxy_with(&config, &[])
+}
+
+fn wire_from(from: [u8; 4], addr: SocketAddr) -> lbproxy::h1::Wire<TcpStream> {
+    lbproxy::h1::Wire::new(connect_from(from, addr))
+}
+
+#[test]
+fn a_burst_over_the_rate_gets_429_with_retry_after_and_other_clients_are_unaffected() {
+    let (_d, backend) = dummy("app1");
+    let (p, addr) = limited_proxy("http", "rate = 10/s\nburst = 5", backend);
+    let mut w = wire_from([127, 0, 0, 2], addr);
+    // Pipelined in one write, so the 30 arrive within a few ms whatever the machine's load (the
+    // bucket refills one per 100 ms).
+    let burst = "GET / HTTP/1.1\r\nHost: t\r\n\r\n".repeat(30);
+    w.stream.write_all(burst.as_bytes()).expect("send");
+    let answers: Vec<_> = (0..30).map(|_| read_response(&mut w, "GET")).collect();
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 6, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 24, "{statuses:?}");
+    for refused in answers.iter().filter(|r| r.status == 429) {
+        assert_eq!(refused.header("Retry-After"), Some("1"), "whole seconds, rounded up");
+    }
+    // Another address has its own bucket.
+    let mut other = wire_from([127, 0, 0, 3], addr);
+    assert_eq!(get(&mut other, "/", "").status, 200);
+    // The first client is served again once its bucket refills (1 per 100 ms), on the same
+    // connection, which the 429s kept open.
+    let started = Instant::now();
+    while get(&mut w, "/", "").status != 200 {
+        assert!(started.elapsed() < WAIT, "never served again");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Logged once per address per 10 s, not once per refusal.
+    p.wait_for("client 127.0.0.2 refused: over [limits] rate");
+    let log = p.log_text();
+    assert_eq!(log.matches("client 127.0.0.2 refused: over [limits] rate").count(), 1, "{log}");
+    let stats = proxy_stats(admin_addr(&p));
+    assert!(stats["refused"]["rate"].as_u64().expect("rate") >= 25, "{stats}");
+    let metrics = http_get(admin_addr(&p), "/metrics").text();
+    assert!(metrics.contains("lb_clients_refused_total{why=\"rate\"}"), "{metrics}");
+}
+
+#[test]
+fn the_connection_over_the_per_client_limit_is_refused_in_both_modes_while_others_are_served() {
+    let (_d, backend) = dummy("app1");
+    let (_p, addr) = limited_proxy("http", "max_conns_per_client = 2", backend);
+    let mut held: Vec<_> = (0..2).map(|_| wire_from([127, 0, 0, 2], addr)).collect();
+    for w in &mut held {
+        assert_eq!(get(w, "/", "").status, 200);
+    }
+    let mut third = wire_from([127, 0, 0, 2], addr);
+    let r = get(&mut third, "/", "");
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert!(closed(&mut third), "closed after the 429");
+    assert_eq!(get(&mut wire_from([127, 0, 0, 3], addr), "/", "").status, 200);
+    // One of the two closes: its slot is given back.
+    drop(held.pop());
+    wait_until("a slot given back", || get(&mut wire_from([127, 0, 0, 2], addr), "/", "").status == 200);
+
+    let (_p, addr) = limited_proxy("tcp", "max_conns_per_client = 1", backend);
+    let mut first = connect_from([127, 0, 0, 2], addr);
+    assert_eq!(exchange(&mut first, "hello"), "app1");
+    let mut second = connect_from([127, 0, 0, 2], addr);
+    let _ = second.write_all(b"hello\n");
+    let mut buf = [0u8; 64];
+    assert!(matches!(second.read(&mut buf), Ok(0) | Err(_)), "closed at accept");
+    let mut other = connect_from([127, 0, 0, 3], addr);
+    assert_eq!(exchange(&mut other, "hello"), "app1");
+}
+
+#[test]
+fn deny_and_allow_refuse_by_address_in_both_modes() {
+    let (_d, backend) = dummy("app1");
+    let limits = "allow = 127.0.0.0/8\ndeny = 127.0.0.2";
+    let (p, addr) = limited_proxy("http", limits, backend);
+    let r = get(&mut wire_from([127, 0, 0, 2], addr), "/", "");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(get(&mut wire_from([127, 0, 0, 3], addr), "/", "").status, 200);
+    p.wait_for("client 127.0.0.2 refused: not allowed");
+    let (_p, addr) = limited_proxy("tcp", "allow = 127.0.0.3", backend);
+    let mut denied = connect_from([127, 0, 0, 2], addr);
+    let _ = denied.write_all(b"hello\n");
+    let mut buf = [0u8; 64];
+    assert!(matches!(denied.read(&mut buf), Ok(0) | Err(_)), "closed at accept");
+    let mut allowed = connect_from([127, 0, 0, 3], addr);
+    assert_eq!(exchange(&mut allowed, "hello"), "app1");
+}
+
+#[test]
+fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
+    let (_d, backend) = dummy("app1");
+    let limits = "trusted_proxies = 127.0.0.2\ndeny = 198.51.100.7";
+    let (_p, addr) = limited_proxy("http", limits, backend);
+    let spoof = "X-Forwarded-For: 198.51.100.7\r\n";
+    // From the trusted proxy: the forwarded client is the one judged, and denied.
+    let r = get(&mut wire_from([127, 0, 0, 2], addr), "/", spoof);
+    assert_eq!(r.status, 403, "{}", r.text());
+    // From anyone else the header is appended to, never believed.
+    let r = get(&mut wire_from([127, 0, 0, 3], addr), "/echo", spoof);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("X-Forwarded-For: 198.51.100.7, 127.0.0.3\r\n"), "{}", r.text());
+}
