@@ -9,6 +9,7 @@
 #   CLOSE=1 scripts/ab.sh A_BIN B_BIN         a new connection per request (c = 64)
 #   B_ENV="MALLOC_ARENA_MAX=2" scripts/ab.sh A_BIN A_BIN   the same build, B with an environment
 #   B_WORKERS=256 scripts/ab.sh A_BIN A_BIN   the same build, B with `workers = 256` (else default)
+#   B_CONF=$'[limits]\nrate = 100000/s' scripts/ab.sh A_BIN A_BIN   B with extra config lines
 #   A_ROUTES=1 B_ROUTES=1000 scripts/ab.sh A_BIN A_BIN   route lookup cost: N routes, the backend
 #                                             in a pool the last route (path /) reaches
 #
@@ -16,7 +17,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
-[ $# -eq 2 ] || { sed -n 2,15p "$0" >&2; exit 2; }
+[ $# -eq 2 ] || { sed -n 2,16p "$0" >&2; exit 2; }
 A_BIN=$(realpath "$1"); B_BIN=$(realpath "$2")
 ROUNDS=${ROUNDS:-5}; DUR=${DUR:-4}; CLOSE=${CLOSE:-0}
 C=${C:-"16 64 256 1000"}; [ "$CLOSE" = 1 ] && C=${C_CLOSE:-64}
@@ -48,6 +49,8 @@ for side in a b; do
     fi
     printf '[proxy]\nlisten = 127.0.0.1:%s\nmode = http\n%blog_file =\nlog_level = warn\n[backends]\nb1 = 127.0.0.1:%s\n' \
         "$port" "${workers:+workers = $workers\n}" "$BACKEND" >"$W/$side.ini"
+    extra=${A_CONF:-}; [ $side = b ] && extra=${B_CONF:-}
+    [ -n "$extra" ] && printf '%s\n' "$extra" >>"$W/$side.ini"
 done
 start() { # port command...
     local port=$1; shift

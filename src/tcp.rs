@@ -129,7 +129,7 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
     let key = Some(source_key(conn.peer.ip()));
     let tls = ctx.backend_tls.as_deref();
-    let who = tries::Client { label: &label, peer: conn.peer, key };
+    let who = tries::Client { label: &label, peer: conn.peer, key, sticky: None };
     let (backend, pick) = match upstream::connect(&pool.balancer, who, conn, limits, tls) {
         Ok(found) => found,
         Err(f) if f.phase == Phase::Pick => {

@@ -9,12 +9,13 @@
 //! timeout) on a condition variable that [`ActiveGuard`]s signal as they give slots back.
 
 pub mod checker;
+mod explain;
 pub mod least_connections;
 pub mod random_two;
 pub mod round_robin;
 pub mod source_hash;
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::net::IpAddr;
 use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::backend::{now_ms, Backend, WEIGHT_SCALE};
+use crate::backend::{now_ms, Backend};
 use crate::config::{Algorithm, HealthSettings};
 use crate::error::Failure;
 pub use crate::error::Unavailable;
@@ -97,6 +98,12 @@ pub fn source_key(ip: IpAddr) -> u64 {
         IpAddr::V4(v4) => xxh3_64(&v4.octets()),
         IpAddr::V6(v6) => xxh3_64(&v6.octets()),
     }
+}
+
+/// A member's sticky cookie value: XXH3-64 of its name, so every instance running the same
+/// configuration agrees, and the cookie never shows the backend's address.
+pub fn sticky_id(name: &str) -> u64 {
+    xxh3_64(name.as_bytes())
 }
 
 /// The hash key of a header value, for header-hash: XXH3-64 (seed 0) of its bytes, surrounding
@@ -272,7 +279,7 @@ impl Balancer {
             let view = View { members, allowed: &allowed, now: now_ms(), key };
             if let Some(i) = selector.select(&view) {
                 let reason =
-                    if explain { explain_choice(*algorithm, &view, i, tried) } else { String::new() };
+                    if explain { explain::choice(*algorithm, &view, i, tried) } else { String::new() };
                 let b = members[i].clone();
                 b.take_slot();
                 let guard = ActiveGuard { backend: b, core: self.core.clone() };
@@ -298,6 +305,26 @@ impl Balancer {
             }
             let _ = self.core.freed.wait_until(&mut state, deadline);
         }
+    }
+
+    /// The member whose sticky cookie is `id`, when it may take the request: up, not in
+    /// maintenance, not removed (draining is fine: that is what drain is for, as in HAProxy and
+    /// nginx), not full, not tried. Otherwise the name of the member it was, if it still is one.
+    pub fn pick_sticky(&self, id: u64, tried: &Tried) -> Result<Pick, Option<String>> {
+        let state = self.core.state.lock();
+        let Some(b) = state.members.iter().find(|b| sticky_id(b.name()) == id) else { return Err(None) };
+        let usable = b.health().is_up()
+            && b.admin_state() != crate::backend::AdminState::Maint
+            && !b.is_retired()
+            && !b.is_full()
+            && !tried.contains(b);
+        if !usable {
+            return Err(Some(b.name().to_string()));
+        }
+        b.take_slot();
+        let reason = format!("sticky cookie: {}", b.name());
+        let guard = ActiveGuard { backend: b.clone(), core: self.core.clone() };
+        Ok(Pick { guard, reason, algorithm: "sticky" })
     }
 
     /// Wakes queued picks to look again (a backend came back up).
@@ -333,68 +360,6 @@ impl Drop for Waiting<'_> {
             b.set_queued(false);
         }
     }
-}
-
-/// Why `chosen` was chosen, for the decision line: the loads compared (the chosen one first),
-/// or for an exact least-connections tie, that the tie went round-robin
-/// (`least-connections: tie at 0 → round-robin: app2`, then any members not in the tie).
-fn explain_choice(algorithm: Algorithm, view: &View<'_>, chosen: usize, tried: &Tried) -> String {
-    let mut reason = String::from(algorithm.name());
-    let load = |reason: &mut String, i: usize| {
-        let _ = write!(reason, "{}={}", view.members[i].name(), view.active(i));
-        let w = view.weight(i);
-        if w != WEIGHT_SCALE {
-            let _ = write!(reason, "/w{}", w as f64 / WEIGHT_SCALE as f64);
-        }
-    };
-    match algorithm {
-        Algorithm::LeastConnections | Algorithm::RandomTwo => {
-            reason.push(':');
-            let others: Vec<usize> = (0..view.len()).filter(|&i| i != chosen && view.allowed(i)).collect();
-            let ties = |i: &usize| !view.less_loaded(*i, chosen) && !view.less_loaded(chosen, *i);
-            let (tied, rest): (Vec<usize>, Vec<usize>) = others.iter().partition(|i| ties(i));
-            if algorithm == Algorithm::LeastConnections && !tied.is_empty() {
-                let same = tied.iter().all(|&i| view.active(i) == view.active(chosen));
-                if same && view.weight(chosen) == WEIGHT_SCALE {
-                    let _ = write!(reason, " tie at {}", view.active(chosen));
-                } else {
-                    reason.push_str(" tie at");
-                    for i in std::iter::once(chosen).chain(tied.iter().copied()) {
-                        reason.push(' ');
-                        load(&mut reason, i);
-                    }
-                }
-                let _ = write!(reason, " → round-robin: {}", view.members[chosen].name());
-                if !rest.is_empty() {
-                    reason.push(';');
-                }
-                for i in rest {
-                    reason.push(' ');
-                    load(&mut reason, i);
-                }
-            } else {
-                for i in std::iter::once(chosen).chain(others) {
-                    reason.push(' ');
-                    load(&mut reason, i);
-                }
-            }
-        }
-        Algorithm::RoundRobin => {
-            let n = (0..view.len()).filter(|&i| view.allowed(i)).count();
-            let _ = write!(reason, ": next in turn of {n}");
-        }
-        Algorithm::SourceHash | Algorithm::HeaderHash => match view.key {
-            Some(key) => {
-                let _ = write!(reason, ": key {key:016x}");
-            }
-            None => reason.push_str(": no key, least connections"),
-        },
-    }
-    let failed = tried.failed();
-    if failed > 0 {
-        let _ = write!(reason, "; attempt {} after {failed} failed", failed + 1);
-    }
-    reason
 }
 
 /// Holds one unit of a backend's `active` count; dropping it gives the unit back (on every

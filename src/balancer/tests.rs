@@ -91,7 +91,7 @@ fn reason(active: &[usize], chosen: usize, allowed: &[bool]) -> String {
     }
     let ok = |i: usize| allowed[i];
     let view = View { members: &members, allowed: &ok, now: crate::backend::now_ms(), key: Some(0) };
-    explain_choice(Algorithm::LeastConnections, &view, chosen, &Tried::default())
+    explain::choice(Algorithm::LeastConnections, &view, chosen, &Tried::default())
 }
 
 #[test]

@@ -10,7 +10,7 @@ mod http;
 mod limits;
 mod routing;
 mod tls;
-pub use admin::{ADMIN_LISTEN, ADMIN_TOKEN, RESOLVE_MS};
+pub use admin::{ADMIN_LISTEN, ADMIN_TOKEN, RESOLVE_MS, STICKY};
 pub use health::{
     FAIL_WINDOW_MS, FALL, HEALTH_ENABLED, HEALTH_MODE, HEALTH_PATH, INTERVAL_MS, MAX_FAILS, OBSERVE_5XX,
     RISE, SLOWSTART_MS, TIMEOUT_MS,
@@ -377,6 +377,7 @@ pub const KEYS: &[Key] = &[
     ADMIN_LISTEN,
     ADMIN_TOKEN,
     RESOLVE_MS,
+    STICKY,
 ];
 
 /// The key `[section] name`, if there is one.

@@ -275,6 +275,8 @@ pub struct Config {
     pub resolve_interval: Duration,
     /// The default pool's members (`[backends]`; may be empty when `[pool.NAME]`s exist).
     pub backends: Vec<BackendSpec>,
+    /// `[backends] sticky = cookie NAME`: the default pool's cookie, if sticky.
+    pub sticky: Option<String>,
     /// `[pool.NAME]` sections, in file order.
     pub pools: Vec<PoolSpec>,
     /// `[route.NAME]` sections, in file order: the first that matches wins.

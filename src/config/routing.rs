@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 
 use super::raw::{Block, RawConfig, Setting};
-use super::values::{parse_algorithm, parse_backend, parse_bool, parse_header_name, parse_path};
+use super::values::{
+    parse_algorithm, parse_backend, parse_bool, parse_header_name, parse_path, parse_sticky,
+};
 use super::{Algorithm, BackendSpec, ConfigError, Mode, Origin};
 
 /// A host or SNI pattern, matched case-insensitively without the port.
@@ -112,6 +114,8 @@ pub struct PoolSpec {
     pub algorithm: Algorithm,
     /// The pool's own `[health] path`, if it has one.
     pub health_path: Option<String>,
+    /// `sticky = cookie NAME`: the cookie's name, if sticky.
+    pub sticky: Option<String>,
     pub backends: Vec<BackendSpec>,
 }
 
@@ -174,6 +178,7 @@ pub(super) fn read(
             line: block.line,
             algorithm: algorithm.unwrap_or(Algorithm::LeastConnections),
             health_path: None,
+            sticky: None,
             backends: Vec::new(),
         };
         for s in in_block(block) {
@@ -187,6 +192,15 @@ pub(super) fn read(
                 },
                 "health_path" => match parse_path(&s.value) {
                     Ok(p) => pool.health_path = Some(p),
+                    Err(m) => error(errors, s, m),
+                },
+                "sticky" => match parse_sticky(&s.value) {
+                    Ok(Some(_)) if mode == Some(Mode::Tcp) => error(
+                        errors,
+                        s,
+                        "sticky cookies need mode = http (in tcp mode use algorithm = source-hash)".into(),
+                    ),
+                    Ok(name) => pool.sticky = name,
                     Err(m) => error(errors, s, m),
                 },
                 name => match parse_backend(name, &s.value) {

@@ -11,7 +11,7 @@ use super::raw::{RawConfig, Setting};
 use super::routing;
 use super::values::{
     parse_algorithm, parse_backend, parse_bool, parse_header_name, parse_nets, parse_number, parse_path,
-    parse_rate,
+    parse_rate, parse_sticky,
 };
 use super::{
     AcceptProxy, Algorithm, BackendSpec, Config, ConfigError, HealthSettings, HttpSettings, LimitSettings,
@@ -69,6 +69,16 @@ impl RawConfig {
         let reuse_port = v.get(&keys::REUSE_PORT, parse_bool);
         let accept_proxy = v.get(&keys::ACCEPT_PROXY, parse_accept_proxy);
         let hash_header = v.get(&keys::HASH_HEADER, parse_header_name);
+        let sticky = v.get(&keys::STICKY, parse_sticky);
+        if sticky.as_ref().is_some_and(Option::is_some) && mode == Some(Mode::Tcp) {
+            v.errors.push(ConfigError {
+                file: self.file.clone(),
+                origin: self.origin("backends", "sticky"),
+                key: keys::STICKY.label(),
+                message: "sticky cookies need mode = http (in tcp mode use algorithm = source-hash)"
+                    .to_string(),
+            });
+        }
         let rate = v.get(&keys::RATE, parse_rate);
         let burst = v.number(&keys::BURST);
         let max_conns_per_client = v.number(&keys::MAX_CONNS_PER_CLIENT);
@@ -133,6 +143,7 @@ impl RawConfig {
                 stats_interval: stats_interval.map(|d| (!d.is_zero()).then_some(d))?,
                 resolve_interval: resolve_interval?,
                 backends: Vec::new(),
+                sticky: sticky?,
                 pools: Vec::new(),
                 routes: Vec::new(),
                 warnings: Vec::new(),

@@ -141,3 +141,14 @@ pub(super) fn parse_nets(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
         })
         .collect()
 }
+
+/// `cookie` or `cookie NAME`: the cookie's name (`lb` by default); empty: off.
+pub(super) fn parse_sticky(s: &str) -> Result<Option<String>, String> {
+    let mut words = s.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (None, ..) => Ok(None),
+        (Some("cookie"), None, _) => Ok(Some("lb".to_string())),
+        (Some("cookie"), Some(name), None) if parse_header_name(name).is_ok() => Ok(Some(name.to_string())),
+        _ => Err(format!("'{s}' is not a stickiness (expected `cookie` or `cookie NAME`)")),
+    }
+}

@@ -55,6 +55,35 @@ pub struct Routed<'a> {
     pub edits: Edits<'a>,
     /// The proxy answers this request itself (a redirect, or no pool): keep its host.
     pub answer: bool,
+    /// The pool's sticky cookie: its value is kept ([`super::request::RequestHead::sticky`])
+    /// and the cookie removed before the request goes on.
+    pub cookie: Option<&'a str>,
+}
+
+/// The value of cookie `name` in `Cookie` header values, and those values without it (`None`
+/// for a header left empty).
+pub fn take_cookie<'v>(value: &'v [u8], name: &str) -> (Option<&'v [u8]>, Option<Vec<u8>>) {
+    let mut found = None;
+    let mut rest: Vec<u8> = Vec::with_capacity(value.len());
+    for pair in value.split(|&b| b == b';') {
+        let trimmed = pair.trim_ascii();
+        let is_it = trimmed.split(|&b| b == b'=').next().is_some_and(|n| n.trim_ascii() == name.as_bytes());
+        if is_it && trimmed.contains(&b'=') {
+            if found.is_none() {
+                let v = &trimmed[trimmed.iter().position(|&b| b == b'=').unwrap_or(0) + 1..];
+                found = Some(v.trim_ascii());
+            }
+            continue;
+        }
+        if trimmed.is_empty() {
+            continue;
+        }
+        if !rest.is_empty() {
+            rest.extend_from_slice(b"; ");
+        }
+        rest.extend_from_slice(trimmed);
+    }
+    (found, (!rest.is_empty()).then_some(rest))
 }
 
 /// Decides the route of a request from its host (as sent: port and case included) and its
@@ -82,6 +111,16 @@ mod tests {
         assert_eq!(stripped("/api", 4), "/");
         assert_eq!(stripped("/api?q=1", 4), "/?q=1");
         assert_eq!(stripped("/api/", 4), "/");
+    }
+
+    #[test]
+    fn the_sticky_cookie_is_taken_out_and_the_others_pass_untouched() {
+        let (v, rest) = take_cookie(b"a=1; lb=00ff; b=2", "lb");
+        assert_eq!((v, rest.as_deref()), (Some(&b"00ff"[..]), Some(&b"a=1; b=2"[..])));
+        let (v, rest) = take_cookie(b"lb=x", "lb");
+        assert_eq!((v, rest), (Some(&b"x"[..]), None));
+        let (v, rest) = take_cookie(b"lbx=1;alb=2", "lb");
+        assert_eq!((v, rest.as_deref()), (None, Some(&b"lbx=1; alb=2"[..])));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 mod body;
 pub mod edits;
+mod framing;
 pub mod head;
 pub mod request;
 pub mod respond;

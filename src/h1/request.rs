@@ -6,8 +6,9 @@
 //! coding is not `chunked`, whitespace before a colon, obs-fold, invalid bytes in names, values
 //! or target, a missing or repeated Host in HTTP/1.1, and unsupported versions (505).
 
-use super::edits::{stripped, Edits, Routed, Router};
-use super::{has_token, parse_length, BodyKind, MAX_HEADERS};
+use super::edits::{stripped, take_cookie, Edits, Routed, Router};
+use super::framing::framing;
+use super::{has_token, BodyKind, MAX_HEADERS};
 
 use crate::error::Rejection;
 
@@ -49,6 +50,8 @@ pub struct RequestHead {
     pub host: String,
     /// Every `X-Forwarded-For` value, joined, when [`Forwarding::keep_forwarded`]; else empty.
     pub forwarded_for: String,
+    /// The sticky cookie's value, when the pool is sticky ([`Routed::cookie`]) and it came.
+    pub sticky: Option<String>,
 }
 
 /// Where a request came from and how the proxy names itself, for the forwarding headers.
@@ -241,7 +244,13 @@ pub fn parse(
         upgrade: upgrade.as_deref(),
         expect_continue: expect_continue && body != BodyKind::Empty,
         edits: routed.edits,
+        cookie: routed.cookie,
     };
+    let sticky = routed.cookie.and_then(|name| {
+        let cookies = headers.iter().filter(|h| h.name.eq_ignore_ascii_case("cookie"));
+        let value = cookies.filter_map(|h| take_cookie(h.value, name).0).next()?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    });
     write_backend_head(out, &outgoing, fwd);
     Ok(Some(RequestHead {
         len,
@@ -275,6 +284,7 @@ pub fn parse(
         } else {
             String::new()
         },
+        sticky,
     }))
 }
 
@@ -312,40 +322,6 @@ fn check_target(method: &str, target: &str) -> Result<(), Rejection> {
     }
 }
 
-/// The body framing, refusing every ambiguous combination.
-fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Result<BodyKind, Rejection> {
-    let mut length = None;
-    let mut codings: Vec<&[u8]> = Vec::new();
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            if length.is_some() {
-                return Err(reject(400, "repeated Content-Length"));
-            }
-            length = Some(parse_length(h.value).ok_or(reject(400, "invalid Content-Length"))?);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            codings.extend(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii));
-        }
-    }
-    if codings.is_empty() {
-        return Ok(length.map_or(BodyKind::Empty, BodyKind::Length));
-    }
-    if length.is_some() {
-        return Err(reject(400, "both Content-Length and Transfer-Encoding"));
-    }
-    if version == 0 {
-        return Err(reject(400, "Transfer-Encoding in HTTP/1.0"));
-    }
-    let chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
-    let valid =
-        |c: &[u8]| !c.is_empty() && c.iter().all(|&b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    let chunked_count = codings.iter().filter(|c| chunked(c)).count();
-    if codings.last().is_some_and(|c| chunked(c)) && chunked_count == 1 && codings.iter().all(|c| valid(c)) {
-        Ok(BodyKind::Chunked)
-    } else {
-        Err(reject(400, "Transfer-Encoding must end in chunked"))
-    }
-}
-
 fn valid_request_id(id: &[u8]) -> bool {
     !id.is_empty() && id.len() <= 200 && id.iter().all(|b| (0x21..0x7f).contains(b))
 }
@@ -363,10 +339,13 @@ struct Outgoing<'a> {
     expect_continue: bool,
     /// The route's request rules.
     edits: Edits<'a>,
+    /// The sticky cookie, removed from `Cookie` (HAProxy's `indirect`).
+    cookie: Option<&'a str>,
 }
 
 fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_>) {
-    let Outgoing { method, target, headers, body, host, request_id, upgrade, expect_continue, edits } = *req;
+    let Outgoing { method, target, headers, body, host, request_id, upgrade, expect_continue, edits, cookie } =
+        *req;
     let host = edits.set_value("host").or(host);
     let line = header_line;
     let named = has_connection_header(headers);
@@ -385,6 +364,12 @@ fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_
                 .any(|n| name.eq_ignore_ascii_case(n))
             || edits.drops(name)
         {
+            continue;
+        }
+        if let Some(sticky) = cookie.filter(|_| name.eq_ignore_ascii_case("cookie")) {
+            if let (_, Some(rest)) = take_cookie(h.value, sticky) {
+                line(out, name, &rest);
+            }
             continue;
         }
         if name.eq_ignore_ascii_case("x-forwarded-for") {

@@ -35,6 +35,8 @@ pub struct ClientSide<'a> {
     pub upgrade: bool,
     /// The route's response rules (on final responses).
     pub edits: Edits<'a>,
+    /// A `Set-Cookie` value to add to the final response (a sticky pool's).
+    pub set_cookie: Option<&'a str>,
 }
 
 /// Parses a response head at the start of `buf`: `Ok(None)` when incomplete, `Err` when the
@@ -134,6 +136,9 @@ pub fn parse(
         }
     }
     client.edits.write(out, "");
+    if let Some(cookie) = client.set_cookie {
+        line(out, "Set-Cookie", cookie.as_bytes());
+    }
     line(out, "X-Request-ID", client.request_id.as_bytes());
     via_line(out, client.via);
     match client_body {
@@ -208,6 +213,7 @@ mod tests {
             via: "lbproxy",
             upgrade: false,
             edits: Edits::NONE,
+            set_cookie: None,
         }
     }
 

@@ -17,7 +17,7 @@ use super::interim::{self, Verdict};
 
 use super::upgrade::{self, Switched};
 use crate::backend::Backend;
-use crate::balancer::Pick;
+use crate::balancer::{sticky_id, Pick};
 use crate::config::as_limit;
 use crate::conn::accept::ClientStream;
 use crate::error::{Cause, Failure, Party, Phase};
@@ -41,6 +41,13 @@ pub(super) enum Served {
 }
 
 impl Exchange<'_> {
+    /// The member the request's sticky cookie names (its id), if the pool is sticky and the
+    /// cookie well-formed (16 hex digits); anything else counts as no cookie.
+    fn sticky(&self) -> Option<u64> {
+        let value = self.head.sticky.as_deref().filter(|_| self.pool.sticky.is_some())?;
+        (value.len() == 16).then(|| u64::from_str_radix(value, 16).ok()).flatten()
+    }
+
     /// Forwards the request and its response, when relayed: whether the client connection
     /// stays open, or the tunnel an upgrade became, gone quiet. Backends are tried by the one
     /// retry loop ([`tries::run`]), each attempt being [`Exchange::attempt`].
@@ -57,7 +64,7 @@ impl Exchange<'_> {
         self.precheck(cw)?;
         attempt.body_done = !self.has_body();
         let label = self.label();
-        let who = tries::Client { label: &label, peer: self.conn.peer, key: self.key };
+        let who = tries::Client { label: &label, peer: self.conn.peer, key: self.key, sticky: self.sticky() };
         let queue = self.ctx.config.timeouts.queue;
         tries::run(&self.pool.balancer, who, queue, |pick, backend| {
             self.attempt(pick, backend, cw, scratch, record, attempt, started)
@@ -90,6 +97,12 @@ impl Exchange<'_> {
         record.reason.clone_from(&pick.reason);
         let (stream, reused) = self.connect(backend, attempt).map_err(|f| self.decide(f, false, attempt))?;
         let attached = self.conn.attach(stream.tcp(), backend.id());
+        // A sticky pool: the client gets its member's cookie unless it sent that one.
+        let id = sticky_id(backend.name());
+        let set_cookie = self.pool.sticky.as_ref().filter(|_| self.sticky() != Some(id)).map(|name| {
+            let secure = if self.client.is_tls() { "; Secure" } else { "" };
+            format!("{name}={id:016x}; Path=/; HttpOnly{secure}")
+        });
         let mut bw = Wire::with_buffer(&stream, std::mem::take(&mut scratch.backend_in));
         let side = ClientSide {
             method: &self.head.method,
@@ -99,6 +112,7 @@ impl Exchange<'_> {
             via: VIA,
             upgrade: self.head.upgrade.is_some(),
             edits: self.route.map_or(Edits::NONE, Route::response_edits),
+            set_cookie: set_cookie.as_deref(),
         };
         let resp = match self.send(cw, &mut bw, &side, backend, scratch, record, attempt) {
             Ok(Verdict::Final(resp)) => Ok(resp),

@@ -27,6 +27,8 @@ pub const DEFAULT_POOL: &str = "default";
 pub struct Pool {
     pub name: String,
     pub balancer: Arc<Balancer>,
+    /// `sticky = cookie NAME`: the cookie's name.
+    pub sticky: Option<String>,
 }
 
 /// What a matching route does, resolved against its table.
@@ -69,6 +71,8 @@ pub struct Table {
     /// Whether `[backends]` has members; without, an unrouted request gets 404.
     has_default: bool,
     hashes_header: bool,
+    /// Whether some pool is sticky (every request is then routed, to find its cookie).
+    sticky: bool,
 }
 
 impl Table {
@@ -76,27 +80,23 @@ impl Table {
     /// members, whose changes [`crate::server`]'s discovery applies; new pools start with the
     /// members their lines name.
     pub fn build(config: &Config, old: Option<&Table>) -> Table {
-        let specs = std::iter::once((DEFAULT_POOL, config.algorithm, None, &config.backends)).chain(
-            config
-                .pools
-                .iter()
-                .map(|p| (p.name.as_str(), p.algorithm, p.health_path.as_deref(), &p.backends)),
-        );
+        let default = (DEFAULT_POOL, config.algorithm, None, &config.backends, &config.sticky);
+        let others = config
+            .pools
+            .iter()
+            .map(|p| (p.name.as_str(), p.algorithm, p.health_path.as_deref(), &p.backends, &p.sticky));
         let mut pools = Vec::new();
-        for (name, algorithm, health_path, backends) in specs {
+        for (name, algorithm, health_path, backends, sticky) in std::iter::once(default).chain(others) {
             let health = pool_health(&config.health, health_path);
             let kept = old.and_then(|t| t.pools.iter().find(|p| p.name == name));
-            let pool = match kept {
+            let balancer = match kept {
                 Some(p) => {
                     p.balancer.set_health_settings(health);
-                    p.clone()
+                    p.balancer.clone()
                 }
-                None => Arc::new(Pool {
-                    name: name.to_string(),
-                    balancer: Arc::new(Balancer::new(members::build(backends), algorithm, health)),
-                }),
+                None => Arc::new(Balancer::new(members::build(backends), algorithm, health)),
             };
-            pools.push(pool);
+            pools.push(Arc::new(Pool { name: name.to_string(), balancer, sticky: sticky.clone() }));
         }
         let position = |name: &str| pools.iter().position(|p| p.name == name).unwrap_or(0);
         let routes: Vec<Route> = config.routes.iter().map(|r| route(r, &position)).collect();
@@ -110,6 +110,7 @@ impl Table {
             pools,
             has_default: !config.backends.is_empty(),
             hashes_header,
+            sticky: config.sticky.is_some() || config.pools.iter().any(|p| p.sticky.is_some()),
         }
     }
 
@@ -128,9 +129,10 @@ impl Table {
         self.routes.get(i as usize)
     }
 
-    /// Whether HTTP requests need routing at all (routes by host or path, or no default pool).
+    /// Whether HTTP requests need routing at all (routes by host or path, no default pool, or a
+    /// sticky pool).
     pub fn routes_http(&self) -> bool {
-        !self.http.is_empty() || !self.has_default
+        !self.http.is_empty() || !self.has_default || self.sticky
     }
 
     /// Whether some pool balances by a request header (it is looked for in every request).
@@ -148,8 +150,13 @@ impl Table {
                 strip: r.strip,
                 edits: edits(&r.request),
                 answer: matches!(r.target, Target::Redirect(_)),
+                cookie: self.pool_for_route(r).and_then(|p| p.sticky.as_deref()),
             },
-            None => Routed { answer: !self.has_default, ..Routed::default() },
+            None => Routed {
+                answer: !self.has_default,
+                cookie: self.default_pool().sticky.as_deref().filter(|_| self.has_default),
+                ..Routed::default()
+            },
         }
     }
 

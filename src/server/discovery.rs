@@ -157,7 +157,9 @@ impl Discovery {
         let summary = self.apply_all(&table, &new, &running.resolved);
         self.router.install(table);
         let kept = self.router.table();
-        for gone in old_table.pools().iter().filter(|p| !kept.pools().iter().any(|k| Arc::ptr_eq(k, p))) {
+        let stays =
+            |p: &Arc<crate::route::Pool>| kept.pools().iter().any(|k| Arc::ptr_eq(&k.balancer, &p.balancer));
+        for gone in old_table.pools().iter().filter(|p| !stays(p)) {
             let removed = self.apply(
                 &gone.balancer,
                 &[],

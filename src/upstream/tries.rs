@@ -28,6 +28,8 @@ pub struct Client<'a> {
     pub peer: SocketAddr,
     /// The balancer's hash key; `None`: no key.
     pub key: Option<u64>,
+    /// The member a sticky cookie names (its id), tried first.
+    pub sticky: Option<u64>,
 }
 
 /// Tries backends for `client` until `attempt` succeeds on one or it is time to give up.
@@ -47,8 +49,20 @@ pub fn run<T>(
     let mut broke: Option<Failure> = None;
     // The failed attempt not yet logged: its line names what comes next.
     let mut failed: Option<String> = None;
+    let mut sticky = client.sticky;
     loop {
-        let pick = match balancer.pick(client.key, &tried, queue) {
+        // The cookie's member first, once; when it cannot take the request, the algorithm.
+        let stuck = sticky.take().map(|id| balancer.pick_sticky(id, &tried));
+        let chosen = match stuck {
+            Some(Ok(pick)) => Ok(pick),
+            Some(Err(was)) => balancer.pick(client.key, &tried, queue).map(|mut pick| {
+                let was = was.as_deref().unwrap_or("(unknown)");
+                pick.reason = format!("sticky cookie {was} unavailable → {}", pick.reason);
+                pick
+            }),
+            None => balancer.pick(client.key, &tried, queue),
+        };
+        let pick = match chosen {
             Ok(pick) => pick,
             Err(why) => {
                 if let Some(what) = failed.take() {

@@ -126,3 +126,91 @@ fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("X-Forwarded-For: 198.51.100.7, 127.0.0.3\r\n"), "{}", r.text());
 }
+
+fn sticky_config(addrs: &[SocketAddr]) -> String {
+    format!(
+        "[proxy]\nmode = http\nworkers = 16\nalgorithm = round-robin\n[health]\nenabled = false\n\
+         [admin]\nlisten = 127.0.0.1:0\n{}sticky = cookie\n",
+        backends_section(addrs)
+    )
+}
+
+/// `lb=<id>` from a response's `Set-Cookie`.
+fn cookie_of(r: &crate::util::Resp) -> String {
+    let set = r.header("Set-Cookie").unwrap_or_else(|| panic!("no Set-Cookie: {:?}", r.headers));
+    assert!(set.ends_with("; Path=/; HttpOnly"), "{set}");
+    set.split(';').next().expect("pair").to_string()
+}
+
+#[test]
+fn a_sticky_cookie_keeps_a_client_on_its_member_through_drain_and_across_instances() {
+    let mut ds = dummies(3);
+    let addrs: Vec<SocketAddr> = ds.iter().map(|d| d.1).collect();
+    let (p, addr) = proxy_with(&sticky_config(&addrs), &[]);
+    // New clients spread by the algorithm, each told its member.
+    let first: Vec<_> = (0..3).map(|_| get(&mut wire_from([127, 0, 0, 2], addr), "/", "")).collect();
+    let names: std::collections::BTreeSet<&str> =
+        first.iter().filter_map(|r| r.header("X-Served-By")).collect();
+    assert_eq!(names.len(), 3, "round-robin spreads new clients");
+    let cookie = cookie_of(&first[0]);
+    let member = first[0].header("X-Served-By").expect("served by").to_string();
+    assert!(cookie.starts_with("lb=") && cookie.len() == 19, "{cookie}");
+    let with = format!("Cookie: a=1; {cookie}; b=2\r\n");
+    let mut w = wire_from([127, 0, 0, 3], addr);
+    for _ in 0..50 {
+        let r = get(&mut w, "/", &with);
+        assert_eq!(r.header("X-Served-By"), Some(member.as_str()));
+        assert_eq!(r.header("Set-Cookie"), None, "the cookie it sent is still right");
+    }
+    // The backend never sees the cookie; the client's others pass untouched.
+    let echo = get(&mut w, "/echo", &with).text();
+    assert!(echo.contains("Cookie: a=1; b=2\r\n") && !echo.contains("lb="), "{echo}");
+    p.wait_for(&format!("(sticky cookie: {member})"));
+    // Draining keeps its sticky clients (what drain is for), and takes no new ones.
+    let admin = admin_addr(&p);
+    let drain = format!("POST /backends/{member}/drain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert_eq!(crate::util::send_raw(admin, drain.as_bytes(), "POST").0.status, 200);
+    assert_eq!(get(&mut w, "/", &with).header("X-Served-By"), Some(member.as_str()));
+    for _ in 0..4 {
+        assert_ne!(
+            get(&mut wire_from([127, 0, 0, 4], addr), "/", "").header("X-Served-By"),
+            Some(member.as_str())
+        );
+    }
+    // A second instance with the same configuration honours the first one's cookie.
+    let (_p2, addr2) = proxy_with(&sticky_config(&addrs), &[]);
+    assert_eq!(
+        get(&mut wire_from([127, 0, 0, 3], addr2), "/", &with).header("X-Served-By"),
+        Some(member.as_str())
+    );
+    // Its member stopped: the next request goes elsewhere, with a new cookie, and no error.
+    let i = ds.iter().position(|(d, _)| d.log_text().contains(&member)).expect("the member's dummy");
+    let (mut gone, _) = ds.remove(i);
+    gone.signal("KILL");
+    let _ = gone.wait_exit();
+    let r = get(&mut wire_from([127, 0, 0, 3], addr), "/", &with);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_ne!(r.header("X-Served-By"), Some(member.as_str()));
+    assert_ne!(cookie_of(&r), cookie);
+    // A malformed cookie counts as none.
+    let r = get(&mut wire_from([127, 0, 0, 3], addr), "/", "Cookie: lb=zz\r\n");
+    assert_eq!(r.status, 200);
+    assert!(r.header("Set-Cookie").is_some());
+}
+
+#[test]
+fn sticky_is_a_config_error_in_tcp_mode() {
+    let p = proxy_check("[proxy]\nmode = tcp\n[backends]\na = 127.0.0.1:1\nsticky = cookie\n");
+    assert!(p.contains("sticky cookies need mode = http"), "{p}");
+}
+
+/// `proxy_server --check` on `config`: its output (stdout and stderr).
+fn proxy_check(config: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("config.ini");
+    std::fs::write(&path, config).expect("write");
+    let out =
+        std::process::Command::new(PROXY).arg("--config").arg(&path).arg("--check").output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+}

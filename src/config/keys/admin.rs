@@ -1,4 +1,4 @@
-//! The `[admin]` keys and `[backends] resolve_ms` of the key table (see [`super::KEYS`]).
+//! The `[admin]` keys and `[backends] resolve_ms` and `sticky` of the key table (see [`super::KEYS`]).
 
 use super::{flagged, key, millis, Key, Kind, DAY_MS};
 
@@ -32,4 +32,13 @@ pub const RESOLVE_MS: Key = key(
     "30000",
     "how often host names are resolved again (every address becomes a member)",
     |c| c.resolve_interval.as_millis().to_string(),
+);
+/// `[backends] sticky` (a pool's is `[pool.NAME] sticky`).
+pub const STICKY: Key = key(
+    "backends",
+    "sticky",
+    Kind::Text,
+    "",
+    "http: `cookie` or `cookie NAME` (default name `lb`): a client's requests stay on one member by a cookie the proxy sets, as HAProxy's `cookie ... insert indirect`; empty: off",
+    |c| c.sticky.as_ref().map(|n| format!("cookie {n}")).unwrap_or_default(),
 );
