@@ -98,8 +98,8 @@ pub fn backend_json(b: &Backend) -> serde_json::Value {
     })
 }
 
-/// The /stats document.
-pub fn stats_json(table: &Table, counters: &ProxyCounters) -> String {
+/// The /stats document; `tracked`: client addresses whose rate `[limits]` tracks now.
+pub fn stats_json(table: &Table, counters: &ProxyCounters, tracked: usize) -> String {
     let members = members(table);
     let live = counters.live();
     let pools: Vec<_> = table
@@ -130,6 +130,7 @@ pub fn stats_json(table: &Table, counters: &ProxyCounters) -> String {
         "tls_handshakes": counters.tls_handshakes.load(Ordering::Relaxed),
         "tls_handshake_failures": counters.tls_handshake_failures.load(Ordering::Relaxed),
         "underscored_headers_dropped": counters.underscored_headers_dropped.load(Ordering::Relaxed),
+        "clients_tracked": tracked,
         "refused": {
             "denied": counters.refused_denied.load(Ordering::Relaxed),
             "rate": counters.refused_rate.load(Ordering::Relaxed),

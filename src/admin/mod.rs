@@ -55,6 +55,8 @@ const PAGE: &str = include_str!("page.html");
 pub struct Admin {
     /// The pools in force (through their table) and their balancers.
     pub router: Arc<Router>,
+    /// Per-client limits (for the number of clients tracked).
+    pub policy: Arc<crate::conn::policy::Policy>,
     pub counters: Arc<ProxyCounters>,
     /// `[admin] token`: required as `Authorization: Bearer TOKEN` on every POST.
     pub token: Option<String>,
@@ -81,7 +83,9 @@ fn route(admin: &Admin, dashboard: &Dashboard, req: &Request, peer: SocketAddr) 
             Ok(until) => return events_reply(dashboard, until),
             Err(why) => (400, text, why),
         },
-        ("GET", "/stats") => (200, json, stats_json(&admin.router.table(), &admin.counters)),
+        ("GET", "/stats") => {
+            (200, json, stats_json(&admin.router.table(), &admin.counters, admin.policy.tracked()))
+        }
         ("GET", "/metrics") => {
             (200, "text/plain; version=0.0.4", metrics_text(&admin.router.table(), &admin.counters))
         }

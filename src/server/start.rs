@@ -142,6 +142,7 @@ impl Shared {
         let l = Arc::new(l);
         let served = admin::Admin {
             router: self.router.clone(),
+            policy: self.policy.clone(),
             counters: self.counters.clone(),
             token: config.admin_token.clone(),
         };

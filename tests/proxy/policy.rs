@@ -214,3 +214,51 @@ fn proxy_check(config: &str) -> String {
     assert_eq!(out.status.code(), Some(2));
     String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
 }
+
+/// A flood from 100,000 distinct addresses (127.1.0.0 up), one request each, beside a client
+/// that keeps asking: the rate table holds at most `max_clients` addresses, the proxy's RSS stays
+/// within 64 MiB, and the steady client gets every answer.
+#[test]
+fn a_flood_from_100000_addresses_keeps_the_table_and_memory_bounded_and_others_served() {
+    let (_d, backend) = dummy("app1");
+    let limits = "rate = 100/s\nburst = 10\nmax_clients = 5000";
+    let (mut p, addr) = limited_proxy("http", limits, backend);
+    let pid = p.child.id();
+    // Well-behaved: 50 requests a second, half its rate.
+    let steady = Load::start(1, move |_| {
+        let mut w = wire_from([127, 0, 0, 9], addr);
+        move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            match get(&mut w, "/", "").status {
+                200 => Ok(()),
+                s => Err(format!("steady client got {s}")),
+            }
+        }
+    });
+    let flood: Vec<_> = (0..4u32)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut answered = 0;
+                for i in (t * 25_000)..((t + 1) * 25_000) {
+                    let ip = (0x7f01_0000u32 + i).to_be_bytes();
+                    let mut w = wire_from(ip, addr);
+                    if get(&mut w, "/", "Connection: close\r\n").status == 200 {
+                        answered += 1;
+                    }
+                }
+                answered
+            })
+        })
+        .collect();
+    let answered: u32 = flood.into_iter().map(|t| t.join().expect("flood thread")).sum();
+    assert_eq!(answered, 100_000, "one request each, well under the rate: all answered");
+    let served = steady.finish_without_failures();
+    assert!(served > 0);
+    let stats = proxy_stats(admin_addr(&p));
+    let tracked = stats["clients_tracked"].as_u64().expect("clients_tracked");
+    assert!(tracked <= 5000, "{tracked} addresses tracked");
+    let rss_mib = proc_status(pid, "VmRSS:") / 1024;
+    assert!(rss_mib <= 64, "RSS {rss_mib} MiB");
+    p.signal("TERM");
+    let _ = p.wait_exit();
+}
