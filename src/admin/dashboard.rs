@@ -100,6 +100,11 @@ impl Dashboard {
             "requests": admin.counters.requests.load(Ordering::Relaxed),
             "queued": table.pools().iter().map(|p| p.balancer.queued()).sum::<usize>(),
             "backends": backends,
+            "refused": {
+                "denied": admin.counters.refused_denied.load(Ordering::Relaxed),
+                "rate": admin.counters.refused_rate.load(Ordering::Relaxed),
+                "connections": admin.counters.refused_connections.load(Ordering::Relaxed),
+            },
             "sampling": {
                 "limit_per_second": PICKS_PER_SECOND,
                 "picks_seen": picks_seen,

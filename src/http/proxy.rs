@@ -262,6 +262,12 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
             record.route.clone_from(&r.label);
         }
         let refused = if ctx.policy.is_active() { per_request(ctx, &conn, trusted, &head) } else { None };
+        // Behind a trusted proxy, source-hash hashes the client it forwarded for.
+        let key = if trusted && pool.is_some_and(|p| !p.balancer.hashes_header()) {
+            Some(source_key(ctx.policy.real_client(conn.peer.ip(), head.forwarded_for.as_bytes())))
+        } else {
+            key
+        };
         let outcome = match pool {
             _ if refused.is_some() => {
                 Ok(Served::Done(answer_refused(refused, &head, client, keep_alive, &mut record, scratch)))

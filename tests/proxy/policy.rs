@@ -262,3 +262,18 @@ fn a_flood_from_100000_addresses_keeps_the_table_and_memory_bounded_and_others_s
     p.signal("TERM");
     let _ = p.wait_exit();
 }
+
+#[test]
+fn in_tcp_mode_the_rate_counts_new_connections_and_closes_the_excess_at_accept() {
+    let (_d, backend) = dummy("app1");
+    let (p, addr) = limited_proxy("tcp", "rate = 1/m\nburst = 1", backend);
+    for _ in 0..2 {
+        assert_eq!(exchange(&mut connect_from([127, 0, 0, 2], addr), "hello"), "app1");
+    }
+    let mut third = connect_from([127, 0, 0, 2], addr);
+    let _ = third.write_all(b"hello\n");
+    let mut buf = [0u8; 64];
+    assert!(matches!(third.read(&mut buf), Ok(0) | Err(_)), "closed at accept");
+    assert_eq!(exchange(&mut connect_from([127, 0, 0, 3], addr), "hello"), "app1");
+    p.wait_for("client 127.0.0.2 refused: over [limits] rate");
+}
