@@ -21,7 +21,7 @@ use crate::logging::{held_back, RateLimit};
 use crate::park::PARK_AFTER;
 use crate::relay::{self, Buffers, End, Progress, RelayOutcome, Relayed};
 use crate::route::sni::{self, Hello};
-use crate::route::{Pool, Table};
+use crate::route::{Pool, Router};
 use crate::upstream::{self, tries, Limits};
 
 struct Label<'a>(&'a Conn);
@@ -124,8 +124,7 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
     // takes a backend slot.
     let client = accept::open(conn, ctx.tls.as_deref(), ctx.config.timeouts.header, &ctx.counters)?;
     let label = Label(conn);
-    let table = ctx.router.table();
-    let (pool, early) = choose_pool(conn, &client, &table, ctx.config.timeouts.header)?;
+    let (pool, early) = choose_pool(conn, &client, &ctx.router, ctx.config.timeouts.header)?;
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
     let key = Some(source_key(conn.peer.ip()));
     let tls = ctx.backend_tls.as_deref();
@@ -158,9 +157,10 @@ const MAX_HELLO: usize = 17 * 1024;
 fn choose_pool(
     conn: &Conn,
     client: &accept::ClientStream,
-    table: &Table,
+    router: &Router,
     header: Duration,
 ) -> Option<(Arc<Pool>, Vec<u8>)> {
+    let table = router.table();
     if !table.routes_sni() {
         let pool = table.route_sni(None).0.cloned();
         if pool.is_none() {
@@ -190,6 +190,8 @@ fn choose_pool(
             }
         }
     };
+    // The table in force once the ClientHello is in (a reload may have come meanwhile).
+    let table = router.table();
     match table.route_sni(name.as_deref()) {
         (Some(pool), route) => {
             if let Some(r) = route {
@@ -202,6 +204,17 @@ fn choose_pool(
             log::warn!("{}: no route for SNI {sni} and no default pool; closing", Label(conn));
             None
         }
+    }
+}
+
+/// `header_ms` passed: a client that sent nothing may wait for the server to speak first (SMTP,
+/// MySQL): not TLS, so the default pool, as HAProxy after `inspect-delay`; half a ClientHello
+/// is refused.
+fn silent(early: &[u8]) -> Result<Hello, String> {
+    if early.is_empty() {
+        Ok(Hello::NotTls)
+    } else {
+        Err("no complete TLS ClientHello within header_ms".to_string())
     }
 }
 
@@ -223,14 +236,14 @@ fn read_hello(
         }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left == Some(Duration::ZERO) {
-            return Err("no complete TLS ClientHello within header_ms".to_string());
+            return silent(early);
         }
         let _ = sock.set_read_timeout(left);
         match (&*sock).read(&mut buf) {
             Ok(0) => return Err("closed by the client before its ClientHello was complete".to_string()),
             Ok(n) => early.extend_from_slice(&buf[..n]),
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return Err("no complete TLS ClientHello within header_ms".to_string())
+                return silent(early)
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("reading the ClientHello: {e}")),

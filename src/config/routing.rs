@@ -318,6 +318,8 @@ pub(super) fn read(
                 "sni routes TLS without terminating it: it needs mode = tcp (in http mode route by host)"
                     .into(),
             );
+        } else if route.sni.is_none() && mode == Some(Mode::Tcp) {
+            at(errors, block, "in tcp mode a route needs sni (the default pool takes the rest)".into());
         } else if http_only && mode == Some(Mode::Tcp) {
             at(
                 errors,

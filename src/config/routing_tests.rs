@@ -79,7 +79,9 @@ fn sni_is_tcp_only_and_never_mixed_with_http_rules() {
     let errs = messages(&format!("{base}[route.a]\nsni = a.example.com\npath = /x\npool = a\n"));
     assert!(errs.iter().any(|e| e.contains("don't mix them")), "{errs:?}");
     let errs = messages(&format!("{base}[route.a]\nhost = a.example.com\npool = a\n"));
-    assert!(errs.iter().any(|e| e.contains("need mode = http")), "{errs:?}");
+    assert!(errs.iter().any(|e| e.contains("a route needs sni")), "{errs:?}");
+    let errs = messages(&format!("{base}[route.a]\npool = a\n"));
+    assert!(errs.iter().any(|e| e.contains("in tcp mode a route needs sni")), "{errs:?}");
 }
 
 #[test]

@@ -184,19 +184,26 @@ impl Policy {
 
     /// The client behind trusted `peer`: the right-most address of `forwarded_for` (every
     /// `X-Forwarded-For` value, in order) that is not itself trusted (nginx's
-    /// `real_ip_recursive on`); `peer` when there is none or one is not an address.
+    /// `real_ip_recursive on`), the left-most when all are; a hop that is no address stops the
+    /// walk at the last trusted one seen (`peer` if none).
     pub fn real_client(&self, peer: IpAddr, forwarded_for: &[u8]) -> IpAddr {
         let rules = self.rules.read();
         let trusted = |ip: &IpAddr| rules.settings.trusted_proxies.iter().any(|n: &IpNet| n.contains(ip));
         let text = String::from_utf8_lossy(forwarded_for);
+        // A hop may carry a port (`1.2.3.4:5678`, `[::1]:80`), as some balancers write it.
+        let parse = |hop: &str| {
+            hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        };
+        let mut leftmost = None;
         for hop in text.rsplit(',').map(str::trim) {
-            match hop.parse::<IpAddr>() {
-                Ok(ip) if trusted(&ip.to_canonical()) => continue,
-                Ok(ip) => return ip.to_canonical(),
-                Err(_) => return peer,
+            match parse(hop).map(|ip| ip.to_canonical()) {
+                Some(ip) if trusted(&ip) => leftmost = Some(ip),
+                Some(ip) => return ip,
+                None => return leftmost.unwrap_or(peer),
             }
         }
-        peer
+        // Every hop trusted: the left-most, as nginx's real_ip_recursive.
+        leftmost.unwrap_or(peer)
     }
 
     /// Whether to log a rejection of `ip` now (at most once per 10 s per address), with how
@@ -204,8 +211,13 @@ impl Policy {
     pub fn note(&self, ip: IpAddr) -> Option<u64> {
         let now = Instant::now();
         let mut notes = self.notes.lock();
-        if notes.len() >= 10_000 {
+        if notes.len() >= 10_000 && !notes.contains_key(&ip) {
             notes.retain(|_, (at, _)| now.duration_since(*at) < NOTE_EVERY);
+            // Still full: a flood of distinct addresses; this one is counted, not logged, and
+            // the map does not grow.
+            if notes.len() >= 10_000 {
+                return None;
+            }
         }
         match notes.get_mut(&ip) {
             Some((at, held)) if now.duration_since(*at) < NOTE_EVERY => {

@@ -59,8 +59,10 @@ fn the_real_client_is_the_right_most_untrusted_forwarded_address() {
     let p = Policy::new(&settings("trusted_proxies = 127.0.0.2/32, 10.0.0.0/8\n"));
     assert!(p.trusts(ip("127.0.0.2")) && !p.trusts(ip("127.0.0.3")));
     assert_eq!(p.real_client(ip("127.0.0.2"), b"203.0.113.9, 198.51.100.7, 10.1.1.1"), ip("198.51.100.7"));
-    assert_eq!(p.real_client(ip("127.0.0.2"), b"10.1.1.1"), ip("127.0.0.2"));
-    assert_eq!(p.real_client(ip("127.0.0.2"), b"garbage, 10.1.1.1"), ip("127.0.0.2"));
+    assert_eq!(p.real_client(ip("127.0.0.2"), b"10.1.1.1"), ip("10.1.1.1"), "all trusted: the left-most");
+    assert_eq!(p.real_client(ip("127.0.0.2"), b"garbage, 10.1.1.1"), ip("10.1.1.1"));
+    assert_eq!(p.real_client(ip("127.0.0.2"), b"198.51.100.7:4711"), ip("198.51.100.7"));
+    assert_eq!(p.real_client(ip("127.0.0.2"), b""), ip("127.0.0.2"));
 }
 
 #[test]

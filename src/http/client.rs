@@ -69,23 +69,11 @@ pub(super) fn read_now(client: &mut &ClientStream<'_>, buf: &mut [u8]) -> io::Re
     }
 }
 
-/// Writes a redirect (`status`, `Location: to`) through the one simple-response writer;
-/// returns the bytes written.
-pub(super) fn write_redirect(
-    out: &mut impl Write,
-    status: u16,
-    to: &str,
-    id: &str,
-    close: bool,
-) -> io::Result<u64> {
+/// A redirect (`status`, `Location: to`), through the one simple-response writer.
+pub(super) fn redirect(status: u16, to: &str, id: &str, close: bool) -> Vec<u8> {
     let body = format!("{status} {}: {to}\n", crate::h1::reason(status));
     let headers = [("Location", to), ("Content-Type", "text/plain"), ("X-Request-ID", id)];
-    let bytes =
-        crate::h1::respond::SimpleResponse { status, headers: &headers, body: body.as_bytes(), close }
-            .to_bytes();
-    out.write_all(&bytes)?;
-    out.flush()?;
-    Ok(bytes.len() as u64)
+    crate::h1::respond::SimpleResponse { status, headers: &headers, body: body.as_bytes(), close }.to_bytes()
 }
 
 /// Writes a short text error response through the one simple-response writer; returns the

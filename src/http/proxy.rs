@@ -16,7 +16,7 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::client::{access_log, holds_plaintext, read_now, refuse_head, write_error, write_redirect};
+use super::client::{access_log, holds_plaintext, read_now, redirect, refuse_head, write_error};
 use super::context::{Attempt, Exchange, Record, Scratch, VIA};
 use super::exchange::Served;
 use super::timers::{After, Before, Filled, IdleTimers, Limits, Now, Wait, FIRST_BYTE, NO_LIMIT};
@@ -145,8 +145,9 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     let mut parks = None;
     // An upgrade's tunnel gone quiet, to park.
     let mut tunnel = None;
-    loop {
-        let table: &Table = loaded.refresh(&ctx.router);
+    'requests: loop {
+        loaded.refresh(&ctx.router);
+        let table: &Table = loaded.table();
         let route_http = |host: &str, target: &str| table.route_http(host, target);
         let fwd = Forwarding {
             hash_header: table.hashes_header().then_some(ctx.config.scale.hash_header.as_str()),
@@ -156,6 +157,10 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         // Wait for (the rest of) a request head.
         let head = loop {
             if !cw.buffered().is_empty() {
+                // A reload while this request was on its way: parse it with the new table.
+                if !loaded.is_current(&ctx.router) {
+                    continue 'requests;
+                }
                 scratch.head.clear();
                 match request::parse(cw.buffered(), ctx.config.http.max_head_bytes, &fwd, &mut scratch.head) {
                     Ok(Some(head)) => break Some(head),
@@ -413,21 +418,48 @@ fn answer_here(
     scratch: &mut Scratch,
 ) -> bool {
     let close = !keep_alive || !matches!(head.body, BodyKind::Empty | BodyKind::Length(0));
-    let mut out = Coalesce::new(client, &mut scratch.client_out);
-    let written = match route.map(|r| &r.target) {
+    let target = origin_form(&head.target);
+    let bytes = match route.map(|r| &r.target) {
         Some(Target::Redirect(to)) => {
             record.status = to.status;
-            let location = crate::route::location(&to.location, &head.host, &head.target);
-            write_redirect(&mut out, to.status, &location, &head.request_id, close)
+            let location = crate::route::location(&to.location, &head.host, target);
+            redirect(to.status, &location, &head.request_id, close)
         }
         _ => {
             record.status = 404;
-            record.note = format!("no route for {}{}", head.host, head.target);
-            write_error(&mut out, 404, &record.note, Some(&head.request_id), close)
+            record.note = format!("no route for {}{target}", head.host);
+            crate::h1::respond::text_error(404, &record.note, Some(&head.request_id), close)
         }
     };
-    record.bytes_out += written.unwrap_or(0);
+    send_answer(client, scratch, record, &head.method, &bytes);
     !close
+}
+
+/// Writes an answer of the proxy's own, without its body to a `HEAD` (whose response has
+/// none: the next response would start with it).
+fn send_answer(
+    client: &ClientStream,
+    scratch: &mut Scratch,
+    record: &mut Record,
+    method: &str,
+    bytes: &[u8],
+) {
+    let bytes = match method {
+        "HEAD" => bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(bytes, |end| &bytes[..end + 4]),
+        _ => bytes,
+    };
+    let mut out = Coalesce::new(client, &mut scratch.client_out);
+    if out.write_all(bytes).and_then(|()| out.flush()).is_ok() {
+        record.bytes_out += bytes.len() as u64;
+    }
+}
+
+/// The origin form of a request target (`http://host/a?b` -> `/a?b`).
+fn origin_form(target: &str) -> &str {
+    match target.strip_prefix("http://").or_else(|| target.strip_prefix("https://")) {
+        Some(rest) => rest.find(['/', '?']).map_or("/", |i| &rest[i..]),
+        None => target,
+    }
 }
 
 /// The request's balancer key: its `hash_header` value under header-hash (found by the one

@@ -274,6 +274,11 @@ impl Loaded {
         &self.table
     }
 
+    /// Whether the kept table is still the one in force.
+    pub fn is_current(&self, router: &Router) -> bool {
+        router.generation.load(Ordering::Acquire) == self.generation
+    }
+
     /// The table kept.
     pub fn table(&self) -> &Arc<Table> {
         &self.table

@@ -125,6 +125,17 @@ fn redirects_fill_every_placeholder_and_https_redirects_a_plain_listener() {
     assert_eq!(read_response(&mut wire, "GET").status, 301);
     let next = get(&mut wire, "/", "");
     assert_eq!((next.status, served_by(&next)), (200, "web1"));
+    // A HEAD gets the redirect without a body, so the next response on the connection is whole.
+    wire.stream.write_all(b"HEAD /h HTTP/1.1\r\nHost: old.example.com\r\n\r\n").expect("send");
+    let head = read_response(&mut wire, "HEAD");
+    assert_eq!((head.status, head.body.len()), (301, 0));
+    let next = get(&mut wire, "/", "");
+    assert_eq!((next.status, served_by(&next)), (200, "web1"));
+    // An absolute-form target: the Location takes its path, not the whole URL.
+    let abs =
+        "GET http://old.example.com/a?b=1 HTTP/1.1\r\nHost: old.example.com\r\nConnection: close\r\n\r\n";
+    let r = send_raw(addr, abs.as_bytes(), "GET").0;
+    assert_eq!(r.header("Location"), Some("https://new.example.com/a?b=1"));
     let line = p.wait_for("route old (host old.example.com) -> -");
     assert!(line.contains(" 301 "), "{line}");
 }
@@ -322,4 +333,9 @@ fn a_client_stalling_in_its_client_hello_is_closed_at_header_ms_and_others_are_r
     assert!(line.contains("closing"), "{line}");
     let mut rest = Vec::new();
     assert_eq!(stalled.read_to_end(&mut rest).map_err(|e| e.kind()), Ok(0), "closed without a byte");
+    // A client that waits for the server to speak first (SMTP, MySQL) is not TLS: after
+    // header_ms it goes to the default pool, as HAProxy after inspect-delay.
+    let mut quiet = connect(addr);
+    p.wait_for(" -> plain1 ");
+    assert_eq!(exchange(&mut quiet, "hello"), "plain1");
 }
