@@ -1,6 +1,7 @@
 //! HTTP mode: per-request balancing over pooled backend connections. The wire format itself
 //! (heads, bodies, framing) lives in [`crate::h1`].
 
+mod answer;
 mod client;
 pub mod context;
 mod exchange;

@@ -1,0 +1,118 @@
+//! Answers the proxy gives a request itself, without a backend: a route's redirect, 404 when no
+//! pool takes it, and 403 or 429 from `[limits]`.
+
+use std::io::Write;
+
+use super::client::redirect;
+use super::context::{Record, Scratch};
+use crate::conn::accept::ClientStream;
+use crate::conn::policy::Refused;
+use crate::conn::Conn;
+use crate::context::Context;
+use crate::h1::request::RequestHead;
+use crate::h1::{BodyKind, Coalesce};
+use crate::route::{Route, Target};
+
+/// [limits] per request: the rate of the client (behind a trusted proxy, the address it
+/// forwarded for, which must also be allowed). Why it is refused, if it is.
+pub(super) fn per_request(ctx: &Context, conn: &Conn, trusted: bool, head: &RequestHead) -> Option<Refused> {
+    let peer = conn.peer.ip();
+    let ip = if trusted { ctx.policy.real_client(peer, head.forwarded_for.as_bytes()) } else { peer };
+    let verdict = if trusted { ctx.policy.admits(ip) } else { Ok(()) }.and_then(|()| ctx.policy.rate(ip));
+    let why = verdict.err()?;
+    ctx.refused(format_args!("req {}", head.request_id), ip, why);
+    Some(why)
+}
+
+/// What a refused client reads.
+pub(super) fn refusal_text(why: Refused) -> String {
+    match why {
+        Refused::Denied => "client address not allowed".to_string(),
+        Refused::Rate(_) => "too many requests from this address".to_string(),
+        Refused::Connections => "too many connections from this address".to_string(),
+    }
+}
+
+/// Answers a request `[limits]` refused: 403, or 429 with `Retry-After` (whole seconds,
+/// rounded up). Returns whether the connection stays open.
+pub(super) fn answer_refused(
+    why: Option<Refused>,
+    head: &RequestHead,
+    client: &ClientStream,
+    keep_alive: bool,
+    record: &mut Record,
+    scratch: &mut Scratch,
+) -> bool {
+    let Some(why) = why else { return false };
+    let close = !keep_alive || !matches!(head.body, BodyKind::Empty | BodyKind::Length(0));
+    let (status, retry) = match why {
+        Refused::Denied => (403, None),
+        Refused::Rate(wait) => (429, Some(wait.as_nanos().div_ceil(1_000_000_000).max(1) as u64)),
+        Refused::Connections => (429, None),
+    };
+    record.status = status;
+    record.note = refusal_text(why);
+    let bytes =
+        crate::h1::respond::text_error_with(status, &record.note, Some(&head.request_id), close, retry);
+    let mut out = Coalesce::new(client, &mut scratch.client_out);
+    if out.write_all(&bytes).and_then(|()| out.flush()).is_ok() {
+        record.bytes_out += bytes.len() as u64;
+    }
+    !close
+}
+
+/// Answers a request no pool takes: its route's redirect, or 404 naming the host and path
+/// when there is no route and no default pool. Returns whether the connection stays open (not
+/// when the request has a body, which is not read).
+pub(super) fn answer_here(
+    route: Option<&Route>,
+    head: &RequestHead,
+    client: &ClientStream,
+    keep_alive: bool,
+    record: &mut Record,
+    scratch: &mut Scratch,
+) -> bool {
+    let close = !keep_alive || !matches!(head.body, BodyKind::Empty | BodyKind::Length(0));
+    let target = origin_form(&head.target);
+    let bytes = match route.map(|r| &r.target) {
+        Some(Target::Redirect(to)) => {
+            record.status = to.status;
+            let location = crate::route::location(&to.location, &head.host, target);
+            redirect(to.status, &location, &head.request_id, close)
+        }
+        _ => {
+            record.status = 404;
+            record.note = format!("no route for {}{target}", head.host);
+            crate::h1::respond::text_error(404, &record.note, Some(&head.request_id), close)
+        }
+    };
+    send_answer(client, scratch, record, &head.method, &bytes);
+    !close
+}
+
+/// Writes an answer of the proxy's own, without its body to a `HEAD` (whose response has
+/// none: the next response would start with it).
+fn send_answer(
+    client: &ClientStream,
+    scratch: &mut Scratch,
+    record: &mut Record,
+    method: &str,
+    bytes: &[u8],
+) {
+    let bytes = match method {
+        "HEAD" => bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(bytes, |end| &bytes[..end + 4]),
+        _ => bytes,
+    };
+    let mut out = Coalesce::new(client, &mut scratch.client_out);
+    if out.write_all(bytes).and_then(|()| out.flush()).is_ok() {
+        record.bytes_out += bytes.len() as u64;
+    }
+}
+
+/// The origin form of a request target (`http://host/a?b` -> `/a?b`).
+fn origin_form(target: &str) -> &str {
+    match target.strip_prefix("http://").or_else(|| target.strip_prefix("https://")) {
+        Some(rest) => rest.find(['/', '?']).map_or("/", |i| &rest[i..]),
+        None => target,
+    }
+}
