@@ -35,16 +35,6 @@ fn haproxy(config: &str, addr: SocketAddr) -> Proc {
 
 const DEFAULTS: &str = "defaults\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n";
 
-/// A connection to `to` from the loopback source address `from` (bound before connect).
-fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    s.bind(&SocketAddr::from((from, 0)).into()).expect("bind the source address");
-    s.connect(&to.into()).expect("connect");
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(WAIT)).expect("timeout");
-    s
-}
-
 #[test]
 fn haproxy_in_front_with_send_proxy_v2_gives_us_each_clients_source_address_as_haproxy_does() {
     let (_d, backend) = dummy("app1");

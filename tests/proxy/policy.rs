@@ -8,16 +8,6 @@ use std::time::Instant;
 
 use crate::util::*;
 
-/// A connection to `addr` from the loopback address `from`.
-fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    s.bind(&SocketAddr::from((from, 0)).into()).expect("bind the source address");
-    s.connect(&addr.into()).expect("connect");
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(WAIT)).expect("timeout");
-    s
-}
-
 fn limited_proxy(mode: &str, limits: &str, backend: SocketAddr) -> (Proc, SocketAddr) {
     let config = format!(
         "[proxy]\nmode = {mode}\nworkers = 16\n[health]\nenabled = false\n[admin]\nlisten = 127.0.0.1:0\n\

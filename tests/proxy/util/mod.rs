@@ -237,6 +237,17 @@ pub fn exchange(s: &mut TcpStream, msg: &str) -> String {
     name.to_string()
 }
 
+/// A connection to `to` from the loopback source address `from` (bound before connect), with
+/// read timeouts set: distinct clients on one machine.
+pub fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from((from, 0)).into()).expect("bind the source address");
+    s.connect(&to.into()).expect("connect");
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s
+}
+
 /// A port that refuses connections: bound (so no one else takes it) but not listening.
 /// Keep the socket alive as long as the port must stay dead.
 pub fn dead_addr() -> (socket2::Socket, SocketAddr) {
