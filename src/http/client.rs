@@ -28,7 +28,12 @@ pub(super) fn access_log(conn: &Conn, head: &RequestHead, r: &Record, started: I
     if !log::log_enabled!(log::Level::Info) {
         return;
     }
-    let mut line = format!("req {} {} \"{} {}\"", head.request_id, conn.peer, head.method, head.target);
+    let mut line = match r.client {
+        // Behind a trusted proxy: the client it forwarded for, then the proxy.
+        Some(client) => format!("req {} {client} via {}", head.request_id, conn.peer),
+        None => format!("req {} {}", head.request_id, conn.peer),
+    };
+    let _ = write!(line, " \"{} {}\"", head.method, head.target);
     if !r.route.is_empty() {
         let _ = write!(line, " {}", r.route);
     }

@@ -52,6 +52,8 @@ pub struct Record {
     pub note: String,
     /// The route that matched, as the access line names it (`route api (path /api)`).
     pub route: String,
+    /// Behind a trusted proxy: the client it forwarded for, named first in the access line.
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// A backend connection: plain, or TLS for a backend marked `tls`.

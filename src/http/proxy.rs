@@ -269,10 +269,12 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         }
         let refused = if ctx.policy.is_active() { per_request(ctx, &conn, trusted, &head) } else { None };
         // Behind a trusted proxy, source-hash hashes the client it forwarded for.
-        let key = if trusted && pool.is_some_and(|p| !p.balancer.hashes_header()) {
-            Some(source_key(ctx.policy.real_client(conn.peer.ip(), head.forwarded_for.as_bytes())))
-        } else {
-            key
+        if trusted {
+            record.client = Some(ctx.policy.real_client(conn.peer.ip(), head.forwarded_for.as_bytes()));
+        }
+        let key = match record.client {
+            Some(real) if pool.is_some_and(|p| !p.balancer.hashes_header()) => Some(source_key(real)),
+            _ => key,
         };
         let outcome = match pool {
             _ if refused.is_some() => {

@@ -106,11 +106,15 @@ fn deny_and_allow_refuse_by_address_in_both_modes() {
 fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
     let (_d, backend) = dummy("app1");
     let limits = "trusted_proxies = 127.0.0.2\ndeny = 198.51.100.7";
-    let (_p, addr) = limited_proxy("http", limits, backend);
+    let (p, addr) = limited_proxy("http", limits, backend);
     let spoof = "X-Forwarded-For: 198.51.100.7\r\n";
     // From the trusted proxy: the forwarded client is the one judged, and denied.
     let r = get(&mut wire_from([127, 0, 0, 2], addr), "/", spoof);
     assert_eq!(r.status, 403, "{}", r.text());
+    // An allowed one is logged as the client, via the proxy.
+    let r = get(&mut wire_from([127, 0, 0, 2], addr), "/", "X-Forwarded-For: 203.0.113.5\r\n");
+    assert_eq!(r.status, 200);
+    p.wait_for("203.0.113.5 via 127.0.0.2:");
     // From anyone else the header is appended to, never believed.
     let r = get(&mut wire_from([127, 0, 0, 3], addr), "/echo", spoof);
     assert_eq!(r.status, 200, "{}", r.text());
