@@ -8,8 +8,8 @@ use crate::config::keys::{self, Key};
 use crate::config::{Config, ConfigError, RawConfig, DEFAULT_PATH};
 use crate::threads::budget;
 
-/// A load-balancing TCP and HTTP/1.1 proxy: a thread pool of blocking workers and five balancing
-/// algorithms (least-connections, round-robin, random-two, source-hash, header-hash).
+/// A load-balancing TCP and HTTP/1.1 proxy: a thread pool of blocking workers and six balancing
+/// algorithms (least-connections, round-robin, random-two, source-hash, header-hash, least-time).
 #[derive(Debug, Clone, Parser)]
 #[command(name = "proxy_server", version)]
 pub struct ProxyArgs {
@@ -22,7 +22,7 @@ pub struct ProxyArgs {
     /// A backend address; repeat for several. Replaces the file's [backends].
     #[arg(long = "backend", value_name = "ADDR:PORT")]
     pub backends: Vec<String>,
-    /// least-connections, round-robin, random-two, source-hash or header-hash (overrides [proxy] algorithm).
+    /// least-connections, round-robin, random-two, source-hash, header-hash or least-time (overrides [proxy] algorithm).
     #[arg(long)]
     pub algorithm: Option<String>,
     /// Number of worker threads (overrides [proxy] workers).

@@ -17,7 +17,7 @@
 //!   its handshakes), [`threads`] (worker pools, the thread budget, stack give-back).
 //! - backend: [`backend`] (identity, limits, counters, idle connections; health hysteresis,
 //!   latency).
-//! - selection: [`balancer`] (five algorithms; the one place where choosing meets health; the
+//! - selection: [`balancer`] (six algorithms; the one place where choosing meets health; the
 //!   health-check thread).
 //! - routing: [`route`] (pools behind the listener, the routes between them, swapped whole).
 //! - connections: [`upstream`] (the one connect path), [`conn`] (in-flight connections and the

@@ -45,15 +45,81 @@ impl Histogram {
     }
 }
 
-/// A backend's latency: all-time histogram plus two alternating recent windows.
+/// A backend's latency: all-time histogram plus two alternating recent windows, and the
+/// peak-EWMA cost `least-time` balances by.
 #[derive(Debug, Default)]
 pub struct Latency {
     total: Histogram,
     windows: [Histogram; 2],
     generation: [AtomicU64; 2],
+    cost: PeakEwma,
+}
+
+/// The decay time of the peak-EWMA cost (Linkerd's and Finagle's default).
+pub const COST_DECAY: Duration = Duration::from_secs(10);
+
+/// What a failure or a 5xx counts as for `least-time`: slow, so that a member failing fast
+/// does not attract traffic (Linkerd's lesson).
+pub const FAILURE_COST: Duration = Duration::from_secs(1);
+
+/// A member's cost as Finagle's and Linkerd's peak EWMA: a slower sample replaces it at once, a
+/// faster one pulls it down by the time elapsed (τ = [`COST_DECAY`]), and unused it decays
+/// toward zero with τ, so a member that was slow is tried again (Traefik #12306: without decay,
+/// a balancer by latency starves a backend for good). Microseconds, with the time of the last
+/// sample; `None` before any sample.
+#[derive(Debug, Default)]
+pub struct PeakEwma {
+    state: parking_lot::Mutex<Option<(f64, u64)>>,
+}
+
+impl PeakEwma {
+    /// The cost at `now_ms`: the last value decayed by the time since.
+    pub fn at(&self, now_ms: u64) -> Option<f64> {
+        let state = *self.state.lock();
+        state.map(|(cost, at)| cost * decay(now_ms.saturating_sub(at)))
+    }
+
+    /// Takes a sample at `now_ms`.
+    pub fn observe_at(&self, sample: Duration, now_ms: u64) {
+        let sample = sample.as_secs_f64() * 1e6;
+        let mut state = self.state.lock();
+        let next = match *state {
+            None => sample,
+            Some((cost, at)) => {
+                // Finagle's update, cost·w + sample·(1 − w): the decayed cost plus the sample's share.
+                let w = decay(now_ms.saturating_sub(at));
+                if sample > cost * w {
+                    sample
+                } else {
+                    cost * w + sample * (1.0 - w)
+                }
+            }
+        };
+        *state = Some((next, now_ms));
+    }
+}
+
+/// `e^(-elapsed/τ)`.
+fn decay(elapsed_ms: u64) -> f64 {
+    (-(elapsed_ms as f64) / COST_DECAY.as_millis() as f64).exp()
 }
 
 impl Latency {
+    /// The `least-time` cost now, in microseconds; `None` before any sample.
+    pub fn cost(&self) -> Option<f64> {
+        self.cost.at(now_ms())
+    }
+
+    /// A `least-time` sample: a response head's time (HTTP) or a connect's (TCP).
+    pub fn observe_cost(&self, d: Duration) {
+        self.cost.observe_at(d, now_ms());
+    }
+
+    /// A failure or a 5xx: counted as [`FAILURE_COST`].
+    pub fn penalize(&self) {
+        self.cost.observe_at(FAILURE_COST, now_ms());
+    }
+
     /// Records one request (HTTP) or connection (TCP) duration.
     pub fn record(&self, d: Duration) {
         self.total.record(d);
@@ -157,6 +223,22 @@ impl Latencies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peak_ewma_jumps_up_at_once_comes_down_with_time_and_decays_unused() {
+        let e = PeakEwma::default();
+        assert_eq!(e.at(0), None, "cold");
+        e.observe_at(Duration::from_millis(1), 0);
+        e.observe_at(Duration::from_millis(20), 10);
+        let cost = e.at(10).expect("cost");
+        assert!((cost - 20_000.0).abs() < 1.0, "a slow sample replaces it: {cost}");
+        // Fast samples 10 ms apart barely move it (τ = 10 s) ...
+        e.observe_at(Duration::from_millis(1), 20);
+        assert!(e.at(20).expect("cost") > 19_000.0);
+        // ... but unused for 30 s it has decayed by e^-3, and it is tried again.
+        let later = e.at(30_020).expect("cost");
+        assert!((900.0..1_100.0).contains(&later), "{later}");
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

@@ -11,6 +11,7 @@
 pub mod checker;
 mod explain;
 pub mod least_connections;
+pub mod least_time;
 pub mod random_two;
 pub mod round_robin;
 pub mod source_hash;
@@ -65,6 +66,11 @@ impl View<'_> {
         self.members[i].effective_weight(self.now)
     }
 
+    /// Member `i`'s `least-time` cost in microseconds, `None` before any sample.
+    pub fn cost(&self, i: usize) -> Option<f64> {
+        self.members[i].latency().cost()
+    }
+
     /// Whether member `i` is less loaded than member `j`: (active + 1) / weight, compared
     /// without division. The +1 keeps a barely-weighted (slow-starting) idle backend from
     /// winning against busy full-weight ones, as HAProxy does.
@@ -86,6 +92,7 @@ pub fn selector(algorithm: Algorithm, members: &[Arc<Backend>]) -> Box<dyn Selec
         Algorithm::RoundRobin => Box::new(round_robin::RoundRobin::new(members.len())),
         Algorithm::RandomTwo => Box::new(random_two::RandomTwo::new()),
         Algorithm::SourceHash | Algorithm::HeaderHash => Box::new(source_hash::SourceHash::new(members)),
+        Algorithm::LeastTime => Box::new(least_time::LeastTime::default()),
     }
 }
 
@@ -180,6 +187,8 @@ pub struct Balancer {
     health: Mutex<HealthSettings>,
     /// Whether the algorithm is header-hash, read per request without taking the lock.
     header_hash: AtomicBool,
+    /// Whether the algorithm is least-time: only then are response times sampled.
+    least_time: AtomicBool,
 }
 
 impl Balancer {
@@ -190,7 +199,8 @@ impl Balancer {
         let core =
             Arc::new(Core { state: Mutex::new(state), freed: Condvar::new(), waiting: AtomicUsize::new(0) });
         let header_hash = AtomicBool::new(algorithm == Algorithm::HeaderHash);
-        Balancer { core, health: Mutex::new(health), header_hash }
+        let least_time = AtomicBool::new(algorithm == Algorithm::LeastTime);
+        Balancer { core, health: Mutex::new(health), header_hash, least_time }
     }
 
     /// The current members.
@@ -217,8 +227,14 @@ impl Balancer {
         state.members = members.into();
         state.algorithm = algorithm;
         self.header_hash.store(algorithm == Algorithm::HeaderHash, Ordering::Relaxed);
+        self.least_time.store(algorithm == Algorithm::LeastTime, Ordering::Relaxed);
         drop(state);
         self.core.freed.notify_all();
+    }
+
+    /// Whether the algorithm is least-time (response times are sampled for it).
+    pub fn measures_time(&self) -> bool {
+        self.least_time.load(Ordering::Relaxed)
     }
 
     /// Whether the algorithm is header-hash (the key is a request header's, not the client's).

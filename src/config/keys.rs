@@ -93,7 +93,7 @@ impl Key {
 
 /// The algorithm names, as written in the file and on the command line.
 pub const ALGORITHMS: &[&str] =
-    &["least-connections", "round-robin", "random-two", "source-hash", "header-hash"];
+    &["least-connections", "round-robin", "random-two", "source-hash", "header-hash", "least-time"];
 /// The `accept_proxy` choices.
 pub const ACCEPT_PROXY_CHOICES: &[&str] = &["off", "v1", "v2", "any"];
 /// The proxy's modes.

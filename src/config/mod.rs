@@ -106,6 +106,9 @@ pub enum Algorithm {
     /// Consistent hashing of a request header (`[proxy] hash_header`, HTTP mode); a request
     /// without it goes by least connections.
     HeaderHash,
+    /// The lowest peak-EWMA response time × (active + 1) / weight (nginx's `least_time`,
+    /// Linkerd's balancer).
+    LeastTime,
 }
 
 impl Algorithm {
@@ -117,6 +120,7 @@ impl Algorithm {
             Algorithm::RandomTwo => "random-two",
             Algorithm::SourceHash => "source-hash",
             Algorithm::HeaderHash => "header-hash",
+            Algorithm::LeastTime => "least-time",
         }
     }
 }

@@ -36,6 +36,7 @@ pub(super) fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
         "random-two" => Ok(Algorithm::RandomTwo),
         "source-hash" => Ok(Algorithm::SourceHash),
         "header-hash" => Ok(Algorithm::HeaderHash),
+        "least-time" => Ok(Algorithm::LeastTime),
         other => Err(format!("unknown algorithm '{other}' (expected {})", keys::one_of(keys::ALGORITHMS))),
     }
 }

@@ -95,6 +95,7 @@ impl Exchange<'_> {
         let give_up = |f: Failure| (f, Retry::GiveUp);
         backend.name().clone_into(&mut record.backend);
         record.reason.clone_from(&pick.reason);
+        let tried_at = Instant::now();
         let (stream, reused) = self.connect(backend, attempt).map_err(|f| self.decide(f, false, attempt))?;
         let attached = self.conn.attach(stream.tcp(), backend.id());
         // A sticky pool: the client gets its member's cookie unless it sent that one.
@@ -129,6 +130,13 @@ impl Exchange<'_> {
             }
         };
         record.status = resp.status;
+        // least-time's sample: the response head's time, a 5xx counted as slow.
+        if self.pool.balancer.measures_time() {
+            match resp.status {
+                500.. => backend.latency().penalize(),
+                _ => backend.latency().observe_cost(tried_at.elapsed()),
+            }
+        }
         if resp.status == 101 {
             record.bytes_in += scratch.head.len() as u64;
             let outcome = upgrade::switch(self, cw, &mut bw, &stream, backend, scratch, record);

@@ -102,6 +102,9 @@ pub fn connect(
             .and_then(|stream| secure(backend, stream, tls, limits.connect));
         match connected {
             Ok(stream) => {
+                if balancer.measures_time() {
+                    backend.latency().observe_cost(started.elapsed());
+                }
                 log::info!(
                     "{} -> {} {} connected in {:.2} ms ({})",
                     who.label,

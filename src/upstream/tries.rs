@@ -89,6 +89,11 @@ pub fn run<T>(
             Err(failed) => failed,
         };
         balancer.record_failure(&backend, &f);
+        // For least-time a failure is slow, whatever its speed (a stale pooled connection is
+        // not the backend's).
+        if retry != Retry::Fresh && balancer.measures_time() {
+            backend.latency().penalize();
+        }
         match retry {
             Retry::GiveUp => return Err(f),
             Retry::Fresh => {

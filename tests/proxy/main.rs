@@ -10,6 +10,7 @@ mod first_hour;
 mod haproxy;
 mod hostile;
 mod http;
+mod least_time;
 mod limits;
 mod ops;
 mod policy;
