@@ -2,23 +2,21 @@
 //! pool takes it, and 403 or 429 from `[limits]`.
 
 use std::io::Write;
+use std::net::IpAddr;
 
 use super::client::redirect;
 use super::context::{Record, Scratch};
 use crate::conn::accept::ClientStream;
 use crate::conn::policy::Refused;
-use crate::conn::Conn;
 use crate::context::Context;
 use crate::h1::request::RequestHead;
 use crate::h1::{BodyKind, Coalesce};
 use crate::route::{Route, Target};
 
-/// [limits] per request: the rate of the client (behind a trusted proxy, the address it
+/// [limits] per request: the rate of the client `ip` (`forwarded`: the address a trusted proxy
 /// forwarded for, which must also be allowed). Why it is refused, if it is.
-pub(super) fn per_request(ctx: &Context, conn: &Conn, trusted: bool, head: &RequestHead) -> Option<Refused> {
-    let peer = conn.peer.ip();
-    let ip = if trusted { ctx.policy.real_client(peer, head.forwarded_for.as_bytes()) } else { peer };
-    let verdict = if trusted { ctx.policy.admits(ip) } else { Ok(()) }.and_then(|()| ctx.policy.rate(ip));
+pub(super) fn per_request(ctx: &Context, ip: IpAddr, forwarded: bool, head: &RequestHead) -> Option<Refused> {
+    let verdict = if forwarded { ctx.policy.admits(ip) } else { Ok(()) }.and_then(|()| ctx.policy.rate(ip));
     let why = verdict.err()?;
     ctx.refused(format_args!("req {}", head.request_id), ip, why);
     Some(why)
@@ -36,15 +34,14 @@ pub(super) fn refusal_text(why: Refused) -> String {
 /// Answers a request `[limits]` refused: 403, or 429 with `Retry-After` (whole seconds,
 /// rounded up). Returns whether the connection stays open.
 pub(super) fn answer_refused(
-    why: Option<Refused>,
+    why: Refused,
     head: &RequestHead,
     client: &ClientStream,
     keep_alive: bool,
     record: &mut Record,
     scratch: &mut Scratch,
 ) -> bool {
-    let Some(why) = why else { return false };
-    let close = !keep_alive || !matches!(head.body, BodyKind::Empty | BodyKind::Length(0));
+    let close = closes(head, keep_alive);
     let (status, retry) = match why {
         Refused::Denied => (403, None),
         Refused::Rate(wait) => (429, Some(wait.as_nanos().div_ceil(1_000_000_000).max(1) as u64)),
@@ -54,10 +51,7 @@ pub(super) fn answer_refused(
     record.note = refusal_text(why);
     let bytes =
         crate::h1::respond::text_error_with(status, &record.note, Some(&head.request_id), close, retry);
-    let mut out = Coalesce::new(client, &mut scratch.client_out);
-    if out.write_all(&bytes).and_then(|()| out.flush()).is_ok() {
-        record.bytes_out += bytes.len() as u64;
-    }
+    send_answer(client, scratch, record, &head.method, &bytes);
     !close
 }
 
@@ -72,7 +66,7 @@ pub(super) fn answer_here(
     record: &mut Record,
     scratch: &mut Scratch,
 ) -> bool {
-    let close = !keep_alive || !matches!(head.body, BodyKind::Empty | BodyKind::Length(0));
+    let close = closes(head, keep_alive);
     let target = origin_form(&head.target);
     let bytes = match route.map(|r| &r.target) {
         Some(Target::Redirect(to)) => {
@@ -88,6 +82,12 @@ pub(super) fn answer_here(
     };
     send_answer(client, scratch, record, &head.method, &bytes);
     !close
+}
+
+/// Whether the connection closes after an answer of the proxy's own: when the client asked, or
+/// when the request has a body, which is not read.
+fn closes(head: &RequestHead, keep_alive: bool) -> bool {
+    !keep_alive || !matches!(head.body, BodyKind::Empty | BodyKind::Length(0))
 }
 
 /// Writes an answer of the proxy's own, without its body to a `HEAD` (whose response has

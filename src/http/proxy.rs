@@ -34,7 +34,7 @@ use crate::h1::request::{self, Forwarding, RequestHead};
 use crate::h1::{BodyKind, Coalesce, Wire};
 use crate::net::lingering_close;
 use crate::park::Parker;
-use crate::route::{Table, Target};
+use crate::route::Table;
 use crate::tls::stream::Pending;
 
 /// Caches the client socket's read timeout, so it is set only when it changes.
@@ -234,11 +234,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         };
         let Some(head) = head else { break };
         let route = head.route.and_then(|i| table.route(i));
-        let pool = match route.map(|r| &r.target) {
-            Some(Target::Pool(p)) => table.pools().get(*p),
-            Some(Target::Redirect(_)) => None,
-            None => table.pool_for(None),
-        };
+        let pool = table.pool_for(head.route);
         let key = pool.and_then(|p| hash_key(client_key, &p.balancer, cw.buffered(), &head));
         cw.consume(head.len);
         if head.h2c_stripped {
@@ -267,25 +263,29 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         if let Some(r) = route {
             record.route.clone_from(&r.label);
         }
-        let refused = if ctx.policy.is_active() { per_request(ctx, &conn, trusted, &head) } else { None };
-        // Behind a trusted proxy, source-hash hashes the client it forwarded for.
+        // Behind a trusted proxy: the client it forwarded for, whom limits, source-hash and the
+        // access line go by.
         if trusted {
             record.client = Some(ctx.policy.real_client(conn.peer.ip(), head.forwarded_for.as_bytes()));
         }
+        let ip = record.client.unwrap_or(conn.peer.ip());
+        let refused = if ctx.policy.is_active() { per_request(ctx, ip, trusted, &head) } else { None };
         let key = match record.client {
             Some(real) if pool.is_some_and(|p| !p.balancer.hashes_header()) => Some(source_key(real)),
             _ => key,
         };
-        let outcome = match pool {
-            _ if refused.is_some() => {
-                Ok(Served::Done(answer_refused(refused, &head, client, keep_alive, &mut record, scratch)))
+        let outcome = match (refused, pool) {
+            (Some(why), _) => {
+                Ok(Served::Done(answer_refused(why, &head, client, keep_alive, &mut record, scratch)))
             }
-            Some(pool) => {
+            (None, Some(pool)) => {
                 let exchange =
                     Exchange { conn: &conn, client, ctx, head: &head, keep_alive, key, pool, route };
                 exchange.run(&mut cw, scratch, &mut record, &mut attempt)
             }
-            None => Ok(Served::Done(answer_here(route, &head, client, keep_alive, &mut record, scratch))),
+            (None, None) => {
+                Ok(Served::Done(answer_here(route, &head, client, keep_alive, &mut record, scratch)))
+            }
         };
         ctx.counters.requests.fetch_add(1, Ordering::Relaxed);
         let keep = match outcome {

@@ -27,9 +27,12 @@ fn a_burst_over_the_rate_gets_429_with_retry_after_and_other_clients_are_unaffec
     let mut w = wire_from([127, 0, 0, 2], addr);
     // Pipelined in one write, so the 30 arrive within a few ms whatever the machine's load (the
     // bucket refills one per 100 ms).
-    let burst = "GET / HTTP/1.1\r\nHost: t\r\n\r\n".repeat(30);
+    let burst = "GET / HTTP/1.1\r\nHost: t\r\n\r\n".repeat(30) + "HEAD / HTTP/1.1\r\nHost: t\r\n\r\n";
     w.stream.write_all(burst.as_bytes()).expect("send");
     let answers: Vec<_> = (0..30).map(|_| read_response(&mut w, "GET")).collect();
+    // A HEAD refused gets the 429 without a body, so the connection's next response is whole.
+    let head = read_response(&mut w, "HEAD");
+    assert_eq!((head.status, head.body.len()), (429, 0));
     let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
     assert_eq!(statuses.iter().filter(|&&s| s == 200).count(), 6, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|&&s| s == 429).count(), 24, "{statuses:?}");
