@@ -61,21 +61,19 @@ struct Relaying {
 pub fn serve(mut conn: Conn, ctx: &Context, bufs: &mut Buffers) {
     let mut r = match resumed(&mut conn) {
         Some(r) => r,
-        // A new connection: [limits] first, before the handshake and any backend.
-        None if conn.admitted.is_none() => match ctx.policy.admit(conn.peer.ip(), true) {
-            Ok(slot) => {
-                conn.admitted = Some(slot);
-                match open(&conn, ctx) {
-                    Some(r) => r,
-                    None => return,
+        None => {
+            // A new connection: [limits] first, before the handshake and any backend.
+            if conn.admitted.is_none() {
+                match ctx.policy.admit(conn.peer.ip(), true) {
+                    Ok(slot) => conn.admitted = Some(slot),
+                    Err(why) => return ctx.refused(Label(&conn), conn.peer.ip(), why),
                 }
             }
-            Err(why) => return ctx.refused(Label(&conn), conn.peer.ip(), why),
-        },
-        None => match open(&conn, ctx) {
-            Some(r) => r,
-            None => return,
-        },
+            match open(&conn, ctx) {
+                Some(r) => r,
+                None => return,
+            }
+        }
     };
     let idle = ctx.config.timeouts.idle;
     // Parking is refused once the proxy stops: the relay then goes on here until it ends.
@@ -160,29 +158,22 @@ fn choose_pool(
     router: &Router,
     header: Duration,
 ) -> Option<(Arc<Pool>, Vec<u8>)> {
-    let table = router.table();
-    if !table.routes_sni() {
-        let pool = table.route_sni(None).0.cloned();
-        if pool.is_none() {
-            log::warn!("{}: no pool takes this connection ([backends] is empty); closing", Label(conn));
-        }
-        return pool.map(|p| (p, Vec::new()));
-    }
+    let mut table = router.table();
     let mut early = Vec::new();
     let name = match client {
+        _ if !table.routes_sni() => None,
         crate::tls::stream::Stream::Tls(_, session) => match &*session.lock() {
             rustls::Connection::Server(s) => s.server_name().map(str::to_string),
             rustls::Connection::Client(_) => None,
         },
         crate::tls::stream::Stream::Plain(sock) => {
-            match read_hello(sock, conn.accepted, header, &mut early) {
-                Ok(hello) => {
-                    let _ = sock.set_read_timeout(None);
-                    match hello {
-                        Hello::Name(name) => Some(name),
-                        _ => None,
-                    }
-                }
+            let hello = read_hello(sock, conn.accepted, header, &mut early);
+            let _ = sock.set_read_timeout(None);
+            // The table in force once the ClientHello is in (a reload may have come meanwhile).
+            table = router.table();
+            match hello {
+                Ok(Hello::Name(name)) => Some(name),
+                Ok(_) => None,
                 Err(why) => {
                     log::warn!("{}: {why}; closing", Label(conn));
                     return None;
@@ -190,14 +181,16 @@ fn choose_pool(
             }
         }
     };
-    // The table in force once the ClientHello is in (a reload may have come meanwhile).
-    let table = router.table();
     match table.route_sni(name.as_deref()) {
         (Some(pool), route) => {
             if let Some(r) = route {
                 log::info!("{}: {}", Label(conn), r.label);
             }
             Some((pool.clone(), early))
+        }
+        (None, _) if !table.routes_sni() => {
+            log::warn!("{}: no pool takes this connection ([backends] is empty); closing", Label(conn));
+            None
         }
         (None, _) => {
             let sni = name.as_deref().unwrap_or("(none)");

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::backend::{members, Backend};
+use crate::backend::members;
 use crate::balancer::Balancer;
 use crate::config::{Algorithm, Config, HeaderRules, HealthSettings, Redirect, RouteAction, RouteSpec};
 use crate::h1::edits::{Edits, Routed};
@@ -143,20 +143,18 @@ impl Table {
     /// Routes an HTTP request by its host (as sent) and origin-form target.
     pub fn route_http(&self, host: &str, target: &str) -> Routed<'_> {
         let path = target.split_once('?').map_or(target, |(p, _)| p);
-        let found = self.http.find(&normalize_host(host), path);
-        match found.and_then(|i| Some((i, self.routes.get(i as usize)?))) {
-            Some((i, r)) => Routed {
-                route: Some(i),
+        let found = self.http.find(&normalize_host(host), path).filter(|&i| self.route(i).is_some());
+        let pool = self.pool_for(found);
+        let cookie = pool.and_then(|p| p.sticky.as_deref());
+        match found.and_then(|i| self.route(i)) {
+            Some(r) => Routed {
+                route: found,
                 strip: r.strip,
                 edits: edits(&r.request),
-                answer: matches!(r.target, Target::Redirect(_)),
-                cookie: self.pool_for_route(r).and_then(|p| p.sticky.as_deref()),
+                answer: pool.is_none(),
+                cookie,
             },
-            None => Routed {
-                answer: !self.has_default,
-                cookie: self.default_pool().sticky.as_deref().filter(|_| self.has_default),
-                ..Routed::default()
-            },
+            None => Routed { answer: pool.is_none(), cookie, ..Routed::default() },
         }
     }
 
@@ -173,30 +171,13 @@ impl Table {
     /// The pool for a TCP connection whose ClientHello named `server` (`None`: no SNI, or not
     /// TLS), and the route that chose it.
     pub fn route_sni(&self, server: Option<&str>) -> (Option<&Arc<Pool>>, Option<&Route>) {
-        let route = server.and_then(|s| self.sni.find(&normalize_host(s), "/")).and_then(|i| self.route(i));
-        match route {
-            Some(r) => (self.pool_for_route(r), Some(r)),
-            None => (self.has_default.then(|| self.default_pool()), None),
-        }
-    }
-
-    fn pool_for_route(&self, r: &Route) -> Option<&Arc<Pool>> {
-        match r.target {
-            Target::Pool(p) => self.pools.get(p),
-            Target::Redirect(_) => None,
-        }
+        let found = server.and_then(|s| self.sni.find(&normalize_host(s), "/"));
+        (self.pool_for(found), found.and_then(|i| self.route(i)))
     }
 
     /// Whether any route matches by SNI (TCP mode peeks at the ClientHello only then).
     pub fn routes_sni(&self) -> bool {
         !self.sni.is_empty()
-    }
-
-    /// The member called `name`, in whichever pool, with its pool.
-    pub fn member(&self, name: &str) -> Option<(&Arc<Pool>, Arc<Backend>)> {
-        self.pools
-            .iter()
-            .find_map(|p| Some((p, p.balancer.members().iter().find(|b| b.name() == name)?.clone())))
     }
 }
 
