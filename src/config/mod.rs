@@ -33,7 +33,7 @@ mod values;
 
 pub use crate::net::proxy_protocol::{Accept as AcceptProxy, Version as ProxyVersion};
 pub use raw::RawConfig;
-pub use routing::{HeaderRules, HostPattern, PoolSpec, Redirect, RouteAction, RouteSpec};
+pub use routing::{HeaderRules, HostPattern, PoolSpec, Redirect, RouteAction, RouteSpec, DEFAULT_POOL};
 
 /// The default configuration file, looked up in the current directory.
 pub const DEFAULT_PATH: &str = "config.ini";
@@ -315,6 +315,38 @@ impl fmt::Display for Config {
     /// then the backends, as `--check` prints them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         show::write_effective(self, f)
+    }
+}
+
+/// A pool as the rest of the proxy sees it, whether `[backends]` or a `[pool.NAME]`.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolView<'a> {
+    pub name: &'a str,
+    pub algorithm: Algorithm,
+    /// The pool's own `[health] path`, if it has one.
+    pub health_path: Option<&'a str>,
+    /// The sticky cookie's name, if sticky.
+    pub sticky: Option<&'a str>,
+    pub backends: &'a [BackendSpec],
+}
+
+impl Config {
+    /// Every pool, the default one (`[backends]`, possibly without members) first.
+    pub fn every_pool(&self) -> impl Iterator<Item = PoolView<'_>> {
+        let default = PoolView {
+            name: DEFAULT_POOL,
+            algorithm: self.algorithm,
+            health_path: None,
+            sticky: self.sticky.as_deref(),
+            backends: &self.backends,
+        };
+        std::iter::once(default).chain(self.pools.iter().map(|p| PoolView {
+            name: &p.name,
+            algorithm: p.algorithm,
+            health_path: p.health_path.as_deref(),
+            sticky: p.sticky.as_deref(),
+            backends: &p.backends,
+        }))
     }
 }
 

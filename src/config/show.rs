@@ -120,13 +120,9 @@ pub fn startup_lines(c: &Config, addr: std::net::SocketAddr) -> Vec<String> {
         c.algorithm.name(),
         c.workers
     )];
-    let pools = c.pools.iter().map(|p| (p.name.as_str(), &p.backends));
-    for (pool, b) in std::iter::once(("default", &c.backends))
-        .chain(pools)
-        .flat_map(|(n, bs)| bs.iter().map(move |b| (n, b)))
-    {
+    for (pool, b) in c.every_pool().flat_map(|p| p.backends.iter().map(move |b| (p.name, b))) {
         let mut line = format!("backend {} {}", b.name, b.target);
-        if pool != "default" {
+        if pool != super::DEFAULT_POOL {
             let _ = write!(line, " (pool {pool})");
         }
         if b.dns {

@@ -20,8 +20,7 @@ use crate::config::{Algorithm, Config, HeaderRules, HealthSettings, Redirect, Ro
 use crate::h1::edits::{Edits, Routed};
 use index::{normalize_host, Index};
 
-/// The name of the pool of `[backends]`.
-pub const DEFAULT_POOL: &str = "default";
+pub use crate::config::DEFAULT_POOL;
 
 /// A pool: its name and the balancer over its members.
 pub struct Pool {
@@ -80,29 +79,24 @@ impl Table {
     /// members, whose changes [`crate::server`]'s discovery applies; new pools start with the
     /// members their lines name.
     pub fn build(config: &Config, old: Option<&Table>) -> Table {
-        let default = (DEFAULT_POOL, config.algorithm, None, &config.backends, &config.sticky);
-        let others = config
-            .pools
-            .iter()
-            .map(|p| (p.name.as_str(), p.algorithm, p.health_path.as_deref(), &p.backends, &p.sticky));
         let mut pools = Vec::new();
-        for (name, algorithm, health_path, backends, sticky) in std::iter::once(default).chain(others) {
-            let health = pool_health(&config.health, health_path);
-            let kept = old.and_then(|t| t.pools.iter().find(|p| p.name == name));
+        for spec in config.every_pool() {
+            let health = pool_health(&config.health, spec.health_path);
+            let kept = old.and_then(|t| t.pools.iter().find(|p| p.name == spec.name));
             let balancer = match kept {
                 Some(p) => {
                     p.balancer.set_health_settings(health);
                     p.balancer.clone()
                 }
-                None => Arc::new(Balancer::new(members::build(backends), algorithm, health)),
+                None => Arc::new(Balancer::new(members::build(spec.backends), spec.algorithm, health)),
             };
-            pools.push(Arc::new(Pool { name: name.to_string(), balancer, sticky: sticky.clone() }));
+            let sticky = spec.sticky.map(str::to_string);
+            pools.push(Arc::new(Pool { name: spec.name.to_string(), balancer, sticky }));
         }
         let position = |name: &str| pools.iter().position(|p| p.name == name).unwrap_or(0);
         let routes: Vec<Route> = config.routes.iter().map(|r| route(r, &position)).collect();
         let numbered = || config.routes.iter().enumerate().map(|(i, r)| (i as u32, r));
-        let hashes_header = config.algorithm == Algorithm::HeaderHash
-            || config.pools.iter().any(|p| p.algorithm == Algorithm::HeaderHash);
+        let hashes_header = config.every_pool().any(|p| p.algorithm == Algorithm::HeaderHash);
         Table {
             http: Index::build(numbered().filter(|(_, r)| r.sni.is_none()), false),
             sni: Index::build(numbered().filter(|(_, r)| r.sni.is_some()), true),
@@ -110,7 +104,7 @@ impl Table {
             pools,
             has_default: !config.backends.is_empty(),
             hashes_header,
-            sticky: config.sticky.is_some() || config.pools.iter().any(|p| p.sticky.is_some()),
+            sticky: config.every_pool().any(|p| p.sticky.is_some()),
         }
     }
 

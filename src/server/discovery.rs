@@ -52,15 +52,9 @@ fn first_answers(config: &Config) -> HashMap<String, Vec<SocketAddr>> {
     all_specs(config).filter(|s| s.dns).map(|s| (s.name.clone(), s.addrs.clone())).collect()
 }
 
-/// Each pool's name, algorithm and member lines, the default pool first.
-fn pool_specs(config: &Config) -> Vec<(&str, Algorithm, &[BackendSpec])> {
-    let pools = config.pools.iter().map(|p| (p.name.as_str(), p.algorithm, p.backends.as_slice()));
-    std::iter::once((DEFAULT_POOL, config.algorithm, config.backends.as_slice())).chain(pools).collect()
-}
-
 /// Every member line of every pool.
 fn all_specs(config: &Config) -> impl Iterator<Item = &BackendSpec> {
-    config.backends.iter().chain(config.pools.iter().flat_map(|p| p.backends.iter()))
+    config.every_pool().flat_map(|p| p.backends.iter())
 }
 
 impl Discovery {
@@ -234,10 +228,15 @@ impl Discovery {
         resolved: &HashMap<String, Vec<SocketAddr>>,
     ) -> String {
         let mut parts = Vec::new();
-        for (name, algorithm, specs) in pool_specs(config) {
-            let Some(pool) = table.pools().iter().find(|p| p.name == name) else { continue };
-            let summary = self.apply(&pool.balancer, specs, resolved, algorithm, config.drain_timeout);
-            parts.push(if name == DEFAULT_POOL { summary } else { format!("pool {name}: {summary}") });
+        for spec in config.every_pool() {
+            let Some(pool) = table.pools().iter().find(|p| p.name == spec.name) else { continue };
+            let summary =
+                self.apply(&pool.balancer, spec.backends, resolved, spec.algorithm, config.drain_timeout);
+            parts.push(if spec.name == DEFAULT_POOL {
+                summary
+            } else {
+                format!("pool {}: {summary}", spec.name)
+            });
         }
         parts.join("; ")
     }
