@@ -223,17 +223,13 @@ pub fn parse(
         }
         None => (None, target),
     };
+    // The host as the client named it (a Host header, or an absolute target's authority).
+    let sent = || host.map(str::as_bytes).or_else(|| super::header(headers, "host")).unwrap_or(b"");
     let routed = match fwd.route {
-        Some(route) => {
-            let sent = host.map(str::as_bytes).or_else(|| super::header(headers, "host"));
-            route(sent.and_then(|h| std::str::from_utf8(h).ok()).unwrap_or(""), path)
-        }
+        Some(route) => route(std::str::from_utf8(sent()).unwrap_or(""), path),
         None => Routed::default(),
     };
-    let answer_host = match routed.answer {
-        true => host.map(str::as_bytes).or_else(|| super::header(headers, "host")).unwrap_or(b""),
-        false => b"",
-    };
+    let answer_host = if routed.answer { sent() } else { b"" };
     let outgoing = Outgoing {
         method,
         target: &stripped(path, routed.strip),

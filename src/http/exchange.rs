@@ -99,10 +99,10 @@ impl Exchange<'_> {
         let (stream, reused) = self.connect(backend, attempt).map_err(|f| self.decide(f, false, attempt))?;
         let attached = self.conn.attach(stream.tcp(), backend.id());
         // A sticky pool: the client gets its member's cookie unless it sent that one.
-        let id = sticky_id(backend.name());
-        let set_cookie = self.pool.sticky.as_ref().filter(|_| self.sticky() != Some(id)).map(|name| {
+        let set_cookie = self.pool.sticky.as_ref().and_then(|name| {
+            let id = sticky_id(backend.name());
             let secure = if self.client.is_tls() { "; Secure" } else { "" };
-            format!("{name}={id:016x}; Path=/; HttpOnly{secure}")
+            (self.sticky() != Some(id)).then(|| format!("{name}={id:016x}; Path=/; HttpOnly{secure}"))
         });
         let mut bw = Wire::with_buffer(&stream, std::mem::take(&mut scratch.backend_in));
         let side = ClientSide {
