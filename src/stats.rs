@@ -68,6 +68,22 @@ pub struct ProxyCounters {
     pub refused_connections: AtomicU64,
 }
 
+impl ProxyCounters {
+    /// Clients turned away by `[limits]`, by why: `denied`, `rate`, `connections`.
+    pub fn refusals(&self) -> [(&'static str, u64); 3] {
+        [
+            ("denied", self.refused_denied.load(Ordering::Relaxed)),
+            ("rate", self.refused_rate.load(Ordering::Relaxed)),
+            ("connections", self.refused_connections.load(Ordering::Relaxed)),
+        ]
+    }
+
+    /// [`ProxyCounters::refusals`] as the JSON object `/stats` and the dashboard show.
+    pub fn refused(&self) -> serde_json::Value {
+        self.refusals().into_iter().map(|(why, n)| (why.to_string(), json!(n))).collect()
+    }
+}
+
 fn secs_since_epoch(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
@@ -131,11 +147,7 @@ pub fn stats_json(table: &Table, counters: &ProxyCounters, tracked: usize) -> St
         "tls_handshake_failures": counters.tls_handshake_failures.load(Ordering::Relaxed),
         "underscored_headers_dropped": counters.underscored_headers_dropped.load(Ordering::Relaxed),
         "clients_tracked": tracked,
-        "refused": {
-            "denied": counters.refused_denied.load(Ordering::Relaxed),
-            "rate": counters.refused_rate.load(Ordering::Relaxed),
-            "connections": counters.refused_connections.load(Ordering::Relaxed),
-        },
+        "refused": counters.refused(),
         "backends": members
             .iter()
             .map(|(pool, b)| {
@@ -259,12 +271,8 @@ pub fn metrics_text(table: &Table, counters: &ProxyCounters) -> String {
         out,
         "# HELP lb_clients_refused_total Clients turned away by [limits], by why.\n# TYPE lb_clients_refused_total counter"
     );
-    for (why, n) in [
-        ("denied", &counters.refused_denied),
-        ("rate", &counters.refused_rate),
-        ("connections", &counters.refused_connections),
-    ] {
-        let _ = writeln!(out, "lb_clients_refused_total{{why=\"{why}\"}} {}", n.load(Ordering::Relaxed));
+    for (why, n) in counters.refusals() {
+        let _ = writeln!(out, "lb_clients_refused_total{{why=\"{why}\"}} {n}");
     }
     let _ = writeln!(
         out,
@@ -292,6 +300,6 @@ pub fn members(table: &Table) -> Vec<(String, std::sync::Arc<Backend>)> {
 }
 
 /// Picks waiting for a slot, in every pool.
-fn queued(table: &Table) -> usize {
+pub fn queued(table: &Table) -> usize {
     table.pools().iter().map(|p| p.balancer.queued()).sum()
 }

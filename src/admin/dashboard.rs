@@ -98,13 +98,9 @@ impl Dashboard {
             "algorithm": table.default_pool().balancer.algorithm().name(),
             "connections_accepted": admin.counters.accepted.load(Ordering::Relaxed),
             "requests": admin.counters.requests.load(Ordering::Relaxed),
-            "queued": table.pools().iter().map(|p| p.balancer.queued()).sum::<usize>(),
+            "queued": crate::stats::queued(&table),
             "backends": backends,
-            "refused": {
-                "denied": admin.counters.refused_denied.load(Ordering::Relaxed),
-                "rate": admin.counters.refused_rate.load(Ordering::Relaxed),
-                "connections": admin.counters.refused_connections.load(Ordering::Relaxed),
-            },
+            "refused": admin.counters.refused(),
             "sampling": {
                 "limit_per_second": PICKS_PER_SECOND,
                 "picks_seen": picks_seen,
