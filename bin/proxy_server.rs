@@ -40,6 +40,7 @@ fn main() -> ExitCode {
     let reload_args = args.clone();
     let loader = Box::new(move || reload_args.load());
     let started = logging::init(config.log_level, config.log_file.as_deref())
+        .and_then(|()| logging::access::start(&config.access_log, config.access_format))
         .and_then(|()| signals::install())
         .and_then(|signals| {
             let server = match &args.takeover {

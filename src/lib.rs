@@ -11,7 +11,8 @@
 //! against it in the test command.
 //! - base: [`clock`], [`config`] (INI and flags -> validated settings, from one table of keys),
 //!   [`error`] (the process's errors and one failure model for both modes), [`events`] (the
-//!   dashboard's event bus), [`logging`] (and stdout, quiet when its reader has gone),
+//!   dashboard's event bus), [`logging`] (the main and access logs, reopened on SIGUSR1; and
+//!   stdout, quiet when its reader has gone),
 //!   [`net`] (sockets, `host:port` addresses, the PROXY protocol), [`h1`] (the HTTP/1.1 wire
 //!   format), [`tls`] (certificates, SNI, reload, the backend CA; the plain-or-TLS stream and
 //!   its handshakes), [`threads`] (worker pools, the thread budget, stack give-back).

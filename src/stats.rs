@@ -148,6 +148,10 @@ pub fn stats_json(table: &Table, counters: &ProxyCounters, tracked: usize) -> St
         "underscored_headers_dropped": counters.underscored_headers_dropped.load(Ordering::Relaxed),
         "clients_tracked": tracked,
         "refused": counters.refused(),
+        "access_log": json!({
+            "written": crate::logging::access::written(),
+            "dropped": crate::logging::access::dropped(),
+        }),
         "backends": members
             .iter()
             .map(|(pool, b)| {
@@ -266,6 +270,12 @@ pub fn metrics_text(table: &Table, counters: &ProxyCounters) -> String {
         "# HELP lb_underscored_headers_dropped_total Request headers dropped for an underscore in their name.\n\
          # TYPE lb_underscored_headers_dropped_total counter\nlb_underscored_headers_dropped_total {}",
         counters.underscored_headers_dropped.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lb_access_log_dropped_total Access lines dropped because the logger thread was behind (a slow or full disk).\n\
+         # TYPE lb_access_log_dropped_total counter\nlb_access_log_dropped_total {}",
+        crate::logging::access::dropped()
     );
     let _ = writeln!(
         out,

@@ -17,6 +17,8 @@ use crate::conn::Conn;
 use crate::conn::Quiet;
 use crate::context::Context;
 use crate::error::{Cause, Party, Phase};
+use crate::logging::access;
+use crate::logging::line::Entry;
 use crate::logging::{held_back, RateLimit};
 use crate::park::PARK_AFTER;
 use crate::relay::{self, Buffers, End, Progress, RelayOutcome, Relayed};
@@ -40,6 +42,7 @@ struct Held {
     pick: Pick,
     backend_tls: Option<rustls::Connection>,
     progress: Progress,
+    connect: Duration,
 }
 
 /// A relay under way: the backend socket, its slot, both TLS states and how far it got.
@@ -52,6 +55,8 @@ struct Relaying {
     client_tls: Option<rustls::Connection>,
     backend_tls: Option<rustls::Connection>,
     progress: Progress,
+    /// How long finding and connecting a backend took (the access line's).
+    connect: Duration,
 }
 
 /// Serves one client connection in the calling worker, relaying both directions (see
@@ -88,12 +93,13 @@ pub fn serve(mut conn: Conn, ctx: &Context, bufs: &mut Buffers) {
         };
         drop(attached);
         let p = match step {
-            Relayed::Ended(outcome) => return finish(&conn, &r.pool, r.pick, outcome),
+            Relayed::Ended(outcome) => return finish(&conn, r, outcome),
             Relayed::Quiet(p) => p,
         };
         let Some(parker) = park else { return };
         conn.tls_session = r.client_tls.take().map(|c| Box::new(Mutex::new(c)));
-        let held = Held { pool: r.pool, pick: r.pick, backend_tls: r.backend_tls, progress: p };
+        let held =
+            Held { pool: r.pool, pick: r.pick, backend_tls: r.backend_tls, progress: p, connect: r.connect };
         conn.go_quiet(Quiet::after(&p, idle, r.backend, b.id(), Box::new(held)));
         match parker.park_quiet(conn) {
             None => return,
@@ -111,8 +117,8 @@ fn resumed(conn: &mut Conn) -> Option<Relaying> {
     let Quiet { backend, state, .. } = *q;
     let held = state.downcast::<Held>().ok()?;
     let client_tls = conn.tls_session.take().map(|c| Mutex::into_inner(*c));
-    let Held { pool, pick, backend_tls, progress } = *held;
-    Some(Relaying { pool, backend, pick, early: Vec::new(), client_tls, backend_tls, progress })
+    let Held { pool, pick, backend_tls, progress, connect } = *held;
+    Some(Relaying { pool, backend, pick, early: Vec::new(), client_tls, backend_tls, progress, connect })
 }
 
 /// A new connection: the TLS handshake, then a backend (with retries). `None` when it ended
@@ -127,6 +133,7 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
     let key = Some(source_key(conn.peer.ip()));
     let tls = ctx.backend_tls.as_deref();
     let who = tries::Client { label: &label, peer: conn.peer, key, sticky: None };
+    let connecting = Instant::now();
     let (backend, pick) = match upstream::connect(&pool.balancer, who, conn, limits, tls) {
         Ok(found) => found,
         Err(f) if f.phase == Phase::Pick => {
@@ -142,7 +149,17 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
     };
     let (_, client_tls) = client.into_parts();
     let (backend, backend_tls) = backend.into_parts();
-    Some(Relaying { pool, backend, pick, early, client_tls, backend_tls, progress: Progress::start() })
+    let connect = connecting.elapsed();
+    Some(Relaying {
+        pool,
+        backend,
+        pick,
+        early,
+        client_tls,
+        backend_tls,
+        progress: Progress::start(),
+        connect,
+    })
 }
 
 /// Largest ClientHello read to route by SNI (a TLS record is at most 16 KiB and some change).
@@ -244,8 +261,10 @@ fn read_hello(
     }
 }
 
-/// Logs a relay's end and counts its bytes.
-fn finish(conn: &Conn, pool: &Pool, pick: Pick, outcome: RelayOutcome) {
+/// Logs a relay's end (its access line, and a warning when an error ended it) and counts its
+/// bytes.
+fn finish(conn: &Conn, r: Relaying, outcome: RelayOutcome) {
+    let Relaying { pool, pick, client_tls, connect, .. } = r;
     let b = pick.guard.backend().clone();
     // The connection is over: give its slot back before saying so, so that whoever reads the
     // log line sees the count already lowered.
@@ -254,33 +273,54 @@ fn finish(conn: &Conn, pool: &Pool, pick: Pick, outcome: RelayOutcome) {
     b.record_bytes(outcome.up, outcome.down);
     b.latency().record(elapsed);
     let ms = elapsed.as_millis();
-    match outcome.error {
-        None => log::info!(
-            "conn {} closed: {} -> {} {} bytes up, {} bytes down, {ms} ms",
+    let mut entry = Entry {
+        client: Some(conn.peer.ip()),
+        protocol: "TCP",
+        status: 200,
+        bytes_in: outcome.up,
+        bytes_out: outcome.down,
+        body_bytes: outcome.down,
+        duration: elapsed,
+        connect: Some(connect),
+        pool: &pool.name,
+        backend: b.name(),
+        attempts: 1,
+        tls: client_tls.as_ref().and_then(crate::tls::stream::version_name),
+        ..Entry::default()
+    };
+    let main = || {
+        let (up, down) = (outcome.up, outcome.down);
+        format!(
+            "conn {} closed: {} -> {} {up} bytes up, {down} bytes down, {ms} ms",
             conn.id,
             conn.peer,
-            b.name(),
-            outcome.up,
-            outcome.down
-        ),
-        Some(mut f) => {
-            f.backend = Some(b.name().to_string());
-            pool.balancer.record_failure(&b, &f);
-            let by = if f.party == Party::Client { "client" } else { "backend" };
-            // A relay's only time limit is idle_ms: say so.
-            let why = if matches!(f.cause, Cause::Timeout) {
-                "idle timeout".to_string()
-            } else {
-                f.cause.to_string()
-            };
-            log::warn!(
-                "conn {} ended by {by} error ({why}): {} -> {} {} bytes up, {} bytes down, {ms} ms",
-                conn.id,
-                conn.peer,
-                b.name(),
-                outcome.up,
-                outcome.down
-            )
+            b.name()
+        )
+    };
+    let Some(mut f) = outcome.error else {
+        if access::enabled() {
+            access::write(&entry, main);
         }
+        return;
+    };
+    f.backend = Some(b.name().to_string());
+    pool.balancer.record_failure(&b, &f);
+    let by = if f.party == Party::Client { "client" } else { "backend" };
+    // A relay's only time limit is idle_ms: say so.
+    let why =
+        if matches!(f.cause, Cause::Timeout) { "idle timeout".to_string() } else { f.cause.to_string() };
+    log::warn!(
+        "conn {} ended by {by} error ({why}): {} -> {} {} bytes up, {} bytes down, {ms} ms",
+        conn.id,
+        conn.peer,
+        b.name(),
+        outcome.up,
+        outcome.down
+    );
+    if access::has_file() {
+        let note = format!("ended by {by} error ({why})");
+        entry.note = &note;
+        entry.status = if f.party == Party::Client { 499 } else { 502 };
+        access::write(&entry, main);
     }
 }

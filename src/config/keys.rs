@@ -8,6 +8,7 @@ mod admin;
 mod health;
 mod http;
 mod limits;
+mod logs;
 mod routing;
 mod tls;
 pub use admin::{ADMIN_LISTEN, ADMIN_TOKEN, RESOLVE_MS, STICKY};
@@ -17,6 +18,7 @@ pub use health::{
 };
 pub use http::{BACKEND_KEEPALIVE, MAX_BODY_BYTES, MAX_HEAD_BYTES, UNDERSCORES_IN_HEADERS};
 pub use limits::{ALLOW, BURST, DENY, MAX_CLIENTS, MAX_CONNS_PER_CLIENT, RATE, TRUSTED_PROXIES};
+pub use logs::{ACCESS_FORMAT, ACCESS_LOG};
 pub use routing::ERROR_PAGES;
 pub use tls::{TLS_BACKEND_CA, TLS_CERT, TLS_KEY, TLS_MIN_VERSION, TLS_SNI_DIR, TLS_VERSIONS};
 
@@ -334,6 +336,8 @@ pub const KEYS: &[Key] = &[
     QUEUE,
     LOG_FILE,
     LOG_LEVEL,
+    ACCESS_LOG,
+    ACCESS_FORMAT,
     DRAIN_TIMEOUT_MS,
     STATS_INTERVAL_MS,
     REUSE_PORT,

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+pub mod access;
 pub mod keys;
 pub mod raw;
 mod routing;
@@ -263,6 +264,10 @@ pub struct Config {
     /// `None`: log to the terminal only.
     pub log_file: Option<PathBuf>,
     pub log_level: LevelFilter,
+    /// `[proxy] access_log`: the main log, off, or a file of its own.
+    pub access_log: access::Destination,
+    /// `[proxy] access_format`.
+    pub access_format: access::Format,
     pub drain_timeout: Duration,
     pub timeouts: Timeouts,
     pub http: HttpSettings,

@@ -31,6 +31,11 @@ impl RawConfig {
         let queue = v.number(&keys::QUEUE);
         let log_file = v.get(&keys::LOG_FILE, |s| Ok((!s.is_empty()).then(|| PathBuf::from(s))));
         let log_level = v.get(&keys::LOG_LEVEL, parse_level);
+        let access_log = v.get(&keys::ACCESS_LOG, |s| Ok(crate::config::access::destination(s)));
+        let access_format = v.get(&keys::ACCESS_FORMAT, |s| {
+            crate::config::access::Format::parse(s)
+                .ok_or_else(|| "expected main, combined or json".to_string())
+        });
         let drain_timeout = v.millis(&keys::DRAIN_TIMEOUT_MS);
         let stats_interval = v.millis(&keys::STATS_INTERVAL_MS);
         let connect = v.millis(&keys::CONNECT_MS);
@@ -100,6 +105,8 @@ impl RawConfig {
                 queue: queue? as usize,
                 log_file: log_file?,
                 log_level: log_level?,
+                access_log: access_log?,
+                access_format: access_format?,
                 drain_timeout: drain_timeout?,
                 timeouts: Timeouts {
                     connect: connect?,

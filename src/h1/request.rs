@@ -52,6 +52,9 @@ pub struct RequestHead {
     pub forwarded_for: String,
     /// The sticky cookie's value, when the pool is sticky ([`Routed::cookie`]) and it came.
     pub sticky: Option<String>,
+    /// `User-Agent` and `Referer`, when [`Forwarding::agents`] asks for them (else empty).
+    pub user_agent: String,
+    pub referer: String,
 }
 
 /// Where a request came from and how the proxy names itself, for the forwarding headers.
@@ -77,6 +80,8 @@ pub struct Forwarding<'a> {
     pub route: Option<&'a Router<'a>>,
     /// Keep the client's `X-Forwarded-For` (it comes from a trusted proxy).
     pub keep_forwarded: bool,
+    /// Keep `User-Agent` and `Referer` for the access line.
+    pub agents: bool,
 }
 
 /// Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
@@ -281,7 +286,17 @@ pub fn parse(
             String::new()
         },
         sticky,
+        user_agent: agent(fwd.agents, headers, "user-agent"),
+        referer: agent(fwd.agents, headers, "referer"),
     }))
+}
+
+/// Header `name`'s value if `keep`, else empty.
+fn agent(keep: bool, headers: &[httparse::Header<'_>], name: &str) -> String {
+    match super::header(headers, name) {
+        Some(v) if keep => String::from_utf8_lossy(v).into_owned(),
+        _ => String::new(),
+    }
 }
 
 /// `HTTP/<digit>.<digit>` in the request line: a real but unsupported version (505), as

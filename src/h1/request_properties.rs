@@ -13,6 +13,7 @@ fn fwd() -> Forwarding<'static> {
         underscores: false,
         route: None,
         keep_forwarded: false,
+        agents: false,
     }
 }
 

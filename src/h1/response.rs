@@ -319,6 +319,7 @@ mod tests {
             underscores: false,
             route: None,
             keep_forwarded: false,
+            agents: false,
         };
         let raw = "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: h2c, websocket\r\n\r\n";
         let mut out = Vec::new();

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
-use super::client::redirect;
+use super::client::{head_len, redirect};
 use super::context::{Record, Scratch};
 use crate::conn::accept::ClientStream;
 use crate::conn::policy::Refused;
@@ -99,13 +99,12 @@ fn send_answer(
     method: &str,
     bytes: &[u8],
 ) {
-    let bytes = match method {
-        "HEAD" => bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(bytes, |end| &bytes[..end + 4]),
-        _ => bytes,
-    };
+    let head = head_len(bytes);
+    let bytes = if method == "HEAD" { &bytes[..head] } else { bytes };
     let mut out = Coalesce::new(client, &mut scratch.client_out);
     if out.write_all(bytes).and_then(|()| out.flush()).is_ok() {
         record.bytes_out += bytes.len() as u64;
+        record.head_out = head as u64;
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::context::Record;
 use crate::conn::accept::ClientStream;
@@ -12,6 +12,8 @@ use crate::error::Failure;
 use crate::h1::request::RequestHead;
 use crate::h1::respond::text_error;
 use crate::h1::Coalesce;
+use crate::logging::access;
+use crate::logging::line::Entry;
 
 /// Answers a request head refused before any backend was asked (see [`Conn::refuse_head`]);
 /// the caller closes.
@@ -23,11 +25,41 @@ pub(super) fn refuse_head(conn: &Conn, client: &ClientStream, f: &Failure, buf: 
     let _ = out.write_all(&answer).and_then(|()| out.flush());
 }
 
+/// Writes the request's access line, in the wording in force.
 #[inline(never)]
 pub(super) fn access_log(conn: &Conn, head: &RequestHead, r: &Record, started: Instant) {
-    if !log::log_enabled!(log::Level::Info) {
+    if !access::enabled() {
         return;
     }
+    let duration = started.elapsed();
+    let entry = Entry {
+        client: Some(r.client.unwrap_or(conn.peer.ip())),
+        method: &head.method,
+        target: &head.target,
+        protocol: if head.version == 0 { "HTTP/1.0" } else { "HTTP/1.1" },
+        status: r.status,
+        bytes_in: r.bytes_in,
+        bytes_out: r.bytes_out,
+        body_bytes: r.bytes_out.saturating_sub(r.head_out),
+        duration,
+        connect: r.connect,
+        head: r.head_time,
+        pool: &r.pool,
+        route: &r.route_name,
+        backend: &r.backend,
+        reason: &r.reason,
+        attempts: r.attempts,
+        request_id: &head.request_id,
+        user_agent: &head.user_agent,
+        referer: &head.referer,
+        tls: r.tls,
+        note: &r.note,
+    };
+    access::write(&entry, || main_line(conn, head, r, duration));
+}
+
+/// `req <id> <client> "GET /" route … -> backend (why) 200 …B in …B out 1.2 ms [note]`.
+fn main_line(conn: &Conn, head: &RequestHead, r: &Record, took: Duration) -> String {
     let mut line = match r.client {
         // Behind a trusted proxy: the client it forwarded for, then the proxy.
         Some(client) => format!("req {} {client} via {}", head.request_id, conn.peer),
@@ -47,12 +79,24 @@ pub(super) fn access_log(conn: &Conn, head: &RequestHead, r: &Record, started: I
         r.status,
         r.bytes_in,
         r.bytes_out,
-        started.elapsed().as_secs_f64() * 1000.0
+        took.as_secs_f64() * 1000.0
     );
     if !r.note.is_empty() {
         let _ = write!(line, " [{}]", r.note);
     }
-    log::info!("{line}");
+    line
+}
+
+/// The client's TLS version as logs name it (`TLSv1.3`); `None` for plain HTTP.
+pub(super) fn tls_version(client: &ClientStream<'_>) -> Option<&'static str> {
+    let crate::tls::stream::Stream::Tls(_, c) = client else { return None };
+    crate::tls::stream::version_name(&c.lock())
+}
+
+/// The length of the head at the start of a response the proxy wrote (all of it if no blank
+/// line ends one).
+pub(super) fn head_len(bytes: &[u8]) -> usize {
+    bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(bytes.len(), |end| end + 4)
 }
 
 /// Whether a TLS client's next bytes were already received and decrypted: the socket would
@@ -90,9 +134,9 @@ pub(super) fn write_error(
     why: &str,
     id: Option<&str>,
     close: bool,
-) -> io::Result<u64> {
+) -> io::Result<(u64, u64)> {
     let bytes = text_error(status, why, id, close);
     out.write_all(&bytes)?;
     out.flush()?;
-    Ok(bytes.len() as u64)
+    Ok((bytes.len() as u64, head_len(&bytes) as u64))
 }

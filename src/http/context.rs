@@ -54,6 +54,18 @@ pub struct Record {
     pub route: String,
     /// Behind a trusted proxy: the client it forwarded for, named first in the access line.
     pub client: Option<std::net::IpAddr>,
+    /// Bytes of response head in `bytes_out` (the rest is body: `$body_bytes_sent`).
+    pub head_out: u64,
+    /// Backends tried.
+    pub attempts: u32,
+    /// The last attempt's connect time (zero when reused) and its time to the response head.
+    pub connect: Option<std::time::Duration>,
+    pub head_time: Option<std::time::Duration>,
+    /// The client's TLS version.
+    pub tls: Option<&'static str>,
+    /// The pool's and route's names, for the wordings that carry them (not `main`).
+    pub pool: String,
+    pub route_name: String,
 }
 
 /// A backend connection: plain, or TLS for a backend marked `tls`.

@@ -10,7 +10,7 @@
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::context::{Attempt, BackendStream, Exchange, Record, Scratch, VIA};
 use super::interim::{self, Verdict};
@@ -95,8 +95,10 @@ impl Exchange<'_> {
         let give_up = |f: Failure| (f, Retry::GiveUp);
         backend.name().clone_into(&mut record.backend);
         record.reason.clone_from(&pick.reason);
+        record.attempts += 1;
         let tried_at = Instant::now();
         let (stream, reused) = self.connect(backend, attempt).map_err(|f| self.decide(f, false, attempt))?;
+        record.connect = Some(if reused { Duration::ZERO } else { tried_at.elapsed() });
         let attached = self.conn.attach(stream.tcp(), backend.id());
         // A sticky pool: the client gets its member's cookie unless it sent that one.
         let set_cookie = self.pool.sticky.as_ref().and_then(|name| {
@@ -130,6 +132,7 @@ impl Exchange<'_> {
             }
         };
         record.status = resp.status;
+        record.head_time = Some(tried_at.elapsed());
         // least-time's sample: the response head's time, a 5xx counted as slow.
         if self.pool.balancer.measures_time() {
             match resp.status {
@@ -284,6 +287,7 @@ impl Exchange<'_> {
         let mut cout = Coalesce::new(self.client, &mut scratch.client_out);
         cout.write_all(&scratch.resp_head).map_err(client_gone)?;
         record.bytes_out += scratch.resp_head.len() as u64;
+        record.head_out = scratch.resp_head.len() as u64;
         let chunk_out = resp.client_body == BodyKind::Chunked;
         match bw.forward_body(resp.body, &mut cout, chunk_out, None) {
             Ok(n) => record.bytes_out += n,

@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::answer::{answer_here, answer_refused, per_request, refusal_text};
-use super::client::{access_log, holds_plaintext, read_now, refuse_head, write_error};
+use super::client::{access_log, holds_plaintext, read_now, refuse_head, tls_version, write_error};
 use super::context::{Attempt, Exchange, Record, Scratch, VIA};
 use super::exchange::Served;
 use super::timers::{After, Before, Filled, IdleTimers, Limits, Now, Wait, FIRST_BYTE, NO_LIMIT};
@@ -122,6 +122,9 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     let local = || tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let proto = if stream.is_tls() { "https" } else { "http" };
     let underscores = ctx.config.http.underscores_in_headers;
+    let tls = tls_version(client);
+    // The access line names more than the proxy's own wording does (agents, pool, route).
+    let wordy = crate::logging::access::format() != crate::config::access::Format::Main;
     let base = Forwarding {
         client: &client_ip,
         local_host: &local,
@@ -131,6 +134,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         underscores,
         route: None,
         keep_forwarded: trusted,
+        agents: wordy,
     };
     // The table this worker keeps; a request sees the one in force when its head is parsed.
     let mut loaded = scratch.routes.take().unwrap_or_else(|| ctx.router.load());
@@ -260,8 +264,18 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         let mut record = Record::default();
         let keep_alive = head.keep_alive && !ctx.stopping.load(Ordering::SeqCst);
         let mut attempt = Attempt::default();
+        record.tls = tls;
         if let Some(r) = route {
             record.route.clone_from(&r.label);
+        }
+        if wordy {
+            // The wordings that name pool and route apart.
+            if let Some(r) = route {
+                record.route_name.clone_from(&r.name);
+            }
+            if let Some(p) = pool {
+                record.pool.clone_from(&p.name);
+            }
         }
         // Behind a trusted proxy: the client it forwarded for, whom limits, source-hash and the
         // access line go by.
@@ -303,9 +317,11 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
                         // The client stream can be trusted only if the request was read whole.
                         let close = !keep_alive || f.party == Party::Client || !attempt.body_done;
                         let mut out = Coalesce::new(client, &mut scratch.client_out);
-                        record.bytes_out +=
+                        let (all, head_out) =
                             write_error(&mut out, status, &record.note, Some(&head.request_id), close)
-                                .unwrap_or(0);
+                                .unwrap_or_default();
+                        record.bytes_out += all;
+                        record.head_out = head_out;
                         linger = close;
                         !close
                     }

@@ -71,6 +71,7 @@ pub(super) fn switch(
     let mut cout = Coalesce::new(ex.client, &mut scratch.client_out);
     cout.write_all(&scratch.resp_head).and_then(|()| cout.flush()).map_err(client_gone)?;
     record.bytes_out += scratch.resp_head.len() as u64;
+    record.head_out = scratch.resp_head.len() as u64;
     log::debug!("req {}: {} switched protocols; tunnelling", ex.head.request_id, backend.name());
     let mut guard;
     let (sock, tls) = match ex.client {

@@ -1,9 +1,12 @@
-//! Log set-up: simplelog to the terminal (stderr) and, when configured, to a log file; and
-//! [`out`], what the binaries print for a user.
+//! Log set-up: simplelog to the terminal (stderr) and, when configured, to a log file that
+//! SIGUSR1 reopens ([`reopen`]); the [`access`] log and its [`line`] wordings; and [`out`], what
+//! the binaries print for a user.
 
+pub mod access;
+pub mod line;
 pub mod out;
+pub mod reopen;
 
-use std::fs::{self, OpenOptions};
 use std::io::IsTerminal;
 use std::path::Path;
 
@@ -14,12 +17,20 @@ use simplelog::{
 
 use crate::error::Error;
 
-/// Logs at `level` to stderr and, if `file` is given, appends to it (its directory is created).
+/// The main log's time format.
+const STAMP: &[time::format_description::FormatItem<'static>] =
+    time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]");
+
+/// `2026-12-05 23:03:48.123` (UTC), as the main log stamps its lines.
+pub fn stamp(now: std::time::SystemTime) -> String {
+    time::OffsetDateTime::from(now).format(STAMP).unwrap_or_default()
+}
+
+/// Logs at `level` to stderr and, if `file` is given, appends to it (its directory is created;
+/// SIGUSR1 reopens it).
 pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), Error> {
     let config = ConfigBuilder::new()
-        .set_time_format_custom(time::macros::format_description!(
-            "[year]-[month]-[day] [hour]:[minute]:[second].[subsecond digits:3]"
-        ))
+        .set_time_format_custom(STAMP)
         .set_target_level(LevelFilter::Off)
         .set_thread_level(LevelFilter::Off)
         .set_location_level(LevelFilter::Off)
@@ -30,10 +41,7 @@ pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), Error> {
         vec![TermLogger::new(LevelFilter::Trace, config.clone(), TerminalMode::Stderr, color)];
     if let Some(path) = file {
         let log_error = |source| Error::LogFile { path: path.display().to_string(), source };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir).map_err(log_error)?;
-        }
-        let file = OpenOptions::new().create(true).append(true).open(path).map_err(log_error)?;
+        let file = reopen::ReopenFile::open(path).map_err(log_error)?;
         loggers.push(WriteLogger::new(LevelFilter::Trace, config, file));
     }
     // A second init (tests, embedding) keeps the first logger; that is not an error.

@@ -90,8 +90,17 @@ impl Discovery {
             matches!(k.section, "timeouts" | "http")
                 || matches!(
                     (k.section, k.name),
-                    ("proxy", "listen" | "mode" | "workers" | "queue" | "log_file" | "stats_interval_ms")
-                        | ("admin", "listen")
+                    (
+                        "proxy",
+                        "listen"
+                            | "mode"
+                            | "workers"
+                            | "queue"
+                            | "log_file"
+                            | "access_log"
+                            | "access_format"
+                            | "stats_interval_ms"
+                    ) | ("admin", "listen")
                 )
         };
         for k in KEYS.iter().filter(restart_only) {

@@ -1,10 +1,11 @@
 //! Process signals: Ctrl-C (SIGINT, via ctrlc) and SIGTERM stop the proxy, and a second one
 //! during the drain stops it at once (each is queued on `stop`); SIGHUP reloads its
-//! configuration. SIGTERM and SIGHUP come through signal-hook, since ctrlc's `termination`
-//! feature would also take SIGHUP.
+//! configuration; SIGUSR1 reopens the log files (after logrotate renamed them), as nginx does.
+//! SIGTERM, SIGHUP and SIGUSR1 come through signal-hook, since ctrlc's `termination` feature
+//! would also take SIGHUP.
 
 use crossbeam_channel::Receiver;
-use signal_hook::consts::{SIGHUP, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals as SignalIter;
 
 use crate::error::Error;
@@ -32,13 +33,18 @@ pub fn install() -> Result<Signals, Error> {
         let _ = int_tx.try_send("SIGINT");
     })
     .map_err(|e| Error::Resource(std::io::Error::other(e)))?;
-    let mut iter = SignalIter::new([SIGTERM, SIGHUP]).map_err(Error::Resource)?;
+    let mut iter = SignalIter::new([SIGTERM, SIGHUP, SIGUSR1]).map_err(Error::Resource)?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for sig in iter.forever() {
                 if sig == SIGHUP {
                     let _ = reload_tx.try_send(());
+                } else if sig == SIGUSR1 {
+                    // Each file moves to its path's new file before its next line; this line is
+                    // the main log's first in its new file.
+                    crate::logging::reopen::reopen();
+                    log::info!("SIGUSR1: log files reopened");
                 } else {
                     let _ = stop_tx.try_send("SIGTERM");
                 }

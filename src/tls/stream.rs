@@ -370,6 +370,15 @@ Content-Length: 220\r\nConnection: close\r\n\r\n\
 <body>\r\n<center><h1>400 Bad Request</h1></center>\r\n\
 <center>The plain HTTP request was sent to HTTPS port</center>\r\n</body>\r\n</html>\r\n";
 
+/// The negotiated TLS version as logs name it (`TLSv1.3`), once the handshake is done.
+pub fn version_name(c: &Connection) -> Option<&'static str> {
+    Some(match c.protocol_version()? {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "TLS",
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

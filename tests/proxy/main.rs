@@ -1,6 +1,7 @@
 //! Integration tests: the real proxy_server, dummy_server and simulate_client binaries, on
 //! loopback ports chosen by the kernel.
 
+mod access_log;
 mod admin;
 mod capacity;
 mod dashboard;

@@ -1,0 +1,280 @@
+//! One access-log entry and its standard wordings: Apache/nginx `combined`, read unchanged by
+//! GoAccess, awstats and log shippers, and `json`, one object per line.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime};
+
+use time::OffsetDateTime;
+
+/// What an access line can say about one request (http) or one connection (tcp). Empty
+/// strings and `None` are fields that do not apply.
+#[derive(Debug, Clone, Default)]
+pub struct Entry<'a> {
+    /// The client: behind a trusted proxy, the one it forwarded for.
+    pub client: Option<IpAddr>,
+    /// The method; empty in tcp mode.
+    pub method: &'a str,
+    /// The request target as the client sent it.
+    pub target: &'a str,
+    /// `HTTP/1.1`, or `TCP`.
+    pub protocol: &'a str,
+    /// The status sent (tcp: 200 relayed, 502 failed).
+    pub status: u16,
+    /// Bytes from the client to the backend.
+    pub bytes_in: u64,
+    /// Bytes to the client, head included.
+    pub bytes_out: u64,
+    /// Bytes of response body to the client (`$body_bytes_sent`).
+    pub body_bytes: u64,
+    pub duration: Duration,
+    /// The last attempt's connect time; zero for a reused connection.
+    pub connect: Option<Duration>,
+    /// From the last attempt's start to the response head.
+    pub head: Option<Duration>,
+    pub pool: &'a str,
+    pub route: &'a str,
+    pub backend: &'a str,
+    /// Why the balancer picked it.
+    pub reason: &'a str,
+    pub attempts: u32,
+    pub request_id: &'a str,
+    pub user_agent: &'a str,
+    pub referer: &'a str,
+    /// The client's TLS version, when TLS.
+    pub tls: Option<&'a str>,
+    /// What went wrong, if anything.
+    pub note: &'a str,
+}
+
+/// `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent
+/// "$http_referer" "$http_user_agent"`, escaped as nginx's default `escape` does. Time is UTC.
+pub fn combined(e: &Entry<'_>, now: SystemTime) -> String {
+    let mut line = String::with_capacity(160);
+    match e.client {
+        Some(ip) => {
+            let _ = write!(line, "{ip}");
+        }
+        None => line.push('-'),
+    }
+    line.push_str(" - - [");
+    line.push_str(&local_time(now));
+    line.push_str("] \"");
+    if e.method.is_empty() {
+        // tcp mode: the protocol and the backend stand in for a request line.
+        escape_into(&mut line, e.protocol);
+        line.push(' ');
+        escape_into(&mut line, if e.backend.is_empty() { "-" } else { e.backend });
+    } else {
+        escape_into(&mut line, e.method);
+        line.push(' ');
+        escape_into(&mut line, e.target);
+        line.push(' ');
+        escape_into(&mut line, e.protocol);
+    }
+    let _ = write!(line, "\" {} {} \"", e.status, e.body_bytes);
+    escape_into(&mut line, or_dash(e.referer));
+    line.push_str("\" \"");
+    escape_into(&mut line, or_dash(e.user_agent));
+    line.push('"');
+    line
+}
+
+/// One JSON object, in a fixed order, strings escaped as nginx's `escape=json` does (through
+/// serde_json). Fields that do not apply are left out.
+pub fn json(e: &Entry<'_>, now: SystemTime) -> String {
+    let mut o = Object(String::with_capacity(384));
+    o.0.push('{');
+    o.text("time", &rfc3339(now));
+    match e.client {
+        Some(ip) => o.text("client", &ip.to_string()),
+        None => o.raw("client", "null"),
+    }
+    o.texts(&[("method", e.method), ("target", e.target), ("protocol", e.protocol)]);
+    o.raw("status", e.status);
+    o.raw("bytes_in", e.bytes_in);
+    o.raw("bytes_out", e.bytes_out);
+    o.raw("duration_ms", Ms(e.duration));
+    if let Some(d) = e.connect {
+        o.raw("connect_ms", Ms(d));
+    }
+    if let Some(d) = e.head {
+        o.raw("response_head_ms", Ms(d));
+    }
+    o.texts(&[("pool", e.pool), ("route", e.route), ("backend", e.backend), ("reason", e.reason)]);
+    o.raw("attempts", e.attempts);
+    o.texts(&[
+        ("request_id", e.request_id),
+        ("user_agent", e.user_agent),
+        ("referer", e.referer),
+        ("tls", e.tls.unwrap_or("")),
+        ("note", e.note),
+    ]);
+    o.0.push('}');
+    o.0
+}
+
+/// A JSON object being written.
+struct Object(String);
+
+impl Object {
+    fn key(&mut self, k: &str) {
+        if !self.0.ends_with('{') {
+            self.0.push(',');
+        }
+        let _ = write!(self.0, "\"{k}\":");
+    }
+
+    fn raw(&mut self, k: &str, v: impl std::fmt::Display) {
+        self.key(k);
+        let _ = write!(self.0, "{v}");
+    }
+
+    fn text(&mut self, k: &str, v: &str) {
+        self.key(k);
+        // serde_json's string escaping: quotes, backslashes and control characters.
+        let _ = serde_json::to_string(v).map(|s| self.0.push_str(&s));
+    }
+
+    /// The non-empty ones.
+    fn texts(&mut self, fields: &[(&str, &str)]) {
+        for (k, v) in fields.iter().filter(|(_, v)| !v.is_empty()) {
+            self.text(k, v);
+        }
+    }
+}
+
+/// Milliseconds with up to three decimals (`2.5`).
+struct Ms(Duration);
+
+impl std::fmt::Display for Ms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let micros = self.0.as_micros();
+        let (whole, frac) = (micros / 1000, micros % 1000);
+        if frac == 0 {
+            write!(f, "{whole}")
+        } else {
+            let frac = format!("{frac:03}");
+            write!(f, "{whole}.{}", frac.trim_end_matches('0'))
+        }
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// nginx's default log escaping: `"`, `\`, control bytes and bytes above 0x7e as `\xHH`.
+fn escape_into(out: &mut String, s: &str) {
+    for &b in s.as_bytes() {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            let _ = write!(out, "\\x{b:02X}");
+        } else {
+            out.push(b as char);
+        }
+    }
+}
+
+/// `05/Dec/2026:23:03:48 +0000`, computed once a second per thread.
+fn local_time(now: SystemTime) -> String {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let t = OffsetDateTime::from(now);
+            let format = time::macros::format_description!(
+                "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
+            );
+            *c = (secs, t.format(&format).unwrap_or_default());
+        }
+        c.1.clone()
+    })
+}
+
+/// `2026-12-05T23:03:48.123Z`.
+fn rfc3339(now: SystemTime) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    OffsetDateTime::from(now).format(&format).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at() -> SystemTime {
+        // 2026-12-05 23:03:48.123 UTC
+        SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_511_828_123)
+    }
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            client: Some("192.0.2.7".parse().expect("ip")),
+            method: "GET",
+            target: "/a?b=\"c\"",
+            protocol: "HTTP/1.1",
+            status: 200,
+            bytes_in: 120,
+            bytes_out: 300,
+            body_bytes: 12,
+            duration: Duration::from_micros(2500),
+            connect: Some(Duration::from_micros(400)),
+            head: Some(Duration::from_micros(1800)),
+            pool: "api",
+            route: "route api (path /api)",
+            backend: "127.0.0.1:9001",
+            reason: "least-connections: a 0 b 1 → a",
+            attempts: 1,
+            request_id: "r1",
+            user_agent: "curl/8.0 \\ \"x\"",
+            referer: "",
+            tls: Some("TLSv1.3"),
+            note: "",
+        }
+    }
+
+    #[test]
+    fn combined_is_apaches_with_nginx_escaping() {
+        assert_eq!(
+            combined(&entry(), at()),
+            "192.0.2.7 - - [05/Dec/2026:23:03:48 +0000] \"GET /a?b=\\x22c\\x22 HTTP/1.1\" 200 12 \"-\" \"curl/8.0 \\x5C \\x22x\\x22\""
+        );
+        let tcp = Entry { method: "", protocol: "TCP", client: None, ..entry() };
+        assert!(combined(&tcp, at())
+            .starts_with("- - - [05/Dec/2026:23:03:48 +0000] \"TCP 127.0.0.1:9001\" 200 12 "));
+        let odd = Entry { user_agent: "é\n", ..entry() };
+        assert!(
+            combined(&odd, at()).ends_with("\"\\xC3\\xA9\\x0A\""),
+            "bytes outside printable ASCII as \\xHH"
+        );
+    }
+
+    #[test]
+    fn json_is_one_object_with_the_fields_that_apply() {
+        let line = json(&entry(), at());
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(v["time"], "2026-12-05T23:03:48.123Z");
+        assert_eq!(v["client"], "192.0.2.7");
+        assert_eq!(v["target"], "/a?b=\"c\"");
+        assert_eq!(v["status"], 200);
+        assert_eq!(v["duration_ms"], 2.5);
+        assert_eq!(v["connect_ms"], 0.4);
+        assert_eq!(v["response_head_ms"], 1.8);
+        assert_eq!(v["user_agent"], "curl/8.0 \\ \"x\"");
+        assert_eq!(v["tls"], "TLSv1.3");
+        assert!(v.get("referer").is_none() && v.get("note").is_none(), "empty fields left out");
+        let tcp = json(&Entry { method: "", target: "", protocol: "TCP", tls: None, ..entry() }, at());
+        let v: serde_json::Value = serde_json::from_str(&tcp).expect("valid JSON");
+        assert!(v.get("method").is_none() && v.get("tls").is_none());
+        assert_eq!(v["protocol"], "TCP");
+    }
+}

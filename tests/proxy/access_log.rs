@@ -1,0 +1,271 @@
+//! Access logs (issue #24, part 1): `combined` read by GoAccess and `json` by jq, unchanged;
+//! SIGUSR1 reopens every log file after a rename (logrotate), losing and repeating no line under
+//! load; a disk that stops taking lines costs dropped lines, counted, never a stalled request.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+
+use crate::tls::{client_config, tls_connect, Ca};
+use crate::util::*;
+
+/// An http proxy writing its access log to `access.log` in its directory, as `format`.
+fn logging_proxy(format: &str, backends: &[SocketAddr], extra: &str) -> (Proc, SocketAddr, PathBuf) {
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 16\nalgorithm = round-robin\nlog_file = proxy.log\n\
+         access_log = access.log\naccess_format = {format}\n{extra}\n[admin]\nlisten = 127.0.0.1:0\n\
+         [health]\nenabled = false\n{}",
+        backends_section(backends)
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let path = p.dir().join("access.log");
+    (p, addr, path)
+}
+
+/// Waits until the logger thread has written `n` lines (it writes behind the requests).
+fn wait_written(p: &Proc, n: u64) {
+    let admin = admin_addr(p);
+    wait_until(&format!("{n} access lines written"), || {
+        proxy_stats(admin)["access_log"]["written"].as_u64() >= Some(n)
+    });
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
+}
+
+/// Sends `n` keep-alive requests on one connection, pipelined `batch` at a time; each carries
+/// `X-Request-ID: <prefix>-<i>`. Returns how many were answered 200.
+fn pipelined(addr: SocketAddr, prefix: &str, n: usize, batch: usize, extra: &str) -> usize {
+    let sock = connect(addr);
+    let mut out = sock.try_clone().expect("clone");
+    let mut w = lbproxy::h1::Wire::new(sock);
+    let mut ok = 0;
+    for start in (0..n).step_by(batch) {
+        let end = (start + batch).min(n);
+        let mut burst = String::new();
+        for i in start..end {
+            burst.push_str(&format!(
+                "GET /r/{i} HTTP/1.1\r\nHost: t\r\nX-Request-ID: {prefix}-{i}\r\n{extra}\r\n"
+            ));
+        }
+        out.write_all(burst.as_bytes()).expect("send burst");
+        for _ in start..end {
+            ok += usize::from(read_response(&mut w, "GET").status == 200);
+        }
+    }
+    ok
+}
+
+#[test]
+fn goaccess_parses_the_combined_log_and_counts_every_request() {
+    let (_b, backend) = dummy("app");
+    let (p, addr, path) = logging_proxy("combined", &[backend], "");
+    // Agents and referers with quotes, backslashes and non-ASCII, as browsers and bots send.
+    let agents = ["Mozilla/5.0 (X11; Linux x86_64) Chrome/131.0", "bot \"quoted\" \\ slash", "curl/8.5.0"];
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    for i in 0..300 {
+        let agent = agents[i % agents.len()];
+        let extra = format!("User-Agent: {agent}\r\nReferer: http://example.com/p?x=\"{i}\"\r\n");
+        assert_eq!(get(&mut w, &format!("/page/{i}?q=a%20b"), &extra).status, 200);
+    }
+    wait_written(&p, 300);
+    let all = lines(&path);
+    assert_eq!(all.len(), 300, "one line per request");
+    assert!(all[0].starts_with("127.0.0.1 - - ["), "{}", all[0]);
+    assert!(all[0].contains("] \"GET /page/0?q=a%20b HTTP/1.1\" 200 "), "{}", all[0]);
+    assert!(all[1].ends_with("\"bot \\x22quoted\\x22 \\x5C slash\""), "nginx escaping: {}", all[1]);
+    // GoAccess, as Debian ships it, with its stock COMBINED format.
+    let out = Command::new("goaccess")
+        .arg(&path)
+        .args(["--log-format=COMBINED", "--no-global-config", "-o"])
+        .arg(p.dir().join("report.json"))
+        .output()
+        .expect("goaccess runs (scripts/test.sh installs it)");
+    assert!(out.status.success(), "goaccess: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.dir().join("report.json")).expect("report")).expect("json");
+    let general = &report["general"];
+    assert_eq!(general["total_requests"], 300, "{general}");
+    assert_eq!(general["valid_requests"], 300, "{general}");
+    assert_eq!(general["failed_requests"], 0, "{general}");
+}
+
+#[test]
+fn jq_reads_every_json_line_with_timings_pool_backend_and_why() {
+    let (_a, a) = dummy("a");
+    let (_b, b) = dummy("b");
+    let (p, addr, path) = logging_proxy("json", &[a, b], "");
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    for i in 0..20 {
+        let extra = format!("User-Agent: ua \"{i}\"\r\nX-Request-ID: plain-{i}\r\n");
+        assert_eq!(get(&mut w, "/x", &extra).status, 200);
+    }
+    wait_written(&p, 20);
+    // jq parses every line (it fails on the first that is not JSON).
+    let out = Command::new("jq")
+        .args(["-c", "[.request_id, .status, .pool, .backend, .attempts]"])
+        .arg(&path)
+        .output()
+        .expect("jq runs (scripts/test.sh installs it)");
+    assert!(out.status.success(), "jq: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 20, "one object per request");
+    let mut backends = HashSet::new();
+    for (i, line) in lines(&path).iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+        assert_eq!(v["request_id"], format!("plain-{i}"), "{line}");
+        assert_eq!((v["method"].as_str(), v["target"].as_str()), (Some("GET"), Some("/x")), "{line}");
+        assert_eq!(v["status"], 200, "{line}");
+        assert_eq!(v["pool"], "default", "{line}");
+        assert_eq!(v["attempts"], 1, "{line}");
+        assert_eq!(v["user_agent"], format!("ua \"{i}\""), "{line}");
+        assert!(v["reason"].as_str().is_some_and(|r| r.starts_with("round-robin")), "{line}");
+        for k in ["duration_ms", "connect_ms", "response_head_ms"] {
+            assert!(v[k].as_f64().is_some_and(|ms| ms >= 0.0), "{k}: {line}");
+        }
+        assert!(v["time"].as_str().is_some_and(|t| t.len() == 24 && t.ends_with('Z')), "{line}");
+        assert!(v.get("tls").is_none(), "{line}");
+        backends.insert(v["backend"].as_str().expect("backend").to_string());
+    }
+    assert_eq!(backends.len(), 2, "round-robin over both: {backends:?}");
+}
+
+#[test]
+fn a_json_line_names_the_clients_tls_version() {
+    let (_a, a) = dummy("a");
+    let ca = Ca::new("access-ca");
+    let certs = tempfile::tempdir().expect("tempdir");
+    ca.write(certs.path(), "proxy", &["localhost"]);
+    let d = certs.path().display();
+    let tls = format!("[tls]\ncert = {d}/proxy.pem\nkey = {d}/proxy.key\n");
+    let (p, addr, path) = logging_proxy("json", &[a], &tls);
+    let mut t = tls_connect(addr, client_config(&ca, None), "localhost").expect("handshake");
+    write!(t, "GET /tls HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("send");
+    let mut reply = Vec::new();
+    let _ = t.read_to_end(&mut reply);
+    assert!(reply.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&reply));
+    wait_written(&p, 1);
+    let line = &lines(&path)[0];
+    let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+    assert_eq!(v["tls"], "TLSv1.3", "{line}");
+    assert_eq!(v["target"], "/tls", "{line}");
+}
+
+#[test]
+fn tcp_mode_writes_one_json_line_per_connection() {
+    let (_b, backend) = dummy("app1");
+    let config = format!(
+        "[proxy]\nmode = tcp\nworkers = 8\naccess_log = access.log\naccess_format = json\n\
+         [admin]\nlisten = 127.0.0.1:0\n[health]\nenabled = false\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    for i in 0..3 {
+        let mut s = connect(addr);
+        assert!(exchange(&mut s, &format!("hello {i}")).contains("app1"), "the dummy names itself");
+    }
+    wait_written(&p, 3);
+    let all = lines(&p.dir().join("access.log"));
+    assert_eq!(all.len(), 3, "{all:?}");
+    for line in &all {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+        assert_eq!(v["protocol"], "TCP", "{line}");
+        assert_eq!(v["backend"], "app1", "{line}");
+        assert!(v["bytes_in"].as_u64() >= Some(7) && v["bytes_out"].as_u64() >= Some(7), "{line}");
+        assert!(v.get("method").is_none(), "{line}");
+    }
+    // The main log no longer carries them.
+    assert!(!p.log_text().contains(" closed: "), "{}", p.log_text());
+}
+
+/// As nginx: logrotate renames the files and sends USR1; each file continues at its path. Under
+/// load from four clients, the old and new access logs together hold every request exactly once.
+#[test]
+fn sigusr1_after_a_rename_moves_every_log_to_a_new_file_losing_and_repeating_no_line() {
+    let (_b, backend) = dummy("app");
+    let (p, addr, path) = logging_proxy("json", &[backend], "");
+    const CLIENTS: usize = 4;
+    const EACH: usize = 5000;
+    let load: Vec<_> = (0..CLIENTS)
+        .map(|c| thread::spawn(move || pipelined(addr, &format!("c{c}"), EACH, 50, "")))
+        .collect();
+    // Rotate while the load runs: once some lines are in.
+    wait_written(&p, 2000);
+    std::fs::rename(&path, p.dir().join("access.log.1")).expect("rename access.log");
+    std::fs::rename(p.dir().join("proxy.log"), p.dir().join("proxy.log.1")).expect("rename proxy.log");
+    p.signal("USR1");
+    p.wait_for("SIGUSR1: log files reopened");
+    for t in load {
+        assert_eq!(t.join().expect("client"), EACH, "every request answered");
+    }
+    let total = (CLIENTS * EACH) as u64;
+    wait_written(&p, total);
+    let (old, new) = (lines(&p.dir().join("access.log.1")), lines(&path));
+    assert!(!old.is_empty() && !new.is_empty(), "both files hold lines: {} and {}", old.len(), new.len());
+    let mut seen = HashSet::new();
+    for line in old.iter().chain(&new) {
+        let v: serde_json::Value = serde_json::from_str(line).expect("whole JSON line");
+        let id = v["request_id"].as_str().expect("request id").to_string();
+        assert!(seen.insert(id.clone()), "{id} logged twice");
+    }
+    assert_eq!(seen.len() as u64, total, "every request logged once");
+    // The main log moved too: the signal's own line is the first in the new file.
+    let main = std::fs::read_to_string(p.dir().join("proxy.log")).expect("new proxy.log");
+    assert!(main.lines().next().is_some_and(|l| l.contains("SIGUSR1: log files reopened")), "{main}");
+    let rotated = std::fs::read_to_string(p.dir().join("proxy.log.1")).expect("old proxy.log");
+    assert!(rotated.contains("listening on") && !rotated.contains("SIGUSR1"), "{rotated}");
+}
+
+/// A disk that stops taking lines (a FIFO nobody reads): requests go on at full speed, the
+/// lines that cannot wait are dropped and counted in /stats and /metrics, and the main log says
+/// how many once the writer moves again.
+#[test]
+fn a_stalled_access_log_drops_and_counts_lines_and_never_stalls_requests() {
+    let (_b, backend) = dummy("app");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("access.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    // The reader end exists (so the proxy's open returns) but reads nothing until the end.
+    let mut reader = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&fifo).expect("fifo")
+    };
+    let extra = format!("access_log = {}", fifo.display());
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 16\n{extra}\naccess_format = combined\n[admin]\nlisten = 127.0.0.1:0\n\
+         [health]\nenabled = false\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let answered: usize = (0..2)
+        .map(|c| thread::spawn(move || pipelined(addr, &format!("s{c}"), 10_000, 100, "")))
+        .map(|t| t.join().expect("client"))
+        .sum();
+    assert_eq!(answered, 20_000, "every request answered while the log is stuck");
+    let admin = admin_addr(&p);
+    let dropped = proxy_stats(admin)["access_log"]["dropped"].as_u64().expect("dropped");
+    assert!(dropped > 1000, "lines dropped and counted: {dropped}");
+    let metrics = http_get(admin, "/metrics").text();
+    let counted = metrics.lines().find_map(|l| l.strip_prefix("lb_access_log_dropped_total "));
+    assert!(counted.and_then(|n| n.parse::<u64>().ok()) >= Some(dropped), "{metrics}");
+    // Let the writer move again: it reports the drops in the main log.
+    let drain = thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        let deadline = std::time::Instant::now() + WAIT;
+        while std::time::Instant::now() < deadline {
+            match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    });
+    let line = p.wait_for("line(s) dropped");
+    assert!(line.contains("access log: ") && line.contains("access.fifo"), "{line}");
+    drop(p);
+    let _ = drain.join();
+}
