@@ -143,6 +143,9 @@ pub enum Cause {
     BodyTooLarge(String),
     /// No backend could be had.
     Unavailable(Unavailable),
+    /// The backend answered a status `[http] retry_on` names, and another member gets the
+    /// request.
+    Status(u16),
 }
 
 impl fmt::Display for Cause {
@@ -155,6 +158,7 @@ impl fmt::Display for Cause {
             Cause::Rejected(r) => f.write_str(r.why),
             Cause::BodyTooLarge(why) => f.write_str(why),
             Cause::Unavailable(why) => write!(f, "{why}"),
+            Cause::Status(status) => write!(f, "answered {status} (retry_on)"),
         }
     }
 }
@@ -207,6 +211,7 @@ impl Failure {
             (P::Client, _, _) => Answer::Close,
             (P::Local, _, _) => Answer::Status(503),
             (P::Backend, _, C::Unavailable(_)) => Answer::Status(503),
+            (P::Backend, _, C::Status(status)) => Answer::Status(*status),
             (P::Backend, Ph::Connect | Ph::Head, C::Timeout) => Answer::Status(504),
             (P::Backend, _, _) => Answer::Status(502),
         }
@@ -215,7 +220,10 @@ impl Failure {
     /// Whether it counts against the backend (passive health): only the backend's own failures,
     /// never ours, the client's, or finding no backend at all.
     pub fn counts_against_backend(&self) -> bool {
-        self.party == Party::Backend && self.backend.is_some() && !matches!(self.cause, Cause::Unavailable(_))
+        // A status retried is recorded as a status (`Balancer::record_status`), not again here.
+        self.party == Party::Backend
+            && self.backend.is_some()
+            && !matches!(self.cause, Cause::Unavailable(_) | Cause::Status(_))
     }
 }
 

@@ -150,6 +150,7 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
     let (_, client_tls) = client.into_parts();
     let (backend, backend_tls) = backend.into_parts();
     let connect = connecting.elapsed();
+    pool.balancer.record_success(pick.guard.backend());
     Some(Relaying {
         pool,
         backend,

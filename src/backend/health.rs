@@ -22,6 +22,10 @@ pub enum Transition {
     Down(String),
     /// Came back up.
     Up(String),
+    /// Taken out of rotation by outlier ejection (see [`crate::backend::eject`]).
+    Ejected(String),
+    /// Back in rotation after an ejection.
+    Returned(String),
 }
 
 #[derive(Debug, Default)]

@@ -1,7 +1,8 @@
 //! The backends: identity, configured and effective weight, connection limit, health, counters,
 //! latency, open tunnels, and their idle keep-alive connections. [`health`] holds the rise/fall
-//! hysteresis and slow start, [`latency`] the response-time figures, [`pool`] the idle
-//! connections, [`members`] what a `[backends]` line stands for.
+//! hysteresis and slow start, [`eject`] outlier ejection, [`latency`] the response-time
+//! figures, [`pool`] the idle connections, [`members`] what a `[backends]` line stands for;
+//! `passive` what live traffic says about a backend.
 //!
 //! A `Backend` owns its fields: others read them through methods and change them only through
 //! the few that mean something (take or give a slot, record a failure, pool a connection).
@@ -9,20 +10,22 @@
 //! A backend is shared as `Arc<Backend>`: the balancer's member list can be replaced (reload,
 //! DNS) while connections to a removed backend still hold it and drain.
 
+pub mod eject;
 pub mod health;
 pub mod latency;
 pub mod members;
+mod passive;
 pub mod pool;
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::backend::health::{Health, Transition};
+use crate::backend::eject::Ejection;
+use crate::backend::health::Health;
 use crate::backend::latency::Latency;
 use crate::backend::pool::IdlePool;
-use crate::config::{HealthSettings, ProxyVersion};
-use crate::error::{Cause, Failure, Phase};
+use crate::config::ProxyVersion;
 
 pub use crate::clock::now_ms;
 
@@ -94,6 +97,8 @@ pub struct Backend {
     bytes_down: AtomicU64,
     /// Up or down, and why.
     health: Health,
+    /// Out of rotation for a while after failures in a row.
+    ejection: Ejection,
     /// Request (HTTP) or connection (TCP) durations.
     latency: Latency,
     /// Idle persistent connections (HTTP mode).
@@ -125,6 +130,7 @@ impl Backend {
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             health: Health::default(),
+            ejection: Ejection::default(),
             latency: Latency::default(),
             idle: IdlePool::default(),
             tunnels: AtomicU64::new(0),
@@ -155,6 +161,11 @@ impl Backend {
     /// Up or down, and why.
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// Outlier ejection's state.
+    pub fn ejection(&self) -> &Ejection {
+        &self.ejection
     }
 
     /// Request (HTTP) or connection (TCP) durations.
@@ -327,6 +338,7 @@ impl Backend {
             && self.admin.load(Ordering::Relaxed) == AdminState::Ready as u8
             && self.weight.load(Ordering::Relaxed) > 0
             && self.health.is_up()
+            && !self.is_ejected()
     }
 
     /// The state as /stats writes it: `maintenance`, `draining` (by an operator or removed by
@@ -337,6 +349,7 @@ impl Backend {
             AdminState::Drain => "draining",
             _ if self.is_retired() => "draining",
             _ if !self.health.is_up() => "down",
+            _ if self.is_ejected() => "ejected",
             _ => "up",
         }
     }
@@ -356,57 +369,6 @@ impl Backend {
     /// Whether a reload or DNS change removed it.
     pub fn is_retired(&self) -> bool {
         self.removed.load(Ordering::Relaxed)
-    }
-
-    /// The one rule for passive health: whether a failure on live traffic counts against this
-    /// backend. Only its own failures do, never ours (a descriptor shortage), the client's, or
-    /// finding no backend at all ([`Failure::counts_against_backend`]). Each one counts in
-    /// `failures`. One in connecting or in an HTTP exchange also counts towards `max_fails`
-    /// within `fail_window` and can mark it down (as nginx counts `max_fails`); an error once
-    /// bytes flow (a TCP relay's, a response body's) does not, and a relay's idle timeout is
-    /// nobody's failure. Returns whether it counted.
-    pub fn record_failure(&self, f: &Failure, s: &HealthSettings) -> bool {
-        if !f.counts_against_backend() {
-            return false;
-        }
-        match f.phase {
-            Phase::Relay if matches!(f.cause, Cause::Timeout) => return false,
-            Phase::Relay | Phase::Body => {
-                self.failures.fetch_add(1, Ordering::Relaxed);
-                return true;
-            }
-            _ => {}
-        }
-        self.record_fail(&f.cause.to_string(), s);
-        true
-    }
-
-    /// A `5xx` answer, when `observe_5xx` counts it as a failure.
-    pub fn record_status(&self, status: u16, s: &HealthSettings) {
-        if status >= 500 && s.observe_5xx {
-            self.record_fail(&format!("status {status}"), s);
-        }
-    }
-
-    fn record_fail(&self, why: &str, s: &HealthSettings) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        if let Some(t) = self.health.observe_failure(why, s) {
-            self.log_transition(&t);
-        }
-    }
-
-    /// Logs a health transition once: warn for down, info for up, with the reason.
-    pub fn log_transition(&self, t: &Transition) {
-        match t {
-            Transition::Down(why) => {
-                log::warn!("{} {} DOWN {why}", self.name, self.addr);
-                crate::events::state(&self.name, "down", &format!("{} {} DOWN {why}", self.name, self.addr));
-            }
-            Transition::Up(why) => {
-                log::info!("{} {} UP {why}", self.name, self.addr);
-                crate::events::state(&self.name, "up", &format!("{} {} UP {why}", self.name, self.addr));
-            }
-        }
     }
 
     /// Adds relayed byte counts.

@@ -3,7 +3,7 @@
 use super::*;
 use crate::config::testing::health;
 use crate::config::HealthSettings;
-use crate::error::Party;
+use crate::error::{Cause, Failure, Party, Phase};
 use std::time::Duration;
 
 #[test]

@@ -124,6 +124,9 @@ pub fn spawn_checker(
                                     return;
                                 }
                             };
+                            if outcome.is_ok() {
+                                b.check_passed();
+                            }
                             if let Some(t) = b.health().observe_check(outcome, s) {
                                 b.log_transition(&t);
                                 if matches!(t, Transition::Up(_)) {

@@ -12,6 +12,7 @@ pub mod checker;
 mod explain;
 pub mod least_connections;
 pub mod least_time;
+mod outlier;
 pub mod random_two;
 pub mod round_robin;
 pub mod source_hash;
@@ -27,7 +28,6 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::backend::{now_ms, Backend};
 use crate::config::{Algorithm, HealthSettings};
-use crate::error::Failure;
 pub use crate::error::Unavailable;
 
 /// What an algorithm sees: the members, which of them it may choose, their load and weight.
@@ -252,22 +252,15 @@ impl Balancer {
         *self.health.lock() = settings;
     }
 
+    /// Whether a member other than `b` could take a request now (available and not full).
+    pub fn has_other(&self, b: &Backend) -> bool {
+        let state = self.core.state.lock();
+        state.members.iter().any(|m| m.id() != b.id() && m.is_available() && !m.is_full())
+    }
+
     /// Connections or requests waiting for a slot.
     pub fn queued(&self) -> usize {
         self.core.waiting.load(Ordering::Relaxed)
-    }
-
-    /// Records `f` against `b` under the current health settings ([`Backend::record_failure`]
-    /// is the rule); returns whether it counted.
-    pub fn record_failure(&self, b: &Backend, f: &Failure) -> bool {
-        let settings = self.health.lock().clone();
-        b.record_failure(f, &settings)
-    }
-
-    /// Records a response status against `b` ([`Backend::record_status`]).
-    pub fn record_status(&self, b: &Backend, status: u16) {
-        let settings = self.health.lock().clone();
-        b.record_status(status, &settings);
     }
 
     /// Chooses an available, not-full backend not in `tried`, and increments its active count,

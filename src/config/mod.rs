@@ -219,6 +219,12 @@ pub struct HealthSettings {
     pub fail_window: Duration,
     pub observe_5xx: bool,
     pub slowstart: Duration,
+    /// Outlier ejection: failures in a row that eject a member (0: off), for how long, and the
+    /// largest share of a pool out at once.
+    pub eject_consecutive_5xx: u32,
+    pub eject_base: Duration,
+    pub eject_max: Duration,
+    pub eject_max_percent: u32,
 }
 
 /// HTTP-mode settings (`[http]`).
@@ -233,6 +239,8 @@ pub struct HttpSettings {
     /// Forward request headers with `_` in their names (`underscores_in_headers`); off, they
     /// are dropped.
     pub underscores_in_headers: bool,
+    /// Statuses after which an idempotent request is tried once more on another member.
+    pub retry_on: Vec<u16>,
 }
 
 /// Per-client policy (`[limits]`).

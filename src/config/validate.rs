@@ -11,7 +11,7 @@ use super::raw::{RawConfig, Setting};
 use super::routing;
 use super::values::{
     parse_algorithm, parse_backend, parse_bool, parse_header_name, parse_nets, parse_number, parse_path,
-    parse_rate, parse_sticky,
+    parse_rate, parse_statuses, parse_sticky,
 };
 use super::{
     AcceptProxy, Algorithm, BackendSpec, Config, ConfigError, HealthSettings, HttpSettings, LimitSettings,
@@ -62,6 +62,11 @@ impl RawConfig {
         let fail_window = v.millis(&keys::FAIL_WINDOW_MS);
         let observe_5xx = v.get(&keys::OBSERVE_5XX, parse_bool);
         let slowstart = v.millis(&keys::SLOWSTART_MS);
+        let eject_consecutive = v.number(&keys::EJECT_CONSECUTIVE_5XX);
+        let eject_base = v.millis(&keys::EJECT_BASE_MS);
+        let eject_max = v.millis(&keys::EJECT_MAX_MS);
+        let eject_max_percent = v.number(&keys::EJECT_MAX_PERCENT);
+        let retry_on = v.get(&keys::RETRY_ON, parse_statuses);
         let admin = v.get(&keys::ADMIN_LISTEN, |s| {
             if s.is_empty() {
                 Ok(None)
@@ -121,6 +126,7 @@ impl RawConfig {
                     max_head_bytes: max_head_bytes? as usize,
                     max_body_bytes: max_body.map(|m| (m > 0).then_some(m))?,
                     underscores_in_headers: underscores?,
+                    retry_on: retry_on?,
                 },
                 health: HealthSettings {
                     enabled: enabled?,
@@ -134,6 +140,10 @@ impl RawConfig {
                     fail_window: fail_window?,
                     observe_5xx: observe_5xx?,
                     slowstart: slowstart?,
+                    eject_consecutive_5xx: eject_consecutive? as u32,
+                    eject_base: eject_base?,
+                    eject_max: eject_max?,
+                    eject_max_percent: eject_max_percent? as u32,
                 },
                 tls: tls?,
                 limits: LimitSettings {

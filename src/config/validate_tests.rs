@@ -88,3 +88,24 @@ fn inline_comments_repeated_options_and_new_sections() {
     assert!(errs[0].contains("[health] fall: 0 is out of range"), "{errs:?}");
     assert!(errs[1].contains("[health] mode: unknown mode 'udp'"), "{errs:?}");
 }
+
+#[test]
+fn retry_on_takes_error_statuses_and_access_settings_their_choices() {
+    let c = parse("[http]\nretry_on = 502, 503 504,503\n[backends]\na = 127.0.0.1:1\n").expect("valid");
+    assert_eq!(c.http.retry_on, vec![502, 503, 504], "commas or spaces, each once");
+    assert!(
+        parse("[backends]\na = 127.0.0.1:1\n").expect("valid").http.retry_on.is_empty(),
+        "off by default"
+    );
+    let errs = messages(
+        "[http]\nretry_on = 503, 200\n[proxy]\naccess_format = apache\n[backends]\na = 127.0.0.1:1\n",
+    );
+    assert!(errs[0].contains("[http] retry_on: '200' is not an HTTP error status"), "{errs:?}");
+    assert!(errs[1].contains("[proxy] access_format"), "{errs:?}");
+    let c = parse(
+        "[proxy]\naccess_log = off\n[health]\neject_consecutive_5xx = 0\n[backends]\na = 127.0.0.1:1\n",
+    )
+    .expect("valid");
+    assert_eq!(c.access_log, crate::config::access::Destination::Off);
+    assert_eq!(c.health.eject_consecutive_5xx, 0);
+}

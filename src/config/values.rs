@@ -13,6 +13,22 @@ pub(super) fn parse_bool(s: &str) -> Result<bool, String> {
     }
 }
 
+/// `502, 503, 504`: HTTP error statuses (400..=599), comma- or space-separated; empty: none.
+pub(super) fn parse_statuses(s: &str) -> Result<Vec<u16>, String> {
+    let mut out = Vec::new();
+    for word in s.split([',', ' ']).filter(|w| !w.is_empty()) {
+        match word.parse::<u16>() {
+            Ok(n) if (400..=599).contains(&n) => {
+                if !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+            _ => return Err(format!("'{word}' is not an HTTP error status (400 to 599)")),
+        }
+    }
+    Ok(out)
+}
+
 pub(super) fn parse_path(s: &str) -> Result<String, String> {
     if s.starts_with('/') && s.bytes().all(|b| (0x21..0x7f).contains(&b)) {
         Ok(s.to_string())

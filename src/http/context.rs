@@ -81,6 +81,8 @@ pub struct Attempt {
     pub body_touched: bool,
     /// The whole request body was read from the client.
     pub body_done: bool,
+    /// A backend's status was retried on another (`retry_on`): not again.
+    pub status_retried: bool,
 }
 
 /// One request on its way through the proxy.

@@ -140,6 +140,14 @@ impl Exchange<'_> {
                 _ => backend.latency().observe_cost(tried_at.elapsed()),
             }
         }
+        if self.retries_status(resp.status, attempt, backend) {
+            // `retry_on`: this answer goes no further; the connection closes with its body unread.
+            self.pool.balancer.record_status(backend, resp.status);
+            attempt.status_retried = true;
+            scratch.backend_in = bw.into_buffer();
+            let f = Failure::at(backend.name(), Party::Backend, Phase::Head, Cause::Status(resp.status));
+            return Err((f, Retry::NextBackend));
+        }
         if resp.status == 101 {
             record.bytes_in += scratch.head.len() as u64;
             let outcome = upgrade::switch(self, cw, &mut bw, &stream, backend, scratch, record);
@@ -265,6 +273,18 @@ impl Exchange<'_> {
 
     /// A failed attempt and what may follow ([`retry::after`]): a stale pooled connection is
     /// replaced by a fresh one.
+    /// Whether `[http] retry_on` sends this request to another member after `status`: once,
+    /// for an idempotent request none of whose body was read, when another member can take it
+    /// (else the backend's own answer goes to the client).
+    fn retries_status(&self, status: u16, attempt: &Attempt, backend: &Backend) -> bool {
+        self.ctx.config.http.retry_on.contains(&status)
+            && self.head.retryable
+            && !attempt.body_touched
+            && !attempt.continued
+            && !attempt.status_retried
+            && self.pool.balancer.has_other(backend)
+    }
+
     fn decide(&self, f: Failure, reused: bool, attempt: &mut Attempt) -> (Failure, Retry) {
         let replayable = self.head.retryable && !attempt.body_touched;
         let next = retry::after(&f, reused, replayable);

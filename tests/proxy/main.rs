@@ -14,6 +14,7 @@ mod http;
 mod least_time;
 mod limits;
 mod ops;
+mod outlier;
 mod policy;
 mod proxy_protocol;
 mod quiet;

@@ -7,7 +7,8 @@
 //! - any other path -> `Hello from <name>`, plus `received N bytes fnv <hex>` (FNV-1a of the
 //!   body, see [`Checksum`]) when a body came.
 //! - `?delay_ms=N` waits before answering; `?bytes=N` answers with exactly N bytes (streamed);
-//!   `?chunked=1` sends the body chunked; `?status=N` answers with that status.
+//!   `?chunked=1` sends the body chunked; `?status=N` answers with that status; with
+//!   `--fail-every N` every Nth request gets 503.
 //! - `?fault=MODE` misbehaves on purpose (see [`super::fault`]); an unknown mode gets a 400
 //!   listing the modes.
 //! - `X-Served-By: <name>` on every response; `X-Request-ID` echoed when sent.
@@ -158,7 +159,11 @@ fn param(req: &Request, key: &str) -> Option<u64> {
 /// The ordinary answer to `req`: status from `?status=`, body from the path or `?bytes=`.
 fn reply_for(dummy: &Dummy, req: &Request, received: u64, sum: u64) -> Reply {
     let draining = req.path == "/health" && dummy.draining.load(std::sync::atomic::Ordering::SeqCst);
-    let status = if draining {
+    let flaky = dummy.fail_every > 0
+        && req.path != "/health"
+        && (dummy.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1)
+            .is_multiple_of(dummy.fail_every);
+    let status = if draining || flaky {
         503
     } else {
         param(req, "status").filter(|s| (200..=599).contains(s)).unwrap_or(200) as u16

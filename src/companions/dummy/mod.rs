@@ -48,6 +48,10 @@ pub struct DummyArgs {
     /// Simulated processing time per reply, in milliseconds.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub delay_ms: u64,
+    /// Fault lab: answer every Nth HTTP request (not `/health`) with 503, as a flaky
+    /// application does (0: never).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub fail_every: u64,
     /// On SIGTERM/SIGINT, keep serving this long with `/health` answering 503 (so load
     /// balancers take it out of rotation) before closing the listener.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -81,6 +85,9 @@ pub struct Dummy {
     pub delay: Duration,
     /// Set while shutting down: `/health` answers 503.
     pub draining: AtomicBool,
+    /// `--fail-every N`: every Nth request gets 503; and the requests counted for it.
+    pub fail_every: u64,
+    pub requests: std::sync::atomic::AtomicU64,
     /// The fault every line connection gets, if any.
     pub line_fault: Option<LineFault>,
     /// Health checks seen, summarised once a minute.
@@ -145,6 +152,8 @@ impl DummyServer {
             name,
             delay: Duration::from_millis(args.delay_ms),
             draining: AtomicBool::new(false),
+            fail_every: args.fail_every,
+            requests: std::sync::atomic::AtomicU64::new(0),
             line_fault: args.fault,
             checks: HealthChecks::default(),
         });

@@ -72,3 +72,35 @@ pub const SLOWSTART_MS: Key = key(
     "ramp a recovered backend's weight from near 0 to full over this long",
     |c| c.health.slowstart.as_millis().to_string(),
 );
+/// `[health] eject_consecutive_5xx`.
+pub const EJECT_CONSECUTIVE_5XX: Key = key(
+    "health",
+    "eject_consecutive_5xx",
+    number(0, 1000),
+    "5",
+    "outlier ejection (Envoy's): this many 5xx answers or failed attempts in a row take a member out of rotation (0: off)",
+    |c| c.health.eject_consecutive_5xx.to_string(),
+);
+/// `[health] eject_base_ms`.
+pub const EJECT_BASE_MS: Key = key(
+    "health",
+    "eject_base_ms",
+    millis(1, DAY_MS),
+    "30000",
+    "an ejection lasts this long times the member's ejection count (which drops by one for each such span it stays healthy); a passing active check ends it early",
+    |c| c.health.eject_base.as_millis().to_string(),
+);
+/// `[health] eject_max_ms`.
+pub const EJECT_MAX_MS: Key =
+    key("health", "eject_max_ms", millis(1, DAY_MS), "300000", "the longest an ejection lasts", |c| {
+        c.health.eject_max.as_millis().to_string()
+    });
+/// `[health] eject_max_percent`.
+pub const EJECT_MAX_PERCENT: Key = key(
+    "health",
+    "eject_max_percent",
+    number(0, 100),
+    "50",
+    "never eject more than this share of a pool at once (rounded down: a pool of one is never ejected)",
+    |c| c.health.eject_max_percent.to_string(),
+);

@@ -39,3 +39,12 @@ pub const UNDERSCORES_IN_HEADERS: Key = key(
     "http: forward request headers whose names contain `_` (off: dropped and counted, as nginx's `underscores_in_headers off`, since a CGI, WSGI or PHP backend reads `X_Forwarded_For` as `X-Forwarded-For`)",
     |c| c.http.underscores_in_headers.to_string(),
 );
+/// `[http] retry_on`.
+pub const RETRY_ON: Key = key(
+    "http",
+    "retry_on",
+    Kind::Text,
+    "",
+    "http: statuses (e.g. `502, 503, 504`) after which an idempotent request whose body was not sent is tried once more on another member, as HAProxy's `retry-on`; never a POST (without `Idempotency-Key`). Empty: off",
+    |c| c.http.retry_on.iter().map(u16::to_string).collect::<Vec<_>>().join(", "),
+);

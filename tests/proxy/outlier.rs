@@ -1,0 +1,128 @@
+//! Outlier ejection and retry on status (issue #24, part 3), against members of the dummy's
+//! fault lab that answer 503 every Nth request (`--fail-every N`): ejected after failures in a
+//! row, back by themselves, out longer the second time, never more than `eject_max_percent` of
+//! a pool; `retry_on` hides a 503 from GET clients (HAProxy's `retry-on`) and never replays a
+//! POST.
+
+use std::net::SocketAddr;
+
+use crate::util::*;
+
+fn outlier_proxy(backends: &[SocketAddr], proxy: &str, health: &str, http: &str) -> (Proc, SocketAddr) {
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 16\nalgorithm = round-robin\n{proxy}\n[admin]\nlisten = 127.0.0.1:0\n\
+         [http]\n{http}\n[health]\nenabled = false\nmax_fails = 0\n{health}\n{}",
+        backends_section(backends)
+    );
+    proxy_with(&config, &[])
+}
+
+#[test]
+fn a_member_failing_every_fifth_request_is_ejected_comes_back_and_is_ejected_longer_the_second_time() {
+    let (_a, a) = dummy("steady");
+    // Named app1 and app2 by backends_section.
+    let (_f, f) = dummy_with("flaky", 0, &["--fail-every", "5"]);
+    // One failure ejects (Envoy's consecutive_5xx = 1), for 1 s times the ejection count.
+    let health = "eject_consecutive_5xx = 1\neject_base_ms = 1000\neject_max_ms = 10000";
+    let (p, addr) = outlier_proxy(&[a, f], "", health, "");
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    let mut seen = |needle: &str| -> (usize, usize) {
+        // Requests until the line shows, bounded in count and time: (requests sent, 503s).
+        let (mark, started) = (p.mark(), std::time::Instant::now());
+        let (mut sent, mut failed) = (0, 0);
+        while !p.lines_from(mark).iter().any(|l| l.contains(needle)) {
+            assert!(
+                sent < 1_000_000 && started.elapsed() < WAIT,
+                "no {needle:?} after {sent} requests; log:\n{}",
+                p.log_text()
+            );
+            failed += usize::from(get(&mut w, "/", "").status == 503);
+            sent += 1;
+        }
+        (sent, failed)
+    };
+    let (_, failed) = seen("EJECTED");
+    assert_eq!(failed, 1, "its fifth request failed, and ejected it");
+    let first = p.wait_for("EJECTED");
+    assert!(
+        first.contains("app2 ") && first.contains("out for 1000 ms") && !first.contains("ejection 2"),
+        "{first}"
+    );
+    // While it is out, the steady member takes everything; then the flaky one is back by itself.
+    let (_, failed) = seen("BACK after its ejection ran out");
+    assert_eq!(failed, 0, "no request reached the ejected member");
+    // Its next fifth request fails within the second after it came back: out twice as long.
+    seen("ejection 2");
+    let second = p.wait_for("EJECTED");
+    assert!(second.contains("app2 ") && second.contains("out for 2000 ms, ejection 2"), "{second}");
+}
+
+#[test]
+fn three_of_four_members_failing_at_most_two_are_ejected_and_the_state_shows_it() {
+    let (_g, good) = dummy("good");
+    let failing: Vec<_> =
+        (1..=3).map(|i| dummy_with(&format!("bad{i}"), 0, &["--fail-every", "1"])).collect();
+    let mut backends = vec![good];
+    backends.extend(failing.iter().map(|(_, addr)| *addr));
+    let (p, addr) = outlier_proxy(&backends, "", "eject_base_ms = 60000", "");
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    for _ in 0..200 {
+        get(&mut w, "/", "");
+    }
+    p.wait_for("already ejected (eject_max_percent 50)");
+    let ejected = p.log_text().lines().filter(|l| l.contains(" EJECTED after 5 failures in a row")).count();
+    assert_eq!(ejected, 2, "half of four at most; log:\n{}", p.log_text());
+    let stats = proxy_stats(admin_addr(&p));
+    let states: Vec<&str> =
+        stats["backends"].as_array().expect("backends").iter().filter_map(|b| b["state"].as_str()).collect();
+    assert_eq!(states.iter().filter(|s| **s == "ejected").count(), 2, "{states:?}");
+    assert_eq!(states.iter().filter(|s| **s == "up").count(), 2, "{states:?}");
+    // The pool still answers: the good member and the one failing member left in rotation.
+    let ok = (0..20).filter(|_| get(&mut w, "/", "").status == 200).count();
+    assert!((8..=12).contains(&ok), "round-robin over the two left: {ok} of 20 good");
+}
+
+#[test]
+fn retry_on_hides_a_members_503_from_get_clients_and_never_replays_a_post() {
+    let (_g, good) = dummy("good");
+    let (_b, bad) = dummy_with("bad", 0, &["--fail-every", "1"]);
+    // Ejection off, so the failing member stays in rotation and every other request meets it.
+    let proxy = "access_log = access.log\naccess_format = json";
+    let (p, addr) =
+        outlier_proxy(&[good, bad], proxy, "eject_consecutive_5xx = 0", "retry_on = 502, 503, 504");
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    for i in 0..20 {
+        let r = get(&mut w, &format!("/get/{i}"), "");
+        assert_eq!((r.status, r.header("X-Served-By")), (200, Some("good")), "GET {i}");
+    }
+    let mut posts = Vec::new();
+    for i in 0..10 {
+        let body = format!("order {i}");
+        let req = format!(
+            "POST /post/{i} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        posts.push(send_raw(addr, req.as_bytes(), "POST").0.status);
+    }
+    assert_eq!(posts.iter().filter(|s| **s == 503).count(), 5, "half met the failing member: {posts:?}");
+    let admin = admin_addr(&p);
+    wait_until("30 access lines", || proxy_stats(admin)["access_log"]["written"].as_u64() >= Some(30));
+    let lines = std::fs::read_to_string(p.dir().join("access.log")).expect("access log");
+    let mut retried = 0;
+    for line in lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json");
+        let attempts = v["attempts"].as_u64().expect("attempts");
+        match v["method"].as_str() {
+            Some("GET") => {
+                assert_eq!(v["status"], 200, "{line}");
+                retried += usize::from(attempts == 2);
+            }
+            _ => assert_eq!(attempts, 1, "a POST is never replayed: {line}"),
+        }
+    }
+    // Round-robin turns to the failing member at least every other time.
+    assert!(retried >= 10, "{retried} GETs met the failing member first and were tried again");
+    // backends_section names them app1 (good) and app2 (bad).
+    let retry_line = p.wait_for("answered 503 (retry_on); retrying app1");
+    assert!(retry_line.contains("app2: response head"), "{retry_line}");
+}
