@@ -50,3 +50,84 @@ fn a_member_failing_fast_with_503_does_not_attract_traffic() {
     let failed = (0..300).filter(|_| get(&mut w, "/", "").status == 503).count();
     assert!(failed <= 30, "{failed} of 300 went to the member answering 503 at once");
 }
+
+/// The healed member's answers: 20 ms until [`HEALED`] is set, then 1 ms, as fast as the other.
+static HEALED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn slow_until_healed(_: &str) -> Vec<u8> {
+    let healed = HEALED.load(std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(std::time::Duration::from_millis(if healed { 1 } else { 20 }));
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-Served-By: healed\r\n\r\nok\n".to_vec()
+}
+
+/// Traefik #12306: a latency balancer can starve a member that was slow for good. Here a member
+/// at 20 ms beside one at 1 ms becomes as fast, and four clients find it taking a quarter of the
+/// requests again within 30 s. (Its cost decays with τ = 10 s, 20 ms·e^-3 ≈ 1 ms, so 30 s is the
+/// bound even for one client; with four, the requests in flight on the fast member bring it
+/// sooner. The decay itself is pinned by `backend::latency`'s unit tests.)
+#[test]
+fn a_slow_member_that_becomes_fast_gets_its_share_back_within_30_s() {
+    use std::time::{Duration, Instant};
+    let (_f, fast) = dummy_with("fast", 0, &["--delay-ms", "1"]);
+    let healed = raw_backend(slow_until_healed, 0);
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 16\nalgorithm = least-time\naccess_log = off\n\
+         [health]\nenabled = false\n[backends]\nfast = {fast}\nhealed = {}\n",
+        healed.addr
+    );
+    let (_p, addr) = proxy_with(&config, &[]);
+    // Both measured: the healed one's cost is 20 ms.
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    for _ in 0..50 {
+        assert_eq!(get(&mut w, "/", "").status, 200);
+    }
+    assert!(!healed.seen.lock().expect("seen").is_empty(), "the cold member was tried");
+    HEALED.store(true, std::sync::atomic::Ordering::SeqCst);
+    let healed_at = Instant::now();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Each answer: when it came (ms since healing) and whether the healed member gave it.
+    let answers = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u128, bool)>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, answers) = (stop.clone(), answers.clone());
+            std::thread::spawn(move || {
+                let mut w = lbproxy::h1::Wire::new(connect(addr));
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let r = get(&mut w, "/", "");
+                    assert_eq!(r.status, 200);
+                    let at = healed_at.elapsed().as_millis();
+                    answers.lock().expect("answers").push((at, r.header("X-Served-By") == Some("healed")));
+                }
+            })
+        })
+        .collect();
+    // The share of the last two seconds' answers, checked until it reaches a quarter or 30 s pass.
+    let share = || {
+        let answers = answers.lock().expect("answers");
+        let now = healed_at.elapsed().as_millis();
+        let recent: Vec<bool> = answers.iter().filter(|(at, _)| at + 2000 >= now).map(|(_, h)| *h).collect();
+        (recent.iter().filter(|h| **h).count(), recent.len())
+    };
+    let mut best = (0, 0);
+    while healed_at.elapsed() < Duration::from_secs(30) {
+        let (h, n) = share();
+        if n >= 100 && h * 4 >= n {
+            best = (h, n);
+            break;
+        }
+        if n > 0 && h * best.1 >= best.0 * n {
+            best = (h, n);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for c in clients {
+        c.join().expect("client");
+    }
+    let (h, n) = best;
+    assert!(
+        n >= 100 && h * 4 >= n,
+        "within 30 s of healing, the healed member's best 2-s share was {h} of {n} (after {:?})",
+        healed_at.elapsed()
+    );
+}
