@@ -1,30 +1,35 @@
 //! The access log: where each request's (or tcp connection's) line goes, in which wording, and
 //! the logger thread that writes a file so that a slow or full disk never stalls a worker.
 //!
-//! Workers format the line and hand it to the logger thread over a bounded channel. When the
-//! channel is full the line is dropped and counted ([`dropped`]); the thread says how many in the
-//! main log, at most once a minute. The file is a [`ReopenFile`], so SIGUSR1 moves it to a new file
-//! between two lines.
+//! Each worker formats its lines into a batch of its own (an uncontended lock, no allocation
+//! per line); a full batch goes to the logger thread over a channel, and the logger collects
+//! the others once they are [`BATCH_AGE`] old, so a line reaches the file within a fraction of
+//! a second however the worker is occupied. When more than a budget of bytes waits, a batch is
+//! dropped and its lines counted ([`dropped`]); the thread says how many in the main log, at
+//! most once a minute. The file is a [`ReopenFile`], so SIGUSR1 moves it to a new file between
+//! two lines. [`finish`] writes what is left at exit.
 
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 
 use super::line::{self, Entry};
 use super::reopen::ReopenFile;
 use crate::config::access::{Destination, Format};
 use crate::error::Error;
 
-/// Lines waiting for the logger thread; beyond this, lines are dropped and counted.
-const BACKLOG: usize = 8192;
+/// Bytes of lines waiting for the logger thread (some 20,000 lines); beyond this, lines are
+/// dropped and counted.
+const QUEUE_BYTES: usize = 4 << 20;
+static QUEUED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// The access log in force: set once at start.
 struct Sink {
     format: Format,
-    to: Option<Sender<String>>,
+    to: Option<Sender<Lines>>,
     to_main_log: bool,
 }
 
@@ -41,10 +46,11 @@ pub fn start(to: &Destination, format: Format) -> Result<(), Error> {
         Destination::File(path) => {
             let file = ReopenFile::open(path)
                 .map_err(|source| Error::LogFile { path: path.display().to_string(), source })?;
-            let (tx, rx) = crossbeam_channel::bounded(BACKLOG);
+            let (tx, rx) = crossbeam_channel::unbounded();
+            *WRITER.lock() = Some(Writer { rx, out: BufWriter::with_capacity(64 * 1024, file) });
             std::thread::Builder::new()
                 .name("access-log".into())
-                .spawn(move || write_lines(&rx, BufWriter::with_capacity(64 * 1024, file), format))
+                .spawn(write_lines)
                 .map_err(Error::Resource)?;
             Sink { format, to: Some(tx), to_main_log: false }
         }
@@ -85,70 +91,192 @@ pub fn written() -> u64 {
 /// Writes `entry` in the wording in force; `main` gives the proxy's own line (built only when
 /// that is the wording).
 pub fn write(entry: &Entry<'_>, main: impl FnOnce() -> String) {
-    let line = match format() {
-        Format::Main => main(),
-        Format::Combined => line::combined(entry, SystemTime::now()),
-        Format::Json => line::json(entry, SystemTime::now()),
-    };
-    write_line(line);
-}
-
-/// Sends a whole line (no newline) to the access log.
-pub fn write_line(line: String) {
     let Some(sink) = SINK.get() else {
-        log::info!("{line}");
+        log::info!("{}", main());
         return;
     };
     match &sink.to {
-        Some(tx) => match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                DROPPED.fetch_add(1, Ordering::Relaxed);
+        Some(tx) => MINE.with(|b| {
+            let mut b = b.lock();
+            let now = SystemTime::now();
+            match sink.format {
+                // In a file of its own, the proxy's wording carries the main log's time stamp.
+                Format::Main => {
+                    b.text.push_str(&super::stamp(now));
+                    b.text.push(' ');
+                    b.text.push_str(&main());
+                }
+                Format::Combined => line::combined_into(&mut b.text, entry, now),
+                Format::Json => line::json_into(&mut b.text, entry, now),
             }
-        },
-        None if sink.to_main_log => log::info!("{line}"),
-        None => {}
+            b.text.push('\n');
+            b.lines += 1;
+            b.started.get_or_insert_with(Instant::now);
+            if b.text.len() >= BATCH_BYTES {
+                let lines = b.take();
+                drop(b);
+                hand_over(tx, lines);
+            }
+        }),
+        None if !sink.to_main_log => {}
+        None => {
+            let line = match sink.format {
+                Format::Main => main(),
+                Format::Combined => line::combined(entry, SystemTime::now()),
+                Format::Json => line::json(entry, SystemTime::now()),
+            };
+            log::info!("{line}");
+        }
     }
 }
 
-/// The logger thread: writes lines as they come, a batch at a time, flushing when the channel
-/// is empty; reopens the file after SIGUSR1 within a second even when no line comes; reports
-/// drops once a minute.
-fn write_lines(rx: &Receiver<String>, mut out: BufWriter<ReopenFile>, format: Format) {
+/// A worker's lines not yet handed over: one channel message (and one allocation) carries many
+/// requests' lines, and the logger frees them in one go.
+#[derive(Default)]
+struct Batch {
+    text: String,
+    lines: u64,
+    /// When its first line came.
+    started: Option<Instant>,
+}
+
+/// A batch handed over: its lines, whole, newline-terminated.
+struct Lines {
+    text: String,
+    count: u64,
+}
+
+/// A batch goes to the logger at this size; the logger takes it at this age.
+const BATCH_BYTES: usize = 16 * 1024;
+pub const BATCH_AGE: Duration = Duration::from_millis(50);
+
+type Shared = std::sync::Arc<parking_lot::Mutex<Batch>>;
+
+/// Every thread's batch, for the logger to collect.
+static BATCHES: parking_lot::Mutex<Vec<Shared>> = parking_lot::Mutex::new(Vec::new());
+
+thread_local! {
+    static MINE: Shared = {
+        let batch = Shared::default();
+        BATCHES.lock().push(batch.clone());
+        batch
+    };
+}
+
+impl Batch {
+    fn take(&mut self) -> Lines {
+        self.started = None;
+        let text = std::mem::replace(&mut self.text, String::with_capacity(BATCH_BYTES + 1024));
+        Lines { text, count: std::mem::take(&mut self.lines) }
+    }
+}
+
+/// Queues a full batch for the logger, or drops it (counted) when over the byte budget.
+fn hand_over(tx: &Sender<Lines>, lines: Lines) {
+    let size = lines.text.len();
+    if QUEUED.fetch_add(size, Ordering::Relaxed) + size > QUEUE_BYTES {
+        QUEUED.fetch_sub(size, Ordering::Relaxed);
+        DROPPED.fetch_add(lines.count, Ordering::Relaxed);
+        return;
+    }
+    if let Err(e) = tx.send(lines) {
+        QUEUED.fetch_sub(size, Ordering::Relaxed);
+        DROPPED.fetch_add(e.0.count, Ordering::Relaxed);
+    }
+}
+
+/// The logger's side: the queue and the file.
+struct Writer {
+    rx: Receiver<Lines>,
+    out: BufWriter<ReopenFile>,
+}
+
+static WRITER: parking_lot::Mutex<Option<Writer>> = parking_lot::Mutex::new(None);
+
+impl Writer {
+    /// Writes the queued batches, and the workers' batches at least `age` old. Returns how many
+    /// lines it wrote.
+    fn round(&mut self, age: Duration) -> u64 {
+        let mut n = 0u64;
+        // At most a queue's worth, so drops are reported and the file followed in between.
+        let mut budget = QUEUE_BYTES;
+        while budget > 0 {
+            let Ok(lines) = self.rx.try_recv() else { break };
+            QUEUED.fetch_sub(lines.text.len(), Ordering::Relaxed);
+            budget = budget.saturating_sub(lines.text.len());
+            n += self.write(&lines);
+        }
+        let batches: Vec<Shared> = BATCHES.lock().clone();
+        for b in batches {
+            let lines = {
+                let mut b = b.lock();
+                match b.started {
+                    Some(at) if at.elapsed() >= age => b.take(),
+                    _ => continue,
+                }
+            };
+            n += self.write(&lines);
+        }
+        if n > 0 {
+            let _ = self.out.flush();
+            WRITTEN.fetch_add(n, Ordering::Relaxed);
+        }
+        n
+    }
+
+    fn write(&mut self, lines: &Lines) -> u64 {
+        let _ = self.out.write_all(lines.text.as_bytes());
+        lines.count
+    }
+}
+
+/// Writes every line still waiting (in the queue and in the workers' batches): at exit, after
+/// the workers have stopped.
+pub fn finish() {
+    // Bounded: a logger stuck on a dead disk must not keep the process from exiting.
+    if let Some(mut writer) = WRITER.try_lock_for(Duration::from_secs(2)) {
+        if let Some(w) = writer.as_mut() {
+            w.round(Duration::ZERO);
+        }
+    }
+}
+
+/// The logger thread: every pause, writes what the workers queued and flushes it; reopens the
+/// file after SIGUSR1 within a pause even when no line comes; reports drops.
+///
+/// It polls rather than blocking on the channel: a sleeping receiver would have every worker's
+/// send wake it (a futex call per request), where a poll costs the workers nothing. The pause
+/// is short while lines come and grows while none do; the queue holds far more than a pause's
+/// worth at any rate the proxy serves.
+fn write_lines() {
+    const BUSY: Duration = Duration::from_millis(10);
+    const IDLE: Duration = Duration::from_millis(100);
     // When drops were last reported, and the count then: the first drops are reported at once.
     let mut reported: (Option<Instant>, u64) = (None, 0);
-    // The proxy's own wording carries the main log's time stamp; the standard ones their own.
-    let main_format = format == Format::Main;
+    let mut pause = BUSY;
     loop {
-        match rx.recv_timeout(Duration::from_secs(1)) {
-            Ok(first) => {
-                let mut n = 0u64;
-                for line in std::iter::once(first).chain(rx.try_iter().take(BACKLOG)) {
-                    if main_format {
-                        let _ = write!(out, "{} ", super::stamp(SystemTime::now()));
-                    }
-                    let _ = out.write_all(line.as_bytes()).and_then(|()| out.write_all(b"\n"));
-                    n += 1;
-                }
-                let _ = out.flush();
-                WRITTEN.fetch_add(n, Ordering::Relaxed);
+        let mut writer = WRITER.lock();
+        let Some(w) = writer.as_mut() else { return };
+        if w.round(BATCH_AGE) > 0 {
+            pause = BUSY;
+        } else {
+            pause = (pause * 2).min(IDLE);
+            // An idle log still moves to the new file promptly, as logrotate expects.
+            if let Err(e) = w.out.get_mut().follow() {
+                log::error!("access log: cannot reopen {}: {e}", w.out.get_ref().path().display());
             }
-            Err(RecvTimeoutError::Timeout) => {
-                // An idle log still moves to the new file promptly, as logrotate expects.
-                if let Err(e) = out.get_mut().follow() {
-                    log::error!("access log: cannot reopen {}: {e}", out.get_ref().path().display());
-                }
-            }
-            Err(RecvTimeoutError::Disconnected) => return,
         }
+        let path = w.out.get_ref().path().display().to_string();
+        drop(writer);
         let dropped = dropped();
         if dropped > reported.1 && reported.0.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
             log::warn!(
                 "access log: {} line(s) dropped since the last report: {} is not keeping up",
                 dropped - reported.1,
-                out.get_ref().path().display()
+                path
             );
             reported = (Some(Instant::now()), dropped);
         }
+        std::thread::sleep(pause);
     }
 }

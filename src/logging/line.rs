@@ -51,6 +51,12 @@ pub struct Entry<'a> {
 /// "$http_referer" "$http_user_agent"`, escaped as nginx's default `escape` does. Time is UTC.
 pub fn combined(e: &Entry<'_>, now: SystemTime) -> String {
     let mut line = String::with_capacity(160);
+    combined_into(&mut line, e, now);
+    line
+}
+
+/// [`combined`], appended to `line`.
+pub fn combined_into(line: &mut String, e: &Entry<'_>, now: SystemTime) {
     match e.client {
         Some(ip) => {
             let _ = write!(line, "{ip}");
@@ -58,36 +64,44 @@ pub fn combined(e: &Entry<'_>, now: SystemTime) -> String {
         None => line.push('-'),
     }
     line.push_str(" - - [");
-    line.push_str(&local_time(now));
+    local_time(line, now);
     line.push_str("] \"");
     if e.method.is_empty() {
         // tcp mode: the protocol and the backend stand in for a request line.
-        escape_into(&mut line, e.protocol);
+        escape_into(line, e.protocol);
         line.push(' ');
-        escape_into(&mut line, if e.backend.is_empty() { "-" } else { e.backend });
+        escape_into(line, if e.backend.is_empty() { "-" } else { e.backend });
     } else {
-        escape_into(&mut line, e.method);
+        escape_into(line, e.method);
         line.push(' ');
-        escape_into(&mut line, e.target);
+        escape_into(line, e.target);
         line.push(' ');
-        escape_into(&mut line, e.protocol);
+        escape_into(line, e.protocol);
     }
     let _ = write!(line, "\" {} {} \"", e.status, e.body_bytes);
-    escape_into(&mut line, or_dash(e.referer));
+    escape_into(line, or_dash(e.referer));
     line.push_str("\" \"");
-    escape_into(&mut line, or_dash(e.user_agent));
+    escape_into(line, or_dash(e.user_agent));
     line.push('"');
-    line
 }
 
 /// One JSON object, in a fixed order, strings escaped as nginx's `escape=json` does (through
 /// serde_json). Fields that do not apply are left out.
 pub fn json(e: &Entry<'_>, now: SystemTime) -> String {
-    let mut o = Object(String::with_capacity(384));
+    let mut line = String::with_capacity(384);
+    json_into(&mut line, e, now);
+    line
+}
+
+/// [`json`], appended to `line`.
+pub fn json_into(line: &mut String, e: &Entry<'_>, now: SystemTime) {
+    let mut o = Object(line);
     o.0.push('{');
-    o.text("time", &rfc3339(now));
+    o.key("time");
+    rfc3339(o.0, now);
     match e.client {
-        Some(ip) => o.text("client", &ip.to_string()),
+        // An address needs no escaping.
+        Some(ip) => o.raw("client", format_args!("\"{ip}\"")),
         None => o.raw("client", "null"),
     }
     o.texts(&[("method", e.method), ("target", e.target), ("protocol", e.protocol)]);
@@ -111,13 +125,12 @@ pub fn json(e: &Entry<'_>, now: SystemTime) -> String {
         ("note", e.note),
     ]);
     o.0.push('}');
-    o.0
 }
 
-/// A JSON object being written.
-struct Object(String);
+/// A JSON object being written: appended to a line, fields after its opening brace.
+struct Object<'a>(&'a mut String);
 
-impl Object {
+impl Object<'_> {
     fn key(&mut self, k: &str) {
         if !self.0.ends_with('{') {
             self.0.push(',');
@@ -132,8 +145,15 @@ impl Object {
 
     fn text(&mut self, k: &str, v: &str) {
         self.key(k);
-        // serde_json's string escaping: quotes, backslashes and control characters.
-        let _ = serde_json::to_string(v).map(|s| self.0.push_str(&s));
+        if v.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            // Nothing to escape (the usual case): as is, without an allocation.
+            self.0.push('"');
+            self.0.push_str(v);
+            self.0.push('"');
+        } else {
+            // serde_json's string escaping: quotes, backslashes and control characters.
+            let _ = serde_json::to_string(v).map(|s| self.0.push_str(&s));
+        }
     }
 
     /// The non-empty ones.
@@ -151,11 +171,11 @@ impl std::fmt::Display for Ms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let micros = self.0.as_micros();
         let (whole, frac) = (micros / 1000, micros % 1000);
-        if frac == 0 {
-            write!(f, "{whole}")
-        } else {
-            let frac = format!("{frac:03}");
-            write!(f, "{whole}.{}", frac.trim_end_matches('0'))
+        match frac {
+            0 => write!(f, "{whole}"),
+            _ if frac % 100 == 0 => write!(f, "{whole}.{}", frac / 100),
+            _ if frac % 10 == 0 => write!(f, "{whole}.{:02}", frac / 10),
+            _ => write!(f, "{whole}.{frac:03}"),
         }
     }
 }
@@ -179,8 +199,8 @@ fn escape_into(out: &mut String, s: &str) {
     }
 }
 
-/// `05/Dec/2026:23:03:48 +0000`, computed once a second per thread.
-fn local_time(now: SystemTime) -> String {
+/// Appends `05/Dec/2026:23:03:48 +0000`, computed once a second per thread.
+fn local_time(out: &mut String, now: SystemTime) {
     thread_local! {
         static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
     }
@@ -194,16 +214,25 @@ fn local_time(now: SystemTime) -> String {
             );
             *c = (secs, t.format(&format).unwrap_or_default());
         }
-        c.1.clone()
+        out.push_str(&c.1);
     })
 }
 
 /// `2026-12-05T23:03:48.123Z`.
-fn rfc3339(now: SystemTime) -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-    );
-    OffsetDateTime::from(now).format(&format).unwrap_or_default()
+/// Appends `"2026-12-05T23:03:48.123Z"` (quoted), its seconds computed once a second per thread.
+fn rfc3339(out: &mut String, now: SystemTime) {
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != since.as_secs() {
+            let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+            *c = (since.as_secs(), OffsetDateTime::from(now).format(&format).unwrap_or_default());
+        }
+        let _ = write!(out, "\"{}.{:03}Z\"", c.1, since.subsec_millis());
+    })
 }
 
 #[cfg(test)]

@@ -170,6 +170,8 @@ impl Server {
         drop(parker);
         drop(background);
         workers.join();
+        // The workers are done: what they logged goes to the access log's file now.
+        crate::logging::access::finish();
         Ok(stop::summary(&shared, forced))
     }
 }
