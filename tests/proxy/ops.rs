@@ -167,19 +167,19 @@ fn sighup_adds_and_removes_backends_under_load_and_drains_the_removed() {
         let id = l.strip_prefix("conn ").or_else(|| l.split("] conn ").nth(1));
         id.and_then(|r| r.split(' ').next()).and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > accepted)
     };
-    let log = p.log_text();
-    let lines: Vec<String> = log.lines().map(str::to_string).collect();
     let routed = |name: &str| {
+        let log = p.log_text();
+        let lines: Vec<String> = log.lines().map(str::to_string).collect();
         lines
             .iter()
             .filter(newer)
             .filter(|l| l.contains(&format!(" -> {name} ")) && l.contains(" connected in "))
             .count()
     };
-    assert!(routed("app3") > 0, "the new backend gets traffic");
-    assert_eq!(routed("app2"), 0, "the removed one gets none");
-    // After drain_timeout_ms the held connection is closed.
+    wait_until("the new backend gets traffic", || routed("app3") > 0);
+    // After drain_timeout_ms the held connection is closed; every earlier line is in by then.
     p.wait_for("connection(s) to removed backends");
+    assert_eq!(routed("app2"), 0, "the removed one gets none");
     let mut rest = Vec::new();
     held.set_read_timeout(Some(WAIT)).expect("timeout");
     let _ = held.read_to_end(&mut rest);

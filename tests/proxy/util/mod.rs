@@ -25,6 +25,8 @@ pub struct Proc {
     pub child: Child,
     lines: Receiver<String>,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// Set once stderr reached its end: every line is in `log`.
+    read_all: Arc<std::sync::atomic::AtomicBool>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -36,13 +38,16 @@ impl Proc {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
+        let read_all = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = read_all.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().expect("log lock").push(line.clone());
                 let _ = tx.send(line);
             }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
         });
-        Proc { child, lines: rx, log, _dir: dir }
+        Proc { child, lines: rx, log, read_all, _dir: dir }
     }
 
     /// Waits for a stderr line containing `needle`; panics with the log so far on timeout.
@@ -109,11 +114,15 @@ impl Proc {
         assert!(status.expect("kill").success());
     }
 
-    /// Waits for the process to exit, at most `WAIT`.
+    /// Waits for the process to exit, at most `WAIT`; then every line it wrote is in the log.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Its last lines may still be in the pipe: read to its end.
+                while !self.read_all.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(5));
+                }
                 return status;
             }
             assert!(Instant::now() < deadline, "process did not exit; log:\n{}", self.log_text());
