@@ -140,10 +140,12 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
             if let Some(n) = UNAVAILABLE.check() {
                 log::warn!("{label}: {f}; closing the client{}", held_back(n));
             }
+            unserved(conn, &pool, 503, &f);
             return None;
         }
         Err(f) => {
             log::error!("{label}: {f}; closing the client");
+            unserved(conn, &pool, 502, &f);
             return None;
         }
     };
@@ -161,6 +163,24 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
         progress: Progress::start(),
         connect,
     })
+}
+
+/// The access line of a connection no backend took (503: none could be had; 502: connecting
+/// failed), as nginx's stream module logs them; the main log has its own line already.
+fn unserved(conn: &Conn, pool: &Pool, status: u16, f: &crate::error::Failure) {
+    if access::has_file() || access::format() != crate::config::access::Format::Main {
+        let note = f.to_string();
+        let entry = Entry {
+            client: Some(conn.peer.ip()),
+            protocol: "TCP",
+            status,
+            duration: conn.accepted.elapsed(),
+            pool: &pool.name,
+            note: &note,
+            ..Entry::default()
+        };
+        access::write(&entry, || format!("{}: {note}; closed ({status})", Label(conn)));
+    }
 }
 
 /// Largest ClientHello read to route by SNI (a TLS record is at most 16 KiB and some change).
@@ -318,7 +338,8 @@ fn finish(conn: &Conn, r: Relaying, outcome: RelayOutcome) {
         outcome.up,
         outcome.down
     );
-    if access::has_file() {
+    // The main log has the warning; a standard wording, or a file of its own, gets the line too.
+    if access::has_file() || access::format() != crate::config::access::Format::Main {
         let note = format!("ended by {by} error ({why})");
         entry.note = &note;
         entry.status = if f.party == Party::Client { 499 } else { 502 };

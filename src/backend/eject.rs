@@ -68,7 +68,8 @@ impl Ejection {
             return (true, None);
         }
         if self.until.compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            self.history.lock().returned_at = now;
+            // Back since its time ran out, however much later this is noticed.
+            self.history.lock().returned_at = until;
             return (false, Some(Return::Expired));
         }
         (self.until.load(Ordering::Relaxed) != 0, None)

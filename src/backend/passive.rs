@@ -55,7 +55,7 @@ impl Backend {
             Transition::Down(why) => ("DOWN", "down", why),
             Transition::Up(why) => ("UP", "up", why),
             Transition::Ejected(why) => ("EJECTED", "ejected", why),
-            Transition::Returned(why) => ("BACK", "up", why),
+            Transition::Returned(why) => ("BACK", self.state_text(), why),
         };
         let line = format!("{} {} {word} {why}", self.name, self.addr);
         match t {

@@ -316,13 +316,14 @@ impl Balancer {
         }
     }
 
-    /// The member whose sticky cookie is `id`, when it may take the request: up, not in
-    /// maintenance, not removed (draining is fine: that is what drain is for, as in HAProxy and
+    /// The member whose sticky cookie is `id`, when it may take the request: up, not ejected,
+    /// not in maintenance, not removed (draining is fine: that is what drain is for, as in HAProxy and
     /// nginx), not full, not tried. Otherwise the name of the member it was, if it still is one.
     pub fn pick_sticky(&self, id: u64, tried: &Tried) -> Result<Pick, Option<String>> {
         let state = self.core.state.lock();
         let Some(b) = state.members.iter().find(|b| sticky_id(b.name()) == id) else { return Err(None) };
         let usable = b.health().is_up()
+            && !b.is_ejected()
             && b.admin_state() != crate::backend::AdminState::Maint
             && !b.is_retired()
             && !b.is_full()

@@ -58,15 +58,22 @@ impl Balancer {
         let members = state.members.len();
         let out = state.members.iter().filter(|m| m.is_ejected()).count();
         let cap = members * s.eject_max_percent as usize / 100;
-        if out >= cap {
+        // Nor the last member that could serve (the others down or in maintenance): a pool
+        // with none answers nothing but 503 until the ejection ends.
+        let others = state.members.iter().any(|m| !std::ptr::eq(&**m, b) && m.is_available());
+        if out >= cap || !others {
             drop(state);
             if let Some(n) = CAPPED.check() {
+                let why_not = if others {
+                    format!("{out} of {members} already ejected (eject_max_percent {})", s.eject_max_percent)
+                } else {
+                    "no other member could serve".to_string()
+                };
                 log::warn!(
-                    "{} {} failed {} times in a row (last: {why}) but stays: {out} of {members} already ejected (eject_max_percent {}){}",
+                    "{} {} failed {} times in a row (last: {why}) but stays: {why_not}{}",
                     b.name(),
                     b.addr(),
                     s.eject_consecutive_5xx,
-                    s.eject_max_percent,
                     held_back(n)
                 );
             }

@@ -83,6 +83,8 @@ pub struct Attempt {
     pub body_done: bool,
     /// A backend's status was retried on another (`retry_on`): not again.
     pub status_retried: bool,
+    /// A 1xx other than `100 Continue` was forwarded to the client.
+    pub informed: bool,
 }
 
 /// One request on its way through the proxy.

@@ -140,7 +140,7 @@ impl Exchange<'_> {
                 _ => backend.latency().observe_cost(tried_at.elapsed()),
             }
         }
-        if self.retries_status(resp.status, attempt, backend) {
+        if self.retries_status(resp.status, attempt, backend, record.attempts) {
             // `retry_on`: this answer goes no further; the connection closes with its body unread.
             self.pool.balancer.record_status(backend, resp.status);
             attempt.status_retried = true;
@@ -149,6 +149,8 @@ impl Exchange<'_> {
             return Err((f, Retry::NextBackend));
         }
         if resp.status == 101 {
+            // Not a failure: the backend's run of them ends.
+            self.pool.balancer.record_status(backend, resp.status);
             record.bytes_in += scratch.head.len() as u64;
             let outcome = upgrade::switch(self, cw, &mut bw, &stream, backend, scratch, record);
             scratch.backend_in = bw.into_buffer();
@@ -271,20 +273,23 @@ impl Exchange<'_> {
         Ok(Verdict::Continue)
     }
 
-    /// A failed attempt and what may follow ([`retry::after`]): a stale pooled connection is
-    /// replaced by a fresh one.
     /// Whether `[http] retry_on` sends this request to another member after `status`: once,
-    /// for an idempotent request none of whose body was read, when another member can take it
-    /// (else the backend's own answer goes to the client).
-    fn retries_status(&self, status: u16, attempt: &Attempt, backend: &Backend) -> bool {
+    /// on the first attempt (no other member has been tried), for an idempotent request none of
+    /// whose body was read and to whose client nothing was sent (no 1xx either), when another
+    /// member can take it; else the backend's own answer goes to the client.
+    fn retries_status(&self, status: u16, attempt: &Attempt, backend: &Backend, tries: u32) -> bool {
         self.ctx.config.http.retry_on.contains(&status)
             && self.head.retryable
+            && tries == 1
             && !attempt.body_touched
             && !attempt.continued
+            && !attempt.informed
             && !attempt.status_retried
             && self.pool.balancer.has_other(backend)
     }
 
+    /// A failed attempt and what may follow ([`retry::after`]): a stale pooled connection is
+    /// replaced by a fresh one.
     fn decide(&self, f: Failure, reused: bool, attempt: &mut Attempt) -> (Failure, Retry) {
         let replayable = self.head.retryable && !attempt.body_touched;
         let next = retry::after(&f, reused, replayable);

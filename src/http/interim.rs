@@ -60,6 +60,7 @@ pub fn read_final(
         let continues = resp.status == 100;
         if side.version == 1 && !(continues && attempt.continued) {
             to_client(x, &scratch.resp_head, &mut scratch.client_out)?;
+            attempt.informed |= !continues;
             log::debug!("req {}: {backend} sent {}; forwarded", x.head.request_id, resp.status);
         }
         if continues {

@@ -325,7 +325,13 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
                         linger = close;
                         !close
                     }
-                    Answer::Close => false,
+                    Answer::Close => {
+                        // Gone before an answer: nginx's 499 in the access line.
+                        if record.status == 0 && f.party == Party::Client {
+                            record.status = 499;
+                        }
+                        false
+                    }
                 }
             }
         };

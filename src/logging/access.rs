@@ -113,7 +113,8 @@ pub fn write(entry: &Entry<'_>, main: impl FnOnce() -> String) {
             b.lines += 1;
             b.started.get_or_insert_with(Instant::now);
             if b.text.len() >= BATCH_BYTES {
-                let lines = b.take();
+                // A busy worker: the next batch gets a buffer of full size at once.
+                let lines = b.take(String::with_capacity(BATCH_BYTES + 1024));
                 drop(b);
                 hand_over(tx, lines);
             }
@@ -164,9 +165,10 @@ thread_local! {
 }
 
 impl Batch {
-    fn take(&mut self) -> Lines {
+    /// Takes the lines, leaving `next` to write into.
+    fn take(&mut self, next: String) -> Lines {
         self.started = None;
-        let text = std::mem::replace(&mut self.text, String::with_capacity(BATCH_BYTES + 1024));
+        let text = std::mem::replace(&mut self.text, next);
         Lines { text, count: std::mem::take(&mut self.lines) }
     }
 }
@@ -192,6 +194,7 @@ struct Writer {
 }
 
 static WRITER: parking_lot::Mutex<Option<Writer>> = parking_lot::Mutex::new(None);
+static WRITE_FAILED: super::RateLimit = super::RateLimit::new();
 
 impl Writer {
     /// Writes the queued batches, and the workers' batches at least `age` old. Returns how many
@@ -211,7 +214,8 @@ impl Writer {
             let lines = {
                 let mut b = b.lock();
                 match b.started {
-                    Some(at) if at.elapsed() >= age => b.take(),
+                    // Its worker may be idle from now on: its buffer is given back, not renewed.
+                    Some(at) if at.elapsed() >= age => b.take(String::new()),
                     _ => continue,
                 }
             };
@@ -224,9 +228,20 @@ impl Writer {
         n
     }
 
+    /// Writes a batch; lines the file refused (a full disk, an I/O error) count as dropped,
+    /// and the main log says why, at most once a second.
     fn write(&mut self, lines: &Lines) -> u64 {
-        let _ = self.out.write_all(lines.text.as_bytes());
-        lines.count
+        match self.out.write_all(lines.text.as_bytes()) {
+            Ok(()) => lines.count,
+            Err(e) => {
+                DROPPED.fetch_add(lines.count, Ordering::Relaxed);
+                if let Some(n) = WRITE_FAILED.check() {
+                    let path = self.out.get_ref().path().display();
+                    log::error!("access log: writing {path}: {e}; lines dropped{}", super::held_back(n));
+                }
+                0
+            }
+        }
     }
 }
 

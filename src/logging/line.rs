@@ -66,7 +66,10 @@ pub fn combined_into(line: &mut String, e: &Entry<'_>, now: SystemTime) {
     line.push_str(" - - [");
     local_time(line, now);
     line.push_str("] \"");
-    if e.method.is_empty() {
+    if e.method.is_empty() && e.protocol.is_empty() {
+        // No request to name (a head refused before it parsed), as nginx writes it.
+        line.push('-');
+    } else if e.method.is_empty() {
         // tcp mode: the protocol and the backend stand in for a request line.
         escape_into(line, e.protocol);
         line.push(' ');
@@ -218,7 +221,6 @@ fn local_time(out: &mut String, now: SystemTime) {
     })
 }
 
-/// `2026-12-05T23:03:48.123Z`.
 /// Appends `"2026-12-05T23:03:48.123Z"` (quoted), its seconds computed once a second per thread.
 fn rfc3339(out: &mut String, now: SystemTime) {
     thread_local! {

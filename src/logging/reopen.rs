@@ -81,7 +81,9 @@ impl Write for ReopenFile {
             }
         }
         let n = self.file.write(buf)?;
-        self.line_start = buf[..n].ends_with(b"\n");
+        if n > 0 {
+            self.line_start = buf[..n].ends_with(b"\n");
+        }
         Ok(n)
     }
 

@@ -88,7 +88,10 @@ pub fn run<T>(
             Ok(done) => return Ok(done),
             Err(failed) => failed,
         };
-        balancer.record_failure(&backend, &f);
+        // A stale pooled connection is replaced, not blamed (nor counted towards ejection).
+        if retry != Retry::Fresh {
+            balancer.record_failure(&backend, &f);
+        }
         // For least-time a failure is slow, whatever its speed (a stale pooled connection is
         // not the backend's).
         if retry != Retry::Fresh && balancer.measures_time() {

@@ -26,7 +26,7 @@ fn a_member_failing_every_fifth_request_is_ejected_comes_back_and_is_ejected_lon
     let health = "eject_consecutive_5xx = 1\neject_base_ms = 1000\neject_max_ms = 10000";
     let (p, addr) = outlier_proxy(&[a, f], "", health, "");
     let mut w = lbproxy::h1::Wire::new(connect(addr));
-    let mut seen = |needle: &str| -> (usize, usize) {
+    let seen = |w: &mut lbproxy::h1::Wire<std::net::TcpStream>, needle: &str| -> (usize, usize) {
         // Requests until the line shows, bounded in count and time: (requests sent, 503s).
         let (mark, started) = (p.mark(), std::time::Instant::now());
         let (mut sent, mut failed) = (0, 0);
@@ -36,23 +36,34 @@ fn a_member_failing_every_fifth_request_is_ejected_comes_back_and_is_ejected_lon
                 "no {needle:?} after {sent} requests; log:\n{}",
                 p.log_text()
             );
-            failed += usize::from(get(&mut w, "/", "").status == 503);
+            failed += usize::from(get(w, "/", "").status == 503);
             sent += 1;
         }
         (sent, failed)
     };
-    let (_, failed) = seen("EJECTED");
+    let (_, failed) = seen(&mut w, "EJECTED");
     assert_eq!(failed, 1, "its fifth request failed, and ejected it");
     let first = p.wait_for("EJECTED");
     assert!(
         first.contains("app2 ") && first.contains("out for 1000 ms") && !first.contains("ejection 2"),
         "{first}"
     );
-    // While it is out, the steady member takes everything; then the flaky one is back by itself.
-    let (_, failed) = seen("BACK after its ejection ran out");
-    assert_eq!(failed, 0, "no request reached the ejected member");
+    // While it is out, the steady member takes everything; then the flaky one is back by itself,
+    // and its first answer (its sixth request) is a good one.
+    let started = std::time::Instant::now();
+    loop {
+        assert!(started.elapsed() < WAIT, "the ejected member never came back; log:\n{}", p.log_text());
+        let r = get(&mut w, "/", "");
+        if r.header("X-Served-By") == Some("flaky") {
+            assert_eq!(r.status, 200, "back, its sixth request is a good one");
+            break;
+        }
+        assert_eq!(r.status, 200, "the steady member answers while the other is out");
+    }
+    let back = p.wait_for("BACK");
+    assert!(back.contains("app2 ") && back.contains("BACK after its ejection ran out"), "{back}");
     // Its next fifth request fails within the second after it came back: out twice as long.
-    seen("ejection 2");
+    seen(&mut w, "ejection 2");
     let second = p.wait_for("EJECTED");
     assert!(second.contains("app2 ") && second.contains("out for 2000 ms, ejection 2"), "{second}");
 }
@@ -125,4 +136,35 @@ fn retry_on_hides_a_members_503_from_get_clients_and_never_replays_a_post() {
     // backends_section names them app1 (good) and app2 (bad).
     let retry_line = p.wait_for("answered 503 (retry_on); retrying app1");
     assert!(retry_line.contains("app2: response head"), "{retry_line}");
+}
+
+/// A sticky cookie names a member that gets ejected: its clients go to another member (with
+/// that member's cookie) for as long as the ejection lasts.
+#[test]
+fn a_sticky_cookie_does_not_hold_clients_on_an_ejected_member() {
+    let (_g, good) = dummy("good");
+    let (_b, bad) = dummy_with("bad", 0, &["--fail-every", "1"]);
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 16\nalgorithm = round-robin\n[health]\nenabled = false\n\
+         max_fails = 0\neject_base_ms = 60000\n{}sticky = cookie\n",
+        backends_section(&[good, bad])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    // The failing member's cookie, from one of its answers.
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    let cookie = loop {
+        let r = get(&mut w, "/", "");
+        assert_ne!(r.header("X-Served-By"), None, "a dummy answered");
+        if r.header("X-Served-By") == Some("bad") {
+            let set = r.header("Set-Cookie").expect("the member's cookie").to_string();
+            break set.split(';').next().expect("pair").to_string();
+        }
+    };
+    let with = format!("Cookie: {cookie}\r\n");
+    let answers: Vec<_> = (0..10).map(|_| get(&mut w, "/", &with)).collect();
+    let first_good = answers.iter().position(|r| r.status == 200).expect("a good answer once ejected");
+    assert!(first_good <= 5, "ejected after 5 failures in a row; {first_good} failed first");
+    assert!(answers[first_good..].iter().all(|r| r.header("X-Served-By") == Some("good")), "none back to it");
+    assert!(answers[first_good].header("Set-Cookie").is_some(), "told its new member");
+    assert!(p.wait_for("EJECTED").contains("app2 "));
 }
