@@ -310,3 +310,32 @@ fn a_tcp_connection_no_backend_took_gets_its_line_as_nginx_stream_logs_it() {
     assert!(v["status"] == 502 || v["status"] == 503, "{line}");
     assert!(v["note"].as_str().is_some_and(|n| !n.is_empty()), "{line}");
 }
+
+#[test]
+fn main_wording_in_a_file_carries_a_time_stamp_and_off_writes_no_line_anywhere() {
+    let (_b, backend) = dummy("app");
+    let (p, addr, path) = logging_proxy("main", &[backend], "");
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    assert_eq!(get(&mut w, "/main", "X-Request-ID: in-a-file\r\n").status, 200);
+    wait_written(&p, 1);
+    let line = &lines(&path)[0];
+    // `2026-12-05 23:03:48.123 req in-a-file 127.0.0.1:… "GET /main" -> app1 (…) 200 …`
+    assert!(line.len() > 24 && line.as_bytes()[4] == b'-' && line.as_bytes()[10] == b' ', "{line}");
+    assert!(
+        line[24..].starts_with("req in-a-file 127.0.0.1:") && line.contains("\"GET /main\" -> app1 "),
+        "{line}"
+    );
+
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 4\naccess_log = off\n[health]\nenabled = false\n{}",
+        backends_section(&[backend])
+    );
+    let (off, addr) = proxy_with(&config, &[]);
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    assert_eq!(get(&mut w, "/off", "X-Request-ID: nowhere\r\n").status, 200);
+    // A line after the request's, to know the log has caught up: the reload's.
+    off.signal("HUP");
+    off.wait_for("reload");
+    assert!(!off.log_text().contains("req nowhere"), "{}", off.log_text());
+    assert!(!off.dir().join("access.log").exists());
+}
