@@ -389,14 +389,18 @@ impl Drop for TunnelGuard {
 }
 
 /// A per-backend summary line: `app1 127.0.0.1:9090 up total=12 failures=0 active=0 sent=120B
-/// received=160B` (bytes sent to the backend and received from it).
+/// received=160B` (`up`, `EJECTED` or `DOWN`; bytes sent to the backend and received from it).
 pub fn summary_line(b: &Backend) -> String {
     let (up, down) = b.bytes();
     format!(
         "{} {} {} total={} failures={} active={} sent={up}B received={down}B",
         b.name,
         b.addr,
-        if b.health.is_up() { "up" } else { "DOWN" },
+        match (b.health.is_up(), b.is_ejected()) {
+            (false, _) => "DOWN",
+            (true, true) => "EJECTED",
+            (true, false) => "up",
+        },
         b.total(),
         b.failures(),
         b.active(),

@@ -91,6 +91,14 @@ fn three_of_four_members_failing_at_most_two_are_ejected_and_the_state_shows_it(
     // The pool still answers: the good member and the one failing member left in rotation.
     let ok = (0..20).filter(|_| get(&mut w, "/", "").status == 200).count();
     assert!((8..=12).contains(&ok), "round-robin over the two left: {ok} of 20 good");
+    // The summary at exit says so too.
+    let mut p = p;
+    p.signal("TERM");
+    assert!(p.wait_exit().success());
+    let summary = p.log_text();
+    let ejected =
+        summary.lines().filter(|l| l.contains("[INFO] backend app") && l.contains(" EJECTED total=")).count();
+    assert_eq!(ejected, 2, "{summary}");
 }
 
 #[test]
