@@ -176,3 +176,27 @@ fn a_sticky_cookie_does_not_hold_clients_on_an_ejected_member() {
     assert!(answers[first_good].header("Set-Cookie").is_some(), "told its new member");
     assert!(p.wait_for("EJECTED").contains("app2 "));
 }
+
+/// Envoy's rule: a passing active check ends an ejection early. The member fails every request
+/// but answers its health checks (`--fail-every` spares `/health`).
+#[test]
+fn a_passing_active_check_ends_an_ejection_early() {
+    let (_g, good) = dummy("good");
+    let (_b, bad) = dummy_with("bad", 0, &["--fail-every", "1"]);
+    let health = "eject_base_ms = 200000\nmax_fails = 0";
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 16\nalgorithm = round-robin\n[health]\nenabled = true\n\
+         mode = http\ninterval_ms = 200\n{health}\n{}",
+        backends_section(&[good, bad])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    for _ in 0..10 {
+        get(&mut w, "/", "");
+    }
+    let ejected = p.wait_for("EJECTED");
+    assert!(ejected.contains("app2 ") && ejected.contains("out for 200000 ms"), "{ejected}");
+    // Over three minutes out, yet the next passing check brings it back.
+    let back = p.wait_for("BACK");
+    assert!(back.contains("app2 ") && back.contains("after a passing check ended its ejection"), "{back}");
+}
