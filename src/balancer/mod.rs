@@ -274,7 +274,10 @@ impl Balancer {
         queue: Duration,
     ) -> Result<Pick, Unavailable> {
         let key = key.into();
-        let explain = log::log_enabled!(log::Level::Info) || crate::events::wants_pick();
+        // The why is worded for the main log at info, the dashboard, or a JSON access log.
+        let explain = log::log_enabled!(log::Level::Info)
+            || crate::events::wants_pick()
+            || crate::logging::access::wants_reason();
         let mut deadline: Option<Instant> = None;
         let mut waiting: Option<Waiting<'_>> = None;
         let mut state = self.core.state.lock();

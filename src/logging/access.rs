@@ -73,6 +73,12 @@ pub fn enabled() -> bool {
     }
 }
 
+/// Whether access lines carry the balancer's reason whatever the main log's level: a JSON file
+/// of their own.
+pub fn wants_reason() -> bool {
+    SINK.get().is_some_and(|s| s.to.is_some() && s.format == Format::Json)
+}
+
 /// Whether lines go to a file of their own (not the main log).
 pub fn has_file() -> bool {
     SINK.get().is_some_and(|s| s.to.is_some())
