@@ -168,7 +168,7 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
 /// The access line of a connection no backend took (503: none could be had; 502: connecting
 /// failed), as nginx's stream module logs them; the main log has its own line already.
 fn unserved(conn: &Conn, pool: &Pool, status: u16, f: &crate::error::Failure) {
-    if access::has_file() || access::format() != crate::config::access::Format::Main {
+    if access::adds_to_main_log() {
         let note = f.to_string();
         let entry = Entry {
             client: Some(conn.peer.ip()),
@@ -339,7 +339,7 @@ fn finish(conn: &Conn, r: Relaying, outcome: RelayOutcome) {
         outcome.down
     );
     // The main log has the warning; a standard wording, or a file of its own, gets the line too.
-    if access::has_file() || access::format() != crate::config::access::Format::Main {
+    if access::adds_to_main_log() {
         let note = format!("ended by {by} error ({why})");
         entry.note = &note;
         entry.status = if f.party == Party::Client { 499 } else { 502 };

@@ -25,7 +25,7 @@ pub(super) fn refuse_head(conn: &Conn, client: &ClientStream, f: &Failure, buf: 
     let _ = out.write_all(&answer).and_then(|()| out.flush());
     // The main log has said so already; a standard access log gets its line too (as nginx logs
     // its 400s), with no request to name.
-    if access::has_file() || access::format() != crate::config::access::Format::Main {
+    if access::adds_to_main_log() {
         let crate::error::Answer::Status(status) = f.answer() else { return };
         let note = f.to_string();
         let entry = Entry {

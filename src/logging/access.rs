@@ -79,9 +79,11 @@ pub fn wants_reason() -> bool {
     SINK.get().is_some_and(|s| s.to.is_some() && s.format == Format::Json)
 }
 
-/// Whether lines go to a file of their own (not the main log).
-pub fn has_file() -> bool {
-    SINK.get().is_some_and(|s| s.to.is_some())
+/// Whether an access line says more than the main log's own lines already do: it goes to a
+/// file of its own, or it is in a standard wording. (A `main` line in the main log would only
+/// repeat what a refusal or an error has logged.)
+pub fn adds_to_main_log() -> bool {
+    SINK.get().is_some_and(|s| s.to.is_some() || s.format != Format::Main)
 }
 
 /// Lines dropped because the logger thread was behind.

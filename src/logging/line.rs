@@ -202,39 +202,46 @@ fn escape_into(out: &mut String, s: &str) {
     }
 }
 
-/// Appends `05/Dec/2026:23:03:48 +0000`, computed once a second per thread.
+/// Appends `05/Dec/2026:23:03:48 +0000`.
 fn local_time(out: &mut String, now: SystemTime) {
     thread_local! {
-        static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+        static CACHE: Second = const { Second::new() };
     }
-    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != secs {
-            let t = OffsetDateTime::from(now);
-            let format = time::macros::format_description!(
-                "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
-            );
-            *c = (secs, t.format(&format).unwrap_or_default());
-        }
-        out.push_str(&c.1);
-    })
+    let format =
+        time::macros::format_description!("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000");
+    CACHE.with(|c| c.append(out, now, format));
 }
 
-/// Appends `"2026-12-05T23:03:48.123Z"` (quoted), its seconds computed once a second per thread.
+/// Appends `"2026-12-05T23:03:48.123Z"` (quoted).
 fn rfc3339(out: &mut String, now: SystemTime) {
     thread_local! {
-        static CACHE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+        static CACHE: Second = const { Second::new() };
     }
-    let since = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.0 != since.as_secs() {
-            let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
-            *c = (since.as_secs(), OffsetDateTime::from(now).format(&format).unwrap_or_default());
+    let format = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+    out.push('"');
+    CACHE.with(|c| c.append(out, now, format));
+    let millis = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().subsec_millis();
+    let _ = write!(out, ".{millis:03}Z\"");
+}
+
+/// One wording of the current second, formatted once a second per thread (a line's time is
+/// the costliest part of formatting it).
+struct Second(std::cell::RefCell<(u64, String)>);
+
+impl Second {
+    const fn new() -> Second {
+        Second(std::cell::RefCell::new((u64::MAX, String::new())))
+    }
+
+    /// Appends `now`'s second in `format`.
+    fn append(&self, out: &mut String, now: SystemTime, format: &[time::format_description::FormatItem<'_>]) {
+        let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let mut c = self.0.borrow_mut();
+        if c.0 != secs {
+            *c = (secs, OffsetDateTime::from(now).format(format).unwrap_or_default());
         }
-        let _ = write!(out, "\"{}.{:03}Z\"", c.1, since.subsec_millis());
-    })
+        out.push_str(&c.1);
+    }
 }
 
 #[cfg(test)]
