@@ -133,6 +133,9 @@ impl Exchange<'_> {
         };
         record.status = resp.status;
         record.head_time = Some(tried_at.elapsed());
+        // Passive health and ejection: a 5xx extends the member's run of failures, any other
+        // status (a 101 too) ends it; retried or not, the status is the backend's.
+        self.pool.balancer.record_status(backend, resp.status);
         // least-time's sample: the response head's time, a 5xx counted as slow.
         if self.pool.balancer.measures_time() {
             match resp.status {
@@ -142,15 +145,12 @@ impl Exchange<'_> {
         }
         if self.retries_status(resp.status, attempt, backend, record.attempts) {
             // `retry_on`: this answer goes no further; the connection closes with its body unread.
-            self.pool.balancer.record_status(backend, resp.status);
             attempt.status_retried = true;
             scratch.backend_in = bw.into_buffer();
             let f = Failure::at(backend.name(), Party::Backend, Phase::Head, Cause::Status(resp.status));
             return Err((f, Retry::NextBackend));
         }
         if resp.status == 101 {
-            // Not a failure: the backend's run of them ends.
-            self.pool.balancer.record_status(backend, resp.status);
             record.bytes_in += scratch.head.len() as u64;
             let outcome = upgrade::switch(self, cw, &mut bw, &stream, backend, scratch, record);
             scratch.backend_in = bw.into_buffer();
@@ -162,7 +162,6 @@ impl Exchange<'_> {
                 }
             };
         }
-        self.pool.balancer.record_status(backend, resp.status);
         let surplus = self.respond(&mut bw, &resp, backend, scratch, record);
         scratch.backend_in = bw.into_buffer();
         let surplus = surplus.map_err(give_up)?;
