@@ -2,6 +2,8 @@
 //! (hop-by-hop headers removed, framing re-established for the client's side, request id and
 //! `Via` added, `Connection` set to what the proxy will actually do).
 
+use std::mem::MaybeUninit;
+
 use super::edits::Edits;
 use super::request::{has_connection_header, header_line, is_hop_by_hop, length_line, via_line};
 use super::{parse_length, response_body, BodyKind, MAX_HEADERS};
@@ -49,9 +51,12 @@ pub fn parse(
     client: &ClientSide<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, &'static str> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
+    // Uninitialized slots, as in `request::parse`.
+    let mut slots = [MaybeUninit::uninit(); MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err("response head too large"),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -92,18 +97,15 @@ pub fn parse(
         };
         return Ok(Some(informational));
     }
-    let lengths: Vec<&[u8]> =
-        headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")).map(|h| h.value).collect();
-    let length = match lengths.as_slice() {
-        [] => None,
-        [first, rest @ ..] => {
-            let n = parse_length(first).ok_or("invalid Content-Length")?;
-            if rest.iter().any(|v| parse_length(v) != Some(n)) {
-                return Err("conflicting Content-Length");
-            }
-            Some(n)
+    let mut length = None;
+    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")) {
+        let n = parse_length(h.value);
+        match length {
+            None => length = Some(n.ok_or("invalid Content-Length")?),
+            Some(first) if n != Some(first) => return Err("conflicting Content-Length"),
+            Some(_) => {}
         }
-    };
+    }
     let te = headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
     let body = response_body(client.method, status, headers);
     let chunked_final = body == BodyKind::Chunked && final_coding_is_chunked(headers);
