@@ -139,6 +139,14 @@ fn split_absolute(target: &str) -> Option<(&str, &str)> {
 /// Parses the head at the start of `buf`. `Ok(None)`: incomplete, read more (unless `buf`
 /// already holds `max_head` bytes: then 431). On success the head rewritten for the backend is
 /// appended to `out`.
+/// A UUID v4 for a request that came without an ID. Its random bits come from fastrand's
+/// per-thread generator, as HAProxy's `uuid()` comes from a non-cryptographic one: an ID must be
+/// unique, not unguessable. Written without `fmt`.
+fn new_request_id() -> String {
+    let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
+    id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
+}
+
 // Not inlined: its hundred header slots must not sit in an idle worker's live frame.
 #[inline(never)]
 pub fn parse(
@@ -196,7 +204,7 @@ pub fn parse(
     let request_id = match super::header(headers, "x-request-id") {
         Some(id) if valid_request_id(id) => String::from_utf8_lossy(id).into_owned(),
         Some(_) => return Err(reject(400, "invalid X-Request-ID")),
-        None => uuid::Uuid::new_v4().to_string(),
+        None => new_request_id(),
     };
     let retryable = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE")
         || super::header(headers, "idempotency-key").is_some();

@@ -161,3 +161,14 @@ fn expect_100_continue_is_forwarded_with_a_body_only() {
         run("GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n").expect("ok").expect("c");
     assert!(!head.expect_continue && !out.contains("Expect"), "{out}");
 }
+
+#[test]
+fn generated_request_ids_are_distinct_uuid_v4() {
+    let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_request_id()).collect();
+    assert_eq!(ids.len(), 1000);
+    for id in &ids {
+        let uuid = uuid::Uuid::parse_str(id).expect("a UUID");
+        assert_eq!((uuid.get_version_num(), uuid.get_variant()), (4, uuid::Variant::RFC4122), "{id}");
+        assert_eq!(id, &id.to_ascii_lowercase());
+    }
+}
