@@ -262,6 +262,9 @@ pub struct Conn {
     pub handshake: Option<crate::tls::stream::Pending>,
     /// A TLS session's state while its connection waits in the parker.
     pub tls_session: Option<Box<parking_lot::Mutex<rustls::Connection>>>,
+    /// The client socket's read and write timeouts as HTTP mode last set them (`None`: not
+    /// known), kept across a park so that a resumed connection does not set them again.
+    pub timeouts: (Option<Duration>, Option<Duration>),
     /// A quiet relay or tunnel's backend side and state (see [`Conn::go_quiet`]).
     quiet: Option<Box<Quiet>>,
     /// Per-client policy: checked once (`allow`, `deny`, the connection limit), and the slot
@@ -294,6 +297,7 @@ impl Conn {
             handshake: None,
             tls_session: None,
             quiet: None,
+            timeouts: (None, None),
             admitted: None,
             shared,
             registry: registry.clone(),

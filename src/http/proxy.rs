@@ -115,7 +115,13 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     let parker = ctx.parker.as_deref();
     let client: &ClientStream = &stream;
     let tcp: &TcpStream = &conn.stream;
-    let _ = tcp.set_write_timeout(as_limit(t.idle));
+    // The socket's timeouts as this function last set them, when it comes back from the parker
+    // (nothing else sets them in between; a TLS handshake does, so not after one).
+    let known = if resumed.is_some() || greeted { conn.timeouts } else { (None, None) };
+    let write = Some(as_limit(t.idle).unwrap_or(NO_LIMIT));
+    if known.1 != write {
+        let _ = tcp.set_write_timeout(write);
+    }
     let client_ip = conn.peer.ip().to_string();
     // The client's source-hash key, once per connection rather than per request.
     let client_key = source_key(conn.peer.ip());
@@ -142,7 +148,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     if let Some(p) = &partial {
         cw.preload(&p.bytes);
     }
-    let mut timeout = ReadTimeout { stream: tcp, current: None };
+    let mut timeout = ReadTimeout { stream: tcp, current: known.0 };
     let limits = Limits { idle: as_limit(t.idle), header: as_limit(t.header) };
     let mut timers = IdleTimers::new(limits, head_started, u64::from(resumed.is_some()), greeted);
     let mut linger = false;
@@ -345,6 +351,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         timers.since = Instant::now();
     }
     scratch.routes = Some(loaded);
+    let timeouts = (timeout.current, write);
     if linger {
         lingering_close(tcp);
     }
@@ -355,6 +362,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     // A TLS session waits in the parker with its connection.
     let session = stream.into_session();
     conn.admitted = admitted;
+    conn.timeouts = timeouts;
     let Some(parker) = parker else { return };
     if pending.is_some() || park || tunnel.is_some() {
         conn.tls_session = session;
