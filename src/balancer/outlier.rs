@@ -31,6 +31,11 @@ impl Balancer {
     /// Records a response status against `b` ([`Backend::record_status`]): a 5xx extends its
     /// run of failures (and may eject it), anything else ends the run.
     pub fn record_status(&self, b: &Backend, status: u16) {
+        if status < 500 {
+            // The common case needs no settings, so it takes no lock: the run just ends.
+            b.ejection().observe(false, 0);
+            return;
+        }
         let threshold = {
             let s = self.health.lock();
             b.record_status(status, &s);
