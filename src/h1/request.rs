@@ -139,9 +139,8 @@ fn split_absolute(target: &str) -> Option<(&str, &str)> {
 /// Parses the head at the start of `buf`. `Ok(None)`: incomplete, read more (unless `buf`
 /// already holds `max_head` bytes: then 431). On success the head rewritten for the backend is
 /// appended to `out`.
-/// A UUID v4 for a request that came without an ID. Its random bits come from fastrand's
-/// per-thread generator, as HAProxy's `uuid()` comes from a non-cryptographic one: an ID must be
-/// unique, not unguessable. Written without `fmt`.
+/// A UUID v4 for a request without an ID, from fastrand's per-thread generator (as HAProxy's
+/// `uuid()`, non-cryptographic: an ID must be unique, not unguessable), written without `fmt`.
 fn new_request_id() -> String {
     let id = uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid();
     id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
@@ -155,8 +154,7 @@ pub fn parse(
     fwd: &Forwarding<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Option<RequestHead>, Rejection> {
-    // Uninitialized slots: httparse writes only the ones it fills, where a zeroed array would
-    // cost 3 KiB of stores per request.
+    // Uninitialized: httparse writes only the slots it fills (zeroing all costs 3 KiB of stores).
     let mut slots = [MaybeUninit::uninit(); MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
