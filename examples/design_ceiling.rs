@@ -14,7 +14,8 @@
 //! ```
 //!
 //! It takes `--config FILE` (so `scripts/ab.sh` can start it) and reads only `listen = ADDR`
-//! and the first `NAME = HOST:PORT` line under `[backends]`. Never expose it: it trusts its peers.
+//! and the first member (`NAME = HOST:PORT`) of `[backends]` or of a `[pool.*]`; routes are
+//! ignored. Never expose it: it trusts its peers.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -46,7 +47,7 @@ fn main() -> io::Result<()> {
     Ok(())
 }
 
-/// `listen` from `[proxy]` and the first member of `[backends]`.
+/// `listen` from `[proxy]` and the first member of `[backends]` (or of the first `[pool.*]`).
 fn addresses(ini: &str) -> io::Result<(String, String)> {
     let (mut section, mut listen, mut backend) = (String::new(), None, None);
     for line in ini.lines().map(str::trim) {
@@ -56,8 +57,12 @@ fn addresses(ini: &str) -> io::Result<(String, String)> {
             let (key, value) = (key.trim(), value.trim().to_string());
             if section == "[proxy]" && key == "listen" {
                 listen = Some(value);
-            } else if section == "[backends]" && backend.is_none() {
-                backend = Some(value);
+            } else if (section == "[backends]" || section.starts_with("[pool.")) && backend.is_none() {
+                // A member is `NAME = HOST:PORT [weight=N …]`; settings (`resolve_ms = …`) are not.
+                let addr = value.split_whitespace().next().unwrap_or("");
+                if addr.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
+                    backend = Some(addr.to_string());
+                }
             }
         }
     }

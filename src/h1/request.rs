@@ -6,8 +6,6 @@
 //! coding is not `chunked`, whitespace before a colon, obs-fold, invalid bytes in names, values
 //! or target, a missing or repeated Host in HTTP/1.1, and unsupported versions (505).
 
-use std::mem::MaybeUninit;
-
 use super::edits::{stripped, take_cookie, Edits, Routed, Router};
 use super::framing::framing;
 use super::{has_token, BodyKind, MAX_HEADERS};
@@ -136,9 +134,6 @@ fn split_absolute(target: &str) -> Option<(&str, &str)> {
     Some((&rest[..end], &rest[end..]))
 }
 
-/// Parses the head at the start of `buf`. `Ok(None)`: incomplete, read more (unless `buf`
-/// already holds `max_head` bytes: then 431). On success the head rewritten for the backend is
-/// appended to `out`.
 /// A UUID v4 for a request without an ID, from fastrand's per-thread generator (as HAProxy's
 /// `uuid()`, non-cryptographic: an ID must be unique, not unguessable), written without `fmt`.
 fn new_request_id() -> String {
@@ -146,6 +141,9 @@ fn new_request_id() -> String {
     id.hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
 }
 
+/// Parses the head at the start of `buf`. `Ok(None)`: incomplete, read more (unless `buf`
+/// already holds `max_head` bytes: then 431). On success the head rewritten for the backend is
+/// appended to `out`.
 // Not inlined: its hundred header slots must not sit in an idle worker's live frame.
 #[inline(never)]
 pub fn parse(
@@ -155,7 +153,7 @@ pub fn parse(
     out: &mut Vec<u8>,
 ) -> Result<Option<RequestHead>, Rejection> {
     // Uninitialized: httparse writes only the slots it fills (zeroing all costs 3 KiB of stores).
-    let mut slots = [MaybeUninit::uninit(); MAX_HEADERS];
+    let mut slots = [std::mem::MaybeUninit::uninit(); MAX_HEADERS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) if len > max_head => return Err(Rejection::HEAD_TOO_LARGE),
