@@ -252,6 +252,8 @@ pub struct Conn {
     /// Set when the connection comes back from the parker ([`crate::park`]): idle since then,
     /// between two requests, its next one arriving.
     pub parked_since: Option<Instant>,
+    /// Sent back by [`crate::park::Parker::requeue`], not found readable: read without waiting.
+    pub requeued: bool,
     /// Set when the connection comes back from the parker in the middle of a request head
     /// (or of a TLS handshake: then `handshake` holds its state, and `head` its clock).
     pub head: Option<PartialHead>,
@@ -292,6 +294,7 @@ impl Conn {
             accepted: Instant::now(),
             stream,
             parked_since: None,
+            requeued: false,
             head: None,
             greeting: None,
             handshake: None,

@@ -63,6 +63,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     // Back from the parker: idle since then, its next request readable; or in the middle of a
     // head (or new), more of it readable.
     let resumed = conn.parked_since.take();
+    let requeued = std::mem::take(&mut conn.requeued);
     // Put back on the connection when it parks (the stream borrows it until then).
     let mut admitted = conn.admitted.take();
     let partial = conn.head.take();
@@ -151,9 +152,12 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     let mut timeout = ReadTimeout { stream: tcp, current: known.0 };
     let limits = Limits { idle: as_limit(t.idle), header: as_limit(t.header) };
     let mut timers = IdleTimers::new(limits, head_started, u64::from(resumed.is_some()), greeted);
+    timers.requeued = requeued;
     let mut linger = false;
     // How the connection leaves this worker when it is not closed.
     let mut parks = None;
+    // Between requests while connections wait for a worker ([`Parker::requeue`]).
+    let mut requeue = false;
     // An upgrade's tunnel gone quiet, to park.
     let mut tunnel = None;
     'requests: loop {
@@ -201,6 +205,8 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
             let wait = match timers.before(&now, Instant::now()) {
                 Before::Read(wait) => wait,
                 Before::Park(wait) => {
+                    // Idle while connections wait for a worker: requeued rather than watched.
+                    requeue = wait == Wait::Idle;
                     parks = Some(wait);
                     break None;
                 }
@@ -376,6 +382,8 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         conn.head = Some(head);
         parker.park_head(conn, deadline);
     } else if park {
+        let conn = if requeue { parker.requeue(conn, timers.since) } else { Some(conn) };
+        let Some(conn) = conn else { return };
         if let Some(mut back) = parker.park(conn, timers.since) {
             // Refused because the proxy stops: the client may have its next request on the
             // wire already, so this worker serves it (with `Connection: close`) within

@@ -140,12 +140,15 @@ pub struct IdleTimers {
     pub trimmed: bool,
     /// Its PROXY header or TLS handshake is done and it parked before: no first-byte grace.
     pub greeted: bool,
+    /// It came back requeued ([`crate::park::Parker::requeue`]), perhaps not readable yet: its
+    /// first read takes what is there, and it parks for real if nothing is.
+    pub requeued: bool,
 }
 
 impl IdleTimers {
     /// A connection whose clock started at `since`, having served `served` requests.
     pub fn new(limits: Limits, since: Instant, served: u64, greeted: bool) -> IdleTimers {
-        IdleTimers { limits, since, served, taken: 0, trimmed: false, greeted }
+        IdleTimers { limits, since, served, taken: 0, trimmed: false, greeted, requeued: false }
     }
 
     /// Waiting for a keep-alive client's next request (not a head begun, not a new one).
@@ -170,6 +173,9 @@ impl IdleTimers {
             let parks = now.parker && !now.stopping && !now.holds_plaintext;
             if parks && self.taken > 0 && now.pressed {
                 return Before::Park(Wait::Idle);
+            }
+            if parks && self.requeued {
+                return Before::Read(None);
             }
             let mut limit = self.limits.idle.unwrap_or(NO_LIMIT);
             if now.stopping {
@@ -208,6 +214,7 @@ impl IdleTimers {
             Filled::Eof | Filled::Failed => After::Close,
             Filled::TooLarge => After::TooLarge,
             Filled::Bytes => {
+                self.requeued = false;
                 if keep_alive {
                     // A request begins: the head's clock starts.
                     self.since = at;

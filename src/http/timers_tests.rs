@@ -34,6 +34,26 @@ fn a_keep_alive_client_waits_park_after_then_parks_and_at_once_when_others_wait(
 }
 
 #[test]
+fn a_requeued_client_reads_without_waiting_then_parks_or_serves() {
+    let t0 = Instant::now();
+    let mut t = IdleTimers::new(limits(), t0, 1, true);
+    t.requeued = true;
+    // Its turn came before its request: it takes what is there and parks for real.
+    assert_eq!(t.before(&idle(), t0 + ms(5)), Before::Read(None));
+    assert_eq!(t.after(&idle(), Filled::Empty, t0 + ms(5)), After::Park(Wait::Idle));
+    // Its request came: served, after which it waits as any keep-alive client.
+    assert_eq!(t.after(&idle(), Filled::Bytes, t0 + ms(5)), After::Parse);
+    t.served += 1;
+    t.since = t0 + ms(6);
+    assert_eq!(t.before(&idle(), t0 + ms(6)), Before::Read(Some(PARK_AFTER)));
+    // Without a parker (stopping) it is never read without waiting.
+    let mut t = IdleTimers::new(limits(), t0, 1, true);
+    t.requeued = true;
+    let stopping = Now { stopping: true, ..idle() };
+    assert!(matches!(t.before(&stopping, t0), Before::Read(Some(_))));
+}
+
+#[test]
 fn a_request_starts_the_head_clock_and_the_rest_of_a_head_is_read_without_waiting() {
     let t0 = Instant::now();
     let mut t = IdleTimers::new(limits(), t0, 1, true);

@@ -106,6 +106,9 @@ pub struct Parker {
     /// The workers' channel, to see whether connections wait (its sender is the thread's, so
     /// the channel closes when the thread ends).
     queue: OnceLock<Receiver<Conn>>,
+    /// A sender on that channel for [`Parker::requeue`], dropped by [`Parker::stop`] (the
+    /// workers' loops end only when every sender is gone).
+    jobs: Mutex<Option<Sender<Conn>>>,
     /// The wake pipe's write end; dropped by [`Parker::stop`].
     wake: Mutex<Option<OwnedFd>>,
     /// Its read end, in the epoll set.
@@ -131,6 +134,7 @@ impl Parker {
             epoll: ep,
             parked: Mutex::new(Parked::default()),
             queue: OnceLock::new(),
+            jobs: Mutex::new(None),
             wake: Mutex::new(Some(wake_tx)),
             _wake_rx: wake_rx,
             open: AtomicBool::new(false),
@@ -145,12 +149,14 @@ impl Parker {
     /// `queue` tells). The thread stops, closing what is parked, when the handle drops.
     pub fn spawn(self: &Arc<Parker>, jobs: Sender<Conn>, queue: Receiver<Conn>) -> std::io::Result<Running> {
         let _ = self.queue.set(queue);
+        *self.jobs.lock() = Some(jobs.clone());
         self.open.store(true, Ordering::SeqCst);
         let parker = self.clone();
         match thread::Builder::new().name("parker".into()).spawn(move || parker.run(&jobs)) {
             Ok(thread) => Ok(Running { parker: self.clone(), thread: Some(thread) }),
             Err(e) => {
                 self.open.store(false, Ordering::SeqCst);
+                drop(self.jobs.lock().take());
                 Err(e)
             }
         }
@@ -173,6 +179,24 @@ impl Parker {
     #[must_use = "a refused connection comes back; dropping it closes it"]
     pub fn park(&self, conn: Conn, since: Instant) -> Option<Conn> {
         self.enter(conn, Wait::Idle(since))
+    }
+
+    /// Puts `conn`, idle since `since` between requests, straight back on the workers' queue
+    /// instead of watching it: for when connections already wait there, so that by its turn its
+    /// next request has usually come, and it skips the epoll set (two `epoll_ctl`) and this
+    /// thread's hand-over. The worker that takes it reads without waiting and parks it here if
+    /// nothing came. Refused (the queue full, or the parker stopped), it comes back.
+    #[must_use = "a refused connection comes back; dropping it closes it"]
+    pub fn requeue(&self, mut conn: Conn, since: Instant) -> Option<Conn> {
+        let jobs = self.jobs.lock();
+        let Some(jobs) = jobs.as_ref() else { return Some(conn) };
+        conn.parked_since = Some(since);
+        conn.requeued = true;
+        jobs.try_send(conn).err().map(|refused| {
+            let mut conn = refused.into_inner();
+            (conn.parked_since, conn.requeued) = (None, false);
+            conn
+        })
     }
 
     /// Parks `conn` in the middle of a request head (its bytes so far in [`Conn::head`]), or
@@ -271,6 +295,7 @@ impl Parker {
     /// Stops parking; the thread closes every parked connection and returns.
     fn stop(&self) {
         self.open.store(false, Ordering::SeqCst);
+        drop(self.jobs.lock().take());
         drop(self.wake.lock().take());
     }
 
