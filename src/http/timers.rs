@@ -6,7 +6,8 @@
 //!
 //! ```text
 //!   between requests:  read up to park_after (100 ms) -> Park(Idle)   [no parker: trim, then idle_ms]
-//!                      or at once when connections wait for a worker   -> Park(Idle)
+//!                      or at once when connections wait for a worker   -> Park(Idle), requeued
+//!   requeued:          read what is there without waiting              -> Park(Idle) if nothing
 //!   a head begun:      read what is there without waiting             -> Park(Head), 408 at header_ms
 //!   a new connection:  first byte up to FIRST_BYTE (10 ms)            -> Park(Head)
 //!   stopping:          no parking; idle ones close after SHUTDOWN_GRACE (500 ms)

@@ -8,8 +8,12 @@
 //! acceptor --\                                   /--> worker: serves requests ... idle --\
 //!             >-- channel (bounded: `queue`) ---<                                        |
 //! parker  ---/   (readable again, or closed)     \--> worker ...                         |
-//!    ^---------------------------------- park (idle 100 ms, or other connections queue) --/
+//!    ^---------------------------------- park (idle 100 ms) -----------------------------/
 //! ```
+//!
+//! When connections already queue, a worker between requests sends its client straight to the
+//! back of the channel instead ([`Parker::requeue`]); the worker that takes it parks it here
+//! only if its next request has not come.
 //!
 //! So a thread serves requests, not connections: thousands of idle clients cost a socket and a
 //! few hundred bytes each, and `workers` bounds the connections in the middle of a request. A

@@ -397,3 +397,43 @@ fn an_idle_keep_alive_client_parks_and_lets_its_worker_serve_others() {
     }
     assert!(!p.log_text().contains("for a free worker"), "{}", p.log_text());
 }
+
+/// More busy keep-alive clients than workers: between requests each goes back on the workers'
+/// queue (requeued, not watched: its next request is usually there by its turn), or parks if
+/// it went quiet. Every request is answered on its own connection with its own response, and a
+/// client that idles among them is served again afterwards.
+#[test]
+fn keep_alive_clients_beyond_the_workers_take_turns_and_each_gets_its_own_answers() {
+    let ds = dummies(1);
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 2\n[health]\nenabled = false\n{}",
+        backends_section(&[ds[0].1])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let mut idler = lbproxy::h1::Wire::new(connect(addr));
+    assert_eq!(get(&mut idler, "/echo?idler=0", "").status, 200);
+    let clients: Vec<_> = (0..16)
+        .map(|c| {
+            thread::spawn(move || {
+                let mut wire = lbproxy::h1::Wire::new(connect(addr));
+                for i in 0..25 {
+                    let path = format!("/echo?c={c}&i={i}");
+                    let r = get(&mut wire, &path, "");
+                    assert_eq!(r.status, 200, "client {c} request {i}");
+                    assert!(
+                        r.text().contains(&format!("GET {path} HTTP/1.1")),
+                        "client {c} got another's answer"
+                    );
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client failed");
+    }
+    // The idle client parked while the crowd took turns; its connection still serves it.
+    let r = get(&mut idler, "/echo?idler=1", "");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("GET /echo?idler=1 HTTP/1.1"));
+    assert!(!p.log_text().contains("panicked"), "{}", p.log_text());
+}
