@@ -88,24 +88,31 @@ fn relay(mut client: TcpStream, backend: &str) -> io::Result<()> {
 
 /// Reads until a blank line ends the head; returns its length.
 fn read_head(from: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    let mut len = 0;
-    loop {
-        let n = from.read(&mut buf[len..])?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        len += n;
-        if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-            return Ok(len);
-        }
-        if len == buf.len() {
-            return Err(io::Error::other("head too large"));
-        }
-    }
+    read_until(from, buf, |bytes| bytes.windows(4).any(|w| w == b"\r\n\r\n").then_some(bytes.len()))
 }
 
 /// Reads one response, framed by `Content-Length`; returns its length.
 fn read_response(from: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    read_until(from, buf, |bytes| {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(head)) = parsed.parse(bytes) else { return None };
+        let body = parsed
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())?;
+        (bytes.len() >= head + body).then_some(head + body)
+    })
+}
+
+/// Reads into `buf` until `done` finds a whole message in what has arrived (its length); a
+/// response it cannot frame (malformed, no `Content-Length`) ends only at the buffer's end.
+fn read_until(
+    from: &mut TcpStream,
+    buf: &mut [u8],
+    done: impl Fn(&[u8]) -> Option<usize>,
+) -> io::Result<usize> {
     let mut len = 0;
     loop {
         let n = from.read(&mut buf[len..])?;
@@ -113,22 +120,11 @@ fn read_response(from: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         len += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let status = parsed.parse(&buf[..len]).map_err(io::Error::other)?;
-        if let httparse::Status::Complete(head) = status {
-            let body = parsed
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
-                .ok_or_else(|| io::Error::other("a response without Content-Length"))?;
-            if len >= head + body {
-                return Ok(head + body);
-            }
+        if let Some(whole) = done(&buf[..len]) {
+            return Ok(whole);
         }
         if len == buf.len() {
-            return Err(io::Error::other("response too large"));
+            return Err(io::Error::other("message too large or unframed"));
         }
     }
 }
