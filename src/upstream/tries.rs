@@ -88,14 +88,14 @@ pub fn run<T>(
             Ok(done) => return Ok(done),
             Err(failed) => failed,
         };
-        // A stale pooled connection is replaced, not blamed (nor counted towards ejection).
+        // A stale pooled connection is replaced, not blamed: neither counted towards passive
+        // health and ejection, nor, for least-time, as slow (any other failure is, whatever
+        // its speed).
         if retry != Retry::Fresh {
             balancer.record_failure(&backend, &f);
-        }
-        // For least-time a failure is slow, whatever its speed (a stale pooled connection is
-        // not the backend's).
-        if retry != Retry::Fresh && balancer.measures_time() {
-            backend.latency().penalize();
+            if balancer.measures_time() {
+                backend.latency().penalize();
+            }
         }
         match retry {
             Retry::GiveUp => return Err(f),
