@@ -117,8 +117,10 @@ impl<S: Read> Wire<S> {
 
     /// Reads more bytes after those buffered, growing the buffer up to `limit` bytes.
     /// Returns 0 at end of stream; an error when the buffer is already `limit` bytes.
+    /// The read is a wait on a peer, which may hand this worker's place on if it lasts
+    /// (see [`crate::threads::gate`]).
     pub fn fill(&mut self, limit: usize) -> io::Result<usize> {
-        self.fill_by(limit, |stream, buf| stream.read(buf))
+        self.fill_by(limit, |stream, buf| crate::threads::gate::waiting(|| stream.read(buf)))
     }
 
     /// [`Wire::fill`], reading with `read` (a non-blocking read, say) instead of the stream's

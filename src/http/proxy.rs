@@ -195,7 +195,10 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
             let between_requests = cw.buffered().is_empty();
             let now = Now {
                 parker: parker.is_some(),
-                pressed: between_requests && parker.is_some_and(Parker::pressed),
+                // Connections wait for a worker, or this one's place went to another while it
+                // waited on a peer: either way, the client goes back to the queue.
+                pressed: between_requests
+                    && (parker.is_some_and(Parker::pressed) || crate::threads::gate::stepped_aside()),
                 stopping: ctx.stopping.load(Ordering::SeqCst),
                 holds_plaintext: between_requests && holds_plaintext(client),
                 between_requests,

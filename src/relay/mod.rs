@@ -339,7 +339,7 @@ fn poll_two(
         (true, false) => 1..2,
         (false, false) => 0..2,
     };
-    Some(match poll(&mut fds[range.clone()], timeout) {
+    Some(match crate::threads::gate::waiting(|| poll(&mut fds[range.clone()], timeout)) {
         Ok(_) => Ok((
             range.start == 0 && !fds[0].revents().is_empty(),
             range.end == 2 && !fds[1].revents().is_empty(),

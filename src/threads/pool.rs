@@ -8,20 +8,28 @@
 //! binds so that it never happens in practice, and if it does the panic is caught and becomes an
 //! `io::Error` naming it. A panicking job is caught and counted, so the thread (and the pool's
 //! size) survives. Stacks are small so that thousands of workers fit in memory, and every pool
-//! thread runs under `SCHED_BATCH` (see [`batch_scheduling`]). [`Gauges`] reads what the
-//! threads are doing, for `/stats`.
+//! thread runs under `SCHED_BATCH` (see [`batch_scheduling`]). A gated pool admits only some
+//! of its threads to take jobs at once, and a watch thread lets reserve ones in for those
+//! stuck on a peer ([`crate::threads::gate`]). [`Gauges`] reads what the threads are doing,
+//! for `/stats`.
 
 use std::io;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use threadpool::ThreadPool;
 
+use super::gate::{Gate, Sizing};
+
 /// Stack size of every pool thread. Relay buffers live on the heap, so 128 KiB is ample even
 /// for debug builds, and only the touched pages are resident.
 pub const STACK_SIZE: usize = 128 * 1024;
+
+/// How many connections are open, for a gated pool's [`Sizing`].
+pub type Demand = Box<dyn Fn() -> usize + Send>;
 
 /// A fixed set of threads each running a handler on jobs of type `J` from one bounded channel.
 pub struct WorkerPool<J> {
@@ -31,6 +39,8 @@ pub struct WorkerPool<J> {
     /// A receiver, for the queue's length.
     queue: Receiver<J>,
     counts: Arc<Counts>,
+    /// The gate and its watch thread, in a gated pool.
+    gate: Option<(Arc<Gate>, JoinHandle<()>)>,
 }
 
 /// What a pool's threads are doing, counted as they go.
@@ -45,6 +55,7 @@ struct Counts {
 pub struct Gauges {
     threads: ThreadPool,
     counts: Arc<Counts>,
+    gate: Option<Arc<Gate>>,
 }
 
 impl Gauges {
@@ -68,6 +79,21 @@ impl Gauges {
     pub fn panics(&self) -> u64 {
         self.counts.panics.load(Ordering::Relaxed) + self.threads.panic_count() as u64
     }
+
+    /// Threads admitted to take jobs at once (all of them in an ungated pool).
+    pub fn active(&self) -> usize {
+        self.gate.as_ref().map_or(self.size(), |g| g.active())
+    }
+
+    /// Threads asleep in the gate's reserve now.
+    pub fn reserve(&self) -> usize {
+        self.gate.as_ref().map_or(0, |g| g.reserve())
+    }
+
+    /// Places handed from a thread stuck on a peer to a reserve one.
+    pub fn handoffs(&self) -> u64 {
+        self.gate.as_ref().map_or(0, |g| g.handoffs())
+    }
 }
 
 impl<J: Send + 'static> WorkerPool<J> {
@@ -81,12 +107,29 @@ impl<J: Send + 'static> WorkerPool<J> {
         S: Default,
         F: Fn(J, &mut S) + Send + Clone + 'static,
     {
-        Self::start_with(name, size, queue, handle, STACK_SIZE)
+        Self::start_with(name, (size, None), queue, handle, STACK_SIZE)
+    }
+
+    /// [`WorkerPool::start`], with only some threads taking jobs at once, as `sizing` says for
+    /// the `demand` (connections open), and the rest in reserve for those stuck on a peer (see
+    /// [`crate::threads::gate`]).
+    pub fn start_gated<S, F>(
+        name: &str,
+        size: usize,
+        (sizing, demand): (Sizing, Demand),
+        queue: usize,
+        handle: F,
+    ) -> io::Result<WorkerPool<J>>
+    where
+        S: Default,
+        F: Fn(J, &mut S) + Send + Clone + 'static,
+    {
+        Self::start_with(name, (size, Some((sizing, demand))), queue, handle, STACK_SIZE)
     }
 
     fn start_with<S, F>(
         name: &str,
-        size: usize,
+        (size, gated): (usize, Option<(Sizing, Demand)>),
         queue: usize,
         handle: F,
         stack: usize,
@@ -98,12 +141,24 @@ impl<J: Send + 'static> WorkerPool<J> {
         let threads = build(name, size, stack)?;
         let (tx, rx) = crossbeam_channel::bounded::<J>(queue);
         let counts = Arc::new(Counts::default());
-        for _ in 0..size {
-            let (jobs, handle, counts) = (rx.clone(), handle.clone(), counts.clone());
+        let (gate, demand) = match gated {
+            Some((sizing, demand)) => (Some(Arc::new(Gate::new(size, sizing))), Some(demand)),
+            None => (None, None),
+        };
+        for index in 0..size {
+            let (jobs, handle, counts, gate) = (rx.clone(), handle.clone(), counts.clone(), gate.clone());
             threads.execute(move || {
                 batch_scheduling();
+                let _adopted = gate.as_ref().map(|g| g.adopt(index));
+                let mut admitted = false;
                 let mut state = S::default();
                 loop {
+                    if let Some(gate) = &gate {
+                        gate.admit(index, &mut admitted, crate::threads::stack::TRIM_AFTER, || {
+                            state = S::default();
+                            crate::threads::stack::give_back();
+                        });
+                    }
                     let job = match jobs.recv_timeout(crate::threads::stack::TRIM_AFTER) {
                         Ok(job) => job,
                         Err(RecvTimeoutError::Timeout) => {
@@ -124,7 +179,25 @@ impl<J: Send + 'static> WorkerPool<J> {
                 }
             });
         }
-        Ok(WorkerPool { threads, jobs: tx, queue: rx, counts })
+        let gate = match gate.zip(demand) {
+            Some((gate, demand)) => {
+                let (watched, queued) = (gate.clone(), rx.clone());
+                let watch = std::thread::Builder::new()
+                    .name(format!("{name}-gate"))
+                    .stack_size(stack.max(STACK_SIZE))
+                    .spawn(move || watched.watch(|| !queued.is_empty(), demand));
+                match watch {
+                    Ok(watch) => Some((gate, watch)),
+                    Err(e) => {
+                        // The threads started end: their channel goes with `tx`, the gate opens.
+                        gate.close();
+                        return Err(io::Error::other(format!("cannot start the {name} gate's thread: {e}")));
+                    }
+                }
+            }
+            None => None,
+        };
+        Ok(WorkerPool { threads, jobs: tx, queue: rx, counts, gate })
     }
 
     /// A sender for the pool's jobs (the acceptor's). The threads end once every sender,
@@ -140,7 +213,8 @@ impl<J: Send + 'static> WorkerPool<J> {
 
     /// The pool's gauges.
     pub fn gauges(&self) -> Gauges {
-        Gauges { threads: self.threads.clone(), counts: self.counts.clone() }
+        let gate = self.gate.as_ref().map(|(gate, _)| gate.clone());
+        Gauges { threads: self.threads.clone(), counts: self.counts.clone(), gate }
     }
 
     /// Closes the pool's own sender and waits until every thread has finished: once the other
@@ -206,67 +280,17 @@ impl<J> Drop for WorkerPool<J> {
         // Swapping in the sender of a channel nobody receives from drops ours, closing the
         // pool's channel once the other senders are gone.
         drop(std::mem::replace(&mut self.jobs, crossbeam_channel::bounded(0).0));
+        if let Some((gate, _)) = &self.gate {
+            // The reserve comes in to see the queue drained and closed.
+            gate.close();
+        }
         self.threads.join();
+        if let Some((_, watch)) = self.gate.take() {
+            let _ = watch.join();
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-
-    #[test]
-    fn runs_every_job_survives_panics_and_joins_when_closed() {
-        let done = Arc::new(AtomicUsize::new(0));
-        let counter = done.clone();
-        let pool = WorkerPool::start("test", 3, 4, move |job: usize, _: &mut ()| {
-            if job.is_multiple_of(10) {
-                panic!("job {job} fails on purpose");
-            }
-            counter.fetch_add(1, Ordering::SeqCst);
-        })
-        .expect("start");
-        let tx = pool.sender();
-        for job in 1..=100 {
-            tx.send(job).expect("send");
-        }
-        drop(tx);
-        pool.join();
-        assert_eq!(done.load(Ordering::SeqCst), 90);
-    }
-
-    #[test]
-    fn a_thread_that_cannot_start_is_an_error_not_a_panic() {
-        // A 64 TiB stack cannot be mapped, so threadpool's first spawn fails (and it panics).
-        let started = WorkerPool::start_with("doomed", 6, 4, |_: (), _: &mut ()| {}, 1usize << 46);
-        let err = started.err().expect("no thread can start");
-        assert!(err.to_string().starts_with("cannot start 6 doomed threads: "), "{err}");
-    }
-
-    #[test]
-    fn gauges_count_busy_threads_and_caught_panics() {
-        let (hold_tx, hold_rx) = crossbeam_channel::bounded::<()>(0);
-        let pool = WorkerPool::start("gauged", 2, 4, move |job: u8, _: &mut ()| {
-            if job == 0 {
-                panic!("job 0 fails on purpose");
-            }
-            let _ = hold_rx.recv();
-        })
-        .expect("start");
-        let gauges = pool.gauges();
-        assert_eq!(gauges.size(), 2);
-        let tx = pool.sender();
-        tx.send(0).expect("send");
-        tx.send(1).expect("send");
-        // Job 1 holds its thread until released; job 0's panic is counted.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while (gauges.busy() != 1 || gauges.panics() != 1) && std::time::Instant::now() < deadline {
-            std::thread::yield_now();
-        }
-        assert_eq!((gauges.busy(), gauges.panics(), gauges.running()), (1, 1, 2));
-        hold_tx.send(()).expect("release");
-        drop(tx);
-        pool.join();
-    }
-}
+#[path = "pool_tests.rs"]
+mod tests;

@@ -41,7 +41,7 @@ pub fn dial(
 ) -> Result<TcpStream, Failure> {
     // A `send_proxy=` backend hears first who the client is (PROXY protocol), as HAProxy's
     // `send-proxy`: the header goes right after the connect, before any byte of the client's.
-    let opened = open(backend.addr(), timeout).and_then(|stream| {
+    let opened = crate::threads::gate::waiting(|| open(backend.addr(), timeout)).and_then(|stream| {
         if let Some(version) = backend.send_proxy() {
             (&stream).write_all(&proxy_protocol::encode(version, client.origin()))?;
         }
