@@ -28,6 +28,12 @@ pub struct Live {
     pub worker_threads: usize,
     /// Jobs that panicked (caught; the worker carried on).
     pub worker_panics: u64,
+    /// Workers taking connections at once (`active_workers`, resolved).
+    pub workers_active: usize,
+    /// Workers asleep in reserve, for when active ones wait long on a peer.
+    pub workers_reserve: usize,
+    /// Places handed from a worker waiting long on a peer to a reserve one.
+    pub worker_handoffs: u64,
 }
 
 /// Reads [`Live`] when called.
@@ -143,6 +149,9 @@ pub fn stats_json(table: &Table, counters: &ProxyCounters, tracked: usize) -> St
         "workers_busy": live.workers_busy,
         "worker_threads": live.worker_threads,
         "worker_panics": live.worker_panics,
+        "workers_active": live.workers_active,
+        "workers_reserve": live.workers_reserve,
+        "worker_handoffs": live.worker_handoffs,
         "tls_handshakes": counters.tls_handshakes.load(Ordering::Relaxed),
         "tls_handshake_failures": counters.tls_handshake_failures.load(Ordering::Relaxed),
         "underscored_headers_dropped": counters.underscored_headers_dropped.load(Ordering::Relaxed),
@@ -228,7 +237,7 @@ pub fn metrics_text(table: &Table, counters: &ProxyCounters) -> String {
         counters.accepted.load(Ordering::Relaxed)
     );
     let live = counters.live();
-    let gauges: [(&str, &str, &str, u64); 5] = [
+    let gauges: [(&str, &str, &str, u64); 7] = [
         (
             "lb_accept_queue_length",
             "gauge",
@@ -243,6 +252,13 @@ pub fn metrics_text(table: &Table, counters: &ProxyCounters) -> String {
         ),
         ("lb_workers", "gauge", "Worker threads.", live.workers as u64),
         ("lb_workers_busy", "gauge", "Workers serving a connection now.", live.workers_busy as u64),
+        ("lb_workers_reserve", "gauge", "Workers asleep in reserve.", live.workers_reserve as u64),
+        (
+            "lb_worker_handoffs_total",
+            "counter",
+            "Places handed from a worker waiting long on a peer to a reserve one.",
+            live.worker_handoffs,
+        ),
         (
             "lb_worker_panics_total",
             "counter",

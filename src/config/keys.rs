@@ -192,6 +192,15 @@ pub const WORKERS: Key = flagged(
     ),
     "--workers",
 );
+/// `[proxy] active_workers`.
+pub const ACTIVE_WORKERS: Key = key(
+    "proxy",
+    "active_workers",
+    number(0, 20_000),
+    "0",
+    "workers taking connections at once (0: 32 per CPU while no more connections are open, 16 beyond); one waiting long on a peer while connections queue hands its place to another, up to `workers`",
+    |c| c.active_workers.to_string(),
+);
 /// `[proxy] queue`.
 pub const QUEUE: Key = key(
     "proxy",
@@ -334,6 +343,7 @@ pub const KEYS: &[Key] = &[
     MODE,
     ALGORITHM,
     WORKERS,
+    ACTIVE_WORKERS,
     QUEUE,
     LOG_FILE,
     LOG_LEVEL,

@@ -268,6 +268,8 @@ pub struct Config {
     pub mode: Mode,
     pub algorithm: Algorithm,
     pub workers: usize,
+    /// `[proxy] active_workers`; 0: [`Config::takers`] picks.
+    pub active_workers: usize,
     pub queue: usize,
     /// `None`: log to the terminal only.
     pub log_file: Option<PathBuf>,
@@ -344,6 +346,17 @@ pub struct PoolView<'a> {
 }
 
 impl Config {
+    /// Workers taking connections at once, `(few, many)`: many while no more connections are
+    /// open, few beyond. `active_workers` both; by default 16 and 32 per CPU.
+    pub fn takers(&self) -> (usize, usize) {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (few, many) = match self.active_workers {
+            0 => (16 * cpus, 32 * cpus),
+            n => (n, n),
+        };
+        (few.min(self.workers), many.min(self.workers))
+    }
+
     /// Every pool, the default one (`[backends]`, possibly without members) first.
     pub fn every_pool(&self) -> impl Iterator<Item = PoolView<'_>> {
         let default = PoolView {

@@ -116,9 +116,13 @@ pub fn startup_lines(c: &Config, addr: std::net::SocketAddr) -> Vec<String> {
         (super::Mode::Tcp, true) => "tcp over TLS",
     };
     let mut lines = vec![format!(
-        "listening on {addr} (mode {mode}, {}, {} workers; --check or log_level = debug shows every setting)",
+        "listening on {addr} (mode {mode}, {}, {} workers, {}; --check or log_level = debug shows every setting)",
         c.algorithm.name(),
-        c.workers
+        c.workers,
+        match c.takers() {
+            (few, many) if few == many => format!("{few} active"),
+            (few, many) => format!("{few}-{many} active"),
+        }
     )];
     for (pool, b) in c.every_pool().flat_map(|p| p.backends.iter().map(move |b| (p.name, b))) {
         let mut line = format!("backend {} {}", b.name, b.target);
@@ -206,7 +210,8 @@ mod tests {
         let config = RawConfig::parse(text.as_bytes(), "t.ini").and_then(|r| r.validate()).expect("valid");
         let lines = startup_lines(&config, "127.0.0.1:8080".parse().expect("addr"));
         assert_eq!(lines.len(), 3, "{lines:?}");
-        assert!(lines[0].starts_with("listening on 127.0.0.1:8080 (mode http, least-connections, 7 workers;"));
+        assert!(lines[0]
+            .starts_with("listening on 127.0.0.1:8080 (mode http, least-connections, 7 workers, 7 active;"));
         assert_eq!(lines[1], "backend dummy-9090 127.0.0.1:9090");
         assert_eq!(lines[2], "backend web 127.0.0.1:9 weight=3 max_conns=2");
     }

@@ -28,6 +28,7 @@ impl RawConfig {
         let mode = v.get(&keys::MODE, parse_mode);
         let algorithm = v.get(&keys::ALGORITHM, parse_algorithm);
         let workers = v.number(&keys::WORKERS);
+        let active_workers = v.number(&keys::ACTIVE_WORKERS);
         let queue = v.number(&keys::QUEUE);
         let log_file = v.get(&keys::LOG_FILE, |s| Ok((!s.is_empty()).then(|| PathBuf::from(s))));
         let log_level = v.get(&keys::LOG_LEVEL, parse_level);
@@ -107,6 +108,7 @@ impl RawConfig {
                 mode: mode?,
                 algorithm: algorithm?,
                 workers: workers? as usize,
+                active_workers: active_workers? as usize,
                 queue: queue? as usize,
                 log_file: log_file?,
                 log_level: log_level?,

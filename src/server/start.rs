@@ -24,7 +24,8 @@ use crate::park::Parker;
 use crate::route::{Router, Table};
 use crate::stats::{Live, LiveGauges, ProxyCounters};
 use crate::tcp;
-use crate::threads::pool::WorkerPool;
+use crate::threads::gate::Sizing;
+use crate::threads::pool::{Demand, WorkerPool};
 use crate::tls::{Backends, Listener};
 
 /// What every thread of a running proxy shares.
@@ -91,8 +92,8 @@ impl Shared {
             parker: self.parker.clone(),
         };
         let workers = match config.mode {
-            Mode::Tcp => pool(config, ctx, self.parker.clone(), tcp::serve),
-            Mode::Http => pool(config, ctx, self.parker.clone(), http_proxy::serve),
+            Mode::Tcp => pool(config, ctx, self.parker.clone(), self.registry.clone(), tcp::serve),
+            Mode::Http => pool(config, ctx, self.parker.clone(), self.registry.clone(), http_proxy::serve),
         }
         .map_err(|e| {
             let hint = "lower [proxy] workers or raise the thread limits (ulimit -u, vm.max_map_count)";
@@ -106,6 +107,9 @@ impl Shared {
             workers_busy: gauges.busy(),
             worker_threads: gauges.running(),
             worker_panics: gauges.panics(),
+            workers_active: gauges.active(),
+            workers_reserve: gauges.reserve(),
+            worker_handoffs: gauges.handoffs(),
         })));
         Ok(workers)
     }
@@ -157,6 +161,7 @@ fn pool<C, S>(
     config: &Config,
     ctx: C,
     parker: Option<Arc<Parker>>,
+    registry: Arc<Registry>,
     serve: fn(Conn, &C, &mut S),
 ) -> std::io::Result<WorkerPool<Conn>>
 where
@@ -165,27 +170,36 @@ where
 {
     let ctx = Arc::new(ctx);
     let config = Arc::new(config.clone());
-    WorkerPool::start("worker", config.workers, config.queue, move |mut conn: Conn, scratch: &mut S| {
-        // A connection back from the parker was greeted (and its PROXY header read) before.
-        if conn.was_parked() {
-            return serve(conn, &ctx, scratch);
-        }
-        if conn.greeting.is_none() {
-            note_wait(&conn, config.workers);
-        }
-        match conn.greet(&config) {
-            Greeting::Ready => serve(conn, &ctx, scratch),
-            // The rest of the header waits in the parker, until header_ms from accept.
-            Greeting::Waiting => {
-                if let Some(parker) = &parker {
-                    let limit = config.timeouts.header;
-                    let deadline = (!limit.is_zero()).then(|| conn.accepted + limit);
-                    parker.park_head(conn, deadline);
-                }
+    let demand: Demand = Box::new(move || registry.len());
+    let (few, many) = config.takers();
+    let sizing = (Sizing { few, many }, demand);
+    WorkerPool::start_gated(
+        "worker",
+        config.workers,
+        sizing,
+        config.queue,
+        move |mut conn: Conn, scratch: &mut S| {
+            // A connection back from the parker was greeted (and its PROXY header read) before.
+            if conn.was_parked() {
+                return serve(conn, &ctx, scratch);
             }
-            Greeting::Refused => {}
-        }
-    })
+            if conn.greeting.is_none() {
+                note_wait(&conn, config.workers);
+            }
+            match conn.greet(&config) {
+                Greeting::Ready => serve(conn, &ctx, scratch),
+                // The rest of the header waits in the parker, until header_ms from accept.
+                Greeting::Waiting => {
+                    if let Some(parker) = &parker {
+                        let limit = config.timeouts.header;
+                        let deadline = (!limit.is_zero()).then(|| conn.accepted + limit);
+                        parker.park_head(conn, deadline);
+                    }
+                }
+                Greeting::Refused => {}
+            }
+        },
+    )
 }
 
 static SLOW_PICKUP: crate::logging::RateLimit = crate::logging::RateLimit::new();

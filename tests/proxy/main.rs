@@ -22,6 +22,7 @@ mod quiet;
 mod robust;
 mod routing;
 mod scale;
+mod sizing;
 mod stdout;
 mod streaming;
 mod tcp;

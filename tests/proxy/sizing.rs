@@ -1,0 +1,75 @@
+//! Sizing (issue #18): only `active_workers` take connections at once, and a worker stuck on a
+//! peer hands its place to one of the reserve. A slow backend still gets up to `workers`
+//! requests in flight (Little's law), as a thread per request gave before, and a quiet relay
+//! does not keep the next client waiting.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::thread;
+
+use crate::util::*;
+
+fn gauge(admin: SocketAddr, name: &str) -> u64 {
+    let stats = proxy_stats(admin);
+    stats[name].as_u64().unwrap_or_else(|| panic!("no {name} in {stats}"))
+}
+
+#[test]
+fn a_slow_backend_gets_every_worker_though_two_take_connections_at_once() {
+    let (_d, backend) = dummy("slow");
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 24\nactive_workers = 2\n[health]\nenabled = false\n\
+         [admin]\nlisten = 127.0.0.1:0\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    assert_eq!((gauge(admin, "workers_active"), gauge(admin, "workers_reserve")), (2, 22));
+    // Twenty requests that each take the backend 3 s: two takers alone would serve them ten
+    // rounds deep. Each taker stuck on its backend hands its place on, so all are in flight.
+    let clients: Vec<_> = (0..20)
+        .map(|i| {
+            thread::spawn(move || {
+                let mut w = lbproxy::h1::Wire::new(connect(addr));
+                get(&mut w, &format!("/?delay_ms=3000&i={i}"), "").status
+            })
+        })
+        .collect();
+    wait_until("20 requests in flight at once", || gauge(admin, "workers_busy") >= 20);
+    for c in clients {
+        assert_eq!(c.join().expect("client"), 200);
+    }
+    assert!(gauge(admin, "worker_handoffs") >= 18, "{}", proxy_stats(admin));
+    // Done, the workers that were handed on go back to the reserve.
+    wait_until("the reserve refilled", || gauge(admin, "workers_reserve") == 22);
+    let metrics = http_get(admin, "/metrics").text();
+    assert!(metrics.lines().any(|l| l.starts_with("lb_worker_handoffs_total ")), "{metrics}");
+    assert!(!p.log_text().contains("panicked"), "{}", p.log_text());
+}
+
+#[test]
+fn a_quiet_tcp_relay_hands_its_place_on_so_the_next_clients_are_echoed() {
+    let ds = dummies(1);
+    let config = format!(
+        "[proxy]\nmode = tcp\nworkers = 12\nactive_workers = 1\n[admin]\nlisten = 127.0.0.1:0\n{}",
+        backends_section(&[ds[0].1])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    // Ten clients connect together and each says one line; then all stay connected and quiet.
+    // The one taker's relay waits on its quiet client while the others queue: it hands its
+    // place on rather than hold them until it parks.
+    let mut clients: Vec<_> = (0..10).map(|_| connect(addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("hello {i}\n").as_bytes()).expect("send");
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(read_line(c), format!("[app1] hello {i}"));
+    }
+    assert!(gauge(admin, "worker_handoffs") >= 1, "{}", proxy_stats(admin));
+    // Quiet relays park; each speaks again and is relayed.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("again {i}\n").as_bytes()).expect("send");
+        assert_eq!(read_line(c), format!("[app1] again {i}"));
+    }
+}
