@@ -315,7 +315,8 @@ impl Balancer {
                 waiting = Some(Waiting::new(&self.core, full));
                 continue;
             }
-            let _ = self.core.freed.wait_until(&mut state, deadline);
+            // A wait on the backends: the worker's place may go to another meanwhile.
+            let _ = crate::threads::gate::waiting(|| self.core.freed.wait_until(&mut state, deadline));
         }
     }
 

@@ -95,6 +95,7 @@ impl Discovery {
                         "listen"
                             | "mode"
                             | "workers"
+                            | "active_workers"
                             | "queue"
                             | "log_file"
                             | "access_log"

@@ -36,7 +36,7 @@ pub const LONG_WAIT: Duration = Duration::from_millis(10);
 
 /// The longest the watch sleeps while nothing queues (it backs off from [`TICK`]): a hand-over
 /// needs a queue, and an idle proxy should not wake a thousand times a second.
-const IDLE_TICK: Duration = Duration::from_millis(64);
+const IDLE_TICK: Duration = Duration::from_millis(16);
 
 /// A slot's word: the worker is in a wait.
 const WAITING: u64 = 1;
@@ -128,16 +128,18 @@ impl Gate {
     pub fn admit(&self, index: usize, admitted: &mut bool, trim_after: Duration, mut trim: impl FnMut()) {
         let slot = &self.slots[index].0;
         if *admitted && slot.load(Ordering::Acquire) & HANDED == 0 {
-            let retire = self.excess.load(Ordering::Relaxed) > 0
-                && self
-                    .excess
-                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .is_ok();
-            if !retire {
+            if self.excess.load(Ordering::Relaxed) == 0 {
                 return;
             }
+            // The limit fell: retire if there are still more takers than it.
             let mut inside = self.inside.lock();
-            inside.takers = inside.takers.saturating_sub(1);
+            let over = inside.takers.saturating_sub(self.limit.load(Ordering::Relaxed));
+            if over == 0 {
+                self.excess.store(0, Ordering::Relaxed);
+                return;
+            }
+            inside.takers -= 1;
+            self.excess.store(over - 1, Ordering::Relaxed);
         }
         // Not in a wait now, so the watch does not write this word: a plain store clears it.
         slot.store(slot.load(Ordering::Relaxed) & !HANDED, Ordering::Release);
@@ -173,7 +175,7 @@ impl Gate {
     /// The watch thread's loop, until [`Gate::close`]: every tick while jobs queue (`queued`),
     /// hands on the places of takers stuck in a wait (see [`Gate::look`]); at every look, sets
     /// the number of takers for the connections open (`demand`).
-    pub fn watch(&self, queued: impl Fn() -> bool, demand: impl Fn() -> usize) {
+    pub fn watch(&self, queued: impl Fn() -> usize, demand: impl Fn() -> usize) {
         let mut seen = Seen::new(self.slots.len());
         let mut tick = TICK;
         let mut inside = self.inside.lock();
@@ -186,35 +188,31 @@ impl Gate {
             let queued = queued();
             let limit = if demand() <= self.sizing.many { self.sizing.many } else { self.sizing.few };
             let handed = self.look(&mut seen, queued, Instant::now());
-            tick = if queued { TICK } else { (tick * 2).min(IDLE_TICK) };
+            tick = if queued > 0 { TICK } else { (tick * 2).min(IDLE_TICK) };
+            self.limit.store(limit, Ordering::Relaxed);
             inside = self.inside.lock();
-            if limit != self.limit.swap(limit, Ordering::Relaxed) {
-                let over = inside.takers.saturating_sub(limit);
-                self.excess.store(over, Ordering::Relaxed);
-                for _ in 0..limit.saturating_sub(inside.takers).min(inside.reserve) {
-                    self.reserve.notify_one();
-                }
-            }
-            if handed > 0 {
-                inside.takers = inside.takers.saturating_sub(handed);
-                for _ in 0..handed.min(inside.reserve) {
-                    self.reserve.notify_one();
-                }
+            inside.takers = inside.takers.saturating_sub(handed);
+            // Too many takers (the limit fell): some retire at their next job. Too few (places
+            // handed on, or the limit rose): the reserve comes in.
+            self.excess.store(inside.takers.saturating_sub(limit), Ordering::Relaxed);
+            for _ in 0..limit.saturating_sub(inside.takers).min(inside.reserve) {
+                self.reserve.notify_one();
             }
         }
     }
 
-    /// One look at every slot, at `now`: how many places it handed on. Only while jobs queue, and only of takers in the same wait as at the last
-    /// look: at once if that wait has lasted [`LONG_WAIT`] (a slow peer), else only while a
-    /// CPU is idle (when every CPU is busy, a wait is often the peer's turn for a CPU, and
-    /// another thread would only share them).
-    fn look(&self, seen: &mut Seen, queued: bool, now: Instant) -> usize {
+    /// One look at every slot, at `now`: how many places it handed on, at most one per job
+    /// `queued`. Only takers in the same wait as at the last look: at once if that wait has
+    /// lasted [`LONG_WAIT`] (a slow peer), else only while a CPU is idle (when every CPU is
+    /// busy, a wait is often the peer's turn for a CPU, and another thread would only share
+    /// them).
+    fn look(&self, seen: &mut Seen, queued: usize, now: Instant) -> usize {
         let (mut long, mut short) = (Vec::new(), Vec::new());
         for (index, slot) in self.slots.iter().enumerate() {
             let word = slot.0.load(Ordering::Acquire);
             if word != seen.words[index] {
                 (seen.words[index], seen.since[index]) = (word, now);
-            } else if queued && word & (WAITING | HANDED) == WAITING {
+            } else if queued > 0 && word & (WAITING | HANDED) == WAITING {
                 let stuck = if now - seen.since[index] >= LONG_WAIT { &mut long } else { &mut short };
                 stuck.push(index);
             }
@@ -223,7 +221,8 @@ impl Gate {
             long.append(&mut short);
         }
         let mut handed = 0;
-        for index in long {
+        // No more than the jobs queued: each place handed on is for one of them.
+        for index in long.into_iter().take(queued) {
             let word = seen.words[index];
             let slot = &self.slots[index].0;
             if slot.compare_exchange(word, word | HANDED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {

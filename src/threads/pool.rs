@@ -185,7 +185,7 @@ impl<J: Send + 'static> WorkerPool<J> {
                 let watch = std::thread::Builder::new()
                     .name(format!("{name}-gate"))
                     .stack_size(stack.max(STACK_SIZE))
-                    .spawn(move || watched.watch(|| !queued.is_empty(), demand));
+                    .spawn(move || watched.watch(|| queued.len(), demand));
                 match watch {
                     Ok(watch) => Some((gate, watch)),
                     Err(e) => {

@@ -171,3 +171,36 @@ fn many_take_while_few_connections_are_open_and_few_once_they_outnumber_them() {
     drop(tx);
     pool.join();
 }
+
+#[test]
+fn queued_jobs_are_taken_when_the_limit_falls_while_the_takers_are_stuck() {
+    let (hold_tx, hold_rx) = crossbeam_channel::bounded::<()>(0);
+    let (open, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (demand, finished) = (open.clone(), done.clone());
+    let sizing = (Sizing { few: 1, many: 2 }, Box::new(move || demand.load(Ordering::SeqCst)) as Demand);
+    let pool = WorkerPool::start_gated("fall", 4, sizing, 8, move |job: u8, _: &mut ()| {
+        if job == 0 {
+            let _ = crate::threads::gate::waiting(|| hold_rx.recv());
+        } else {
+            finished.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .expect("start");
+    let gauges = pool.gauges();
+    let tx = pool.sender();
+    // Both takers stuck on a peer, then the limit falls to one, then quick jobs queue.
+    tx.send(0).expect("send");
+    tx.send(0).expect("send");
+    assert!(until(|| gauges.busy() == 2), "busy {}", gauges.busy());
+    open.store(10, Ordering::SeqCst);
+    assert!(until(|| gauges.active() == 1), "active {}", gauges.active());
+    for _ in 0..3 {
+        tx.send(1).expect("send");
+    }
+    assert!(until(|| done.load(Ordering::SeqCst) == 3), "done {}", done.load(Ordering::SeqCst));
+    for _ in 0..2 {
+        hold_tx.send(()).expect("release");
+    }
+    drop(tx);
+    pool.join();
+}
