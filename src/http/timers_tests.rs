@@ -79,6 +79,15 @@ fn a_new_connection_gets_first_byte_then_parks_and_times_out_at_header_ms() {
 }
 
 #[test]
+fn a_new_connection_waits_less_for_its_first_byte_while_connections_wait_for_a_worker() {
+    let t0 = Instant::now();
+    let mut t = IdleTimers::new(limits(), t0, 0, false);
+    let pressed = Now { pressed: true, ..idle() };
+    assert_eq!(t.before(&pressed, t0), Before::Read(Some(FIRST_BYTE_PRESSED)));
+    assert_eq!(t.after(&pressed, Filled::TimedOut, t0 + FIRST_BYTE_PRESSED), After::Park(Wait::Head));
+}
+
+#[test]
 fn without_a_parker_an_idle_client_trims_then_waits_out_idle_ms() {
     let t0 = Instant::now();
     let plain = Now { parker: false, ..idle() };
