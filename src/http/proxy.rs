@@ -20,9 +20,7 @@ use super::answer::{answer_here, answer_refused, per_request, refusal_text};
 use super::client::{access_log, holds_plaintext, read_now, refuse_head, tls_version, write_error};
 use super::context::{Attempt, Exchange, Record, Scratch, VIA};
 use super::exchange::Served;
-use super::timers::{
-    After, Before, Filled, IdleTimers, Limits, Now, Wait, FIRST_BYTE, FIRST_BYTE_PRESSED, NO_LIMIT,
-};
+use super::timers::{After, Before, Filled, IdleTimers, Limits, Now, Wait, NO_LIMIT};
 use super::upgrade::{self, Parked};
 use crate::balancer::{header_value_key, source_key, Balancer};
 use crate::config::as_limit;
@@ -85,7 +83,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         // The TLS handshake waits in the parker too, its state with the connection.
         let deadline = (!t.header.is_zero()).then(|| head_started + t.header);
         let state = handshake.unwrap_or(Pending::Fresh);
-        let first = if parker.pressed() { FIRST_BYTE_PRESSED } else { FIRST_BYTE };
+        let first = super::timers::first_byte(parker.pressed());
         match accept::resume(&conn, listener, state, deadline, first, &ctx.counters) {
             Opened::Ready(stream) => Some(stream),
             Opened::Waiting(state) => {

@@ -36,6 +36,16 @@ pub const FIRST_BYTE: Duration = Duration::from_millis(10);
 /// connections and 32 takers: 340 ms). A real client's first bytes follow its connect at once.
 pub const FIRST_BYTE_PRESSED: Duration = Duration::from_millis(1);
 
+/// How long a new connection's first read may wait: [`FIRST_BYTE`], or [`FIRST_BYTE_PRESSED`]
+/// while connections wait for a worker (`pressed`). For a plain head and a TLS handshake alike.
+pub fn first_byte(pressed: bool) -> Duration {
+    if pressed {
+        FIRST_BYTE_PRESSED
+    } else {
+        FIRST_BYTE
+    }
+}
+
 /// The limits, from `[timeouts]` (`None`: no limit).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -204,8 +214,7 @@ impl IdleTimers {
             return Before::TimedOut;
         }
         if self.first_byte(now) {
-            let first = if now.pressed { FIRST_BYTE_PRESSED } else { FIRST_BYTE };
-            return Before::Read(Some(left.min(first)));
+            return Before::Read(Some(left.min(first_byte(now.pressed))));
         }
         // A head is awaited in the parker, not in this worker: read what is there.
         if now.parker && !now.stopping {

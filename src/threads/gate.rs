@@ -127,23 +127,22 @@ impl Gate {
     /// reserve for one, calling `trim` if that wait outlasts `trim_after`.
     pub fn admit(&self, index: usize, admitted: &mut bool, trim_after: Duration, mut trim: impl FnMut()) {
         let slot = &self.slots[index].0;
-        if *admitted && slot.load(Ordering::Acquire) & HANDED == 0 {
-            if self.excess.load(Ordering::Relaxed) == 0 {
-                return;
-            }
+        let kept = *admitted && slot.load(Ordering::Acquire) & HANDED == 0;
+        if kept && self.excess.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut inside = self.inside.lock();
+        if kept {
             // The limit fell: retire if there are still more takers than it.
-            let mut inside = self.inside.lock();
             let over = inside.takers.saturating_sub(self.limit.load(Ordering::Relaxed));
+            self.excess.store(over.saturating_sub(1), Ordering::Relaxed);
             if over == 0 {
-                self.excess.store(0, Ordering::Relaxed);
                 return;
             }
             inside.takers -= 1;
-            self.excess.store(over - 1, Ordering::Relaxed);
         }
         // Not in a wait now, so the watch does not write this word: a plain store clears it.
         slot.store(slot.load(Ordering::Relaxed) & !HANDED, Ordering::Release);
-        let mut inside = self.inside.lock();
         let mut trimmed = false;
         while inside.takers >= self.limit.load(Ordering::Relaxed) && !inside.closed {
             inside.reserve += 1;
@@ -207,22 +206,24 @@ impl Gate {
     /// busy, a wait is often the peer's turn for a CPU, and another thread would only share
     /// them).
     fn look(&self, seen: &mut Seen, queued: usize, now: Instant) -> usize {
-        let (mut long, mut short) = (Vec::new(), Vec::new());
+        seen.long.clear();
+        seen.short.clear();
         for (index, slot) in self.slots.iter().enumerate() {
             let word = slot.0.load(Ordering::Acquire);
             if word != seen.words[index] {
                 (seen.words[index], seen.since[index]) = (word, now);
             } else if queued > 0 && word & (WAITING | HANDED) == WAITING {
-                let stuck = if now - seen.since[index] >= LONG_WAIT { &mut long } else { &mut short };
+                let stuck =
+                    if now - seen.since[index] >= LONG_WAIT { &mut seen.long } else { &mut seen.short };
                 stuck.push(index);
             }
         }
-        if !short.is_empty() && self.idle.any() {
-            long.append(&mut short);
+        if !seen.short.is_empty() && self.idle.any() {
+            seen.long.append(&mut seen.short);
         }
         let mut handed = 0;
         // No more than the jobs queued: each place handed on is for one of them.
-        for index in long.into_iter().take(queued) {
+        for &index in seen.long.iter().take(queued) {
             let word = seen.words[index];
             let slot = &self.slots[index].0;
             if slot.compare_exchange(word, word | HANDED, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
@@ -243,15 +244,19 @@ pub struct Sizing {
     pub many: usize,
 }
 
-/// What the watch remembers of each slot between looks: its word, and since when it reads so.
+/// What the watch remembers of each slot between looks: its word, and since when it reads so;
+/// and the stuck slots of a look, long and short waits (kept to reuse their room).
 struct Seen {
     words: Vec<u64>,
     since: Vec<Instant>,
+    long: Vec<usize>,
+    short: Vec<usize>,
 }
 
 impl Seen {
     fn new(slots: usize) -> Seen {
-        Seen { words: vec![0; slots], since: vec![Instant::now(); slots] }
+        let room = || Vec::with_capacity(slots);
+        Seen { words: vec![0; slots], since: vec![Instant::now(); slots], long: room(), short: room() }
     }
 }
 

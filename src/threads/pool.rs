@@ -155,17 +155,14 @@ impl<J: Send + 'static> WorkerPool<J> {
                 loop {
                     if let Some(gate) = &gate {
                         gate.admit(index, &mut admitted, crate::threads::stack::TRIM_AFTER, || {
-                            state = S::default();
-                            crate::threads::stack::give_back();
+                            idle(&mut state)
                         });
                     }
                     let job = match jobs.recv_timeout(crate::threads::stack::TRIM_AFTER) {
                         Ok(job) => job,
                         Err(RecvTimeoutError::Timeout) => {
-                            // Idle: give back the scratch buffers and the stack pages the
-                            // last jobs touched, then wait as long as it takes.
-                            state = S::default();
-                            crate::threads::stack::give_back();
+                            // Idle: give back, then wait as long as it takes.
+                            idle(&mut state);
                             match jobs.recv() {
                                 Ok(job) => job,
                                 Err(_) => break,
@@ -245,6 +242,13 @@ fn build(name: &str, size: usize, stack: usize) -> io::Result<ThreadPool> {
             .unwrap_or_else(|| "the system refused a thread".to_string());
         io::Error::other(format!("cannot start {size} {name} threads: {why}"))
     })
+}
+
+/// An idle worker gives back the scratch buffers and the stack pages its last jobs touched,
+/// whether it waits for a job or in the gate's reserve.
+fn idle<S: Default>(state: &mut S) {
+    *state = S::default();
+    crate::threads::stack::give_back();
 }
 
 /// Runs one job, catching a panic (the thread carries on, with fresh scratch state). Never
