@@ -300,8 +300,9 @@ impl Drop for Adopted {
     }
 }
 
-/// Runs `wait`, a blocking wait on a peer (a read, a connect, a `poll`), marked as one so that
-/// the watch can hand this worker's place on if it lasts. Outside a gated pool, just runs it.
+/// Runs `wait`, a blocking wait on a peer (a read, a write, a connect, a `poll`), marked as one
+/// so that the watch can hand this worker's place on if it lasts. Outside a gated pool, just
+/// runs it.
 pub fn waiting<T>(wait: impl FnOnce() -> T) -> T {
     let marked = MINE.with_borrow(|mine| {
         mine.as_ref().map(|(gate, index)| {

@@ -70,7 +70,7 @@ impl<S: Borrow<TcpStream>> Stream<S> {
 /// Writes every pending TLS record to `sock` (blocking, within the socket's write timeout).
 pub fn flush_tls(c: &mut Connection, mut sock: &TcpStream) -> io::Result<()> {
     while c.wants_write() {
-        c.write_tls(&mut sock)?;
+        crate::threads::gate::waiting(|| c.write_tls(&mut sock))?;
     }
     Ok(())
 }
@@ -127,7 +127,8 @@ impl<S: Borrow<TcpStream>> Read for &Stream<S> {
 impl<S: Borrow<TcpStream>> Write for &Stream<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Plain(s) => s.borrow().write(buf),
+            // A write blocks while the peer reads slowly (or not at all): a wait on a peer.
+            Stream::Plain(s) => crate::threads::gate::waiting(|| s.borrow().write(buf)),
             Stream::Tls(s, c) => {
                 let mut c = c.lock();
                 let n = c.writer().write(buf)?;
@@ -353,7 +354,7 @@ pub fn connect(sock: TcpStream, config: Arc<ClientConfig>, name: &str) -> Result
     let mut conn = ClientConnection::new(config, server).map_err(|e| e.to_string())?;
     let mut s = &sock;
     while conn.is_handshaking() {
-        match conn.complete_io(&mut s) {
+        match crate::threads::gate::waiting(|| conn.complete_io(&mut s)) {
             Ok((0, 0)) => return Err("closed during the TLS handshake".into()),
             Ok(_) => {}
             Err(e) if is_timeout(&e) => return Err("TLS handshake timed out".into()),

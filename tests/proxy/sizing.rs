@@ -1,7 +1,7 @@
 //! Sizing (issue #18): only `active_workers` take connections at once, and a worker stuck on a
 //! peer hands its place to one of the reserve. A slow backend still gets up to `workers`
-//! requests in flight (Little's law), as a thread per request gave before, and a quiet relay
-//! does not keep the next client waiting.
+//! requests in flight (Little's law), as a thread per request gave before, and neither a quiet
+//! relay nor clients that stop reading keep the next client waiting.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -74,4 +74,67 @@ fn a_quiet_tcp_relay_hands_its_place_on_so_the_next_clients_are_echoed() {
         c.write_all(format!("again {i}\n").as_bytes()).expect("send");
         assert_eq!(read_line(c), format!("[app1] again {i}"));
     }
+}
+
+#[test]
+fn clients_that_stop_reading_hand_their_places_on_so_the_next_client_is_answered() {
+    let (_d, backend) = dummy("big");
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 12\nactive_workers = 2\n[health]\nenabled = false\n\
+         [admin]\nlisten = 127.0.0.1:0\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    // Four clients ask for 64 MB each and never read it: each taker's write to them fills the
+    // socket buffers and blocks (for idle_ms, a minute). Their places are handed on.
+    let stalled: Vec<_> = (0..4)
+        .map(|i| {
+            let mut s = connect(addr);
+            write!(s, "GET /?bytes=64000000&i={i} HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+            s
+        })
+        .collect();
+    wait_until("both takers stuck writing", || gauge(admin, "workers_busy") >= 2);
+    // The next client is answered at once, not after the stalled writes time out.
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    assert_eq!(get(&mut w, "/", "").status, 200);
+    assert!(gauge(admin, "worker_handoffs") >= 2, "{}", proxy_stats(admin));
+    drop(stalled);
+}
+
+#[test]
+fn tls_clients_that_stop_reading_hand_their_places_on_too() {
+    use crate::tls::{client_config, tls_connect, Ca};
+    let (_d, backend) = dummy("big");
+    let ca = Ca::new("sizing CA");
+    let certs = tempfile::tempdir().expect("tempdir");
+    ca.write(certs.path(), "proxy", &["localhost"]);
+    let d = certs.path().display();
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 12\nactive_workers = 2\n[health]\nenabled = false\n\
+         [admin]\nlisten = 127.0.0.1:0\n[tls]\ncert = {d}/proxy.pem\nkey = {d}/proxy.key\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    let tls = client_config(&ca, None);
+    // The takers block flushing TLS records to clients that do not read them.
+    let stalled: Vec<_> = (0..4)
+        .map(|i| {
+            let mut s = tls_connect(addr, tls.clone(), "localhost").expect("handshake");
+            write!(s, "GET /?bytes=64000000&i={i} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
+            s.flush().expect("flush");
+            s
+        })
+        .collect();
+    wait_until("both takers stuck writing", || gauge(admin, "workers_busy") >= 2);
+    let mut s = tls_connect(addr, tls, "localhost").expect("handshake");
+    write!(s, "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("send");
+    let mut out = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(gauge(admin, "worker_handoffs") >= 2, "{}", proxy_stats(admin));
+    drop(stalled);
 }
