@@ -20,6 +20,7 @@ pub mod pool;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::backend::eject::Ejection;
 use crate::backend::health::Health;
@@ -225,8 +226,8 @@ impl Backend {
     }
 
     /// A quiet idle connection to reuse, if one is pooled.
-    pub fn take_idle(&self) -> Option<TcpStream> {
-        self.idle.take(&self.name)
+    pub fn take_idle(&self, max_idle: Duration) -> Option<TcpStream> {
+        self.idle.take(&self.name, max_idle)
     }
 
     /// Pools a connection after a complete exchange; closed instead when `cap` are idle here

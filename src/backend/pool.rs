@@ -5,10 +5,11 @@
 //! nothing more buffered. Every reuse first peeks (one non-blocking `recv(MSG_PEEK)`): a
 //! connection on which any byte arrived after its response, or which shows EOF or an error, is
 //! closed and never used ([`Idle`]), as nginx and HAProxy do. So stray bytes from one exchange
-//! can never become another client's response.
+//! can never become another client's response. One idle longer than `backend_idle_ms` is closed
+//! too, at the next take: its backend may be closing it as a request goes out.
 
 use std::net::TcpStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What waits on an idle connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,16 +48,27 @@ impl IdlePool {
         self.rx.is_empty()
     }
 
-    /// Takes the longest-idle connection that is still quiet (first in, first out); the others
-    /// are closed. `name` is the backend's, for the log.
-    pub fn take(&self, name: &str) -> Option<TcpStream> {
+    /// Takes the longest-idle connection that is still quiet and was idle no longer than
+    /// `max_idle` (first in, first out); the others are closed. `name` is the backend's, for
+    /// the log.
+    pub fn take(&self, name: &str, max_idle: Duration) -> Option<TcpStream> {
         loop {
             let (stream, since) = self.rx.try_recv().ok()?;
+            let idle = since.elapsed();
+            if idle > max_idle {
+                // The backend may be closing it this very moment (its own keep-alive timeout),
+                // and a request sent then would be lost: nginx's upstream `keepalive_timeout`.
+                log::debug!(
+                    "{name}: pooled connection idle {} ms, past backend_idle_ms; closed",
+                    idle.as_millis()
+                );
+                continue;
+            }
             match peek(&stream) {
                 Idle::Quiet => return Some(stream),
                 Idle::Data => log::warn!(
                     "{name} sent bytes on an idle pooled connection (after {} ms); closed it unused",
-                    since.elapsed().as_millis()
+                    idle.as_millis()
                 ),
                 Idle::Closed => log::debug!("{name}: pooled connection closed by the backend; dropped"),
             }
@@ -94,7 +106,6 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::net::TcpListener;
-    use std::time::Duration;
 
     #[test]
     fn reuses_live_connections_and_drops_closed_ones() {
@@ -124,7 +135,30 @@ mod tests {
         for p in pooled {
             pool.tx.send(p).expect("back in the pool");
         }
-        assert!(pool.take("a").is_none(), "a was closed and c had a stray byte");
+        assert!(pool.take("a", Duration::MAX).is_none(), "a was closed and c had a stray byte");
         assert!(pool.is_empty());
+    }
+
+    /// nginx's upstream `keepalive_timeout`: a connection idle past it is closed, not reused.
+    #[test]
+    fn a_connection_idle_longer_than_the_limit_is_closed_not_reused() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let pool = IdlePool::default();
+        let old = TcpStream::connect(addr).expect("connect");
+        let (mut old_peer, _) = l.accept().expect("accept");
+        let fresh = TcpStream::connect(addr).expect("connect");
+        let (_fresh_peer, _) = l.accept().expect("accept");
+        let fresh_port = fresh.local_addr().expect("addr").port();
+        let long_ago =
+            Instant::now().checked_sub(Duration::from_secs(120)).expect("a monotonic clock past 2 min");
+        pool.tx.send((old, long_ago)).expect("pooled");
+        pool.put(fresh, 2);
+        let taken = pool.take("a", Duration::from_secs(60)).expect("the fresh one");
+        assert_eq!(taken.local_addr().expect("addr").port(), fresh_port);
+        assert!(pool.is_empty(), "the old one left the pool");
+        // And it was closed: its peer reads EOF.
+        old_peer.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        assert_eq!(std::io::Read::read(&mut old_peer, &mut [0u8; 1]).expect("EOF, not a timeout"), 0);
     }
 }

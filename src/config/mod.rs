@@ -232,6 +232,8 @@ pub struct HealthSettings {
 pub struct HttpSettings {
     /// Idle persistent connections kept per backend (`backend_keepalive`).
     pub backend_keepalive: usize,
+    /// How long a pooled connection may stay idle and still be reused (`backend_idle_ms`).
+    pub backend_idle: Duration,
     /// Largest request head (`max_head_bytes`); larger gets 431.
     pub max_head_bytes: usize,
     /// Largest request body (`max_body_bytes`, 0 = no limit); larger gets 413.

@@ -47,6 +47,7 @@ impl RawConfig {
         let tunnel = v.millis(&keys::TUNNEL_MS);
         let tls = v.tls();
         let backend_keepalive = v.number(&keys::BACKEND_KEEPALIVE);
+        let backend_idle = v.millis(&keys::BACKEND_IDLE_MS);
         let max_head_bytes = v.number(&keys::MAX_HEAD_BYTES);
         let max_body = v.number(&keys::MAX_BODY_BYTES);
         let underscores = v.get(&keys::UNDERSCORES_IN_HEADERS, parse_bool);
@@ -125,6 +126,7 @@ impl RawConfig {
                 },
                 http: HttpSettings {
                     backend_keepalive: backend_keepalive? as usize,
+                    backend_idle: backend_idle?,
                     max_head_bytes: max_head_bytes? as usize,
                     max_body_bytes: max_body.map(|m| (m > 0).then_some(m))?,
                     underscores_in_headers: underscores?,

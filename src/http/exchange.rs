@@ -202,7 +202,8 @@ impl Exchange<'_> {
     /// A quiet pooled connection to `backend`, or a fresh one. Returns it and whether it was
     /// pooled.
     fn connect(&self, backend: &Backend, attempt: &mut Attempt) -> Result<(BackendStream, bool), Failure> {
-        let pooled = if attempt.fresh_only { None } else { backend.take_idle() };
+        let pooled =
+            if attempt.fresh_only { None } else { backend.take_idle(self.ctx.config.http.backend_idle) };
         attempt.fresh_only = false;
         if let Some(stream) = pooled {
             return Ok((Stream::Plain(stream), true));

@@ -319,6 +319,35 @@ fn a_stale_pooled_connection_is_retried_transparently() {
     assert!(backend.connections.load(Ordering::SeqCst) >= 7);
 }
 
+fn keep_alive(_head: &str) -> Vec<u8> {
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+}
+
+/// nginx's upstream `keepalive_timeout`: a pooled connection idle past `backend_idle_ms` is
+/// closed, and the next request opens a new one; within it, the connection is reused.
+#[test]
+fn a_pooled_connection_idle_past_backend_idle_ms_is_closed_not_reused() {
+    let gap = Duration::from_millis(400);
+    for (idle_ms, reused) in [(150, false), (60_000, true)] {
+        let backend = raw_backend(keep_alive, usize::MAX);
+        let (_p, addr) =
+            http_proxy(&[backend.addr], "round-robin", "", &format!("backend_idle_ms = {idle_ms}"));
+        let mut wire = Wire::new(connect(addr));
+        assert_eq!(get(&mut wire, "/", "").status, 200);
+        // Longer than 150 ms and far shorter than 60 s, however busy the machine.
+        std::thread::sleep(gap);
+        assert_eq!(get(&mut wire, "/", "").status, 200);
+        let opened = backend.connections.load(Ordering::SeqCst);
+        if reused {
+            assert_eq!(opened, 1, "backend_idle_ms = {idle_ms}: the pooled connection is reused");
+        } else {
+            assert_eq!(opened, 2, "backend_idle_ms = {idle_ms}: a new connection for the second request");
+            backend.wait_closed(1);
+        }
+        assert_eq!(backend.seen.lock().expect("seen").len(), 2);
+    }
+}
+
 #[test]
 fn http10_and_connection_close_are_honoured() {
     let (_ds, addrs) = three();

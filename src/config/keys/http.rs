@@ -1,7 +1,7 @@
 //! The `[http]` keys of the key table (see [`super::KEYS`]): backend connection reuse, request
 //! size limits and which request headers reach a backend.
 
-use super::{key, number, Key, Kind};
+use super::{key, millis, number, Key, Kind, DAY_MS};
 
 /// `[http] backend_keepalive`.
 pub const BACKEND_KEEPALIVE: Key = key(
@@ -11,6 +11,15 @@ pub const BACKEND_KEEPALIVE: Key = key(
     "512",
     "http: idle persistent connections kept per backend (the default, as `workers`, closes none a request could reuse)",
     |c| c.http.backend_keepalive.to_string(),
+);
+/// `[http] backend_idle_ms`.
+pub const BACKEND_IDLE_MS: Key = key(
+    "http",
+    "backend_idle_ms",
+    millis(1, DAY_MS),
+    "60000",
+    "http: a pooled backend connection idle longer than this is closed instead of reused, as nginx's upstream `keepalive_timeout` (keep it below the backend's own keep-alive timeout)",
+    |c| c.http.backend_idle.as_millis().to_string(),
 );
 /// `[http] max_head_bytes`.
 pub const MAX_HEAD_BYTES: Key = key(
