@@ -151,10 +151,7 @@ fn jq_reads_every_json_line_with_timings_pool_backend_and_why() {
 fn a_json_line_names_the_clients_tls_version() {
     let (_a, a) = dummy("a");
     let ca = Ca::new("access-ca");
-    let certs = tempfile::tempdir().expect("tempdir");
-    ca.write(certs.path(), "proxy", &["localhost"]);
-    let d = certs.path().display();
-    let tls = format!("[tls]\ncert = {d}/proxy.pem\nkey = {d}/proxy.key\n");
+    let (_certs, tls) = ca.proxy_tls();
     let (p, addr, path) = logging_proxy("json", &[a], &tls);
     let mut t = tls_connect(addr, client_config(&ca, None), "localhost").expect("handshake");
     write!(t, "GET /tls HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("send");

@@ -105,35 +105,29 @@ fn clients_that_stop_reading_hand_their_places_on_so_the_next_client_is_answered
 
 #[test]
 fn tls_clients_that_stop_reading_hand_their_places_on_too() {
-    use crate::tls::{client_config, tls_connect, Ca};
+    use crate::tls::{client_config, get_over, tls_connect, Ca};
     let (_d, backend) = dummy("big");
     let ca = Ca::new("sizing CA");
-    let certs = tempfile::tempdir().expect("tempdir");
-    ca.write(certs.path(), "proxy", &["localhost"]);
-    let d = certs.path().display();
+    let (_certs, tls) = ca.proxy_tls();
     let config = format!(
         "[proxy]\nmode = http\nworkers = 12\nactive_workers = 2\n[health]\nenabled = false\n\
-         [admin]\nlisten = 127.0.0.1:0\n[tls]\ncert = {d}/proxy.pem\nkey = {d}/proxy.key\n{}",
+         [admin]\nlisten = 127.0.0.1:0\n{tls}{}",
         backends_section(&[backend])
     );
     let (p, addr) = proxy_with(&config, &[]);
     let admin = admin_addr(&p);
-    let tls = client_config(&ca, None);
+    let client = client_config(&ca, None);
     // The takers block flushing TLS records to clients that do not read them.
     let stalled: Vec<_> = (0..4)
         .map(|i| {
-            let mut s = tls_connect(addr, tls.clone(), "localhost").expect("handshake");
+            let mut s = tls_connect(addr, client.clone(), "localhost").expect("handshake");
             write!(s, "GET /?bytes=64000000&i={i} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
             s.flush().expect("flush");
             s
         })
         .collect();
     wait_until("both takers stuck writing", || gauge(admin, "workers_busy") >= 2);
-    let mut s = tls_connect(addr, tls, "localhost").expect("handshake");
-    write!(s, "GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("send");
-    let mut out = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut s, &mut out);
-    let text = String::from_utf8_lossy(&out);
+    let text = get_over(&mut tls_connect(addr, client, "localhost").expect("handshake"), "/");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(gauge(admin, "worker_handoffs") >= 2, "{}", proxy_stats(admin));
     drop(stalled);

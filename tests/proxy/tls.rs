@@ -46,6 +46,16 @@ impl Ca {
         std::fs::write(dir.join(format!("{name}.key")), key).expect("write key");
     }
 
+    /// Writes the CA and `proxy.pem`/`proxy.key` for localhost (and 127.0.0.1) into a fresh
+    /// directory; returns it (keep it while the proxy runs) and the `[tls]` lines naming them.
+    pub fn proxy_tls(&self) -> (tempfile::TempDir, String) {
+        let certs = tempfile::tempdir().expect("tempdir");
+        self.write(certs.path(), "proxy", &["localhost", "127.0.0.1"]);
+        let d = certs.path().display();
+        let section = format!("[tls]\ncert = {d}/proxy.pem\nkey = {d}/proxy.key\n");
+        (certs, section)
+    }
+
     pub fn der(&self) -> CertificateDer<'static> {
         self.cert.der().clone()
     }
@@ -90,20 +100,18 @@ pub fn tls_proxy(
     extra_tls: &str,
     timeouts: &str,
 ) -> (Proc, SocketAddr, tempfile::TempDir) {
-    let certs = tempfile::tempdir().expect("tempdir");
-    ca.write(certs.path(), "proxy", &["localhost", "127.0.0.1"]);
-    let d = certs.path().display();
+    let (certs, tls) = ca.proxy_tls();
     let config = format!(
         "[proxy]\nmode = {mode}\nalgorithm = round-robin\nworkers = 16\n[admin]\nlisten = 127.0.0.1:0\n\
-         [health]\nenabled = false\n[timeouts]\n{timeouts}\n\
-         [tls]\ncert = {d}/proxy.pem\nkey = {d}/proxy.key\n{extra_tls}\n{}",
+         [health]\nenabled = false\n[timeouts]\n{timeouts}\n{tls}{extra_tls}\n{}",
         backends_section(addrs)
     );
     let (p, addr) = proxy_with(&config, &[]);
     (p, addr, certs)
 }
 
-fn get_over(tls: &mut Tls, path: &str) -> String {
+/// `GET path` with `Connection: close` over `tls`; the whole answer as text.
+pub fn get_over(tls: &mut Tls, path: &str) -> String {
     write!(tls, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").expect("send");
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out);

@@ -206,14 +206,12 @@ fn idle_and_trickling_tls_clients_park_and_come_back_with_their_session() {
     use crate::tls::{client_config, tls_connect, Ca};
     let (_d, backend) = dummy("app");
     let ca = Ca::new("park CA");
-    let certs = tempfile::tempdir().expect("tempdir");
-    ca.write(certs.path(), "proxy", &["localhost"]);
-    let d = certs.path().display();
+    let (_certs, tls_lines) = ca.proxy_tls();
     // One worker: a TLS client that held it while idle, or while trickling its head, would
     // keep every other client out.
     let config = format!(
         "[proxy]\nmode = http\nworkers = 1\n[health]\nenabled = false\n\
-         [tls]\ncert = {d}/proxy.pem\nkey = {d}/proxy.key\n{}",
+         {tls_lines}{}",
         backends_section(&[backend])
     );
     let (_p, addr) = proxy_with(&config, &[]);
@@ -314,12 +312,10 @@ fn eleven_hundred_silent_tls_connections_with_the_default_workers_cost_curl_noth
     raise_fd_limit();
     let (_d, backend) = dummy("app");
     let ca = Ca::new("crowd CA");
-    let certs = tempfile::tempdir().expect("tempdir");
-    ca.write(certs.path(), "proxy", &["localhost"]);
-    let d = certs.path().display();
+    let (certs, tls_lines) = ca.proxy_tls();
     let config = format!(
         "[proxy]\nmode = http\n[admin]\nlisten = 127.0.0.1:0\n[health]\nenabled = false\n\
-         [tls]\ncert = {d}/proxy.pem\nkey = {d}/proxy.key\n{}",
+         {tls_lines}{}",
         backends_section(&[backend])
     );
     let (p, addr) = proxy_with(&config, &[]);
