@@ -155,14 +155,14 @@ impl<J: Send + 'static> WorkerPool<J> {
                 loop {
                     if let Some(gate) = &gate {
                         gate.admit(index, &mut admitted, crate::threads::stack::TRIM_AFTER, || {
-                            idle(&mut state)
+                            idle(&mut state, &counts)
                         });
                     }
                     let job = match jobs.recv_timeout(crate::threads::stack::TRIM_AFTER) {
                         Ok(job) => job,
                         Err(RecvTimeoutError::Timeout) => {
                             // Idle: give back, then wait as long as it takes.
-                            idle(&mut state);
+                            idle(&mut state, &counts);
                             match jobs.recv() {
                                 Ok(job) => job,
                                 Err(_) => break,
@@ -246,9 +246,19 @@ fn build(name: &str, size: usize, stack: usize) -> io::Result<ThreadPool> {
 
 /// An idle worker gives back the scratch buffers and the stack pages its last jobs touched,
 /// whether it waits for a job or in the gate's reserve.
-fn idle<S: Default>(state: &mut S) {
-    *state = S::default();
+fn idle<S: Default>(state: &mut S, counts: &Counts) {
+    fresh(state, counts);
     crate::threads::stack::give_back();
+}
+
+/// Replaces the worker's scratch state with a new one. Outside any job, so a panic here is
+/// caught and counted as a job's is: it would otherwise end the worker loop, and threadpool's
+/// replacement thread would run no loop, one worker fewer for good. The old state is kept then.
+fn fresh<S: Default>(state: &mut S, counts: &Counts) {
+    if catch_unwind(AssertUnwindSafe(|| *state = S::default())).is_err() {
+        counts.panics.fetch_add(1, Ordering::Relaxed);
+        log::error!("a worker's scratch state could not be renewed; the worker carries on");
+    }
 }
 
 /// Runs one job, catching a panic (the thread carries on, with fresh scratch state). Never
@@ -259,7 +269,7 @@ fn run_job<J, S: Default>(handle: &impl Fn(J, &mut S), job: J, state: &mut S, co
     if catch_unwind(AssertUnwindSafe(|| handle(job, state))).is_err() {
         counts.panics.fetch_add(1, Ordering::Relaxed);
         log::error!("a job panicked; the worker carries on");
-        *state = S::default();
+        fresh(state, counts);
     }
 }
 

@@ -204,3 +204,52 @@ fn queued_jobs_are_taken_when_the_limit_falls_while_the_takers_are_stuck() {
     drop(tx);
     pool.join();
 }
+
+/// Scratch state that can be made only twice (once for each worker of the test below): every
+/// later renewal panics.
+struct Brittle;
+
+static BRITTLE_MADE: AtomicUsize = AtomicUsize::new(0);
+
+impl Default for Brittle {
+    fn default() -> Brittle {
+        if BRITTLE_MADE.fetch_add(1, Ordering::SeqCst) >= 2 {
+            panic!("scratch state fails on purpose");
+        }
+        Brittle
+    }
+}
+
+#[test]
+fn a_panic_while_idle_is_counted_and_every_worker_keeps_taking_jobs() {
+    let (hold_tx, hold_rx) = crossbeam_channel::bounded::<()>(0);
+    let done = Arc::new(AtomicUsize::new(0));
+    let ran = done.clone();
+    let pool = WorkerPool::start_gated(
+        "brittle",
+        2,
+        (Sizing { few: 1, many: 1 }, Box::new(|| 0)),
+        4,
+        move |_: u8, _: &mut Brittle| {
+            let _ = crate::threads::gate::waiting(|| hold_rx.recv());
+            ran.fetch_add(1, Ordering::SeqCst);
+        },
+    )
+    .expect("start");
+    let gauges = pool.gauges();
+    // Idle past TRIM_AFTER, the taker (waiting for a job) and the reserve worker (waiting for
+    // a place) both renew their scratch state, and both renewals panic.
+    assert!(until(|| gauges.panics() >= 2), "panics {}", gauges.panics());
+    let tx = pool.sender();
+    tx.send(0).expect("send");
+    tx.send(1).expect("send");
+    // Both loops survived: the taker holds job 0 in a wait, the reserve worker is let in for
+    // job 1.
+    assert!(until(|| gauges.busy() == 2), "busy {}", gauges.busy());
+    for _ in 0..2 {
+        hold_tx.send(()).expect("release");
+    }
+    drop(tx);
+    pool.join();
+    assert_eq!(done.load(Ordering::SeqCst), 2);
+}
