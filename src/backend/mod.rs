@@ -230,6 +230,12 @@ impl Backend {
         self.idle.take(&self.name, max_idle)
     }
 
+    /// Closes the pooled connections no request should use any more (see [`IdlePool::sweep`]);
+    /// how many.
+    pub fn sweep_idle(&self, max_idle: Duration) -> usize {
+        self.idle.sweep(&self.name, max_idle)
+    }
+
     /// Pools a connection after a complete exchange; closed instead when `cap` are idle here
     /// already or the backend was removed.
     pub fn put_idle(&self, stream: TcpStream, cap: usize) {

@@ -6,7 +6,8 @@
 //! connection on which any byte arrived after its response, or which shows EOF or an error, is
 //! closed and never used ([`Idle`]), as nginx and HAProxy do. So stray bytes from one exchange
 //! can never become another client's response. One idle longer than `backend_idle_ms` is closed
-//! too, at the next take: its backend may be closing it as a request goes out.
+//! too (its backend may be closing it as a request goes out), at the next take or by the
+//! housekeeping's [`IdlePool::sweep`], whichever comes first.
 
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -54,25 +55,29 @@ impl IdlePool {
     pub fn take(&self, name: &str, max_idle: Duration) -> Option<TcpStream> {
         loop {
             let (stream, since) = self.rx.try_recv().ok()?;
-            let idle = since.elapsed();
-            if idle > max_idle {
-                // The backend may be closing it this very moment (its own keep-alive timeout),
-                // and a request sent then would be lost: nginx's upstream `keepalive_timeout`.
-                log::debug!(
-                    "{name}: pooled connection idle {} ms, past backend_idle_ms; closed",
-                    idle.as_millis()
-                );
-                continue;
-            }
-            match peek(&stream) {
-                Idle::Quiet => return Some(stream),
-                Idle::Data => log::warn!(
-                    "{name} sent bytes on an idle pooled connection (after {} ms); closed it unused",
-                    idle.as_millis()
-                ),
-                Idle::Closed => log::debug!("{name}: pooled connection closed by the backend; dropped"),
+            if usable(name, &stream, since, max_idle) {
+                return Some(stream);
             }
         }
+    }
+
+    /// Closes the idle connections that [`IdlePool::take`] would not use (idle past
+    /// `max_idle`, closed by the backend, or holding stray bytes) and keeps the rest, in their
+    /// order: a timer's work, so that a backend's connections do not wait for the next request
+    /// to be closed (nginx's upstream `keepalive_timeout` is a timer too). Returns how many it
+    /// closed.
+    pub fn sweep(&self, name: &str, max_idle: Duration) -> usize {
+        let mut closed = 0;
+        // Each is looked at once; those put back go behind, and so keep their order.
+        for _ in 0..self.len() {
+            let Ok((stream, since)) = self.rx.try_recv() else { break };
+            if usable(name, &stream, since, max_idle) {
+                let _ = self.tx.send((stream, since));
+            } else {
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Keeps a connection after a complete exchange; closed instead when `cap` are idle already.
@@ -87,6 +92,27 @@ impl IdlePool {
     pub fn clear(&self) {
         while self.rx.try_recv().is_ok() {}
     }
+}
+
+/// Whether a connection idle since `since` may carry a request: idle no longer than
+/// `max_idle`, and quiet. Logs why not.
+fn usable(name: &str, stream: &TcpStream, since: Instant, max_idle: Duration) -> bool {
+    let idle = since.elapsed();
+    if idle > max_idle {
+        // The backend may be closing it this very moment (its own keep-alive timeout),
+        // and a request sent then would be lost: nginx's upstream `keepalive_timeout`.
+        log::debug!("{name}: pooled connection idle {} ms, past backend_idle_ms; closed", idle.as_millis());
+        return false;
+    }
+    match peek(stream) {
+        Idle::Quiet => return true,
+        Idle::Data => log::warn!(
+            "{name} sent bytes on an idle pooled connection (after {} ms); closed it unused",
+            idle.as_millis()
+        ),
+        Idle::Closed => log::debug!("{name}: pooled connection closed by the backend; dropped"),
+    }
+    false
 }
 
 /// Looks, without waiting or consuming, at what the socket holds.
@@ -158,6 +184,49 @@ mod tests {
         assert_eq!(taken.local_addr().expect("addr").port(), fresh_port);
         assert!(pool.is_empty(), "the old one left the pool");
         // And it was closed: its peer reads EOF.
+        old_peer.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        assert_eq!(std::io::Read::read(&mut old_peer, &mut [0u8; 1]).expect("EOF, not a timeout"), 0);
+    }
+
+    /// The sweep closes what a take would not use and keeps the rest, in order.
+    #[test]
+    fn a_sweep_closes_expired_and_closed_connections_and_keeps_the_rest_in_order() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let pool = IdlePool::default();
+        let connect = || {
+            let s = TcpStream::connect(addr).expect("connect");
+            (s, l.accept().expect("accept").0)
+        };
+        let (old, mut old_peer) = connect();
+        let (gone, gone_peer) = connect();
+        let (first, _first_peer) = connect();
+        let (second, _second_peer) = connect();
+        let ports = [&first, &second].map(|s| s.local_addr().expect("addr").port());
+        let long_ago =
+            Instant::now().checked_sub(Duration::from_secs(120)).expect("a monotonic clock past 2 min");
+        pool.tx.send((old, long_ago)).expect("pooled");
+        pool.put(first, 8);
+        pool.put(gone, 8);
+        pool.put(second, 8);
+        drop(gone_peer);
+        // Wait until the kernel shows the close (a bounded wait for loopback delivery).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pooled: Vec<_> = pool.rx.try_iter().collect();
+            let shown = pooled.iter().any(|(s, _)| peek(s) == Idle::Closed);
+            for p in pooled {
+                pool.tx.send(p).expect("back in the pool");
+            }
+            if shown {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the close never showed");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(pool.sweep("a", Duration::from_secs(60)), 2, "the expired one and the closed one");
+        let left: Vec<u16> = pool.rx.try_iter().map(|(s, _)| s.local_addr().expect("addr").port()).collect();
+        assert_eq!(left, ports, "the quiet ones stay, oldest first");
         old_peer.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         assert_eq!(std::io::Read::read(&mut old_peer, &mut [0u8; 1]).expect("EOF, not a timeout"), 0);
     }

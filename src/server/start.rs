@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
@@ -114,7 +114,7 @@ impl Shared {
         Ok(workers)
     }
 
-    /// Starts the health checker, the DNS resolver and the stats logger; they stop when `stop`
+    /// Starts the health checker, the DNS resolver and the housekeeping; they stop when `stop`
     /// disconnects. The discovery is what a reload goes through.
     pub fn start_background(&self, config: &Config, stop: &Receiver<()>) -> Result<Arc<Discovery>, Error> {
         let router = self.router.clone();
@@ -128,9 +128,8 @@ impl Shared {
             stop.clone(),
         ));
         discovery.spawn_resolver().map_err(Error::Resource)?;
-        if let Some(every) = config.stats_interval {
-            spawn_stats_logger(self.router.clone(), every, stop.clone()).map_err(Error::Resource)?;
-        }
+        let chores = Chores { stats_every: config.stats_interval, backend_idle: config.http.backend_idle };
+        spawn_housekeeping(self.router.clone(), chores, stop.clone()).map_err(Error::Resource)?;
         Ok(discovery)
     }
 
@@ -221,12 +220,43 @@ fn note_wait(conn: &Conn, workers: usize) {
     }
 }
 
-/// Logs a one-line summary per backend every `every`.
-fn spawn_stats_logger(router: Arc<Router>, every: Duration, stop: Receiver<()>) -> std::io::Result<()> {
-    thread::Builder::new().name("stats".into()).spawn(move || {
-        while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(every) {
-            for (_, b) in crate::stats::members(&router.table()) {
-                log::info!("stats: {}", summary_line(&b));
+/// What the housekeeping thread does, and how often.
+struct Chores {
+    /// Log a one-line summary per backend this often (`stats_interval_ms`; `None`: never).
+    stats_every: Option<Duration>,
+    /// Close pooled backend connections idle longer than this (`backend_idle_ms`).
+    backend_idle: Duration,
+}
+
+/// The housekeeping thread, until `stop` disconnects: closes pooled backend connections past
+/// `backend_idle_ms` (or closed by their backend) within a second of it, or within
+/// `backend_idle_ms` if shorter, rather than at the next request, as nginx's upstream
+/// `keepalive_timeout` does; and logs the stats line per backend every `stats_interval_ms`.
+fn spawn_housekeeping(router: Arc<Router>, chores: Chores, stop: Receiver<()>) -> std::io::Result<()> {
+    let sweep_every = chores.backend_idle.clamp(Duration::from_millis(10), Duration::from_secs(1));
+    thread::Builder::new().name("housekeeping".into()).spawn(move || {
+        let mut next_sweep = Instant::now() + sweep_every;
+        let mut next_log = chores.stats_every.map(|every| Instant::now() + every);
+        loop {
+            let next = next_log.map_or(next_sweep, |log| log.min(next_sweep));
+            if stop.recv_deadline(next) != Err(crossbeam_channel::RecvTimeoutError::Timeout) {
+                return;
+            }
+            let table = router.table();
+            let now = Instant::now();
+            if now >= next_sweep {
+                next_sweep = now + sweep_every;
+                for (_, b) in crate::stats::members(&table) {
+                    b.sweep_idle(chores.backend_idle);
+                }
+            }
+            if let (Some(at), Some(every)) = (next_log, chores.stats_every) {
+                if now >= at {
+                    next_log = Some(at + every);
+                    for (_, b) in crate::stats::members(&table) {
+                        log::info!("stats: {}", summary_line(&b));
+                    }
+                }
             }
         }
     })?;

@@ -74,13 +74,14 @@ impl fmt::Display for Refusal {
 
 /// The threads the proxy runs besides its workers: acceptor, resolver, the workers' gate,
 /// health checker (and a check thread per backend address while a round runs), two signal
-/// threads, a drain timer after a reload, the stats logger and the admin pool when configured. A relayed connection
-/// uses one thread, its worker, in both modes.
+/// threads, a drain timer after a reload, the housekeeping (backend pool sweeps, stats lines),
+/// and the admin pool when configured. A relayed connection uses one thread, its worker, in
+/// both modes.
 pub fn service_threads(c: &Config) -> usize {
     let checks = if c.health.enabled { c.backends.iter().map(|b| b.addrs.len()).sum() } else { 0 };
-    let stats = usize::from(c.stats_interval.is_some());
     let admin = if c.admin.is_some() { ADMIN_THREADS } else { 0 };
-    1 + 1 + 1 + 1 + checks + 2 + 1 + stats + admin
+    let housekeeping = 1;
+    1 + 1 + 1 + 1 + checks + 2 + 1 + housekeeping + admin
 }
 
 /// One limit as a thread budget: threads that fit, and how to describe the shortfall.
@@ -403,15 +404,15 @@ mod tests {
     }
 
     #[test]
-    fn service_threads_count_checks_stats_and_admin() {
+    fn service_threads_count_checks_and_admin() {
         let mut raw =
             crate::config::RawConfig::parse(&b"[backends]\na = 127.0.0.1:1\nb = 127.0.0.1:2\n"[..], "t")
                 .expect("parse");
         let plain = raw.validate().expect("valid");
-        assert_eq!(service_threads(&plain), 7 + 2);
+        assert_eq!(service_threads(&plain), 8 + 2);
         raw.set_flag("proxy", "stats_interval_ms", "1000", "--x");
         raw.set_flag("admin", "listen", "127.0.0.1:0", "--y");
-        assert_eq!(service_threads(&raw.validate().expect("valid")), 7 + 2 + 1 + ADMIN_THREADS);
+        assert_eq!(service_threads(&raw.validate().expect("valid")), 8 + 2 + ADMIN_THREADS);
     }
 
     #[test]

@@ -348,6 +348,25 @@ fn a_pooled_connection_idle_past_backend_idle_ms_is_closed_not_reused() {
     }
 }
 
+/// nginx closes an idle upstream connection when its `keepalive_timeout` timer fires, not at
+/// the next request: with no traffic at all, the backend sees the pooled connection closed
+/// soon after `backend_idle_ms`, and never before.
+#[test]
+fn a_pooled_connection_idle_past_backend_idle_ms_is_closed_without_another_request() {
+    let backend = raw_backend(keep_alive, usize::MAX);
+    let (_p, addr) = http_proxy(&[backend.addr], "round-robin", "", "backend_idle_ms = 300");
+    let mut wire = Wire::new(connect(addr));
+    let sent = Instant::now();
+    assert_eq!(get(&mut wire, "/", "").status, 200);
+    backend.wait_closed(1);
+    let idle = sent.elapsed();
+    assert!(idle >= Duration::from_millis(300), "closed after {idle:?}, before backend_idle_ms");
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+    // The client's own connection is untouched, and the next request opens a new one.
+    assert_eq!(get(&mut wire, "/", "").status, 200);
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
+}
+
 #[test]
 fn http10_and_connection_close_are_honoured() {
     let (_ds, addrs) = three();
