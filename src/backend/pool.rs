@@ -133,15 +133,17 @@ mod tests {
     use std::io::Write;
     use std::net::TcpListener;
 
+    /// A connection to `l`, and its accepted end.
+    fn connected(l: &TcpListener) -> (TcpStream, TcpStream) {
+        let s = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        (s, l.accept().expect("accept").0)
+    }
+
     #[test]
     fn reuses_live_connections_and_drops_closed_ones() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
         let pool = IdlePool::default();
-        let connect = || {
-            let s = TcpStream::connect(addr).expect("connect");
-            (s, l.accept().expect("accept").0)
-        };
+        let connect = || connected(&l);
         let (a, peer_a) = connect();
         let (c, mut peer_c) = connect();
         let (d, _peer_d) = connect();
@@ -192,12 +194,8 @@ mod tests {
     #[test]
     fn a_sweep_closes_expired_and_closed_connections_and_keeps_the_rest_in_order() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
         let pool = IdlePool::default();
-        let connect = || {
-            let s = TcpStream::connect(addr).expect("connect");
-            (s, l.accept().expect("accept").0)
-        };
+        let connect = || connected(&l);
         let (old, mut old_peer) = connect();
         let (gone, gone_peer) = connect();
         let (first, _first_peer) = connect();
