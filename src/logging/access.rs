@@ -106,17 +106,8 @@ pub fn write(entry: &Entry<'_>, main: impl FnOnce() -> String) {
     match &sink.to {
         Some(tx) => MINE.with(|b| {
             let mut b = b.lock();
-            let now = SystemTime::now();
-            match sink.format {
-                // In a file of its own, the proxy's wording carries the main log's time stamp.
-                Format::Main => {
-                    b.text.push_str(&super::stamp(now));
-                    b.text.push(' ');
-                    b.text.push_str(&main());
-                }
-                Format::Combined => line::combined_into(&mut b.text, entry, now),
-                Format::Json => line::json_into(&mut b.text, entry, now),
-            }
+            // In a file of its own, the proxy's wording carries the main log's time stamp.
+            render(&mut b.text, sink.format, entry, main, true);
             b.text.push('\n');
             b.lines += 1;
             b.started.get_or_insert_with(Instant::now);
@@ -129,13 +120,33 @@ pub fn write(entry: &Entry<'_>, main: impl FnOnce() -> String) {
         }),
         None if !sink.to_main_log => {}
         None => {
-            let line = match sink.format {
-                Format::Main => main(),
-                Format::Combined => line::combined(entry, SystemTime::now()),
-                Format::Json => line::json(entry, SystemTime::now()),
-            };
+            let mut line = String::new();
+            render(&mut line, sink.format, entry, main, false);
             log::info!("{line}");
         }
+    }
+}
+
+/// Appends `entry`'s line in `format` to `text`; the proxy's own wording (`main`) with the main
+/// log's time stamp ahead if `stamped`.
+fn render(
+    text: &mut String,
+    format: Format,
+    entry: &Entry<'_>,
+    main: impl FnOnce() -> String,
+    stamped: bool,
+) {
+    let now = SystemTime::now();
+    match format {
+        Format::Main => {
+            if stamped {
+                text.push_str(&super::stamp(now));
+                text.push(' ');
+            }
+            text.push_str(&main());
+        }
+        Format::Combined => line::combined_into(text, entry, now),
+        Format::Json => line::json_into(text, entry, now),
     }
 }
 
