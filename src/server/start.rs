@@ -252,7 +252,7 @@ fn spawn_housekeeping(router: Arc<Router>, chores: Chores, stop: Receiver<()>) -
             }
             if let (Some(at), Some(every)) = (next_log, chores.stats_every) {
                 if now >= at {
-                    next_log = Some(at + every);
+                    next_log = Some(now + every);
                     for (_, b) in crate::stats::members(&table) {
                         log::info!("stats: {}", summary_line(&b));
                     }

@@ -367,6 +367,26 @@ fn a_pooled_connection_idle_past_backend_idle_ms_is_closed_without_another_reque
     assert_eq!(backend.connections.load(Ordering::SeqCst), 2);
 }
 
+/// The housekeeping thread also logs one line per backend every `stats_interval_ms`, and
+/// keeps doing so.
+#[test]
+fn stats_interval_ms_logs_a_line_per_backend_again_and_again() {
+    let backend = raw_backend(keep_alive, usize::MAX);
+    let config = format!(
+        "[proxy]\nmode = http\nstats_interval_ms = 100\n[health]\nenabled = false\n{}",
+        backends_section(&[backend.addr])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let mut wire = Wire::new(connect(addr));
+    for _ in 0..3 {
+        assert_eq!(get(&mut wire, "/", "").status, 200);
+    }
+    let line = p.wait_for("total=3 ");
+    assert!(line.contains(&format!("stats: app1 {} up total=3 failures=0 active=0", backend.addr)), "{line}");
+    let mark = p.mark();
+    p.wait_for_since(mark, "stats: app1 ");
+}
+
 #[test]
 fn http10_and_connection_close_are_honoured() {
     let (_ds, addrs) = three();
