@@ -125,3 +125,64 @@ fn the_slug_is_githubs() {
     assert_eq!(slug(" Dashboard and runtime API"), "dashboard-and-runtime-api");
     assert_eq!(slug(" HTTPS and WebSocket"), "https-and-websocket");
 }
+
+/// The `ini` blocks of the README and the manual, each with where it starts (`page:line`).
+fn ini_blocks() -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    for page in pages() {
+        let name = page.file_name().expect("name").to_string_lossy().into_owned();
+        let mut open: Option<(usize, String)> = None;
+        for (n, line) in read(&page).lines().enumerate() {
+            match &mut open {
+                None if line.trim_start().starts_with("```ini") => open = Some((n + 2, String::new())),
+                None => {}
+                Some((start, text)) if line.trim_start().starts_with("```") => {
+                    blocks.push((format!("{name}:{start}"), std::mem::take(text)));
+                    open = None;
+                }
+                Some((_, text)) => {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+            }
+        }
+    }
+    blocks
+}
+
+/// A reader pastes an example into config.ini and it works: every `ini` block of the README and
+/// the manual passes `proxy_server --check`. A fragment without backends gets one, to stand
+/// alone. Left out: systemd units, and `[tls]` blocks (they name certificate files a reader has
+/// to make first).
+#[test]
+fn every_ini_example_in_the_readme_and_the_manual_passes_check() {
+    let dir = std::env::temp_dir().join(format!("lbproxy-docs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut checked = 0;
+    for (at, text) in ini_blocks() {
+        if text.contains("[Unit]") || text.contains("[tls]") {
+            continue;
+        }
+        let mut config = text.clone();
+        if !config.contains("[backends]") && !config.contains("[pool.") {
+            config.push_str("[backends]\na = 127.0.0.1:1\n");
+        }
+        let file = dir.join("example.ini");
+        std::fs::write(&file, &config).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_proxy_server"))
+            .arg("--check")
+            .arg("--config")
+            .arg(&file)
+            .current_dir(&dir)
+            .output()
+            .expect("run proxy_server --check");
+        assert!(
+            out.status.success(),
+            "the example at {at} fails --check:\n{config}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(checked >= 6, "only {checked} examples found");
+}

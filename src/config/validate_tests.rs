@@ -109,3 +109,17 @@ fn retry_on_takes_error_statuses_and_access_settings_their_choices() {
     assert_eq!(c.access_log, crate::config::access::Destination::Off);
     assert_eq!(c.health.eject_consecutive_5xx, 0);
 }
+
+#[test]
+fn a_comment_after_a_section_header_is_a_comment() {
+    let c = parse(
+        "[proxy]   ; the listener\nworkers = 64\n  [pool.api] # more pools\nb = 127.0.0.1:2\n\
+         [backends];  the default pool, named \"default\"\na = 127.0.0.1:1\n",
+    )
+    .expect("valid");
+    assert_eq!((c.workers, c.backends.len()), (64, 1));
+    // Anything else after a header is still an error, on its own line.
+    let errs = messages("[proxy]\nworkers = 64\n[backends] extra\na = 127.0.0.1:1\n");
+    assert!(errs[0].contains(":3") || errs[0].contains("line 3"), "{errs:?}");
+    assert!(errs[0].contains("malformed section header"), "{errs:?}");
+}
