@@ -9,8 +9,9 @@ use super::{trailers, BodyKind, Wire, MAX_HEAD, SMALL_BUFFER};
 /// Which end of a body copy failed.
 #[derive(Debug)]
 pub enum BodyError {
-    /// Reading or decoding the source failed (bad chunk, early EOF, reset, timeout).
-    Source(io::Error),
+    /// Reading or decoding the source failed (bad chunk, early EOF, reset, timeout), after this
+    /// many body bytes had gone to the destination (a truncated body: the access log counts them).
+    Source(io::Error, u64),
     /// Writing to the destination failed.
     Sink(io::Error),
     /// The body is larger than the limit.
@@ -231,7 +232,7 @@ impl<S: Read> Wire<S> {
             Err(_) if sink_error.is_some() => {
                 Err(BodyError::Sink(sink_error.unwrap_or_else(|| io::Error::other("sink"))))
             }
-            Err(e) => Err(BodyError::Source(e)),
+            Err(e) => Err(BodyError::Source(e, written)),
         }
     }
 }
@@ -375,7 +376,7 @@ mod tests {
         let mut wire = Wire::new(&b"2\r\nhi\r\n0\r\nGET /smuggled HTTP/1.1\r\n\r\n"[..]);
         let mut out = Vec::new();
         match wire.forward_body(BodyKind::Chunked, &mut out, true, None) {
-            Err(BodyError::Source(e)) => assert_eq!(e.kind(), io::ErrorKind::InvalidData),
+            Err(BodyError::Source(e, _)) => assert_eq!(e.kind(), io::ErrorKind::InvalidData),
             other => panic!("{other:?}"),
         }
         assert_eq!(out, b"2\r\nhi\r\n");

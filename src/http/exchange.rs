@@ -263,11 +263,15 @@ impl Exchange<'_> {
                 let cause = Cause::BodyTooLarge("request body over max_body_bytes".into());
                 return Err(Failure::new(Party::Client, Phase::Send, cause));
             }
-            Err(BodyError::Source(e)) if e.kind() == io::ErrorKind::InvalidData => {
+            Err(BodyError::Source(e, n)) if e.kind() == io::ErrorKind::InvalidData => {
+                record.bytes_in += n;
                 let cause = Cause::Invalid(format!("request body: {e}"));
                 return Err(Failure::new(Party::Client, Phase::Request, cause));
             }
-            Err(BodyError::Source(e)) => return Err(Failure::new(Party::Client, Phase::Send, Cause::Io(e))),
+            Err(BodyError::Source(e, n)) => {
+                record.bytes_in += n;
+                return Err(Failure::new(Party::Client, Phase::Send, Cause::Io(e)));
+            }
         }
         bout.flush().map_err(to_backend)?;
         Ok(Verdict::Continue)
@@ -317,7 +321,8 @@ impl Exchange<'_> {
         match bw.forward_body(resp.body, &mut cout, chunk_out, None) {
             Ok(n) => record.bytes_out += n,
             Err(BodyError::Sink(e)) => return Err(client_gone(e)),
-            Err(BodyError::Source(e)) => {
+            Err(BodyError::Source(e, n)) => {
+                record.bytes_out += n;
                 // As nginx: what arrived goes on to the client, then the connection closes, so
                 // the client sees a truncated body, never one that looks complete.
                 let _ = cout.flush();

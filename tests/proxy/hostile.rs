@@ -21,15 +21,21 @@ fn lab() -> (Vec<(Proc, SocketAddr)>, Proc, SocketAddr) {
 
 /// Sends one GET and reads until the proxy closes the connection: (status, body bytes).
 fn fetch(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    let raw = fetch_raw(addr, path);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(Vec::new(), |i| raw[i + 4..].to_vec());
+    (status, body)
+}
+
+/// Sends one GET and reads until the proxy closes the connection: every byte it sent.
+fn fetch_raw(addr: SocketAddr, path: &str) -> Vec<u8> {
     let mut s = connect(addr);
     s.set_read_timeout(Some(WAIT)).expect("timeout");
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).expect("send");
     let mut raw = Vec::new();
     let _ = s.read_to_end(&mut raw); // ends only when the proxy closes: a hang fails at WAIT
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(Vec::new(), |i| raw[i + 4..].to_vec());
-    (status, body)
+    raw
 }
 
 /// The next ordinary request is served.
@@ -63,12 +69,22 @@ fn a_reset_mid_body_truncates_and_closes() {
 
 #[test]
 fn a_body_shorter_than_its_content_length_closes_the_connection() {
-    let (_ds, _p, addr) = lab();
+    let (_ds, p, addr) = lab();
     let started = Instant::now();
-    let (status, body) = fetch(addr, "/x?fault=bad-length&bytes=300");
-    assert_eq!(status, 200);
-    assert_eq!(body.len(), 300, "the short body, then a close (not a wait for the missing 100 bytes)");
+    let raw = fetch_raw(addr, "/x?fault=bad-length&bytes=300");
+    assert!(raw.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&raw));
+    let head = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    assert_eq!(raw.len() - head, 300, "the short body, then a close (not a wait for the missing 100 bytes)");
     assert!(started.elapsed() < Duration::from_secs(10), "no hang");
+    // The log counts what the client got, truncated body included (nginx's $bytes_sent).
+    let line = p.wait_for("fault=bad-length&bytes=300");
+    let out: u64 = line
+        .split("B out")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {line}"));
+    assert_eq!(out, raw.len() as u64, "the head and 300 bytes of body: {line}");
     still_serving(addr);
 }
 
