@@ -15,8 +15,8 @@ use crate::events;
 use crate::h1::head::Request;
 use crate::stats::backend_json;
 
-/// Largest weight the API sets (HAProxy's range is 0..=256 too; 0 takes no new traffic).
-pub const MAX_WEIGHT: u32 = 256;
+/// Largest weight the API sets: the file's largest, so any weight it gave can be set back.
+pub use crate::config::MAX_WEIGHT;
 
 /// An answer: status and JSON body.
 pub(super) type Answer = (u16, String);
@@ -142,10 +142,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn weight_values_outside_0_to_256_or_not_numbers_are_refused() {
+    fn weight_values_outside_0_to_1000_or_not_numbers_are_refused() {
         assert_eq!(weight_value("value=0"), Ok(0));
-        assert_eq!(weight_value("x=1&value=256"), Ok(256));
-        for bad in ["value=257", "value=-1", "value=", "value=1.5", "", "valu=3"] {
+        assert_eq!(weight_value("x=1&value=1000"), Ok(1000));
+        for bad in ["value=1001", "value=-1", "value=", "value=1.5", "", "valu=3"] {
             assert!(weight_value(bad).is_err(), "{bad}");
         }
     }

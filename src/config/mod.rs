@@ -36,6 +36,10 @@ pub use crate::net::proxy_protocol::{Accept as AcceptProxy, Version as ProxyVers
 pub use raw::RawConfig;
 pub use routing::{HeaderRules, HostPattern, PoolSpec, Redirect, RouteAction, RouteSpec, DEFAULT_POOL};
 
+/// The largest weight of a backend, in the file as through the admin API (0 there: no new
+/// traffic). HAProxy stops at 256, nginx has no limit.
+pub const MAX_WEIGHT: u32 = 1000;
+
 /// The default configuration file, looked up in the current directory.
 pub const DEFAULT_PATH: &str = "config.ini";
 

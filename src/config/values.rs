@@ -87,7 +87,7 @@ pub(super) fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, Stri
         }
         seen.push(option);
         match word.split_once('=') {
-            Some(("weight", w)) => weight = parse_number(w, 1, 1000)? as u32,
+            Some(("weight", w)) => weight = parse_number(w, 1, u64::from(super::MAX_WEIGHT))? as u32,
             Some(("max_conns", m)) => max_conns = parse_number(m, 0, 1_000_000)? as usize,
             Some(("sni", n)) if rustls_name_ok(n) => sni = Some(n.to_string()),
             Some(("sni", n)) => return Err(format!("'{n}' is not a server name for sni=")),
