@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use lbproxy::companions::dummy::{DummyArgs, DummyServer};
+use lbproxy::companions::dummy::{describe, DummyArgs, DummyServer};
 use lbproxy::logging::{self, out};
 use lbproxy::server::signals;
 
@@ -18,7 +18,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            out::err_line(format_args!("dummy_server: {e}"));
+            out::err_line(format_args!("dummy_server: {}", describe(&e)));
             ExitCode::from(2)
         }
     }

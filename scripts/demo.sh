@@ -47,7 +47,7 @@ echo
 if [ "$mode" = http ]; then
     echo "== mode http: proxy on 127.0.0.1:$PORT balances each request (keep-alive), least-connections over 10 backends; 20 clients x 10 requests =="
 else
-    echo "== mode tcp: proxy on 127.0.0.1:$PORT balances each connection, least-connections over 10 backends; 20 clients x 10 connections =="
+    echo "== mode tcp: proxy on 127.0.0.1:$PORT balances each connection, least-connections over 10 backends; 20 clients x 10 requests, a connection each =="
 fi
 ./simulate_client --target "127.0.0.1:$PORT" --clients 20 --requests 10 --hold-ms 30 "$@"
 echo

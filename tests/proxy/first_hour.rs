@@ -161,6 +161,15 @@ fn an_address_in_use_and_a_port_flag_get_a_hint() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("is another proxy_server (or dummy_server) running there?"), "{err}");
+    // dummy_server's hint names its own way to pick a port (an argument, not --listen).
+    let out = Command::new(DUMMY).arg(port.to_string()).output().expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let hint = format!(
+        "is another dummy_server (or proxy_server) running there? Pick another port: ./dummy_server {}",
+        port + 1
+    );
+    assert!(err.contains(&hint) && !err.contains("--listen"), "{err}");
     let out = Command::new(PROXY).args(["--port", "8080"]).output().expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");

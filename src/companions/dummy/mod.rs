@@ -138,6 +138,19 @@ pub struct DummyServer {
     drain: Duration,
 }
 
+/// How dummy_server words an error: a port in use gets its own hint (the proxy's names
+/// `--listen`, which dummy_server does not take: its port is an argument).
+pub fn describe(e: &Error) -> String {
+    match e {
+        Error::Listen { addr, source } if source.kind() == std::io::ErrorKind::AddrInUse => format!(
+            "listen on {addr}: {source}: is another dummy_server (or proxy_server) running there? \
+             Pick another port: ./dummy_server {}",
+            addr.port().checked_add(1).unwrap_or(9090)
+        ),
+        e => e.to_string(),
+    }
+}
+
 impl DummyServer {
     /// Binds the port given in `args`.
     pub fn bind(args: &DummyArgs) -> Result<DummyServer, Error> {
