@@ -233,7 +233,12 @@ impl Backend {
     /// Closes the pooled connections no request should use any more (see [`IdlePool::sweep`]);
     /// how many.
     pub fn sweep_idle(&self, max_idle: Duration) -> usize {
-        self.idle.sweep(&self.name, max_idle)
+        let closed = self.idle.sweep(&self.name, max_idle);
+        if self.is_retired() {
+            // Removed while the sweep held one: what it put back goes too.
+            self.idle.clear();
+        }
+        closed
     }
 
     /// Pools a connection after a complete exchange; closed instead when `cap` are idle here
@@ -286,8 +291,8 @@ impl Backend {
         self.send_proxy.store(n, Ordering::Relaxed);
     }
 
-    /// The configured weight (1..=1000 from the file; 0..=256 set at runtime, 0 taking no
-    /// new traffic, as HAProxy's weight 0).
+    /// The configured weight (1..=[`crate::config::MAX_WEIGHT`] from the file; 0 up to it set
+    /// at runtime, 0 taking no new traffic, as HAProxy's weight 0).
     pub fn weight(&self) -> u32 {
         self.weight.load(Ordering::Relaxed)
     }

@@ -122,4 +122,7 @@ fn a_comment_after_a_section_header_is_a_comment() {
     let errs = messages("[proxy]\nworkers = 64\n[backends] extra\na = 127.0.0.1:1\n");
     assert!(errs[0].contains(":3") || errs[0].contains("line 3"), "{errs:?}");
     assert!(errs[0].contains("malformed section header"), "{errs:?}");
+    // A header made tidy keeps every later line where it was, for the errors' line numbers.
+    let errs = messages("[proxy]   ; c\r\n\r\nworkers = lots\n[backends]\na = 127.0.0.1:1\n");
+    assert!(errs[0].contains(":3") && errs[0].contains("workers"), "{errs:?}");
 }

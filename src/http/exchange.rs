@@ -150,8 +150,10 @@ impl Exchange<'_> {
             let f = Failure::at(backend.name(), Party::Backend, Phase::Head, Cause::Status(resp.status));
             return Err((f, Retry::NextBackend));
         }
+        // Bytes sent to the backend: the rewritten head as well as the body, counted once this
+        // backend's answer is the one the client gets (whole, truncated or a tunnel).
+        record.bytes_in += scratch.head.len() as u64;
         if resp.status == 101 {
-            record.bytes_in += scratch.head.len() as u64;
             let outcome = upgrade::switch(self, cw, &mut bw, &stream, backend, scratch, record);
             scratch.backend_in = bw.into_buffer();
             drop(attached);
@@ -168,8 +170,6 @@ impl Exchange<'_> {
         // The whole response is read, so the backend side is done: its slot and connection
         // are given back before the last bytes go to the client, so that the client's next
         // request finds them.
-        // Bytes sent to the backend: the rewritten head as well as the body.
-        record.bytes_in += scratch.head.len() as u64;
         backend.record_bytes(record.bytes_in, record.bytes_out);
         drop(attached);
         drop(pick);

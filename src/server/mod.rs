@@ -122,7 +122,7 @@ impl Server {
     pub fn run(self, signals: Signals, loader: Loader) -> Result<Summary, Error> {
         let Server { config, tls, backend_tls, listener, admin, local_addr, handoff } = self;
         let shared = Shared::new(&config, tls, backend_tls)?;
-        // Background threads (health, resolver, stats) stop when this drops.
+        // Background threads (health, resolver, housekeeping) stop when this drops.
         let (background, background_rx) = crossbeam_channel::bounded::<()>(0);
         let workers = shared.start_workers(&config)?;
         let parker = match &shared.parker {

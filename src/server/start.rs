@@ -1,6 +1,7 @@
 //! Starting a proxy's threads, in the order [`super::Server::run`] needs them: the state every
 //! thread shares, the worker pool of the mode (every thread up before anything is accepted),
-//! the background threads (health checks, DNS, stats) and the admin listener.
+//! the background threads (health checks, DNS, housekeeping: pool sweeps and stats lines) and
+//! the admin listener.
 
 use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;

@@ -205,15 +205,17 @@ fn queued_jobs_are_taken_when_the_limit_falls_while_the_takers_are_stuck() {
     pool.join();
 }
 
-/// Scratch state that can be made only twice (once for each worker of the test below): every
-/// later renewal panics.
+/// Scratch state that each thread can make only once (when its worker starts): every later
+/// renewal panics.
 struct Brittle;
 
-static BRITTLE_MADE: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static BRITTLE_MADE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
 
 impl Default for Brittle {
     fn default() -> Brittle {
-        if BRITTLE_MADE.fetch_add(1, Ordering::SeqCst) >= 2 {
+        if BRITTLE_MADE.replace(true) {
             panic!("scratch state fails on purpose");
         }
         Brittle
