@@ -138,6 +138,8 @@ fn render(
 ) {
     let now = SystemTime::now();
     match format {
+        // Into an empty line, the wording itself, not a copy of it.
+        Format::Main if !stamped && text.is_empty() => *text = main(),
         Format::Main => {
             if stamped {
                 text.push_str(&super::stamp(now));

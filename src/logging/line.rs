@@ -47,15 +47,17 @@ pub struct Entry<'a> {
     pub note: &'a str,
 }
 
-/// `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent
-/// "$http_referer" "$http_user_agent"`, escaped as nginx's default `escape` does. Time is UTC.
-pub fn combined(e: &Entry<'_>, now: SystemTime) -> String {
+/// [`combined_into`], as a line of its own (for the tests).
+#[cfg(test)]
+fn combined(e: &Entry<'_>, now: SystemTime) -> String {
     let mut line = String::with_capacity(160);
     combined_into(&mut line, e, now);
     line
 }
 
-/// [`combined`], appended to `line`.
+/// `$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent
+/// "$http_referer" "$http_user_agent"`, escaped as nginx's default `escape` does, appended to
+/// `line`. Time is UTC.
 pub fn combined_into(line: &mut String, e: &Entry<'_>, now: SystemTime) {
     match e.client {
         Some(ip) => {
@@ -88,15 +90,16 @@ pub fn combined_into(line: &mut String, e: &Entry<'_>, now: SystemTime) {
     line.push('"');
 }
 
-/// One JSON object, in a fixed order, strings escaped as nginx's `escape=json` does (through
-/// serde_json). Fields that do not apply are left out.
-pub fn json(e: &Entry<'_>, now: SystemTime) -> String {
+/// [`json_into`], as a line of its own (for the tests).
+#[cfg(test)]
+fn json(e: &Entry<'_>, now: SystemTime) -> String {
     let mut line = String::with_capacity(384);
     json_into(&mut line, e, now);
     line
 }
 
-/// [`json`], appended to `line`.
+/// One JSON object, in a fixed order, strings escaped as nginx's `escape=json` does (through
+/// serde_json), appended to `line`. Fields that do not apply are left out.
 pub fn json_into(line: &mut String, e: &Entry<'_>, now: SystemTime) {
     let mut o = Object(line);
     o.0.push('{');

@@ -237,9 +237,10 @@ fn spawn_housekeeping(router: Arc<Router>, chores: Chores, stop: Receiver<()>) -
     let sweep_every = chores.backend_idle.clamp(Duration::from_millis(10), Duration::from_secs(1));
     thread::Builder::new().name("housekeeping".into()).spawn(move || {
         let mut next_sweep = Instant::now() + sweep_every;
-        let mut next_log = chores.stats_every.map(|every| Instant::now() + every);
+        // The stats lines' interval, and when the next is due.
+        let mut stats = chores.stats_every.map(|every| (every, Instant::now() + every));
         loop {
-            let next = next_log.map_or(next_sweep, |log| log.min(next_sweep));
+            let next = stats.map_or(next_sweep, |(_, log)| log.min(next_sweep));
             if stop.recv_deadline(next) != Err(crossbeam_channel::RecvTimeoutError::Timeout) {
                 return;
             }
@@ -251,9 +252,9 @@ fn spawn_housekeeping(router: Arc<Router>, chores: Chores, stop: Receiver<()>) -
                     b.sweep_idle(chores.backend_idle);
                 }
             }
-            if let (Some(at), Some(every)) = (next_log, chores.stats_every) {
-                if now >= at {
-                    next_log = Some(now + every);
+            if let Some((every, at)) = &mut stats {
+                if now >= *at {
+                    *at = now + *every;
                     for (_, b) in crate::stats::members(&table) {
                         log::info!("stats: {}", summary_line(&b));
                     }
