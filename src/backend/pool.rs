@@ -139,6 +139,17 @@ mod tests {
         (s, l.accept().expect("accept").0)
     }
 
+    /// Two minutes ago: when a connection idle past any test's limit was pooled.
+    fn long_ago() -> Instant {
+        Instant::now().checked_sub(Duration::from_secs(120)).expect("a monotonic clock past 2 min")
+    }
+
+    /// The pool closed the connection whose accepted end is `peer`: it reads EOF.
+    fn assert_closed(mut peer: TcpStream) {
+        peer.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        assert_eq!(std::io::Read::read(&mut peer, &mut [0u8; 1]).expect("EOF, not a timeout"), 0);
+    }
+
     #[test]
     fn reuses_live_connections_and_drops_closed_ones() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -171,23 +182,16 @@ mod tests {
     #[test]
     fn a_connection_idle_longer_than_the_limit_is_closed_not_reused() {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
         let pool = IdlePool::default();
-        let old = TcpStream::connect(addr).expect("connect");
-        let (mut old_peer, _) = l.accept().expect("accept");
-        let fresh = TcpStream::connect(addr).expect("connect");
-        let (_fresh_peer, _) = l.accept().expect("accept");
+        let (old, old_peer) = connected(&l);
+        let (fresh, _fresh_peer) = connected(&l);
         let fresh_port = fresh.local_addr().expect("addr").port();
-        let long_ago =
-            Instant::now().checked_sub(Duration::from_secs(120)).expect("a monotonic clock past 2 min");
-        pool.tx.send((old, long_ago)).expect("pooled");
+        pool.tx.send((old, long_ago())).expect("pooled");
         pool.put(fresh, 2);
         let taken = pool.take("a", Duration::from_secs(60)).expect("the fresh one");
         assert_eq!(taken.local_addr().expect("addr").port(), fresh_port);
         assert!(pool.is_empty(), "the old one left the pool");
-        // And it was closed: its peer reads EOF.
-        old_peer.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        assert_eq!(std::io::Read::read(&mut old_peer, &mut [0u8; 1]).expect("EOF, not a timeout"), 0);
+        assert_closed(old_peer);
     }
 
     /// The sweep closes what a take would not use and keeps the rest, in order.
@@ -196,14 +200,12 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind");
         let pool = IdlePool::default();
         let connect = || connected(&l);
-        let (old, mut old_peer) = connect();
+        let (old, old_peer) = connect();
         let (gone, gone_peer) = connect();
         let (first, _first_peer) = connect();
         let (second, _second_peer) = connect();
         let ports = [&first, &second].map(|s| s.local_addr().expect("addr").port());
-        let long_ago =
-            Instant::now().checked_sub(Duration::from_secs(120)).expect("a monotonic clock past 2 min");
-        pool.tx.send((old, long_ago)).expect("pooled");
+        pool.tx.send((old, long_ago())).expect("pooled");
         pool.put(first, 8);
         pool.put(gone, 8);
         pool.put(second, 8);
@@ -225,7 +227,6 @@ mod tests {
         assert_eq!(pool.sweep("a", Duration::from_secs(60)), 2, "the expired one and the closed one");
         let left: Vec<u16> = pool.rx.try_iter().map(|(s, _)| s.local_addr().expect("addr").port()).collect();
         assert_eq!(left, ports, "the quiet ones stay, oldest first");
-        old_peer.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        assert_eq!(std::io::Read::read(&mut old_peer, &mut [0u8; 1]).expect("EOF, not a timeout"), 0);
+        assert_closed(old_peer);
     }
 }
