@@ -24,12 +24,7 @@ fn http_mode_counts_the_bytes_sent_to_a_backend_heads_included() {
         assert_eq!(get(&mut w, "/", "").status, 200);
     }
     let line = p.wait_for("\"GET /\"");
-    let bytes_in: u64 = line
-        .split("B in")
-        .next()
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no `B in` in {line:?}"));
+    let bytes_in = logged_bytes(&line, "B in");
     // The rewritten head: request line, Host and the forwarding headers at least.
     assert!(bytes_in >= 60, "{line}");
     let s = proxy_stats(admin);

@@ -78,13 +78,7 @@ fn a_body_shorter_than_its_content_length_closes_the_connection() {
     assert!(started.elapsed() < Duration::from_secs(10), "no hang");
     // The log counts what the client got, truncated body included (nginx's $bytes_sent).
     let line = p.wait_for("fault=bad-length&bytes=300");
-    let out: u64 = line
-        .split("B out")
-        .next()
-        .and_then(|before| before.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no byte count in {line}"));
-    assert_eq!(out, raw.len() as u64, "the head and 300 bytes of body: {line}");
+    assert_eq!(logged_bytes(&line, "B out"), raw.len() as u64, "the head and 300 bytes of body: {line}");
     still_serving(addr);
 }
 

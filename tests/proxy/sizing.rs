@@ -14,16 +14,23 @@ fn gauge(admin: SocketAddr, name: &str) -> u64 {
     stats[name].as_u64().unwrap_or_else(|| panic!("no {name} in {stats}"))
 }
 
-#[test]
-fn a_slow_backend_gets_every_worker_though_two_take_connections_at_once() {
-    let (_d, backend) = dummy("slow");
+/// An http-mode proxy of `workers` workers, two of them taking connections at once, with
+/// `extra` config lines, in front of `backend`: the proxy, its address and its admin address.
+fn two_takers(workers: usize, extra: &str, backend: SocketAddr) -> (Proc, SocketAddr, SocketAddr) {
     let config = format!(
-        "[proxy]\nmode = http\nworkers = 24\nactive_workers = 2\n[health]\nenabled = false\n\
-         [admin]\nlisten = 127.0.0.1:0\n{}",
+        "[proxy]\nmode = http\nworkers = {workers}\nactive_workers = 2\n[health]\nenabled = false\n\
+         [admin]\nlisten = 127.0.0.1:0\n{extra}{}",
         backends_section(&[backend])
     );
     let (p, addr) = proxy_with(&config, &[]);
     let admin = admin_addr(&p);
+    (p, addr, admin)
+}
+
+#[test]
+fn a_slow_backend_gets_every_worker_though_two_take_connections_at_once() {
+    let (_d, backend) = dummy("slow");
+    let (p, addr, admin) = two_takers(24, "", backend);
     // The threads reach the reserve as they start (on a busy machine, not all at once).
     wait_until("22 workers in reserve", || gauge(admin, "workers_reserve") == 22);
     assert_eq!(gauge(admin, "workers_active"), 2);
@@ -79,13 +86,7 @@ fn a_quiet_tcp_relay_hands_its_place_on_so_the_next_clients_are_echoed() {
 #[test]
 fn clients_that_stop_reading_hand_their_places_on_so_the_next_client_is_answered() {
     let (_d, backend) = dummy("big");
-    let config = format!(
-        "[proxy]\nmode = http\nworkers = 12\nactive_workers = 2\n[health]\nenabled = false\n\
-         [admin]\nlisten = 127.0.0.1:0\n{}",
-        backends_section(&[backend])
-    );
-    let (p, addr) = proxy_with(&config, &[]);
-    let admin = admin_addr(&p);
+    let (_p, addr, admin) = two_takers(12, "", backend);
     // Four clients ask for 64 MB each and never read it: each taker's write to them fills the
     // socket buffers and blocks (for idle_ms, a minute). Their places are handed on.
     let stalled: Vec<_> = (0..4)
@@ -109,13 +110,7 @@ fn tls_clients_that_stop_reading_hand_their_places_on_too() {
     let (_d, backend) = dummy("big");
     let ca = Ca::new("sizing CA");
     let (_certs, tls) = ca.proxy_tls();
-    let config = format!(
-        "[proxy]\nmode = http\nworkers = 12\nactive_workers = 2\n[health]\nenabled = false\n\
-         [admin]\nlisten = 127.0.0.1:0\n{tls}{}",
-        backends_section(&[backend])
-    );
-    let (p, addr) = proxy_with(&config, &[]);
-    let admin = admin_addr(&p);
+    let (_p, addr, admin) = two_takers(12, &tls, backend);
     let client = client_config(&ca, None);
     // The takers block flushing TLS records to clients that do not read them.
     let stalled: Vec<_> = (0..4)

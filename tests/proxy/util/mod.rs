@@ -181,6 +181,15 @@ pub fn dummies(n: usize) -> Vec<(Proc, SocketAddr)> {
     (1..=n).map(|i| dummy(&format!("app{i}"))).collect()
 }
 
+/// The byte count an access line gives just before `unit` (`"B in"` or `"B out"`).
+pub fn logged_bytes(line: &str, unit: &str) -> u64 {
+    line.split(unit)
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `{unit}` count in {line:?}"))
+}
+
 /// A `[backends]` section for `addrs`, named app1..appN.
 pub fn backends_section(addrs: &[SocketAddr]) -> String {
     let mut s = String::from("[backends]\n");
