@@ -144,6 +144,20 @@ mod tests {
         Instant::now().checked_sub(Duration::from_secs(120)).expect("a monotonic clock past 2 min")
     }
 
+    /// Waits (a bounded wait for loopback delivery) until what the pooled connections show
+    /// satisfies `shown`; they stay pooled, in order.
+    fn wait_until_pooled(pool: &IdlePool, shown: impl Fn(&[(TcpStream, Instant)]) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let pooled: Vec<_> = pool.rx.try_iter().collect();
+        while !shown(&pooled) {
+            assert!(Instant::now() < deadline, "the kernel never showed it");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for p in pooled {
+            pool.tx.send(p).expect("back in the pool");
+        }
+    }
+
     /// The pool closed the connection whose accepted end is `peer`: it reads EOF.
     fn assert_closed(mut peer: TcpStream) {
         peer.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
@@ -164,16 +178,8 @@ mod tests {
         assert_eq!(pool.len(), 2, "capped");
         drop(peer_a);
         peer_c.write_all(b"x").expect("stray byte");
-        // Wait until the kernel shows both (a bounded wait for loopback delivery).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let pooled: Vec<_> = pool.rx.try_iter().collect();
-        while pooled.iter().any(|(s, _)| peek(s) == Idle::Quiet) {
-            assert!(Instant::now() < deadline);
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        for p in pooled {
-            pool.tx.send(p).expect("back in the pool");
-        }
+        // Wait until the kernel shows both.
+        wait_until_pooled(&pool, |pooled| pooled.iter().all(|(s, _)| peek(s) != Idle::Quiet));
         assert!(pool.take("a", Duration::MAX).is_none(), "a was closed and c had a stray byte");
         assert!(pool.is_empty());
     }
@@ -210,20 +216,8 @@ mod tests {
         pool.put(gone, 8);
         pool.put(second, 8);
         drop(gone_peer);
-        // Wait until the kernel shows the close (a bounded wait for loopback delivery).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let pooled: Vec<_> = pool.rx.try_iter().collect();
-            let shown = pooled.iter().any(|(s, _)| peek(s) == Idle::Closed);
-            for p in pooled {
-                pool.tx.send(p).expect("back in the pool");
-            }
-            if shown {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the close never showed");
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        // Wait until the kernel shows the close.
+        wait_until_pooled(&pool, |pooled| pooled.iter().any(|(s, _)| peek(s) == Idle::Closed));
         assert_eq!(pool.sweep("a", Duration::from_secs(60)), 2, "the expired one and the closed one");
         let left: Vec<u16> = pool.rx.try_iter().map(|(s, _)| s.local_addr().expect("addr").port()).collect();
         assert_eq!(left, ports, "the quiet ones stay, oldest first");
