@@ -42,20 +42,26 @@ fn gauges_count_busy_threads_and_caught_panics() {
         let _ = hold_rx.recv();
     })
     .expect("start");
+    let hold_tx = held_after_the_pool(hold_tx);
     let gauges = pool.gauges();
     assert_eq!(gauges.size(), 2);
     let tx = pool.sender();
     tx.send(0).expect("send");
     tx.send(1).expect("send");
-    // Job 1 holds its thread until released; job 0's panic is counted.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while (gauges.busy() != 1 || gauges.panics() != 1) && std::time::Instant::now() < deadline {
-        std::thread::yield_now();
-    }
+    // Job 1 holds its thread until released; job 0's panic is counted. The threads start on
+    // their own time: on a busy machine the second may not run its loop yet.
+    until(|| gauges.busy() == 1 && gauges.panics() == 1 && gauges.running() == 2);
     assert_eq!((gauges.busy(), gauges.panics(), gauges.running()), (1, 1, 2));
     hold_tx.send(()).expect("release");
     drop(tx);
     pool.join();
+}
+
+/// The sender that releases held jobs, bound again after the pool so that it drops first: a
+/// failing assert then ends the held jobs, and the pool's join (as it drops) can finish, so
+/// the test fails instead of hanging.
+fn held_after_the_pool(hold: crossbeam_channel::Sender<()>) -> crossbeam_channel::Sender<()> {
+    hold
 }
 
 /// Polls `done` until it holds, for at most ten seconds.
@@ -85,6 +91,7 @@ fn a_taker_stuck_in_a_wait_hands_its_place_to_the_reserve_while_jobs_queue() {
         },
     )
     .expect("start");
+    let hold_tx = held_after_the_pool(hold_tx);
     let gauges = pool.gauges();
     assert_eq!((gauges.size(), gauges.active()), (4, 1));
     let tx = pool.sender();
@@ -186,6 +193,7 @@ fn queued_jobs_are_taken_when_the_limit_falls_while_the_takers_are_stuck() {
         }
     })
     .expect("start");
+    let hold_tx = held_after_the_pool(hold_tx);
     let gauges = pool.gauges();
     let tx = pool.sender();
     // Both takers stuck on a peer, then the limit falls to one, then quick jobs queue.
@@ -238,6 +246,7 @@ fn a_panic_while_idle_is_counted_and_every_worker_keeps_taking_jobs() {
         },
     )
     .expect("start");
+    let hold_tx = held_after_the_pool(hold_tx);
     let gauges = pool.gauges();
     // Idle past TRIM_AFTER, the taker (waiting for a job) and the reserve worker (waiting for
     // a place) both renew their scratch state, and both renewals panic.
