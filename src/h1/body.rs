@@ -12,8 +12,10 @@ pub enum BodyError {
     /// Reading or decoding the source failed (bad chunk, early EOF, reset, timeout), after this
     /// many body bytes had gone to the destination (a truncated body: the access log counts them).
     Source(io::Error, u64),
-    /// Writing to the destination failed.
-    Sink(io::Error),
+    /// Writing to the destination failed, after this many body bytes had been handed to it
+    /// (the failed write's not among them; up to a [`Coalesce`] buffer of them may not have
+    /// left): the access log counts them, as nginx's `$bytes_sent` counts what went out.
+    Sink(io::Error, u64),
     /// The body is larger than the limit.
     TooLarge,
 }
@@ -55,6 +57,7 @@ impl<W: Write> Write for Framed<'_, W> {
         result.map_err(|e| {
             let kind = e.kind();
             self.sink_error = Some(e);
+            self.written -= buf.len() as u64;
             io::Error::new(kind, "sink")
         })
     }
@@ -223,14 +226,14 @@ impl<S: Read> Wire<S> {
                     dst.write_all(b"0\r\n")
                         .and_then(|()| dst.write_all(&kept))
                         .and_then(|()| dst.write_all(b"\r\n"))
-                        .map_err(BodyError::Sink)?;
+                        .map_err(|e| BodyError::Sink(e, written))?;
                 }
                 debug_assert_eq!(n, written);
                 Ok(n)
             }
             Err(_) if too_large => Err(BodyError::TooLarge),
             Err(_) if sink_error.is_some() => {
-                Err(BodyError::Sink(sink_error.unwrap_or_else(|| io::Error::other("sink"))))
+                Err(BodyError::Sink(sink_error.unwrap_or_else(|| io::Error::other("sink")), written))
             }
             Err(e) => Err(BodyError::Source(e, written)),
         }

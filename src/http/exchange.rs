@@ -258,7 +258,10 @@ impl Exchange<'_> {
                 record.bytes_in += n;
                 attempt.body_done = true;
             }
-            Err(BodyError::Sink(e)) => return Err(to_backend(e)),
+            Err(BodyError::Sink(e, n)) => {
+                record.bytes_in += n;
+                return Err(to_backend(e));
+            }
             Err(BodyError::TooLarge) => {
                 let cause = Cause::BodyTooLarge("request body over max_body_bytes".into());
                 return Err(Failure::new(Party::Client, Phase::Send, cause));
@@ -320,7 +323,11 @@ impl Exchange<'_> {
         let chunk_out = resp.client_body == BodyKind::Chunked;
         match bw.forward_body(resp.body, &mut cout, chunk_out, None) {
             Ok(n) => record.bytes_out += n,
-            Err(BodyError::Sink(e)) => return Err(client_gone(e)),
+            Err(BodyError::Sink(e, n)) => {
+                // What went out before the client left counts, as in nginx's `$bytes_sent`.
+                record.bytes_out += n;
+                return Err(client_gone(e));
+            }
             Err(BodyError::Source(e, n)) => {
                 record.bytes_out += n;
                 // As nginx: what arrived goes on to the client, then the connection closes, so

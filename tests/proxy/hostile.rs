@@ -82,6 +82,26 @@ fn a_body_shorter_than_its_content_length_closes_the_connection() {
     still_serving(addr);
 }
 
+/// A client that leaves mid-body: its access line counts what went out before it left, as
+/// nginx's `$bytes_sent` does, not only the head.
+#[test]
+fn a_client_leaving_mid_body_is_logged_with_the_bytes_sent_before_it_left() {
+    let (_ds, p, addr) = lab();
+    let mut s = connect(addr);
+    s.write_all(b"GET /gone?bytes=50000000 HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    let (mut got, mut buf) = (0, [0u8; 65536]);
+    while got < 1 << 20 {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "closed after {got} bytes");
+        got += n;
+    }
+    drop(s);
+    let line = p.wait_for("/gone?bytes=50000000");
+    let out = logged_bytes(&line, "B out");
+    assert!(out >= got as u64 && out < 50_000_000, "{got} bytes read, then gone: {line}");
+    still_serving(addr);
+}
+
 #[test]
 fn garbage_instead_of_a_response_gives_502() {
     let (_ds, _p, addr) = lab();
