@@ -253,6 +253,11 @@ impl Exchange<'_> {
         attempt.body_touched = true;
         let rechunk = self.head.body == BodyKind::Chunked;
         let limit = self.ctx.config.http.max_body_bytes;
+        // The backend stopped taking the body: it may have answered already (a 413, a 401).
+        let mut early = |e: io::Error, scratch: &mut Scratch, attempt: &mut Attempt| {
+            let heard = interim::early_answer(self, bw, side, backend.name(), scratch, attempt);
+            heard.map(Verdict::Final).ok_or_else(|| to_backend(e))
+        };
         match cw.forward_body(self.head.body, &mut bout, rechunk, limit) {
             Ok(n) => {
                 record.bytes_in += n;
@@ -260,7 +265,7 @@ impl Exchange<'_> {
             }
             Err(BodyError::Sink(e, n)) => {
                 record.bytes_in += n;
-                return Err(to_backend(e));
+                return early(e, scratch, attempt);
             }
             Err(BodyError::TooLarge) => {
                 let cause = Cause::BodyTooLarge("request body over max_body_bytes".into());
@@ -276,8 +281,10 @@ impl Exchange<'_> {
                 return Err(Failure::new(Party::Client, Phase::Send, Cause::Io(e)));
             }
         }
-        bout.flush().map_err(to_backend)?;
-        Ok(Verdict::Continue)
+        match bout.flush() {
+            Ok(()) => Ok(Verdict::Continue),
+            Err(e) => early(e, scratch, attempt),
+        }
     }
 
     /// Whether `[http] retry_on` sends this request to another member after `status`: once,

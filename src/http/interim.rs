@@ -4,6 +4,9 @@
 //! expects `100 Continue` lets the backend decide: its `100` lets the body through, its final
 //! answer (a 413, a 401) reaches the client before a byte of the body is sent, and a backend that
 //! says nothing within [`EXPECT_WAIT`] gets the body anyway, after the proxy's own `100`.
+//! Without `Expect`, a backend that answers before the body is in and stops reading (a 413, a
+//! 401, a 501, then close) still has its answer reach the client ([`early_answer`]), as HAProxy
+//! forwards it, rather than a 502.
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -99,6 +102,39 @@ pub fn await_continue(
         }
         Err(f) => Err(f),
     }
+}
+
+/// After a write of the request body to the backend failed (it closed, reset, or stopped
+/// reading until the write timed out): the final answer it may have sent before, read within
+/// [`EXPECT_WAIT`] (it is normally there already). The client connection closes after it,
+/// since the rest of the body stays unread. `None` when there is none.
+pub fn early_answer(
+    x: &Exchange<'_>,
+    bw: &mut Wire<&BackendStream>,
+    side: &ClientSide<'_>,
+    backend: &str,
+    scratch: &mut Scratch,
+    attempt: &mut Attempt,
+) -> Option<ResponseHead> {
+    let response = x.ctx.config.timeouts.response;
+    let wait = if response.is_zero() { EXPECT_WAIT } else { EXPECT_WAIT.min(response) };
+    let deadline = Instant::now() + wait;
+    let early = ClientSide { keep_alive: false, ..*side };
+    let heard = loop {
+        match read_final(x, bw, &early, backend, scratch, attempt, Some(deadline)) {
+            Ok(resp) if resp.status == 100 => continue,
+            heard => break heard.ok(),
+        }
+    };
+    let _ = bw.stream.tcp().set_read_timeout(as_limit(response));
+    if let Some(resp) = &heard {
+        log::debug!(
+            "req {}: {backend} answered {} before the whole body was sent; forwarded",
+            x.head.request_id,
+            resp.status
+        );
+    }
+    heard
 }
 
 /// Sends an informational head to the client at once.
