@@ -305,7 +305,8 @@ impl Exchange<'_> {
     /// A failed attempt and what may follow ([`retry::after`]): a stale pooled connection is
     /// replaced by a fresh one.
     fn decide(&self, f: Failure, reused: bool, attempt: &mut Attempt) -> (Failure, Retry) {
-        let replayable = self.head.retryable && !attempt.body_touched;
+        // Not once a 1xx went to the client: it would get that head again.
+        let replayable = self.head.retryable && !attempt.body_touched && !attempt.informed;
         let next = retry::after(&f, reused, replayable);
         attempt.fresh_only = next == Retry::Fresh;
         (f, next)

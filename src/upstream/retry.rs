@@ -18,7 +18,8 @@ pub enum Retry {
 }
 
 /// Decides after `f`. `reused`: the attempt used a pooled connection. `replayable`: the
-/// request is idempotent and none of its body was consumed.
+/// request is idempotent, none of its body was consumed and nothing (not even a 1xx) went to
+/// the client.
 pub fn after(f: &Failure, reused: bool, replayable: bool) -> Retry {
     let lost_before_response =
         matches!((f.phase, &f.cause), (Phase::Send, _) | (Phase::Head, Cause::Closed(_)));

@@ -55,6 +55,24 @@ fn a_backends_103_reaches_an_http_1_1_client_before_the_200_and_never_an_http_1_
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok");
 }
 
+/// A backend that sends `103 Early Hints` and then closes: the hint went to the client, so the
+/// GET is not sent again (the client would get the hint twice); it gets one hint, then a 502.
+#[test]
+fn a_request_whose_103_reached_the_client_is_not_retried_when_the_backend_then_closes() {
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    let app = backend(move |mut s| {
+        read_head(&mut s);
+        seen.fetch_add(1, Ordering::SeqCst);
+        let _ = s.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n");
+    });
+    let (_p, proxy) = http_proxy(&[app, app], "round-robin", "", "");
+    let text = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(text.matches("103 Early Hints").count(), 1, "{text}");
+    assert!(text.contains("\r\n\r\nHTTP/1.1 502 "), "{text}");
+    assert_eq!(requests.load(Ordering::SeqCst), 1, "sent again after its 103 went out");
+}
+
 fn trailer_backend(seen: Arc<Mutex<Vec<String>>>) -> SocketAddr {
     backend(move |mut s| {
         let (head, mut body) = read_head(&mut s);
