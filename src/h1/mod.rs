@@ -279,34 +279,38 @@ pub fn parse_length(v: &[u8]) -> Option<u64> {
     std::str::from_utf8(v).ok()?.parse().ok()
 }
 
-/// The standard reason phrase for common status codes.
+/// The reason phrase for `status`, as RFC 9110 names it; `Status` for a code no table names.
 pub fn reason(status: u16) -> &'static str {
     match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        408 => "Request Timeout",
+        // RFC 9110 renamed these; the http crate's table has the older names.
         413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        _ => "Status",
+        422 => "Unprocessable Content",
+        _ => http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Status"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every status the proxy or the admin listener writes has its name (they sent `405 Status`).
+    #[test]
+    fn reason_phrases_are_rfc_9110s() {
+        let named = [
+            (200, "OK"),
+            (307, "Temporary Redirect"),
+            (401, "Unauthorized"),
+            (405, "Method Not Allowed"),
+            (413, "Content Too Large"),
+            (417, "Expectation Failed"),
+            (429, "Too Many Requests"),
+            (501, "Not Implemented"),
+            (599, "Status"),
+        ];
+        for (status, name) in named {
+            assert_eq!(reason(status), name, "{status}");
+        }
+    }
 
     #[test]
     fn chunked_bodies_decode_and_pipelined_bytes_stay() {
