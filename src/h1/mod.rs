@@ -10,6 +10,7 @@ pub mod head;
 pub mod request;
 pub mod respond;
 pub mod response;
+mod target;
 mod trailers;
 
 pub use body::{BodyError, Coalesce, COALESCE};

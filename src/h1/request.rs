@@ -8,6 +8,7 @@
 
 use super::edits::{stripped, take_cookie, Edits, Routed, Router};
 use super::framing::framing;
+use super::target::{check_target, split_absolute};
 use super::{has_token, BodyKind, MAX_HEADERS};
 
 use crate::error::Rejection;
@@ -126,14 +127,6 @@ pub(crate) fn via_line(out: &mut Vec<u8>, via: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Splits an absolute-form target (`http://host:port/path?q`) into its authority and an
-/// origin-form target; `None` for other forms.
-fn split_absolute(target: &str) -> Option<(&str, &str)> {
-    let rest = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://"))?;
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    Some((&rest[..end], &rest[end..]))
-}
-
 /// A UUID v4 for a request without an ID, from fastrand's per-thread generator (as HAProxy's
 /// `uuid()`, non-cryptographic: an ID must be unique, not unguessable), written without `fmt`.
 fn new_request_id() -> String {
@@ -226,9 +219,13 @@ pub fn parse(
         }
     }
 
-    let local;
+    let (local, rooted);
     let (host, path) = match absolute {
-        Some((authority, "")) => (Some(authority), "/"),
+        // `http://host` and `http://host?q` ask for `/` and `/?q` (RFC 9112 3.2.1), as nginx.
+        Some((authority, rest)) if !rest.starts_with('/') => {
+            rooted = format!("/{rest}");
+            (Some(authority), rooted.as_str())
+        }
         Some((authority, path)) => (Some(authority), path),
         None if hosts == 0 => {
             local = (fwd.local_host)();
@@ -319,26 +316,6 @@ fn looks_like_version(buf: &[u8]) -> bool {
     }
     let Some(v) = line.rsplit(|&b| b == b' ').next() else { return false };
     v.len() == 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[6] == b'.' && v[7].is_ascii_digit()
-}
-
-fn check_target(method: &str, target: &str) -> Result<(), Rejection> {
-    if method == "CONNECT" {
-        return Err(reject(405, "CONNECT is not supported"));
-    }
-    if !target.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-        return Err(reject(400, "invalid request target"));
-    }
-    // RFC 9112 3.2: a request-target carries no fragment; one here is a client bug or a probe.
-    if target.contains('#') {
-        return Err(reject(400, "fragment in request target"));
-    }
-    let origin = target.starts_with('/');
-    let absolute = target.starts_with("http://") || target.starts_with("https://");
-    if origin || absolute || (target == "*" && method == "OPTIONS") {
-        Ok(())
-    } else {
-        Err(reject(400, "invalid request target"))
-    }
 }
 
 fn valid_request_id(id: &[u8]) -> bool {

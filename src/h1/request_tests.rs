@@ -74,7 +74,12 @@ fn absolute_form_becomes_origin_form_with_the_authority_as_host() {
     let (_, out) =
         run("GET http://api.example HTTP/1.1\r\nHost: api.example\r\n\r\n").expect("ok").expect("c");
     assert!(out.starts_with("GET / HTTP/1.1\r\n"), "{out}");
+    // A query straight after the authority: `/?q`, as nginx sends it; the scheme in any case.
+    let (_, out) =
+        run("GET HTTP://a.example?x=1 HTTP/1.1\r\nHost: a.example\r\n\r\n").expect("ok").expect("c");
+    assert!(out.starts_with("GET /?x=1 HTTP/1.1\r\n") && out.contains("Host: a.example\r\n"), "{out}");
     assert_eq!(status("GET http://user@evil/ HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
+    assert_eq!(status("GET ftp://a.example/ HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
 }
 
 #[test]
