@@ -35,6 +35,20 @@ pub(super) fn authorized(admin: &Admin, req: &Request) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether a POST comes from a page of the admin listener's own origin, or from no browser at
+/// all (curl and scripts send neither header): a page elsewhere, open in the operator's
+/// browser, must not drain or pause backends with a form or a fetch (cross-site request
+/// forgery), token or no token. `Sec-Fetch-Site` decides where a browser sends it, else
+/// `Origin` must name the `Host` asked for.
+pub(super) fn same_origin(req: &Request) -> bool {
+    if let Some(site) = req.fields.get("sec-fetch-site") {
+        return matches!(site.trim(), "same-origin" | "none");
+    }
+    let Some(origin) = req.fields.get("origin") else { return true };
+    let host = req.fields.get("host").unwrap_or_default();
+    origin.trim().split_once("://").is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host.trim()))
+}
+
 /// Handles `POST /backends/...` (`path` without the query, `query` after the `?`).
 pub(super) fn post(admin: &Admin, path: &str, query: &str, peer: SocketAddr) -> Answer {
     let Some(rest) = path.strip_prefix("/backends/") else {

@@ -243,6 +243,38 @@ fn api_drain_maint_ready_and_weight_answer_json_log_at_warn_and_refuse_unknown_n
     assert_eq!(stats_of(admin, "app1")["state"], "up", "a GET changes nothing");
 }
 
+/// A page of another origin, open in the operator's browser, cannot drive the API (a form or a
+/// fetch: cross-site request forgery), even with no token set; the dashboard's own page and
+/// clients that are not browsers (curl sends neither header) can.
+#[test]
+fn api_posts_from_a_page_of_another_origin_get_403_and_change_nothing() {
+    let (_d, a) = dummy("app1");
+    let (p, _addr, admin) = api_proxy(&[a], "", "enabled = false");
+    let own = format!("Host: {admin}\r\n");
+    let refused = [
+        format!("{own}Origin: http://evil.example\r\n"),
+        format!("{own}Origin: null\r\n"),
+        format!("{own}Origin: http://{admin}\r\nSec-Fetch-Site: cross-site\r\n"),
+        format!("{own}Sec-Fetch-Site: same-site\r\n"),
+    ];
+    for fields in &refused {
+        let raw = format!("POST /backends/app1/drain HTTP/1.1\r\n{fields}Content-Length: 0\r\n\r\n");
+        let resp = send_raw(admin, raw.as_bytes(), "POST").0;
+        assert_eq!(resp.status, 403, "{fields}: {}", resp.text());
+    }
+    p.wait_for("POST /backends/app1/drain refused: sent by a page of another origin");
+    assert_eq!(stats_of(admin, "app1")["state"], "up", "a refused POST changes nothing");
+    for (fields, state) in [
+        (format!("{own}Origin: http://{admin}\r\nSec-Fetch-Site: same-origin\r\n"), "draining"),
+        (format!("{own}Origin: http://{admin}\r\n"), "maintenance"),
+    ] {
+        let action = if state == "draining" { "drain" } else { "maint" };
+        let raw = format!("POST /backends/app1/{action} HTTP/1.1\r\n{fields}Content-Length: 0\r\n\r\n");
+        let resp = send_raw(admin, raw.as_bytes(), "POST").0;
+        assert_eq!((resp.status, json(&resp)["state"].as_str()), (200, Some(state)), "{fields}");
+    }
+}
+
 #[test]
 fn api_token_is_required_on_every_post_and_gets_401_when_missing_or_wrong() {
     let (_d, a) = dummy("app1");
