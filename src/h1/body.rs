@@ -123,7 +123,11 @@ impl<S: Read> Wire<S> {
     /// Reads more after what is buffered, first writing out what `sink` holds.
     fn refill(&mut self, limit: usize, sink: &mut impl Write) -> io::Result<usize> {
         sink.flush()?;
-        self.fill(limit)
+        // A full buffer here holds one unfinished chunk-size line (trailers check their own).
+        self.fill(limit).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => io::Error::new(e.kind(), "chunk size line too long"),
+            _ => e,
+        })
     }
 
     fn copy_exact(&mut self, mut n: u64, sink: &mut impl Write) -> io::Result<u64> {

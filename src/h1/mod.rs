@@ -330,6 +330,14 @@ mod tests {
         assert!(wire.copy_body(BodyKind::Chunked, &mut sink).is_err());
         let mut wire = Wire::new(&b"abc"[..]);
         assert!(wire.copy_body(BodyKind::Length(5), &mut sink).is_err());
+        // A later chunk's size line (its extension) longer than a head may be: named as such.
+        let mut raw = b"1\r\nx\r\n1;ext=".to_vec();
+        raw.resize(MAX_HEAD * 2, b'e');
+        let e = Wire::new(&raw[..]).copy_body(BodyKind::Chunked, &mut sink).expect_err("too long");
+        assert_eq!(
+            (e.kind(), e.to_string()),
+            (io::ErrorKind::InvalidData, "chunk size line too long".into())
+        );
     }
 
     #[test]

@@ -273,7 +273,8 @@ impl Exchange<'_> {
             }
             Err(BodyError::Source(e, n)) if e.kind() == io::ErrorKind::InvalidData => {
                 record.bytes_in += n;
-                let cause = Cause::Invalid(format!("request body: {e}"));
+                // Shown after its phase: `request body: bad chunk size`.
+                let cause = Cause::Invalid(e.to_string());
                 return Err(Failure::new(Party::Client, Phase::Request, cause));
             }
             Err(BodyError::Source(e, n)) => {
