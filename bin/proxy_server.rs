@@ -33,6 +33,10 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        // As `nginx -t` says `[warn]`: valid, but probably not what was meant.
+        for w in &config.warnings {
+            out::err_line(format_args!("proxy_server: warning: {w}"));
+        }
         let printed = out::text(&config.to_string())
             .and_then(|()| out::line(format_args!("configuration {} is valid", config.file)));
         return printed.map_or_else(|e| out::failed("proxy_server", &e), |()| ExitCode::SUCCESS);

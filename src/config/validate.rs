@@ -209,6 +209,17 @@ impl RawConfig {
                 message: "no backends configured (add 'name = host:port' lines or --backend)".to_string(),
             });
         }
+        if let Some(c) = built.as_ref().filter(|c| c.active_workers > c.workers) {
+            warnings.push(ConfigError {
+                file: self.file.clone(),
+                origin: self.origin("proxy", "active_workers"),
+                key: "[proxy] active_workers".to_string(),
+                message: format!(
+                    "{} is more than workers ({}): {} take connections",
+                    c.active_workers, c.workers, c.workers
+                ),
+            });
+        }
         let mut errors = v.errors;
         match built {
             Some(config) if errors.is_empty() => Ok(Config { backends, pools, routes, warnings, ..config }),

@@ -221,3 +221,21 @@ fn simulate_client_tls_loads_https_wss_and_tls_lines_through_the_proxy() {
         assert!(all.contains("TLS handshake") || all.contains("certificate"), "{all}");
     }
 }
+
+/// `--check` says what is valid but probably not meant, as `nginx -t` prints its `[warn]`
+/// lines, and still exits 0.
+#[test]
+fn check_prints_warnings_and_passes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("warn.ini");
+    std::fs::write(&file, "[proxy]\nworkers = 4\nactive_workers = 64\n[backends]\napp1 = 127.0.0.1:9\n")
+        .expect("write");
+    let check =
+        std::process::Command::new(PROXY).arg("--config").arg(&file).arg("--check").output().expect("check");
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(0), "{err}");
+    let warning =
+        format!("warning: {}:3: [proxy] active_workers: 64 is more than workers (4): 4 take", file.display());
+    assert!(err.contains(&warning), "{err}");
+    assert!(String::from_utf8_lossy(&check.stdout).contains("is valid"));
+}
