@@ -243,7 +243,7 @@ pub(super) fn read(
             request: HeaderRules::default(),
             response: HeaderRules::default(),
         };
-        let (mut pool, mut redirect) = (None, None);
+        let (mut pool, mut redirect, mut bad_redirect) = (None, None, false);
         for s in in_block(block) {
             let (key, header) = s.key.split_once('.').map_or((s.key.as_str(), None), |(k, h)| (k, Some(h)));
             let result = match (key, header) {
@@ -255,7 +255,10 @@ pub(super) fn read(
                     pool = Some((s.value.clone(), s));
                     Ok(())
                 }
-                ("redirect", None) => parse_redirect(&s.value).map(|r| redirect = Some(r)),
+                ("redirect", None) => {
+                    bad_redirect = true;
+                    parse_redirect(&s.value).map(|r| (redirect, bad_redirect) = (Some(r), false))
+                }
                 ("del_request_header" | "del_response_header", None) => {
                     let rules =
                         if key.contains("request") { &mut route.request } else { &mut route.response };
@@ -295,8 +298,9 @@ pub(super) fn read(
                 if name == "default" && backends.is_empty() {
                     error(errors, s, "the default pool ([backends]) has no members".to_string());
                 } else if name != "default" && !pools.iter().any(|p: &PoolSpec| p.name == name) {
-                    let known: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
-                    error(errors, s, format!("unknown pool '{name}' (pools: default, {})", known.join(", ")));
+                    let known: Vec<&str> =
+                        ["default"].into_iter().chain(pools.iter().map(|p| p.name.as_str())).collect();
+                    error(errors, s, format!("unknown pool '{name}' (pools: {})", known.join(", ")));
                 }
                 route.action = RouteAction::Pool(name);
             }
@@ -304,6 +308,8 @@ pub(super) fn read(
             (Some((_, s)), Some(_)) => {
                 error(errors, s, "a route has either pool or redirect, not both".into())
             }
+            // A redirect that did not parse has its own error already.
+            (None, None) if bad_redirect => {}
             (None, None) => at(errors, block, "a route needs 'pool = NAME' or 'redirect = ...'".to_string()),
         }
         let http_only = route.host.is_some()

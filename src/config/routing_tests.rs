@@ -61,7 +61,7 @@ fn every_routing_error_names_its_line() {
     let errs = messages(text);
     let has = |prefix: &str, part: &str| errs.iter().any(|e| e.starts_with(prefix) && e.contains(part));
     assert!(has("t.ini:6: [pool.api] web1:", "already used at line 4"), "{errs:?}");
-    assert!(has("t.ini:8: [route.a] pool:", "unknown pool 'apii'"), "{errs:?}");
+    assert!(has("t.ini:8: [route.a] pool:", "unknown pool 'apii' (pools: default, api)"), "{errs:?}");
     assert!(has("t.ini:11: [route.b] set_request_header.Bad Name:", "not a header name"), "{errs:?}");
     assert!(has("t.ini:13: [route.c] redirect:", "'300' is not one of 301"), "{errs:?}");
     assert!(has("t.ini:15: [route.d] redirect:", "unknown placeholder {url}"), "{errs:?}");
@@ -69,6 +69,8 @@ fn every_routing_error_names_its_line() {
     assert!(has("t.ini:19: [route.f]:", "needs mode = tcp"), "{errs:?}");
     assert!(has("t.ini:23: [route.g] hots:", "did you mean 'host'?"), "{errs:?}");
     assert!(has("t.ini:25: [route.h]:", "needs 'pool = NAME'"), "{errs:?}");
+    // A redirect that does not parse is that one error, not also a route without an action.
+    assert!(!has("t.ini:12: [route.c]:", "needs 'pool = NAME'"), "{errs:?}");
 }
 
 #[test]
