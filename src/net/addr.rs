@@ -6,7 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 /// Splits `host:port` (or `[v6]:port`), checking the port.
 pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
     let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.starts_with('[')) => (h, p),
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || (h.starts_with('[') && h.ends_with(']'))) => {
+            (h, p)
+        }
         // `::1` or `fe80::1:8080`: an IPv6 address needs brackets to carry a port.
         Some((h, _)) if h.contains(':') => {
             return Err(format!("'{s}' has no port (write an IPv6 address in brackets: [::1]:8080)"))
@@ -98,6 +100,10 @@ mod tests {
         );
         assert_eq!(err(":8080"), "':8080' has no host (expected host:port or a port, e.g. 127.0.0.1:8080)");
         assert!(err("::1").contains("in brackets: [::1]:8080"), "{}", err("::1"));
+        // A bracket left open or a bracketed address without a port: not a host named ':'.
+        for half in ["[::1", "[::1]"] {
+            assert!(err(half).contains("in brackets: [::1]:8080"), "{}", err(half));
+        }
         assert!(err("127.0.0.1:").contains("has no port after the ':'"), "{}", err("127.0.0.1:"));
         assert!(err("127.0.0.1:http").starts_with("invalid port 'http' in '127.0.0.1:http'"));
         // Backends and clients still need a host: a bare port is not a destination.
