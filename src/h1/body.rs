@@ -123,11 +123,12 @@ impl<S: Read> Wire<S> {
     /// Reads more after what is buffered, first writing out what `sink` holds.
     fn refill(&mut self, limit: usize, sink: &mut impl Write) -> io::Result<usize> {
         sink.flush()?;
-        // A full buffer here holds one unfinished chunk-size line (trailers check their own).
-        self.fill(limit).map_err(|e| match e.kind() {
-            io::ErrorKind::InvalidData => io::Error::new(e.kind(), "chunk size line too long"),
-            _ => e,
-        })
+        // So much buffered and more wanted: one unfinished chunk-size line (trailers check
+        // their own), which `fill` would call a head too large.
+        if self.buffered().len() >= limit {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk size line too long"));
+        }
+        self.fill(limit)
     }
 
     fn copy_exact(&mut self, mut n: u64, sink: &mut impl Write) -> io::Result<u64> {

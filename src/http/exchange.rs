@@ -255,7 +255,7 @@ impl Exchange<'_> {
         let limit = self.ctx.config.http.max_body_bytes;
         // The backend stopped taking the body: it may have answered already (a 413, a 401).
         let mut early = |e: io::Error, scratch: &mut Scratch, attempt: &mut Attempt| {
-            let heard = interim::early_answer(self, bw, side, backend.name(), scratch, attempt);
+            let heard = interim::early_answer(self, bw, side, backend.name(), scratch, attempt)?;
             heard.map(Verdict::Final).ok_or_else(|| to_backend(e))
         };
         match cw.forward_body(self.head.body, &mut bout, rechunk, limit) {

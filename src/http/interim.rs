@@ -106,8 +106,10 @@ pub fn await_continue(
 
 /// After a write of the request body to the backend failed (it closed, reset, or stopped
 /// reading until the write timed out): the final answer it may have sent before, read within
-/// [`EXPECT_WAIT`] (it is normally there already). The client connection closes after it,
-/// since the rest of the body stays unread. `None` when there is none.
+/// [`EXPECT_WAIT`] (it is normally there already). `Ok(None)` when there is none. The client
+/// connection closes after it, since the rest of the body stays unread, and the backend
+/// connection is never pooled: part of the body may have gone out. A `tls` backend's is not
+/// looked for: its unsent records would be flushed first, and wait again.
 pub fn early_answer(
     x: &Exchange<'_>,
     bw: &mut Wire<&BackendStream>,
@@ -115,7 +117,10 @@ pub fn early_answer(
     backend: &str,
     scratch: &mut Scratch,
     attempt: &mut Attempt,
-) -> Option<ResponseHead> {
+) -> Result<Option<ResponseHead>, Failure> {
+    if bw.stream.is_tls() {
+        return Ok(None);
+    }
     let response = x.ctx.config.timeouts.response;
     let wait = if response.is_zero() { EXPECT_WAIT } else { EXPECT_WAIT.min(response) };
     let deadline = Instant::now() + wait;
@@ -123,18 +128,23 @@ pub fn early_answer(
     let heard = loop {
         match read_final(x, bw, &early, backend, scratch, attempt, Some(deadline)) {
             Ok(resp) if resp.status == 100 => continue,
-            heard => break heard.ok(),
+            heard => break heard,
         }
     };
     let _ = bw.stream.tcp().set_read_timeout(as_limit(response));
-    if let Some(resp) = &heard {
-        log::debug!(
-            "req {}: {backend} answered {} before the whole body was sent; forwarded",
-            x.head.request_id,
-            resp.status
-        );
+    match heard {
+        Ok(resp) => {
+            log::debug!(
+                "req {}: {backend} answered {} before the whole body was sent; forwarded",
+                x.head.request_id,
+                resp.status
+            );
+            Ok(Some(ResponseHead { backend_reusable: false, ..resp }))
+        }
+        // The client left as a 1xx went to it, or the backend's answer is garbage: that says more.
+        Err(f) if f.party == Party::Client || matches!(f.cause, Cause::Invalid(_)) => Err(f),
+        Err(_) => Ok(None),
     }
-    heard
 }
 
 /// Sends an informational head to the client at once.
