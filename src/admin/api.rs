@@ -39,14 +39,27 @@ pub(super) fn authorized(admin: &Admin, req: &Request) -> bool {
 /// all (curl and scripts send neither header): a page elsewhere, open in the operator's
 /// browser, must not drain or pause backends with a form or a fetch (cross-site request
 /// forgery), token or no token. `Sec-Fetch-Site` decides where a browser sends it, else
-/// `Origin` must name the `Host` asked for.
-pub(super) fn same_origin(req: &Request) -> bool {
+/// `Origin` must name the `Host` asked for. Without a token, `Host` must also be an address or
+/// `localhost`: a hostile page whose own name its DNS rebinds to 127.0.0.1 is same-origin.
+pub(super) fn same_origin(admin: &Admin, req: &Request) -> bool {
+    let host = req.fields.get("host").unwrap_or_default();
+    if admin.token.is_none() && !names_no_domain(host.trim()) {
+        return false;
+    }
     if let Some(site) = req.fields.get("sec-fetch-site") {
         return matches!(site.trim(), "same-origin" | "none");
     }
     let Some(origin) = req.fields.get("origin") else { return true };
-    let host = req.fields.get("host").unwrap_or_default();
     origin.trim().split_once("://").is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host.trim()))
+}
+
+/// Whether a `Host` value (with or without its port) is an IP address, `localhost`, or absent.
+fn names_no_domain(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(address, _)| address),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.is_empty() || name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Handles `POST /backends/...` (`path` without the query, `query` after the `?`).

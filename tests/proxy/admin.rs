@@ -175,8 +175,9 @@ fn admin_answers_bad_heads_with_400_or_431_and_405_names_get() {
 /// POST `path` to the admin listener, with `Authorization: Bearer token` when given.
 fn post(admin: SocketAddr, path: &str, token: Option<&str>) -> Resp {
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let raw =
-        format!("POST {path} HTTP/1.1\r\nHost: t\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    let raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     send_raw(admin, raw.as_bytes(), "POST").0
 }
 
@@ -244,8 +245,9 @@ fn api_drain_maint_ready_and_weight_answer_json_log_at_warn_and_refuse_unknown_n
 }
 
 /// A page of another origin, open in the operator's browser, cannot drive the API (a form or a
-/// fetch: cross-site request forgery), even with no token set; the dashboard's own page and
-/// clients that are not browsers (curl sends neither header) can.
+/// fetch: cross-site request forgery), even with no token set, nor one whose name DNS rebinds
+/// to the listener; the dashboard's own page and clients that are not browsers (curl sends
+/// neither header) can.
 #[test]
 fn api_posts_from_a_page_of_another_origin_get_403_and_change_nothing() {
     let (_d, a) = dummy("app1");
@@ -256,6 +258,8 @@ fn api_posts_from_a_page_of_another_origin_get_403_and_change_nothing() {
         format!("{own}Origin: null\r\n"),
         format!("{own}Origin: http://{admin}\r\nSec-Fetch-Site: cross-site\r\n"),
         format!("{own}Sec-Fetch-Site: same-site\r\n"),
+        // DNS rebinding: a hostile page's own name, resolved to the listener, is same-origin.
+        format!("Host: evil.example:{port}\r\nOrigin: http://evil.example:{port}\r\n", port = admin.port()),
     ];
     for fields in &refused {
         let raw = format!("POST /backends/app1/drain HTTP/1.1\r\n{fields}Content-Length: 0\r\n\r\n");
@@ -291,6 +295,10 @@ fn api_token_is_required_on_every_post_and_gets_401_when_missing_or_wrong() {
     assert!(admin.ip().is_loopback());
     let resp = post(admin, "/backends/app1/drain", Some("s3cret-token"));
     assert_eq!((resp.status, json(&resp)["state"].as_str()), (200, Some("draining")));
+    // With a token, the listener may be named by a domain (no DNS-rebinding guard is needed).
+    let raw = "POST /backends/app1/maint HTTP/1.1\r\nHost: lb-admin.example\r\n\
+               Authorization: Bearer s3cret-token\r\nContent-Length: 0\r\n\r\n";
+    assert_eq!(send_raw(admin, raw.as_bytes(), "POST").0.status, 200);
 }
 
 #[test]

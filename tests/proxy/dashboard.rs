@@ -103,7 +103,7 @@ fn events_stream_json_picks_in_the_log_lines_words_state_changes_and_ticks_with_
     }
     let drained = send_raw(
         admin,
-        b"POST /backends/app2/drain HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        b"POST /backends/app2/drain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
         "POST",
     );
     assert_eq!(drained.0.status, 200);

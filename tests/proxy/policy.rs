@@ -165,7 +165,8 @@ fn a_sticky_cookie_keeps_a_client_on_its_member_through_drain_and_across_instanc
     p.wait_for(&format!("(sticky cookie: {member})"));
     // Draining keeps its sticky clients (what drain is for), and takes no new ones.
     let admin = admin_addr(&p);
-    let drain = format!("POST /backends/{member}/drain HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    let drain =
+        format!("POST /backends/{member}/drain HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     assert_eq!(crate::util::send_raw(admin, drain.as_bytes(), "POST").0.status, 200);
     assert_eq!(get(&mut w, "/", &with).header("X-Served-By"), Some(member.as_str()));
     for _ in 0..4 {

@@ -121,7 +121,7 @@ fn dashboard_in_headless_chromium_shows_every_backend_rising_counts_and_a_draine
     assert!(sum(&second) > sum(&first), "request counts rise between loads: {first:?} then {second:?}");
     let resp = send_raw(
         admin,
-        b"POST /backends/app1/drain HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        b"POST /backends/app1/drain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
         "POST",
     );
     assert_eq!(resp.0.status, 200);
@@ -199,7 +199,8 @@ fn ten_busy_backends() -> (Vec<(Proc, SocketAddr)>, socket2::Socket, Proc, Proc,
     let load = simulate(addr, 4, 50_000);
     p.wait_for(" DOWN ");
     for (name, act) in [("app2", "drain"), ("app3", "maint")] {
-        let req = format!("POST /backends/{name}/{act} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+        let req =
+            format!("POST /backends/{name}/{act} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n");
         assert_eq!(send_raw(admin, req.as_bytes(), "POST").0.status, 200, "{act} {name}");
     }
     p.wait_for(") 200 ");
