@@ -85,13 +85,7 @@ pub fn await_continue(
     scratch: &mut Scratch,
     attempt: &mut Attempt,
 ) -> Result<Verdict, Failure> {
-    let response = x.ctx.config.timeouts.response;
-    let wait = if response.is_zero() { EXPECT_WAIT } else { EXPECT_WAIT.min(response) };
-    // A final answer now leaves the body unread: the client connection closes after it.
-    let early = ClientSide { keep_alive: false, ..*side };
-    let heard = read_final(x, bw, &early, backend, scratch, attempt, Some(Instant::now() + wait));
-    let _ = bw.stream.tcp().set_read_timeout(as_limit(response));
-    match heard {
+    match heard_soon(x, bw, side, backend, scratch, attempt, false) {
         Ok(resp) if resp.status == 100 => Ok(Verdict::Continue),
         Ok(resp) => Ok(Verdict::Final(resp)),
         Err(f) if f.party == Party::Backend && matches!(f.cause, Cause::Timeout) => {
@@ -121,18 +115,7 @@ pub fn early_answer(
     if bw.stream.is_tls() {
         return Ok(None);
     }
-    let response = x.ctx.config.timeouts.response;
-    let wait = if response.is_zero() { EXPECT_WAIT } else { EXPECT_WAIT.min(response) };
-    let deadline = Instant::now() + wait;
-    let early = ClientSide { keep_alive: false, ..*side };
-    let heard = loop {
-        match read_final(x, bw, &early, backend, scratch, attempt, Some(deadline)) {
-            Ok(resp) if resp.status == 100 => continue,
-            heard => break heard,
-        }
-    };
-    let _ = bw.stream.tcp().set_read_timeout(as_limit(response));
-    match heard {
+    match heard_soon(x, bw, side, backend, scratch, attempt, true) {
         Ok(resp) => {
             log::debug!(
                 "req {}: {backend} answered {} before the whole body was sent; forwarded",
@@ -145,6 +128,32 @@ pub fn early_answer(
         Err(f) if f.party == Party::Client || matches!(f.cause, Cause::Invalid(_)) => Err(f),
         Err(_) => Ok(None),
     }
+}
+
+/// The backend's word within [`EXPECT_WAIT`] (`response_ms` if shorter), read as for a client
+/// connection that closes after a final answer, since the body is left unread; the backend's
+/// read timeout is restored after. With `past_100`, a `100` is read past.
+fn heard_soon(
+    x: &Exchange<'_>,
+    bw: &mut Wire<&BackendStream>,
+    side: &ClientSide<'_>,
+    backend: &str,
+    scratch: &mut Scratch,
+    attempt: &mut Attempt,
+    past_100: bool,
+) -> Result<ResponseHead, Failure> {
+    let response = x.ctx.config.timeouts.response;
+    let wait = if response.is_zero() { EXPECT_WAIT } else { EXPECT_WAIT.min(response) };
+    let deadline = Instant::now() + wait;
+    let early = ClientSide { keep_alive: false, ..*side };
+    let heard = loop {
+        match read_final(x, bw, &early, backend, scratch, attempt, Some(deadline)) {
+            Ok(resp) if past_100 && resp.status == 100 => continue,
+            heard => break heard,
+        }
+    };
+    let _ = bw.stream.tcp().set_read_timeout(as_limit(response));
+    heard
 }
 
 /// Sends an informational head to the client at once.
