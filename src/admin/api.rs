@@ -4,7 +4,8 @@
 //!
 //! A change lasts until a reload changes that backend's line in the file, or a restart
 //! (see [`crate::server::discovery`]). When `[admin] token` is set every POST must carry
-//! `Authorization: Bearer TOKEN`, else 401.
+//! `Authorization: Bearer TOKEN`, else 401. A POST a browser sends from a page of another
+//! origin gets 403 ([`same_origin`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use super::Admin;
 use crate::backend::{AdminState, Backend};
 use crate::events;
 use crate::h1::head::Request;
+use crate::route::index::normalize_host;
 use crate::stats::backend_json;
 
 /// Largest weight the API sets: the file's largest, so any weight it gave can be set back.
@@ -43,23 +45,22 @@ pub(super) fn authorized(admin: &Admin, req: &Request) -> bool {
 /// `localhost`: a hostile page whose own name its DNS rebinds to 127.0.0.1 is same-origin.
 pub(super) fn same_origin(admin: &Admin, req: &Request) -> bool {
     let host = req.fields.get("host").unwrap_or_default();
-    if admin.token.is_none() && !names_no_domain(host.trim()) {
+    let host = host.trim();
+    if admin.token.is_none() && !names_no_domain(host) {
         return false;
     }
     if let Some(site) = req.fields.get("sec-fetch-site") {
         return matches!(site.trim(), "same-origin" | "none");
     }
     let Some(origin) = req.fields.get("origin") else { return true };
-    origin.trim().split_once("://").is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host.trim()))
+    origin.trim().split_once("://").is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
 }
 
 /// Whether a `Host` value (with or without its port) is an IP address, `localhost`, or absent.
 fn names_no_domain(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split_once(']').map_or(v6, |(address, _)| address),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    name.is_empty() || name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+    let name = normalize_host(host);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.is_empty() || name == "localhost" || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// Handles `POST /backends/...` (`path` without the query, `query` after the `?`).

@@ -90,13 +90,12 @@ fn route(admin: &Admin, dashboard: &Dashboard, req: &Request, peer: SocketAddr) 
             (200, "text/plain; version=0.0.4", metrics_text(&admin.router.table(), &admin.counters))
         }
         ("GET", "/health") => (200, text, "ok\n".to_string()),
-        ("POST", p) if p.starts_with("/backends/") && !api::same_origin(admin, req) => {
-            log::warn!("admin {peer}: POST {p} refused: sent by a page of another origin, or to a name without a token");
-            let why = "a page of another origin may not use this API; without [admin] token, name the listener by address or localhost";
-            (403, json, format!("{}\n", serde_json::json!({ "error": why })))
-        }
         ("POST", p) if p.starts_with("/backends/") => {
-            if api::authorized(admin, req) {
+            if !api::same_origin(admin, req) {
+                log::warn!("admin {peer}: POST {p} refused: sent by a page of another origin, or to a name without a token");
+                let why = "a page of another origin may not use this API; without [admin] token, name the listener by address or localhost";
+                (403, json, format!("{}\n", serde_json::json!({ "error": why })))
+            } else if api::authorized(admin, req) {
                 let (status, body) = api::post(admin, p, query, peer);
                 (status, json, body)
             } else {
