@@ -243,7 +243,7 @@ pub(super) fn read(
             request: HeaderRules::default(),
             response: HeaderRules::default(),
         };
-        let (mut pool, mut redirect, mut bad_redirect) = (None, None, false);
+        let (mut pool, mut redirect, mut redirect_given) = (None, None, false);
         for s in in_block(block) {
             let (key, header) = s.key.split_once('.').map_or((s.key.as_str(), None), |(k, h)| (k, Some(h)));
             let result = match (key, header) {
@@ -256,8 +256,8 @@ pub(super) fn read(
                     Ok(())
                 }
                 ("redirect", None) => {
-                    bad_redirect = true;
-                    parse_redirect(&s.value).map(|r| (redirect, bad_redirect) = (Some(r), false))
+                    redirect_given = true;
+                    parse_redirect(&s.value).map(|r| redirect = Some(r))
                 }
                 ("del_request_header" | "del_response_header", None) => {
                     let rules =
@@ -308,8 +308,8 @@ pub(super) fn read(
             (Some((_, s)), Some(_)) => {
                 error(errors, s, "a route has either pool or redirect, not both".into())
             }
-            // A redirect that did not parse has its own error already.
-            (None, None) if bad_redirect => {}
+            // A redirect was given but did not parse: that has its own error already.
+            (None, None) if redirect_given => {}
             (None, None) => at(errors, block, "a route needs 'pool = NAME' or 'redirect = ...'".to_string()),
         }
         let http_only = route.host.is_some()
