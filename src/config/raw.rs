@@ -320,29 +320,23 @@ fn route_key_hint(key: &str) -> String {
 /// Tidies section headers for ini_core, which would read a comment after one as part of the
 /// name and not see an indented one: `  [backends]  ; the default pool` becomes `[backends]`.
 /// Every line stays where it was, for the errors' line numbers.
-fn strip_header_comments(text: &str) -> std::borrow::Cow<'_, str> {
-    let header = |line: &str| {
-        let line = line.trim();
-        let end = line.find(']')?;
-        let rest = line[end + 1..].trim_start();
-        let tidy = rest.is_empty() || rest.starts_with(['#', ';']);
-        (line.starts_with('[') && tidy).then(|| line[..=end].to_string())
-    };
-    let untidy = |line: &str| header(line).is_some_and(|h| h != line.trim_end_matches(['\r', '\n']));
-    if !text.lines().any(untidy) {
-        return std::borrow::Cow::Borrowed(text);
-    }
+fn strip_header_comments(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for line in text.split_inclusive('\n') {
-        match header(line) {
-            Some(h) => {
-                out.push_str(&h);
+        let trimmed = line.trim();
+        let header = trimmed.find(']').filter(|&end| {
+            let rest = trimmed[end + 1..].trim_start();
+            trimmed.starts_with('[') && (rest.is_empty() || rest.starts_with(['#', ';']))
+        });
+        match header {
+            Some(end) => {
+                out.push_str(&trimmed[..=end]);
                 out.push('\n');
             }
             None => out.push_str(line),
         }
     }
-    std::borrow::Cow::Owned(out)
+    out
 }
 
 /// Drops a trailing comment: `#` or `;` after whitespace (`workers = 64  # for tests`), or
