@@ -145,7 +145,7 @@ pub fn parse(
     via_line(out, client.via);
     match client_body {
         BodyKind::Length(n) => length_line(out, n),
-        BodyKind::Chunked => line(out, "Transfer-Encoding", b"chunked"),
+        BodyKind::Chunked => chunked_line(out, headers),
         BodyKind::Empty | BodyKind::UntilClose => {}
     }
     if !client_keep_alive {
@@ -190,6 +190,24 @@ fn switching(
         backend_reusable: false,
         client_keep_alive: false,
     }
+}
+
+/// `Transfer-Encoding` for a body re-chunked towards the client: the backend's other codings
+/// (a `gzip` the client must undo) keep their place before `chunked`, as HAProxy passes them.
+fn chunked_line(out: &mut Vec<u8>, headers: &[httparse::Header<'_>]) {
+    let mut value = Vec::new();
+    let codings = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"));
+    for coding in codings {
+        value.extend_from_slice(coding);
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(b"chunked");
+    header_line(out, "Transfer-Encoding", &value);
 }
 
 fn final_coding_is_chunked(headers: &[httparse::Header<'_>]) -> bool {
@@ -262,6 +280,27 @@ mod tests {
             (BodyKind::Chunked, BodyKind::UntilClose, false)
         );
         assert!(!out.contains("chunked") && out.contains("Connection: close\r\n"), "{out}");
+    }
+
+    /// The body is re-chunked, so its other transfer codings must stay named: the client got
+    /// gzip bytes labelled only `chunked` before.
+    #[test]
+    fn other_transfer_codings_stay_named_before_chunked() {
+        for (te, body) in [
+            ("gzip, chunked", BodyKind::Chunked),
+            ("gzip", BodyKind::UntilClose),
+            ("gzip\r\nTransfer-Encoding: chunked", BodyKind::Chunked),
+        ] {
+            let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+            let (h, out) = run(&raw, &client(1, true)).expect("ok").expect("c");
+            assert_eq!((h.body, h.client_body), (body, BodyKind::Chunked), "{te}");
+            assert_eq!(out.matches("Transfer-Encoding").count(), 1, "{out}");
+            assert!(out.contains("Transfer-Encoding: gzip, chunked\r\n"), "{te}: {out}");
+        }
+        let (_, out) = run("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", &client(1, true))
+            .expect("ok")
+            .expect("c");
+        assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
     }
 
     #[test]

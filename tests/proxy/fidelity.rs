@@ -1,8 +1,8 @@
 //! HTTP fidelity against what HAProxy and nginx do: a backend's 1xx reaches HTTP/1.1 clients,
 //! trailers go through both ways (filtered, and refused when malformed), underscored header names
 //! never reach a backend by default (nginx's `underscores_in_headers off`), `Expect:
-//! 100-continue` lets the backend decide, and a TLS client whose ALPN guess is wrong still gets
-//! HTTP/1.1 (as nginx answers it).
+//! 100-continue` lets the backend decide, a response's `gzip` transfer coding stays named, and a
+//! TLS client whose ALPN guess is wrong still gets HTTP/1.1 (as nginx answers it).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -337,4 +337,42 @@ fn a_backend_answering_an_upload_early_and_closing_has_its_answer_reach_the_clie
     }
     let after = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(after.starts_with("HTTP/1.1 200"), "the backend was marked down: {after}");
+}
+
+/// "compressed in transit\n", gzipped.
+const GZIPPED: &[u8] =
+    b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff\x4b\xce\xcf\x2d\x28\x4a\x2d\x2e\x4e\x4d\x51\xc8\xcc\
+\x53\x28\x29\x4a\xcc\x2b\xce\x2c\xe1\x02\x00\x71\x9b\x51\x2c\x16\x00\x00\x00";
+
+/// A backend's `Transfer-Encoding: gzip` survives the re-chunking, as HAProxy passes it: curl,
+/// asked to undo transfer codings, gets the text back, where before it got gzip bytes labelled
+/// only `chunked`. Both framings: gzip then chunked, and gzip delimited by close.
+#[test]
+fn a_gzip_transfer_coding_reaches_the_client_named_so_curl_can_undo_it() {
+    let b = backend(|mut s| {
+        let (head, _) = read_head(&mut s);
+        let mut reply = Vec::new();
+        if head.starts_with("GET /chunked ") {
+            reply.extend_from_slice(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+            reply.extend_from_slice(format!("{:x}\r\n", GZIPPED.len()).as_bytes());
+            reply.extend_from_slice(GZIPPED);
+            reply.extend_from_slice(b"\r\n0\r\n\r\n");
+        } else {
+            reply.extend_from_slice(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n",
+            );
+            reply.extend_from_slice(GZIPPED);
+        }
+        let _ = s.write_all(&reply);
+    });
+    let (_p, proxy) = http_proxy(&[b], "round-robin", "", "");
+    for path in ["/chunked", "/close"] {
+        let out = Command::new("curl")
+            .args(["-s", "--tr-encoding", "-D", "/dev/stderr", &format!("http://{proxy}{path}")])
+            .output()
+            .expect("curl");
+        let head = String::from_utf8_lossy(&out.stderr);
+        assert!(head.contains("Transfer-Encoding: gzip, chunked\r\n"), "{path}: {head}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "compressed in transit\n", "{path}: {head}");
+    }
 }
