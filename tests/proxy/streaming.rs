@@ -221,7 +221,7 @@ fn a_slow_chunked_uploads_first_piece_reaches_the_backend_at_once() {
     let upload = |to: SocketAddr| -> (Duration, String) {
         let mut s = connect(to);
         let started = Instant::now();
-        s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n7\r\npiece-1\r\n")
+        s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n7\r\npiece-1\r\n")
             .expect("send");
         // The client's own pace: a second piece later, as a progress-reporting upload sends it.
         thread::sleep(GAP);
