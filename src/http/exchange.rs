@@ -16,6 +16,7 @@ use super::context::{Attempt, BackendStream, Exchange, Record, Scratch, VIA};
 use super::interim::{self, Verdict};
 
 use super::upgrade::{self, Switched};
+use super::watch::Watched;
 use crate::backend::Backend;
 use crate::balancer::{sticky_id, Pick};
 use crate::config::as_limit;
@@ -249,7 +250,9 @@ impl Exchange<'_> {
                 return Ok(Verdict::Final(resp));
             }
         }
-        let mut bout = Coalesce::resume(stream, &mut scratch.backend_out);
+        let wait = as_limit(self.ctx.config.timeouts.idle);
+        let mut bout =
+            Watched::new(Coalesce::resume(stream, &mut scratch.backend_out), stream, self.client, wait);
         attempt.body_touched = true;
         let rechunk = self.head.body == BodyKind::Chunked;
         let limit = self.ctx.config.http.max_body_bytes;
@@ -265,6 +268,9 @@ impl Exchange<'_> {
             }
             Err(BodyError::Sink(e, n)) => {
                 record.bytes_in += n;
+                if bout.client_quiet {
+                    return Err(Failure::new(Party::Client, Phase::Send, Cause::Io(e)));
+                }
                 return early(e, scratch, attempt);
             }
             Err(BodyError::TooLarge) => {
@@ -282,7 +288,7 @@ impl Exchange<'_> {
                 return Err(Failure::new(Party::Client, Phase::Send, Cause::Io(e)));
             }
         }
-        match bout.flush() {
+        match bout.finish() {
             Ok(()) => Ok(Verdict::Continue),
             Err(e) => early(e, scratch, attempt),
         }

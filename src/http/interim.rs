@@ -4,9 +4,10 @@
 //! expects `100 Continue` lets the backend decide: its `100` lets the body through, its final
 //! answer (a 413, a 401) reaches the client before a byte of the body is sent, and a backend that
 //! says nothing within [`EXPECT_WAIT`] gets the body anyway, after the proxy's own `100`.
-//! Without `Expect`, a backend that answers before the body is in and stops reading (a 413, a
-//! 401, a 501, then close) still has its answer reach the client ([`early_answer`]), as HAProxy
-//! forwards it, rather than a 502.
+//! Without `Expect`, a backend that answers before the body is in (a 413, a 401, a 501) has its
+//! answer reach the client at once ([`early_answer`]), as HAProxy forwards it, rather than a 502
+//! or a wait for the rest of the upload: whether it then closes, stops reading, or reads on
+//! (nginx's `client_max_body_size`). [`super::watch`] is how the proxy notices it.
 
 use std::io::{self, Write};
 use std::time::{Duration, Instant};

@@ -9,3 +9,4 @@ mod interim;
 pub mod proxy;
 mod timers;
 mod upgrade;
+mod watch;

@@ -316,7 +316,7 @@ fn idle_timeout(up: Wait, down: Wait) -> (Party, io::Error) {
 }
 
 /// `d` as poll's timeout.
-fn timespec(d: Duration) -> Timespec {
+pub fn timespec(d: Duration) -> Timespec {
     Timespec { tv_sec: d.as_secs().min(i64::MAX as u64) as i64, tv_nsec: d.subsec_nanos().into() }
 }
 
@@ -325,7 +325,7 @@ fn timespec(d: Duration) -> Timespec {
 /// call on it will not block), nothing on a signal. A socket nothing waits on is left out:
 /// with both halves shut it reports POLLHUP for ever, which would spin the caller's loop.
 /// `None` when neither is waited on.
-fn poll_two(
+pub fn poll_two(
     a: &TcpStream,
     on_a: PollFlags,
     b: &TcpStream,

@@ -28,6 +28,7 @@ mod streaming;
 mod tcp;
 mod terminal;
 mod tls;
+mod uploads;
 mod util;
 mod waits;
 mod ws;

@@ -1,0 +1,170 @@
+//! A backend's early answer to an upload, as HAProxy forwards it: a refusal (a 413, a 401) sent
+//! before the body is in reaches the client at once, whether the backend then closes, stops
+//! reading, or reads on (nginx's `client_max_body_size`), and never counts as a failure; a
+//! backend that streams its 2xx head while it reads still gets the whole body.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::fidelity::round_trip;
+use crate::streaming::{backend, read_head};
+use crate::util::*;
+
+/// Without `Expect`, a backend that refuses an upload before reading it and closes (a 413, as
+/// Python's http.server answers a POST with 501) has its answer reach the client, as HAProxy
+/// forwards it, rather than a 502; and since it answered, it is not failing: after more such
+/// uploads than `max_fails`, it still serves (before, the third marked it down).
+#[test]
+fn a_backend_answering_an_upload_early_and_closing_has_its_answer_reach_the_client_as_haproxy() {
+    let app = backend(|mut s| {
+        let (head, _) = read_head(&mut s);
+        let reply: &[u8] = if head.starts_with("POST") {
+            b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        };
+        // Closing with the body unread resets the connection under the proxy's writes.
+        let _ = s.write_all(reply);
+    });
+    let (_p, proxy) = http_proxy(&[app], "round-robin", "", "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big");
+    // More than the sockets' buffers hold, so the proxy's writes fail.
+    std::fs::write(&file, vec![b'x'; 8 << 20]).expect("write");
+    for round in 0..5 {
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "-", "-w", " %{http_code}", "-H", "Expect:", "--data-binary"])
+            .arg(format!("@{}", file.display()))
+            .arg(format!("http://{proxy}/upload"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(text, "too large 413", "upload {round}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let after = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(after.starts_with("HTTP/1.1 200"), "the backend was marked down: {after}");
+}
+
+const REFUSAL: &[u8] =
+    b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large";
+
+/// Sends the head of a 100 MiB upload and its first 64 KiB, then stops, as a client that
+/// waits on the answer does (curl stops sending once one comes), and returns what it gets by
+/// the time the proxy closes.
+fn upload_then_wait(proxy: std::net::SocketAddr) -> String {
+    let mut s = connect(proxy);
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n").expect("head");
+    s.write_all(&[b'x'; 64 << 10]).expect("first part of the body");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => {
+                panic!("no answer from the proxy mid-upload ({e}); got {:?}", String::from_utf8_lossy(&out))
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A backend that answers an upload with 413 at once and then either reads on to the end (as
+/// nginx does after its `client_max_body_size` answer) or keeps the connection without reading.
+/// The answer reaches the client while it is still uploading, as HAProxy forwards it. Before,
+/// the client got nothing until it had sent the whole body, or until `idle_ms` for the second.
+#[test]
+fn a_refusal_reaches_a_client_mid_upload_whether_the_backend_reads_on_or_stops_as_haproxy() {
+    for reads_on in [true, false] {
+        let app = backend(move |mut s| {
+            let (head, _) = read_head(&mut s);
+            if !head.starts_with("POST") {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                return;
+            }
+            let _ = s.write_all(REFUSAL);
+            if reads_on {
+                let _ = std::io::copy(&mut s, &mut std::io::sink());
+            } else {
+                // Kept without a read: the proxy's writes would stall once the buffers fill.
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        });
+        let (_p, proxy) = http_proxy(&[app], "round-robin", "", "");
+        for round in 0..3 {
+            let text = upload_then_wait(proxy);
+            assert!(text.starts_with("HTTP/1.1 413 "), "reads_on={reads_on}, upload {round}: {text}");
+            assert!(text.ends_with("\r\n\r\ntoo large"), "reads_on={reads_on}, upload {round}: {text}");
+        }
+        let after = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert!(
+            after.starts_with("HTTP/1.1 200"),
+            "reads_on={reads_on}: the backend was marked down: {after}"
+        );
+    }
+}
+
+/// The watch for a refusal ends at a 2xx: a backend that sends its `200` head as soon as it has
+/// the request, then reads the whole body and answers with its length, gets every byte. The
+/// client sends the rest of its body only once that head is out, so the proxy's look finds it.
+#[test]
+fn a_backend_streaming_its_200_while_it_reads_still_gets_the_whole_body() {
+    let (told, heard) = crossbeam_channel::bounded::<()>(1);
+    let app = backend(move |mut s| {
+        let (_, mut body) = read_head(&mut s);
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let _ = told.send(());
+        let mut chunk = [0u8; 16384];
+        while body.len() < 1 << 20 {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let count = body.len().to_string();
+        let _ = s.write_all(format!("{:x}\r\n{count}\r\n0\r\n\r\n", count.len()).as_bytes());
+    });
+    let (_p, proxy) = http_proxy(&[app], "round-robin", "", "");
+    let mut s: TcpStream = connect(proxy);
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\nConnection: close\r\n\r\n")
+        .expect("head");
+    s.write_all(&[b'x'; 16 << 10]).expect("first part");
+    heard.recv_timeout(WAIT).expect("the backend sent its head");
+    for _ in 1..64 {
+        s.write_all(&[b'x'; 16 << 10]).expect("the rest");
+    }
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(text.contains("\r\n\r\n7\r\n1048576\r\n0\r\n\r\n"), "{text}");
+}
+
+/// While the proxy waits on an uploading client it also watches the backend, and that shared
+/// wait is the client read's own: a client that stalls mid-body is cut after `idle_ms`, as
+/// nginx's `client_body_timeout` cuts it, not after twice that.
+#[test]
+fn a_client_stalling_mid_upload_is_cut_after_idle_ms_not_twice_that() {
+    let app = backend(|mut s| {
+        let _ = read_head(&mut s);
+        let _ = std::io::copy(&mut s, &mut std::io::sink());
+    });
+    let (p, proxy) = http_proxy(&[app], "round-robin", "idle_ms = 1000", "");
+    let mut s = connect(proxy);
+    let started = std::time::Instant::now();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789").expect("send");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let _ = s.read_to_end(&mut Vec::new());
+    let waited = started.elapsed();
+    let line = p.wait_for("\"POST /up\"");
+    assert!(
+        line.contains(" 499 10B in ") && line.contains("[client: sending the request: timed out]"),
+        "{line}"
+    );
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_millis(1900), "{waited:?}");
+}
