@@ -107,6 +107,17 @@ impl<S: Read> Wire<S> {
 
     /// Puts `bytes` back in front of anything read later: the start of a head that waited in
     /// the parker (see `crate::park`) without a worker.
+    /// Runs `f` on this wire with its stream swapped for `via` (a reader that also watches
+    /// something else while it waits, say): the bytes buffered before stay, and so do those
+    /// `f` leaves.
+    pub fn reading_through<T, R>(&mut self, via: T, f: impl FnOnce(&mut Wire<T>) -> R) -> R {
+        let mut other =
+            Wire { stream: via, buf: std::mem::take(&mut self.buf), start: self.start, end: self.end };
+        let result = f(&mut other);
+        (self.buf, self.start, self.end) = (other.buf, other.start, other.end);
+        result
+    }
+
     pub fn preload(&mut self, bytes: &[u8]) {
         self.consume(self.end - self.start);
         if self.buf.len() < bytes.len() {

@@ -16,7 +16,7 @@ use super::context::{Attempt, BackendStream, Exchange, Record, Scratch, VIA};
 use super::interim::{self, Verdict};
 
 use super::upgrade::{self, Switched};
-use super::watch::Watched;
+use super::watch::{self, WatchedWrites, Watching};
 use crate::backend::Backend;
 use crate::balancer::{sticky_id, Pick};
 use crate::config::as_limit;
@@ -251,8 +251,7 @@ impl Exchange<'_> {
             }
         }
         let wait = as_limit(self.ctx.config.timeouts.idle);
-        let mut bout =
-            Watched::new(Coalesce::resume(stream, &mut scratch.backend_out), stream, self.client, wait);
+        let mut bout = Coalesce::resume(WatchedWrites::new(stream, wait), &mut scratch.backend_out);
         attempt.body_touched = true;
         let rechunk = self.head.body == BodyKind::Chunked;
         let limit = self.ctx.config.http.max_body_bytes;
@@ -261,16 +260,18 @@ impl Exchange<'_> {
             let heard = interim::early_answer(self, bw, side, backend.name(), scratch, attempt)?;
             heard.map(Verdict::Final).ok_or_else(|| to_backend(e))
         };
-        match cw.forward_body(self.head.body, &mut bout, rechunk, limit) {
+        let watching = Watching::new(self.client, stream, wait);
+        match cw.reading_through(watching, |w| w.forward_body(self.head.body, &mut bout, rechunk, limit)) {
             Ok(n) => {
                 record.bytes_in += n;
                 attempt.body_done = true;
             }
             Err(BodyError::Sink(e, n)) => {
                 record.bytes_in += n;
-                if bout.client_quiet {
-                    return Err(Failure::new(Party::Client, Phase::Send, Cause::Io(e)));
-                }
+                return early(e, scratch, attempt);
+            }
+            Err(BodyError::Source(e, n)) if watch::is_refusal(&e) => {
+                record.bytes_in += n;
                 return early(e, scratch, attempt);
             }
             Err(BodyError::TooLarge) => {
@@ -288,7 +289,7 @@ impl Exchange<'_> {
                 return Err(Failure::new(Party::Client, Phase::Send, Cause::Io(e)));
             }
         }
-        match bout.finish() {
+        match bout.flush() {
             Ok(()) => Ok(Verdict::Continue),
             Err(e) => early(e, scratch, attempt),
         }

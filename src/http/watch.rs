@@ -1,34 +1,57 @@
 //! Watching a plain backend for an early answer while a request body goes to it: the refusal
-//! (a 413, a 401) that means the rest of the body is unwanted, noticed whether it arrives while
-//! the proxy writes or while it waits on the client, as HAProxy notices it.
+//! (a 413, a 401) that means the rest of the body is unwanted, noticed while the proxy waits on
+//! the client, while the client streams, and while the backend has stopped reading, as HAProxy
+//! notices it.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use rustix::event::PollFlags;
+use rustix::event::{poll, PollFd, PollFlags};
+use rustix::io::Errno;
 use rustix::net::RecvFlags;
 
 use super::context::BackendStream;
 use crate::conn::accept::ClientStream;
-use crate::relay::{poll_two, timespec};
+use crate::relay::timespec;
 
-/// The request body's way to the backend. Each time the body's copy flushes, before a client
-/// read that may wait, the proxy waits on the client and the backend at once (one `poll`, for
-/// the client's read timeout), and looks at what the backend sent, without taking it. A final
-/// answer of 300 or more means the rest of the body is unwanted: the flush fails, and
-/// [`super::interim::early_answer`] reads the answer. Anything else the backend may send while it
+/// Reads between two looks at the backend while the client's bytes keep coming without a
+/// wait: a refusal is noticed within 1 MiB of a fast upload (HAProxy, before the same backend,
+/// lets about 3 MiB of curl's upload through).
+const LOOK_EVERY: u32 = 16;
+
+/// The client's side of a request body, read so that the backend is watched too. A read that
+/// would wait waits on the client and the backend at once (one `poll`, within the client's
+/// read timeout); while the client's bytes keep coming, every [`LOOK_EVERY`]th read peeks at
+/// the backend. A final answer of 300 or more from it fails the read with [`is_refusal`], and
+/// [`super::interim::early_answer`] reads the answer. Anything else the backend sends while it
 /// reads on (a `100`, a `103`, the 2xx head of a streamed answer) ends the watch and waits its
-/// turn. A `tls` backend is not watched (its bytes say nothing before decryption); a TLS
-/// client's wait is not shared (rustls may hold its next bytes already), so its backend is
-/// only looked at between reads.
-pub struct Watched<'a, W: Write> {
-    inner: W,
+/// turn. A `tls` backend is not watched (its bytes say nothing before decryption), nor is the
+/// backend of a TLS client (rustls may hold the client's next bytes already, where no `poll`
+/// sees them).
+pub struct Watching<'a> {
+    client: &'a ClientStream<'a>,
     backend: Option<&'a TcpStream>,
-    client: Option<&'a TcpStream>,
+    /// The client read's timeout: the wait on both counts as the read's.
     wait: Option<Duration>,
-    /// The client sent nothing for its whole wait: the flush failed for it, not the backend.
-    pub client_quiet: bool,
+    reads: u32,
+}
+
+/// The read error that says the backend refused the rest of the body.
+#[derive(Debug)]
+struct Refused;
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the backend answered before the whole body")
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// Whether a body read failed because the backend refused the rest.
+pub fn is_refusal(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Refused>())
 }
 
 /// What a backend has said so far while the body goes to it.
@@ -42,75 +65,119 @@ enum Said {
     Other,
 }
 
-impl<'a, W: Write> Watched<'a, W> {
-    /// Watches `backend`, while `client`'s reads wait at most `wait` (none: no limit).
+impl<'a> Watching<'a> {
+    /// Reads from `client`, whose reads wait at most `wait` (none: no limit), watching `backend`.
     pub fn new(
-        inner: W,
-        backend: &'a BackendStream,
         client: &'a ClientStream<'a>,
+        backend: &'a BackendStream,
         wait: Option<Duration>,
-    ) -> Watched<'a, W> {
-        Watched {
-            inner,
-            backend: (!backend.is_tls()).then(|| backend.tcp()),
-            client: (!client.is_tls()).then(|| client.tcp()),
-            wait,
-            client_quiet: false,
-        }
+    ) -> Watching<'a> {
+        let watched = !backend.is_tls() && !client.is_tls();
+        Watching { client, backend: watched.then(|| backend.tcp()), wait, reads: 0 }
     }
 
-    /// Flushes what is buffered without looking: once the whole body is written, an answer is
-    /// no longer early.
-    pub fn finish(mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-
-    /// Waits for the client's next bytes or the backend's first; whether the backend's came.
-    fn wait_either(&mut self, client: &TcpStream, backend: &TcpStream) -> io::Result<bool> {
-        let started = Instant::now();
-        let timeout = self.wait.map(timespec);
-        match poll_two(client, PollFlags::IN, backend, PollFlags::IN, timeout.as_ref()) {
-            Some(Ok((_, true))) => Ok(true),
-            Some(Ok((false, false))) if self.wait.is_some_and(|w| started.elapsed() >= w) => {
-                self.client_quiet = true;
-                Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
-            }
-            // The client's bytes are there (or a signal came): its read goes ahead.
-            _ => Ok(false),
-        }
-    }
-}
-
-impl<W: Write> Write for Watched<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.inner.write(buf)
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.inner.write_all(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()?;
-        let Some(backend) = self.backend else { return Ok(()) };
-        if let Some(client) = self.client {
-            if !self.wait_either(client, backend)? {
-                return Ok(());
-            }
-        }
-        let mut first = [0u8; 12];
-        let said = match rustix::net::recv(backend, &mut first, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
-            Ok((n, _)) if n > 0 => said(&first[..n]),
-            Err(rustix::io::Errno::AGAIN) => Said::Nothing,
-            Ok(_) | Err(_) => Said::Other,
-        };
-        match said {
+    /// Looks at what the backend sent; a refusal is an error, anything else ends the watch.
+    fn look(&mut self, backend: &TcpStream) -> io::Result<()> {
+        match look(backend) {
             Said::Nothing => Ok(()),
             Said::Other => {
                 self.backend = None;
                 Ok(())
             }
-            Said::Refusal => Err(io::Error::other("the backend answered before the whole body")),
+            Said::Refusal => Err(io::Error::other(Refused)),
+        }
+    }
+}
+
+/// What the backend sent so far, looked at without taking it.
+fn look(backend: &TcpStream) -> Said {
+    let mut first = [0u8; 12];
+    match rustix::net::recv(backend, &mut first, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        Ok((n, _)) if n > 0 => said(&first[..n]),
+        Err(Errno::AGAIN) => Said::Nothing,
+        Ok(_) | Err(_) => Said::Other,
+    }
+}
+
+/// The request body's writes to the backend. A write the backend makes wait (it stopped
+/// reading) waits for room or for its answer, whichever comes first (one `poll`, within the
+/// write timeout): a refusal fails the write with [`is_refusal`]. A `tls` backend is written
+/// as it is (its bytes say nothing before decryption).
+pub struct WatchedWrites<'a> {
+    stream: &'a BackendStream,
+    backend: Option<&'a TcpStream>,
+    wait: Option<Duration>,
+}
+
+impl<'a> WatchedWrites<'a> {
+    /// Writes to `stream`, whose writes wait at most `wait` (none: no limit).
+    pub fn new(stream: &'a BackendStream, wait: Option<Duration>) -> WatchedWrites<'a> {
+        WatchedWrites { stream, backend: (!stream.is_tls()).then(|| stream.tcp()), wait }
+    }
+}
+
+impl Write for WatchedWrites<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut stream = self.stream;
+        let Some(backend) = self.backend else { return stream.write(buf) };
+        let started = Instant::now();
+        loop {
+            match crate::net::send_now(backend, buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return done,
+            }
+            let timeout = self.wait.map(|w| timespec(w.saturating_sub(started.elapsed())));
+            let mut fds = [PollFd::new(backend, PollFlags::OUT | PollFlags::IN)];
+            match crate::threads::gate::waiting(|| poll(&mut fds, timeout.as_ref())) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
+                Ok(_) if fds[0].revents().contains(PollFlags::IN) => match look(backend) {
+                    Said::Refusal => return Err(io::Error::other(Refused)),
+                    // Its bytes wait their turn; the write waits as before the watch.
+                    Said::Other | Said::Nothing => {
+                        self.backend = None;
+                        return stream.write(buf);
+                    }
+                },
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let mut stream = self.stream;
+        stream.flush()
+    }
+}
+
+impl Read for Watching<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(backend) = self.backend else { return self.client.read(buf) };
+        let client = self.client.tcp();
+        self.reads += 1;
+        if self.reads.is_multiple_of(LOOK_EVERY) {
+            self.look(backend)?;
+        }
+        let started = Instant::now();
+        loop {
+            match crate::net::recv(client, buf, false) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return done,
+            }
+            let timeout = self.wait.map(|w| timespec(w.saturating_sub(started.elapsed())));
+            let mut fds = [PollFd::new(client, PollFlags::IN), PollFd::new(backend, PollFlags::IN)];
+            match poll(&mut fds, timeout.as_ref()) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
+                Ok(_) if !fds[1].revents().is_empty() => {
+                    self.look(backend)?;
+                    if self.backend.is_none() || fds[0].revents().is_empty() {
+                        // Read on as before the watch (a partial status line waits its turn).
+                        return self.client.read(buf);
+                    }
+                }
+                Ok(_) | Err(Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 }

@@ -325,7 +325,7 @@ pub fn timespec(d: Duration) -> Timespec {
 /// call on it will not block), nothing on a signal. A socket nothing waits on is left out:
 /// with both halves shut it reports POLLHUP for ever, which would spin the caller's loop.
 /// `None` when neither is waited on.
-pub fn poll_two(
+fn poll_two(
     a: &TcpStream,
     on_a: PollFlags,
     b: &TcpStream,

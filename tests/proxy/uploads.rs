@@ -75,10 +75,14 @@ fn upload_then_wait(proxy: std::net::SocketAddr) -> String {
 
 /// A backend that answers an upload with 413 at once and then either reads on to the end (as
 /// nginx does after its `client_max_body_size` answer) or keeps the connection without reading.
-/// The answer reaches the client while it is still uploading, as HAProxy forwards it. Before,
-/// the client got nothing until it had sent the whole body, or until `idle_ms` for the second.
+/// The answer reaches the client while it is still uploading, as HAProxy forwards it: one that
+/// stops sending to wait for it, and curl, which never stops. Before, the client got nothing
+/// until it had sent the whole body, or until `idle_ms` for the second backend.
 #[test]
 fn a_refusal_reaches_a_client_mid_upload_whether_the_backend_reads_on_or_stops_as_haproxy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big");
+    std::fs::write(&file, vec![b'x'; 64 << 20]).expect("write");
     for reads_on in [true, false] {
         let app = backend(move |mut s| {
             let (head, _) = read_head(&mut s);
@@ -100,6 +104,30 @@ fn a_refusal_reaches_a_client_mid_upload_whether_the_backend_reads_on_or_stops_a
             assert!(text.starts_with("HTTP/1.1 413 "), "reads_on={reads_on}, upload {round}: {text}");
             assert!(text.ends_with("\r\n\r\ntoo large"), "reads_on={reads_on}, upload {round}: {text}");
         }
+        // curl never stops to wait: it gets the answer having sent a few MiB of 64, not all.
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "15",
+                "-H",
+                "Expect:",
+                "-o",
+                "-",
+                "-w",
+                " %{http_code} %{size_upload}",
+            ])
+            .args(["--data-binary", &format!("@{}", file.display()), &format!("http://{proxy}/upload")])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let sent: u64 = text.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
+        assert!(
+            text.starts_with("too large 413 "),
+            "reads_on={reads_on}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(sent < 32 << 20, "reads_on={reads_on}: curl sent {sent} bytes before the answer");
         let after = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         assert!(
             after.starts_with("HTTP/1.1 200"),
