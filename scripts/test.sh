@@ -8,9 +8,10 @@ trap 'rm -f "$log"' EXIT
 # What the tests drive besides our binaries, installed when missing (Debian packages), so this
 # one command is all a fresh machine needs: python3 (the layer check), curl (HTTP as a user
 # sends it), chromium (the dashboard in a browser), tmux (the classic terminals), haproxy (PROXY
-# protocol interop), openssl (scripts/make_cert.sh), goaccess and jq (they read the access logs).
+# protocol interop), nginx (a real backend), openssl (scripts/make_cert.sh), goaccess and jq
+# (they read the access logs).
 need=()
-for tool in python3 curl chromium tmux haproxy openssl goaccess jq; do
+for tool in python3 curl chromium tmux haproxy nginx openssl goaccess jq; do
     command -v "$tool" >/dev/null || need+=("$tool")
 done
 if [ ${#need[@]} -gt 0 ]; then

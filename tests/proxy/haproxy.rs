@@ -12,7 +12,7 @@ use lbproxy::net::proxy_protocol::{self, Addresses, Version};
 use crate::util::*;
 
 /// A loopback port free right now (HAProxy binds it itself).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }

@@ -196,3 +196,67 @@ fn a_client_stalling_mid_upload_is_cut_after_idle_ms_not_twice_that() {
     );
     assert!(waited >= Duration::from_millis(900) && waited < Duration::from_millis(1900), "{waited:?}");
 }
+
+/// Starts nginx in the foreground on `port` with `server` as its one server block's body, and
+/// waits until it accepts.
+fn nginx(port: u16, server: &str) -> Proc {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = format!(
+        "daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log stderr;\nevents {{}}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {p};\n  proxy_temp_path {p};\n\
+         fastcgi_temp_path {p};\n  uwsgi_temp_path {p};\n  scgi_temp_path {p};\n\
+         server {{\n    listen 127.0.0.1:{port};\n    {server}\n  }}\n}}\n",
+        p = dir.path().display()
+    );
+    let path = dir.path().join("nginx.conf");
+    std::fs::write(&path, conf).expect("write nginx.conf");
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-p").arg(dir.path()).arg("-c").arg(&path);
+    let p = Proc::spawn(&mut cmd, Some(dir));
+    let deadline = std::time::Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nginx did not listen on {port}; log:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p
+}
+
+/// The real nginx as the backend, with `client_max_body_size 1k`: it answers a 64 MiB upload
+/// with 413 as soon as it has the head, then reads on and discards. curl gets that 413 through
+/// the proxy having sent a few MiB, as through HAProxy, where before it sent all 64 first.
+#[test]
+fn nginx_refusing_an_upload_over_client_max_body_size_is_answered_before_the_upload_ends() {
+    let port = crate::haproxy::free_port();
+    let _nginx = nginx(port, "client_max_body_size 1k;\n    location / { return 200 \"ok\\n\"; }");
+    let (_p, proxy) = http_proxy(&[([127, 0, 0, 1], port).into()], "round-robin", "", "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big");
+    std::fs::write(&file, vec![b'x'; 64 << 20]).expect("write");
+    for round in 0..3 {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "15",
+                "-H",
+                "Expect:",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{size_upload}",
+            ])
+            .args(["--data-binary", &format!("@{}", file.display()), &format!("http://{proxy}/upload")])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let sent: u64 = text.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
+        assert!(text.starts_with("413 "), "upload {round}: {text} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(sent < 32 << 20, "upload {round}: curl sent {sent} bytes before the answer");
+    }
+    let after = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(after.starts_with("HTTP/1.1 200") && after.ends_with("ok\n"), "{after}");
+}
