@@ -105,8 +105,6 @@ impl<S: Read> Wire<S> {
         }
     }
 
-    /// Puts `bytes` back in front of anything read later: the start of a head that waited in
-    /// the parker (see `crate::park`) without a worker.
     /// Runs `f` on this wire with its stream swapped for `via` (a reader that also watches
     /// something else while it waits, say): the bytes buffered before stay, and so do those
     /// `f` leaves.
@@ -118,6 +116,8 @@ impl<S: Read> Wire<S> {
         result
     }
 
+    /// Puts `bytes` back in front of anything read later: the start of a head that waited in
+    /// the parker (see `crate::park`) without a worker.
     pub fn preload(&mut self, bytes: &[u8]) {
         self.consume(self.end - self.start);
         if self.buf.len() < bytes.len() {

@@ -131,7 +131,9 @@ pub fn parse(
     for h in headers {
         let skip = is_hop_by_hop(h.name, headers, named)
             || h.name.eq_ignore_ascii_case("x-request-id")
-            || (h.name.eq_ignore_ascii_case("content-length") && body != BodyKind::Empty)
+            // A 204 carries no Content-Length (RFC 9110 8.6), as nginx sends it; a 304's and a
+            // HEAD answer's still name the representation's length.
+            || (h.name.eq_ignore_ascii_case("content-length") && (body != BodyKind::Empty || status == 204))
             || client.edits.drops(h.name);
         if !skip {
             line(out, h.name, h.value);
@@ -194,20 +196,20 @@ fn switching(
 
 /// `Transfer-Encoding` for a body re-chunked towards the client: the backend's other codings
 /// (a `gzip` the client must undo) keep their place before `chunked`, as HAProxy passes them.
+/// Only a final `chunked` was undone by the proxy; one elsewhere is part of the body as it came.
 fn chunked_line(out: &mut Vec<u8>, headers: &[httparse::Header<'_>]) {
-    let mut value = Vec::new();
-    let codings = headers
+    let mut codings: Vec<&[u8]> = headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
         .flat_map(|h| h.value.split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"chunked"));
-    for coding in codings {
-        value.extend_from_slice(coding);
-        value.extend_from_slice(b", ");
+        .filter(|c| !c.is_empty())
+        .collect();
+    if codings.last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
+        codings.pop();
     }
-    value.extend_from_slice(b"chunked");
-    header_line(out, "Transfer-Encoding", &value);
+    codings.push(b"chunked");
+    header_line(out, "Transfer-Encoding", &codings.join(&b", "[..]));
 }
 
 fn final_coding_is_chunked(headers: &[httparse::Header<'_>]) -> bool {
@@ -301,6 +303,23 @@ mod tests {
             .expect("ok")
             .expect("c");
         assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
+        // Not final, that `chunked` was never undone: the body, delimited by close, keeps it.
+        let raw = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
+        let (h, out) = run(raw, &client(1, true)).expect("ok").expect("c");
+        assert_eq!(h.body, BodyKind::UntilClose);
+        assert!(out.contains("Transfer-Encoding: chunked, gzip, chunked\r\n"), "{out}");
+    }
+
+    #[test]
+    fn a_204_loses_its_content_length_and_a_304_keeps_it() {
+        let (_, out) = run("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", &client(1, true))
+            .expect("ok")
+            .expect("c");
+        assert!(!out.contains("Content-Length"), "{out}");
+        let (_, out) = run("HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\n\r\n", &client(1, true))
+            .expect("ok")
+            .expect("c");
+        assert!(out.contains("Content-Length: 7\r\n"), "{out}");
     }
 
     #[test]

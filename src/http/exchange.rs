@@ -250,17 +250,25 @@ impl Exchange<'_> {
                 return Ok(Verdict::Final(resp));
             }
         }
-        let wait = as_limit(self.ctx.config.timeouts.idle);
-        let mut bout = Coalesce::resume(WatchedWrites::new(stream, wait), &mut scratch.backend_out);
         attempt.body_touched = true;
         let rechunk = self.head.body == BodyKind::Chunked;
         let limit = self.ctx.config.http.max_body_bytes;
-        // The backend stopped taking the body: it may have answered already (a 413, a 401).
+        // What came with a `100` is the start of the backend's answer: a refusal is answered at
+        // once, and anything else leaves the socket mid-answer, where the watch can't look.
+        let watched = watch::watchable(bw.buffered());
+        // The backend refused the body or stopped taking it: it may have answered (a 413, a 401).
         let mut early = |e: io::Error, scratch: &mut Scratch, attempt: &mut Attempt| {
             let heard = interim::early_answer(self, bw, side, backend.name(), scratch, attempt)?;
             heard.map(Verdict::Final).ok_or_else(|| to_backend(e))
         };
-        let watching = Watching::new(self.client, stream, wait);
+        let watched = match watched {
+            Ok(watched) => watched,
+            Err(refused) => return early(refused, scratch, attempt),
+        };
+        let wait = as_limit(self.ctx.config.timeouts.idle);
+        let writes = WatchedWrites::new(stream, wait, watched);
+        let mut bout = Coalesce::resume(writes, &mut scratch.backend_out);
+        let watching = Watching::new(self.client, stream, wait, watched);
         match cw.reading_through(watching, |w| w.forward_body(self.head.body, &mut bout, rechunk, limit)) {
             Ok(n) => {
                 record.bytes_in += n;

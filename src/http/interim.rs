@@ -99,9 +99,10 @@ pub fn await_continue(
     }
 }
 
-/// After a write of the request body to the backend failed (it closed, reset, or stopped
-/// reading until the write timed out): the final answer it may have sent before, read within
-/// [`EXPECT_WAIT`] (it is normally there already). `Ok(None)` when there is none. The client
+/// Once the backend refused the rest of the request body (the watch of [`super::watch`] saw
+/// its answer begin) or a write of the body to it failed (it closed, reset, or stopped reading
+/// until the write timed out): the final answer it sent, read within [`EXPECT_WAIT`] (it is
+/// normally there already). `Ok(None)` when there is none. The client
 /// connection closes after it, since the rest of the body stays unread, and the backend
 /// connection is never pooled: part of the body may have gone out. A `tls` backend's is not
 /// looked for: its unsent records would be flushed first, and wait again.

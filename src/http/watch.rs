@@ -20,6 +20,10 @@ use crate::relay::timespec;
 /// lets about 3 MiB of curl's upload through).
 const LOOK_EVERY: u32 = 16;
 
+/// How often a write the backend makes wait looks again at an answer whose status line has
+/// only begun to arrive.
+const PARTIAL_SLICE: Duration = Duration::from_millis(10);
+
 /// The client's side of a request body, read so that the backend is watched too. A read that
 /// would wait waits on the client and the backend at once (one `poll`, within the client's
 /// read timeout); while the client's bytes keep coming, every [`LOOK_EVERY`]th read peeks at
@@ -66,13 +70,15 @@ enum Said {
 }
 
 impl<'a> Watching<'a> {
-    /// Reads from `client`, whose reads wait at most `wait` (none: no limit), watching `backend`.
+    /// Reads from `client`, whose reads wait at most `wait` (none: no limit), watching
+    /// `backend` if `watched` (see [`watchable`]).
     pub fn new(
         client: &'a ClientStream<'a>,
         backend: &'a BackendStream,
         wait: Option<Duration>,
+        watched: bool,
     ) -> Watching<'a> {
-        let watched = !backend.is_tls() && !client.is_tls();
+        let watched = watched && !backend.is_tls() && !client.is_tls();
         Watching { client, backend: watched.then(|| backend.tcp()), wait, reads: 0 }
     }
 
@@ -89,9 +95,21 @@ impl<'a> Watching<'a> {
     }
 }
 
+/// Whether the backend's socket can be watched, given what its wire already holds before the
+/// body: nothing, normally. After `Expect: 100-continue`, the bytes that came with the `100`
+/// are the start of its answer: the socket holds the middle of it, where a look would see
+/// garbage, so it is not watched; and if those bytes are a refusal, that is the error.
+pub fn watchable(buffered: &[u8]) -> io::Result<bool> {
+    match buffered {
+        [] => Ok(true),
+        start if said(start) == Said::Refusal => Err(io::Error::other(Refused)),
+        _ => Ok(false),
+    }
+}
+
 /// What the backend sent so far, looked at without taking it.
 fn look(backend: &TcpStream) -> Said {
-    let mut first = [0u8; 12];
+    let mut first = [0u8; 16];
     match rustix::net::recv(backend, &mut first, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
         Ok((n, _)) if n > 0 => said(&first[..n]),
         Err(Errno::AGAIN) => Said::Nothing,
@@ -110,9 +128,10 @@ pub struct WatchedWrites<'a> {
 }
 
 impl<'a> WatchedWrites<'a> {
-    /// Writes to `stream`, whose writes wait at most `wait` (none: no limit).
-    pub fn new(stream: &'a BackendStream, wait: Option<Duration>) -> WatchedWrites<'a> {
-        WatchedWrites { stream, backend: (!stream.is_tls()).then(|| stream.tcp()), wait }
+    /// Writes to `stream`, whose writes wait at most `wait` (none: no limit), watching it if
+    /// `watched` (see [`watchable`]).
+    pub fn new(stream: &'a BackendStream, wait: Option<Duration>, watched: bool) -> WatchedWrites<'a> {
+        WatchedWrites { stream, backend: (watched && !stream.is_tls()).then(|| stream.tcp()), wait }
     }
 }
 
@@ -120,20 +139,31 @@ impl Write for WatchedWrites<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut stream = self.stream;
         let Some(backend) = self.backend else { return stream.write(buf) };
-        let started = Instant::now();
+        let deadline = self.wait.map(|w| Instant::now() + w);
+        // The backend's answer has begun but not its status: it is looked at again each
+        // [`PARTIAL_SLICE`] (poll would report the same bytes at once, for ever).
+        let mut partial = false;
         loop {
             match crate::net::send_now(backend, buf) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 done => return done,
             }
-            let timeout = self.wait.map(|w| timespec(w.saturating_sub(started.elapsed())));
-            let mut fds = [PollFd::new(backend, PollFlags::OUT | PollFlags::IN)];
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+            }
+            let (flags, slice) = match partial {
+                false => (PollFlags::OUT | PollFlags::IN, left),
+                true => (PollFlags::OUT, Some(left.map_or(PARTIAL_SLICE, |l| l.min(PARTIAL_SLICE)))),
+            };
+            let timeout = slice.map(timespec);
+            let mut fds = [PollFd::new(backend, flags)];
             match crate::threads::gate::waiting(|| poll(&mut fds, timeout.as_ref())) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
-                Ok(_) if fds[0].revents().contains(PollFlags::IN) => match look(backend) {
+                Ok(_) if partial || fds[0].revents().contains(PollFlags::IN) => match look(backend) {
                     Said::Refusal => return Err(io::Error::other(Refused)),
+                    Said::Nothing => partial = true,
                     // Its bytes wait their turn; the write waits as before the watch.
-                    Said::Other | Said::Nothing => {
+                    Said::Other => {
                         self.backend = None;
                         return stream.write(buf);
                     }
@@ -152,26 +182,36 @@ impl Write for WatchedWrites<'_> {
 
 impl Read for Watching<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(backend) = self.backend else { return self.client.read(buf) };
-        let client = self.client.tcp();
         self.reads += 1;
-        if self.reads.is_multiple_of(LOOK_EVERY) {
+        if let Some(backend) = self.backend.filter(|_| self.reads.is_multiple_of(LOOK_EVERY)) {
             self.look(backend)?;
         }
-        let started = Instant::now();
+        let Some(backend) = self.backend else { return self.client.read(buf) };
+        let client = self.client.tcp();
+        let deadline = self.wait.map(|w| Instant::now() + w);
+        // As for [`WatchedWrites`]: an answer whose status has only begun is looked at again
+        // each [`PARTIAL_SLICE`], while the wait is on the client alone.
+        let mut partial = false;
         loop {
             match crate::net::recv(client, buf, false) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 done => return done,
             }
-            let timeout = self.wait.map(|w| timespec(w.saturating_sub(started.elapsed())));
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+            }
             let mut fds = [PollFd::new(client, PollFlags::IN), PollFd::new(backend, PollFlags::IN)];
-            match poll(&mut fds, timeout.as_ref()) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
-                Ok(_) if !fds[1].revents().is_empty() => {
+            let (watched, slice) = match partial {
+                false => (&mut fds[..], left),
+                true => (&mut fds[..1], Some(left.map_or(PARTIAL_SLICE, |l| l.min(PARTIAL_SLICE)))),
+            };
+            match poll(watched, slice.map(timespec).as_ref()) {
+                Ok(_) if partial || !fds[1].revents().is_empty() => {
                     self.look(backend)?;
-                    if self.backend.is_none() || fds[0].revents().is_empty() {
-                        // Read on as before the watch (a partial status line waits its turn).
+                    partial = self.backend.is_some();
+                    if !partial {
+                        // Its bytes wait their turn; the read waits as before the watch.
                         return self.client.read(buf);
                     }
                 }
@@ -182,9 +222,12 @@ impl Read for Watching<'_> {
     }
 }
 
-/// Reads the start of a response: `HTTP/1.x NNN`.
+/// Reads the start of a response: `HTTP/1.x NNN`, after any empty lines (which httparse
+/// skips too).
 fn said(first: &[u8]) -> Said {
     const PREFIX: &[u8] = b"HTTP/1.";
+    let lines = first.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+    let first = &first[lines..];
     let known = first.len().min(PREFIX.len());
     if first[..known] != PREFIX[..known] {
         return Said::Refusal;
@@ -218,6 +261,8 @@ mod tests {
             (b"HTTP/1.1 103", Said::Other),
             (b"HTTP/1.1 41", Said::Nothing),
             (b"HT", Said::Nothing),
+            (b"\r\nHTTP/1.1 200", Said::Other),
+            (b"\r\n", Said::Nothing),
         ] {
             assert_eq!(said(start), expect, "{}", String::from_utf8_lossy(start));
         }

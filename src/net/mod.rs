@@ -76,7 +76,10 @@ pub fn is_timeout(e: &io::Error) -> bool {
 
 /// Closes after an answer on a connection with unread input: closing at once would make the
 /// kernel send a reset that can destroy the answer before the client reads it. Half-close, then
-/// drain what still comes, at most 1 MiB within 1 s, as nginx's `lingering_close`.
+/// drain what still comes, as nginx's `lingering_close`: until the client stops (it closes, or
+/// sends nothing for 200 ms), for at most 1 s and 64 MiB. A client still uploading when its
+/// answer comes (curl, refused mid-body) sends megabytes more before it reads the answer and
+/// stops; a reset after only 1 MiB lost that answer under load.
 #[inline(never)]
 pub fn lingering_close(sock: &TcpStream) {
     let _ = sock.shutdown(std::net::Shutdown::Write);
@@ -84,7 +87,7 @@ pub fn lingering_close(sock: &TcpStream) {
     let deadline = Instant::now() + Duration::from_secs(1);
     let mut sink = [0u8; 4096];
     let mut drained = 0usize;
-    while Instant::now() < deadline && drained < 1 << 20 {
+    while Instant::now() < deadline && drained < 64 << 20 {
         match (&mut &*sock).read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,

@@ -229,6 +229,8 @@ fn head_204_and_304_carry_no_body_and_keep_the_connection() {
     for status in [204, 304] {
         let r = get(&mut wire, &format!("/?status={status}"), "");
         assert_eq!((r.status, r.body.len()), (status, 0));
+        // The dummy names a length on its 204; the client never sees one (RFC 9110 8.6, nginx).
+        assert_eq!(r.header("Content-Length").is_some(), status == 304, "{status}");
     }
     assert_eq!(get(&mut wire, "/", "").status, 200, "framing intact after bodiless responses");
 }
