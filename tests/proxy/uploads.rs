@@ -4,9 +4,11 @@
 //! backend that streams its 2xx head while it reads still gets the whole body.
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
+
+use crossbeam_channel::Receiver;
 
 use crate::fidelity::round_trip;
 use crate::streaming::{backend, read_head};
@@ -53,7 +55,7 @@ const REFUSAL: &[u8] =
 /// Sends the head of a 100 MiB upload and its first 64 KiB, then stops, as a client that
 /// waits on the answer does (curl stops sending once one comes), and returns what it gets by
 /// the time the proxy closes.
-fn upload_then_wait(proxy: std::net::SocketAddr) -> String {
+fn upload_then_wait(proxy: SocketAddr) -> String {
     let mut s = connect(proxy);
     s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n").expect("head");
     s.write_all(&[b'x'; 64 << 10]).expect("first part of the body");
@@ -71,6 +73,21 @@ fn upload_then_wait(proxy: std::net::SocketAddr) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Uploads `file` with curl (no `Expect`, so the body follows the head at once): the status,
+/// the bytes curl sent, and what it got and said.
+fn curl_upload(file: &std::path::Path, proxy: SocketAddr) -> (u16, u64, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "15", "-H", "Expect:", "-o", "-", "-w", "\n%{http_code} %{size_upload}"])
+        .args(["--data-binary", &format!("@{}", file.display()), &format!("http://{proxy}/upload")])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let said = format!("{text} {}", String::from_utf8_lossy(&out.stderr));
+    let mut figures = text.rsplit('\n').next().unwrap_or("").split(' ').map(|n| n.parse::<u64>().ok());
+    let status = figures.next().flatten().unwrap_or(0) as u16;
+    (status, figures.next().flatten().unwrap_or(u64::MAX), said)
 }
 
 /// A backend that answers an upload with 413 at once and then either reads on to the end (as
@@ -105,28 +122,9 @@ fn a_refusal_reaches_a_client_mid_upload_whether_the_backend_reads_on_or_stops_a
             assert!(text.ends_with("\r\n\r\ntoo large"), "reads_on={reads_on}, upload {round}: {text}");
         }
         // curl never stops to wait: it gets the answer having sent a few MiB of 64, not all.
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "15",
-                "-H",
-                "Expect:",
-                "-o",
-                "-",
-                "-w",
-                " %{http_code} %{size_upload}",
-            ])
-            .args(["--data-binary", &format!("@{}", file.display()), &format!("http://{proxy}/upload")])
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let sent: u64 = text.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
-        assert!(
-            text.starts_with("too large 413 "),
-            "reads_on={reads_on}: {text} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (status, sent, said) = curl_upload(&file, proxy);
+        assert_eq!(status, 413, "reads_on={reads_on}: {said}");
+        assert!(said.starts_with("too large"), "reads_on={reads_on}: {said}");
         assert!(sent < 32 << 20, "reads_on={reads_on}: curl sent {sent} bytes before the answer");
         let after = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         assert!(
@@ -136,18 +134,22 @@ fn a_refusal_reaches_a_client_mid_upload_whether_the_backend_reads_on_or_stops_a
     }
 }
 
-/// The watch for a refusal ends at a 2xx: a backend that sends its `200` head as soon as it has
-/// the request, then reads the whole body and answers with its length, gets every byte. The
-/// client sends the rest of its body only once that head is out, so the proxy's look finds it.
-#[test]
-fn a_backend_streaming_its_200_while_it_reads_still_gets_the_whole_body() {
+/// A backend that streams its answer while it reads a 1 MiB body: after the request head it
+/// sends `start` (a `200` head), and then `piece` (a first chunk) once some body has come; it
+/// tells the test when the last of these is out, and ends its answer with the body's length.
+fn streaming_backend(start: &'static [u8], piece: &'static [u8]) -> (SocketAddr, Receiver<()>) {
     let (told, heard) = crossbeam_channel::bounded::<()>(1);
     let app = backend(move |mut s| {
         let (_, mut body) = read_head(&mut s);
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
-        let _ = told.send(());
+        let _ = s.write_all(start);
         let mut chunk = [0u8; 16384];
+        let mut said = false;
         while body.len() < 1 << 20 {
+            if !said && (piece.is_empty() || !body.is_empty()) {
+                let _ = s.write_all(piece);
+                let _ = told.send(());
+                said = true;
+            }
             match s.read(&mut chunk) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => body.extend_from_slice(&chunk[..n]),
@@ -156,19 +158,34 @@ fn a_backend_streaming_its_200_while_it_reads_still_gets_the_whole_body() {
         let count = body.len().to_string();
         let _ = s.write_all(format!("{:x}\r\n{count}\r\n0\r\n\r\n", count.len()).as_bytes());
     });
-    let (_p, proxy) = http_proxy(&[app], "round-robin", "", "");
-    let mut s: TcpStream = connect(proxy);
-    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\nConnection: close\r\n\r\n")
-        .expect("head");
+    (app, heard)
+}
+
+/// Sends 16 KiB of a 1 MiB body, waits for the backend's word, sends the rest, and returns the
+/// answer as read until the proxy closes.
+fn upload_around(mut s: TcpStream, heard: &Receiver<()>) -> String {
     s.write_all(&[b'x'; 16 << 10]).expect("first part");
-    heard.recv_timeout(WAIT).expect("the backend sent its head");
+    heard.recv_timeout(WAIT).expect("the backend's word");
     for _ in 1..64 {
         s.write_all(&[b'x'; 16 << 10]).expect("the rest");
     }
     s.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The watch for a refusal ends at a 2xx: a backend that sends its `200` head as soon as it has
+/// the request, then reads the whole body and answers with its length, gets every byte. The
+/// client sends the rest of its body only once that head is out, so the proxy's look finds it.
+#[test]
+fn a_backend_streaming_its_200_while_it_reads_still_gets_the_whole_body() {
+    let (app, heard) = streaming_backend(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"");
+    let (_p, proxy) = http_proxy(&[app], "round-robin", "", "");
+    let mut s = connect(proxy);
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\nConnection: close\r\n\r\n")
+        .expect("head");
+    let text = upload_around(s, &heard);
     assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
     assert!(text.contains("\r\n\r\n7\r\n1048576\r\n0\r\n\r\n"), "{text}");
 }
@@ -237,24 +254,8 @@ fn nginx_refusing_an_upload_over_client_max_body_size_is_answered_before_the_upl
     let file = dir.path().join("big");
     std::fs::write(&file, vec![b'x'; 64 << 20]).expect("write");
     for round in 0..3 {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                "--max-time",
-                "15",
-                "-H",
-                "Expect:",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code} %{size_upload}",
-            ])
-            .args(["--data-binary", &format!("@{}", file.display()), &format!("http://{proxy}/upload")])
-            .output()
-            .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let sent: u64 = text.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
-        assert!(text.starts_with("413 "), "upload {round}: {text} {}", String::from_utf8_lossy(&out.stderr));
+        let (status, sent, said) = curl_upload(&file, proxy);
+        assert_eq!(status, 413, "upload {round}: {said}");
         assert!(sent < 32 << 20, "upload {round}: curl sent {sent} bytes before the answer");
     }
     let after = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
@@ -267,43 +268,19 @@ fn nginx_refusing_an_upload_over_client_max_body_size_is_answered_before_the_upl
 /// gets the whole answer.
 #[test]
 fn a_backend_streaming_its_200_right_behind_its_100_continue_still_gets_the_whole_body() {
-    let (told, heard) = crossbeam_channel::bounded::<()>(1);
-    let app = backend(move |mut s| {
-        let (_, mut body) = read_head(&mut s);
-        let _ = s
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
-        let mut chunk = [0u8; 16384];
-        let mut piece_sent = false;
-        while body.len() < 1 << 20 {
-            if !piece_sent && !body.is_empty() {
-                let _ = s.write_all(b"6\r\nfirst \r\n");
-                let _ = told.send(());
-                piece_sent = true;
-            }
-            match s.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => body.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let count = body.len().to_string();
-        let _ = s.write_all(format!("{:x}\r\n{count}\r\n0\r\n\r\n", count.len()).as_bytes());
-    });
+    let (app, heard) = streaming_backend(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"6\r\nfirst \r\n",
+    );
     let (_p, proxy) = http_proxy(&[app], "round-robin", "", "");
-    let mut s: TcpStream = connect(proxy);
+    let mut s = connect(proxy);
     s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
         .expect("head");
     s.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut continued = [0u8; 25];
     s.read_exact(&mut continued).expect("the 100");
     assert_eq!(&continued, b"HTTP/1.1 100 Continue\r\n\r\n");
-    s.write_all(&[b'x'; 16 << 10]).expect("first part");
-    heard.recv_timeout(WAIT).expect("the backend sent a first piece");
-    for _ in 1..64 {
-        s.write_all(&[b'x'; 16 << 10]).expect("the rest");
-    }
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out);
+    let text = upload_around(s, &heard);
     assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
     assert!(text.contains("\r\n\r\n6\r\nfirst \r\n7\r\n1048576\r\n0\r\n\r\n"), "{text}");
 }
