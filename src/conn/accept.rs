@@ -83,7 +83,7 @@ fn finish<'a>(conn: &'a Conn, outcome: Handshake, counters: &ProxyCounters) -> O
             failed("plain HTTP sent to the TLS port (answered 400)");
             // As nginx: a plaintext 400 naming the mistake, then close.
             let _ = (&mut &*sock).write_all(PLAIN_HTTP_ANSWER);
-            crate::net::lingering_close(sock);
+            crate::net::lingering_close(sock, crate::net::LINGER_SHORT);
             Opened::Closed
         }
         Handshake::Failed(why) => {

@@ -255,7 +255,8 @@ impl Exchange<'_> {
         let limit = self.ctx.config.http.max_body_bytes;
         // What came with a `100` is the start of the backend's answer: a refusal is answered at
         // once, and anything else leaves the socket mid-answer, where the watch can't look.
-        let watched = watch::watchable(bw.buffered());
+        // (A `tls` backend is never watched, and its early answer is read after the body.)
+        let watched = if stream.is_tls() { Ok(false) } else { watch::watchable(bw.buffered()) };
         // The backend refused the body or stopped taking it: it may have answered (a 413, a 401).
         let mut early = |e: io::Error, scratch: &mut Scratch, attempt: &mut Attempt| {
             let heard = interim::early_answer(self, bw, side, backend.name(), scratch, attempt)?;

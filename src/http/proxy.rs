@@ -32,7 +32,7 @@ use crate::error::{Answer, Cause, Failure, Party, Rejection};
 use crate::h1::edits::Router;
 use crate::h1::request::{self, Forwarding, RequestHead};
 use crate::h1::{BodyKind, Coalesce, Wire};
-use crate::net::lingering_close;
+use crate::net::{lingering_close, LINGER_BODY, LINGER_SHORT};
 use crate::park::Parker;
 use crate::route::Table;
 use crate::tls::stream::Pending;
@@ -109,7 +109,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
                 let status = if why == Refused::Denied { 403 } else { 429 };
                 let bytes = crate::h1::respond::text_error(status, &refusal_text(why), None, true);
                 let _ = (&stream).write_all(&bytes);
-                lingering_close(&conn.stream);
+                lingering_close(&conn.stream, LINGER_SHORT);
                 return;
             }
         }
@@ -363,7 +363,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     scratch.routes = Some(loaded);
     let timeouts = (timeout.current, write);
     if linger {
-        lingering_close(tcp);
+        lingering_close(tcp, LINGER_BODY);
     }
     let pending = (parks == Some(Wait::Head))
         .then(|| PartialHead { started: timers.since, bytes: cw.buffered().to_vec() });

@@ -20,9 +20,10 @@ use crate::relay::timespec;
 /// lets about 3 MiB of curl's upload through).
 const LOOK_EVERY: u32 = 16;
 
-/// How often a write the backend makes wait looks again at an answer whose status line has
-/// only begun to arrive.
-const PARTIAL_SLICE: Duration = Duration::from_millis(10);
+/// How often a wait looks again at an answer whose status line has only begun to arrive:
+/// longer than the gate's [`crate::threads::gate::LONG_WAIT`], so that a write waiting in
+/// slices still counts as a wait that may hand this worker's place on.
+const PARTIAL_SLICE: Duration = Duration::from_millis(25);
 
 /// The client's side of a request body, read so that the backend is watched too. A read that
 /// would wait waits on the client and the backend at once (one `poll`, within the client's
@@ -109,8 +110,10 @@ pub fn watchable(buffered: &[u8]) -> io::Result<bool> {
 
 /// What the backend sent so far, looked at without taking it.
 fn look(backend: &TcpStream) -> Said {
-    let mut first = [0u8; 16];
+    let mut first = [0u8; 64];
     match rustix::net::recv(backend, &mut first, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+        // So many bytes and still no status: empty lines without end, say no more about it.
+        Ok((n, _)) if n == first.len() && said(&first) == Said::Nothing => Said::Other,
         Ok((n, _)) if n > 0 => said(&first[..n]),
         Err(Errno::AGAIN) => Said::Nothing,
         Ok(_) | Err(_) => Said::Other,
@@ -266,5 +269,33 @@ mod tests {
         ] {
             assert_eq!(said(start), expect, "{}", String::from_utf8_lossy(start));
         }
+    }
+
+    #[test]
+    fn what_came_with_a_100_decides_whether_the_socket_is_watched() {
+        assert!(watchable(b"").expect("nothing yet"));
+        assert!(!watchable(b"HTTP/1.1 200 OK\r\n").expect("a streamed 200"));
+        assert!(!watchable(b"HTTP/1.1 2").expect("a status begun"));
+        assert!(watchable(b"HTTP/1.1 413 Content Too Large\r\n").is_err_and(|e| is_refusal(&e)));
+    }
+
+    #[test]
+    fn a_look_past_64_bytes_of_empty_lines_ends_the_watch() {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let pair = || {
+            let backend = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            (backend, listener.accept().expect("accept").0)
+        };
+        let (mut backend, proxy_side) = pair();
+        assert_eq!(look(&proxy_side), Said::Nothing, "nothing sent");
+        backend.write_all(b"HTTP/1.1 4").expect("send");
+        // A blocking peek waits until the bytes are there, and takes none.
+        proxy_side.peek(&mut [0u8; 1]).expect("readable");
+        assert_eq!(look(&proxy_side), Said::Nothing, "a status begun");
+        let (mut backend, proxy_side) = pair();
+        backend.write_all(&[b'\n'; 64]).expect("send");
+        proxy_side.peek(&mut [0u8; 1]).expect("readable");
+        assert_eq!(look(&proxy_side), Said::Other);
     }
 }

@@ -74,20 +74,27 @@ pub fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
+/// How much [`lingering_close`] drains after an answer given before any request was read (a
+/// refusal by `[limits]`, plain HTTP on the TLS port): such a client owes little.
+pub const LINGER_SHORT: usize = 1 << 20;
+
+/// How much [`lingering_close`] drains after an answer to a request whose body is left unread:
+/// a client still uploading when its answer comes (curl, refused mid-body) sends megabytes more
+/// before it reads the answer and stops, and a reset after 1 MiB lost that answer under load.
+pub const LINGER_BODY: usize = 64 << 20;
+
 /// Closes after an answer on a connection with unread input: closing at once would make the
 /// kernel send a reset that can destroy the answer before the client reads it. Half-close, then
 /// drain what still comes, as nginx's `lingering_close`: until the client stops (it closes, or
-/// sends nothing for 200 ms), for at most 1 s and 64 MiB. A client still uploading when its
-/// answer comes (curl, refused mid-body) sends megabytes more before it reads the answer and
-/// stops; a reset after only 1 MiB lost that answer under load.
+/// sends nothing for 200 ms), for at most 1 s and `most` bytes.
 #[inline(never)]
-pub fn lingering_close(sock: &TcpStream) {
+pub fn lingering_close(sock: &TcpStream, most: usize) {
     let _ = sock.shutdown(std::net::Shutdown::Write);
     let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
     let deadline = Instant::now() + Duration::from_secs(1);
     let mut sink = [0u8; 4096];
     let mut drained = 0usize;
-    while Instant::now() < deadline && drained < 64 << 20 {
+    while Instant::now() < deadline && drained < most {
         match (&mut &*sock).read(&mut sink) {
             Ok(0) | Err(_) => break,
             Ok(n) => drained += n,
