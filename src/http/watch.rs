@@ -142,37 +142,13 @@ impl Write for WatchedWrites<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut stream = self.stream;
         let Some(backend) = self.backend else { return stream.write(buf) };
-        let deadline = self.wait.map(|w| Instant::now() + w);
-        // The backend's answer has begun but not its status: it is looked at again each
-        // [`PARTIAL_SLICE`] (poll would report the same bytes at once, for ever).
-        let mut partial = false;
-        loop {
-            match crate::net::send_now(backend, buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                done => return done,
-            }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left.is_some_and(|l| l.is_zero()) {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
-            }
-            let (flags, slice) = match partial {
-                false => (PollFlags::OUT | PollFlags::IN, left),
-                true => (PollFlags::OUT, Some(left.map_or(PARTIAL_SLICE, |l| l.min(PARTIAL_SLICE)))),
-            };
-            let timeout = slice.map(timespec);
-            let mut fds = [PollFd::new(backend, flags)];
-            match crate::threads::gate::waiting(|| poll(&mut fds, timeout.as_ref())) {
-                Ok(_) if partial || fds[0].revents().contains(PollFlags::IN) => match look(backend) {
-                    Said::Refusal => return Err(io::Error::other(Refused)),
-                    Said::Nothing => partial = true,
-                    // Its bytes wait their turn; the write waits as before the watch.
-                    Said::Other => {
-                        self.backend = None;
-                        return stream.write(buf);
-                    }
-                },
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
+        let send = || crate::net::send_now(backend, buf);
+        match crate::threads::gate::waiting(|| until_done(backend, PollFlags::OUT, backend, self.wait, send))?
+        {
+            Waited::Done(done) => done,
+            Waited::Unwatched => {
+                self.backend = None;
+                stream.write(buf)
             }
         }
     }
@@ -191,36 +167,63 @@ impl Read for Watching<'_> {
         }
         let Some(backend) = self.backend else { return self.client.read(buf) };
         let client = self.client.tcp();
-        let deadline = self.wait.map(|w| Instant::now() + w);
-        // As for [`WatchedWrites`]: an answer whose status has only begun is looked at again
-        // each [`PARTIAL_SLICE`], while the wait is on the client alone.
-        let mut partial = false;
-        loop {
-            match crate::net::recv(client, buf, false) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                done => return done,
+        // Inside `Wire::fill`'s wait already: the whole read is one wait for the gate.
+        match until_done(client, PollFlags::IN, backend, self.wait, || crate::net::recv(client, buf, false))?
+        {
+            Waited::Done(done) => done,
+            Waited::Unwatched => {
+                self.backend = None;
+                self.client.read(buf)
             }
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left.is_some_and(|l| l.is_zero()) {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
-            }
-            let mut fds = [PollFd::new(client, PollFlags::IN), PollFd::new(backend, PollFlags::IN)];
-            let (watched, slice) = match partial {
-                false => (&mut fds[..], left),
-                true => (&mut fds[..1], Some(left.map_or(PARTIAL_SLICE, |l| l.min(PARTIAL_SLICE)))),
-            };
-            match poll(watched, slice.map(timespec).as_ref()) {
-                Ok(_) if partial || !fds[1].revents().is_empty() => {
-                    self.look(backend)?;
-                    partial = self.backend.is_some();
-                    if !partial {
-                        // Its bytes wait their turn; the read waits as before the watch.
-                        return self.client.read(buf);
-                    }
-                }
-                Ok(_) | Err(Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
+        }
+    }
+}
+
+/// What a watched wait came to.
+enum Waited {
+    /// The read or write went ahead: its result.
+    Done(io::Result<usize>),
+    /// The backend said something other than a refusal: the watch ends, and the caller waits
+    /// as before it (those bytes wait their turn).
+    Unwatched,
+}
+
+/// Tries `attempt` (a read or write that must not wait) until it would not wait. In between
+/// it waits, within `wait`, for `peer` to be `ready` or for the backend's answer, which a
+/// refusal makes the error. An answer whose status has only begun is looked at again each
+/// [`PARTIAL_SLICE`] while the wait is on `peer` alone (poll would report the same bytes at
+/// once, for ever). For a write, `peer` is the backend itself.
+fn until_done(
+    peer: &TcpStream,
+    ready: PollFlags,
+    backend: &TcpStream,
+    wait: Option<Duration>,
+    mut attempt: impl FnMut() -> io::Result<usize>,
+) -> io::Result<Waited> {
+    let deadline = wait.map(|w| Instant::now() + w);
+    let mut partial = false;
+    loop {
+        match attempt() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return Ok(Waited::Done(done)),
+        }
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+        }
+        let mut fds = [PollFd::new(peer, ready), PollFd::new(backend, PollFlags::IN)];
+        let (polled, slice) = match partial {
+            false => (&mut fds[..], left),
+            true => (&mut fds[..1], Some(left.map_or(PARTIAL_SLICE, |l| l.min(PARTIAL_SLICE)))),
+        };
+        match poll(polled, slice.map(timespec).as_ref()) {
+            Ok(_) if partial || !fds[1].revents().is_empty() => match look(backend) {
+                Said::Refusal => return Err(io::Error::other(Refused)),
+                Said::Nothing => partial = true,
+                Said::Other => return Ok(Waited::Unwatched),
+            },
+            Ok(_) | Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }
