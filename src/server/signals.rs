@@ -42,9 +42,10 @@ pub fn install() -> Result<Signals, Error> {
                     let _ = reload_tx.try_send(());
                 } else if sig == SIGUSR1 {
                     // Each file moves to its path's new file before its next line; this line is
-                    // the main log's first in its new file.
+                    // the main log's first in its new file, or, when the path cannot be opened,
+                    // its last in the old one, after a "cannot reopen" line on stderr.
                     crate::logging::reopen::reopen();
-                    log::info!("SIGUSR1: log files reopened");
+                    log::info!("SIGUSR1: reopening the log files");
                 } else {
                     let _ = stop_tx.try_send("SIGTERM");
                 }

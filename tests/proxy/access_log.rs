@@ -208,7 +208,7 @@ fn sigusr1_after_a_rename_moves_every_log_to_a_new_file_losing_and_repeating_no_
     std::fs::rename(&path, p.dir().join("access.log.1")).expect("rename access.log");
     std::fs::rename(p.dir().join("proxy.log"), p.dir().join("proxy.log.1")).expect("rename proxy.log");
     p.signal("USR1");
-    p.wait_for("SIGUSR1: log files reopened");
+    p.wait_for("SIGUSR1: reopening the log files");
     for t in load {
         assert_eq!(t.join().expect("client"), EACH, "every request answered");
     }
@@ -227,9 +227,48 @@ fn sigusr1_after_a_rename_moves_every_log_to_a_new_file_losing_and_repeating_no_
     assert_eq!(seen.len() as u64, total, "every request logged once");
     // The main log moved too: the signal's own line is the first in the new file.
     let main = std::fs::read_to_string(p.dir().join("proxy.log")).expect("new proxy.log");
-    assert!(main.lines().next().is_some_and(|l| l.contains("SIGUSR1: log files reopened")), "{main}");
+    assert!(main.lines().next().is_some_and(|l| l.contains("SIGUSR1: reopening the log files")), "{main}");
     let rotated = std::fs::read_to_string(p.dir().join("proxy.log.1")).expect("old proxy.log");
     assert!(rotated.contains("listening on") && !rotated.contains("SIGUSR1"), "{rotated}");
+}
+
+/// As nginx, whose USR1 leaves a log it cannot reopen where it was: when the path is taken
+/// (here by a directory), both logs say so, keep every line in the old file, and requests go on;
+/// the next signal, once the path is free, moves them.
+#[test]
+fn sigusr1_that_cannot_reopen_says_so_keeps_writing_the_old_files_and_the_next_signal_tries_again() {
+    let (_b, backend) = dummy("app");
+    let (p, addr, path) = logging_proxy("json", &[backend], "");
+    assert_eq!(pipelined(addr, "before", 10, 10, ""), 10);
+    wait_written(&p, 10);
+    let main_path = p.dir().join("proxy.log");
+    std::fs::rename(&path, p.dir().join("access.log.1")).expect("rename access.log");
+    std::fs::rename(&main_path, p.dir().join("proxy.log.1")).expect("rename proxy.log");
+    std::fs::create_dir(&path).expect("a directory where access.log was");
+    std::fs::create_dir(&main_path).expect("a directory where proxy.log was");
+    let mark = p.mark();
+    p.signal("USR1");
+    p.wait_for_since(mark, "SIGUSR1: reopening the log files");
+    p.wait_for_since(mark, "cannot reopen proxy.log: ");
+    assert_eq!(pipelined(addr, "stuck", 10, 10, ""), 10, "requests go on");
+    wait_written(&p, 20);
+    p.wait_for_since(mark, "cannot reopen access.log: ");
+    let old = lines(&p.dir().join("access.log.1"));
+    assert_eq!(old.len(), 20, "every line in the old access log: {old:?}");
+    let rotated = std::fs::read_to_string(p.dir().join("proxy.log.1")).expect("old proxy.log");
+    assert!(rotated.contains("SIGUSR1: reopening the log files"), "{rotated}");
+
+    std::fs::remove_dir(&path).expect("free access.log");
+    std::fs::remove_dir(&main_path).expect("free proxy.log");
+    let mark = p.mark();
+    p.signal("USR1");
+    p.wait_for_since(mark, "SIGUSR1: reopening the log files");
+    assert_eq!(pipelined(addr, "after", 10, 10, ""), 10);
+    wait_written(&p, 30);
+    assert_eq!(lines(&path).len(), 10, "the new access log has the lines after the second signal");
+    assert_eq!(lines(&p.dir().join("access.log.1")).len(), 20, "the old one kept its own");
+    let main = std::fs::read_to_string(&main_path).expect("new proxy.log");
+    assert!(main.lines().next().is_some_and(|l| l.contains("SIGUSR1: reopening the log files")), "{main}");
 }
 
 /// A disk that stops taking lines (a FIFO nobody reads): requests go on at full speed, the
