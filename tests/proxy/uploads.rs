@@ -55,9 +55,10 @@ const REFUSAL: &[u8] =
 /// Sends the head of a 100 MiB upload and its first 64 KiB, then stops, as a client that
 /// waits on the answer does (curl stops sending once one comes), and returns what it gets by
 /// the time the proxy closes.
-fn upload_then_wait(proxy: SocketAddr) -> String {
+fn upload_then_wait(proxy: SocketAddr, path: &str) -> String {
     let mut s = connect(proxy);
-    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n").expect("head");
+    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n");
+    s.write_all(head.as_bytes()).expect("head");
     s.write_all(&[b'x'; 64 << 10]).expect("first part of the body");
     s.set_read_timeout(Some(WAIT)).expect("timeout");
     let mut out = Vec::new();
@@ -78,9 +79,13 @@ fn upload_then_wait(proxy: SocketAddr) -> String {
 /// Uploads `file` with curl (no `Expect`, so the body follows the head at once): the status,
 /// the bytes curl sent, and what it got and said.
 fn curl_upload(file: &std::path::Path, proxy: SocketAddr) -> (u16, u64, String) {
+    curl_upload_to(file, proxy, "/upload")
+}
+
+fn curl_upload_to(file: &std::path::Path, proxy: SocketAddr, path: &str) -> (u16, u64, String) {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "15", "-H", "Expect:", "-o", "-", "-w", "\n%{http_code} %{size_upload}"])
-        .args(["--data-binary", &format!("@{}", file.display()), &format!("http://{proxy}/upload")])
+        .args(["--data-binary", &format!("@{}", file.display()), &format!("http://{proxy}{path}")])
         .output()
         .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -117,7 +122,7 @@ fn a_refusal_reaches_a_client_mid_upload_whether_the_backend_reads_on_or_stops_a
         });
         let (_p, proxy) = http_proxy(&[app], "round-robin", "", "");
         for round in 0..3 {
-            let text = upload_then_wait(proxy);
+            let text = upload_then_wait(proxy, "/upload");
             assert!(text.starts_with("HTTP/1.1 413 "), "reads_on={reads_on}, upload {round}: {text}");
             assert!(text.ends_with("\r\n\r\ntoo large"), "reads_on={reads_on}, upload {round}: {text}");
         }
@@ -212,6 +217,63 @@ fn a_client_stalling_mid_upload_is_cut_after_idle_ms_not_twice_that() {
         "{line}"
     );
     assert!(waited >= Duration::from_millis(1900) && waited < Duration::from_millis(3500), "{waited:?}");
+}
+
+/// A crowd: more uploaders at once than workers (80 that stop to wait, 6 curls that never stop)
+/// against a backend that refuses each upload, naming it, and then reads on or stops reading.
+/// Each client gets its own refusal, none another's; a GET beside them is served; the backend is
+/// not marked down.
+#[test]
+fn a_crowd_uploading_to_a_refusing_backend_gets_each_its_own_refusal_and_a_get_beside_it_is_served() {
+    let app = backend(|mut s| {
+        let (head, _) = read_head(&mut s);
+        let path = head.split(' ').nth(1).unwrap_or("?").to_string();
+        if !head.starts_with("POST") {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            return;
+        }
+        let body = format!("too large {path}");
+        let head = format!("HTTP/1.1 413 Content Too Large\r\nContent-Length: {}\r\n\r\n", body.len());
+        let _ = s.write_all(format!("{head}{body}").as_bytes());
+        if path.ends_with(['0', '2', '4', '6', '8']) {
+            let _ = std::io::copy(&mut s, &mut std::io::sink());
+        } else {
+            std::thread::sleep(Duration::from_secs(30));
+        }
+    });
+    let (_p, proxy) = http_proxy(&[app], "round-robin", "", "");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big");
+    std::fs::write(&file, vec![b'x'; 64 << 20]).expect("write");
+    let waiters: Vec<_> = (0..80)
+        .map(|i| std::thread::spawn(move || (i, upload_then_wait(proxy, &format!("/upload/w{i}")))))
+        .collect();
+    let curls: Vec<_> = (0..6)
+        .map(|i| {
+            let file = file.clone();
+            std::thread::spawn(move || (i, curl_upload_to(&file, proxy, &format!("/upload/c{i}"))))
+        })
+        .collect();
+    for round in 0..20 {
+        let got = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert!(
+            got.starts_with("HTTP/1.1 200") && got.ends_with("ok"),
+            "GET {round} beside the crowd: {got}"
+        );
+    }
+    for t in waiters {
+        let (i, text) = t.join().expect("uploader");
+        assert!(text.starts_with("HTTP/1.1 413 "), "uploader w{i}: {text}");
+        assert!(text.ends_with(&format!("\r\n\r\ntoo large /upload/w{i}")), "uploader w{i}: {text}");
+    }
+    for t in curls {
+        let (i, (status, sent, said)) = t.join().expect("curl");
+        assert_eq!(status, 413, "curl c{i}: {said}");
+        assert!(said.starts_with(&format!("too large /upload/c{i}\n413 ")), "curl c{i}: {said}");
+        assert!(sent < 64 << 20, "curl c{i} sent the whole upload before its answer");
+    }
+    let after = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert!(after.starts_with("HTTP/1.1 200"), "the backend was marked down: {after}");
 }
 
 /// Starts nginx in the foreground on `port` with `server` as its one server block's body, and
