@@ -89,7 +89,8 @@ pub fn serve(mut conn: Conn, ctx: &Context, bufs: &mut Buffers) {
         let step = {
             let client = End { sock: &conn.stream, tls: r.client_tls.as_mut(), early: &r.early };
             let backend = End { sock: &r.backend, tls: r.backend_tls.as_mut(), early: &[] };
-            relay::resume(client, backend, idle, bufs, r.progress, park.map(|_| PARK_AFTER))
+            let tally = |up, down| b.record_bytes(up, down);
+            relay::resume(client, backend, idle, bufs, r.progress, park.map(|_| PARK_AFTER), &tally)
         };
         drop(attached);
         let p = match step {
@@ -282,8 +283,8 @@ fn read_hello(
     }
 }
 
-/// Logs a relay's end (its access line, and a warning when an error ended it) and counts its
-/// bytes.
+/// Logs a relay's end (its access line, and a warning when an error ended it); its bytes were
+/// counted on the backend as they went.
 fn finish(conn: &Conn, r: Relaying, outcome: RelayOutcome) {
     let Relaying { pool, pick, client_tls, connect, .. } = r;
     let b = pick.guard.backend().clone();
@@ -291,7 +292,6 @@ fn finish(conn: &Conn, r: Relaying, outcome: RelayOutcome) {
     // log line sees the count already lowered.
     drop(pick);
     let elapsed = conn.accepted.elapsed();
-    b.record_bytes(outcome.up, outcome.down);
     b.latency().record(elapsed);
     let ms = elapsed.as_millis();
     let mut entry = Entry {

@@ -167,11 +167,12 @@ impl Exchange<'_> {
         }
         let surplus = self.respond(&mut bw, &resp, backend, scratch, record);
         scratch.backend_in = bw.into_buffer();
+        // What moved counts, whole or cut short by either side, as in HAProxy's counters.
+        backend.record_bytes(record.bytes_in, record.bytes_out);
         let surplus = surplus.map_err(give_up)?;
         // The whole response is read, so the backend side is done: its slot and connection
         // are given back before the last bytes go to the client, so that the client's next
         // request finds them.
-        backend.record_bytes(record.bytes_in, record.bytes_out);
         drop(attached);
         drop(pick);
         backend.latency().record(started.elapsed());

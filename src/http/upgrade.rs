@@ -91,6 +91,7 @@ pub(super) fn switch(
         }
     };
     let park = parks(ex.ctx).then_some(PARK_AFTER);
+    let tally = |up, down| backend.record_bytes(up, down);
     match relay::resume(
         client,
         up,
@@ -98,6 +99,7 @@ pub(super) fn switch(
         &mut scratch.relay,
         Progress::start(),
         park,
+        &tally,
     ) {
         Relayed::Quiet(p) => Ok(Switched::Quiet(p, open)),
         Relayed::Ended(out) => {
@@ -112,11 +114,10 @@ fn parks(ctx: &Context) -> bool {
     ctx.parker.is_some() && !ctx.stopping.load(Ordering::SeqCst)
 }
 
-/// Puts a tunnel's end in its record and counts its bytes.
+/// Puts a tunnel's end in its record (the relay counted its bytes on the backend as they went).
 fn ended(request_id: &str, backend: &Backend, record: &mut Record, out: crate::relay::RelayOutcome) {
     record.bytes_in += out.up;
     record.bytes_out += out.down;
-    backend.record_bytes(out.up, out.down);
     match out.error {
         None => {}
         Some(f) if matches!(f.cause, Cause::Timeout) => {
@@ -175,7 +176,16 @@ fn run(mut conn: Conn, ctx: &Context, may_park: bool, scratch: &mut Scratch) {
         let _attached = conn.attach(&sock, t.backend.id());
         let client = End { sock: &conn.stream, tls: session.as_mut().map(|s| s.get_mut()), early: &[] };
         let backend = End { sock: &sock, tls: t.tls.as_mut(), early: &[] };
-        relay::resume(client, backend, ctx.config.timeouts.tunnel, &mut scratch.relay, t.progress, after)
+        let tally = |up, down| t.backend.record_bytes(up, down);
+        relay::resume(
+            client,
+            backend,
+            ctx.config.timeouts.tunnel,
+            &mut scratch.relay,
+            t.progress,
+            after,
+            &tally,
+        )
     };
     match step {
         Relayed::Quiet(p) => {

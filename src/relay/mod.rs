@@ -12,7 +12,9 @@
 //! (naming the side it happened on), or when neither direction moved a byte for the idle
 //! timeout (the `poll` timeout). Asked to ([`resume`] with `park_after`), a relay that moved
 //! nothing for that long with nothing pending returns its [`Progress`] instead, so its
-//! connection can wait in the parker without a worker.
+//! connection can wait in the parker without a worker. The bytes sent are told to the caller's
+//! tally as they go (every [`TALLY_BYTES`] or [`TALLY_EVERY`], and when the turn ends), so a
+//! long relay shows in the counters while it lasts, as HAProxy's do.
 //!
 //! Bytes first go through a small user-space buffer (see [`Buffers`]: idle and chatty
 //! connections keep about one resident page). Between two plain sides, once a read fills it (a
@@ -42,6 +44,36 @@ use crate::threads::stack::TRIM_AFTER;
 
 /// User-space relay buffer per direction; a read that fills it switches to splicing.
 pub const BUFFER_SIZE: usize = 4 * 1024;
+
+/// Bytes moved (both ways) after which a relay tells its tally, whatever the time.
+pub const TALLY_BYTES: u64 = 1 << 20;
+
+/// Time after which a relay that moved bytes tells its tally, however few.
+pub const TALLY_EVERY: Duration = Duration::from_secs(1);
+
+/// Where a relay tells the bytes it sent, as `(up, down)` counts since it last told.
+pub type Tally<'a> = &'a dyn Fn(u64, u64);
+
+/// What a relay turn has told its tally so far.
+struct Told<'a> {
+    tally: Tally<'a>,
+    up: u64,
+    down: u64,
+    at: Instant,
+}
+
+impl Told<'_> {
+    /// Tells the tally what moved since it was last told: always when `settle`, else once
+    /// enough bytes or time went by.
+    fn tell(&mut self, up: &Flow, down: &Flow, now: Instant, settle: bool) {
+        let (new_up, new_down) = (up.total - self.up, down.total - self.down);
+        let due = new_up + new_down >= TALLY_BYTES || now.duration_since(self.at) >= TALLY_EVERY;
+        if new_up + new_down > 0 && (settle || due) {
+            (self.tally)(new_up, new_down);
+            (self.up, self.down, self.at) = (up.total, down.total, now);
+        }
+    }
+}
 
 /// A worker's reusable relay buffers, kept across connections: one both directions read into,
 /// and one per direction for bytes its destination could not take yet. Reads go into spare
@@ -135,12 +167,13 @@ impl<'a> End<'a> {
 /// Relays between `client` and `backend` until both directions end, in the calling thread.
 /// `idle` of zero means no idle limit. Both sockets are left non-blocking.
 pub fn relay(client: End<'_>, backend: End<'_>, idle: Duration, bufs: &mut Buffers) -> RelayOutcome {
-    resume(client, backend, idle, bufs, Progress::start(), None).into_outcome()
+    resume(client, backend, idle, bufs, Progress::start(), None, &|_, _| {}).into_outcome()
 }
 
 /// Relays from `from` as [`relay`] does; with `park_after`, it returns [`Relayed::Quiet`] once
 /// nothing moved for that long and nothing waits (no pending bytes, no TLS records to send, no
-/// plaintext held by rustls), rather than wait on in this thread.
+/// plaintext held by rustls), rather than wait on in this thread. The bytes this turn sends
+/// are told to `tally`, each once.
 pub fn resume(
     client: End<'_>,
     backend: End<'_>,
@@ -148,6 +181,7 @@ pub fn resume(
     bufs: &mut Buffers,
     from: Progress,
     park_after: Option<Duration>,
+    tally: Tally<'_>,
 ) -> Relayed {
     for (s, side) in [(client.sock, Party::Client), (backend.sock, Party::Backend)] {
         if let Err(e) = s.set_nonblocking(true) {
@@ -168,7 +202,9 @@ pub fn resume(
     let mut up = Flow::new(up, client.early, from.up, from.up_done);
     let mut down = Flow::new(down, backend.early, from.down, from.down_done);
     let turn = Turn { idle: as_limit(idle), park_after, last_moved: from.last_moved };
-    let ended = run(&mut c, &mut b, turn, read, &mut up, &mut down);
+    let mut told = Told { tally, up: from.up, down: from.down, at: Instant::now() };
+    let ended = run(&mut c, &mut b, turn, read, (&mut up, &mut down), &mut told);
+    told.tell(&up, &down, Instant::now(), true);
     let (up_total, down_total) = (up.total, down.total);
     match ended {
         Ok(Some(last_moved)) => Relayed::Quiet(Progress {
@@ -206,8 +242,8 @@ fn run(
     b: &mut Side,
     turn: Turn,
     read: &mut Vec<u8>,
-    up: &mut Flow,
-    down: &mut Flow,
+    (up, down): (&mut Flow, &mut Flow),
+    told: &mut Told,
 ) -> Result<Option<Instant>, (Party, io::Error)> {
     let Turn { idle, park_after, mut last_moved } = turn;
     // Quiet for `TRIM_AFTER`, the worker gives back its buffer and deep stack pages, so
@@ -296,6 +332,7 @@ fn run(
         b.flush().map_err(|e| (Party::Backend, e))?;
         if moved {
             last_moved = Instant::now();
+            told.tell(up, down, last_moved, false);
             trimmed = false;
         } else if !trimmed && last_moved.elapsed() >= TRIM_AFTER {
             *read = Vec::new();

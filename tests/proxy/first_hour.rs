@@ -239,3 +239,67 @@ fn check_prints_warnings_and_passes() {
     assert!(err.contains(&warning), "{err}");
     assert!(String::from_utf8_lossy(&check.stdout).contains("is valid"));
 }
+
+/// The per-backend byte counters count what moved, as HAProxy's do: a download the client
+/// abandons and one the backend cuts short (before, both counted nothing), and the bytes of a
+/// TCP relay while it is still open (before, only once it closed).
+#[test]
+fn byte_counters_count_cut_transfers_and_a_relay_while_it_lasts() {
+    use std::io::{Read, Write};
+    let (_d, backend) = dummy("app1");
+    let config = |mode: &str| {
+        format!(
+            "[proxy]\nmode = {mode}\n[health]\nenabled = false\n[admin]\nlisten = 127.0.0.1:0\n{}",
+            backends_section(&[backend])
+        )
+    };
+    let (p, addr) = proxy_with(&config("http"), &[]);
+    let admin = admin_addr(&p);
+    let down = || backend_stats(admin, "app1")["bytes_down"].as_u64().expect("bytes_down");
+    // The client reads 1 MiB of 64 and leaves.
+    let mut s = connect(addr);
+    s.write_all(b"GET /?bytes=67108864 HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut got = 0;
+    let mut buf = [0u8; 65536];
+    while got < 1 << 20 {
+        got += s.read(&mut buf).expect("read");
+    }
+    drop(s);
+    wait_until("the abandoned download counted", || down() >= 1 << 20);
+    // The backend sends half of 2 MB and resets: the 1 MB the client got counts.
+    let before = down();
+    let mut s = connect(addr);
+    s.write_all(b"GET /?fault=reset-mid&bytes=2000000 HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut cut = Vec::new();
+    let _ = s.read_to_end(&mut cut);
+    assert!(cut.len() > 1_000_000 && cut.len() < 2_000_000, "a truncated body: {} bytes", cut.len());
+    wait_until("the truncated download counted", || down() >= before + 1_000_000);
+
+    // TCP: 4 MiB echoed, the connection still open.
+    let (tp, taddr) = proxy_with(&config("tcp"), &[]);
+    let tadmin = admin_addr(&tp);
+    let mut s = connect(taddr);
+    let line = [b'x'; 4095];
+    let mut echoed = 0;
+    for _ in 0..1024 {
+        s.write_all(&line).and_then(|()| s.write_all(b"\n")).expect("send a line");
+        let mut want = line.len() + 1 + "[app1] ".len();
+        while want > 0 {
+            let n = s.read(&mut buf[..want.min(65536)]).expect("echo");
+            assert!(n > 0, "the relay closed");
+            (want, echoed) = (want - n, echoed + n);
+        }
+    }
+    let counted = || {
+        let b = backend_stats(tadmin, "app1");
+        (b["bytes_up"].as_u64().unwrap_or(0), b["bytes_down"].as_u64().unwrap_or(0))
+    };
+    wait_until("the open relay's bytes counted", || {
+        let (up, down) = counted();
+        up >= 4 << 20 && down as usize >= echoed
+    });
+    s.write_all(b"still here\n").expect("the relay is open");
+    let mut tail = [0u8; 64];
+    let n = s.read(&mut tail).expect("echo");
+    assert!(tail[..n].ends_with(b"still here\n"), "{:?}", String::from_utf8_lossy(&tail[..n]));
+}
