@@ -8,7 +8,7 @@
 
 use super::edits::{stripped, take_cookie, Edits, Routed, Router};
 use super::framing::framing;
-use super::target::{check_target, split_absolute};
+use super::target::{check_target, split_absolute, valid_host};
 use super::{has_token, BodyKind, MAX_HEADERS};
 
 use crate::error::Rejection;
@@ -167,7 +167,7 @@ pub fn parse(
     // Absolute form: the authority is the host (RFC 9112 3.2.2); forward origin form.
     let absolute = split_absolute(target);
     if let Some((authority, _)) = absolute {
-        if authority.is_empty() || authority.contains('@') {
+        if !valid_host(authority.as_bytes()) {
             return Err(reject(400, "invalid authority in request target"));
         }
     }
@@ -180,7 +180,7 @@ pub fn parse(
         return Err(reject(400, "missing Host"));
     }
     if let Some(host) = super::header(headers, "host") {
-        if host.is_empty() || host.iter().any(|b| b.is_ascii_whitespace() || b"/@\\".contains(b)) {
+        if !valid_host(host) {
             return Err(reject(400, "invalid Host"));
         }
     }

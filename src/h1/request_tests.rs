@@ -82,6 +82,22 @@ fn absolute_form_becomes_origin_form_with_the_authority_as_host() {
     assert_eq!(status("GET ftp://a.example/ HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
 }
 
+/// What a host may be, in `Host` and in an absolute target alike (RFC 3986 3.2.2; `..` refused
+/// as nginx refuses it): the backend never gets a host that its own `Host` check would refuse.
+#[test]
+fn host_and_authority_are_held_to_the_same_grammar() {
+    for ok in ["t", "api.example.com:8080", "[::1]:80", "[::1]", "127.0.0.1", "a_b.x", "x.", "h:", "a%41b"] {
+        assert!(crate::h1::target::valid_host(ok.as_bytes()), "{ok}");
+        assert_eq!(status(&format!("GET / HTTP/1.1\r\nHost: {ok}\r\n\r\n")), 200, "Host: {ok}");
+        assert_eq!(status(&format!("GET http://{ok}/ HTTP/1.1\r\nHost: t\r\n\r\n")), 200, "authority {ok}");
+    }
+    for bad in ["evil\\x", "a\"<b>", "[::1", "..", "a..b", "u@h", "a:b", "[::1]x", "[]", "a%4", "h:8o"] {
+        assert!(!crate::h1::target::valid_host(bad.as_bytes()), "{bad}");
+        assert_eq!(status(&format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n")), 400, "Host: {bad}");
+        assert_eq!(status(&format!("GET http://{bad}/ HTTP/1.1\r\nHost: t\r\n\r\n")), 400, "authority {bad}");
+    }
+}
+
 #[test]
 fn connection_cannot_strip_host_or_length() {
     let (_, out) =

@@ -301,6 +301,11 @@ fn malformed_and_ambiguous_requests_never_reach_the_backend() {
         ("missing Host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), 400),
         ("repeated Host", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400),
         ("Host with space", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n".to_vec(), 400),
+        // As nginx: `..` in a host, and an absolute target's authority held to Host's rules.
+        ("Host with ..", b"GET / HTTP/1.1\r\nHost: api.test..\r\n\r\n".to_vec(), 400),
+        ("backslash in authority", b"GET http://evil\\x/ HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
+        ("quotes in authority", b"GET http://a\"<b>/ HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
+        ("open IPv6 authority", b"GET http://[::1/ HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
         ("bad method token", b"G(T / HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
         ("double space", b"GET  / HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), 400),
         ("TLS hello", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n".to_vec(), 400),
