@@ -24,7 +24,7 @@ use crate::clock::now_ms;
 use crate::config::{AcceptProxy, Config};
 use crate::error::Failure;
 use crate::h1::respond::refusal;
-use crate::logging::RateLimit;
+use crate::logging::{access, RateLimit};
 use crate::net::proxy_protocol::{self, Addresses};
 use crate::relay::Progress;
 
@@ -391,11 +391,17 @@ impl Conn {
         }
     }
 
-    /// Refuses a request head before any backend was asked: logs it once, and gives the answer
-    /// to write ([`refusal`]), for whichever writes it (a worker, or the parker at `header_ms`).
+    /// The answer to a request head refused before any backend was asked, logged once: in the
+    /// main log at warn, and, when the access log is a standard one, a line there too (as
+    /// nginx logs its 400s and 408s), with no request to name. The caller writes it and closes;
+    /// `None` when the close is the only answer. A worker's refusals and the parker's 408 alike.
     pub fn refuse_head(&self, f: &Failure) -> Option<Vec<u8>> {
         let answer = refusal(f)?;
         log::warn!("conn {} from {}: refused with {}: {f}", self.id, self.peer, answer.status);
+        let (status, ip) = (answer.status, self.peer.ip());
+        access::refused(ip, status, &answer.bytes, self.accepted.elapsed(), f, |note| {
+            format!("conn {} from {}: refused with {status}: {note}", self.id, self.peer)
+        });
         Some(answer.bytes)
     }
 

@@ -15,32 +15,14 @@ use crate::h1::Coalesce;
 use crate::logging::access;
 use crate::logging::line::Entry;
 
-/// Answers a request head refused before any backend was asked (see [`Conn::refuse_head`]);
-/// the caller closes.
+/// Answers a request head refused before any backend was asked (see [`Conn::refuse_head`],
+/// which logs it); the caller closes.
 #[cold]
 #[inline(never)]
 pub(super) fn refuse_head(conn: &Conn, client: &ClientStream, f: &Failure, buf: &mut Vec<u8>) {
     let Some(answer) = conn.refuse_head(f) else { return };
     let mut out = Coalesce::new(client, buf);
     let _ = out.write_all(&answer).and_then(|()| out.flush());
-    // The main log has said so already; a standard access log gets its line too (as nginx logs
-    // its 400s), with no request to name.
-    if access::adds_to_main_log() {
-        let crate::error::Answer::Status(status) = f.answer() else { return };
-        let note = f.to_string();
-        let entry = Entry {
-            client: Some(conn.peer.ip()),
-            status,
-            bytes_out: answer.len() as u64,
-            body_bytes: (answer.len() - head_len(&answer)) as u64,
-            duration: conn.accepted.elapsed(),
-            note: &note,
-            ..Entry::default()
-        };
-        access::write(&entry, || {
-            format!("conn {} from {}: refused with {status}: {note}", conn.id, conn.peer)
-        });
-    }
 }
 
 /// Writes the request's access line, in the wording in force.

@@ -127,6 +127,34 @@ pub fn write(entry: &Entry<'_>, main: impl FnOnce() -> String) {
     }
 }
 
+/// The line of a request head refused before any backend was asked (`answer`, the whole
+/// response sent), with no request to name, as nginx logs its 400s and 408s. Only a standard
+/// access log gets one: the main log has said it already, at warn.
+pub fn refused(
+    client: std::net::IpAddr,
+    status: u16,
+    answer: &[u8],
+    duration: Duration,
+    why: &dyn std::fmt::Display,
+    main: impl FnOnce(&str) -> String,
+) {
+    if !adds_to_main_log() {
+        return;
+    }
+    let note = why.to_string();
+    let head = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |end| end + 4);
+    let entry = Entry {
+        client: Some(client),
+        status,
+        bytes_out: answer.len() as u64,
+        body_bytes: (answer.len() - head) as u64,
+        duration,
+        note: &note,
+        ..Entry::default()
+    };
+    write(&entry, || main(&note));
+}
+
 /// Appends `entry`'s line in `format` to `text`; the proxy's own wording (`main`) with the main
 /// log's time stamp ahead if `stamped`.
 fn render(

@@ -192,6 +192,26 @@ fn tcp_mode_writes_one_json_line_per_connection() {
     assert!(!p.log_text().contains(" closed: "), "{}", p.log_text());
 }
 
+/// A head still unfinished at `header_ms` waits in the parker, which answers 408: that answer
+/// gets its access line too, as nginx logs its 408s (before, only the worker's refusals did).
+#[test]
+fn a_408_from_the_parker_has_its_access_line() {
+    let (_b, backend) = dummy("app");
+    let (p, addr, path) = logging_proxy("json", &[backend], "[timeouts]\nheader_ms = 1000");
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost:").expect("half a head");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    wait_written(&p, 1);
+    let logged = lines(&path);
+    let v: serde_json::Value = serde_json::from_str(&logged[0]).expect("json line");
+    assert_eq!(v["status"], 408, "{logged:?}");
+    assert_eq!(v["bytes_out"].as_u64(), Some(answer.len() as u64), "{logged:?}");
+    assert!(v.get("method").is_none() && v["note"].as_str().is_some(), "{logged:?}");
+}
+
 /// As nginx: logrotate renames the files and sends USR1; each file continues at its path. Under
 /// load from four clients, the old and new access logs together hold every request exactly once.
 #[test]
