@@ -107,8 +107,14 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
             Err(why) => {
                 ctx.refused(format_args!("conn {}", conn.id), conn.peer.ip(), why);
                 let status = if why == Refused::Denied { 403 } else { 429 };
-                let bytes = crate::h1::respond::text_error(status, &refusal_text(why), None, true);
+                let note = refusal_text(why);
+                let bytes = crate::h1::respond::text_error(status, &note, None, true);
                 let _ = (&stream).write_all(&bytes);
+                // A standard access log gets its line, as nginx logs its `deny` and `limit_conn`.
+                let (ip, elapsed) = (conn.peer.ip(), conn.accepted.elapsed());
+                crate::logging::access::refused(ip, status, &bytes, elapsed, &note, |note| {
+                    format!("conn {} from {}: refused with {status}: {note}", conn.id, conn.peer)
+                });
                 lingering_close(&conn.stream, LINGER_SHORT);
                 return;
             }

@@ -105,6 +105,29 @@ fn deny_and_allow_refuse_by_address_in_both_modes() {
     assert_eq!(exchange(&mut allowed, "hello"), "app1");
 }
 
+/// A connection refused at accept (`deny`, `max_conns_per_client`) gets its access line, as
+/// nginx logs its `deny` 403s and `limit_conn` refusals (before, only /stats counted them).
+#[test]
+fn a_connection_refused_by_limits_has_its_access_line() {
+    let (_d, backend) = dummy("app1");
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 16\naccess_log = access.log\naccess_format = combined\n\
+         [health]\nenabled = false\n[admin]\nlisten = 127.0.0.1:0\n\
+         [limits]\ndeny = 127.0.0.2\nmax_conns_per_client = 1\n[backends]\napp1 = {backend}\n"
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    assert_eq!(get(&mut wire_from([127, 0, 0, 2], addr), "/", "").status, 403);
+    let mut first = wire_from([127, 0, 0, 3], addr);
+    assert_eq!(get(&mut first, "/", "").status, 200);
+    assert_eq!(get(&mut wire_from([127, 0, 0, 3], addr), "/", "").status, 429);
+    wait_until("3 access lines", || proxy_stats(admin)["access_log"]["written"].as_u64() >= Some(3));
+    let log = std::fs::read_to_string(p.dir().join("access.log")).expect("access.log");
+    let line = |status: &str, from: &str| log.lines().any(|l| l.starts_with(from) && l.contains(status));
+    assert!(line("\" 403 ", "127.0.0.2 "), "{log}");
+    assert!(line("\" 200 ", "127.0.0.3 ") && line("\" 429 ", "127.0.0.3 "), "{log}");
+}
+
 #[test]
 fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
     let (_d, backend) = dummy("app1");
