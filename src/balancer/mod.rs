@@ -189,6 +189,8 @@ pub struct Balancer {
     header_hash: AtomicBool,
     /// Whether the algorithm is least-time: only then are response times sampled.
     least_time: AtomicBool,
+    /// A reload removed the pool ([`Balancer::retire_all`]).
+    gone: AtomicBool,
 }
 
 impl Balancer {
@@ -200,7 +202,7 @@ impl Balancer {
             Arc::new(Core { state: Mutex::new(state), freed: Condvar::new(), waiting: AtomicUsize::new(0) });
         let header_hash = AtomicBool::new(algorithm == Algorithm::HeaderHash);
         let least_time = AtomicBool::new(algorithm == Algorithm::LeastTime);
-        Balancer { core, health: Mutex::new(health), header_hash, least_time }
+        Balancer { core, health: Mutex::new(health), header_hash, least_time, gone: AtomicBool::new(false) }
     }
 
     /// The current members.
@@ -230,6 +232,25 @@ impl Balancer {
         self.least_time.store(algorithm == Algorithm::LeastTime, Ordering::Relaxed);
         drop(state);
         self.core.freed.notify_all();
+    }
+
+    /// A pool a reload removed: its members are retired (they take no new connection from the
+    /// new table, and what is open drains) but stay its members, so that a request the old
+    /// table routed here just before the reload still picks among them, as nginx's old workers
+    /// finish what they started, rather than finding no backend. Returns them.
+    pub fn retire_all(&self) -> Arc<[Arc<Backend>]> {
+        let members = self.members();
+        self.gone.store(true, Ordering::Relaxed);
+        for b in members.iter() {
+            b.retire();
+        }
+        members
+    }
+
+    /// Whether `b` may be picked: available, or in a pool a reload removed, available but for
+    /// that (see [`Balancer::retire_all`]).
+    fn may_take(&self, b: &Backend) -> bool {
+        b.is_available() || (self.gone.load(Ordering::Relaxed) && b.is_available_but_removed())
     }
 
     /// Whether the algorithm is least-time (response times are sampled for it).
@@ -286,7 +307,7 @@ impl Balancer {
             let members: &[Arc<Backend>] = members;
             let allowed = |i: usize| {
                 let b = &members[i];
-                !tried.contains(b) && b.is_available() && !b.is_full()
+                !tried.contains(b) && self.may_take(b) && !b.is_full()
             };
             let view = View { members, allowed: &allowed, now: now_ms(), key };
             if let Some(i) = selector.select(&view) {
@@ -299,7 +320,7 @@ impl Balancer {
             }
             let full: Vec<Arc<Backend>> = members
                 .iter()
-                .filter(|b| !tried.contains(b) && b.is_available() && b.is_full())
+                .filter(|b| !tried.contains(b) && self.may_take(b) && b.is_full())
                 .cloned()
                 .collect();
             if full.is_empty() {

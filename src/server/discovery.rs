@@ -164,14 +164,8 @@ impl Discovery {
         let stays =
             |p: &Arc<crate::route::Pool>| kept.pools().iter().any(|k| Arc::ptr_eq(&k.balancer, &p.balancer));
         for gone in old_table.pools().iter().filter(|p| !stays(p)) {
-            let removed = self.apply(
-                &gone.balancer,
-                &[],
-                &running.resolved,
-                gone.balancer.algorithm(),
-                new.drain_timeout,
-            );
-            log::info!("reload: pool {} removed: {removed}", gone.name);
+            let removed = gone.balancer.retire_all();
+            log::info!("reload: pool {} removed: {}", gone.name, self.draining(&removed, new.drain_timeout));
         }
         let keep = (running.config.listen, running.config.mode, running.config.workers);
         running.config = Config { listen: keep.0, mode: keep.1, workers: keep.2, ..new };
@@ -312,20 +306,26 @@ impl Discovery {
             parts.push(format!("added {}", added.join(", ")));
         }
         if !removed.is_empty() {
-            let draining: usize = removed.iter().map(|b| b.active()).sum();
-            let names: Vec<&str> = removed.iter().map(|b| b.name()).collect();
-            parts.push(format!(
-                "removed {} (draining {draining} connection(s), closed after {} ms)",
-                names.join(", "),
-                drain.as_millis()
-            ));
-            self.close_after(removed.iter().map(|b| b.id()).collect(), drain);
+            parts.push(self.draining(&removed, drain));
         }
         if !changed.is_empty() {
             parts.push(format!("changed {}", changed.join(", ")));
         }
         parts.push(format!("{kept} unchanged"));
         parts.join("; ")
+    }
+
+    /// Says which backends were removed and how many connections they drain, and closes what
+    /// is still open after `drain`.
+    fn draining(&self, removed: &[Arc<Backend>], drain: Duration) -> String {
+        let draining: usize = removed.iter().map(|b| b.active()).sum();
+        let names: Vec<&str> = removed.iter().map(|b| b.name()).collect();
+        self.close_after(removed.iter().map(|b| b.id()).collect(), drain);
+        format!(
+            "removed {} (draining {draining} connection(s), closed after {} ms)",
+            names.join(", "),
+            drain.as_millis()
+        )
     }
 
     /// Closes connections still attached to the removed backends `ids` after `drain`.

@@ -349,3 +349,39 @@ fn a_client_stalling_in_its_client_hello_is_closed_at_header_ms_and_others_are_r
     p.wait_for(" -> plain1 ");
     assert_eq!(exchange(&mut quiet, "hello"), "plain1");
 }
+
+/// A request routed by the old table just before a reload removes (here: renames) its pool
+/// still goes to that pool's backend, as nginx's old workers finish what they started; before,
+/// the pool was emptied under it and it got 503 "no backend is up". Made certain by a queue: the
+/// pool's one backend takes one request at a time, the second waits for it across the reload.
+#[test]
+fn a_request_routed_before_a_reload_removes_its_pool_is_served_not_refused() {
+    let (_d, backend) = dummy("api1");
+    let config = |pool: &str| {
+        format!(
+            "[proxy]\nmode = http\nworkers = 16\n[timeouts]\nqueue_ms = 15000\n[health]\nenabled = false\n\
+             [admin]\nlisten = 127.0.0.1:0\n[backends]\nweb1 = {backend}\n\
+             [pool.{pool}]\napi1 = {backend} max_conns=1\n[route.api]\npath = /api\npool = {pool}\n"
+        )
+    };
+    let (p, addr) = proxy_with(&config("api"), &[]);
+    let admin = admin_addr(&p);
+    let slow = std::thread::spawn(move || request(addr, "t", "/api/slow?delay_ms=1500", "").status);
+    wait_until("the slow request holds the slot", || {
+        proxy_stats(admin)["backends"].as_array().is_some_and(|b| b.iter().any(|b| b["active"] == 1))
+    });
+    let queued = std::thread::spawn(move || {
+        let r = request(addr, "t", "/api/queued", "");
+        (r.status, served_by(&r).to_string(), r.text())
+    });
+    wait_until("the second request waits in the queue", || proxy_stats(admin)["queued"].as_u64() >= Some(1));
+    std::fs::write(p.dir().join("config.ini"), config("api2")).expect("rewrite");
+    let mark = p.mark();
+    p.signal("HUP");
+    p.wait_for_since(mark, "reload: pool api removed");
+    assert_eq!(slow.join().expect("slow"), 200);
+    let (status, by, text) = queued.join().expect("queued");
+    assert_eq!((status, by.as_str()), (200, "api1"), "{text}");
+    // New requests take the new table's pool.
+    assert_eq!(request(addr, "t", "/api/new", "").status, 200);
+}
