@@ -13,10 +13,11 @@ use crate::h1::request::RequestHead;
 use crate::h1::{BodyKind, Coalesce};
 use crate::route::{Route, Target};
 
-/// [limits] per request: the rate of the client `ip` (`forwarded`: the address a trusted proxy
-/// forwarded for, which must also be allowed). Why it is refused, if it is.
-pub(super) fn per_request(ctx: &Context, ip: IpAddr, forwarded: bool, head: &RequestHead) -> Option<Refused> {
-    let verdict = if forwarded { ctx.policy.admits(ip) } else { Ok(()) }.and_then(|()| ctx.policy.rate(ip));
+/// [limits] per request: whether the client `ip` (or the one a trusted proxy forwarded for) is
+/// allowed, as nginx's `allow`/`deny` judge every request, so that a reload's `deny` reaches
+/// connections already open; then its rate. Why it is refused, if it is.
+pub(super) fn per_request(ctx: &Context, ip: IpAddr, head: &RequestHead) -> Option<Refused> {
+    let verdict = ctx.policy.admits(ip).and_then(|()| ctx.policy.rate(ip));
     let why = verdict.err()?;
     ctx.refused(format_args!("req {}", head.request_id), ip, why);
     Some(why)

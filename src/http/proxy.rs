@@ -305,7 +305,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
             record.client = Some(ctx.policy.real_client(conn.peer.ip(), head.forwarded_for.as_bytes()));
         }
         let ip = record.client.unwrap_or(conn.peer.ip());
-        let refused = if ctx.policy.is_active() { per_request(ctx, ip, trusted, &head) } else { None };
+        let refused = if ctx.policy.is_active() { per_request(ctx, ip, &head) } else { None };
         let key = match record.client {
             Some(real) if pool.is_some_and(|p| !p.balancer.hashes_header()) => Some(source_key(real)),
             _ => key,

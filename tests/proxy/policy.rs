@@ -128,6 +128,25 @@ fn a_connection_refused_by_limits_has_its_access_line() {
     assert!(line("\" 200 ", "127.0.0.3 ") && line("\" 429 ", "127.0.0.3 "), "{log}");
 }
 
+/// `deny` judges every request, as nginx's does: a reload that denies a client reaches its
+/// keep-alive connection already open, which got 200 on every request before.
+#[test]
+fn a_reload_that_denies_a_client_reaches_its_open_keep_alive_connection() {
+    let (_d, backend) = dummy("app1");
+    let (p, addr) = limited_proxy("http", "deny = 192.0.2.1", backend);
+    let mut kept = wire_from([127, 0, 0, 2], addr);
+    assert_eq!(get(&mut kept, "/", "").status, 200);
+    let path = p.dir().join("config.ini");
+    let config = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(&path, config.replace("deny = 192.0.2.1", "deny = 127.0.0.2")).expect("rewrite");
+    let mark = p.mark();
+    p.signal("HUP");
+    p.wait_for_since(mark, "[limits] updated");
+    let r = get(&mut kept, "/", "");
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(get(&mut wire_from([127, 0, 0, 3], addr), "/", "").status, 200, "others still served");
+}
+
 #[test]
 fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
     let (_d, backend) = dummy("app1");
