@@ -346,12 +346,12 @@ impl Backend {
     /// Whether new connections may go here: up, not removed by a reload, in rotation (not
     /// drained or in maintenance by an operator) and of a weight above 0.
     pub fn is_available(&self) -> bool {
-        !self.removed.load(Ordering::Relaxed) && self.is_available_but_removed()
+        !self.removed.load(Ordering::Relaxed) && self.would_be_available()
     }
 
     /// Whether it could take a request but for a reload's removal: in service, weighted, up
     /// and not ejected (see [`crate::balancer::Balancer::retire_all`]).
-    pub fn is_available_but_removed(&self) -> bool {
+    pub fn would_be_available(&self) -> bool {
         self.admin.load(Ordering::Relaxed) == AdminState::Ready as u8
             && self.weight.load(Ordering::Relaxed) > 0
             && self.health.is_up()

@@ -239,18 +239,19 @@ impl Balancer {
     /// table routed here just before the reload still picks among them, as nginx's old workers
     /// finish what they started, rather than finding no backend. Returns them.
     pub fn retire_all(&self) -> Arc<[Arc<Backend>]> {
-        let members = self.members();
+        // Under the lock picks judge by: none sees a member removed but its pool not gone.
+        let state = self.core.state.lock();
         self.gone.store(true, Ordering::Relaxed);
-        for b in members.iter() {
+        for b in state.members.iter() {
             b.retire();
         }
-        members
+        state.members.clone()
     }
 
     /// Whether `b` may be picked: available, or in a pool a reload removed, available but for
     /// that (see [`Balancer::retire_all`]).
     fn may_take(&self, b: &Backend) -> bool {
-        b.is_available() || (self.gone.load(Ordering::Relaxed) && b.is_available_but_removed())
+        b.is_available() || (self.gone.load(Ordering::Relaxed) && b.would_be_available())
     }
 
     /// Whether the algorithm is least-time (response times are sampled for it).
@@ -276,7 +277,7 @@ impl Balancer {
     /// Whether a member other than `b` could take a request now (available and not full).
     pub fn has_other(&self, b: &Backend) -> bool {
         let state = self.core.state.lock();
-        state.members.iter().any(|m| m.id() != b.id() && m.is_available() && !m.is_full())
+        state.members.iter().any(|m| m.id() != b.id() && self.may_take(m) && !m.is_full())
     }
 
     /// Connections or requests waiting for a slot.
@@ -350,7 +351,7 @@ impl Balancer {
         let usable = b.health().is_up()
             && !b.is_ejected()
             && b.admin_state() != crate::backend::AdminState::Maint
-            && !b.is_retired()
+            && (!b.is_retired() || self.gone.load(Ordering::Relaxed))
             && !b.is_full()
             && !tried.contains(b);
         if !usable {

@@ -91,7 +91,9 @@ fn host_and_authority_are_held_to_the_same_grammar() {
         assert_eq!(status(&format!("GET / HTTP/1.1\r\nHost: {ok}\r\n\r\n")), 200, "Host: {ok}");
         assert_eq!(status(&format!("GET http://{ok}/ HTTP/1.1\r\nHost: t\r\n\r\n")), 200, "authority {ok}");
     }
-    for bad in ["evil\\x", "a\"<b>", "[::1", "..", "a..b", "u@h", "a:b", "[::1]x", "[]", "a%4", "h:8o"] {
+    for bad in
+        ["evil\\x", "a\"<b>", "[::1", "..", "a..b", "u@h", "a:b", "[::1]x", "[]", "a%4", "h:8o", ".", ".:80"]
+    {
         assert!(!crate::h1::target::valid_host(bad.as_bytes()), "{bad}");
         assert_eq!(status(&format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n")), 400, "Host: {bad}");
         assert_eq!(status(&format!("GET http://{bad}/ HTTP/1.1\r\nHost: t\r\n\r\n")), 400, "authority {bad}");

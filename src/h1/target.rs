@@ -39,7 +39,8 @@ pub fn check_target(method: &str, target: &str) -> Result<(), Rejection> {
 /// Whether `v` is a host as a `Host` value or an absolute-form authority may name it (RFC 9110
 /// 7.2 `uri-host [ ":" port ]`, RFC 3986 3.2.2): a reg-name of unreserved characters,
 /// percent-escapes and sub-delims, or a bracketed IP literal, then an optional port of digits.
-/// No userinfo, no quotes, brackets or backslashes; and no `..`, which nginx refuses too.
+/// No userinfo, double quotes, stray brackets or backslashes; and no `.` alone or `..`, which
+/// nginx refuses too.
 pub fn valid_host(v: &[u8]) -> bool {
     let (host, port) = match v.first() {
         Some(b'[') => match v.iter().position(|&b| b == b']') {
@@ -55,7 +56,7 @@ pub fn valid_host(v: &[u8]) -> bool {
         [b'[', literal @ .., b']'] => {
             !literal.is_empty() && literal.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
         }
-        _ => !host.is_empty() && reg_name(host) && !host.windows(2).any(|w| w == b".."),
+        _ => !host.is_empty() && host != b"." && reg_name(host) && !host.windows(2).any(|w| w == b".."),
     };
     host_ok && port_ok
 }

@@ -63,6 +63,11 @@ struct Told<'a> {
 }
 
 impl Told<'_> {
+    /// How long until bytes moved but not yet told are due, if there are any.
+    fn due_in(&self, up: &Flow, down: &Flow) -> Option<Duration> {
+        (up.total + down.total > self.up + self.down).then(|| TALLY_EVERY.saturating_sub(self.at.elapsed()))
+    }
+
     /// Tells the tally what moved since it was last told: always when `settle`, else once
     /// enough bytes or time went by.
     fn tell(&mut self, up: &Flow, down: &Flow, now: Instant, settle: bool) {
@@ -304,6 +309,10 @@ fn run(
         if let Some(left) = parks_in.filter(|_| settled) {
             sooner(left.max(Duration::from_millis(1)));
         }
+        // A relay that cannot park still tells what it moved within a second.
+        if let Some(left) = told.due_in(up, down) {
+            sooner(left);
+        }
         let timeout = timeout.map(timespec);
         let (client_ready, backend_ready) =
             match poll_two(c.sock, on_client, b.sock, on_backend, timeout.as_ref()) {
@@ -330,9 +339,9 @@ fn run(
         // for POLLOUT.
         c.flush().map_err(|e| (Party::Client, e))?;
         b.flush().map_err(|e| (Party::Backend, e))?;
+        told.tell(up, down, Instant::now(), false);
         if moved {
             last_moved = Instant::now();
-            told.tell(up, down, last_moved, false);
             trimmed = false;
         } else if !trimmed && last_moved.elapsed() >= TRIM_AFTER {
             *read = Vec::new();

@@ -42,8 +42,9 @@ pub fn install() -> Result<Signals, Error> {
                     let _ = reload_tx.try_send(());
                 } else if sig == SIGUSR1 {
                     // Each file moves to its path's new file before its next line; this line is
-                    // the main log's first in its new file, or, when the path cannot be opened,
-                    // its last in the old one, after a "cannot reopen" line on stderr.
+                    // the main log's first in its new file. When the path cannot be opened, it and
+                    // the lines after it go on in the old file (stderr says "cannot reopen")
+                    // until a signal finds the path free.
                     crate::logging::reopen::reopen();
                     log::info!("SIGUSR1: reopening the log files");
                 } else {
