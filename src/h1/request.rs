@@ -54,8 +54,8 @@ pub struct RequestHead {
     /// The sticky cookie's value, when the pool is sticky ([`Routed::cookie`]) and it came.
     pub sticky: Option<String>,
     /// `User-Agent` and `Referer`, when [`Forwarding::agents`] asks for them (else empty).
-    pub user_agent: String,
-    pub referer: String,
+    pub user_agent: Vec<u8>,
+    pub referer: Vec<u8>,
 }
 
 /// Where a request came from and how the proxy names itself, for the forwarding headers.
@@ -297,10 +297,10 @@ pub fn parse(
 }
 
 /// Header `name`'s value if `keep`, else empty.
-fn agent(keep: bool, headers: &[httparse::Header<'_>], name: &str) -> String {
+fn agent(keep: bool, headers: &[httparse::Header<'_>], name: &str) -> Vec<u8> {
     match super::header(headers, name) {
-        Some(v) if keep => String::from_utf8_lossy(v).into_owned(),
-        _ => String::new(),
+        Some(v) if keep => v.to_vec(),
+        _ => Vec::new(),
     }
 }
 

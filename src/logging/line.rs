@@ -39,8 +39,9 @@ pub struct Entry<'a> {
     pub reason: &'a str,
     pub attempts: u32,
     pub request_id: &'a str,
-    pub user_agent: &'a str,
-    pub referer: &'a str,
+    /// As the client sent them: not always UTF-8.
+    pub user_agent: &'a [u8],
+    pub referer: &'a [u8],
     /// The client's TLS version, when TLS.
     pub tls: Option<&'a str>,
     /// What went wrong, if anything.
@@ -123,10 +124,12 @@ pub fn json_into(line: &mut String, e: &Entry<'_>, now: SystemTime) {
     }
     o.texts(&[("pool", e.pool), ("route", e.route), ("backend", e.backend), ("reason", e.reason)]);
     o.raw("attempts", e.attempts);
+    // JSON is UTF-8: bytes that are not are written as U+FFFD here (combined keeps them).
+    let (agent, referer) = (String::from_utf8_lossy(e.user_agent), String::from_utf8_lossy(e.referer));
     o.texts(&[
         ("request_id", e.request_id),
-        ("user_agent", e.user_agent),
-        ("referer", e.referer),
+        ("user_agent", &agent),
+        ("referer", &referer),
         ("tls", e.tls.unwrap_or("")),
         ("note", e.note),
     ]);
@@ -186,17 +189,17 @@ impl std::fmt::Display for Ms {
     }
 }
 
-fn or_dash(s: &str) -> &str {
+fn or_dash(s: &[u8]) -> &[u8] {
     if s.is_empty() {
-        "-"
+        b"-"
     } else {
         s
     }
 }
 
 /// nginx's default log escaping: `"`, `\`, control bytes and bytes above 0x7e as `\xHH`.
-fn escape_into(out: &mut String, s: &str) {
-    for &b in s.as_bytes() {
+fn escape_into(out: &mut String, s: impl AsRef<[u8]>) {
+    for &b in s.as_ref() {
         if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
             let _ = write!(out, "\\x{b:02X}");
         } else {
@@ -275,8 +278,8 @@ mod tests {
             reason: "least-connections: a 0 b 1 → a",
             attempts: 1,
             request_id: "r1",
-            user_agent: "curl/8.0 \\ \"x\"",
-            referer: "",
+            user_agent: b"curl/8.0 \\ \"x\"",
+            referer: b"",
             tls: Some("TLSv1.3"),
             note: "",
         }
@@ -291,10 +294,23 @@ mod tests {
         let tcp = Entry { method: "", protocol: "TCP", client: None, ..entry() };
         assert!(combined(&tcp, at())
             .starts_with("- - - [05/Dec/2026:23:03:48 +0000] \"TCP 127.0.0.1:9001\" 200 12 "));
-        let odd = Entry { user_agent: "é\n", ..entry() };
+        let odd = Entry { user_agent: "é\n".as_bytes(), ..entry() };
         assert!(
             combined(&odd, at()).ends_with("\"\\xC3\\xA9\\x0A\""),
             "bytes outside printable ASCII as \\xHH"
+        );
+    }
+
+    /// An agent that is not UTF-8 keeps its bytes in combined, as nginx writes them (`\xFF`),
+    /// and stays valid JSON in json (U+FFFD: JSON is UTF-8).
+    #[test]
+    fn an_agent_that_is_not_utf8_keeps_its_bytes_in_combined_and_stays_valid_json() {
+        let odd = Entry { user_agent: b"a\xff\xfe", referer: b"r\xc3", ..entry() };
+        assert!(combined(&odd, at()).ends_with(" \"r\\xC3\" \"a\\xFF\\xFE\""), "{}", combined(&odd, at()));
+        let v: serde_json::Value = serde_json::from_str(&json(&odd, at())).expect("valid JSON");
+        assert_eq!(
+            (v["user_agent"].as_str(), v["referer"].as_str()),
+            (Some("a\u{fffd}\u{fffd}"), Some("r\u{fffd}"))
         );
     }
 

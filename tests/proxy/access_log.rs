@@ -96,6 +96,19 @@ fn goaccess_parses_the_combined_log_and_counts_every_request() {
     assert_eq!(general["failed_requests"], 0, "{general}");
 }
 
+/// An agent that is not UTF-8 reaches the combined line byte for byte, escaped as nginx
+/// writes it (`\xFF\xFE`), where it used to become U+FFFD (`\xEF\xBF\xBD`) twice over.
+#[test]
+fn an_agent_that_is_not_utf8_is_logged_byte_for_byte_as_nginx() {
+    let (_b, backend) = dummy("app");
+    let (p, addr, path) = logging_proxy("combined", &[backend], "");
+    let raw = b"GET /odd HTTP/1.1\r\nHost: t\r\nUser-Agent: x\xff\xfe\r\nConnection: close\r\n\r\n";
+    assert_eq!(send_raw(addr, raw, "GET").0.status, 200);
+    wait_written(&p, 1);
+    let line = lines(&path).pop().expect("a line");
+    assert!(line.ends_with(" \"-\" \"x\\xFF\\xFE\""), "{line}");
+}
+
 #[test]
 fn jq_reads_every_json_line_with_timings_pool_backend_and_why() {
     let (_a, a) = dummy("a");
