@@ -1,6 +1,7 @@
 //! Stage one: INI text -> [`RawConfig`], each `key = value` kept with the line (or flag) it came
 //! from. Syntax errors, unknown sections, unknown and repeated keys are collected, not fatal.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
@@ -37,6 +38,10 @@ pub struct RawConfig {
     pub(super) errors: Vec<ConfigError>,
     /// The `[pool.NAME]` and `[route.NAME]` sections, in file order.
     pub(super) blocks: Vec<Block>,
+    /// Where each `(section, block, key)` in `settings` was set, and each block's header line:
+    /// a repeat is found in one lookup, so thousands of routes parse in linear time.
+    seen: HashMap<(&'static str, String, String), Origin>,
+    seen_blocks: HashMap<(&'static str, String), u32>,
 }
 
 /// A `[pool.NAME]` or `[route.NAME]` section header.
@@ -101,6 +106,8 @@ impl RawConfig {
             settings: Vec::new(),
             errors: Vec::new(),
             blocks: Vec::new(),
+            seen: HashMap::new(),
+            seen_blocks: HashMap::new(),
         };
         let mut section: Option<&'static str> = None;
         let mut block = String::new();
@@ -172,11 +179,12 @@ impl RawConfig {
             self.error_at(line, "", "the pool 'default' is [backends]; name this one otherwise".to_string());
             return false;
         }
-        if let Some(first) = self.blocks.iter().find(|b| b.kind == kind && b.name == name) {
-            let message = format!("repeated section [{kind}.{name}] (first at line {})", first.line);
+        if let Some(first) = self.seen_blocks.get(&(kind, name.to_string())) {
+            let message = format!("repeated section [{kind}.{name}] (first at line {first})");
             self.error_at(line, "", message);
             return false;
         }
+        self.seen_blocks.insert((kind, name.to_string()), line);
         self.blocks.push(Block { kind, name: name.to_string(), line });
         true
     }
@@ -201,15 +209,16 @@ impl RawConfig {
             self.errors.push(ConfigError { file: self.file.clone(), origin, key: label, message });
             return;
         }
-        let first = self.settings.iter().find(|s| s.section == section && s.block == block && s.key == key);
-        if let Some(first) = first {
-            let message = match first.origin {
+        let id = (section, block.to_string(), key.to_string());
+        if let Some(first) = self.seen.get(&id) {
+            let message = match first {
                 Origin::Line(l) => format!("repeated (first set at line {l})"),
                 _ => "repeated".to_string(),
             };
             self.errors.push(ConfigError { file: self.file.clone(), origin, key: label, message });
             return;
         }
+        self.seen.insert(id, origin.clone());
         self.settings.push(Setting {
             section,
             block: block.to_string(),
@@ -219,9 +228,15 @@ impl RawConfig {
         });
     }
 
+    /// Drops the settings whose section and key `gone` names, so that a flag may set them anew.
+    fn forget(&mut self, gone: impl Fn(&str, &str) -> bool) {
+        self.settings.retain(|s| !gone(s.section, &s.key));
+        self.seen.retain(|(section, _, key), _| !gone(section, key));
+    }
+
     /// Overrides `[section] key` with a command-line flag's value.
     pub fn set_flag(&mut self, section: &'static str, key: &str, value: &str, flag: &'static str) {
-        self.settings.retain(|s| !(s.section == section && s.key == key));
+        self.forget(|s, k| s == section && k == key);
         self.add(section, key, value, Origin::Flag(flag));
     }
 
@@ -245,7 +260,7 @@ impl RawConfig {
             self.errors.push(ConfigError { file: self.file.clone(), origin, key: String::new(), message });
             return;
         };
-        self.settings.retain(|s| !(s.section == section && s.key == key));
+        self.forget(|s, k| s == section && k == key);
         self.add(section, key, value, origin);
     }
 
@@ -253,7 +268,7 @@ impl RawConfig {
     /// dummy_server names itself by default, so the proxy's log and the replies agree; when two
     /// targets share a port they are named `app1`, `app2`, ... instead (names must be unique).
     pub fn set_backends(&mut self, targets: &[String]) {
-        self.settings.retain(|s| s.section != "backends");
+        self.forget(|s, _| s == "backends");
         let port = |t: &str| {
             let after = t.split_whitespace().next()?.rsplit_once(':')?.1;
             (!after.is_empty() && after.bytes().all(|b| b.is_ascii_digit())).then(|| after.to_string())

@@ -1,7 +1,7 @@
 //! Routing settings: `[pool.NAME]` and `[route.NAME]` sections -> [`PoolSpec`]s and
 //! [`RouteSpec`]s, every bad value named by its line, as the rest of stage two does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::raw::{Block, RawConfig, Setting};
 use super::values::{
@@ -162,9 +162,12 @@ pub(super) fn read(
             message,
         })
     };
-    let in_block = |b: &Block| {
-        raw.settings.iter().filter(move |s| s.section == b.kind && s.block == b.name).collect::<Vec<_>>()
-    };
+    // Each block's settings, gathered in one pass (thousands of routes stay linear).
+    let mut by_block: HashMap<(&str, &str), Vec<&Setting>> = HashMap::new();
+    for s in raw.settings.iter().filter(|s| !s.block.is_empty()) {
+        by_block.entry((s.section, s.block.as_str())).or_default().push(s);
+    }
+    let in_block = |b: &Block| by_block.get(&(b.kind, b.name.as_str())).cloned().unwrap_or_default();
     // Backend names are unique across pools, so logs and the admin API stay unambiguous.
     let mut names: HashMap<String, String> = HashMap::new();
     let shown = |o: &Origin| match o {
@@ -343,8 +346,15 @@ pub(super) fn read(
             routes.push(route);
         }
     }
+    let routed: HashSet<&str> = routes
+        .iter()
+        .filter_map(|r| match &r.action {
+            RouteAction::Pool(name) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
     for p in &pools {
-        if !routes.iter().any(|r| r.action == RouteAction::Pool(p.name.clone())) {
+        if !routed.contains(p.name.as_str()) {
             warnings.push(ConfigError {
                 file: raw.file.clone(),
                 origin: Origin::Line(p.line),
