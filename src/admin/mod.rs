@@ -77,7 +77,10 @@ fn route(admin: &Admin, dashboard: &Dashboard, req: &Request, peer: SocketAddr) 
     let (path, query) = req.target.split_once('?').unwrap_or((&req.target, ""));
     let text = "text/plain";
     let json = "application/json";
-    let (status, content_type, body) = match (req.method.as_str(), path) {
+    // HEAD is GET without the body (RFC 9110 9.3.2), but for the endless /events stream.
+    let head = req.method == "HEAD" && path != "/events";
+    let method = if head { "GET" } else { req.method.as_str() };
+    let (status, content_type, body) = match (method, path) {
         ("GET", "/") => (200, "text/html; charset=utf-8", PAGE.to_string()),
         ("GET", "/events") => match stream_for(query) {
             Ok(until) => return events_reply(dashboard, until),
@@ -110,14 +113,23 @@ fn route(admin: &Admin, dashboard: &Dashboard, req: &Request, peer: SocketAddr) 
         _ => (405, text, "GET, or POST /backends/NAME/ACTION\n".to_string()),
     };
     // RFC 9110 §15.5.6: a 405 names the methods that are allowed.
-    let allow = if path.starts_with("/backends/") { "POST" } else { "GET" };
+    let allow = match path {
+        p if p.starts_with("/backends/") => "POST",
+        "/events" => "GET",
+        _ => "GET, HEAD",
+    };
     let allow: &[(&str, &str)] = &[("Content-Type", content_type), ("Allow", allow)];
     let headers = if status == 405 { allow } else { &allow[..1] };
     let mut headers = headers.to_vec();
     if status == 401 {
         headers.push(("WWW-Authenticate", "Bearer"));
     }
-    Reply::Full(SimpleResponse { status, headers: &headers, body: body.as_bytes(), close: true }.to_bytes())
+    let mut bytes =
+        SimpleResponse { status, headers: &headers, body: body.as_bytes(), close: true }.to_bytes();
+    if head {
+        bytes.truncate(bytes.len() - body.len());
+    }
+    Reply::Full(bytes)
 }
 
 /// `for=N` in an `/events` query: end the stream after N seconds (1..=86400), for a viewer

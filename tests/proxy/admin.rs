@@ -163,10 +163,16 @@ fn admin_answers_bad_heads_with_400_or_431_and_405_names_get() {
     assert_eq!(resp.status, 431);
     let (resp, _) = send_raw(admin, b"POST /stats HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n", "POST");
     assert_eq!(resp.status, 405);
-    assert_eq!(resp.header("allow"), Some("GET"));
+    assert_eq!(resp.header("allow"), Some("GET, HEAD"));
     // Every admin response is dated (RFC 9110 §6.6.1).
     let date = resp.header("date").expect("a Date header");
     assert!(httpdate::parse_http_date(date).is_ok(), "Date {date:?}");
+    // HEAD is GET without the body, as every general-purpose server answers it (RFC 9110 9.3.2).
+    let get = http_get(admin, "/stats");
+    let (head, _) = send_raw(admin, b"HEAD /stats HTTP/1.1\r\nHost: t\r\n\r\n", "HEAD");
+    assert_eq!((head.status, head.header("content-type")), (200, Some("application/json")));
+    let length: usize = head.header("content-length").and_then(|n| n.parse().ok()).expect("Content-Length");
+    assert!(head.text().is_empty() && length > 100 && get.status == 200, "{length}");
 }
 
 // The runtime API: POST /backends/NAME/drain|maint|ready|weight?value=N (HAProxy's
