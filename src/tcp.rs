@@ -39,6 +39,8 @@ static UNAVAILABLE: RateLimit = RateLimit::new();
 /// A relay's side while its connection waits in the parker ([`Quiet::state`]).
 struct Held {
     pool: Arc<Pool>,
+    /// The SNI route that chose the pool, for the access line (empty: none).
+    route: String,
     pick: Pick,
     backend_tls: Option<rustls::Connection>,
     progress: Progress,
@@ -48,6 +50,8 @@ struct Held {
 /// A relay under way: the backend socket, its slot, both TLS states and how far it got.
 struct Relaying {
     pool: Arc<Pool>,
+    /// The SNI route that chose the pool, for the access line (empty: none).
+    route: String,
     backend: TcpStream,
     pick: Pick,
     /// The ClientHello read to route by SNI, sent to the backend first.
@@ -99,8 +103,14 @@ pub fn serve(mut conn: Conn, ctx: &Context, bufs: &mut Buffers) {
         };
         let Some(parker) = park else { return };
         conn.tls_session = r.client_tls.take().map(|c| Box::new(Mutex::new(c)));
-        let held =
-            Held { pool: r.pool, pick: r.pick, backend_tls: r.backend_tls, progress: p, connect: r.connect };
+        let held = Held {
+            pool: r.pool,
+            route: r.route,
+            pick: r.pick,
+            backend_tls: r.backend_tls,
+            progress: p,
+            connect: r.connect,
+        };
         conn.go_quiet(Quiet::after(&p, idle, r.backend, b.id(), Box::new(held)));
         match parker.park_quiet(conn) {
             None => return,
@@ -118,8 +128,18 @@ fn resumed(conn: &mut Conn) -> Option<Relaying> {
     let Quiet { backend, state, .. } = *q;
     let held = state.downcast::<Held>().ok()?;
     let client_tls = conn.tls_session.take().map(|c| Mutex::into_inner(*c));
-    let Held { pool, pick, backend_tls, progress, connect } = *held;
-    Some(Relaying { pool, backend, pick, early: Vec::new(), client_tls, backend_tls, progress, connect })
+    let Held { pool, route, pick, backend_tls, progress, connect } = *held;
+    Some(Relaying {
+        pool,
+        route,
+        backend,
+        pick,
+        early: Vec::new(),
+        client_tls,
+        backend_tls,
+        progress,
+        connect,
+    })
 }
 
 /// A new connection: the TLS handshake, then a backend (with retries). `None` when it ended
@@ -129,7 +149,7 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
     // takes a backend slot.
     let client = accept::open(conn, ctx.tls.as_deref(), ctx.config.timeouts.header, &ctx.counters)?;
     let label = Label(conn);
-    let (pool, early) = choose_pool(conn, &client, &ctx.router, ctx.config.timeouts.header)?;
+    let (pool, early, route) = choose_pool(conn, &client, &ctx.router, ctx.config.timeouts.header)?;
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
     let key = Some(source_key(conn.peer.ip()));
     let tls = ctx.backend_tls.as_deref();
@@ -156,6 +176,7 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
     pool.balancer.record_success(pick.guard.backend());
     Some(Relaying {
         pool,
+        route,
         backend,
         pick,
         early,
@@ -187,7 +208,7 @@ fn unserved(conn: &Conn, pool: &Pool, status: u16, f: &crate::error::Failure) {
 /// Largest ClientHello read to route by SNI (a TLS record is at most 16 KiB and some change).
 const MAX_HELLO: usize = 17 * 1024;
 
-/// The pool for a new connection, and the bytes read to choose it. With SNI routes, the server
+/// The pool for a new connection, the bytes read to choose it, and the route's name (if one did). With SNI routes, the server
 /// name comes from the ClientHello: from the handshake when the listener terminates TLS, else
 /// read (within `header_ms` of accept) and relayed to the backend untouched. `None` (logged):
 /// closed, for no pool or no complete ClientHello.
@@ -196,7 +217,7 @@ fn choose_pool(
     client: &accept::ClientStream,
     router: &Router,
     header: Duration,
-) -> Option<(Arc<Pool>, Vec<u8>)> {
+) -> Option<(Arc<Pool>, Vec<u8>, String)> {
     let mut table = router.table();
     let mut early = Vec::new();
     let name = match client {
@@ -225,7 +246,7 @@ fn choose_pool(
             if let Some(r) = route {
                 log::info!("{}: {}", Label(conn), r.label);
             }
-            Some((pool.clone(), early))
+            Some((pool.clone(), early, route.map(|r| r.name.clone()).unwrap_or_default()))
         }
         (None, _) if !table.routes_sni() => {
             log::warn!("{}: no pool takes this connection ([backends] is empty); closing", Label(conn));
@@ -286,7 +307,7 @@ fn read_hello(
 /// Logs a relay's end (its access line, and a warning when an error ended it); its bytes were
 /// counted on the backend as they went.
 fn finish(conn: &Conn, r: Relaying, outcome: RelayOutcome) {
-    let Relaying { pool, pick, client_tls, connect, .. } = r;
+    let Relaying { pool, route, pick, client_tls, connect, .. } = r;
     let b = pick.guard.backend().clone();
     // The connection is over: give its slot back before saying so, so that whoever reads the
     // log line sees the count already lowered.
@@ -304,6 +325,7 @@ fn finish(conn: &Conn, r: Relaying, outcome: RelayOutcome) {
         duration: elapsed,
         connect: Some(connect),
         pool: &pool.name,
+        route: &route,
         backend: b.name(),
         attempts: 1,
         tls: client_tls.as_ref().and_then(crate::tls::stream::version_name),

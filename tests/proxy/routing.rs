@@ -202,7 +202,8 @@ fn sni_routes_tls_untouched_to_the_backend_whose_certificate_matches_and_the_res
     let (_wp, _wd, www, _wc) = tls_backend(&ca, "www", &["www.example.com", "localhost"]);
     let (_plain, plain) = dummy("plain1");
     let config = format!(
-        "[proxy]\nmode = tcp\nworkers = 16\n[health]\nenabled = false\n[backends]\nwww = {www}\n\
+        "[proxy]\nmode = tcp\nworkers = 16\naccess_log = access.log\naccess_format = json\n\
+         [health]\nenabled = false\n[backends]\nwww = {www}\n\
          [pool.api]\napi-tls = {api}\n[route.api]\nsni = *.example.com\npool = api\n\
          [route.www]\nsni = www.example.com\npool = default\n"
     );
@@ -224,6 +225,23 @@ fn sni_routes_tls_untouched_to_the_backend_whose_certificate_matches_and_the_res
     assert!(fetch("localhost").contains("X-Served-By: www"));
     p.wait_for("route api (sni *.example.com) pool api");
     p.wait_for("-> api-tls");
+    // The connection's json line names the SNI route that chose its pool (the default pool's,
+    // none).
+    let log = p.dir().join("access.log");
+    let line_of = |backend: &str| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let found = text.lines().find(|l| l.contains(&format!("\"backend\":\"{backend}\"")));
+        found.map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
+    };
+    wait_until("both connections logged", || line_of("api-tls").is_some() && line_of("www").is_some());
+    let api_line = line_of("api-tls").expect("api line");
+    assert_eq!(
+        (api_line["route"].as_str(), api_line["pool"].as_str()),
+        (Some("api"), Some("api")),
+        "{api_line}"
+    );
+    let www_line = line_of("www").expect("www line");
+    assert!(www_line.get("route").is_none(), "{www_line}");
     // Not TLS at all: the default pool too, bytes untouched (here a plain backend).
     let config = format!(
         "[proxy]\nmode = tcp\nworkers = 16\n[health]\nenabled = false\n[backends]\nplain1 = {plain}\n\
