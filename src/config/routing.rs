@@ -167,7 +167,7 @@ pub(super) fn read(
     for s in raw.settings.iter().filter(|s| !s.block.is_empty()) {
         by_block.entry((s.section, s.block.as_str())).or_default().push(s);
     }
-    let in_block = |b: &Block| by_block.get(&(b.kind, b.name.as_str())).cloned().unwrap_or_default();
+    let in_block = |b| settings_of(&by_block, b);
     // Backend names are unique across pools, so logs and the admin API stay unambiguous.
     let mut names: HashMap<String, String> = HashMap::new();
     let shown = |o: &Origin| match o {
@@ -431,6 +431,11 @@ fn parse_redirect(s: &str) -> Result<Redirect, String> {
         rest = &rest[open + close + 1..];
     }
     Ok(Redirect { status, location: location.to_string() })
+}
+
+/// A block's settings, from those gathered by block.
+fn settings_of<'a>(by_block: &'a HashMap<(&str, &str), Vec<&'a Setting>>, b: &'a Block) -> &'a [&'a Setting] {
+    by_block.get(&(b.kind, b.name.as_str())).map_or(&[], Vec::as_slice)
 }
 
 #[cfg(test)]

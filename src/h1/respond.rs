@@ -94,6 +94,12 @@ pub struct Refusal {
     pub bytes: Vec<u8>,
 }
 
+/// The length of the head at the start of a response the proxy wrote (all of it if no blank
+/// line ends one).
+pub fn head_len(bytes: &[u8]) -> usize {
+    bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(bytes.len(), |end| end + 4)
+}
+
 /// The answer to `f`, or `None` when it gets no answer but the close.
 pub fn refusal(f: &Failure) -> Option<Refusal> {
     match f.answer() {

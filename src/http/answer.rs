@@ -4,12 +4,13 @@
 use std::io::Write;
 use std::net::IpAddr;
 
-use super::client::{head_len, redirect};
+use super::client::redirect;
 use super::context::{Record, Scratch};
 use crate::conn::accept::ClientStream;
 use crate::conn::policy::Refused;
 use crate::context::Context;
 use crate::h1::request::RequestHead;
+use crate::h1::respond::head_len;
 use crate::h1::{BodyKind, Coalesce};
 use crate::route::{Route, Target};
 

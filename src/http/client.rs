@@ -10,7 +10,7 @@ use crate::conn::accept::ClientStream;
 use crate::conn::Conn;
 use crate::error::Failure;
 use crate::h1::request::RequestHead;
-use crate::h1::respond::text_error;
+use crate::h1::respond::{head_len, text_error};
 use crate::h1::Coalesce;
 use crate::logging::access;
 use crate::logging::line::Entry;
@@ -91,12 +91,6 @@ fn main_line(conn: &Conn, head: &RequestHead, r: &Record, took: Duration) -> Str
 pub(super) fn tls_version(client: &ClientStream<'_>) -> Option<&'static str> {
     let crate::tls::stream::Stream::Tls(_, c) = client else { return None };
     crate::tls::stream::version_name(&c.lock())
-}
-
-/// The length of the head at the start of a response the proxy wrote (all of it if no blank
-/// line ends one).
-pub(super) fn head_len(bytes: &[u8]) -> usize {
-    bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(bytes.len(), |end| end + 4)
 }
 
 /// Whether a TLS client's next bytes were already received and decrypted: the socket would

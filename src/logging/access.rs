@@ -142,12 +142,11 @@ pub fn refused(
         return;
     }
     let note = why.to_string();
-    let head = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |end| end + 4);
     let entry = Entry {
         client: Some(client),
         status,
         bytes_out: answer.len() as u64,
-        body_bytes: (answer.len() - head) as u64,
+        body_bytes: (answer.len() - crate::h1::respond::head_len(answer)) as u64,
         duration,
         note: &note,
         ..Entry::default()
