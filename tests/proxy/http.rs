@@ -313,12 +313,27 @@ fn a_stale_pooled_connection_is_retried_transparently() {
     // closed it, it is never used.
     for i in 0..3 {
         backend.wait_closed(4 + i);
+        // The backend's close reaches the proxy's socket in the kernel's own time (on a busy
+        // machine, in ksoftirqd's): the check before use can only see it once it has.
+        let port = backend.addr.port();
+        wait_until("the proxy's side of the pooled connection saw the close", || !established_to(port));
         wire.stream.write_all(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc").expect("send");
         let r = read_response(&mut wire, "POST");
         assert_eq!(r.status, 200, "post {i}: {}", r.text());
     }
     assert_eq!(backend.seen.lock().expect("seen").len(), 7, "each request reached the backend exactly once");
     assert!(backend.connections.load(Ordering::SeqCst) >= 7);
+}
+
+/// Whether an IPv4 TCP socket is still established to `port` on the loopback (from
+/// /proc/net/tcp: `rem_address` and `st` 01).
+fn established_to(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let remote = format!(":{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        fields.get(2).is_some_and(|r| r.ends_with(&remote)) && fields.get(3) == Some(&"01")
+    })
 }
 
 fn keep_alive(_head: &str) -> Vec<u8> {
