@@ -13,7 +13,7 @@ use crate::h1::request::RequestHead;
 use crate::h1::respond::{head_len, text_error};
 use crate::h1::Coalesce;
 use crate::logging::access;
-use crate::logging::line::Entry;
+use crate::logging::line::{escape_into, Entry};
 
 /// Answers a request head refused before any backend was asked (see [`Conn::refuse_head`],
 /// which logs it); the caller closes.
@@ -65,7 +65,10 @@ fn main_line(conn: &Conn, head: &RequestHead, r: &Record, took: Duration) -> Str
         Some(client) => format!("req {} {client} via {}", head.request_id, conn.peer),
         None => format!("req {} {}", head.request_id, conn.peer),
     };
-    let _ = write!(line, " \"{} {}\"", head.method, head.target);
+    // The target's `"` and `\` escaped as nginx escapes them, so it cannot fake the fields after it.
+    let _ = write!(line, " \"{} ", head.method);
+    escape_into(&mut line, &head.target);
+    line.push('"');
     if !r.route.is_empty() {
         let _ = write!(line, " {}", r.route);
     }

@@ -198,7 +198,7 @@ fn or_dash(s: &[u8]) -> &[u8] {
 }
 
 /// nginx's default log escaping: `"`, `\`, control bytes and bytes above 0x7e as `\xHH`.
-fn escape_into(out: &mut String, s: impl AsRef<[u8]>) {
+pub fn escape_into(out: &mut String, s: impl AsRef<[u8]>) {
     for &b in s.as_ref() {
         if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
             let _ = write!(out, "\\x{b:02X}");

@@ -394,6 +394,11 @@ fn main_wording_in_a_file_carries_a_time_stamp_and_off_writes_no_line_anywhere()
         line[24..].starts_with("req in-a-file 127.0.0.1:") && line.contains("\"GET /main\" -> app1 "),
         "{line}"
     );
+    // A target's `"` and `\` are escaped as nginx escapes them: it cannot fake the fields after it.
+    assert_eq!(get(&mut w, "/x\"->fake\\", "X-Request-ID: quoted\r\n").status, 200);
+    wait_written(&p, 2);
+    let quoted = lines(&path).into_iter().find(|l| l.contains("req quoted ")).expect("the quoted line");
+    assert!(quoted.contains(" \"GET /x\\x22->fake\\x5C\" -> app1 "), "{quoted}");
 
     let config = format!(
         "[proxy]\nmode = http\nworkers = 4\naccess_log = off\n[health]\nenabled = false\n{}",
