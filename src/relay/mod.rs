@@ -64,8 +64,9 @@ struct Told<'a> {
 
 impl Told<'_> {
     /// How long until bytes moved but not yet told are due, if there are any.
-    fn due_in(&self, up: &Flow, down: &Flow) -> Option<Duration> {
-        (up.total + down.total > self.up + self.down).then(|| TALLY_EVERY.saturating_sub(self.at.elapsed()))
+    fn due_in(&self, up: &Flow, down: &Flow, now: Instant) -> Option<Duration> {
+        (up.total + down.total > self.up + self.down)
+            .then(|| TALLY_EVERY.saturating_sub(now.duration_since(self.at)))
     }
 
     /// Tells the tally what moved since it was last told: always when `settle`, else once
@@ -261,8 +262,11 @@ fn run(
     let (mut cut_up, mut cut_down) = (!c.is_plain(), !b.is_plain());
     loop {
         let (up_wait, down_wait) = (up.wait(), down.wait());
-        let quiet = last_moved.elapsed();
-        let parks_in = park_after.map(|after| after.saturating_sub(last_moved.max(woke).elapsed()));
+        // One clock read for the turn's timers; another after its poll.
+        let turn = Instant::now();
+        let quiet = turn.duration_since(last_moved);
+        let parks_in =
+            park_after.map(|after| after.saturating_sub(turn.duration_since(last_moved.max(woke))));
         let records = c.wants_out() || b.wants_out();
         let pending = up_wait == Wait::Write || down_wait == Wait::Write || records;
         if up_wait == Wait::Done && down_wait == Wait::Done && !records {
@@ -310,7 +314,7 @@ fn run(
             sooner(left.max(Duration::from_millis(1)));
         }
         // A relay that cannot park still tells what it moved within a second.
-        if let Some(left) = told.due_in(up, down) {
+        if let Some(left) = told.due_in(up, down, turn) {
             sooner(left);
         }
         let timeout = timeout.map(timespec);
@@ -339,11 +343,12 @@ fn run(
         // for POLLOUT.
         c.flush().map_err(|e| (Party::Client, e))?;
         b.flush().map_err(|e| (Party::Backend, e))?;
-        told.tell(up, down, Instant::now(), false);
+        let now = Instant::now();
+        told.tell(up, down, now, false);
         if moved {
-            last_moved = Instant::now();
+            last_moved = now;
             trimmed = false;
-        } else if !trimmed && last_moved.elapsed() >= TRIM_AFTER {
+        } else if !trimmed && now.duration_since(last_moved) >= TRIM_AFTER {
             *read = Vec::new();
             crate::threads::stack::give_back();
             trimmed = true;
