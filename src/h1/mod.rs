@@ -270,7 +270,8 @@ pub fn request_body(headers: &[httparse::Header<'_>]) -> Result<BodyKind, &'stat
 
 /// How a response's body is framed, given the request method and the status.
 pub fn response_body(method: &str, status: u16, headers: &[httparse::Header<'_>]) -> BodyKind {
-    if method.eq_ignore_ascii_case("HEAD") || (100..200).contains(&status) || status == 204 || status == 304 {
+    // Methods are case-sensitive (RFC 9110 9.1): `head` is not HEAD, and its answer has a body.
+    if method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304 {
         return BodyKind::Empty;
     }
     if has_token(headers, "transfer-encoding", "chunked") {
@@ -321,6 +322,18 @@ mod tests {
         ];
         for (status, name) in named {
             assert_eq!(reason(status), name, "{status}");
+        }
+    }
+
+    /// A method is case-sensitive (RFC 9110 9.1): only `HEAD` has a bodiless answer. Framing a
+    /// `head`'s answer as HEAD's left its body on the backend connection, where the next
+    /// client's request would have read it as its own answer.
+    #[test]
+    fn only_head_in_capitals_frames_an_answer_without_a_body() {
+        let length = [httparse::Header { name: "Content-Length", value: b"6" }];
+        assert_eq!(response_body("HEAD", 200, &length), BodyKind::Empty);
+        for method in ["head", "Head", "GET"] {
+            assert_eq!(response_body(method, 200, &length), BodyKind::Length(6), "{method}");
         }
     }
 

@@ -185,10 +185,13 @@ pub fn parse(
         }
     }
     let expect = super::header(headers, "expect");
-    let expect_continue = expect.is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
-    if expect.is_some() && !expect_continue {
+    let continues = expect.is_some_and(|v| v.trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+    if expect.is_some() && !continues {
         return Err(reject(417, "unsupported expectation"));
     }
+    // An HTTP/1.0 client's `100-continue` is ignored (RFC 9110 10.1.1): it must never see a 1xx,
+    // and the backend is not asked for one, as nginx and HAProxy do.
+    let expect_continue = continues && version == 1;
     let keep_alive = super::keep_alive(version, headers);
     let request_id = match super::header(headers, "x-request-id") {
         Some(id) if valid_request_id(id) => String::from_utf8_lossy(id).into_owned(),
@@ -214,7 +217,9 @@ pub fn parse(
                 !h2c && !p.is_empty()
             })
             .collect();
-        if !kept.is_empty() && super::has_token(headers, "connection", "upgrade") && body == BodyKind::Empty {
+        // Never on HTTP/1.0, which has no Upgrade (RFC 9110 7.8: ignored there).
+        let upgrades = version == 1 && super::has_token(headers, "connection", "upgrade");
+        if !kept.is_empty() && upgrades && body == BodyKind::Empty {
             upgrade = Some(kept.join(", "));
         }
     }

@@ -183,6 +183,22 @@ fn expect_100_continue_is_forwarded_with_a_body_only() {
     let (head, out) =
         run("GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n").expect("ok").expect("c");
     assert!(!head.expect_continue && !out.contains("Expect"), "{out}");
+    // HTTP/1.0 has no 1xx: its expectation is ignored (RFC 9110 10.1.1), as nginx and HAProxy.
+    let (head, out) =
+        run("PUT /u HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").expect("ok").expect("c");
+    assert!(!head.expect_continue && !out.contains("Expect"), "{out}");
+}
+
+#[test]
+fn an_upgrade_is_forwarded_on_http_1_1_only() {
+    let ws = "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+    let (head, out) = run(&format!("GET /ws HTTP/1.1\r\nHost: a\r\n{ws}")).expect("ok").expect("c");
+    assert_eq!(head.upgrade.as_deref(), Some("websocket"));
+    assert!(out.contains("Upgrade: websocket\r\n"), "{out}");
+    // RFC 9110 7.8: a server ignores Upgrade in an HTTP/1.0 request.
+    let (head, out) = run(&format!("GET /ws HTTP/1.0\r\nHost: a\r\n{ws}")).expect("ok").expect("c");
+    assert_eq!(head.upgrade, None);
+    assert!(!out.contains("Upgrade"), "{out}");
 }
 
 #[test]

@@ -211,8 +211,9 @@ fn expect_backend(received: Arc<AtomicUsize>) -> SocketAddr {
             }
         }
         received.fetch_add(got - body.len(), Ordering::SeqCst);
+        let saw = if head.contains("\r\nExpect: 100-continue\r\n") { "yes" } else { "no" };
         let reply = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{got}",
+            "HTTP/1.1 200 OK\r\nX-Saw-Expect: {saw}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{got}",
             got.to_string().len()
         );
         let _ = s.write_all(reply.as_bytes());
@@ -265,7 +266,7 @@ fn expect_relays_the_backends_100_and_sends_its_own_only_when_the_backend_is_sil
         assert_eq!(interim.contains("X-From: backend"), from_backend, "{path}: {interim}");
         s.write_all(b"hello").expect("send body");
         let head = head_from(&mut s);
-        assert!(head.starts_with("HTTP/1.1 200"), "{path}: {head}");
+        assert!(head.starts_with("HTTP/1.1 200") && head.contains("X-Saw-Expect: yes"), "{path}: {head}");
     }
     assert_eq!(received.load(Ordering::SeqCst), 10);
     // A 102 and then silence: the 102 goes on, then the proxy's own 100 within the one wait.
@@ -279,6 +280,42 @@ fn expect_relays_the_backends_100_and_sends_its_own_only_when_the_backend_is_sil
     s.write_all(b"hello").expect("send body");
     assert!(head_from(&mut s).starts_with("HTTP/1.1 200"));
     assert_eq!(received.load(Ordering::SeqCst), 15);
+}
+
+/// RFC 9110 15.2: no 1xx to an HTTP/1.0 client, whose `100-continue` is ignored (10.1.1), as
+/// nginx and HAProxy ignore it: the backend is not asked for one either.
+#[test]
+fn an_http_1_0_client_gets_no_100_and_its_expectation_goes_no_further_as_nginx() {
+    let received = Arc::new(AtomicUsize::new(0));
+    let (_p, proxy) = http_proxy(&[expect_backend(received.clone())], "round-robin", "", "");
+    let mut s = connect(proxy);
+    s.write_all(b"POST /silent HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\nhello")
+        .expect("send");
+    let head = head_from(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("X-Saw-Expect: no"), "{head}");
+    assert_eq!(received.load(Ordering::SeqCst), 5);
+}
+
+/// Methods are case-sensitive (RFC 9110 9.1): `head` is some other method, whose answer has a
+/// body, and it goes to the client whole, as HAProxy forwards it. Framed as HEAD's, that body
+/// stayed on the backend connection for the next client to read as its answer.
+#[test]
+fn a_lowercase_head_is_not_head_and_its_answer_keeps_its_body_as_haproxy() {
+    fn reply(head: &str) -> Vec<u8> {
+        let body = if head.starts_with("head ") { "for head" } else { "for GET!" };
+        format!("HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{body}").into_bytes()
+    }
+    let b = raw_backend(reply, usize::MAX);
+    let (_p, proxy) = http_proxy(&[b.addr], "round-robin", "", "backend_keepalive = 1");
+    let mut w = lbproxy::h1::Wire::new(connect(proxy));
+    w.stream.write_all(b"head /first HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    let first = read_response(&mut w, "head");
+    assert_eq!((first.status, first.text().as_str()), (200, "for head"));
+    // Another client, over the one pooled backend connection, gets its own answer.
+    let mut other = lbproxy::h1::Wire::new(connect(proxy));
+    let second = get(&mut other, "/second", "");
+    assert_eq!((second.status, second.text().as_str()), (200, "for GET!"));
+    assert_eq!(b.connections.load(Ordering::SeqCst), 1, "the backend connection was reused");
 }
 
 #[test]
