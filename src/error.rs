@@ -146,6 +146,8 @@ pub enum Cause {
     /// The backend answered a status `[http] retry_on` names, and another member gets the
     /// request.
     Status(u16),
+    /// The proxy cut the connection itself: the drain deadline passed, or a second Ctrl-C.
+    Cut,
 }
 
 impl fmt::Display for Cause {
@@ -159,6 +161,7 @@ impl fmt::Display for Cause {
             Cause::BodyTooLarge(why) => f.write_str(why),
             Cause::Unavailable(why) => write!(f, "{why}"),
             Cause::Status(status) => write!(f, "answered {status} (retry_on)"),
+            Cause::Cut => f.write_str("cut by the proxy's stop (drain deadline)"),
         }
     }
 }
@@ -247,6 +250,9 @@ impl fmt::Display for Failure {
                 f.write_str("client: request head not complete within header_ms")
             }
             (Party::Client, _) => write!(f, "client: {phase}: {}", self.cause),
+            (Party::Local, Some(b)) if matches!(self.cause, Cause::Cut) => {
+                write!(f, "{phase} to {b}: {}", self.cause)
+            }
             (Party::Local, Some(b)) => write!(f, "{phase} to {b}: local resource: {}", self.cause),
             (Party::Local, None) => write!(f, "{phase}: local resource: {}", self.cause),
             (Party::Backend, Some(b)) => write!(f, "{b}: {phase}: {}", self.cause),

@@ -16,7 +16,7 @@ use crate::conn::accept;
 use crate::conn::Conn;
 use crate::conn::Quiet;
 use crate::context::Context;
-use crate::error::{Cause, Party, Phase};
+use crate::error::{Cause, Failure, Party, Phase};
 use crate::logging::access;
 use crate::logging::line::Entry;
 use crate::logging::{held_back, RateLimit};
@@ -153,7 +153,8 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
     let key = Some(source_key(conn.peer.ip()));
     let tls = ctx.backend_tls.as_deref();
-    let who = tries::Client { label: &label, peer: conn.peer, key, sticky: None };
+    let cut = || conn.cut();
+    let who = tries::Client { label: &label, peer: conn.peer, key, sticky: None, cut: &cut };
     let connecting = Instant::now();
     let (backend, pick) = match upstream::connect(&pool.balancer, who, conn, limits, tls) {
         Ok(found) => found,
@@ -347,13 +348,21 @@ fn finish(conn: &Conn, r: Relaying, outcome: RelayOutcome) {
         return;
     };
     f.backend = Some(b.name().to_string());
+    // Cut by the proxy's stop: no peer's failure.
+    if conn.cut() {
+        f = Failure::at(b.name(), Party::Local, Phase::Relay, Cause::Cut);
+    }
     pool.balancer.record_failure(&b, &f);
-    let by = if f.party == Party::Client { "client" } else { "backend" };
     // A relay's only time limit is idle_ms: say so.
     let why =
         if matches!(f.cause, Cause::Timeout) { "idle timeout".to_string() } else { f.cause.to_string() };
+    let how = match f.party {
+        Party::Client => format!("ended by client error ({why})"),
+        Party::Backend => format!("ended by backend error ({why})"),
+        Party::Local => why,
+    };
     log::warn!(
-        "conn {} ended by {by} error ({why}): {} -> {} {} bytes up, {} bytes down, {ms} ms",
+        "conn {} {how}: {} -> {} {} bytes up, {} bytes down, {ms} ms",
         conn.id,
         conn.peer,
         b.name(),
@@ -362,8 +371,7 @@ fn finish(conn: &Conn, r: Relaying, outcome: RelayOutcome) {
     );
     // The main log has the warning; a standard wording, or a file of its own, gets the line too.
     if access::adds_to_main_log() {
-        let note = format!("ended by {by} error ({why})");
-        entry.note = &note;
+        entry.note = &how;
         entry.status = if f.party == Party::Client { 499 } else { 502 };
         access::write(&entry, main);
     }

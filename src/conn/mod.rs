@@ -307,6 +307,13 @@ impl Conn {
         }
     }
 
+    /// Whether the proxy has cut every connection ([`Registry::close_all`]: the drain deadline
+    /// passed, or a second Ctrl-C). A failure from then on is the proxy's doing, not a peer's:
+    /// neither retried nor counted against a backend.
+    pub fn cut(&self) -> bool {
+        self.registry.closing.load(Ordering::SeqCst)
+    }
+
     /// Whether it comes back from the parker (greeted before: no PROXY header to read).
     pub fn was_parked(&self) -> bool {
         self.parked_since.is_some() || self.head.is_some() || self.quiet.is_some()

@@ -30,6 +30,8 @@ pub struct Client<'a> {
     pub key: Option<u64>,
     /// The member a sticky cookie names (its id), tried first.
     pub sticky: Option<u64>,
+    /// Whether the proxy has cut its connections ([`Conn::cut`](crate::conn::Conn::cut)).
+    pub cut: &'a dyn Fn() -> bool,
 }
 
 /// Tries backends for `client` until `attempt` succeeds on one or it is time to give up.
@@ -86,14 +88,18 @@ pub fn run<T>(
         }
         let (f, retry) = match attempt(pick, &backend) {
             Ok(done) => return Ok(done),
+            // Cut by the proxy's stop: no backend's failure, and nothing more is tried.
+            Err((f, _)) if (client.cut)() => {
+                return Err(Failure::at(backend.name(), Party::Local, f.phase, Cause::Cut));
+            }
             Err(failed) => failed,
         };
         // A stale pooled connection is replaced, not blamed: neither counted towards passive
-        // health and ejection, nor, for least-time, as slow (any other failure is, whatever
-        // its speed).
+        // health and ejection, nor, for least-time, as slow. Any other failure of the
+        // backend's own is, whatever its speed; never a client that left, nor our shortage.
         if retry != Retry::Fresh {
             balancer.record_failure(&backend, &f);
-            if balancer.measures_time() {
+            if balancer.measures_time() && f.counts_against_backend() {
                 backend.latency().penalize();
             }
         }

@@ -1,6 +1,7 @@
 //! `algorithm = least-time` (issue #24): the member with the lowest peak-EWMA response time
 //! takes the traffic, says so with the numbers, and a member failing fast does not attract it.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 
 use crate::util::*;
@@ -130,4 +131,36 @@ fn a_slow_member_that_becomes_fast_gets_its_share_back_within_30_s() {
         "within 30 s of healing, the healed member's best 2-s share was {h} of {n} (after {:?})",
         healed_at.elapsed()
     );
+}
+
+#[test]
+fn a_client_that_leaves_mid_answer_does_not_make_its_member_look_slow() {
+    let (_a, a) = dummy("a");
+    let (_b, b) = dummy("b");
+    let (p, addr) = least_time_proxy(&[("a", a), ("b", b)]);
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    for _ in 0..20 {
+        assert_eq!(get(&mut w, "/", "").status, 200);
+    }
+    // A long answer the client resets after its first bytes: the client's doing (499).
+    let mut s = connect(addr);
+    s.write_all(b"GET /x?bytes=50000000 HTTP/1.1\r\nHost: t\r\nX-Request-ID: leaves\r\n\r\n").expect("send");
+    let mut first = [0u8; 1000];
+    s.read_exact(&mut first).expect("the answer starts");
+    socket2::SockRef::from(&s).set_linger(Some(std::time::Duration::ZERO)).expect("linger");
+    drop(s);
+    let left = p.wait_for("req leaves ");
+    assert!(left.contains(" 499 ") || left.contains("client"), "{left}");
+    for i in 0..4 {
+        assert_eq!(get(&mut w, "/", &format!("X-Request-ID: after-{i}\r\n")).status, 200);
+        // `(least-time: a 0.4ms×0 b 0.4ms×0 → b)`: no member costs a failure's second.
+        let line = p.wait_for(&format!("req after-{i} "));
+        let costs = line.split("(least-time: ").nth(1).expect("a decision").to_string();
+        let slowest = costs
+            .split_whitespace()
+            .filter_map(|t| t.split("ms×").next().filter(|_| t.contains("ms×")))
+            .filter_map(|ms| ms.parse::<f64>().ok())
+            .fold(0.0, f64::max);
+        assert!(slowest < 500.0, "a member looks slow after the client left: {line}");
+    }
 }

@@ -255,3 +255,29 @@ fn running_out_of_descriptors_does_not_mark_backends_down_in_http_mode() {
     }
     assert!(!p.log_text().contains(" DOWN "), "a local shortage marked the backend down:\n{}", p.log_text());
 }
+
+#[test]
+fn the_drain_deadline_cuts_a_request_without_retrying_it_or_blaming_a_backend() {
+    // The proxy's own cut (drain_timeout_ms passed, or a second Ctrl-C) is no backend's
+    // failure: the request is not tried on another member and no member goes down, as
+    // HAProxy's hard-stop-after blames no server.
+    let (ds, addrs): (Vec<Proc>, Vec<SocketAddr>) = dummies(2).into_iter().unzip();
+    let config = format!(
+        "[proxy]\nmode = http\nalgorithm = round-robin\ndrain_timeout_ms = 300\n\
+         [health]\nenabled = false\nmax_fails = 1\n{}",
+        backends_section(&addrs)
+    );
+    let (mut p, addr) = proxy_with(&config, &[]);
+    let mut held = connect(addr);
+    held.write_all(b"GET /x?fault=slow-head&delay_ms=30000 HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    wait_until("the request is at a backend", || ds.iter().any(|d| d.log_text().contains("fault slow-head")));
+    p.signal("TERM");
+    p.wait_for("drain timeout: closed 1");
+    assert_eq!(p.wait_exit().code(), Some(0));
+    let log = p.log_text();
+    assert!(log.contains("cut by the proxy's stop"), "{log}");
+    assert!(!log.contains("retrying") && !log.contains(" DOWN "), "{log}");
+    assert!(log.matches("failures=0").count() == 2, "no failure counted:\n{log}");
+    let answered = ds.iter().filter(|d| d.log_text().contains("fault slow-head")).count();
+    assert_eq!(answered, 1, "tried on one member only");
+}
