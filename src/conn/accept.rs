@@ -30,6 +30,10 @@ pub fn open<'a>(
     let outcome = tls::stream::accept(sock, |hello| listener.config_for(hello), limit);
     match finish(conn, outcome, counters) {
         Opened::Ready(stream) => Some(stream),
+        Opened::Answered => {
+            crate::net::lingering_close(sock, crate::net::LINGER_SHORT);
+            None
+        }
         Opened::Waiting(_) | Opened::Closed => None,
     }
 }
@@ -40,6 +44,8 @@ pub enum Opened<'a> {
     Ready(ClientStream<'a>),
     /// The handshake waits for more from the client: park the connection with this state.
     Waiting(Pending),
+    /// Answered with a plaintext 400 (plain HTTP on the TLS port), to close lingering.
+    Answered,
     /// Done with (a failed or refused handshake; logged and counted).
     Closed,
 }
@@ -83,8 +89,7 @@ fn finish<'a>(conn: &'a Conn, outcome: Handshake, counters: &ProxyCounters) -> O
             failed("plain HTTP sent to the TLS port (answered 400)");
             // As nginx: a plaintext 400 naming the mistake, then close.
             let _ = (&mut &*sock).write_all(PLAIN_HTTP_ANSWER);
-            crate::net::lingering_close(sock, crate::net::LINGER_SHORT);
-            Opened::Closed
+            Opened::Answered
         }
         Handshake::Failed(why) => {
             failed(&why);

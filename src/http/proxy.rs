@@ -92,6 +92,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
                 parker.park_head(conn, deadline);
                 return;
             }
+            Opened::Answered => return close_lingering(conn, Some(parker), LINGER_SHORT),
             Opened::Closed => None,
         }
     } else {
@@ -115,8 +116,9 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
                 crate::logging::access::refused(ip, status, &bytes, elapsed, &note, |note| {
                     format!("conn {} from {}: refused with {status}: {note}", conn.id, conn.peer)
                 });
-                lingering_close(&conn.stream, LINGER_SHORT);
-                return;
+                stream.shutdown_write();
+                drop(stream);
+                return close_lingering(conn, ctx.parker.as_deref(), LINGER_SHORT);
             }
         }
     }
@@ -368,17 +370,22 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     }
     scratch.routes = Some(loaded);
     let timeouts = (timeout.current, write);
-    if linger {
-        lingering_close(tcp, LINGER_BODY);
-    }
     let pending = (parks == Some(Wait::Head))
         .then(|| PartialHead { started: timers.since, bytes: cw.buffered().to_vec() });
     let park = parks == Some(Wait::Idle);
     scratch.client_in = cw.into_buffer();
+    if linger || (pending.is_none() && !park && tunnel.is_none()) {
+        // Closing: a TLS client gets `close_notify` first (RFC 8446 6.1, RFC 9112 9.8, as
+        // nginx sends it), so that it can tell an answer read to its end from one cut short.
+        stream.shutdown_write();
+    }
     // A TLS session waits in the parker with its connection.
     let session = stream.into_session();
     conn.admitted = admitted;
     conn.timeouts = timeouts;
+    if linger {
+        return close_lingering(conn, parker, LINGER_BODY);
+    }
     let Some(parker) = parker else { return };
     if pending.is_some() || park || tunnel.is_some() {
         conn.tls_session = session;
@@ -416,5 +423,17 @@ fn hash_key(client_key: u64, balancer: &Balancer, buf: &[u8], head: &RequestHead
         head.hash_value.clone().and_then(|r| buf.get(r)).map(header_value_key)
     } else {
         Some(client_key)
+    }
+}
+
+/// Closes `conn` after an answer with its input maybe unread: it lingers in the parker, holding
+/// no worker (nginx's `lingering_close` is event-driven too), or here without one.
+fn close_lingering(conn: Conn, parker: Option<&Parker>, most: usize) {
+    let refused = match parker {
+        Some(parker) => parker.park_linger(conn, most),
+        None => Some(conn),
+    };
+    if let Some(conn) = refused {
+        lingering_close(&conn.stream, most);
     }
 }

@@ -83,15 +83,22 @@ pub const LINGER_SHORT: usize = 1 << 20;
 /// before it reads the answer and stops, and a reset after 1 MiB lost that answer under load.
 pub const LINGER_BODY: usize = 64 << 20;
 
+/// A lingering close ends when the client sends nothing for this long (nginx's
+/// `lingering_timeout`)...
+pub const LINGER_QUIET: Duration = Duration::from_millis(200);
+/// ... or after this long in all (nginx's `lingering_time`).
+pub const LINGER_TIME: Duration = Duration::from_secs(1);
+
 /// Closes after an answer on a connection with unread input: closing at once would make the
 /// kernel send a reset that can destroy the answer before the client reads it. Half-close, then
 /// drain what still comes, as nginx's `lingering_close`: until the client stops (it closes, or
-/// sends nothing for 200 ms), for at most 1 s and `most` bytes.
+/// sends nothing for [`LINGER_QUIET`]), for at most [`LINGER_TIME`] and `most` bytes. Where
+/// there is a parker, the connection lingers there instead, holding no worker.
 #[inline(never)]
 pub fn lingering_close(sock: &TcpStream, most: usize) {
     let _ = sock.shutdown(std::net::Shutdown::Write);
-    let _ = sock.set_read_timeout(Some(Duration::from_millis(200)));
-    let deadline = Instant::now() + Duration::from_secs(1);
+    let _ = sock.set_read_timeout(Some(LINGER_QUIET));
+    let deadline = Instant::now() + LINGER_TIME;
     let mut sink = [0u8; 4096];
     let mut drained = 0usize;
     while Instant::now() < deadline && drained < most {

@@ -1,5 +1,6 @@
 //! How parked connections end: idle ones at `idle_ms`, unfinished heads at `header_ms` (408),
-//! quiet relays handed back at their idle deadline, and everything at a stop.
+//! quiet relays handed back at their idle deadline, lingering closes drained to their end, and
+//! everything at a stop.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -7,9 +8,14 @@ use std::time::Instant;
 use crossbeam_channel::Sender;
 use rustix::event::epoll;
 
-use super::{timespec, Parker, Wait, GRACE, LINGER_TICK};
+use super::{timespec, Lingering, Parker, Wait, GRACE, LINGER_TICK};
 use crate::conn::Conn;
 use crate::error::{Cause, Failure};
+use crate::net::{is_timeout, LINGER_QUIET, LINGER_TIME};
+
+/// A lingering connection's reads per wake-up, so that one client still uploading cannot
+/// keep the parker from the others: its socket reports again at once if more is there.
+const DRAIN_READS: usize = 4;
 
 /// Writes to a socket without waiting.
 struct NoWait<'a>(&'a std::net::TcpStream);
@@ -25,6 +31,42 @@ impl std::io::Write for NoWait<'_> {
 }
 
 impl Parker {
+    /// Closes `conn`, answered with its input maybe unread, as nginx's `lingering_close`:
+    /// half-closed at once, then what the client still sends (at most `most` bytes) is read and
+    /// discarded here, holding no worker, until it closes or sends nothing for [`LINGER_QUIET`],
+    /// for at most [`LINGER_TIME`]. Closing at once would make the kernel reset the connection,
+    /// which can destroy the answer before the client reads it. Refused (stopping, or the
+    /// socket cannot be watched), it comes back.
+    #[must_use = "a refused connection comes back, to linger in its worker"]
+    pub fn park_linger(&self, conn: Conn, most: usize) -> Option<Conn> {
+        let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+        let now = Instant::now();
+        let lingering = Lingering { until: now + LINGER_QUIET, end: now + LINGER_TIME, left: most };
+        self.enter(conn, Wait::Linger(lingering))
+    }
+
+    /// Reads and discards what a lingering connection has sent; closes it when the client has
+    /// closed or sent all it may, else watches it again.
+    pub(super) fn drain(&self, conn: Conn, mut l: Lingering) {
+        let mut sink = [0u8; 16 * 1024];
+        for _ in 0..DRAIN_READS {
+            let most = l.left.min(sink.len());
+            match crate::net::recv(&conn.stream, &mut sink[..most], false) {
+                Ok(n @ 1..) if n < l.left => l.left -= n,
+                Err(e) if is_timeout(&e) => break,
+                // Closed, failed, or it sent what it may: closed here.
+                _ => return,
+            }
+        }
+        let now = Instant::now();
+        if now >= l.end {
+            return;
+        }
+        l.until = l.end.min(now + LINGER_QUIET);
+        // Refused at a stop: closed.
+        drop(self.enter(conn, Wait::Linger(l)));
+    }
+
     /// At a stop: a connection parked a moment ago may have its next request on the wire. As a
     /// worker waiting between requests does, each gets [`GRACE`] from its last response to send
     /// it, and is then served (with `Connection: close`, since the proxy is stopping); the rest
@@ -42,7 +84,7 @@ impl Parker {
                 // A connection in the middle of a head gets nothing more (nginx closes it too).
                 let done = |wait: &Wait| match wait {
                     Wait::Idle(since) => now.duration_since(*since) >= GRACE,
-                    Wait::Head(_) => true,
+                    Wait::Head(_) | Wait::Linger(_) => true,
                     Wait::Relay(_) => self.finished.load(Ordering::SeqCst),
                 };
                 let gone: Vec<_> = parked.conns.extract_if(|_, (_, wait)| done(wait)).collect();
@@ -55,7 +97,7 @@ impl Parker {
                 }
                 let ends = parked.conns.values().filter_map(|(_, w)| match w {
                     Wait::Idle(since) => Some(*since + GRACE),
-                    Wait::Head(_) | Wait::Relay(_) => None,
+                    Wait::Head(_) | Wait::Relay(_) | Wait::Linger(_) => None,
                 });
                 let relays = parked.conns.values().any(|(_, w)| matches!(w, Wait::Relay(_)));
                 (ends.max(), relays)
@@ -90,6 +132,12 @@ impl Parker {
         let expired: Vec<_> = self.parked.lock().conns.extract_if(|_, (_, wait)| idle_out(wait)).collect();
         for (_, (conn, _)) in expired {
             let _ = epoll::delete(&self.epoll, &conn.stream);
+            // A TLS client is told (`close_notify`), as a worker closing it tells it.
+            if let Some(session) = &conn.tls_session {
+                let mut c = session.lock();
+                c.send_close_notify();
+                let _ = c.write_tls(&mut NoWait(&conn.stream));
+            }
             log::debug!("conn {} from {}: idle longer than idle_ms, closed", conn.id, conn.peer);
         }
     }
@@ -106,8 +154,11 @@ impl Parker {
                     break;
                 }
                 parked.deadlines.pop_first();
-                if let Some((conn, _)) = parked.conns.remove(&id) {
-                    late.push(conn);
+                match parked.conns.remove(&id) {
+                    // Its client quiet long enough, or its time up: closed.
+                    Some((conn, Wait::Linger(_))) => self.unwatch(&conn),
+                    Some((conn, _)) => late.push(conn),
+                    None => {}
                 }
             }
         }
@@ -143,6 +194,7 @@ impl Parker {
                 Some(session) => {
                     let mut c = session.lock();
                     if std::io::Write::write_all(&mut c.writer(), &answer).is_ok() {
+                        c.send_close_notify();
                         let _ = c.write_tls(&mut NoWait(&conn.stream));
                     }
                 }

@@ -73,6 +73,18 @@ enum Wait {
     /// A quiet relay or tunnel: bytes from either side, or its idle deadline, when it goes back
     /// to a worker to be closed and logged ([`Conn::quiet`]).
     Relay(Option<Instant>),
+    /// Answered and half-closed: what the client still sends is drained here, then it closes
+    /// ([`Parker::park_linger`]).
+    Linger(Lingering),
+}
+
+/// A lingering close under way: drained until `until` (the client quiet that long, or the end).
+#[derive(Debug, Clone, Copy)]
+struct Lingering {
+    until: Instant,
+    end: Instant,
+    /// Bytes it may still send.
+    left: usize,
 }
 
 impl Wait {
@@ -80,6 +92,7 @@ impl Wait {
         match self {
             Wait::Idle(_) => None,
             Wait::Head(d) | Wait::Relay(d) => d,
+            Wait::Linger(l) => Some(l.until),
         }
     }
 }
@@ -341,18 +354,27 @@ impl Parker {
     }
 
     /// Takes the connections `events` reported out of the set and sends them to the workers.
+    /// A lingering close is drained here instead.
     fn hand_over_ready(&self, jobs: &Sender<Conn>, events: &[epoll::Event], ready: &mut Vec<Conn>) {
+        let mut lingering = Vec::new();
         {
             let mut parked = self.parked.lock();
             for ev in events {
                 if let Some((mut conn, wait)) = parked.take(ev.data.u64() & !BACKEND) {
                     self.unwatch(&conn);
-                    if let Wait::Idle(since) = wait {
-                        conn.parked_since = Some(since);
+                    match wait {
+                        Wait::Linger(l) => lingering.push((conn, l)),
+                        Wait::Idle(since) => {
+                            conn.parked_since = Some(since);
+                            ready.push(conn);
+                        }
+                        Wait::Head(_) | Wait::Relay(_) => ready.push(conn),
                     }
-                    ready.push(conn);
                 }
             }
+        }
+        for (conn, l) in lingering {
+            self.drain(conn, l);
         }
         for conn in ready.drain(..) {
             if !self.hand_over(jobs, conn) {

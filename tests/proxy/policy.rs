@@ -317,3 +317,49 @@ fn in_tcp_mode_the_rate_counts_new_connections_and_closes_the_excess_at_accept()
     assert_eq!(exchange(&mut connect_from([127, 0, 0, 3], addr), "hello"), "app1");
     p.wait_for("client 127.0.0.2 refused: over [limits] rate");
 }
+
+#[test]
+fn refused_clients_that_keep_sending_linger_in_the_parker_and_hold_no_worker() {
+    // A client still sending after its 403 (or its 400) is drained for up to a second before
+    // the close, as nginx's lingering_close, so that a reset cannot destroy the answer. That
+    // wait is event-driven in nginx; here it is the parker's. In the workers, this crowd held
+    // both of them for seconds and the client beside it waited.
+    let (_d, backend) = dummy("app1");
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 2\n[health]\nenabled = false\n[admin]\nlisten = 127.0.0.1:0\n\
+         [limits]\ndeny = 127.9.0.0/16\n[backends]\napp1 = {backend}\n"
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let crowd = std::thread::spawn(move || {
+        // 12 denied clients, and 12 whose head has two Hosts (400); each then sends a byte every
+        // 50 ms, until told or for at most a minute.
+        let mut all: Vec<TcpStream> = (1..=12).map(|i| connect_from([127, 9, 1, i], addr)).collect();
+        all.extend((0..12).map(|_| connect(addr)));
+        for (i, s) in all.iter_mut().enumerate() {
+            let first: &[u8] = if i < 12 { b"G" } else { b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n" };
+            s.write_all(first).expect("send");
+        }
+        let deadline = Instant::now() + WAIT;
+        while !flag.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+            for s in &mut all {
+                let _ = s.write_all(b"x");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    });
+    wait_until("the 12 denied clients refused", || {
+        proxy_stats(admin)["refused"]["denied"].as_u64() == Some(12)
+    });
+    for _ in 0..10 {
+        let started = Instant::now();
+        let mut w = lbproxy::h1::Wire::new(connect(addr));
+        assert_eq!(get(&mut w, "/", "").status, 200);
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_millis(500), "a request beside the crowd took {took:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    crowd.join().expect("crowd");
+}

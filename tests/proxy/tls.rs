@@ -373,3 +373,26 @@ fn a_tls_backend_is_reached_verified_against_backend_ca_with_sni_and_health_chec
         assert!(resp.status == 502 || resp.status == 503, "{sni}: {} {}", resp.status, resp.text());
     }
 }
+
+#[test]
+fn a_tls_client_gets_close_notify_before_the_close_as_nginx_sends_it() {
+    // RFC 9112 9.8: the closure alert lets a client tell an answer read to its end from one cut
+    // short (rustls reports a TCP close without it as an unexpected EOF).
+    let ds = dummies(1);
+    let ca = Ca::new("test CA");
+    let (_p, addr, _certs) = tls_proxy(&ca, "http", &[ds[0].1], "", "");
+    let requests: [&[u8]; 3] = [
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    ];
+    for (request, status) in requests.into_iter().zip(["200", "200", "400"]) {
+        let mut tls = tls_connect(addr, client_config(&ca, None), "localhost").expect("handshake");
+        tls.write_all(request).expect("send");
+        let mut out = Vec::new();
+        let end = tls.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        assert!(end.is_ok(), "closed without close_notify ({end:?}) after {text}");
+    }
+}
