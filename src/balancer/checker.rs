@@ -3,16 +3,16 @@
 //! transitions. It waits on its stop channel between rounds, so shutdown is immediate. A
 //! backend marked `tls` is checked over TLS (verified as traffic to it is).
 
-use std::io::Write;
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 
 use crate::backend::health::Transition;
-use crate::backend::AdminState;
+use crate::backend::{AdminState, Backend};
 use crate::balancer::Balancer;
 use crate::config::{HealthSettings, Mode, ProxyVersion};
 use crate::h1::{head, HeadError, Wire};
@@ -27,7 +27,9 @@ use rustls::ClientConfig;
 /// no memory), which says nothing about the backend.
 pub struct Skipped(pub String);
 
-/// Checks one backend once; `tls` (client configuration, server name) for a `tls` backend.
+/// Checks one backend once, within `timeout_ms` in all (HAProxy's `timeout check`: a backend
+/// that drips its answer fails, and cannot hold up the next round's checks of the others);
+/// `tls` (client configuration, server name) for a `tls` backend.
 /// `Err(Skipped)` when this host could not open the connection (as a proxied connect failing
 /// so never counts against a backend, neither does such a check).
 /// With `proxy` (the backend's `send_proxy=`), a check that speaks starts with a PROXY header
@@ -39,12 +41,30 @@ pub fn check(
     tls: Option<(Arc<ClientConfig>, String)>,
     proxy: Option<ProxyVersion>,
 ) -> Result<Result<(), String>, Skipped> {
+    let until = Instant::now() + s.timeout;
     let stream = match TcpStream::connect_timeout(&addr, s.timeout) {
         Ok(stream) => stream,
         Err(e) if is_local_resource(&e) => return Err(Skipped(describe(&e))),
         Err(e) => return Ok(Err(describe(&e))),
     };
-    Ok(probe(stream, addr, s, tls, proxy))
+    Ok(probe(stream, addr, s, tls, proxy, until))
+}
+
+/// Reads from a check's stream until its deadline, however the bytes trickle.
+struct Until<'a> {
+    stream: &'a Stream<TcpStream>,
+    until: Instant,
+}
+
+impl Read for Until<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.tcp().set_read_timeout(Some(left))?;
+        (&mut &*self.stream).read(buf)
+    }
 }
 
 /// The check over a connected `stream`.
@@ -54,6 +74,7 @@ fn probe(
     s: &HealthSettings,
     tls: Option<(Arc<ClientConfig>, String)>,
     proxy: Option<ProxyVersion>,
+    until: Instant,
 ) -> Result<(), String> {
     let _ = stream.set_read_timeout(Some(s.timeout));
     let _ = stream.set_write_timeout(Some(s.timeout));
@@ -72,7 +93,7 @@ fn probe(
         s.path
     );
     (&stream).write_all(request.as_bytes()).map_err(|e| describe(&e))?;
-    let status = Wire::new(&stream)
+    let status = Wire::new(Until { stream: &stream, until })
         .read_head(16 * 1024, |buf| Ok(head::parse_response(buf, "GET")?.map(|(len, r)| (len, r.status))));
     match status {
         Ok(status) if (200..400).contains(&status) => Ok(()),
@@ -84,6 +105,7 @@ fn probe(
 }
 
 static SKIPPED: RateLimit = RateLimit::new();
+static NO_THREAD: RateLimit = RateLimit::new();
 
 /// Starts the checker: every `interval` (plus up to 10% jitter) it checks every member of every
 /// pool that `pools` gives (asked each round, so a reload's new pools are checked), in parallel,
@@ -108,34 +130,19 @@ pub fn spawn_checker(
             for (balancer, s, members) in &rounds {
                 // A backend in maintenance is not checked: its state is the operator's.
                 for b in members.iter().filter(|b| b.admin_state() != AdminState::Maint) {
-                    let tls = tls.as_ref().and_then(|t| t.get(b.spec()));
-                    let spawned =
-                        thread::Builder::new().stack_size(64 * 1024).spawn_scoped(scope, move || {
-                            let outcome = match check(b.addr(), s, tls, b.send_proxy()) {
-                                Ok(outcome) => outcome,
-                                Err(Skipped(why)) => {
-                                    if let Some(n) = SKIPPED.check() {
-                                        log::warn!(
-                                            "health check of {} skipped: {why} (this host's shortage, not the backend's){}",
-                                            b.name(),
-                                            held_back(n)
-                                        );
-                                    }
-                                    return;
-                                }
-                            };
-                            if outcome.is_ok() {
-                                b.check_passed();
-                            }
-                            if let Some(t) = b.health().observe_check(outcome, s) {
-                                b.log_transition(&t);
-                                if matches!(t, Transition::Up(_)) {
-                                    balancer.wake();
-                                }
-                            }
-                        });
-                    if let Err(e) = spawned {
-                        log::warn!("health check of {}: cannot start a thread: {e}", b.name());
+                    let member_tls = || tls.as_ref().and_then(|t| t.get(b.spec()));
+                    let (own, its_tls) = (thread::Builder::new().stack_size(64 * 1024), member_tls());
+                    if let Err(e) = own.spawn_scoped(scope, move || check_member(balancer, b, s, its_tls)) {
+                        // No thread for it (a reload grew the pools past the thread limit): it
+                        // is checked here, after the others started, so it is still checked.
+                        if let Some(n) = NO_THREAD.check() {
+                            log::warn!(
+                                "health check of {}: cannot start a thread: {e}; checking in turn{}",
+                                b.name(),
+                                held_back(n)
+                            );
+                        }
+                        check_member(balancer, b, s, member_tls());
                     }
                 }
             }
@@ -146,4 +153,35 @@ pub fn spawn_checker(
             _ => return,
         }
     })
+}
+
+/// Checks `b` once and feeds the outcome to its health, logging a transition.
+fn check_member(
+    balancer: &Balancer,
+    b: &Backend,
+    s: &HealthSettings,
+    tls: Option<(Arc<ClientConfig>, String)>,
+) {
+    let outcome = match check(b.addr(), s, tls, b.send_proxy()) {
+        Ok(outcome) => outcome,
+        Err(Skipped(why)) => {
+            if let Some(n) = SKIPPED.check() {
+                log::warn!(
+                    "health check of {} skipped: {why} (this host's shortage, not the backend's){}",
+                    b.name(),
+                    held_back(n)
+                );
+            }
+            return;
+        }
+    };
+    if outcome.is_ok() {
+        b.check_passed();
+    }
+    if let Some(t) = b.health().observe_check(outcome, s) {
+        b.log_transition(&t);
+        if matches!(t, Transition::Up(_)) {
+            balancer.wake();
+        }
+    }
 }

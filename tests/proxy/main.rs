@@ -9,6 +9,7 @@ mod faultlab;
 mod fidelity;
 mod first_hour;
 mod haproxy;
+mod health;
 mod hostile;
 mod http;
 mod least_time;
