@@ -143,6 +143,7 @@ impl Server {
         let discovery = shared.start_background(&config, &background_rx)?;
         let admin = shared.serve_admin(&config, admin)?;
         let accepting = acceptor::start(listener, workers.sender(), &shared, config.workers)?;
+        let taking_over = handoff.is_some();
         if let Some(handoff) = handoff {
             // Our acceptor runs: the old process may stop accepting now.
             match handoff.confirm() {
@@ -151,12 +152,14 @@ impl Server {
             }
         }
         let (taken_tx, taken) = crossbeam_channel::bounded::<()>(1);
-        if let Some(path) = &config.scale.control_socket {
+        // Held until the end: the socket's file is removed then, if it is still ours.
+        let _control = config.scale.control_socket.as_ref().and_then(|path| {
             let listeners = std::iter::once(accepting.listener.clone()).chain(admin.clone()).collect();
-            if let Err(e) = takeover::serve(path.clone(), listeners, taken_tx, shared.stopping.clone()) {
-                log::error!("{e}; upgrades in place (--takeover) are off");
-            }
-        }
+            let stopping = shared.stopping.clone();
+            takeover::serve(path.clone(), listeners, taken_tx, stopping, taking_over)
+                .inspect_err(|e| log::error!("{e}; upgrades in place (--takeover) are off"))
+                .ok()
+        });
 
         let stop = stop::wait(&signals, &loader, &config, &shared, &discovery, &taken);
         shared.stopping.store(true, Ordering::SeqCst);

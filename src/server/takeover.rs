@@ -81,22 +81,57 @@ pub fn receive(path: &Path) -> io::Result<Handoff> {
     Ok(Handoff { listeners, link })
 }
 
+/// The control socket's file while this process serves it: removed when this drops, unless
+/// another process has replaced it since (a takeover's new process binds its own).
+pub struct Bound {
+    path: PathBuf,
+    /// Its device and inode, to know it is still ours.
+    id: (u64, u64),
+}
+
+impl Drop for Bound {
+    fn drop(&mut self) {
+        if file_id(&self.path) == Some(self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// Serves `listeners` on the unix socket `path` until `stopping` is set: to each process that
 /// connects, sends them, and when it says it accepts, sends `()` on `taken` (the old process
-/// then stops accepting and drains). A stale socket file is replaced.
+/// then stops accepting and drains). A stale socket file (no process listening) is replaced;
+/// one another proxy serves is left to it, as an error, unless `taking_over` (this process
+/// took that proxy's listeners, and the socket with them).
 pub fn serve(
     path: PathBuf,
     listeners: Vec<Arc<TcpListener>>,
     taken: Sender<()>,
     stopping: Arc<AtomicBool>,
-) -> io::Result<()> {
+    taking_over: bool,
+) -> io::Result<Bound> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("control socket {}: {e}", path.display()));
+    if !taking_over && UnixStream::connect(&path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "control socket {0}: another proxy_server serves it (upgrade that one with \
+                 `proxy_server --takeover {0}`, or give this one its own control_socket)",
+                path.display()
+            ),
+        ));
+    }
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io::Error::new(e.kind(), format!("control socket {}: {e}", path.display()))),
+        Err(e) => return Err(named(e)),
     }
-    let control = UnixListener::bind(&path)
-        .map_err(|e| io::Error::new(e.kind(), format!("control socket {}: {e}", path.display())))?;
+    let control = UnixListener::bind(&path).map_err(named)?;
+    let bound = Bound { id: file_id(&path).unwrap_or_default(), path: path.clone() };
     control.set_nonblocking(true)?;
     log::info!("control socket {} (proxy_server --takeover {0} upgrades in place)", path.display());
     thread::Builder::new().name("control".into()).spawn(move || {
@@ -123,7 +158,7 @@ pub fn serve(
             }
         }
     })?;
-    Ok(())
+    Ok(bound)
 }
 
 /// Sends the listeners over `link` and waits for the new process to confirm.

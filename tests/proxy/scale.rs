@@ -159,3 +159,32 @@ fn takeover_under_load_refuses_resets_and_fails_nothing_and_the_old_process_exit
     new.wait_for("control socket");
     assert!(socket.exists());
 }
+
+#[test]
+fn a_live_control_socket_is_left_to_its_proxy_and_each_removes_only_its_own_at_exit() {
+    let ds = dummies(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("control.sock");
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 8\ncontrol_socket = {}\n[health]\nenabled = false\n{}",
+        socket.display(),
+        backends_section(&[ds[0].1])
+    );
+    let (mut first, _) = proxy_with(&config, &[]);
+    first.wait_for("control socket");
+    // A second instance given the same path (another port) leaves the first one's socket be:
+    // replacing it would leave the first with no way to be upgraded.
+    let (mut second, _) = proxy_with(&config, &[]);
+    let refused = second.wait_for("another proxy_server serves it");
+    assert!(refused.contains("upgrades in place (--takeover) are off"), "{refused}");
+    second.signal("TERM");
+    assert!(second.wait_exit().success());
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        "the first proxy's control socket is still live"
+    );
+    // At exit a proxy removes its own socket file.
+    first.signal("TERM");
+    assert!(first.wait_exit().success());
+    assert!(!socket.exists(), "the control socket's file was left behind");
+}
