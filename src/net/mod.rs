@@ -109,6 +109,23 @@ pub fn lingering_close(sock: &TcpStream, most: usize) {
     }
 }
 
+/// Raises this process's descriptor limit (`ulimit -n`) to its hard limit, as HAProxy raises
+/// it for its `maxconn` and Go programs do at start: a soft limit of 1,024 (the usual default)
+/// would cap the connections a proxy holds, parked ones too, far below what it can serve.
+/// Returns the limit before and after; the same when it could not be raised.
+pub fn raise_descriptor_limit() -> (Option<u64>, Option<u64>) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let limit = getrlimit(Resource::Nofile);
+    let before = limit.current;
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return (before, limit.maximum);
+        }
+    }
+    (before, before)
+}
+
 /// True for errors that mean the descriptor table (per process or system) is full.
 pub fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))

@@ -121,6 +121,7 @@ impl Server {
     /// `loader`; then drains and returns the summary.
     pub fn run(self, signals: Signals, loader: Loader) -> Result<Summary, Error> {
         let Server { config, tls, backend_tls, listener, admin, local_addr, handoff } = self;
+        let descriptors = crate::net::raise_descriptor_limit();
         let shared = Shared::new(&config, tls, backend_tls)?;
         // Background threads (health, resolver, housekeeping) stop when this drops.
         let (background, background_rx) = crossbeam_channel::bounded::<()>(0);
@@ -137,6 +138,7 @@ impl Server {
         for w in &config.warnings {
             log::warn!("{w}");
         }
+        start::log_descriptors(descriptors, config.workers);
         for line in config.to_string().lines() {
             log::debug!("config: {line}");
         }

@@ -264,3 +264,22 @@ fn spawn_housekeeping(router: Arc<Router>, chores: Chores, stop: Receiver<()>) -
     })?;
     Ok(())
 }
+
+/// Says what the descriptor limit allows: raised (info), or too low for `workers` requests in
+/// flight, each of which holds a client's and a backend's descriptor (warn, as nginx warns that
+/// `worker_connections` exceed it).
+pub(super) fn log_descriptors((before, after): (Option<u64>, Option<u64>), workers: usize) {
+    let Some(limit) = after else { return };
+    if before != after {
+        let was = before.map_or("unlimited".to_string(), |b| b.to_string());
+        log::info!("descriptor limit (ulimit -n) raised from {was} to {limit}, its hard limit");
+    }
+    let needed = 2 * workers as u64 + 64;
+    if limit < needed {
+        log::warn!(
+            "descriptor limit (ulimit -n) is {limit}: {workers} workers need about {needed} for their \
+             requests alone (a client and a backend descriptor each), and idle clients one each; \
+             raise the hard limit (ulimit -Hn, systemd LimitNOFILE=)"
+        );
+    }
+}

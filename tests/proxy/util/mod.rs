@@ -109,6 +109,11 @@ impl Proc {
         rest.split_whitespace().next().expect("address").parse().expect("socket address")
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn signal(&self, sig: &str) {
         let status = Command::new("kill").arg(format!("-{sig}")).arg(self.child.id().to_string()).status();
         assert!(status.expect("kill").success());
