@@ -35,6 +35,7 @@ impl fmt::Display for Label<'_> {
 }
 
 static UNAVAILABLE: RateLimit = RateLimit::new();
+static NOT_CONNECTED: RateLimit = RateLimit::new();
 
 /// A relay's side while its connection waits in the parker ([`Quiet::state`]).
 struct Held {
@@ -166,8 +167,13 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
             return None;
         }
         Err(f) => {
-            log::error!("{label}: {f}; closing the client");
-            unserved(conn, &pool, 502, &f);
+            // Every backend failed, or this host is short (503): each client has its access
+            // line; the main log says it once a second at most.
+            if let Some(n) = NOT_CONNECTED.check() {
+                log::error!("{label}: {f}; closing the client{}", held_back(n));
+            }
+            let status = if f.party == Party::Local { 503 } else { 502 };
+            unserved(conn, &pool, status, &f);
             return None;
         }
     };

@@ -15,11 +15,14 @@ use crossbeam_channel::{select, Receiver, Sender};
 use super::start::Shared;
 use crate::conn::{Conn, Registry};
 use crate::error::Error;
-use crate::net::is_fd_exhaustion;
+use crate::logging::{held_back, RateLimit};
+use crate::net::is_local_resource;
 use crate::stats::ProxyCounters;
 
 /// How long the acceptor backs off when the descriptor table is full.
 const FD_BACKOFF: Duration = Duration::from_millis(50);
+
+static SHORT: RateLimit = RateLimit::new();
 
 /// What the acceptor thread owns.
 pub struct Acceptor {
@@ -62,6 +65,8 @@ impl Acceptor {
         crate::threads::pool::batch_scheduling();
         let mut next_id = 0u64;
         let mut fd_burst = false;
+        // Whether this shortage was logged (then its end is too).
+        let mut announced = false;
         let mut full_logged = Instant::now() - Duration::from_secs(60);
         loop {
             let (stream, peer) = match self.listener.accept() {
@@ -74,9 +79,14 @@ impl Acceptor {
                     }
                     return;
                 }
-                Err(e) if is_fd_exhaustion(&e) => {
+                // No descriptor, no memory or buffer: retrying at once would spin.
+                Err(e) if is_local_resource(&e) => {
                     if !fd_burst {
-                        log::warn!("accept: {e}; backing off until descriptors free up");
+                        // Once a second at most: under a flood, accepts and shortages alternate.
+                        if let Some(n) = SHORT.check() {
+                            log::warn!("accept: {e}; backing off until it frees up{}", held_back(n));
+                            announced = true;
+                        }
                         fd_burst = true;
                     }
                     if self.halt.recv_timeout(FD_BACKOFF).is_ok() || self.stopping.load(Ordering::SeqCst) {
@@ -90,7 +100,9 @@ impl Acceptor {
                 }
             };
             if fd_burst {
-                log::info!("accept: descriptors available again");
+                if std::mem::take(&mut announced) {
+                    log::info!("accept: accepting again");
+                }
                 fd_burst = false;
             }
             next_id += 1;

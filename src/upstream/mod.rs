@@ -20,6 +20,8 @@ use crate::net::proxy_protocol;
 use crate::net::{is_local_resource, open};
 use crate::tls::stream::Stream;
 
+static SHORTAGE: crate::logging::RateLimit = crate::logging::RateLimit::new();
+
 /// Connect timeout, and how long to wait for a slot when every backend is full.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -49,11 +51,16 @@ pub fn dial(
     });
     opened.map_err(|e| {
         if is_local_resource(&e) {
-            log::warn!(
-                "{label}: connect to {} {}: {e} (a shortage on this host, not counted against the backend)",
-                backend.name(),
-                backend.addr()
-            );
+            // Once a second at most: a shortage comes in floods (each client then has its
+            // 503, and the access log its line).
+            if let Some(n) = SHORTAGE.check() {
+                log::warn!(
+                    "{label}: connect to {} {}: {e} (a shortage on this host, not counted against the backend){}",
+                    backend.name(),
+                    backend.addr(),
+                    crate::logging::held_back(n)
+                );
+            }
             return Failure::at(backend.name(), Party::Local, Phase::Connect, Cause::Io(e));
         }
         let cause = if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock) {

@@ -281,3 +281,98 @@ fn the_drain_deadline_cuts_a_request_without_retrying_it_or_blaming_a_backend() 
     let answered = ds.iter().filter(|d| d.log_text().contains("fault slow-head")).count();
     assert_eq!(answered, 1, "tried on one member only");
 }
+
+#[test]
+fn the_descriptor_limit_is_raised_to_the_hard_limit_and_one_too_low_is_named() {
+    // As HAProxy raises it for its maxconn: a soft limit of 1,024 would cap the connections the
+    // proxy holds, parked ones too, far below what it serves.
+    let ds = dummies(1);
+    let start = |ulimit: &str, workers: usize| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = format!(
+            "[proxy]\nworkers = {workers}\n[health]\nenabled = false\n{}",
+            backends_section(&[ds[0].1])
+        );
+        std::fs::write(dir.path().join("config.ini"), config).expect("write");
+        let mut cmd = Command::new("sh");
+        cmd.current_dir(dir.path())
+            .args(["-c", &format!("{ulimit} && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
+        let p = Proc::spawn(&mut cmd, Some(dir));
+        p.listening_addr();
+        p
+    };
+    let hard =
+        String::from_utf8(Command::new("sh").args(["-c", "ulimit -H -n"]).output().expect("sh").stdout)
+            .expect("utf-8");
+    let hard = hard.trim();
+    assert!(hard.parse::<u64>().is_ok_and(|h| h > 300), "a hard descriptor limit above 300: {hard}");
+    let p = start("ulimit -S -n 300", 4);
+    let raised = p.wait_for("descriptor limit (ulimit -n) raised from 300 to ");
+    assert!(raised.ends_with(&format!("to {hard}, its hard limit")), "{raised}");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", p.pid())).expect("limits");
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).expect("Max open files");
+    assert_eq!(line.split_whitespace().nth(3), Some(hard), "{line}");
+    // A hard limit too low for the workers is named (nginx warns of worker_connections so).
+    let p = start("ulimit -n 200", 128);
+    let low = p.wait_for("descriptor limit (ulimit -n) is 200: 128 workers need about 320");
+    assert!(low.contains("[WARN]"), "{low}");
+}
+
+#[test]
+fn a_descriptor_shortage_under_a_flood_is_logged_once_a_second_not_per_connection() {
+    // HAProxy and nginx say so per event in their logs too, but a flood of connections at the
+    // limit is thousands of events: the main log gets a line a second, with the count held
+    // back, and each client still gets its 503 (http) or close.
+    let ds = dummies(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "[proxy]\nmode = tcp\nworkers = 16\n[health]\nenabled = false\n{}",
+        backends_section(&[ds[0].1])
+    );
+    std::fs::write(dir.path().join("config.ini"), config).expect("write");
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(dir.path())
+        .args(["-c", &format!("ulimit -n 48 && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
+    let p = Proc::spawn(&mut cmd, Some(dir));
+    let addr = p.listening_addr();
+    // Relays held open take most descriptors (two each)...
+    let held: Vec<TcpStream> = (0..14).map(|_| connect(addr)).collect();
+    for mut s in held.iter().map(|s| s.try_clone().expect("clone")) {
+        let _ = exchange(&mut s, "held");
+    }
+    // ... and clients come and go at the limit for two seconds.
+    let started = Instant::now();
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            thread::spawn(move || {
+                while started.elapsed() < Duration::from_secs(2) {
+                    if let Ok(mut s) = TcpStream::connect(addr) {
+                        let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+                        let _ = s.write_all(b"hello\n");
+                        let _ = s.read(&mut [0u8; 64]);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in flood {
+        t.join().expect("flood");
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    drop(held);
+    // Serving again once descriptors free up.
+    let deadline = Instant::now() + WAIT;
+    while tcp_request(addr, &mut None).is_err() {
+        assert!(Instant::now() < deadline, "not serving again; log:\n{}", p.log_text());
+    }
+    let log = p.log_text();
+    let count = |needle: &str| log.lines().filter(|l| l.contains(needle)).count() as u64;
+    assert!(count("Too many open files") > 0, "the flood never reached the limit:\n{log}");
+    for needle in ["accept: Too many open files", "a shortage on this host", "; closing the client"] {
+        assert!(
+            count(needle) <= seconds + 1,
+            "{} lines with {needle:?} in {seconds} s:\n{log}",
+            count(needle)
+        );
+    }
+}
