@@ -172,7 +172,8 @@ impl Parker {
             }
             if conn.greeting.is_some() {
                 // As nginx and HAProxy: a missing PROXY header gets no answer.
-                conn.refuse_greeting("no PROXY header within header_ms", "on");
+                let setting = self.accept_proxy.get().copied().unwrap_or("on");
+                conn.refuse_greeting("no PROXY header within header_ms", setting);
                 continue;
             }
             if conn.handshake.is_some() {

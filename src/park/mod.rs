@@ -137,6 +137,8 @@ pub struct Parker {
     idle: Duration,
     /// Where a TLS handshake that ran out of time here is counted.
     counters: OnceLock<Arc<ProxyCounters>>,
+    /// `accept_proxy` as written, for the line of a PROXY header that never came.
+    accept_proxy: OnceLock<&'static str>,
 }
 
 impl Parker {
@@ -158,6 +160,7 @@ impl Parker {
             finished: AtomicBool::new(false),
             idle,
             counters: OnceLock::new(),
+            accept_proxy: OnceLock::new(),
         };
         Ok(Arc::new(parker))
     }
@@ -182,6 +185,11 @@ impl Parker {
     /// Counts TLS handshakes that run out of `header_ms` here into `counters`.
     pub fn count_into(&self, counters: Arc<ProxyCounters>) {
         let _ = self.counters.set(counters);
+    }
+
+    /// Names the `accept_proxy` setting in the line of a PROXY header that never came.
+    pub fn name_accept_proxy(&self, setting: &'static str) {
+        let _ = self.accept_proxy.set(setting);
     }
 
     /// Whether connections wait for a worker: then an idle keep-alive connection should park

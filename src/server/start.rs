@@ -68,6 +68,7 @@ impl Shared {
         let counters = Arc::new(ProxyCounters::default());
         let parker = Parker::new(config.timeouts.idle).map_err(Error::Resource)?;
         parker.count_into(counters.clone());
+        parker.name_accept_proxy(crate::config::keys::accept_proxy_name(config.scale.accept_proxy));
         Ok(Shared {
             router,
             policy: Policy::new(&config.limits),

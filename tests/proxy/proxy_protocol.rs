@@ -369,6 +369,6 @@ fn a_proxy_header_trickled_byte_by_byte_holds_no_worker_and_header_ms_spans_its_
             "{mode}: closed at {closed_at:?}, before header_ms"
         );
         assert!(closed_at < Duration::from_secs(5), "{mode}: closed at {closed_at:?}, long after header_ms");
-        p.wait_for("no PROXY header within header_ms");
+        p.wait_for("no PROXY header within header_ms; closing (accept_proxy = any)");
     }
 }
