@@ -29,6 +29,11 @@ mod ws;
 pub use dial::{Dialed, Dialer};
 
 /// Sends concurrent requests through the proxy and shows how they were balanced.
+/// A count from 1 to `most`: 0 clients or requests would print an empty table and exit 0.
+fn count(most: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..=most)
+}
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "simulate_client",
@@ -42,10 +47,10 @@ pub struct ClientArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub target: String,
     /// Concurrent clients (threads).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = count(10_000))]
     pub clients: usize,
     /// Requests per client.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = count(1_000_000_000))]
     pub requests: usize,
     /// tcp (a line per connection), http (keep-alive GET /) or ws (a WebSocket to /ws per
     /// client, a message per request).

@@ -303,3 +303,31 @@ fn byte_counters_count_cut_transfers_and_a_relay_while_it_lasts() {
     let n = s.read(&mut tail).expect("echo");
     assert!(tail[..n].ends_with(b"still here\n"), "{:?}", String::from_utf8_lossy(&tail[..n]));
 }
+
+#[test]
+fn zero_simulated_clients_or_requests_is_an_error_and_a_dummy_takes_a_bare_ipv6_host() {
+    // 0 printed an empty table and exited 0, as if something had been measured.
+    for flag in ["--clients", "--requests"] {
+        let out = std::process::Command::new(CLIENT).args([flag, "0"]).output().expect("simulate_client");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("invalid value '0' for '{flag}")) && err.contains("not in 1..="),
+            "{err}"
+        );
+    }
+    // `--host ::1` as well as `--host '[::1]'` (it said "has no port").
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let (_d, addr) = dummy_with("six", 0, &["--host", "::1"]);
+        assert!(addr.is_ipv6(), "{addr}");
+        assert_eq!(exchange(&mut connect(addr), "hi"), "six");
+    } else {
+        // No IPv6 loopback here: the address is still understood, and cannot be bound.
+        let out = std::process::Command::new(DUMMY)
+            .args(["0", "--host", "::1", "--log-dir", ""])
+            .output()
+            .expect("dummy_server");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("[::1]:0") && !err.contains("no port"), "{err}");
+    }
+}

@@ -154,7 +154,13 @@ pub fn describe(e: &Error) -> String {
 impl DummyServer {
     /// Binds the port given in `args`.
     pub fn bind(args: &DummyArgs) -> Result<DummyServer, Error> {
-        let addr = crate::net::addr::parse_socket_addr(&format!("{}:{}", args.host, args.port), true)
+        // A bare IPv6 address (`--host ::1`) is bracketed to be joined with the port.
+        let host = if args.host.contains(':') && !args.host.starts_with('[') {
+            format!("[{}]", args.host)
+        } else {
+            args.host.clone()
+        };
+        let addr = crate::net::addr::parse_socket_addr(&format!("{host}:{}", args.port), true)
             .map_err(|e| Error::Resource(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         let listener = crate::net::bind(addr).map_err(|source| Error::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
