@@ -60,6 +60,7 @@ pub fn parse(
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err("response head too large"),
         Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err("response head with over 100 header fields"),
         Err(_) => return Err("malformed response head"),
     };
     let (Some(status), Some(version)) = (resp.code, resp.version) else {
@@ -320,6 +321,16 @@ mod tests {
             .expect("ok")
             .expect("c");
         assert!(out.contains("Content-Length: 7\r\n"), "{out}");
+    }
+
+    #[test]
+    fn over_100_header_fields_are_named_as_such() {
+        let raw = format!("HTTP/1.1 200 OK\r\n{}\r\n", "X-A: 1\r\n".repeat(101));
+        assert_eq!(run(&raw, &client(1, true)).err(), Some("response head with over 100 header fields"));
+        assert_eq!(
+            run("HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n", &client(1, true)).err(),
+            Some("malformed response head")
+        );
     }
 
     #[test]
