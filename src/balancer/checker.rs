@@ -10,6 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
+use parking_lot::Mutex;
 
 use crate::backend::health::Transition;
 use crate::backend::{AdminState, Backend};
@@ -40,6 +41,7 @@ pub fn check(
     s: &HealthSettings,
     tls: Option<(Arc<ClientConfig>, String)>,
     proxy: Option<ProxyVersion>,
+    overdue: &Overdue,
 ) -> Result<Result<(), String>, Skipped> {
     let until = Instant::now() + s.timeout;
     let stream = match TcpStream::connect_timeout(&addr, s.timeout) {
@@ -47,7 +49,38 @@ pub fn check(
         Err(e) if is_local_resource(&e) => return Err(Skipped(describe(&e))),
         Err(e) => return Ok(Err(describe(&e))),
     };
-    Ok(probe(stream, addr, s, tls, proxy, until))
+    if let Ok(watched) = stream.try_clone() {
+        overdue.open.lock().push((until, watched));
+    }
+    // Past its deadline, whatever went wrong, it ran out of time (cut, or read to the end).
+    Ok(probe(stream, addr, s, tls, proxy, until).map_err(|why| {
+        if Instant::now() >= until {
+            "timed out".to_string()
+        } else {
+            why
+        }
+    }))
+}
+
+/// The sockets of a round's checks, each with its deadline, for the checker thread to shut
+/// when a check outlives it: over TLS, rustls reads on until a record is whole, so no timeout
+/// per read bounds a backend that drips its records.
+#[derive(Default)]
+pub struct Overdue {
+    open: Mutex<Vec<(Instant, TcpStream)>>,
+}
+
+impl Overdue {
+    /// Shuts the sockets whose checks are past their deadline.
+    fn shut_due(&self, now: Instant) {
+        self.open.lock().retain(|(until, sock)| {
+            let due = *until <= now;
+            if due {
+                let _ = sock.shutdown(std::net::Shutdown::Both);
+            }
+            !due
+        });
+    }
 }
 
 /// Reads from a check's stream until its deadline, however the bytes trickle.
@@ -105,6 +138,17 @@ fn probe(
 }
 
 static SKIPPED: RateLimit = RateLimit::new();
+/// Says a check is over when it drops, however it ended (a panic too).
+struct Done(crossbeam_channel::Sender<()>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// How often the checker looks for checks past their deadline while a round runs.
+const OVERDUE_TICK: Duration = Duration::from_millis(25);
 static NO_THREAD: RateLimit = RateLimit::new();
 
 /// Starts the checker: every `interval` (plus up to 10% jitter) it checks every member of every
@@ -126,13 +170,23 @@ pub fn spawn_checker(
             .map(|b| (b, b.health_settings(), b.members()))
             .filter(|(_, s, _)| s.enabled)
             .collect();
+        let overdue = Overdue::default();
+        let (done, finished) = crossbeam_channel::unbounded::<()>();
         thread::scope(|scope| {
+            let mut running = 0usize;
             for (balancer, s, members) in &rounds {
                 // A backend in maintenance is not checked: its state is the operator's.
                 for b in members.iter().filter(|b| b.admin_state() != AdminState::Maint) {
                     let member_tls = || tls.as_ref().and_then(|t| t.get(b.spec()));
                     let (own, its_tls) = (thread::Builder::new().stack_size(64 * 1024), member_tls());
-                    if let Err(e) = own.spawn_scoped(scope, move || check_member(balancer, b, s, its_tls)) {
+                    let (overdue, done) = (&overdue, Done(done.clone()));
+                    let spawned = own.spawn_scoped(scope, move || {
+                        let _done = done;
+                        check_member(balancer, b, s, its_tls, overdue);
+                    });
+                    // Its `Done` drops once, spawned or not.
+                    running += 1;
+                    if let Err(e) = spawned {
                         // No thread for it (a reload grew the pools past the thread limit): it
                         // is checked here, after the others started, so it is still checked.
                         if let Some(n) = NO_THREAD.check() {
@@ -142,8 +196,16 @@ pub fn spawn_checker(
                                 held_back(n)
                             );
                         }
-                        check_member(balancer, b, s, member_tls());
+                        check_member(balancer, b, s, member_tls(), overdue);
                     }
+                }
+            }
+            // Until every check is done: each past its deadline is cut.
+            while running > 0 {
+                match finished.recv_timeout(OVERDUE_TICK) {
+                    Ok(()) => running -= 1,
+                    Err(RecvTimeoutError::Timeout) => overdue.shut_due(Instant::now()),
+                    Err(RecvTimeoutError::Disconnected) => break,
                 }
             }
         });
@@ -161,8 +223,9 @@ fn check_member(
     b: &Backend,
     s: &HealthSettings,
     tls: Option<(Arc<ClientConfig>, String)>,
+    overdue: &Overdue,
 ) {
-    let outcome = match check(b.addr(), s, tls, b.send_proxy()) {
+    let outcome = match check(b.addr(), s, tls, b.send_proxy(), overdue) {
         Ok(outcome) => outcome,
         Err(Skipped(why)) => {
             if let Some(n) = SKIPPED.check() {
