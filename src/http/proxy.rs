@@ -116,7 +116,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
                 crate::logging::access::refused(ip, status, &bytes, elapsed, &note, |note| {
                     format!("conn {} from {}: refused with {status}: {note}", conn.id, conn.peer)
                 });
-                stream.shutdown_write();
+                stream.notify_close();
                 drop(stream);
                 return close_lingering(conn, ctx.parker.as_deref(), LINGER_SHORT);
             }
@@ -377,7 +377,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     if linger || (pending.is_none() && !park && tunnel.is_none()) {
         // Closing: a TLS client gets `close_notify` first (RFC 8446 6.1, RFC 9112 9.8, as
         // nginx sends it), so that it can tell an answer read to its end from one cut short.
-        stream.shutdown_write();
+        stream.notify_close();
     }
     // A TLS session waits in the parker with its connection.
     let session = stream.into_session();

@@ -12,23 +12,11 @@ use super::{timespec, Lingering, Parker, Wait, GRACE, LINGER_TICK};
 use crate::conn::Conn;
 use crate::error::{Cause, Failure};
 use crate::net::{is_timeout, LINGER_QUIET, LINGER_TIME};
+use crate::tls::stream::notify_close;
 
 /// A lingering connection's reads per wake-up, so that one client still uploading cannot
 /// keep the parker from the others: its socket reports again at once if more is there.
 const DRAIN_READS: usize = 4;
-
-/// Writes to a socket without waiting.
-struct NoWait<'a>(&'a std::net::TcpStream);
-
-impl std::io::Write for NoWait<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        crate::net::send_now(self.0, buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 impl Parker {
     /// Closes `conn`, answered with its input maybe unread, as nginx's `lingering_close`:
@@ -53,7 +41,7 @@ impl Parker {
             let most = l.left.min(sink.len());
             match crate::net::recv(&conn.stream, &mut sink[..most], false) {
                 Ok(n @ 1..) if n < l.left => l.left -= n,
-                Err(e) if is_timeout(&e) => break,
+                Err(e) if is_timeout(&e) || e.kind() == std::io::ErrorKind::Interrupted => break,
                 // Closed, failed, or it sent what it may: closed here.
                 _ => return,
             }
@@ -63,7 +51,7 @@ impl Parker {
             return;
         }
         l.until = l.end.min(now + LINGER_QUIET);
-        // Refused at a stop: closed.
+        // Refused once the parker has closed everything: closed.
         drop(self.enter(conn, Wait::Linger(l)));
     }
 
@@ -84,7 +72,9 @@ impl Parker {
                 // A connection in the middle of a head gets nothing more (nginx closes it too).
                 let done = |wait: &Wait| match wait {
                     Wait::Idle(since) => now.duration_since(*since) >= GRACE,
-                    Wait::Head(_) | Wait::Linger(_) => true,
+                    Wait::Head(_) => true,
+                    // A lingering close goes on to its end: cut, it could reset the answer.
+                    Wait::Linger(l) => now >= l.end,
                     Wait::Relay(_) => self.finished.load(Ordering::SeqCst),
                 };
                 let gone: Vec<_> = parked.conns.extract_if(|_, (_, wait)| done(wait)).collect();
@@ -93,11 +83,13 @@ impl Parker {
                         parked.deadlines.remove(&(d, id));
                     }
                     self.unwatch(&conn);
+                    told_close(&conn);
                     closed += 1;
                 }
                 let ends = parked.conns.values().filter_map(|(_, w)| match w {
                     Wait::Idle(since) => Some(*since + GRACE),
-                    Wait::Head(_) | Wait::Relay(_) | Wait::Linger(_) => None,
+                    Wait::Linger(l) => Some(l.end),
+                    Wait::Head(_) | Wait::Relay(_) => None,
                 });
                 let relays = parked.conns.values().any(|(_, w)| matches!(w, Wait::Relay(_)));
                 (ends.max(), relays)
@@ -117,7 +109,15 @@ impl Parker {
             self.hand_over_ready(jobs, events, ready);
             self.expire(jobs, Instant::now());
         }
-        closed += self.parked.lock().conns.drain().count();
+        let rest: Vec<_> = {
+            let mut parked = self.parked.lock();
+            parked.closed = true;
+            parked.conns.drain().collect()
+        };
+        for (_, (conn, _)) in rest {
+            told_close(&conn);
+            closed += 1;
+        }
         if closed > 0 {
             log::debug!("parker: closed {closed} idle connection(s)");
         }
@@ -132,12 +132,7 @@ impl Parker {
         let expired: Vec<_> = self.parked.lock().conns.extract_if(|_, (_, wait)| idle_out(wait)).collect();
         for (_, (conn, _)) in expired {
             let _ = epoll::delete(&self.epoll, &conn.stream);
-            // A TLS client is told (`close_notify`), as a worker closing it tells it.
-            if let Some(session) = &conn.tls_session {
-                let mut c = session.lock();
-                c.send_close_notify();
-                let _ = c.write_tls(&mut NoWait(&conn.stream));
-            }
+            told_close(&conn);
             log::debug!("conn {} from {}: idle longer than idle_ms, closed", conn.id, conn.peer);
         }
     }
@@ -195,8 +190,7 @@ impl Parker {
                 Some(session) => {
                     let mut c = session.lock();
                     if std::io::Write::write_all(&mut c.writer(), &answer).is_ok() {
-                        c.send_close_notify();
-                        let _ = c.write_tls(&mut NoWait(&conn.stream));
+                        notify_close(&mut c, &conn.stream);
                     }
                 }
                 None => {
@@ -204,5 +198,13 @@ impl Parker {
                 }
             }
         }
+    }
+}
+
+/// Closes `conn` (it drops): a TLS client is told first (`close_notify`), as a worker closing
+/// it tells it.
+fn told_close(conn: &Conn) {
+    if let Some(session) = &conn.tls_session {
+        notify_close(&mut session.lock(), &conn.stream);
     }
 }

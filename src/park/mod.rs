@@ -104,6 +104,8 @@ struct Parked {
     deadlines: BTreeSet<(Instant, u64)>,
     /// When the thread's current wait ends: a deadline before it must wake the thread.
     asleep_until: Option<Instant>,
+    /// Set when the stopped thread closed what it held: nothing enters any more.
+    closed: bool,
 }
 
 impl Parked {
@@ -248,7 +250,10 @@ impl Parker {
     /// Parks `conn`; refused, it comes back.
     fn enter(&self, conn: Conn, wait: Wait) -> Option<Conn> {
         let mut parked = self.parked.lock();
-        if !self.open.load(Ordering::SeqCst) {
+        // At a stop, lingering closes still enter, to be drained to their end (a second at
+        // most) before the thread closes what remains.
+        let lingers = matches!(wait, Wait::Linger(_));
+        if parked.closed || !(lingers || self.open.load(Ordering::SeqCst)) {
             return Some(conn);
         }
         if let Err(e) = self.watch(&conn) {

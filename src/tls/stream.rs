@@ -56,6 +56,14 @@ impl<S: Borrow<TcpStream>> Stream<S> {
         }
     }
 
+    /// Before a close: a TLS client is sent `close_notify`, as far as the socket takes it now
+    /// ([`notify_close`]). Plain TCP needs nothing.
+    pub fn notify_close(&self) {
+        if let Stream::Tls(s, c) = self {
+            notify_close(&mut c.lock(), s.borrow());
+        }
+    }
+
     /// Ends the sending side: TLS sends `close_notify` first.
     pub fn shutdown_write(&self) {
         if let Stream::Tls(s, c) = self {
@@ -64,6 +72,31 @@ impl<S: Borrow<TcpStream>> Stream<S> {
             let _ = flush_tls(&mut c, s.borrow());
         }
         let _ = self.tcp().shutdown(Shutdown::Write);
+    }
+}
+
+/// Writes to a socket without waiting.
+pub struct NoWait<'a>(pub &'a TcpStream);
+
+impl Write for NoWait<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        crate::net::send_now(self.0, buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Queues `close_notify` and sends what the socket takes of it now, without waiting: a best
+/// effort before a close, so that a client that stopped reading cannot hold the closer for a
+/// write timeout (records still queued before the alert are as good as lost anyway).
+pub fn notify_close(c: &mut Connection, sock: &TcpStream) {
+    c.send_close_notify();
+    while c.wants_write() {
+        if !matches!(c.write_tls(&mut NoWait(sock)), Ok(1..)) {
+            break;
+        }
     }
 }
 
