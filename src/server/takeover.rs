@@ -82,16 +82,19 @@ pub fn receive(path: &Path) -> io::Result<Handoff> {
 }
 
 /// The control socket's file while this process serves it: removed when this drops, unless
-/// another process has replaced it since (a takeover's new process binds its own).
+/// it was handed over (the new process binds its own at the same path) or replaced since.
 pub struct Bound {
     path: PathBuf,
     /// Its device and inode, to know it is still ours.
     id: (u64, u64),
+    /// Set once a new process took the listeners: the path is its own now, whatever inode
+    /// number its socket got (a freed one is often reused at once).
+    handed: Arc<AtomicBool>,
 }
 
 impl Drop for Bound {
     fn drop(&mut self) {
-        if file_id(&self.path) == Some(self.id) {
+        if !self.handed.load(Ordering::SeqCst) && file_id(&self.path) == Some(self.id) {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -115,6 +118,8 @@ pub fn serve(
     taking_over: bool,
 ) -> io::Result<Bound> {
     let named = |e: io::Error| io::Error::new(e.kind(), format!("control socket {}: {e}", path.display()));
+    // The probe is a connection as a takeover's is: the serving proxy logs it as a takeover
+    // that did not complete (from its side it is one), and goes on serving.
     if !taking_over && UnixStream::connect(&path).is_ok() {
         return Err(io::Error::new(
             io::ErrorKind::AddrInUse,
@@ -131,7 +136,8 @@ pub fn serve(
         Err(e) => return Err(named(e)),
     }
     let control = UnixListener::bind(&path).map_err(named)?;
-    let bound = Bound { id: file_id(&path).unwrap_or_default(), path: path.clone() };
+    let handed = Arc::new(AtomicBool::new(false));
+    let bound = Bound { id: file_id(&path).unwrap_or_default(), path: path.clone(), handed: handed.clone() };
     control.set_nonblocking(true)?;
     log::info!("control socket {} (proxy_server --takeover {0} upgrades in place)", path.display());
     thread::Builder::new().name("control".into()).spawn(move || {
@@ -150,6 +156,7 @@ pub fn serve(
             };
             match hand_over(link, &listeners) {
                 Ok(()) => {
+                    handed.store(true, Ordering::SeqCst);
                     log::warn!("takeover: the new process accepts; stopping accepting here");
                     let _ = taken.send(());
                     return;
