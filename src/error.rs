@@ -161,7 +161,7 @@ impl fmt::Display for Cause {
             Cause::BodyTooLarge(why) => f.write_str(why),
             Cause::Unavailable(why) => write!(f, "{why}"),
             Cause::Status(status) => write!(f, "answered {status} (retry_on)"),
-            Cause::Cut => f.write_str("cut by the proxy's stop (drain deadline)"),
+            Cause::Cut => f.write_str("cut by the proxy's stop"),
         }
     }
 }

@@ -167,8 +167,8 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
             return None;
         }
         Err(f) => {
-            // Every backend failed, or this host is short (503): each client has its access
-            // line; the main log says it once a second at most.
+            // Every backend failed, or this host is short (503): once a second at most, with
+            // the count held back (a standard access log has every client's line).
             if let Some(n) = NOT_CONNECTED.check() {
                 log::error!("{label}: {f}; closing the client{}", held_back(n));
             }
@@ -378,7 +378,11 @@ fn finish(conn: &Conn, r: Relaying, outcome: RelayOutcome) {
     // The main log has the warning; a standard wording, or a file of its own, gets the line too.
     if access::adds_to_main_log() {
         entry.note = &how;
-        entry.status = if f.party == Party::Client { 499 } else { 502 };
+        entry.status = match f.party {
+            Party::Client => 499,
+            Party::Local => 503,
+            Party::Backend => 502,
+        };
         access::write(&entry, main);
     }
 }

@@ -90,6 +90,9 @@ pub fn run<T>(
             Ok(done) => return Ok(done),
             // Cut by the proxy's stop: no backend's failure, and nothing more is tried.
             Err((f, _)) if (client.cut)() => {
+                if let Some(what) = failed.take() {
+                    log::warn!("{}: {what}; not retried after all: cut by the proxy's stop", client.label);
+                }
                 return Err(Failure::at(backend.name(), Party::Local, f.phase, Cause::Cut));
             }
             Err(failed) => failed,
