@@ -81,14 +81,15 @@ impl Acceptor {
                 }
                 // No descriptor, no memory or buffer: retrying at once would spin.
                 Err(e) if is_local_resource(&e) => {
-                    if !fd_burst {
-                        // Once a second at most: under a flood, accepts and shortages alternate.
+                    // Once a second at most: under a flood, accepts and shortages alternate. One
+                    // held back is said within a second if it lasts.
+                    if !announced {
                         if let Some(n) = SHORT.check() {
                             log::warn!("accept: {e}; backing off until it frees up{}", held_back(n));
                             announced = true;
                         }
-                        fd_burst = true;
                     }
+                    fd_burst = true;
                     if self.halt.recv_timeout(FD_BACKOFF).is_ok() || self.stopping.load(Ordering::SeqCst) {
                         return;
                     }

@@ -358,7 +358,9 @@ fn refused_clients_that_keep_sending_linger_in_the_parker_and_hold_no_worker() {
         let mut w = lbproxy::h1::Wire::new(connect(addr));
         assert_eq!(get(&mut w, "/", "").status, 200);
         let took = started.elapsed();
-        assert!(took < std::time::Duration::from_millis(500), "a request beside the crowd took {took:?}");
+        // Lingering in the workers, it took seconds (7 s); a bound well above a busy machine's
+        // scheduling delays.
+        assert!(took < std::time::Duration::from_secs(2), "a request beside the crowd took {took:?}");
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     crowd.join().expect("crowd");
