@@ -28,12 +28,12 @@ mod ws;
 
 pub use dial::{Dialed, Dialer};
 
-/// Sends concurrent requests through the proxy and shows how they were balanced.
 /// A count from 1 to `most`: 0 clients or requests would print an empty table and exit 0.
 fn count(most: u64) -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..=most)
 }
 
+/// Sends concurrent requests through the proxy and shows how they were balanced.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "simulate_client",
@@ -46,7 +46,7 @@ pub struct ClientArgs {
     /// The proxy's address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub target: String,
-    /// Concurrent clients (threads).
+    /// Concurrent clients (threads), 1 to 10,000.
     #[arg(long, default_value_t = 10, value_parser = count(10_000))]
     pub clients: usize,
     /// Requests per client.

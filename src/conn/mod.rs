@@ -9,6 +9,7 @@
 //! reused by another socket.
 
 pub mod accept;
+pub mod greet;
 pub mod policy;
 
 use std::collections::HashMap;
@@ -21,11 +22,9 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::clock::now_ms;
-use crate::config::{AcceptProxy, Config};
 use crate::error::Failure;
 use crate::h1::respond::refusal;
-use crate::logging::{access, RateLimit};
-use crate::net::proxy_protocol::{self, Addresses};
+use crate::logging::access;
 use crate::relay::Progress;
 
 /// At a graceful stop, a keep-alive connection that has waited less than this since its last
@@ -34,8 +33,6 @@ use crate::relay::Progress;
 /// close idle keep-alive connections at a graceful stop. The parker, the HTTP worker and the
 /// drain all go by it.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
-
-static BAD_PROXY_HEADER: RateLimit = RateLimit::new();
 
 #[derive(Debug)]
 struct Entry {
@@ -224,17 +221,6 @@ impl std::fmt::Debug for Quiet {
     }
 }
 
-/// Where taking a connection's PROXY protocol header stands ([`Conn::greet`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Greeting {
-    /// Taken (or none expected): serve the connection.
-    Ready,
-    /// The rest has not arrived: park the connection until it does.
-    Waiting,
-    /// Missing or bad (logged): close the connection.
-    Refused,
-}
-
 /// An accepted client connection, registered until dropped.
 #[derive(Debug)]
 pub struct Conn {
@@ -357,47 +343,6 @@ impl Conn {
         Attached { conn: self, _backend: backend }
     }
 
-    /// Takes the client's addresses from a PROXY protocol header (`None`: a LOCAL or UNKNOWN
-    /// header, the socket's own addresses stand).
-    pub fn set_origin(&mut self, addrs: Option<Addresses>) {
-        if let Some(a) = addrs {
-            self.peer = a.src;
-            self.local = Some(a.dst);
-        }
-    }
-
-    /// With `accept_proxy` on, takes the PROXY protocol header before anything else, as much
-    /// of it as has arrived (the rest waits in the parker: [`Conn::greeting`]), and makes its
-    /// client address the connection's, for both modes: logs, `X-Forwarded-For`, source-hash
-    /// and the access log all read `peer`. A header missing at `header_ms` from accept, or
-    /// bad, is refused: the caller closes the connection, never forwarding it.
-    pub fn greet(&mut self, config: &Config) -> Greeting {
-        let accept = config.scale.accept_proxy;
-        if accept == AcceptProxy::Off {
-            return Greeting::Ready;
-        }
-        let mut got = self.greeting.take().unwrap_or_default();
-        let late = !config.timeouts.header.is_zero() && self.accepted.elapsed() >= config.timeouts.header;
-        let read = match proxy_protocol::read_now(&self.stream, accept, &mut got) {
-            Ok(None) if late => Err("no PROXY header within header_ms".to_string()),
-            read => read,
-        };
-        match read {
-            Ok(Some(header)) => {
-                self.set_origin(header.addrs);
-                Greeting::Ready
-            }
-            Ok(None) => {
-                self.greeting = Some(got);
-                Greeting::Waiting
-            }
-            Err(why) => {
-                self.refuse_greeting(&why, crate::config::keys::accept_proxy_name(accept));
-                Greeting::Refused
-            }
-        }
-    }
-
     /// The answer to a request head refused before any backend was asked, logged once: in the
     /// main log at warn, and, when the access log is a standard one, a line there too (as
     /// nginx logs its 400s and 408s), with no request to name. The caller writes it and closes;
@@ -410,25 +355,6 @@ impl Conn {
             format!("conn {} from {}: refused with {status}: {note}", self.id, self.peer)
         });
         Some(answer.bytes)
-    }
-
-    /// Logs (rate-limited) why a connection's PROXY header was refused (`accept`: the
-    /// `accept_proxy` setting, as written).
-    pub fn refuse_greeting(&self, why: &str, accept: &str) {
-        if let Some(n) = BAD_PROXY_HEADER.check() {
-            log::warn!(
-                "conn {} from {}: {why}; closing (accept_proxy = {accept}){}",
-                self.id,
-                self.peer,
-                crate::logging::held_back(n)
-            );
-        }
-    }
-
-    /// Where the client came from and the address it reached, for a PROXY header to a backend.
-    pub fn origin(&self) -> Addresses {
-        let dst = self.local.or_else(|| self.stream.local_addr().ok()).unwrap_or(self.peer);
-        Addresses { src: self.peer, dst }
     }
 
     /// Marks the connection as waiting for its next request (true) or busy (false); waiting
