@@ -219,22 +219,28 @@ fn a_reload_storm_swapping_whole_sets_loses_no_connection_in_tcp_mode() {
     reload_storm("tcp", tcp_request);
 }
 
+/// Starts the proxy with `config` under the shell's `ulimit` command `limit` (e.g. `ulimit -n 40`).
+fn proxy_under(limit: &str, config: &str) -> (Proc, SocketAddr) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("config.ini"), config).expect("write");
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(dir.path())
+        .args(["-c", &format!("{limit} && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
+    let p = Proc::spawn(&mut cmd, Some(dir));
+    let addr = p.listening_addr();
+    (p, addr)
+}
+
 #[test]
 fn running_out_of_descriptors_does_not_mark_backends_down_in_http_mode() {
     // Our shortage (EMFILE on connect) is not the backend's failure: nginx logs it as a local
     // error; HAProxy counts it as a resource error, not a server failure.
     let ds = dummies(1);
-    let dir = tempfile::tempdir().expect("tempdir");
     let config = format!(
         "[proxy]\nmode = http\nworkers = 96\nqueue = 64\n[health]\nenabled = false\nmax_fails = 1\n{}",
         backends_section(&[ds[0].1])
     );
-    std::fs::write(dir.path().join("config.ini"), config).expect("write");
-    let mut cmd = Command::new("sh");
-    cmd.current_dir(dir.path())
-        .args(["-c", &format!("ulimit -n 40 && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
-    let p = Proc::spawn(&mut cmd, Some(dir));
-    let addr = p.listening_addr();
+    let (p, addr) = proxy_under("ulimit -n 40", &config);
     // Idle clients fill the descriptor table: each holds a worker reading its head, until
     // the acceptor itself runs out.
     let mut flood: Vec<TcpStream> = (0..60).filter_map(|_| TcpStream::connect(addr).ok()).collect();
@@ -288,18 +294,11 @@ fn the_descriptor_limit_is_raised_to_the_hard_limit_and_one_too_low_is_named() {
     // proxy holds, parked ones too, far below what it serves.
     let ds = dummies(1);
     let start = |ulimit: &str, workers: usize| {
-        let dir = tempfile::tempdir().expect("tempdir");
         let config = format!(
             "[proxy]\nworkers = {workers}\n[health]\nenabled = false\n{}",
             backends_section(&[ds[0].1])
         );
-        std::fs::write(dir.path().join("config.ini"), config).expect("write");
-        let mut cmd = Command::new("sh");
-        cmd.current_dir(dir.path())
-            .args(["-c", &format!("{ulimit} && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
-        let p = Proc::spawn(&mut cmd, Some(dir));
-        p.listening_addr();
-        p
+        proxy_under(ulimit, &config).0
     };
     let hard =
         String::from_utf8(Command::new("sh").args(["-c", "ulimit -H -n"]).output().expect("sh").stdout)
@@ -324,17 +323,11 @@ fn a_descriptor_shortage_under_a_flood_is_logged_once_a_second_not_per_connectio
     // limit is thousands of events: the main log gets a line a second, with the count held
     // back, and each client still gets its 503 (http) or close.
     let ds = dummies(1);
-    let dir = tempfile::tempdir().expect("tempdir");
     let config = format!(
         "[proxy]\nmode = tcp\nworkers = 16\n[health]\nenabled = false\n{}",
         backends_section(&[ds[0].1])
     );
-    std::fs::write(dir.path().join("config.ini"), config).expect("write");
-    let mut cmd = Command::new("sh");
-    cmd.current_dir(dir.path())
-        .args(["-c", &format!("ulimit -n 48 && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
-    let p = Proc::spawn(&mut cmd, Some(dir));
-    let addr = p.listening_addr();
+    let (p, addr) = proxy_under("ulimit -n 48", &config);
     // Relays held open take most descriptors (two each)...
     let held: Vec<TcpStream> = (0..14).map(|_| connect(addr)).collect();
     for mut s in held.iter().map(|s| s.try_clone().expect("clone")) {
