@@ -154,10 +154,9 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
     let limits = Limits { connect: ctx.config.timeouts.connect, queue: ctx.config.timeouts.queue };
     let key = Some(source_key(conn.peer.ip()));
     let tls = ctx.backend_tls.as_deref();
-    let cut = || conn.cut();
-    let who = tries::Client { label: &label, peer: conn.peer, key, sticky: None, cut: &cut };
+    let who = tries::Client { label: &label, conn, key, sticky: None };
     let connecting = Instant::now();
-    let (backend, pick) = match upstream::connect(&pool.balancer, who, conn, limits, tls) {
+    let (backend, pick) = match upstream::connect(&pool.balancer, who, limits, tls) {
         Ok(found) => found,
         Err(f) if f.phase == Phase::Pick => {
             if let Some(n) = UNAVAILABLE.check() {

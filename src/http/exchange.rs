@@ -65,9 +65,7 @@ impl Exchange<'_> {
         self.precheck(cw)?;
         attempt.body_done = !self.has_body();
         let label = self.label();
-        let cut = || self.conn.cut();
-        let (peer, key, sticky) = (self.conn.peer, self.key, self.sticky());
-        let who = tries::Client { label: &label, peer, key, sticky, cut: &cut };
+        let who = tries::Client { label: &label, conn: self.conn, key: self.key, sticky: self.sticky() };
         let queue = self.ctx.config.timeouts.queue;
         tries::run(&self.pool.balancer, who, queue, |pick, backend| {
             self.attempt(pick, backend, cw, scratch, record, attempt, started)

@@ -99,13 +99,12 @@ pub fn secure(
 pub fn connect(
     balancer: &Balancer,
     who: tries::Client<'_>,
-    client: &Conn,
     limits: Limits,
     tls: Option<&crate::tls::Backends>,
 ) -> Result<(Stream<TcpStream>, Pick), Failure> {
     tries::run(balancer, who, limits.queue, |pick, backend| {
         let started = Instant::now();
-        let connected = dial(backend, limits.connect, client, who.label)
+        let connected = dial(backend, limits.connect, who.conn, who.label)
             .and_then(|stream| secure(backend, stream, tls, limits.connect));
         match connected {
             Ok(stream) => {

@@ -10,13 +10,13 @@
 //! ```
 
 use std::fmt::Display;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::retry::Retry;
 use crate::backend::Backend;
 use crate::balancer::{Balancer, Pick, Tried};
+use crate::conn::Conn;
 use crate::error::{Cause, Failure, Party, Phase};
 use crate::events;
 
@@ -25,13 +25,12 @@ use crate::events;
 pub struct Client<'a> {
     /// Names the connection or request in the log (`conn 17 from 127.0.0.1:51234`, `req <id>`).
     pub label: &'a dyn Display,
-    pub peer: SocketAddr,
+    /// Its connection: where it came from, and whether the proxy has cut it ([`Conn::cut`]).
+    pub conn: &'a Conn,
     /// The balancer's hash key; `None`: no key.
     pub key: Option<u64>,
     /// The member a sticky cookie names (its id), tried first.
     pub sticky: Option<u64>,
-    /// Whether the proxy has cut its connections ([`Conn::cut`](crate::conn::Conn::cut)).
-    pub cut: &'a dyn Fn() -> bool,
 }
 
 /// Tries backends for `client` until `attempt` succeeds on one or it is time to give up.
@@ -84,12 +83,12 @@ pub fn run<T>(
             log::warn!("{}: {what}; retrying {} {}", client.label, backend.name(), backend.addr());
         }
         if events::wants_pick() {
-            events::pick(client.label, &client.peer, backend.name(), pick.algorithm, &pick.reason);
+            events::pick(client.label, &client.conn.peer, backend.name(), pick.algorithm, &pick.reason);
         }
         let (f, retry) = match attempt(pick, &backend) {
             Ok(done) => return Ok(done),
             // Cut by the proxy's stop: no backend's failure, and nothing more is tried.
-            Err((f, _)) if (client.cut)() => {
+            Err((f, _)) if client.conn.cut() => {
                 if let Some(what) = failed.take() {
                     log::warn!("{}: {what}; not retried after all: cut by the proxy's stop", client.label);
                 }
@@ -118,7 +117,7 @@ pub fn run<T>(
             }
             Retry::NextBackend => {
                 if events::wants_retry() {
-                    events::retry(client.label, &client.peer, backend.name(), &f.to_string());
+                    events::retry(client.label, &client.conn.peer, backend.name(), &f.to_string());
                 }
                 tried.insert(&backend);
                 failed = Some(what_failed(&backend, &f));
