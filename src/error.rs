@@ -202,6 +202,12 @@ impl Failure {
         Failure { party, phase, cause, backend: Some(backend.to_string()) }
     }
 
+    /// The proxy's own cut (the drain deadline, a second Ctrl-C) of an exchange with
+    /// `backend` in `phase`: no peer's failure, so never retried nor counted.
+    pub fn cut(backend: &str, phase: Phase) -> Failure {
+        Failure::at(backend, Party::Local, phase, Cause::Cut)
+    }
+
     /// What the client gets, as nginx answers the same cases.
     pub fn answer(&self) -> Answer {
         use {Cause as C, Party as P, Phase as Ph};

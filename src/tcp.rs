@@ -355,7 +355,7 @@ fn finish(conn: &Conn, r: Relaying, outcome: RelayOutcome) {
     f.backend = Some(b.name().to_string());
     // Cut by the proxy's stop: no peer's failure.
     if conn.cut() {
-        f = Failure::at(b.name(), Party::Local, Phase::Relay, Cause::Cut);
+        f = Failure::cut(b.name(), Phase::Relay);
     }
     pool.balancer.record_failure(&b, &f);
     // A relay's only time limit is idle_ms: say so.

@@ -92,7 +92,7 @@ pub fn run<T>(
                 if let Some(what) = failed.take() {
                     log::warn!("{}: {what}; not retried after all: cut by the proxy's stop", client.label);
                 }
-                return Err(Failure::at(backend.name(), Party::Local, f.phase, Cause::Cut));
+                return Err(Failure::cut(backend.name(), f.phase));
             }
             Err(failed) => failed,
         };
