@@ -64,8 +64,7 @@ impl Acceptor {
     pub fn run(self) {
         crate::threads::pool::batch_scheduling();
         let mut next_id = 0u64;
-        let mut fd_burst = false;
-        // Whether this shortage was logged (then its end is too).
+        // Whether the shortage under way was logged (then its end is too).
         let mut announced = false;
         let mut full_logged = Instant::now() - Duration::from_secs(60);
         loop {
@@ -89,7 +88,6 @@ impl Acceptor {
                             announced = true;
                         }
                     }
-                    fd_burst = true;
                     if self.halt.recv_timeout(FD_BACKOFF).is_ok() || self.stopping.load(Ordering::SeqCst) {
                         return;
                     }
@@ -100,11 +98,8 @@ impl Acceptor {
                     continue;
                 }
             };
-            if fd_burst {
-                if std::mem::take(&mut announced) {
-                    log::info!("accept: accepting again");
-                }
-                fd_burst = false;
+            if std::mem::take(&mut announced) {
+                log::info!("accept: accepting again");
             }
             next_id += 1;
             self.counters.accepted.fetch_add(1, Ordering::Relaxed);
