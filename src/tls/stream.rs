@@ -8,7 +8,7 @@
 
 use std::borrow::Borrow;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,15 +64,6 @@ impl<S: Borrow<TcpStream>> Stream<S> {
         }
     }
 
-    /// Ends the sending side: TLS sends `close_notify` first.
-    pub fn shutdown_write(&self) {
-        if let Stream::Tls(s, c) = self {
-            let mut c = c.lock();
-            c.send_close_notify();
-            let _ = flush_tls(&mut c, s.borrow());
-        }
-        let _ = self.tcp().shutdown(Shutdown::Write);
-    }
 }
 
 /// Writes to a socket without waiting.
