@@ -154,13 +154,11 @@ pub fn describe(e: &Error) -> String {
 impl DummyServer {
     /// Binds the port given in `args`.
     pub fn bind(args: &DummyArgs) -> Result<DummyServer, Error> {
-        // A bare IPv6 address (`--host ::1`) is bracketed to be joined with the port.
-        let host = if args.host.contains(':') && !args.host.starts_with('[') {
-            format!("[{}]", args.host)
-        } else {
-            args.host.clone()
-        };
-        let addr = crate::net::addr::parse_socket_addr(&format!("{host}:{}", args.port), true)
+        // Host and port come apart already: resolved as they are (`::1` or `[::1]`), never
+        // joined into a `host:port` to be split again.
+        let host = args.host.trim_start_matches('[').trim_end_matches(']');
+        let addr = crate::net::addr::resolve(host, args.port)
+            .map(|addrs| addrs[0])
             .map_err(|e| Error::Resource(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
         let listener = crate::net::bind(addr).map_err(|source| Error::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| Error::Listen { addr, source })?;
