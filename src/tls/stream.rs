@@ -63,7 +63,6 @@ impl<S: Borrow<TcpStream>> Stream<S> {
             notify_close(&mut c.lock(), s.borrow());
         }
     }
-
 }
 
 /// Writes to a socket without waiting.

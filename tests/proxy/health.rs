@@ -3,11 +3,23 @@
 //! delays the checks of the others.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::util::*;
+
+/// Writes `bytes` to `to` one per `pace`, until they end, a write fails, or a minute is up
+/// (bounded: the test is over long before).
+fn drip(to: &mut TcpStream, bytes: impl IntoIterator<Item = u8>, pace: Duration) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for byte in bytes {
+        if Instant::now() > deadline || to.write_all(&[byte]).is_err() {
+            return;
+        }
+        thread::sleep(pace);
+    }
+}
 
 /// A backend that answers every request one byte per 100 ms: a valid head, padded to 3 KiB.
 fn dripping_backend() -> SocketAddr {
@@ -20,15 +32,7 @@ fn dripping_backend() -> SocketAddr {
                 let _ = s.read(&mut head);
                 let answer =
                     format!("HTTP/1.1 200 OK\r\nX-Pad: {}\r\nContent-Length: 0\r\n\r\n", "a".repeat(3000));
-                // Bounded: 3 KiB at 10 bytes a second is five minutes, but the test is over
-                // long before, and a write to a closed socket ends it.
-                let deadline = Instant::now() + Duration::from_secs(60);
-                for byte in answer.bytes() {
-                    if Instant::now() > deadline || s.write_all(&[byte]).is_err() {
-                        return;
-                    }
-                    thread::sleep(Duration::from_millis(100));
-                }
+                drip(&mut s, answer.into_bytes(), Duration::from_millis(100));
             });
         }
     });
@@ -58,22 +62,16 @@ fn dripping_relay(to: SocketAddr) -> SocketAddr {
     let addr = listener.local_addr().expect("addr");
     thread::spawn(move || {
         for client in listener.incoming().flatten() {
-            let Ok(upstream) = std::net::TcpStream::connect(to) else { continue };
+            let Ok(upstream) = TcpStream::connect(to) else { continue };
             let (mut up_in, mut up_out) =
                 (client.try_clone().expect("clone"), upstream.try_clone().expect("clone"));
             thread::spawn(move || {
                 let _ = std::io::copy(&mut up_in, &mut up_out);
             });
             thread::spawn(move || {
-                let (mut from, mut to) = (upstream, client);
-                let deadline = Instant::now() + Duration::from_secs(60);
-                let mut byte = [0u8; 1];
-                while Instant::now() < deadline && matches!(from.read(&mut byte), Ok(1)) {
-                    if to.write_all(&byte).is_err() {
-                        return;
-                    }
-                    thread::sleep(Duration::from_millis(50));
-                }
+                let mut to = client;
+                let bytes = std::io::BufReader::new(upstream).bytes().map_while(Result::ok);
+                drip(&mut to, bytes, Duration::from_millis(50));
             });
         }
     });
