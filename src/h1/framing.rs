@@ -1,6 +1,7 @@
 //! A request's body framing from its headers, refusing every ambiguous combination (the
 //! request-smuggling vectors): both Content-Length and Transfer-Encoding, a repeated or invalid
-//! Content-Length, Transfer-Encoding in HTTP/1.0 or not ending in `chunked`.
+//! Content-Length, Transfer-Encoding in HTTP/1.0 or not ending in `chunked`. A request coded
+//! other than plainly `chunked` (`gzip, chunked`) is answered 501, as nginx does (RFC 9112 6.1).
 
 use super::{parse_length, BodyKind};
 use crate::error::Rejection;
@@ -32,9 +33,13 @@ pub(super) fn framing(version: u8, headers: &[httparse::Header<'_>]) -> Result<B
     let valid =
         |c: &[u8]| !c.is_empty() && c.iter().all(|&b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     let chunked_count = codings.iter().filter(|c| chunked(c)).count();
-    if codings.last().is_some_and(|c| chunked(c)) && chunked_count == 1 && codings.iter().all(|c| valid(c)) {
-        Ok(BodyKind::Chunked)
-    } else {
-        Err(Rejection::new(400, "Transfer-Encoding must end in chunked"))
+    if !(codings.last().is_some_and(|c| chunked(c)) && chunked_count == 1 && codings.iter().all(|c| valid(c)))
+    {
+        return Err(Rejection::new(400, "Transfer-Encoding must end in chunked"));
     }
+    // Well-formed, but a coding the backend may not know either: nginx answers 501, HAProxy 422.
+    if codings.len() > 1 {
+        return Err(Rejection::new(501, "a transfer coding other than chunked"));
+    }
+    Ok(BodyKind::Chunked)
 }

@@ -403,19 +403,7 @@ fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_
     }
     match body {
         BodyKind::Length(n) => length_line(out, n),
-        BodyKind::Chunked => {
-            let te = super::header(headers, "transfer-encoding").unwrap_or(b"chunked");
-            let all: Vec<&[u8]> = headers
-                .iter()
-                .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-                .map(|h| h.value.trim_ascii())
-                .collect();
-            if all.len() == 1 {
-                line(out, "Transfer-Encoding", te);
-            } else {
-                line(out, "Transfer-Encoding", &all.join(&b", "[..]));
-            }
-        }
+        BodyKind::Chunked => line(out, "Transfer-Encoding", b"chunked"),
         BodyKind::Empty | BodyKind::UntilClose => {}
     }
     out.extend_from_slice(b"\r\n");

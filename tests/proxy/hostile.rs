@@ -272,6 +272,17 @@ fn malformed_and_ambiguous_requests_never_reach_the_backend() {
             400,
         ),
         ("TE identity", b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: identity\r\n\r\n".to_vec(), 400),
+        // A coding before chunked: nginx answers 501 (RFC 9112 6.1), HAProxy 422.
+        (
+            "TE gzip, chunked",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            501,
+        ),
+        (
+            "TE identity, chunked",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n".to_vec(),
+            501,
+        ),
         (
             "TE twice chunked",
             b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
