@@ -114,16 +114,31 @@ pub fn lingering_close(sock: &TcpStream, most: usize) {
 /// would cap the connections a proxy holds, parked ones too, far below what it can serve.
 /// Returns the limit before and after; the same when it could not be raised.
 pub fn raise_descriptor_limit() -> (Option<u64>, Option<u64>) {
-    use rustix::process::{getrlimit, setrlimit, Resource};
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
     let limit = getrlimit(Resource::Nofile);
     let before = limit.current;
-    if limit.current < limit.maximum {
-        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok());
+    if let Some(target) = descriptor_target(limit.current, limit.maximum, nr_open) {
+        let raised = Rlimit { current: Some(target), maximum: limit.maximum };
         if setrlimit(Resource::Nofile, raised).is_ok() {
-            return (before, limit.maximum);
+            return (before, Some(target));
         }
     }
     (before, before)
+}
+
+/// The soft descriptor limit to raise `current` to: the hard limit, but never above the
+/// kernel's `fs.nr_open`, which `setrlimit` refuses to pass: a hard limit set before
+/// `fs.nr_open` was lowered, or one read as unlimited, would otherwise leave the soft limit as
+/// it was. `None`: nothing to raise.
+fn descriptor_target(current: Option<u64>, maximum: Option<u64>, nr_open: Option<u64>) -> Option<u64> {
+    // `None` is RLIM_INFINITY; without `fs.nr_open`, its default (1,048,576).
+    let ceiling = nr_open.unwrap_or(1 << 20);
+    let target = maximum.map_or(ceiling, |max| max.min(ceiling));
+    match current {
+        Some(current) if current < target => Some(target),
+        _ => None,
+    }
 }
 
 /// True for errors that mean the descriptor table (per process or system) is full.
@@ -144,6 +159,16 @@ pub fn is_local_resource(e: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_descriptor_limit_rises_to_the_hard_limit_but_never_past_nr_open() {
+        assert_eq!(descriptor_target(Some(1024), Some(20_000), Some(1 << 20)), Some(20_000));
+        assert_eq!(descriptor_target(Some(1024), None, Some(1 << 20)), Some(1 << 20));
+        assert_eq!(descriptor_target(Some(1024), None, None), Some(1 << 20));
+        assert_eq!(descriptor_target(Some(1024), Some(4_000_000), Some(65_536)), Some(65_536));
+        assert_eq!(descriptor_target(Some(20_000), Some(20_000), Some(1 << 20)), None);
+        assert_eq!(descriptor_target(None, None, Some(1 << 20)), None);
+    }
 
     #[test]
     fn local_shortages_are_told_apart_from_peer_failures() {
