@@ -10,6 +10,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use super::cgroup::Cap;
+use super::cgroup::{read_number, tightest, MEMORY, PIDS};
 use crate::config::Config;
 
 /// Memory mappings per thread: its stack and guard page, plus a share of malloc arenas and
@@ -22,13 +24,6 @@ pub const MAPPING_MARGIN: u64 = 1024;
 pub const RESIDENT_KIB_PER_THREAD: u64 = 64;
 /// Threads of the admin listener's pool.
 pub const ADMIN_THREADS: usize = 4;
-
-/// A limit and how much of it is already in use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cap {
-    pub max: u64,
-    pub used: u64,
-}
 
 /// The limits a new thread counts against; `None`: unlimited, not enforced, or unreadable.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,6 +38,9 @@ pub struct Limits {
     /// The tightest cgroup `pids.max` of this process's cgroup or its ancestors, its
     /// `pids.current`, and the file it came from.
     pub pids: Option<(Cap, PathBuf)>,
+    /// The tightest cgroup `memory.max` (v1: `memory.limit_in_bytes`) and its usage, in bytes,
+    /// and the file it came from: a container's limit, which `MemAvailable` does not show.
+    pub memory: Option<(Cap, PathBuf)>,
     /// `MemAvailable` from /proc/meminfo, in KiB.
     pub mem_available_kib: Option<u64>,
 }
@@ -142,16 +140,30 @@ fn budgets(limits: &Limits) -> Vec<Budget> {
     if let Some(kib) = limits.mem_available_kib {
         out.push(Budget {
             threads: kib / RESIDENT_KIB_PER_THREAD,
-            needs: Box::new(|t| {
-                format!(
-                    "~{} MiB of memory ({RESIDENT_KIB_PER_THREAD} KiB per thread)",
-                    grouped(t * RESIDENT_KIB_PER_THREAD / 1024)
-                )
-            }),
+            needs: Box::new(memory_needs),
             limit: format!("MemAvailable is {} MiB", grouped(kib / 1024)),
         });
     }
+    if let Some((c, path)) = &limits.memory {
+        out.push(Budget {
+            threads: c.max.saturating_sub(c.used) / 1024 / RESIDENT_KIB_PER_THREAD,
+            needs: Box::new(memory_needs),
+            limit: format!(
+                "the cgroup's memory limit is {} MiB and {} MiB are in use ({})",
+                grouped(c.max / (1 << 20)),
+                grouped(c.used / (1 << 20)),
+                path.display()
+            ),
+        });
+    }
     out
+}
+
+fn memory_needs(threads: u64) -> String {
+    format!(
+        "~{} MiB of memory ({RESIDENT_KIB_PER_THREAD} KiB per thread)",
+        grouped(threads * RESIDENT_KIB_PER_THREAD / 1024)
+    )
 }
 
 /// Checks that `workers` plus `service` threads fit every limit. On refusal, names the tightest
@@ -193,15 +205,15 @@ pub fn grouped(n: u64) -> String {
 impl Limits {
     /// Reads this system's limits (Linux /proc and /sys; elsewhere only RLIMIT_NPROC).
     pub fn read() -> Limits {
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok();
         Limits {
             nproc: read_nproc(),
             threads_max: read_number("/proc/sys/kernel/threads-max").zip(running_threads()).map(cap),
             max_map_count: read_number("/proc/sys/vm/max_map_count")
                 .zip(std::fs::read_to_string("/proc/self/maps").ok().map(|m| m.lines().count() as u64))
                 .map(cap),
-            pids: std::fs::read_to_string("/proc/self/cgroup")
-                .ok()
-                .and_then(|text| cgroup_pids(&text, Path::new("/sys/fs/cgroup"))),
+            pids: cgroup.as_deref().and_then(|text| tightest(text, Path::new("/sys/fs/cgroup"), &PIDS)),
+            memory: cgroup.as_deref().and_then(|text| tightest(text, Path::new("/sys/fs/cgroup"), &MEMORY)),
             mem_available_kib: std::fs::read_to_string("/proc/meminfo")
                 .ok()
                 .and_then(|m| meminfo_kib(&m, "MemAvailable")),
@@ -211,10 +223,6 @@ impl Limits {
 
 fn cap((max, used): (u64, u64)) -> Cap {
     Cap { max, used }
-}
-
-fn read_number(path: impl AsRef<Path>) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 /// Threads on the system: the denominator of /proc/loadavg's fourth field ("1/734").
@@ -282,37 +290,6 @@ fn user_threads(uid: u64) -> u64 {
     total
 }
 
-/// The tightest `pids.max` on the way from this process's cgroup up to `root`, from the text
-/// of /proc/self/cgroup: the v2 line `0::/path`, or a v1 line naming the `pids` controller.
-pub fn cgroup_pids(proc_cgroup: &str, root: &Path) -> Option<(Cap, PathBuf)> {
-    let mut dirs = Vec::new();
-    for line in proc_cgroup.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        if controllers.is_empty() {
-            dirs.push(root.to_path_buf().join(path.trim_start_matches('/')));
-        } else if controllers.split(',').any(|c| c == "pids") {
-            dirs.push(root.join("pids").join(path.trim_start_matches('/')));
-        }
-    }
-    let mut best: Option<(Cap, PathBuf)> = None;
-    for leaf in dirs {
-        for dir in leaf.ancestors().take_while(|d| d.starts_with(root)) {
-            let file = dir.join("pids.max");
-            // "max" (no limit) and a missing file both parse as None.
-            let (Some(max), Some(used)) = (read_number(&file), read_number(dir.join("pids.current"))) else {
-                continue;
-            };
-            if best.as_ref().is_none_or(|(b, _)| max.saturating_sub(used) < b.max.saturating_sub(b.used)) {
-                best = Some((Cap { max, used }, file));
-            }
-        }
-    }
-    best
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,6 +324,7 @@ mod tests {
             threads_max: Some(Cap { max: 192_731, used: 500 }),
             max_map_count: Some(Cap { max: 65530, used: 100 }),
             pids: Some((Cap { max: 3000, used: 20 }, PathBuf::from("/sys/fs/cgroup/app/pids.max"))),
+            memory: None,
             mem_available_kib: Some(1024 * 1024),
         };
         let r = check(9256, 10, &limits).expect_err("over the cgroup");
@@ -365,6 +343,16 @@ mod tests {
             r.to_string(),
             "2000 needs ~125 MiB of memory (64 KiB per thread); MemAvailable is 64 MiB; at most 1,014 fit"
         );
+
+        // A container's limit, which MemAvailable (the host's) does not show.
+        let file = PathBuf::from("/sys/fs/cgroup/pod/memory.max");
+        let pod = Limits { memory: Some((Cap { max: 64 << 20, used: 32 << 20 }, file)), ..memory };
+        let r = check(2000, 10, &pod).expect_err("over the cgroup's memory");
+        assert_eq!(
+            r.to_string(),
+            "2000 needs ~125 MiB of memory (64 KiB per thread); the cgroup's memory limit is 64 MiB and \
+             32 MiB are in use (/sys/fs/cgroup/pod/memory.max); at most 502 fit"
+        );
     }
 
     #[test]
@@ -382,25 +370,6 @@ mod tests {
         assert!(!nproc_exempt(1000, 0, initial));
         assert!(nproc_exempt(1000, 1 << 24, initial), "CAP_SYS_RESOURCE");
         assert!(!nproc_exempt(0, u64::MAX, container));
-    }
-
-    #[test]
-    fn cgroup_v1_and_v2_pids_limits_are_found_up_the_tree() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let write = |dir: &Path, max: &str, current: &str| {
-            std::fs::create_dir_all(dir).expect("mkdir");
-            std::fs::write(dir.join("pids.max"), max).expect("write");
-            std::fs::write(dir.join("pids.current"), current).expect("write");
-        };
-        let r = root.path();
-        write(&r.join("svc"), "500\n", "10\n");
-        write(&r.join("svc/proxy"), "max\n", "4\n");
-        let (cap, file) = cgroup_pids("0::/svc/proxy\n", r).expect("v2 limit");
-        assert_eq!((cap, file), (Cap { max: 500, used: 10 }, r.join("svc/pids.max")));
-        write(&r.join("pids/box"), "64\n", "60\n");
-        let (cap, _) = cgroup_pids("9:memory:/x\n8:pids:/box\n0::/\n", r).expect("v1 limit");
-        assert_eq!(cap, Cap { max: 64, used: 60 });
-        assert_eq!(cgroup_pids("0::/elsewhere\n", r), None);
     }
 
     #[test]
