@@ -243,7 +243,9 @@ impl Exchange<'_> {
             bout.flush().map_err(to_backend)?;
             return Ok(Verdict::Continue);
         }
-        if self.head.expect_continue && !attempt.continued {
+        // A client may send its body without waiting for the `100` (RFC 9110 10.1.1, as curl
+        // does after 1 s): once some of it is here, there is nothing left to wait for.
+        if self.head.expect_continue && !attempt.continued && cw.buffered().is_empty() {
             bout.flush().map_err(to_backend)?;
             if let Verdict::Final(resp) =
                 interim::await_continue(self, bw, side, backend.name(), scratch, attempt)?
