@@ -298,7 +298,8 @@ impl Exchange<'_> {
             }
             Err(BodyError::Source(e, n)) => {
                 record.bytes_in += n;
-                return Err(Failure::new(Party::Client, Phase::Send, Cause::Io(e)));
+                let cause = if crate::net::is_timeout(&e) { Cause::Timeout } else { Cause::Io(e) };
+                return Err(Failure::new(Party::Client, Phase::Send, cause));
             }
         }
         match bout.flush() {

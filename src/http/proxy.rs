@@ -350,9 +350,10 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
                         !close
                     }
                     Answer::Close => {
-                        // Gone before an answer: nginx's 499 in the access line.
+                        // Gone before an answer: nginx's 499 in the access line; stalled
+                        // mid-body past `idle_ms`, its 408 (`client_body_timeout`, no answer sent).
                         if record.status == 0 && f.party == Party::Client {
-                            record.status = 499;
+                            record.status = if matches!(f.cause, Cause::Timeout) { 408 } else { 499 };
                         }
                         false
                     }
