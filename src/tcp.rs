@@ -76,7 +76,11 @@ pub fn serve(mut conn: Conn, ctx: &Context, bufs: &mut Buffers) {
             if conn.admitted.is_none() {
                 match ctx.policy.admit(conn.peer.ip(), true) {
                     Ok(slot) => conn.admitted = Some(slot),
-                    Err(why) => return ctx.refused(Label(&conn), conn.peer.ip(), why),
+                    Err(why) => {
+                        ctx.refused(Label(&conn), conn.peer.ip(), why);
+                        // As in http mode, and as nginx's stream module logs its `deny`.
+                        return closed_unserved(&conn, "", why.status(), why.text());
+                    }
                 }
             }
             match open(&conn, ctx) {
@@ -162,7 +166,7 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
             if let Some(n) = UNAVAILABLE.check() {
                 log::warn!("{label}: {f}; closing the client{}", held_back(n));
             }
-            unserved(conn, &pool, 503, &f);
+            closed_unserved(conn, &pool.name, 503, &f.to_string());
             return None;
         }
         Err(f) => {
@@ -172,7 +176,7 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
                 log::error!("{label}: {f}; closing the client{}", held_back(n));
             }
             let status = if f.party == Party::Local { 503 } else { 502 };
-            unserved(conn, &pool, status, &f);
+            closed_unserved(conn, &pool.name, status, &f.to_string());
             return None;
         }
     };
@@ -193,18 +197,18 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
     })
 }
 
-/// The access line of a connection no backend took (503: none could be had; 502: connecting
-/// failed), as nginx's stream module logs them; the main log has its own line already.
-fn unserved(conn: &Conn, pool: &Pool, status: u16, f: &crate::error::Failure) {
+/// The access line of a connection closed unserved, as nginx's stream module logs them: no
+/// backend could be had (503) or connecting failed (502), or `[limits]` refused it (403, 429);
+/// the main log has its own line already.
+fn closed_unserved(conn: &Conn, pool: &str, status: u16, note: &str) {
     if access::adds_to_main_log() {
-        let note = f.to_string();
         let entry = Entry {
             client: Some(conn.peer.ip()),
             protocol: "TCP",
             status,
             duration: conn.accepted.elapsed(),
-            pool: &pool.name,
-            note: &note,
+            pool,
+            note,
             ..Entry::default()
         };
         access::write(&entry, || format!("{}: {note}; closed ({status})", Label(conn)));

@@ -73,6 +73,26 @@ pub enum Refused {
     Connections,
 }
 
+impl Refused {
+    /// The status a refused client gets (http) or its access line carries (tcp).
+    pub fn status(self) -> u16 {
+        if self == Refused::Denied {
+            403
+        } else {
+            429
+        }
+    }
+
+    /// What a refused client reads, and its access line's note.
+    pub fn text(self) -> &'static str {
+        match self {
+            Refused::Denied => "client address not allowed",
+            Refused::Rate(_) => "too many requests from this address",
+            Refused::Connections => "too many connections from this address",
+        }
+    }
+}
+
 /// The per-client policy in force; reloads replace its rules (rate states start afresh when
 /// `rate`, `burst` or `max_clients` change).
 pub struct Policy {

@@ -24,15 +24,6 @@ pub(super) fn per_request(ctx: &Context, ip: IpAddr, head: &RequestHead) -> Opti
     Some(why)
 }
 
-/// What a refused client reads.
-pub(super) fn refusal_text(why: Refused) -> String {
-    match why {
-        Refused::Denied => "client address not allowed".to_string(),
-        Refused::Rate(_) => "too many requests from this address".to_string(),
-        Refused::Connections => "too many connections from this address".to_string(),
-    }
-}
-
 /// Answers a request `[limits]` refused: 403, or 429 with `Retry-After` (whole seconds,
 /// rounded up). Returns whether the connection stays open.
 pub(super) fn answer_refused(
@@ -50,7 +41,7 @@ pub(super) fn answer_refused(
         Refused::Connections => (429, None),
     };
     record.status = status;
-    record.note = refusal_text(why);
+    record.note = why.text().to_string();
     let bytes =
         crate::h1::respond::text_error_with(status, &record.note, Some(&head.request_id), close, retry);
     send_answer(client, scratch, record, &head.method, &bytes);

@@ -16,7 +16,7 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::answer::{answer_here, answer_refused, per_request, refusal_text};
+use super::answer::{answer_here, answer_refused, per_request};
 use super::client::{access_log, holds_plaintext, read_now, refuse_head, tls_version, write_error};
 use super::context::{Attempt, Exchange, Record, Scratch, VIA};
 use super::exchange::Served;
@@ -25,7 +25,6 @@ use super::upgrade::{self, Parked};
 use crate::balancer::{header_value_key, source_key, Balancer};
 use crate::config::as_limit;
 use crate::conn::accept::{self, ClientStream, Opened};
-use crate::conn::policy::Refused;
 use crate::conn::{Conn, PartialHead};
 use crate::context::Context;
 use crate::error::{Answer, Cause, Failure, Party, Rejection};
@@ -107,9 +106,8 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
             Ok(slot) => admitted = Some(slot),
             Err(why) => {
                 ctx.refused(format_args!("conn {}", conn.id), conn.peer.ip(), why);
-                let status = if why == Refused::Denied { 403 } else { 429 };
-                let note = refusal_text(why);
-                let bytes = crate::h1::respond::text_error(status, &note, None, true);
+                let (status, note) = (why.status(), why.text());
+                let bytes = crate::h1::respond::text_error(status, note, None, true);
                 let _ = (&stream).write_all(&bytes);
                 // A standard access log gets its line, as nginx logs its `deny` and `limit_conn`.
                 let (ip, elapsed) = (conn.peer.ip(), conn.accepted.elapsed());

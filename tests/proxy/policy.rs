@@ -126,6 +126,26 @@ fn a_connection_refused_by_limits_has_its_access_line() {
     let line = |status: &str, from: &str| log.lines().any(|l| l.starts_with(from) && l.contains(status));
     assert!(line("\" 403 ", "127.0.0.2 "), "{log}");
     assert!(line("\" 200 ", "127.0.0.3 ") && line("\" 429 ", "127.0.0.3 "), "{log}");
+
+    // In tcp mode too, as nginx's stream module logs its `deny`.
+    let tcp = config.replace("mode = http", "mode = tcp").replace("combined", "json");
+    let (p, addr) = proxy_with(&tcp, &[]);
+    let admin = admin_addr(&p);
+    let mut denied = connect_from([127, 0, 0, 2], addr);
+    assert!(matches!(denied.read(&mut [0u8; 16]), Ok(0) | Err(_)), "closed at accept");
+    let mut first = connect_from([127, 0, 0, 3], addr);
+    assert_eq!(exchange(&mut first, "hello"), "app1");
+    let mut second = connect_from([127, 0, 0, 3], addr);
+    assert!(matches!(second.read(&mut [0u8; 16]), Ok(0) | Err(_)), "closed: one at a time");
+    wait_until("2 access lines", || proxy_stats(admin)["access_log"]["written"].as_u64() >= Some(2));
+    let log = std::fs::read_to_string(p.dir().join("access.log")).expect("access.log");
+    let json: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let refused = |status: u64, from: &str| {
+        json.iter().any(|v| v["status"] == status && v["client"] == from && v["protocol"] == "TCP")
+    };
+    assert!(refused(403, "127.0.0.2") && refused(429, "127.0.0.3"), "{log}");
+    drop(first);
 }
 
 /// `deny` judges every request, as nginx's does: a reload that denies a client reaches its
