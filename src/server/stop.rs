@@ -31,11 +31,15 @@ pub(super) fn wait(
     discovery: &Discovery,
     taken: &Receiver<()>,
 ) -> Stop {
+    // Without a control socket (none set, or it could not be served) no takeover can come: its
+    // sender is gone, and a closed channel is always ready, so it is looked at no more.
+    let mut taken = taken.clone();
     loop {
         select! {
             recv(signals.stop) -> why => return Stop { why: why.unwrap_or("shutdown"), taken_over: false },
-            recv(taken) -> r => if r.is_ok() {
-                return Stop { why: "takeover", taken_over: true };
+            recv(taken) -> r => match r {
+                Ok(()) => return Stop { why: "takeover", taken_over: true },
+                Err(_) => taken = crossbeam_channel::never(),
             },
             recv(signals.reload) -> r => match r {
                 Ok(()) => {
