@@ -152,11 +152,25 @@ pub(super) fn parse_nets(s: &str) -> Result<Vec<ipnet::IpNet>, String> {
         .map(|w| {
             w.parse::<ipnet::IpNet>()
                 .or_else(|_| w.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(ipv4_mapped)
                 .map_err(|_| {
                     format!("'{w}' is not an address or CIDR block (e.g. 10.0.0.0/8, 127.0.0.1, ::1)")
                 })
         })
         .collect()
+}
+
+/// An IPv4-mapped block (`::ffff:10.0.0.0/104`) as the IPv4 block it maps, since client
+/// addresses are compared in their IPv4 form (a `[::]` listener's logs show them mapped, and
+/// an operator copies them from there), as nginx matches a mapped client against IPv4 rules.
+fn ipv4_mapped(net: ipnet::IpNet) -> ipnet::IpNet {
+    match net {
+        ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, ipnet::IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
 }
 
 /// `cookie` or `cookie NAME`: the cookie's name (`lb` by default); empty: off.

@@ -22,6 +22,24 @@ fn deny_comes_first_then_allow_and_mapped_ipv4_counts_as_ipv4() {
     assert_eq!(p.admits(ip("192.0.2.1")), Err(Refused::Denied));
 }
 
+/// Rules written in the mapped form a `[::]` listener's logs show (`::ffff:10.1.2.3`) match
+/// the client as its IPv4 form, as nginx matches a mapped client against IPv4 rules; they
+/// were silently dead before.
+#[test]
+fn mapped_ipv4_rules_match_as_ipv4() {
+    let p = Policy::new(&settings("allow = ::ffff:10.0.0.0/104, ::1\ndeny = ::ffff:10.1.2.3\n"));
+    assert_eq!(p.admits(ip("10.9.9.9")), Ok(()));
+    assert_eq!(p.admits(ip("::ffff:10.9.9.9")), Ok(()));
+    assert_eq!(p.admits(ip("10.1.2.3")), Err(Refused::Denied));
+    assert_eq!(p.admits(ip("::ffff:10.1.2.3")), Err(Refused::Denied));
+    assert_eq!(p.admits(ip("192.0.2.1")), Err(Refused::Denied));
+    let all = Policy::new(&settings("deny = ::ffff:0:0/96\n"));
+    assert_eq!(all.admits(ip("192.0.2.1")), Err(Refused::Denied));
+    assert_eq!(all.admits(ip("::1")), Ok(()));
+    let behind = Policy::new(&settings("trusted_proxies = ::ffff:127.0.0.1\n"));
+    assert!(behind.trusts(ip("127.0.0.1")) && behind.trusts(ip("::ffff:127.0.0.1")));
+}
+
 #[test]
 fn a_burst_of_30_at_10_per_second_with_burst_5_lets_6_through_per_client() {
     let p = Policy::new(&settings("rate = 10/s\nburst = 5\n"));
