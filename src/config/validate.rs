@@ -10,8 +10,8 @@ use super::keys::{self, Key, Kind};
 use super::raw::{RawConfig, Setting};
 use super::routing;
 use super::values::{
-    parse_algorithm, parse_backend, parse_bool, parse_header_name, parse_nets, parse_number, parse_path,
-    parse_rate, parse_statuses, parse_sticky,
+    parse_algorithm, parse_backend, parse_bool, parse_control_socket, parse_header_name, parse_nets,
+    parse_number, parse_path, parse_rate, parse_statuses, parse_sticky,
 };
 use super::{
     AcceptProxy, Algorithm, BackendSpec, Config, ConfigError, HealthSettings, HttpSettings, LimitSettings,
@@ -99,7 +99,7 @@ impl RawConfig {
         let deny = v.get(&keys::DENY, parse_nets);
         let trusted_proxies = v.get(&keys::TRUSTED_PROXIES, parse_nets);
         let error_pages = v.get(&keys::ERROR_PAGES, |s| Ok((!s.is_empty()).then(|| PathBuf::from(s))));
-        let control_socket = v.get(&keys::CONTROL_SOCKET, |s| Ok((!s.is_empty()).then(|| PathBuf::from(s))));
+        let control_socket = v.get(&keys::CONTROL_SOCKET, parse_control_socket);
         // `None` exactly when some value was bad (and reported).
         let built = (|| {
             Some(Config {

@@ -17,6 +17,7 @@ use std::io::{self, BufRead, BufReader, IoSlice, IoSliceMut, Write};
 use std::mem::MaybeUninit;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -129,6 +130,10 @@ pub fn serve(
                 path.display()
             ),
         ));
+    }
+    // Only a stale socket is replaced: never a file put there since the config was checked.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.file_type().is_socket()) {
+        return Err(named(io::Error::new(io::ErrorKind::AlreadyExists, "not a socket; left alone")));
     }
     match std::fs::remove_file(&path) {
         Ok(()) => {}

@@ -188,3 +188,40 @@ fn a_live_control_socket_is_left_to_its_proxy_and_each_removes_only_its_own_at_e
     assert!(first.wait_exit().success());
     assert!(!socket.exists(), "the control socket's file was left behind");
 }
+
+/// `control_socket` naming a file that is not a socket (a typo for the config, say) is
+/// refused by `--check` and at start, and the file is left whole: binding used to delete it.
+/// So are a directory, a missing directory and a path too long for a unix socket, which failed
+/// only at start, turning upgrades in place off (`nginx -t` checks its paths too).
+#[test]
+fn a_control_socket_path_that_cannot_be_a_socket_is_refused_and_what_is_there_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let precious = dir.path().join("precious.ini");
+    std::fs::write(&precious, "keep me\n").expect("write");
+    let long = format!("/tmp/{}", "s".repeat(120));
+    let missing = dir.path().join("no/such/dir/control.sock");
+    let cases = [
+        (precious.display().to_string(), "a file that is not a socket"),
+        (dir.path().display().to_string(), "a directory"),
+        (missing.display().to_string(), "does not exist"),
+        (long, "a unix socket's path has at most 107"),
+    ];
+    for (path, why) in cases {
+        let config = dir.path().join("proxy.ini");
+        let text =
+            format!("[proxy]\nlisten = 127.0.0.1:0\ncontrol_socket = {path}\n[backends]\na = 127.0.0.1:1\n");
+        std::fs::write(&config, text).expect("config");
+        for check in [true, false] {
+            let mut cmd = Command::new(PROXY);
+            cmd.arg("--config").arg(&config).current_dir(dir.path());
+            if check {
+                cmd.arg("--check");
+            }
+            let out = cmd.output().expect("proxy_server");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{path} (check: {check}): {err}");
+            assert!(err.contains("control_socket") && err.contains(why), "{path}: {err}");
+        }
+    }
+    assert_eq!(std::fs::read_to_string(&precious).expect("still there"), "keep me\n");
+}
