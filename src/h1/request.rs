@@ -193,10 +193,11 @@ pub fn parse(
     // and the backend is not asked for one, as nginx and HAProxy do.
     let expect_continue = continues && version == 1;
     let keep_alive = super::keep_alive(version, headers);
+    // One a log line could not carry whole (empty, over 200 bytes, not visible ASCII) is
+    // replaced, not refused: the request is good, only its label is not.
     let request_id = match super::header(headers, "x-request-id") {
         Some(id) if valid_request_id(id) => String::from_utf8_lossy(id).into_owned(),
-        Some(_) => return Err(reject(400, "invalid X-Request-ID")),
-        None => new_request_id(),
+        _ => new_request_id(),
     };
     let retryable = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE")
         || super::header(headers, "idempotency-key").is_some();

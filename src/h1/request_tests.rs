@@ -64,6 +64,20 @@ fn keeps_the_clients_request_id_and_reframes_bodies() {
     assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
 }
 
+/// An id no log line could carry whole gets a new one, as the request had sent none; the
+/// request itself is served (it was refused with 400 before, where nginx passes it on).
+#[test]
+fn an_unusable_request_id_is_replaced_not_refused() {
+    let long = format!("X-Request-ID: {}\r\n", "a".repeat(201));
+    for bad in ["X-Request-ID:\r\n", "X-Request-ID: a b\r\n", "X-Request-ID: caf\u{e9}\r\n", long.as_str()] {
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\n{bad}\r\n");
+        let (head, out) = run(&raw).expect("served").expect("complete");
+        assert_eq!(head.request_id.len(), 36, "{bad:?}: a UUID, not {}", head.request_id);
+        assert_eq!(out.matches("X-Request-ID: ").count(), 1, "{out}");
+        assert!(out.contains(&format!("X-Request-ID: {}\r\n", head.request_id)), "{out}");
+    }
+}
+
 #[test]
 fn absolute_form_becomes_origin_form_with_the_authority_as_host() {
     let (_, out) =
