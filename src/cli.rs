@@ -62,6 +62,46 @@ pub struct ProxyArgs {
     pub takeover: Option<PathBuf>,
 }
 
+/// The files the start opens, opened here, so that `--check` fails where the start would (as
+/// `nginx -t` opens its logs): the log files, appended to (created, with their directory, as
+/// at start) and the error pages, read.
+fn files_check(raw: &RawConfig, config: &Config) -> Result<(), Vec<ConfigError>> {
+    let mut errors = Vec::new();
+    let mut failed = |key: &Key, message: String| {
+        errors.push(ConfigError {
+            file: raw.file().to_string(),
+            origin: raw.origin(key.section, key.name),
+            key: key.label(),
+            message,
+        })
+    };
+    let access = match &config.access_log {
+        crate::config::access::Destination::File(path) => Some(path),
+        _ => None,
+    };
+    for (key, path) in [(&keys::LOG_FILE, config.log_file.as_ref()), (&keys::ACCESS_LOG, access)] {
+        let Some(path) = path else { continue };
+        let opened = match std::fs::metadata(path) {
+            Ok(m) if m.is_dir() => Err("is a directory".to_string()),
+            // A FIFO or a device (`/dev/stdout`) is opened at start; a FIFO's open waits for
+            // its reader, which `--check` must not.
+            Ok(m) if !m.is_file() => Ok(()),
+            _ => crate::logging::reopen::open_append(path).map(drop).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = opened {
+            failed(key, format!("{}: {e}", path.display()));
+        }
+    }
+    if let Some(Err(message)) = config.error_pages.as_deref().map(crate::h1::respond::load_pages) {
+        failed(&keys::ERROR_PAGES, message);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
 impl ProxyArgs {
     /// Loads the config file and applies the flags over it.
     pub fn load(&self) -> Result<Config, Vec<ConfigError>> {
@@ -83,6 +123,7 @@ impl ProxyArgs {
                 message: refusal.to_string(),
             }]
         })?;
+        files_check(&raw, &config)?;
         Ok(config)
     }
 

@@ -240,6 +240,37 @@ fn check_prints_warnings_and_passes() {
     assert!(String::from_utf8_lossy(&check.stdout).contains("is valid"));
 }
 
+/// `--check` opens the files the start opens, as `nginx -t` opens its logs: a log path that is
+/// a directory and a missing error-page directory fail it, naming the key, where they passed
+/// and then failed the start.
+#[test]
+fn check_fails_on_files_the_start_could_not_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("files.ini");
+    let cases = [
+        ("log_file", dir.path().display().to_string(), "is a directory"),
+        ("access_log", dir.path().display().to_string(), "is a directory"),
+        ("error_pages", dir.path().join("no-such-dir").display().to_string(), "No such file"),
+    ];
+    for (key, value, why) in cases {
+        std::fs::write(
+            &file,
+            format!("[proxy]\nworkers = 4\n{key} = {value}\n[backends]\napp1 = 127.0.0.1:9\n"),
+        )
+        .expect("write");
+        let check = std::process::Command::new(PROXY)
+            .arg("--config")
+            .arg(&file)
+            .arg("--check")
+            .current_dir(dir.path())
+            .output()
+            .expect("check");
+        let err = String::from_utf8_lossy(&check.stderr);
+        assert_eq!(check.status.code(), Some(2), "{key}: {err}");
+        assert!(err.contains(&format!("[proxy] {key}: ")) && err.contains(why), "{key}: {err}");
+    }
+}
+
 /// The per-backend byte counters count what moved, as HAProxy's do: a download the client
 /// abandons and one the backend cuts short (before, both counted nothing), and the bytes of a
 /// TCP relay while it is still open (before, only once it closed).
