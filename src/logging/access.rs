@@ -9,7 +9,7 @@
 //! most once a minute. The file is a [`ReopenFile`], so SIGUSR1 moves it to a new file between
 //! two lines. [`finish`] writes what is left at exit.
 
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
@@ -47,7 +47,7 @@ pub fn start(to: &Destination, format: Format) -> Result<(), Error> {
             let file = ReopenFile::open(path)
                 .map_err(|source| Error::LogFile { path: path.display().to_string(), source })?;
             let (tx, rx) = crossbeam_channel::unbounded();
-            *WRITER.lock() = Some(Writer { rx, out: BufWriter::with_capacity(64 * 1024, file) });
+            *WRITER.lock() = Some(Writer { rx, out: file, pending: Pending::default() });
             std::thread::Builder::new()
                 .name("access-log".into())
                 .spawn(write_lines)
@@ -238,8 +238,21 @@ fn hand_over(tx: &Sender<Lines>, lines: Lines) {
 /// The logger's side: the queue and the file.
 struct Writer {
     rx: Receiver<Lines>,
-    out: BufWriter<ReopenFile>,
+    out: ReopenFile,
+    /// Batches gathered for one write, so that a line counts as written only once the file
+    /// took it (a full disk's refusals count as dropped, not written).
+    pending: Pending,
 }
+
+/// Bytes of whole lines waiting for one write, and how many lines they are.
+#[derive(Default)]
+struct Pending {
+    text: Vec<u8>,
+    lines: u64,
+}
+
+/// How much is gathered before it is written.
+const WRITE_BYTES: usize = 64 * 1024;
 
 static WRITER: parking_lot::Mutex<Option<Writer>> = parking_lot::Mutex::new(None);
 static WRITE_FAILED: super::RateLimit = super::RateLimit::new();
@@ -255,7 +268,7 @@ impl Writer {
             let Ok(lines) = self.rx.try_recv() else { break };
             QUEUED.fetch_sub(lines.text.len(), Ordering::Relaxed);
             budget = budget.saturating_sub(lines.text.len());
-            n += self.write(&lines);
+            n += self.gather(&lines);
         }
         let batches: Vec<Shared> = BATCHES.lock().clone();
         for b in batches {
@@ -267,24 +280,37 @@ impl Writer {
                     _ => continue,
                 }
             };
-            n += self.write(&lines);
+            n += self.gather(&lines);
         }
-        if n > 0 {
-            let _ = self.out.flush();
-            WRITTEN.fetch_add(n, Ordering::Relaxed);
-        }
+        n += self.write();
+        WRITTEN.fetch_add(n, Ordering::Relaxed);
         n
     }
 
-    /// Writes a batch; lines the file refused (a full disk, an I/O error) count as dropped,
-    /// and the main log says why, at most once a second.
-    fn write(&mut self, lines: &Lines) -> u64 {
-        match self.out.write_all(lines.text.as_bytes()) {
-            Ok(()) => lines.count,
+    /// Adds a batch to the pending write, writing first when it is full. Returns how many
+    /// lines were written.
+    fn gather(&mut self, lines: &Lines) -> u64 {
+        let written = if self.pending.text.len() + lines.text.len() > WRITE_BYTES { self.write() } else { 0 };
+        self.pending.text.extend_from_slice(lines.text.as_bytes());
+        self.pending.lines += lines.count;
+        written
+    }
+
+    /// Writes the pending lines. Those the file refused (a full disk, an I/O error) count as
+    /// dropped, and the main log says why, at most once a second. Returns how many were written.
+    fn write(&mut self) -> u64 {
+        let count = std::mem::take(&mut self.pending.lines);
+        if count == 0 {
+            return 0;
+        }
+        let result = self.out.write_all(&self.pending.text);
+        self.pending.text.clear();
+        match result {
+            Ok(()) => count,
             Err(e) => {
-                DROPPED.fetch_add(lines.count, Ordering::Relaxed);
+                DROPPED.fetch_add(count, Ordering::Relaxed);
                 if let Some(n) = WRITE_FAILED.check() {
-                    let path = self.out.get_ref().path().display();
+                    let path = self.out.path().display();
                     log::error!("access log: writing {path}: {e}; lines dropped{}", super::held_back(n));
                 }
                 0
@@ -325,11 +351,11 @@ fn write_lines() {
         } else {
             pause = (pause * 2).min(IDLE);
             // An idle log still moves to the new file promptly, as logrotate expects.
-            if let Err(e) = w.out.get_mut().follow() {
-                log::error!("access log: cannot reopen {}: {e}", w.out.get_ref().path().display());
+            if let Err(e) = w.out.follow() {
+                log::error!("access log: cannot reopen {}: {e}", w.out.path().display());
             }
         }
-        let path = w.out.get_ref().path().display().to_string();
+        let path = w.out.path().display().to_string();
         drop(writer);
         let dropped = dropped();
         if dropped > reported.1 && reported.0.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {

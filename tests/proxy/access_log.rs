@@ -413,3 +413,26 @@ fn main_wording_in_a_file_carries_a_time_stamp_and_off_writes_no_line_anywhere()
     assert!(!off.log_text().contains("req nowhere"), "{}", off.log_text());
     assert!(!off.dir().join("access.log").exists());
 }
+
+/// A file that refuses every write (`/dev/full`: a full disk) has its lines counted as dropped,
+/// not written, from the first one, and the main log says why. Before, the first 64 KiB of
+/// lines were counted as written while a buffer held them, and then lost.
+#[test]
+fn lines_a_full_disk_refuses_are_counted_dropped_from_the_first() {
+    let (_b, backend) = dummy("app");
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 8\naccess_log = /dev/full\naccess_format = combined\n\
+         [admin]\nlisten = 127.0.0.1:0\n[health]\nenabled = false\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    for i in 0..5 {
+        assert_eq!(get(&mut w, &format!("/full/{i}"), "").status, 200);
+    }
+    wait_until("5 lines dropped", || proxy_stats(admin)["access_log"]["dropped"].as_u64() >= Some(5));
+    assert_eq!(proxy_stats(admin)["access_log"]["written"].as_u64(), Some(0));
+    let line = p.wait_for("access log: writing /dev/full");
+    assert!(line.contains("lines dropped"), "{line}");
+}
