@@ -121,6 +121,13 @@ fn route(admin: &Admin, dashboard: &Dashboard, req: &Request, peer: SocketAddr) 
     let allow: &[(&str, &str)] = &[("Content-Type", content_type), ("Allow", allow)];
     let headers = if status == 405 { allow } else { &allow[..1] };
     let mut headers = headers.to_vec();
+    // The page's buttons POST to the API: framed by another site (clickjacking), a click there
+    // would be a same-origin POST here. No frames, and no guessing at types.
+    headers.extend([
+        ("X-Frame-Options", "DENY"),
+        ("Content-Security-Policy", "frame-ancestors 'none'"),
+        ("X-Content-Type-Options", "nosniff"),
+    ]);
     if status == 401 {
         headers.push(("WWW-Authenticate", "Bearer"));
     }

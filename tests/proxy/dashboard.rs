@@ -146,6 +146,10 @@ fn the_page_is_one_self_contained_file_with_no_external_script_font_or_style() {
     let resp = http_get(admin, "/");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.header("content-type"), Some("text/html; charset=utf-8"));
+    // Never framed: framed by another site, a click on its drain button is a same-origin POST.
+    assert_eq!(resp.header("x-frame-options"), Some("DENY"));
+    assert_eq!(resp.header("content-security-policy"), Some("frame-ancestors 'none'"));
+    assert_eq!(resp.header("x-content-type-options"), Some("nosniff"));
     let page = resp.text();
     assert!(page.contains("<script>") && page.contains("EventSource(") && page.contains("<svg"), "page");
     for external in ["http://", "https://", "src=", "<link", "@import", "url("] {
