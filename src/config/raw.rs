@@ -96,6 +96,10 @@ impl RawConfig {
                 message: format!("cannot read configuration: {e}"),
             }]);
         }
+        // A byte-order mark, as Windows editors save UTF-8, is no setting.
+        if let Some(rest) = text.strip_prefix('\u{feff}') {
+            text = rest.to_string();
+        }
         // ini_core counts a line when it reads its newline; give the last line one.
         if !text.ends_with('\n') {
             text.push('\n');

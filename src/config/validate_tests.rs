@@ -21,6 +21,14 @@ fn defaults_apply_when_keys_are_absent() {
     assert_eq!(c.backends[0].weight, 1);
 }
 
+/// A UTF-8 byte-order mark, as Windows editors save files, is read past: it made five
+/// "setting outside of any [section]" errors of a good file.
+#[test]
+fn a_byte_order_mark_is_no_setting() {
+    let c = parse("\u{feff}[proxy]\nworkers = 7\n[backends]\napp1 = 127.0.0.1:9090\n").expect("valid");
+    assert_eq!(c.workers, 7);
+}
+
 #[test]
 fn every_error_is_reported_with_its_line_and_key() {
     let text = "# comment\n[proxy]\nlisten = 127.0.0.1:99999\nalgorithm = fastest\n\
