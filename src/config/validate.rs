@@ -220,6 +220,27 @@ impl RawConfig {
                 ),
             });
         }
+        // As nginx warns "low address bits of 10.0.0.1/8 are meaningless".
+        if let Some(c) = built.as_ref() {
+            let l = &c.limits;
+            for (key, nets) in [
+                (&keys::ALLOW, &l.allow),
+                (&keys::DENY, &l.deny),
+                (&keys::TRUSTED_PROXIES, &l.trusted_proxies),
+            ] {
+                for n in nets.iter().filter(|n| n.addr() != n.network()) {
+                    warnings.push(ConfigError {
+                        file: self.file.clone(),
+                        origin: self.origin(key.section, key.name),
+                        key: key.label(),
+                        message: format!(
+                            "low address bits of {n} are meaningless: it stands for {}",
+                            n.trunc()
+                        ),
+                    });
+                }
+            }
+        }
         let mut errors = v.errors;
         match built {
             Some(config) if errors.is_empty() => Ok(Config { backends, pools, routes, warnings, ..config }),

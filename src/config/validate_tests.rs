@@ -29,6 +29,19 @@ fn a_byte_order_mark_is_no_setting() {
     assert_eq!(c.workers, 7);
 }
 
+/// A block with host bits set is taken as its network, with nginx's warning.
+#[test]
+fn host_bits_in_a_block_are_warned_about() {
+    let c = parse("[limits]\nallow = 10.0.0.1/8, 192.0.2.0/24\n[backends]\napp1 = 127.0.0.1:9090\n")
+        .expect("valid");
+    let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        ["test.ini:2: [limits] allow: low address bits of 10.0.0.1/8 are meaningless: it stands for 10.0.0.0/8"]
+    );
+    assert!(c.limits.allow[0].contains(&"10.200.0.1".parse::<std::net::IpAddr>().expect("ip")));
+}
+
 #[test]
 fn every_error_is_reported_with_its_line_and_key() {
     let text = "# comment\n[proxy]\nlisten = 127.0.0.1:99999\nalgorithm = fastest\n\
