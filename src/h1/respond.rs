@@ -42,6 +42,10 @@ pub fn text_error_with(
         }
     };
     let mut headers = vec![("Content-Type", kind)];
+    if page.is_none() {
+        // The text may quote the request (a 404 names its path): never to be read as HTML.
+        headers.push(("X-Content-Type-Options", "nosniff"));
+    }
     if let Some(id) = id {
         headers.push(("X-Request-ID", id));
     }
@@ -186,6 +190,7 @@ mod tests {
         assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\nDate: "), "{text}");
         assert!(text.contains("X-Request-ID: id-7\r\n") && text.contains("Retry-After: 1\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\n503 Service Unavailable: no backend is up\n"), "{text}");
+        assert!(text.contains("Content-Type: text/plain\r\nX-Content-Type-Options: nosniff\r\n"), "{text}");
         let text = String::from_utf8(text_error(408, "request head timeout", None, true)).expect("utf8");
         assert!(text.contains("Connection: close\r\n") && !text.contains("Retry-After"), "{text}");
     }
