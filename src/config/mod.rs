@@ -28,6 +28,7 @@ pub mod access;
 pub mod keys;
 pub mod raw;
 mod routing;
+mod shadow;
 pub mod show;
 mod validate;
 mod values;

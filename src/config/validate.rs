@@ -198,6 +198,18 @@ impl RawConfig {
         }
         let mut warnings = Vec::new();
         let (pools, routes) = routing::read(self, mode, algorithm, &backends, &mut v.errors, &mut warnings);
+        for (b, a) in super::shadow::shadowed(&routes) {
+            let (b, a) = (&routes[b], &routes[a]);
+            warnings.push(ConfigError {
+                file: self.file.clone(),
+                origin: Origin::Line(b.line),
+                key: format!("[route.{}]", b.name),
+                message: format!(
+                    "never matches: [route.{}] (line {}), tried first, matches every request it does",
+                    a.name, a.line
+                ),
+            });
+        }
         let backends: Vec<BackendSpec> = backends.into_iter().map(|(b, _)| b).collect();
         let backend_error =
             |e: &ConfigError| e.key.starts_with("[backends]") || matches!(e.origin, Origin::Given(_));

@@ -42,6 +42,22 @@ fn host_bits_in_a_block_are_warned_about() {
     assert!(c.limits.allow[0].contains(&"10.200.0.1".parse::<std::net::IpAddr>().expect("ip")));
 }
 
+/// A route an earlier one leaves unreachable is named, with the route that takes its requests.
+#[test]
+fn a_route_tried_after_one_that_covers_it_is_warned_about() {
+    let c = parse(
+        "[proxy]\nmode = http\n[backends]\napp1 = 127.0.0.1:9090\n[pool.api]\napi1 = 127.0.0.1:9091\n\
+         [route.all_api]\nhost = *.example.com\npool = api\n\
+         [route.v1]\nhost = api.example.com\npath = /v1\npool = default\n",
+    )
+    .expect("valid");
+    let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        ["test.ini:10: [route.v1]: never matches: [route.all_api] (line 7), tried first, matches every request it does"]
+    );
+}
+
 #[test]
 fn every_error_is_reported_with_its_line_and_key() {
     let text = "# comment\n[proxy]\nlisten = 127.0.0.1:99999\nalgorithm = fastest\n\
