@@ -114,29 +114,34 @@ pub fn lingering_close(sock: &TcpStream, most: usize) {
 /// would cap the connections a proxy holds, parked ones too, far below what it can serve.
 /// Returns the limit before and after; the same when it could not be raised.
 pub fn raise_descriptor_limit() -> (Option<u64>, Option<u64>) {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    use rustix::process::{getrlimit, setrlimit, Resource};
     let limit = getrlimit(Resource::Nofile);
     let before = limit.current;
     let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok());
-    if let Some(target) = descriptor_target(limit.current, limit.maximum, nr_open) {
-        let raised = Rlimit { current: Some(target), maximum: limit.maximum };
+    if let Some(raised) = raised_descriptor_limit(&limit, nr_open) {
         if setrlimit(Resource::Nofile, raised).is_ok() {
-            return (before, Some(target));
+            return (before, raised.current);
         }
     }
     (before, before)
 }
 
-/// The soft descriptor limit to raise `current` to: the hard limit, but never above the
-/// kernel's `fs.nr_open`, which `setrlimit` refuses to pass: a hard limit set before
-/// `fs.nr_open` was lowered, or one read as unlimited, would otherwise leave the soft limit as
-/// it was. `None`: nothing to raise.
-fn descriptor_target(current: Option<u64>, maximum: Option<u64>, nr_open: Option<u64>) -> Option<u64> {
+/// The descriptor limit to set instead of `limit`: the soft limit raised to the hard limit,
+/// but never above the kernel's `fs.nr_open`. The kernel refuses any `setrlimit` whose hard
+/// limit is above `fs.nr_open` (an unlimited one, or one set before `fs.nr_open` was lowered),
+/// so such a hard limit comes down to it too, which needs no privilege. `None`: nothing to
+/// raise.
+fn raised_descriptor_limit(
+    limit: &rustix::process::Rlimit,
+    nr_open: Option<u64>,
+) -> Option<rustix::process::Rlimit> {
     // `None` is RLIM_INFINITY; without `fs.nr_open`, its default (1,048,576).
     let ceiling = nr_open.unwrap_or(1 << 20);
-    let target = maximum.map_or(ceiling, |max| max.min(ceiling));
-    match current {
-        Some(current) if current < target => Some(target),
+    let hard = limit.maximum.map_or(ceiling, |max| max.min(ceiling));
+    match limit.current {
+        Some(current) if current < hard => {
+            Some(rustix::process::Rlimit { current: Some(hard), maximum: Some(hard) })
+        }
         _ => None,
     }
 }
@@ -162,12 +167,18 @@ mod tests {
 
     #[test]
     fn the_descriptor_limit_rises_to_the_hard_limit_but_never_past_nr_open() {
-        assert_eq!(descriptor_target(Some(1024), Some(20_000), Some(1 << 20)), Some(20_000));
-        assert_eq!(descriptor_target(Some(1024), None, Some(1 << 20)), Some(1 << 20));
-        assert_eq!(descriptor_target(Some(1024), None, None), Some(1 << 20));
-        assert_eq!(descriptor_target(Some(1024), Some(4_000_000), Some(65_536)), Some(65_536));
-        assert_eq!(descriptor_target(Some(20_000), Some(20_000), Some(1 << 20)), None);
-        assert_eq!(descriptor_target(None, None, Some(1 << 20)), None);
+        use rustix::process::Rlimit;
+        let raised = |current, maximum, nr_open| {
+            raised_descriptor_limit(&Rlimit { current, maximum }, nr_open).map(|r| (r.current, r.maximum))
+        };
+        let to = |n: u64| Some((Some(n), Some(n)));
+        assert_eq!(raised(Some(1024), Some(20_000), Some(1 << 20)), to(20_000));
+        // An unlimited hard limit, or one above nr_open, comes down to it: else EPERM.
+        assert_eq!(raised(Some(1024), None, Some(1 << 20)), to(1 << 20));
+        assert_eq!(raised(Some(1024), None, None), to(1 << 20));
+        assert_eq!(raised(Some(1024), Some(4_000_000), Some(65_536)), to(65_536));
+        assert_eq!(raised(Some(20_000), Some(20_000), Some(1 << 20)), None);
+        assert_eq!(raised(None, None, Some(1 << 20)), None);
     }
 
     #[test]
