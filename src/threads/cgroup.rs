@@ -11,29 +11,38 @@ pub struct Cap {
 }
 
 /// A cgroup controller's limit and usage files, by hierarchy.
-pub struct Controller {
+pub(super) struct Controller {
     /// The v1 hierarchy's name in /proc/self/cgroup and under the root (`pids`, `memory`).
     pub v1: &'static str,
     /// The limit and usage files in v2 (`memory.max`, `memory.current`).
     pub v2_files: [&'static str; 2],
     /// The same in v1 (`memory.limit_in_bytes`, `memory.usage_in_bytes`).
     pub v1_files: [&'static str; 2],
+    /// The keys of `memory.stat` (v2, v1) whose value the usage counts but the kernel can take
+    /// back: page cache nobody used lately (`inactive_file`), as kubelet's working set leaves
+    /// it out. A cgroup full of cache is not short of memory.
+    pub reclaimable: Option<[&'static str; 2]>,
 }
 
-pub const PIDS: Controller =
-    Controller { v1: "pids", v2_files: ["pids.max", "pids.current"], v1_files: ["pids.max", "pids.current"] };
+pub(super) const PIDS: Controller = Controller {
+    v1: "pids",
+    v2_files: ["pids.max", "pids.current"],
+    v1_files: ["pids.max", "pids.current"],
+    reclaimable: None,
+};
 
 /// In bytes.
-pub const MEMORY: Controller = Controller {
+pub(super) const MEMORY: Controller = Controller {
     v1: "memory",
     v2_files: ["memory.max", "memory.current"],
     v1_files: ["memory.limit_in_bytes", "memory.usage_in_bytes"],
+    reclaimable: Some(["inactive_file", "total_inactive_file"]),
 };
 
 /// The limit with the least room left on the way from this process's cgroup up to `root`, and
 /// the file it came from, from the text of /proc/self/cgroup: the v2 line `0::/path`, or a v1
 /// line naming the controller. "max" (no limit) and missing files are skipped.
-pub fn tightest(proc_cgroup: &str, root: &Path, controller: &Controller) -> Option<(Cap, PathBuf)> {
+pub(super) fn tightest(proc_cgroup: &str, root: &Path, controller: &Controller) -> Option<(Cap, PathBuf)> {
     let mut dirs = Vec::new();
     for line in proc_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
@@ -41,20 +50,23 @@ pub fn tightest(proc_cgroup: &str, root: &Path, controller: &Controller) -> Opti
             continue;
         };
         let path = path.trim_start_matches('/');
+        let reclaimable = controller.reclaimable.map(|[v2, v1]| (v2, v1));
         if controllers.is_empty() {
-            dirs.push((root.join(path), root.to_path_buf(), controller.v2_files));
+            dirs.push((root.join(path), root.to_path_buf(), controller.v2_files, reclaimable.map(|r| r.0)));
         } else if controllers.split(',').any(|c| c == controller.v1) {
             let top = root.join(controller.v1);
-            dirs.push((top.join(path), top, controller.v1_files));
+            dirs.push((top.join(path), top, controller.v1_files, reclaimable.map(|r| r.1)));
         }
     }
     let mut best: Option<(Cap, PathBuf)> = None;
-    for (leaf, top, [max_file, used_file]) in dirs {
+    for (leaf, top, [max_file, used_file], reclaimable) in dirs {
         for dir in leaf.ancestors().take_while(|d| d.starts_with(&top)) {
             let file = dir.join(max_file);
             let (Some(max), Some(used)) = (read_number(&file), read_number(dir.join(used_file))) else {
                 continue;
             };
+            let cache = reclaimable.and_then(|key| stat(&dir.join("memory.stat"), key)).unwrap_or(0);
+            let used = used.saturating_sub(cache);
             if best.as_ref().is_none_or(|(b, _)| max.saturating_sub(used) < b.max.saturating_sub(b.used)) {
                 best = Some((Cap { max, used }, file));
             }
@@ -63,6 +75,13 @@ pub fn tightest(proc_cgroup: &str, root: &Path, controller: &Controller) -> Opti
     best
 }
 
+/// The value of `key` in a `memory.stat` file (`inactive_file 123`).
+fn stat(path: &Path, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// A file holding one number (`max` and other words: `None`).
 pub fn read_number(path: impl AsRef<Path>) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -99,6 +118,10 @@ mod tests {
         write(&r.join("pod/proxy"), MEMORY.v2_files, "536870912\n", "1000\n");
         let (cap, file) = tightest("0::/pod/proxy\n", r, &MEMORY).expect("v2 limit");
         assert_eq!((cap, file), (Cap { max: 1073741824, used: 900000000 }, r.join("pod/memory.max")));
+        // Page cache the kernel can take back is not counted as used.
+        std::fs::write(r.join("pod/memory.stat"), "active_file 5\ninactive_file 800000000\n").expect("stat");
+        let (cap, _) = tightest("0::/pod/proxy\n", r, &MEMORY).expect("v2 limit");
+        assert_eq!(cap, Cap { max: 536870912, used: 1000 }, "the pod has room; the leaf is now tightest");
         write(&r.join("memory/box"), MEMORY.v1_files, "268435456\n", "1000\n");
         let (cap, _) = tightest("4:memory:/box\n", r, &MEMORY).expect("v1 limit");
         assert_eq!(cap, Cap { max: 268435456, used: 1000 });
