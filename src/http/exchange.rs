@@ -243,9 +243,11 @@ impl Exchange<'_> {
             bout.flush().map_err(to_backend)?;
             return Ok(Verdict::Continue);
         }
-        // A client may send its body without waiting for the `100` (RFC 9110 10.1.1, as curl
-        // does after 1 s): once some of it is here, there is nothing left to wait for.
-        if self.head.expect_continue && !attempt.continued && cw.buffered().is_empty() {
+        // A client may send its body without waiting for the `100` (RFC 9110 10.1.1): once all
+        // of it is here, there is nothing to wait for. (Part of it is not enough: the client
+        // may wait for the `100` to send the rest.)
+        let whole = matches!(self.head.body, BodyKind::Length(n) if cw.buffered().len() as u64 >= n);
+        if self.head.expect_continue && !attempt.continued && !whole {
             bout.flush().map_err(to_backend)?;
             if let Verdict::Final(resp) =
                 interim::await_continue(self, bw, side, backend.name(), scratch, attempt)?
