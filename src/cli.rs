@@ -1,6 +1,6 @@
 //! proxy_server's command line: flags that override the config file, and `--check`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Parser;
 
@@ -95,10 +95,38 @@ fn files_check(raw: &RawConfig, config: &Config) -> Result<(), Vec<ConfigError>>
     if let Some(Err(message)) = config.error_pages.as_deref().map(crate::h1::respond::load_pages) {
         failed(&keys::ERROR_PAGES, message);
     }
+    if let Some(Err(message)) = config.scale.control_socket.as_deref().map(socket_path_check) {
+        failed(&keys::CONTROL_SOCKET, message);
+    }
     if errors.is_empty() {
         Ok(())
     } else {
         Err(errors)
+    }
+}
+
+/// Whether a unix socket can be bound at `path`: nothing there, or a stale socket (binding
+/// replaces it). Anything else is refused, never replaced (a typo naming the config would
+/// delete it), and so is a missing directory.
+fn socket_path_check(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => Ok(()),
+        Ok(m) => {
+            let what = match m.file_type() {
+                t if t.is_dir() => "a directory",
+                t if t.is_symlink() => "a symbolic link",
+                _ => "a file that is not a socket",
+            };
+            Err(format!("{shown} is {what}; binding the socket would replace it"))
+        }
+        Err(_) => match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) if !dir.is_dir() => {
+                Err(format!("{shown}: its directory {} does not exist", dir.display()))
+            }
+            _ => Ok(()),
+        },
     }
 }
 
