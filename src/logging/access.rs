@@ -86,7 +86,7 @@ pub fn adds_to_main_log() -> bool {
     SINK.get().is_some_and(|s| s.to.is_some() || s.format != Format::Main)
 }
 
-/// Lines dropped because the logger thread was behind.
+/// Lines dropped: the logger thread was behind, or the file refused them.
 pub fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
 }
@@ -249,6 +249,8 @@ struct Writer {
 struct Pending {
     text: Vec<u8>,
     lines: u64,
+    /// The last write failed inside a line: the file ends in part of one.
+    broken: bool,
 }
 
 /// How much is gathered before it is written.
@@ -303,19 +305,38 @@ impl Writer {
         if count == 0 {
             return 0;
         }
-        let result = self.out.write_all(&self.pending.text);
+        // Half a line a failed write left in the file is ended first: the next starts afresh.
+        let ended = self.pending.broken;
+        if ended {
+            self.pending.text.insert(0, b'\n');
+        }
+        let text = &self.pending.text;
+        let mut done = 0;
+        let failed = loop {
+            if done == text.len() {
+                break None;
+            }
+            match self.out.write(&text[done..]) {
+                Ok(0) => break Some(std::io::Error::from(std::io::ErrorKind::WriteZero)),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Some(e),
+            }
+        };
+        if done > 0 {
+            self.pending.broken = text[done - 1] != b'\n';
+        }
+        let newlines = text[..done].iter().filter(|&&b| b == b'\n').count() as u64;
+        let written = newlines.saturating_sub(u64::from(ended && done > 0)).min(count);
         self.pending.text.clear();
-        match result {
-            Ok(()) => count,
-            Err(e) => {
-                DROPPED.fetch_add(count, Ordering::Relaxed);
-                if let Some(n) = WRITE_FAILED.check() {
-                    let path = self.out.path().display();
-                    log::error!("access log: writing {path}: {e}; lines dropped{}", super::held_back(n));
-                }
-                0
+        if let Some(e) = failed {
+            DROPPED.fetch_add(count - written, Ordering::Relaxed);
+            if let Some(n) = WRITE_FAILED.check() {
+                let path = self.out.path().display();
+                log::error!("access log: writing {path}: {e}; lines dropped{}", super::held_back(n));
             }
         }
+        written
     }
 }
 
@@ -360,7 +381,7 @@ fn write_lines() {
         let dropped = dropped();
         if dropped > reported.1 && reported.0.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
             log::warn!(
-                "access log: {} line(s) dropped since the last report: {} is not keeping up",
+                "access log: {} line(s) dropped since the last report: {} is not keeping up or refuses writes",
                 dropped - reported.1,
                 path
             );
