@@ -142,7 +142,7 @@ impl ProxyArgs {
     pub fn load_checked(&self) -> Result<Config, Vec<ConfigError>> {
         let raw = self.raw()?;
         let config = raw.validate()?;
-        crate::tls::check(&config.tls, &config.file, config.backends.iter().any(|b| b.tls.is_some()))?;
+        crate::tls::check(&config.tls, &config.file, config.every_backend().any(|b| b.tls.is_some()))?;
         budget::check_config(&config, &budget::Limits::read()).map_err(|refusal| {
             vec![ConfigError {
                 file: raw.file().to_string(),

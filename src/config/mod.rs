@@ -365,6 +365,11 @@ impl Config {
     }
 
     /// Every pool, the default one (`[backends]`, possibly without members) first.
+    /// Every backend line, of `[backends]` and of every `[pool.NAME]`.
+    pub fn every_backend(&self) -> impl Iterator<Item = &BackendSpec> {
+        self.backends.iter().chain(self.pools.iter().flat_map(|p| p.backends.iter()))
+    }
+
     pub fn every_pool(&self) -> impl Iterator<Item = PoolView<'_>> {
         let default = PoolView {
             name: DEFAULT_POOL,

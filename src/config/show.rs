@@ -7,9 +7,10 @@ use super::keys::KEYS;
 use super::Config;
 
 /// The `[backends]` lines that are not keys: one per backend.
-pub const BACKEND_LINE: &str = "`NAME = host:port [weight=N] [max_conns=N] [send_proxy=v1|v2]`";
+pub const BACKEND_LINE: &str = "`NAME = host:port [weight=N] [max_conns=N] [tls [sni=NAME]] [send_proxy=v1|v2]`";
 const BACKEND_HELP: &str =
     "one line per backend (at least one); weight 1..=1000 (default 1); max_conns 0 = no limit; \
+     tls: reach it over TLS, verified against [tls] backend_ca (sni: the name to verify, else its host); \
      send_proxy: start each backend connection with a PROXY header (http: turns pooling off for it)";
 
 /// The manual's key table (docs/configuration.md, markdown), between its `config-keys` marker comments.
@@ -101,6 +102,9 @@ fn write_member(out: &mut impl std::fmt::Write, b: &super::BackendSpec, from: &s
     }
     if let Some(v) = b.send_proxy {
         write!(out, " send_proxy={}", v.name())?;
+    }
+    if let Some(sni) = &b.tls {
+        write!(out, " tls sni={sni}")?;
     }
     writeln!(out, " ({})  # {from}", addrs.join(", "))
 }

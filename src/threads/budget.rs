@@ -76,7 +76,7 @@ impl fmt::Display for Refusal {
 /// and the admin pool when configured. A relayed connection uses one thread, its worker, in
 /// both modes.
 pub fn service_threads(c: &Config) -> usize {
-    let checks = if c.health.enabled { c.backends.iter().map(|b| b.addrs.len()).sum() } else { 0 };
+    let checks = if c.health.enabled { c.every_backend().map(|b| b.addrs.len()).sum() } else { 0 };
     let admin = if c.admin.is_some() { ADMIN_THREADS } else { 0 };
     let housekeeping = 1;
     1 + 1 + 1 + 1 + checks + 2 + 1 + housekeeping + admin

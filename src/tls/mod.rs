@@ -284,8 +284,8 @@ impl Backends {
         Ok(())
     }
 
-    /// The client configuration and server name for the `[backends]` key `spec`, when it is a
-    /// TLS backend.
+    /// The client configuration and server name for the backend line `spec` (of any pool),
+    /// when it is a TLS backend.
     pub fn get(&self, spec: &str) -> Option<(Arc<ClientConfig>, String)> {
         let current = self.current.read();
         current.1.get(spec).map(|name| (current.0.clone(), name.clone()))
@@ -293,7 +293,9 @@ impl Backends {
 }
 
 fn names(config: &crate::config::Config) -> HashMap<String, String> {
-    config.backends.iter().filter_map(|b| b.tls.clone().map(|sni| (b.name.clone(), sni))).collect()
+    // Every pool's: names are unique across pools. (Only `[backends]`' were, and a pool's `tls`
+    // member was connected in plain text.)
+    config.every_backend().filter_map(|b| b.tls.clone().map(|sni| (b.name.clone(), sni))).collect()
 }
 
 /// Loads everything `[tls]` names, for `--check` and start: the listener's pairs and the

@@ -316,11 +316,10 @@ fn tcp_mode_over_tls_relays_plaintext_to_the_backend_as_haproxy_ssl() {
     assert!(rest.is_empty(), "{rest:?}");
 }
 
-#[test]
-fn a_tls_backend_is_reached_verified_against_backend_ca_with_sni_and_health_checked_over_tls() {
-    let (_d, dummy_addr) = dummy("app1");
+/// An HTTPS backend for backend.test: another proxy, terminating TLS in front of `dummy_addr`,
+/// with the directory holding its CA (`ca.pem`).
+fn https_backend(dummy_addr: SocketAddr) -> (Proc, SocketAddr, tempfile::TempDir) {
     let ca = Ca::new("backend CA");
-    // The HTTPS backend: another proxy, terminating TLS for backend.test in front of the dummy.
     let certs = tempfile::tempdir().expect("tempdir");
     ca.write(certs.path(), "backend", &["backend.test"]);
     let d = certs.path().display();
@@ -329,7 +328,41 @@ fn a_tls_backend_is_reached_verified_against_backend_ca_with_sni_and_health_chec
          [tls]\ncert = {d}/backend.pem\nkey = {d}/backend.key\n{}",
         backends_section(&[dummy_addr])
     );
-    let (https_backend, https_addr) = proxy_with(&backend_config, &[]);
+    let (p, addr) = proxy_with(&backend_config, &[]);
+    (p, addr, certs)
+}
+
+/// A `tls` member of a `[pool.NAME]` is reached over TLS as one of `[backends]` is: it was
+/// connected in plain text, its requests (credentials too) readable on the wire.
+#[test]
+fn a_tls_member_of_a_pool_is_reached_over_tls_never_in_plain_text() {
+    let (_d, dummy_addr) = dummy("app1");
+    let (https_backend, https_addr, certs) = https_backend(dummy_addr);
+    let d = certs.path().display();
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 16\n[health]\nenabled = false\n[tls]\nbackend_ca = {d}/ca.pem\n\
+         [pool.secure]\nsecure1 = {https_addr} tls sni=backend.test\n[route.all]\npool = secure\n"
+    );
+    let (_p, addr) = proxy_with(&config, &[]);
+    let resp = http_get(addr, "/");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(resp.text().contains("Hello from app1"), "{}", resp.text());
+    let stats: serde_json::Value =
+        serde_json::from_str(&http_get(admin_addr(&https_backend), "/stats").text()).expect("json");
+    assert_eq!(stats["tls_handshakes"], 1, "{stats}");
+    // `--check` shows it as a TLS member.
+    let file = certs.path().join("front.ini");
+    std::fs::write(&file, &config).expect("write");
+    let check = Command::new(PROXY).arg("--config").arg(&file).arg("--check").output().expect("check");
+    let shown = String::from_utf8_lossy(&check.stdout);
+    assert!(shown.contains(&format!("secure1 = {https_addr} weight=1 tls sni=backend.test")), "{shown}");
+}
+
+#[test]
+fn a_tls_backend_is_reached_verified_against_backend_ca_with_sni_and_health_checked_over_tls() {
+    let (_d, dummy_addr) = dummy("app1");
+    let (https_backend, https_addr, certs) = https_backend(dummy_addr);
+    let d = certs.path().display();
     let front = |sni: &str, ca_file: &str| {
         proxy_with(
             &format!(
