@@ -26,6 +26,8 @@ pub enum Transition {
     Ejected(String),
     /// Back in rotation after an ejection.
     Returned(String),
+    /// Reached `max_fails` but kept in rotation: no other member of its pool could serve.
+    Spared(String),
 }
 
 #[derive(Debug, Default)]
@@ -157,8 +159,11 @@ impl Health {
     }
 
     /// Records a live-traffic failure; after `max_fails` within `fail_window` the backend is
-    /// marked down (until checks bring it back, or for `fail_window` when checks are off).
-    pub fn observe_failure(&self, why: &str, s: &HealthSettings) -> Option<Transition> {
+    /// marked down (until checks bring it back, or for `fail_window` when checks are off),
+    /// unless it is the `last` member of its pool that could serve: live traffic never takes a
+    /// pool's last one out, as nginx never marks its last server down (a pool answering only
+    /// 503 helps no one, and a client could cause it). Active checks still can.
+    pub fn observe_failure(&self, why: &str, s: &HealthSettings, last: bool) -> Option<Transition> {
         if s.max_fails == 0 {
             return None;
         }
@@ -173,6 +178,13 @@ impl Health {
             return None;
         }
         st.passive.clear();
+        if last {
+            return Some(Transition::Spared(format!(
+                "in rotation after {} failures in live traffic within {window} ms ({why}): \
+                 no other member of its pool could serve",
+                s.max_fails
+            )));
+        }
         st.successes = 0;
         self.down.store(true, Ordering::Relaxed);
         if !s.enabled {
@@ -227,9 +239,15 @@ mod tests {
     fn passive_failures_within_the_window_mark_down() {
         let s = HealthSettings { max_fails: 3, fail_window: Duration::from_secs(60), ..health() };
         let h = Health::default();
-        assert_eq!(h.observe_failure("refused", &s), None);
-        assert_eq!(h.observe_failure("refused", &s), None);
-        assert!(matches!(h.observe_failure("refused", &s), Some(Transition::Down(_))));
+        assert_eq!(h.observe_failure("refused", &s, false), None);
+        assert_eq!(h.observe_failure("refused", &s, false), None);
+        assert!(matches!(h.observe_failure("refused", &s, false), Some(Transition::Down(_))));
+        // A pool's last member reaches the count but stays: live traffic never empties a pool.
+        let last = Health::default();
+        assert_eq!(last.observe_failure("refused", &s, true), None);
+        assert_eq!(last.observe_failure("refused", &s, true), None);
+        assert!(matches!(last.observe_failure("refused", &s, true), Some(Transition::Spared(_))));
+        assert!(last.is_up());
         assert!(!h.is_up());
         // Active checks bring it back.
         assert_eq!(h.observe_check(Ok(()), &s), None);
@@ -245,7 +263,7 @@ mod tests {
             ..health()
         };
         let h = Health::default();
-        assert!(h.observe_failure("refused", &s).is_some());
+        assert!(h.observe_failure("refused", &s, false).is_some());
         assert!(!h.is_up());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !h.is_up() {

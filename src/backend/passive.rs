@@ -18,7 +18,8 @@ impl Backend {
     /// within `fail_window` and can mark it down (as nginx counts `max_fails`); an error once
     /// bytes flow (a TCP relay's, a response body's) does not, and a relay's idle timeout is
     /// nobody's failure. Returns whether it counted.
-    pub fn record_failure(&self, f: &Failure, s: &HealthSettings) -> bool {
+    /// `last`: no other member of its pool could serve (it is not marked down then).
+    pub fn record_failure(&self, f: &Failure, s: &HealthSettings, last: bool) -> bool {
         if !f.counts_against_backend() {
             return false;
         }
@@ -30,20 +31,21 @@ impl Backend {
             }
             _ => {}
         }
-        self.record_fail(&f.cause.to_string(), s);
+        self.record_fail(&f.cause.to_string(), s, last);
         true
     }
 
-    /// A `5xx` answer, when `observe_5xx` counts it as a failure.
-    pub fn record_status(&self, status: u16, s: &HealthSettings) {
+    /// A `5xx` answer, when `observe_5xx` counts it as a failure (`last` as for
+    /// [`Backend::record_failure`]).
+    pub fn record_status(&self, status: u16, s: &HealthSettings, last: bool) {
         if status >= 500 && s.observe_5xx {
-            self.record_fail(&format!("status {status}"), s);
+            self.record_fail(&format!("status {status}"), s, last);
         }
     }
 
-    fn record_fail(&self, why: &str, s: &HealthSettings) {
+    fn record_fail(&self, why: &str, s: &HealthSettings, last: bool) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        if let Some(t) = self.health.observe_failure(why, s) {
+        if let Some(t) = self.health.observe_failure(why, s, last) {
             self.log_transition(&t);
         }
     }
@@ -56,10 +58,11 @@ impl Backend {
             Transition::Up(why) => ("UP", "up", why),
             Transition::Ejected(why) => ("EJECTED", "ejected", why),
             Transition::Returned(why) => ("BACK", self.state_text(), why),
+            Transition::Spared(why) => ("STAYS", self.state_text(), why),
         };
         let line = format!("{} {} {word} {why}", self.name, self.addr);
         match t {
-            Transition::Down(_) | Transition::Ejected(_) => log::warn!("{line}"),
+            Transition::Down(_) | Transition::Ejected(_) | Transition::Spared(_) => log::warn!("{line}"),
             Transition::Up(_) | Transition::Returned(_) => log::info!("{line}"),
         }
         crate::events::state(&self.name, state, &line);

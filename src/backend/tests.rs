@@ -13,31 +13,31 @@ fn only_the_backends_own_failures_count_and_only_before_a_relay_can_mark_it_down
     let refused = || Cause::Io(std::io::ErrorKind::ConnectionRefused.into());
     let failures = || b.failures();
     // Ours (a descriptor shortage), the client's, and finding no backend count for nothing.
-    assert!(!b.record_failure(&Failure::at("a", Party::Local, Phase::Connect, refused()), &s));
-    assert!(!b.record_failure(&Failure::at("a", Party::Client, Phase::Request, refused()), &s));
-    assert!(!b.record_failure(&Failure::new(Party::Backend, Phase::Connect, refused()), &s));
+    assert!(!b.record_failure(&Failure::at("a", Party::Local, Phase::Connect, refused()), &s, false));
+    assert!(!b.record_failure(&Failure::at("a", Party::Client, Phase::Request, refused()), &s, false));
+    assert!(!b.record_failure(&Failure::new(Party::Backend, Phase::Connect, refused()), &s, false));
     assert_eq!(failures(), 0);
     // A TCP relay's idle timeout is nobody's failure; its errors count, but never mark down.
-    assert!(!b.record_failure(&Failure::at("a", Party::Backend, Phase::Relay, Cause::Timeout), &s));
+    assert!(!b.record_failure(&Failure::at("a", Party::Backend, Phase::Relay, Cause::Timeout), &s, false));
     for _ in 0..3 {
-        assert!(b.record_failure(&Failure::at("a", Party::Backend, Phase::Relay, refused()), &s));
+        assert!(b.record_failure(&Failure::at("a", Party::Backend, Phase::Relay, refused()), &s, false));
     }
     // Nor does a response body cut once it flows.
-    assert!(b.record_failure(&Failure::at("a", Party::Backend, Phase::Body, refused()), &s));
+    assert!(b.record_failure(&Failure::at("a", Party::Backend, Phase::Body, refused()), &s, false));
     assert_eq!(failures(), 4);
     assert!(b.health().is_up(), "relay and body errors never mark a backend down");
     // Connecting, or an exchange: `max_fails` of them within the window mark it down.
-    assert!(b.record_failure(&Failure::at("a", Party::Backend, Phase::Connect, refused()), &s));
+    assert!(b.record_failure(&Failure::at("a", Party::Backend, Phase::Connect, refused()), &s, false));
     assert!(b.health().is_up());
-    assert!(b.record_failure(&Failure::at("a", Party::Backend, Phase::Head, Cause::Timeout), &s));
+    assert!(b.record_failure(&Failure::at("a", Party::Backend, Phase::Head, Cause::Timeout), &s, false));
     assert!(!b.health().is_up(), "down after max_fails");
     assert_eq!(failures(), 6);
     // A 5xx counts only when `observe_5xx` says so.
     let c = Backend::new("c".into(), "c".into(), ([127, 0, 0, 1], 2).into(), 1, 0);
-    c.record_status(503, &HealthSettings { observe_5xx: false, ..s.clone() });
-    c.record_status(200, &HealthSettings { observe_5xx: true, ..s.clone() });
+    c.record_status(503, &HealthSettings { observe_5xx: false, ..s.clone() }, false);
+    c.record_status(200, &HealthSettings { observe_5xx: true, ..s.clone() }, false);
     assert_eq!(c.failures(), 0);
-    c.record_status(502, &HealthSettings { observe_5xx: true, ..s });
+    c.record_status(502, &HealthSettings { observe_5xx: true, ..s }, false);
     assert_eq!(c.failures(), 1);
 }
 

@@ -17,9 +17,10 @@ impl Balancer {
     /// is the rule); returns whether it counted. A failure before the response (connect, send,
     /// response head) also counts towards ejection.
     pub fn record_failure(&self, b: &Backend, f: &Failure) -> bool {
+        let last = !self.others_could_serve(b);
         let (counted, threshold) = {
             let s = self.health.lock();
-            (b.record_failure(f, &s), s.eject_consecutive_5xx)
+            (b.record_failure(f, &s, last), s.eject_consecutive_5xx)
         };
         let before_response = !matches!(f.phase, Phase::Relay | Phase::Body);
         if counted && before_response && b.ejection().observe(true, threshold) {
@@ -36,14 +37,21 @@ impl Balancer {
             b.ejection().observe(false, 0);
             return;
         }
+        let last = !self.others_could_serve(b);
         let threshold = {
             let s = self.health.lock();
-            b.record_status(status, &s);
+            b.record_status(status, &s, last);
             s.eject_consecutive_5xx
         };
         if b.ejection().observe(status >= 500, threshold) {
             self.eject(b, &format!("status {status}"));
         }
+    }
+
+    /// Whether a member other than `b` could take a request (in service, up, not ejected).
+    fn others_could_serve(&self, b: &Backend) -> bool {
+        let state = self.core.state.lock();
+        state.members.iter().any(|m| !std::ptr::eq(&**m, b) && m.is_available())
     }
 
     /// A connection made (tcp mode's success): ends `b`'s run of failures.

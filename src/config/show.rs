@@ -7,7 +7,8 @@ use super::keys::KEYS;
 use super::Config;
 
 /// The `[backends]` lines that are not keys: one per backend.
-pub const BACKEND_LINE: &str = "`NAME = host:port [weight=N] [max_conns=N] [tls [sni=NAME]] [send_proxy=v1|v2]`";
+pub const BACKEND_LINE: &str =
+    "`NAME = host:port [weight=N] [max_conns=N] [tls [sni=NAME]] [send_proxy=v1|v2]`";
 const BACKEND_HELP: &str =
     "one line per backend (at least one); weight 1..=1000 (default 1); max_conns 0 = no limit; \
      tls: reach it over TLS, verified against [tls] backend_ca (sni: the name to verify, else its host); \

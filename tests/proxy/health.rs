@@ -1,6 +1,6 @@
 //! Active health checks against backends that misbehave: a check is bounded by `timeout_ms` in
 //! all, as HAProxy's `timeout check`, so one backend's slowness is its own failure and never
-//! delays the checks of the others.
+//! delays the checks of the others. And passive health never takes a pool's last member out.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -105,4 +105,25 @@ fn a_tls_backend_dripping_its_records_fails_its_check_within_timeout_ms() {
     assert!(down.contains("timed out"), "{down}");
     good.signal("KILL");
     p.wait_for(&format!("good {good_addr} DOWN"));
+}
+
+/// Live traffic never marks a pool's last member down, as nginx never marks its last server
+/// down: a client asking twice for an answer the backend garbles made a one-member pool answer
+/// 503 to everyone for `fail_window_ms`.
+#[test]
+fn live_traffic_never_marks_the_last_member_of_a_pool_down_as_nginx() {
+    let (_d, backend) = dummy("app1");
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 8\n[health]\nenabled = false\nmax_fails = 2\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    for _ in 0..3 {
+        assert_eq!(http_get(addr, "/x?fault=garbage").status, 502);
+    }
+    let spared = p.wait_for(" STAYS ");
+    assert!(spared.contains(" STAYS in rotation after 2 failures in live traffic"), "{spared}");
+    assert!(spared.contains("no other member of its pool could serve"), "{spared}");
+    assert_eq!(http_get(addr, "/").status, 200);
+    assert!(!p.log_text().contains(" DOWN "), "{}", p.log_text());
 }
