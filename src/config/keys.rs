@@ -317,7 +317,8 @@ pub const RESPONSE_MS: Key = key(
     "response_ms",
     millis(0, DAY_MS),
     "60000",
-    "http: the backend's response head must arrive within this, else 504",
+    "http: the longest the backend may be silent while its answer is awaited, per read (nginx's \
+     proxy_read_timeout): before its head is whole, 504; in its body, the body is cut",
     |c| c.timeouts.response.as_millis().to_string(),
 );
 /// `[timeouts] tunnel_ms`.
