@@ -260,6 +260,8 @@ fn run(
     // A TLS side may hold plaintext already (read with the handshake, or before a park): the
     // first turn tries it without waiting.
     let (mut cut_up, mut cut_down) = (!c.is_plain(), !b.is_plain());
+    // Whether a side nothing waits on is still polled for a reset (see below).
+    let (mut watch_client, mut watch_backend) = (true, true);
     loop {
         let (up_wait, down_wait) = (up.wait(), down.wait());
         // One clock read for the turn's timers; another after its poll.
@@ -318,13 +320,30 @@ fn run(
             sooner(left);
         }
         let timeout = timeout.map(timespec);
+        // While a direction flows, a side nothing waits on now is still watched for a reset
+        // (POLLERR and POLLHUP come unasked): a client resetting while its upload waits on a
+        // backend that stopped reading held its worker until `idle_ms`.
+        let live = up_wait != Wait::Done || down_wait != Wait::Done;
+        let watch = (live && watch_client, live && watch_backend);
         let (client_ready, backend_ready) =
-            match poll_two(c.sock, on_client, b.sock, on_backend, timeout.as_ref()) {
+            match poll_two(c.sock, on_client, b.sock, on_backend, watch, timeout.as_ref()) {
                 // Nothing to wait on: both directions ended (a cut one has input to wait on).
                 None => return Ok(None),
                 // poll itself failing (ENOMEM) is nobody's fault but ours; the client is closed.
                 Some(polled) => polled.map_err(|e| (Party::Client, e))?,
             };
+        for (sock, on, ready, party, watched) in [
+            (c.sock, on_client, client_ready, Party::Client, &mut watch_client),
+            (b.sock, on_backend, backend_ready, Party::Backend, &mut watch_backend),
+        ] {
+            if on.is_empty() && ready {
+                match sock.take_error() {
+                    Ok(Some(e)) => return Err((party, e)),
+                    // Shut both ways cleanly (the peer's FIN after ours): nothing to watch for.
+                    _ => *watched = false,
+                }
+            }
+        }
         let ready = |wait, from_ready, to_ready| match wait {
             Wait::Read => from_ready,
             Wait::Write => to_ready,
@@ -373,18 +392,20 @@ pub fn timespec(d: Duration) -> Timespec {
 
 /// Waits until `a` or `b` is ready for what is asked of it (`on_a`, `on_b`) or `timeout`
 /// passes; returns which of them reported an event (POLLERR and POLLHUP included: the next
-/// call on it will not block), nothing on a signal. A socket nothing waits on is left out:
-/// with both halves shut it reports POLLHUP for ever, which would spin the caller's loop.
-/// `None` when neither is waited on.
+/// call on it will not block), nothing on a signal. A socket nothing waits on is polled for
+/// those two alone when `watch` says so (`(a, b)`); else it is left out: with both halves
+/// shut it reports POLLHUP for ever, which would spin the caller's loop. `None` when neither
+/// is polled.
 fn poll_two(
     a: &TcpStream,
     on_a: PollFlags,
     b: &TcpStream,
     on_b: PollFlags,
+    watch: (bool, bool),
     timeout: Option<&Timespec>,
 ) -> Option<io::Result<(bool, bool)>> {
     let mut fds = [PollFd::new(a, on_a), PollFd::new(b, on_b)];
-    let range = match (on_a.is_empty(), on_b.is_empty()) {
+    let range = match (on_a.is_empty() && !watch.0, on_b.is_empty() && !watch.1) {
         (true, true) => return None,
         (false, true) => 0..1,
         (true, false) => 1..2,
