@@ -99,7 +99,8 @@ pub fn flush_tls(c: &mut Connection, mut sock: &TcpStream) -> io::Result<()> {
 }
 
 /// Reads plaintext, reading and decrypting records from `sock` as needed. `Ok(0)` at the end
-/// (`close_notify`, or the TCP stream's end: framing above tells a truncated message).
+/// (`close_notify`, or the TCP stream's end: framing above tells a truncated message, but for
+/// a body read until the close, which then looks whole, as with nginx and HAProxy).
 pub fn read_tls_plain(c: &mut Connection, sock: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     read_plain(c, sock, buf, false)
 }
