@@ -364,12 +364,12 @@ impl Config {
         (few.min(self.workers), many.min(self.workers))
     }
 
-    /// Every pool, the default one (`[backends]`, possibly without members) first.
     /// Every backend line, of `[backends]` and of every `[pool.NAME]`.
     pub fn every_backend(&self) -> impl Iterator<Item = &BackendSpec> {
-        self.backends.iter().chain(self.pools.iter().flat_map(|p| p.backends.iter()))
+        self.every_pool().flat_map(|p| p.backends.iter())
     }
 
+    /// Every pool, the default one (`[backends]`, possibly without members) first.
     pub fn every_pool(&self) -> impl Iterator<Item = PoolView<'_>> {
         let default = PoolView {
             name: DEFAULT_POOL,

@@ -49,12 +49,7 @@ static DNS_ERRORS: RateLimit = RateLimit::new();
 
 /// The addresses each DNS-named backend resolved to when `config` was loaded.
 fn first_answers(config: &Config) -> HashMap<String, Vec<SocketAddr>> {
-    all_specs(config).filter(|s| s.dns).map(|s| (s.name.clone(), s.addrs.clone())).collect()
-}
-
-/// Every member line of every pool.
-fn all_specs(config: &Config) -> impl Iterator<Item = &BackendSpec> {
-    config.every_pool().flat_map(|p| p.backends.iter())
+    config.every_backend().filter(|s| s.dns).map(|s| (s.name.clone(), s.addrs.clone())).collect()
 }
 
 impl Discovery {
@@ -177,7 +172,7 @@ impl Discovery {
     /// (Lookups run without the lock; an answer for a spec a reload changed meanwhile is dropped.)
     pub fn refresh_dns(&self) {
         let specs: Vec<BackendSpec> =
-            all_specs(&self.running.lock().config).filter(|s| s.dns).cloned().collect();
+            self.running.lock().config.every_backend().filter(|s| s.dns).cloned().collect();
         if specs.is_empty() {
             return;
         }
@@ -195,7 +190,7 @@ impl Discovery {
             }
         }
         let mut running = self.running.lock();
-        let current: Vec<&BackendSpec> = all_specs(&running.config).collect();
+        let current: Vec<&BackendSpec> = running.config.every_backend().collect();
         answers.retain(|name, _| {
             let before = specs.iter().find(|s| &s.name == name);
             let now = current.iter().find(|s| &s.name == name);
