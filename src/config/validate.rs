@@ -198,17 +198,17 @@ impl RawConfig {
         }
         let mut warnings = Vec::new();
         let (pools, routes) = routing::read(self, mode, algorithm, &backends, &mut v.errors, &mut warnings);
+        let warning = |origin, key, message| ConfigError { file: self.file.clone(), origin, key, message };
         for (b, a) in super::shadow::shadowed(&routes) {
             let (b, a) = (&routes[b], &routes[a]);
-            warnings.push(ConfigError {
-                file: self.file.clone(),
-                origin: Origin::Line(b.line),
-                key: format!("[route.{}]", b.name),
-                message: format!(
+            warnings.push(warning(
+                Origin::Line(b.line),
+                format!("[route.{}]", b.name),
+                format!(
                     "never matches: [route.{}] (line {}), tried first, matches every request it does",
                     a.name, a.line
                 ),
-            });
+            ));
         }
         let backends: Vec<BackendSpec> = backends.into_iter().map(|(b, _)| b).collect();
         let backend_error =
@@ -222,15 +222,14 @@ impl RawConfig {
             });
         }
         if let Some(c) = built.as_ref().filter(|c| c.active_workers > c.workers) {
-            warnings.push(ConfigError {
-                file: self.file.clone(),
-                origin: self.origin("proxy", "active_workers"),
-                key: "[proxy] active_workers".to_string(),
-                message: format!(
+            warnings.push(warning(
+                self.origin("proxy", "active_workers"),
+                "[proxy] active_workers".to_string(),
+                format!(
                     "{} is more than workers ({}): {} take connections",
                     c.active_workers, c.workers, c.workers
                 ),
-            });
+            ));
         }
         // As nginx warns "low address bits of 10.0.0.1/8 are meaningless".
         if let Some(c) = built.as_ref() {
@@ -241,15 +240,9 @@ impl RawConfig {
                 (&keys::TRUSTED_PROXIES, &l.trusted_proxies),
             ] {
                 for n in nets.iter().filter(|n| n.addr() != n.network()) {
-                    warnings.push(ConfigError {
-                        file: self.file.clone(),
-                        origin: self.origin(key.section, key.name),
-                        key: key.label(),
-                        message: format!(
-                            "low address bits of {n} are meaningless: it stands for {}",
-                            n.trunc()
-                        ),
-                    });
+                    let message =
+                        format!("low address bits of {n} are meaningless: it stands for {}", n.trunc());
+                    warnings.push(warning(self.origin(key.section, key.name), key.label(), message));
                 }
             }
         }

@@ -35,11 +35,11 @@ pub(super) fn answer_refused(
     scratch: &mut Scratch,
 ) -> bool {
     let close = closes(head, keep_alive);
-    let (status, retry) = match why {
-        Refused::Denied => (403, None),
-        Refused::Rate(wait) => (429, Some(wait.as_nanos().div_ceil(1_000_000_000).max(1) as u64)),
-        Refused::Connections => (429, None),
+    let retry = match why {
+        Refused::Rate(wait) => Some(wait.as_nanos().div_ceil(1_000_000_000).max(1) as u64),
+        Refused::Denied | Refused::Connections => None,
     };
+    let status = why.status();
     record.status = status;
     record.note = why.text().to_string();
     let bytes =

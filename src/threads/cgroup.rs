@@ -50,12 +50,17 @@ pub(super) fn tightest(proc_cgroup: &str, root: &Path, controller: &Controller) 
             continue;
         };
         let path = path.trim_start_matches('/');
-        let reclaimable = controller.reclaimable.map(|[v2, v1]| (v2, v1));
+        let reclaimable = controller.reclaimable;
         if controllers.is_empty() {
-            dirs.push((root.join(path), root.to_path_buf(), controller.v2_files, reclaimable.map(|r| r.0)));
+            dirs.push((
+                root.join(path),
+                root.to_path_buf(),
+                controller.v2_files,
+                reclaimable.map(|[v2, _]| v2),
+            ));
         } else if controllers.split(',').any(|c| c == controller.v1) {
             let top = root.join(controller.v1);
-            dirs.push((top.join(path), top, controller.v1_files, reclaimable.map(|r| r.1)));
+            dirs.push((top.join(path), top, controller.v1_files, reclaimable.map(|[_, v1]| v1)));
         }
     }
     let mut best: Option<(Cap, PathBuf)> = None;
