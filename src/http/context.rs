@@ -83,6 +83,9 @@ pub struct Attempt {
     pub body_done: bool,
     /// A backend's status was retried on another (`retry_on`): not again.
     pub status_retried: bool,
+    /// An attempt failed and the request went on to another member: `retry_on` no longer
+    /// applies (a stale pooled connection replaced on the same member does not count).
+    pub moved_on: bool,
     /// A 1xx other than `100 Continue` was forwarded to the client.
     pub informed: bool,
 }

@@ -144,7 +144,7 @@ impl Exchange<'_> {
                 _ => backend.latency().observe_cost(tried_at.elapsed()),
             }
         }
-        if self.retries_status(resp.status, attempt, backend, record.attempts) {
+        if self.retries_status(resp.status, attempt, backend) {
             // `retry_on`: this answer goes no further; the connection closes with its body unread.
             attempt.status_retried = true;
             scratch.backend_in = bw.into_buffer();
@@ -311,13 +311,14 @@ impl Exchange<'_> {
     }
 
     /// Whether `[http] retry_on` sends this request to another member after `status`: once,
-    /// on the first attempt (no other member has been tried), for an idempotent request none of
+    /// while no other member has been tried (a stale pooled connection replaced on this one
+    /// does not count), for an idempotent request none of
     /// whose body was read and to whose client nothing was sent (no 1xx either), when another
     /// member can take it; else the backend's own answer goes to the client.
-    fn retries_status(&self, status: u16, attempt: &Attempt, backend: &Backend, tries: u32) -> bool {
+    fn retries_status(&self, status: u16, attempt: &Attempt, backend: &Backend) -> bool {
         self.ctx.config.http.retry_on.contains(&status)
             && self.head.retryable
-            && tries == 1
+            && !attempt.moved_on
             && !attempt.body_touched
             && !attempt.continued
             && !attempt.informed
@@ -332,6 +333,7 @@ impl Exchange<'_> {
         let replayable = self.head.retryable && !attempt.body_touched && !attempt.informed;
         let next = retry::after(&f, reused, replayable);
         attempt.fresh_only = next == Retry::Fresh;
+        attempt.moved_on |= next == Retry::NextBackend;
         (f, next)
     }
 

@@ -200,3 +200,85 @@ fn a_passing_active_check_ends_an_ejection_early() {
     let back = p.wait_for("BACK");
     assert!(back.contains("app2 ") && back.contains("after a passing check ended its ejection"), "{back}");
 }
+
+/// A member's pooled connection goes stale (it closes on the next request without answering),
+/// the proxy reconnects to it, and the fresh connection answers 503: `retry_on` still sends
+/// the GET on to the other member, as HAProxy's `retry-on` counts a reconnect to the same
+/// server apart from a redispatch. The client never sees the 503.
+#[test]
+fn retry_on_still_applies_after_a_stale_pooled_connection_was_replaced() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (_g, good) = dummy("good");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let flaky = listener.local_addr().expect("addr");
+    let heads = std::sync::Arc::new(AtomicUsize::new(0));
+    let (fresh_503s, seen) = (std::sync::Arc::new(AtomicUsize::new(0)), heads.clone());
+    let answered = fresh_503s.clone();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut s) = stream else { return };
+            let (seen, answered) = (seen.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut served = 0;
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        // The first connection answers once, then goes stale: its next request
+                        // is read and the connection closed without an answer.
+                        let reply: &[u8] = match (n, served) {
+                            (0, 0) => {
+                                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Served-By: flaky\r\n\r\nfirst"
+                            }
+                            (0, _) => return,
+                            _ => {
+                                answered.fetch_add(1, Ordering::SeqCst);
+                                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"
+                            }
+                        };
+                        if s.write_all(reply).is_err() {
+                            return;
+                        }
+                        served += 1;
+                    }
+                    match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                    }
+                }
+            });
+        }
+    });
+    // source-hash, so the reconnect after the stale connection picks the flaky member again.
+    // backends_section names them app1 (flaky) and app2 (good).
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 16\nalgorithm = source-hash\n[health]\nenabled = false\n\
+         max_fails = 0\neject_consecutive_5xx = 0\n[http]\nretry_on = 503\n{}",
+        backends_section(&[flaky, good])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    // A client address that hashes to the flaky member: its first answer says so.
+    let mut w = (1..=32)
+        .find_map(|k| {
+            let mut w = lbproxy::h1::Wire::new(connect_from([127, 0, 0, k], addr));
+            let r = get(&mut w, "/first", "");
+            assert_eq!(r.status, 200, "from 127.0.0.{k}");
+            (r.header("X-Served-By") == Some("flaky")).then_some(w)
+        })
+        .expect("some client address hashes to the flaky member");
+    // Its pooled connection is stale now; the fresh one answers 503; the good member answers.
+    let r = get(&mut w, "/again", "");
+    assert_eq!(
+        (r.status, r.header("X-Served-By")),
+        (200, Some("good")),
+        "the client never sees the 503; log:\n{}",
+        p.log_text()
+    );
+    assert_eq!(heads.load(Ordering::SeqCst), 3, "the flaky member saw its first, stale and fresh requests");
+    assert_eq!(fresh_503s.load(Ordering::SeqCst), 1, "the fresh connection answered 503");
+    let retry_line = p.wait_for("answered 503 (retry_on); retrying app2");
+    assert!(retry_line.contains("app1: response head"), "{retry_line}");
+}
