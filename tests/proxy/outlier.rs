@@ -203,8 +203,7 @@ fn a_passing_active_check_ends_an_ejection_early() {
 
 /// A member's pooled connection goes stale (it closes on the next request without answering),
 /// the proxy reconnects to it, and the fresh connection answers 503: `retry_on` still sends
-/// the GET on to the other member, as HAProxy's `retry-on` counts a reconnect to the same
-/// server apart from a redispatch. The client never sees the 503.
+/// the GET on to the other member. The client never sees the 503.
 #[test]
 fn retry_on_still_applies_after_a_stale_pooled_connection_was_replaced() {
     use std::io::{Read, Write};
