@@ -36,7 +36,9 @@ pub enum Verdict {
 
 /// Reads response heads from the backend until a final one (or, with `until`, a `100` by that
 /// deadline), forwarding each informational head to an HTTP/1.1 client as it comes. A `100`
-/// after the proxy already sent its own is not sent twice.
+/// after the proxy already sent its own is not sent twice. The 1xx heads of one request count
+/// against `max_head_bytes` together, as Go's HTTP client counts them against its header limit:
+/// a backend that sends them without end gets a 502, not a client held forever.
 pub fn read_final(
     x: &Exchange<'_>,
     bw: &mut Wire<&BackendStream>,
@@ -60,6 +62,11 @@ pub fn read_final(
             .map_err(|cause| Failure::at(backend, Party::Backend, Phase::Head, cause))?;
         if resp.status >= 200 || resp.status == 101 {
             return Ok(resp);
+        }
+        attempt.interim_bytes += resp.len;
+        if attempt.interim_bytes > max_head {
+            let why = format!("invalid response: 1xx heads over max_head_bytes ({max_head}) in all");
+            return Err(Failure::at(backend, Party::Backend, Phase::Head, Cause::Invalid(why)));
         }
         let continues = resp.status == 100;
         if side.version == 1 && !(continues && attempt.continued) {

@@ -73,6 +73,29 @@ fn a_request_whose_103_reached_the_client_is_not_retried_when_the_backend_then_c
     assert_eq!(requests.load(Ordering::SeqCst), 1, "sent again after its 103 went out");
 }
 
+/// A backend that sends 1xx heads without end: together they count against `max_head_bytes`
+/// (as Go's HTTP client counts them against its header limit), so the client gets the ones
+/// forwarded so far and then a 502, not a connection held for as long as the backend likes.
+#[test]
+fn a_backend_sending_1xx_heads_without_end_gets_a_502_once_they_pass_max_head_bytes() {
+    let app = backend(|mut s| {
+        read_head(&mut s);
+        // 100,000 heads of 25 bytes, far past the 4 KiB below; then a final answer never sent.
+        for _ in 0..1_000 {
+            if s.write_all(&b"HTTP/1.1 102 Processing\r\n\r\n".repeat(100)).is_err() {
+                return;
+            }
+        }
+    });
+    let (p, proxy) = http_proxy(&[app], "round-robin", "", "max_head_bytes = 4096");
+    let text = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let forwarded = text.matches("HTTP/1.1 102 Processing\r\n\r\n").count();
+    assert!((100..=4096 / 25).contains(&forwarded), "{forwarded} forwarded");
+    assert!(text.contains("\r\n\r\nHTTP/1.1 502 "), "{}", &text[text.len().saturating_sub(300)..]);
+    let line = p.wait_for("1xx heads over max_head_bytes (4096) in all");
+    assert!(line.contains("\"GET /\" -> app1") && line.contains(" 502 "), "{line}");
+}
+
 fn trailer_backend(seen: Arc<Mutex<Vec<String>>>) -> SocketAddr {
     backend(move |mut s| {
         let (head, mut body) = read_head(&mut s);
