@@ -16,7 +16,7 @@ use crate::conn::accept;
 use crate::conn::Conn;
 use crate::conn::Quiet;
 use crate::context::Context;
-use crate::error::{Cause, Failure, Party, Phase};
+use crate::error::{Cause, Failure, Party, Phase, Unavailable};
 use crate::logging::access;
 use crate::logging::line::Entry;
 use crate::logging::{held_back, RateLimit};
@@ -79,7 +79,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, bufs: &mut Buffers) {
                     Err(why) => {
                         ctx.refused(Label(&conn), conn.peer.ip(), why);
                         // As in http mode, and as nginx's stream module logs its `deny`.
-                        return closed_unserved(&conn, "", why.status(), why.text());
+                        return closed_unserved(&conn, "", why.status(), why.text(), 0);
                     }
                 }
             }
@@ -166,7 +166,12 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
             if let Some(n) = UNAVAILABLE.check() {
                 log::warn!("{label}: {f}; closing the client{}", held_back(n));
             }
-            closed_unserved(conn, &pool.name, 503, &f.to_string());
+            // The backends tried, each connect failed: as many attempts.
+            let tried = match f.cause {
+                Cause::Unavailable(Unavailable::NoneUp { tried }) => tried as u32,
+                _ => 0,
+            };
+            closed_unserved(conn, &pool.name, 503, &f.to_string(), tried);
             return None;
         }
         Err(f) => {
@@ -176,7 +181,7 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
                 log::error!("{label}: {f}; closing the client{}", held_back(n));
             }
             let status = if f.party == Party::Local { 503 } else { 502 };
-            closed_unserved(conn, &pool.name, status, &f.to_string());
+            closed_unserved(conn, &pool.name, status, &f.to_string(), 1);
             return None;
         }
     };
@@ -200,7 +205,7 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
 /// The access line of a connection closed unserved, as nginx's stream module logs them: no
 /// backend could be had (503) or connecting failed (502), or `[limits]` refused it (403, 429);
 /// the main log has its own line already.
-fn closed_unserved(conn: &Conn, pool: &str, status: u16, note: &str) {
+fn closed_unserved(conn: &Conn, pool: &str, status: u16, note: &str, attempts: u32) {
     if access::adds_to_main_log() {
         let entry = Entry {
             client: Some(conn.peer.ip()),
@@ -209,6 +214,7 @@ fn closed_unserved(conn: &Conn, pool: &str, status: u16, note: &str) {
             duration: conn.accepted.elapsed(),
             pool,
             note,
+            attempts,
             ..Entry::default()
         };
         access::write(&entry, || format!("{}: {note}; closed ({status})", Label(conn)));
