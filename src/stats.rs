@@ -94,12 +94,14 @@ fn secs_since_epoch(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// One backend's numbers, as /stats, the API's answers and the dashboard show them.
-pub fn backend_json(b: &Backend) -> serde_json::Value {
+/// One backend of `pool` and its numbers, as /stats, the API's answers and the dashboard show
+/// them.
+pub fn backend_json(pool: &str, b: &Backend) -> serde_json::Value {
     let (last, at) = b.health().last_check();
     let ms = |q: f64| b.latency().recent_quantile(q).map(|s| if s.is_finite() { s * 1000.0 } else { -1.0 });
     json!({
         "name": b.name(),
+        "pool": pool,
         "address": b.addr().to_string(),
         "state": b.state_text(),
         "slow_start": b.health().slowstart_fraction(now_ms()).is_some(),
@@ -115,6 +117,7 @@ pub fn backend_json(b: &Backend) -> serde_json::Value {
         "bytes_up": b.bytes().0,
         "bytes_down": b.bytes().1,
         "idle_pooled": b.idle_count(),
+        "tunnels": b.tunnels(),
         "last_check": { "result": last, "time": at.map(secs_since_epoch) },
         "latency_ms": { "p50": ms(0.5), "p99": ms(0.99) },
     })
@@ -163,12 +166,7 @@ pub fn stats_json(table: &Table, counters: &ProxyCounters, tracked: usize) -> St
         }),
         "backends": members
             .iter()
-            .map(|(pool, b)| {
-                let mut j = backend_json(b);
-                j["tunnels"] = json!(b.tunnels());
-                j["pool"] = json!(pool);
-                j
-            })
+            .map(|(pool, b)| backend_json(pool, b))
             .collect::<Vec<_>>(),
     });
     let mut text = serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));

@@ -81,9 +81,9 @@ pub(super) fn post(admin: &Admin, path: &str, query: &str, peer: SocketAddr) -> 
         if chosen.is_empty() {
             chosen = members.iter().filter(|b| b.spec() == name).cloned().collect();
         }
-        (!chosen.is_empty()).then(|| (p.balancer.clone(), chosen))
+        (!chosen.is_empty()).then(|| (p.name.clone(), p.balancer.clone(), chosen))
     });
-    let Some((balancer, chosen)) = found else {
+    let Some((pool, balancer, chosen)) = found else {
         return error(404, &format!("no backend named '{name}'"));
     };
     let change = match action {
@@ -112,7 +112,7 @@ pub(super) fn post(admin: &Admin, path: &str, query: &str, peer: SocketAddr) -> 
         };
         log::warn!("admin {peer}: {what}; lasts until a reload changes its line, or a restart");
         events::state(b.name(), b.state_text(), &format!("admin {peer}: {what}"));
-        answers.push(backend_json(b));
+        answers.push(backend_json(&pool, b));
     }
     if matches!(change, Change::Weight(_)) {
         balancer.rebuild();

@@ -72,9 +72,8 @@ impl Dashboard {
             let rps = (total.saturating_sub(before) as f64 / secs * 10.0).round() / 10.0;
             totals.insert(b.id(), total);
             rates.insert(b.name().to_string(), json!(rps));
-            let mut v = backend_json(b);
+            let mut v = backend_json(pool, b);
             v["rps"] = json!(rps);
-            v["pool"] = json!(pool);
             backends.push(v);
         }
         self.totals = totals;

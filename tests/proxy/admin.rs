@@ -223,8 +223,14 @@ fn api_drain_maint_ready_and_weight_answer_json_log_at_warn_and_refuse_unknown_n
     );
     let line = p.wait_for("app1 -> drain (was ready)");
     assert!(line.contains("[WARN]") && line.contains("admin 127.0.0.1:"), "{line}");
-    assert_eq!(json(&post(admin, "/backends/app1/maint", None))["state"], "maintenance");
-    assert_eq!(stats_of(admin, "app1")["state"], "maintenance", "/stats agrees");
+    let b = json(&post(admin, "/backends/app1/maint", None));
+    assert_eq!(b["state"], "maintenance");
+    let stats = stats_of(admin, "app1");
+    assert_eq!(stats["state"], "maintenance", "/stats agrees");
+    // The answer is the backend as /stats shows it, field for field (pool and tunnels too).
+    let keys = |v: &serde_json::Value| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>());
+    assert_eq!(keys(&b), keys(&stats));
+    assert_eq!((&b["pool"], &b["tunnels"]), (&"default".into(), &0.into()), "{b}");
     // Back in rotation through slow start (HAProxy's `slowstart` applies to `ready` too).
     let b = json(&post(admin, "/backends/app1/ready", None));
     assert_eq!((b["state"].as_str(), b["slow_start"].as_bool()), (Some("up"), Some(true)), "{b}");
