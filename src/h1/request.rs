@@ -66,8 +66,6 @@ pub struct Forwarding<'a> {
     /// Gives the `Host` for an HTTP/1.0 request that has none (the address the client reached);
     /// called only then, so the common case costs no `getsockname`.
     pub local_host: &'a dyn Fn() -> String,
-    /// The `Via` pseudonym.
-    pub via: &'a str,
     /// `X-Forwarded-Proto`: `http` or `https` (the listener speaks TLS).
     pub proto: &'a str,
     /// The header whose value the balancer hashes (`hash_header` under header-hash), if any:
@@ -118,13 +116,6 @@ pub(crate) fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 pub(crate) fn length_line(out: &mut Vec<u8>, n: u64) {
     use std::io::Write as _;
     let _ = write!(out, "Content-Length: {n}\r\n");
-}
-
-/// Appends `Via: 1.1 <via>\r\n`.
-pub(crate) fn via_line(out: &mut Vec<u8>, via: &str) {
-    out.extend_from_slice(b"Via: 1.1 ");
-    out.extend_from_slice(via.as_bytes());
-    out.extend_from_slice(b"\r\n");
 }
 
 /// A UUID v4 for a request without an ID, from fastrand's per-thread generator (as HAProxy's
@@ -394,7 +385,6 @@ fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_
     forwarded_for.extend_from_slice(fwd.client.as_bytes());
     line(out, "X-Forwarded-For", &forwarded_for);
     line(out, "X-Forwarded-Proto", fwd.proto.as_bytes());
-    via_line(out, fwd.via);
     if expect_continue {
         line(out, "Expect", b"100-continue");
     }

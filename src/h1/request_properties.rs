@@ -7,7 +7,6 @@ fn fwd() -> Forwarding<'static> {
     Forwarding {
         client: "127.0.0.1",
         local_host: &|| "p:1".to_string(),
-        via: "lbproxy",
         proto: "http",
         hash_header: None,
         underscores: false,

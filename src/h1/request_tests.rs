@@ -6,7 +6,6 @@ fn fwd() -> Forwarding<'static> {
     Forwarding {
         client: "10.0.0.7",
         local_host: &|| "proxy:8080".to_string(),
-        via: "lbproxy",
         proto: "http",
         hash_header: None,
         underscores: false,
@@ -46,7 +45,9 @@ fn rewrites_headers_for_the_backend() {
     }
     assert!(out.contains("X-Forwarded-For: 1.2.3.4, 10.0.0.7\r\n"), "{out}");
     assert!(out.contains(&format!("X-Request-ID: {}\r\n", head.request_id)));
-    assert!(out.contains("Via: 1.1 lbproxy\r\n") && out.ends_with("\r\n\r\n"));
+    // No `Via` of the proxy's on a request, as HAProxy, nginx and Apache send none: nginx's
+    // default `gzip_proxied off` would stop compressing for it.
+    assert!(!out.contains("Via:") && out.ends_with("\r\n\r\n"), "{out}");
 }
 
 #[test]

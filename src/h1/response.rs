@@ -5,7 +5,7 @@
 use std::mem::MaybeUninit;
 
 use super::edits::Edits;
-use super::request::{has_connection_header, header_line, is_hop_by_hop, length_line, via_line};
+use super::request::{has_connection_header, header_line, is_hop_by_hop, length_line};
 use super::{parse_length, response_body, BodyKind, MAX_HEADERS};
 
 /// A backend's response head, as far as the proxy cares.
@@ -223,6 +223,13 @@ fn final_coding_is_chunked(headers: &[httparse::Header<'_>]) -> bool {
     last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
 }
 
+/// Appends `Via: 1.1 <via>\r\n`.
+fn via_line(out: &mut Vec<u8>, via: &str) {
+    out.extend_from_slice(b"Via: 1.1 ");
+    out.extend_from_slice(via.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,7 +391,6 @@ mod tests {
         let fwd = crate::h1::request::Forwarding {
             client: "10.0.0.7",
             local_host: &|| "p:1".to_string(),
-            via: "lbproxy",
             proto: "https",
             hash_header: None,
             underscores: false,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::answer::{answer_here, answer_refused, per_request};
 use super::client::{access_log, holds_plaintext, read_now, refuse_head, tls_version, write_error};
-use super::context::{Attempt, Exchange, Record, Scratch, VIA};
+use super::context::{Attempt, Exchange, Record, Scratch};
 use super::exchange::Served;
 use super::timers::{After, Before, Filled, IdleTimers, Limits, Now, Wait, NO_LIMIT};
 use super::upgrade::{self, Parked};
@@ -142,7 +142,6 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     let base = Forwarding {
         client: &client_ip,
         local_host: &local,
-        via: VIA,
         proto,
         hash_header: None,
         underscores,

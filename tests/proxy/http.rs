@@ -111,14 +111,17 @@ fn request_ids_are_generated_and_kept() {
 }
 
 #[test]
-fn forwarded_for_is_appended_and_via_added() {
+fn forwarded_for_is_appended_and_via_is_on_responses_only() {
     let (_ds, addrs) = three();
     let (_p, addr) = http_proxy(&addrs, "round-robin", "", "");
     let mut wire = Wire::new(connect(addr));
     let r = get(&mut wire, "/echo", "X-Forwarded-For: 203.0.113.9\r\n");
     let seen = r.text();
     assert!(seen.contains("X-Forwarded-For: 203.0.113.9, 127.0.0.1\r\n"), "{seen}");
-    assert!(seen.contains("X-Forwarded-Proto: http\r\n") && seen.contains("Via: 1.1 lbproxy\r\n"), "{seen}");
+    // HAProxy, nginx and Apache put no `Via` on a request either (see uploads.rs for nginx's
+    // gzip, which a `Via` turns off); the client's answer carries one.
+    assert!(seen.contains("X-Forwarded-Proto: http\r\n") && !seen.contains("Via:"), "{seen}");
+    assert_eq!(r.header("Via"), Some("1.1 lbproxy"));
     let r = get(&mut wire, "/echo", "");
     assert!(r.text().contains("X-Forwarded-For: 127.0.0.1\r\n"), "{}", r.text());
 }

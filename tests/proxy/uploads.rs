@@ -305,6 +305,31 @@ fn nginx(port: u16, server: &str) -> Proc {
     p
 }
 
+/// The real nginx as the backend, compressing as it does by default for a direct client but not
+/// for a request that says it was proxied (`gzip_proxied off` looks for `Via`): through the
+/// proxy, as through HAProxy, the answer still comes gzipped.
+#[test]
+fn nginx_behind_the_proxy_still_gzips_as_behind_haproxy() {
+    let port = crate::haproxy::free_port();
+    let text = "compress me ".repeat(300);
+    let server = format!(
+        "gzip on;\n    gzip_types text/plain;\n    default_type text/plain;\n    \
+                          location / {{ return 200 \"{text}\"; }}"
+    );
+    let _nginx = nginx(port, &server);
+    let (_p, proxy) = http_proxy(&[([127, 0, 0, 1], port).into()], "round-robin", "", "");
+    let head = b"GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n";
+    let direct = round_trip(([127, 0, 0, 1], port).into(), head);
+    assert!(direct.contains("Content-Encoding: gzip\r\n"), "nginx gzips for a direct client: {direct}");
+    let through = round_trip(proxy, head);
+    assert!(through.starts_with("HTTP/1.1 200 "), "{through}");
+    assert!(
+        through.contains("Content-Encoding: gzip\r\n"),
+        "not gzipped through the proxy: {}",
+        &through[..400]
+    );
+}
+
 /// The real nginx as the backend, with `client_max_body_size 1k`: it answers a 64 MiB upload
 /// with 413 as soon as it has the head, then reads on and discards. curl gets that 413 through
 /// the proxy having sent a few MiB, as through HAProxy, where before it sent all 64 first.
