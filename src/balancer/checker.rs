@@ -5,6 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -49,9 +50,9 @@ pub fn check(
         Err(e) if is_local_resource(&e) => return Err(Skipped(describe(&e))),
         Err(e) => return Ok(Err(describe(&e))),
     };
-    if let Ok(watched) = stream.try_clone() {
-        overdue.open.lock().push((until, watched));
-    }
+    // Watched while the check runs, and closed with it: a backend that waits for the peer's
+    // FIN (gunicorn's sync worker does) is not held until the next round.
+    let _watched = overdue.watch(until, &stream);
     // Past its deadline, whatever went wrong, it ran out of time (cut, or read to the end).
     Ok(probe(stream, addr, s, tls, proxy, until).map_err(|why| {
         if Instant::now() >= until {
@@ -71,6 +72,14 @@ pub struct Overdue {
 }
 
 impl Overdue {
+    /// Watches a check's socket until the guard drops, when the check is over.
+    fn watch(&self, until: Instant, stream: &TcpStream) -> Option<Watched<'_>> {
+        let sock = stream.try_clone().ok()?;
+        let fd = sock.as_raw_fd();
+        self.open.lock().push((until, sock));
+        Some(Watched { overdue: self, fd })
+    }
+
     /// Shuts the sockets whose checks are past their deadline.
     fn shut_due(&self, now: Instant) {
         self.open.lock().retain(|(until, sock)| {
@@ -80,6 +89,18 @@ impl Overdue {
             }
             !due
         });
+    }
+}
+
+/// A check's socket in [`Overdue`]; dropped, the socket leaves it and is closed.
+struct Watched<'a> {
+    overdue: &'a Overdue,
+    fd: RawFd,
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        self.overdue.open.lock().retain(|(_, sock)| sock.as_raw_fd() != self.fd);
     }
 }
 

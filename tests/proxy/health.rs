@@ -127,3 +127,50 @@ fn live_traffic_never_marks_the_last_member_of_a_pool_down_as_nginx() {
     assert_eq!(http_get(addr, "/").status, 200);
     assert!(!p.log_text().contains(" DOWN "), "{}", p.log_text());
 }
+
+/// A backend that, like gunicorn's sync worker, answers a check, shuts its side, and waits for
+/// the checker's FIN before it takes the next connection. The checker closes each check's
+/// socket as soon as the check is over, as HAProxy does, in both check modes: with a 60 s
+/// interval, a socket kept until the next round would hold the backend for a minute.
+#[test]
+fn a_check_closes_its_connection_when_it_is_over_not_at_the_next_round() {
+    for mode in ["http", "tcp"] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, closed) = crossbeam_channel::unbounded();
+        thread::spawn(move || {
+            // Serves one connection at a time, as a sync worker: bounded by the test's end.
+            for mut s in listener.incoming().flatten() {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+                let mut buf = [0u8; 1024];
+                if mode == "http" {
+                    let _ = s.read(&mut buf);
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                }
+                // The checker's FIN (EOF) or its reset: either way it let go.
+                let let_go = loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => break true,
+                        Ok(_) => continue,
+                        Err(e) => {
+                            break e.kind() != std::io::ErrorKind::WouldBlock
+                                && e.kind() != std::io::ErrorKind::TimedOut
+                        }
+                    }
+                };
+                if tx.send(let_go).is_err() {
+                    return;
+                }
+            }
+        });
+        let config = format!(
+            "[proxy]\nmode = http\nworkers = 8\n[health]\nmode = {mode}\ninterval_ms = 60000\n\
+             [backends]\napp = {addr}\n"
+        );
+        let (_p, _addr) = proxy_with(&config, &[]);
+        // The first round's check (at start), let go within the wait, long before the next round.
+        let let_go = closed.recv_timeout(WAIT);
+        assert_eq!(let_go, Ok(true), "{mode} check: its connection was kept open");
+    }
+}
