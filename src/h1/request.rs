@@ -77,7 +77,8 @@ pub struct Forwarding<'a> {
     pub underscores: bool,
     /// Decides the request's route from its host and target (`None`: no routes).
     pub route: Option<&'a Router<'a>>,
-    /// Keep the client's `X-Forwarded-For` (it comes from a trusted proxy).
+    /// Keep the client's `X-Forwarded-For`, and its `X-Forwarded-Proto` when that says `http`
+    /// or `https` (it comes from a trusted proxy).
     pub keep_forwarded: bool,
     /// Keep `User-Agent` and `Referer` for the access line.
     pub agents: bool,
@@ -336,6 +337,12 @@ struct Outgoing<'a> {
     cookie: Option<&'a str>,
 }
 
+/// The `X-Forwarded-Proto` a trusted proxy sent (its last), when it names `http` or `https`.
+fn trusted_proto(headers: &[httparse::Header<'_>]) -> Option<&'static str> {
+    let sent = headers.iter().rev().find(|h| h.name.eq_ignore_ascii_case("x-forwarded-proto"))?;
+    ["https", "http"].into_iter().find(|p| sent.value.trim_ascii().eq_ignore_ascii_case(p.as_bytes()))
+}
+
 fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_>) {
     let Outgoing { method, target, headers, body, host, request_id, upgrade, expect_continue, edits, cookie } =
         *req;
@@ -384,7 +391,9 @@ fn write_backend_head(out: &mut Vec<u8>, req: &Outgoing<'_>, fwd: &Forwarding<'_
     }
     forwarded_for.extend_from_slice(fwd.client.as_bytes());
     line(out, "X-Forwarded-For", &forwarded_for);
-    line(out, "X-Forwarded-Proto", fwd.proto.as_bytes());
+    // A trusted proxy in front (one that terminates TLS) knows its client's scheme.
+    let proto = fwd.keep_forwarded.then(|| trusted_proto(headers)).flatten().unwrap_or(fwd.proto);
+    line(out, "X-Forwarded-Proto", proto.as_bytes());
     if expect_continue {
         line(out, "Expect", b"100-continue");
     }

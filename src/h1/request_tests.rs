@@ -228,3 +228,25 @@ fn generated_request_ids_are_distinct_uuid_v4() {
         assert_eq!(id, &id.to_ascii_lowercase());
     }
 }
+
+/// From a trusted proxy (one that terminates TLS in front), its `X-Forwarded-Proto` is kept, as
+/// Traefik keeps it from its `trustedIPs`; from anyone else, or naming no scheme, it is the
+/// proxy's own.
+#[test]
+fn x_forwarded_proto_is_kept_only_from_a_trusted_proxy_and_only_as_a_scheme() {
+    let cases = [
+        (true, "https", "https"),
+        (true, "HTTP", "http"),
+        (true, "gopher", "http"),
+        (false, "https", "http"),
+    ];
+    for (trusted, sent, forwarded) in cases {
+        let fwd = Forwarding { keep_forwarded: trusted, ..fwd() };
+        let raw = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-Proto: {sent}\r\n\r\n");
+        let mut out = Vec::new();
+        parse(raw.as_bytes(), 65536, &fwd, &mut out).expect("valid").expect("complete");
+        let out = String::from_utf8_lossy(&out);
+        assert_eq!(out.matches("X-Forwarded-Proto").count(), 1, "{out}");
+        assert!(out.contains(&format!("X-Forwarded-Proto: {forwarded}\r\n")), "{trusted} {sent}: {out}");
+    }
+}

@@ -176,14 +176,19 @@ fn forwarded_for_is_believed_only_from_a_trusted_proxy() {
     // From the trusted proxy: the forwarded client is the one judged, and denied.
     let r = get(&mut wire_from([127, 0, 0, 2], addr), "/", spoof);
     assert_eq!(r.status, 403, "{}", r.text());
-    // An allowed one is logged as the client, via the proxy.
-    let r = get(&mut wire_from([127, 0, 0, 2], addr), "/", "X-Forwarded-For: 203.0.113.5\r\n");
+    // An allowed one is logged as the client, via the proxy; the scheme it used (the trusted
+    // proxy terminated its TLS) reaches the backend, as Traefik keeps it from `trustedIPs`.
+    let tls_in_front = "X-Forwarded-For: 203.0.113.5\r\nX-Forwarded-Proto: https\r\n";
+    let r = get(&mut wire_from([127, 0, 0, 2], addr), "/echo", tls_in_front);
     assert_eq!(r.status, 200);
+    assert!(r.text().contains("X-Forwarded-Proto: https\r\n"), "{}", r.text());
     p.wait_for("203.0.113.5 via 127.0.0.2:");
-    // From anyone else the header is appended to, never believed.
-    let r = get(&mut wire_from([127, 0, 0, 3], addr), "/echo", spoof);
+    // From anyone else the header is appended to, never believed, and the scheme is the proxy's.
+    let r =
+        get(&mut wire_from([127, 0, 0, 3], addr), "/echo", &format!("{spoof}X-Forwarded-Proto: https\r\n"));
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.text().contains("X-Forwarded-For: 198.51.100.7, 127.0.0.3\r\n"), "{}", r.text());
+    assert!(r.text().contains("X-Forwarded-Proto: http\r\n"), "{}", r.text());
 }
 
 fn sticky_config(addrs: &[SocketAddr]) -> String {
