@@ -20,7 +20,7 @@ pub const ADMIN_TOKEN: Key = key(
     "token",
     Kind::Text,
     "",
-    "when set, every POST must carry `Authorization: Bearer TOKEN` (else 401); empty: no check",
+    "when set (8 to 256 visible ASCII characters), every POST must carry `Authorization: Bearer TOKEN` (else 401); empty: no check",
     // A secret: --check says whether it is set, never what it is.
     |c| if c.admin_token.is_some() { "(set)".to_string() } else { String::new() },
 );
