@@ -316,11 +316,14 @@ impl Discovery {
         let draining: usize = removed.iter().map(|b| b.active()).sum();
         let names: Vec<&str> = removed.iter().map(|b| b.name()).collect();
         self.close_after(removed.iter().map(|b| b.id()).collect(), drain);
-        format!(
-            "removed {} (draining {draining} connection(s), closed after {} ms)",
-            names.join(", "),
-            drain.as_millis()
-        )
+        let names = names.join(", ");
+        match draining {
+            0 => format!("removed {names} (no open connections)"),
+            n => format!(
+                "removed {names} (draining {n} connection(s); any still open in {} ms are closed)",
+                drain.as_millis()
+            ),
+        }
     }
 
     /// Closes connections still attached to the removed backends `ids` after `drain`.

@@ -156,6 +156,7 @@ fn sighup_adds_and_removes_backends_under_load_and_drains_the_removed() {
     p.signal("HUP");
     let summary = p.wait_for("reload: added app3; removed app2 (draining ");
     assert!(summary.contains("1 unchanged"), "{summary}");
+    assert!(summary.contains("connection(s); any still open in 1500 ms are closed)"), "{summary}");
     // A connection accepted after the summary was logged picks from the new table (a pick
     // made before the swap may still be logged after it: those are older connections).
     let admin = admin_addr(&p);
