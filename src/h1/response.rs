@@ -129,8 +129,11 @@ pub fn parse(
         use std::io::Write as _;
         let _ = write!(out, "HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or(""));
     }
+    // `Trailer` announces the trailer fields, which only a chunked body carries to the client;
+    // HAProxy and nginx keep it too.
+    let announces = |name: &str| client_body == BodyKind::Chunked && name.eq_ignore_ascii_case("trailer");
     for h in headers {
-        let skip = is_hop_by_hop(h.name, headers, named)
+        let skip = (is_hop_by_hop(h.name, headers, named) && !announces(h.name))
             || h.name.eq_ignore_ascii_case("x-request-id")
             // A 204 carries no Content-Length (RFC 9110 8.6), as nginx sends it; a 304's and a
             // HEAD answer's still name the representation's length.

@@ -125,12 +125,14 @@ fn response_trailers_go_on_to_a_chunked_client_filtered_and_are_dropped_for_http
     let (_p, proxy) = http_proxy(&[addr], "round-robin", "", "");
     let text = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(text.ends_with("5\r\nhello\r\n0\r\nServer-Timing: db;dur=53\r\n\r\n"), "{text}");
+    // Announced as the backend announced it, as HAProxy and nginx keep `Trailer`.
+    assert!(text.contains("\r\nTrailer: Server-Timing\r\n"), "{text}");
     assert!(
         !text.contains("Set-Cookie") && !text.contains("Content-Length: 99"),
         "a forbidden trailer field went through: {text}"
     );
     let text = round_trip(proxy, b"GET / HTTP/1.0\r\n\r\n");
-    assert!(text.ends_with("\r\n\r\nhello") && !text.contains("Server-Timing: db"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhello") && !text.contains("Server-Timing"), "{text}");
 }
 
 #[test]
