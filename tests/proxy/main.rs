@@ -3,6 +3,7 @@
 
 mod access_log;
 mod admin;
+mod backend_tls;
 mod capacity;
 mod dashboard;
 mod faultlab;
