@@ -97,8 +97,10 @@ impl Balancer {
         let nth = if times == 1 { String::new() } else { format!(", ejection {times}") };
         let n = s.eject_consecutive_5xx;
         let failures = if n == 1 { "1 failure".to_string() } else { format!("{n} failures in a row") };
+        // Envoy's rule: a passing active check ends an ejection early; the line says so.
+        let early = if s.enabled { " or until a health check passes" } else { "" };
         b.log_transition(&Transition::Ejected(format!(
-            "after {failures} (last: {why}); out for {} ms{nth}",
+            "after {failures} (last: {why}); out for {} ms{early}{nth}",
             length.as_millis()
         )));
     }
