@@ -20,12 +20,25 @@ pub fn build(specs: &[BackendSpec]) -> Vec<Arc<Backend>> {
     specs
         .iter()
         .flat_map(|s| {
-            members_of(s, &s.addrs).into_iter().map(move |(name, addr)| {
-                Arc::new(
-                    Backend::new(name, s.name.clone(), addr, s.weight, s.max_conns)
-                        .with_send_proxy(s.send_proxy),
-                )
-            })
+            members_of(s, &s.addrs).into_iter().map(move |(name, addr)| Arc::new(member(s, name, addr)))
         })
         .collect()
+}
+
+/// A fresh member of `spec` at `addr`, named `name`.
+pub fn member(spec: &BackendSpec, name: String, addr: SocketAddr) -> Backend {
+    let b = Backend::new(name, spec.name.clone(), addr, spec.weight, spec.max_conns)
+        .with_send_proxy(spec.send_proxy);
+    b.set_check_host(check_host(spec));
+    b
+}
+
+/// The `Host` of a member's http health checks: `name:port` as its line writes a DNS name (a
+/// virtual host answers its own name, as nginx sends `proxy_pass`'s host); empty for an address.
+pub fn check_host(spec: &BackendSpec) -> &str {
+    if spec.dns {
+        &spec.target
+    } else {
+        ""
+    }
 }

@@ -108,6 +108,9 @@ pub struct Backend {
     tunnels: AtomicU64,
     /// PROXY header version sent first on each connection: 0 none, 1 v1, 2 v2 (`send_proxy=`).
     send_proxy: AtomicU8,
+    /// The `Host` of its http health checks: `name:port` as its line writes a DNS name, else
+    /// empty (the address is sent).
+    check_host: parking_lot::Mutex<Arc<str>>,
 }
 
 impl Backend {
@@ -136,6 +139,7 @@ impl Backend {
             idle: IdlePool::default(),
             tunnels: AtomicU64::new(0),
             send_proxy: AtomicU8::new(0),
+            check_host: parking_lot::Mutex::new(Arc::from("")),
         }
     }
 
@@ -279,6 +283,21 @@ impl Backend {
     pub fn with_send_proxy(self, v: Option<ProxyVersion>) -> Backend {
         self.set_send_proxy(v);
         self
+    }
+
+    /// Sets (a reload too) the `Host` of its http health checks; empty: its address.
+    pub fn set_check_host(&self, host: &str) {
+        *self.check_host.lock() = Arc::from(host);
+    }
+
+    /// The `Host` its http health checks send: the name its line gives, else its address.
+    pub fn check_host(&self) -> String {
+        let host = self.check_host.lock().clone();
+        if host.is_empty() {
+            self.addr.to_string()
+        } else {
+            host.to_string()
+        }
     }
 
     /// Applies a reloaded `send_proxy=`.

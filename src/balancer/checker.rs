@@ -39,6 +39,7 @@ pub struct Skipped(pub String);
 /// `check-send-proxy`, since such a backend refuses a connection without one.
 pub fn check(
     addr: SocketAddr,
+    host: &str,
     s: &HealthSettings,
     tls: Option<(Arc<ClientConfig>, String)>,
     proxy: Option<ProxyVersion>,
@@ -54,7 +55,7 @@ pub fn check(
     // FIN (gunicorn's sync worker does) is not held until the next round.
     let _watched = overdue.watch(until, &stream);
     // Past its deadline, whatever went wrong, it ran out of time (cut, or read to the end).
-    Ok(probe(stream, addr, s, tls, proxy, until).map_err(|why| {
+    Ok(probe(stream, host, s, tls, proxy, until).map_err(|why| {
         if Instant::now() >= until {
             "timed out".to_string()
         } else {
@@ -124,7 +125,7 @@ impl Read for Until<'_> {
 /// The check over a connected `stream`.
 fn probe(
     stream: TcpStream,
-    addr: SocketAddr,
+    host: &str,
     s: &HealthSettings,
     tls: Option<(Arc<ClientConfig>, String)>,
     proxy: Option<ProxyVersion>,
@@ -143,7 +144,7 @@ fn probe(
         return Ok(());
     }
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: lbproxy-health\r\nConnection: close\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lbproxy-health\r\nConnection: close\r\n\r\n",
         s.path
     );
     (&stream).write_all(request.as_bytes()).map_err(|e| describe(&e))?;
@@ -246,7 +247,7 @@ fn check_member(
     tls: Option<(Arc<ClientConfig>, String)>,
     overdue: &Overdue,
 ) {
-    let outcome = match check(b.addr(), s, tls, b.send_proxy(), overdue) {
+    let outcome = match check(b.addr(), &b.check_host(), s, tls, b.send_proxy(), overdue) {
         Ok(outcome) => outcome,
         Err(Skipped(why)) => {
             if let Some(n) = SKIPPED.check() {

@@ -19,7 +19,7 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
-use crate::backend::members::members_of;
+use crate::backend::members::{self, members_of};
 use crate::backend::{AdminState, Backend};
 use crate::balancer::Balancer;
 use crate::config::keys::{Key, KEYS};
@@ -258,6 +258,7 @@ impl Discovery {
                 match current.iter().find(|b| b.spec() == spec.name && b.addr() == addr && !b.is_retired()) {
                     Some(b) => {
                         b.set_send_proxy(spec.send_proxy);
+                        b.set_check_host(members::check_host(spec));
                         // Compared with the line's weight, not the one in force: an operator's
                         // runtime change survives a reload that leaves the line alone.
                         if b.line_weight() != spec.weight || b.max_conns() != spec.max_conns {
@@ -280,10 +281,8 @@ impl Discovery {
                     }
                     None => {
                         added.push(name.clone());
-                        next.push(Arc::new(
-                            Backend::new(name, spec.name.clone(), addr, spec.weight, spec.max_conns)
-                                .with_send_proxy(spec.send_proxy),
-                        ));
+                        let b = members::member(spec, name, addr);
+                        next.push(Arc::new(b));
                     }
                 }
             }

@@ -174,3 +174,28 @@ fn a_check_closes_its_connection_when_it_is_over_not_at_the_next_round() {
         assert_eq!(let_go, Ok(true), "{mode} check: its connection was kept open");
     }
 }
+
+/// An http check names its member as the member's line does: a DNS name with its port (a
+/// virtual host answers only its own name, and nginx sends `proxy_pass`'s host likewise), an
+/// address as the address.
+#[test]
+fn an_http_check_sends_the_members_name_as_host_and_an_address_for_an_address() {
+    let ok = |_: &str| b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec();
+    let (named, literal) = (raw_backend(ok, 1), raw_backend(ok, 1));
+    let port = named.addr.port();
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 8\n[health]\ninterval_ms = 60000\n\
+         [backends]\nnamed = localhost:{port}\nliteral = {}\n",
+        literal.addr
+    );
+    let (_p, _addr) = proxy_with(&config, &[]);
+    let first_head = |b: &RawBackend| {
+        wait_until("a health check", || !b.seen.lock().expect("seen").is_empty());
+        b.seen.lock().expect("seen")[0].clone()
+    };
+    let head = first_head(&named);
+    assert!(head.starts_with("GET /health HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains(&format!("\r\nHost: localhost:{port}\r\n")), "{head}");
+    let head = first_head(&literal);
+    assert!(head.contains(&format!("\r\nHost: {}\r\n", literal.addr)), "{head}");
+}

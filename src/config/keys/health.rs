@@ -19,7 +19,7 @@ pub const HEALTH_MODE: Key = key(
 );
 /// `[health] path`.
 pub const HEALTH_PATH: Key =
-    key("health", "path", Kind::Text, "/health", "the http check's request path", |c| c.health.path.clone());
+    key("health", "path", Kind::Text, "/health", "the http check's request path, sent with `Host:` the member's `name:port` as its line writes a DNS name, else its address", |c| c.health.path.clone());
 /// `[health] interval_ms`.
 pub const INTERVAL_MS: Key = key(
     "health",
