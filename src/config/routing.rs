@@ -123,8 +123,8 @@ pub struct PoolSpec {
 pub const DEFAULT_POOL: &str = "default";
 
 /// Headers no rule may name: framing and hop-by-hop headers, which would desynchronise the
-/// exchange, and the proxy's own (`X-Request-ID`, `X-Forwarded-For`, `X-Forwarded-Proto`,
-/// `Via`), which the proxy sets after the rules, so a rule could never change them anyway.
+/// exchange, and the proxy's own (`X-Request-ID`, `X-Forwarded-For`, `X-Forwarded-Proto`, and
+/// on responses `Via`), which the proxy sets after the rules, so a rule could never change them.
 const RESERVED: &[&str] = &[
     "content-length",
     "transfer-encoding",
