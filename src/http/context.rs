@@ -88,8 +88,8 @@ pub struct Attempt {
     pub moved_on: bool,
     /// A 1xx other than `100 Continue` was forwarded to the client.
     pub informed: bool,
-    /// The bytes of the informational (1xx) heads received so far: together they may not
-    /// exceed `[http] max_head_bytes`, so a backend cannot send them without end.
+    /// The bytes of the informational (1xx) heads this attempt's backend sent so far: together
+    /// they may not exceed `[http] max_head_bytes`, so a backend cannot send them without end.
     pub interim_bytes: usize,
 }
 

@@ -97,6 +97,8 @@ impl Exchange<'_> {
         backend.name().clone_into(&mut record.backend);
         record.reason.clone_from(&pick.reason);
         record.attempts += 1;
+        // This backend's 1xx heads are its own to count: none of another's.
+        attempt.interim_bytes = 0;
         let tried_at = Instant::now();
         let (stream, reused) = self.connect(backend, attempt).map_err(|f| self.decide(f, false, attempt))?;
         record.connect = Some(if reused { Duration::ZERO } else { tried_at.elapsed() });

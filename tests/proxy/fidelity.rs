@@ -80,7 +80,7 @@ fn a_request_whose_103_reached_the_client_is_not_retried_when_the_backend_then_c
 fn a_backend_sending_1xx_heads_without_end_gets_a_502_once_they_pass_max_head_bytes() {
     let app = backend(|mut s| {
         read_head(&mut s);
-        // 100,000 heads of 25 bytes, far past the 4 KiB below; then a final answer never sent.
+        // 100,000 heads of 27 bytes, far past the 4 KiB below; then a final answer never sent.
         for _ in 0..1_000 {
             if s.write_all(&b"HTTP/1.1 102 Processing\r\n\r\n".repeat(100)).is_err() {
                 return;
@@ -90,10 +90,34 @@ fn a_backend_sending_1xx_heads_without_end_gets_a_502_once_they_pass_max_head_by
     let (p, proxy) = http_proxy(&[app], "round-robin", "", "max_head_bytes = 4096");
     let text = round_trip(proxy, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let forwarded = text.matches("HTTP/1.1 102 Processing\r\n\r\n").count();
-    assert!((100..=4096 / 25).contains(&forwarded), "{forwarded} forwarded");
+    assert!((100..=4096 / 27).contains(&forwarded), "{forwarded} forwarded");
     assert!(text.contains("\r\n\r\nHTTP/1.1 502 "), "{}", &text[text.len().saturating_sub(300)..]);
     let line = p.wait_for("1xx heads over max_head_bytes (4096) in all");
     assert!(line.contains("\"GET /\" -> app1") && line.contains(" 502 "), "{line}");
+}
+
+/// Each backend's 1xx heads count on their own: an HTTP/1.0 client (which never sees a 1xx, so
+/// its GET may go again) whose first backend sent a 3 KiB `103` and closed gets the second
+/// backend's answer, though the two `103`s together pass `max_head_bytes`.
+#[test]
+fn the_1xx_limit_counts_each_backends_heads_not_those_of_a_backend_tried_before() {
+    let connections = Arc::new(AtomicUsize::new(0));
+    let hints = || {
+        let connections = connections.clone();
+        backend(move |mut s| {
+            read_head(&mut s);
+            let hint = format!("HTTP/1.1 103 Early Hints\r\nLink: <{}>\r\n\r\n", "a".repeat(3000));
+            let _ = s.write_all(hint.as_bytes());
+            // The first connection of all closes after its hint; any later one answers.
+            if connections.fetch_add(1, Ordering::SeqCst) > 0 {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+            }
+        })
+    };
+    let (_p, proxy) = http_proxy(&[hints(), hints()], "round-robin", "", "max_head_bytes = 4096");
+    let text = round_trip(proxy, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("\r\n\r\nok"), "{text}");
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "tried twice");
 }
 
 fn trailer_backend(seen: Arc<Mutex<Vec<String>>>) -> SocketAddr {
