@@ -5,7 +5,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -69,21 +69,24 @@ pub fn check(
 /// per read bounds a backend that drips its records.
 #[derive(Default)]
 pub struct Overdue {
-    open: Mutex<Vec<(Instant, TcpStream)>>,
+    /// Each watched socket under its own number (a descriptor's could be reused by the next
+    /// check once this one's was closed).
+    open: Mutex<Vec<(u64, Instant, TcpStream)>>,
+    next: AtomicU64,
 }
 
 impl Overdue {
     /// Watches a check's socket until the guard drops, when the check is over.
     fn watch(&self, until: Instant, stream: &TcpStream) -> Option<Watched<'_>> {
         let sock = stream.try_clone().ok()?;
-        let fd = sock.as_raw_fd();
-        self.open.lock().push((until, sock));
-        Some(Watched { overdue: self, fd })
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.open.lock().push((id, until, sock));
+        Some(Watched { overdue: self, id })
     }
 
     /// Shuts the sockets whose checks are past their deadline.
     fn shut_due(&self, now: Instant) {
-        self.open.lock().retain(|(until, sock)| {
+        self.open.lock().retain(|(_, until, sock)| {
             let due = *until <= now;
             if due {
                 let _ = sock.shutdown(std::net::Shutdown::Both);
@@ -96,12 +99,12 @@ impl Overdue {
 /// A check's socket in [`Overdue`]; dropped, the socket leaves it and is closed.
 struct Watched<'a> {
     overdue: &'a Overdue,
-    fd: RawFd,
+    id: u64,
 }
 
 impl Drop for Watched<'_> {
     fn drop(&mut self) {
-        self.overdue.open.lock().retain(|(_, sock)| sock.as_raw_fd() != self.fd);
+        self.overdue.open.lock().retain(|(id, _, _)| *id != self.id);
     }
 }
 
