@@ -203,8 +203,8 @@ fn open(conn: &Conn, ctx: &Context) -> Option<Relaying> {
 }
 
 /// The access line of a connection closed unserved, as nginx's stream module logs them: no
-/// backend could be had (503) or connecting failed (502), or `[limits]` refused it (403, 429);
-/// the main log has its own line already.
+/// backend could be had (503: none up, every connect failed, or this host short of a
+/// descriptor), or `[limits]` refused it (403, 429); the main log has its own line already.
 fn closed_unserved(conn: &Conn, pool: &str, status: u16, note: &str, attempts: u32) {
     if access::adds_to_main_log() {
         let entry = Entry {

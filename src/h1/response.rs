@@ -129,9 +129,10 @@ pub fn parse(
         use std::io::Write as _;
         let _ = write!(out, "HTTP/1.1 {status} {}\r\n", resp.reason.unwrap_or(""));
     }
-    // `Trailer` announces the trailer fields, which only a chunked body carries to the client;
-    // HAProxy and nginx keep it too.
-    let announces = |name: &str| client_body == BodyKind::Chunked && name.eq_ignore_ascii_case("trailer");
+    // `Trailer` announces the trailer fields, which only a chunked body carries, from the
+    // backend to the client; HAProxy and nginx keep it too.
+    let chunked_through = body == BodyKind::Chunked && client_body == BodyKind::Chunked;
+    let announces = |name: &str| chunked_through && name.eq_ignore_ascii_case("trailer");
     for h in headers {
         let skip = (is_hop_by_hop(h.name, headers, named) && !announces(h.name))
             || h.name.eq_ignore_ascii_case("x-request-id")

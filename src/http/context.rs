@@ -84,7 +84,8 @@ pub struct Attempt {
     /// A backend's status was retried on another (`retry_on`): not again.
     pub status_retried: bool,
     /// An attempt failed and the request went on to another member: `retry_on` no longer
-    /// applies (a stale pooled connection replaced on the same member does not count).
+    /// applies (a stale pooled connection replaced by a fresh one does not count, wherever the
+    /// algorithm then sends the request).
     pub moved_on: bool,
     /// A 1xx other than `100 Continue` was forwarded to the client.
     pub informed: bool,

@@ -313,7 +313,7 @@ impl Exchange<'_> {
     }
 
     /// Whether `[http] retry_on` sends this request to another member after `status`: once,
-    /// while no other member has been tried (a stale pooled connection replaced on this one
+    /// while no member has failed before (a stale pooled connection replaced by a fresh one
     /// does not count), for an idempotent request none of
     /// whose body was read and to whose client nothing was sent (no 1xx either), when another
     /// member can take it; else the backend's own answer goes to the client.

@@ -323,11 +323,8 @@ fn nginx_behind_the_proxy_still_gzips_as_behind_haproxy() {
     assert!(direct.contains("Content-Encoding: gzip\r\n"), "nginx gzips for a direct client: {direct}");
     let through = round_trip(proxy, head);
     assert!(through.starts_with("HTTP/1.1 200 "), "{through}");
-    assert!(
-        through.contains("Content-Encoding: gzip\r\n"),
-        "not gzipped through the proxy: {}",
-        &through[..400]
-    );
+    let head = through.split("\r\n\r\n").next().unwrap_or_default();
+    assert!(head.contains("\r\nContent-Encoding: gzip"), "not gzipped through the proxy: {head}");
 }
 
 /// The real nginx as the backend, with `client_max_body_size 1k`: it answers a 64 MiB upload

@@ -59,6 +59,6 @@ pub const TRUSTED_PROXIES: Key = key(
     "trusted_proxies",
     Kind::Text,
     "",
-    "http: peers whose `X-Forwarded-For` is believed; the client is its right-most address that is not itself trusted (nginx `real_ip_recursive on`); anyone else's is appended to, never believed. Their `X-Forwarded-Proto` (`http` or `https`) is kept too",
+    "http: peers whose `X-Forwarded-For` is believed; the client is its right-most address that is not itself trusted (nginx `real_ip_recursive on`); anyone else's is appended to, never believed. Their `X-Forwarded-Proto` (`http` or `https`) is kept too: they must set it themselves",
     |c| c.limits.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
 );
