@@ -59,25 +59,30 @@ impl Parker {
     /// worker waiting between requests does, each gets [`GRACE`] from its last response to send
     /// it, and is then served (with `Connection: close`, since the proxy is stopping); the rest
     /// are closed, as nginx and HAProxy close idle keep-alive connections at a graceful stop.
+    /// A new connection that has sent nothing of a request yet gets [`GRACE`] from the stop (a
+    /// TLS client sends its request right after the handshake, a browser's preconnected socket
+    /// whenever it needs one), as nginx and HAProxy answer it; one in the middle of a head gets
+    /// nothing more.
     /// Quiet relays and tunnels drain as the rest: they stay watched, going to a worker when
     /// either side speaks or the drain deadline shuts them, until [`Running`] is dropped.
     pub(super) fn linger(&self, jobs: &Sender<Conn>, events: &mut Vec<epoll::Event>, ready: &mut Vec<Conn>) {
         // The closed wake pipe would report readable for ever.
         let _ = epoll::delete(&self.epoll, &self._wake_rx);
+        let fresh_until = Instant::now() + GRACE;
         let mut closed = 0usize;
         loop {
             let now = Instant::now();
             let (last, relays) = {
                 let mut parked = self.parked.lock();
                 // A connection in the middle of a head gets nothing more (nginx closes it too).
-                let done = |wait: &Wait| match wait {
+                let done = |conn: &Conn, wait: &Wait| match wait {
                     Wait::Idle(since) => now.duration_since(*since) >= GRACE,
-                    Wait::Head(_) => true,
+                    Wait::Head(_) => !fresh(conn) || now >= fresh_until,
                     // A lingering close goes on to its end: cut, it could reset the answer.
                     Wait::Linger(l) => now >= l.end,
                     Wait::Relay(_) => self.finished.load(Ordering::SeqCst),
                 };
-                let gone: Vec<_> = parked.conns.extract_if(|_, (_, wait)| done(wait)).collect();
+                let gone: Vec<_> = parked.conns.extract_if(|_, (conn, wait)| done(conn, wait)).collect();
                 for (id, (conn, wait)) in gone {
                     if let Some(d) = wait.deadline() {
                         parked.deadlines.remove(&(d, id));
@@ -86,10 +91,11 @@ impl Parker {
                     told_close(&conn);
                     closed += 1;
                 }
-                let ends = parked.conns.values().filter_map(|(_, w)| match w {
+                let ends = parked.conns.values().filter_map(|(conn, w)| match w {
                     Wait::Idle(since) => Some(*since + GRACE),
                     Wait::Linger(l) => Some(l.end),
-                    Wait::Head(_) | Wait::Relay(_) => None,
+                    Wait::Head(_) => fresh(conn).then_some(fresh_until),
+                    Wait::Relay(_) => None,
                 });
                 let relays = parked.conns.values().any(|(_, w)| matches!(w, Wait::Relay(_)));
                 (ends.max(), relays)
@@ -199,6 +205,12 @@ impl Parker {
             }
         }
     }
+}
+
+/// Whether a connection waiting for a head is new: nothing of a request (nor of a PROXY
+/// header) came yet.
+fn fresh(conn: &Conn) -> bool {
+    conn.head.as_ref().is_none_or(|h| h.bytes.is_empty()) && conn.greeting.as_ref().is_none_or(Vec::is_empty)
 }
 
 /// Closes `conn` (it drops): a TLS client is told first (`close_notify`), as a worker closing

@@ -262,6 +262,34 @@ fn running_out_of_descriptors_does_not_mark_backends_down_in_http_mode() {
     assert!(!p.log_text().contains(" DOWN "), "a local shortage marked the backend down:\n{}", p.log_text());
 }
 
+/// Connections opened but silent when the stop comes (a TLS client between its handshake and
+/// its request, a browser's preconnected socket) are parked; their request, sent right after,
+/// is still answered (with `Connection: close`), as nginx and HAProxy answer it at a graceful
+/// stop. Keep-alive connections idle longer are closed at once, as before.
+#[test]
+fn a_connection_whose_first_request_follows_the_stop_is_answered_not_closed() {
+    let (_d, backend) = dummy("app1");
+    let config = format!(
+        "[proxy]\nmode = http\ndrain_timeout_ms = 20000\n[admin]\nlisten = 127.0.0.1:0\n\
+         [health]\nenabled = false\n{}",
+        backends_section(&[backend])
+    );
+    let (mut p, addr) = proxy_with(&config, &[]);
+    let mut silent: Vec<_> = (0..3).map(|_| connect(addr)).collect();
+    let admin = admin_addr(&p);
+    wait_until("three silent connections parked", || proxy_stats(admin)["parked"].as_u64() >= Some(3));
+    p.signal("TERM");
+    p.wait_for("stopped accepting");
+    for s in &mut silent {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+    }
+    for s in silent {
+        let r = read_response(&mut Wire::new(s), "GET");
+        assert_eq!((r.status, r.header("Connection")), (200, Some("close")), "{}", r.text());
+    }
+    assert_eq!(p.wait_exit().code(), Some(0));
+}
+
 #[test]
 fn the_drain_deadline_cuts_a_request_without_retrying_it_or_blaming_a_backend() {
     // The proxy's own cut (drain_timeout_ms passed, or a second Ctrl-C) is no backend's
