@@ -88,7 +88,8 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
             Opened::Waiting(state) => {
                 conn.head = Some(PartialHead { started: head_started, bytes: Vec::new() });
                 conn.handshake = Some(state);
-                parker.park_head(conn, deadline);
+                // Refused at a stop, in the middle of its handshake: closed.
+                drop(parker.park_head(conn, deadline));
                 return;
             }
             Opened::Answered => return close_lingering(conn, Some(parker), LINGER_SHORT),
@@ -391,11 +392,19 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     if let Some((sock, parked)) = tunnel {
         return upgrade::park(conn, ctx, sock, parked, scratch);
     }
-    // Refused only at shutdown (or if the socket cannot be watched): then closed.
+    // Refused only at shutdown (or if the socket cannot be watched): then closed, but for a
+    // new connection that has sent nothing yet: its first request may be on the wire (a TLS
+    // client sends it right after the handshake), so this worker serves it, with
+    // `Connection: close`, if it comes within SHUTDOWN_GRACE (see `IdleTimers::before`).
     if let Some(head) = pending {
         let deadline = (!t.header.is_zero()).then(|| head.started + t.header);
+        let fresh = head.bytes.is_empty();
         conn.head = Some(head);
-        parker.park_head(conn, deadline);
+        if let Some(back) = parker.park_head(conn, deadline) {
+            if fresh && ctx.stopping.load(Ordering::SeqCst) {
+                serve(back, ctx, scratch);
+            }
+        }
     } else if park {
         let conn = if requeue { parker.requeue(conn, timers.since) } else { Some(conn) };
         let Some(conn) = conn else { return };

@@ -10,7 +10,8 @@
 //!   requeued:          read what is there without waiting              -> Park(Idle) if nothing
 //!   a head begun:      read what is there without waiting             -> Park(Head), 408 at header_ms
 //!   a new connection:  first byte up to FIRST_BYTE (10 ms)            -> Park(Head)
-//!   stopping:          no parking; idle ones close after SHUTDOWN_GRACE (500 ms)
+//!   stopping:          no parking; idle ones close after SHUTDOWN_GRACE (500 ms), new ones
+//!                      that sent nothing too
 //! ```
 
 use std::io;
@@ -177,6 +178,12 @@ impl IdleTimers {
         now.parker && !now.stopping && self.served == 0 && !self.greeted && now.between_requests
     }
 
+    /// A new connection that has sent nothing, at a stop: closed without a word if nothing
+    /// comes within [`SHUTDOWN_GRACE`].
+    fn fresh_at_stop(&self, now: &Now) -> bool {
+        now.stopping && self.served == 0 && now.between_requests
+    }
+
     /// What to do before reading, at `at`.
     pub fn before(&self, now: &Now, at: Instant) -> Before {
         let elapsed = at.saturating_duration_since(self.since);
@@ -216,6 +223,11 @@ impl IdleTimers {
         if self.first_byte(now) {
             return Before::Read(Some(left.min(first_byte(now.pressed))));
         }
+        // A stop: a new connection that has sent nothing gets SHUTDOWN_GRACE for its first
+        // request, as an idle keep-alive one does for its next.
+        if self.fresh_at_stop(now) {
+            return Before::Read(Some(left.min(SHUTDOWN_GRACE)));
+        }
         // A head is awaited in the parker, not in this worker: read what is there.
         if now.parker && !now.stopping {
             return Before::Read(None);
@@ -247,7 +259,7 @@ impl IdleTimers {
                     After::Trim
                 }
             }
-            Filled::TimedOut if keep_alive => After::Close,
+            Filled::TimedOut if keep_alive || self.fresh_at_stop(now) => After::Close,
             Filled::TimedOut => {
                 let expired =
                     self.limits.header.is_some_and(|h| at.saturating_duration_since(self.since) >= h);

@@ -129,3 +129,20 @@ fn a_closed_broken_or_oversized_read_ends_the_wait() {
     assert_eq!(Filled::of(&Err(would_block), true), Filled::TimedOut);
     assert_eq!(Filled::of(&Ok(0), true), Filled::Eof);
 }
+
+#[test]
+fn at_a_stop_a_new_connection_that_sent_nothing_gets_shutdown_grace_then_closes_without_a_408() {
+    let t0 = Instant::now();
+    let stopping = Now { stopping: true, ..idle() };
+    for greeted in [false, true] {
+        let mut t = IdleTimers::new(limits(), t0, 0, greeted);
+        assert_eq!(t.before(&stopping, t0), Before::Read(Some(SHUTDOWN_GRACE)), "greeted {greeted}");
+        assert_eq!(t.after(&stopping, Filled::TimedOut, t0 + SHUTDOWN_GRACE), After::Close);
+        assert_eq!(t.after(&stopping, Filled::Bytes, t0 + ms(20)), After::Parse);
+    }
+    // Half a head at a stop still has its header_ms, and a 408 at its end.
+    let mut t = IdleTimers::new(limits(), t0, 0, true);
+    let head = Now { between_requests: false, ..stopping };
+    assert_eq!(t.before(&head, t0), Before::Read(Some(HEADER)));
+    assert_eq!(t.after(&head, Filled::TimedOut, t0 + HEADER), After::TimedOut);
+}

@@ -228,9 +228,10 @@ impl Parker {
 
     /// Parks `conn` in the middle of a request head (its bytes so far in [`Conn::head`]), or
     /// new and silent, until more arrives; at `deadline` (`header_ms`) it gets 408 and is
-    /// closed. Refused, and closed, as [`Parker::park`].
-    pub fn park_head(&self, conn: Conn, deadline: Option<Instant>) -> bool {
-        self.add(conn, Wait::Head(deadline))
+    /// closed. Refused (stopping, or the socket cannot be watched), it comes back.
+    #[must_use = "a refused connection comes back, to be served or closed"]
+    pub fn park_head(&self, conn: Conn, deadline: Option<Instant>) -> Option<Conn> {
+        self.enter(conn, Wait::Head(deadline))
     }
 
     /// Parks a relay or tunnel gone quiet ([`Conn::go_quiet`]) until either side sends or its
@@ -241,10 +242,6 @@ impl Parker {
         let Some(q) = conn.quiet() else { return Some(conn) };
         let deadline = q.deadline;
         self.enter(conn, Wait::Relay(deadline))
-    }
-
-    fn add(&self, conn: Conn, wait: Wait) -> bool {
-        self.enter(conn, wait).is_none()
     }
 
     /// Parks `conn`; refused, it comes back.

@@ -195,7 +195,8 @@ where
                     if let Some(parker) = &parker {
                         let limit = config.timeouts.header;
                         let deadline = (!limit.is_zero()).then(|| conn.accepted + limit);
-                        parker.park_head(conn, deadline);
+                        // Refused at a stop, with half a header: closed.
+                        drop(parker.park_head(conn, deadline));
                     }
                 }
                 Greeting::Refused => {}
