@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod line;
+pub mod lines;
 pub mod out;
 pub mod reopen;
 
@@ -35,14 +36,18 @@ pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), Error> {
         .set_thread_level(LevelFilter::Off)
         .set_location_level(LevelFilter::Off)
         .build();
-    let color = if std::io::stderr().is_terminal() { ColorChoice::Auto } else { ColorChoice::Never };
     // The loggers pass everything; `log::set_max_level` filters, so a reload can change it.
-    let mut loggers: Vec<Box<dyn SharedLogger>> =
-        vec![TermLogger::new(LevelFilter::Trace, config.clone(), TerminalMode::Stderr, color)];
+    // A line is written whole, in one write (see `lines`); to a terminal, in colour.
+    let terminal: Box<dyn SharedLogger> = if std::io::stderr().is_terminal() {
+        TermLogger::new(LevelFilter::Trace, config.clone(), TerminalMode::Stderr, ColorChoice::Auto)
+    } else {
+        WriteLogger::new(LevelFilter::Trace, config.clone(), lines::Lines::new(std::io::stderr()))
+    };
+    let mut loggers = vec![terminal];
     if let Some(path) = file {
         let log_error = |source| Error::LogFile { path: path.display().to_string(), source };
         let file = reopen::ReopenFile::open(path).map_err(log_error)?;
-        loggers.push(WriteLogger::new(LevelFilter::Trace, config, file));
+        loggers.push(WriteLogger::new(LevelFilter::Trace, config, lines::Lines::new(file)));
     }
     // A second init (tests, embedding) keeps the first logger; that is not an error.
     let _ = CombinedLogger::init(loggers);
