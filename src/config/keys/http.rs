@@ -17,8 +17,8 @@ pub const BACKEND_IDLE_MS: Key = key(
     "http",
     "backend_idle_ms",
     millis(1, DAY_MS),
-    "60000",
-    "http: a pooled backend connection idle longer than this is closed instead of reused, as nginx's upstream `keepalive_timeout` (keep it below the backend's own keep-alive timeout)",
+    "4000",
+    "http: a pooled backend connection idle longer than this is closed instead of reused, as nginx's upstream `keepalive_timeout`; keep it below the backend's own keep-alive timeout (the default is under the 5 s of Node, uvicorn and Apache; HAProxy purges idle server connections within about 5 s)",
     |c| c.http.backend_idle.as_millis().to_string(),
 );
 /// `[http] max_head_bytes`.
