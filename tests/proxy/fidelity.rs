@@ -2,7 +2,7 @@
 //! go through both ways (filtered, and refused when malformed), underscored header names
 //! never reach a backend by default (nginx's `underscores_in_headers off`), `Expect:
 //! 100-continue` lets the backend decide, a response's `gzip` transfer coding stays named, and a
-//! TLS client whose ALPN guess is wrong still gets HTTP/1.1 (as nginx answers it).
+//! TLS client whose ALPN guess is wrong still gets HTTP/1.1 (as HAProxy answers it).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -301,7 +301,7 @@ fn a_lowercase_head_is_not_head_and_its_answer_keeps_its_body_as_haproxy() {
 }
 
 #[test]
-fn a_tls_client_offering_only_h2_or_http_1_0_still_gets_http_1_1_as_nginx() {
+fn a_tls_client_offering_only_h2_or_http_1_0_still_gets_http_1_1_as_haproxy() {
     let (_d, addr) = dummy("alpn");
     let ca = Ca::new("alpn CA");
     let (_p, proxy, _certs) = tls_proxy(&ca, "http", &[addr], "", "");
