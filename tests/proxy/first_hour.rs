@@ -362,3 +362,19 @@ fn zero_simulated_clients_or_requests_is_an_error_and_a_dummy_takes_a_bare_ipv6_
         assert!(!out.status.success() && err.contains("[::1]:0") && !err.contains("no port"), "{err}");
     }
 }
+
+#[test]
+fn simulate_client_http_mode_reports_backends_and_statuses() {
+    let ds = dummies(3);
+    let addrs: Vec<SocketAddr> = ds.iter().map(|d| d.1).collect();
+    let (_p, addr) = http_proxy(&addrs, "round-robin", "", "");
+    let out = std::process::Command::new(CLIENT)
+        .args(["--target", &addr.to_string(), "--mode", "http", "--clients", "3", "--requests", "20"])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for needle in ["app1", "app2", "app3", "status 200", "p50", "p99"] {
+        assert!(text.contains(needle), "{needle} in:\n{text}");
+    }
+}
