@@ -209,6 +209,8 @@ impl RawConfig {
         if !known {
             let hint =
                 if section == "route" { route_key_hint(key) } else { keys::did_you_mean(Some(section), key) };
+            // Nothing close: the section's keys, so the fix is on the screen (as `--check` shows).
+            let hint = if hint.is_empty() { section_keys(section) } else { hint };
             let message = format!("unknown key '{key}' in [{named}]{hint}");
             self.errors.push(ConfigError { file: self.file.clone(), origin, key: label, message });
             return;
@@ -325,6 +327,16 @@ fn block_header(name: &str) -> Option<(&'static str, &str)> {
 }
 
 /// `; did you mean 'path'?` for a misspelt route key.
+/// `; [proxy] takes: listen, mode, …`: every key `section` knows.
+fn section_keys(section: &str) -> String {
+    let names: Vec<&str> = if section == "route" {
+        ROUTE_KEYS.to_vec()
+    } else {
+        keys::KEYS.iter().filter(|k| k.section == section).map(|k| k.name).collect()
+    };
+    format!("; [{section}] takes: {}", names.join(", "))
+}
+
 fn route_key_hint(key: &str) -> String {
     let base = key.split_once('.').map_or(key, |(k, _)| k);
     ROUTE_KEYS
