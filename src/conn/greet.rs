@@ -1,6 +1,8 @@
 //! Taking a client connection's PROXY protocol header (`accept_proxy`), before anything else,
 //! in as many parks as it takes to arrive; and the addresses it gives the connection.
 
+use std::time::{Duration, Instant};
+
 use super::Conn;
 use crate::config::{AcceptProxy, Config};
 use crate::logging::RateLimit;
@@ -57,6 +59,26 @@ impl Conn {
             Err(why) => {
                 self.refuse_greeting(&why, crate::config::keys::accept_proxy_name(accept));
                 Greeting::Refused
+            }
+        }
+    }
+
+    /// [`Conn::greet`], waiting up to `limit` in all for the header (at a stop, when the parker
+    /// takes nothing). `Refused` when it is not whole by then.
+    pub fn greet_within(&mut self, config: &Config, limit: Duration) -> Greeting {
+        let until = Instant::now() + limit;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.stream.set_read_timeout(Some(left)).is_err() {
+                return Greeting::Refused;
+            }
+            // Wait for bytes (or the end) without taking them: `greet` reads what is there.
+            if !matches!(self.stream.peek(&mut [0u8; 1]), Ok(n) if n > 0) {
+                return Greeting::Refused;
+            }
+            match self.greet(config) {
+                Greeting::Waiting => continue,
+                done => return done,
             }
         }
     }

@@ -30,8 +30,9 @@ use crate::relay::Progress;
 /// At a graceful stop, a keep-alive connection that has waited less than this since its last
 /// response may still be sending its next request: it gets the rest of this time, and an
 /// answer with `Connection: close`. One idle longer is closed at once, as nginx and HAProxy
-/// close idle keep-alive connections at a graceful stop. The parker, the HTTP worker and the
-/// drain all go by it.
+/// close idle keep-alive connections at a graceful stop. A new connection that has sent
+/// nothing yet gets this time too (for its PROXY header, TLS flight or first request). The
+/// parker, the HTTP worker and the drain all go by it.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]

@@ -82,13 +82,18 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         // The TLS handshake waits in the parker too, its state with the connection.
         let deadline = (!t.header.is_zero()).then(|| head_started + t.header);
         let state = handshake.unwrap_or(Pending::Fresh);
-        let first = super::timers::first_byte(parker.pressed());
+        // At a stop nothing parks: each of the client's flights gets SHUTDOWN_GRACE here.
+        let first = if ctx.stopping.load(Ordering::SeqCst) {
+            crate::conn::SHUTDOWN_GRACE
+        } else {
+            super::timers::first_byte(parker.pressed())
+        };
         match accept::resume(&conn, listener, state, deadline, first, &ctx.counters) {
             Opened::Ready(stream) => Some(stream),
             Opened::Waiting(state) => {
                 conn.head = Some(PartialHead { started: head_started, bytes: Vec::new() });
                 conn.handshake = Some(state);
-                // Refused at a stop, in the middle of its handshake: closed.
+                // Refused at a stop (the client silent SHUTDOWN_GRACE mid-handshake): closed.
                 drop(parker.park_head(conn, deadline));
                 return;
             }

@@ -1,7 +1,8 @@
-//! One `write(2)` per log line: simplelog writes a line in pieces (the time, the level, the
-//! message, about 19 writes), which costs a syscall each and lets two processes appending to one
-//! file (the old and the new one during a takeover) interleave their pieces. [`Lines`] holds the
-//! pieces until the line ends and writes it whole, so `O_APPEND` keeps it whole.
+//! One `write(2)` per log line in the log file: simplelog's file logger writes a line in pieces
+//! (the time, the level, the message, about 19 writes), which costs a syscall each and lets two
+//! processes appending to one file (the old and the new one during a takeover) interleave their
+//! pieces. [`Lines`] holds the pieces until the line ends and writes it whole, so `O_APPEND`
+//! keeps it whole.
 
 use std::io::{self, Write};
 
@@ -20,13 +21,8 @@ impl<W: Write> Lines<W> {
         Lines { out, pending: Vec::with_capacity(256) }
     }
 
-    /// Writes out what is held up to (and with) its last newline, or all of it when `all`.
-    fn write_held(&mut self, all: bool) -> io::Result<()> {
-        let end = if all {
-            self.pending.len()
-        } else {
-            self.pending.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1)
-        };
+    /// Writes out the first `end` bytes held.
+    fn write_held(&mut self, end: usize) -> io::Result<()> {
         if end == 0 {
             return Ok(());
         }
@@ -39,13 +35,16 @@ impl<W: Write> Lines<W> {
 
 impl<W: Write> Write for Lines<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // What is held has no newline: only the new piece is searched.
+        let ends = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| self.pending.len() + i + 1);
         self.pending.extend_from_slice(buf);
-        self.write_held(self.pending.len() > MOST)?;
+        let end = if self.pending.len() > MOST { self.pending.len() } else { ends };
+        self.write_held(end)?;
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.write_held(true)?;
+        self.write_held(self.pending.len())?;
         self.out.flush()
     }
 }

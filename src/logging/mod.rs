@@ -37,13 +37,11 @@ pub fn init(level: LevelFilter, file: Option<&Path>) -> Result<(), Error> {
         .set_location_level(LevelFilter::Off)
         .build();
     // The loggers pass everything; `log::set_max_level` filters, so a reload can change it.
-    // A line is written whole, in one write (see `lines`); to a terminal, in colour.
-    let terminal: Box<dyn SharedLogger> = if std::io::stderr().is_terminal() {
-        TermLogger::new(LevelFilter::Trace, config.clone(), TerminalMode::Stderr, ColorChoice::Auto)
-    } else {
-        WriteLogger::new(LevelFilter::Trace, config.clone(), lines::Lines::new(std::io::stderr()))
-    };
-    let mut loggers = vec![terminal];
+    // The terminal logger buffers a line and writes it whole; the file's writer does not, so
+    // `lines` does it there.
+    let color = if std::io::stderr().is_terminal() { ColorChoice::Auto } else { ColorChoice::Never };
+    let mut loggers: Vec<Box<dyn SharedLogger>> =
+        vec![TermLogger::new(LevelFilter::Trace, config.clone(), TerminalMode::Stderr, color)];
     if let Some(path) = file {
         let log_error = |source| Error::LogFile { path: path.display().to_string(), source };
         let file = reopen::ReopenFile::open(path).map_err(log_error)?;

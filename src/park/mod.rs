@@ -22,7 +22,7 @@
 //! connections are closed, as nginx and HAProxy close idle keep-alive connections at a graceful
 //! stop; one parked less than [`SHUTDOWN_GRACE`](crate::conn::SHUTDOWN_GRACE) ago first gets the
 //! rest of that time to send the request it may have on the wire, as a worker waiting between
-//! requests does.
+//! requests does, and a new one that has sent nothing yet gets that time from the stop.
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
@@ -415,8 +415,9 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops parking: idle connections close now (those parked a moment ago after
-    /// [`GRACE`]); quiet relays stay watched, so they drain, until this drops.
+    /// Stops parking: idle connections close now (those parked a moment ago, and new ones
+    /// that sent nothing yet, after [`GRACE`]); quiet relays stay watched, so they drain, until
+    /// this drops.
     pub fn stop_parking(&self) {
         self.parker.stop();
     }

@@ -18,7 +18,7 @@ use crate::balancer::checker;
 use crate::config::{Config, Mode};
 use crate::conn::greet::Greeting;
 use crate::conn::policy::Policy;
-use crate::conn::{Conn, Registry};
+use crate::conn::{Conn, Registry, SHUTDOWN_GRACE};
 use crate::context::Context;
 use crate::error::Error;
 use crate::http::proxy as http_proxy;
@@ -195,8 +195,13 @@ where
                     if let Some(parker) = &parker {
                         let limit = config.timeouts.header;
                         let deadline = (!limit.is_zero()).then(|| conn.accepted + limit);
-                        // Refused at a stop, with half a header: closed.
-                        drop(parker.park_head(conn, deadline));
+                        // Refused at a stop: the header may be on its way; it gets
+                        // SHUTDOWN_GRACE here, as a new connection does for its first request.
+                        if let Some(mut back) = parker.park_head(conn, deadline) {
+                            if back.greet_within(&config, SHUTDOWN_GRACE) == Greeting::Ready {
+                                serve(back, &ctx, scratch);
+                            }
+                        }
                     }
                 }
                 Greeting::Refused => {}
