@@ -326,7 +326,6 @@ fn block_header(name: &str) -> Option<(&'static str, &str)> {
     name.strip_prefix("route.").map(|n| ("route", n.trim()))
 }
 
-/// `; did you mean 'path'?` for a misspelt route key.
 /// `; [proxy] takes: listen, mode, …`: every key `section` knows.
 fn section_keys(section: &str) -> String {
     let names: Vec<&str> = if section == "route" {
@@ -337,6 +336,7 @@ fn section_keys(section: &str) -> String {
     format!("; [{section}] takes: {}", names.join(", "))
 }
 
+/// `; did you mean 'path'?` for a misspelt route key.
 fn route_key_hint(key: &str) -> String {
     let base = key.split_once('.').map_or(key, |(k, _)| k);
     ROUTE_KEYS
