@@ -27,18 +27,16 @@ pub fn build(specs: &[BackendSpec]) -> Vec<Arc<Backend>> {
 
 /// A fresh member of `spec` at `addr`, named `name`.
 pub fn member(spec: &BackendSpec, name: String, addr: SocketAddr) -> Backend {
-    let b = Backend::new(name, spec.name.clone(), addr, spec.weight, spec.max_conns)
-        .with_send_proxy(spec.send_proxy);
-    b.set_check_host(check_host(spec));
+    let b = Backend::new(name, spec.name.clone(), addr, spec.weight, spec.max_conns);
+    follow_line(&b, spec);
     b
 }
 
-/// The `Host` of a member's http health checks: `name:port` as its line writes a DNS name (a
-/// virtual host answers its own name, as nginx sends `proxy_pass`'s host); empty for an address.
-pub fn check_host(spec: &BackendSpec) -> &str {
-    if spec.dns {
-        &spec.target
-    } else {
-        ""
-    }
+/// Gives `b` what its line says beyond its weight and limit, at start and at each reload that
+/// keeps it: the PROXY header it is sent, and the `Host` of its http health checks
+/// (`name:port` as the line writes a DNS name, since a virtual host answers its own name, as
+/// nginx sends `proxy_pass`'s host; else its address).
+pub fn follow_line(b: &Backend, spec: &BackendSpec) {
+    b.set_send_proxy(spec.send_proxy);
+    b.set_check_host(if spec.dns { &spec.target } else { "" });
 }

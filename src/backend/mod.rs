@@ -278,13 +278,6 @@ impl Backend {
         }
     }
 
-    /// Sets (or, with `None`, clears) the PROXY header sent to this backend; returns `self` so a
-    /// builder can chain it.
-    pub fn with_send_proxy(self, v: Option<ProxyVersion>) -> Backend {
-        self.set_send_proxy(v);
-        self
-    }
-
     /// Sets (a reload too) the `Host` of its http health checks; empty: its address.
     pub fn set_check_host(&self, host: &str) {
         *self.check_host.lock() = Arc::from(host);
@@ -300,7 +293,7 @@ impl Backend {
         }
     }
 
-    /// Applies a reloaded `send_proxy=`.
+    /// Sets (a reload too) the PROXY header sent first to this backend (`send_proxy=`).
     pub fn set_send_proxy(&self, v: Option<ProxyVersion>) {
         let n = match v {
             None => 0,

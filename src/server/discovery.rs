@@ -257,8 +257,7 @@ impl Discovery {
             for (name, addr) in members_of(spec, addrs) {
                 match current.iter().find(|b| b.spec() == spec.name && b.addr() == addr && !b.is_retired()) {
                     Some(b) => {
-                        b.set_send_proxy(spec.send_proxy);
-                        b.set_check_host(members::check_host(spec));
+                        members::follow_line(b, spec);
                         // Compared with the line's weight, not the one in force: an operator's
                         // runtime change survives a reload that leaves the line alone.
                         if b.line_weight() != spec.weight || b.max_conns() != spec.max_conns {
@@ -281,8 +280,7 @@ impl Discovery {
                     }
                     None => {
                         added.push(name.clone());
-                        let b = members::member(spec, name, addr);
-                        next.push(Arc::new(b));
+                        next.push(Arc::new(members::member(spec, name, addr)));
                     }
                 }
             }
