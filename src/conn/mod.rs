@@ -301,6 +301,13 @@ impl Conn {
         self.registry.closing.load(Ordering::SeqCst)
     }
 
+    /// Whether, waiting for a head, it is new: nothing of a request (nor of a PROXY header)
+    /// came yet. At a stop such a connection still gets [`SHUTDOWN_GRACE`] for it.
+    pub fn sent_nothing(&self) -> bool {
+        self.head.as_ref().is_none_or(|h| h.bytes.is_empty())
+            && self.greeting.as_ref().is_none_or(Vec::is_empty)
+    }
+
     /// Whether it comes back from the parker (greeted before: no PROXY header to read).
     pub fn was_parked(&self) -> bool {
         self.parked_since.is_some() || self.head.is_some() || self.quiet.is_some()

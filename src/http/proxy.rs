@@ -403,10 +403,9 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     // `Connection: close`, if it comes within SHUTDOWN_GRACE (see `IdleTimers::before`).
     if let Some(head) = pending {
         let deadline = (!t.header.is_zero()).then(|| head.started + t.header);
-        let fresh = head.bytes.is_empty();
         conn.head = Some(head);
         if let Some(back) = parker.park_head(conn, deadline) {
-            if fresh && ctx.stopping.load(Ordering::SeqCst) {
+            if back.sent_nothing() && ctx.stopping.load(Ordering::SeqCst) {
                 serve(back, ctx, scratch);
             }
         }

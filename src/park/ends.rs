@@ -77,7 +77,7 @@ impl Parker {
                 // A connection in the middle of a head gets nothing more (nginx closes it too).
                 let done = |conn: &Conn, wait: &Wait| match wait {
                     Wait::Idle(since) => now.duration_since(*since) >= GRACE,
-                    Wait::Head(_) => !fresh(conn) || now >= fresh_until,
+                    Wait::Head(_) => !conn.sent_nothing() || now >= fresh_until,
                     // A lingering close goes on to its end: cut, it could reset the answer.
                     Wait::Linger(l) => now >= l.end,
                     Wait::Relay(_) => self.finished.load(Ordering::SeqCst),
@@ -94,7 +94,7 @@ impl Parker {
                 let ends = parked.conns.values().filter_map(|(conn, w)| match w {
                     Wait::Idle(since) => Some(*since + GRACE),
                     Wait::Linger(l) => Some(l.end),
-                    Wait::Head(_) => fresh(conn).then_some(fresh_until),
+                    Wait::Head(_) => conn.sent_nothing().then_some(fresh_until),
                     Wait::Relay(_) => None,
                 });
                 let relays = parked.conns.values().any(|(_, w)| matches!(w, Wait::Relay(_)));
@@ -205,12 +205,6 @@ impl Parker {
             }
         }
     }
-}
-
-/// Whether a connection waiting for a head is new: nothing of a request (nor of a PROXY
-/// header) came yet.
-fn fresh(conn: &Conn) -> bool {
-    conn.head.as_ref().is_none_or(|h| h.bytes.is_empty()) && conn.greeting.as_ref().is_none_or(Vec::is_empty)
 }
 
 /// Closes `conn` (it drops): a TLS client is told first (`close_notify`), as a worker closing
