@@ -286,3 +286,40 @@ fn retry_on_still_applies_after_a_stale_pooled_connection_was_replaced() {
     let retry_line = p.wait_for("answered 503 (retry_on); retrying app2");
     assert!(retry_line.contains("app1: response head"), "{retry_line}");
 }
+
+/// Answers a GET; a POST's connection closes unanswered, which to the proxy is a pooled
+/// connection that went stale just as the request went out on it.
+fn stale_on_post(head: &str) -> Vec<u8> {
+    if head.starts_with("POST") {
+        return Vec::new();
+    }
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+}
+
+/// A POST lost on a stale pooled connection may not go again, so its client gets 502; but a
+/// stale connection is no backend's failure, as when a GET is replayed on a fresh one: not
+/// counted towards `max_fails`, and the member's next request is served.
+#[test]
+fn a_post_lost_on_a_stale_pooled_connection_is_answered_502_and_not_blamed() {
+    let backend = raw_backend(stale_on_post, usize::MAX);
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 16\n[admin]\nlisten = 127.0.0.1:0\n\
+         [health]\nenabled = false\nmax_fails = 1\neject_consecutive_5xx = 0\n{}",
+        backends_section(&[backend.addr])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    assert_eq!(get(&mut w, "/", "").status, 200);
+    std::io::Write::write_all(&mut w.stream, b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+        .expect("send");
+    let r = read_response(&mut w, "POST");
+    assert_eq!(r.status, 502, "{}", r.text());
+    let mut w = lbproxy::h1::Wire::new(connect(addr));
+    assert_eq!(get(&mut w, "/", "").status, 200, "log:\n{}", p.log_text());
+    let heads = backend.seen.lock().expect("seen").clone();
+    assert_eq!(heads.iter().filter(|h| h.starts_with("POST")).count(), 1, "never replayed: {heads:?}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&http_get(admin_addr(&p), "/stats").text()).expect("json");
+    assert_eq!(stats["backends"][0]["failures"], 0, "{stats}");
+    assert!(!p.log_text().contains("STAYS"), "{}", p.log_text());
+}
