@@ -365,6 +365,16 @@ impl Conn {
         Some(answer.bytes)
     }
 
+    /// A client that closed with its request head unfinished (`buffered` bytes of it): a line
+    /// at info, and in a standard access log a 400 with nothing sent, as nginx logs it.
+    pub fn abandoned_head(&self, buffered: usize) {
+        let why = format!("client closed the connection with its request head unfinished ({buffered} bytes)");
+        log::info!("conn {} from {}: {why}", self.id, self.peer);
+        access::refused(self.peer.ip(), 400, &[], self.accepted.elapsed(), &why, |note| {
+            format!("conn {} from {}: {note}", self.id, self.peer)
+        });
+    }
+
     /// Marks the connection as waiting for its next request (true) or busy (false); waiting
     /// ones are closed at once on shutdown.
     pub fn set_idle(&self, idle: bool) {

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::context::Record;
 use crate::conn::accept::ClientStream;
+use crate::conn::policy::Refused;
 use crate::conn::Conn;
+use crate::context::Context;
 use crate::error::Failure;
 use crate::h1::request::RequestHead;
 use crate::h1::respond::{head_len, text_error};
@@ -23,6 +25,22 @@ pub(super) fn refuse_head(conn: &Conn, client: &ClientStream, f: &Failure, buf: 
     let Some(answer) = conn.refuse_head(f) else { return };
     let mut out = Coalesce::new(client, buf);
     let _ = out.write_all(&answer).and_then(|()| out.flush());
+}
+
+/// Answers a new connection `[limits]` refuses (allow/deny, the connection limit) and logs it:
+/// in the main log, and in a standard access log, as nginx logs its `deny` and `limit_conn`.
+/// The caller closes.
+#[cold]
+pub(super) fn refuse_admission(conn: &Conn, ctx: &Context, stream: &ClientStream, why: Refused) {
+    ctx.refused(format_args!("conn {}", conn.id), conn.peer.ip(), why);
+    let (status, note) = (why.status(), why.text());
+    let bytes = text_error(status, note, None, true);
+    let _ = (&*stream).write_all(&bytes);
+    let (ip, elapsed) = (conn.peer.ip(), conn.accepted.elapsed());
+    access::refused(ip, status, &bytes, elapsed, &note, |note| {
+        format!("conn {} from {}: refused with {status}: {note}", conn.id, conn.peer)
+    });
+    stream.notify_close();
 }
 
 /// Writes the request's access line, in the wording in force.

@@ -11,13 +11,14 @@
 //! was consumed, an idempotent request (or one with an `Idempotency-Key`) is sent again, on a
 //! fresh connection (a stale pooled one) or to the next backend. Others get 502.
 
-use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::answer::{answer_here, answer_refused, per_request};
-use super::client::{access_log, holds_plaintext, read_now, refuse_head, tls_version, write_error};
+use super::client::{
+    access_log, holds_plaintext, read_now, refuse_admission, refuse_head, tls_version, write_error,
+};
 use super::context::{Attempt, Exchange, Record, Scratch};
 use super::exchange::Served;
 use super::timers::{After, Before, Filled, IdleTimers, Limits, Now, Wait, NO_LIMIT};
@@ -111,16 +112,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         match if trusted { Ok(None) } else { ctx.policy.admit(conn.peer.ip(), false) } {
             Ok(slot) => admitted = Some(slot),
             Err(why) => {
-                ctx.refused(format_args!("conn {}", conn.id), conn.peer.ip(), why);
-                let (status, note) = (why.status(), why.text());
-                let bytes = crate::h1::respond::text_error(status, note, None, true);
-                let _ = (&stream).write_all(&bytes);
-                // A standard access log gets its line, as nginx logs its `deny` and `limit_conn`.
-                let (ip, elapsed) = (conn.peer.ip(), conn.accepted.elapsed());
-                crate::logging::access::refused(ip, status, &bytes, elapsed, &note, |note| {
-                    format!("conn {} from {}: refused with {status}: {note}", conn.id, conn.peer)
-                });
-                stream.notify_close();
+                refuse_admission(&conn, ctx, &stream, why);
                 drop(stream);
                 return close_lingering(conn, ctx.parker.as_deref(), LINGER_SHORT);
             }
@@ -260,7 +252,12 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
                     linger = true;
                     break None;
                 }
-                After::Close => break None,
+                After::Close => {
+                    if !between_requests {
+                        conn.abandoned_head(cw.buffered().len());
+                    }
+                    break None;
+                }
             }
         };
         let Some(head) = head else { break };

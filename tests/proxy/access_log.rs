@@ -207,8 +207,9 @@ fn tcp_mode_writes_one_json_line_per_connection() {
 
 /// A head still unfinished at `header_ms` waits in the parker, which answers 408: that answer
 /// gets its access line too, as nginx logs its 408s (before, only the worker's refusals did).
+/// So does a head whose client closed before its end: a 400 with nothing sent, as nginx.
 #[test]
-fn a_408_from_the_parker_has_its_access_line() {
+fn a_408_from_the_parker_and_a_head_its_client_abandoned_have_their_access_lines() {
     let (_b, backend) = dummy("app");
     let (p, addr, path) = logging_proxy("json", &[backend], "[timeouts]\nheader_ms = 1000");
     let mut s = connect(addr);
@@ -223,6 +224,13 @@ fn a_408_from_the_parker_has_its_access_line() {
     assert_eq!(v["status"], 408, "{logged:?}");
     assert_eq!(v["bytes_out"].as_u64(), Some(answer.len() as u64), "{logged:?}");
     assert!(v.get("method").is_none() && v["note"].as_str().is_some(), "{logged:?}");
+    let mut s = connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\nHost:").expect("half a head");
+    s.shutdown(std::net::Shutdown::Write).expect("close");
+    wait_written(&p, 2);
+    let v: serde_json::Value = serde_json::from_str(&lines(&path)[1]).expect("json line");
+    assert_eq!((&v["status"], &v["bytes_out"]), (&400.into(), &0.into()), "{v}");
+    assert!(v["note"].as_str().is_some_and(|n| n.contains("head unfinished (21 bytes)")), "{v}");
 }
 
 /// As nginx: logrotate renames the files and sends USR1; each file continues at its path. Under
