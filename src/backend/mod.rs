@@ -283,11 +283,15 @@ impl Backend {
         *self.check_host.lock() = Arc::from(host);
     }
 
-    /// The `Host` its http health checks send: the name its line gives, else its address.
+    /// The `Host` its http health checks send: the name its line gives, else its address (an
+    /// IPv6 one without its zone, which a `Host` may not carry as such).
     pub fn check_host(&self) -> String {
         let host = self.check_host.lock().clone();
         if host.is_empty() {
-            self.addr.to_string()
+            match self.addr {
+                SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+                a => a.to_string(),
+            }
         } else {
             host.to_string()
         }

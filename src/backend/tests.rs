@@ -77,3 +77,14 @@ fn slots_and_tunnels_are_counted_and_a_removed_backend_pools_nothing() {
     b.put_idle(TcpStream::connect(addr).expect("connect"), 4);
     assert_eq!(b.idle_count(), 0, "and none is kept afterwards");
 }
+
+#[test]
+fn a_health_check_host_is_the_members_name_or_its_address_without_an_ipv6_zone() {
+    let v6: std::net::SocketAddr = "[fe80::1%2]:8080".parse().expect("addr");
+    let b = Backend::new("z".into(), "z".into(), v6, 1, 0);
+    assert_eq!(b.check_host(), "[fe80::1]:8080", "a Host may not carry a zone as such");
+    let b = Backend::new("a".into(), "a".into(), ([127, 0, 0, 1], 80).into(), 1, 0);
+    assert_eq!(b.check_host(), "127.0.0.1:80");
+    b.set_check_host("app.internal:80");
+    assert_eq!(b.check_host(), "app.internal:80");
+}

@@ -107,7 +107,7 @@ pub(super) fn parse_backend(name: &str, value: &str) -> Result<BackendSpec, Stri
         target: target.to_string(),
         host: host.to_string(),
         port,
-        dns: host.parse::<std::net::IpAddr>().is_err(),
+        dns: !crate::net::addr::is_ip_literal(host),
         addrs,
         weight,
         max_conns,

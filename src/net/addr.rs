@@ -1,32 +1,63 @@
 //! Addresses as people write them: `host:port`, `[v6]:port`, a bare port for a listener, and
 //! name resolution. Every error says what was wrong and what to write instead.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 
 /// Splits `host:port` (or `[v6]:port`), checking the port.
 pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
-    let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() && (!h.contains(':') || (h.starts_with('[') && h.ends_with(']'))) => {
-            (h, p)
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        // `[v6]:port`: one pair of brackets around an IPv6 address, then the port.
+        let Some((host, after)) = rest.split_once(']') else {
+            return Err(format!("'{s}' has no closing ']' (write an IPv6 address in brackets: [::1]:8080)"));
+        };
+        if host.is_empty() || !host.contains(':') || host.contains('[') {
+            return Err(format!("'{s}' has no IPv6 address in its brackets (e.g. [::1]:8080)"));
         }
-        // `::1` or `fe80::1:8080`: an IPv6 address needs brackets to carry a port.
-        Some((h, _)) if h.contains(':') => {
-            return Err(format!("'{s}' has no port (write an IPv6 address in brackets: [::1]:8080)"))
+        match after.strip_prefix(':') {
+            Some(port) => (host, port),
+            None if after.is_empty() => {
+                return Err(format!("'{s}' has no port after its address (e.g. {s}:8080)"))
+            }
+            None => {
+                return Err(format!(
+                    "'{s}' has '{after}' after its address (expected [v6]:port, e.g. [::1]:8080)"
+                ))
+            }
         }
-        Some(("", _)) => return Err(format!("'{s}' has no host (expected host:port, e.g. 127.0.0.1:8080)")),
-        None if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            return Err(format!("'{s}' has no host (expected host:port, e.g. 127.0.0.1:{s})"))
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, _)) if h.contains('[') || h.contains(']') => {
+                return Err(format!("'{s}' has a stray bracket (expected host:port or [v6]:port)"))
+            }
+            Some((h, p)) if !h.is_empty() && !h.contains(':') => (h, p),
+            // `::1` or `fe80::1:8080`: an IPv6 address needs brackets to carry a port.
+            Some((h, _)) if h.contains(':') => {
+                return Err(format!("'{s}' has no port (write an IPv6 address in brackets: [::1]:8080)"))
+            }
+            Some(("", _)) => {
+                return Err(format!("'{s}' has no host (expected host:port, e.g. 127.0.0.1:8080)"))
+            }
+            None if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(format!("'{s}' has no host (expected host:port, e.g. 127.0.0.1:{s})"))
+            }
+            _ => return Err(format!("'{s}' has no port (expected host:port, e.g. 127.0.0.1:8080)")),
         }
-        _ => return Err(format!("'{s}' has no port (expected host:port, e.g. 127.0.0.1:8080)")),
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
     if port.is_empty() {
         return Err(format!("'{s}' has no port after the ':' (expected host:port, e.g. 127.0.0.1:8080)"));
     }
+    // Digits only: `u16::from_str` would take a `+`.
     match port.parse::<u16>() {
-        Ok(p) => Ok((host, p)),
-        Err(_) => Err(format!("invalid port '{port}' in '{s}' (expected 0..=65535)")),
+        Ok(p) if port.bytes().all(|b| b.is_ascii_digit()) => Ok((host, p)),
+        _ => Err(format!("invalid port '{port}' in '{s}' (expected 0..=65535)")),
     }
+}
+
+/// Whether `host` is an IP address as written, an IPv6 one perhaps with its zone
+/// (`fe80::1%eth0`), rather than a name to resolve.
+pub fn is_ip_literal(host: &str) -> bool {
+    host.parse::<IpAddr>().is_ok()
+        || host.split_once('%').is_some_and(|(ip, zone)| !zone.is_empty() && ip.parse::<Ipv6Addr>().is_ok())
 }
 
 /// Resolves `host:port` to its first address; `allow_zero` permits port 0 (any free port).
@@ -101,9 +132,17 @@ mod tests {
         assert_eq!(err(":8080"), "':8080' has no host (expected host:port or a port, e.g. 127.0.0.1:8080)");
         assert!(err("::1").contains("in brackets: [::1]:8080"), "{}", err("::1"));
         // A bracket left open or a bracketed address without a port: not a host named ':'.
-        for half in ["[::1", "[::1]"] {
-            assert!(err(half).contains("in brackets: [::1]:8080"), "{}", err(half));
+        assert!(err("[::1").contains("in brackets: [::1]:8080"), "{}", err("[::1"));
+        assert_eq!(err("[::1]"), "'[::1]' has no port after its address (e.g. [::1]:8080)");
+        // Brackets doubled, unpaired or around no IPv6 address, and a signed port: refused, not
+        // read as something else.
+        for bad in ["[[::1]]:8080", "[::1]]:8080", "::1]:8080", "[127.0.0.1]:8080", "[]:8080", "[::1]8080"] {
+            assert!(parse_listen(bad).is_err(), "{bad}");
         }
+        assert_eq!(err("[::1]:+8080"), "invalid port '+8080' in '[::1]:+8080' (expected 0..=65535)");
+        assert!(err("127.0.0.1:+80").starts_with("invalid port '+80'"));
+        assert!(is_ip_literal("fe80::1%eth0") && is_ip_literal("::1") && is_ip_literal("10.0.0.1"));
+        assert!(!is_ip_literal("app.internal") && !is_ip_literal("::1%") && !is_ip_literal("10.0.0.1%1"));
         assert!(err("127.0.0.1:").contains("has no port after the ':'"), "{}", err("127.0.0.1:"));
         assert!(err("127.0.0.1:http").starts_with("invalid port 'http' in '127.0.0.1:http'"));
         // Backends and clients still need a host: a bare port is not a destination.
