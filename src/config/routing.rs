@@ -366,8 +366,13 @@ pub(super) fn read(
     (pools, routes)
 }
 
-/// `api.example.com` or `*.example.com`.
+/// `api.example.com`, `*.example.com`, or an IPv6 literal (`[::1]` or `::1`, matched in its
+/// brackets, as a `Host` carries it).
 fn parse_host(s: &str) -> Result<HostPattern, String> {
+    let inner = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
+    if let Ok(v6) = inner.parse::<std::net::Ipv6Addr>() {
+        return Ok(HostPattern::Exact(format!("[{v6}]")));
+    }
     let lower = s.to_ascii_lowercase();
     let (suffix, name) = match lower.strip_prefix("*.") {
         Some(rest) => (true, rest),
@@ -375,7 +380,7 @@ fn parse_host(s: &str) -> Result<HostPattern, String> {
     };
     let label = |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if name.is_empty() || !name.split('.').all(label) {
-        return Err(format!("'{s}' is not a host name or *.domain pattern"));
+        return Err(format!("'{s}' is not a host name, *.domain pattern or IP address"));
     }
     Ok(if suffix { HostPattern::Suffix(format!(".{name}")) } else { HostPattern::Exact(name.to_string()) })
 }

@@ -70,3 +70,17 @@ fn a_rebuilt_table_keeps_its_pools_balancers() {
     router.install(second);
     assert!(Arc::ptr_eq(loaded.refresh(&router), &router.table()));
 }
+
+#[test]
+fn an_ip_address_is_a_host_a_route_may_name_ipv6_in_brackets_or_not() {
+    for host in ["[::1]", "::1", "[0:0::1]"] {
+        let t = table(&format!(
+            "[proxy]\nmode = http\n[backends]\nweb1 = 127.0.0.1:1\n[pool.v6]\na = 127.0.0.1:2\n\
+             [route.v6]\nhost = {host}\npool = v6\n[pool.v4]\nb = 127.0.0.1:3\n[route.v4]\nhost = 127.0.0.1\npool = v4\n"
+        ));
+        assert_eq!(pool_of(&t, "[::1]:8080", "/").as_deref(), Some("v6"), "{host}");
+        assert_eq!(pool_of(&t, "[::1]", "/x").as_deref(), Some("v6"), "{host}");
+        assert_eq!(pool_of(&t, "127.0.0.1:8080", "/").as_deref(), Some("v4"), "{host}");
+        assert_eq!(pool_of(&t, "[::2]", "/").as_deref(), Some("default"), "{host}");
+    }
+}
