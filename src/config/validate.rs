@@ -245,6 +245,17 @@ impl RawConfig {
                     warnings.push(warning(self.origin(key.section, key.name), key.label(), message));
                 }
             }
+            let trusted = &keys::TRUSTED_PROXIES;
+            let mut trust_warning = |message: &str| {
+                let origin = self.origin(trusted.section, trusted.name);
+                warnings.push(warning(origin, trusted.label(), message.to_string()));
+            };
+            if c.mode == Mode::Tcp && !l.trusted_proxies.is_empty() {
+                trust_warning("has no effect in mode = tcp, which reads no X-Forwarded-For (a proxy in front can send a PROXY header: accept_proxy)");
+            }
+            if l.trusted_proxies.iter().any(|n| n.prefix_len() == 0) {
+                trust_warning("trusts every client: any client may name its own address in X-Forwarded-For, and so choose what allow, deny and the per-client limits see");
+            }
         }
         let mut errors = v.errors;
         match built {

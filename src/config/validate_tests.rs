@@ -42,6 +42,23 @@ fn host_bits_in_a_block_are_warned_about() {
     assert!(c.limits.allow[0].contains(&"10.200.0.1".parse::<std::net::IpAddr>().expect("ip")));
 }
 
+/// Trusting every address, or trusting proxies in tcp mode (which reads no X-Forwarded-For),
+/// is almost certainly a mistake: said, not refused.
+#[test]
+fn trusting_everyone_or_trusting_in_tcp_mode_is_warned_about() {
+    let warned = |text: &str| -> Vec<String> {
+        let c = parse(&format!("{text}\n[backends]\napp1 = 127.0.0.1:9090\n")).expect("valid");
+        c.warnings.iter().map(|w| w.to_string()).collect()
+    };
+    let all = warned("[proxy]\nmode = http\n[limits]\ntrusted_proxies = 10.0.0.0/8, ::/0");
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(all[0].starts_with("test.ini:4: [limits] trusted_proxies: trusts every client"), "{all:?}");
+    let tcp = warned("[proxy]\nmode = tcp\n[limits]\ntrusted_proxies = 10.0.0.1");
+    assert_eq!(tcp.len(), 1, "{tcp:?}");
+    assert!(tcp[0].contains("has no effect in mode = tcp"), "{tcp:?}");
+    assert!(warned("[proxy]\nmode = http\n[limits]\ntrusted_proxies = 10.0.0.0/8").is_empty());
+}
+
 /// A route an earlier one leaves unreachable is named, with the route that takes its requests.
 #[test]
 fn a_route_tried_after_one_that_covers_it_is_warned_about() {
