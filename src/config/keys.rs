@@ -153,7 +153,7 @@ pub const LISTEN: Key = flagged(
         "listen",
         Kind::Address,
         "0.0.0.0:8080",
-        "address to accept clients on; a bare port means 0.0.0.0:PORT",
+        "address to accept clients on; a bare port means 0.0.0.0:PORT; [::]:PORT takes IPv4 too unless sysctl net.ipv6.bindv6only = 1",
         |c| c.listen.to_string(),
     ),
     "--listen",
