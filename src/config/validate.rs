@@ -234,12 +234,13 @@ impl RawConfig {
         // As nginx warns "low address bits of 10.0.0.1/8 are meaningless".
         if let Some(c) = built.as_ref() {
             let l = &c.limits;
-            for (key, nets) in [
-                (&keys::ALLOW, &l.allow),
-                (&keys::DENY, &l.deny),
-                (&keys::TRUSTED_PROXIES, &l.trusted_proxies),
-            ] {
-                for n in nets.iter().filter(|n| n.addr() != n.network()) {
+            // Named as written: an IPv4-mapped block is compared in its IPv4 form, which the
+            // operator never wrote.
+            for key in [&keys::ALLOW, &keys::DENY, &keys::TRUSTED_PROXIES] {
+                let written = self.settings.iter().find(|s| s.section == key.section && s.key == key.name);
+                let blocks = written.map_or("", |s| s.value.as_str()).split(',');
+                let nets = blocks.filter_map(|w| w.trim().parse::<ipnet::IpNet>().ok());
+                for n in nets.filter(|n| n.addr() != n.network()) {
                     let message =
                         format!("low address bits of {n} are meaningless: it stands for {}", n.trunc());
                     warnings.push(warning(self.origin(key.section, key.name), key.label(), message));

@@ -40,6 +40,13 @@ fn host_bits_in_a_block_are_warned_about() {
         ["test.ini:2: [limits] allow: low address bits of 10.0.0.1/8 are meaningless: it stands for 10.0.0.0/8"]
     );
     assert!(c.limits.allow[0].contains(&"10.200.0.1".parse::<std::net::IpAddr>().expect("ip")));
+    // An IPv4-mapped block is named as written, not as the IPv4 block it is compared as.
+    let c = parse("[limits]\ndeny = ::ffff:10.0.0.0/96\n[backends]\napp1 = 127.0.0.1:9090\n").expect("valid");
+    let warnings: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        ["test.ini:2: [limits] deny: low address bits of ::ffff:10.0.0.0/96 are meaningless: it stands for ::ffff:0.0.0.0/96"]
+    );
 }
 
 /// Trusting every address, or trusting proxies in tcp mode (which reads no X-Forwarded-For),
