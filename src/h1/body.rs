@@ -6,6 +6,22 @@ use std::io::{self, Read, Write};
 
 use super::{trailers, BodyKind, Wire, MAX_HEAD, SMALL_BUFFER};
 
+/// A chunk-size line (`1a;ext=v\r\n`), as `httparse::parse_chunk_size`, but a bare LF or any
+/// other control byte before the CRLF is refused: httparse reads an extension on to the CRLF,
+/// where HAProxy and nginx end the line at the LF, so the chunk would end in a different place
+/// for a proxy or backend beside this one.
+pub fn parse_chunk_line(buf: &[u8]) -> Result<httparse::Status<(usize, u64)>, httparse::InvalidChunkSize> {
+    let line_end = buf.iter().position(|&b| b == b'\n');
+    let line = &buf[..line_end.unwrap_or(buf.len())];
+    // The CR that ends the line: right before its LF, or the last byte so far.
+    let body = line.strip_suffix(b"\r").unwrap_or(line);
+    let control = |&b: &u8| (b < 0x20 && b != b'\t') || b == 0x7f;
+    if body.iter().any(control) || (line_end.is_some() && body.len() == line.len()) {
+        return Err(httparse::InvalidChunkSize);
+    }
+    httparse::parse_chunk_size(buf)
+}
+
 /// Which end of a body copy failed.
 #[derive(Debug)]
 pub enum BodyError {
@@ -147,7 +163,7 @@ impl<S: Read> Wire<S> {
 
     fn chunk_size(&mut self, sink: &mut impl Write) -> io::Result<u64> {
         loop {
-            match httparse::parse_chunk_size(self.buffered()) {
+            match parse_chunk_line(self.buffered()) {
                 Ok(httparse::Status::Complete((used, size))) => {
                     self.consume(used);
                     return Ok(size);

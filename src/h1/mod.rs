@@ -13,7 +13,7 @@ pub mod response;
 mod target;
 mod trailers;
 
-pub use body::{BodyError, Coalesce, COALESCE};
+pub use body::{parse_chunk_line, BodyError, Coalesce, COALESCE};
 
 use std::io::{self, Read};
 
@@ -362,6 +362,17 @@ mod tests {
             (e.kind(), e.to_string()),
             (io::ErrorKind::InvalidData, "chunk size line too long".into())
         );
+        // A bare LF (or another control byte) inside an extension: HAProxy and nginx end the
+        // line there, httparse would read on to the CRLF. Refused, so no one frames it apart.
+        for bad in
+            [&b"3;x\nABC\r\n0\r\n\r\n"[..], b"5;a\nhello\r\n0\r\n\r\n", b"3;x\x00y\r\nabc\r\n0\r\n\r\n"]
+        {
+            assert!(Wire::new(bad).copy_body(BodyKind::Chunked, &mut sink).is_err(), "{bad:?}");
+            assert!(parse_chunk_line(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_chunk_line(b"3;x\r").is_ok_and(|s| s.is_partial()));
+        assert!(parse_chunk_line(b"3;x\rA").is_err());
+        assert_eq!(parse_chunk_line(b"3;x=\"a\tb\"\r\nabc"), Ok(httparse::Status::Complete((11, 3))));
     }
 
     #[test]

@@ -409,7 +409,7 @@ impl Exchange<'_> {
 fn first_chunk_is_valid(cw: &mut Wire<&ClientStream<'_>>) -> Result<(), Failure> {
     let bad = |why: &str| Failure::new(Party::Client, Phase::Request, Cause::Invalid(why.to_string()));
     loop {
-        match httparse::parse_chunk_size(cw.buffered()) {
+        match crate::h1::parse_chunk_line(cw.buffered()) {
             Ok(httparse::Status::Complete(_)) => return Ok(()),
             Err(_) => return Err(bad("invalid chunk size line")),
             Ok(httparse::Status::Partial) if cw.buffered().len() > 1024 => {

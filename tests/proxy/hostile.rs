@@ -332,6 +332,13 @@ fn malformed_and_ambiguous_requests_never_reach_the_backend() {
                 .to_vec(),
             400,
         ),
+        // HAProxy and nginx end a chunk-size line at a bare LF, httparse at the CRLF after it:
+        // refused, so the chunk cannot end in two places.
+        (
+            "bare LF in a chunk extension",
+            b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3;x\nABC\r\n0\r\n\r\n".to_vec(),
+            400,
+        ),
         ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), 505),
         ("HTTP/1.2", b"GET / HTTP/1.2\r\nHost: t\r\n\r\n".to_vec(), 505),
         ("HTTP/0.9 style", b"GET / HTTP/0.9\r\nHost: t\r\n\r\n".to_vec(), 505),
