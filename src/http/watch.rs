@@ -54,9 +54,23 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// Whether a body read failed because the backend refused the rest.
+/// The read error that says the backend closed (or reset) its connection before the whole
+/// body: no answer can follow, and the client is not kept sending into the void.
+#[derive(Debug)]
+struct Gone;
+
+impl std::fmt::Display for Gone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the backend closed the connection before the whole body")
+    }
+}
+
+impl std::error::Error for Gone {}
+
+/// Whether a body read failed because the backend refused the rest: it answered, or it closed
+/// the connection.
 pub fn is_refusal(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<Refused>())
+    e.get_ref().is_some_and(|inner| inner.is::<Refused>() || inner.is::<Gone>())
 }
 
 /// What a backend has said so far while the body goes to it.
@@ -66,8 +80,20 @@ enum Said {
     Nothing,
     /// A final answer of 300 or more, or something that is no response at all.
     Refusal,
-    /// Something to read after the body (or the connection ended: the next write says so).
+    /// Something to read after the body.
     Other,
+    /// The connection ended (EOF or an error) with nothing to read.
+    Closed,
+}
+
+impl Said {
+    /// The error that ends a watch that saw a refusal (or, `Closed`, a close).
+    fn error(self) -> io::Error {
+        match self {
+            Said::Closed => io::Error::other(Gone),
+            _ => io::Error::other(Refused),
+        }
+    }
 }
 
 impl<'a> Watching<'a> {
@@ -91,7 +117,7 @@ impl<'a> Watching<'a> {
                 self.backend = None;
                 Ok(())
             }
-            Said::Refusal => Err(io::Error::other(Refused)),
+            said @ (Said::Refusal | Said::Closed) => Err(said.error()),
         }
     }
 }
@@ -116,7 +142,7 @@ fn look(backend: &TcpStream) -> Said {
         Ok((n, _)) if n == first.len() && said(&first) == Said::Nothing => Said::Other,
         Ok((n, _)) if n > 0 => said(&first[..n]),
         Err(Errno::AGAIN) => Said::Nothing,
-        Ok(_) | Err(_) => Said::Other,
+        Ok(_) | Err(_) => Said::Closed,
     }
 }
 
@@ -218,9 +244,9 @@ fn until_done(
         };
         match poll(polled, slice.map(timespec).as_ref()) {
             Ok(_) if partial || !fds[1].revents().is_empty() => match look(backend) {
-                Said::Refusal => return Err(io::Error::other(Refused)),
                 Said::Nothing => partial = true,
                 Said::Other => return Ok(Waited::Unwatched),
+                said @ (Said::Refusal | Said::Closed) => return Err(said.error()),
             },
             Ok(_) | Err(Errno::INTR) => {}
             Err(e) => return Err(e.into()),

@@ -220,6 +220,26 @@ fn a_client_stalling_mid_upload_is_cut_after_idle_ms_not_twice_that() {
     assert!(waited >= Duration::from_millis(1900) && waited < Duration::from_millis(3500), "{waited:?}");
 }
 
+/// A backend that closes while the body is still on its way gets the client a 502 at once, as
+/// HAProxy answers, not a wait of `idle_ms` for the rest of a body no one will read (before, the
+/// client waited, and then got nothing, logged as a 408).
+#[test]
+fn a_backend_closing_mid_upload_gets_the_client_a_502_at_once_as_haproxy() {
+    let app = backend(|mut s| {
+        let _ = read_head(&mut s);
+    });
+    let (p, proxy) = http_proxy(&[app], "round-robin", "idle_ms = 600000", "");
+    let mut s = connect(proxy);
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789").expect("send");
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 502 "), "{answer:?}");
+    assert!(answer.contains("the backend closed the connection before the whole body"), "{answer}");
+    let line = p.wait_for("\"POST /up\"");
+    assert!(line.contains(" 502 "), "{line}");
+}
+
 /// A crowd: more uploaders at once than workers (80 that stop to wait, 6 curls that never stop)
 /// against a backend that refuses each upload, naming it, and then reads on or stops reading.
 /// Each client gets its own refusal, none another's; a GET beside them is served; the backend is
