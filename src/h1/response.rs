@@ -108,6 +108,9 @@ pub fn parse(
         }
     }
     let te = headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    if te {
+        codings_are_valid(headers)?;
+    }
     let body = response_body(client.method, status, headers);
     let chunked_final = body == BodyKind::Chunked && final_coding_is_chunked(headers);
     let body = if te && body == BodyKind::Chunked && !chunked_final { BodyKind::UntilClose } else { body };
@@ -227,6 +230,31 @@ fn final_coding_is_chunked(headers: &[httparse::Header<'_>]) -> bool {
     last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
 }
 
+/// Refuses a response's `Transfer-Encoding` that no one can frame alike, as HAProxy answers it
+/// 502: `chunked` twice or before another coding (the body would be chunked again on its way
+/// on, which RFC 9112 6.1 forbids, and a client that decodes once sees chunk sizes), or
+/// `identity` (no coding since RFC 7230; HAProxy refuses it, nginx would use Content-Length).
+fn codings_are_valid(headers: &[httparse::Header<'_>]) -> Result<(), &'static str> {
+    let codings = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    let (mut chunked, mut last_chunked) = (0, false);
+    for c in codings {
+        if c.eq_ignore_ascii_case(b"identity") {
+            return Err("Transfer-Encoding: identity");
+        }
+        last_chunked = c.eq_ignore_ascii_case(b"chunked");
+        chunked += usize::from(last_chunked);
+    }
+    match (chunked, last_chunked) {
+        (0, _) | (1, true) => Ok(()),
+        _ => Err("Transfer-Encoding with chunked twice or not last"),
+    }
+}
+
 /// Appends `Via: 1.1 <via>\r\n`.
 fn via_line(out: &mut Vec<u8>, via: &str) {
     out.extend_from_slice(b"Via: 1.1 ");
@@ -315,11 +343,18 @@ mod tests {
             .expect("ok")
             .expect("c");
         assert!(out.contains("Transfer-Encoding: chunked\r\n"), "{out}");
-        // Not final, that `chunked` was never undone: the body, delimited by close, keeps it.
-        let raw = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n";
-        let (h, out) = run(raw, &client(1, true)).expect("ok").expect("c");
-        assert_eq!(h.body, BodyKind::UntilClose);
-        assert!(out.contains("Transfer-Encoding: chunked, gzip, chunked\r\n"), "{out}");
+        // `chunked` not last or twice, or `identity`: re-chunked it would be chunked twice, so
+        // refused (502), as HAProxy does.
+        for te in [
+            "chunked, gzip",
+            "chunked, identity",
+            "chunked, chunked",
+            "chunked\r\nTransfer-Encoding: chunked",
+            "identity",
+        ] {
+            let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\nContent-Length: 5\r\n\r\n");
+            assert!(run(&raw, &client(1, true)).is_err(), "{te}");
+        }
     }
 
     #[test]

@@ -360,3 +360,28 @@ fn a_gzip_transfer_coding_reaches_the_client_named_so_curl_can_undo_it() {
         assert_eq!(String::from_utf8_lossy(&out.stdout), "compressed in transit\n", "{path}: {head}");
     }
 }
+
+/// A response whose `Transfer-Encoding` has `chunked` twice or before another coding, or
+/// `identity`, is answered 502, as HAProxy answers it: passed on re-chunked, its body would be
+/// chunked twice (curl showed the inner chunk sizes), or cut at `response_ms`.
+#[test]
+fn a_response_chunked_twice_or_coded_identity_is_a_502_as_haproxy_answers() {
+    let b = backend(|mut s| {
+        let (head, _) = read_head(&mut s);
+        let te = match head.split_whitespace().nth(1) {
+            Some("/twice") => "chunked, chunked",
+            Some("/not-last") => "chunked, identity",
+            _ => "identity\r\nContent-Length: 5",
+        };
+        let reply = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+        let _ = s.write_all(reply.as_bytes());
+    });
+    let (p, proxy) = http_proxy(&[b], "round-robin", "", "");
+    for path in ["/twice", "/not-last", "/identity"] {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let out = round_trip(proxy, raw.as_bytes());
+        assert!(out.starts_with("HTTP/1.1 502 "), "{path}: {out}");
+        assert!(out.contains("Transfer-Encoding"), "{path}: the answer says why: {out}");
+    }
+    p.wait_for("chunked twice or not last");
+}
