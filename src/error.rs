@@ -2,7 +2,7 @@
 //! resources at start), and [`Failure`] for one proxied connection or request in either mode,
 //! from a request head refused before any backend is asked to a relay cut: who failed, in which
 //! phase, and why. From a `Failure` alone come the client's answer ([`Failure::answer`]: 400,
-//! 405, 408, 413, 417, 431, 502, 503, 504, 505 or a close), whether it counts against the
+//! 405, 408, 413, 414, 417, 431, 502, 503, 504, 505 or a close), whether it counts against the
 //! backend, and the log wording, each decided in one place.
 
 use std::fmt;
@@ -77,7 +77,7 @@ impl fmt::Display for Unavailable {
     }
 }
 
-/// Why a request is refused by rule, and with which status (400, 405, 413, 417, 431, 505).
+/// Why a request is refused by rule, and with which status (400, 405, 413, 414, 417, 431, 505).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejection {
     pub status: u16,
@@ -88,6 +88,19 @@ pub struct Rejection {
 impl Rejection {
     /// A head that outgrew `max_head_bytes` (431, RFC 6585).
     pub const HEAD_TOO_LARGE: Rejection = Rejection::new(431, "request head too large");
+
+    /// A request line that alone outgrew `max_head_bytes` (414, as nginx answers it).
+    pub const URI_TOO_LONG: Rejection = Rejection::new(414, "request line too long");
+
+    /// A head that outgrew `max_head_bytes`, `buffered` so far: 414 while its request line has
+    /// not ended, else 431.
+    pub fn too_large(buffered: &[u8]) -> Rejection {
+        if buffered.contains(&b'\n') {
+            Rejection::HEAD_TOO_LARGE
+        } else {
+            Rejection::URI_TOO_LONG
+        }
+    }
 
     pub const fn new(status: u16, why: &'static str) -> Rejection {
         Rejection { status, why }

@@ -143,7 +143,7 @@ pub fn parse(
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(len)) if len > max_head => return Err(Rejection::HEAD_TOO_LARGE),
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err(Rejection::HEAD_TOO_LARGE),
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err(Rejection::too_large(buf)),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(reject(431, "too many headers")),
         Err(httparse::Error::Version) if looks_like_version(buf) => {

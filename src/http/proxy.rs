@@ -247,7 +247,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
                     break None;
                 }
                 After::TooLarge => {
-                    let too_large = Failure::head(Cause::Rejected(Rejection::HEAD_TOO_LARGE));
+                    let too_large = Failure::head(Cause::Rejected(Rejection::too_large(cw.buffered())));
                     refuse_head(&conn, client, &too_large, &mut scratch.client_out);
                     linger = true;
                     break None;

@@ -343,6 +343,12 @@ fn malformed_and_ambiguous_requests_never_reach_the_backend() {
         ("HTTP/1.2", b"GET / HTTP/1.2\r\nHost: t\r\n\r\n".to_vec(), 505),
         ("HTTP/0.9 style", b"GET / HTTP/0.9\r\nHost: t\r\n\r\n".to_vec(), 505),
         ("head too large", big_header.into_bytes(), 431),
+        // nginx answers 414 to a request line too long by itself.
+        (
+            "request line too long",
+            format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(70_000)).into_bytes(),
+            414,
+        ),
         ("body too large", b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 60000\r\n\r\n".to_vec(), 413),
         ("CONNECT", b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".to_vec(), 405),
         ("bad expectation", b"GET / HTTP/1.1\r\nHost: t\r\nExpect: coffee\r\n\r\n".to_vec(), 417),
