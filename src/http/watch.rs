@@ -42,35 +42,29 @@ pub struct Watching<'a> {
     reads: u32,
 }
 
-/// The read error that says the backend refused the rest of the body.
-#[derive(Debug)]
-struct Refused;
+/// The read error that says the backend refused the rest of the body: it answered
+/// (`Answered`), or it closed or reset its connection (`Gone`), after which no answer can
+/// follow and the client is not kept sending into the void.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    Answered,
+    Gone,
+}
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the backend answered before the whole body")
+        f.write_str(match self {
+            Refused::Answered => "the backend answered before the whole body",
+            Refused::Gone => "the backend closed the connection before the whole body",
+        })
     }
 }
 
 impl std::error::Error for Refused {}
 
-/// The read error that says the backend closed (or reset) its connection before the whole
-/// body: no answer can follow, and the client is not kept sending into the void.
-#[derive(Debug)]
-struct Gone;
-
-impl std::fmt::Display for Gone {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the backend closed the connection before the whole body")
-    }
-}
-
-impl std::error::Error for Gone {}
-
-/// Whether a body read failed because the backend refused the rest: it answered, or it closed
-/// the connection.
+/// Whether a body read failed because the backend refused the rest (see [`Refused`]).
 pub fn is_refusal(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<Refused>() || inner.is::<Gone>())
+    e.get_ref().is_some_and(|inner| inner.is::<Refused>())
 }
 
 /// What a backend has said so far while the body goes to it.
@@ -90,8 +84,8 @@ impl Said {
     /// The error that ends a watch that saw a refusal (or, `Closed`, a close).
     fn error(self) -> io::Error {
         match self {
-            Said::Closed => io::Error::other(Gone),
-            _ => io::Error::other(Refused),
+            Said::Closed => io::Error::other(Refused::Gone),
+            _ => io::Error::other(Refused::Answered),
         }
     }
 }
@@ -129,7 +123,7 @@ impl<'a> Watching<'a> {
 pub fn watchable(buffered: &[u8]) -> io::Result<bool> {
     match buffered {
         [] => Ok(true),
-        start if said(start) == Said::Refusal => Err(io::Error::other(Refused)),
+        start if said(start) == Said::Refusal => Err(io::Error::other(Refused::Answered)),
         _ => Ok(false),
     }
 }
