@@ -13,9 +13,6 @@ pub enum Retry {
     Fresh,
     /// The backend failed: try the next best one.
     NextBackend,
-    /// A pooled connection turned out stale, but the request may not go again: the client is
-    /// answered with the failure, and the backend is not blamed for it.
-    Stale,
     /// Answer the client with the failure.
     GiveUp,
 }
@@ -30,7 +27,6 @@ pub fn after(f: &Failure, reused: bool, replayable: bool) -> Retry {
         Party::Backend if f.phase == Phase::Connect => Retry::NextBackend,
         Party::Backend if lost_before_response && replayable && reused => Retry::Fresh,
         Party::Backend if lost_before_response && replayable => Retry::NextBackend,
-        Party::Backend if lost_before_response && reused => Retry::Stale,
         _ => Retry::GiveUp,
     }
 }
@@ -71,10 +67,8 @@ mod tests {
 
     #[test]
     fn what_cannot_be_replayed_is_answered() {
-        // Not idempotent, or its body already consumed: on a stale pooled connection that is
-        // no backend's failure, but the request still may not go again.
-        assert_eq!(after(&backend(Phase::Send, reset()), true, false), Retry::Stale);
-        assert_eq!(after(&backend(Phase::Send, reset()), false, false), Retry::GiveUp);
+        // Not idempotent, or its body already consumed.
+        assert_eq!(after(&backend(Phase::Send, reset()), true, false), Retry::GiveUp);
         assert_eq!(after(&backend(Phase::Head, Cause::Closed("eof".into())), false, false), Retry::GiveUp);
         // Some of the response arrived, or it was too slow, or invalid: never replayed.
         assert_eq!(after(&backend(Phase::Head, Cause::Timeout), false, true), Retry::GiveUp);

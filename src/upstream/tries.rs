@@ -96,11 +96,10 @@ pub fn run<T>(
             }
             Err(failed) => failed,
         };
-        // A stale pooled connection is not blamed, whether it is replaced or its request may
-        // not go again: neither counted towards passive health and ejection, nor, for
-        // least-time, as slow. Any other failure of the backend's own is, whatever its speed;
-        // never a client that left, nor our shortage.
-        if !matches!(retry, Retry::Fresh | Retry::Stale) {
+        // A stale pooled connection is replaced, not blamed: neither counted towards passive
+        // health and ejection, nor, for least-time, as slow. Any other failure of the
+        // backend's own is, whatever its speed; never a client that left, nor our shortage.
+        if retry != Retry::Fresh {
             balancer.record_failure(&backend, &f);
             if balancer.measures_time() && f.counts_against_backend() {
                 backend.latency().penalize();
@@ -108,14 +107,6 @@ pub fn run<T>(
         }
         match retry {
             Retry::GiveUp => return Err(f),
-            Retry::Stale => {
-                log::debug!(
-                    "{}: pooled connection to {} was stale ({f}); the request may not go again",
-                    client.label,
-                    backend.name()
-                );
-                return Err(f);
-            }
             Retry::Fresh => {
                 log::debug!(
                     "{}: pooled connection to {} was stale ({f}); retrying",

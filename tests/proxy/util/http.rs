@@ -75,8 +75,8 @@ pub fn http_proxy(addrs: &[SocketAddr], algorithm: &str, timeouts: &str, http: &
 }
 
 /// A hand-written HTTP backend: for each request head it receives (bodies are not read), it
-/// writes what `reply` returns; `close_after` closes the connection after that many responses,
-/// and an empty reply closes it unanswered. Every received head is kept in `seen`.
+/// writes what `reply` returns; `close_after` closes the connection after that many responses.
+/// Every received head is kept in `seen`.
 pub struct RawBackend {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<String>>>,
@@ -127,8 +127,7 @@ fn serve_raw(mut s: TcpStream, reply: fn(&str) -> Vec<u8>, close_after: usize, s
             let head = String::from_utf8_lossy(&buf[..end + 4]).into_owned();
             buf.drain(..end + 4);
             seen.lock().expect("seen").push(head.clone());
-            let answer = reply(&head);
-            if answer.is_empty() || s.write_all(&answer).is_err() {
+            if s.write_all(&reply(&head)).is_err() {
                 return;
             }
             served += 1;
