@@ -93,9 +93,10 @@ impl Rejection {
     pub const URI_TOO_LONG: Rejection = Rejection::new(414, "request line too long");
 
     /// A head that outgrew `max_head_bytes`, `buffered` so far: 414 while its request line has
-    /// not ended, else 431.
+    /// not ended (empty lines before it aside), else 431.
     pub fn too_large(buffered: &[u8]) -> Rejection {
-        if buffered.contains(&b'\n') {
+        let line = buffered.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buffered.len());
+        if buffered[line..].contains(&b'\n') {
             Rejection::HEAD_TOO_LARGE
         } else {
             Rejection::URI_TOO_LONG
@@ -296,6 +297,12 @@ mod tests {
             (Failure::head(Cause::Timeout), Answer::Status(408)),
             (Failure::head(Cause::Invalid("bad".into())), Answer::Status(400)),
             (Failure::head(Cause::Rejected(Rejection::HEAD_TOO_LARGE)), Answer::Status(431)),
+            (Failure::head(Cause::Rejected(Rejection::too_large(b"GET /aaaa"))), Answer::Status(414)),
+            (Failure::head(Cause::Rejected(Rejection::too_large(b"\r\nGET /aaa"))), Answer::Status(414)),
+            (
+                Failure::head(Cause::Rejected(Rejection::too_large(b"GET / HTTP/1.1\r\nX: a"))),
+                Answer::Status(431),
+            ),
             (Failure::head(Cause::Rejected(Rejection::new(505, "v"))), Answer::Status(505)),
             (
                 Failure::new(Party::Client, Phase::Send, Cause::BodyTooLarge("big".into())),

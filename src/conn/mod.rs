@@ -365,10 +365,16 @@ impl Conn {
         Some(answer.bytes)
     }
 
-    /// A client that closed with its request head unfinished (`buffered` bytes of it): a line
-    /// at info, and in a standard access log a 400 with nothing sent, as nginx logs it.
-    pub fn abandoned_head(&self, buffered: usize) {
-        let why = format!("client closed the connection with its request head unfinished ({buffered} bytes)");
+    /// A client that closed with its request head unfinished (`buffered`): a line at info, and
+    /// in a standard access log a 400 with nothing sent, as nginx logs it. Empty lines before a
+    /// head (RFC 9112 2.2) are no head begun.
+    pub fn abandoned_head(&self, buffered: &[u8], failed: Option<&std::io::Error>) {
+        if buffered.iter().all(|&b| b == b'\r' || b == b'\n') {
+            return;
+        }
+        let how = failed.map_or("closed".to_string(), |e| format!("failed ({})", crate::net::describe(e)));
+        let why =
+            format!("client connection {how} with its request head unfinished ({} bytes)", buffered.len());
         log::info!("conn {} from {}: {why}", self.id, self.peer);
         access::refused(self.peer.ip(), 400, &[], self.accepted.elapsed(), &why, |note| {
             format!("conn {} from {}: {note}", self.id, self.peer)

@@ -149,7 +149,7 @@ impl<S: Read> Wire<S> {
         }
         if self.end == self.buf.len() {
             if self.buf.len() >= limit {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
+                return Err(io::Error::new(io::ErrorKind::InvalidData, HeadTooLarge));
             }
             let grown = (self.buf.len() * 2).max(SMALL_BUFFER).min(limit);
             self.buf.resize(grown, 0);
@@ -208,6 +208,24 @@ impl<S: Read> Wire<S> {
             }
         }
     }
+}
+
+/// The error of a [`Wire::fill`] whose buffer reached its limit: a head too large, told apart
+/// from other `InvalidData` (a TLS record rustls refused, say).
+#[derive(Debug)]
+struct HeadTooLarge;
+
+impl std::fmt::Display for HeadTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("head too large")
+    }
+}
+
+impl std::error::Error for HeadTooLarge {}
+
+/// Whether `e` is [`Wire::fill`]'s "head too large".
+pub fn is_head_too_large(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<HeadTooLarge>())
 }
 
 /// Why [`Wire::read_head`] returned no head.

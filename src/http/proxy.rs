@@ -253,8 +253,9 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
                     break None;
                 }
                 After::Close => {
-                    if !between_requests {
-                        conn.abandoned_head(cw.buffered().len());
+                    // Not when the proxy shut it itself: at a stop, or cutting every connection.
+                    if !between_requests && !ctx.stopping.load(Ordering::SeqCst) && !conn.cut() {
+                        conn.abandoned_head(cw.buffered(), filled.as_ref().err());
                     }
                     break None;
                 }

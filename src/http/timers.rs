@@ -118,7 +118,7 @@ impl Filled {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && !waited => Filled::Empty,
             // A socket timeout reads as either, depending on the platform.
             Err(e) if crate::net::is_timeout(e) => Filled::TimedOut,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => Filled::TooLarge,
+            Err(e) if crate::h1::is_head_too_large(e) => Filled::TooLarge,
             Err(_) => Filled::Failed,
         }
     }

@@ -128,6 +128,14 @@ fn a_closed_broken_or_oversized_read_ends_the_wait() {
     let would_block = io::Error::from(io::ErrorKind::WouldBlock);
     assert_eq!(Filled::of(&Err(would_block), true), Filled::TimedOut);
     assert_eq!(Filled::of(&Ok(0), true), Filled::Eof);
+    // Only a head that outgrew its buffer is too large: a TLS record rustls refused is a
+    // failed read, not a 414 or 431.
+    let tls = io::Error::new(io::ErrorKind::InvalidData, "bad record mac");
+    assert_eq!(Filled::of(&Err(tls), true), Filled::Failed);
+    let source = vec![b'a'; 1 << 20];
+    let mut wire = crate::h1::Wire::new(&source[..]);
+    let full = (0..1000).map(|_| wire.fill(16)).find(Result::is_err).expect("the limit is reached");
+    assert_eq!(Filled::of(&full, true), Filled::TooLarge);
 }
 
 #[test]
