@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::raw::{Block, RawConfig, Setting};
 use super::values::{
-    parse_algorithm, parse_backend, parse_bool, parse_header_name, parse_path, parse_sticky,
+    parse_algorithm, parse_backend, parse_bool, parse_header_name, parse_path, parse_prefix, parse_sticky,
 };
 use super::{Algorithm, BackendSpec, ConfigError, Mode, Origin};
 
@@ -250,8 +250,8 @@ pub(super) fn read(
         for s in in_block(block) {
             let (key, header) = s.key.split_once('.').map_or((s.key.as_str(), None), |(k, h)| (k, Some(h)));
             let result = match (key, header) {
-                ("host", None) => parse_host(&s.value).map(|h| route.host = Some(h)),
-                ("sni", None) => parse_host(&s.value).map(|h| route.sni = Some(h)),
+                ("host", None) => parse_host(&s.value, false).map(|h| route.host = Some(h)),
+                ("sni", None) => parse_host(&s.value, true).map(|h| route.sni = Some(h)),
                 ("path", None) => parse_prefix(&s.value).map(|p| route.path = Some(p)),
                 ("strip_prefix", None) => parse_bool(&s.value).map(|b| route.strip_prefix = b),
                 ("pool", None) => {
@@ -366,11 +366,15 @@ pub(super) fn read(
     (pools, routes)
 }
 
-/// `api.example.com`, `*.example.com`, or an IPv6 literal (`[::1]` or `::1`, matched in its
-/// brackets, as a `Host` carries it).
-fn parse_host(s: &str) -> Result<HostPattern, String> {
+/// `api.example.com`, `*.example.com`, or an IP address (IPv6 as `[::1]` or `::1`, matched in
+/// its brackets, as a `Host` carries it); for an `sni`, never an address (RFC 6066 3).
+fn parse_host(s: &str, sni: bool) -> Result<HostPattern, String> {
     let inner = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')).unwrap_or(s);
-    if let Ok(v6) = inner.parse::<std::net::Ipv6Addr>() {
+    let v6 = inner.parse::<std::net::Ipv6Addr>();
+    if sni && (v6.is_ok() || s.parse::<std::net::Ipv4Addr>().is_ok()) {
+        return Err(format!("'{s}' is an IP address, which a TLS server name never is"));
+    }
+    if let Ok(v6) = v6 {
         return Ok(HostPattern::Exact(format!("[{v6}]")));
     }
     let lower = s.to_ascii_lowercase();
@@ -383,18 +387,6 @@ fn parse_host(s: &str) -> Result<HostPattern, String> {
         return Err(format!("'{s}' is not a host name, *.domain pattern or IP address"));
     }
     Ok(if suffix { HostPattern::Suffix(format!(".{name}")) } else { HostPattern::Exact(name.to_string()) })
-}
-
-/// A path prefix: `/api` (a trailing `/` is dropped: `/api/` matches as `/api`).
-fn parse_prefix(s: &str) -> Result<String, String> {
-    let p = parse_path(s)?;
-    if p.contains(['?', '#']) {
-        return Err(format!("'{s}' is a path prefix: no query or fragment"));
-    }
-    Ok(match p.trim_end_matches('/') {
-        "" => "/".to_string(),
-        trimmed => trimmed.to_string(),
-    })
 }
 
 /// A header name the rule `key` may use (see [`RESERVED`]); a request's `Host` may be set

@@ -202,3 +202,15 @@ pub(super) fn parse_control_socket(s: &str) -> Result<Option<std::path::PathBuf>
     }
     Ok(Some(std::path::PathBuf::from(s)))
 }
+
+/// A path prefix: `/api` (a trailing `/` is dropped: `/api/` matches as `/api`).
+pub(super) fn parse_prefix(s: &str) -> Result<String, String> {
+    let p = parse_path(s)?;
+    if p.contains(['?', '#']) {
+        return Err(format!("'{s}' is a path prefix: no query or fragment"));
+    }
+    Ok(match p.trim_end_matches('/') {
+        "" => "/".to_string(),
+        trimmed => trimmed.to_string(),
+    })
+}

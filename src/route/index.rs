@@ -105,8 +105,12 @@ fn prefixes<'a>(path: &'a str, lengths: &'a [usize]) -> impl Iterator<Item = &'a
 /// The host as routes match it: without the port, lowercase, without a trailing dot.
 pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     let bare = match host.strip_prefix('[') {
-        // An IPv6 literal keeps its brackets: `[::1]:8080` -> `[::1]`.
-        Some(_) => host.find(']').map_or(host, |end| &host[..=end]),
+        // An IPv6 literal keeps its brackets, written as a route names it: `[0:0::1]:8080` ->
+        // `[::1]`.
+        Some(rest) => match rest.split_once(']').map(|(ip, _)| ip.parse::<std::net::Ipv6Addr>()) {
+            Some(Ok(ip)) => return std::borrow::Cow::Owned(format!("[{ip}]")),
+            _ => host.find(']').map_or(host, |end| &host[..=end]),
+        },
         None => host.rsplit_once(':').map_or(host, |(h, _)| h),
     };
     let bare = bare.strip_suffix('.').unwrap_or(bare);

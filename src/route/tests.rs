@@ -82,5 +82,15 @@ fn an_ip_address_is_a_host_a_route_may_name_ipv6_in_brackets_or_not() {
         assert_eq!(pool_of(&t, "[::1]", "/x").as_deref(), Some("v6"), "{host}");
         assert_eq!(pool_of(&t, "127.0.0.1:8080", "/").as_deref(), Some("v4"), "{host}");
         assert_eq!(pool_of(&t, "[::2]", "/").as_deref(), Some("default"), "{host}");
+        assert_eq!(pool_of(&t, "[0:0:0::1]:80", "/").as_deref(), Some("v6"), "{host}: any spelling");
+    }
+    // A server name never is an address: an `sni` route naming one could never match.
+    for sni in ["::1", "[::1]", "127.0.0.1"] {
+        let text = format!(
+            "[proxy]\nmode = tcp\n[backends]\na = 127.0.0.1:1\n[route.r]\nsni = {sni}\npool = default\n"
+        );
+        let errors = RawConfig::parse(text.as_bytes(), "t").expect("parse").validate().expect_err(sni);
+        let said = errors.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert!(said.iter().any(|e| e.contains("which a TLS server name never is")), "{sni}: {said:?}");
     }
 }
