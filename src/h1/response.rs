@@ -108,10 +108,11 @@ pub fn parse(
         }
     }
     let te = headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
-    if te {
+    let body = response_body(client.method, status, headers);
+    // Only a body is framed by them (a HEAD answer, a 204 or a 304 has none).
+    if te && body != BodyKind::Empty {
         codings_are_valid(headers)?;
     }
-    let body = response_body(client.method, status, headers);
     let chunked_final = body == BodyKind::Chunked && final_coding_is_chunked(headers);
     let body = if te && body == BodyKind::Chunked && !chunked_final { BodyKind::UntilClose } else { body };
     let body = if te && body != BodyKind::Empty && !chunked_final { BodyKind::UntilClose } else { body };
@@ -230,8 +231,8 @@ fn final_coding_is_chunked(headers: &[httparse::Header<'_>]) -> bool {
     last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
 }
 
-/// Refuses a response's `Transfer-Encoding` that no one can frame alike, as HAProxy answers it
-/// 502: `chunked` twice or before another coding (the body would be chunked again on its way
+/// Refuses a response's `Transfer-Encoding` that no one can frame alike, as HAProxy (2.6)
+/// answers it 502: `chunked` twice or before another coding (the body would be chunked again on its way
 /// on, which RFC 9112 6.1 forbids, and a client that decodes once sees chunk sizes), or
 /// `identity` (no coding since RFC 7230; HAProxy refuses it, nginx would use Content-Length).
 fn codings_are_valid(headers: &[httparse::Header<'_>]) -> Result<(), &'static str> {

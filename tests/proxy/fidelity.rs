@@ -370,7 +370,7 @@ fn a_response_chunked_twice_or_coded_identity_is_a_502_as_haproxy_answers() {
         let (head, _) = read_head(&mut s);
         let te = match head.split_whitespace().nth(1) {
             Some("/twice") => "chunked, chunked",
-            Some("/not-last") => "chunked, identity",
+            Some("/not-last") => "chunked, gzip",
             _ => "identity\r\nContent-Length: 5",
         };
         let reply = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
