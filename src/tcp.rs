@@ -226,7 +226,7 @@ const MAX_HELLO: usize = 17 * 1024;
 
 /// The pool for a new connection, the bytes read to choose it, and the route's name (if one did). With SNI routes, the server
 /// name comes from the ClientHello: from the handshake when the listener terminates TLS, else
-/// read (within `header_ms` of accept) and relayed to the backend untouched. `None` (logged):
+/// read (within `header_ms` of a worker taking the connection) and relayed to the backend untouched. `None` (logged):
 /// closed, for no pool or no complete ClientHello.
 fn choose_pool(
     conn: &Conn,
@@ -243,7 +243,9 @@ fn choose_pool(
             rustls::Connection::Client(_) => None,
         },
         crate::tls::stream::Stream::Plain(sock) => {
-            let hello = read_hello(sock, conn.accepted, header, &mut early);
+            // From now, not from accept: time queued for a worker is the proxy's, not the
+            // client's (as for an http head), and a ClientHello already here is read whole.
+            let hello = read_hello(sock, Instant::now(), header, &mut early);
             let _ = sock.set_read_timeout(None);
             // The table in force once the ClientHello is in (a reload may have come meanwhile).
             table = router.table();
@@ -288,14 +290,14 @@ fn silent(early: &[u8]) -> Result<Hello, String> {
 }
 
 /// Reads the start of the connection into `early` until it is a whole ClientHello (or clearly
-/// not one), within `header` of `accepted`.
+/// not one), within `header` of `started`.
 fn read_hello(
     sock: &TcpStream,
-    accepted: Instant,
+    started: Instant,
     header: Duration,
     early: &mut Vec<u8>,
 ) -> Result<Hello, String> {
-    let deadline = (!header.is_zero()).then(|| accepted + header);
+    let deadline = (!header.is_zero()).then(|| started + header);
     let mut buf = [0u8; 4096];
     loop {
         match sni::server_name(early) {
@@ -308,7 +310,9 @@ fn read_hello(
             return silent(early);
         }
         let _ = sock.set_read_timeout(left);
-        match (&*sock).read(&mut buf) {
+        // A wait on the client: if it lasts while connections queue, a reserve worker takes
+        // this one's place, as for an http head.
+        match crate::threads::gate::waiting(|| (&*sock).read(&mut buf)) {
             Ok(0) => return Err("closed by the client before its ClientHello was complete".to_string()),
             Ok(n) => early.extend_from_slice(&buf[..n]),
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {

@@ -220,7 +220,7 @@ fn note_wait(conn: &Conn, workers: usize) {
     if waited >= Duration::from_secs(1) {
         if let Some(n) = SLOW_PICKUP.check() {
             log::warn!(
-                "conn {} waited {} ms for a free worker (all {workers} busy; raise [proxy] workers){}",
+                "conn {} waited {} ms for a free worker (every one taking connections was busy, of {workers}; see [proxy] workers and active_workers){}",
                 conn.id,
                 waited.as_millis(),
                 crate::logging::held_back(n)

@@ -363,7 +363,10 @@ fn waiting_for_a_free_worker_is_logged_not_silent() {
     assert_eq!(http_get(addr, "/").status, 200);
     assert_eq!(first.join().expect("first"), 200);
     let line = p.wait_for("for a free worker");
-    assert!(line.contains("all 1 busy; raise [proxy] workers"), "{line}");
+    assert!(
+        line.contains("every one taking connections was busy, of 1; see [proxy] workers and active_workers"),
+        "{line}"
+    );
 }
 
 /// An idle keep-alive client does not hold a worker (Apache's event MPM, nginx and HAProxy
