@@ -255,7 +255,7 @@ impl RawConfig {
                 trust_warning("has no effect in mode = tcp, which reads no X-Forwarded-For (a proxy in front can send a PROXY header: accept_proxy)");
             }
             if l.trusted_proxies.iter().any(|n| n.prefix_len() == 0) {
-                trust_warning("trusts every client: any client may name its own address in X-Forwarded-For, and so choose what allow, deny and the per-client limits see");
+                trust_warning("trusts every client (of its address family): any client may name its own address in X-Forwarded-For, and so choose what allow, deny and the per-client limits see");
             }
         }
         let mut errors = v.errors;

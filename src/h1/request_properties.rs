@@ -57,7 +57,7 @@ proptest! {
                 prop_assert!(h.len <= raw.len());
             }
             Ok(None) => {}
-            Err(r) => prop_assert!([400, 405, 413, 417, 431, 505].contains(&r.status)),
+            Err(r) => prop_assert!([400, 405, 413, 414, 417, 431, 505].contains(&r.status)),
         }
     }
 }

@@ -59,7 +59,7 @@ pub fn text_error_with(
 }
 
 /// The statuses an error page can replace (`[proxy] error_pages`).
-pub const PAGE_STATUSES: [u16; 10] = [400, 403, 404, 408, 413, 429, 431, 502, 503, 504];
+pub const PAGE_STATUSES: [u16; 11] = [400, 403, 404, 408, 413, 414, 429, 431, 502, 503, 504];
 
 /// Error pages by status, read once (start, reload), never per request.
 pub type Pages = BTreeMap<u16, Arc<[u8]>>;

@@ -1,6 +1,6 @@
 //! The client connection's waits, decided without sockets: how long a worker may wait for the
 //! next request or the rest of a head, and what a wait that ends comes to (read on, park,
-//! trim, close, 408 or 431). `http::proxy::serve` asks [`IdleTimers::before`] before each read
+//! trim, close, 408, or 414/431). `http::proxy::serve` asks [`IdleTimers::before`] before each read
 //! and [`IdleTimers::after`] when it returns, so the design reads in one place and is tested
 //! here with a fake clock.
 //!
@@ -135,7 +135,7 @@ pub enum After {
     Trim,
     /// The head took too long: 408.
     TimedOut,
-    /// The head is too large: 431.
+    /// The head is too large: 431 (414 for a request line alone).
     TooLarge,
     /// Close.
     Close,

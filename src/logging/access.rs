@@ -129,7 +129,7 @@ pub fn write(entry: &Entry<'_>, main: impl FnOnce() -> String) {
 
 /// The line of a request head refused before any backend was asked (`answer`, the whole
 /// response sent), with no request to name, as nginx logs its 400s and 408s. Only a standard
-/// access log gets one: the main log has said it already, at warn.
+/// access log gets one: the main log has said it already.
 pub fn refused(
     client: std::net::IpAddr,
     status: u16,

@@ -27,7 +27,7 @@ pub const MAX_HEAD_BYTES: Key = key(
     "max_head_bytes",
     number(1024, 1 << 20),
     "65536",
-    "http: larger request heads get 431; a larger response head, or a response's 1xx heads together, get 502",
+    "http: larger request heads get 431 (414 when the request line alone is larger); a larger response head, or a response's 1xx heads together, get 502",
     |c| c.http.max_head_bytes.to_string(),
 );
 /// `[http] max_body_bytes`.

@@ -9,6 +9,6 @@ pub const ERROR_PAGES: Key = key(
     "error_pages",
     Kind::Path,
     "",
-    "http: a directory whose `NNN.html` replaces the body of the proxy's own NNN answers (400, 403, 404, 408, 413, 429, 431, 502, 503, 504), as nginx's `error_page`; read at start and reload; empty: built-in bodies",
+    "http: a directory whose `NNN.html` replaces the body of the proxy's own NNN answers (400, 403, 404, 408, 413, 414, 429, 431, 502, 503, 504), as nginx's `error_page`; read at start and reload; empty: built-in bodies",
     |c| c.error_pages.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
 );
