@@ -227,15 +227,20 @@ impl Discovery {
         resolved: &HashMap<String, Vec<SocketAddr>>,
     ) -> String {
         let mut parts = Vec::new();
+        // Named pools with nothing changed are counted, not listed: 500 of them made a 12 KB line.
+        let mut quiet = 0;
         for spec in config.every_pool() {
             let Some(pool) = table.pools().iter().find(|p| p.name == spec.name) else { continue };
             let summary =
                 self.apply(&pool.balancer, spec.backends, resolved, spec.algorithm, config.drain_timeout);
-            parts.push(if spec.name == DEFAULT_POOL {
-                summary
-            } else {
-                format!("pool {}: {summary}", spec.name)
-            });
+            match spec.name {
+                DEFAULT_POOL => parts.push(summary),
+                _ if summary.ends_with(" unchanged") && !summary.contains(';') => quiet += 1,
+                name => parts.push(format!("pool {name}: {summary}")),
+            }
+        }
+        if quiet > 0 {
+            parts.push(format!("{quiet} other pool{} unchanged", if quiet == 1 { "" } else { "s" }));
         }
         parts.join("; ")
     }

@@ -419,3 +419,30 @@ fn a_dns_backend_resolves_to_its_members() {
         stats["backends"].as_array().expect("list").iter().filter_map(|b| b["name"].as_str()).collect();
     assert!(names.iter().all(|n| n.starts_with("web@")) && !names.is_empty(), "{names:?}");
 }
+
+/// A reload's summary counts the pools it left alone rather than naming each (500 of them made
+/// a 12 KB line), and still names the one that changed.
+#[test]
+fn a_reload_counts_the_pools_it_left_alone() {
+    let (_d, b) = dummy("one");
+    let pools = |weight: u32| -> String {
+        let pool = |i: u32| {
+            format!(
+                "[pool.p{i}]\nm{i} = {b} weight={}\n[route.r{i}]\npath = /p{i}\npool = p{i}\n",
+                if i == 0 { weight } else { 1 }
+            )
+        };
+        (0..4).map(pool).collect()
+    };
+    let config = |w| {
+        format!(
+            "[proxy]\nmode = http\nworkers = 8\n[health]\nenabled = false\n[backends]\nweb = {b}\n{}",
+            pools(w)
+        )
+    };
+    let (p, _addr) = proxy_with(&config(1), &[]);
+    std::fs::write(p.dir().join("config.ini"), config(2)).expect("rewrite");
+    p.signal("HUP");
+    let line = p.wait_for("reload: 1 unchanged; pool p0: changed m0 weight 1->2");
+    assert!(line.contains("; 3 other pools unchanged") && !line.contains("pool p1"), "{line}");
+}
