@@ -236,6 +236,8 @@ fn choose_pool(
 ) -> Option<(Arc<Pool>, Vec<u8>, String)> {
     let mut table = router.table();
     let mut early = Vec::new();
+    // Why the default pool, if it comes to that: the terminal says why, as for a route.
+    let mut why = "no server name (SNI)";
     let name = match client {
         _ if !table.routes_sni() => None,
         crate::tls::stream::Stream::Tls(_, session) => match &*session.lock() {
@@ -251,7 +253,15 @@ fn choose_pool(
             table = router.table();
             match hello {
                 Ok(Hello::Name(name)) => Some(name),
-                Ok(_) => None,
+                Ok(hello) => {
+                    why = match hello {
+                        Hello::NotTls if early.is_empty() => "nothing sent within header_ms",
+                        Hello::NotTls if early.len() >= MAX_HELLO => "a ClientHello over 17 KiB",
+                        Hello::NotTls => "not TLS",
+                        _ => why,
+                    };
+                    None
+                }
                 Err(why) => {
                     log::warn!("{}: {why}; closing", Label(conn));
                     return None;
@@ -261,8 +271,11 @@ fn choose_pool(
     };
     match table.route_sni(name.as_deref()) {
         (Some(pool), route) => {
-            if let Some(r) = route {
-                log::info!("{}: {}", Label(conn), r.label);
+            match (route, &name) {
+                (Some(r), _) => log::info!("{}: {}", Label(conn), r.label),
+                (None, _) if !table.routes_sni() => {}
+                (None, Some(n)) => log::info!("{}: SNI {n} matches no route: default pool", Label(conn)),
+                (None, None) => log::info!("{}: {why}: default pool", Label(conn)),
             }
             Some((pool.clone(), early, route.map(|r| r.name.clone()).unwrap_or_default()))
         }

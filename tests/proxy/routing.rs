@@ -359,6 +359,8 @@ fn a_client_stalling_in_its_client_hello_is_closed_at_header_ms_and_others_are_r
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     assert!(out.contains("X-Served-By: plain1"), "{out}");
+    // The terminal says why the default pool, as it names a route that matched.
+    p.wait_for(": not TLS: default pool");
     let line = p.wait_for("no complete TLS ClientHello within header_ms");
     assert!(line.contains("closing"), "{line}");
     let mut rest = Vec::new();
@@ -366,7 +368,7 @@ fn a_client_stalling_in_its_client_hello_is_closed_at_header_ms_and_others_are_r
     // A client that waits for the server to speak first (SMTP, MySQL) is not TLS: after
     // header_ms it goes to the default pool, as HAProxy after inspect-delay.
     let mut quiet = connect(addr);
-    p.wait_for(" -> plain1 ");
+    p.wait_for(": nothing sent within header_ms: default pool");
     assert_eq!(exchange(&mut quiet, "hello"), "plain1");
 }
 
