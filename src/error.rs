@@ -162,10 +162,6 @@ pub enum Cause {
     Status(u16),
     /// The proxy cut the connection itself: the drain deadline passed, or a second Ctrl-C.
     Cut,
-    /// The backend closed the connection while the request body was still on its way: it
-    /// refused the rest without a word (its own body timeout, a client too slow for it), so
-    /// not counted against it, as an early answer is not.
-    Dropped,
 }
 
 impl fmt::Display for Cause {
@@ -180,7 +176,6 @@ impl fmt::Display for Cause {
             Cause::Unavailable(why) => write!(f, "{why}"),
             Cause::Status(status) => write!(f, "answered {status} (retry_on)"),
             Cause::Cut => f.write_str("cut by the proxy's stop"),
-            Cause::Dropped => f.write_str("the backend closed the connection before the whole body"),
         }
     }
 }
@@ -251,7 +246,7 @@ impl Failure {
         // A status retried is recorded as a status (`Balancer::record_status`), not again here.
         self.party == Party::Backend
             && self.backend.is_some()
-            && !matches!(self.cause, Cause::Unavailable(_) | Cause::Status(_) | Cause::Dropped)
+            && !matches!(self.cause, Cause::Unavailable(_) | Cause::Status(_))
     }
 }
 
@@ -302,7 +297,6 @@ mod tests {
             (Failure::head(Cause::Timeout), Answer::Status(408)),
             (Failure::head(Cause::Invalid("bad".into())), Answer::Status(400)),
             (Failure::head(Cause::Rejected(Rejection::HEAD_TOO_LARGE)), Answer::Status(431)),
-            (Failure::at("a", Party::Backend, Phase::Send, Cause::Dropped), Answer::Status(502)),
             (Failure::head(Cause::Rejected(Rejection::too_large(b"GET /aaaa"))), Answer::Status(414)),
             (Failure::head(Cause::Rejected(Rejection::too_large(b"\r\nGET /aaa"))), Answer::Status(414)),
             (
@@ -338,7 +332,6 @@ mod tests {
         );
         assert!(!Failure::at("a", Party::Local, Phase::Connect, io(libc::EMFILE)).counts_against_backend());
         assert!(!Failure::at("a", Party::Client, Phase::Send, io(libc::EPIPE)).counts_against_backend());
-        assert!(!Failure::at("a", Party::Backend, Phase::Send, Cause::Dropped).counts_against_backend());
         let none =
             Failure::new(Party::Backend, Phase::Pick, Cause::Unavailable(Unavailable::NoneUp { tried: 0 }));
         assert!(!none.counts_against_backend());

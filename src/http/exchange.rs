@@ -267,10 +267,7 @@ impl Exchange<'_> {
         // The backend refused the body or stopped taking it: it may have answered (a 413, a 401).
         let mut early = |e: io::Error, scratch: &mut Scratch, attempt: &mut Attempt| {
             let heard = interim::early_answer(self, bw, side, backend.name(), scratch, attempt)?;
-            let dropped = || Failure::at(backend.name(), Party::Backend, Phase::Send, Cause::Dropped);
-            heard
-                .map(Verdict::Final)
-                .ok_or_else(|| if watch::is_gone(&e) { dropped() } else { to_backend(e) })
+            heard.map(Verdict::Final).ok_or_else(|| to_backend(e))
         };
         let watched = match watched {
             Ok(watched) => watched,

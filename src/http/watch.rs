@@ -67,11 +67,6 @@ pub fn is_refusal(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<Refused>())
 }
 
-/// Whether it failed because the backend closed its connection (see [`Refused`]).
-pub fn is_gone(e: &io::Error) -> bool {
-    matches!(e.get_ref().and_then(|inner| inner.downcast_ref::<Refused>()), Some(Refused::Gone))
-}
-
 /// What a backend has said so far while the body goes to it.
 #[derive(Debug, PartialEq, Eq)]
 enum Said {
