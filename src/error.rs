@@ -2,7 +2,7 @@
 //! resources at start), and [`Failure`] for one proxied connection or request in either mode,
 //! from a request head refused before any backend is asked to a relay cut: who failed, in which
 //! phase, and why. From a `Failure` alone come the client's answer ([`Failure::answer`]: 400,
-//! 405, 408, 413, 414, 417, 431, 502, 503, 504, 505 or a close), whether it counts against the
+//! 405, 408, 413, 414, 417, 431, 501, 502, 503, 504, 505 or a close), whether it counts against the
 //! backend, and the log wording, each decided in one place.
 
 use std::fmt;

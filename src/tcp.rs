@@ -257,7 +257,7 @@ fn choose_pool(
                     why = match hello {
                         Hello::NotTls if early.is_empty() => "nothing sent within header_ms",
                         Hello::NotTls if early.len() >= MAX_HELLO => "a ClientHello over 17 KiB",
-                        Hello::NotTls => "not TLS",
+                        Hello::NotTls => "not TLS (or a malformed ClientHello)",
                         _ => why,
                     };
                     None

@@ -207,7 +207,7 @@ pub fn read_head(
             {
                 return Err(Cause::Closed(crate::net::describe(&e)))
             }
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            Err(e) if crate::h1::is_head_too_large(&e) => {
                 return Err(Cause::Invalid("invalid response: response head too large".into()))
             }
             Err(e) => return Err(Cause::Io(e)),

@@ -153,7 +153,7 @@ impl Discovery {
         // The new table keeps the pools that stay (balancers, members, counters); their members
         // are brought in line before it is installed, and removed pools are emptied after.
         let table = Table::build(&new, Some(&old_table));
-        let summary = self.apply_all(&table, &new, &running.resolved);
+        let summary = self.apply_all(&table, &new, &running.resolved, Some(&old_table));
         self.router.install(table);
         let kept = self.router.table();
         let stays =
@@ -201,7 +201,7 @@ impl Discovery {
             return;
         }
         running.resolved.extend(answers);
-        let summary = self.apply_all(&self.router.table(), &running.config, &running.resolved);
+        let summary = self.apply_all(&self.router.table(), &running.config, &running.resolved, None);
         log::info!("dns: {summary}");
     }
 
@@ -219,12 +219,13 @@ impl Discovery {
     }
 
     /// Brings every pool of `table` in line with `config`; returns a summary (pools other than
-    /// the default one named).
+    /// the default one named when new since `before` or changed, the rest counted).
     fn apply_all(
         &self,
         table: &Table,
         config: &Config,
         resolved: &HashMap<String, Vec<SocketAddr>>,
+        before: Option<&Table>,
     ) -> String {
         let mut parts = Vec::new();
         // Named pools with nothing changed are counted, not listed: 500 of them made a 12 KB line.
@@ -233,8 +234,10 @@ impl Discovery {
             let Some(pool) = table.pools().iter().find(|p| p.name == spec.name) else { continue };
             let summary =
                 self.apply(&pool.balancer, spec.backends, resolved, spec.algorithm, config.drain_timeout);
+            let new = before.is_some_and(|t| !t.pools().iter().any(|p| p.name == spec.name));
             match spec.name {
                 DEFAULT_POOL => parts.push(summary),
+                name if new => parts.push(format!("pool {name} added")),
                 _ if summary.ends_with(" unchanged") && !summary.contains(';') => quiet += 1,
                 name => parts.push(format!("pool {name}: {summary}")),
             }

@@ -212,9 +212,9 @@ where
 
 static SLOW_PICKUP: crate::logging::RateLimit = crate::logging::RateLimit::new();
 
-/// Says so when a connection waited long for a free worker: every worker was busy (in TCP mode
-/// each connection holds one; in HTTP mode each request in progress, or a client idle less than
-/// `PARK_AFTER`), so `workers` is too small for the load.
+/// Says so when a connection waited long for a free worker: every worker taking connections was
+/// busy (in TCP mode each connection holds one; in HTTP mode each request in progress, or a
+/// client idle less than `PARK_AFTER`), so `workers` or `active_workers` is too small.
 fn note_wait(conn: &Conn, workers: usize) {
     let waited = conn.accepted.elapsed();
     if waited >= Duration::from_secs(1) {

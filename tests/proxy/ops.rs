@@ -421,7 +421,7 @@ fn a_dns_backend_resolves_to_its_members() {
 }
 
 /// A reload's summary counts the pools it left alone rather than naming each (500 of them made
-/// a 12 KB line), and still names the one that changed.
+/// a 12 KB line), and still names the one that changed and the one added.
 #[test]
 fn a_reload_counts_the_pools_it_left_alone() {
     let (_d, b) = dummy("one");
@@ -432,7 +432,7 @@ fn a_reload_counts_the_pools_it_left_alone() {
                 if i == 0 { weight } else { 1 }
             )
         };
-        (0..4).map(pool).collect()
+        (0..weight + 2).map(pool).collect()
     };
     let config = |w| {
         format!(
@@ -444,5 +444,6 @@ fn a_reload_counts_the_pools_it_left_alone() {
     std::fs::write(p.dir().join("config.ini"), config(2)).expect("rewrite");
     p.signal("HUP");
     let line = p.wait_for("reload: 1 unchanged; pool p0: changed m0 weight 1->2");
-    assert!(line.contains("; 3 other pools unchanged") && !line.contains("pool p1"), "{line}");
+    assert!(line.contains("; 2 other pools unchanged") && !line.contains("pool p1"), "{line}");
+    assert!(line.contains("; pool p3 added"), "a new pool is named, not counted: {line}");
 }
