@@ -361,13 +361,24 @@ impl Reader<'_> {
 
     fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         let flags = self.flags() | rustix::net::RecvFlags::PEEK;
-        rustix::net::recv(self.sock, buf, flags).map(|(n, _)| n).map_err(io::Error::from)
+        let peek = || rustix::net::recv(self.sock, buf, flags).map(|(n, _)| n).map_err(io::Error::from);
+        // A blocking wait on the client: marked, so that a reserve worker takes this one's
+        // place if it lasts while connections queue (a silent client holds no taker).
+        if self.nowait {
+            peek()
+        } else {
+            crate::threads::gate::waiting(peek)
+        }
     }
 }
 
 impl Read for Reader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        crate::net::recv(self.sock, buf, !self.nowait)
+        if self.nowait {
+            crate::net::recv(self.sock, buf, false)
+        } else {
+            crate::threads::gate::waiting(|| crate::net::recv(self.sock, buf, true))
+        }
     }
 }
 
