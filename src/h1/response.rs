@@ -109,13 +109,13 @@ pub fn parse(
     }
     let te = headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
     let body = response_body(client.method, status, headers);
-    // Only a body is framed by them (a HEAD answer, a 204 or a 304 has none).
+    // Only a body is framed by them (a HEAD answer, a 204 or a 304 has none). Once they are
+    // valid, a `chunked` among them is the last: other codings alone delimit it by close.
     if te && body != BodyKind::Empty {
         codings_are_valid(headers)?;
     }
-    let chunked_final = body == BodyKind::Chunked && final_coding_is_chunked(headers);
-    let body = if te && body == BodyKind::Chunked && !chunked_final { BodyKind::UntilClose } else { body };
-    let body = if te && body != BodyKind::Empty && !chunked_final { BodyKind::UntilClose } else { body };
+    let body =
+        if te && body != BodyKind::Empty && body != BodyKind::Chunked { BodyKind::UntilClose } else { body };
     let backend_keep = super::keep_alive(version, headers);
     // A message with both framings is suspicious: use chunked (RFC 9112 6.3) but don't reuse.
     let backend_reusable = backend_keep && body != BodyKind::UntilClose && !(te && length.is_some());
@@ -203,32 +203,24 @@ fn switching(
     }
 }
 
-/// `Transfer-Encoding` for a body re-chunked towards the client: the backend's other codings
-/// (a `gzip` the client must undo) keep their place before `chunked`, as HAProxy passes them.
-/// Only a final `chunked` was undone by the proxy; one elsewhere is part of the body as it came.
-fn chunked_line(out: &mut Vec<u8>, headers: &[httparse::Header<'_>]) {
-    let mut codings: Vec<&[u8]> = headers
+/// The transfer codings a response names, in order, across its `Transfer-Encoding` fields
+/// (empty list elements ignored, RFC 9110 5.6.1).
+fn codings<'h>(headers: &'h [httparse::Header<'_>]) -> impl Iterator<Item = &'h [u8]> {
+    headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
         .flat_map(|h| h.value.split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|c| !c.is_empty())
-        .collect();
-    if codings.last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
-        codings.pop();
-    }
-    codings.push(b"chunked");
-    header_line(out, "Transfer-Encoding", &codings.join(&b", "[..]));
 }
 
-fn final_coding_is_chunked(headers: &[httparse::Header<'_>]) -> bool {
-    let last = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-        .flat_map(|h| h.value.split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .next_back();
-    last.is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+/// `Transfer-Encoding` for a body re-chunked towards the client: the backend's other codings
+/// (a `gzip` the client must undo) keep their place before `chunked`, as HAProxy passes them.
+/// Its own `chunked`, which [`codings_are_valid`] leaves only last, was undone by the proxy.
+fn chunked_line(out: &mut Vec<u8>, headers: &[httparse::Header<'_>]) {
+    let mut codings: Vec<&[u8]> = codings(headers).filter(|c| !c.eq_ignore_ascii_case(b"chunked")).collect();
+    codings.push(b"chunked");
+    header_line(out, "Transfer-Encoding", &codings.join(&b", "[..]));
 }
 
 /// Refuses a response's `Transfer-Encoding` that no one can frame alike, as HAProxy (2.6)
@@ -236,14 +228,8 @@ fn final_coding_is_chunked(headers: &[httparse::Header<'_>]) -> bool {
 /// on, which RFC 9112 6.1 forbids, and a client that decodes once sees chunk sizes), or
 /// `identity` (no coding since RFC 7230; HAProxy refuses it, nginx would use Content-Length).
 fn codings_are_valid(headers: &[httparse::Header<'_>]) -> Result<(), &'static str> {
-    let codings = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-        .flat_map(|h| h.value.split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty());
     let (mut chunked, mut last_chunked) = (0, false);
-    for c in codings {
+    for c in codings(headers) {
         if c.eq_ignore_ascii_case(b"identity") {
             return Err("Transfer-Encoding: identity");
         }

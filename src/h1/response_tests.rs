@@ -64,6 +64,8 @@ fn other_transfer_codings_stay_named_before_chunked() {
         ("gzip, chunked", BodyKind::Chunked),
         ("gzip", BodyKind::UntilClose),
         ("gzip\r\nTransfer-Encoding: chunked", BodyKind::Chunked),
+        // An empty list element is no coding (RFC 9110 5.6.1): `chunked` is still the last.
+        ("gzip, chunked, ", BodyKind::Chunked),
     ] {
         let raw = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
         let (h, out) = run(&raw, &client(1, true)).expect("ok").expect("c");
