@@ -232,14 +232,14 @@ impl Discovery {
         let mut quiet = 0;
         for spec in config.every_pool() {
             let Some(pool) = table.pools().iter().find(|p| p.name == spec.name) else { continue };
-            let summary =
+            let (summary, touched) =
                 self.apply(&pool.balancer, spec.backends, resolved, spec.algorithm, config.drain_timeout);
             let new = before.is_some_and(|t| !t.pools().iter().any(|p| p.name == spec.name));
             match spec.name {
                 DEFAULT_POOL => parts.push(summary),
                 name if new => parts.push(format!("pool {name} added")),
-                _ if summary.ends_with(" unchanged") && !summary.contains(';') => quiet += 1,
-                name => parts.push(format!("pool {name}: {summary}")),
+                name if touched => parts.push(format!("pool {name}: {summary}")),
+                _ => quiet += 1,
             }
         }
         if quiet > 0 {
@@ -248,7 +248,8 @@ impl Discovery {
         parts.join("; ")
     }
 
-    /// Makes `balancer`'s members match `specs` (DNS names at `resolved`). Returns a summary.
+    /// Makes `balancer`'s members match `specs` (DNS names at `resolved`). Returns a summary,
+    /// and whether any member was added, removed or changed.
     fn apply(
         &self,
         balancer: &Balancer,
@@ -256,7 +257,7 @@ impl Discovery {
         resolved: &HashMap<String, Vec<SocketAddr>>,
         algorithm: Algorithm,
         drain: Duration,
-    ) -> String {
+    ) -> (String, bool) {
         let current = balancer.members();
         let mut next: Vec<Arc<Backend>> = Vec::new();
         let (mut added, mut changed, mut kept) = (Vec::new(), Vec::new(), 0);
@@ -311,8 +312,9 @@ impl Discovery {
         if !changed.is_empty() {
             parts.push(format!("changed {}", changed.join(", ")));
         }
+        let touched = !parts.is_empty();
         parts.push(format!("{kept} unchanged"));
-        parts.join("; ")
+        (parts.join("; "), touched)
     }
 
     /// Says which backends were removed and how many connections they drain, and closes what
@@ -378,14 +380,15 @@ mod tests {
         let b: SocketAddr = "10.9.0.2:9".parse().expect("addr");
         let mut answers = HashMap::new();
         answers.insert("web".to_string(), vec![a, b]);
-        let summary =
+        let (summary, touched) =
             d.apply(&balancer, &config.backends, &answers, config.algorithm, Duration::from_secs(1));
-        assert!(summary.contains("added web@10.9.0.1:9, web@10.9.0.2:9"), "{summary}");
+        assert!(touched && summary.contains("added web@10.9.0.1:9, web@10.9.0.2:9"), "{summary}");
         let first = balancer.members().iter().find(|m| m.addr() == a).cloned().expect("member a");
         answers.insert("web".to_string(), vec![a]);
-        let summary =
+        let (summary, touched) =
             d.apply(&balancer, &config.backends, &answers, config.algorithm, Duration::from_secs(1));
-        assert!(summary.contains("removed web@10.9.0.2:9") && summary.contains("2 unchanged"), "{summary}");
+        assert!(touched && summary.contains("removed web@10.9.0.2:9"), "{summary}");
+        assert!(summary.contains("2 unchanged"), "{summary}");
         let members = balancer.members();
         assert_eq!(members.len(), 2);
         assert!(members.iter().any(|m| Arc::ptr_eq(m, &first)), "an unchanged member keeps its state");
