@@ -359,26 +359,27 @@ impl Reader<'_> {
         }
     }
 
+    /// Runs `recv`; a blocking one is a wait on the client, marked, so that a reserve worker
+    /// takes this one's place if it lasts while connections queue (a silent client holds no
+    /// taker).
+    fn recv<T>(&self, recv: impl FnOnce() -> T) -> T {
+        if self.nowait {
+            recv()
+        } else {
+            crate::threads::gate::waiting(recv)
+        }
+    }
+
     fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         let flags = self.flags() | rustix::net::RecvFlags::PEEK;
-        let peek = || rustix::net::recv(self.sock, buf, flags).map(|(n, _)| n).map_err(io::Error::from);
-        // A blocking wait on the client: marked, so that a reserve worker takes this one's
-        // place if it lasts while connections queue (a silent client holds no taker).
-        if self.nowait {
-            peek()
-        } else {
-            crate::threads::gate::waiting(peek)
-        }
+        self.recv(|| rustix::net::recv(self.sock, buf, flags).map(|(n, _)| n).map_err(io::Error::from))
     }
 }
 
 impl Read for Reader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.nowait {
-            crate::net::recv(self.sock, buf, false)
-        } else {
-            crate::threads::gate::waiting(|| crate::net::recv(self.sock, buf, true))
-        }
+        let (sock, wait) = (self.sock, !self.nowait);
+        self.recv(|| crate::net::recv(sock, buf, wait))
     }
 }
 
