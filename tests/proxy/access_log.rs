@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 
+use crate::fidelity::round_trip;
 use crate::tls::{client_config, tls_connect, Ca};
 use crate::util::*;
 
@@ -212,11 +213,7 @@ fn tcp_mode_writes_one_json_line_per_connection() {
 fn a_408_from_the_parker_and_a_head_its_client_abandoned_have_their_access_lines() {
     let (_b, backend) = dummy("app");
     let (p, addr, path) = logging_proxy("json", &[backend], "[timeouts]\nheader_ms = 1000");
-    let mut s = connect(addr);
-    s.write_all(b"GET / HTTP/1.1\r\nHost:").expect("half a head");
-    s.set_read_timeout(Some(WAIT)).expect("timeout");
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
+    let answer = round_trip(addr, b"GET / HTTP/1.1\r\nHost:");
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
     wait_written(&p, 1);
     let logged = lines(&path);

@@ -190,34 +190,17 @@ fn simulate_client_tls_loads_https_wss_and_tls_lines_through_the_proxy() {
             format!("[proxy]\nmode = {mode}\n[health]\nenabled = false\n{}", backends_section(&addrs));
         let (_p, addr) = proxy_with(&config, &["--tls-cert", &cert, "--tls-key", &key]);
         for trust in [vec!["--cacert", ca.as_str()], vec!["--insecure"]] {
-            let out = Command::new(CLIENT)
-                .args(["--target", &addr.to_string(), "--mode", client_mode, "--tls"])
-                .args(&trust)
-                .args(["--clients", "2", "--requests", "5"])
-                .output()
-                .expect("simulate_client");
-            let text = String::from_utf8_lossy(&out.stdout);
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(0), "{client_mode} {trust:?}: {text}{err}");
+            let args =
+                [&["--mode", client_mode, "--tls"], &trust[..], &["--clients", "2", "--requests", "5"]];
+            let (code, text, err) = simulate(addr, &args.concat());
+            assert_eq!(code, Some(0), "{client_mode} {trust:?}: {text}{err}");
             assert!(text.contains("app1") && text.contains("app2"), "{client_mode}: {text}");
         }
         // Without the CA (Mozilla's roots only) the certificate is refused, and said so.
-        let out = Command::new(CLIENT)
-            .args([
-                "--target",
-                &addr.to_string(),
-                "--mode",
-                client_mode,
-                "--tls",
-                "--clients",
-                "1",
-                "--requests",
-                "1",
-            ])
-            .output()
-            .expect("simulate_client");
-        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert_ne!(out.status.code(), Some(0), "{all}");
+        let args = ["--mode", client_mode, "--tls", "--clients", "1", "--requests", "1"];
+        let (code, text, err) = simulate(addr, &args);
+        let all = format!("{text}{err}");
+        assert_ne!(code, Some(0), "{all}");
         assert!(all.contains("TLS handshake") || all.contains("certificate"), "{all}");
     }
 }
@@ -368,12 +351,8 @@ fn simulate_client_http_mode_reports_backends_and_statuses() {
     let ds = dummies(3);
     let addrs: Vec<SocketAddr> = ds.iter().map(|d| d.1).collect();
     let (_p, addr) = http_proxy(&addrs, "round-robin", "", "");
-    let out = std::process::Command::new(CLIENT)
-        .args(["--target", &addr.to_string(), "--mode", "http", "--clients", "3", "--requests", "20"])
-        .output()
-        .expect("run");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text, _) = simulate(addr, &["--mode", "http", "--clients", "3", "--requests", "20"]);
+    assert_eq!(code, Some(0), "{text}");
     for needle in ["app1", "app2", "app3", "status 200", "p50", "p99"] {
         assert!(text.contains(needle), "{needle} in:\n{text}");
     }

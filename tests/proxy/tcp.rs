@@ -377,12 +377,8 @@ fn simulate_client_reports_the_distribution_and_exit_status() {
     let ds = dummies(3);
     let addrs: Vec<_> = ds.iter().map(|d| d.1).collect();
     let (_p, addr) = proxy(&addrs, "round-robin");
-    let out = Command::new(CLIENT)
-        .args(["--target", &addr.to_string(), "--clients", "3", "--requests", "10"])
-        .output()
-        .expect("run");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    let (code, text, _) = simulate(addr, &["--clients", "3", "--requests", "10"]);
+    assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("  mode tcp  "), "the mode as written on the command line: {text}");
     for needle in ["app1", "app2", "app3", "p50", "p99", "failures"] {
         assert!(text.contains(needle), "{needle} in:\n{text}");
@@ -391,14 +387,9 @@ fn simulate_client_reports_the_distribution_and_exit_status() {
         assert!(line.split_whitespace().nth(1) == Some("10"), "round-robin gives 10 each: {line}");
     }
     let (_dead_socket, dead) = dead_addr();
-    let out = Command::new(CLIENT)
-        .args(["--target", &dead.to_string(), "--clients", "2", "--requests", "2"])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (code, text, err) = simulate(dead, &["--clients", "2", "--requests", "2"]);
+    assert_eq!(code, Some(2));
     assert!(text.is_empty(), "no empty table when nothing listens: {text}");
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("connection refused; is proxy_server running on {dead}?")), "{err}");
 }
 

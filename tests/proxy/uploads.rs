@@ -229,11 +229,7 @@ fn a_backend_closing_mid_upload_gets_the_client_a_502_at_once_as_haproxy() {
         let _ = read_head(&mut s);
     });
     let (p, proxy) = http_proxy(&[app], "round-robin", "idle_ms = 600000", "");
-    let mut s = connect(proxy);
-    s.write_all(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789").expect("send");
-    s.set_read_timeout(Some(WAIT)).expect("timeout");
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
+    let answer = round_trip(proxy, b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n0123456789");
     assert!(answer.starts_with("HTTP/1.1 502 "), "{answer:?}");
     assert!(answer.contains("the backend closed the connection before the whole body"), "{answer}");
     let line = p.wait_for("\"POST /up\"");

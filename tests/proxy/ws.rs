@@ -162,12 +162,8 @@ fn simulate_client_mode_ws_spreads_websockets_and_prints_the_table() {
     let ds = dummies(2);
     let addrs: Vec<SocketAddr> = ds.iter().map(|d| d.1).collect();
     let (_p, addr) = http_proxy(&addrs, "round-robin", "", "");
-    let out = std::process::Command::new(CLIENT)
-        .args(["--target", &addr.to_string(), "--mode", "ws", "--clients", "4", "--requests", "25"])
-        .output()
-        .expect("run");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let (code, text, err) = simulate(addr, &["--mode", "ws", "--clients", "4", "--requests", "25"]);
+    assert_eq!(code, Some(0), "{text}{err}");
     // Four WebSockets over two backends, round-robin: 50 messages each.
     for name in ["app1", "app2"] {
         let row = text.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in:\n{text}"));

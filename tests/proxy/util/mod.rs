@@ -235,6 +235,19 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// Runs simulate_client against `target` with `args` to its end: its exit code, stdout and
+/// stderr.
+pub fn simulate(target: SocketAddr, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(CLIENT)
+        .arg("--target")
+        .arg(target.to_string())
+        .args(args)
+        .output()
+        .expect("simulate_client");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
 /// Reads one line (without the newline), byte by byte so nothing past it is consumed.
 pub fn read_line(s: &mut TcpStream) -> String {
     let mut line = Vec::new();
