@@ -291,6 +291,11 @@ impl RawConfig {
         }
     }
 
+    /// The setting of `key`, as written, if the file or a flag gave one.
+    pub(super) fn setting(&self, key: &keys::Key) -> Option<&Setting> {
+        self.settings.iter().find(|s| s.section == key.section && s.key == key.name)
+    }
+
     /// Where `[section] key` was set: its line, its flag, or [`Origin::File`] when it was not set
     /// (the built-in default applies).
     pub fn origin(&self, section: &str, key: &str) -> Origin {

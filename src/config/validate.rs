@@ -237,8 +237,7 @@ impl RawConfig {
             // Named as written: an IPv4-mapped block is compared in its IPv4 form, which the
             // operator never wrote.
             for key in [&keys::ALLOW, &keys::DENY, &keys::TRUSTED_PROXIES] {
-                let written = self.settings.iter().find(|s| s.section == key.section && s.key == key.name);
-                let blocks = written.map_or("", |s| s.value.as_str()).split(',');
+                let blocks = self.setting(key).map_or("", |s| s.value.as_str()).split(',');
                 let nets = blocks.filter_map(|w| w.trim().parse::<ipnet::IpNet>().ok());
                 for n in nets.filter(|n| n.addr() != n.network()) {
                     let message =
@@ -282,8 +281,7 @@ impl Validator<'_> {
     /// The value of `key` parsed by `parse`, or its default (from the table) when absent. A bad
     /// value is recorded as an error and gives `None`.
     fn get<T>(&mut self, key: &Key, parse: impl Fn(&str) -> Result<T, String>) -> Option<T> {
-        let setting = self.raw.settings.iter().find(|s| s.section == key.section && s.key == key.name);
-        match setting {
+        match self.raw.setting(key) {
             Some(s) => match parse(&s.value) {
                 Ok(v) => Some(v),
                 Err(message) => {
