@@ -169,6 +169,10 @@ impl Registry {
 pub struct PartialHead {
     pub started: Instant,
     pub bytes: Vec<u8>,
+    /// Not a request head but a TLS ClientHello, read in tcp mode to route by SNI: at
+    /// `header_ms` it goes back to a worker, which decides (the default pool for a client that
+    /// sent nothing, a close for half a ClientHello); it is never answered 408.
+    pub hello: bool,
 }
 
 /// A relay or tunnel gone quiet, waiting in the parker with its connection: the backend socket

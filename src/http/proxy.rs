@@ -92,7 +92,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         match accept::resume(&conn, listener, state, deadline, first, &ctx.counters) {
             Opened::Ready(stream) => Some(stream),
             Opened::Waiting(state) => {
-                conn.head = Some(PartialHead { started: head_started, bytes: Vec::new() });
+                conn.head = Some(PartialHead { started: head_started, bytes: Vec::new(), hello: false });
                 conn.handshake = Some(state);
                 // Refused at a stop (the client silent SHUTDOWN_GRACE mid-handshake): closed.
                 drop(parker.park_head(conn, deadline));
@@ -372,8 +372,11 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     }
     scratch.routes = Some(loaded);
     let timeouts = (timeout.current, write);
-    let pending = (parks == Some(Wait::Head))
-        .then(|| PartialHead { started: timers.since, bytes: cw.buffered().to_vec() });
+    let pending = (parks == Some(Wait::Head)).then(|| PartialHead {
+        started: timers.since,
+        bytes: cw.buffered().to_vec(),
+        hello: false,
+    });
     let park = parks == Some(Wait::Idle);
     scratch.client_in = cw.into_buffer();
     if linger || (pending.is_none() && !park && tunnel.is_none()) {

@@ -22,30 +22,11 @@ use std::time::{Duration, Instant};
 use crate::conn::SHUTDOWN_GRACE;
 use crate::threads::stack::TRIM_AFTER;
 
+pub use crate::conn::accept::first_byte;
 pub use crate::park::PARK_AFTER;
 
 /// "Forever", for a limit that is off.
 pub const NO_LIMIT: Duration = Duration::from_secs(365 * 86_400);
-
-/// How long a new connection's worker waits for its first byte before parking it: it is
-/// normally on its way with the handshake's last packet, and parking it would cost a
-/// `Connection: close` request two thread hops.
-pub const FIRST_BYTE: Duration = Duration::from_millis(10);
-
-/// [`FIRST_BYTE`] while connections wait for a worker: a crowd of silent connections would
-/// otherwise hold every taker for 10 ms each, and the clients behind them wait (1,100 silent
-/// connections and 32 takers: 340 ms). A real client's first bytes follow its connect at once.
-pub const FIRST_BYTE_PRESSED: Duration = Duration::from_millis(1);
-
-/// How long a new connection's first read may wait: [`FIRST_BYTE`], or [`FIRST_BYTE_PRESSED`]
-/// while connections wait for a worker (`pressed`). For a plain head and a TLS handshake alike.
-pub fn first_byte(pressed: bool) -> Duration {
-    if pressed {
-        FIRST_BYTE_PRESSED
-    } else {
-        FIRST_BYTE
-    }
-}
 
 /// The limits, from `[timeouts]` (`None`: no limit).
 #[derive(Debug, Clone, Copy)]
@@ -173,7 +154,8 @@ impl IdleTimers {
         now.between_requests && self.served > 0
     }
 
-    /// Waiting for a new connection's first byte, which gets [`FIRST_BYTE`] here.
+    /// Waiting for a new connection's first byte, which gets
+    /// [`FIRST_BYTE`](crate::conn::accept::FIRST_BYTE) here.
     fn first_byte(&self, now: &Now) -> bool {
         now.parker && !now.stopping && self.served == 0 && !self.greeted && now.between_requests
     }

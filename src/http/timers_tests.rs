@@ -1,5 +1,6 @@
 //! Unit tests of the connection's waits on a fake clock: every branch of `before` and `after`.
 use super::*;
+use crate::conn::accept::{FIRST_BYTE, FIRST_BYTE_PRESSED};
 
 const IDLE: Duration = Duration::from_secs(60);
 const HEADER: Duration = Duration::from_secs(10);

@@ -1,6 +1,6 @@
 //! How parked connections end: idle ones at `idle_ms`, unfinished heads at `header_ms` (408),
-//! quiet relays handed back at their idle deadline, lingering closes drained to their end, and
-//! everything at a stop.
+//! quiet relays and unfinished ClientHellos handed back at their deadline, lingering closes
+//! drained to their end, and everything at a stop.
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -145,7 +145,8 @@ impl Parker {
 
     /// Answers 408 to, and closes, every connection whose head is still unfinished at its
     /// `header_ms` deadline, as a worker waiting for it would have; hands a quiet relay whose
-    /// idle limit passed to a worker, which ends and logs it.
+    /// idle limit passed to a worker, which ends and logs it, and so a ClientHello still
+    /// unfinished (tcp mode's SNI routing), which the worker routes or closes.
     pub(super) fn expire(&self, jobs: &Sender<Conn>, now: Instant) {
         let mut late = Vec::new();
         {
@@ -165,7 +166,8 @@ impl Parker {
         }
         for conn in late {
             self.unwatch(&conn);
-            if conn.quiet().is_some() {
+            // A quiet relay, or a ClientHello that tcp mode routes by: the worker decides.
+            if conn.quiet().is_some() || conn.head.as_ref().is_some_and(|h| h.hello) {
                 if !self.hand_over(jobs, conn) {
                     break;
                 }

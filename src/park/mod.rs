@@ -1,8 +1,8 @@
 //! The parker: keep-alive connections idle between requests wait here, in one `epoll` thread,
 //! instead of each holding a worker, and go back on the workers' channel when their next
 //! request arrives (Apache httpd's event MPM does the same for its worker threads). So do
-//! plain connections in the middle of a request head, or new and silent, until more of it
-//! arrives or `header_ms` runs out (408, then closed here).
+//! connections in the middle of a request head, a TLS handshake or a ClientHello (tcp mode's SNI
+//! routing), or new and silent, until more arrives or `header_ms` runs out (a head gets 408).
 //!
 //! ```text
 //! acceptor --\                                   /--> worker: serves requests ... idle --\
@@ -227,8 +227,8 @@ impl Parker {
     }
 
     /// Parks `conn` in the middle of a request head (its bytes so far in [`Conn::head`]), or
-    /// new and silent, until more arrives; at `deadline` (`header_ms`) it gets 408 and is
-    /// closed. Refused (stopping, or the socket cannot be watched), it comes back.
+    /// new and silent, until more arrives; at `deadline` (`header_ms`) it gets 408 and is closed
+    /// (a ClientHello goes back to a worker). Refused (stopping, or unwatchable), it comes back.
     #[must_use = "a refused connection comes back, to be served or closed"]
     pub fn park_head(&self, conn: Conn, deadline: Option<Instant>) -> Option<Conn> {
         self.enter(conn, Wait::Head(deadline))

@@ -29,6 +29,7 @@ mod sizing;
 mod stdout;
 mod streaming;
 mod tcp;
+mod tcp_waits;
 mod terminal;
 mod tls;
 mod uploads;

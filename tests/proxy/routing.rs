@@ -409,33 +409,3 @@ fn a_request_routed_before_a_reload_removes_its_pool_is_served_not_refused() {
     // New requests take the new table's pool.
     assert_eq!(request(addr, "t", "/api/new", "").status, 200);
 }
-
-/// More silent connections than take connections at once cost an SNI client nothing: each one's
-/// wait for its ClientHello hands its place to a reserve worker, and the client's ClientHello,
-/// there when a worker takes it, is routed by its name. Before, the client waited `header_ms`
-/// behind them, and was then sent to the default pool unread (its clock had run from accept).
-#[test]
-fn silent_connections_beyond_the_takers_neither_hold_up_nor_misroute_an_sni_client() {
-    let (_plain, plain) = dummy("plain1");
-    let (_api, api) = dummy("api1");
-    let config = format!(
-        "[proxy]\nmode = tcp\nworkers = 32\nactive_workers = 2\n[timeouts]\nheader_ms = 600000\n\
-         [health]\nenabled = false\n[backends]\nplain1 = {plain}\n[pool.api]\napi1 = {api}\n\
-         [route.api]\nsni = api.example.com\npool = api\n"
-    );
-    let (p, addr) = proxy_with(&config, &[]);
-    let silent: Vec<_> = (0..8).map(|_| connect(addr)).collect();
-    let mut tls = rustls::ClientConnection::new(
-        client_config(&Ca::new("crowd"), None),
-        "api.example.com".try_into().expect("name"),
-    )
-    .expect("client");
-    let mut hello = Vec::new();
-    tls.write_tls(&mut hello).expect("ClientHello");
-    let mut s = connect(addr);
-    s.write_all(&hello).expect("send");
-    // Within the test's wait, far inside header_ms: no waiting behind the silent ones.
-    let line = p.wait_for(" -> api1 ");
-    assert!(!line.contains("plain1"), "{line}");
-    drop(silent);
-}

@@ -338,25 +338,3 @@ fn a_tls_client_gets_close_notify_before_the_close_as_nginx_sends_it() {
         assert!(end.is_ok(), "closed without close_notify ({end:?}) after {text}");
     }
 }
-
-/// In tcp mode a TLS listener's handshake waits in its worker. More silent clients than take
-/// connections at once cost a handshaking client nothing: each silent one's wait hands its
-/// place to a reserve worker (before, it held a taker for `header_ms`, and the client behind
-/// them waited as long).
-#[test]
-fn silent_clients_beyond_the_takers_do_not_hold_up_a_tcp_mode_tls_handshake() {
-    let ca = Ca::new("crowd");
-    let (_d, backend) = dummy("app");
-    let (_certs, tls) = ca.proxy_tls();
-    let config = format!(
-        "[proxy]\nmode = tcp\nworkers = 32\nactive_workers = 2\n[timeouts]\nheader_ms = 600000\n\
-         [health]\nenabled = false\n{tls}\n{}",
-        backends_section(&[backend])
-    );
-    let (_p, addr) = proxy_with(&config, &[]);
-    let silent: Vec<_> = (0..8).map(|_| connect(addr)).collect();
-    // Within the test's wait (the socket's timeout), far inside header_ms.
-    let handshake = tls_connect(addr, client_config(&ca, None), "localhost");
-    assert!(handshake.is_ok(), "{:?}", handshake.err());
-    drop(silent);
-}
