@@ -62,7 +62,7 @@ impl Parker {
     /// A new connection that has sent nothing of a request yet gets [`GRACE`] from the stop (a
     /// TLS client sends its request right after the handshake, a browser's preconnected socket
     /// whenever it needs one), as nginx and HAProxy answer it; one in the middle of a head gets
-    /// nothing more.
+    /// nothing more. A ClientHello under way goes back to a worker to be finished.
     /// Quiet relays and tunnels drain as the rest: they stay watched, going to a worker when
     /// either side speaks or the drain deadline shuts them, until [`Running`] is dropped.
     pub(super) fn linger(&self, jobs: &Sender<Conn>, events: &mut Vec<epoll::Event>, ready: &mut Vec<Conn>) {
@@ -70,6 +70,29 @@ impl Parker {
         let _ = epoll::delete(&self.epoll, &self._wake_rx);
         let fresh_until = Instant::now() + GRACE;
         let mut closed = 0usize;
+        // A ClientHello under way (tcp mode) goes back to a worker, which waits for the rest
+        // there (nothing parks now) and relays it with the drain, as HAProxy and nginx finish a
+        // connection's inspection at a graceful stop.
+        {
+            let mut parked = self.parked.lock();
+            let hellos: Vec<u64> = parked
+                .conns
+                .iter()
+                .filter(|(_, (conn, _))| conn.head.as_ref().is_some_and(|h| h.hello))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in hellos {
+                if let Some((conn, _)) = parked.take(id) {
+                    self.unwatch(&conn);
+                    ready.push(conn);
+                }
+            }
+        }
+        for conn in ready.drain(..) {
+            if !self.hand_over(jobs, conn) {
+                break;
+            }
+        }
         loop {
             let now = Instant::now();
             let (last, relays) = {

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 
 use crate::balancer::{source_key, Pick};
 use crate::conn::accept::{self, first_byte, Opened};
-use crate::conn::{Conn, PartialHead};
+use crate::conn::{Conn, PartialHead, SHUTDOWN_GRACE};
 use crate::context::Context;
 use crate::error::{Cause, Party, Phase, Unavailable};
 use crate::logging::access;
@@ -78,25 +78,30 @@ pub(super) fn open(mut conn: Conn, ctx: &Context) -> Option<(Conn, Relaying)> {
     let started = partial.as_ref().map_or_else(Instant::now, |h| h.started);
     let header = ctx.config.timeouts.header;
     let deadline = (!header.is_zero()).then(|| started + header);
-    // Once the proxy stops nothing parks: the client is waited for here, as before a parker.
-    let parker = ctx.parker.as_deref().filter(|_| !ctx.stopping.load(Ordering::SeqCst));
+    let stopping = ctx.stopping.load(Ordering::SeqCst);
     if ctx.tls.is_some() && conn.tls_session.is_none() {
-        conn = handshake(conn, ctx, parker, started, deadline)?;
+        conn = handshake(conn, ctx, stopping, started, deadline)?;
     }
     let mut table = ctx.router.table();
     let mut early = Vec::new();
     // Why the default pool, if it comes to that: the terminal says why, as for a route.
     let mut why = "no server name (SNI)";
+    // A ClientHello begun before a park is read to its end even if a reload has since removed
+    // every SNI route: its first bytes are read already, and go to the backend first.
+    let begun = partial.filter(|p| p.hello).map(|p| p.bytes);
     let name = match &conn.tls_session {
-        _ if !table.routes_sni() => None,
+        _ if !table.routes_sni() && begun.is_none() => None,
         Some(session) => match &*session.lock() {
             rustls::Connection::Server(s) => s.server_name().map(str::to_string),
             rustls::Connection::Client(_) => None,
         },
         None => {
-            early = partial.filter(|p| p.hello).map(|p| p.bytes).unwrap_or_default();
+            // Once the proxy stops nothing parks: the rest is waited for here, as before a
+            // parker, and relayed with the drain.
+            let parker = ctx.parker.as_deref().filter(|_| !stopping);
             let hello;
-            (conn, hello, early) = client_hello(conn, parker, fresh, (started, deadline), early)?;
+            let begun = begun.unwrap_or_default();
+            (conn, hello, early) = client_hello(conn, parker, fresh, (started, deadline), begun)?;
             // The table in force once the ClientHello is in (a reload may have come meanwhile).
             table = ctx.router.table();
             match hello {
@@ -123,24 +128,25 @@ pub(super) fn open(mut conn: Conn, ctx: &Context) -> Option<(Conn, Relaying)> {
 }
 
 /// The TLS handshake, its state waiting in the parker with the connection whenever the client
-/// owes its next flight; without a parker (or at a stop) it runs here, within `header_ms`.
-/// `None`: failed, refused or answered (logged and counted), or parked.
+/// owes its next flight (at a stop, when nothing parks, each flight gets `SHUTDOWN_GRACE`, as
+/// in http mode); without a parker it runs here, within `header_ms`. `None`: failed, refused
+/// or answered (logged and counted), or parked.
 fn handshake(
     mut conn: Conn,
     ctx: &Context,
-    parker: Option<&Parker>,
+    stopping: bool,
     started: Instant,
     deadline: Option<Instant>,
 ) -> Option<Conn> {
     let listener = ctx.tls.as_deref()?;
-    let Some(parker) = parker else {
+    let Some(parker) = ctx.parker.as_deref() else {
         let header = ctx.config.timeouts.header;
         let (_, session) = accept::open(&conn, Some(listener), header, &ctx.counters)?.into_parts();
         conn.tls_session = session.map(|c| Box::new(Mutex::new(c)));
         return Some(conn);
     };
     let state = conn.handshake.take().unwrap_or(Pending::Fresh);
-    let first = first_byte(parker.pressed());
+    let first = if stopping { SHUTDOWN_GRACE } else { first_byte(parker.pressed()) };
     match accept::resume(&conn, listener, state, deadline, first, &ctx.counters) {
         Opened::Ready(stream) => {
             let (_, session) = stream.into_parts();
@@ -150,7 +156,8 @@ fn handshake(
         Opened::Waiting(state) => {
             conn.head = Some(PartialHead { started, bytes: Vec::new(), hello: false });
             conn.handshake = Some(state);
-            // Refused (the proxy began to stop meanwhile): closed, as in http mode.
+            // Refused (the proxy stops: the client silent SHUTDOWN_GRACE mid-handshake): closed,
+            // as in http mode.
             drop(parker.park_head(conn, deadline));
             None
         }
@@ -170,8 +177,8 @@ const MAX_HELLO: usize = 17 * 1024;
 
 /// Reads the ClientHello that SNI routes need, after `early` (what came before a park); the
 /// bytes are relayed to the backend untouched. With a parker, reads take what has arrived (a
-/// new connection's first read waits [`first_byte`]) and the connection waits in the parker
-/// for the rest (`None`); without one (or at a stop), they wait here, within the deadline.
+/// new connection's reads may wait [`first_byte`] in all) and the connection waits in the
+/// parker for the rest (`None`); without one (or at a stop), they wait here, within the deadline.
 /// `None` too when it is closed (logged).
 fn client_hello(
     mut conn: Conn,
@@ -181,7 +188,7 @@ fn client_hello(
     mut early: Vec<u8>,
 ) -> Option<(Conn, Hello, Vec<u8>)> {
     let mut reading = match parker {
-        Some(p) => Reading::Brief(fresh.then(|| first_byte(p.pressed()))),
+        Some(p) => Reading::Brief(fresh.then(|| Instant::now() + first_byte(p.pressed()))),
         None => Reading::Blocking,
     };
     loop {
@@ -211,8 +218,9 @@ fn client_hello(
 enum Reading {
     /// Each read waits, until the deadline.
     Blocking,
-    /// The first read waits this long (`None`: it does not), later ones do not wait.
-    Brief(Option<Duration>),
+    /// Reads may wait until then (`None`: not at all): a new connection's first flight, its
+    /// ClientHello, is on its way, maybe in more than one segment. After it none waits.
+    Brief(Option<Instant>),
 }
 
 /// Reads the start of the connection into `early` until it is a whole ClientHello (or clearly
@@ -220,7 +228,7 @@ enum Reading {
 fn read_hello(
     sock: &TcpStream,
     deadline: Option<Instant>,
-    mut reading: Reading,
+    reading: Reading,
     early: &mut Vec<u8>,
 ) -> Result<Option<Hello>, String> {
     let mut buf = [0u8; 4096];
@@ -241,12 +249,12 @@ fn read_hello(
                 let _ = sock.set_read_timeout(left);
                 crate::threads::gate::waiting(|| (&*sock).read(&mut buf))
             }
-            Reading::Brief(Some(first)) => {
-                let _ = sock.set_read_timeout(Some(left.map_or(first, |l| l.min(first))));
-                reading = Reading::Brief(None);
+            Reading::Brief(Some(until)) if Instant::now() < until => {
+                let brief = until.saturating_duration_since(Instant::now()).max(Duration::from_micros(1));
+                let _ = sock.set_read_timeout(Some(left.map_or(brief, |l| l.min(brief))));
                 (&*sock).read(&mut buf)
             }
-            Reading::Brief(None) => crate::net::recv(sock, &mut buf, false),
+            Reading::Brief(_) => crate::net::recv(sock, &mut buf, false),
         };
         match read {
             Ok(0) => return Err("closed by the client before its ClientHello was complete".to_string()),

@@ -4,9 +4,12 @@
 //! each from its start, however many times it parked.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
 
 use crate::tls::{client_config, tls_connect, Ca};
 use crate::util::*;
@@ -51,6 +54,44 @@ fn crowd(addr: SocketAddr, admin: SocketAddr, start: &[u8]) -> Vec<TcpStream> {
     held
 }
 
+/// A backend that takes one connection (within the tests' wait), reads `n` bytes from it,
+/// answers `ok` and closes: what it read comes back from the handle.
+fn capture(n: usize) -> (SocketAddr, thread::JoinHandle<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let handle = thread::spawn(move || {
+        let deadline = Instant::now() + WAIT;
+        let mut s = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => panic!("no connection reached the backend: {e}"),
+            }
+        };
+        s.set_nonblocking(false).expect("blocking");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        let mut got = vec![0u8; n];
+        s.read_exact(&mut got).expect("the whole ClientHello");
+        s.write_all(b"ok\n").expect("answer");
+        got
+    });
+    (addr, handle)
+}
+
+/// Sends `msg` as a line over `s` and reads the line that answers it.
+fn line_over(s: &mut (impl Read + Write), msg: &str) -> String {
+    s.write_all(format!("{msg}\n").as_bytes()).expect("send");
+    read_line(s)
+}
+
+/// Waits until `/stats` shows `n` connections parked.
+fn parked(admin: SocketAddr, n: u64) {
+    wait_until("parked", || proxy_stats(admin)["parked"].as_u64() >= Some(n));
+}
+
 /// Before, each silent connection held a worker for `header_ms` (ten minutes here) while it
 /// waited for a ClientHello: four were enough to stall every new connection, and the SNI client
 /// behind them would have waited ten minutes.
@@ -64,54 +105,90 @@ fn a_crowd_silent_or_stalled_mid_client_hello_beyond_the_workers_costs_an_sni_cl
     let mark = p.mark();
     let mut s = connect(addr);
     s.write_all(&hello).expect("send");
-    // Routed by its name, within the test's wait: far inside header_ms.
-    let line = p.wait_for_since(mark, " -> api1 ");
-    assert!(!line.contains("plain1"), "{line}");
-    // A client that waits for the server to speak (SMTP) is still relayed the default pool's way
-    // once it speaks plainly, crowd or not.
+    // Routed by its name and connected, within the test's wait: far inside header_ms.
+    p.wait_for_since(mark, " -> api1 ");
+    // A client that is plainly not TLS goes the default pool's way at once, crowd or not.
     let mut plain_client = connect(addr);
     assert_eq!(exchange(&mut plain_client, "hello"), "plain1");
     drop(held);
 }
 
-/// A ClientHello that comes a few bytes at a time, the connection parking between them, is put
-/// together across the parks and routed by its name. One trickled too slowly to finish is
-/// closed at `header_ms` from its start, which no park restarts (as an http head is).
+/// A ClientHello that comes a few bytes at a time is put together across parks and routed by
+/// its name; between its pieces the one worker serves another client, so it waits in the
+/// parker, not in the worker. One trickled too slowly to finish is closed at `header_ms` from
+/// its start, which no park restarts (as an http head is).
 #[test]
 fn a_client_hello_trickled_across_parks_is_routed_and_header_ms_bounds_it_across_them() {
     let (_plain, plain) = dummy("plain1");
-    let (_api, api) = dummy("api1");
-    let (p, addr) = proxy_with(&config(plain, api, 1500, ""), &[]);
+    let (api, got) = capture(client_hello("api.example.com").len());
+    let one_worker = config(plain, api, 3000, "").replace("workers = 4\nactive_workers = 2", "workers = 1");
+    let (p, addr) = proxy_with(&one_worker, &[]);
     let hello = client_hello("api.example.com");
-    // Too slow: a byte every 50 ms would take many seconds; header_ms closes it.
-    let slow_hello = hello.clone();
-    let slow = thread::spawn(move || {
-        let mut s = connect(addr);
-        let started = Instant::now();
-        for (i, byte) in slow_hello.iter().enumerate() {
-            if s.write_all(&[*byte]).is_err() {
-                return (i, started.elapsed());
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        (slow_hello.len(), started.elapsed())
-    });
-    let mark = p.mark();
     let mut s = connect(addr);
-    // Six pieces, each long after the worker that read the one before parked the connection
-    // (a new connection's first byte gets 10 ms in its worker, later reads none).
     for piece in hello.chunks(hello.len().div_ceil(6)) {
         s.write_all(piece).expect("send");
-        thread::sleep(Duration::from_millis(60));
+        let mut other = connect(addr);
+        assert_eq!(exchange(&mut other, "between pieces"), "plain1");
     }
-    let line = p.wait_for_since(mark, " -> api1 ");
-    assert!(!line.contains("plain1"), "{line}");
+    assert_eq!(got.join().expect("backend"), hello, "the ClientHello reaches the backend whole");
+    assert_eq!(read_line(&mut s), "ok");
+    // Too slow: a byte every 50 ms would take many seconds; header_ms closes it.
+    let mark = p.mark();
+    let started = Instant::now();
+    let mut slow = connect(addr);
+    let sent = hello.iter().take_while(|byte| {
+        let alive = slow.write_all(&[**byte]).is_ok();
+        thread::sleep(Duration::from_millis(50));
+        alive
+    });
+    let sent = sent.count();
+    let took = started.elapsed();
     let closed = p.wait_for_since(mark, "no complete TLS ClientHello within header_ms");
     assert!(closed.contains("closing"), "{closed}");
-    let (sent, took) = slow.join().expect("slow client");
     assert!(sent < hello.len(), "closed before its ClientHello was whole: {sent} of {} bytes", hello.len());
-    assert!(took >= Duration::from_millis(1500), "not before header_ms: {took:?}");
-    drop(s);
+    assert!(took >= Duration::from_millis(3000), "not before header_ms: {took:?}");
+}
+
+/// A ClientHello half sent when the proxy stops is finished and relayed with the drain, as
+/// HAProxy and nginx finish a connection's inspection at a graceful stop; before, the parker
+/// closed it at once.
+#[test]
+fn a_client_hello_parked_at_a_stop_is_finished_and_relayed_with_the_drain() {
+    let (_plain, plain) = dummy("plain1");
+    let hello = client_hello("api.example.com");
+    let (api, got) = capture(hello.len());
+    let (p, addr) = proxy_with(&config(plain, api, 600_000, ""), &[]);
+    let mut s = connect(addr);
+    s.write_all(&hello[..10]).expect("send");
+    parked(admin_addr(&p), 1);
+    p.signal("TERM");
+    p.wait_for("stopped accepting");
+    s.write_all(&hello[10..]).expect("send the rest");
+    assert_eq!(got.join().expect("backend"), hello, "the ClientHello reaches the backend whole");
+    assert_eq!(read_line(&mut s), "ok");
+}
+
+/// A reload that removes every SNI route while a ClientHello is half read: the rest is still
+/// read, and the backend of the default pool gets it all, its first bytes too (they were read
+/// before the reload).
+#[test]
+fn a_client_hello_parked_across_a_reload_that_removes_sni_routing_reaches_its_backend_whole() {
+    let hello = client_hello("api.example.com");
+    let (plain, got) = capture(hello.len());
+    let (_api, api) = dummy("api1");
+    let (p, addr) = proxy_with(&config(plain, api, 600_000, ""), &[]);
+    let mut s = connect(addr);
+    s.write_all(&hello[..10]).expect("send");
+    parked(admin_addr(&p), 1);
+    let without_routes = config(plain, api, 600_000, "");
+    let without_routes = &without_routes[..without_routes.find("[pool.api]").expect("pool")];
+    std::fs::write(p.dir().join("config.ini"), without_routes).expect("rewrite");
+    let mark = p.mark();
+    p.signal("HUP");
+    p.wait_for_since(mark, "reload: pool api removed");
+    s.write_all(&hello[10..]).expect("send the rest");
+    assert_eq!(got.join().expect("backend"), hello, "the ClientHello reaches the backend whole");
+    assert_eq!(read_line(&mut s), "ok");
 }
 
 /// tcp mode with a TLS listener: the handshake waits in the parker, so a crowd of silent clients
@@ -126,9 +203,31 @@ fn a_crowd_silent_or_stalled_mid_handshake_beyond_the_workers_costs_a_tcp_mode_t
     let hello = client_hello("localhost");
     let held = crowd(addr, admin_addr(&p), &hello[..hello.len() / 2]);
     let mut tls = tls_connect(addr, client_config(&ca, None), "localhost").expect("handshake");
-    tls.write_all(b"hello\n").expect("send");
-    let mut reply = [0u8; 64];
-    let n = tls.read(&mut reply).expect("reply");
-    assert_eq!(&reply[..n], b"[app] hello\n");
+    assert_eq!(line_over(&mut tls, "hello"), "[app] hello");
     drop(held);
+}
+
+/// A handshake parked mid-way when the proxy stops goes on from where it was, as in http mode:
+/// the client's last flight finishes it and the relay drains. Before, the worker began a new
+/// handshake on the client's Finished and failed.
+#[test]
+fn a_tcp_mode_tls_handshake_parked_at_a_stop_goes_on_from_its_state() {
+    let ca = Ca::new("stop");
+    let (_d, backend) = dummy("app");
+    let (_certs, tls) = ca.proxy_tls();
+    let (p, addr) = proxy_with(&config(backend, backend, 600_000, &tls), &[]);
+    let server = ServerName::try_from("localhost").expect("name");
+    let mut client = ClientConnection::new(client_config(&ca, None), server).expect("client");
+    let mut sock = connect(addr);
+    // The ClientHello out, then the proxy's flight in, until the client's Finished is due.
+    client.write_tls(&mut sock).expect("ClientHello");
+    while !client.wants_write() {
+        client.read_tls(&mut sock).expect("the proxy's flight");
+        client.process_new_packets().expect("a valid flight");
+    }
+    parked(admin_addr(&p), 1);
+    p.signal("TERM");
+    p.wait_for("stopped accepting");
+    let mut tls = StreamOwned::new(client, sock);
+    assert_eq!(line_over(&mut tls, "hello"), "[app] hello");
 }

@@ -249,7 +249,7 @@ pub fn simulate(target: SocketAddr, args: &[&str]) -> (Option<i32>, String, Stri
 }
 
 /// Reads one line (without the newline), byte by byte so nothing past it is consumed.
-pub fn read_line(s: &mut TcpStream) -> String {
+pub fn read_line(s: &mut impl Read) -> String {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     loop {
