@@ -91,13 +91,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         };
         match accept::resume(&conn, listener, state, deadline, first, &ctx.counters) {
             Opened::Ready(stream) => Some(stream),
-            Opened::Waiting(state) => {
-                conn.head = Some(PartialHead { started: head_started, bytes: Vec::new(), hello: false });
-                conn.handshake = Some(state);
-                // Refused at a stop (the client silent SHUTDOWN_GRACE mid-handshake): closed.
-                drop(parker.park_head(conn, deadline));
-                return;
-            }
+            Opened::Waiting(state) => return parker.park_handshake(conn, state, head_started, deadline),
             Opened::Answered => return close_lingering(conn, Some(parker), LINGER_SHORT),
             Opened::Closed => None,
         }

@@ -111,7 +111,7 @@ impl Parker {
                         parked.deadlines.remove(&(d, id));
                     }
                     self.unwatch(&conn);
-                    told_close(&conn);
+                    self.close_at_stop(&conn);
                     closed += 1;
                 }
                 let ends = parked.conns.values().filter_map(|(conn, w)| match w {
@@ -144,12 +144,20 @@ impl Parker {
             parked.conns.drain().collect()
         };
         for (_, (conn, _)) in rest {
-            told_close(&conn);
+            self.close_at_stop(&conn);
             closed += 1;
         }
         if closed > 0 {
             log::debug!("parker: closed {closed} idle connection(s)");
         }
+    }
+
+    /// Closes `conn` at a stop: a TLS client is told first; a handshake under way has failed.
+    fn close_at_stop(&self, conn: &Conn) {
+        if conn.handshake.is_some() {
+            self.handshake_failed(conn, "not complete when the proxy stopped");
+        }
+        told_close(conn);
     }
 
     /// Closes parked keep-alive connections idle longer than `idle_ms`.
@@ -203,14 +211,7 @@ impl Parker {
                 continue;
             }
             if conn.handshake.is_some() {
-                if let Some(c) = self.counters.get() {
-                    c.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
-                }
-                log::info!(
-                    "conn {} from {}: TLS handshake failed: not complete within header_ms; closing",
-                    conn.id,
-                    conn.peer
-                );
+                self.handshake_failed(&conn, "not complete within header_ms");
                 continue;
             }
             let Some(answer) = conn.refuse_head(&Failure::head(Cause::Timeout)) else { continue };

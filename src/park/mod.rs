@@ -443,6 +443,7 @@ impl Drop for Running {
 }
 
 mod ends;
+mod handshake;
 
 #[cfg(test)]
 mod tests;

@@ -154,11 +154,7 @@ fn handshake(
             Some(conn)
         }
         Opened::Waiting(state) => {
-            conn.head = Some(PartialHead { started, bytes: Vec::new(), hello: false });
-            conn.handshake = Some(state);
-            // Refused (the proxy stops: the client silent SHUTDOWN_GRACE mid-handshake): closed,
-            // as in http mode.
-            drop(parker.park_head(conn, deadline));
+            parker.park_handshake(conn, state, started, deadline);
             None
         }
         // Plain HTTP on the TLS port, answered: the client's rest is drained, in the parker.

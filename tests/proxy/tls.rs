@@ -339,28 +339,38 @@ fn a_tls_client_gets_close_notify_before_the_close_as_nginx_sends_it() {
     }
 }
 
-/// A handshake parked mid-way when the proxy stops goes on from its saved state within
-/// `SHUTDOWN_GRACE`, and the request that follows it is answered (as nginx and HAProxy answer
-/// a connection that was already theirs at a graceful stop), with `Connection: close`.
-#[test]
-fn an_https_handshake_parked_at_a_stop_goes_on_from_its_state_and_is_answered() {
-    let ds = dummies(1);
-    let ca = Ca::new("test CA");
-    let (p, addr, _certs) = tls_proxy(&ca, "http", &[ds[0].1], "", "header_ms = 600000");
+/// A client whose handshake is under way, its Finished due: the proxy's flight is read.
+fn mid_handshake(addr: SocketAddr, ca: &Ca) -> (ClientConnection, TcpStream) {
     let server = ServerName::try_from("localhost").expect("name");
-    let mut client = ClientConnection::new(client_config(&ca, None), server).expect("client");
+    let mut client = ClientConnection::new(client_config(ca, None), server).expect("client");
     let mut sock = connect(addr);
-    // The ClientHello out, then the proxy's flight in, until the client's Finished is due.
     client.write_tls(&mut sock).expect("ClientHello");
     while !client.wants_write() {
         client.read_tls(&mut sock).expect("the proxy's flight");
         client.process_new_packets().expect("a valid flight");
     }
-    wait_until("the handshake waits in the parker", || stats(&p)["parked"].as_u64() >= Some(1));
+    (client, sock)
+}
+
+/// A handshake parked mid-way when the proxy stops goes on from its saved state within
+/// `SHUTDOWN_GRACE`, and the request that follows it is answered (as nginx and HAProxy answer
+/// a connection that was already theirs at a graceful stop), with `Connection: close`. One
+/// whose client stays silent is closed then, counted and logged as a failed handshake.
+#[test]
+fn an_https_handshake_parked_at_a_stop_goes_on_from_its_state_and_is_answered() {
+    let ds = dummies(1);
+    let ca = Ca::new("test CA");
+    let (p, addr, _certs) = tls_proxy(&ca, "http", &[ds[0].1], "", "header_ms = 600000");
+    let (client, sock) = mid_handshake(addr, &ca);
+    let (_silent, mut silent_sock) = mid_handshake(addr, &ca);
+    wait_until("the handshakes wait in the parker", || stats(&p)["parked"].as_u64() >= Some(2));
     p.signal("TERM");
     p.wait_for("stopped accepting");
     let mut tls = StreamOwned::new(client, sock);
     let text = get_over(&mut tls, "/");
     assert!(text.starts_with("HTTP/1.1 200 "), "{text}");
     assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    p.wait_for("TLS handshake failed: not complete when the proxy stopped; closing");
+    let mut rest = Vec::new();
+    assert_eq!(silent_sock.read_to_end(&mut rest).map_err(|e| e.kind()), Ok(0), "{rest:?}");
 }
