@@ -223,8 +223,16 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
             let max_head = ctx.config.http.max_head_bytes;
             let filled = if wait.is_some() { cw.fill(max_head) } else { cw.fill_by(max_head, read_now) };
             conn.set_idle(false);
-            match timers.after(&now, Filled::of(&filled, wait.is_some()), Instant::now()) {
-                After::Parse => {}
+            let mut read = Filled::of(&filled, wait.is_some());
+            if read == Filled::Bytes
+                && between_requests
+                && cw.buffered().iter().all(|b| matches!(b, b'\r' | b'\n'))
+            {
+                cw.consume(cw.buffered().len());
+                read = Filled::EmptyLines;
+            }
+            match timers.after(&now, read, Instant::now()) {
+                After::Parse | After::ReadOn => {}
                 After::Park(wait) => {
                     parks = Some(wait);
                     break None;

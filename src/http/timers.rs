@@ -9,6 +9,7 @@
 //!                      or at once when connections wait for a worker   -> Park(Idle), requeued
 //!   requeued:          read what is there without waiting              -> Park(Idle) if nothing
 //!   a head begun:      read what is there without waiting             -> Park(Head), 408 at header_ms
+//!   empty lines only:  dropped, no head begun (RFC 9112 2.2)          -> Park(Idle)
 //!   a new connection:  first byte up to FIRST_BYTE (10 ms)            -> Park(Head)
 //!   stopping:          no parking; idle ones close after SHUTDOWN_GRACE (500 ms), new ones
 //!                      that sent nothing too
@@ -77,6 +78,9 @@ pub enum Wait {
 pub enum Filled {
     /// Bytes arrived.
     Bytes,
+    /// Between requests, only empty lines arrived, which are no request (RFC 9112 2.2); the
+    /// caller dropped them.
+    EmptyLines,
     /// The client closed.
     Eof,
     /// Nothing there (a read that does not wait).
@@ -110,6 +114,8 @@ impl Filled {
 pub enum After {
     /// Bytes arrived: parse.
     Parse,
+    /// Nothing to parse: read on.
+    ReadOn,
     /// Let the worker go (as [`Before::Park`]).
     Park(Wait),
     /// Idle a while without a parker: give back the worker's buffers and stack, wait on.
@@ -233,6 +239,12 @@ impl IdleTimers {
                 After::Parse
             }
             Filled::Empty => After::Park(if keep_alive { Wait::Idle } else { Wait::Head }),
+            // No request begun: a keep-alive client is idle still, its clock running from its
+            // last response (not `header_ms` from the empty line), and it waits in the parker.
+            Filled::EmptyLines if keep_alive && now.parker && !now.stopping && !now.holds_plaintext => {
+                After::Park(Wait::Idle)
+            }
+            Filled::EmptyLines => After::ReadOn,
             Filled::TimedOut if keep_alive && !self.trimmed => {
                 if now.parker && !now.stopping && !now.holds_plaintext {
                     After::Park(Wait::Idle)

@@ -55,6 +55,24 @@ fn a_requeued_client_reads_without_waiting_then_parks_or_serves() {
 }
 
 #[test]
+fn empty_lines_between_requests_start_no_head_and_the_client_idles_on() {
+    // RFC 9112 2.2: an empty line before a request is ignored; it is no head begun, so no
+    // header_ms and no 408, and idle_ms runs on from the last response.
+    let t0 = Instant::now();
+    let mut t = IdleTimers::new(limits(), t0, 1, true);
+    assert_eq!(t.after(&idle(), Filled::EmptyLines, t0 + ms(30)), After::Park(Wait::Idle));
+    assert_eq!(t.since, t0);
+    // Without parking (at a stop, or with plaintext rustls holds) the worker reads on.
+    let stopping = Now { stopping: true, ..idle() };
+    assert_eq!(t.after(&stopping, Filled::EmptyLines, t0 + ms(30)), After::ReadOn);
+    assert_eq!(t.before(&stopping, t0 + SHUTDOWN_GRACE), Before::Close);
+    // A new connection's empty lines are read past too, its header clock unchanged.
+    let mut fresh = IdleTimers::new(limits(), t0, 0, false);
+    assert_eq!(fresh.after(&idle(), Filled::EmptyLines, t0 + ms(1)), After::ReadOn);
+    assert_eq!(fresh.before(&idle(), t0 + HEADER), Before::TimedOut);
+}
+
+#[test]
 fn a_request_starts_the_head_clock_and_the_rest_of_a_head_is_read_without_waiting() {
     let t0 = Instant::now();
     let mut t = IdleTimers::new(limits(), t0, 1, true);

@@ -13,6 +13,7 @@ mod haproxy;
 mod health;
 mod hostile;
 mod http;
+mod idle;
 mod interim;
 mod least_time;
 mod limits;
