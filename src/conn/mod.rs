@@ -312,6 +312,11 @@ impl Conn {
             && self.greeting.as_ref().is_none_or(Vec::is_empty)
     }
 
+    /// Whether it waits for the rest of a ClientHello read to route by SNI (tcp mode).
+    pub fn reading_hello(&self) -> bool {
+        self.head.as_ref().is_some_and(|h| h.hello)
+    }
+
     /// Whether it comes back from the parker (greeted before: no PROXY header to read).
     pub fn was_parked(&self) -> bool {
         self.parked_since.is_some() || self.head.is_some() || self.quiet.is_some()

@@ -62,7 +62,7 @@ impl Parker {
     /// A new connection that has sent nothing of a request yet gets [`GRACE`] from the stop (a
     /// TLS client sends its request right after the handshake, a browser's preconnected socket
     /// whenever it needs one), as nginx and HAProxy answer it; one in the middle of a head gets
-    /// nothing more. A ClientHello under way goes back to a worker to be finished.
+    /// nothing more, but a ClientHello under way (tcp mode) is finished with the drain.
     /// Quiet relays and tunnels drain as the rest: they stay watched, going to a worker when
     /// either side speaks or the drain deadline shuts them, until [`Running`] is dropped.
     pub(super) fn linger(&self, jobs: &Sender<Conn>, events: &mut Vec<epoll::Event>, ready: &mut Vec<Conn>) {
@@ -70,29 +70,6 @@ impl Parker {
         let _ = epoll::delete(&self.epoll, &self._wake_rx);
         let fresh_until = Instant::now() + GRACE;
         let mut closed = 0usize;
-        // A ClientHello under way (tcp mode) goes back to a worker, which waits for the rest
-        // there (nothing parks now) and relays it with the drain, as HAProxy and nginx finish a
-        // connection's inspection at a graceful stop.
-        {
-            let mut parked = self.parked.lock();
-            let hellos: Vec<u64> = parked
-                .conns
-                .iter()
-                .filter(|(_, (conn, _))| conn.head.as_ref().is_some_and(|h| h.hello))
-                .map(|(id, _)| *id)
-                .collect();
-            for id in hellos {
-                if let Some((conn, _)) = parked.take(id) {
-                    self.unwatch(&conn);
-                    ready.push(conn);
-                }
-            }
-        }
-        for conn in ready.drain(..) {
-            if !self.hand_over(jobs, conn) {
-                break;
-            }
-        }
         loop {
             let now = Instant::now();
             let (last, relays) = {
@@ -100,6 +77,9 @@ impl Parker {
                 // A connection in the middle of a head gets nothing more (nginx closes it too).
                 let done = |conn: &Conn, wait: &Wait| match wait {
                     Wait::Idle(since) => now.duration_since(*since) >= GRACE,
+                    // A ClientHello under way is read, routed and relayed with the drain, as
+                    // HAProxy and nginx finish a connection's inspection at a graceful stop.
+                    Wait::Head(_) if conn.reading_hello() => self.finished.load(Ordering::SeqCst),
                     Wait::Head(_) => !conn.sent_nothing() || now >= fresh_until,
                     // A lingering close goes on to its end: cut, it could reset the answer.
                     Wait::Linger(l) => now >= l.end,
@@ -117,13 +97,15 @@ impl Parker {
                 let ends = parked.conns.values().filter_map(|(conn, w)| match w {
                     Wait::Idle(since) => Some(*since + GRACE),
                     Wait::Linger(l) => Some(l.end),
-                    Wait::Head(_) => conn.sent_nothing().then_some(fresh_until),
+                    Wait::Head(_) => (conn.sent_nothing() && !conn.reading_hello()).then_some(fresh_until),
                     Wait::Relay(_) => None,
                 });
-                let relays = parked.conns.values().any(|(_, w)| matches!(w, Wait::Relay(_)));
+                let relays =
+                    parked.conns.values().any(|(c, w)| matches!(w, Wait::Relay(_)) || c.reading_hello());
                 (ends.max(), relays)
             };
-            if last.is_none() && !relays {
+            // Until the drain ends: a worker may still park a handshake or a ClientHello.
+            if last.is_none() && !relays && self.finished.load(Ordering::SeqCst) {
                 break;
             }
             let wait = last.map_or(LINGER_TICK, |l| l.saturating_duration_since(now).min(LINGER_TICK));
@@ -198,7 +180,7 @@ impl Parker {
         for conn in late {
             self.unwatch(&conn);
             // A quiet relay, or a ClientHello that tcp mode routes by: the worker decides.
-            if conn.quiet().is_some() || conn.head.as_ref().is_some_and(|h| h.hello) {
+            if conn.quiet().is_some() || conn.reading_hello() {
                 if !self.hand_over(jobs, conn) {
                     break;
                 }

@@ -247,10 +247,10 @@ impl Parker {
     /// Parks `conn`; refused, it comes back.
     fn enter(&self, conn: Conn, wait: Wait) -> Option<Conn> {
         let mut parked = self.parked.lock();
-        // At a stop, lingering closes still enter, to be drained to their end (a second at
-        // most) before the thread closes what remains.
-        let lingers = matches!(wait, Wait::Linger(_));
-        if parked.closed || !(lingers || self.open.load(Ordering::SeqCst)) {
+        // At a stop, lingering closes still enter, to be drained to their end (a second at most)
+        // before the thread closes what remains; so do TLS handshakes and ClientHellos under way.
+        let stays = matches!(wait, Wait::Linger(_)) || conn.handshake.is_some() || conn.reading_hello();
+        if parked.closed || !(stays || self.open.load(Ordering::SeqCst)) {
             return Some(conn);
         }
         if let Err(e) = self.watch(&conn) {
@@ -394,12 +394,13 @@ impl Parker {
     }
 
     /// Sends `conn` to the workers, waiting while the queue is full (backpressure, as the
-    /// acceptor's), until the parker stops: false then, and `conn` is closed.
+    /// acceptor's), through a stop's drain too, until the parker is done: false then, and
+    /// `conn` is closed.
     fn hand_over(&self, jobs: &Sender<Conn>, mut conn: Conn) -> bool {
         loop {
             match jobs.send_timeout(conn, Duration::from_millis(100)) {
                 Ok(()) => return true,
-                Err(SendTimeoutError::Timeout(c)) if self.open.load(Ordering::SeqCst) => conn = c,
+                Err(SendTimeoutError::Timeout(c)) if !self.finished.load(Ordering::SeqCst) => conn = c,
                 Err(_) => return false,
             }
         }

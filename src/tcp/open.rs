@@ -96,9 +96,8 @@ pub(super) fn open(mut conn: Conn, ctx: &Context) -> Option<(Conn, Relaying)> {
             rustls::Connection::Client(_) => None,
         },
         None => {
-            // Once the proxy stops nothing parks: the rest is waited for here, as before a
-            // parker, and relayed with the drain.
-            let parker = ctx.parker.as_deref().filter(|_| !stopping);
+            // At a stop too: the parker keeps a ClientHello under way through the drain.
+            let parker = ctx.parker.as_deref();
             let hello;
             let begun = begun.unwrap_or_default();
             (conn, hello, early) = client_hello(conn, parker, fresh, (started, deadline), begun)?;
@@ -201,7 +200,7 @@ fn client_hello(
         // Only brief reads stop short, and only with a parker.
         let parker = parker?;
         conn.head = Some(PartialHead { started, bytes: early, hello: true });
-        // Refused (the proxy began to stop): the rest is waited for here.
+        // Refused (the parker is done: the drain is over): the rest is waited for here.
         let mut back = parker.park_head(conn, deadline)?;
         early = back.head.take().map(|h| h.bytes).unwrap_or_default();
         conn = back;

@@ -150,22 +150,28 @@ fn a_client_hello_trickled_across_parks_is_routed_and_header_ms_bounds_it_across
 }
 
 /// A ClientHello half sent when the proxy stops is finished and relayed with the drain, as
-/// HAProxy and nginx finish a connection's inspection at a graceful stop; before, the parker
-/// closed it at once.
+/// HAProxy and nginx finish a connection's inspection at a graceful stop, beside a crowd of
+/// silent and stalled ones many times the workers and the queue: they wait on in the parker
+/// through the drain, holding no worker, and none is dropped for a full queue.
 #[test]
 fn a_client_hello_parked_at_a_stop_is_finished_and_relayed_with_the_drain() {
     let (_plain, plain) = dummy("plain1");
     let hello = client_hello("api.example.com");
     let (api, got) = capture(hello.len());
-    let (p, addr) = proxy_with(&config(plain, api, 600_000, ""), &[]);
+    let small_queue =
+        config(plain, api, 600_000, "").replace("active_workers = 2\n", "active_workers = 2\nqueue = 4\n");
+    let (p, addr) = proxy_with(&small_queue, &[]);
+    let admin = admin_addr(&p);
+    let held = crowd(addr, admin, &hello[..5]);
     let mut s = connect(addr);
     s.write_all(&hello[..10]).expect("send");
-    parked(admin_addr(&p), 1);
+    parked(admin, 2 * CROWD as u64 + 1);
     p.signal("TERM");
     p.wait_for("stopped accepting");
     s.write_all(&hello[10..]).expect("send the rest");
     assert_eq!(got.join().expect("backend"), hello, "the ClientHello reaches the backend whole");
     assert_eq!(read_line(&mut s), "ok");
+    drop(held);
 }
 
 /// A reload that removes every SNI route while a ClientHello is half read: the rest is still
@@ -209,15 +215,20 @@ fn a_crowd_silent_or_stalled_mid_handshake_beyond_the_workers_costs_a_tcp_mode_t
 
 /// A handshake parked mid-way when the proxy stops goes on from where it was, as in http mode:
 /// the client's last flight finishes it and the relay drains. Before, the worker began a new
-/// handshake on the client's Finished and failed.
+/// handshake on the client's Finished and failed. A client connected before the stop that
+/// sends its ClientHello after it, in two segments, is served too: its handshake parks between
+/// them at the stop as at any time (before, the refused park closed it).
 #[test]
 fn a_tcp_mode_tls_handshake_parked_at_a_stop_goes_on_from_its_state() {
     let ca = Ca::new("stop");
     let (_d, backend) = dummy("app");
     let (_certs, tls) = ca.proxy_tls();
     let (p, addr) = proxy_with(&config(backend, backend, 600_000, &tls), &[]);
-    let server = ServerName::try_from("localhost").expect("name");
-    let mut client = ClientConnection::new(client_config(&ca, None), server).expect("client");
+    let new_client = || {
+        let server = ServerName::try_from("localhost").expect("name");
+        ClientConnection::new(client_config(&ca, None), server).expect("client")
+    };
+    let mut client = new_client();
     let mut sock = connect(addr);
     // The ClientHello out, then the proxy's flight in, until the client's Finished is due.
     client.write_tls(&mut sock).expect("ClientHello");
@@ -225,9 +236,19 @@ fn a_tcp_mode_tls_handshake_parked_at_a_stop_goes_on_from_its_state() {
         client.read_tls(&mut sock).expect("the proxy's flight");
         client.process_new_packets().expect("a valid flight");
     }
-    parked(admin_addr(&p), 1);
+    let mut late = new_client();
+    let mut late_sock = connect(addr);
+    parked(admin_addr(&p), 2);
     p.signal("TERM");
     p.wait_for("stopped accepting");
     let mut tls = StreamOwned::new(client, sock);
     assert_eq!(line_over(&mut tls, "hello"), "[app] hello");
+    let mut hello = Vec::new();
+    late.write_tls(&mut hello).expect("ClientHello");
+    late_sock.write_all(&hello[..hello.len() / 2]).expect("send");
+    // The second segment comes after the first was read and the handshake parked.
+    thread::sleep(Duration::from_millis(30));
+    late_sock.write_all(&hello[hello.len() / 2..]).expect("send");
+    let mut tls = StreamOwned::new(late, late_sock);
+    assert_eq!(line_over(&mut tls, "late"), "[app] late");
 }
