@@ -378,7 +378,7 @@ impl Conn {
     /// in a standard access log a 400 with nothing sent, as nginx logs it. Empty lines before a
     /// head (RFC 9112 2.2) are no head begun.
     pub fn abandoned_head(&self, buffered: &[u8], failed: Option<&std::io::Error>) {
-        if buffered.iter().all(|&b| b == b'\r' || b == b'\n') {
+        if crate::h1::empty_lines(buffered) {
             return;
         }
         let how = failed.map_or("closed".to_string(), |e| format!("failed ({})", crate::net::describe(e)));

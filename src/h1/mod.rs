@@ -223,6 +223,11 @@ impl std::fmt::Display for HeadTooLarge {
 
 impl std::error::Error for HeadTooLarge {}
 
+/// Whether `buf` holds only empty lines, which begin no message (RFC 9112 2.2).
+pub fn empty_lines(buf: &[u8]) -> bool {
+    buf.iter().all(|b| matches!(b, b'\r' | b'\n'))
+}
+
 /// Whether `e` is [`Wire::fill`]'s "head too large".
 pub fn is_head_too_large(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<HeadTooLarge>())

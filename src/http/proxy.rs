@@ -31,7 +31,7 @@ use crate::context::Context;
 use crate::error::{Answer, Cause, Failure, Party, Rejection};
 use crate::h1::edits::Router;
 use crate::h1::request::{self, Forwarding, RequestHead};
-use crate::h1::{BodyKind, Coalesce, Wire};
+use crate::h1::{empty_lines, BodyKind, Coalesce, Wire};
 use crate::net::{lingering_close, LINGER_BODY, LINGER_SHORT};
 use crate::park::Parker;
 use crate::route::Table;
@@ -83,7 +83,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         // The TLS handshake waits in the parker too, its state with the connection.
         let deadline = (!t.header.is_zero()).then(|| head_started + t.header);
         let state = handshake.unwrap_or(Pending::Fresh);
-        // At a stop nothing parks: each of the client's flights gets SHUTDOWN_GRACE here.
+        // At a stop each of the client's flights gets SHUTDOWN_GRACE here.
         let first = if ctx.stopping.load(Ordering::SeqCst) {
             crate::conn::SHUTDOWN_GRACE
         } else {
@@ -177,6 +177,10 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
                 scratch.head.clear();
                 match request::parse(cw.buffered(), ctx.config.http.max_head_bytes, &fwd, &mut scratch.head) {
                     Ok(Some(head)) => break Some(head),
+                    // An old client's CRLF after a POST body: no next request, between requests.
+                    Ok(None) if timers.served > 0 && empty_lines(cw.buffered()) => {
+                        cw.consume(cw.buffered().len())
+                    }
                     Ok(None) => {}
                     Err(r) => {
                         refuse_head(
@@ -224,12 +228,11 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
             let filled = if wait.is_some() { cw.fill(max_head) } else { cw.fill_by(max_head, read_now) };
             conn.set_idle(false);
             let mut read = Filled::of(&filled, wait.is_some());
-            if read == Filled::Bytes
-                && between_requests
-                && cw.buffered().iter().all(|b| matches!(b, b'\r' | b'\n'))
-            {
+            let mut now = now;
+            if read == Filled::Bytes && between_requests && timers.served > 0 && empty_lines(cw.buffered()) {
                 cw.consume(cw.buffered().len());
                 read = Filled::EmptyLines;
+                now.holds_plaintext = holds_plaintext(client);
             }
             match timers.after(&now, read, Instant::now()) {
                 After::Parse | After::ReadOn => {}

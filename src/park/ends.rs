@@ -12,7 +12,7 @@ use super::{timespec, Lingering, Parker, Wait, GRACE, LINGER_TICK};
 use crate::conn::Conn;
 use crate::error::{Cause, Failure};
 use crate::net::{is_timeout, LINGER_QUIET, LINGER_TIME};
-use crate::tls::stream::notify_close;
+use crate::tls::stream::{notify_close, Pending};
 
 /// A lingering connection's reads per wake-up, so that one client still uploading cannot
 /// keep the parker from the others: its socket reports again at once if more is there.
@@ -134,9 +134,11 @@ impl Parker {
         }
     }
 
-    /// Closes `conn` at a stop: a TLS client is told first; a handshake under way has failed.
+    /// Closes `conn` at a stop: a TLS client is told first; a handshake under way has failed
+    /// (not one that never began: a client that sent nothing, such as a browser's preconnected
+    /// socket, is closed as a plain one is, without a word).
     fn close_at_stop(&self, conn: &Conn) {
-        if conn.handshake.is_some() {
+        if conn.handshake.as_ref().is_some_and(|h| !matches!(h, Pending::Fresh)) {
             self.handshake_failed(conn, "not complete when the proxy stopped");
         }
         told_close(conn);

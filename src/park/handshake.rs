@@ -23,7 +23,7 @@ impl Parker {
         conn.head = Some(PartialHead { started, bytes: Vec::new(), hello: false });
         conn.handshake = Some(state);
         if let Some(conn) = self.park_head(conn, deadline) {
-            self.handshake_failed(&conn, "not complete when the proxy stopped");
+            self.handshake_failed(&conn, "not complete, and it cannot wait for the client's next flight");
         }
     }
 

@@ -144,8 +144,8 @@ pub struct Parker {
 }
 
 impl Parker {
-    /// An empty parker whose connections may idle `idle` (zero: no limit). Nothing parks until
-    /// [`Parker::spawn`] has started its thread.
+    /// An empty parker whose connections may idle `idle` (zero: no limit). Idle connections and
+    /// heads park only once [`Parker::spawn`] has started its thread.
     pub fn new(idle: Duration) -> std::io::Result<Arc<Parker>> {
         let ep = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         let (wake_rx, wake_tx) =

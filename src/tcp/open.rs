@@ -127,7 +127,7 @@ pub(super) fn open(mut conn: Conn, ctx: &Context) -> Option<(Conn, Relaying)> {
 }
 
 /// The TLS handshake, its state waiting in the parker with the connection whenever the client
-/// owes its next flight (at a stop, when nothing parks, each flight gets `SHUTDOWN_GRACE`, as
+/// owes its next flight (at a stop each flight first gets `SHUTDOWN_GRACE` here, as
 /// in http mode); without a parker it runs here, within `header_ms`. `None`: failed, refused
 /// or answered (logged and counted), or parked.
 fn handshake(
@@ -192,6 +192,10 @@ fn client_hello(
         match read {
             Ok(Some(hello)) => return Some((conn, hello, early)),
             Ok(None) => {}
+            Err(_) if conn.cut() => {
+                log::info!("{}: cut at the drain deadline before its ClientHello was complete", Label(&conn));
+                return None;
+            }
             Err(why) => {
                 log::warn!("{}: {why}; closing", Label(&conn));
                 return None;
