@@ -35,6 +35,17 @@ pub fn first_byte(pressed: bool) -> Duration {
     }
 }
 
+/// How long a TLS handshake's read may wait in its worker for the client's flight that is due
+/// before the connection parks: [`first_byte`]; at a stop `SHUTDOWN_GRACE`, as an idle client
+/// gets for its next request.
+pub fn flight_wait(stopping: bool, pressed: bool) -> Duration {
+    if stopping {
+        super::SHUTDOWN_GRACE
+    } else {
+        first_byte(pressed)
+    }
+}
+
 /// The client side of a connection: plain or TLS over the registered socket.
 pub type ClientStream<'a> = Stream<&'a TcpStream>;
 

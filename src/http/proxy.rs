@@ -32,8 +32,8 @@ use crate::error::{Answer, Cause, Failure, Party, Rejection};
 use crate::h1::edits::Router;
 use crate::h1::request::{self, Forwarding, RequestHead};
 use crate::h1::{empty_lines, BodyKind, Coalesce, Wire};
-use crate::net::{lingering_close, LINGER_BODY, LINGER_SHORT};
-use crate::park::Parker;
+use crate::net::{LINGER_BODY, LINGER_SHORT};
+use crate::park::{close_lingering, Parker};
 use crate::route::Table;
 use crate::tls::stream::Pending;
 
@@ -83,12 +83,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         // The TLS handshake waits in the parker too, its state with the connection.
         let deadline = (!t.header.is_zero()).then(|| head_started + t.header);
         let state = handshake.unwrap_or(Pending::Fresh);
-        // At a stop each of the client's flights gets SHUTDOWN_GRACE here.
-        let first = if ctx.stopping.load(Ordering::SeqCst) {
-            crate::conn::SHUTDOWN_GRACE
-        } else {
-            super::timers::first_byte(parker.pressed())
-        };
+        let first = accept::flight_wait(ctx.stopping.load(Ordering::SeqCst), parker.pressed());
         match accept::resume(&conn, listener, state, deadline, first, &ctx.counters) {
             Opened::Ready(stream) => Some(stream),
             Opened::Waiting(state) => return parker.park_handshake(conn, state, head_started, deadline),
@@ -440,17 +435,5 @@ fn hash_key(client_key: u64, balancer: &Balancer, buf: &[u8], head: &RequestHead
         head.hash_value.clone().and_then(|r| buf.get(r)).map(header_value_key)
     } else {
         Some(client_key)
-    }
-}
-
-/// Closes `conn` after an answer with its input maybe unread: it lingers in the parker, holding
-/// no worker (nginx's `lingering_close` is event-driven too), or here without one.
-fn close_lingering(conn: Conn, parker: Option<&Parker>, most: usize) {
-    let refused = match parker {
-        Some(parker) => parker.park_linger(conn, most),
-        None => Some(conn),
-    };
-    if let Some(conn) = refused {
-        lingering_close(&conn.stream, most);
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crate::conn::SHUTDOWN_GRACE;
 use crate::threads::stack::TRIM_AFTER;
 
-pub use crate::conn::accept::first_byte;
+use crate::conn::accept::first_byte;
 pub use crate::park::PARK_AFTER;
 
 /// "Forever", for a limit that is off.

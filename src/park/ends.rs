@@ -11,7 +11,7 @@ use rustix::event::epoll;
 use super::{timespec, Lingering, Parker, Wait, GRACE, LINGER_TICK};
 use crate::conn::Conn;
 use crate::error::{Cause, Failure};
-use crate::net::{is_timeout, LINGER_QUIET, LINGER_TIME};
+use crate::net::{is_timeout, lingering_close, LINGER_QUIET, LINGER_TIME};
 use crate::tls::stream::{notify_close, Pending};
 
 /// A lingering connection's reads per wake-up, so that one client still uploading cannot
@@ -214,6 +214,19 @@ impl Parker {
                 }
             }
         }
+    }
+}
+
+/// Closes `conn` after an answer with its input maybe unread: it lingers in `parker`, holding no
+/// worker (nginx's `lingering_close` is event-driven too), or, without one (or refused), in the
+/// calling worker.
+pub fn close_lingering(conn: Conn, parker: Option<&Parker>, most: usize) {
+    let refused = match parker {
+        Some(parker) => parker.park_linger(conn, most),
+        None => Some(conn),
+    };
+    if let Some(conn) = refused {
+        lingering_close(&conn.stream, most);
     }
 }
 

@@ -444,6 +444,7 @@ impl Drop for Running {
 }
 
 mod ends;
+pub use ends::close_lingering;
 mod handshake;
 
 #[cfg(test)]

@@ -13,21 +13,21 @@ use parking_lot::Mutex;
 
 use crate::balancer::{source_key, Pick};
 use crate::conn::accept::{self, first_byte, Opened};
-use crate::conn::{Conn, PartialHead, SHUTDOWN_GRACE};
+use crate::conn::{Conn, PartialHead};
 use crate::context::Context;
 use crate::error::{Cause, Party, Phase, Unavailable};
 use crate::logging::access;
 use crate::logging::line::Entry;
 use crate::logging::{held_back, RateLimit};
-use crate::net::{is_timeout, lingering_close, LINGER_SHORT};
-use crate::park::Parker;
+use crate::net::{is_timeout, LINGER_SHORT};
+use crate::park::{close_lingering, Parker};
 use crate::relay::Progress;
 use crate::route::sni::{self, Hello};
 use crate::route::{Pool, Table};
 use crate::tls::stream::Pending;
 use crate::upstream::{self, tries, Limits};
 
-pub(super) struct Label<'a>(pub &'a Conn);
+struct Label<'a>(&'a Conn);
 
 impl fmt::Display for Label<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -127,9 +127,9 @@ pub(super) fn open(mut conn: Conn, ctx: &Context) -> Option<(Conn, Relaying)> {
 }
 
 /// The TLS handshake, its state waiting in the parker with the connection whenever the client
-/// owes its next flight (at a stop each flight first gets `SHUTDOWN_GRACE` here, as
-/// in http mode); without a parker it runs here, within `header_ms`. `None`: failed, refused
-/// or answered (logged and counted), or parked.
+/// owes its next flight (each read waiting [`accept::flight_wait`] first, as in http mode);
+/// without a parker it runs here, within `header_ms`. `None`: failed, refused or answered
+/// (logged and counted), or parked.
 fn handshake(
     mut conn: Conn,
     ctx: &Context,
@@ -145,7 +145,7 @@ fn handshake(
         return Some(conn);
     };
     let state = conn.handshake.take().unwrap_or(Pending::Fresh);
-    let first = if stopping { SHUTDOWN_GRACE } else { first_byte(parker.pressed()) };
+    let first = accept::flight_wait(stopping, parker.pressed());
     match accept::resume(&conn, listener, state, deadline, first, &ctx.counters) {
         Opened::Ready(stream) => {
             let (_, session) = stream.into_parts();
@@ -158,9 +158,7 @@ fn handshake(
         }
         // Plain HTTP on the TLS port, answered: the client's rest is drained, in the parker.
         Opened::Answered => {
-            if let Some(conn) = parker.park_linger(conn, LINGER_SHORT) {
-                lingering_close(&conn.stream, LINGER_SHORT);
-            }
+            close_lingering(conn, Some(parker), LINGER_SHORT);
             None
         }
         Opened::Closed => None,
@@ -361,7 +359,7 @@ fn connect(
 /// The access line of a connection closed unserved, as nginx's stream module logs them: no
 /// backend could be had (503: none up, every connect failed, or this host short of a
 /// descriptor), or `[limits]` refused it (403, 429); the main log has its own line already.
-pub(super) fn closed_unserved(conn: &Conn, pool: &str, status: u16, note: &str, attempts: u32) {
+fn closed_unserved(conn: &Conn, pool: &str, status: u16, note: &str, attempts: u32) {
     if access::adds_to_main_log() {
         let entry = Entry {
             client: Some(conn.peer.ip()),
