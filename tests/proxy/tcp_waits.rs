@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, StreamOwned};
 
-use crate::tls::{client_config, tls_connect, Ca};
+use crate::tls::{client_config, mid_handshake, tls_connect, Ca};
 use crate::util::*;
 
 /// Each crowd: ten times the workers.
@@ -79,6 +79,15 @@ fn capture(n: usize) -> (SocketAddr, thread::JoinHandle<Vec<u8>>) {
         got
     });
     (addr, handle)
+}
+
+/// The proxy of [`config`] with a TLS listener signed by `ca`, both pools on one dummy `app`
+/// (kept alive with the certificates by the third value).
+fn tls_listener(ca: &Ca) -> (Proc, SocketAddr, (Proc, tempfile::TempDir)) {
+    let (d, backend) = dummy("app");
+    let (certs, tls) = ca.proxy_tls();
+    let (p, addr) = proxy_with(&config(backend, backend, 600_000, &tls), &[]);
+    (p, addr, (d, certs))
 }
 
 /// Sends `msg` as a line over `s` and reads the line that answers it.
@@ -203,9 +212,7 @@ fn a_client_hello_parked_across_a_reload_that_removes_sni_routing_reaches_its_ba
 #[test]
 fn a_crowd_silent_or_stalled_mid_handshake_beyond_the_workers_costs_a_tcp_mode_tls_client_nothing() {
     let ca = Ca::new("crowd");
-    let (_d, backend) = dummy("app");
-    let (_certs, tls) = ca.proxy_tls();
-    let (p, addr) = proxy_with(&config(backend, backend, 600_000, &tls), &[]);
+    let (p, addr, _backend) = tls_listener(&ca);
     let hello = client_hello("localhost");
     let held = crowd(addr, admin_addr(&p), &hello[..hello.len() / 2]);
     let mut tls = tls_connect(addr, client_config(&ca, None), "localhost").expect("handshake");
@@ -221,22 +228,10 @@ fn a_crowd_silent_or_stalled_mid_handshake_beyond_the_workers_costs_a_tcp_mode_t
 #[test]
 fn a_tcp_mode_tls_handshake_parked_at_a_stop_goes_on_from_its_state() {
     let ca = Ca::new("stop");
-    let (_d, backend) = dummy("app");
-    let (_certs, tls) = ca.proxy_tls();
-    let (p, addr) = proxy_with(&config(backend, backend, 600_000, &tls), &[]);
-    let new_client = || {
-        let server = ServerName::try_from("localhost").expect("name");
-        ClientConnection::new(client_config(&ca, None), server).expect("client")
-    };
-    let mut client = new_client();
-    let mut sock = connect(addr);
-    // The ClientHello out, then the proxy's flight in, until the client's Finished is due.
-    client.write_tls(&mut sock).expect("ClientHello");
-    while !client.wants_write() {
-        client.read_tls(&mut sock).expect("the proxy's flight");
-        client.process_new_packets().expect("a valid flight");
-    }
-    let mut late = new_client();
+    let (p, addr, _backend) = tls_listener(&ca);
+    let (client, sock) = mid_handshake(addr, &ca);
+    let server = ServerName::try_from("localhost").expect("name");
+    let mut late = ClientConnection::new(client_config(&ca, None), server).expect("client");
     let mut late_sock = connect(addr);
     parked(admin_addr(&p), 2);
     p.signal("TERM");

@@ -340,7 +340,7 @@ fn a_tls_client_gets_close_notify_before_the_close_as_nginx_sends_it() {
 }
 
 /// A client whose handshake is under way, its Finished due: the proxy's flight is read.
-fn mid_handshake(addr: SocketAddr, ca: &Ca) -> (ClientConnection, TcpStream) {
+pub fn mid_handshake(addr: SocketAddr, ca: &Ca) -> (ClientConnection, TcpStream) {
     let server = ServerName::try_from("localhost").expect("name");
     let mut client = ClientConnection::new(client_config(ca, None), server).expect("client");
     let mut sock = connect(addr);
