@@ -72,7 +72,7 @@ impl Parker {
         let mut closed = 0usize;
         loop {
             let now = Instant::now();
-            let (last, relays) = {
+            let (last, drains) = {
                 let mut parked = self.parked.lock();
                 // A connection in the middle of a head gets nothing more (nginx closes it too).
                 let done = |conn: &Conn, wait: &Wait| match wait {
@@ -100,12 +100,12 @@ impl Parker {
                     Wait::Head(_) => (conn.sent_nothing() && !conn.reading_hello()).then_some(fresh_until),
                     Wait::Relay(_) => None,
                 });
-                let relays =
+                let drains =
                     parked.conns.values().any(|(c, w)| matches!(w, Wait::Relay(_)) || c.reading_hello());
-                (ends.max(), relays)
+                (ends.max(), drains)
             };
             // Until the drain ends: a worker may still park a handshake or a ClientHello.
-            if last.is_none() && !relays && self.finished.load(Ordering::SeqCst) {
+            if last.is_none() && !drains && self.finished.load(Ordering::SeqCst) {
                 break;
             }
             let wait = last.map_or(LINGER_TICK, |l| l.saturating_duration_since(now).min(LINGER_TICK));

@@ -10,9 +10,9 @@ use crate::tls::stream::Pending;
 
 impl Parker {
     /// Parks `conn` in the middle of its TLS handshake (`state`), its `header_ms` clock started
-    /// at `started`, until the client's next flight arrives; at `deadline` it fails and is
-    /// closed. Refused (the proxy stops: the client was silent `SHUTDOWN_GRACE` mid-handshake),
-    /// it fails and is closed at once.
+    /// at `started`, until the client's next flight arrives; at `deadline`, or when a stop's
+    /// grace ends, it fails and is closed. Refused (the drain is over, or the socket cannot be
+    /// watched), it fails and is closed at once.
     pub fn park_handshake(
         &self,
         mut conn: Conn,

@@ -171,7 +171,8 @@ const MAX_HELLO: usize = 17 * 1024;
 /// Reads the ClientHello that SNI routes need, after `early` (what came before a park); the
 /// bytes are relayed to the backend untouched. With a parker, reads take what has arrived (a
 /// new connection's reads may wait [`first_byte`] in all) and the connection waits in the
-/// parker for the rest (`None`); without one (or at a stop), they wait here, within the deadline.
+/// parker for the rest (`None`); without one (or once a stop's drain is over), they wait here,
+/// within the deadline.
 /// `None` too when it is closed (logged).
 fn client_hello(
     mut conn: Conn,
