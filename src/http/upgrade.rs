@@ -22,7 +22,7 @@ use crate::error::{Cause, Failure, Party, Phase};
 use crate::h1::request::RequestHead;
 use crate::h1::{Coalesce, Wire};
 use crate::park::PARK_AFTER;
-use crate::relay::{self, End, Progress, Relayed};
+use crate::relay::{self, End, ParkWhen, Progress, Relayed};
 use crate::tls::stream::Stream;
 
 /// A tunnel's backend side between turns: its slot, its TLS state, its count in /stats and how
@@ -90,7 +90,8 @@ pub(super) fn switch(
             End { sock: s, tls: Some(&mut *backend_guard), early: bw.buffered() }
         }
     };
-    let park = parks(ex.ctx).then_some(PARK_AFTER);
+    let wanted = || wanted(ex.ctx);
+    let park = parks(ex.ctx).then_some(ParkWhen { after: PARK_AFTER, wanted: &wanted });
     let tally = |up, down| backend.record_bytes(up, down);
     match relay::resume(
         client,
@@ -112,6 +113,11 @@ pub(super) fn switch(
 /// Whether a tunnel may wait in the parker (not once the proxy stops).
 fn parks(ctx: &Context) -> bool {
     ctx.parker.is_some() && !ctx.stopping.load(Ordering::SeqCst)
+}
+
+/// Whether a quiet tunnel should park at once: its worker is wanted elsewhere.
+fn wanted(ctx: &Context) -> bool {
+    ctx.parker.as_ref().is_some_and(|p| p.worker_wanted())
 }
 
 /// Puts a tunnel's end in its record (the relay counted its bytes on the backend as they went).
@@ -170,7 +176,8 @@ fn run(mut conn: Conn, ctx: &Context, may_park: bool, scratch: &mut Scratch) {
     let Ok(parked) = state.downcast::<Parked>() else { return };
     let mut parked = *parked;
     let mut session = conn.tls_session.take();
-    let after = may_park.then_some(PARK_AFTER);
+    let wanted = || wanted(ctx);
+    let after = may_park.then_some(ParkWhen { after: PARK_AFTER, wanted: &wanted });
     let step = {
         let t = &mut parked.tunnel;
         let _attached = conn.attach(&sock, t.backend.id());

@@ -18,7 +18,8 @@
 //! So a thread serves requests, not connections: thousands of idle clients cost a socket and a
 //! few hundred bytes each, and `workers` bounds the connections in the middle of a request. A
 //! busy client never parks (its next request comes within `park_after`), so the hot path is as
-//! before. A parked connection idle for `idle_ms` is closed here. At shutdown parked
+//! before. While connections queue for a worker, a quiet relay parks after 1 ms
+//! ([`Parker::worker_wanted`]), so a crowd of silent ones holds no worker either. A parked connection idle for `idle_ms` is closed here. At shutdown parked
 //! connections are closed, as nginx and HAProxy close idle keep-alive connections at a graceful
 //! stop; one parked less than [`SHUTDOWN_GRACE`](crate::conn::SHUTDOWN_GRACE) ago first gets the
 //! rest of that time to send the request it may have on the wire, as a worker waiting between
@@ -28,7 +29,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender};
@@ -198,6 +199,12 @@ impl Parker {
     /// at once rather than hold its worker.
     pub fn pressed(&self) -> bool {
         self.queue.get().is_some_and(|q| !q.is_empty())
+    }
+
+    /// Whether the calling worker is wanted elsewhere: connections wait for a worker, or its
+    /// place went to another while it waited on a peer. A quiet relay then parks at once.
+    pub fn worker_wanted(&self) -> bool {
+        self.pressed() || crate::threads::gate::stepped_aside()
     }
 
     /// Parks `conn`, idle since `since`, until its socket is readable (a request, or the client
@@ -407,45 +414,11 @@ impl Parker {
     }
 }
 
-/// The parker's running thread: dropping it (or [`Running::stop`]) stops parking, closes every
-/// parked connection, and joins the thread, whose sender then no longer holds the workers'
-/// channel open.
-pub struct Running {
-    parker: Arc<Parker>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Running {
-    /// Stops parking: idle connections close now (those parked a moment ago, and new ones
-    /// that sent nothing yet, after [`GRACE`]); quiet relays stay watched, so they drain, until
-    /// this drops.
-    pub fn stop_parking(&self) {
-        self.parker.stop();
-    }
-
-    /// Stops the parker and waits for its thread.
-    pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
-        self.parker.stop();
-        self.parker.finished.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.halt();
-    }
-}
-
 mod ends;
 pub use ends::close_lingering;
 mod handshake;
+mod running;
+pub use running::Running;
 
 #[cfg(test)]
 mod tests;

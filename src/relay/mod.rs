@@ -10,9 +10,10 @@
 //! the other side is told (`close_notify` for a TLS side, then `shutdown(Write)`) and the other
 //! direction carries on; the relay ends when both directions are done, on the first error
 //! (naming the side it happened on), or when neither direction moved a byte for the idle
-//! timeout (the `poll` timeout). Asked to ([`resume`] with `park_after`), a relay that moved
-//! nothing for that long with nothing pending returns its [`Progress`] instead, so its
-//! connection can wait in the parker without a worker. The bytes sent are told to the caller's
+//! timeout (the `poll` timeout). Asked to ([`resume`] with a [`ParkWhen`]), a relay that moved
+//! nothing for a while with nothing pending returns its [`Progress`] instead, so its
+//! connection can wait in the parker without a worker: after `PARK_AFTER`, or after
+//! [`PRESSED_AFTER`] while connections wait for a worker. The bytes sent are told to the caller's
 //! tally as they go (every [`TALLY_BYTES`] or [`TALLY_EVERY`], and when the turn ends), so a
 //! long relay shows in the counters while it lasts, as HAProxy's do.
 //!
@@ -50,6 +51,20 @@ pub const TALLY_BYTES: u64 = 1 << 20;
 
 /// Time after which a relay that moved bytes tells its tally, however few.
 pub const TALLY_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a relay may be quiet before it goes to park while a worker is wanted elsewhere
+/// (connections wait for one), as a new connection's first read waits then.
+pub const PRESSED_AFTER: Duration = Duration::from_millis(1);
+
+/// When a relay that moved nothing and holds nothing returns to park ([`resume`]).
+#[derive(Clone, Copy)]
+pub struct ParkWhen<'a> {
+    /// Quiet this long: the connection waits better in the parker than in a worker.
+    pub after: Duration,
+    /// Whether a worker is wanted elsewhere, asked each time the relay would wait: then it
+    /// parks once quiet for [`PRESSED_AFTER`].
+    pub wanted: &'a dyn Fn() -> bool,
+}
 
 /// Where a relay tells the bytes it sent, as `(up, down)` counts since it last told.
 pub type Tally<'a> = &'a dyn Fn(u64, u64);
@@ -139,13 +154,13 @@ impl Progress {
 pub enum Relayed {
     /// Both directions ended, an error, or the idle limit.
     Ended(RelayOutcome),
-    /// No byte moved for the `park_after` asked and none waits to be written: the connection
+    /// No byte moved for the [`ParkWhen`] asked and none waits to be written: the connection
     /// can wait in the parker and resume from here.
     Quiet(Progress),
 }
 
 impl Relayed {
-    /// The outcome of a relay run without `park_after`, which never goes quiet (a quiet one
+    /// The outcome of a relay run without a [`ParkWhen`], which never goes quiet (a quiet one
     /// would read as ended without error).
     pub fn into_outcome(self) -> RelayOutcome {
         match self {
@@ -176,8 +191,8 @@ pub fn relay(client: End<'_>, backend: End<'_>, idle: Duration, bufs: &mut Buffe
     resume(client, backend, idle, bufs, Progress::start(), None, &|_, _| {}).into_outcome()
 }
 
-/// Relays from `from` as [`relay`] does; with `park_after`, it returns [`Relayed::Quiet`] once
-/// nothing moved for that long and nothing waits (no pending bytes, no TLS records to send, no
+/// Relays from `from` as [`relay`] does; with `park`, it returns [`Relayed::Quiet`] once
+/// nothing moved for as long as that asks and nothing waits (no pending bytes, no TLS records to send, no
 /// plaintext held by rustls), rather than wait on in this thread. The bytes this turn sends
 /// are told to `tally`, each once.
 pub fn resume(
@@ -186,7 +201,7 @@ pub fn resume(
     idle: Duration,
     bufs: &mut Buffers,
     from: Progress,
-    park_after: Option<Duration>,
+    park: Option<ParkWhen<'_>>,
     tally: Tally<'_>,
 ) -> Relayed {
     for (s, side) in [(client.sock, Party::Client), (backend.sock, Party::Backend)] {
@@ -207,7 +222,7 @@ pub fn resume(
     // Bytes already read from one side travel the other way first.
     let mut up = Flow::new(up, client.early, from.up, from.up_done);
     let mut down = Flow::new(down, backend.early, from.down, from.down_done);
-    let turn = Turn { idle: as_limit(idle), park_after, last_moved: from.last_moved };
+    let turn = Turn { idle: as_limit(idle), park, last_moved: from.last_moved };
     let mut told = Told { tally, up: from.up, down: from.down, at: Instant::now() };
     let ended = run(&mut c, &mut b, turn, read, (&mut up, &mut down), &mut told);
     told.tell(&up, &down, Instant::now(), true);
@@ -234,9 +249,9 @@ fn failure(side: Party, e: io::Error) -> Failure {
 }
 
 /// A relay turn's clock: the idle limit, when to go quiet, and the last byte moved.
-struct Turn {
+struct Turn<'a> {
     idle: Option<Duration>,
-    park_after: Option<Duration>,
+    park: Option<ParkWhen<'a>>,
     last_moved: Instant,
 }
 
@@ -246,12 +261,12 @@ struct Turn {
 fn run(
     c: &mut Side,
     b: &mut Side,
-    turn: Turn,
+    turn: Turn<'_>,
     read: &mut Vec<u8>,
     (up, down): (&mut Flow, &mut Flow),
     told: &mut Told,
 ) -> Result<Option<Instant>, (Party, io::Error)> {
-    let Turn { idle, park_after, mut last_moved } = turn;
+    let Turn { idle, park, mut last_moved } = turn;
     // Quiet for `TRIM_AFTER`, the worker gives back its buffer and deep stack pages, so
     // thousands of idle connections stay cheap; the next bytes bring them back.
     let mut trimmed = false;
@@ -267,14 +282,18 @@ fn run(
         // One clock read for the turn's timers; another after its poll.
         let turn = Instant::now();
         let quiet = turn.duration_since(last_moved);
-        let parks_in =
-            park_after.map(|after| after.saturating_sub(turn.duration_since(last_moved.max(woke))));
         let records = c.wants_out() || b.wants_out();
         let pending = up_wait == Wait::Write || down_wait == Wait::Write || records;
         if up_wait == Wait::Done && down_wait == Wait::Done && !records {
             return Ok(None);
         }
         let settled = !pending && !cut_up && !cut_down;
+        // Counted from the last byte moved or the wake-up, so a relay woken by bytes reads them
+        // before it may park again.
+        let parks_in = park.map(|p| {
+            let after = if settled && (p.wanted)() { PRESSED_AFTER } else { p.after };
+            after.saturating_sub(turn.duration_since(last_moved.max(woke)))
+        });
         if settled && parks_in.is_some_and(|left| left.is_zero()) {
             return Ok(Some(last_moved));
         }

@@ -16,7 +16,7 @@ use crate::error::{Cause, Failure, Party, Phase};
 use crate::logging::access;
 use crate::logging::line::Entry;
 use crate::park::PARK_AFTER;
-use crate::relay::{self, Buffers, End, Progress, RelayOutcome, Relayed};
+use crate::relay::{self, Buffers, End, ParkWhen, Progress, RelayOutcome, Relayed};
 use crate::route::Pool;
 
 mod open;
@@ -61,7 +61,9 @@ pub fn serve(mut conn: Conn, ctx: &Context, bufs: &mut Buffers) {
             let client = End { sock: &conn.stream, tls: r.client_tls.as_mut(), early: &r.early };
             let backend = End { sock: &r.backend, tls: r.backend_tls.as_mut(), early: &[] };
             let tally = |up, down| b.record_bytes(up, down);
-            relay::resume(client, backend, idle, bufs, r.progress, park.map(|_| PARK_AFTER), &tally)
+            let wanted = || park.is_some_and(|p| p.worker_wanted());
+            let when = park.map(|_| ParkWhen { after: PARK_AFTER, wanted: &wanted });
+            relay::resume(client, backend, idle, bufs, r.progress, when, &tally)
         };
         drop(attached);
         let p = match step {

@@ -247,3 +247,28 @@ fn a_tcp_mode_tls_handshake_parked_at_a_stop_goes_on_from_its_state() {
     let mut tls = StreamOwned::new(late, late_sock);
     assert_eq!(line_over(&mut tls, "late"), "[app] late");
 }
+
+/// A new relay whose two sides stay silent used to hold its worker 100 ms (`PARK_AFTER`) before
+/// it parked, even with connections queued for a worker: 400 silent clients against four
+/// workers kept a real client waiting at least 10 s. Now a quiet relay parks after 1 ms while
+/// connections queue (as an idle keep-alive client parks at once then), and a crowd of relays
+/// costs the client no more than its own connect, as with HAProxy's event loop.
+#[test]
+fn a_crowd_of_silent_relays_beyond_the_workers_parks_at_once_and_costs_a_client_nothing() {
+    let (_d, backend) = dummy("app");
+    let config = format!(
+        "[proxy]\nmode = tcp\nworkers = 4\nactive_workers = 2\n[health]\nenabled = false\n\
+         [admin]\nlisten = 127.0.0.1:0\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let crowd: Vec<TcpStream> = (0..400).map(|_| connect(addr)).collect();
+    let started = Instant::now();
+    let mut s = connect(addr);
+    assert_eq!(line_over(&mut s, "hello"), "[app] hello");
+    let took = started.elapsed();
+    // 400 relays × 100 ms over four workers is 10 s; parked at once, about 0.4 ms each.
+    assert!(took < Duration::from_millis(2500), "a client behind 400 silent relays waited {took:?}");
+    parked(admin_addr(&p), 400);
+    drop(crowd);
+}
