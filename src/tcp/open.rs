@@ -117,6 +117,12 @@ pub(super) fn open(mut conn: Conn, ctx: &Context) -> Option<(Conn, Relaying)> {
                     why = "not TLS (or a malformed ClientHello)";
                     None
                 }
+                // As HAProxy ends its inspection at the client's shutdown: what came goes to
+                // the default pool, and the relay passes the half-close on.
+                Hello::Incomplete => {
+                    why = "closed its side before a whole ClientHello";
+                    None
+                }
                 _ => None,
             }
         }
@@ -222,7 +228,8 @@ enum Reading {
 }
 
 /// Reads the start of the connection into `early` until it is a whole ClientHello (or clearly
-/// not one), or the deadline passes. `Ok(None)`: nothing more has come (a brief read).
+/// not one), or the deadline passes. `Ok(None)`: nothing more has come (a brief read);
+/// [`Hello::Incomplete`]: the client shut its side before its ClientHello was whole.
 fn read_hello(
     sock: &TcpStream,
     deadline: Option<Instant>,
@@ -255,7 +262,8 @@ fn read_hello(
             Reading::Brief(_) => crate::net::recv(sock, &mut buf, false),
         };
         match read {
-            Ok(0) => return Err("closed by the client before its ClientHello was complete".to_string()),
+            // The client's side ended: what it sent goes to the default pool, then its FIN.
+            Ok(0) => return Ok(Some(Hello::Incomplete)),
             Ok(n) => early.extend_from_slice(&buf[..n]),
             Err(e) if is_timeout(&e) && matches!(reading, Reading::Brief(_)) => return Ok(None),
             Err(e) if is_timeout(&e) => return silent(early).map(Some),

@@ -54,9 +54,10 @@ fn crowd(addr: SocketAddr, admin: SocketAddr, start: &[u8]) -> Vec<TcpStream> {
     held
 }
 
-/// A backend that takes one connection (within the tests' wait), reads `n` bytes from it,
-/// answers `ok` and closes: what it read comes back from the handle.
-fn capture(n: usize) -> (SocketAddr, thread::JoinHandle<Vec<u8>>) {
+/// A backend that takes one connection (within the tests' wait), reads `n` bytes from it (or,
+/// with `None`, all it sends until its FIN), answers `ok` and closes: what it read comes back
+/// from the handle.
+fn capture(n: Option<usize>) -> (SocketAddr, thread::JoinHandle<Vec<u8>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     listener.set_nonblocking(true).expect("nonblocking");
@@ -73,8 +74,16 @@ fn capture(n: usize) -> (SocketAddr, thread::JoinHandle<Vec<u8>>) {
         };
         s.set_nonblocking(false).expect("blocking");
         s.set_read_timeout(Some(WAIT)).expect("timeout");
-        let mut got = vec![0u8; n];
-        s.read_exact(&mut got).expect("the whole ClientHello");
+        let mut got = Vec::new();
+        match n {
+            Some(n) => {
+                got.resize(n, 0);
+                s.read_exact(&mut got).expect("the whole ClientHello");
+            }
+            None => {
+                s.read_to_end(&mut got).expect("all the client sent, then its FIN");
+            }
+        }
         s.write_all(b"ok\n").expect("answer");
         got
     });
@@ -129,7 +138,7 @@ fn a_crowd_silent_or_stalled_mid_client_hello_beyond_the_workers_costs_an_sni_cl
 #[test]
 fn a_client_hello_trickled_across_parks_is_routed_and_header_ms_bounds_it_across_them() {
     let (_plain, plain) = dummy("plain1");
-    let (api, got) = capture(client_hello("api.example.com").len());
+    let (api, got) = capture(Some(client_hello("api.example.com").len()));
     let one_worker = config(plain, api, 3000, "").replace("workers = 4\nactive_workers = 2", "workers = 1");
     let (p, addr) = proxy_with(&one_worker, &[]);
     let hello = client_hello("api.example.com");
@@ -166,7 +175,7 @@ fn a_client_hello_trickled_across_parks_is_routed_and_header_ms_bounds_it_across
 fn a_client_hello_parked_at_a_stop_is_finished_and_relayed_with_the_drain() {
     let (_plain, plain) = dummy("plain1");
     let hello = client_hello("api.example.com");
-    let (api, got) = capture(hello.len());
+    let (api, got) = capture(Some(hello.len()));
     let small_queue =
         config(plain, api, 600_000, "").replace("active_workers = 2\n", "active_workers = 2\nqueue = 4\n");
     let (p, addr) = proxy_with(&small_queue, &[]);
@@ -189,7 +198,7 @@ fn a_client_hello_parked_at_a_stop_is_finished_and_relayed_with_the_drain() {
 #[test]
 fn a_client_hello_parked_across_a_reload_that_removes_sni_routing_reaches_its_backend_whole() {
     let hello = client_hello("api.example.com");
-    let (plain, got) = capture(hello.len());
+    let (plain, got) = capture(Some(hello.len()));
     let (_api, api) = dummy("api1");
     let (p, addr) = proxy_with(&config(plain, api, 600_000, ""), &[]);
     let mut s = connect(addr);
@@ -271,4 +280,28 @@ fn a_crowd_of_silent_relays_beyond_the_workers_parks_at_once_and_costs_a_client_
     assert!(took < Duration::from_millis(2500), "a client behind 400 silent relays waited {took:?}");
     parked(admin_addr(&p), 400);
     drop(crowd);
+}
+
+/// A client that shuts its side mid-ClientHello, or before sending anything, goes to the
+/// default pool with what it sent, and the backend sees its FIN; its answer comes back. As
+/// HAProxy ends `inspect-delay` at the client's shutdown and goes to `default_backend`; before,
+/// the connection was closed unanswered. The first waits in the parker before its FIN.
+#[test]
+fn a_client_shutting_its_side_mid_client_hello_reaches_the_default_pool_as_with_haproxy() {
+    let (_api, api) = dummy("api1");
+    let hello = client_hello("api.example.com");
+    for sent in [&hello[..hello.len() / 2], &[][..]] {
+        let (plain, got) = capture(None);
+        let (p, addr) = proxy_with(&config(plain, api, 600_000, ""), &[]);
+        let mark = p.mark();
+        let mut s = connect(addr);
+        s.write_all(sent).expect("send");
+        if !sent.is_empty() {
+            parked(admin_addr(&p), 1);
+        }
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        assert_eq!(read_line(&mut s), "ok", "the default pool's answer");
+        assert_eq!(got.join().expect("backend"), sent, "what the client sent, then its FIN");
+        p.wait_for_since(mark, "closed its side before a whole ClientHello: default pool");
+    }
 }
