@@ -133,6 +133,28 @@ pub(super) fn read_now(client: &mut &ClientStream<'_>, buf: &mut [u8]) -> io::Re
     }
 }
 
+/// Reads what the client sends within `limit`, a brief wait (a new connection's first bytes):
+/// what is there at once, else what `poll(2)` sees come in time (an exact wait, where the
+/// socket's timeout would round up to the kernel's tick). `TimedOut` when nothing came.
+pub(super) fn fill_within(
+    cw: &mut crate::h1::Wire<&ClientStream<'_>>,
+    sock: &std::net::TcpStream,
+    max_head: usize,
+    limit: Duration,
+) -> io::Result<usize> {
+    let until = Instant::now() + limit;
+    loop {
+        match cw.fill_by(max_head, read_now) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            done => return done,
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || !crate::net::readable_within(sock, left)? {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+    }
+}
+
 /// A redirect (`status`, `Location: to`), through the one simple-response writer.
 pub(super) fn redirect(status: u16, to: &str, id: &str, close: bool) -> Vec<u8> {
     let body = format!("{status} {}: {to}\n", crate::h1::reason(status));

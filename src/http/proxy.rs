@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use super::answer::{answer_here, answer_refused, per_request};
 use super::client::{
-    access_log, holds_plaintext, read_now, refuse_admission, refuse_head, tls_version, write_error,
+    access_log, fill_within, holds_plaintext, read_now, refuse_admission, refuse_head, tls_version,
+    write_error,
 };
 use super::context::{Attempt, Exchange, Record, Scratch};
 use super::exchange::Served;
@@ -216,11 +217,16 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
                 }
                 Before::Close => break None,
             };
-            if let Some(limit) = wait {
-                timeout.set(limit);
-            }
             let max_head = ctx.config.http.max_head_bytes;
-            let filled = if wait.is_some() { cw.fill(max_head) } else { cw.fill_by(max_head, read_now) };
+            let filled = match wait {
+                // A first byte's brief wait: timed exactly.
+                Some(limit) if limit <= accept::FIRST_BYTE => fill_within(&mut cw, tcp, max_head, limit),
+                Some(limit) => {
+                    timeout.set(limit);
+                    cw.fill(max_head)
+                }
+                None => cw.fill_by(max_head, read_now),
+            };
             conn.set_idle(false);
             let mut read = Filled::of(&filled, wait.is_some());
             let mut now = now;

@@ -255,9 +255,12 @@ fn read_hello(
                 crate::threads::gate::waiting(|| (&*sock).read(&mut buf))
             }
             Reading::Brief(Some(until)) if Instant::now() < until => {
-                let brief = until.saturating_duration_since(Instant::now()).max(Duration::from_micros(1));
-                let _ = sock.set_read_timeout(Some(left.map_or(brief, |l| l.min(brief))));
-                (&*sock).read(&mut buf)
+                let brief = until.saturating_duration_since(Instant::now());
+                match crate::net::readable_within(sock, left.map_or(brief, |l| l.min(brief))) {
+                    Ok(true) => crate::net::recv(sock, &mut buf, false),
+                    Ok(false) => Err(std::io::ErrorKind::WouldBlock.into()),
+                    Err(e) => Err(e),
+                }
             }
             Reading::Brief(_) => crate::net::recv(sock, &mut buf, false),
         };

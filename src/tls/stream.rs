@@ -117,7 +117,7 @@ pub fn has_plaintext(c: &mut Connection) -> bool {
 }
 
 fn read_plain(c: &mut Connection, sock: &TcpStream, buf: &mut [u8], nowait: bool) -> io::Result<usize> {
-    let mut reader = Reader { sock, nowait };
+    let mut reader = Reader { sock, nowait, within: None };
     loop {
         match c.reader().read(buf) {
             Ok(n) => return Ok(n),
@@ -251,7 +251,7 @@ pub fn handshake(
     // The client's bytes are due (first, and after each flight the proxy sent): a read may wait
     // `brief` for them. Otherwise a `NoWaitAfter` handshake reads without waiting.
     let mut due = true;
-    let mut reader = Reader { sock, nowait: false };
+    let mut reader = Reader { sock, nowait: false, within: None };
     loop {
         let left = match deadline {
             Some(d) => d.saturating_duration_since(Instant::now()),
@@ -260,12 +260,11 @@ pub fn handshake(
         if left.is_zero() {
             return Handshake::TimedOut;
         }
-        let _ = sock.set_read_timeout(Some(match brief {
-            Some(b) if due => b.min(left),
-            _ => left,
-        }));
+        let _ = sock.set_read_timeout(Some(left));
         let _ = sock.set_write_timeout(Some(left));
-        reader.nowait = nowait && !due;
+        // A brief wait is timed by poll(2), exactly ([`crate::net::readable_within`]).
+        reader.nowait = nowait;
+        reader.within = brief.filter(|_| due).map(|b| b.min(left));
         let wrote = matches!(&state, Pending::Conn(c) if c.wants_write());
         let waiting = |e: &io::Error| is_timeout(e) && nowait;
         state = match state {
@@ -344,10 +343,12 @@ pub fn handshake(
     }
 }
 
-/// Reads for the handshake: blocking within the socket's timeout, or without waiting.
+/// Reads for the handshake: blocking within the socket's timeout, or without waiting (after a
+/// wait of `within`, if set, for bytes due).
 struct Reader<'a> {
     sock: &'a TcpStream,
     nowait: bool,
+    within: Option<Duration>,
 }
 
 impl Reader<'_> {
@@ -362,7 +363,18 @@ impl Reader<'_> {
     /// Runs `recv`; a blocking one is a wait on the client, marked, so that a reserve worker
     /// takes this one's place if it lasts while connections queue (a silent client holds no
     /// taker).
-    fn recv<T>(&self, recv: impl FnOnce() -> T) -> T {
+    fn recv(&self, mut recv: impl FnMut() -> io::Result<usize>) -> io::Result<usize> {
+        if let Some(d) = self.within.filter(|_| self.nowait) {
+            match recv() {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return done,
+            }
+            return match crate::net::readable_within(self.sock, d) {
+                Ok(true) => recv(),
+                Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => Err(e),
+            };
+        }
         if self.nowait {
             recv()
         } else {
@@ -372,7 +384,7 @@ impl Reader<'_> {
 
     fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         let flags = self.flags() | rustix::net::RecvFlags::PEEK;
-        self.recv(|| rustix::net::recv(self.sock, buf, flags).map(|(n, _)| n).map_err(io::Error::from))
+        self.recv(|| rustix::net::recv(self.sock, &mut *buf, flags).map(|(n, _)| n).map_err(io::Error::from))
     }
 }
 

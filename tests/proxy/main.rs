@@ -4,6 +4,7 @@
 mod access_log;
 mod admin;
 mod backend_tls;
+mod bursts;
 mod capacity;
 mod dashboard;
 mod faultlab;
