@@ -117,8 +117,8 @@ pub(super) fn open(mut conn: Conn, ctx: &Context) -> Option<(Conn, Relaying)> {
                     why = "not TLS (or a malformed ClientHello)";
                     None
                 }
-                // As HAProxy ends its inspection at the client's shutdown: what came goes to
-                // the default pool, and the relay passes the half-close on.
+                // Shut mid-ClientHello: as HAProxy ends its inspection at the client's shutdown,
+                // what came goes to the default pool, and the relay passes the half-close on.
                 Hello::Incomplete => {
                     why = "closed its side before a whole ClientHello";
                     None
@@ -195,6 +195,12 @@ fn client_hello(
         let read = read_hello(&conn.stream, deadline, reading, &mut early);
         let _ = conn.stream.set_read_timeout(None);
         match read {
+            // Gone before a byte (a port probe, a load balancer's TCP check): closed quietly,
+            // as a plain listener's client that never spoke is.
+            Ok(Some(Hello::Incomplete)) if early.is_empty() => {
+                log::debug!("{}: closed before sending anything", Label(&conn));
+                return None;
+            }
             Ok(Some(hello)) => return Some((conn, hello, early)),
             Ok(None) => {}
             Err(_) if conn.cut() => {
@@ -229,7 +235,8 @@ enum Reading {
 
 /// Reads the start of the connection into `early` until it is a whole ClientHello (or clearly
 /// not one), or the deadline passes. `Ok(None)`: nothing more has come (a brief read);
-/// [`Hello::Incomplete`]: the client shut its side before its ClientHello was whole.
+/// [`Hello::Incomplete`]: the client shut its side before its ClientHello was whole (maybe
+/// before sending anything).
 fn read_hello(
     sock: &TcpStream,
     deadline: Option<Instant>,
