@@ -282,26 +282,69 @@ fn a_crowd_of_silent_relays_beyond_the_workers_parks_at_once_and_costs_a_client_
     drop(crowd);
 }
 
-/// A client that shuts its side mid-ClientHello, or before sending anything, goes to the
-/// default pool with what it sent, and the backend sees its FIN; its answer comes back. As
-/// HAProxy ends `inspect-delay` at the client's shutdown and goes to `default_backend`; before,
-/// the connection was closed unanswered. The first waits in the parker before its FIN.
+/// A client that shuts its side mid-ClientHello goes to the default pool with what it sent,
+/// and the backend sees its FIN; its answer comes back. As HAProxy ends `inspect-delay` at the
+/// client's shutdown and goes to `default_backend`; before, the connection was closed
+/// unanswered. It waits in the parker before its FIN. One that shuts its side having sent
+/// nothing (a port probe, a TCP check) is closed quietly, no backend bothered.
 #[test]
 fn a_client_shutting_its_side_mid_client_hello_reaches_the_default_pool_as_with_haproxy() {
     let (_api, api) = dummy("api1");
     let hello = client_hello("api.example.com");
-    for sent in [&hello[..hello.len() / 2], &[][..]] {
-        let (plain, got) = capture(None);
-        let (p, addr) = proxy_with(&config(plain, api, 600_000, ""), &[]);
-        let mark = p.mark();
-        let mut s = connect(addr);
-        s.write_all(sent).expect("send");
-        if !sent.is_empty() {
-            parked(admin_addr(&p), 1);
+    let half = &hello[..hello.len() / 2];
+    let (plain, got) = capture(None);
+    let (p, addr) = proxy_with(&config(plain, api, 600_000, ""), &[]);
+    let mark = p.mark();
+    let mut s = connect(addr);
+    s.write_all(half).expect("send");
+    parked(admin_addr(&p), 1);
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    assert_eq!(read_line(&mut s), "ok", "the default pool's answer");
+    assert_eq!(got.join().expect("backend"), half, "what the client sent, then its FIN");
+    p.wait_for_since(mark, "closed its side before a whole ClientHello: default pool");
+    let mut probe = connect(addr);
+    probe.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut rest = Vec::new();
+    probe.read_to_end(&mut rest).expect("closed");
+    assert!(rest.is_empty(), "{rest:?}");
+    let stats = backend_stats(admin_addr(&p), "plain1");
+    assert_eq!(stats["total"].as_u64(), Some(1), "only the first reached a backend: {stats}");
+}
+
+/// A PROXY v2 header and then a ClientHello, trickled (a byte at a time across the header, the
+/// boundary and the record header; then in pieces) to an SNI-routed listener with one worker:
+/// between the pieces the worker serves another client, the ClientHello is routed by its name
+/// and reaches the backend whole and alone (no PROXY header), and the log names the header's
+/// client, as HAProxy's `accept-proxy` with `req.ssl_sni`.
+#[test]
+fn a_proxy_v2_header_and_client_hello_trickled_together_are_read_across_parks_and_routed() {
+    use lbproxy::net::proxy_protocol::{self, Addresses, Version};
+    let (_plain, plain) = dummy("plain1");
+    let hello = client_hello("api.example.com");
+    let (api, got) = capture(Some(hello.len()));
+    let config = config(plain, api, 10_000, "")
+        .replace("workers = 4\nactive_workers = 2", "workers = 1\naccept_proxy = any");
+    let (p, addr) = proxy_with(&config, &[]);
+    let from =
+        Addresses { src: "10.7.8.9:41000".parse().expect("src"), dst: "10.0.0.1:443".parse().expect("dst") };
+    let header = proxy_protocol::encode(Version::V2, from);
+    let mut wire = header.clone();
+    wire.extend_from_slice(&hello);
+    let fine = header.len() + 16;
+    let pieces = wire[..fine].chunks(1).chain(wire[fine..].chunks(16));
+    let mut s = connect(addr);
+    s.set_nodelay(true).expect("nodelay");
+    for (i, piece) in pieces.enumerate() {
+        s.write_all(piece).expect("send");
+        thread::sleep(Duration::from_millis(3));
+        if i % 10 == 5 {
+            let mut other = connect(addr);
+            other.write_all(&proxy_protocol::encode(Version::V2, from)).expect("header");
+            assert_eq!(exchange(&mut other, "between pieces"), "plain1");
         }
-        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
-        assert_eq!(read_line(&mut s), "ok", "the default pool's answer");
-        assert_eq!(got.join().expect("backend"), sent, "what the client sent, then its FIN");
-        p.wait_for_since(mark, "closed its side before a whole ClientHello: default pool");
     }
+    assert_eq!(got.join().expect("backend"), hello, "the ClientHello alone reaches the backend, whole");
+    assert_eq!(read_line(&mut s), "ok");
+    let routed = p.wait_for(" -> api1 ");
+    assert!(routed.contains("10.7.8.9"), "the header's client is the connection's: {routed}");
 }
