@@ -348,3 +348,69 @@ fn a_proxy_v2_header_and_client_hello_trickled_together_are_read_across_parks_an
     let routed = p.wait_for(" -> api1 ");
     assert!(routed.contains("10.7.8.9"), "the header's client is the connection's: {routed}");
 }
+
+/// Running out of descriptors with ClientHellos parked (TESTING.md): silent and half-sent
+/// ClientHellos take every descriptor the proxy has; relays already under way still echo, the
+/// health checks that cannot get a socket are skipped (the shortage is the proxy's, not the
+/// backend's: no backend marked down), and once the crowd leaves an SNI client is routed.
+#[test]
+fn relays_go_on_and_no_backend_is_marked_down_while_parked_client_hellos_hold_every_descriptor() {
+    use std::process::Command;
+    let (_plain, plain) = dummy("plain1");
+    let (_api, api) = dummy("api1");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(plain, api, 600_000, "")
+        .replace("workers = 4\nactive_workers = 2", "workers = 8")
+        .replace("[health]\nenabled = false", "[health]\ninterval_ms = 100\nfall = 1")
+        .replace("[admin]\nlisten = 127.0.0.1:0\n", "");
+    std::fs::write(dir.path().join("config.ini"), config).expect("write");
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(dir.path())
+        .args(["-c", &format!("ulimit -n 64 && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
+    let p = Proc::spawn(&mut cmd, Some(dir));
+    let addr = p.listening_addr();
+    let mut relays: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect();
+    for (i, s) in relays.iter_mut().enumerate() {
+        assert_eq!(line_over(s, &format!("before {i}")), format!("[plain1] before {i}"));
+    }
+    let hello = client_hello("api.example.com");
+    let mark = p.mark();
+    let crowd: Vec<TcpStream> = (0..120)
+        .filter_map(|i| {
+            let mut s = TcpStream::connect(addr).ok()?;
+            if i % 2 == 1 {
+                let _ = s.write_all(&hello[..5]);
+            }
+            Some(s)
+        })
+        .collect();
+    p.wait_for("Too many open files");
+    for round in 0..3 {
+        let checked = p.mark();
+        for (i, s) in relays.iter_mut().enumerate() {
+            let said = format!("round {round}");
+            assert_eq!(line_over(s, &said), format!("[plain1] {said}"), "relay {i}");
+        }
+        // Checks run (100 ms apart) while the descriptors are gone: each is skipped.
+        p.wait_for_since(checked, "health check of plain1 skipped");
+    }
+    let log = p.lines_from(mark).join("\n");
+    assert!(!log.contains(" DOWN "), "a backend was marked down for the proxy's own shortage:\n{log}");
+    drop(crowd);
+    // The first try may meet the crowd's last descriptors: a new client then, until routed.
+    let routed = |mark| p.lines_from(mark).iter().any(|l| l.contains(" -> api1 "));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mark = p.mark();
+        let mut s = connect(addr);
+        let _ = s.write_all(&hello);
+        let tried = Instant::now();
+        while !routed(mark) && tried.elapsed() < Duration::from_secs(2) {
+            thread::sleep(Duration::from_millis(10));
+        }
+        if routed(mark) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no SNI client routed after the crowd left:\n{}", p.log_text());
+    }
+}
