@@ -26,17 +26,24 @@ pub fn recv(sock: &TcpStream, buf: &mut [u8], wait: bool) -> io::Result<usize> {
 /// Waits up to `d` for `sock` to have something to read (bytes, its end, or an error), with
 /// `poll(2)`, whose timer is exact: `SO_RCVTIMEO` rounds up to the kernel's tick, so a 1 ms read
 /// timeout waits about 8 ms on a 250 Hz kernel. For the brief waits, a new connection's first
-/// bytes; `false` when `d` passed with nothing.
+/// bytes (callers mark it for the gate, as a wait on the client); a signal does not cut it
+/// short. `false` when `d` passed with nothing.
 pub fn readable_within(sock: &TcpStream, d: Duration) -> io::Result<bool> {
     use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let timeout =
-        Timespec { tv_sec: d.as_secs().min(i64::MAX as u64) as i64, tv_nsec: d.subsec_nanos().into() };
-    let mut fds = [PollFd::new(sock, PollFlags::IN)];
-    match poll(&mut fds, Some(&timeout)) {
-        Ok(n) => Ok(n > 0),
-        // A signal: as if the time had passed; the caller reads what is there or moves on.
-        Err(rustix::io::Errno::INTR) => Ok(false),
-        Err(e) => Err(e.into()),
+    let until = Instant::now() + d;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let timeout = Timespec {
+            tv_sec: left.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: left.subsec_nanos().into(),
+        };
+        let mut fds = [PollFd::new(sock, PollFlags::IN)];
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(n) => return Ok(n > 0),
+            Err(rustix::io::Errno::INTR) if !left.is_zero() => {}
+            Err(rustix::io::Errno::INTR) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
