@@ -277,6 +277,9 @@ fn run(
     let (mut cut_up, mut cut_down) = (!c.is_plain(), !b.is_plain());
     // Whether a side nothing waits on is still polled for a reset (see below).
     let (mut watch_client, mut watch_backend) = (true, true);
+    // Whether this call polled yet: a relay woken by bytes reads them before it may park, however
+    // late its worker ran.
+    let mut polled = false;
     loop {
         let (up_wait, down_wait) = (up.wait(), down.wait());
         // One clock read for the turn's timers; another after its poll.
@@ -288,13 +291,12 @@ fn run(
             return Ok(None);
         }
         let settled = !pending && !cut_up && !cut_down;
-        // Counted from the last byte moved or the wake-up, so a relay woken by bytes reads them
-        // before it may park again.
+        // Counted from the last byte moved or the wake-up.
         let parks_in = park.map(|p| {
             let after = if settled && (p.wanted)() { PRESSED_AFTER } else { p.after };
             after.saturating_sub(turn.duration_since(last_moved.max(woke)))
         });
-        if settled && parks_in.is_some_and(|left| left.is_zero()) {
+        if settled && polled && parks_in.is_some_and(|left| left.is_zero()) {
             return Ok(Some(last_moved));
         }
         // up reads the client and writes the backend; down the other way round.
@@ -349,8 +351,9 @@ fn run(
                 // Nothing to wait on: both directions ended (a cut one has input to wait on).
                 None => return Ok(None),
                 // poll itself failing (ENOMEM) is nobody's fault but ours; the client is closed.
-                Some(polled) => polled.map_err(|e| (Party::Client, e))?,
+                Some(result) => result.map_err(|e| (Party::Client, e))?,
             };
+        polled = true;
         for (sock, on, ready, party, watched) in [
             (c.sock, on_client, client_ready, Party::Client, &mut watch_client),
             (b.sock, on_backend, backend_ready, Party::Backend, &mut watch_backend),
