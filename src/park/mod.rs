@@ -19,9 +19,9 @@
 //! few hundred bytes each, and `workers` bounds the connections in the middle of a request. A
 //! busy client never parks (its next request comes within `park_after`), so the hot path is as
 //! before. While connections queue for a worker, a quiet relay parks after 1 ms
-//! ([`Parker::worker_wanted`]), so a crowd of silent ones holds no worker either. A parked connection idle for `idle_ms` is closed here. At shutdown parked
-//! connections are closed, as nginx and HAProxy close idle keep-alive connections at a graceful
-//! stop; one parked less than [`SHUTDOWN_GRACE`](crate::conn::SHUTDOWN_GRACE) ago first gets the
+//! ([`Parker::worker_wanted`]), so a crowd of silent ones holds no worker either. A parked
+//! connection idle for `idle_ms` is closed here. At shutdown parked connections are closed, as
+//! nginx and HAProxy close idle keep-alive connections at a graceful stop; one parked less than [`SHUTDOWN_GRACE`](crate::conn::SHUTDOWN_GRACE) ago first gets the
 //! rest of that time to send the request it may have on the wire, as a worker waiting between
 //! requests does, and a new one that has sent nothing yet gets that time from the stop.
 

@@ -16,8 +16,8 @@ pub struct Running {
 
 impl Running {
     /// Stops parking: idle connections close now (those parked a moment ago, and new ones
-    /// that sent nothing yet, after [`GRACE`]); quiet relays stay watched, so they drain, until
-    /// this drops.
+    /// that sent nothing yet, after [`SHUTDOWN_GRACE`](crate::conn::SHUTDOWN_GRACE)); quiet
+    /// relays stay watched, so they drain, until this drops.
     pub fn stop_parking(&self) {
         self.parker.stop();
     }
