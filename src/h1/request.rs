@@ -4,7 +4,8 @@
 //! Anything ambiguous is rejected before a byte reaches a backend: both Content-Length and
 //! Transfer-Encoding, a repeated or invalid Content-Length, a Transfer-Encoding whose final
 //! coding is not `chunked`, whitespace before a colon, obs-fold, invalid bytes in names, values
-//! or target, a missing or repeated Host in HTTP/1.1, and unsupported versions (505).
+//! or target, a missing or repeated Host in HTTP/1.1, and unsupported versions (505; a later
+//! HTTP/1 minor version is served as 1.1).
 
 use super::edits::{stripped, take_cookie, Edits, Routed, Router};
 use super::framing::framing;
@@ -146,6 +147,13 @@ pub fn parse(
         Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err(Rejection::too_large(buf)),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(reject(431, "too many headers")),
+        // A later HTTP/1 (RFC 9112 2.3): served as 1.1, the highest this implements, as nginx and
+        // HAProxy serve HTTP/1.2. Rare: the head is copied with its version rewritten.
+        Err(httparse::Error::Version) if let Some(at) = newer_minor(buf) => {
+            let mut copy = buf.to_vec();
+            copy[at] = b'1';
+            return parse(&copy, max_head, fwd, out);
+        }
         Err(httparse::Error::Version) if looks_like_version(buf) => {
             return Err(reject(505, "HTTP version not supported"))
         }
@@ -314,6 +322,15 @@ fn looks_like_version(buf: &[u8]) -> bool {
     }
     let Some(v) = line.rsplit(|&b| b == b' ').next() else { return false };
     v.len() == 8 && v.starts_with(b"HTTP/") && v[5].is_ascii_digit() && v[6] == b'.' && v[7].is_ascii_digit()
+}
+
+/// Where the minor digit is in a request line whose version is `HTTP/1.2` to `HTTP/1.9`.
+fn newer_minor(buf: &[u8]) -> Option<usize> {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let minor = line.len().checked_sub(1)?;
+    (looks_like_version(buf) && line[minor - 2] == b'1' && (b'2'..=b'9').contains(&line[minor]))
+        .then_some(minor)
 }
 
 fn valid_request_id(id: &[u8]) -> bool {

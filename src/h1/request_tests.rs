@@ -162,7 +162,7 @@ fn smuggling_shapes_are_rejected() {
         ("GET / HTTP/1.1\r\n\r\n", 400),
         ("GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", 400),
         ("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
-        ("GET / HTTP/1.2\r\nHost: x\r\n\r\n", 505),
+        ("GET / HTTP/1.12\r\nHost: x\r\n\r\n", 400),
         ("GET /a\x01b HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         ("GET noslash HTTP/1.1\r\nHost: x\r\n\r\n", 400),
         ("GET / HTTP/1.1\r\nHost: x\r\nX-\x7f: 1\r\n\r\n", 400),
@@ -173,6 +173,18 @@ fn smuggling_shapes_are_rejected() {
     for (raw, want) in cases {
         assert_eq!(status(raw), want, "{raw:?}");
     }
+}
+
+/// RFC 9112 2.3: a later minor version of HTTP/1 is processed as 1.1, as nginx and HAProxy
+/// answer `HTTP/1.2` 200 (HTTP/2.0 in a request line stays 505, as nginx answers it).
+#[test]
+fn a_later_http_1_minor_version_is_served_as_1_1() {
+    let (head, out) = run("GET / HTTP/1.2\r\nHost: x\r\n\r\n").expect("valid").expect("complete");
+    assert!(head.keep_alive, "1.1 semantics: keep-alive by default");
+    assert!(out.starts_with("GET / HTTP/1.1\r\n"), "{out}");
+    assert!(matches!(run("GET / HTTP/1.9\r\nHost: x\r\n"), Ok(None)), "a partial head waits for more");
+    assert!(matches!(run("GET / HTTP/1.2"), Ok(None)), "so does a partial line");
+    assert_eq!(status("GET / HTTP/1.3\r\n\r\n"), 400, "missing Host, as for 1.1");
 }
 
 #[test]
