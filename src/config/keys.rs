@@ -308,7 +308,7 @@ pub const HEADER_MS: Key = key(
     "header_ms",
     millis(0, DAY_MS),
     "10000",
-    "http: the request head must be complete within this, else 408 and close; tcp with sni routes: the ClientHello's limit",
+    "http: the request head must be complete within this, else 408 and close; tcp with sni routes: the ClientHello's limit (0: idle_ms's)",
     |c| c.timeouts.header.as_millis().to_string(),
 );
 /// `[timeouts] response_ms`.

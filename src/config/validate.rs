@@ -119,7 +119,12 @@ impl RawConfig {
                 timeouts: Timeouts {
                     connect: connect?,
                     idle: idle?,
-                    header: header?,
+                    // 0: idle_ms bounds a head instead, as HAProxy's `timeout client` does
+                    // when `timeout http-request` is unset.
+                    header: match header? {
+                        h if h.is_zero() => idle?,
+                        h => h,
+                    },
                     response: response?,
                     queue: queue_wait?,
                     tunnel: tunnel?,

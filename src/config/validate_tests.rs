@@ -21,6 +21,21 @@ fn defaults_apply_when_keys_are_absent() {
     assert_eq!(c.backends[0].weight, 1);
 }
 
+/// `header_ms = 0` used to leave heads, handshakes and ClientHellos without any limit, so a
+/// silent connection stayed for ever though `idle_ms` says no connection idles longer. Now
+/// `idle_ms` bounds them, as HAProxy's `timeout client` does without `timeout http-request`;
+/// with both 0 there is no limit.
+#[test]
+fn header_ms_of_zero_falls_back_to_idle_ms() {
+    let c = parse("[timeouts]\nheader_ms = 0\nidle_ms = 7000\n[backends]\na = 127.0.0.1:1\n").expect("valid");
+    assert_eq!(c.timeouts.header, Duration::from_millis(7000));
+    let c = parse("[timeouts]\nheader_ms = 0\nidle_ms = 0\n[backends]\na = 127.0.0.1:1\n").expect("valid");
+    assert_eq!(c.timeouts.header, Duration::ZERO);
+    let c =
+        parse("[timeouts]\nheader_ms = 300\nidle_ms = 7000\n[backends]\na = 127.0.0.1:1\n").expect("valid");
+    assert_eq!(c.timeouts.header, Duration::from_millis(300));
+}
+
 /// A UTF-8 byte-order mark, as Windows editors save files, is read past: it made five
 /// "setting outside of any [section]" errors of a good file.
 #[test]
