@@ -2,7 +2,7 @@
 //! (plain and over TLS), half-close, the tunnel idle limit, h2c stripped, /stats tunnels.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -185,4 +185,48 @@ fn a_101_to_a_request_that_asked_for_no_upgrade_is_502_as_nginx() {
     // The request went out without Upgrade, so the 101 was not asked for.
     let seen = backend.seen.lock().expect("seen").join("\n");
     assert!(!seen.to_ascii_lowercase().contains("upgrade"), "{seen}");
+}
+
+/// A WebSocket upgrade request, as a browser sends it.
+const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A crowd of WebSocket tunnels opened at once and then quiet, a hundred times the workers:
+/// each tunnel used to hold its worker 100 ms after the 101 before it parked, even with
+/// requests queued behind it, so a plain GET behind 400 of them waited 10 s. Now a quiet tunnel
+/// parks after 1 ms while connections queue, and the crowd costs the GET little, as with
+/// HAProxy's and nginx's event loops.
+#[test]
+fn a_crowd_of_quiet_websocket_tunnels_beyond_the_workers_parks_at_once_and_costs_a_get_little() {
+    let (_d, backend) = dummy("app1");
+    let config = format!(
+        "[proxy]\nmode = http\nworkers = 4\nactive_workers = 2\n[admin]\nlisten = 127.0.0.1:0\n\
+         [health]\nenabled = false\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let mut crowd: Vec<TcpStream> = (0..400)
+        .map(|_| {
+            let mut s = connect(addr);
+            s.write_all(UPGRADE).expect("upgrade request");
+            s
+        })
+        .collect();
+    let started = Instant::now();
+    let answer = http_get(addr, "/");
+    let took = started.elapsed();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    // 400 tunnels × 100 ms over four workers is 10 s.
+    assert!(took < Duration::from_millis(2500), "a GET behind 400 quiet tunnels waited {took:?}");
+    for (i, s) in crowd.iter_mut().enumerate() {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).unwrap_or_else(|e| panic!("tunnel {i}: {e} after {head:?}"));
+            head.push(byte[0]);
+        }
+        assert!(head.starts_with(b"HTTP/1.1 101"), "tunnel {i}: {}", String::from_utf8_lossy(&head));
+    }
+    let admin = admin_addr(&p);
+    wait_until("every quiet tunnel parked", || proxy_stats(admin)["parked"].as_u64() >= Some(400));
 }
