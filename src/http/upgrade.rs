@@ -6,7 +6,6 @@
 
 use std::io::{self, Write};
 use std::net::TcpStream;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -110,9 +109,10 @@ pub(super) fn switch(
     }
 }
 
-/// Whether a tunnel may wait in the parker (not once the proxy stops).
+/// Whether a tunnel may wait in the parker: at a stop too, through the drain (the parker
+/// refuses it after, and it relays on in its worker).
 fn parks(ctx: &Context) -> bool {
-    ctx.parker.is_some() && !ctx.stopping.load(Ordering::SeqCst)
+    ctx.parker.is_some()
 }
 
 /// Whether a quiet tunnel should park at once: its worker is wanted elsewhere.

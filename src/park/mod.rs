@@ -242,8 +242,9 @@ impl Parker {
     }
 
     /// Parks a relay or tunnel gone quiet ([`Conn::go_quiet`]) until either side sends or its
-    /// idle deadline passes; a worker then resumes it. Refused (stopping, or the sockets cannot
-    /// be watched): the connection comes back, to relay on in the worker.
+    /// idle deadline passes; a worker then resumes it. At a stop too, through the drain. Refused
+    /// (the drain is over, or the sockets cannot be watched): the connection comes back, to
+    /// relay on in the worker.
     #[must_use = "a refused connection comes back, to relay on"]
     pub fn park_quiet(&self, conn: Conn) -> Option<Conn> {
         let Some(q) = conn.quiet() else { return Some(conn) };
@@ -255,8 +256,12 @@ impl Parker {
     fn enter(&self, conn: Conn, wait: Wait) -> Option<Conn> {
         let mut parked = self.parked.lock();
         // At a stop, lingering closes still enter, to be drained to their end (a second at most)
-        // before the thread closes what remains; so do TLS handshakes and ClientHellos under way.
-        let stays = matches!(wait, Wait::Linger(_)) || conn.handshake.is_some() || conn.reading_hello();
+        // before the thread closes what remains; so do TLS handshakes and ClientHellos under way,
+        // and relays and tunnels gone quiet: they drain, each taking a worker only while it
+        // speaks (held in the workers, `workers` of them would starve the rest).
+        let stays = matches!(wait, Wait::Linger(_) | Wait::Relay(_))
+            || conn.handshake.is_some()
+            || conn.reading_hello();
         if parked.closed || !(stays || self.open.load(Ordering::SeqCst)) {
             return Some(conn);
         }

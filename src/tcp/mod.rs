@@ -52,7 +52,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, bufs: &mut Buffers) {
         },
     };
     let idle = ctx.config.timeouts.idle;
-    // Parking is refused once the proxy stops: the relay then goes on here until it ends.
+    // Parking is refused once the drain is over: the relay then goes on here until it ends.
     let mut park = ctx.parker.as_ref();
     loop {
         let b = r.pick.guard.backend().clone();

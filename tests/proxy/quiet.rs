@@ -262,3 +262,33 @@ fn an_idle_proxy_without_a_control_socket_takes_no_cpu() {
     let wall_ticks = window.elapsed().as_millis() as u64 * per_second / 1000;
     assert!(used * 10 < wall_ticks, "the main thread used {used} of {wall_ticks} ticks while idle");
 }
+
+/// At a graceful stop quiet relays still park, through the drain: before, a relay woken after
+/// the stop could not park again and kept its worker, so with two workers two relays went on and
+/// the rest had no answer until the drain's deadline cut them. HAProxy and nginx serve every
+/// connection through their drain.
+#[test]
+fn at_a_stop_relays_beyond_the_workers_all_drain_each_taking_a_worker_only_while_it_speaks() {
+    let (_d, backend) = dummy("app1");
+    let config = format!(
+        "[proxy]\nmode = tcp\nworkers = 2\ndrain_timeout_ms = 20000\n[admin]\nlisten = 127.0.0.1:0\n\
+         [health]\nenabled = false\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let mut clients: Vec<TcpStream> = (0..10).map(|_| connect(addr)).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        assert_eq!(exchange(c, &format!("before {i}")), "app1");
+    }
+    wait_gauge(admin_addr(&p), "parked", 10);
+    p.signal("TERM");
+    p.wait_for("stopped accepting");
+    for round in 0..3 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let started = Instant::now();
+            assert_eq!(exchange(c, &format!("round {round} client {i}")), "app1");
+            // Far inside the drain's 20 s: no client waits for another's relay to end.
+            assert!(started.elapsed() < Duration::from_secs(5), "round {round} client {i}");
+        }
+    }
+}
