@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use lbproxy::companions::dummy::http::{pattern_byte, Checksum};
@@ -15,14 +14,8 @@ use crate::util::*;
 #[test]
 fn the_proxy_survives_running_out_of_descriptors_and_serves_again() {
     let ds = dummies(1);
-    let dir = tempfile::tempdir().expect("tempdir");
     let config = format!("[proxy]\nworkers = 8\nqueue = 64\n{}", backends_section(&[ds[0].1]));
-    std::fs::write(dir.path().join("config.ini"), config).expect("write");
-    let mut cmd = Command::new("sh");
-    cmd.current_dir(dir.path())
-        .args(["-c", &format!("ulimit -n 32 && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
-    let p = Proc::spawn(&mut cmd, Some(dir));
-    let addr = p.listening_addr();
+    let (p, addr) = proxy_under("ulimit -n 32", &config);
     // Far more connections than 32 descriptors allow.
     let flood: Vec<TcpStream> = (0..60).filter_map(|_| TcpStream::connect(addr).ok()).collect();
     for mut s in flood.iter().take(40) {

@@ -219,18 +219,6 @@ fn a_reload_storm_swapping_whole_sets_loses_no_connection_in_tcp_mode() {
     reload_storm("tcp", tcp_request);
 }
 
-/// Starts the proxy with `config` under the shell's `ulimit` command `limit` (e.g. `ulimit -n 40`).
-fn proxy_under(limit: &str, config: &str) -> (Proc, SocketAddr) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("config.ini"), config).expect("write");
-    let mut cmd = Command::new("sh");
-    cmd.current_dir(dir.path())
-        .args(["-c", &format!("{limit} && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
-    let p = Proc::spawn(&mut cmd, Some(dir));
-    let addr = p.listening_addr();
-    (p, addr)
-}
-
 #[test]
 fn running_out_of_descriptors_does_not_mark_backends_down_in_http_mode() {
     // Our shortage (EMFILE on connect) is not the backend's failure: nginx logs it as a local

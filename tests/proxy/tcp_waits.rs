@@ -355,20 +355,13 @@ fn a_proxy_v2_header_and_client_hello_trickled_together_are_read_across_parks_an
 /// backend's: no backend marked down), and once the crowd leaves an SNI client is routed.
 #[test]
 fn relays_go_on_and_no_backend_is_marked_down_while_parked_client_hellos_hold_every_descriptor() {
-    use std::process::Command;
     let (_plain, plain) = dummy("plain1");
     let (_api, api) = dummy("api1");
-    let dir = tempfile::tempdir().expect("tempdir");
     let config = config(plain, api, 600_000, "")
         .replace("workers = 4\nactive_workers = 2", "workers = 8")
         .replace("[health]\nenabled = false", "[health]\ninterval_ms = 100\nfall = 1")
         .replace("[admin]\nlisten = 127.0.0.1:0\n", "");
-    std::fs::write(dir.path().join("config.ini"), config).expect("write");
-    let mut cmd = Command::new("sh");
-    cmd.current_dir(dir.path())
-        .args(["-c", &format!("ulimit -n 64 && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
-    let p = Proc::spawn(&mut cmd, Some(dir));
-    let addr = p.listening_addr();
+    let (p, addr) = proxy_under("ulimit -n 64", &config);
     let mut relays: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect();
     for (i, s) in relays.iter_mut().enumerate() {
         assert_eq!(line_over(s, &format!("before {i}")), format!("[plain1] before {i}"));

@@ -267,19 +267,12 @@ fn idle_and_trickling_tls_clients_park_and_come_back_with_their_session() {
 /// never counts against it.
 #[test]
 fn served_keep_alive_clients_are_answered_while_silent_connections_hold_every_descriptor() {
-    use std::process::Command;
     let (_d, backend) = dummy("app1");
-    let dir = tempfile::tempdir().expect("tempdir");
     let config = format!(
         "[proxy]\nmode = http\nworkers = 8\n[health]\ninterval_ms = 100\nfall = 1\n{}",
         backends_section(&[backend])
     );
-    std::fs::write(dir.path().join("config.ini"), config).expect("write");
-    let mut cmd = Command::new("sh");
-    cmd.current_dir(dir.path())
-        .args(["-c", &format!("ulimit -n 64 && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
-    let p = Proc::spawn(&mut cmd, Some(dir));
-    let addr = p.listening_addr();
+    let (p, addr) = proxy_under("ulimit -n 64", &config);
     let mut served: Vec<_> = (0..4).map(|_| lbproxy::h1::Wire::new(connect(addr))).collect();
     for w in &mut served {
         assert_eq!(get(w, "/", "").status, 200);

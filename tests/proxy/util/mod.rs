@@ -204,6 +204,18 @@ pub fn backends_section(addrs: &[SocketAddr]) -> String {
     s
 }
 
+/// Starts the proxy with `config` under the shell's `ulimit` command `limit` (e.g. `ulimit -n 40`).
+pub fn proxy_under(limit: &str, config: &str) -> (Proc, SocketAddr) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("config.ini"), config).expect("write");
+    let mut cmd = Command::new("sh");
+    cmd.current_dir(dir.path())
+        .args(["-c", &format!("{limit} && exec {PROXY} --config config.ini --listen 127.0.0.1:0")]);
+    let p = Proc::spawn(&mut cmd, Some(dir));
+    let addr = p.listening_addr();
+    (p, addr)
+}
+
 /// Writes `config` into a fresh directory and starts the proxy on 127.0.0.1:0 with `extra` flags.
 pub fn proxy_with(config: &str, extra: &[&str]) -> (Proc, SocketAddr) {
     let dir = tempfile::tempdir().expect("tempdir");
