@@ -13,7 +13,7 @@ use rustix::net::RecvFlags;
 
 use super::context::BackendStream;
 use crate::conn::accept::ClientStream;
-use crate::relay::timespec;
+use crate::net::timespec;
 
 /// Reads between two looks at the backend while the client's bytes keep coming without a
 /// wait: a refusal is noticed within 1 MiB of a fast upload (HAProxy, before the same backend,

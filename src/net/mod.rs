@@ -29,21 +29,25 @@ pub fn recv(sock: &TcpStream, buf: &mut [u8], wait: bool) -> io::Result<usize> {
 /// bytes (callers mark it for the gate, as a wait on the client); a signal does not cut it
 /// short. `false` when `d` passed with nothing.
 pub fn readable_within(sock: &TcpStream, d: Duration) -> io::Result<bool> {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    use rustix::event::{poll, PollFd, PollFlags};
     let until = Instant::now() + d;
     loop {
         let left = until.saturating_duration_since(Instant::now());
-        let timeout = Timespec {
-            tv_sec: left.as_secs().min(i64::MAX as u64) as i64,
-            tv_nsec: left.subsec_nanos().into(),
-        };
         let mut fds = [PollFd::new(sock, PollFlags::IN)];
-        match poll(&mut fds, Some(&timeout)) {
+        match poll(&mut fds, Some(&timespec(left))) {
             Ok(n) => return Ok(n > 0),
             Err(rustix::io::Errno::INTR) if !left.is_zero() => {}
             Err(rustix::io::Errno::INTR) => return Ok(false),
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// `d` as the timeout of `poll(2)` or `epoll_wait(2)`.
+pub fn timespec(d: Duration) -> rustix::event::Timespec {
+    rustix::event::Timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: d.subsec_nanos().into(),
     }
 }
 

@@ -21,9 +21,10 @@
 //! before. While connections queue for a worker, a quiet relay parks after 1 ms
 //! ([`Parker::worker_wanted`]), so a crowd of silent ones holds no worker either. A parked
 //! connection idle for `idle_ms` is closed here. At shutdown parked connections are closed, as
-//! nginx and HAProxy close idle keep-alive connections at a graceful stop; one parked less than [`SHUTDOWN_GRACE`](crate::conn::SHUTDOWN_GRACE) ago first gets the
-//! rest of that time to send the request it may have on the wire, as a worker waiting between
-//! requests does, and a new one that has sent nothing yet gets that time from the stop.
+//! nginx and HAProxy close idle keep-alive connections at a graceful stop; one parked less
+//! than [`SHUTDOWN_GRACE`](crate::conn::SHUTDOWN_GRACE) ago first gets the rest of that time
+//! to send the request it may have on the wire, as a worker waiting between requests does, and
+//! a new one that has sent nothing yet gets that time from the stop.
 
 use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
@@ -59,8 +60,7 @@ const LINGER_TICK: Duration = Duration::from_millis(50);
 
 fn timespec(d: Duration) -> rustix::event::Timespec {
     // At least a millisecond: epoll's resolution, and no busy loop on a deadline just passed.
-    let d = d.max(Duration::from_millis(1));
-    rustix::event::Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) }
+    crate::net::timespec(d.max(Duration::from_millis(1)))
 }
 
 /// What a parked connection waits for.

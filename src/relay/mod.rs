@@ -13,8 +13,8 @@
 //! timeout (the `poll` timeout). Asked to ([`resume`] with a [`ParkWhen`]), a relay that moved
 //! nothing for a while with nothing pending returns its [`Progress`] instead, so its
 //! connection can wait in the parker without a worker: after `PARK_AFTER`, or after
-//! [`PRESSED_AFTER`] while connections wait for a worker. The bytes sent are told to the caller's
-//! tally as they go (every [`TALLY_BYTES`] or [`TALLY_EVERY`], and when the turn ends), so a
+//! [`PRESSED_AFTER`] while connections wait for a worker. The bytes sent are told to the
+//! caller's tally as they go (every [`TALLY_BYTES`] or [`TALLY_EVERY`], and when the turn ends), so a
 //! long relay shows in the counters while it lasts, as HAProxy's do.
 //!
 //! Bytes first go through a small user-space buffer (see [`Buffers`]: idle and chatty
@@ -192,8 +192,8 @@ pub fn relay(client: End<'_>, backend: End<'_>, idle: Duration, bufs: &mut Buffe
 }
 
 /// Relays from `from` as [`relay`] does; with `park`, it returns [`Relayed::Quiet`] once
-/// nothing moved for as long as that asks and nothing waits (no pending bytes, no TLS records to send, no
-/// plaintext held by rustls), rather than wait on in this thread. The bytes this turn sends
+/// nothing moved for as long as that asks and nothing waits (no pending bytes, no TLS records to
+/// send, no plaintext held by rustls), rather than wait on in this thread. The bytes this turn sends
 /// are told to `tally`, each once.
 pub fn resume(
     client: End<'_>,
@@ -340,7 +340,7 @@ fn run(
         if let Some(left) = told.due_in(up, down, turn) {
             sooner(left);
         }
-        let timeout = timeout.map(timespec);
+        let timeout = timeout.map(crate::net::timespec);
         // While a direction flows, a side nothing waits on now is still watched for a reset
         // (POLLERR and POLLHUP come unasked): a client resetting while its upload waits on a
         // backend that stopped reading held its worker until `idle_ms`.
@@ -405,11 +405,6 @@ fn idle_timeout(up: Wait, down: Wait) -> (Party, io::Error) {
         _ => Party::Client,
     };
     (side, io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))
-}
-
-/// `d` as poll's timeout.
-pub fn timespec(d: Duration) -> Timespec {
-    Timespec { tv_sec: d.as_secs().min(i64::MAX as u64) as i64, tv_nsec: d.subsec_nanos().into() }
 }
 
 /// Waits until `a` or `b` is ready for what is asked of it (`on_a`, `on_b`) or `timeout`
