@@ -25,7 +25,7 @@ use crate::clock::now_ms;
 use crate::error::Failure;
 use crate::h1::respond::refusal;
 use crate::logging::access;
-use crate::relay::Progress;
+use crate::relay::{Interest, Progress};
 
 /// At a graceful stop, a keep-alive connection that has waited less than this since its last
 /// response may still be sending its next request: it gets the rest of this time, and an
@@ -176,17 +176,17 @@ pub struct PartialHead {
 }
 
 /// A relay or tunnel gone quiet, waiting in the parker with its connection: the backend socket
-/// (still registered, so a forced close shuts it), which sides to watch, when the idle limit
-/// ends it, and what the mode needs to resume (its slot, counts, TLS state).
+/// (still registered, so a forced close shuts it), what to watch on each side, when the idle
+/// limit ends it, and what the mode needs to resume (its slot, counts, TLS state, held bytes).
 pub struct Quiet {
     pub backend: TcpStream,
     /// The backend's id, for [`Registry::close_backends`].
     pub backend_id: u64,
-    /// Whether the client's input is still open (an ended one reads EOF for ever, so it is
-    /// not watched).
-    pub watch_client: bool,
-    /// Whether the backend's is.
-    pub watch_backend: bool,
+    /// What the client's socket is watched for: input while it is open and the relay could
+    /// take it (an ended input reads EOF for ever), room while bytes wait for it.
+    pub on_client: Interest,
+    /// What the backend's is watched for.
+    pub on_backend: Interest,
     /// When the idle limit (`idle_ms`, `tunnel_ms`) ends it: it goes back to a worker then,
     /// which closes and logs it.
     pub deadline: Option<Instant>,
@@ -195,23 +195,18 @@ pub struct Quiet {
 }
 
 impl Quiet {
-    /// A relay or tunnel gone quiet at `progress`: it watches the sides whose input is still
-    /// open, and `idle` (zero: none) after its last byte ends it.
-    pub fn after(
-        progress: &Progress,
-        idle: Duration,
-        backend: TcpStream,
-        backend_id: u64,
-        state: Box<dyn std::any::Any + Send>,
-    ) -> Quiet {
-        Quiet {
-            backend,
-            backend_id,
-            watch_client: !progress.up_done,
-            watch_backend: !progress.down_done,
-            deadline: progress.deadline(idle),
-            state,
-        }
+    /// A relay or tunnel gone quiet at `progress`: it watches what [`Progress::interest`] says,
+    /// and `idle` (zero: none) after its last byte ends it. The mode's state is put in
+    /// [`Quiet::with`].
+    pub fn after(progress: &Progress, idle: Duration, backend: TcpStream, backend_id: u64) -> Quiet {
+        let (on_client, on_backend) = progress.interest();
+        let deadline = progress.deadline(idle);
+        Quiet { backend, backend_id, on_client, on_backend, deadline, state: Box::new(()) }
+    }
+
+    /// This, carrying the mode's `state`.
+    pub fn with(self, state: Box<dyn std::any::Any + Send>) -> Quiet {
+        Quiet { state, ..self }
     }
 }
 
@@ -219,8 +214,8 @@ impl std::fmt::Debug for Quiet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Quiet")
             .field("backend", &self.backend)
-            .field("watch_client", &self.watch_client)
-            .field("watch_backend", &self.watch_backend)
+            .field("on_client", &self.on_client)
+            .field("on_backend", &self.on_backend)
             .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }

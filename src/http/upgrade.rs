@@ -153,8 +153,9 @@ pub(super) fn quiet(
 /// Refused (the proxy stops): it goes on in this worker until it ends.
 pub(super) fn park(mut conn: Conn, ctx: &Context, sock: TcpStream, parked: Parked, scratch: &mut Scratch) {
     let Some(parker) = ctx.parker.as_deref() else { return };
-    let (progress, id) = (parked.tunnel.progress, parked.tunnel.backend.id());
-    conn.go_quiet(Quiet::after(&progress, ctx.config.timeouts.tunnel, sock, id, Box::new(parked)));
+    let id = parked.tunnel.backend.id();
+    let quiet = Quiet::after(&parked.tunnel.progress, ctx.config.timeouts.tunnel, sock, id);
+    conn.go_quiet(quiet.with(Box::new(parked)));
     if let Some(back) = parker.park_quiet(conn) {
         run(back, ctx, false, scratch);
     }
@@ -189,7 +190,7 @@ fn run(mut conn: Conn, ctx: &Context, may_park: bool, scratch: &mut Scratch) {
             backend,
             ctx.config.timeouts.tunnel,
             &mut scratch.relay,
-            t.progress,
+            std::mem::replace(&mut t.progress, Progress::start()),
             after,
             &tally,
         )

@@ -38,6 +38,7 @@ use parking_lot::Mutex;
 use rustix::event::epoll;
 
 use crate::conn::Conn;
+use crate::relay::Interest;
 use crate::stats::ProxyCounters;
 
 /// How long a keep-alive client, or a relay, may move no byte before it parks and frees its
@@ -285,19 +286,32 @@ impl Parker {
     }
 
     /// Adds the connection's sockets to the epoll set: the client's, and a quiet relay's
-    /// backend; each reports once (`ONESHOT`), input or the peer closing.
+    /// backend, each for what its relay waits on (input or the peer closing, room to send, or
+    /// only a reset); each reports once (`ONESHOT`). A side the relay can wait on for nothing is
+    /// left out: what it reported could not be acted on, and would report again at once.
     fn watch(&self, conn: &Conn) -> rustix::io::Result<()> {
-        let flags = epoll::EventFlags::IN | epoll::EventFlags::RDHUP | epoll::EventFlags::ONESHOT;
-        let (client, backend) = match conn.quiet() {
-            Some(q) => (q.watch_client, Some(q).filter(|q| q.watch_backend)),
-            None => (true, None),
+        let flags = |on: Interest| {
+            let mut f = epoll::EventFlags::ONESHOT;
+            if on.read {
+                f |= epoll::EventFlags::IN | epoll::EventFlags::RDHUP;
+            }
+            if on.write {
+                f |= epoll::EventFlags::OUT;
+            }
+            // Errors and hang-ups report unasked.
+            (on.read || on.write || on.reset).then_some(f)
         };
-        if client {
-            epoll::add(&self.epoll, &conn.stream, epoll::EventData::new_u64(conn.id), flags)?;
+        let reads = Interest { read: true, write: false, reset: true };
+        let (client, backend) = match conn.quiet() {
+            Some(q) => (flags(q.on_client), flags(q.on_backend).map(|f| (q, f))),
+            None => (flags(reads), None),
+        };
+        if let Some(f) = client {
+            epoll::add(&self.epoll, &conn.stream, epoll::EventData::new_u64(conn.id), f)?;
         }
-        if let Some(q) = backend {
+        if let Some((q, f)) = backend {
             if let Err(e) =
-                epoll::add(&self.epoll, &q.backend, epoll::EventData::new_u64(conn.id | BACKEND), flags)
+                epoll::add(&self.epoll, &q.backend, epoll::EventData::new_u64(conn.id | BACKEND), f)
             {
                 let _ = epoll::delete(&self.epoll, &conn.stream);
                 return Err(e);

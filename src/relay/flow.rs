@@ -52,13 +52,43 @@ pub(super) struct Flow<'a> {
     pub total: u64,
 }
 
+/// What a direction held for its destination when its relay went quiet: it travels with the
+/// parked connection and goes first when the relay resumes.
+#[derive(Debug, Default)]
+pub struct Held {
+    bytes: Vec<u8>,
+    pipe: Option<Pipe>,
+    piped: usize,
+}
+
+impl Held {
+    /// Nothing waits to be written.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && self.piped == 0
+    }
+}
+
 impl<'a> Flow<'a> {
-    /// A direction that starts with `early` to send (bytes already read from its source) and
-    /// `total` sent before; `done` when its source ended before.
-    pub fn new(pending: &'a mut Vec<u8>, early: &[u8], total: u64, done: bool) -> Flow<'a> {
+    /// A direction that starts with `early` to send (bytes already read from its source), then
+    /// what it `held` when it went quiet, and `total` sent before; `done` when its source ended
+    /// before.
+    pub fn new(pending: &'a mut Vec<u8>, early: &[u8], held: Held, total: u64, done: bool) -> Flow<'a> {
         pending.clear();
         pending.extend_from_slice(early);
-        Flow { pending, start: 0, pipe: None, piped: 0, splice_failed: false, done, total }
+        pending.extend_from_slice(&held.bytes);
+        let Held { pipe, piped, .. } = held;
+        Flow { pending, start: 0, pipe, piped, splice_failed: false, done, total }
+    }
+
+    /// What this direction holds for its destination, taken for the parker: the unsent bytes
+    /// (at most a read's worth) copied out of the worker's buffer, the pipe with what it holds.
+    pub fn hold(&mut self) -> Held {
+        let bytes = self.pending[self.start..].to_vec();
+        self.pending.clear();
+        self.start = 0;
+        // An empty pipe stays behind: it is made again when a read fills the buffer.
+        let pipe = if self.piped > 0 { self.pipe.take() } else { None };
+        Held { bytes, pipe, piped: std::mem::take(&mut self.piped) }
     }
 
     pub fn wait(&self) -> Wait {
@@ -192,6 +222,7 @@ impl<'a> Flow<'a> {
 const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 
 /// A pipe for splicing one direction.
+#[derive(Debug)]
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,

@@ -11,9 +11,10 @@
 //! direction carries on; the relay ends when both directions are done, on the first error
 //! (naming the side it happened on), or when neither direction moved a byte for the idle
 //! timeout (the `poll` timeout). Asked to ([`resume`] with a [`ParkWhen`]), a relay that moved
-//! nothing for a while with nothing pending returns its [`Progress`] instead, so its
-//! connection can wait in the parker without a worker: after `PARK_AFTER`, or after
-//! [`PRESSED_AFTER`] while connections wait for a worker. The bytes sent are told to the
+//! nothing for a while returns its [`Progress`] instead, so its connection can wait in the
+//! parker without a worker: after `PARK_AFTER`, or after [`PRESSED_AFTER`] while connections
+//! wait for a worker. What it holds for a destination with no room (a client that reads slowly,
+//! a backend that stopped reading) goes with it, and the parker waits for that room. The bytes sent are told to the
 //! caller's tally as they go (every [`TALLY_BYTES`] or [`TALLY_EVERY`], and when the turn ends), so a
 //! long relay shows in the counters while it lasts, as HAProxy's do.
 //!
@@ -38,6 +39,7 @@ use rustix::io::Errno;
 use rustls::Connection;
 
 use self::flow::{Flow, Wait};
+pub use self::progress::{Backlog, Interest, Progress, RelayOutcome, Relayed};
 use self::side::Side;
 use crate::config::as_limit;
 use crate::error::{Cause, Failure, Party, Phase};
@@ -56,7 +58,7 @@ pub const TALLY_EVERY: Duration = Duration::from_secs(1);
 /// (connections wait for one), as a new connection's first read waits then.
 pub const PRESSED_AFTER: Duration = Duration::from_millis(1);
 
-/// When a relay that moved nothing and holds nothing returns to park ([`resume`]).
+/// When a relay that moved nothing returns to park ([`resume`]).
 #[derive(Clone, Copy)]
 pub struct ParkWhen<'a> {
     /// Quiet this long: the connection waits better in the parker than in a worker.
@@ -107,69 +109,6 @@ pub struct Buffers {
     down: Vec<u8>,
 }
 
-/// How one relay ended.
-#[derive(Debug)]
-pub struct RelayOutcome {
-    /// Bytes from the client to the backend.
-    pub up: u64,
-    /// Bytes from the backend to the client.
-    pub down: u64,
-    /// The first error in either direction: whose socket it was on (client or backend, the
-    /// backend's name left for the caller to add), in phase `Relay`; `Cause::Timeout` when
-    /// nothing moved for the idle limit.
-    pub error: Option<Failure>,
-}
-
-/// How far a relay (or a tunnel) got: its counts, which directions have ended, and when a byte
-/// last moved. One that went quiet hands this back and, once its connection has waited in the
-/// parker, resumes from it.
-#[derive(Debug, Clone, Copy)]
-pub struct Progress {
-    /// Bytes from the client to the backend.
-    pub up: u64,
-    /// Bytes from the backend to the client.
-    pub down: u64,
-    /// The client's input ended (its EOF passed on to the backend).
-    pub up_done: bool,
-    /// The backend's input ended (passed on to the client).
-    pub down_done: bool,
-    /// When a byte last moved either way: the idle limit counts from it.
-    pub last_moved: Instant,
-}
-
-impl Progress {
-    /// A relay about to start.
-    pub fn start() -> Progress {
-        Progress { up: 0, down: 0, up_done: false, down_done: false, last_moved: Instant::now() }
-    }
-
-    /// When `idle` (zero: none) without a byte ends the relay.
-    pub fn deadline(&self, idle: Duration) -> Option<Instant> {
-        as_limit(idle).map(|idle| self.last_moved + idle)
-    }
-}
-
-/// How a turn of a relay (or tunnel) ended.
-#[derive(Debug)]
-pub enum Relayed {
-    /// Both directions ended, an error, or the idle limit.
-    Ended(RelayOutcome),
-    /// No byte moved for the [`ParkWhen`] asked and none waits to be written: the connection
-    /// can wait in the parker and resume from here.
-    Quiet(Progress),
-}
-
-impl Relayed {
-    /// The outcome of a relay run without a [`ParkWhen`], which never goes quiet (a quiet one
-    /// would read as ended without error).
-    pub fn into_outcome(self) -> RelayOutcome {
-        match self {
-            Relayed::Ended(out) => out,
-            Relayed::Quiet(p) => RelayOutcome { up: p.up, down: p.down, error: None },
-        }
-    }
-}
-
 /// One end of a relay: its socket, its TLS session if it speaks TLS, and bytes already read
 /// from it (into an HTTP buffer) that must go to the other end first.
 pub struct End<'a> {
@@ -192,8 +131,9 @@ pub fn relay(client: End<'_>, backend: End<'_>, idle: Duration, bufs: &mut Buffe
 }
 
 /// Relays from `from` as [`relay`] does; with `park`, it returns [`Relayed::Quiet`] once
-/// nothing moved for as long as that asks and nothing waits (no pending bytes, no TLS records to
-/// send, no plaintext held by rustls), rather than wait on in this thread. The bytes this turn sends
+/// nothing moved for as long as that asks and no plaintext waits in rustls to be read, rather
+/// than wait on in this thread; bytes and TLS records its destinations have no room for go
+/// with it ([`Progress::held`]). The bytes this turn sends
 /// are told to `tally`, each once.
 pub fn resume(
     client: End<'_>,
@@ -219,22 +159,31 @@ pub fn resume(
     let mut b = Side::new(backend.sock, backend.tls, Party::Backend, from.down_done, from.up_done);
     read.clear();
     read.reserve_exact(if c.is_plain() && b.is_plain() { BUFFER_SIZE } else { side::TLS_CHUNK });
-    // Bytes already read from one side travel the other way first.
-    let mut up = Flow::new(up, client.early, from.up, from.up_done);
-    let mut down = Flow::new(down, backend.early, from.down, from.down_done);
+    // Bytes already read from one side travel the other way first, then what a quiet relay
+    // held for its destination.
+    let Backlog { up: up_held, down: down_held, .. } = from.held.map(|b| *b).unwrap_or_default();
+    let mut up = Flow::new(up, client.early, up_held, from.up, from.up_done);
+    let mut down = Flow::new(down, backend.early, down_held, from.down, from.down_done);
     let turn = Turn { idle: as_limit(idle), park, last_moved: from.last_moved };
     let mut told = Told { tally, up: from.up, down: from.down, at: Instant::now() };
     let ended = run(&mut c, &mut b, turn, read, (&mut up, &mut down), &mut told);
     told.tell(&up, &down, Instant::now(), true);
     let (up_total, down_total) = (up.total, down.total);
     match ended {
-        Ok(Some(last_moved)) => Relayed::Quiet(Progress {
-            up: up_total,
-            down: down_total,
-            up_done: up.done,
-            down_done: down.done,
-            last_moved,
-        }),
+        Ok(Some(last_moved)) => {
+            let (client_out, backend_out) = (c.wants_out(), b.wants_out());
+            let pending = up.wait() == Wait::Write || down.wait() == Wait::Write;
+            let held = (pending || client_out || backend_out)
+                .then(|| Box::new(Backlog { up: up.hold(), down: down.hold(), client_out, backend_out }));
+            Relayed::Quiet(Progress {
+                up: up_total,
+                down: down_total,
+                up_done: up.done,
+                down_done: down.done,
+                last_moved,
+                held,
+            })
+        }
         Ok(None) => Relayed::Ended(RelayOutcome { up: up_total, down: down_total, error: None }),
         Err((side, e)) => {
             Relayed::Ended(RelayOutcome { up: up_total, down: down_total, error: Some(failure(side, e)) })
@@ -286,11 +235,12 @@ fn run(
         let turn = Instant::now();
         let quiet = turn.duration_since(last_moved);
         let records = c.wants_out() || b.wants_out();
-        let pending = up_wait == Wait::Write || down_wait == Wait::Write || records;
         if up_wait == Wait::Done && down_wait == Wait::Done && !records {
             return Ok(None);
         }
-        let settled = !pending && !cut_up && !cut_down;
+        // Bytes held for a destination with no room (a slow reader) go with a quiet relay into
+        // the parker, which waits for that room; input a TLS side holds must be read first.
+        let settled = !cut_up && !cut_down;
         // Counted from the last byte moved or the wake-up.
         let parks_in = park.map(|p| {
             let after = if settled && (p.wanted)() { PRESSED_AFTER } else { p.after };
@@ -439,6 +389,7 @@ fn poll_two(
 }
 
 mod flow;
+mod progress;
 mod side;
 
 #[cfg(test)]

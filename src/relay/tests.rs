@@ -108,3 +108,55 @@ fn a_quiet_connection_times_out_on_the_client_and_eof_passes_through() {
     (&client).read_to_end(&mut got).expect("EOF passed on");
     assert_eq!(got, b"hello");
 }
+
+/// A relay whose client reads nothing goes quiet holding what the client had no room for (in
+/// memory or in its pipe), asks the parker to watch only for room at the client and for the
+/// client's input, and, resumed turn after turn as the client reads, delivers every byte once.
+#[test]
+fn a_relay_parks_holding_bytes_for_a_full_destination_and_delivers_them_when_resumed() {
+    let (mut client, client_relay) = pair();
+    let (mut backend, backend_relay) = pair();
+    const DOWN: usize = 4 << 20;
+    let data = pattern(DOWN, 3);
+    socket2::SockRef::from(&client_relay).set_send_buffer_size(32 * 1024).expect("sndbuf");
+    socket2::SockRef::from(&client).set_recv_buffer_size(32 * 1024).expect("rcvbuf");
+    let sent = data.clone();
+    let writer = thread::spawn(move || {
+        backend.write_all(&sent).expect("backend writes");
+        backend.shutdown(Shutdown::Write).expect("half-close");
+        backend
+    });
+    let never = || false;
+    let when = ParkWhen { after: Duration::from_millis(20), wanted: &never };
+    let mut bufs = Buffers::default();
+    let step = |from: Progress, bufs: &mut Buffers| {
+        let (c, b) = (End::plain(&client_relay), End::plain(&backend_relay));
+        resume(c, b, Duration::from_secs(20), bufs, from, Some(when), &|_, _| {})
+    };
+    let Relayed::Quiet(mut progress) = step(Progress::start(), &mut bufs) else { panic!("ended") };
+    assert!(progress.held.is_some(), "nothing held for a client that reads nothing");
+    let (on_client, on_backend) = progress.interest();
+    assert_eq!(on_client, Interest { read: true, write: true, reset: true });
+    assert_eq!(on_backend, Interest { read: false, write: false, reset: true });
+    let reader = thread::spawn(move || {
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).expect("client reads");
+        got
+    });
+    let mut turns = 1;
+    let out = loop {
+        match step(progress, &mut bufs) {
+            Relayed::Quiet(p) => progress = p,
+            Relayed::Ended(out) => break out,
+        }
+        turns += 1;
+        assert!(turns < 10_000, "no end after {turns} turns");
+    };
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!(out.down, DOWN as u64);
+    // The relay's end of the client is shut after the backend's EOF; the client sees it.
+    drop(writer.join().expect("writer"));
+    let got = reader.join().expect("reader");
+    assert_eq!(got.len(), DOWN);
+    assert!(got == data, "the bytes arrived changed");
+}

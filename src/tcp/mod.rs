@@ -63,7 +63,8 @@ pub fn serve(mut conn: Conn, ctx: &Context, bufs: &mut Buffers) {
             let tally = |up, down| b.record_bytes(up, down);
             let wanted = || park.is_some_and(|p| p.worker_wanted());
             let when = park.map(|_| ParkWhen { after: PARK_AFTER, wanted: &wanted });
-            relay::resume(client, backend, idle, bufs, r.progress, when, &tally)
+            let from = std::mem::replace(&mut r.progress, Progress::start());
+            relay::resume(client, backend, idle, bufs, from, when, &tally)
         };
         drop(attached);
         let p = match step {
@@ -72,6 +73,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, bufs: &mut Buffers) {
         };
         let Some(parker) = park else { return };
         conn.tls_session = r.client_tls.take().map(|c| Box::new(Mutex::new(c)));
+        let quiet = Quiet::after(&p, idle, r.backend, b.id());
         let held = Held {
             pool: r.pool,
             route: r.route,
@@ -80,7 +82,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, bufs: &mut Buffers) {
             progress: p,
             connect: r.connect,
         };
-        conn.go_quiet(Quiet::after(&p, idle, r.backend, b.id(), Box::new(held)));
+        conn.go_quiet(quiet.with(Box::new(held)));
         match parker.park_quiet(conn) {
             None => return,
             Some(back) => conn = back,

@@ -28,6 +28,7 @@ mod robust;
 mod routing;
 mod scale;
 mod sizing;
+mod slow_readers;
 mod stdout;
 mod streaming;
 mod tcp;

@@ -1,0 +1,118 @@
+//! How far a relay got and how it ended: the counts, the ended directions and the bytes held
+//! for a slow destination that a quiet relay takes with it into the parker.
+
+use std::time::{Duration, Instant};
+
+use super::flow::Held;
+use crate::config::as_limit;
+use crate::error::Failure;
+
+/// What a quiet relay still holds for its destinations: bytes per direction that were read but
+/// not yet taken (in memory, or in the direction's splice pipe), and TLS records not yet sent.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    pub(super) up: Held,
+    pub(super) down: Held,
+    /// The client's TLS session has records to send.
+    pub(super) client_out: bool,
+    /// The backend's has.
+    pub(super) backend_out: bool,
+}
+
+/// What a parked side waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interest {
+    /// Input (or its end).
+    pub read: bool,
+    /// Room to send.
+    pub write: bool,
+    /// A reset, when waiting on neither: only while the relay's own output to it is open, else
+    /// a side shut both ways would report a hang-up for ever.
+    pub reset: bool,
+}
+
+/// How one relay ended.
+#[derive(Debug)]
+pub struct RelayOutcome {
+    /// Bytes from the client to the backend.
+    pub up: u64,
+    /// Bytes from the backend to the client.
+    pub down: u64,
+    /// The first error in either direction: whose socket it was on (client or backend, the
+    /// backend's name left for the caller to add), in phase `Relay`; `Cause::Timeout` when
+    /// nothing moved for the idle limit.
+    pub error: Option<Failure>,
+}
+
+/// How far a relay (or a tunnel) got: its counts, which directions have ended, when a byte
+/// last moved, and what it holds for a destination that could not take it yet. One that went
+/// quiet hands this back and, once its connection has waited in the parker, resumes from it.
+#[derive(Debug)]
+pub struct Progress {
+    /// Bytes from the client to the backend.
+    pub up: u64,
+    /// Bytes from the backend to the client.
+    pub down: u64,
+    /// The client's input ended (its EOF passed on to the backend).
+    pub up_done: bool,
+    /// The backend's input ended (passed on to the client).
+    pub down_done: bool,
+    /// When a byte last moved either way: the idle limit counts from it.
+    pub last_moved: Instant,
+    /// What waits for a destination's room (a slow reader, a backend that stopped reading an
+    /// upload): none when nothing does.
+    pub held: Option<Box<Backlog>>,
+}
+
+impl Progress {
+    /// A relay about to start.
+    pub fn start() -> Progress {
+        Progress { up: 0, down: 0, up_done: false, down_done: false, last_moved: Instant::now(), held: None }
+    }
+
+    /// What the parker watches on each side, `(client, backend)`, for the relay to move on: a
+    /// direction with bytes held waits for room in its destination (and not for more input,
+    /// which it could not take), the others for input while it has not ended.
+    pub fn interest(&self) -> (Interest, Interest) {
+        let held = self.held.as_deref();
+        let up = held.is_some_and(|h| !h.up.is_empty());
+        let down = held.is_some_and(|h| !h.down.is_empty());
+        let client = Interest {
+            read: !self.up_done && !up,
+            write: down || held.is_some_and(|h| h.client_out),
+            reset: !self.down_done,
+        };
+        let backend = Interest {
+            read: !self.down_done && !down,
+            write: up || held.is_some_and(|h| h.backend_out),
+            reset: !self.up_done,
+        };
+        (client, backend)
+    }
+
+    /// When `idle` (zero: none) without a byte ends the relay.
+    pub fn deadline(&self, idle: Duration) -> Option<Instant> {
+        as_limit(idle).map(|idle| self.last_moved + idle)
+    }
+}
+
+/// How a turn of a relay (or tunnel) ended.
+#[derive(Debug)]
+pub enum Relayed {
+    /// Both directions ended, an error, or the idle limit.
+    Ended(RelayOutcome),
+    /// No byte moved for the [`ParkWhen`](super::ParkWhen) asked: the connection can wait in the parker (for
+    /// input, or for room where bytes are held) and resume from here.
+    Quiet(Progress),
+}
+
+impl Relayed {
+    /// The outcome of a relay run without a [`ParkWhen`](super::ParkWhen), which never goes quiet (a quiet one
+    /// would read as ended without error).
+    pub fn into_outcome(self) -> RelayOutcome {
+        match self {
+            Relayed::Ended(out) => out,
+            Relayed::Quiet(p) => RelayOutcome { up: p.up, down: p.down, error: None },
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Slow readers off the workers: a relay or tunnel whose destination has no room for what it read
+//! (a client that reads its download slowly or not at all, a backend that stopped reading an
+//! upload) waits in the parker with the bytes it holds, not in a worker. A crowd of them ten
+//! times the workers then costs a real client nothing, as with HAProxy's and nginx's event loops,
+//! and every held byte arrives once room is made.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// Each crowd: ten times the workers.
+const CROWD: usize = 40;
+
+/// Tunnels, each echoing 4 MiB: fewer than the crowd, to spare the machine's memory.
+const TUNNELS: usize = 10;
+
+/// A download far larger than any socket buffer on the way.
+const BIG: usize = 4 << 20;
+
+/// A client whose receive buffer stays small (set before connecting, so the window never
+/// grows), as a slow reader on a thin link: what the proxy sends it soon has nowhere to go.
+fn thin_client(addr: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    s.connect(&addr.into()).expect("connect");
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(WAIT)).expect("timeout");
+    s.set_write_timeout(Some(WAIT)).expect("timeout");
+    s
+}
+
+/// A proxy in `mode` with four workers (two taking connections) in front of `backend`.
+fn proxy_of(mode: &str, backend: SocketAddr) -> (Proc, SocketAddr, SocketAddr) {
+    let config = format!(
+        "[proxy]\nmode = {mode}\nworkers = 4\nactive_workers = 2\n[health]\nenabled = false\n\
+         [admin]\nlisten = 127.0.0.1:0\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    (p, addr, admin)
+}
+
+/// Reads `n` bytes (or fails the test naming `what`).
+fn read_n(s: &mut impl Read, n: usize, what: &str) -> Vec<u8> {
+    let mut got = vec![0u8; n];
+    s.read_exact(&mut got).unwrap_or_else(|e| panic!("{what}: {e}"));
+    got
+}
+
+/// Reads a head up to its blank line.
+fn read_head(s: &mut impl Read, what: &str) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap_or_else(|e| panic!("{what}: {e} after {head:?}"));
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Whether `body` is the dummy's `?bytes=N` pattern from its start.
+fn is_pattern(body: &[u8]) -> bool {
+    body.iter().enumerate().all(|(i, &b)| b == b'a' + (i % 26) as u8)
+}
+
+/// Waits until the whole crowd is parked (held bytes and all) and no worker is busy, then
+/// times a line echoed beside it on a connection of its own.
+fn a_line_beside_the_crowd(addr: SocketAddr, admin: SocketAddr, n: u64) -> Duration {
+    wait_until("the slow crowd waits in the parker", || proxy_stats(admin)["parked"].as_u64() >= Some(n));
+    let started = Instant::now();
+    let mut s = connect(addr);
+    assert_eq!(exchange(&mut s, "hello"), "app");
+    started.elapsed()
+}
+
+/// tcp mode, both directions. Half the crowd downloads 4 MiB and reads none of it; the other
+/// half sends 8 MiB of lines to the echoing backend (or what fits on the way, once the backend
+/// stops reading because nobody reads its echoes) and reads no echo. Each relay used to hold its worker until `idle_ms`: four
+/// workers, and a client beside the crowd got no answer for a minute. HAProxy answers it in
+/// milliseconds. Then one of each reads what it was owed, byte for byte.
+#[test]
+fn a_crowd_of_slow_readers_beyond_the_workers_waits_in_the_parker_and_gets_every_byte() {
+    let (_d, backend) = dummy("app");
+    let (_p, addr, admin) = proxy_of("tcp", backend);
+    let get = format!("GET /?bytes={BIG} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut downloads: Vec<TcpStream> = (0..CROWD / 2)
+        .map(|_| {
+            let mut s = thin_client(addr);
+            s.write_all(get.as_bytes()).expect("request");
+            s
+        })
+        .collect();
+    // Lines until the way to the backend is full: the proxy holds some for a backend that is
+    // itself held up by echoes nobody reads.
+    let line = format!("{}\n", "x".repeat(999));
+    let mut uploads: Vec<(TcpStream, usize)> = (0..CROWD / 2)
+        .map(|_| {
+            let mut s = thin_client(addr);
+            s.set_nonblocking(true).expect("nonblocking");
+            let (mut sent, mut stalls) = (0usize, 0);
+            // Full once it stays full for a while (the proxy may still be taking it up).
+            while stalls < 3 && sent < 8 << 20 {
+                match s.write(&line.as_bytes()[sent % line.len()..]) {
+                    Ok(n) => (sent, stalls) = (sent + n, 0),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        stalls += 1;
+                        thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => panic!("upload: {e}"),
+                }
+            }
+            s.set_nonblocking(false).expect("blocking");
+            (s, sent)
+        })
+        .collect();
+    let took = a_line_beside_the_crowd(addr, admin, CROWD as u64);
+    assert!(took < Duration::from_millis(2500), "a client beside {CROWD} slow readers waited {took:?}");
+
+    // A download read at last: its head, then every byte of the pattern.
+    let s = &mut downloads[0];
+    let head = read_head(s, "download");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(is_pattern(&read_n(s, BIG, "download body")), "the download's bytes are not the pattern");
+
+    // An upload's echoes read at last, while the rest of its last line goes out.
+    let (s, sent) = uploads.pop().expect("an upload");
+    let lines = sent.div_ceil(line.len());
+    let mut writer = s.try_clone().expect("clone");
+    let rest = lines * line.len() - sent;
+    let tail = thread::spawn(move || writer.write_all(&line.as_bytes()[line.len() - rest..]));
+    let mut echoes = std::io::BufReader::new(s);
+    for i in 0..lines {
+        let echo = read_line(&mut echoes);
+        assert_eq!(echo, format!("[app] {}", "x".repeat(999)), "echo {i} of {lines}");
+    }
+    tail.join().expect("writer").expect("the last line");
+}
+
+/// WebSocket tunnels (http mode, after the 101) whose clients never read the echo of a 4 MiB
+/// message: each parks holding what its client has no room for, so a GET beside them is
+/// answered at once (four workers, ten tunnels: held in the workers, four of them kept the GET
+/// waiting for `tunnel_ms`); one of them then reads its echo whole.
+#[test]
+fn websocket_tunnels_whose_clients_read_nothing_wait_in_the_parker_and_deliver_the_echo_whole() {
+    let (_d, backend) = dummy("app");
+    let (_p, addr, admin) = proxy_of("http", backend);
+    let message: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
+    // A masked binary frame; the zero key leaves the payload as it is.
+    let mut frame = vec![0x82, 0x80 | 127];
+    frame.extend_from_slice(&(BIG as u64).to_be_bytes());
+    frame.extend_from_slice(&[0, 0, 0, 0]);
+    frame.extend_from_slice(&message);
+    let mut crowd = Vec::new();
+    let mut senders = Vec::new();
+    let frame = std::sync::Arc::new(frame);
+    for i in 0..TUNNELS {
+        let mut s = thin_client(addr);
+        s.write_all(UPGRADE).expect("upgrade request");
+        let head = read_head(&mut s, "upgrade");
+        assert!(head.starts_with("HTTP/1.1 101"), "tunnel {i}: {head}");
+        let mut writer = s.try_clone().expect("clone");
+        let frame = frame.clone();
+        // The backend reads the whole message before it echoes: the send completes.
+        senders.push(thread::spawn(move || writer.write_all(&frame[..])));
+        crowd.push(s);
+    }
+    for sender in senders {
+        sender.join().expect("sender").expect("the message goes out");
+    }
+    wait_until("the tunnels wait in the parker", || {
+        proxy_stats(admin)["parked"].as_u64() >= Some(TUNNELS as u64)
+    });
+    let started = Instant::now();
+    let answer = http_get(addr, "/");
+    let took = started.elapsed();
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert!(took < Duration::from_millis(2500), "a GET beside {TUNNELS} slow tunnels waited {took:?}");
+
+    let s = &mut crowd[0];
+    let echo_len = BIG + "[app] ".len();
+    let head = read_n(s, 10, "echo frame head");
+    assert_eq!(head[..2], [0x82, 127], "an unmasked binary frame with a 64-bit length");
+    assert_eq!(u64::from_be_bytes(head[2..].try_into().expect("8 bytes")), echo_len as u64);
+    let body = read_n(s, echo_len, "echo");
+    assert_eq!(&body[..6], b"[app] ");
+    assert!(body[6..] == message[..], "the echo differs from the message");
+}
+
+const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A client that resets while its upload waits, parked, on a backend that stopped reading is
+/// let go at once: the parker watches the client's socket for a reset even though the relay
+/// waits only for room at the backend (else it would hold its slot until `idle_ms`).
+#[test]
+fn a_client_reset_is_seen_while_its_upload_waits_parked_on_a_backend_that_stopped_reading() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend = l.local_addr().expect("addr");
+    let (done, end) = crossbeam_channel::bounded::<()>(1);
+    let h = thread::spawn(move || {
+        let (_s, _) = l.accept().expect("accept");
+        let _ = end.recv_timeout(WAIT);
+    });
+    let (p, addr, admin) = proxy_of("tcp", backend);
+    let s = connect(addr);
+    s.set_nonblocking(true).expect("nonblocking");
+    // Until every buffer on the way is full (bounded: loopback buffers are a few MiB).
+    let chunk = vec![b'x'; 65536];
+    let mut sent = 0usize;
+    while sent < (256 << 20) {
+        match (&s).write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("send: {e}"),
+        }
+    }
+    // Parked, and staying there: nothing moved over 20 looks (its count is told at each park).
+    let (mut last, mut same) = (None, 0);
+    wait_until("the relay waits in the parker", || {
+        let up = backend_stats(admin, "app1")["bytes_up"].as_u64();
+        let parked = proxy_stats(admin)["parked"].as_u64() == Some(1);
+        same = if parked && up == last { same + 1 } else { 0 };
+        last = up;
+        same >= 20
+    });
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("linger");
+    drop(s);
+    wait_until("the relay let go", || backend_stats(admin, "app1")["active"] == 0);
+    assert!(!p.log_text().contains("idle timeout"), "{}", p.log_text());
+    done.send(()).expect("backend");
+    h.join().expect("backend");
+}
