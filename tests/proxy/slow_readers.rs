@@ -9,6 +9,10 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
+
+use crate::tls::{client_config, tls_connect, Ca};
 use crate::util::*;
 
 /// Each crowd: ten times the workers.
@@ -32,11 +36,12 @@ fn thin_client(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// A proxy in `mode` with four workers (two taking connections) in front of `backend`.
-fn proxy_of(mode: &str, backend: SocketAddr) -> (Proc, SocketAddr, SocketAddr) {
+/// A proxy in `mode` with four workers (two taking connections) in front of `backend`; `tls`:
+/// a `[tls]` section, or empty.
+fn proxy_of(mode: &str, backend: SocketAddr, tls: &str) -> (Proc, SocketAddr, SocketAddr) {
     let config = format!(
         "[proxy]\nmode = {mode}\nworkers = 4\nactive_workers = 2\n[health]\nenabled = false\n\
-         [admin]\nlisten = 127.0.0.1:0\n{}",
+         [admin]\nlisten = 127.0.0.1:0\n{tls}{}",
         backends_section(&[backend])
     );
     let (p, addr) = proxy_with(&config, &[]);
@@ -85,7 +90,7 @@ fn a_line_beside_the_crowd(addr: SocketAddr, admin: SocketAddr, n: u64) -> Durat
 #[test]
 fn a_crowd_of_slow_readers_beyond_the_workers_waits_in_the_parker_and_gets_every_byte() {
     let (_d, backend) = dummy("app");
-    let (_p, addr, admin) = proxy_of("tcp", backend);
+    let (_p, addr, admin) = proxy_of("tcp", backend, "");
     let get = format!("GET /?bytes={BIG} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let mut downloads: Vec<TcpStream> = (0..CROWD / 2)
         .map(|_| {
@@ -147,7 +152,7 @@ fn a_crowd_of_slow_readers_beyond_the_workers_waits_in_the_parker_and_gets_every
 #[test]
 fn websocket_tunnels_whose_clients_read_nothing_wait_in_the_parker_and_deliver_the_echo_whole() {
     let (_d, backend) = dummy("app");
-    let (_p, addr, admin) = proxy_of("http", backend);
+    let (_p, addr, admin) = proxy_of("http", backend, "");
     let message: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
     // A masked binary frame; the zero key leaves the payload as it is.
     let mut frame = vec![0x82, 0x80 | 127];
@@ -205,7 +210,7 @@ fn a_client_reset_is_seen_while_its_upload_waits_parked_on_a_backend_that_stoppe
         let (_s, _) = l.accept().expect("accept");
         let _ = end.recv_timeout(WAIT);
     });
-    let (p, addr, admin) = proxy_of("tcp", backend);
+    let (p, addr, admin) = proxy_of("tcp", backend, "");
     let s = connect(addr);
     s.set_nonblocking(true).expect("nonblocking");
     // Until every buffer on the way is full (bounded: loopback buffers are a few MiB).
@@ -233,4 +238,41 @@ fn a_client_reset_is_seen_while_its_upload_waits_parked_on_a_backend_that_stoppe
     assert!(!p.log_text().contains("idle timeout"), "{}", p.log_text());
     done.send(()).expect("backend");
     h.join().expect("backend");
+}
+
+/// tcp mode over TLS: clients that download 4 MiB and read none of it park with the records
+/// their session could not send (and the plaintext behind them); a TLS client beside them is
+/// echoed at once, and one of them then reads its download whole.
+#[test]
+fn tls_clients_that_read_nothing_wait_in_the_parker_with_their_records_and_get_every_byte() {
+    let ca = Ca::new("slow");
+    let (_d, backend) = dummy("app");
+    let (_certs, tls) = ca.proxy_tls();
+    let (_p, addr, admin) = proxy_of("tcp", backend, &tls);
+    let config = client_config(&ca, None);
+    let get = format!("GET /?bytes={BIG} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut crowd: Vec<_> = (0..CROWD / 2)
+        .map(|_| {
+            let name = ServerName::try_from("localhost").expect("name");
+            let conn = ClientConnection::new(config.clone(), name).expect("client");
+            let mut tls = StreamOwned::new(conn, thin_client(addr));
+            tls.write_all(get.as_bytes()).expect("request");
+            tls.flush().expect("flush");
+            tls
+        })
+        .collect();
+    wait_until("the slow TLS crowd waits in the parker", || {
+        proxy_stats(admin)["parked"].as_u64() >= Some(CROWD as u64 / 2)
+    });
+    let started = Instant::now();
+    let mut line = tls_connect(addr, config.clone(), "localhost").expect("TLS client");
+    line.write_all(b"hello\n").expect("send");
+    assert_eq!(read_line(&mut line), "[app] hello");
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(2500), "a TLS client beside the slow crowd waited {took:?}");
+
+    let s = &mut crowd[0];
+    let head = read_head(s, "download");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(is_pattern(&read_n(s, BIG, "download body")), "the download's bytes are not the pattern");
 }
