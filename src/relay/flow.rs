@@ -57,14 +57,12 @@ pub(super) struct Flow<'a> {
 #[derive(Debug, Default)]
 pub struct Held {
     bytes: Vec<u8>,
-    pipe: Option<Pipe>,
-    piped: usize,
 }
 
 impl Held {
     /// Nothing waits to be written.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty() && self.piped == 0
+        self.bytes.is_empty()
     }
 }
 
@@ -76,19 +74,30 @@ impl<'a> Flow<'a> {
         pending.clear();
         pending.extend_from_slice(early);
         pending.extend_from_slice(&held.bytes);
-        let Held { pipe, piped, .. } = held;
-        Flow { pending, start: 0, pipe, piped, splice_failed: false, done, total }
+        Flow { pending, start: 0, pipe: None, piped: 0, splice_failed: false, done, total }
     }
 
     /// What this direction holds for its destination, taken for the parker: the unsent bytes
-    /// (at most a read's worth) copied out of the worker's buffer, the pipe with what it holds.
-    pub fn hold(&mut self) -> Held {
-        let bytes = self.pending[self.start..].to_vec();
+    /// copied out of the worker's buffer, then those in the pipe (read out, so a parked relay
+    /// keeps no pipe: two descriptors and up to `PIPE_SIZE` of pipe pages each, where a crowd
+    /// of slow readers would run into the per-user pipe limit and shrink every other relay's).
+    pub fn hold(&mut self) -> io::Result<Held> {
+        let mut bytes = self.pending[self.start..].to_vec();
         self.pending.clear();
         self.start = 0;
-        // An empty pipe stays behind: it is made again when a read fills the buffer.
-        let pipe = if self.piped > 0 { self.pipe.take() } else { None };
-        Held { bytes, pipe, piped: std::mem::take(&mut self.piped) }
+        if let Some(pipe) = self.pipe.take().filter(|_| self.piped > 0) {
+            bytes.reserve_exact(self.piped);
+            while self.piped > 0 {
+                // Exactly `piped` bytes are in the pipe: the read cannot wait.
+                match rustix::io::read(&pipe.read, rustix::buffer::spare_capacity(&mut bytes)) {
+                    Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(n) => self.piped -= n,
+                    Err(Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(Held { bytes })
     }
 
     pub fn wait(&self) -> Wait {
@@ -217,12 +226,21 @@ impl<'a> Flow<'a> {
     }
 }
 
+impl Drop for Flow<'_> {
+    /// A backlog brought back from the parker (a pipe's worth) leaves no large buffer in the
+    /// worker.
+    fn drop(&mut self) {
+        if self.pending.capacity() > TLS_CHUNK {
+            *self.pending = Vec::new();
+        }
+    }
+}
+
 /// Splice flags: move pages rather than copy where the kernel can, and never block (the pipe
 /// side; the socket side is non-blocking already), since `poll` does the waiting.
 const FLAGS: SpliceFlags = SpliceFlags::MOVE.union(SpliceFlags::NONBLOCK);
 
 /// A pipe for splicing one direction.
-#[derive(Debug)]
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,

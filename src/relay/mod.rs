@@ -154,41 +154,62 @@ pub fn resume(
         }
     }
     let Buffers { read, up, down } = bufs;
+    let held = from.held.map(|b| *b).unwrap_or_default();
     // An ended input was passed on: its EOF read, the other side told.
-    let mut c = Side::new(client.sock, client.tls, Party::Client, from.up_done, from.down_done);
-    let mut b = Side::new(backend.sock, backend.tls, Party::Backend, from.down_done, from.up_done);
+    let told = (from.down_done, held.client_fin);
+    let mut c = Side::new(client.sock, client.tls, Party::Client, from.up_done, told);
+    let told = (from.up_done, held.backend_fin);
+    let mut b = Side::new(backend.sock, backend.tls, Party::Backend, from.down_done, told);
     read.clear();
     read.reserve_exact(if c.is_plain() && b.is_plain() { BUFFER_SIZE } else { side::TLS_CHUNK });
     // Bytes already read from one side travel the other way first, then what a quiet relay
     // held for its destination.
-    let Backlog { up: up_held, down: down_held, .. } = from.held.map(|b| *b).unwrap_or_default();
-    let mut up = Flow::new(up, client.early, up_held, from.up, from.up_done);
-    let mut down = Flow::new(down, backend.early, down_held, from.down, from.down_done);
+    let mut up = Flow::new(up, client.early, held.up, from.up, from.up_done);
+    let mut down = Flow::new(down, backend.early, held.down, from.down, from.down_done);
     let turn = Turn { idle: as_limit(idle), park, last_moved: from.last_moved };
     let mut told = Told { tally, up: from.up, down: from.down, at: Instant::now() };
     let ended = run(&mut c, &mut b, turn, read, (&mut up, &mut down), &mut told);
     told.tell(&up, &down, Instant::now(), true);
     let (up_total, down_total) = (up.total, down.total);
     match ended {
-        Ok(Some(last_moved)) => {
-            let (client_out, backend_out) = (c.wants_out(), b.wants_out());
-            let pending = up.wait() == Wait::Write || down.wait() == Wait::Write;
-            let held = (pending || client_out || backend_out)
-                .then(|| Box::new(Backlog { up: up.hold(), down: down.hold(), client_out, backend_out }));
-            Relayed::Quiet(Progress {
+        Ok(Some(last_moved)) => match backlog(&c, &b, &mut up, &mut down) {
+            Ok(held) => Relayed::Quiet(Progress {
                 up: up_total,
                 down: down_total,
                 up_done: up.done,
                 down_done: down.done,
                 last_moved,
                 held,
-            })
-        }
+            }),
+            // Reading back its own pipe failed: nobody's fault but ours; the client is closed.
+            Err(e) => Relayed::Ended(RelayOutcome {
+                up: up_total,
+                down: down_total,
+                error: Some(failure(Party::Client, e)),
+            }),
+        },
         Ok(None) => Relayed::Ended(RelayOutcome { up: up_total, down: down_total, error: None }),
         Err((side, e)) => {
             Relayed::Ended(RelayOutcome { up: up_total, down: down_total, error: Some(failure(side, e)) })
         }
     }
+}
+
+/// What a relay going quiet holds for its destinations, if anything: bytes either direction
+/// could not send yet, TLS records, a FIN behind them.
+fn backlog(c: &Side, b: &Side, up: &mut Flow, down: &mut Flow) -> io::Result<Option<Box<Backlog>>> {
+    let (client_out, backend_out) = (c.wants_out(), b.wants_out());
+    if up.wait() != Wait::Write && down.wait() != Wait::Write && !client_out && !backend_out {
+        return Ok(None);
+    }
+    Ok(Some(Box::new(Backlog {
+        up: up.hold()?,
+        down: down.hold()?,
+        client_out,
+        backend_out,
+        client_fin: c.fin_owed(),
+        backend_fin: b.fin_owed(),
+    })))
 }
 
 /// A relay's end by an error on `side`'s socket, as a [`Failure`].

@@ -17,6 +17,10 @@ pub struct Backlog {
     pub(super) client_out: bool,
     /// The backend's has.
     pub(super) backend_out: bool,
+    /// The client's FIN waits for those records (the backend's end passed on as `close_notify`).
+    pub(super) client_fin: bool,
+    /// The backend's does.
+    pub(super) backend_fin: bool,
 }
 
 /// What a parked side waits for.
@@ -73,6 +77,10 @@ impl Progress {
     /// What the parker watches on each side, `(client, backend)`, for the relay to move on: a
     /// direction with bytes held waits for room in its destination (and not for more input,
     /// which it could not take), the others for input while it has not ended.
+    ///
+    /// A side the relay waits on for nothing, its own output to it shut, is not watched at all
+    /// (the backend ended and its upload waits on a full backend): a reset there is seen when
+    /// the relay next moves, or at its idle limit.
     pub fn interest(&self) -> (Interest, Interest) {
         let held = self.held.as_deref();
         let up = held.is_some_and(|h| !h.up.is_empty());

@@ -27,15 +27,22 @@ pub(super) struct Side<'a> {
 }
 
 impl<'a> Side<'a> {
-    /// A side whose input ended earlier (`eof`), and which was told of the other's (`told`).
+    /// A side whose input ended earlier (`eof`), and which was told of the other's (`told`):
+    /// its FIN sent, unless `fin_owed` (its `close_notify` was still queued when the relay
+    /// parked).
     pub fn new(
         sock: &'a TcpStream,
         tls: Option<&'a mut Connection>,
         party: Party,
         eof: bool,
-        told: bool,
+        (told, fin_owed): (bool, bool),
     ) -> Side<'a> {
-        Side { sock, tls, party, eof, closing: told, closed: told }
+        Side { sock, tls, party, eof, closing: told, closed: told && !fin_owed }
+    }
+
+    /// The other side's EOF was passed on, but the FIN waits for queued records.
+    pub fn fin_owed(&self) -> bool {
+        self.closing && !self.closed
     }
 
     pub fn is_plain(&self) -> bool {

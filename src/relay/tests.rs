@@ -133,8 +133,36 @@ fn a_relay_parks_holding_bytes_for_a_full_destination_and_delivers_them_when_res
         let (c, b) = (End::plain(&client_relay), End::plain(&backend_relay));
         resume(c, b, Duration::from_secs(20), bufs, from, Some(when), &|_, _| {})
     };
-    let Relayed::Quiet(mut progress) = step(Progress::start(), &mut bufs) else { panic!("ended") };
-    assert!(progress.held.is_some(), "nothing held for a client that reads nothing");
+    // Waits as the parker would, for what the relay asked: each side's socket ready for it.
+    let wait = |p: &Progress| {
+        let flags = |on: Interest| {
+            let mut f = PollFlags::empty();
+            if on.read {
+                f |= PollFlags::IN | PollFlags::RDHUP;
+            }
+            if on.write {
+                f |= PollFlags::OUT;
+            }
+            f
+        };
+        let (on_client, on_backend) = p.interest();
+        let mut fds =
+            [PollFd::new(&client_relay, flags(on_client)), PollFd::new(&backend_relay, flags(on_backend))];
+        let ready = poll(&mut fds, Some(&crate::net::timespec(Duration::from_secs(20)))).expect("poll");
+        assert!(ready > 0, "nothing the relay waits for came within 20 s: {p:?}");
+    };
+    // Quiet with nothing held until the backend's bytes reach it (a busy machine may be slow
+    // to start the writer), then holding what the client has no room for.
+    let mut progress = Progress::start();
+    for turn in 0.. {
+        assert!(turn < 1000, "never held anything");
+        let Relayed::Quiet(p) = step(progress, &mut bufs) else { panic!("ended") };
+        progress = p;
+        if progress.held.is_some() {
+            break;
+        }
+        wait(&progress);
+    }
     let (on_client, on_backend) = progress.interest();
     assert_eq!(on_client, Interest { read: true, write: true, reset: true });
     assert_eq!(on_backend, Interest { read: false, write: false, reset: true });
@@ -145,6 +173,7 @@ fn a_relay_parks_holding_bytes_for_a_full_destination_and_delivers_them_when_res
     });
     let mut turns = 1;
     let out = loop {
+        wait(&progress);
         match step(progress, &mut bufs) {
             Relayed::Quiet(p) => progress = p,
             Relayed::Ended(out) => break out,
@@ -159,4 +188,25 @@ fn a_relay_parks_holding_bytes_for_a_full_destination_and_delivers_them_when_res
     let got = reader.join().expect("reader");
     assert_eq!(got.len(), DOWN);
     assert!(got == data, "the bytes arrived changed");
+}
+
+/// A side brought back from the parker with its FIN still owed (its `close_notify` was queued
+/// behind records the client had no room for) sends the FIN at its first flush; one whose FIN
+/// went out before it parked sends nothing more.
+#[test]
+fn a_side_resumed_with_its_fin_owed_sends_it_and_one_already_shut_does_not() {
+    let (mut ours, theirs) = pair();
+    let mut side = side::Side::new(&theirs, None, Party::Client, false, (true, true));
+    assert!(side.fin_owed());
+    side.flush().expect("flush");
+    assert!(!side.fin_owed());
+    ours.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    assert_eq!(ours.read(&mut [0u8; 1]).expect("the FIN"), 0);
+
+    let (mut ours, theirs) = pair();
+    let mut side = side::Side::new(&theirs, None, Party::Client, false, (true, false));
+    side.flush().expect("flush");
+    ours.set_nonblocking(true).expect("nonblocking");
+    let e = ours.read(&mut [0u8; 1]).expect_err("no FIN sent twice, none at all here");
+    assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
 }

@@ -67,9 +67,20 @@ fn read_head(s: &mut impl Read, what: &str) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
-/// Whether `body` is the dummy's `?bytes=N` pattern from its start.
-fn is_pattern(body: &[u8]) -> bool {
-    body.iter().enumerate().all(|(i, &b)| b == b'a' + (i % 26) as u8)
+/// Reads the rest of a `Connection: close` download after its head: exactly `BIG` bytes of the
+/// dummy's `?bytes=N` pattern, then the end (nothing more, nothing repeated).
+fn read_download(s: &mut impl Read) {
+    let body = read_n(s, BIG, "download body");
+    let at = body.iter().enumerate().position(|(i, &b)| b != b'a' + (i % 26) as u8);
+    assert_eq!(at, None, "the download's bytes leave the pattern");
+    let mut more = [0u8; 1];
+    let end = s.read(&mut more).unwrap_or_else(|e| panic!("no end after the download: {e}"));
+    assert_eq!(end, 0, "bytes after the download");
+}
+
+/// Line `i` of an upload: its number, then filler, 1,000 bytes with the newline.
+fn numbered(i: usize) -> String {
+    format!("{i:08} {}\n", "x".repeat(990))
 }
 
 /// Waits until the whole crowd is parked (held bytes and all) and no worker is busy, then
@@ -101,7 +112,7 @@ fn a_crowd_of_slow_readers_beyond_the_workers_waits_in_the_parker_and_gets_every
         .collect();
     // Lines until the way to the backend is full: the proxy holds some for a backend that is
     // itself held up by echoes nobody reads.
-    let line = format!("{}\n", "x".repeat(999));
+    const LINE: usize = 1000;
     let mut uploads: Vec<(TcpStream, usize)> = (0..CROWD / 2)
         .map(|_| {
             let mut s = thin_client(addr);
@@ -109,7 +120,7 @@ fn a_crowd_of_slow_readers_beyond_the_workers_waits_in_the_parker_and_gets_every
             let (mut sent, mut stalls) = (0usize, 0);
             // Full once it stays full for a while (the proxy may still be taking it up).
             while stalls < 3 && sent < 8 << 20 {
-                match s.write(&line.as_bytes()[sent % line.len()..]) {
+                match s.write(&numbered(sent / LINE).as_bytes()[sent % LINE..]) {
                     Ok(n) => (sent, stalls) = (sent + n, 0),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         stalls += 1;
@@ -129,18 +140,18 @@ fn a_crowd_of_slow_readers_beyond_the_workers_waits_in_the_parker_and_gets_every
     let s = &mut downloads[0];
     let head = read_head(s, "download");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(is_pattern(&read_n(s, BIG, "download body")), "the download's bytes are not the pattern");
+    read_download(s);
 
     // An upload's echoes read at last, while the rest of its last line goes out.
     let (s, sent) = uploads.pop().expect("an upload");
-    let lines = sent.div_ceil(line.len());
+    let lines = sent.div_ceil(LINE);
     let mut writer = s.try_clone().expect("clone");
-    let rest = lines * line.len() - sent;
-    let tail = thread::spawn(move || writer.write_all(&line.as_bytes()[line.len() - rest..]));
+    let last = numbered(lines - 1);
+    let tail = thread::spawn(move || writer.write_all(&last.as_bytes()[LINE - (lines * LINE - sent)..]));
     let mut echoes = std::io::BufReader::new(s);
     for i in 0..lines {
         let echo = read_line(&mut echoes);
-        assert_eq!(echo, format!("[app] {}", "x".repeat(999)), "echo {i} of {lines}");
+        assert_eq!(format!("{echo}\n"), format!("[app] {}", numbered(i)), "echo {i} of {lines}");
     }
     tail.join().expect("writer").expect("the last line");
 }
@@ -274,5 +285,9 @@ fn tls_clients_that_read_nothing_wait_in_the_parker_with_their_records_and_get_e
     let s = &mut crowd[0];
     let head = read_head(s, "download");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(is_pattern(&read_n(s, BIG, "download body")), "the download's bytes are not the pattern");
+    read_download(s);
+    // `close_notify` came; the FIN behind it too, though it waited for the client's room.
+    let mut more = [0u8; 1];
+    let fin = s.sock.read(&mut more).unwrap_or_else(|e| panic!("no FIN after close_notify: {e}"));
+    assert_eq!(fin, 0, "bytes after close_notify");
 }
