@@ -14,9 +14,10 @@
 //! nothing for a while returns its [`Progress`] instead, so its connection can wait in the
 //! parker without a worker: after `PARK_AFTER`, or after [`PRESSED_AFTER`] while connections
 //! wait for a worker. What it holds for a destination with no room (a client that reads slowly,
-//! a backend that stopped reading) goes with it, and the parker waits for that room. The bytes sent are told to the
-//! caller's tally as they go (every [`TALLY_BYTES`] or [`TALLY_EVERY`], and when the turn ends), so a
-//! long relay shows in the counters while it lasts, as HAProxy's do.
+//! a backend that stopped reading) goes with it, and the parker waits for that room (such a
+//! relay parks after [`HELD_PRESSED_AFTER`] while workers are wanted). The bytes sent are told
+//! to the caller's tally as they go (every [`TALLY_BYTES`] or [`TALLY_EVERY`], and when the turn
+//! ends), so a long relay shows in the counters while it lasts, as HAProxy's do.
 //!
 //! Bytes first go through a small user-space buffer (see [`Buffers`]: idle and chatty
 //! connections keep about one resident page). Between two plain sides, once a read fills it (a
@@ -58,13 +59,18 @@ pub const TALLY_EVERY: Duration = Duration::from_secs(1);
 /// (connections wait for one), as a new connection's first read waits then.
 pub const PRESSED_AFTER: Duration = Duration::from_millis(1);
 
+/// The same for a relay that holds bytes for a destination with no room: a bulk flow waits a
+/// millisecond on its reader often, and each park would cost it a hand-over; 10 ms is the
+/// gate's own mark for a wait on a peer (a slow reader is one).
+pub const HELD_PRESSED_AFTER: Duration = Duration::from_millis(10);
+
 /// When a relay that moved nothing returns to park ([`resume`]).
 #[derive(Clone, Copy)]
 pub struct ParkWhen<'a> {
     /// Quiet this long: the connection waits better in the parker than in a worker.
     pub after: Duration,
     /// Whether a worker is wanted elsewhere, asked each time the relay would wait: then it
-    /// parks once quiet for [`PRESSED_AFTER`].
+    /// parks once quiet for [`PRESSED_AFTER`] ([`HELD_PRESSED_AFTER`] holding bytes).
     pub wanted: &'a dyn Fn() -> bool,
 }
 
@@ -263,8 +269,10 @@ fn run(
         // the parker, which waits for that room; input a TLS side holds must be read first.
         let settled = !cut_up && !cut_down;
         // Counted from the last byte moved or the wake-up.
+        let holding = up_wait == Wait::Write || down_wait == Wait::Write || records;
         let parks_in = park.map(|p| {
-            let after = if settled && (p.wanted)() { PRESSED_AFTER } else { p.after };
+            let pressed = if holding { HELD_PRESSED_AFTER } else { PRESSED_AFTER };
+            let after = if settled && (p.wanted)() { pressed } else { p.after };
             after.saturating_sub(turn.duration_since(last_moved.max(woke)))
         });
         if settled && polled && parks_in.is_some_and(|left| left.is_zero()) {
