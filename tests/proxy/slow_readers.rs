@@ -291,3 +291,38 @@ fn tls_clients_that_read_nothing_wait_in_the_parker_with_their_records_and_get_e
     let fin = s.sock.read(&mut more).unwrap_or_else(|e| panic!("no FIN after close_notify: {e}"));
     assert_eq!(fin, 0, "bytes after close_notify");
 }
+
+/// A parked crowd of slow readers rides through ten reloads and then a stop: each reader, once
+/// it reads, gets every byte of its download within the drain and then its end, while the proxy
+/// has stopped accepting. (Parked relays stay watched through the drain, as quiet ones do.)
+#[test]
+fn slow_readers_parked_through_a_reload_storm_and_a_stop_still_get_every_byte() {
+    let (_d, backend) = dummy("app");
+    let config = format!(
+        "[proxy]\nmode = tcp\nworkers = 2\nactive_workers = 1\ndrain_timeout_ms = 20000\n\
+         [health]\nenabled = false\n[admin]\nlisten = 127.0.0.1:0\n{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    let get = format!("GET /?bytes={BIG} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut readers: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = thin_client(addr);
+            s.write_all(get.as_bytes()).expect("request");
+            s
+        })
+        .collect();
+    wait_until("the readers wait in the parker", || proxy_stats(admin)["parked"].as_u64() >= Some(8));
+    for i in 1..=10 {
+        p.signal("HUP");
+        wait_until("the reload is applied", || p.log_text().matches("] reload: ").count() >= i);
+    }
+    p.signal("TERM");
+    p.wait_for("stopped accepting");
+    for (i, s) in readers.iter_mut().enumerate() {
+        let head = read_head(s, "download");
+        assert!(head.starts_with("HTTP/1.1 200"), "reader {i}: {head}");
+        read_download(s);
+    }
+}
