@@ -214,26 +214,10 @@ const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nCo
 /// waits only for room at the backend (else it would hold its slot until `idle_ms`).
 #[test]
 fn a_client_reset_is_seen_while_its_upload_waits_parked_on_a_backend_that_stopped_reading() {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let backend = l.local_addr().expect("addr");
-    let (done, end) = crossbeam_channel::bounded::<()>(1);
-    let h = thread::spawn(move || {
-        let (_s, _) = l.accept().expect("accept");
-        let _ = end.recv_timeout(WAIT);
-    });
+    let (backend, done, h) = deaf_backend();
     let (p, addr, admin) = proxy_of("tcp", backend, "");
     let s = connect(addr);
-    s.set_nonblocking(true).expect("nonblocking");
-    // Until every buffer on the way is full (bounded: loopback buffers are a few MiB).
-    let chunk = vec![b'x'; 65536];
-    let mut sent = 0usize;
-    while sent < (256 << 20) {
-        match (&s).write(&chunk) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => panic!("send: {e}"),
-        }
-    }
+    send_until_full(&s);
     // Parked, and staying there: nothing moved over 20 looks (its count is told at each park).
     let (mut last, mut same) = (None, 0);
     wait_until("the relay waits in the parker", || {
@@ -243,12 +227,7 @@ fn a_client_reset_is_seen_while_its_upload_waits_parked_on_a_backend_that_stoppe
         last = up;
         same >= 20
     });
-    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("linger");
-    drop(s);
-    wait_until("the relay let go", || backend_stats(admin, "app1")["active"] == 0);
-    assert!(!p.log_text().contains("idle timeout"), "{}", p.log_text());
-    done.send(()).expect("backend");
-    h.join().expect("backend");
+    reset_is_seen(&p, admin, s, (done, h));
 }
 
 /// tcp mode over TLS: clients that download 4 MiB and read none of it park with the records

@@ -143,13 +143,7 @@ fn backend_half_close_passes_through() {
 /// and held on until `idle_ms` (then blamed the backend).
 #[test]
 fn a_client_reset_is_seen_while_its_upload_waits_on_a_backend_that_stopped_reading() {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let backend = l.local_addr().expect("addr");
-    let (done, end) = crossbeam_channel::bounded::<()>(1);
-    let h = thread::spawn(move || {
-        let (_s, _) = l.accept().expect("accept");
-        let _ = end.recv_timeout(WAIT);
-    });
+    let (backend, done, h) = deaf_backend();
     let config = format!(
         "[proxy]\nmode = tcp\nworkers = 8\n[admin]\nlisten = 127.0.0.1:0\n[health]\nenabled = false\n{}",
         backends_section(&[backend])
@@ -157,24 +151,9 @@ fn a_client_reset_is_seen_while_its_upload_waits_on_a_backend_that_stopped_readi
     let (p, addr) = proxy_with(&config, &[]);
     let admin = admin_addr(&p);
     let s = connect(addr);
-    s.set_nonblocking(true).expect("nonblocking");
-    // Until every buffer on the way is full (bounded: loopback buffers are a few MiB).
-    let chunk = vec![b'x'; 65536];
-    let mut sent = 0usize;
-    while sent < (256 << 20) {
-        match (&s).write(&chunk) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => panic!("send: {e}"),
-        }
-    }
+    send_until_full(&s);
     wait_until("the relay holds the connection", || backend_stats(admin, "app1")["active"] == 1);
-    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("linger");
-    drop(s);
-    wait_until("the relay let go", || backend_stats(admin, "app1")["active"] == 0);
-    assert!(!p.log_text().contains("idle timeout"), "{}", p.log_text());
-    done.send(()).expect("backend");
-    h.join().expect("backend");
+    reset_is_seen(&p, admin, s, (done, h));
 }
 
 #[test]

@@ -429,3 +429,48 @@ pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A backend that accepts one connection and never reads from it, until told through the
+/// sender (or `WAIT` passes); join the handle once done.
+pub fn deaf_backend() -> (SocketAddr, crossbeam_channel::Sender<()>, thread::JoinHandle<()>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let (done, end) = crossbeam_channel::bounded::<()>(1);
+    let h = thread::spawn(move || {
+        let (_s, _) = l.accept().expect("accept");
+        let _ = end.recv_timeout(WAIT);
+    });
+    (addr, done, h)
+}
+
+/// Sends on `s`, made non-blocking, until every buffer on the way is full (bounded: loopback
+/// buffers are a few MiB, the loop stops at 256 MiB); returns how much went.
+pub fn send_until_full(s: &TcpStream) -> usize {
+    s.set_nonblocking(true).expect("nonblocking");
+    let chunk = vec![b'x'; 65536];
+    let mut sent = 0usize;
+    while sent < (256 << 20) {
+        match (&*s).write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("send: {e}"),
+        }
+    }
+    sent
+}
+
+/// Resets `s` (a relay's client whose upload waits on [`deaf_backend`]) and checks that the
+/// proxy lets the relay go at once, not at `idle_ms`; then lets the backend go.
+pub fn reset_is_seen(
+    p: &Proc,
+    admin: SocketAddr,
+    s: TcpStream,
+    backend: (crossbeam_channel::Sender<()>, thread::JoinHandle<()>),
+) {
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("linger");
+    drop(s);
+    wait_until("the relay let go", || backend_stats(admin, "app1")["active"] == 0);
+    assert!(!p.log_text().contains("idle timeout"), "{}", p.log_text());
+    backend.0.send(()).expect("backend");
+    backend.1.join().expect("backend");
+}
