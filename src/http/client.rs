@@ -149,7 +149,7 @@ pub(super) fn fill_within(
             done => return done,
         }
         let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() || !crate::threads::gate::waiting(|| crate::net::readable_within(sock, left))? {
+        if left.is_zero() || !crate::threads::gate::readable_within(sock, left)? {
             return Err(io::ErrorKind::TimedOut.into());
         }
     }

@@ -26,8 +26,8 @@ pub fn recv(sock: &TcpStream, buf: &mut [u8], wait: bool) -> io::Result<usize> {
 /// Waits up to `d` for `sock` to have something to read (bytes, its end, or an error), with
 /// `poll(2)`, whose timer is exact: `SO_RCVTIMEO` rounds up to the kernel's tick, so a 1 ms read
 /// timeout waits about 8 ms on a 250 Hz kernel. For the brief waits, a new connection's first
-/// bytes (callers mark it for the gate, as a wait on the client); a signal does not cut it
-/// short. `false` when `d` passed with nothing.
+/// bytes (workers call it through `threads::gate::readable_within`, marked as a wait on the
+/// client); a signal does not cut it short. `false` when `d` passed with nothing.
 pub fn readable_within(sock: &TcpStream, d: Duration) -> io::Result<bool> {
     use rustix::event::{poll, PollFd, PollFlags};
     let until = Instant::now() + d;

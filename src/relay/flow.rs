@@ -52,28 +52,14 @@ pub(super) struct Flow<'a> {
     pub total: u64,
 }
 
-/// What a direction held for its destination when its relay went quiet: it travels with the
-/// parked connection and goes first when the relay resumes.
-#[derive(Debug, Default)]
-pub struct Held {
-    bytes: Vec<u8>,
-}
-
-impl Held {
-    /// Nothing waits to be written.
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-}
-
 impl<'a> Flow<'a> {
     /// A direction that starts with `early` to send (bytes already read from its source), then
     /// what it `held` when it went quiet, and `total` sent before; `done` when its source ended
     /// before.
-    pub fn new(pending: &'a mut Vec<u8>, early: &[u8], held: Held, total: u64, done: bool) -> Flow<'a> {
+    pub fn new(pending: &'a mut Vec<u8>, early: &[u8], held: &[u8], total: u64, done: bool) -> Flow<'a> {
         pending.clear();
         pending.extend_from_slice(early);
-        pending.extend_from_slice(&held.bytes);
+        pending.extend_from_slice(held);
         Flow { pending, start: 0, pipe: None, piped: 0, splice_failed: false, done, total }
     }
 
@@ -81,7 +67,7 @@ impl<'a> Flow<'a> {
     /// copied out of the worker's buffer, then those in the pipe (read out, so a parked relay
     /// keeps no pipe: two descriptors and up to `PIPE_SIZE` of pipe pages each, where a crowd
     /// of slow readers would run into the per-user pipe limit and shrink every other relay's).
-    pub fn hold(&mut self) -> io::Result<Held> {
+    pub fn hold(&mut self) -> io::Result<Vec<u8>> {
         let mut bytes = self.pending[self.start..].to_vec();
         self.pending.clear();
         self.start = 0;
@@ -97,7 +83,12 @@ impl<'a> Flow<'a> {
                 }
             }
         }
-        Ok(Held { bytes })
+        Ok(bytes)
+    }
+
+    /// Bytes wait for room in the destination.
+    pub fn holds(&self) -> bool {
+        self.wait() == Wait::Write
     }
 
     pub fn wait(&self) -> Wait {

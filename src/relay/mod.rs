@@ -139,8 +139,7 @@ pub fn relay(client: End<'_>, backend: End<'_>, idle: Duration, bufs: &mut Buffe
 /// Relays from `from` as [`relay`] does; with `park`, it returns [`Relayed::Quiet`] once
 /// nothing moved for as long as that asks and no plaintext waits in rustls to be read, rather
 /// than wait on in this thread; bytes and TLS records its destinations have no room for go
-/// with it ([`Progress::held`]). The bytes this turn sends
-/// are told to `tally`, each once.
+/// with it ([`Progress::held`]). The bytes this turn sends are told to `tally`, each once.
 pub fn resume(
     client: End<'_>,
     backend: End<'_>,
@@ -170,8 +169,8 @@ pub fn resume(
     read.reserve_exact(if c.is_plain() && b.is_plain() { BUFFER_SIZE } else { side::TLS_CHUNK });
     // Bytes already read from one side travel the other way first, then what a quiet relay
     // held for its destination.
-    let mut up = Flow::new(up, client.early, held.up, from.up, from.up_done);
-    let mut down = Flow::new(down, backend.early, held.down, from.down, from.down_done);
+    let mut up = Flow::new(up, client.early, &held.up, from.up, from.up_done);
+    let mut down = Flow::new(down, backend.early, &held.down, from.down, from.down_done);
     let turn = Turn { idle: as_limit(idle), park, last_moved: from.last_moved };
     let mut told = Told { tally, up: from.up, down: from.down, at: Instant::now() };
     let ended = run(&mut c, &mut b, turn, read, (&mut up, &mut down), &mut told);
@@ -204,18 +203,23 @@ pub fn resume(
 /// What a relay going quiet holds for its destinations, if anything: bytes either direction
 /// could not send yet, TLS records, a FIN behind them.
 fn backlog(c: &Side, b: &Side, up: &mut Flow, down: &mut Flow) -> io::Result<Option<Box<Backlog>>> {
-    let (client_out, backend_out) = (c.wants_out(), b.wants_out());
-    if up.wait() != Wait::Write && down.wait() != Wait::Write && !client_out && !backend_out {
+    if !holding(c, b, up, down) {
         return Ok(None);
     }
     Ok(Some(Box::new(Backlog {
         up: up.hold()?,
         down: down.hold()?,
-        client_out,
-        backend_out,
+        client_out: c.wants_out(),
+        backend_out: b.wants_out(),
         client_fin: c.fin_owed(),
         backend_fin: b.fin_owed(),
     })))
+}
+
+/// Whether the relay holds anything for a destination with no room: bytes either way, or TLS
+/// records.
+fn holding(c: &Side, b: &Side, up: &Flow, down: &Flow) -> bool {
+    up.holds() || down.holds() || c.wants_out() || b.wants_out()
 }
 
 /// A relay's end by an error on `side`'s socket, as a [`Failure`].
@@ -269,9 +273,8 @@ fn run(
         // the parker, which waits for that room; input a TLS side holds must be read first.
         let settled = !cut_up && !cut_down;
         // Counted from the last byte moved or the wake-up.
-        let holding = up_wait == Wait::Write || down_wait == Wait::Write || records;
         let parks_in = park.map(|p| {
-            let pressed = if holding { HELD_PRESSED_AFTER } else { PRESSED_AFTER };
+            let pressed = if holding(c, b, up, down) { HELD_PRESSED_AFTER } else { PRESSED_AFTER };
             let after = if settled && (p.wanted)() { pressed } else { p.after };
             after.saturating_sub(turn.duration_since(last_moved.max(woke)))
         });

@@ -3,16 +3,17 @@
 
 use std::time::{Duration, Instant};
 
-use super::flow::Held;
 use crate::config::as_limit;
 use crate::error::Failure;
 
 /// What a quiet relay still holds for its destinations: bytes per direction that were read but
-/// not yet taken (in memory, or in the direction's splice pipe), and TLS records not yet sent.
+/// not yet taken (its splice pipe's read out too), and TLS records not yet sent.
 #[derive(Debug, Default)]
 pub struct Backlog {
-    pub(super) up: Held,
-    pub(super) down: Held,
+    /// Bytes for the backend, to go first when the relay resumes.
+    pub(super) up: Vec<u8>,
+    /// Bytes for the client.
+    pub(super) down: Vec<u8>,
     /// The client's TLS session has records to send.
     pub(super) client_out: bool,
     /// The backend's has.

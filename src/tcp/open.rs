@@ -264,7 +264,7 @@ fn read_hello(
             Reading::Brief(Some(until)) if Instant::now() < until => {
                 let brief = until.saturating_duration_since(Instant::now());
                 let brief = left.map_or(brief, |l| l.min(brief));
-                match crate::threads::gate::waiting(|| crate::net::readable_within(sock, brief)) {
+                match crate::threads::gate::readable_within(sock, brief) {
                     Ok(true) => crate::net::recv(sock, &mut buf, false),
                     Ok(false) => Err(std::io::ErrorKind::WouldBlock.into()),
                     Err(e) => Err(e),

@@ -316,6 +316,12 @@ pub fn waiting<T>(wait: impl FnOnce() -> T) -> T {
     wait()
 }
 
+/// A brief wait for a client's first bytes ([`crate::net::readable_within`]), marked as a wait
+/// on a peer.
+pub fn readable_within(sock: &std::net::TcpStream, d: std::time::Duration) -> std::io::Result<bool> {
+    waiting(|| crate::net::readable_within(sock, d))
+}
+
 /// A wait in progress; it ends when this drops (a panic ends it too).
 struct Marked;
 

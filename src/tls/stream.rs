@@ -369,7 +369,7 @@ impl Reader<'_> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 done => return done,
             }
-            return match crate::threads::gate::waiting(|| crate::net::readable_within(self.sock, d)) {
+            return match crate::threads::gate::readable_within(self.sock, d) {
                 Ok(true) => recv(),
                 Ok(false) => Err(io::ErrorKind::WouldBlock.into()),
                 Err(e) => Err(e),
