@@ -36,19 +36,6 @@ fn thin_client(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// A proxy in `mode` with four workers (two taking connections) in front of `backend`; `tls`:
-/// a `[tls]` section, or empty.
-fn proxy_of(mode: &str, backend: SocketAddr, tls: &str) -> (Proc, SocketAddr, SocketAddr) {
-    let config = format!(
-        "[proxy]\nmode = {mode}\nworkers = 4\nactive_workers = 2\n[health]\nenabled = false\n\
-         [admin]\nlisten = 127.0.0.1:0\n{tls}{}",
-        backends_section(&[backend])
-    );
-    let (p, addr) = proxy_with(&config, &[]);
-    let admin = admin_addr(&p);
-    (p, addr, admin)
-}
-
 /// Reads `n` bytes (or fails the test naming `what`).
 fn read_n(s: &mut impl Read, n: usize, what: &str) -> Vec<u8> {
     let mut got = vec![0u8; n];
@@ -101,7 +88,7 @@ fn a_line_beside_the_crowd(addr: SocketAddr, admin: SocketAddr, n: u64) -> Durat
 #[test]
 fn a_crowd_of_slow_readers_beyond_the_workers_waits_in_the_parker_and_gets_every_byte() {
     let (_d, backend) = dummy("app");
-    let (_p, addr, admin) = proxy_of("tcp", backend, "");
+    let (_p, addr, admin) = four_workers("tcp", backend, "");
     let get = format!("GET /?bytes={BIG} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let mut downloads: Vec<TcpStream> = (0..CROWD / 2)
         .map(|_| {
@@ -163,7 +150,7 @@ fn a_crowd_of_slow_readers_beyond_the_workers_waits_in_the_parker_and_gets_every
 #[test]
 fn websocket_tunnels_whose_clients_read_nothing_wait_in_the_parker_and_deliver_the_echo_whole() {
     let (_d, backend) = dummy("app");
-    let (_p, addr, admin) = proxy_of("http", backend, "");
+    let (_p, addr, admin) = four_workers("http", backend, "");
     let message: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
     // A masked binary frame; the zero key leaves the payload as it is.
     let mut frame = vec![0x82, 0x80 | 127];
@@ -215,7 +202,7 @@ const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nCo
 #[test]
 fn a_client_reset_is_seen_while_its_upload_waits_parked_on_a_backend_that_stopped_reading() {
     let (backend, done, h) = deaf_backend();
-    let (p, addr, admin) = proxy_of("tcp", backend, "");
+    let (p, addr, admin) = four_workers("tcp", backend, "");
     let s = connect(addr);
     send_until_full(&s);
     // Parked, and staying there: nothing moved over 20 looks (its count is told at each park).
@@ -238,7 +225,7 @@ fn tls_clients_that_read_nothing_wait_in_the_parker_with_their_records_and_get_e
     let ca = Ca::new("slow");
     let (_d, backend) = dummy("app");
     let (_certs, tls) = ca.proxy_tls();
-    let (_p, addr, admin) = proxy_of("tcp", backend, &tls);
+    let (_p, addr, admin) = four_workers("tcp", backend, &tls);
     let config = client_config(&ca, None);
     let get = format!("GET /?bytes={BIG} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let mut crowd: Vec<_> = (0..CROWD / 2)

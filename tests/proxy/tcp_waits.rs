@@ -265,12 +265,7 @@ fn a_tcp_mode_tls_handshake_parked_at_a_stop_goes_on_from_its_state() {
 #[test]
 fn a_crowd_of_silent_relays_beyond_the_workers_parks_at_once_and_costs_a_client_nothing() {
     let (_d, backend) = dummy("app");
-    let config = format!(
-        "[proxy]\nmode = tcp\nworkers = 4\nactive_workers = 2\n[health]\nenabled = false\n\
-         [admin]\nlisten = 127.0.0.1:0\n{}",
-        backends_section(&[backend])
-    );
-    let (p, addr) = proxy_with(&config, &[]);
+    let (_p, addr, admin) = four_workers("tcp", backend, "");
     let crowd: Vec<TcpStream> = (0..400).map(|_| connect(addr)).collect();
     let started = Instant::now();
     let mut s = connect(addr);
@@ -278,7 +273,7 @@ fn a_crowd_of_silent_relays_beyond_the_workers_parks_at_once_and_costs_a_client_
     let took = started.elapsed();
     // 400 relays × 100 ms over four workers is 10 s; parked at once, about 0.4 ms each.
     assert!(took < Duration::from_millis(2500), "a client behind 400 silent relays waited {took:?}");
-    parked(admin_addr(&p), 400);
+    parked(admin, 400);
     drop(crowd);
 }
 

@@ -199,12 +199,7 @@ const UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nCo
 #[test]
 fn a_crowd_of_quiet_websocket_tunnels_beyond_the_workers_parks_at_once_and_costs_a_get_little() {
     let (_d, backend) = dummy("app1");
-    let config = format!(
-        "[proxy]\nmode = http\nworkers = 4\nactive_workers = 2\n[admin]\nlisten = 127.0.0.1:0\n\
-         [health]\nenabled = false\n{}",
-        backends_section(&[backend])
-    );
-    let (p, addr) = proxy_with(&config, &[]);
+    let (_p, addr, admin) = four_workers("http", backend, "");
     let mut crowd: Vec<TcpStream> = (0..400)
         .map(|_| {
             let mut s = connect(addr);
@@ -227,6 +222,5 @@ fn a_crowd_of_quiet_websocket_tunnels_beyond_the_workers_parks_at_once_and_costs
         }
         assert!(head.starts_with(b"HTTP/1.1 101"), "tunnel {i}: {}", String::from_utf8_lossy(&head));
     }
-    let admin = admin_addr(&p);
     wait_until("every quiet tunnel parked", || proxy_stats(admin)["parked"].as_u64() >= Some(400));
 }

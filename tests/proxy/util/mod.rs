@@ -474,3 +474,17 @@ pub fn reset_is_seen(
     backend.0.send(()).expect("backend");
     backend.1.join().expect("backend");
 }
+
+/// A proxy in `mode` with four workers (two taking connections) in front of `backend`, health
+/// checks off, and its admin listener: `(proxy, address, admin)`. `tls`: a `[tls]` section, or
+/// empty. For crowds ten or a hundred times the workers.
+pub fn four_workers(mode: &str, backend: SocketAddr, tls: &str) -> (Proc, SocketAddr, SocketAddr) {
+    let config = format!(
+        "[proxy]\nmode = {mode}\nworkers = 4\nactive_workers = 2\n[health]\nenabled = false\n\
+         [admin]\nlisten = 127.0.0.1:0\n{tls}{}",
+        backends_section(&[backend])
+    );
+    let (p, addr) = proxy_with(&config, &[]);
+    let admin = admin_addr(&p);
+    (p, addr, admin)
+}
