@@ -351,7 +351,11 @@ fn api_drain_and_ready_under_load_lose_no_request_and_a_drained_backend_gets_non
     };
     wait_for_traffic("app1", 0);
     assert_eq!(json(&post(admin, "/backends/app1/drain", None))["state"], "draining");
-    // A request picked just before the drain may still finish there; after that, none.
+    // A request picked just before the drain may still finish there; after that, none. Picks
+    // are made one at a time under the balancer's lock, the drain is not: once app2's total
+    // has moved on, a pick begun before the drain has taken its slot.
+    let app2_at = total("app2");
+    wait_until("a pick after the drain", || total("app2") > app2_at);
     let deadline = Instant::now() + WAIT;
     while stats_of(admin, "app1")["active"] != 0 {
         assert!(Instant::now() < deadline, "app1's requests never finished");
@@ -423,7 +427,9 @@ fn api_maint_pauses_health_checks_and_drain_does_not() {
             }
         }
     };
-    wait_rounds(1);
+    // Two rounds: the checks of one round run at once, so app1's check in a round begun
+    // before the POST may land after that round's app2 check.
+    wait_rounds(2);
     let paused_at = checked("app1");
     wait_rounds(3);
     assert_eq!(checked("app1"), paused_at, "no check of a backend in maintenance");

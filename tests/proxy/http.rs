@@ -280,8 +280,9 @@ fn error_statuses_502_503_504() {
 fn a_stalled_partial_head_is_closed_after_header_ms() {
     let ds = dummies(1);
     let (_p, addr) = http_proxy(&[ds[0].1], "round-robin", "header_ms = 400", "");
-    let mut s = connect(addr);
+    // Timed from before the connect: header_ms runs from the accept.
     let started = Instant::now();
+    let mut s = connect(addr);
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").expect("partial head");
     let mut wire = Wire::new(s);
     let r = read_response(&mut wire, "GET");

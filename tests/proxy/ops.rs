@@ -63,11 +63,14 @@ fn a_backend_stopped_under_load_costs_no_request_and_leaves_rotation() {
     victim.signal("TERM");
     let down = p.wait_for(" DOWN after ");
     assert!(down.contains("app2 ") && down.contains("after 2 failed checks: status 503"), "{down}");
-    // Picks count under the balancer's lock, as the state flips: once DOWN is logged, app2's
-    // total can no longer grow, while the others' does.
+    // Picks are made one at a time under the balancer's lock, and the flip is not under it: one
+    // pick begun before the flip may still count on app2 after the line. Once another member's
+    // total has moved on, that pick is over, and app2's total can no longer grow.
     let admin = admin_addr(&p);
     let total = |name: &str| backend_stats(admin, name)["total"].as_u64().expect("total");
-    let (app1, app2) = (total("app1"), total("app2"));
+    let (app1, app3) = (total("app1"), total("app3"));
+    wait_until("a pick after the flip", || total("app1") > app1 || total("app3") > app3);
+    let app2 = total("app2");
     let report = finish(load);
     assert_eq!(victim.wait_exit().code(), Some(0));
     assert!(total("app1") > app1, "load went on after the flip");
@@ -226,8 +229,9 @@ fn max_conns_queues_up_to_queue_ms_in_tcp_mode() {
     let (p, addr) = proxy_with(&config, &[]);
     let mut holder = connect(addr);
     exchange(&mut holder, "hold");
-    let mut third = connect(addr);
+    // Timed from before the connect: queue_ms runs from the accept.
     let started = Instant::now();
+    let mut third = connect(addr);
     let mut got = Vec::new();
     let _ = third.read_to_end(&mut got);
     assert!(got.is_empty(), "closed without a reply");

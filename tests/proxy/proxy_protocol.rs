@@ -345,8 +345,8 @@ fn a_proxy_header_trickled_byte_by_byte_holds_no_worker_and_header_ms_spans_its_
         }
         // header_ms counts from accept, across the waits: a header still trickling at 3 s is
         // closed then, without an answer (as a missing one).
-        let mut late = connect(proxy);
         let started = Instant::now();
+        let mut late = connect(proxy);
         let mut closed_at = None;
         for byte in b"PROXY TCP4 10.1.2.3 10.0.0.1 40000 80"
             .iter()

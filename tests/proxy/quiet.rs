@@ -159,10 +159,12 @@ fn a_quiet_upgrade_tunnel_frees_its_worker_and_either_side_wakes_it_while_tunnel
     assert!(rest.is_empty(), "{rest:?}");
     a_client.write_all(b"last").expect("after EOF");
     assert_eq!(read_n(&mut a_backend, 4), "last");
+    let a_port = a_client.local_addr().expect("local address").port();
     drop(a_client);
     // Its access line, written at its end, counts the bytes of every turn: the head sent, then
-    // 3 * 5 + 4 up.
-    let line = p.wait_for("\"GET /t\"");
+    // 3 * 5 + 4 up. (Its own line, by its port: B's, at tunnel_ms, may come first on a slow
+    // machine.)
+    let line = p.wait_for(&format!("127.0.0.1:{a_port} \"GET /t\""));
     assert!(line.contains(&format!(" 101 {}B in ", a_head + 19)), "{line}");
     // The other, left quiet, ends at tunnel_ms, parked or not.
     let mut nothing = [0u8; 1];
