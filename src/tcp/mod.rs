@@ -169,7 +169,15 @@ fn finish(conn: &Conn, r: Relaying, outcome: RelayOutcome) {
         Party::Backend => format!("ended by backend error ({why})"),
         Party::Local => why,
     };
-    log::warn!(
+    // A client that resets or leaves is its own affair: info, as nginx logs a client's
+    // "Connection reset by peer"; a backend's error and an idle timeout stay warnings.
+    let level = match (&f.party, &f.cause) {
+        (Party::Client, Cause::Timeout) => log::Level::Warn,
+        (Party::Client, _) => log::Level::Info,
+        _ => log::Level::Warn,
+    };
+    log::log!(
+        level,
         "conn {} {how}: {} -> {} {} bytes up, {} bytes down, {ms} ms",
         conn.id,
         conn.peer,

@@ -207,7 +207,14 @@ fn client_hello(
                 log::info!("{}: cut at the drain deadline before its ClientHello was complete", Label(&conn));
                 return None;
             }
-            Err(why) => {
+            // A client that failed mid-ClientHello (a reset) is its own affair: info, as http
+            // mode logs a head left unfinished; one that stalled past header_ms is refused at
+            // warn, as an http head is.
+            Err(HelloFailed::Client(why)) => {
+                log::info!("{}: {why}", Label(&conn));
+                return None;
+            }
+            Err(HelloFailed::Stalled(why)) => {
                 log::warn!("{}: {why}; closing", Label(&conn));
                 return None;
             }
@@ -221,6 +228,14 @@ fn client_hello(
         conn = back;
         reading = Reading::Blocking;
     }
+}
+
+/// Why [`read_hello`] gave up on a ClientHello.
+enum HelloFailed {
+    /// The client's connection failed (a reset) before its ClientHello was whole.
+    Client(String),
+    /// Half a ClientHello, and no more within `header_ms`.
+    Stalled(String),
 }
 
 /// How [`read_hello`] reads.
@@ -242,7 +257,7 @@ fn read_hello(
     deadline: Option<Instant>,
     reading: Reading,
     early: &mut Vec<u8>,
-) -> Result<Option<Hello>, String> {
+) -> Result<Option<Hello>, HelloFailed> {
     let mut buf = [0u8; 4096];
     loop {
         match sni::server_name(early) {
@@ -279,7 +294,16 @@ fn read_hello(
             Err(e) if is_timeout(&e) && matches!(reading, Reading::Brief(_)) => return Ok(None),
             Err(e) if is_timeout(&e) => return silent(early).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("reading the ClientHello: {e}")),
+            // Reset before a byte (a port probe's or a load balancer's check): as a close.
+            Err(_) if early.is_empty() => return Ok(Some(Hello::Incomplete)),
+            Err(e) => {
+                let how = crate::net::describe(&e);
+                let why = format!(
+                    "client connection failed ({how}) with its ClientHello unfinished ({} bytes)",
+                    early.len()
+                );
+                return Err(HelloFailed::Client(why));
+            }
         }
     }
 }
@@ -287,11 +311,11 @@ fn read_hello(
 /// `header_ms` passed: a client that sent nothing may wait for the server to speak first (SMTP,
 /// MySQL): not TLS, so the default pool, as HAProxy after `inspect-delay`; half a ClientHello
 /// is refused.
-fn silent(early: &[u8]) -> Result<Hello, String> {
+fn silent(early: &[u8]) -> Result<Hello, HelloFailed> {
     if early.is_empty() {
         Ok(Hello::NotTls)
     } else {
-        Err("no complete TLS ClientHello within header_ms".to_string())
+        Err(HelloFailed::Stalled("no complete TLS ClientHello within header_ms".to_string()))
     }
 }
 

@@ -402,3 +402,47 @@ fn relays_go_on_and_no_backend_is_marked_down_while_parked_client_hellos_hold_ev
         assert!(Instant::now() < deadline, "no SNI client routed after the crowd left:\n{}", p.log_text());
     }
 }
+
+/// A crowd that resets mid-ClientHello reaches no backend, and each is one line at info, as
+/// nginx logs a client's "Connection reset by peer" (it was a warning each); a relay's client
+/// that resets is one at info too. A backend's error stays a warning.
+#[test]
+fn a_crowd_resetting_mid_client_hello_reaches_no_backend_and_each_is_a_line_at_info_as_nginx() {
+    let (_plain, plain) = dummy("plain1");
+    let (_api, api) = dummy("api1");
+    let (p, addr) = proxy_with(&config(plain, api, 600_000, ""), &[]);
+    let admin = admin_addr(&p);
+    let hello = client_hello("api.example.com");
+    let mark = p.mark();
+    let crowd: Vec<TcpStream> = (0..CROWD)
+        .map(|_| {
+            let mut s = connect(addr);
+            s.write_all(&hello[..hello.len() / 2]).expect("send");
+            s
+        })
+        .collect();
+    parked(admin, CROWD as u64);
+    for s in crowd {
+        socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).expect("linger");
+    }
+    let reset = "client connection failed (connection reset) with its ClientHello unfinished";
+    wait_until("a line for each reset", || {
+        p.lines_from(mark).iter().filter(|l| l.contains(reset)).count() == CROWD
+    });
+    // A relay whose client resets.
+    let mut relayed = connect(addr);
+    assert_eq!(exchange(&mut relayed, "hello"), "plain1");
+    socket2::SockRef::from(&relayed).set_linger(Some(Duration::ZERO)).expect("linger");
+    drop(relayed);
+    let ended = p.wait_for_since(mark, "ended by client error");
+    assert!(ended.contains("[INFO]"), "{ended}");
+    let lines = p.lines_from(mark);
+    assert!(lines.iter().all(|l| !l.contains("[WARN]")), "{lines:#?}");
+    assert!(lines.iter().filter(|l| l.contains(reset)).all(|l| l.contains("[INFO]")), "{lines:#?}");
+    assert_eq!(backend_stats(admin, "api1")["total"].as_u64(), Some(0), "a reset client reached api1");
+    assert_eq!(backend_stats(admin, "plain1")["total"].as_u64(), Some(1), "only the relay reached plain1");
+    // The next SNI client is served.
+    let mut s = connect(addr);
+    s.write_all(&hello).expect("send");
+    p.wait_for_since(mark, " -> api1 ");
+}
