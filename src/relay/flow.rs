@@ -50,6 +50,9 @@ pub(super) struct Flow<'a> {
     pub done: bool,
     /// Bytes written to the destination.
     pub total: u64,
+    /// Bytes the source may still give (a response body's rest): at none, once what was read
+    /// is sent, the direction is done without passing an end on. `None`: until its end.
+    pub left: Option<u64>,
 }
 
 impl<'a> Flow<'a> {
@@ -60,7 +63,7 @@ impl<'a> Flow<'a> {
         pending.clear();
         pending.extend_from_slice(early);
         pending.extend_from_slice(held);
-        Flow { pending, start: 0, pipe: None, piped: 0, splice_failed: false, done, total }
+        Flow { pending, start: 0, pipe: None, piped: 0, splice_failed: false, done, total, left: None }
     }
 
     /// What this direction holds for its destination, taken for the parker: the unsent bytes
@@ -96,6 +99,8 @@ impl<'a> Flow<'a> {
             Wait::Done
         } else if self.start < self.pending.len() || self.piped > 0 {
             Wait::Write
+        } else if self.left == Some(0) {
+            Wait::Done
         } else {
             Wait::Read
         }
@@ -109,6 +114,11 @@ impl<'a> Flow<'a> {
         to: &mut Side,
         read: &mut Vec<u8>,
     ) -> Result<Advanced, (Party, io::Error)> {
+        // Ended: its source is not read again (a body's client sends its next request, which
+        // is not the backend's).
+        if self.done {
+            return Ok(Advanced { moved: false, cut: false });
+        }
         let mut moved = false;
         for _ in 0..ROUNDS {
             // Pending bytes go first, and nothing more is read until they are gone.
@@ -159,6 +169,12 @@ impl<'a> Flow<'a> {
         read: &mut Vec<u8>,
         moved: &mut bool,
     ) -> Result<bool, (Party, io::Error)> {
+        if self.left == Some(0) {
+            self.done = true;
+            return Ok(false);
+        }
+        // At most what the source may still give.
+        let most = self.left.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
         let plain = from.is_plain() && to.is_plain();
         if read.capacity() == 0 {
             // Given back while the connection idled.
@@ -166,13 +182,13 @@ impl<'a> Flow<'a> {
         }
         let got = match &self.pipe {
             // The pipe is empty here: EAGAIN means the socket has nothing.
-            Some(pipe) => match splice(from.sock, None, &pipe.write, None, PIPE_SIZE, FLAGS) {
+            Some(pipe) => match splice(from.sock, None, &pipe.write, None, PIPE_SIZE.min(most), FLAGS) {
                 Ok(n) => Ok(Some(n)),
                 Err(Errno::AGAIN) => Ok(None),
                 Err(Errno::INTR) => return Ok(true),
                 Err(e) => Err(e.into()),
             },
-            None => from.read(read),
+            None => from.read(read, most),
         };
         let n = match got.map_err(|e| (from.party, e))? {
             None => return Ok(false),
@@ -185,6 +201,9 @@ impl<'a> Flow<'a> {
             }
             Some(n) => n,
         };
+        if let Some(left) = &mut self.left {
+            *left -= n as u64;
+        }
         *moved = true;
         log::trace!("relay: read {n} bytes from {:?}", from.party);
         if self.pipe.is_some() {

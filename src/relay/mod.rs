@@ -171,6 +171,9 @@ pub fn resume(
     // held for its destination.
     let mut up = Flow::new(up, client.early, &held.up, from.up, from.up_done);
     let mut down = Flow::new(down, backend.early, &held.down, from.down, from.down_done);
+    // A body: what is still to read from the backend, after what was sent and what is held.
+    down.left =
+        from.limit.map(|l| l.saturating_sub(from.down + (backend.early.len() + held.down.len()) as u64));
     let turn = Turn { idle: as_limit(idle), park, last_moved: from.last_moved };
     let mut told = Told { tally, up: from.up, down: from.down, at: Instant::now() };
     let ended = run(&mut c, &mut b, turn, read, (&mut up, &mut down), &mut told);
@@ -185,6 +188,7 @@ pub fn resume(
                 down_done: down.done,
                 last_moved,
                 held,
+                limit: from.limit,
             }),
             // Reading back its own pipe failed: nobody's fault but ours; the client is closed.
             Err(e) => Relayed::Ended(RelayOutcome {
@@ -380,10 +384,11 @@ fn run(
 }
 
 /// The idle timeout error. A direction stuck on a destination that stopped reading names that
-/// destination; a connection where both sides are merely quiet is put down to the client.
+/// destination, as does one waiting on a backend whose client is done (a response body's
+/// rest); a connection where both sides are merely quiet is put down to the client.
 fn idle_timeout(up: Wait, down: Wait) -> (Party, io::Error) {
     let side = match (up, down) {
-        (Wait::Write, _) => Party::Backend,
+        (Wait::Write, _) | (Wait::Done, Wait::Read) => Party::Backend,
         _ => Party::Client,
     };
     (side, io::Error::new(io::ErrorKind::TimedOut, "idle timeout"))

@@ -67,12 +67,29 @@ pub struct Progress {
     /// What waits for a destination's room (a slow reader, a backend that stopped reading an
     /// upload): none when nothing does.
     pub held: Option<Box<Backlog>>,
+    /// A response body's length ([`Progress::body`]): the relay reads no more than this from
+    /// the backend, and ends once it all reached the client, passing no end on either way.
+    pub limit: Option<u64>,
 }
 
 impl Progress {
     /// A relay about to start.
     pub fn start() -> Progress {
-        Progress { up: 0, down: 0, up_done: false, down_done: false, last_moved: Instant::now(), held: None }
+        Progress {
+            up: 0,
+            down: 0,
+            up_done: false,
+            down_done: false,
+            last_moved: Instant::now(),
+            held: None,
+            limit: None,
+        }
+    }
+
+    /// A response body of `len` bytes about to go from the backend to the client, the one way:
+    /// the client's input (its next request) is left unread, and neither side is shut.
+    pub fn body(len: u64) -> Progress {
+        Progress { up_done: true, limit: Some(len), ..Progress::start() }
     }
 
     /// What the parker watches on each side, `(client, backend)`, for the relay to move on: a

@@ -49,19 +49,23 @@ impl<'a> Side<'a> {
         self.tls.is_none()
     }
 
-    /// Plaintext from this side into `buf`, up to its capacity: `Some(n)` with the bytes in
+    /// Plaintext from this side into `buf`, up to its capacity and `most`: `Some(n)` with the bytes in
     /// `buf[..n]` (`Some(0)` at its end), `None` when nothing is there now. A buffer not yet
     /// initialized is read into its spare capacity, never zeroed (a plain relay of short
     /// lines keeps one resident page); rustls wants initialized memory, so a TLS side zeroes
     /// it once and both sides then read into all of it.
-    pub fn read(&mut self, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    pub fn read(&mut self, buf: &mut Vec<u8>, most: usize) -> io::Result<Option<usize>> {
         if buf.capacity() == 0 {
             // An empty buffer would read as the end.
             buf.reserve_exact(super::BUFFER_SIZE);
         }
         let mut sock = self.sock;
         let Some(tls) = &mut self.tls else {
-            let got = if buf.len() == buf.capacity() {
+            let got = if most < buf.capacity() {
+                // A body's last read: zeroed up to its size, once.
+                buf.resize(most.max(buf.len()), 0);
+                rustix::io::read(sock, &mut buf[..most])
+            } else if buf.len() == buf.capacity() {
                 rustix::io::read(sock, &mut buf[..])
             } else {
                 buf.clear();
@@ -77,7 +81,8 @@ impl<'a> Side<'a> {
             buf.resize(buf.capacity(), 0);
         }
         loop {
-            match tls.reader().read(buf) {
+            let most = buf.len().min(most);
+            match tls.reader().read(&mut buf[..most]) {
                 Ok(n) => return Ok(Some(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(Some(0)),

@@ -210,3 +210,67 @@ fn a_side_resumed_with_its_fin_owed_sends_it_and_one_already_shut_does_not() {
     let e = ours.read(&mut [0u8; 1]).expect_err("no FIN sent twice, none at all here");
     assert_eq!(e.kind(), std::io::ErrorKind::WouldBlock);
 }
+
+/// A response body ([`Progress::body`]): exactly its length goes to the client, spliced or
+/// copied, early bytes first; what the backend sends beyond it stays unread in its socket;
+/// neither side is shut; the client's next request is not read (it is not the backend's).
+#[test]
+fn a_body_relays_exactly_its_length_one_way_and_shuts_nothing() {
+    let (mut client, client_relay) = pair();
+    let (mut backend, backend_relay) = pair();
+    const LEN: usize = 3 << 20;
+    let data = pattern(LEN + 100, 3);
+    let early = data[..1000].to_vec();
+    let writer = {
+        let rest = data[1000..].to_vec();
+        let mut b = backend.try_clone().expect("clone");
+        thread::spawn(move || b.write_all(&rest).expect("write"))
+    };
+    client.write_all(b"GET /next HTTP/1.1\r\n\r\n").expect("next request");
+    let reader = {
+        let mut c = client.try_clone().expect("clone");
+        thread::spawn(move || {
+            let mut got = vec![0u8; LEN];
+            c.read_exact(&mut got).expect("the body");
+            got
+        })
+    };
+    let out = resume(
+        End::plain(&client_relay),
+        End { sock: &backend_relay, tls: None, early: &early },
+        Duration::from_secs(20),
+        &mut Buffers::default(),
+        Progress::body(LEN as u64),
+        None,
+        &|_, _| {},
+    )
+    .into_outcome();
+    assert!(out.error.is_none(), "{:?}", out.error);
+    assert_eq!((out.up, out.down), (0, LEN as u64));
+    assert!(reader.join().expect("client") == data[..LEN], "the body's bytes differ");
+    writer.join().expect("backend");
+    // Beyond the body: still in the backend's socket, for the pool's check to find.
+    client_relay.set_nonblocking(false).expect("blocking");
+    backend_relay.set_nonblocking(false).expect("blocking");
+    let mut beyond = [0u8; 100];
+    (&backend_relay).read_exact(&mut beyond).expect("the bytes beyond");
+    assert_eq!(beyond[..], data[LEN..]);
+    // Nothing shut, nothing of the client's forwarded.
+    let mut next = [0u8; 22];
+    (&client_relay).read_exact(&mut next).expect("the next request, unread");
+    assert_eq!(&next, b"GET /next HTTP/1.1\r\n\r\n");
+    backend.set_nonblocking(true).expect("nonblocking");
+    let mut one = [0u8; 1];
+    assert!(matches!(backend.read(&mut one), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+    client.set_nonblocking(true).expect("nonblocking");
+    assert!(matches!(client.read(&mut one), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
+}
+
+/// Idle, a body's rest is the backend's to send (its client is done); a relay whose sides are
+/// both merely quiet is put down to the client.
+#[test]
+fn an_idle_body_names_the_backend_and_a_quiet_relay_the_client() {
+    assert_eq!(idle_timeout(Wait::Done, Wait::Read).0, Party::Backend);
+    assert_eq!(idle_timeout(Wait::Read, Wait::Read).0, Party::Client);
+    assert_eq!(idle_timeout(Wait::Write, Wait::Read).0, Party::Backend);
+}
