@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::context::{Attempt, BackendStream, Exchange, Record, Scratch, VIA};
+use super::download;
 use super::interim::{self, Verdict};
 
 use super::upgrade::{self, Switched};
@@ -39,6 +40,8 @@ pub(super) enum Served {
     Done(bool),
     /// An upgrade's tunnel went quiet: its backend socket and state, to park.
     Tunnel((TcpStream, Box<upgrade::Tunnel>)),
+    /// A large body's client went quiet (a slow reader): its backend socket and state, to park.
+    Body((TcpStream, Box<download::Download>)),
 }
 
 impl Exchange<'_> {
@@ -165,6 +168,18 @@ impl Exchange<'_> {
                 Switched::Quiet(progress, open) => {
                     Ok(Served::Tunnel(upgrade::quiet(stream, pick, progress, open)))
                 }
+            };
+        }
+        if let Some(len) = download::fits(self.ctx, &resp, &stream, attempt.body_done) {
+            let turn = download::start(self, &bw, &stream, pick, &resp, len, scratch, record, started);
+            scratch.backend_in = bw.into_buffer();
+            drop(attached);
+            let turn = turn.map_err(give_up)?;
+            return match download::first(self.ctx, self.client.tcp(), stream, turn, record)
+                .map_err(give_up)?
+            {
+                Ok(keep) => Ok(Served::Done(keep)),
+                Err(quiet) => Ok(Served::Body(quiet)),
             };
         }
         let surplus = self.respond(&mut bw, &resp, backend, scratch, record);

@@ -4,6 +4,7 @@
 mod answer;
 mod client;
 pub mod context;
+mod download;
 mod exchange;
 mod interim;
 pub mod proxy;

@@ -13,7 +13,7 @@
 
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::answer::{answer_here, answer_refused, per_request};
 use super::client::{
@@ -21,8 +21,9 @@ use super::client::{
     write_error,
 };
 use super::context::{Attempt, Exchange, Record, Scratch};
+use super::download;
 use super::exchange::Served;
-use super::timers::{After, Before, Filled, IdleTimers, Limits, Now, Wait, NO_LIMIT};
+use super::timers::{After, Before, Filled, IdleTimers, Limits, Now, ReadTimeout, Wait, NO_LIMIT};
 use super::upgrade::{self, Parked};
 use crate::balancer::{header_value_key, source_key, Balancer};
 use crate::config::as_limit;
@@ -38,25 +39,18 @@ use crate::park::{close_lingering, Parker};
 use crate::route::Table;
 use crate::tls::stream::Pending;
 
-/// Caches the client socket's read timeout, so it is set only when it changes.
-struct ReadTimeout<'a> {
-    stream: &'a TcpStream,
-    current: Option<Duration>,
-}
-
-impl ReadTimeout<'_> {
-    fn set(&mut self, d: Duration) {
-        let d = Some(if d.is_zero() { NO_LIMIT } else { d.min(NO_LIMIT).max(Duration::from_millis(1)) });
-        if self.current != d {
-            let _ = self.stream.set_read_timeout(d);
-            self.current = d;
-        }
-    }
+/// An exchange gone quiet, to park: an upgrade's tunnel, or a body for a slow reader.
+enum Quieted {
+    Tunnel(TcpStream, Parked),
+    Body(TcpStream, download::Parked),
 }
 
 /// Serves one client connection until it closes, asks to close, idles out, or the proxy stops.
 pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
-    // Back from the parker with a quiet tunnel (an upgrade): it carries on, not HTTP.
+    // Back from the parker with a body for a slow reader, or a quiet tunnel (an upgrade).
+    if download::carries(&conn) {
+        return download::resume(conn, ctx, scratch, serve);
+    }
     if conn.quiet().is_some() {
         upgrade::resume(conn, ctx, scratch);
         return;
@@ -152,8 +146,8 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     let mut parks = None;
     // Between requests while connections wait for a worker ([`Parker::requeue`]).
     let mut requeue = false;
-    // An upgrade's tunnel gone quiet, to park.
-    let mut tunnel = None;
+    // An upgrade's tunnel or a body gone quiet, to park.
+    let mut quiet = None;
     'requests: loop {
         loaded.refresh(&ctx.router);
         let table: &Table = loaded.table();
@@ -337,7 +331,13 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
             Ok(Served::Done(keep)) => keep,
             Ok(Served::Tunnel((sock, t))) => {
                 // Its access line is written when it ends.
-                tunnel = Some((sock, Parked { tunnel: t, head, record, started }));
+                quiet = Some(Quieted::Tunnel(sock, Parked { tunnel: t, head, record, started }));
+                break;
+            }
+            Ok(Served::Body((sock, download))) => {
+                let pipelined = cw.buffered().to_vec();
+                let parked = download::Parked { download, head, record, started, pipelined };
+                quiet = Some(Quieted::Body(sock, parked));
                 break;
             }
             Err(f) => {
@@ -385,7 +385,7 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     });
     let park = parks == Some(Wait::Idle);
     scratch.client_in = cw.into_buffer();
-    if linger || (pending.is_none() && !park && tunnel.is_none()) {
+    if linger || (pending.is_none() && !park && quiet.is_none()) {
         // Closing: a TLS client gets `close_notify` first (RFC 8446 6.1, RFC 9112 9.8, as
         // nginx sends it), so that it can tell an answer read to its end from one cut short.
         stream.notify_close();
@@ -398,11 +398,13 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         return close_lingering(conn, parker, LINGER_BODY);
     }
     let Some(parker) = parker else { return };
-    if pending.is_some() || park || tunnel.is_some() {
+    if pending.is_some() || park || quiet.is_some() {
         conn.tls_session = session;
     }
-    if let Some((sock, parked)) = tunnel {
-        return upgrade::park(conn, ctx, sock, parked, scratch);
+    match quiet {
+        Some(Quieted::Tunnel(sock, parked)) => return upgrade::park(conn, ctx, sock, parked, scratch),
+        Some(Quieted::Body(sock, parked)) => return download::park(conn, ctx, sock, parked, scratch, serve),
+        None => {}
     }
     // Refused only at shutdown (or if the socket cannot be watched): then closed, but for a
     // new connection that has sent nothing yet: its first request may be on the wire (a TLS

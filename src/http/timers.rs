@@ -2,7 +2,7 @@
 //! next request or the rest of a head, and what a wait that ends comes to (read on, park,
 //! trim, close, 408, or 414/431). `http::proxy::serve` asks [`IdleTimers::before`] before each read
 //! and [`IdleTimers::after`] when it returns, so the design reads in one place and is tested
-//! here with a fake clock.
+//! here with a fake clock. [`ReadTimeout`] puts the wait on the socket, set only when it changes.
 //!
 //! ```text
 //!   between requests:  read up to park_after (100 ms) -> Park(Idle)   [no parker: trim, then idle_ms]
@@ -16,6 +16,7 @@
 //! ```
 
 use std::io;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 // Without a parker, how long a keep-alive client idles before its worker gives back its stack
@@ -270,3 +271,19 @@ impl IdleTimers {
 #[cfg(test)]
 #[path = "timers_tests.rs"]
 mod tests;
+
+/// Caches the client socket's read timeout, so it is set only when it changes.
+pub(super) struct ReadTimeout<'a> {
+    pub stream: &'a TcpStream,
+    pub current: Option<Duration>,
+}
+
+impl ReadTimeout<'_> {
+    pub fn set(&mut self, d: Duration) {
+        let d = Some(if d.is_zero() { NO_LIMIT } else { d.min(NO_LIMIT).max(Duration::from_millis(1)) });
+        if self.current != d {
+            let _ = self.stream.set_read_timeout(d);
+            self.current = d;
+        }
+    }
+}

@@ -292,3 +292,148 @@ fn slow_readers_parked_through_a_reload_storm_and_a_stop_still_get_every_byte() 
         read_download(s);
     }
 }
+
+/// http mode: a crowd asks for 4 MiB each on keep-alive connections and reads none of it. Each
+/// body used to hold its worker until `idle_ms`: with four workers, a GET beside the crowd got
+/// no answer for a minute, where nginx and HAProxy answer it at once. Each now waits in the
+/// parker with what is held for it. One of them then reads its body, byte for byte, and the
+/// request it sent behind the first (pipelined, read or not with the first head) is answered
+/// on the same connection; the access line counts the whole body.
+#[test]
+fn http_a_crowd_of_slow_downloaders_waits_in_the_parker_and_each_connection_goes_on() {
+    let (_d, backend) = dummy("app");
+    let (p, addr, admin) = four_workers("http", backend, "");
+    let get = format!("GET /?bytes={BIG} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut crowd: Vec<TcpStream> = (0..CROWD)
+        .map(|i| {
+            let mut s = thin_client(addr);
+            let mut ask = get.clone();
+            if i == 0 {
+                ask.push_str("GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            }
+            s.write_all(ask.as_bytes()).expect("request");
+            s
+        })
+        .collect();
+    wait_until("the slow crowd waits in the parker", || {
+        proxy_stats(admin)["parked"].as_u64() >= Some(CROWD as u64)
+    });
+    let started = Instant::now();
+    let r = http_get(addr, "/");
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(took < Duration::from_millis(2500), "a GET beside {CROWD} slow downloads waited {took:?}");
+
+    let s = &mut crowd[0];
+    let port = s.local_addr().expect("local").port();
+    let head = read_head(s, "download");
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.contains(&format!("Content-Length: {BIG}\r\n")),
+        "{head}"
+    );
+    let body = read_n(s, BIG, "download body");
+    let at = body.iter().enumerate().position(|(i, &b)| b != b'a' + (i % 26) as u8);
+    assert_eq!(at, None, "the download's bytes leave the pattern");
+    let second = read_head(s, "the pipelined request's answer");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).expect("its body, then the end");
+    assert_eq!(rest, "Hello from app\n");
+    let line = p.wait_for(&format!("127.0.0.1:{port} \"GET /?bytes={BIG}\""));
+    let out = line.split_whitespace().find_map(|w| {
+        w.strip_suffix("B")
+            .filter(|_| line.contains(&format!("{w} out")))
+            .and_then(|n| n.parse::<usize>().ok())
+    });
+    assert!(out.is_some_and(|n| n == BIG + head.len()), "the access line counts head and body: {line}");
+}
+
+/// https: TLS clients that ask for 4 MiB on keep-alive and read none of it wait in the parker
+/// with their records; a TLS client beside them is served; one then reads some of its body, sends
+/// its next request (which must wait for the body's end, never reach the backend inside it),
+/// reads the rest and that request's answer, then `close_notify` and the FIN.
+#[test]
+fn https_slow_downloaders_wait_in_the_parker_with_their_records_and_the_connection_goes_on() {
+    let ca = Ca::new("slow-https");
+    let (_d, backend) = dummy("app");
+    let (_certs, tls) = ca.proxy_tls();
+    let (_p, addr, admin) = four_workers("http", backend, &tls);
+    let config = client_config(&ca, None);
+    let get = format!("GET /?bytes={BIG} HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut crowd: Vec<_> = (0..CROWD / 2)
+        .map(|_| {
+            let name = ServerName::try_from("localhost").expect("name");
+            let conn = ClientConnection::new(config.clone(), name).expect("client");
+            let mut tls = StreamOwned::new(conn, thin_client(addr));
+            tls.write_all(get.as_bytes()).expect("request");
+            tls.flush().expect("flush");
+            tls
+        })
+        .collect();
+    wait_until("the slow TLS crowd waits in the parker", || {
+        proxy_stats(admin)["parked"].as_u64() >= Some(CROWD as u64 / 2)
+    });
+    let started = Instant::now();
+    let mut beside = tls_connect(addr, config.clone(), "localhost").expect("TLS client");
+    beside.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
+    let head = read_head(&mut beside, "beside");
+    let took = started.elapsed();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(took < Duration::from_millis(2500), "a TLS client beside the slow crowd waited {took:?}");
+
+    let s = &mut crowd[0];
+    let head = read_head(s, "download");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // A little of it (reading fast would let the socket's buffer grow to hold the rest).
+    let mut body = read_n(s, 64 << 10, "the body's start");
+    s.write_all(b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("next request");
+    s.flush().expect("flush");
+    // Parked again, its next request in the socket when it resumes.
+    wait_until("the download parks again", || {
+        proxy_stats(admin)["parked"].as_u64() >= Some(CROWD as u64 / 2)
+    });
+    body.extend(read_n(s, BIG - (64 << 10), "the body's rest"));
+    assert!(body.iter().enumerate().all(|(i, &b)| b == b'a' + (i % 26) as u8), "the bytes leave the pattern");
+    let second = read_head(s, "the pipelined request's answer");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert_eq!(read_n(s, 15, "its body"), b"Hello from app\n");
+    let mut more = [0u8; 1];
+    assert_eq!(s.read(&mut more).expect("close_notify"), 0, "bytes after the last answer");
+    assert_eq!(s.sock.read(&mut more).expect("the FIN"), 0, "bytes after close_notify");
+}
+
+/// A large body the backend breaks off (its Content-Length promises 100 bytes more, then its
+/// FIN) reaches a slow client cut and then closed, never looking complete; one the backend
+/// follows with a stray response (bytes past its framing) never passes them on: the client's
+/// next request on the connection gets its own answer. As nginx and HAProxy.
+#[test]
+fn a_large_body_cut_or_overlong_at_the_backend_is_never_passed_on_as_whole_or_stray() {
+    let (_d, backend) = dummy("app");
+    let (p, addr, admin) = four_workers("http", backend, "");
+    let n = BIG;
+    let mut s = thin_client(addr);
+    s.write_all(format!("GET /cut?fault=bad-length&bytes={n} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("send");
+    // The backend has sent all it will; the proxy holds what the client has no room for.
+    wait_until("the cut body waits in the parker", || proxy_stats(admin)["parked"].as_u64() >= Some(1));
+    let head = read_head(&mut s, "cut");
+    assert!(head.contains(&format!("Content-Length: {}\r\n", n + 100)), "{head}");
+    let mut body = Vec::new();
+    s.read_to_end(&mut body).expect("the end");
+    assert_eq!(body.len(), n, "what the backend sent, then the close");
+    let line = p.wait_for("\"GET /cut?fault=bad-length");
+    assert!(line.contains("body ended early"), "{line}");
+
+    let mut s = thin_client(addr);
+    s.write_all(format!("GET /long?fault=overlong&bytes={n} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .expect("send");
+    let head = read_head(&mut s, "overlong");
+    assert!(head.contains(&format!("Content-Length: {n}\r\n")), "{head}");
+    let body = read_n(&mut s, n, "overlong body");
+    assert!(body.iter().enumerate().all(|(i, &b)| b == b'a' + (i % 26) as u8), "the bytes leave the pattern");
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("next");
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).expect("the next answer");
+    assert!(rest.starts_with("HTTP/1.1 200") && rest.ends_with("\r\n\r\nHello from app\n"), "{rest}");
+    assert!(!rest.contains("STRAY"), "{rest}");
+}

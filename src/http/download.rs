@@ -1,0 +1,263 @@
+//! A large response body that goes to the client as the backend framed it (a
+//! `Content-Length` kept), streamed by the relay the one way, so that a client reading it
+//! slowly waits in the parker with what is held for it, not in a worker (nginx and HAProxy
+//! keep such a client in their event loops too). The exchange ends when the body's last byte
+//! is out: the backend connection is pooled, the access line written, and the client's next
+//! request read, as after any response.
+
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::client::access_log;
+use super::context::{BackendStream, Exchange, Record, Scratch};
+use crate::backend::Backend;
+use crate::balancer::Pick;
+use crate::conn::{Conn, PartialHead, Quiet};
+use crate::context::Context;
+use crate::error::{Cause, Failure, Party, Phase};
+use crate::h1::request::RequestHead;
+use crate::h1::response::ResponseHead;
+use crate::h1::{BodyKind, Coalesce, Wire};
+use crate::park::PARK_AFTER;
+use crate::relay::{self, End, ParkWhen, Progress, RelayOutcome, Relayed};
+use crate::tls::stream::Stream;
+
+/// Bodies larger than this go by the relay: a smaller one fits a new connection's send buffer
+/// (16 KiB on Linux), so even a client that reads nothing holds no worker for it, while each
+/// body by the relay costs a few syscalls more (non-blocking mode set and unset, a poll).
+pub(super) const LARGE: u64 = 16 * 1024;
+
+/// A body under way between turns: the backend's slot, how far it got, and what its end
+/// decides.
+pub(super) struct Download {
+    pick: Pick,
+    backend: Arc<Backend>,
+    progress: Progress,
+    len: u64,
+    /// The backend connection goes back to the pool at the end.
+    reusable: bool,
+    /// The client connection stays open for another request.
+    keep_alive: bool,
+    /// When the exchange began: the backend's latency counts to the body's end.
+    began: Instant,
+}
+
+/// A download gone quiet as it waits in the parker ([`Quiet::state`]): the download, what its
+/// access line will say, and bytes of the client's next request already read.
+pub(super) struct Parked {
+    pub download: Box<Download>,
+    pub head: RequestHead,
+    pub record: Record,
+    pub started: Instant,
+    pub pipelined: Vec<u8>,
+}
+
+/// The body's length if this response goes by the relay: a large `Content-Length` body kept
+/// as is, from a plain backend (a TLS one's plaintext beyond the body could not be left
+/// unread), once the request was sent whole, while there is a parker.
+pub(super) fn fits(
+    ctx: &Context,
+    resp: &ResponseHead,
+    stream: &BackendStream,
+    body_done: bool,
+) -> Option<u64> {
+    let BodyKind::Length(len) = resp.body else { return None };
+    let plain = matches!(stream, Stream::Plain(_));
+    (ctx.parker.is_some() && body_done && plain && resp.client_body == resp.body && len > LARGE)
+        .then_some(len)
+}
+
+/// Sends the response head, then relays the body until it is out or goes quiet: how that turn
+/// went, for [`first`] once the backend stream is free.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn start(
+    ex: &Exchange<'_>,
+    bw: &Wire<&BackendStream>,
+    stream: &BackendStream,
+    pick: Pick,
+    resp: &ResponseHead,
+    len: u64,
+    scratch: &mut Scratch,
+    record: &mut Record,
+    began: Instant,
+) -> Result<(Relayed, Box<Download>), Failure> {
+    let backend = pick.guard.backend().clone();
+    let client_gone = |e: io::Error| Failure::new(Party::Client, Phase::Body, Cause::Io(e));
+    let mut cout = Coalesce::new(ex.client, &mut scratch.client_out);
+    cout.write_all(&scratch.resp_head).and_then(|()| cout.flush()).map_err(client_gone)?;
+    record.bytes_out += scratch.resp_head.len() as u64;
+    record.head_out = scratch.resp_head.len() as u64;
+    backend.record_bytes(record.bytes_in, record.bytes_out);
+    // Bytes read beyond the body are a backend's framing error: the connection is not pooled.
+    let early = &bw.buffered()[..bw.buffered().len().min(usize::try_from(len).unwrap_or(usize::MAX))];
+    let surplus = bw.buffered().len() - early.len();
+    if surplus > 0 {
+        log::warn!(
+            "req {}: {} sent {surplus} byte(s) beyond the response's framing; discarded, connection closed",
+            ex.head.request_id,
+            backend.name()
+        );
+    }
+    let reusable = surplus == 0 && resp.backend_reusable && backend.send_proxy().is_none();
+    let mut guard;
+    let client = match ex.client {
+        Stream::Plain(s) => End::plain(s),
+        Stream::Tls(s, c) => {
+            guard = c.lock();
+            End { sock: s, tls: Some(&mut *guard), early: &[] }
+        }
+    };
+    // A plain backend ([`fits`]).
+    let up = End { sock: stream.tcp(), tls: None, early };
+    let wanted = || ex.ctx.parker.as_ref().is_some_and(|p| p.worker_wanted());
+    let park = Some(ParkWhen { after: PARK_AFTER, wanted: &wanted });
+    let tally = |up, down| backend.record_bytes(up, down);
+    let idle = ex.ctx.config.timeouts.idle;
+    let relayed = relay::resume(client, up, idle, &mut scratch.relay, Progress::body(len), park, &tally);
+    let keep_alive = resp.client_keep_alive;
+    let download = Download { pick, backend, progress: Progress::start(), len, reusable, keep_alive, began };
+    Ok((relayed, Box::new(download)))
+}
+
+/// After the first turn ([`start`]): `Ok(true)` when the body ended with the connection kept
+/// for another request, `Ok(false)` closed; a quiet one comes back as its backend socket and
+/// state, to park.
+pub(super) fn first(
+    ctx: &Context,
+    client: &TcpStream,
+    stream: BackendStream,
+    (relayed, mut download): (Relayed, Box<Download>),
+    record: &mut Record,
+) -> Result<Result<bool, (TcpStream, Box<Download>)>, Failure> {
+    let (sock, _) = stream.into_parts();
+    match relayed {
+        Relayed::Quiet(p) => {
+            download.progress = p;
+            Ok(Err((sock, download)))
+        }
+        Relayed::Ended(out) => ended(ctx, client, sock, *download, out, record).map(Ok),
+    }
+}
+
+/// The end of a body: counted in the record; the backend connection pooled if the body came
+/// whole and it may be reused; both sockets blocking again. Whether the client connection
+/// stays open, or why it closes.
+fn ended(
+    ctx: &Context,
+    client: &TcpStream,
+    sock: TcpStream,
+    d: Download,
+    out: RelayOutcome,
+    record: &mut Record,
+) -> Result<bool, Failure> {
+    record.bytes_out += out.down;
+    let backend = d.backend.clone();
+    drop(d.pick);
+    if let Some(mut f) = out.error {
+        if f.party == Party::Backend {
+            f.backend = Some(backend.name().to_string());
+        }
+        f.phase = Phase::Body;
+        return Err(f);
+    }
+    if out.down < d.len {
+        // The backend closed inside the body (its end passed on): the client sees it cut.
+        let cause = Cause::Io(io::Error::new(io::ErrorKind::UnexpectedEof, "body ended early"));
+        return Err(Failure::at(backend.name(), Party::Backend, Phase::Body, cause));
+    }
+    backend.latency().record(d.began.elapsed());
+    if client.set_nonblocking(false).is_err() {
+        return Ok(false);
+    }
+    if d.reusable && sock.set_nonblocking(false).is_ok() {
+        backend.put_idle(sock, ctx.config.http.backend_keepalive);
+    }
+    Ok(d.keep_alive)
+}
+
+/// How a connection goes on to its next request once its body is out: `http::proxy::serve`,
+/// passed in (this module is beneath it).
+pub(super) type Next = fn(Conn, &Context, &mut Scratch);
+
+/// Parks a quiet download with its connection; resumed by [`resume`] when the client has room
+/// or the backend sends. Refused (the proxy stops): it goes on in this worker until it ends.
+pub(super) fn park(
+    mut conn: Conn,
+    ctx: &Context,
+    sock: TcpStream,
+    parked: Parked,
+    scratch: &mut Scratch,
+    next: Next,
+) {
+    let Some(parker) = ctx.parker.as_deref() else { return };
+    let id = parked.download.backend.id();
+    let quiet = Quiet::after(&parked.download.progress, ctx.config.timeouts.idle, sock, id);
+    conn.go_quiet(quiet.with(Box::new(parked)));
+    if let Some(back) = parker.park_quiet(conn) {
+        run(back, ctx, false, scratch, next);
+    }
+}
+
+/// Whether `conn`, back from the parker, carries a download.
+pub(super) fn carries(conn: &Conn) -> bool {
+    conn.quiet().is_some_and(|q| q.state.is::<Parked>())
+}
+
+/// A connection back from the parker with a download: relays until it goes quiet again (parked
+/// again) or ends; then the access line, and the client's next request.
+pub(super) fn resume(conn: Conn, ctx: &Context, scratch: &mut Scratch, next: Next) {
+    run(conn, ctx, true, scratch, next);
+}
+
+fn run(mut conn: Conn, ctx: &Context, may_park: bool, scratch: &mut Scratch, next: Next) {
+    let Some(q) = conn.take_quiet() else { return };
+    let Quiet { backend: sock, state, .. } = *q;
+    let Ok(parked) = state.downcast::<Parked>() else { return };
+    let mut parked = *parked;
+    let mut session = conn.tls_session.take();
+    let wanted = || ctx.parker.as_ref().is_some_and(|p| p.worker_wanted());
+    let after = may_park.then_some(ParkWhen { after: PARK_AFTER, wanted: &wanted });
+    let step = {
+        let d = &mut parked.download;
+        let _attached = conn.attach(&sock, d.backend.id());
+        let client = End { sock: &conn.stream, tls: session.as_mut().map(|s| s.get_mut()), early: &[] };
+        let backend = End::plain(&sock);
+        let tally = |up, down| d.backend.record_bytes(up, down);
+        let from = std::mem::replace(&mut d.progress, Progress::start());
+        relay::resume(client, backend, ctx.config.timeouts.idle, &mut scratch.relay, from, after, &tally)
+    };
+    conn.tls_session = session;
+    let out = match step {
+        Relayed::Quiet(p) => {
+            parked.download.progress = p;
+            return park(conn, ctx, sock, parked, scratch, next);
+        }
+        Relayed::Ended(out) => out,
+    };
+    let Parked { download, head, mut record, started, pipelined } = parked;
+    let keep = match ended(ctx, &conn.stream, sock, *download, out, &mut record) {
+        Ok(keep) => keep,
+        Err(f) => {
+            record.note = f.to_string();
+            false
+        }
+    };
+    access_log(&conn, &head, &record, started);
+    if !keep {
+        // A TLS client gets `close_notify` before the close, as after any last response.
+        if let Some(session) = &conn.tls_session {
+            crate::tls::stream::notify_close(&mut session.lock(), &conn.stream);
+        }
+        return;
+    }
+    // On to the next request, as a keep-alive connection back from the parker, with what it
+    // sent of it already.
+    let now = Instant::now();
+    conn.parked_since = Some(now);
+    if !pipelined.is_empty() {
+        conn.head = Some(PartialHead { started: now, bytes: pipelined, hello: false });
+    }
+    next(conn, ctx, scratch);
+}
