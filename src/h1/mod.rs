@@ -70,7 +70,7 @@ impl<S: Read> Wire<S> {
     }
 
     /// Grows the buffer to [`BODY_BUFFER`] for streaming a large body: fewer, larger reads.
-    fn grow_for_body(&mut self) {
+    pub fn grow_for_body(&mut self) {
         if self.buf.len() < BODY_BUFFER {
             self.buf.resize(BODY_BUFFER, 0);
         }

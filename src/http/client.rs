@@ -1,14 +1,16 @@
 //! The client side's small I/O in HTTP mode: reads that do not wait (for the parker), the
-//! error responses the proxy writes itself, and the access-log line.
+//! error responses the proxy writes itself, the access-log line, and how a connection leaves
+//! its worker for the parker.
 
 use std::fmt::Write as _;
 use std::io::{self, Write};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::context::Record;
 use crate::conn::accept::ClientStream;
 use crate::conn::policy::Refused;
-use crate::conn::Conn;
+use crate::conn::{Conn, PartialHead};
 use crate::context::Context;
 use crate::error::Failure;
 use crate::h1::request::RequestHead;
@@ -16,6 +18,7 @@ use crate::h1::respond::{head_len, text_error};
 use crate::h1::Coalesce;
 use crate::logging::access;
 use crate::logging::line::{escape_into, Entry};
+use crate::park::Parker;
 
 /// Answers a request head refused before any backend was asked (see [`Conn::refuse_head`],
 /// which logs it); the caller closes.
@@ -176,4 +179,45 @@ pub(super) fn write_error(
     out.write_all(&bytes)?;
     out.flush()?;
     Ok((bytes.len() as u64, head_len(&bytes) as u64))
+}
+
+/// How a connection that is not closed leaves its worker, between requests (`park`, at the back
+/// of the queue when `requeue`) or in the middle of a head (`pending`): into the parker; `Some`
+/// when it goes on in this worker instead (refused at a stop).
+pub(super) fn leave(
+    mut conn: Conn,
+    ctx: &Context,
+    parker: &Parker,
+    (pending, park, requeue): (Option<PartialHead>, bool, bool),
+    since: Instant,
+) -> Option<Conn> {
+    // Refused only at shutdown (or if the socket cannot be watched): then closed, but for a
+    // new connection that has sent nothing yet: its first request may be on the wire (a TLS
+    // client sends it right after the handshake), so this worker serves it, with
+    // `Connection: close`, if it comes within SHUTDOWN_GRACE (see `IdleTimers::before`).
+    if let Some(head) = pending {
+        let deadline =
+            (!ctx.config.timeouts.header.is_zero()).then(|| head.started + ctx.config.timeouts.header);
+        conn.head = Some(head);
+        let back = parker.park_head(conn, deadline)?;
+        if back.sent_nothing() && ctx.stopping.load(Ordering::SeqCst) {
+            return Some(back);
+        }
+    } else if park {
+        let conn = if requeue { parker.requeue(conn, since) } else { Some(conn) };
+        let conn = conn?;
+        if let Some(mut back) = parker.park(conn, since) {
+            // Refused because the proxy stops: the client may have its next request on the
+            // wire already, so this worker serves it (with `Connection: close`) within
+            // SHUTDOWN_GRACE of its last response, as if it had never parked: it comes back
+            // as from the parker, idle since then, not as a new connection (which would wait
+            // header_ms for a first request). Otherwise (the socket cannot be watched) it is
+            // closed, idle.
+            if ctx.stopping.load(Ordering::SeqCst) {
+                back.parked_since = Some(since);
+                return Some(back);
+            }
+        }
+    }
+    None
 }

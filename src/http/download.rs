@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::client::access_log;
 use super::context::{BackendStream, Exchange, Record, Scratch};
 use crate::backend::Backend;
-use crate::balancer::Pick;
+use crate::balancer::{Balancer, Pick};
 use crate::conn::{Conn, PartialHead, Quiet};
 use crate::context::Context;
 use crate::error::{Cause, Failure, Party, Phase};
@@ -34,6 +34,8 @@ pub(super) const LARGE: u64 = 16 * 1024;
 pub(super) struct Download {
     pick: Pick,
     backend: Arc<Backend>,
+    /// Its pool's: a failure after a park counts as one in the first turn does.
+    balancer: Arc<Balancer>,
     progress: Progress,
     len: u64,
     /// The backend connection goes back to the pool at the end.
@@ -42,6 +44,8 @@ pub(super) struct Download {
     keep_alive: bool,
     /// When the exchange began: the backend's latency counts to the body's end.
     began: Instant,
+    /// It went by the relay, which left both sockets non-blocking.
+    relays: bool,
 }
 
 /// A download gone quiet as it waits in the parker ([`Quiet::state`]): the download, what its
@@ -69,12 +73,13 @@ pub(super) fn fits(
         .then_some(len)
 }
 
-/// Sends the response head, then relays the body until it is out or goes quiet: how that turn
-/// went, for [`first`] once the backend stream is free.
+/// Sends the response head, then the body: while a plain client takes each piece at once, by
+/// the worker's own reads and writes, as any body; from the first it cannot take, by the relay
+/// until it is out or goes quiet. How that went, for [`first`] once the backend stream is free.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn start(
     ex: &Exchange<'_>,
-    bw: &Wire<&BackendStream>,
+    bw: &mut Wire<&BackendStream>,
     stream: &BackendStream,
     pick: Pick,
     resp: &ResponseHead,
@@ -86,12 +91,28 @@ pub(super) fn start(
     let backend = pick.guard.backend().clone();
     let client_gone = |e: io::Error| Failure::new(Party::Client, Phase::Body, Cause::Io(e));
     let mut cout = Coalesce::new(ex.client, &mut scratch.client_out);
-    cout.write_all(&scratch.resp_head).and_then(|()| cout.flush()).map_err(client_gone)?;
-    record.bytes_out += scratch.resp_head.len() as u64;
-    record.head_out = scratch.resp_head.len() as u64;
+    let head = cout.write_all(&scratch.resp_head).and_then(|()| cout.flush());
+    if head.is_ok() {
+        record.bytes_out += scratch.resp_head.len() as u64;
+        record.head_out = scratch.resp_head.len() as u64;
+    }
     backend.record_bytes(record.bytes_in, record.bytes_out);
+    head.map_err(client_gone)?;
+    let mut sent = 0;
+    if let Stream::Plain(client) = ex.client {
+        let at_once = at_once(client, bw, len, &mut sent);
+        backend.record_bytes(0, sent);
+        if let Err((party, e)) = at_once {
+            record.bytes_out += sent;
+            return Err(match party {
+                Party::Backend => Failure::at(backend.name(), Party::Backend, Phase::Body, Cause::Io(e)),
+                _ => client_gone(e),
+            });
+        }
+    }
     // Bytes read beyond the body are a backend's framing error: the connection is not pooled.
-    let early = &bw.buffered()[..bw.buffered().len().min(usize::try_from(len).unwrap_or(usize::MAX))];
+    let left = usize::try_from(len - sent).unwrap_or(usize::MAX);
+    let early = &bw.buffered()[..bw.buffered().len().min(left)];
     let surplus = bw.buffered().len() - early.len();
     if surplus > 0 {
         log::warn!(
@@ -101,6 +122,14 @@ pub(super) fn start(
         );
     }
     let reusable = surplus == 0 && resp.backend_reusable && backend.send_proxy().is_none();
+    let keep_alive = resp.client_keep_alive;
+    let relays = sent < len;
+    let balancer = ex.pool.balancer.clone();
+    let progress = Progress::start();
+    let download = Download { pick, backend, balancer, progress, len, reusable, keep_alive, began, relays };
+    if !relays {
+        return Ok((Relayed::Ended(RelayOutcome { up: 0, down: sent, error: None }), Box::new(download)));
+    }
     let mut guard;
     let client = match ex.client {
         Stream::Plain(s) => End::plain(s),
@@ -113,12 +142,51 @@ pub(super) fn start(
     let up = End { sock: stream.tcp(), tls: None, early };
     let wanted = || ex.ctx.parker.as_ref().is_some_and(|p| p.worker_wanted());
     let park = Some(ParkWhen { after: PARK_AFTER, wanted: &wanted });
+    let backend = download.backend.clone();
     let tally = |up, down| backend.record_bytes(up, down);
     let idle = ex.ctx.config.timeouts.idle;
-    let relayed = relay::resume(client, up, idle, &mut scratch.relay, Progress::body(len), park, &tally);
-    let keep_alive = resp.client_keep_alive;
-    let download = Download { pick, backend, progress: Progress::start(), len, reusable, keep_alive, began };
+    let from = Progress { down: sent, ..Progress::body(len, ex.ctx.config.timeouts.response) };
+    let relayed = relay::resume(client, up, idle, &mut scratch.relay, from, park, &tally);
     Ok((relayed, Box::new(download)))
+}
+
+/// Sends the body (`sent` of its `len` bytes so far) to a plain client while it takes each
+/// piece at once, reading the backend as the worker reads any body; stops at the first piece
+/// the client has no room for, its rest in the buffer. The failing side, if one fails.
+fn at_once(
+    client: &TcpStream,
+    bw: &mut Wire<&BackendStream>,
+    len: u64,
+    sent: &mut u64,
+) -> Result<(), (Party, io::Error)> {
+    bw.grow_for_body();
+    while *sent < len {
+        if bw.buffered().is_empty() {
+            match bw.fill(crate::h1::BODY_BUFFER) {
+                Ok(0) => {
+                    return Err((
+                        Party::Backend,
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "body ended early"),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err((Party::Backend, e)),
+            }
+        }
+        let take = bw.buffered().len().min(usize::try_from(len - *sent).unwrap_or(usize::MAX));
+        let n = match crate::net::send_now(client, &bw.buffered()[..take]) {
+            Ok(n) => n,
+            Err(e) if crate::net::is_timeout(&e) => 0,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err((Party::Client, e)),
+        };
+        bw.consume(n);
+        *sent += n as u64;
+        if n < take {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// After the first turn ([`start`]): `Ok(true)` when the body ended with the connection kept
@@ -168,36 +236,31 @@ fn ended(
         return Err(Failure::at(backend.name(), Party::Backend, Phase::Body, cause));
     }
     backend.latency().record(d.began.elapsed());
-    if client.set_nonblocking(false).is_err() {
+    if d.relays && client.set_nonblocking(false).is_err() {
         return Ok(false);
     }
-    if d.reusable && sock.set_nonblocking(false).is_ok() {
+    if d.reusable && (!d.relays || sock.set_nonblocking(false).is_ok()) {
         backend.put_idle(sock, ctx.config.http.backend_keepalive);
     }
     Ok(d.keep_alive)
 }
 
-/// How a connection goes on to its next request once its body is out: `http::proxy::serve`,
-/// passed in (this module is beneath it).
-pub(super) type Next = fn(Conn, &Context, &mut Scratch);
-
 /// Parks a quiet download with its connection; resumed by [`resume`] when the client has room
-/// or the backend sends. Refused (the proxy stops): it goes on in this worker until it ends.
+/// or the backend sends. Refused (the proxy stops): it goes on in this worker until it ends,
+/// and `Some` if the connection then goes on to its next request.
 pub(super) fn park(
     mut conn: Conn,
     ctx: &Context,
     sock: TcpStream,
     parked: Parked,
     scratch: &mut Scratch,
-    next: Next,
-) {
-    let Some(parker) = ctx.parker.as_deref() else { return };
+) -> Option<Conn> {
+    let parker = ctx.parker.as_deref()?;
     let id = parked.download.backend.id();
     let quiet = Quiet::after(&parked.download.progress, ctx.config.timeouts.idle, sock, id);
     conn.go_quiet(quiet.with(Box::new(parked)));
-    if let Some(back) = parker.park_quiet(conn) {
-        run(back, ctx, false, scratch, next);
-    }
+    let back = parker.park_quiet(conn)?;
+    run(back, ctx, false, scratch)
 }
 
 /// Whether `conn`, back from the parker, carries a download.
@@ -207,15 +270,16 @@ pub(super) fn carries(conn: &Conn) -> bool {
 
 /// A connection back from the parker with a download: relays until it goes quiet again (parked
 /// again) or ends; then the access line, and the client's next request.
-pub(super) fn resume(conn: Conn, ctx: &Context, scratch: &mut Scratch, next: Next) {
-    run(conn, ctx, true, scratch, next);
+pub(super) fn resume(conn: Conn, ctx: &Context, scratch: &mut Scratch) -> Option<Conn> {
+    run(conn, ctx, true, scratch)
 }
 
-fn run(mut conn: Conn, ctx: &Context, may_park: bool, scratch: &mut Scratch, next: Next) {
-    let Some(q) = conn.take_quiet() else { return };
+/// A turn of a download; `Some` when it ended and the connection goes on to its next request.
+fn run(mut conn: Conn, ctx: &Context, may_park: bool, scratch: &mut Scratch) -> Option<Conn> {
+    let q = conn.take_quiet()?;
     let Quiet { backend: sock, state, .. } = *q;
-    let Ok(parked) = state.downcast::<Parked>() else { return };
-    let mut parked = *parked;
+    let parked = *state.downcast::<Parked>().ok()?;
+    let mut parked = parked;
     let mut session = conn.tls_session.take();
     let wanted = || ctx.parker.as_ref().is_some_and(|p| p.worker_wanted());
     let after = may_park.then_some(ParkWhen { after: PARK_AFTER, wanted: &wanted });
@@ -232,14 +296,25 @@ fn run(mut conn: Conn, ctx: &Context, may_park: bool, scratch: &mut Scratch, nex
     let out = match step {
         Relayed::Quiet(p) => {
             parked.download.progress = p;
-            return park(conn, ctx, sock, parked, scratch, next);
+            return park(conn, ctx, sock, parked, scratch);
         }
         Relayed::Ended(out) => out,
     };
     let Parked { download, head, mut record, started, pipelined } = parked;
+    let (backend, balancer) = (download.backend.clone(), download.balancer.clone());
     let keep = match ended(ctx, &conn.stream, sock, *download, out, &mut record) {
         Ok(keep) => keep,
+        // As the retry loop counts one in the first turn: passive health and least-time's cost,
+        // unless the proxy's stop cut it.
+        Err(_) if conn.cut() => {
+            record.note = Failure::cut(backend.name(), Phase::Body).to_string();
+            false
+        }
         Err(f) => {
+            balancer.record_failure(&backend, &f);
+            if balancer.measures_time() && f.counts_against_backend() {
+                backend.latency().penalize();
+            }
             record.note = f.to_string();
             false
         }
@@ -250,14 +325,16 @@ fn run(mut conn: Conn, ctx: &Context, may_park: bool, scratch: &mut Scratch, nex
         if let Some(session) = &conn.tls_session {
             crate::tls::stream::notify_close(&mut session.lock(), &conn.stream);
         }
-        return;
+        return None;
     }
     // On to the next request, as a keep-alive connection back from the parker, with what it
     // sent of it already.
     let now = Instant::now();
     conn.parked_since = Some(now);
+    // While connections wait for a worker, it reads what it has and parks at once if nothing.
+    conn.requeued = ctx.parker.as_ref().is_some_and(|p| p.pressed());
     if !pipelined.is_empty() {
         conn.head = Some(PartialHead { started: now, bytes: pipelined, hello: false });
     }
-    next(conn, ctx, scratch);
+    Some(conn)
 }

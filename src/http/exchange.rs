@@ -171,7 +171,7 @@ impl Exchange<'_> {
             };
         }
         if let Some(len) = download::fits(self.ctx, &resp, &stream, attempt.body_done) {
-            let turn = download::start(self, &bw, &stream, pick, &resp, len, scratch, record, started);
+            let turn = download::start(self, &mut bw, &stream, pick, &resp, len, scratch, record, started);
             scratch.backend_in = bw.into_buffer();
             drop(attached);
             let turn = turn.map_err(give_up)?;

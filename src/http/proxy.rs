@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use super::answer::{answer_here, answer_refused, per_request};
 use super::client::{
-    access_log, fill_within, holds_plaintext, read_now, refuse_admission, refuse_head, tls_version,
+    access_log, fill_within, holds_plaintext, leave, read_now, refuse_admission, refuse_head, tls_version,
     write_error,
 };
 use super::context::{Attempt, Exchange, Record, Scratch};
@@ -47,13 +47,22 @@ enum Quieted {
 
 /// Serves one client connection until it closes, asks to close, idles out, or the proxy stops.
 pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
+    // A turn hands the connection back to go on in this frame, not one deeper: after a large
+    // body's end, or refused by the parker at a stop.
+    while let Some(next) = turn(conn, ctx, scratch) {
+        conn = next;
+    }
+}
+
+/// One turn of [`serve`]: requests until the connection closes, parks, or (`Some`) is to go on.
+fn turn(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) -> Option<Conn> {
     // Back from the parker with a body for a slow reader, or a quiet tunnel (an upgrade).
     if download::carries(&conn) {
-        return download::resume(conn, ctx, scratch, serve);
+        return download::resume(conn, ctx, scratch);
     }
     if conn.quiet().is_some() {
         upgrade::resume(conn, ctx, scratch);
-        return;
+        return None;
     }
     // Back from the parker: idle since then, its next request readable; or in the middle of a
     // head (or new), more of it readable.
@@ -81,14 +90,20 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
         let first = accept::flight_wait(ctx.stopping.load(Ordering::SeqCst), parker.pressed());
         match accept::resume(&conn, listener, state, deadline, first, &ctx.counters) {
             Opened::Ready(stream) => Some(stream),
-            Opened::Waiting(state) => return parker.park_handshake(conn, state, head_started, deadline),
-            Opened::Answered => return close_lingering(conn, Some(parker), LINGER_SHORT),
+            Opened::Waiting(state) => {
+                parker.park_handshake(conn, state, head_started, deadline);
+                return None;
+            }
+            Opened::Answered => {
+                close_lingering(conn, Some(parker), LINGER_SHORT);
+                return None;
+            }
             Opened::Closed => None,
         }
     } else {
         accept::open(&conn, ctx.tls.as_deref(), t.header, &ctx.counters)
     };
-    let Some(stream) = stream else { return };
+    let stream = stream?;
     // [limits]: a new connection is admitted once (allow/deny, the connection limit); behind a
     // trusted proxy the client is known per request instead.
     let trusted = ctx.policy.trusts(conn.peer.ip());
@@ -98,7 +113,8 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
             Err(why) => {
                 refuse_admission(&conn, ctx, &stream, why);
                 drop(stream);
-                return close_lingering(conn, ctx.parker.as_deref(), LINGER_SHORT);
+                close_lingering(conn, ctx.parker.as_deref(), LINGER_SHORT);
+                return None;
             }
         }
     }
@@ -395,45 +411,22 @@ pub fn serve(mut conn: Conn, ctx: &Context, scratch: &mut Scratch) {
     conn.admitted = admitted;
     conn.timeouts = timeouts;
     if linger {
-        return close_lingering(conn, parker, LINGER_BODY);
+        close_lingering(conn, parker, LINGER_BODY);
+        return None;
     }
-    let Some(parker) = parker else { return };
+    let parker = parker?;
     if pending.is_some() || park || quiet.is_some() {
         conn.tls_session = session;
     }
     match quiet {
-        Some(Quieted::Tunnel(sock, parked)) => return upgrade::park(conn, ctx, sock, parked, scratch),
-        Some(Quieted::Body(sock, parked)) => return download::park(conn, ctx, sock, parked, scratch, serve),
+        Some(Quieted::Tunnel(sock, parked)) => {
+            upgrade::park(conn, ctx, sock, parked, scratch);
+            return None;
+        }
+        Some(Quieted::Body(sock, parked)) => return download::park(conn, ctx, sock, parked, scratch),
         None => {}
     }
-    // Refused only at shutdown (or if the socket cannot be watched): then closed, but for a
-    // new connection that has sent nothing yet: its first request may be on the wire (a TLS
-    // client sends it right after the handshake), so this worker serves it, with
-    // `Connection: close`, if it comes within SHUTDOWN_GRACE (see `IdleTimers::before`).
-    if let Some(head) = pending {
-        let deadline = (!t.header.is_zero()).then(|| head.started + t.header);
-        conn.head = Some(head);
-        if let Some(back) = parker.park_head(conn, deadline) {
-            if back.sent_nothing() && ctx.stopping.load(Ordering::SeqCst) {
-                serve(back, ctx, scratch);
-            }
-        }
-    } else if park {
-        let conn = if requeue { parker.requeue(conn, timers.since) } else { Some(conn) };
-        let Some(conn) = conn else { return };
-        if let Some(mut back) = parker.park(conn, timers.since) {
-            // Refused because the proxy stops: the client may have its next request on the
-            // wire already, so this worker serves it (with `Connection: close`) within
-            // SHUTDOWN_GRACE of its last response, as if it had never parked: it comes back
-            // as from the parker, idle since then, not as a new connection (which would wait
-            // header_ms for a first request). Otherwise (the socket cannot be watched) it is
-            // closed, idle.
-            if ctx.stopping.load(Ordering::SeqCst) {
-                back.parked_since = Some(timers.since);
-                serve(back, ctx, scratch);
-            }
-        }
-    }
+    leave(conn, ctx, parker, (pending, park, requeue), timers.since)
 }
 
 /// The request's balancer key: its `hash_header` value under header-hash (found by the one

@@ -15,6 +15,9 @@ use crate::error::Party;
 /// Pipe capacity asked for when splicing (the kernel may give less).
 const PIPE_SIZE: usize = 256 * 1024;
 
+/// What a body must still have to come for a full read to switch it to splicing.
+const SPLICE_BODY_LEFT: u64 = 256 * 1024;
+
 /// Reads (or splices) per direction per wakeup: a bulk flow one way takes turns with the other.
 const ROUNDS: usize = 8;
 
@@ -223,8 +226,12 @@ impl<'a> Flow<'a> {
             self.pending.reserve_exact(n - sent);
             self.pending.extend_from_slice(&read[sent..n]);
         }
-        if plain && n == read.capacity() && !self.splice_failed {
-            match Pipe::new() {
+        // A body's rest must be worth a pipe (two descriptors and a few syscalls to make).
+        let worth = self.left.is_none_or(|l| l >= SPLICE_BODY_LEFT);
+        if plain && n == read.capacity() && !self.splice_failed && worth {
+            // A body's keeps the default size: what a parked one holds is read out of its pipe,
+            // and the many a single GET each can make stay at 64 KiB.
+            match Pipe::new(self.left.is_none()) {
                 Ok(p) => self.pipe = Some(p),
                 Err(e) => {
                     log::debug!("relay: no pipe for splicing ({e}); copying instead");
@@ -257,10 +264,13 @@ struct Pipe {
 }
 
 impl Pipe {
-    fn new() -> io::Result<Pipe> {
+    /// A pipe, `large` (`PIPE_SIZE`) or of the default size (64 KiB).
+    fn new(large: bool) -> io::Result<Pipe> {
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-        // A larger pipe moves more per call; the default (64 KiB) works too.
-        let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
+        // A larger pipe moves more per call; the default works too.
+        if large {
+            let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
+        }
         Ok(Pipe { read, write })
     }
 }

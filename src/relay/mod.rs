@@ -49,6 +49,10 @@ use crate::threads::stack::TRIM_AFTER;
 /// User-space relay buffer per direction; a read that fills it switches to splicing.
 pub const BUFFER_SIZE: usize = 4 * 1024;
 
+/// The read buffer of a response body's relay ([`Progress::body`]): a body is bulk from its
+/// first byte, and most fit in one read, as they did through the HTTP buffer.
+pub const BODY_READ: usize = 64 * 1024;
+
 /// Bytes moved (both ways) after which a relay tells its tally, whatever the time.
 pub const TALLY_BYTES: u64 = 1 << 20;
 
@@ -166,7 +170,11 @@ pub fn resume(
     let told = (from.up_done, held.backend_fin);
     let mut b = Side::new(backend.sock, backend.tls, Party::Backend, from.down_done, told);
     read.clear();
-    read.reserve_exact(if c.is_plain() && b.is_plain() { BUFFER_SIZE } else { side::TLS_CHUNK });
+    read.reserve_exact(match from.limit {
+        Some(_) => BODY_READ,
+        None if c.is_plain() && b.is_plain() => BUFFER_SIZE,
+        None => side::TLS_CHUNK,
+    });
     // Bytes already read from one side travel the other way first, then what a quiet relay
     // held for its destination.
     let mut up = Flow::new(up, client.early, &held.up, from.up, from.up_done);
@@ -174,7 +182,8 @@ pub fn resume(
     // A body: what is still to read from the backend, after what was sent and what is held.
     down.left =
         from.limit.map(|l| l.saturating_sub(from.down + (backend.early.len() + held.down.len()) as u64));
-    let turn = Turn { idle: as_limit(idle), park, last_moved: from.last_moved };
+    let backend_idle = from.backend_idle.map(as_limit);
+    let turn = Turn { idle: as_limit(idle), backend_idle, park, last_moved: from.last_moved };
     let mut told = Told { tally, up: from.up, down: from.down, at: Instant::now() };
     let ended = run(&mut c, &mut b, turn, read, (&mut up, &mut down), &mut told);
     told.tell(&up, &down, Instant::now(), true);
@@ -189,6 +198,7 @@ pub fn resume(
                 last_moved,
                 held,
                 limit: from.limit,
+                backend_idle: from.backend_idle,
             }),
             // Reading back its own pipe failed: nobody's fault but ours; the client is closed.
             Err(e) => Relayed::Ended(RelayOutcome {
@@ -235,6 +245,8 @@ fn failure(side: Party, e: io::Error) -> Failure {
 /// A relay turn's clock: the idle limit, when to go quiet, and the last byte moved.
 struct Turn<'a> {
     idle: Option<Duration>,
+    /// A body's limit while it waits on the backend alone ([`Progress::backend_idle`]).
+    backend_idle: Option<Option<Duration>>,
     park: Option<ParkWhen<'a>>,
     last_moved: Instant,
 }
@@ -250,7 +262,7 @@ fn run(
     (up, down): (&mut Flow, &mut Flow),
     told: &mut Told,
 ) -> Result<Option<Instant>, (Party, io::Error)> {
-    let Turn { idle, park, mut last_moved } = turn;
+    let Turn { idle, backend_idle, park, mut last_moved } = turn;
     // Quiet for `TRIM_AFTER`, the worker gives back its buffer and deep stack pages, so
     // thousands of idle connections stay cheap; the next bytes bring them back.
     let mut trimmed = false;
@@ -258,7 +270,8 @@ fn run(
     let woke = Instant::now();
     // A TLS side may hold plaintext already (read with the handshake, or before a park): the
     // first turn tries it without waiting.
-    let (mut cut_up, mut cut_down) = (!c.is_plain(), !b.is_plain());
+    // So may a body's backend: its bytes are most likely there already.
+    let (mut cut_up, mut cut_down) = (!c.is_plain(), !b.is_plain() || down.left.is_some());
     // Whether a side nothing waits on is still polled for a reset (see below).
     let (mut watch_client, mut watch_backend) = (true, true);
     // Whether this call polled yet: a relay woken by bytes reads them before it may park, however
@@ -309,7 +322,11 @@ fn run(
         if cut_up || cut_down {
             sooner(Duration::ZERO);
         }
-        if let Some(idle) = idle {
+        let limit = match backend_idle {
+            Some(limit) if up_wait == Wait::Done && down_wait == Wait::Read && !records => limit,
+            _ => idle,
+        };
+        if let Some(idle) = limit {
             let left = idle.saturating_sub(quiet);
             if left.is_zero() {
                 return Err(idle_timeout(up_wait, down_wait));

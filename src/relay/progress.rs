@@ -70,6 +70,9 @@ pub struct Progress {
     /// A response body's length ([`Progress::body`]): the relay reads no more than this from
     /// the backend, and ends once it all reached the client, passing no end on either way.
     pub limit: Option<u64>,
+    /// A body's: while the relay waits on the backend alone, this limit (`response_ms`, zero:
+    /// none) rather than the idle one, as the worker's reads of any body have it.
+    pub backend_idle: Option<Duration>,
 }
 
 impl Progress {
@@ -83,13 +86,21 @@ impl Progress {
             last_moved: Instant::now(),
             held: None,
             limit: None,
+            backend_idle: None,
         }
     }
 
     /// A response body of `len` bytes about to go from the backend to the client, the one way:
-    /// the client's input (its next request) is left unread, and neither side is shut.
-    pub fn body(len: u64) -> Progress {
-        Progress { up_done: true, limit: Some(len), ..Progress::start() }
+    /// the client's input (its next request) is left unread, and neither side is shut; a
+    /// backend silent for `response` (zero: never) while nothing waits for the client cuts it.
+    pub fn body(len: u64, response: Duration) -> Progress {
+        Progress { up_done: true, limit: Some(len), backend_idle: Some(response), ..Progress::start() }
+    }
+
+    /// Whether it waits on the backend alone: its client is done, and nothing waits for it.
+    fn on_backend_alone(&self) -> bool {
+        let held = self.held.as_deref().is_some_and(|h| !h.down.is_empty() || h.client_out);
+        self.up_done && !self.down_done && !held
     }
 
     /// What the parker watches on each side, `(client, backend)`, for the relay to move on: a
@@ -116,9 +127,11 @@ impl Progress {
         (client, backend)
     }
 
-    /// When `idle` (zero: none) without a byte ends the relay.
+    /// When `idle` (zero: none) without a byte ends the relay (a body waiting on its backend
+    /// alone: its own limit).
     pub fn deadline(&self, idle: Duration) -> Option<Instant> {
-        as_limit(idle).map(|idle| self.last_moved + idle)
+        let limit = self.backend_idle.filter(|_| self.on_backend_alone()).unwrap_or(idle);
+        as_limit(limit).map(|limit| self.last_moved + limit)
     }
 }
 

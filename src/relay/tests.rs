@@ -240,7 +240,7 @@ fn a_body_relays_exactly_its_length_one_way_and_shuts_nothing() {
         End { sock: &backend_relay, tls: None, early: &early },
         Duration::from_secs(20),
         &mut Buffers::default(),
-        Progress::body(LEN as u64),
+        Progress::body(LEN as u64, Duration::from_secs(20)),
         None,
         &|_, _| {},
     )
@@ -273,4 +273,44 @@ fn an_idle_body_names_the_backend_and_a_quiet_relay_the_client() {
     assert_eq!(idle_timeout(Wait::Done, Wait::Read).0, Party::Backend);
     assert_eq!(idle_timeout(Wait::Read, Wait::Read).0, Party::Client);
     assert_eq!(idle_timeout(Wait::Write, Wait::Read).0, Party::Backend);
+}
+
+/// A body whose backend goes silent mid-way is cut at its own limit (`response_ms`), not the
+/// idle one, and the backend is named; so is the parker's deadline for it while nothing waits
+/// for the client.
+#[test]
+fn a_body_whose_backend_goes_silent_is_cut_at_its_own_limit_naming_the_backend() {
+    let (client, client_relay) = pair();
+    let (mut backend, backend_relay) = pair();
+    backend.write_all(&[7u8; 1000]).expect("part of the body");
+    let reader = thread::spawn(move || {
+        let mut got = Vec::new();
+        let _ = (&client).read_to_end(&mut got);
+        got.len()
+    });
+    let started = Instant::now();
+    let body = Progress::body(1 << 20, Duration::from_millis(300));
+    let out = resume(
+        End::plain(&client_relay),
+        End::plain(&backend_relay),
+        Duration::from_secs(30),
+        &mut Buffers::default(),
+        body,
+        None,
+        &|_, _| {},
+    )
+    .into_outcome();
+    let took = started.elapsed();
+    let f = out.error.expect("cut");
+    assert_eq!((f.party, matches!(f.cause, Cause::Timeout)), (Party::Backend, true), "{f}");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(out.down, 1000);
+    drop(client_relay);
+    assert_eq!(reader.join().expect("client"), 1000);
+    drop(backend);
+    let waiting = Progress { down: 1000, ..Progress::body(1 << 20, Duration::from_millis(300)) };
+    let at = waiting.last_moved;
+    assert_eq!(waiting.deadline(Duration::from_secs(30)), Some(at + Duration::from_millis(300)));
+    let plain = Progress::start();
+    assert_eq!(plain.deadline(Duration::from_secs(30)), Some(plain.last_moved + Duration::from_secs(30)));
 }
