@@ -361,7 +361,9 @@ impl Conn {
     /// `None` when the close is the only answer. A worker's refusals and the parker's 408 alike.
     pub fn refuse_head(&self, f: &Failure) -> Option<Vec<u8>> {
         let answer = refusal(f)?;
-        log::warn!("conn {} from {}: refused with {}: {f}", self.id, self.peer, answer.status);
+        // The client's own affair, as nginx logs "client sent invalid request" and "client
+        // timed out": info, so that a crowd of them cannot flood the warnings.
+        log::info!("conn {} from {}: refused with {}: {f}", self.id, self.peer, answer.status);
         let (status, ip) = (answer.status, self.peer.ip());
         access::refused(ip, status, &answer.bytes, self.accepted.elapsed(), f, |note| {
             format!("conn {} from {}: refused with {status}: {note}", self.id, self.peer)

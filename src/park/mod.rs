@@ -38,6 +38,7 @@ use parking_lot::Mutex;
 use rustix::event::epoll;
 
 use crate::conn::Conn;
+use crate::logging::{held_back, RateLimit};
 use crate::relay::Interest;
 use crate::stats::ProxyCounters;
 
@@ -267,7 +268,11 @@ impl Parker {
             return Some(conn);
         }
         if let Err(e) = self.watch(&conn) {
-            log::warn!("conn {} from {}: cannot park ({e})", conn.id, conn.peer);
+            // A local shortage (epoll's memory or watch limit) that a crowd meets each time.
+            static CANNOT_PARK: RateLimit = RateLimit::new();
+            if let Some(n) = CANNOT_PARK.check() {
+                log::warn!("conn {} from {}: cannot park ({e}){}", conn.id, conn.peer, held_back(n));
+            }
             return Some(conn);
         }
         let mut sooner = false;

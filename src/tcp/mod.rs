@@ -169,13 +169,9 @@ fn finish(conn: &Conn, r: Relaying, outcome: RelayOutcome) {
         Party::Backend => format!("ended by backend error ({why})"),
         Party::Local => why,
     };
-    // A client that resets or leaves is its own affair: info, as nginx logs a client's
-    // "Connection reset by peer"; a backend's error and an idle timeout stay warnings.
-    let level = match (&f.party, &f.cause) {
-        (Party::Client, Cause::Timeout) => log::Level::Warn,
-        (Party::Client, _) => log::Level::Info,
-        _ => log::Level::Warn,
-    };
+    // A client that resets, leaves or idles out is its own affair: info, as nginx logs a
+    // client's "Connection reset by peer" or time-out; a backend's error stays a warning.
+    let level = if f.party == Party::Client { log::Level::Info } else { log::Level::Warn };
     log::log!(
         level,
         "conn {} {how}: {} -> {} {} bytes up, {} bytes down, {ms} ms",

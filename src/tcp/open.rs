@@ -37,6 +37,8 @@ impl fmt::Display for Label<'_> {
 
 static UNAVAILABLE: RateLimit = RateLimit::new();
 static NOT_CONNECTED: RateLimit = RateLimit::new();
+/// Connections no pool takes: each client's, the one cause the operator's.
+static NO_POOL: RateLimit = RateLimit::new();
 
 /// A relay under way: the backend socket, its slot, both TLS states and how far it got.
 pub(super) struct Relaying {
@@ -207,15 +209,10 @@ fn client_hello(
                 log::info!("{}: cut at the drain deadline before its ClientHello was complete", Label(&conn));
                 return None;
             }
-            // A client that failed mid-ClientHello (a reset) is its own affair: info, as http
-            // mode logs a head left unfinished; one that stalled past header_ms is refused at
-            // warn, as an http head is.
-            Err(HelloFailed::Client(why)) => {
-                log::info!("{}: {why}", Label(&conn));
-                return None;
-            }
-            Err(HelloFailed::Stalled(why)) => {
-                log::warn!("{}: {why}; closing", Label(&conn));
+            // A client that failed mid-ClientHello (a reset) or stalled past header_ms is its
+            // own affair: info, as nginx logs a client's reset or time-out.
+            Err(why) => {
+                log::info!("{}: {why}; closing", Label(&conn));
                 return None;
             }
         }
@@ -228,14 +225,6 @@ fn client_hello(
         conn = back;
         reading = Reading::Blocking;
     }
-}
-
-/// Why [`read_hello`] gave up on a ClientHello.
-enum HelloFailed {
-    /// The client's connection failed (a reset) before its ClientHello was whole.
-    Client(String),
-    /// Half a ClientHello, and no more within `header_ms`.
-    Stalled(String),
 }
 
 /// How [`read_hello`] reads.
@@ -257,7 +246,7 @@ fn read_hello(
     deadline: Option<Instant>,
     reading: Reading,
     early: &mut Vec<u8>,
-) -> Result<Option<Hello>, HelloFailed> {
+) -> Result<Option<Hello>, String> {
     let mut buf = [0u8; 4096];
     loop {
         match sni::server_name(early) {
@@ -302,7 +291,7 @@ fn read_hello(
                     "client connection failed ({how}) with its ClientHello unfinished ({} bytes)",
                     early.len()
                 );
-                return Err(HelloFailed::Client(why));
+                return Err(why);
             }
         }
     }
@@ -311,11 +300,11 @@ fn read_hello(
 /// `header_ms` passed: a client that sent nothing may wait for the server to speak first (SMTP,
 /// MySQL): not TLS, so the default pool, as HAProxy after `inspect-delay`; half a ClientHello
 /// is refused.
-fn silent(early: &[u8]) -> Result<Hello, HelloFailed> {
+fn silent(early: &[u8]) -> Result<Hello, String> {
     if early.is_empty() {
         Ok(Hello::NotTls)
     } else {
-        Err(HelloFailed::Stalled("no complete TLS ClientHello within header_ms".to_string()))
+        Err("no complete TLS ClientHello within header_ms".to_string())
     }
 }
 
@@ -333,12 +322,24 @@ fn choose_pool(conn: &Conn, table: &Table, name: Option<String>, why: &str) -> O
             Some((pool.clone(), route.map(|r| r.name.clone()).unwrap_or_default()))
         }
         (None, _) if !table.routes_sni() => {
-            log::warn!("{}: no pool takes this connection ([backends] is empty); closing", Label(conn));
+            if let Some(n) = NO_POOL.check() {
+                let label = Label(conn);
+                log::warn!(
+                    "{label}: no pool takes this connection ([backends] is empty); closing{}",
+                    held_back(n)
+                );
+            }
             None
         }
         (None, _) => {
-            let sni = name.as_deref().unwrap_or("(none)");
-            log::warn!("{}: no route for SNI {sni} and no default pool; closing", Label(conn));
+            if let Some(n) = NO_POOL.check() {
+                let sni = name.as_deref().unwrap_or("(none)");
+                log::warn!(
+                    "{}: no route for SNI {sni} and no default pool; closing{}",
+                    Label(conn),
+                    held_back(n)
+                );
+            }
             None
         }
     }

@@ -382,3 +382,41 @@ fn malformed_and_ambiguous_requests_never_reach_the_backend() {
     assert_eq!(get(&mut wire, "/again", "").status, 200, "kept alive as 1.1");
     assert_eq!(backend.seen.lock().expect("seen").len(), 3);
 }
+
+/// A crowd of bad and unfinished request heads: each gets its 400 or 408 and one line at info,
+/// as nginx logs "client sent invalid request" and "client timed out" (each was a warning, so
+/// any client could flood the warnings); the next ordinary request is served.
+#[test]
+fn a_crowd_of_bad_or_slow_heads_is_answered_and_logged_at_info_not_warn() {
+    let ds = dummies(1);
+    let (p, addr) = http_proxy(&[ds[0].1], "round-robin", "header_ms = 500", "");
+    let mark = p.mark();
+    let mut slow: Vec<_> = (0..10)
+        .map(|_| {
+            let mut s = connect(addr);
+            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").expect("half a head");
+            s
+        })
+        .collect();
+    for _ in 0..10 {
+        let raw = {
+            let mut s = connect(addr);
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").expect("send");
+            let mut raw = Vec::new();
+            let _ = s.read_to_end(&mut raw);
+            raw
+        };
+        assert!(raw.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&raw));
+    }
+    for s in &mut slow {
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        assert!(raw.starts_with(b"HTTP/1.1 408"), "{}", String::from_utf8_lossy(&raw));
+    }
+    wait_until("a line for each", || {
+        p.lines_from(mark).iter().filter(|l| l.contains(": refused with 4")).count() == 20
+    });
+    let lines = p.lines_from(mark);
+    assert!(lines.iter().all(|l| !l.contains("[WARN]")), "{lines:#?}");
+    still_serving(addr);
+}
