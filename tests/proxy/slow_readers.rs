@@ -65,6 +65,30 @@ fn read_download(s: &mut impl Read) {
     assert_eq!(end, 0, "bytes after the download");
 }
 
+/// Half a crowd of TLS clients that each send `get` and read nothing, once all wait in the
+/// parker.
+fn tls_crowd(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    get: &str,
+) -> Vec<StreamOwned<ClientConnection, TcpStream>> {
+    let crowd = (0..CROWD / 2)
+        .map(|_| {
+            let name = ServerName::try_from("localhost").expect("name");
+            let conn = ClientConnection::new(config.clone(), name).expect("client");
+            let mut tls = StreamOwned::new(conn, thin_client(addr));
+            tls.write_all(get.as_bytes()).expect("request");
+            tls.flush().expect("flush");
+            tls
+        })
+        .collect();
+    wait_until("the slow TLS crowd waits in the parker", || {
+        proxy_stats(admin)["parked"].as_u64() >= Some(CROWD as u64 / 2)
+    });
+    crowd
+}
+
 /// Line `i` of an upload: its number, then filler, 1,000 bytes with the newline.
 fn numbered(i: usize) -> String {
     format!("{i:08} {}\n", "x".repeat(990))
@@ -228,19 +252,7 @@ fn tls_clients_that_read_nothing_wait_in_the_parker_with_their_records_and_get_e
     let (_p, addr, admin) = four_workers("tcp", backend, &tls);
     let config = client_config(&ca, None);
     let get = format!("GET /?bytes={BIG} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    let mut crowd: Vec<_> = (0..CROWD / 2)
-        .map(|_| {
-            let name = ServerName::try_from("localhost").expect("name");
-            let conn = ClientConnection::new(config.clone(), name).expect("client");
-            let mut tls = StreamOwned::new(conn, thin_client(addr));
-            tls.write_all(get.as_bytes()).expect("request");
-            tls.flush().expect("flush");
-            tls
-        })
-        .collect();
-    wait_until("the slow TLS crowd waits in the parker", || {
-        proxy_stats(admin)["parked"].as_u64() >= Some(CROWD as u64 / 2)
-    });
+    let mut crowd = tls_crowd(addr, admin, &config, &get);
     let started = Instant::now();
     let mut line = tls_connect(addr, config.clone(), "localhost").expect("TLS client");
     line.write_all(b"hello\n").expect("send");
@@ -360,19 +372,7 @@ fn https_slow_downloaders_wait_in_the_parker_with_their_records_and_the_connecti
     let (_p, addr, admin) = four_workers("http", backend, &tls);
     let config = client_config(&ca, None);
     let get = format!("GET /?bytes={BIG} HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut crowd: Vec<_> = (0..CROWD / 2)
-        .map(|_| {
-            let name = ServerName::try_from("localhost").expect("name");
-            let conn = ClientConnection::new(config.clone(), name).expect("client");
-            let mut tls = StreamOwned::new(conn, thin_client(addr));
-            tls.write_all(get.as_bytes()).expect("request");
-            tls.flush().expect("flush");
-            tls
-        })
-        .collect();
-    wait_until("the slow TLS crowd waits in the parker", || {
-        proxy_stats(admin)["parked"].as_u64() >= Some(CROWD as u64 / 2)
-    });
+    let mut crowd = tls_crowd(addr, admin, &config, &get);
     let started = Instant::now();
     let mut beside = tls_connect(addr, config.clone(), "localhost").expect("TLS client");
     beside.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("send");
