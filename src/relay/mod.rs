@@ -40,6 +40,7 @@ use rustix::io::Errno;
 use rustls::Connection;
 
 use self::flow::{Flow, Wait};
+use self::progress::Told;
 pub use self::progress::{Backlog, Interest, Progress, RelayOutcome, Relayed};
 use self::side::Side;
 use crate::config::as_limit;
@@ -80,33 +81,6 @@ pub struct ParkWhen<'a> {
 
 /// Where a relay tells the bytes it sent, as `(up, down)` counts since it last told.
 pub type Tally<'a> = &'a dyn Fn(u64, u64);
-
-/// What a relay turn has told its tally so far.
-struct Told<'a> {
-    tally: Tally<'a>,
-    up: u64,
-    down: u64,
-    at: Instant,
-}
-
-impl Told<'_> {
-    /// How long until bytes moved but not yet told are due, if there are any.
-    fn due_in(&self, up: &Flow, down: &Flow, now: Instant) -> Option<Duration> {
-        (up.total + down.total > self.up + self.down)
-            .then(|| TALLY_EVERY.saturating_sub(now.duration_since(self.at)))
-    }
-
-    /// Tells the tally what moved since it was last told: always when `settle`, else once
-    /// enough bytes or time went by.
-    fn tell(&mut self, up: &Flow, down: &Flow, now: Instant, settle: bool) {
-        let (new_up, new_down) = (up.total - self.up, down.total - self.down);
-        let due = new_up + new_down >= TALLY_BYTES || now.duration_since(self.at) >= TALLY_EVERY;
-        if new_up + new_down > 0 && (settle || due) {
-            (self.tally)(new_up, new_down);
-            (self.up, self.down, self.at) = (up.total, down.total, now);
-        }
-    }
-}
 
 /// A worker's reusable relay buffers, kept across connections: one both directions read into,
 /// and one per direction for bytes its destination could not take yet. Reads go into spare
@@ -329,7 +303,21 @@ fn run(
         if let Some(idle) = limit {
             let left = idle.saturating_sub(quiet);
             if left.is_zero() {
-                return Err(idle_timeout(up_wait, down_wait));
+                // POLLOUT waits for a third of the send buffer to be free, which a client that
+                // reads slowly may take longer than this to free while it does read: what a
+                // write takes now is progress (nginx's send_timeout counts any).
+                let mut moved = false;
+                if up_wait == Wait::Write {
+                    moved |= up.advance(c, b, read)?.moved;
+                }
+                if down_wait == Wait::Write {
+                    moved |= down.advance(b, c, read)?.moved;
+                }
+                if !moved {
+                    return Err(idle_timeout(up_wait, down_wait));
+                }
+                last_moved = Instant::now();
+                continue;
             }
             sooner(left);
         }

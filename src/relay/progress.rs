@@ -1,8 +1,11 @@
 //! How far a relay got and how it ended: the counts, the ended directions and the bytes held
-//! for a slow destination that a quiet relay takes with it into the parker.
+//! for a slow destination that a quiet relay takes with it into the parker; and what a turn
+//! has told its tally.
 
 use std::time::{Duration, Instant};
 
+use super::flow::Flow;
+use super::{Tally, TALLY_BYTES, TALLY_EVERY};
 use crate::config::as_limit;
 use crate::error::Failure;
 
@@ -152,6 +155,33 @@ impl Relayed {
         match self {
             Relayed::Ended(out) => out,
             Relayed::Quiet(p) => RelayOutcome { up: p.up, down: p.down, error: None },
+        }
+    }
+}
+
+/// What a relay turn has told its tally so far.
+pub(super) struct Told<'a> {
+    pub tally: Tally<'a>,
+    pub up: u64,
+    pub down: u64,
+    pub at: Instant,
+}
+
+impl Told<'_> {
+    /// How long until bytes moved but not yet told are due, if there are any.
+    pub fn due_in(&self, up: &Flow, down: &Flow, now: Instant) -> Option<Duration> {
+        (up.total + down.total > self.up + self.down)
+            .then(|| TALLY_EVERY.saturating_sub(now.duration_since(self.at)))
+    }
+
+    /// Tells the tally what moved since it was last told: always when `settle`, else once
+    /// enough bytes or time went by.
+    pub fn tell(&mut self, up: &Flow, down: &Flow, now: Instant, settle: bool) {
+        let (new_up, new_down) = (up.total - self.up, down.total - self.down);
+        let due = new_up + new_down >= TALLY_BYTES || now.duration_since(self.at) >= TALLY_EVERY;
+        if new_up + new_down > 0 && (settle || due) {
+            (self.tally)(new_up, new_down);
+            (self.up, self.down, self.at) = (up.total, down.total, now);
         }
     }
 }

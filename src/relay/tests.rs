@@ -314,3 +314,54 @@ fn a_body_whose_backend_goes_silent_is_cut_at_its_own_limit_naming_the_backend()
     let plain = Progress::start();
     assert_eq!(plain.deadline(Duration::from_secs(30)), Some(plain.last_moved + Duration::from_secs(30)));
 }
+
+/// A client that reads, however slowly, is not idle. `POLLOUT` waits for a third of the send
+/// buffer to be free, which a slow reader may take longer than the idle limit to free while it
+/// does read; what a write takes at the limit counts, as nginx's `send_timeout` counts any.
+#[test]
+fn a_slow_reader_that_keeps_reading_is_not_cut_at_the_idle_limit() {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(4096).expect("rcvbuf");
+    s.connect(&l.local_addr().expect("addr").into()).expect("connect");
+    let client: TcpStream = s.into();
+    let (client_relay, _) = l.accept().expect("accept");
+    socket2::SockRef::from(&client_relay).set_send_buffer_size(256 * 1024).expect("sndbuf");
+    let (backend, backend_relay) = pair();
+    const LEN: usize = 2 << 20;
+    let data = pattern(LEN, 4);
+    let writer = {
+        let data = data.clone();
+        let mut b = backend;
+        thread::spawn(move || {
+            b.write_all(&data).expect("write");
+            b.shutdown(Shutdown::Write).expect("half-close");
+            b
+        })
+    };
+    let reader = thread::spawn(move || {
+        let mut c = client;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        // About 10 KB/s for three idle limits and a half, then at full speed.
+        let slow_until = Instant::now() + Duration::from_millis(3500);
+        while Instant::now() < slow_until {
+            let n = c.read(&mut buf).expect("read");
+            got.extend_from_slice(&buf[..n]);
+            thread::sleep(Duration::from_millis(100));
+        }
+        c.read_to_end(&mut got).expect("the rest");
+        got
+    });
+    let out = relay(
+        End::plain(&client_relay),
+        End::plain(&backend_relay),
+        Duration::from_secs(1),
+        &mut Buffers::default(),
+    );
+    assert!(out.error.is_none(), "cut while its client read: {:?}", out.error);
+    assert_eq!(out.down, LEN as u64);
+    drop(client_relay);
+    assert!(reader.join().expect("client") == data, "the bytes differ");
+    drop(writer.join().expect("backend"));
+}
