@@ -88,11 +88,13 @@ fn clients_that_stop_reading_hand_their_places_on_so_the_next_client_is_answered
     let (_d, backend) = dummy("big");
     let (_p, addr, admin) = two_takers(12, "", backend);
     // Four clients ask for 64 MB each and never read it: each taker's write to them fills the
-    // socket buffers and blocks (for idle_ms, a minute). Their places are handed on.
+    // socket buffers and blocks (for idle_ms, a minute). Their places are handed on. (Chunked,
+    // which the taker writes itself; a Content-Length body would wait in the parker instead,
+    // `slow_readers.rs`.)
     let stalled: Vec<_> = (0..4)
         .map(|i| {
             let mut s = connect(addr);
-            write!(s, "GET /?bytes=64000000&i={i} HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
+            write!(s, "GET /?bytes=64000000&chunked=1&i={i} HTTP/1.1\r\nHost: t\r\n\r\n").expect("send");
             s
         })
         .collect();
@@ -112,11 +114,12 @@ fn tls_clients_that_stop_reading_hand_their_places_on_too() {
     let (_certs, tls) = ca.proxy_tls();
     let (_p, addr, admin) = two_takers(12, &tls, backend);
     let client = client_config(&ca, None);
-    // The takers block flushing TLS records to clients that do not read them.
+    // The takers block flushing TLS records of chunked bodies to clients that do not read them.
     let stalled: Vec<_> = (0..4)
         .map(|i| {
             let mut s = tls_connect(addr, client.clone(), "localhost").expect("handshake");
-            write!(s, "GET /?bytes=64000000&i={i} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("send");
+            write!(s, "GET /?bytes=64000000&chunked=1&i={i} HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .expect("send");
             s.flush().expect("flush");
             s
         })
