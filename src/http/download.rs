@@ -1,9 +1,10 @@
 //! A large response body that goes to the client as the backend framed it (a
-//! `Content-Length` kept), streamed by the relay the one way, so that a client reading it
-//! slowly waits in the parker with what is held for it, not in a worker (nginx and HAProxy
-//! keep such a client in their event loops too). The exchange ends when the body's last byte
-//! is out: the backend connection is pooled, the access line written, and the client's next
-//! request read, as after any response.
+//! `Content-Length` kept): written by the worker while its client takes each piece at once,
+//! then, from the first it cannot take, streamed by the relay the one way, so that a client
+//! reading it slowly waits in the parker with what is held for it, not in a worker (nginx and
+//! HAProxy keep such a client in their event loops too). The exchange ends when the body's
+//! last byte is out: the backend connection is pooled, the access line written, and the
+//! client's next request read, as after any response.
 
 use std::io::{self, Write};
 use std::net::TcpStream;
@@ -24,9 +25,8 @@ use crate::park::PARK_AFTER;
 use crate::relay::{self, End, ParkWhen, Progress, RelayOutcome, Relayed};
 use crate::tls::stream::Stream;
 
-/// Bodies larger than this go by the relay: a smaller one fits a new connection's send buffer
-/// (16 KiB on Linux), so even a client that reads nothing holds no worker for it, while each
-/// body by the relay costs a few syscalls more (non-blocking mode set and unset, a poll).
+/// Bodies larger than this may go by the relay: a smaller one fits a new connection's send
+/// buffer (16 KiB on Linux), so even a client that reads nothing holds no worker for it.
 pub(super) const LARGE: u64 = 16 * 1024;
 
 /// A body under way between turns: the backend's slot, how far it got, and what its end
@@ -278,8 +278,7 @@ pub(super) fn resume(conn: Conn, ctx: &Context, scratch: &mut Scratch) -> Option
 fn run(mut conn: Conn, ctx: &Context, may_park: bool, scratch: &mut Scratch) -> Option<Conn> {
     let q = conn.take_quiet()?;
     let Quiet { backend: sock, state, .. } = *q;
-    let parked = *state.downcast::<Parked>().ok()?;
-    let mut parked = parked;
+    let mut parked = *state.downcast::<Parked>().ok()?;
     let mut session = conn.tls_session.take();
     let wanted = || ctx.parker.as_ref().is_some_and(|p| p.worker_wanted());
     let after = may_park.then_some(ParkWhen { after: PARK_AFTER, wanted: &wanted });
