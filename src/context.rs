@@ -35,6 +35,12 @@ pub struct Context {
 }
 
 impl Context {
+    /// Whether a worker is wanted elsewhere (connections wait for one): a quiet relay, tunnel
+    /// or body then parks sooner.
+    pub fn worker_wanted(&self) -> bool {
+        self.parker.as_ref().is_some_and(|p| p.worker_wanted())
+    }
+
     /// Counts a client turned away by `[limits]` and logs it, at most once per address per
     /// 10 s (with how many were not logged since), so a flood cannot flood the log.
     pub fn refused(&self, who: impl Display, ip: IpAddr, why: Refused) {

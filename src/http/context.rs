@@ -3,13 +3,30 @@
 
 use std::net::TcpStream;
 
+use crate::backend::Backend;
 use crate::conn::accept::ClientStream;
 use crate::conn::Conn;
 use crate::h1::request::RequestHead;
+use crate::h1::response::ResponseHead;
 use crate::h1::BodyKind;
 use crate::relay::Buffers;
 use crate::route::{Loaded, Pool, Route};
 use crate::tls::stream::Stream;
+
+/// Whether a backend connection may go back to the pool after `resp`: nothing came beyond the
+/// response's framing (`surplus` bytes: discarded and logged), the response allows it, and no
+/// PROXY header began it (such a connection speaks for one client only, as nginx and HAProxy
+/// rule).
+pub(super) fn reusable(request_id: &str, backend: &Backend, resp: &ResponseHead, surplus: usize) -> bool {
+    if surplus > 0 {
+        log::warn!(
+            "req {request_id}: {} sent {surplus} byte(s) beyond the response's framing; discarded, connection closed",
+            backend.name()
+        );
+        return false;
+    }
+    resp.backend_reusable && backend.send_proxy().is_none()
+}
 
 /// The `Via` pseudonym.
 pub const VIA: &str = "lbproxy";

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::client::access_log;
-use super::context::{BackendStream, Exchange, Record, Scratch};
+use super::context::{reusable, BackendStream, Exchange, Record, Scratch};
 use crate::backend::Backend;
 use crate::balancer::{Balancer, Pick};
 use crate::conn::{Conn, PartialHead, Quiet};
@@ -114,14 +114,7 @@ pub(super) fn start(
     let left = usize::try_from(len - sent).unwrap_or(usize::MAX);
     let early = &bw.buffered()[..bw.buffered().len().min(left)];
     let surplus = bw.buffered().len() - early.len();
-    if surplus > 0 {
-        log::warn!(
-            "req {}: {} sent {surplus} byte(s) beyond the response's framing; discarded, connection closed",
-            ex.head.request_id,
-            backend.name()
-        );
-    }
-    let reusable = surplus == 0 && resp.backend_reusable && backend.send_proxy().is_none();
+    let reusable = reusable(&ex.head.request_id, &backend, resp, surplus);
     let keep_alive = resp.client_keep_alive;
     let relays = sent < len;
     let balancer = ex.pool.balancer.clone();
@@ -140,7 +133,7 @@ pub(super) fn start(
     };
     // A plain backend ([`fits`]).
     let up = End { sock: stream.tcp(), tls: None, early };
-    let wanted = || ex.ctx.parker.as_ref().is_some_and(|p| p.worker_wanted());
+    let wanted = || ex.ctx.worker_wanted();
     let park = Some(ParkWhen { after: PARK_AFTER, wanted: &wanted });
     let backend = download.backend.clone();
     let tally = |up, down| backend.record_bytes(up, down);
@@ -280,7 +273,7 @@ fn run(mut conn: Conn, ctx: &Context, may_park: bool, scratch: &mut Scratch) -> 
     let Quiet { backend: sock, state, .. } = *q;
     let mut parked = *state.downcast::<Parked>().ok()?;
     let mut session = conn.tls_session.take();
-    let wanted = || ctx.parker.as_ref().is_some_and(|p| p.worker_wanted());
+    let wanted = || ctx.worker_wanted();
     let after = may_park.then_some(ParkWhen { after: PARK_AFTER, wanted: &wanted });
     let step = {
         let d = &mut parked.download;

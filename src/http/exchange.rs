@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::context::{Attempt, BackendStream, Exchange, Record, Scratch, VIA};
+use super::context::{reusable, Attempt, BackendStream, Exchange, Record, Scratch, VIA};
 use super::download;
 use super::interim::{self, Verdict};
 
@@ -396,17 +396,7 @@ impl Exchange<'_> {
     /// Pools the backend connection when its response ended exactly at its framing with nothing
     /// more buffered; otherwise closes it (surplus bytes are discarded and logged).
     fn release(&self, stream: BackendStream, backend: &Backend, resp: &ResponseHead, surplus: usize) {
-        if surplus > 0 {
-            log::warn!(
-                "req {}: {} sent {surplus} byte(s) beyond the response's framing; discarded, connection closed",
-                self.head.request_id,
-                backend.name()
-            );
-            return;
-        }
-        // A connection that began with a PROXY header speaks for one client only (as nginx and
-        // HAProxy rule): never pooled.
-        if !resp.backend_reusable || backend.send_proxy().is_some() {
+        if !reusable(&self.head.request_id, backend, resp, surplus) {
             return;
         }
         // The idle pool keeps plain sockets; a TLS connection's state would not survive it, so

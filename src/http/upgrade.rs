@@ -89,7 +89,7 @@ pub(super) fn switch(
             End { sock: s, tls: Some(&mut *backend_guard), early: bw.buffered() }
         }
     };
-    let wanted = || wanted(ex.ctx);
+    let wanted = || ex.ctx.worker_wanted();
     let park = parks(ex.ctx).then_some(ParkWhen { after: PARK_AFTER, wanted: &wanted });
     let tally = |up, down| backend.record_bytes(up, down);
     match relay::resume(
@@ -113,11 +113,6 @@ pub(super) fn switch(
 /// refuses it after, and it relays on in its worker).
 fn parks(ctx: &Context) -> bool {
     ctx.parker.is_some()
-}
-
-/// Whether a quiet tunnel should park at once: its worker is wanted elsewhere.
-fn wanted(ctx: &Context) -> bool {
-    ctx.parker.as_ref().is_some_and(|p| p.worker_wanted())
 }
 
 /// Puts a tunnel's end in its record (the relay counted its bytes on the backend as they went).
@@ -177,7 +172,7 @@ fn run(mut conn: Conn, ctx: &Context, may_park: bool, scratch: &mut Scratch) {
     let Ok(parked) = state.downcast::<Parked>() else { return };
     let mut parked = *parked;
     let mut session = conn.tls_session.take();
-    let wanted = || wanted(ctx);
+    let wanted = || ctx.worker_wanted();
     let after = may_park.then_some(ParkWhen { after: PARK_AFTER, wanted: &wanted });
     let step = {
         let t = &mut parked.tunnel;
